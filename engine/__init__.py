@@ -1,0 +1,25 @@
+"""streamfsm: streaming Responses-API calls as explicit, recorded, replayable state machines.
+
+    result = engine.run_turn(client, {"model": "gpt-5", "input": "hi"}, trace="trace.jsonl")
+    result = engine.consume(raw_sse_bytes)
+"""
+
+from engine.consume import consume
+from engine.eventlog import Callbacks
+from engine.replay import ReplayReport, replay
+from engine.sync_driver import run_turn
+from engine.trace import TraceError
+from machines.records import Attempt, Transition, TurnPolicy, TurnResult
+
+__all__ = [
+    "Attempt",
+    "Callbacks",
+    "Transition",
+    "TurnPolicy",
+    "TurnResult",
+    "consume",
+    "replay",
+    "ReplayReport",
+    "run_turn",
+    "TraceError",
+]

@@ -1,0 +1,52 @@
+"""Checks on what callers pass in: a wrong call raises `TypeError`/`ValueError` with one clear line."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Callable
+
+from engine.eventlog import Callbacks
+from machines.records import TurnPolicy
+
+InterruptSource = threading.Event | Callable[[], bool] | None
+
+
+def check_callbacks(callbacks: Any) -> None:
+    if callbacks is not None and not isinstance(callbacks, Callbacks):
+        raise TypeError(f"callbacks must be engine.Callbacks or None, not {type(callbacks).__name__}")
+
+
+def check_policy(policy: Any) -> TurnPolicy:
+    if policy is None:
+        return TurnPolicy()
+    if not isinstance(policy, TurnPolicy):
+        raise TypeError(f"policy must be engine.TurnPolicy or None, not {type(policy).__name__}")
+    return policy
+
+
+def check_trace(trace: Any) -> None:
+    if trace is not None and not isinstance(trace, (str, os.PathLike)):
+        raise TypeError(f"trace must be a path or None, not {type(trace).__name__}")
+
+
+def check_request(request: Any) -> dict[str, Any]:
+    if not isinstance(request, dict):
+        raise TypeError(f"request must be a dict of responses.create arguments, not {type(request).__name__}")
+    if request.get("stream", True) is not True:
+        raise ValueError("request sets stream to something other than True; turns always stream")
+    return {key: value for key, value in request.items() if key != "stream"}
+
+
+def interrupt_check(interrupt: Any) -> Callable[[], bool]:
+    """A zero-argument function telling whether the caller wants the turn stopped."""
+    if interrupt is None:
+        return lambda: False
+    if isinstance(interrupt, threading.Event):
+        return interrupt.is_set
+    if callable(interrupt):
+        return lambda: bool(interrupt())
+    raise TypeError(
+        f"interrupt must be a threading.Event, a zero-argument callable or None, "
+        f"not {type(interrupt).__name__}"
+    )

@@ -1,0 +1,75 @@
+"""Keeping secrets out of traces, log lines and error messages.
+
+Two rules, applied wherever streamfsm writes something down:
+
+- a field or header *named* like a credential (`api_key`, `Authorization`, `Cookie`,
+  `x-api-key`, `access_token`, `client_secret`, ...) has its value replaced by `[redacted]`
+  (`redact_fields`); counters such as `max_output_tokens` are not credentials and are kept;
+- a string *shaped* like a credential (`sk-...` keys, `Bearer ...` values) or equal to a secret the
+  caller's client holds is replaced wherever it appears (`scrub`).
+
+Both are idempotent, so a trace written from redacted records replays to the same records.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable
+
+__all__ = ["REDACTED", "is_secret_name", "redact_fields", "scrub", "client_secrets"]
+
+REDACTED = "[redacted]"
+
+_SECRET_NAME = re.compile(
+    r"(?:^|[-_.\s])(?:api[-_]?key|key|token|secret|password|passwd|authorization|"
+    r"cookie|set-cookie|credentials?|session)$|^(?:apikey|authorization|cookie)$",
+    re.IGNORECASE,
+)
+_SECRET_SHAPE = re.compile(
+    r"\b(?:sk|rk|pk|xai|sess)-[A-Za-z0-9_\-]{16,}|(?i:bearer)\s+[A-Za-z0-9._~+/\-]{8,}=*"
+)
+
+
+def is_secret_name(name: str) -> bool:
+    return bool(_SECRET_NAME.search(name))
+
+
+def redact_fields(value: Any) -> Any:
+    """A copy of JSON-like data with credential-named fields' values replaced."""
+    if isinstance(value, dict):
+        return {
+            key: (REDACTED if isinstance(key, str) and is_secret_name(key) else redact_fields(item))
+            for key, item in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [redact_fields(item) for item in value]
+    return value
+
+
+def scrub(value: Any, secrets: Iterable[str] = ()) -> Any:
+    """Replace credential-shaped substrings (and the given secrets) in strings, recursively."""
+    if isinstance(value, str):
+        for secret in secrets:
+            if secret and secret in value:
+                value = value.replace(secret, REDACTED)
+        return _SECRET_SHAPE.sub(REDACTED, value) if ("-" in value or " " in value) else value
+    if isinstance(value, dict):
+        return {key: scrub(item, secrets) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrub(item, secrets) for item in value]
+    return value
+
+
+def client_secrets(client: Any) -> list[str]:
+    """The secrets an openai client holds: its API key and credential-named default headers."""
+    found: list[str] = []
+    key = getattr(client, "api_key", None)
+    if isinstance(key, str) and len(key) >= 4:
+        found.append(key)
+    headers = getattr(client, "default_headers", None) or {}
+    for name, value in dict(headers).items():
+        if isinstance(value, str) and is_secret_name(str(name)) and len(value) >= 4:
+            found.append(value)
+            if value.lower().startswith("bearer "):
+                found.append(value[7:])
+    return sorted(set(found), key=len, reverse=True)

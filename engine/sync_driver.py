@@ -1,0 +1,175 @@
+"""`run_turn`: one turn over the network with a synchronous `openai.OpenAI` client.
+
+Each attempt is a real request made with the openai client; the driver reads the response body as
+raw bytes (stream attempts through `responses.with_streaming_response.create`, the fallback through
+`responses.create(stream=True)` and that stream's HTTP response), so the machines see exactly the
+bytes and chunk boundaries the server sent.
+
+The body is read on a small reader thread that hands chunks over a queue; the caller's thread
+waits on that queue with a short timeout, so that an interrupt is honoured within ~20 ms and an
+idle timeout fires on time even while the socket is silent, instead of when the stream ends. On
+either, the response is closed and the reader thread ends with it. Callbacks run on the caller's
+thread.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from typing import Any, Callable
+
+import openai
+
+from engine.arguments import (
+    check_callbacks,
+    check_policy,
+    check_request,
+    check_trace,
+    interrupt_check,
+)
+from engine.eventlog import Callbacks
+from engine.recording import AttemptFeed, TurnRecording
+from engine.redaction import client_secrets
+from engine.transport import fault_of, http_error_of, is_transport_error
+from machines.records import IdleTimeout, Interrupt, TurnPolicy, TurnResult
+
+__all__ = ["run_turn"]
+
+#: How often the caller's thread looks at the interrupt while the socket is silent (seconds).
+POLL_S = 0.02
+
+_CHUNK, _END, _ERROR = 0, 1, 2
+
+
+class _BodyReader:
+    """Iterates a response body on a daemon thread; the caller takes chunks from `items`."""
+
+    def __init__(self, body: Any) -> None:
+        self.items: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
+        self._body = body
+        self._thread = threading.Thread(target=self._run, name="streamfsm-body", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        put = self.items.put
+        try:
+            for chunk in self._body:
+                if chunk:
+                    put((_CHUNK, chunk))
+            put((_END, None))
+        except BaseException as error:  # handed to the caller's thread, classified there
+            put((_ERROR, error))
+
+
+def _open_stream(client: Any, request: dict[str, Any], kind: str) -> tuple[Any, Callable[[], None]]:
+    """Send the request; return (body byte iterator, close function)."""
+    if kind == "fallback":
+        stream = client.responses.create(**request, stream=True)
+        return stream.response.iter_bytes(), stream.close
+    manager = client.responses.with_streaming_response.create(**request, stream=True)
+    response = manager.__enter__()
+    return response.iter_bytes(), lambda: manager.__exit__(None, None, None)
+
+
+def _run_attempt(
+    client: Any,
+    request: dict[str, Any],
+    feed: AttemptFeed,
+    now: Callable[[], float],
+    interrupted: Callable[[], bool],
+    idle_timeout_s: float | None,
+) -> None:
+    if interrupted():
+        feed.fail(Interrupt(), now())
+        return
+    try:
+        body, close = _open_stream(client, request, feed.kind)
+    except openai.APIStatusError as error:
+        feed.fail(http_error_of(error), now())
+        return
+    except Exception as error:
+        if not is_transport_error(error):
+            raise
+        feed.fail(fault_of(error, opening=True), now())
+        return
+    try:
+        reader = _BodyReader(body)
+        get = reader.items.get
+        last_byte = now()
+        while True:
+            wait = POLL_S
+            if idle_timeout_s is not None:
+                wait = max(0.0, min(wait, idle_timeout_s - (now() - last_byte)))
+            try:
+                kind, value = get(timeout=wait)
+            except queue.Empty:
+                t = now()
+                if interrupted():
+                    feed.fail(Interrupt(), t)
+                    return
+                if idle_timeout_s is not None and t - last_byte >= idle_timeout_s:
+                    feed.fail(IdleTimeout(idle_timeout_s), t)
+                    return
+                continue
+            t = now()
+            if interrupted():
+                feed.fail(Interrupt(), t)
+                return
+            if kind == _CHUNK:
+                last_byte = t
+                if feed.chunk(value, t):
+                    return
+            elif kind == _END:
+                feed.end(t)
+                return
+            else:
+                if not is_transport_error(value):
+                    raise value
+                feed.fail(fault_of(value, opening=False), t)
+                return
+    finally:
+        try:
+            close()
+        except Exception:  # closing a broken stream may fail again; nothing left to save
+            pass
+
+
+def run_turn(
+    client: openai.OpenAI,
+    request: dict[str, Any],
+    *,
+    callbacks: Callbacks | None = None,
+    policy: TurnPolicy | None = None,
+    trace: str | os.PathLike[str] | None = None,
+    interrupt: threading.Event | Callable[[], bool] | None = None,
+) -> TurnResult:
+    """Run one turn: stream attempts with retries, then a fallback, as the policy allows.
+
+    Returns a `TurnResult` for anything the server or network does; raises `TypeError` /
+    `ValueError` only for a wrong call."""
+    if isinstance(client, openai.AsyncOpenAI):
+        raise TypeError("run_turn needs a synchronous openai.OpenAI client; use arun_turn")
+    if not hasattr(client, "responses"):
+        raise TypeError(f"client must be an openai.OpenAI client, not {type(client).__name__}")
+    request = check_request(request)
+    check_callbacks(callbacks)
+    policy = check_policy(policy)
+    check_trace(trace)
+    interrupted = interrupt_check(interrupt)
+    secrets = client_secrets(client)
+
+    start = time.monotonic()
+
+    def now() -> float:
+        return round(time.monotonic() - start, 6)
+
+    recording = TurnRecording(policy, callbacks, entry="run_turn", request=request)
+    try:
+        for feed in recording.attempts():
+            _run_attempt(client, request, feed, now, interrupted, policy.idle_timeout_s)
+    except BaseException:
+        recording.abandon(trace, secrets)
+        raise
+    return recording.finish(trace, secrets)

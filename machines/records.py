@@ -1,0 +1,148 @@
+"""Tiny frozen records: what the machines are fed and what they answer.
+
+Inputs are everything a machine can learn about the outside world. A driver (network, file,
+replay) produces them; the machines never produce them and never look anywhere else:
+
+    SseEvent        one dispatched server-sent event (name, data, id), still undecoded
+    HttpError       the request was answered with a non-2xx status (status, JSON body if any)
+    TransportFault  the byte stream broke: "drop", "read_timeout", "connect_error"
+    EndOfStream     the byte stream ended cleanly
+    IdleTimeout     no byte arrived for the policy's idle timeout
+    Interrupt       the caller asked to stop
+
+Outputs are what the machines decided:
+
+    Transition      one state change of one machine (the trace and `TurnResult.transitions`)
+    Effect          something that reaches the world: text delivered to a callback, the first
+                    delta, a tool call, an error, a rate-limit notice
+    Attempt         how one attempt ended (`TurnResult.attempts`)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import attrs
+
+FaultKind = Literal["drop", "read_timeout", "connect_error"]
+AttemptKind = Literal["stream", "fallback"]
+
+
+@attrs.frozen(slots=True)
+class SseEvent:
+    """One event as the WHATWG event-stream parser dispatches it."""
+
+    event: str
+    data: str
+    id: str | None = None
+
+
+@attrs.frozen(slots=True)
+class HttpError:
+    status: int
+    body: Any = None
+
+
+@attrs.frozen(slots=True)
+class TransportFault:
+    kind: FaultKind
+    detail: str = ""
+
+
+@attrs.frozen(slots=True)
+class EndOfStream:
+    pass
+
+
+@attrs.frozen(slots=True)
+class IdleTimeout:
+    seconds: float
+
+
+@attrs.frozen(slots=True)
+class Interrupt:
+    pass
+
+
+MachineInput = SseEvent | HttpError | TransportFault | EndOfStream | IdleTimeout | Interrupt
+
+
+@attrs.frozen(slots=True)
+class Transition:
+    machine: str
+    attempt: int
+    source: str
+    dest: str
+    trigger: str
+    seq: int = -1
+
+
+EffectKind = Literal[
+    "first_delta", "text_delta", "reasoning_delta", "tool_call", "error", "rate_limits"
+]
+
+
+@attrs.frozen(slots=True)
+class Effect:
+    kind: EffectKind
+    attempt: int
+    data: Any = None
+
+
+@attrs.frozen(slots=True)
+class Attempt:
+    number: int
+    kind: AttemptKind
+    final_state: str
+    reason: str
+
+
+def _non_negative_int(instance: Any, attribute: Any, value: Any) -> None:
+    if type(value) is not int or value < 0:
+        raise ValueError(f"{attribute.name} must be a whole number >= 0, not {value!r}")
+
+
+def _positive_seconds_or_none(instance: Any, attribute: Any, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{attribute.name} must be None or a number of seconds > 0, not {value!r}")
+
+
+@attrs.frozen(slots=True)
+class TurnPolicy:
+    """How hard a turn tries. The defaults match the seed runtime."""
+
+    max_stream_retries: int = attrs.field(default=1, validator=_non_negative_int)
+    fallback: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    idle_timeout_s: float | None = attrs.field(default=None, validator=_positive_seconds_or_none)
+    #: `response.failed` codes treated as retryable faults instead of outcomes.
+    retry_failed_codes: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
+
+
+Outcome = Literal["completed", "incomplete", "failed", "error", "interrupted"]
+
+
+@attrs.frozen(slots=True)
+class TurnResult:
+    outcome: Outcome
+    response: dict[str, Any] | None
+    output_text: str
+    tool_calls: list[dict[str, Any]]
+    error: dict[str, Any] | None
+    attempts: list[Attempt]
+    transitions: list[Transition]
+    #: `codex.rate_limits` payloads seen before or during the answer, in order.
+    rate_limits: list[Any] = attrs.field(factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The result as plain JSON data (the trace's `result` record, minus transitions)."""
+        return {
+            "outcome": self.outcome,
+            "response": self.response,
+            "output_text": self.output_text,
+            "tool_calls": self.tool_calls,
+            "error": self.error,
+            "attempts": [attrs.asdict(a) for a in self.attempts],
+            "rate_limits": self.rate_limits,
+        }
