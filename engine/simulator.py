@@ -100,7 +100,7 @@ REDACTED: Final = "[redacted]"
 STALL_SLICE_S: Final = 0.02
 """Longest uninterrupted sleep inside a Stall; bounds how late a close or hang-up is noticed."""
 SERVE_POLL_S: Final = 0.05
-"""Poll interval of the accept loop; bounds how long ``close()`` waits for it."""
+"""Poll interval of the accept loop, a fallback: ``close()`` wakes the loop with a connection."""
 
 _STATUS_ERROR_TYPES: Final[Mapping[int, tuple[str, str | None, str]]] = {
     400: ("invalid_request_error", None, "Invalid request."),
@@ -463,8 +463,8 @@ class ResponsesSimulator:
         httpd.simulator = self
         self._httpd = httpd
         self._thread = threading.Thread(
-            target=httpd.serve_forever,
-            kwargs={"poll_interval": SERVE_POLL_S},
+            target=self._accept_loop,
+            args=(httpd,),
             name=f"responses-simulator:{self.port}",
             daemon=True,
         )
@@ -477,7 +477,9 @@ class ResponsesSimulator:
         httpd, self._httpd = self._httpd, None
         if httpd is None:
             return
-        httpd.shutdown()
+        self._wake_accept_loop(httpd)
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
         with self._lock:
             connections = list(self._connections)
         for connection in connections:
@@ -486,8 +488,22 @@ class ResponsesSimulator:
             except OSError:
                 pass
         httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=1.0)
+
+    def _accept_loop(self, httpd: _SimulatorHTTPServer) -> None:
+        """Accept connections (each served on its own thread) until the simulator is closing."""
+        httpd.timeout = SERVE_POLL_S
+        while not self._closing.is_set():
+            httpd.handle_request()
+
+    @staticmethod
+    def _wake_accept_loop(httpd: _SimulatorHTTPServer) -> None:
+        """Connect and hang up at once, so the accept loop sees the shutdown flag without waiting
+        out its poll interval. The handler for this connection reads end-of-file and ends."""
+        try:
+            with socket.create_connection(httpd.server_address[:2], timeout=0.2):
+                pass
+        except OSError:
+            pass
 
     def serve_forever(self) -> None:
         """Start (if needed) and block until :meth:`close` is called or the process is interrupted."""
