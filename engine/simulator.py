@@ -75,6 +75,7 @@ from __future__ import annotations
 import http.server
 import select
 import socket
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -93,6 +94,7 @@ __all__ = [
     "Stall",
     "Step",
     "error_body",
+    "redact_headers",
 ]
 
 RESPONSES_PATHS: Final = frozenset({"/v1/responses", "/responses"})
@@ -139,9 +141,8 @@ def error_body(
 
 
 def _default_error_body(status: int) -> bytes:
-    type_, code, message = _STATUS_ERROR_TYPES.get(
-        status, ("server_error" if status >= 500 else "invalid_request_error", None, f"HTTP {status}.")
-    )
+    fallback_type = "server_error" if status >= 500 else "invalid_request_error"
+    type_, code, message = _STATUS_ERROR_TYPES.get(status, (fallback_type, None, f"HTTP {status}."))
     return error_body(message, type=type_, code=code)
 
 
@@ -263,10 +264,10 @@ class _SimulatorHTTPServer(http.server.ThreadingHTTPServer):
     simulator: ResponsesSimulator
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        import sys
-
         error = sys.exc_info()[1]
-        if error is not None and not isinstance(error, (ConnectionError, TimeoutError)):
+        if error is None or self.simulator._closing.is_set():
+            return  # sockets cut by close() fail in whatever way they fail
+        if not isinstance(error, (ConnectionError, TimeoutError)):
             self.simulator._record_server_error(error)
 
 
@@ -506,7 +507,7 @@ class ResponsesSimulator:
             pass
 
     def serve_forever(self) -> None:
-        """Start (if needed) and block until :meth:`close` is called or the process is interrupted."""
+        """Start (if needed); block until :meth:`close` is called or the process is interrupted."""
         self.start()
         try:
             while not self._closing.wait(0.25):
