@@ -1,0 +1,1054 @@
+"""Realistic OpenAI Responses-API streams, as data, and the simulator scripts built from them.
+
+Theory of operation
+===================
+
+A stream is a list of *parts*. A part is either an event dict, exactly as the Responses API puts
+it in an SSE ``data:`` line, or a marker for something that is not an event:
+
+* :class:`Comment` — an SSE comment line (``: keepalive``), which clients must ignore;
+* :class:`Data` — a ``data:`` line with arbitrary text, for ``data: [DONE]`` (:data:`DONE`) and
+  for payloads that are not valid JSON;
+* :class:`Raw` — bytes written verbatim;
+* :class:`~engine.simulator.Stall` and :class:`~engine.simulator.Drop` — transport faults, which
+  end up as steps of the simulator reply.
+
+Building a stream happens in three layers:
+
+1. **Builders** return lists of *unnumbered* event dicts for one piece of a response:
+   :func:`created`, :func:`in_progress`, :func:`text_message`, :func:`reasoning_summary`,
+   :func:`function_call`, :func:`completed`, :func:`incomplete`, :func:`failed`, and the
+   non-standard frames :func:`rate_limits_frame`, :func:`error_frame`,
+   :func:`nested_error_frame`, :func:`response_metadata_frame`, :func:`websocket_timing_frame`.
+   Terminal builders take the ``output`` list; :func:`output_items` collects it from the
+   ``response.output_item.done`` events of the builders used before.
+2. :func:`assemble` flattens builder results and markers into one list and gives every Responses
+   event (``type`` ``"error"`` or ``"response.*"``) its ``sequence_number``, counting from 0 in
+   stream order, as the API does. Vendor frames (``codex.*``, ``responsesapi.*``) carry none.
+3. :func:`to_reply` encodes the parts as SSE bytes (:func:`sse_frame`, LF or CRLF line endings)
+   and cuts them into :class:`~engine.simulator.Send` chunks: one per part (``"event"``), one per
+   run between faults (``"whole"``), or fixed-size byte slices (an ``int``), which may split a
+   line ending or a multi-byte UTF-8 character.
+
+Everything is deterministic: ids are fixed strings derived from positions, ``created_at`` is the
+constant :data:`CREATED_AT`, token counts are computed from text lengths. Building the same
+stream twice gives equal dicts and identical bytes.
+
+Field-level fidelity: every standard event validates against the openai SDK's own model for its
+``type`` (``tests/test_shapes.py`` checks this), with two deliberate exceptions that real servers
+send and the SDK's types reject: ``response.failed`` with error code ``context_length_exceeded``
+or ``insufficient_quota`` (not in the SDK's ``ResponseError.code`` enumeration), and
+``response.completed`` with ``output: null``.
+
+:data:`SHAPES` maps a name to a :class:`~engine.simulator.Script` for each real-world stream
+shape the state machines must handle (see DESIGN.md, "Real-world stream shapes"). Scripts with
+a fault on the first attempt carry a second, good reply for the retry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final, Literal
+
+import attrs
+import orjson
+
+from engine.simulator import Drop, Reply, Script, Send, Stall, error_body
+
+__all__ = [
+    "CREATED_AT",
+    "DONE",
+    "FAILURE_MESSAGES",
+    "KEEPALIVE",
+    "MODEL",
+    "RESPONSE_ID",
+    "SHAPES",
+    "STALL_SECONDS",
+    "WEATHER_TOOL",
+    "Comment",
+    "Data",
+    "Event",
+    "Raw",
+    "StreamPart",
+    "assemble",
+    "completed",
+    "created",
+    "encode_part",
+    "error_frame",
+    "failed",
+    "function_call",
+    "http_error",
+    "in_progress",
+    "incomplete",
+    "nested_error_frame",
+    "output_items",
+    "rate_limits_frame",
+    "reasoning_summary",
+    "response_metadata_frame",
+    "response_object",
+    "split_text",
+    "sse_frame",
+    "text_message",
+    "to_reply",
+    "usage_for",
+    "websocket_timing_frame",
+]
+
+Event = dict[str, Any]
+
+CREATED_AT: Final = 1_750_000_000
+"""Fixed ``created_at`` of every simulated response (2025-06-15T15:06:40Z)."""
+MODEL: Final = "gpt-5-2025-08-07"
+RESPONSE_ID: Final = "resp_0000000000000000000000000000000000000000000000a1"
+STALL_SECONDS: Final = 2.0
+"""How long the stall shapes keep the socket silent: far beyond any test idle timeout
+(tenths of a second), short enough that a caller without one only waits briefly."""
+
+FAILURE_MESSAGES: Final[Mapping[str, str]] = {
+    "server_error": (
+        "The server had an error processing your request. Sorry about that! You can retry your "
+        "request, or contact us through our help center at help.openai.com if you keep seeing "
+        "this error."
+    ),
+    "rate_limit_exceeded": (
+        "Rate limit reached for gpt-5 in organization org-simulator on tokens per min (TPM): "
+        "Limit 30000, Used 29400, Requested 1850. Please try again in 20s. Visit "
+        "https://platform.openai.com/account/rate-limits to learn more."
+    ),
+    "context_length_exceeded": (
+        "Your input exceeds the context window of this model. Please adjust your input and try "
+        "again."
+    ),
+    "insufficient_quota": (
+        "You exceeded your current quota, please check your plan and billing details. For more "
+        "information on this error, read the docs: "
+        "https://platform.openai.com/docs/guides/error-codes/api-errors."
+    ),
+}
+"""The provider's wording for each ``response.failed`` error code the shapes use."""
+
+WEATHER_TOOL: Final[Mapping[str, Any]] = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Current weather for a city.",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "unit": {"type": "string"}},
+        "required": ["city", "unit"],
+        "additionalProperties": False,
+    },
+    "strict": True,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Markers
+
+
+@attrs.frozen
+class Comment:
+    """An SSE comment line, ``: <text>``, followed by a blank line."""
+
+    text: str = "keepalive"
+
+
+@attrs.frozen
+class Data:
+    """A ``data:`` line holding ``text`` as is (not JSON-encoded), optionally after an ``event:``
+    line, followed by a blank line."""
+
+    text: str
+    event: str | None = None
+
+
+@attrs.frozen
+class Raw:
+    """Bytes written verbatim, line endings included."""
+
+    data: bytes
+
+
+KEEPALIVE: Final = Comment("keepalive")
+DONE: Final = Data("[DONE]")
+
+StreamPart = Event | Comment | Data | Raw | Stall | Drop
+
+
+# --------------------------------------------------------------------------------------------
+# Encoding
+
+
+def _line_ending(crlf: bool) -> bytes:
+    return b"\r\n" if crlf else b"\n"
+
+
+def sse_frame(event: Mapping[str, Any], *, crlf: bool = False) -> bytes:
+    """``event: <type>`` / ``data: <compact JSON>`` / blank line, UTF-8, LF or CRLF endings."""
+    eol = _line_ending(crlf)
+    payload = orjson.dumps(event)
+    event_type = event.get("type")
+    head = b"event: " + str(event_type).encode() + eol if event_type is not None else b""
+    return head + b"data: " + payload + eol + eol
+
+
+def encode_part(part: StreamPart, *, crlf: bool = False) -> bytes:
+    """The SSE bytes of one non-fault part."""
+    eol = _line_ending(crlf)
+    if isinstance(part, dict):
+        return sse_frame(part, crlf=crlf)
+    if isinstance(part, Comment):
+        return b": " + part.text.encode() + eol + eol
+    if isinstance(part, Data):
+        head = b"event: " + part.event.encode() + eol if part.event is not None else b""
+        return head + b"data: " + part.text.encode() + eol + eol
+    if isinstance(part, Raw):
+        return part.data
+    raise TypeError(f"not an encodable stream part: {part!r}")
+
+
+Chunking = Literal["event", "whole"] | int
+
+
+def to_reply(
+    parts: Iterable[StreamPart],
+    *,
+    chunking: Chunking = "event",
+    crlf: bool = False,
+    status: int = 200,
+    headers: Sequence[tuple[str, str]] = (),
+) -> Reply:
+    """Encode ``parts`` as a streaming :class:`Reply`, with the chosen chunk boundaries.
+
+    ``"event"``: one chunk per part. ``"whole"``: one chunk per run of parts between faults.
+    ``int`` n: each run between faults is concatenated and cut every n bytes. ``Stall`` and
+    ``Drop`` parts always become steps of their own.
+    """
+    if isinstance(chunking, bool) or not (
+        chunking in ("event", "whole") or (isinstance(chunking, int) and chunking > 0)
+    ):
+        raise ValueError(f"chunking must be 'event', 'whole' or a positive int, got {chunking!r}")
+    steps: list[Send | Stall | Drop] = []
+    run: list[bytes] = []
+
+    def flush_run() -> None:
+        if not run:
+            return
+        if chunking == "event":
+            steps.extend(Send(data) for data in run if data)
+        else:
+            joined = b"".join(run)
+            size = len(joined) if chunking == "whole" else int(chunking)
+            steps.extend(Send(joined[i : i + size]) for i in range(0, len(joined), size))
+        run.clear()
+
+    for part in parts:
+        if isinstance(part, (Stall, Drop)):
+            flush_run()
+            steps.append(part)
+        else:
+            run.append(encode_part(part, crlf=crlf))
+    flush_run()
+    return Reply(status=status, steps=tuple(steps), headers=tuple(headers))
+
+
+def http_error(
+    status: int,
+    message: str,
+    *,
+    type: str,
+    code: str | None,
+    param: str | None = None,
+    headers: Sequence[tuple[str, str]] = (),
+) -> Reply:
+    """A non-streaming error reply with an OpenAI-shaped JSON body."""
+    return Reply(
+        status=status,
+        body=error_body(message, type=type, code=code, param=param),
+        headers=tuple(headers),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Assembly
+
+
+def _is_responses_event(part: object) -> bool:
+    if not isinstance(part, dict):
+        return False
+    event_type = part.get("type")
+    if not isinstance(event_type, str):
+        return False
+    return event_type == "error" or event_type.startswith("response.")
+
+
+def _with_sequence_number(event: Event, number: int) -> Event:
+    numbered: Event = {"type": event["type"], "sequence_number": number}
+    numbered.update((key, value) for key, value in event.items() if key != "type")
+    return numbered
+
+
+def assemble(*pieces: StreamPart | Iterable[StreamPart]) -> list[StreamPart]:
+    """Flatten builder results and markers into one stream and number its Responses events.
+
+    Each Responses event without a ``sequence_number`` gets the next one (0, 1, 2, ...), placed
+    right after ``type`` as the API writes it; events that already have one keep it and the count
+    goes on from there. Event dicts are copied, never changed in place.
+    """
+    stream: list[StreamPart] = []
+    next_number = 0
+    for piece in pieces:
+        parts: Iterable[StreamPart] = (
+            [piece] if isinstance(piece, (dict, Comment, Data, Raw, Stall, Drop)) else piece
+        )
+        for part in parts:
+            if _is_responses_event(part):
+                assert isinstance(part, dict)
+                if "sequence_number" in part:
+                    next_number = int(part["sequence_number"]) + 1
+                    stream.append(dict(part))
+                else:
+                    stream.append(_with_sequence_number(part, next_number))
+                    next_number += 1
+            elif isinstance(part, dict):
+                stream.append(dict(part))
+            else:
+                stream.append(part)
+    return stream
+
+
+# --------------------------------------------------------------------------------------------
+# Response objects
+
+
+def split_text(text: str, parts: int) -> list[str]:
+    """``text`` cut into ``parts`` non-empty pieces of nearly equal length (fewer if too short)."""
+    if parts < 1:
+        raise ValueError(f"parts must be >= 1, got {parts}")
+    count = min(parts, len(text))
+    if count == 0:
+        return []
+    base, extra = divmod(len(text), count)
+    pieces: list[str] = []
+    start = 0
+    for index in range(count):
+        end = start + base + (1 if index < extra else 0)
+        pieces.append(text[start:end])
+        start = end
+    return pieces
+
+
+def _item_text(item: Mapping[str, Any]) -> str:
+    kind = item.get("type")
+    if kind == "message":
+        return "".join(part.get("text", "") for part in item.get("content", []))
+    if kind == "reasoning":
+        return "".join(part.get("text", "") for part in item.get("summary", []))
+    if kind == "function_call":
+        return str(item.get("arguments", "")) + str(item.get("name", ""))
+    return ""
+
+
+def usage_for(output: Sequence[Mapping[str, Any]] | None, *, input_tokens: int = 24) -> Event:
+    """A ``usage`` object whose token counts follow from the output's text length (~4 chars a
+    token), so it is deterministic and plausible."""
+    items = list(output or [])
+    reasoning = sum(len(_item_text(i)) for i in items if i.get("type") == "reasoning") // 4
+    visible = sum(len(_item_text(i)) for i in items if i.get("type") != "reasoning") // 4
+    output_tokens = reasoning + visible + (1 if items else 0)
+    return {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": reasoning},
+        "total_tokens": input_tokens + output_tokens,
+    }
+
+
+def response_object(
+    status: str,
+    *,
+    output: Sequence[Mapping[str, Any]] | None = (),
+    usage: Mapping[str, Any] | None = None,
+    error: Mapping[str, Any] | None = None,
+    incomplete_details: Mapping[str, Any] | None = None,
+    tools: Sequence[Mapping[str, Any]] = (),
+    reasoning_effort: str | None = None,
+    response_id: str = RESPONSE_ID,
+    model: str = MODEL,
+) -> Event:
+    """A Response object as the API embeds it in lifecycle events (``output=None`` gives
+    ``"output": null``, as some backends send)."""
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": CREATED_AT,
+        "status": status,
+        "background": False,
+        "completed_at": CREATED_AT + 3 if status == "completed" else None,
+        "error": dict(error) if error is not None else None,
+        "incomplete_details": dict(incomplete_details) if incomplete_details is not None else None,
+        "instructions": None,
+        "max_output_tokens": None,
+        "max_tool_calls": None,
+        "model": model,
+        "output": [dict(item) for item in output] if output is not None else None,
+        "parallel_tool_calls": True,
+        "previous_response_id": None,
+        "prompt_cache_key": None,
+        "reasoning": {
+            "effort": reasoning_effort,
+            "summary": "auto" if reasoning_effort is not None else None,
+        },
+        "safety_identifier": None,
+        "service_tier": "default",
+        "store": True,
+        "temperature": 1.0,
+        "text": {"format": {"type": "text"}, "verbosity": "medium"},
+        "tool_choice": "auto",
+        "tools": [dict(tool) for tool in tools],
+        "top_logprobs": 0,
+        "top_p": 1.0,
+        "truncation": "disabled",
+        "usage": dict(usage) if usage is not None else None,
+        "user": None,
+        "metadata": {},
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Builders: lifecycle
+
+
+def created(
+    *, tools: Sequence[Mapping[str, Any]] = (), reasoning_effort: str | None = None
+) -> list[Event]:
+    """``response.created`` with an empty, in-progress response."""
+    response = response_object("in_progress", tools=tools, reasoning_effort=reasoning_effort)
+    return [{"type": "response.created", "response": response}]
+
+
+def in_progress(
+    *, tools: Sequence[Mapping[str, Any]] = (), reasoning_effort: str | None = None
+) -> list[Event]:
+    """``response.in_progress`` (the first frame of some relays, which skip ``created``)."""
+    response = response_object("in_progress", tools=tools, reasoning_effort=reasoning_effort)
+    return [{"type": "response.in_progress", "response": response}]
+
+
+def completed(
+    output: Sequence[Mapping[str, Any]] | None,
+    *,
+    usage: Mapping[str, Any] | None = None,
+    tools: Sequence[Mapping[str, Any]] = (),
+    reasoning_effort: str | None = None,
+) -> list[Event]:
+    """``response.completed``; ``output=[]`` or ``None`` imitate backends that leave it empty.
+
+    ``usage`` defaults to :func:`usage_for` of ``output``.
+    """
+    response = response_object(
+        "completed",
+        output=output,
+        usage=usage if usage is not None else usage_for(output),
+        tools=tools,
+        reasoning_effort=reasoning_effort,
+    )
+    return [{"type": "response.completed", "response": response}]
+
+
+def incomplete(
+    reason: Literal["max_output_tokens", "content_filter"],
+    output: Sequence[Mapping[str, Any]] = (),
+    *,
+    tools: Sequence[Mapping[str, Any]] = (),
+    reasoning_effort: str | None = None,
+) -> list[Event]:
+    """``response.incomplete`` with ``incomplete_details.reason``."""
+    response = response_object(
+        "incomplete",
+        output=output,
+        usage=usage_for(output),
+        incomplete_details={"reason": reason},
+        tools=tools,
+        reasoning_effort=reasoning_effort,
+    )
+    return [{"type": "response.incomplete", "response": response}]
+
+
+def failed(
+    code: str,
+    message: str | None = None,
+    output: Sequence[Mapping[str, Any]] = (),
+    *,
+    tools: Sequence[Mapping[str, Any]] = (),
+    reasoning_effort: str | None = None,
+) -> list[Event]:
+    """``response.failed`` with ``error: {code, message}``; ``message`` defaults to the provider's
+    wording in :data:`FAILURE_MESSAGES`."""
+    text = message if message is not None else FAILURE_MESSAGES.get(code, f"Request failed: {code}")
+    response = response_object(
+        "failed",
+        output=output,
+        error={"code": code, "message": text},
+        tools=tools,
+        reasoning_effort=reasoning_effort,
+    )
+    return [{"type": "response.failed", "response": response}]
+
+
+# --------------------------------------------------------------------------------------------
+# Builders: output items
+
+
+def text_message(
+    text: str,
+    *,
+    deltas: int = 3,
+    output_index: int = 0,
+    item_id: str | None = None,
+    status: Literal["completed", "incomplete"] = "completed",
+    finished: bool = True,
+) -> list[Event]:
+    """An assistant message streamed as ``deltas`` text deltas.
+
+    ``finished=False`` stops after the deltas (no ``*.done`` events), as a cut-off stream does.
+    ``status`` is the final status of the item (``"incomplete"`` before ``response.incomplete``).
+    """
+    item_id = item_id or f"msg_{output_index:02d}_sim"
+    part_started = {"type": "output_text", "annotations": [], "logprobs": [], "text": ""}
+    events: list[Event] = [
+        {
+            "type": "response.output_item.added",
+            "output_index": output_index,
+            "item": {
+                "id": item_id,
+                "type": "message",
+                "status": "in_progress",
+                "content": [],
+                "role": "assistant",
+            },
+        },
+        {
+            "type": "response.content_part.added",
+            "item_id": item_id,
+            "output_index": output_index,
+            "content_index": 0,
+            "part": part_started,
+        },
+    ]
+    events.extend(
+        {
+            "type": "response.output_text.delta",
+            "item_id": item_id,
+            "output_index": output_index,
+            "content_index": 0,
+            "delta": piece,
+            "logprobs": [],
+        }
+        for piece in split_text(text, deltas)
+    )
+    if not finished:
+        return events
+    part_done = {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
+    events += [
+        {
+            "type": "response.output_text.done",
+            "item_id": item_id,
+            "output_index": output_index,
+            "content_index": 0,
+            "text": text,
+            "logprobs": [],
+        },
+        {
+            "type": "response.content_part.done",
+            "item_id": item_id,
+            "output_index": output_index,
+            "content_index": 0,
+            "part": part_done,
+        },
+        {
+            "type": "response.output_item.done",
+            "output_index": output_index,
+            "item": {
+                "id": item_id,
+                "type": "message",
+                "status": status,
+                "content": [dict(part_done)],
+                "role": "assistant",
+            },
+        },
+    ]
+    return events
+
+
+def reasoning_summary(
+    summary: str,
+    *,
+    deltas: int = 2,
+    output_index: int = 0,
+    item_id: str | None = None,
+) -> list[Event]:
+    """A reasoning item whose summary streams as ``response.reasoning_summary_text.delta``."""
+    item_id = item_id or f"rs_{output_index:02d}_sim"
+    events: list[Event] = [
+        {
+            "type": "response.output_item.added",
+            "output_index": output_index,
+            "item": {"id": item_id, "type": "reasoning", "summary": []},
+        },
+        {
+            "type": "response.reasoning_summary_part.added",
+            "item_id": item_id,
+            "output_index": output_index,
+            "summary_index": 0,
+            "part": {"type": "summary_text", "text": ""},
+        },
+    ]
+    events.extend(
+        {
+            "type": "response.reasoning_summary_text.delta",
+            "item_id": item_id,
+            "output_index": output_index,
+            "summary_index": 0,
+            "delta": piece,
+        }
+        for piece in split_text(summary, deltas)
+    )
+    events += [
+        {
+            "type": "response.reasoning_summary_text.done",
+            "item_id": item_id,
+            "output_index": output_index,
+            "summary_index": 0,
+            "text": summary,
+        },
+        {
+            "type": "response.reasoning_summary_part.done",
+            "item_id": item_id,
+            "output_index": output_index,
+            "summary_index": 0,
+            "part": {"type": "summary_text", "text": summary},
+        },
+        {
+            "type": "response.output_item.done",
+            "output_index": output_index,
+            "item": {
+                "id": item_id,
+                "type": "reasoning",
+                "summary": [{"type": "summary_text", "text": summary}],
+            },
+        },
+    ]
+    return events
+
+
+def function_call(
+    name: str,
+    arguments: str,
+    *,
+    deltas: int = 3,
+    output_index: int = 0,
+    item_id: str | None = None,
+    call_id: str | None = None,
+    finished: bool = True,
+) -> list[Event]:
+    """A ``function_call`` item whose ``arguments`` (a JSON string) stream as ``deltas`` pieces.
+
+    ``finished=False`` leaves out ``function_call_arguments.done`` and ``output_item.done``, as
+    backends that jump from the last delta to ``response.completed`` do.
+    """
+    item_id = item_id or f"fc_{output_index:02d}_sim"
+    call_id = call_id or f"call_{output_index:02d}_sim"
+
+    def item(status: str, args: str) -> Event:
+        return {
+            "id": item_id,
+            "type": "function_call",
+            "status": status,
+            "arguments": args,
+            "call_id": call_id,
+            "name": name,
+        }
+
+    events: list[Event] = [
+        {
+            "type": "response.output_item.added",
+            "output_index": output_index,
+            "item": item("in_progress", ""),
+        }
+    ]
+    events.extend(
+        {
+            "type": "response.function_call_arguments.delta",
+            "item_id": item_id,
+            "output_index": output_index,
+            "delta": piece,
+        }
+        for piece in split_text(arguments, deltas)
+    )
+    if finished:
+        events += [
+            {
+                "type": "response.function_call_arguments.done",
+                "item_id": item_id,
+                "output_index": output_index,
+                "arguments": arguments,
+            },
+            {
+                "type": "response.output_item.done",
+                "output_index": output_index,
+                "item": item("completed", arguments),
+            },
+        ]
+    return events
+
+
+def output_items(*pieces: Iterable[StreamPart]) -> list[Event]:
+    """The items of every ``response.output_item.done`` event in ``pieces``, by output index:
+    the ``output`` a terminal event carries after streaming them."""
+    done: list[tuple[int, int, Event]] = []
+    for piece in pieces:
+        for part in piece:
+            if isinstance(part, dict) and part.get("type") == "response.output_item.done":
+                done.append((int(part["output_index"]), len(done), dict(part["item"])))
+    return [item for _, _, item in sorted(done, key=lambda entry: entry[:2])]
+
+
+# --------------------------------------------------------------------------------------------
+# Builders: non-standard frames seen in the wild
+
+
+def rate_limits_frame(
+    *, used_percent: float = 12.0, window_minutes: int = 300, resets_in_seconds: int = 1200
+) -> list[Event]:
+    """``codex.rate_limits``, sent by Codex load-balancer relays before ``response.created``."""
+    return [
+        {
+            "type": "codex.rate_limits",
+            "rate_limits": {
+                "primary": {
+                    "used_percent": used_percent,
+                    "window_minutes": window_minutes,
+                    "resets_in_seconds": resets_in_seconds,
+                }
+            },
+        }
+    ]
+
+
+def response_metadata_frame() -> list[Event]:
+    """``codex.response.metadata``, an unknown vendor frame carrying upstream headers."""
+    return [{"type": "codex.response.metadata", "headers": {"x-request-id": "req_sim_upstream"}}]
+
+
+def websocket_timing_frame() -> list[Event]:
+    """``responsesapi.websocket_timing``, an unknown telemetry frame some relays pass through."""
+    return [
+        {
+            "type": "responsesapi.websocket_timing",
+            "timing_metrics": {"engine_service_ttft_total_ms": 233, "engine_service_total_ms": 457},
+        }
+    ]
+
+
+def error_frame(message: str, code: str | None, *, param: str | None = None) -> list[Event]:
+    """An ``error`` event with top-level ``code``/``message``/``param`` (the documented shape)."""
+    return [{"type": "error", "code": code, "message": message, "param": param}]
+
+
+def nested_error_frame(
+    message: str, *, type: str, code: str | None, param: str | None = None
+) -> list[Event]:
+    """An ``error`` event with the error nested: ``{"type": "error", "error": {...}}``."""
+    return [
+        {
+            "type": "error",
+            "error": {"type": type, "code": code, "message": message, "param": param},
+        }
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# The shapes
+
+_ANSWER: Final = "The capital of France is Paris. It has been the capital since 987."
+_REASONING: Final = "The user asks for a capital city; answer directly with one fact."
+_WEATHER_ARGS: Final = '{"city":"Paris","unit":"celsius"}'
+_TIME_ARGS: Final = '{"timezone":"Europe/Paris"}'
+_UTF8_ANSWER: Final = "Grüße aus Köln — naïve café, 東京タワー 🚀 and Ωmega ∑ ok."
+_ENTITLEMENT_MESSAGE: Final = (
+    "The account signed in with OAuth is not entitled to use model grok-4 on its current plan. "
+    "Upgrade the subscription or sign in with an API key."
+)
+_TIME_TOOL: Final[Mapping[str, Any]] = {
+    "type": "function",
+    "name": "get_time",
+    "description": "Current local time in a timezone.",
+    "parameters": {
+        "type": "object",
+        "properties": {"timezone": {"type": "string"}},
+        "required": ["timezone"],
+        "additionalProperties": False,
+    },
+    "strict": True,
+}
+
+
+def _happy_text_events(text: str = _ANSWER, *, deltas: int = 4) -> list[StreamPart]:
+    message = text_message(text, deltas=deltas)
+    return assemble(created(), in_progress(), message, completed(output_items(message)))
+
+
+def _happy_reply() -> Reply:
+    return to_reply(_happy_text_events())
+
+
+def _interrupted_start() -> list[StreamPart]:
+    """The first events of an answer that gets cut off: created and two of four deltas."""
+    partial = text_message(_ANSWER, deltas=4, finished=False)[:4]
+    return assemble(created(), in_progress(), partial)
+
+
+def _script(name: str, description: str, *replies: Reply) -> Script:
+    return Script(replies=replies, name=name, description=description)
+
+
+def _failed_shape(code: str, *, partial_text: str | None = None) -> list[StreamPart]:
+    if partial_text is None:
+        return assemble(created(), in_progress(), failed(code))
+    message = text_message(partial_text, deltas=2, finished=False)
+    return assemble(created(), in_progress(), message, failed(code))
+
+
+def _build_shapes() -> dict[str, Script]:
+    scripts: list[Script] = []
+    add = scripts.append
+
+    add(_script("happy_text", "A plain text answer in four deltas, then response.completed.",
+                _happy_reply()))
+
+    reasoning = reasoning_summary(_REASONING, deltas=3, output_index=0)
+    answer = text_message(_ANSWER, deltas=3, output_index=1)
+    add(_script(
+        "reasoning_then_text",
+        "A reasoning item with a streamed summary, then the text answer, then completed.",
+        to_reply(assemble(
+            created(reasoning_effort="medium"),
+            in_progress(reasoning_effort="medium"),
+            reasoning,
+            answer,
+            completed(output_items(reasoning, answer), reasoning_effort="medium"),
+        )),
+    ))
+
+    call = function_call("get_weather", _WEATHER_ARGS, deltas=3)
+    add(_script(
+        "function_call",
+        "One function call with streamed argument deltas, then completed with the call.",
+        to_reply(assemble(
+            created(tools=[WEATHER_TOOL]),
+            in_progress(tools=[WEATHER_TOOL]),
+            call,
+            completed(output_items(call), tools=[WEATHER_TOOL]),
+        )),
+    ))
+
+    tools = [WEATHER_TOOL, _TIME_TOOL]
+    first = function_call("get_weather", _WEATHER_ARGS, deltas=2, output_index=0)
+    second = function_call("get_time", _TIME_ARGS, deltas=2, output_index=1)
+    add(_script(
+        "parallel_function_calls",
+        "Two function calls in one response, each with argument deltas, then completed.",
+        to_reply(assemble(
+            created(tools=tools), in_progress(tools=tools), first, second,
+            completed(output_items(first, second), tools=tools),
+        )),
+    ))
+
+    message = text_message(_ANSWER, deltas=3)
+    add(_script(
+        "relay_in_progress_first",
+        "A relay that starts with response.in_progress and never sends response.created.",
+        to_reply(assemble(in_progress(), message, completed(output_items(message)))),
+    ))
+
+    add(_script(
+        "rate_limits_before_created",
+        "A codex.rate_limits frame before response.created, then a normal text answer.",
+        to_reply(assemble(
+            rate_limits_frame(), created(), in_progress(), message, completed(output_items(message))
+        )),
+    ))
+
+    add(_script(
+        "error_first_top_level",
+        "An error frame as the very first frame, with top-level message/code (xAI entitlement).",
+        to_reply(assemble(error_frame(_ENTITLEMENT_MESSAGE, "permission_denied"))),
+    ))
+
+    add(_script(
+        "error_first_nested",
+        "An error frame as the very first frame, with the error nested under 'error'.",
+        to_reply(assemble(nested_error_frame(
+            _ENTITLEMENT_MESSAGE, type="permission_error", code="permission_denied"
+        ))),
+    ))
+
+    reasoning = reasoning_summary(_REASONING, deltas=2, output_index=0)
+    answer = text_message(_ANSWER, deltas=3, output_index=1)
+    add(_script(
+        "completed_output_empty",
+        "Items and deltas stream normally, but response.completed carries output: [].",
+        to_reply(assemble(
+            created(), in_progress(), reasoning, answer,
+            completed([], usage=usage_for(output_items(reasoning, answer))),
+        )),
+    ))
+    add(_script(
+        "completed_output_null",
+        "Items and deltas stream normally, but response.completed carries output: null.",
+        to_reply(assemble(
+            created(), in_progress(), reasoning, answer,
+            completed(None, usage=usage_for(output_items(reasoning, answer))),
+        )),
+    ))
+
+    unfinished = function_call("get_weather", _WEATHER_ARGS, deltas=3, finished=False)
+    add(_script(
+        "function_call_without_item_done",
+        "A function call added with argument deltas but no output_item.done; completed has "
+        "output: [].",
+        to_reply(assemble(
+            created(tools=[WEATHER_TOOL]), in_progress(tools=[WEATHER_TOOL]), unfinished,
+            completed([], tools=[WEATHER_TOOL]),
+        )),
+    ))
+
+    cut = text_message("The capital of France is Paris. It has", deltas=3, status="incomplete")
+    add(_script(
+        "incomplete_max_output_tokens",
+        "The answer stops at the token limit: response.incomplete, reason max_output_tokens.",
+        to_reply(assemble(
+            created(), in_progress(), cut, incomplete("max_output_tokens", output_items(cut))
+        )),
+    ))
+    filtered = text_message("Here is how", deltas=2, status="incomplete")
+    add(_script(
+        "incomplete_content_filter",
+        "The answer is cut by moderation: response.incomplete, reason content_filter.",
+        to_reply(assemble(
+            created(), in_progress(), filtered,
+            incomplete("content_filter", output_items(filtered)),
+        )),
+    ))
+
+    add(_script(
+        "failed_server_error",
+        "Some text streams, then response.failed with code server_error.",
+        to_reply(_failed_shape("server_error", partial_text="The capital of")),
+    ))
+    add(_script(
+        "failed_rate_limit_exceeded",
+        "response.failed with code rate_limit_exceeded and 'Please try again in 20s.'",
+        to_reply(_failed_shape("rate_limit_exceeded")),
+    ))
+    add(_script(
+        "failed_context_length_exceeded",
+        "response.failed with code context_length_exceeded right after response.created.",
+        to_reply(_failed_shape("context_length_exceeded")),
+    ))
+    add(_script(
+        "failed_insufficient_quota",
+        "response.failed with code insufficient_quota right after response.created.",
+        to_reply(_failed_shape("insufficient_quota")),
+    ))
+
+    message = text_message(_ANSWER, deltas=4)
+    deltas_at = [i for i, e in enumerate(message) if e["type"] == "response.output_text.delta"]
+    noisy_message: list[StreamPart] = list(message)
+    noisy_message.insert(deltas_at[2], Data('{"type":"response.output_text.delta","delta":"Pa',
+                                            event="response.output_text.delta"))
+    noisy_message.insert(deltas_at[1], KEEPALIVE)
+    add(_script(
+        "noisy_but_fine",
+        "Keepalive comments, unknown codex.*/responsesapi.* frames, one undecodable data line "
+        "and a trailing data: [DONE] around an otherwise normal answer.",
+        to_reply(assemble(
+            KEEPALIVE, created(), KEEPALIVE, in_progress(), response_metadata_frame(),
+            noisy_message, websocket_timing_frame(), completed(output_items(message)), DONE,
+        )),
+    ))
+
+    utf8_message = text_message(_UTF8_ANSWER, deltas=5)
+    add(_script(
+        "crlf_split_chunks",
+        "CRLF line endings, multi-byte UTF-8 text, and 7-byte chunks that split lines, CRLF "
+        "pairs and characters.",
+        to_reply(
+            assemble(created(), in_progress(), utf8_message, completed(output_items(utf8_message))),
+            chunking=7,
+            crlf=True,
+        ),
+    ))
+
+    add(_script(
+        "drop_then_retry",
+        "Attempt 1 drops the connection mid-answer (incomplete chunked body); attempt 2 is good.",
+        to_reply([*_interrupted_start(), Drop()]),
+        _happy_reply(),
+    ))
+
+    partial = text_message(_ANSWER, deltas=4)
+    add(_script(
+        "stall_then_retry",
+        f"Attempt 1 goes silent for {STALL_SECONDS:g}s mid-answer with the socket open, then "
+        "finishes; attempt 2 is good.",
+        to_reply(assemble(
+            created(), in_progress(), partial[:4], Stall(STALL_SECONDS), partial[4:],
+            completed(output_items(partial)),
+        )),
+        _happy_reply(),
+    ))
+
+    add(_script(
+        "eof_then_retry",
+        "Attempt 1 ends cleanly mid-answer without any terminal event; attempt 2 is good.",
+        to_reply(_interrupted_start()),
+        _happy_reply(),
+    ))
+
+    error_500 = http_error(
+        500, "The server had an error while processing your request. Sorry about that!",
+        type="server_error", code=None,
+    )
+    add(_script("http_500", "HTTP 500 with an OpenAI-shaped error body, on every attempt.",
+                *([error_500] * 3)))
+    error_429 = http_error(
+        429,
+        "Rate limit reached for gpt-5 in organization org-simulator on tokens per min (TPM): "
+        "Limit 30000, Used 29400, Requested 1850. Please try again in 20s. Visit "
+        "https://platform.openai.com/account/rate-limits to learn more.",
+        type="tokens", code="rate_limit_exceeded",
+        headers=(("x-ratelimit-limit-tokens", "30000"), ("x-ratelimit-reset-tokens", "20s")),
+    )
+    add(_script("http_429", "HTTP 429 rate limit with an OpenAI-shaped error body, on every "
+                "attempt.", *([error_429] * 3)))
+    error_401 = http_error(
+        401,
+        "Incorrect API key provided: sk-test. You can find your API key at "
+        "https://platform.openai.com/account/api-keys.",
+        type="invalid_request_error", code="invalid_api_key",
+    )
+    add(_script("http_401", "HTTP 401 invalid API key with an OpenAI-shaped error body, on "
+                "every attempt.", *([error_401] * 3)))
+
+    dropped = to_reply([*_interrupted_start(), Drop()])
+    add(_script("drop_every_attempt",
+                "Every attempt (three) drops mid-answer, so a caller ends in error.",
+                dropped, dropped, dropped))
+
+    return {script.name: script for script in scripts}
+
+
+SHAPES: Final[dict[str, Script]] = _build_shapes()
+"""Every real-world stream shape, by name; ``SHAPES[name].description`` says what it is."""
