@@ -610,3 +610,39 @@ class ResponsesSimulator:
     def _forget_connection(self, connection: socket.socket) -> None:
         with self._lock:
             self._connections.discard(connection)
+
+
+def script_from_trace(trace: Any) -> Script:
+    """A recorded turn as a script: each attempt's chunks, faults and HTTP errors, in order.
+
+    Chunks keep their recorded boundaries; a drop or connect error becomes a `Drop`; a read or
+    idle timeout becomes a long `Stall`; an interrupt or clean end ends the body."""
+    from engine.eventlog import Chunk
+    from engine.trace import input_from_json
+    from machines.records import HttpError, IdleTimeout, TransportFault
+
+    replies: list[Reply] = []
+    by_attempt: dict[int, list[Any]] = {}
+    for record in trace.inputs():
+        by_attempt.setdefault(record["attempt"], []).append(input_from_json(record))
+    for number in sorted(by_attempt):
+        steps: list[Step] = []
+        reply: Reply | None = None
+        for item in by_attempt[number]:
+            if isinstance(item, Chunk):
+                if item.data:
+                    steps.append(Send(item.data))
+            elif isinstance(item, HttpError):
+                body = item.body if isinstance(item.body, (dict, list)) else {"error": {"message": str(item.body)}}
+                reply = Reply(status=item.status, body=orjson.dumps(body))
+                break
+            elif isinstance(item, TransportFault) and item.kind != "read_timeout":
+                steps.append(Drop())
+                break
+            elif isinstance(item, (TransportFault, IdleTimeout)):
+                steps.append(Stall(30.0))
+                break
+            else:  # end of stream, interrupt
+                break
+        replies.append(reply or Reply(steps=tuple(steps)))
+    return Script(replies=tuple(replies), name=trace.path, description=f"replies recorded in {trace.path}")

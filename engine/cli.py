@@ -1,0 +1,346 @@
+"""The `streamfsm` command line (also `python -m engine`).
+
+    streamfsm demo                      real turns through the built-in simulator, offline
+    streamfsm replay TRACE...           replay traces through today's machines (exit 0/1/2)
+    streamfsm consume FILE              raw SSE bytes through one attempt
+    streamfsm serve FIXTURE [--port N]  a trace or a built-in shape as a Responses-API endpoint
+    streamfsm diagram [MACHINE]         a machine's table as a Mermaid state diagram
+    streamfsm fuzz ...                  a long fuzzing campaign (see `streamfsm fuzz --help`)
+
+Errors in what the user passed (a missing file, an invalid trace) are one line on stderr and exit
+status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+import time
+from typing import Any, Sequence, TextIO
+
+import openai
+
+from engine.consume import consume
+from engine.diagram import MACHINES, mermaid
+from engine.eventlog import Callbacks
+from engine.replay import replay
+from engine.shapes import SHAPES
+from engine.simulator import ResponsesSimulator, Script, script_from_trace
+from engine.sync_driver import run_turn
+from engine.trace import TraceError, read_trace
+from machines.records import TurnPolicy, TurnResult
+
+__all__ = ["main", "describe_result"]
+
+
+class UsageError(Exception):
+    """Something the user passed cannot be used; the message is one line."""
+
+
+# -- rendering ------------------------------------------------------------------------------------
+def _attempt_paths(result: TurnResult) -> list[str]:
+    """One line per attempt: its path through the stream-attempt states, with triggers."""
+    lines = []
+    for attempt in result.attempts:
+        steps = [t for t in result.transitions if t.machine == "stream_attempt" and t.attempt == attempt.number]
+        path = steps[0].source if steps else "awaiting_created"
+        for step in steps:
+            path += f" -{step.trigger}-> {step.dest}"
+        lines.append(f"attempt {attempt.number} {attempt.kind:<8} {path}")
+    return lines
+
+
+def _clip(text: str, width: int = 60) -> str:
+    text = text.replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def describe_result(result: TurnResult) -> list[str]:
+    """A few human lines: each attempt's path, then the outcome, text, tool calls, error."""
+    lines = _attempt_paths(result)
+    lines.append(f"outcome   {result.outcome}")
+    if result.output_text:
+        lines.append(f"text      {_clip(result.output_text)!r}")
+    for call in result.tool_calls:
+        lines.append(f"tool call {call['name']}({_clip(call['arguments'], 50)})")
+    if result.error:
+        code = result.error.get("code")
+        lines.append(f"error     {code}: {_clip(str(result.error.get('message')), 70)}")
+    if result.rate_limits:
+        lines.append(f"rate limits kept: {len(result.rate_limits)} frame(s)")
+    return lines
+
+
+# -- demo -----------------------------------------------------------------------------------------
+#: (shape name, policy, interrupt after seconds or None): a tour of the real-world shapes.
+DEMO_SCENARIOS: list[tuple[str, TurnPolicy, float | None]] = [
+    ("happy_text", TurnPolicy(), None),
+    ("reasoning_then_text", TurnPolicy(), None),
+    ("function_call", TurnPolicy(), None),
+    ("relay_in_progress_first", TurnPolicy(), None),
+    ("rate_limits_before_created", TurnPolicy(), None),
+    ("error_first_nested", TurnPolicy(), None),
+    ("completed_output_null", TurnPolicy(), None),
+    ("function_call_without_item_done", TurnPolicy(), None),
+    ("incomplete_max_output_tokens", TurnPolicy(), None),
+    ("failed_rate_limit_exceeded", TurnPolicy(), None),
+    ("noisy_but_fine", TurnPolicy(), None),
+    ("drop_then_retry", TurnPolicy(), None),
+    ("stall_then_retry", TurnPolicy(idle_timeout_s=0.3), None),
+    ("eof_then_retry", TurnPolicy(), None),
+    ("drop_every_attempt", TurnPolicy(), None),
+    ("http_401", TurnPolicy(), None),
+    ("stall_then_retry", TurnPolicy(), 0.2),
+]
+
+
+def _demo(args: argparse.Namespace, out: TextIO) -> int:
+    if args.traces:
+        os.makedirs(args.traces, exist_ok=True)
+    out.write(
+        "streamfsm demo: real turns with the openai client against the built-in Responses\n"
+        "simulator on 127.0.0.1 (offline, no key). Each attempt's path through the states:\n"
+    )
+    for number, (name, policy, interrupt_after) in enumerate(DEMO_SCENARIOS, 1):
+        script = SHAPES[name]
+        title = name + (" (interrupted by the caller)" if interrupt_after else "")
+        if policy.idle_timeout_s:
+            title += f" (idle timeout {policy.idle_timeout_s:g} s)"
+        out.write(f"\n{number:2}. {title}\n    {script.description}\n")
+        trace = os.path.join(args.traces, f"{number:02d}-{name}.jsonl") if args.traces else None
+        stop = threading.Event()
+        timer = threading.Timer(interrupt_after, stop.set) if interrupt_after else None
+        with ResponsesSimulator(script) as sim:
+            client = openai.OpenAI(base_url=sim.base_url, api_key="demo-key", max_retries=0)
+            if timer:
+                timer.start()
+            began = time.monotonic()
+            result = run_turn(
+                client, {"model": "gpt-5", "input": "What is the capital of France?"},
+                policy=policy, trace=trace, interrupt=stop,
+            )
+            elapsed = time.monotonic() - began
+            requests = len(sim.requests)
+        if timer:
+            timer.cancel()
+        for line in describe_result(result):
+            out.write(f"    {line}\n")
+        out.write(f"    {requests} HTTP request(s), {elapsed * 1000:.0f} ms\n")
+    if args.traces:
+        out.write(f"\nTraces written to {args.traces}/ (replay them: streamfsm replay {args.traces}/*.jsonl)\n")
+    return 0
+
+
+# -- replay ---------------------------------------------------------------------------------------
+def _replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    status = 0
+    for path in args.traces:
+        try:
+            report = replay(path)
+        except TraceError as error:
+            err.write(f"streamfsm: invalid trace: {error}\n")
+            status = 2
+            continue
+        if report.identical:
+            out.write(f"identical  {path} ({report.records} records)\n")
+        else:
+            divergence = report.divergence
+            assert divergence is not None
+            out.write(f"DIVERGED   {path}: first difference at seq {divergence.seq}\n")
+            out.write(f"  recorded: {_record_text(divergence.recorded)}\n")
+            out.write(f"  replayed: {_record_text(divergence.replayed)}\n")
+            status = max(status, 1)
+    return status
+
+
+def _record_text(record: dict[str, Any] | None) -> str:
+    if record is None:
+        return "(no record)"
+    import orjson
+
+    return orjson.dumps(record).decode()
+
+
+# -- consume --------------------------------------------------------------------------------------
+def _read_input(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        with open(path, "rb") as source:
+            return source.read()
+    except OSError as error:
+        raise UsageError(f"cannot read {path}: {error.strerror or error}") from None
+
+
+def _consume(args: argparse.Namespace, out: TextIO) -> int:
+    data = _read_input(args.file)
+    chunks = [data[i : i + 65536] for i in range(0, len(data), 65536)] or [b""]
+    printed: list[str] = []
+    callbacks = Callbacks(on_text_delta=printed.append) if args.text else None
+    result = consume(chunks, callbacks=callbacks, trace=args.trace)
+    if args.text:
+        out.write("".join(printed) + "\n")
+    for transition in result.transitions:
+        out.write(
+            f"{transition.seq:>5}  {transition.machine:<14} {transition.source} "
+            f"-{transition.trigger}-> {transition.dest}\n"
+        )
+    for line in describe_result(result)[len(result.attempts):]:
+        out.write(line + "\n")
+    return 0
+
+
+# -- serve ----------------------------------------------------------------------------------------
+def _load_script(fixture: str) -> Script:
+    if fixture in SHAPES:
+        return SHAPES[fixture]
+    if not os.path.exists(fixture):
+        raise UsageError(
+            f"{fixture}: no such file, and not a built-in shape (see `streamfsm serve --list`)"
+        )
+    try:
+        return script_from_trace(read_trace(fixture))
+    except TraceError as error:
+        raise UsageError(f"invalid trace: {error}") from None
+
+
+def _serve(args: argparse.Namespace, out: TextIO) -> int:
+    if args.list:
+        for name, script in SHAPES.items():
+            out.write(f"{name:34} {script.description}\n")
+        return 0
+    if not args.fixture:
+        raise UsageError("serve needs a FIXTURE (a trace file or a shape name; --list shows shapes)")
+    script = _load_script(args.fixture)
+    sim = ResponsesSimulator(script, port=args.port, repeat=True)
+    try:
+        sim.start()
+    except OSError as error:
+        raise UsageError(f"cannot listen on 127.0.0.1:{args.port}: {error.strerror or error}") from None
+    out.write(
+        f"serving {args.fixture} ({len(script.replies)} reply/replies, repeating) at {sim.base_url}\n"
+        f"try: OPENAI_BASE_URL={sim.base_url} OPENAI_API_KEY=any <your client>   (Ctrl-C stops)\n"
+    )
+    out.flush()
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        out.write("stopped\n")
+    finally:
+        sim.close()
+    return 0
+
+
+# -- diagram --------------------------------------------------------------------------------------
+def _diagram(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        out.write(mermaid(args.machine))
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamfsm",
+        description="Responses-API streams as explicit, recorded, replayable state machines.",
+    )
+    parser.add_argument("--log", action="store_true", help="write JSON log lines (transitions, outcomes) to stderr")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo", help="offline: run real turns through the built-in simulator and show their paths",
+        description="Start the built-in Responses-API simulator on 127.0.0.1 and run real turns "
+        "(the openai client over HTTP) through happy and failure shapes: prelude frames, error "
+        "frames, empty output, drops, stalls, HTTP errors, an interrupt. No key, no network.",
+    )
+    demo.add_argument("--traces", metavar="DIR", help="also write each turn's trace into DIR")
+
+    rep = commands.add_parser(
+        "replay", help="replay recorded traces through today's machines and compare",
+        description="Feed each trace's recorded inputs to today's machines and compare every "
+        "record. Exit 0: all identical; 1: a divergence (the first differing record is printed); "
+        "2: an unreadable or invalid trace.",
+    )
+    rep.add_argument("traces", nargs="+", metavar="TRACE", help="trace files (JSON Lines)")
+
+    con = commands.add_parser(
+        "consume", help="run raw SSE bytes (e.g. saved from `curl -N`) through one attempt",
+        description="Run a file of raw server-sent-event bytes through one stream attempt and "
+        "print the transitions and the outcome. The end of the file is the end of the stream.",
+    )
+    con.add_argument("file", metavar="FILE", help="file of raw SSE bytes, or - for stdin")
+    con.add_argument("--trace", metavar="OUT", help="also record the attempt as a trace")
+    con.add_argument("--text", action="store_true", help="print the delivered answer text first")
+
+    srv = commands.add_parser(
+        "serve", help="serve a trace or built-in shape as a Responses-API endpoint on 127.0.0.1",
+        description="Serve a recorded trace (its chunks, faults and HTTP errors, attempt by "
+        "attempt) or a built-in shape as POST /v1/responses on 127.0.0.1, for any client. "
+        "Replies repeat from the start once used up.",
+    )
+    srv.add_argument("fixture", nargs="?", metavar="FIXTURE", help="a trace file or a shape name")
+    srv.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0 picks one)")
+    srv.add_argument("--list", action="store_true", help="list the built-in shapes and exit")
+
+    dia = commands.add_parser(
+        "diagram", help="print a machine's transition table as a Mermaid stateDiagram-v2",
+        description="Print the machine's transition table as Mermaid, generated from the table.",
+    )
+    dia.add_argument("machine", nargs="?", default="stream_attempt", choices=sorted(MACHINES),
+                     help="which machine (default stream_attempt)")
+
+    try:
+        from engine import fuzz
+    except ImportError:  # the fuzzing campaign is optional
+        fuzz = None  # type: ignore[assignment]
+    if fuzz is not None:
+        fz = commands.add_parser(
+            "fuzz", help="run a long fuzzing campaign over generated sessions",
+            description="Generate Responses-API sessions with Hypothesis, check every invariant, "
+            "save each counterexample as a trace.",
+        )
+        fuzz.add_arguments(fz)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.log:
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(message)s")
+    out, err = sys.stdout, sys.stderr
+    try:
+        if args.command == "demo":
+            return _demo(args, out)
+        if args.command == "replay":
+            return _replay(args, out, err)
+        if args.command == "consume":
+            return _consume(args, out)
+        if args.command == "serve":
+            return _serve(args, out)
+        if args.command == "diagram":
+            return _diagram(args, out)
+        if args.command == "fuzz":
+            from engine import fuzz
+
+            return fuzz.run(args)
+        parser.print_help(out)
+        return 0
+    except UsageError as error:
+        err.write(f"streamfsm: error: {error}\n")
+        return 2
+    except (TraceError, TypeError, ValueError) as error:
+        err.write(f"streamfsm: error: {str(error).splitlines()[0] if str(error) else type(error).__name__}\n")
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Recording the built-in shapes as replay fixtures.
+
+`python -m engine.fixtures [DIR]` runs every shape of `engine.shapes.SHAPES` as a real turn (the
+openai client against the loopback simulator) and writes its trace to `DIR/<shape>.jsonl`
+(default `replay_fixtures/`). The test suite replays every file in that folder, so a change to the
+machines that alters any recorded decision fails until the fixture is re-recorded on purpose.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+import openai
+
+from engine.consume import consume
+from engine.shapes import SHAPES
+from engine.simulator import ResponsesSimulator, Send
+from engine.sync_driver import run_turn
+from machines.records import TurnPolicy, TurnResult
+
+__all__ = ["FIXTURE_POLICIES", "record_shape"]
+
+#: Shapes recorded with a policy other than the default.
+FIXTURE_POLICIES: dict[str, TurnPolicy] = {"stall_then_retry": TurnPolicy(idle_timeout_s=0.3)}
+
+REQUEST = {"model": "gpt-5", "input": "What is the capital of France?"}
+
+
+def record_shape(name: str, path: str | os.PathLike[str]) -> TurnResult:
+    """Run one built-in shape through `run_turn` over loopback HTTP, recording it at `path`."""
+    with ResponsesSimulator(SHAPES[name]) as sim:
+        client = openai.OpenAI(base_url=sim.base_url, api_key="fixture-key", max_retries=0)
+        return run_turn(client, REQUEST, policy=FIXTURE_POLICIES.get(name), trace=path)
+
+
+def record_interrupted_stall(path: str | os.PathLike[str], after_s: float = 0.2) -> TurnResult:
+    """A caller interrupting a stalled stream mid-answer (the stall_then_retry shape)."""
+    stop = threading.Event()
+    timer = threading.Timer(after_s, stop.set)
+    with ResponsesSimulator(SHAPES["stall_then_retry"]) as sim:
+        client = openai.OpenAI(base_url=sim.base_url, api_key="fixture-key", max_retries=0)
+        timer.start()
+        try:
+            return run_turn(client, REQUEST, trace=path, interrupt=stop)
+        finally:
+            timer.cancel()
+
+
+def record_consumed(name: str, path: str | os.PathLike[str]) -> TurnResult:
+    """The first reply of a shape as raw bytes through `consume` (no network)."""
+    reply = SHAPES[name].replies[0]
+    return consume([step.data for step in reply.steps if isinstance(step, Send)], trace=path)
+
+
+def main(argv: list[str]) -> int:
+    directory = argv[0] if argv else "replay_fixtures"
+    os.makedirs(directory, exist_ok=True)
+    results = {name: record_shape(name, os.path.join(directory, f"{name}.jsonl")) for name in SHAPES}
+    results["interrupted_during_stall"] = record_interrupted_stall(
+        os.path.join(directory, "interrupted_during_stall.jsonl")
+    )
+    for name in ("happy_text", "drop_then_retry"):
+        results[f"consume_{name}"] = record_consumed(
+            name, os.path.join(directory, f"consume_{name}.jsonl")
+        )
+    for name, result in results.items():
+        print(f"{name:34} {result.outcome}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
