@@ -7,6 +7,7 @@
 from engine.consume import consume
 from engine.eventlog import Callbacks
 from engine.replay import ReplayReport, replay
+from engine.async_driver import arun_turn
 from engine.sync_driver import run_turn
 from engine.trace import TraceError
 from machines.records import Attempt, Transition, TurnPolicy, TurnResult
@@ -20,6 +21,7 @@ __all__ = [
     "consume",
     "replay",
     "ReplayReport",
+    "arun_turn",
     "run_turn",
     "TraceError",
 ]

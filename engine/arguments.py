@@ -50,3 +50,29 @@ def interrupt_check(interrupt: Any) -> Callable[[], bool]:
         f"interrupt must be a threading.Event, a zero-argument callable or None, "
         f"not {type(interrupt).__name__}"
     )
+
+
+def check_turn_call(
+    client: Any,
+    request: Any,
+    callbacks: Any,
+    policy: Any,
+    trace: Any,
+    interrupt: Any,
+    *,
+    asynchronous: bool,
+) -> tuple[dict[str, Any], TurnPolicy, Callable[[], bool]]:
+    """Check a `run_turn` / `arun_turn` call; return (request, policy, interrupt check)."""
+    import openai
+
+    if asynchronous and isinstance(client, openai.OpenAI):
+        raise TypeError("arun_turn needs an openai.AsyncOpenAI client; use run_turn")
+    if not asynchronous and isinstance(client, openai.AsyncOpenAI):
+        raise TypeError("run_turn needs a synchronous openai.OpenAI client; use arun_turn")
+    if not hasattr(client, "responses"):
+        raise TypeError(f"client must be an openai client, not {type(client).__name__}")
+    checked = check_request(request)
+    check_callbacks(callbacks)
+    checked_policy = check_policy(policy)
+    check_trace(trace)
+    return checked, checked_policy, interrupt_check(interrupt)

@@ -22,18 +22,12 @@ from typing import Any, Callable
 
 import openai
 
-from engine.arguments import (
-    check_callbacks,
-    check_policy,
-    check_request,
-    check_trace,
-    interrupt_check,
-)
+from engine.arguments import check_turn_call
 from engine.eventlog import Callbacks
 from engine.recording import AttemptFeed, TurnRecording
 from engine.redaction import client_secrets
-from engine.transport import fault_of, http_error_of, is_transport_error
-from machines.records import IdleTimeout, Interrupt, TurnPolicy, TurnResult
+from engine.transport import Watchdog, turn_clock, fault_of, http_error_of, is_transport_error
+from machines.records import Interrupt, TurnPolicy, TurnResult
 
 __all__ = ["run_turn"]
 
@@ -97,28 +91,22 @@ def _run_attempt(
     try:
         reader = _BodyReader(body)
         get = reader.items.get
-        last_byte = now()
+        watchdog = Watchdog(now, interrupted, idle_timeout_s, POLL_S)
         while True:
-            wait = POLL_S
-            if idle_timeout_s is not None:
-                wait = max(0.0, min(wait, idle_timeout_s - (now() - last_byte)))
             try:
-                kind, value = get(timeout=wait)
+                kind, value = get(timeout=watchdog.wait_s())
             except queue.Empty:
-                t = now()
-                if interrupted():
-                    feed.fail(Interrupt(), t)
-                    return
-                if idle_timeout_s is not None and t - last_byte >= idle_timeout_s:
-                    feed.fail(IdleTimeout(idle_timeout_s), t)
+                stop = watchdog.after_silence()
+                if stop is not None:
+                    feed.fail(stop, now())
                     return
                 continue
+            stop = watchdog.before_item(kind == _CHUNK)
             t = now()
-            if interrupted():
-                feed.fail(Interrupt(), t)
+            if stop is not None:
+                feed.fail(stop, t)
                 return
             if kind == _CHUNK:
-                last_byte = t
                 if feed.chunk(value, t):
                     return
             elif kind == _END:
@@ -149,22 +137,12 @@ def run_turn(
 
     Returns a `TurnResult` for anything the server or network does; raises `TypeError` /
     `ValueError` only for a wrong call."""
-    if isinstance(client, openai.AsyncOpenAI):
-        raise TypeError("run_turn needs a synchronous openai.OpenAI client; use arun_turn")
-    if not hasattr(client, "responses"):
-        raise TypeError(f"client must be an openai.OpenAI client, not {type(client).__name__}")
-    request = check_request(request)
-    check_callbacks(callbacks)
-    policy = check_policy(policy)
-    check_trace(trace)
-    interrupted = interrupt_check(interrupt)
+    request, policy, interrupted = check_turn_call(
+        client, request, callbacks, policy, trace, interrupt, asynchronous=False
+    )
     secrets = client_secrets(client)
 
-    start = time.monotonic()
-
-    def now() -> float:
-        return round(time.monotonic() - start, 6)
-
+    now = turn_clock()
     recording = TurnRecording(policy, callbacks, entry="run_turn", request=request)
     try:
         for feed in recording.attempts():

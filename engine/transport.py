@@ -9,14 +9,15 @@ the exception's class name is kept as detail (never its text, which may quote a 
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import Any, Callable
 
 import openai
 import orjson
 
-from machines.records import HttpError, TransportFault
+from machines.records import HttpError, IdleTimeout, Interrupt, TransportFault
 
-__all__ = ["fault_of", "http_error_of", "is_transport_error"]
+__all__ = ["Watchdog", "fault_of", "http_error_of", "is_transport_error"]
 
 _TIMEOUT_NAMES = {"TimeoutException", "ReadTimeout", "WriteTimeout", "PoolTimeout", "TimeoutError"}
 _CONNECT_NAMES = {"ConnectError", "ConnectTimeout", "ConnectionRefusedError"}
@@ -71,3 +72,55 @@ def http_error_of(error: openai.APIStatusError) -> HttpError:
     else:
         body = error.body
     return HttpError(error.status_code, body)
+
+
+class Watchdog:
+    """Decides, for a driver waiting on a body, when silence or the caller ends the attempt.
+
+    The driver waits at most `wait_s()` for the next item; after a silent wait it asks
+    `after_silence()`, before using an item `before_item()`: either returns the input record that
+    ends the attempt (an `Interrupt` or an `IdleTimeout`) or None to go on."""
+
+    __slots__ = ("_now", "_interrupted", "_idle_s", "_last_byte", "_poll_s")
+
+    def __init__(
+        self,
+        now: Callable[[], float],
+        interrupted: Callable[[], bool],
+        idle_timeout_s: float | None,
+        poll_s: float,
+    ) -> None:
+        self._now = now
+        self._interrupted = interrupted
+        self._idle_s = idle_timeout_s
+        self._poll_s = poll_s
+        self._last_byte = now()
+
+    def wait_s(self) -> float:
+        if self._idle_s is None:
+            return self._poll_s
+        return max(0.0, min(self._poll_s, self._idle_s - (self._now() - self._last_byte)))
+
+    def after_silence(self) -> Interrupt | IdleTimeout | None:
+        if self._interrupted():
+            return Interrupt()
+        if self._idle_s is not None and self._now() - self._last_byte >= self._idle_s:
+            return IdleTimeout(self._idle_s)
+        return None
+
+    def before_item(self, is_bytes: bool) -> Interrupt | None:
+        if self._interrupted():
+            return Interrupt()
+        if is_bytes:
+            self._last_byte = self._now()
+        return None
+
+
+def turn_clock() -> Callable[[], float]:
+    """Monotonic seconds since the turn began, rounded to microseconds (the trace's `t`)."""
+    start = time.monotonic()
+
+    def now() -> float:
+        return round(time.monotonic() - start, 6)
+
+    return now

@@ -1,0 +1,134 @@
+"""`arun_turn`: one turn over the network with an `openai.AsyncOpenAI` client.
+
+The same machines, event log and trace as `run_turn` (engine/recording.py); only the I/O differs.
+The body is read by a task that hands chunks over an `asyncio.Queue`; the turn's task waits on
+that queue with a short timeout, so interrupts and idle timeouts are honoured while the socket is
+silent. On either, the response is closed and the reader task cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import openai
+
+from engine.arguments import check_turn_call
+from engine.eventlog import Callbacks
+from engine.recording import AttemptFeed, TurnRecording
+from engine.redaction import client_secrets
+from engine.transport import Watchdog, fault_of, http_error_of, is_transport_error, turn_clock
+from machines.records import Interrupt, TurnPolicy, TurnResult
+
+__all__ = ["arun_turn"]
+
+POLL_S = 0.02
+_CHUNK, _END, _ERROR = 0, 1, 2
+
+
+async def _read_body(body: AsyncIterator[bytes], items: asyncio.Queue[tuple[int, Any]]) -> None:
+    try:
+        async for chunk in body:
+            if chunk:
+                items.put_nowait((_CHUNK, chunk))
+        items.put_nowait((_END, None))
+    except asyncio.CancelledError:
+        raise
+    except BaseException as error:
+        items.put_nowait((_ERROR, error))
+
+
+async def _open_stream(
+    client: Any, request: dict[str, Any], kind: str
+) -> tuple[AsyncIterator[bytes], Callable[[], Awaitable[Any]]]:
+    if kind == "fallback":
+        stream = await client.responses.create(**request, stream=True)
+        return stream.response.aiter_bytes(), stream.close
+    manager = client.responses.with_streaming_response.create(**request, stream=True)
+    response = await manager.__aenter__()
+    return response.iter_bytes(), lambda: manager.__aexit__(None, None, None)
+
+
+async def _run_attempt(
+    client: Any,
+    request: dict[str, Any],
+    feed: AttemptFeed,
+    now: Callable[[], float],
+    interrupted: Callable[[], bool],
+    idle_timeout_s: float | None,
+) -> None:
+    if interrupted():
+        feed.fail(Interrupt(), now())
+        return
+    try:
+        body, close = await _open_stream(client, request, feed.kind)
+    except openai.APIStatusError as error:
+        feed.fail(http_error_of(error), now())
+        return
+    except Exception as error:
+        if not is_transport_error(error):
+            raise
+        feed.fail(fault_of(error, opening=True), now())
+        return
+    items: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+    reader = asyncio.ensure_future(_read_body(body, items))
+    watchdog = Watchdog(now, interrupted, idle_timeout_s, POLL_S)
+    try:
+        while True:
+            try:
+                kind, value = await asyncio.wait_for(items.get(), watchdog.wait_s())
+            except asyncio.TimeoutError:
+                stop = watchdog.after_silence()
+                if stop is not None:
+                    feed.fail(stop, now())
+                    return
+                continue
+            stop = watchdog.before_item(kind == _CHUNK)
+            t = now()
+            if stop is not None:
+                feed.fail(stop, t)
+                return
+            if kind == _CHUNK:
+                if feed.chunk(value, t):
+                    return
+            elif kind == _END:
+                feed.end(t)
+                return
+            else:
+                if not is_transport_error(value):
+                    raise value
+                feed.fail(fault_of(value, opening=False), t)
+                return
+    finally:
+        reader.cancel()
+        try:
+            await close()
+        except Exception:  # closing a broken stream may fail again; nothing left to save
+            pass
+
+
+async def arun_turn(
+    client: openai.AsyncOpenAI,
+    request: dict[str, Any],
+    *,
+    callbacks: Callbacks | None = None,
+    policy: TurnPolicy | None = None,
+    trace: str | os.PathLike[str] | None = None,
+    interrupt: threading.Event | Callable[[], bool] | None = None,
+) -> TurnResult:
+    """`run_turn` for `openai.AsyncOpenAI`: same machines, same result, same trace format."""
+    request, policy, interrupted = check_turn_call(
+        client, request, callbacks, policy, trace, interrupt, asynchronous=True
+    )
+    secrets = client_secrets(client)
+    now = turn_clock()
+    recording = TurnRecording(policy, callbacks, entry="arun_turn", request=request)
+    try:
+        for feed in recording.attempts():
+            await _run_attempt(client, request, feed, now, interrupted, policy.idle_timeout_s)
+    except BaseException:
+        recording.abandon(trace, secrets)
+        raise
+    return recording.finish(trace, secrets)
