@@ -19,25 +19,33 @@ from engine.arguments import check_turn_call
 from engine.eventlog import Callbacks
 from engine.recording import AttemptFeed, TurnRecording
 from engine.redaction import client_secrets
-from engine.transport import Watchdog, fault_of, http_error_of, is_transport_error, turn_clock
+from engine.transport import (
+    CHUNK,
+    END,
+    ERROR,
+    Watchdog,
+    feed_body_item,
+    feed_opening_error,
+    feed_silence,
+    turn_clock,
+)
 from machines.records import Interrupt, TurnPolicy, TurnResult
 
 __all__ = ["arun_turn"]
 
 POLL_S = 0.02
-_CHUNK, _END, _ERROR = 0, 1, 2
 
 
 async def _read_body(body: AsyncIterator[bytes], items: asyncio.Queue[tuple[int, Any]]) -> None:
     try:
         async for chunk in body:
             if chunk:
-                items.put_nowait((_CHUNK, chunk))
-        items.put_nowait((_END, None))
+                items.put_nowait((CHUNK, chunk))
+        items.put_nowait((END, None))
     except asyncio.CancelledError:
         raise
     except BaseException as error:
-        items.put_nowait((_ERROR, error))
+        items.put_nowait((ERROR, error))
 
 
 async def _open_stream(
@@ -64,13 +72,8 @@ async def _run_attempt(
         return
     try:
         body, close = await _open_stream(client, request, feed.kind)
-    except openai.APIStatusError as error:
-        feed.fail(http_error_of(error), now())
-        return
     except Exception as error:
-        if not is_transport_error(error):
-            raise
-        feed.fail(fault_of(error, opening=True), now())
+        feed_opening_error(feed, error, now)
         return
     items: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
     reader = asyncio.ensure_future(_read_body(body, items))
@@ -80,26 +83,10 @@ async def _run_attempt(
             try:
                 kind, value = await asyncio.wait_for(items.get(), watchdog.wait_s())
             except asyncio.TimeoutError:
-                stop = watchdog.after_silence()
-                if stop is not None:
-                    feed.fail(stop, now())
+                if feed_silence(feed, watchdog, now):
                     return
                 continue
-            stop = watchdog.before_item(kind == _CHUNK)
-            t = now()
-            if stop is not None:
-                feed.fail(stop, t)
-                return
-            if kind == _CHUNK:
-                if feed.chunk(value, t):
-                    return
-            elif kind == _END:
-                feed.end(t)
-                return
-            else:
-                if not is_transport_error(value):
-                    raise value
-                feed.fail(fault_of(value, opening=False), t)
+            if feed_body_item(feed, watchdog, kind, value, now):
                 return
     finally:
         reader.cancel()

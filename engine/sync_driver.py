@@ -26,7 +26,16 @@ from engine.arguments import check_turn_call
 from engine.eventlog import Callbacks
 from engine.recording import AttemptFeed, TurnRecording
 from engine.redaction import client_secrets
-from engine.transport import Watchdog, turn_clock, fault_of, http_error_of, is_transport_error
+from engine.transport import (
+    CHUNK,
+    END,
+    ERROR,
+    Watchdog,
+    feed_body_item,
+    feed_opening_error,
+    feed_silence,
+    turn_clock,
+)
 from machines.records import Interrupt, TurnPolicy, TurnResult
 
 __all__ = ["run_turn"]
@@ -34,7 +43,6 @@ __all__ = ["run_turn"]
 #: How often the caller's thread looks at the interrupt while the socket is silent (seconds).
 POLL_S = 0.02
 
-_CHUNK, _END, _ERROR = 0, 1, 2
 
 
 class _BodyReader:
@@ -51,10 +59,10 @@ class _BodyReader:
         try:
             for chunk in self._body:
                 if chunk:
-                    put((_CHUNK, chunk))
-            put((_END, None))
+                    put((CHUNK, chunk))
+            put((END, None))
         except BaseException as error:  # handed to the caller's thread, classified there
-            put((_ERROR, error))
+            put((ERROR, error))
 
 
 def _open_stream(client: Any, request: dict[str, Any], kind: str) -> tuple[Any, Callable[[], None]]:
@@ -80,13 +88,8 @@ def _run_attempt(
         return
     try:
         body, close = _open_stream(client, request, feed.kind)
-    except openai.APIStatusError as error:
-        feed.fail(http_error_of(error), now())
-        return
     except Exception as error:
-        if not is_transport_error(error):
-            raise
-        feed.fail(fault_of(error, opening=True), now())
+        feed_opening_error(feed, error, now)
         return
     try:
         reader = _BodyReader(body)
@@ -96,26 +99,10 @@ def _run_attempt(
             try:
                 kind, value = get(timeout=watchdog.wait_s())
             except queue.Empty:
-                stop = watchdog.after_silence()
-                if stop is not None:
-                    feed.fail(stop, now())
+                if feed_silence(feed, watchdog, now):
                     return
                 continue
-            stop = watchdog.before_item(kind == _CHUNK)
-            t = now()
-            if stop is not None:
-                feed.fail(stop, t)
-                return
-            if kind == _CHUNK:
-                if feed.chunk(value, t):
-                    return
-            elif kind == _END:
-                feed.end(t)
-                return
-            else:
-                if not is_transport_error(value):
-                    raise value
-                feed.fail(fault_of(value, opening=False), t)
+            if feed_body_item(feed, watchdog, kind, value, now):
                 return
     finally:
         try:

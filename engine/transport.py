@@ -124,3 +124,46 @@ def turn_clock() -> Callable[[], float]:
         return round(time.monotonic() - start, 6)
 
     return now
+
+
+#: What a body reader hands the driver: a chunk of bytes, the clean end, or the exception raised.
+CHUNK, END, ERROR = 0, 1, 2
+
+
+def feed_opening_error(feed: Any, error: Exception, now: Callable[[], float]) -> None:
+    """Record why the request could not be opened (re-raises what is not the network's doing)."""
+    if isinstance(error, openai.APIStatusError):
+        feed.fail(http_error_of(error), now())
+    elif is_transport_error(error):
+        feed.fail(fault_of(error, opening=True), now())
+    else:
+        raise error
+
+
+def feed_body_item(
+    feed: Any, watchdog: Watchdog, kind: int, value: Any, now: Callable[[], float]
+) -> bool:
+    """Feed one item from the body reader to the attempt; True once the attempt is over."""
+    stop = watchdog.before_item(kind == CHUNK)
+    t = now()
+    if stop is not None:
+        feed.fail(stop, t)
+        return True
+    if kind == CHUNK:
+        return feed.chunk(value, t)
+    if kind == END:
+        feed.end(t)
+        return True
+    if not is_transport_error(value):
+        raise value
+    feed.fail(fault_of(value, opening=False), t)
+    return True
+
+
+def feed_silence(feed: Any, watchdog: Watchdog, now: Callable[[], float]) -> bool:
+    """After a silent wait: True (and the input recorded) if silence or the caller ends it."""
+    stop = watchdog.after_silence()
+    if stop is None:
+        return False
+    feed.fail(stop, now())
+    return True
