@@ -2,13 +2,15 @@
 
 Feed it byte chunks exactly as the network delivered them; it returns the events completed by
 each chunk. It accepts what real servers send: CRLF, LF or CR line ends (a CR at the end of one
-chunk and an LF at the start of the next are one line end), a UTF-8 BOM, comments (keepalives),
-`event:` / `data:` / `id:` / `retry:` fields in any order, unknown fields (ignored), multi-line
-data, events split across any chunk boundary, including inside a multi-byte UTF-8 character.
+chunk ends its line at once; an LF at the start of the next completes that CRLF), a UTF-8 BOM,
+comments (keepalives), `event:` / `data:` / `id:` / `retry:` fields in any order, unknown fields
+(ignored), multi-line data, events split across any chunk boundary, including inside a
+multi-byte UTF-8 character.
 Invalid UTF-8 becomes U+FFFD; nothing here raises for server input.
 
 An event is dispatched on a blank line, only if it had at least one `data:` line; an event cut off
-by the end of the stream is not dispatched (`close()` only settles a trailing CR).
+by the end of the stream is not dispatched. An event whose blank line ends in a CR is dispatched
+by that CR, even when the connection breaks before another byte arrives.
 
 Implementation note (the hot path): line ends are normalised to LF, the buffered text is split
 on blank lines, and each complete block is parsed line by line. Only the incomplete tail stays
@@ -42,13 +44,14 @@ class SseDecoder:
             self._started = True
             if text[0] == "\ufeff":
                 text = text[1:]
-        if self._pending_cr:
-            text = "\r" + text
+        if self._pending_cr and text:
+            # The previous chunk ended with a CR, already taken as a line end: an LF here is
+            # the second half of that CRLF, not a line end of its own.
             self._pending_cr = False
+            if text[0] == "\n":
+                text = text[1:]
         if "\r" in text:
-            if text[-1] == "\r":  # maybe the first half of a CRLF split across chunks
-                text = text[:-1]
-                self._pending_cr = True
+            self._pending_cr = text[-1] == "\r"
             text = text.replace("\r\n", "\n").replace("\r", "\n")
         buffer = self._buffer + text if self._buffer else text
         if "\n\n" not in buffer:
@@ -64,14 +67,11 @@ class SseDecoder:
         return events
 
     def close(self) -> list[SseEvent]:
-        """End of stream: settle a trailing CR; an unterminated event is dropped."""
-        events: list[SseEvent] = []
-        tail = self._utf8.decode(b"", final=True)
-        if self._pending_cr:
-            self._pending_cr = False
-            events = self.feed(tail.encode() + b"\n")
+        """End of stream: an unterminated event is dropped (a CR already ended its line)."""
+        self._utf8.decode(b"", final=True)
+        self._pending_cr = False
         self._buffer = ""
-        return events
+        return []
 
     def _parse_block(self, block: str) -> SseEvent | None:
         event_type = ""
