@@ -23,9 +23,11 @@ States and rules (the `TABLE` below; conditions are evaluated in row order):
 Outcome, from the last attempt: `terminal` after `response.completed` / `.incomplete` /
 `.failed` gives that outcome; `terminal` after an `error` frame or an HTTP error status gives
 "error" with the provider's words; `retire` by an interrupt gives "interrupted"; a fault with
-nothing left to try gives "error" with a transport error. Output comes from the terminal response
-(backfilled when empty or null); without one, from the latest attempt that streamed anything, so
-partial output survives every failure and two attempts are never mixed.
+nothing left to try gives "error" with a transport error, or with the provider's own words when
+the last attempt ended in a `response.failed` whose code the policy retries. Output comes from
+the terminal response (backfilled when empty or null); without one, from the latest attempt
+that streamed anything, so partial output survives every failure and two attempts are never
+mixed.
 """
 
 from __future__ import annotations
@@ -178,11 +180,12 @@ class TurnMachine:
             outcome = "interrupted"
         else:
             outcome = "error"
-            error = {
-                "message": _FAULT_MESSAGES.get(last.reason, last.reason),
-                "code": last.reason,
-                "type": "transport_error",
-            }
+            if error is None:  # a byte-stream fault; a retryable `response.failed` keeps its words
+                error = {
+                    "message": _FAULT_MESSAGES.get(last.reason, last.reason),
+                    "code": last.reason,
+                    "type": "transport_error",
+                }
         response = last.final_response() if last.state == TERMINAL else None
         if response is not None:
             items = response["output"]
