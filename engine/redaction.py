@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable
 
-__all__ = ["REDACTED", "is_secret_name", "redact_fields", "scrub", "client_secrets"]
+__all__ = ["REDACTED", "is_secret_name", "redact_fields", "scrub", "scrub_line", "client_secrets"]
 
 REDACTED = "[redacted]"
 
@@ -58,6 +58,20 @@ def scrub(value: Any, secrets: Iterable[str] = ()) -> Any:
     if isinstance(value, (list, tuple)):
         return [scrub(item, secrets) for item in value]
     return value
+
+
+_SECRET_SHAPE_BYTES = re.compile(_SECRET_SHAPE.pattern.encode())
+
+
+def scrub_line(line: bytes, secrets: Iterable[str] = ()) -> bytes:
+    """`scrub` for one serialized JSON line: secrets and credential shapes replaced in place.
+
+    Credentials contain no character that JSON escapes, so they appear in the line verbatim."""
+    for secret in secrets:
+        encoded = secret.encode()
+        if encoded and encoded in line:
+            line = line.replace(encoded, REDACTED.encode())
+    return _SECRET_SHAPE_BYTES.sub(REDACTED.encode(), line)
 
 
 def client_secrets(client: Any) -> list[str]:

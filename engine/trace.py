@@ -25,7 +25,7 @@ import attrs
 import orjson
 
 from engine.eventlog import Chunk, EffectRecord, InputRecord, Record, RecordedInput
-from engine.redaction import redact_fields, scrub
+from engine.redaction import redact_fields, scrub_line
 from machines.records import (
     EndOfStream,
     HttpError,
@@ -156,7 +156,7 @@ def header_for(entry: str, policy: TurnPolicy, request: dict[str, Any] | None) -
 
 
 def _dumps(value: dict[str, Any], secrets: Iterable[str]) -> bytes:
-    return orjson.dumps(scrub(value, secrets), default=_json_default)
+    return scrub_line(orjson.dumps(value, default=_json_default), secrets)
 
 
 def _json_default(value: Any) -> Any:
