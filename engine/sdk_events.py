@@ -299,6 +299,8 @@ class SdkEventSource:
                 elif kind == "error":
                     ended = True
                 yield frame_of(event)
+                if ended:  # the response is over; nothing after it would be read
+                    break
             get_final = getattr(self.stream, "get_final_response", None)
             if not ended and self._ask_final and callable(get_final):
                 final = get_final()
