@@ -1,0 +1,589 @@
+"""The seed runtime's streaming functions, with the same signatures, driven by streamfsm's machines.
+
+Agent runtimes that call the seed's `run_codex_stream(agent, api_kwargs, client=None,
+on_first_delta=None)` and `run_codex_create_stream_fallback(agent, api_kwargs, client=None)` switch
+by changing one import:
+
+    from engine.compat import run_codex_stream, run_codex_create_stream_fallback
+
+Theory of operation
+===================
+
+A call is one turn, run like every other turn (`engine.recording.TurnRecording`): the turn machine
+decides the attempts, each attempt's observations go through `AttemptFeed`, and the event log is
+written as a standard trace when one is asked for, which `engine.replay` replays like a native
+turn. Only the I/O is the seed's:
+
+* a stream attempt calls `client.responses.stream(**api_kwargs)` and enters it, as the seed does;
+* the fallback attempt copies the kwargs, sets `stream=True`, runs the agent transport's
+  `preflight_kwargs(..., allow_stream=True)` and calls `client.responses.create(**kwargs)`;
+* whatever the SDK hands back (its stream over HTTP, typed events, plain dicts, a final or
+  concrete response, exceptions) becomes observations through `engine.sdk_events`, the one
+  normalisation; the machines never see an SDK object.
+
+`run_codex_stream` is a turn with the seed's policy (`TurnPolicy()`: two stream attempts, then one
+fallback attempt, all in the same turn and the same trace). `run_codex_create_stream_fallback` on
+its own is a turn of exactly one attempt (`max_stream_retries=0, fallback=False`) whose request is
+the fallback's; the turn machine numbers it as its one stream attempt.
+
+The body is read on a small thread that hands observations over a queue, and the caller's thread
+polls the agent's interrupt flag every 20 ms while waiting (`engine.transport.Watchdog`, the same
+rule as `run_turn`). Callbacks, activity refreshes and the machines run on the caller's thread.
+
+What the call returns or raises follows from the turn's outcome:
+
+    completed / incomplete / failed   the response: the SDK-level object that carried it (the
+                                      terminal event's `response`, `get_final_response()`, or a
+                                      concrete response from `create`, the last passed through
+                                      untouched), its empty output backfilled from what streamed;
+                                      built as an `openai.types.responses.Response` when the
+                                      response came as bytes
+    error, from an `error` frame      `ProviderStreamError` (message, code, param, API-error body)
+    error, from an HTTP status        the SDK's `APIStatusError`, as the SDK raised it
+    error, from a transport fault     the SDK's exception for it (the fallback's, as in the seed)
+    error, no terminal event          `RuntimeError("Responses create(stream=True) fallback did
+                                      not emit a terminal response.")`
+    interrupted                       `InterruptedError`
+
+An exception that is not a stream condition (any other `RuntimeError`, an error from the agent's
+`_touch_activity` or preflight, ...) propagates at once, as in the seed; the trace then holds what
+was recorded up to that point and no result. Delta callbacks are fenced like every streamfsm
+callback: one that raises is logged and the stream goes on.
+
+Differences from the seed (its known defects, fixed): text already delivered is never delivered
+again by a retry; an `error` frame read from the wire ends the turn at once with the provider's
+words instead of costing three requests; `response.incomplete` / `response.failed` read from the
+wire are returned from the attempt that produced them; an interrupt stops reading within ~20 ms
+instead of draining the stream, and raises `InterruptedError`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import threading
+import time
+from typing import Any, Callable, Protocol, runtime_checkable
+
+import attrs
+
+from engine.arguments import check_trace
+from engine.eventlog import Callbacks
+from engine.logs import log
+from engine.recording import AttemptFeed, TurnRecording
+from engine.redaction import client_secrets
+from engine.sdk_events import Observation, SdkEventSource, input_of, terminal_frame_of
+from engine.transport import Watchdog, turn_clock
+from machines.output import join_output_text
+from machines.records import EndOfStream, Interrupt, TurnPolicy, TurnResult
+from machines.stream_attempt import StreamAttempt
+
+__all__ = [
+    "AgentTransport",
+    "CodexAgent",
+    "CompatCall",
+    "NO_TERMINAL_MESSAGE",
+    "ProviderStreamError",
+    "TRACE_DIR_ATTRIBUTE",
+    "create_stream_fallback_call",
+    "run_codex_create_stream_fallback",
+    "run_codex_stream",
+    "stream_call",
+]
+
+#: How often the caller's thread looks at the agent's interrupt flag while the stream is silent.
+POLL_S = 0.02
+
+#: The seed's policy for `run_codex_stream`: one retry, then the fallback.
+STREAM_POLICY = TurnPolicy()
+#: `run_codex_create_stream_fallback` on its own: exactly one attempt.
+FALLBACK_POLICY = TurnPolicy(max_stream_retries=0, fallback=False)
+
+NO_TERMINAL_MESSAGE = "Responses create(stream=True) fallback did not emit a terminal response."
+
+#: An agent attribute naming a directory: every compat call made with that agent writes its trace
+#: there (`<function>-<ns>-<n>.jsonl`) unless the call passes `trace=`.
+TRACE_DIR_ATTRIBUTE = "streamfsm_trace_dir"
+
+_ACTIVITY = "receiving stream response"
+_trace_numbers = itertools.count(1)
+
+
+# -- the agent, as the seed's functions use it -------------------------------------------------
+class AgentTransport(Protocol):
+    """What `agent._get_transport()` returns: the request preflight of the agent's transport."""
+
+    def preflight_kwargs(self, kwargs: dict[str, Any], *, allow_stream: bool) -> dict[str, Any]:
+        ...
+
+
+@runtime_checkable
+class CodexAgent(Protocol):
+    """The agent the seed's functions take as first argument: exactly what they use of it.
+
+    Read: `_interrupt_requested` (checked before each attempt and while reading). Called:
+    `_touch_activity("receiving stream response")` per event (per chunk when reading bytes),
+    `_fire_stream_delta(text)` / `_fire_reasoning_delta(text)` for deltas that reach the user,
+    `_ensure_primary_openai_client(reason=...)` when no client is passed,
+    `_get_transport().preflight_kwargs(kwargs, allow_stream=True)` before the fallback request,
+    `_client_log_context()` in warnings. Written, as the seed writes them:
+    `_codex_stream_last_event_ts` (time of the latest event) and `_codex_streamed_text_parts` (the
+    text delivered this turn).
+
+    `_get_transport` and `_client_log_context` may be missing (no preflight, no log context);
+    everything else is required, as in the seed."""
+
+    _interrupt_requested: bool
+
+    def _touch_activity(self, message: str) -> None:
+        ...
+
+    def _fire_stream_delta(self, text: str) -> None:
+        ...
+
+    def _fire_reasoning_delta(self, text: str) -> None:
+        ...
+
+    def _ensure_primary_openai_client(self, *, reason: str) -> Any:
+        ...
+
+    def _get_transport(self) -> AgentTransport:
+        ...
+
+    def _client_log_context(self) -> str:
+        ...
+
+
+# -- what a call raises for an error frame -----------------------------------------------------
+class ProviderStreamError(Exception):
+    """The provider's error, sent as an `error` frame in the stream.
+
+    Shaped like the openai SDK's API errors so existing summarisers read it: `message`, `code`,
+    `param`, `status_code` (None: the HTTP status was 200) and `body`
+    (`{"error": {"message", "code", "param", "type"}}`)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        type: str | None = "error",
+        status_code: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.param = param
+        self.type = type
+        self.status_code = status_code
+        self.body: dict[str, Any] = {
+            "error": {"message": message, "code": code, "param": param, "type": type}
+        }
+
+    @classmethod
+    def from_error(cls, error: dict[str, Any] | None) -> "ProviderStreamError":
+        error = error or {}
+        message = error.get("message")
+        text = message.strip() if isinstance(message, str) else ""
+        return cls(
+            text or "stream emitted error event",
+            code=_str_or_none(error.get("code")),
+            param=_str_or_none(error.get("param")),
+            type=_str_or_none(error.get("type")) or "error",
+        )
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else (None if value is None else str(value))
+
+
+# -- what a call did --------------------------------------------------------------------------
+@attrs.frozen(slots=True)
+class CompatCall:
+    """One compat call: the turn as every driver reports it, and what the seed's function returns
+    (`value`) or raises (`raised`). `unwrap()` does the seed's thing."""
+
+    result: TurnResult
+    value: Any = None
+    raised: BaseException | None = None
+    trace: str | None = None
+
+    def unwrap(self) -> Any:
+        if self.raised is not None:
+            raise self.raised
+        return self.value
+
+
+# -- public functions -------------------------------------------------------------------------
+def run_codex_stream(
+    agent: CodexAgent,
+    api_kwargs: dict[str, Any],
+    client: Any = None,
+    on_first_delta: Callable[[], Any] | None = None,
+    *,
+    trace: str | os.PathLike[str] | None = None,
+) -> Any:
+    """Stream one Responses request (retry once, then fall back) and return the final response.
+
+    The seed's signature and return shape; `trace=` (keyword only) records the call."""
+    return stream_call(agent, api_kwargs, client, on_first_delta, trace=trace).unwrap()
+
+
+def run_codex_create_stream_fallback(
+    agent: CodexAgent,
+    api_kwargs: dict[str, Any],
+    client: Any = None,
+    *,
+    trace: str | os.PathLike[str] | None = None,
+) -> Any:
+    """The seed's fallback: one `responses.create(stream=True)` request, its terminal response."""
+    return create_stream_fallback_call(agent, api_kwargs, client, trace=trace).unwrap()
+
+
+def stream_call(
+    agent: CodexAgent,
+    api_kwargs: dict[str, Any],
+    client: Any = None,
+    on_first_delta: Callable[[], Any] | None = None,
+    *,
+    trace: str | os.PathLike[str] | None = None,
+) -> CompatCall:
+    """`run_codex_stream`, reporting the turn instead of returning/raising its result."""
+    active = client or agent._ensure_primary_openai_client(reason="codex_stream_direct")
+    call = _CompatTurn(
+        agent, active, api_kwargs, on_first_delta, STREAM_POLICY, "run_codex_stream", trace
+    )
+    return call.run()
+
+
+def create_stream_fallback_call(
+    agent: CodexAgent,
+    api_kwargs: dict[str, Any],
+    client: Any = None,
+    *,
+    trace: str | os.PathLike[str] | None = None,
+) -> CompatCall:
+    """`run_codex_create_stream_fallback`, reporting the turn instead of returning/raising."""
+    active = client or agent._ensure_primary_openai_client(reason="codex_create_stream_fallback")
+    call = _CompatTurn(
+        agent, active, api_kwargs, None, FALLBACK_POLICY, "run_codex_create_stream_fallback", trace
+    )
+    return call.run()
+
+
+# -- one call ---------------------------------------------------------------------------------
+_OBSERVED, _END, _ERROR = 0, 1, 2
+
+
+class _ObservationReader:
+    """Iterates a source on a daemon thread; the caller takes observations from `items`."""
+
+    def __init__(self, source: SdkEventSource) -> None:
+        self.items: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
+        self._source = source
+        threading.Thread(target=self._run, name="streamfsm-sdk-events", daemon=True).start()
+
+    def _run(self) -> None:
+        put = self.items.put
+        try:
+            for observed in self._source:
+                put((_OBSERVED, observed))
+            put((_END, None))
+        except BaseException as error:  # handed to the caller's thread, raised there
+            put((_ERROR, error))
+
+
+class _CompatTurn:
+    def __init__(
+        self,
+        agent: Any,
+        client: Any,
+        api_kwargs: dict[str, Any],
+        on_first_delta: Callable[[], Any] | None,
+        policy: TurnPolicy,
+        function: str,
+        trace: str | os.PathLike[str] | None,
+    ) -> None:
+        self.agent = agent
+        self.client = client
+        self.api_kwargs = api_kwargs
+        self.function = function
+        self.fallback_only = function == "run_codex_create_stream_fallback"
+        self.trace = _trace_path(agent, trace, function)
+        self.now = turn_clock()
+        self.sources: dict[int, SdkEventSource] = {}
+        self.concrete: dict[int, Any] = {}
+        self.errors: dict[int, BaseException] = {}
+        self.interrupted_before_open = False
+        self.delivered: list[str] = []
+        if not self.fallback_only:
+            agent._codex_streamed_text_parts = self.delivered
+        fire_reasoning = getattr(agent, "_fire_reasoning_delta", None)
+        callbacks = Callbacks(
+            on_first_delta=on_first_delta if callable(on_first_delta) else None,
+            on_text_delta=self._deliver_text,
+            on_reasoning_delta=fire_reasoning if callable(fire_reasoning) else None,
+        )
+        self.recording = TurnRecording(
+            policy,
+            callbacks,
+            entry="run_turn",
+            request=api_kwargs if isinstance(api_kwargs, dict) else None,
+        )
+        self.recording.header["compat"] = function
+
+    # -- agent plumbing --------------------------------------------------------------------
+    def _interrupted(self) -> bool:
+        return bool(getattr(self.agent, "_interrupt_requested", False))
+
+    def _deliver_text(self, text: str) -> None:
+        self.delivered.append(text)
+        self.agent._fire_stream_delta(text)
+
+    def _touch(self) -> None:
+        agent = self.agent
+        agent._codex_stream_last_event_ts = time.time()
+        agent._touch_activity(_ACTIVITY)
+
+    def _log_context(self) -> str:
+        context = getattr(self.agent, "_client_log_context", None)
+        try:
+            return str(context()) if callable(context) else ""
+        except Exception:
+            return ""
+
+    # -- the turn ----------------------------------------------------------------------------
+    def run(self) -> CompatCall:
+        recording = self.recording
+        try:
+            secrets = client_secrets(self.client)
+        except Exception:
+            secrets = []
+        try:
+            for feed in recording.attempts():
+                if feed.kind == "fallback" or self.fallback_only:
+                    self._fallback_attempt(feed)
+                else:
+                    self._stream_attempt(feed)
+        except BaseException:
+            recording.abandon(self.trace, secrets)
+            raise
+        result = recording.finish(self.trace, secrets)
+        return self._outcome(result)
+
+    def _begin(self, feed: AttemptFeed) -> bool:
+        """Before an attempt sends anything: False (and the attempt retired) on an interrupt."""
+        if self._interrupted():
+            self.interrupted_before_open = True
+            feed.fail(Interrupt(), self.now())
+            return False
+        return True
+
+    def _stream_attempt(self, feed: AttemptFeed) -> None:
+        if not self._begin(feed):
+            return
+        try:
+            manager = self.client.responses.stream(**self.api_kwargs)
+            enter = getattr(manager, "__enter__", None)
+            stream = enter() if callable(enter) else manager
+        except Exception as error:
+            self._opening_failed(feed, error)
+            return
+        source = SdkEventSource(stream, final_response=True)
+        self.sources[feed.number] = source
+        try:
+            self._pump(source, feed)
+        finally:
+            source.close()
+            leave = getattr(manager, "__exit__", None)
+            if callable(leave):
+                try:
+                    leave(None, None, None)
+                except Exception:  # closing a finished or broken stream: nothing left to save
+                    pass
+
+    def _fallback_attempt(self, feed: AttemptFeed) -> None:
+        if not self._begin(feed):
+            return
+        kwargs = dict(self.api_kwargs)
+        kwargs["stream"] = True
+        get_transport = getattr(self.agent, "_get_transport", None)
+        if callable(get_transport):
+            kwargs = get_transport().preflight_kwargs(kwargs, allow_stream=True)
+        try:
+            opened = self.client.responses.create(**kwargs)
+        except Exception as error:
+            self._opening_failed(feed, error)
+            return
+        if hasattr(opened, "output") or not hasattr(opened, "__iter__"):
+            # A concrete response (mocks, some providers): returned as is, recorded as the
+            # terminal frame that carries it.
+            self.concrete[feed.number] = opened
+            self._observe(feed, terminal_frame_of(opened))
+            return
+        source = SdkEventSource(opened)
+        self.sources[feed.number] = source
+        try:
+            self._pump(source, feed)
+        finally:
+            source.close()
+
+    def _opening_failed(self, feed: AttemptFeed, error: Exception) -> None:
+        observed = input_of(error, opening=True)
+        if observed is None:
+            raise error
+        self.errors[feed.number] = error
+        self._observe(feed, observed)
+
+    def _observe(self, feed: AttemptFeed, observed: Observation) -> None:
+        """Feed one observation that ends the attempt."""
+        t = self.now()
+        if isinstance(observed, bytes):
+            if not feed.chunk(observed, t):
+                feed.end(self.now())
+        elif isinstance(observed, EndOfStream):
+            feed.end(t)
+        else:
+            feed.fail(observed, t)
+
+    def _pump(self, source: SdkEventSource, feed: AttemptFeed) -> None:
+        """Feed the source's observations until the attempt ends or the agent interrupts."""
+        now = self.now
+        get = _ObservationReader(source).items.get
+        watchdog = Watchdog(now, self._interrupted, None, POLL_S)
+        try:
+            while True:
+                try:
+                    tag, value = get(timeout=watchdog.wait_s())
+                except queue.Empty:
+                    stop = watchdog.after_silence()
+                    if stop is not None:
+                        feed.fail(stop, now())
+                        return
+                    continue
+                if tag == _ERROR:
+                    raise value
+                is_bytes = tag == _OBSERVED and isinstance(value, bytes)
+                if is_bytes:
+                    self._touch()
+                stop = watchdog.before_item(is_bytes)
+                if stop is not None:
+                    feed.fail(stop, now())
+                    return
+                if tag == _END:  # every source ends with an observation; this is a safety net
+                    feed.end(now())
+                    return
+                if is_bytes:
+                    if feed.chunk(value, now()):
+                        return
+                elif isinstance(value, EndOfStream):
+                    feed.end(now())
+                    return
+                else:
+                    feed.fail(value, now())
+                    return
+        finally:
+            if source.error is not None:
+                self.errors[feed.number] = source.error
+
+    # -- what the call returns or raises -----------------------------------------------------
+    def _outcome(self, result: TurnResult) -> CompatCall:
+        last = self.recording.turn.attempts[-1]
+        trace = os.fspath(self.trace) if self.trace is not None else None
+        if result.outcome == "interrupted":
+            where = "before Codex stream retry" if self.interrupted_before_open else "during Codex stream"
+            return CompatCall(result, raised=InterruptedError(f"Agent interrupted {where}"), trace=trace)
+        if result.outcome in ("completed", "incomplete", "failed"):
+            if result.outcome != "completed":
+                self._warn_unfinished(result, last)
+            return CompatCall(result, value=self._response(last, result), trace=trace)
+        return CompatCall(result, raised=self._error(last, result), trace=trace)
+
+    def _response(self, last: StreamAttempt, result: TurnResult) -> Any:
+        number = last.number
+        if number in self.concrete:
+            return self.concrete[number]
+        final = result.response
+        if final is None:
+            final = {"status": result.outcome, "output": last.partial_items()}
+        source = self.sources.get(number)
+        carried = source.response if source is not None else None
+        if carried is None:
+            return _response_object(final)
+        return _backfilled(carried, final.get("output") or [])
+
+    def _error(self, last: StreamAttempt, result: TurnResult) -> BaseException:
+        if last.reason == "error_frame":
+            return ProviderStreamError.from_error(result.error)
+        saved = self.errors.get(last.number)
+        if saved is not None:
+            return saved
+        if last.reason == "eof":
+            return RuntimeError(NO_TERMINAL_MESSAGE)
+        return ProviderStreamError.from_error(result.error)
+
+    def _warn_unfinished(self, result: TurnResult, last: StreamAttempt) -> None:
+        response = result.response or {}
+        log.warning(
+            "Codex Responses stream received a terminal event other than response.completed",
+            function=self.function,
+            terminal_event=f"response.{result.outcome}",
+            status=response.get("status"),
+            incomplete_details=response.get("incomplete_details"),
+            streamed_chars=sum(len(piece) for piece in self.delivered),
+            attempt=last.number,
+            client=self._log_context(),
+        )
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def _trace_path(
+    agent: Any, trace: str | os.PathLike[str] | None, function: str
+) -> str | os.PathLike[str] | None:
+    if trace is not None:
+        check_trace(trace)
+        return trace
+    directory = getattr(agent, TRACE_DIR_ATTRIBUTE, None)
+    if isinstance(directory, (str, os.PathLike)) and os.fspath(directory):
+        name = f"{function}-{time.time_ns()}-{next(_trace_numbers)}.jsonl"
+        return os.path.join(os.fspath(directory), name)
+    return None
+
+
+def _response_object(final: dict[str, Any]) -> Any:
+    """An `openai.types.responses.Response` over the machine's final response (attribute access,
+    `.output_text`), built without validation like the SDK builds what it receives."""
+    from openai._models import construct_type
+    from openai.types.responses import Response
+
+    return construct_type(type_=Response, value=final)
+
+
+def _backfilled(response: Any, output: list[dict[str, Any]]) -> Any:
+    """`response` with its empty or missing output replaced by `output` (as the seed does)."""
+    if isinstance(response, dict):
+        if not response.get("output") and output:
+            response["output"] = output
+        return response
+    current = getattr(response, "output", None)
+    if (isinstance(current, list) and current) or not output:
+        return response
+    from openai._models import construct_type
+    from openai.types.responses import ResponseOutputItem
+
+    try:
+        response.output = [construct_type(type_=ResponseOutputItem, value=item) for item in output]
+    except Exception:  # a frozen or slotted object: hand it back as it came
+        return response
+    if not _has_output_text_property(response) and not getattr(response, "output_text", None):
+        try:
+            response.output_text = join_output_text(output)
+        except Exception:
+            pass
+    return response
+
+
+def _has_output_text_property(response: Any) -> bool:
+    return isinstance(getattr(type(response), "output_text", None), property)
