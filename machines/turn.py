@@ -21,7 +21,8 @@ States and rules (the `TABLE` below; conditions are evaluated in row order):
     finished          final.
 
 Outcome, from the last attempt: `terminal` after `response.completed` / `.incomplete` /
-`.failed` gives that outcome; `terminal` after an `error` frame or an HTTP error status gives
+`.failed` gives that outcome (so does a `response.failed` retried by policy until nothing is
+left, with the provider's own error); `terminal` after an `error` frame or an HTTP error status gives
 "error" with the provider's words; `retire` by an interrupt gives "interrupted"; a fault with
 nothing left to try gives "error" with a transport error, or with the provider's own words when
 the last attempt ended in a `response.failed` whose code the policy retries. Output comes from
@@ -189,7 +190,9 @@ class TurnMachine:
                     "code": last.reason,
                     "type": "transport_error",
                 }
-        response = last.final_response() if last.state == TERMINAL else None
+            elif last.response is not None:  # every attempt ended in a retried response.failed
+                outcome = "failed"
+        response = last.final_response() if last.response is not None else None
         if response is not None:
             items = response["output"]
             calls = _merge_calls(tool_calls_of(items), tool_calls_of(last.partial_items()))
