@@ -22,10 +22,12 @@ States and rules (the `TABLE` below; conditions are evaluated in row order):
 
 Outcome, from the last attempt: `terminal` after `response.completed` / `.incomplete` /
 `.failed` gives that outcome; `terminal` after an `error` frame or an HTTP error status gives
-"error" with the provider's words; `retire` by an interrupt gives "interrupted"; a fault with
-nothing left to try gives "error" with a transport error. Output comes from the terminal response
-(backfilled when empty or null); without one, from the latest attempt that streamed anything, so
-partial output survives every failure and two attempts are never mixed.
+"error" with the provider's words; `retire` by an interrupt gives "interrupted"; a retryable
+`response.failed` (code in `policy.retry_failed_codes`) with nothing left to try gives "failed"
+with the provider's words; any other fault with nothing left to try gives "error" with a
+transport error. Output comes from the terminal response (backfilled when empty or null);
+without one, from the latest attempt that streamed anything, so partial output survives every
+failure and two attempts are never mixed.
 """
 
 from __future__ import annotations
@@ -176,6 +178,8 @@ class TurnMachine:
             outcome = _OUTCOME_OF_REASON.get(last.reason, "error")
         elif last.reason == "interrupted":
             outcome = "interrupted"
+        elif last.reason.startswith("failed:"):  # a retryable response.failed, nothing left to try
+            outcome = "failed"
         else:
             outcome = "error"
             error = {
@@ -183,7 +187,7 @@ class TurnMachine:
                 "code": last.reason,
                 "type": "transport_error",
             }
-        response = last.final_response() if last.state == TERMINAL else None
+        response = last.final_response() if last.state == TERMINAL or outcome == "failed" else None
         if response is not None:
             items = response["output"]
             calls = _merge_calls(tool_calls_of(items), tool_calls_of(last.partial_items()))
