@@ -142,10 +142,13 @@ class TurnMachine:
             return self._open("stream")
         if not self.attempts[-1].is_final:
             raise RuntimeError("the current attempt has not ended; feed it until it is final")
-        if self.trigger("fall_back"):
-            return self._open("fallback")
-        if self.trigger("retry"):
-            return self._open("stream")
+        # `fall_back` and `retry` only leave `stream_attempt`; firing them elsewhere would make
+        # the transitions library log a warning for a call that is not an error.
+        if self.state == STREAM_ATTEMPT:
+            if self.trigger("fall_back"):
+                return self._open("fallback")
+            if self.trigger("retry"):
+                return self._open("stream")
         self.trigger("finish")
         self._result = self._build_result()
         return None
