@@ -1,0 +1,124 @@
+"""Shared pieces of the core test suite: the real openai client against the loopback simulator,
+a turn runner that always writes a trace and checks that it replays identically, and a list sink
+for driving the machines by hand.
+
+Every turn a test runs over HTTP goes through `run_over_http`, so every one of them also proves
+that its trace replays record for record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import attrs
+import openai
+import orjson
+
+import engine
+from engine.simulator import ResponsesSimulator, Script
+from machines.records import Effect, SseEvent, Transition
+
+API_KEY = "sk-test-0123456789abcdefghijklmnop"
+REQUEST: dict[str, Any] = {"model": "gpt-5", "input": "What is the capital of France?"}
+
+
+@contextlib.contextmanager
+def simulated_client(
+    script: Script, *, api_key: str = API_KEY, **client_options: Any
+) -> Iterator[tuple[openai.OpenAI, ResponsesSimulator]]:
+    """The real openai client (no SDK retries) pointed at a simulator playing `script`."""
+    with ResponsesSimulator(script) as sim:
+        client = openai.OpenAI(
+            base_url=sim.base_url, api_key=api_key, max_retries=0, **client_options
+        )
+        try:
+            yield client, sim
+        finally:
+            client.close()
+
+
+@attrs.frozen
+class Run:
+    """One turn over HTTP: its result, what the server received, its trace and how long it took."""
+
+    result: engine.TurnResult
+    requests: list[Any]
+    trace: Path
+    elapsed: float
+
+    @property
+    def attempts(self) -> list[tuple[str, str, str]]:
+        return [(a.kind, a.final_state, a.reason) for a in self.result.attempts]
+
+
+def run_over_http(
+    script: Script,
+    trace_dir: Path,
+    *,
+    request: dict[str, Any] | None = None,
+    api_key: str = API_KEY,
+    client_options: dict[str, Any] | None = None,
+    **run_options: Any,
+) -> Run:
+    """`engine.run_turn` with the real client against `script`; checks the trace replays identically."""
+    trace = trace_dir / f"trace-{time.monotonic_ns()}.jsonl"
+    with simulated_client(script, api_key=api_key, **(client_options or {})) as (client, sim):
+        started = time.monotonic()
+        result = engine.run_turn(client, dict(request or REQUEST), trace=trace, **run_options)
+        elapsed = time.monotonic() - started
+        requests = sim.requests
+        assert sim.server_errors == []
+    assert_replays_identically(trace)
+    return Run(result, requests, trace, elapsed)
+
+
+def assert_replays_identically(trace: Path | str) -> None:
+    report = engine.replay(trace)
+    assert report.records > 0
+    assert report.identical, report.divergence.describe()
+
+
+def trace_lines(trace: Path | str) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in Path(trace).read_bytes().splitlines() if line.strip()]
+
+
+def write_trace_lines(path: Path | str, lines: list[dict[str, Any]]) -> None:
+    Path(path).write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: bound, then closed."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ListSink:
+    """The smallest `AttemptSink`: keeps transitions and effects in one list, in order."""
+
+    def __init__(self) -> None:
+        self.records: list[Transition | Effect] = []
+
+    def transition(self, machine: str, attempt: int, source: str, dest: str, trigger: str) -> Transition:
+        record = Transition(machine, attempt, source, dest, trigger, len(self.records) + 1)
+        self.records.append(record)
+        return record
+
+    def effect(self, kind: str, attempt: int, data: Any = None) -> None:
+        self.records.append(Effect(kind, attempt, data))  # type: ignore[arg-type]
+
+    @property
+    def transitions(self) -> list[tuple[str, str, str]]:
+        return [(r.source, r.dest, r.trigger) for r in self.records if isinstance(r, Transition)]
+
+    def effects(self, kind: str) -> list[Any]:
+        return [r.data for r in self.records if isinstance(r, Effect) and r.kind == kind]
+
+
+def sse(event: dict[str, Any]) -> SseEvent:
+    """An `SseEvent` carrying `event` as compact JSON, named after its type."""
+    return SseEvent(str(event.get("type", "message")), orjson.dumps(event).decode())
