@@ -1,0 +1,428 @@
+"""The stream-attempt machine fed input records by hand, with a list for a sink: every row of its
+TABLE, what it ignores, how it routes text, and how it rebuilds output."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from engine.shapes import (
+    completed,
+    created,
+    function_call,
+    in_progress,
+    incomplete,
+    output_items,
+    failed,
+    rate_limits_frame,
+    text_message,
+)
+from machines.records import (
+    EndOfStream,
+    HttpError,
+    IdleTimeout,
+    Interrupt,
+    MachineInput,
+    SseEvent,
+    TransportFault,
+)
+from machines.stream_attempt import (
+    AWAITING_CREATED,
+    FALLBACK,
+    FINAL,
+    RETIRE,
+    STATES,
+    STREAMING,
+    TABLE,
+    TERMINAL,
+    TOOL_CALL,
+    DeliveryLedger,
+    StreamAttempt,
+    provider_error,
+)
+
+from support import ListSink, sse
+
+
+def make(
+    *, hands_over: bool = False, retry_codes: frozenset[str] = frozenset(), ledger: DeliveryLedger | None = None
+) -> tuple[StreamAttempt, ListSink]:
+    sink = ListSink()
+    attempt = StreamAttempt(
+        1, "stream", sink=sink, ledger=ledger or DeliveryLedger(),
+        hands_over_to_fallback=hands_over, retry_failed_codes=retry_codes,
+    )
+    return attempt, sink
+
+
+def feed(attempt: StreamAttempt, *items: MachineInput | dict[str, Any] | list[dict[str, Any]]) -> None:
+    for item in items:
+        for one in item if isinstance(item, list) else [item]:
+            attempt.receive(sse(one) if isinstance(one, dict) else one)
+
+
+def delta(text: str, index: int = 0) -> dict[str, Any]:
+    return {"type": "response.output_text.delta", "output_index": index, "content_index": 0,
+            "item_id": f"msg_{index:02d}", "delta": text}
+
+
+def call_added(index: int) -> dict[str, Any]:
+    return function_call("f", "{}", output_index=index)[0]
+
+
+def call_done(index: int) -> dict[str, Any]:
+    return function_call("f", "{}", output_index=index)[-1]
+
+
+# -- every row of the table -----------------------------------------------------------------------
+
+#: Inputs that drive a fresh attempt into each live state.
+REACH: dict[str, list[Any]] = {
+    AWAITING_CREATED: [],
+    STREAMING: [created()],
+    TOOL_CALL: [created(), call_added(0)],
+}
+
+#: The input that fires each trigger.
+FIRE: dict[str, Any] = {
+    "created": created(),
+    "in_progress": in_progress(),
+    "content": delta("Hi"),
+    "tool_call_started": call_added(3),
+    "tool_calls_done": call_done(0),
+    "completed": completed([]),
+    "incomplete": incomplete("max_output_tokens"),
+    "failed": failed("server_error"),
+    "error_frame": {"type": "error", "code": "x", "message": "no", "param": None},
+    "http_error": HttpError(500, {"error": {"message": "boom", "type": "server_error", "code": None}}),
+    "drop": TransportFault("drop", "RemoteProtocolError"),
+    "read_timeout": TransportFault("read_timeout", "ReadTimeout"),
+    "connect_error": TransportFault("connect_error", "ConnectError"),
+    "idle_timeout": IdleTimeout(0.3),
+    "eof": EndOfStream(),
+    "interrupt": Interrupt(),
+}
+
+
+def _rows() -> list[tuple[str, str, str, tuple[str, ...]]]:
+    rows = []
+    for row in TABLE:
+        sources = row["source"] if isinstance(row["source"], list) else [row["source"]]
+        conditions = row.get("conditions", ())
+        conditions = (conditions,) if isinstance(conditions, str) else tuple(conditions)
+        rows.extend((row["trigger"], source, row["dest"], conditions) for source in sources)
+    return rows
+
+
+ROWS = _rows()
+
+
+def test_fire_covers_every_trigger_of_the_table() -> None:
+    assert {trigger for trigger, *_ in ROWS} == set(FIRE)
+    assert {source for _, source, _, _ in ROWS} <= set(REACH)
+    assert set(STATES) == set(REACH) | FINAL
+
+
+@pytest.mark.parametrize(
+    ("trigger", "source", "dest", "conditions"), ROWS,
+    ids=[f"{t}:{s}->{d}{'?' if c else ''}" for t, s, d, c in ROWS],
+)
+def test_table_row(trigger: str, source: str, dest: str, conditions: tuple[str, ...]) -> None:
+    """Each row fires from its source with its conditions met (and the rows above it not)."""
+    attempt, sink = make(
+        hands_over="hands_over_to_fallback" in conditions,
+        retry_codes=frozenset({"server_error"}) if "failure_is_retryable" in conditions else frozenset(),
+    )
+    feed(attempt, *REACH[source])
+    assert attempt.state == source
+    before = len(sink.transitions)
+    feed(attempt, FIRE[trigger])
+    assert sink.transitions[before:] == [(source, dest, trigger)]
+    assert attempt.state == dest
+
+
+@pytest.mark.parametrize("final", sorted(FINAL))
+def test_final_states_ignore_everything(final: str) -> None:
+    reach = {
+        TERMINAL: [created(), completed([])],
+        FALLBACK: [created(), TransportFault("drop")],
+        RETIRE: [created(), TransportFault("drop")],
+    }[final]
+    attempt, sink = make(hands_over=final == FALLBACK)
+    feed(attempt, *reach)
+    assert attempt.state == final
+    records = list(sink.records)
+    events = [created(), delta("late"), call_added(1), completed([]), failed("server_error"),
+              {"type": "error", "message": "late", "code": None}]
+    feed(attempt, *events, HttpError(500), TransportFault("drop"), IdleTimeout(1.0),
+         EndOfStream(), Interrupt())
+    assert sink.records == records  # no transition, no effect
+    assert attempt.state == final
+    assert attempt.ignored == len(events)
+
+
+# -- state paths ------------------------------------------------------------------------------
+
+
+def test_tool_call_and_streaming_alternate() -> None:
+    attempt, sink = make()
+    feed(attempt, created(), delta("a"), call_added(1), call_done(1), delta("b", 2),
+         call_added(3), call_done(3), completed([]))
+    assert sink.transitions == [
+        (AWAITING_CREATED, STREAMING, "created"),
+        (STREAMING, TOOL_CALL, "tool_call_started"),
+        (TOOL_CALL, STREAMING, "tool_calls_done"),
+        (STREAMING, TOOL_CALL, "tool_call_started"),
+        (TOOL_CALL, STREAMING, "tool_calls_done"),
+        (STREAMING, TERMINAL, "completed"),
+    ]
+    assert sink.effects("text_delta") == ["a"]  # text after a tool call is kept, not delivered
+
+
+def test_parallel_calls_return_to_streaming_after_the_last_done() -> None:
+    attempt, sink = make()
+    feed(attempt, created(), call_added(0), call_added(1), call_done(0))
+    assert attempt.state == TOOL_CALL
+    feed(attempt, call_done(1))
+    assert attempt.state == STREAMING
+    assert sink.transitions.count((STREAMING, TOOL_CALL, "tool_call_started")) == 1
+
+
+def test_unknown_function_call_frame_counts_as_a_tool_call() -> None:
+    attempt, sink = make()
+    feed(attempt, created(), {"type": "response.custom_function_call.progress", "output_index": 0})
+    assert attempt.state == TOOL_CALL and attempt.tool_call_seen
+
+
+def test_a_second_created_or_in_progress_changes_nothing() -> None:
+    attempt, sink = make()
+    feed(attempt, in_progress(), created(), in_progress(), delta("x"))
+    assert sink.transitions == [(AWAITING_CREATED, STREAMING, "in_progress")]
+
+
+@pytest.mark.parametrize(
+    "first",
+    [delta("x"), text_message("x")[0], {"type": "response.reasoning_summary_text.delta",
+                                        "output_index": 0, "summary_index": 0, "delta": "r"}],
+    ids=["text-delta", "item-added", "reasoning-delta"],
+)
+def test_content_without_any_lifecycle_frame_starts_streaming(first: dict[str, Any]) -> None:
+    attempt, sink = make()
+    feed(attempt, first)
+    assert sink.transitions == [(AWAITING_CREATED, STREAMING, "content")]
+
+
+def test_prelude_frames_are_absorbed_before_created() -> None:
+    attempt, sink = make()
+    frames = [
+        {"type": "response.queued", "response": {}},
+        rate_limits_frame()[0],
+        {"type": "codex.response.metadata", "headers": {}},
+    ]
+    feed(attempt, *frames)
+    attempt.receive(SseEvent("message", "[DONE]"))
+    attempt.receive(SseEvent("message", "{not json"))
+    attempt.receive(SseEvent("message", "[1, 2]"))
+    assert attempt.state == AWAITING_CREATED
+    assert sink.transitions == []
+    assert sink.effects("rate_limits") == rate_limits_frame()
+    assert attempt.rate_limits == rate_limits_frame()
+    assert attempt.undecodable == 2  # "[DONE]" is not counted as undecodable
+    feed(attempt, created())
+    assert attempt.state == STREAMING
+
+
+def test_event_name_stands_in_for_a_missing_type() -> None:
+    attempt, sink = make()
+    attempt.receive(SseEvent("response.created", "{}"))
+    attempt.receive(SseEvent("response.output_text.delta", '{"delta": "hi"}'))
+    assert attempt.state == STREAMING
+    assert sink.effects("text_delta") == ["hi"]
+
+
+def test_error_without_type_is_an_error_frame() -> None:
+    attempt, sink = make()
+    attempt.receive(SseEvent("message", '{"error": {"message": "nope", "code": "c", "type": "t"}}'))
+    assert attempt.state == TERMINAL
+    assert attempt.error == {"message": "nope", "code": "c", "type": "t"}
+
+
+def test_receive_rejects_what_is_not_an_input() -> None:
+    attempt, _ = make()
+    with pytest.raises(TypeError, match="not a machine input: str"):
+        attempt.receive("data: x")  # type: ignore[arg-type]
+
+
+# -- failures and their words ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("hands_over", "codes", "state", "reason"),
+    [
+        (False, frozenset(), TERMINAL, "failed"),
+        (False, frozenset({"server_error"}), RETIRE, "failed:server_error"),
+        (True, frozenset({"server_error"}), FALLBACK, "failed:server_error"),
+        (True, frozenset({"rate_limit_exceeded"}), TERMINAL, "failed"),
+    ],
+)
+def test_failed_is_an_outcome_unless_its_code_is_retryable(
+    hands_over: bool, codes: frozenset[str], state: str, reason: str
+) -> None:
+    attempt, _ = make(hands_over=hands_over, retry_codes=codes)
+    feed(attempt, created(), failed("server_error", "Try again."))
+    assert (attempt.state, attempt.reason) == (state, reason)
+    assert attempt.error == {"code": "server_error", "message": "Try again.", "type": "response.failed"}
+
+
+def test_failed_without_an_error_object_still_has_message_code_type() -> None:
+    attempt, _ = make()
+    feed(attempt, created(), {"type": "response.failed", "response": {"status": "failed", "error": None}})
+    assert attempt.error == {"message": None, "code": None, "type": "response.failed"}
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        ({"type": "error", "code": "c", "message": "m", "param": "p", "sequence_number": 0},
+         {"type": "error", "code": "c", "message": "m", "param": "p"}),
+        ({"type": "error", "error": {"type": "t", "code": "c", "message": "m"}},
+         {"type": "t", "code": "c", "message": "m"}),
+        ({"type": "error", "error": {"message": "m"}}, {"type": "error", "code": None, "message": "m"}),
+    ],
+    ids=["top-level", "nested", "nested-partial"],
+)
+def test_error_frame_keeps_the_providers_words(payload: dict[str, Any], expected: dict[str, Any]) -> None:
+    attempt, _ = make()
+    feed(attempt, payload)
+    assert attempt.error == expected
+    assert provider_error(payload, "error") == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"error": {"message": "m", "type": "t", "code": "c", "param": None}},
+         {"message": "m", "type": "t", "code": "c", "param": None, "status": 429}),
+        ({"message": "m"}, {"message": "m", "code": None, "type": "http_error", "status": 429}),
+        ("Too Many Requests", {"message": "Too Many Requests", "code": None, "type": "http_error", "status": 429}),
+        (None, {"message": "HTTP 429", "code": None, "type": "http_error", "status": 429}),
+        ("", {"message": "HTTP 429", "code": None, "type": "http_error", "status": 429}),
+    ],
+    ids=["openai-shape", "flat", "text", "none", "empty"],
+)
+def test_http_error_words(body: Any, expected: dict[str, Any]) -> None:
+    attempt, _ = make()
+    attempt.receive(HttpError(429, body))
+    assert attempt.state == TERMINAL and attempt.reason == "http_429"
+    assert attempt.error == expected
+
+
+@pytest.mark.parametrize(
+    ("item", "reason"),
+    [
+        (TransportFault("drop"), "drop"),
+        (TransportFault("read_timeout"), "read_timeout"),
+        (TransportFault("connect_error"), "connect_error"),
+        (IdleTimeout(0.5), "idle_timeout"),
+        (EndOfStream(), "eof"),
+        (Interrupt(), "interrupted"),
+    ],
+)
+def test_retire_reasons(item: MachineInput, reason: str) -> None:
+    attempt, _ = make()
+    feed(attempt, created(), delta("partial"), item)
+    assert (attempt.state, attempt.reason) == (RETIRE, reason)
+    assert attempt.final_response() is None
+    assert attempt.partial_items()[0]["content"][0]["text"] == "partial"
+
+
+# -- delivery ---------------------------------------------------------------------------------
+
+
+def test_first_delta_precedes_the_first_text_only() -> None:
+    attempt, sink = make()
+    feed(attempt, created(), delta("a"), delta(""), delta("b"))
+    kinds = [(r.kind, r.data) for r in sink.records if not hasattr(r, "source")]
+    assert kinds == [("first_delta", None), ("text_delta", "a"), ("text_delta", "b")]
+
+
+def test_reasoning_is_delivered_on_its_own_channel() -> None:
+    attempt, sink = make()
+    feed(attempt, created(),
+         {"type": "response.reasoning_text.delta", "output_index": 0, "content_index": 0, "delta": "r1"},
+         {"type": "response.reasoning_summary_text.delta", "output_index": 0, "summary_index": 1, "delta": "r2"},
+         delta("t", 1))
+    assert sink.effects("reasoning_delta") == ["r1", "r2"]
+    assert sink.effects("text_delta") == ["t"]
+    assert len(sink.effects("first_delta")) == 1
+
+
+def _second_attempt(ledger: DeliveryLedger) -> tuple[StreamAttempt, ListSink]:
+    sink = ListSink()
+    return StreamAttempt(2, "stream", sink=sink, ledger=ledger), sink
+
+
+def test_a_retry_repeating_delivered_text_delivers_only_the_rest() -> None:
+    ledger = DeliveryLedger()
+    first, sink1 = make(ledger=ledger)
+    feed(first, created(), delta("Hello "), delta("wor"), TransportFault("drop"))
+    second, sink2 = _second_attempt(ledger)
+    feed(second, created(), delta("Hel"), delta("lo w"), delta("orld"), delta("!"))
+    assert sink1.effects("text_delta") == ["Hello ", "wor"]
+    assert sink2.effects("text_delta") == ["ld", "!"]
+    assert sink2.effects("first_delta") == []
+    assert ledger.delivered("text") == "Hello world!"
+
+
+def test_a_retry_saying_something_else_delivers_nothing_more() -> None:
+    ledger = DeliveryLedger()
+    first, _ = make(ledger=ledger)
+    feed(first, created(), delta("Hello "), TransportFault("drop"))
+    second, sink2 = _second_attempt(ledger)
+    feed(second, created(), delta("Goodbye"), delta(" and more"), completed([]))
+    assert sink2.effects("text_delta") == []
+    assert ledger.delivered("text") == "Hello "
+    # the attempt keeps its own text for the result
+    assert second.final_response()["output"][0]["content"][0]["text"] == "Goodbye and more"
+
+
+# -- output assembly ----------------------------------------------------------------------------
+
+
+def test_backfilled_output_follows_output_index_not_arrival() -> None:
+    second = text_message("World", deltas=2, output_index=1)
+    first = text_message("Hello ", deltas=2, output_index=0)
+    attempt, _ = make()
+    feed(attempt, created(), second, first, completed([]))
+    output = attempt.final_response()["output"]
+    assert output == output_items(first, second)
+    assert [item["id"] for item in output] == ["msg_00_sim", "msg_01_sim"]
+
+
+def test_partial_items_follow_output_index_when_nothing_is_done() -> None:
+    attempt, _ = make()
+    feed(attempt, created(), delta("B", 2), delta("A", 0), call_added(1),
+         {"type": "response.function_call_arguments.delta", "output_index": 1, "delta": '{"a":'},
+         {"type": "response.function_call_arguments.delta", "output_index": 1, "delta": "1}"},
+         TransportFault("drop"))
+    items = attempt.partial_items()
+    assert [item["type"] for item in items] == ["message", "function_call", "message"]
+    assert items[0]["content"][0]["text"] == "A" and items[2]["content"][0]["text"] == "B"
+    assert items[1]["arguments"] == '{"a":1}' and items[1]["status"] == "incomplete"
+
+
+def test_output_sent_by_the_server_is_used_as_is() -> None:
+    message = text_message("streamed", deltas=1)
+    sent = output_items(text_message("authoritative", deltas=1))
+    attempt, _ = make()
+    feed(attempt, created(), message, completed(sent))
+    assert attempt.final_response()["output"] == sent
+
+
+def test_null_output_is_backfilled_from_deltas_without_any_item_event() -> None:
+    attempt, _ = make()
+    feed(attempt, created(), delta("Hi "), delta("there"), completed(None))
+    [item] = attempt.final_response()["output"]
+    assert item["type"] == "message" and item["role"] == "assistant" and item["status"] == "completed"
+    assert item["content"][0]["text"] == "Hi there"
