@@ -26,8 +26,20 @@ def check_policy(policy: Any) -> TurnPolicy:
 
 
 def check_trace(trace: Any) -> None:
-    if trace is not None and not isinstance(trace, (str, os.PathLike)):
+    if trace is None:
+        return
+    if not isinstance(trace, (str, os.PathLike)):
         raise TypeError(f"trace must be a path or None, not {type(trace).__name__}")
+    # The trace is written when the turn ends; a path that cannot be written would then lose the
+    # result of a turn already paid for, so the obvious mistakes are refused before any request.
+    path = os.fspath(trace)
+    if isinstance(path, bytes):
+        raise TypeError("trace must be a str or os.PathLike of str, not bytes")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"trace directory does not exist: {folder}")
+    if os.path.isdir(path):
+        raise ValueError(f"trace path is a directory: {path}")
 
 
 def check_request(request: Any) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import attrs
 
 from engine.eventlog import Callbacks, Chunk, EventLog, RecordedInput
 from engine.logs import log
-from engine.redaction import scrub
+from engine.redaction import field_secrets, scrub
 from engine.sse import SseDecoder
 from engine.trace import TraceWriter, header_for
 from machines.records import EndOfStream, TurnPolicy, TurnResult
@@ -89,6 +89,8 @@ class TurnRecording:
         self.log = EventLog(callbacks)
         self.turn = TurnMachine(policy, self.log)
         self.header = header_for(entry, policy, request)
+        #: values of the request's credential-named fields, scrubbed wherever they are echoed
+        self.request_secrets = field_secrets(request)
 
     def attempts(self) -> Iterator[AttemptFeed]:
         """Each attempt the turn machine opens; the caller feeds it until it is final."""
@@ -113,6 +115,7 @@ class TurnRecording:
         secrets: list[str] | tuple[str, ...] = (),
     ) -> TurnResult:
         result = self.turn.result()
+        secrets = sorted({*secrets, *self.request_secrets}, key=len, reverse=True)
         if result.error is not None:
             result = attrs.evolve(result, error=scrub(result.error, secrets))
         if trace is not None:
@@ -127,4 +130,5 @@ class TurnRecording:
     def abandon(self, trace: str | os.PathLike[str] | None, secrets: list[str] | tuple[str, ...] = ()) -> None:
         """Write what was recorded so far (no result) after an unexpected error."""
         if trace is not None:
+            secrets = sorted({*secrets, *self.request_secrets}, key=len, reverse=True)
             TraceWriter(trace, secrets).write(self.header, self.log.records, None)

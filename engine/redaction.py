@@ -6,7 +6,9 @@ Two rules, applied wherever streamfsm writes something down:
   `x-api-key`, `access_token`, `client_secret`, ...) has its value replaced by `[redacted]`
   (`redact_fields`); counters such as `max_output_tokens` are not credentials and are kept;
 - a string *shaped* like a credential (`sk-...` keys, `Bearer ...` values) or equal to a secret the
-  caller's client holds is replaced wherever it appears (`scrub`).
+  caller's client holds is replaced wherever it appears (`scrub`). The values of the request's
+  credential-named fields count as such secrets too (`field_secrets`): servers echo parts of the
+  request (the Responses API echoes `metadata` in every response object of the stream).
 
 Both are idempotent, so a trace written from redacted records replays to the same records.
 """
@@ -16,7 +18,19 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable
 
-__all__ = ["REDACTED", "is_secret_name", "redact_fields", "scrub", "scrub_line", "client_secrets"]
+__all__ = [
+    "REDACTED",
+    "is_secret_name",
+    "redact_fields",
+    "scrub",
+    "scrub_line",
+    "client_secrets",
+    "field_secrets",
+]
+
+#: Shortest field value taken for a secret to scrub everywhere; shorter values (flags, tiny ids)
+#: would replace ordinary text and are still redacted where their field is.
+MIN_FIELD_SECRET = 8
 
 REDACTED = "[redacted]"
 
@@ -87,3 +101,25 @@ def client_secrets(client: Any) -> list[str]:
             if value.lower().startswith("bearer "):
                 found.append(value[7:])
     return sorted(set(found), key=len, reverse=True)
+
+
+def field_secrets(value: Any) -> list[str]:
+    """The string values of credential-named fields anywhere in JSON-like data (a request)."""
+    found: set[str] = set()
+
+    def walk(item: Any) -> None:
+        if isinstance(item, dict):
+            for key, inner in item.items():
+                if isinstance(key, str) and is_secret_name(key) and isinstance(inner, str):
+                    if len(inner) >= MIN_FIELD_SECRET and inner != REDACTED:
+                        found.add(inner)
+                        if inner.lower().startswith("bearer ") and len(inner) - 7 >= MIN_FIELD_SECRET:
+                            found.add(inner[7:])
+                else:
+                    walk(inner)
+        elif isinstance(item, (list, tuple)):
+            for inner in item:
+                walk(inner)
+
+    walk(value)
+    return sorted(found, key=len, reverse=True)

@@ -21,14 +21,13 @@ States and rules (the `TABLE` below; conditions are evaluated in row order):
     finished          final.
 
 Outcome, from the last attempt: `terminal` after `response.completed` / `.incomplete` /
-`.failed` gives that outcome (so does a `response.failed` retried by policy until nothing is
-left, with the provider's own error); `terminal` after an `error` frame or an HTTP error status gives
-"error" with the provider's words; `retire` by an interrupt gives "interrupted"; a fault with
-nothing left to try gives "error" with a transport error, or with the provider's own words when
-the last attempt ended in a `response.failed` whose code the policy retries. Output comes from
-the terminal response (backfilled when empty or null); without one, from the latest attempt
-that streamed anything, so partial output survives every failure and two attempts are never
-mixed.
+`.failed` gives that outcome; `terminal` after an `error` frame or an HTTP error status gives
+"error" with the provider's words; `retire` by an interrupt gives "interrupted"; a retryable
+`response.failed` (code in `policy.retry_failed_codes`) with nothing left to try gives "failed"
+with the provider's words; any other fault with nothing left to try gives "error" with a
+transport error. Output comes from the terminal response (backfilled when empty or null);
+without one, from the latest attempt that streamed anything, so partial output survives every
+failure and two attempts are never mixed.
 """
 
 from __future__ import annotations
@@ -182,17 +181,16 @@ class TurnMachine:
             outcome = _OUTCOME_OF_REASON.get(last.reason, "error")
         elif last.reason == "interrupted":
             outcome = "interrupted"
+        elif last.reason.startswith("failed:"):  # a retryable response.failed, nothing left to try
+            outcome = "failed"
         else:
             outcome = "error"
-            if error is None:  # a byte-stream fault; a retryable `response.failed` keeps its words
-                error = {
-                    "message": _FAULT_MESSAGES.get(last.reason, last.reason),
-                    "code": last.reason,
-                    "type": "transport_error",
-                }
-            elif last.response is not None:  # every attempt ended in a retried response.failed
-                outcome = "failed"
-        response = last.final_response() if last.response is not None else None
+            error = {
+                "message": _FAULT_MESSAGES.get(last.reason, last.reason),
+                "code": last.reason,
+                "type": "transport_error",
+            }
+        response = last.final_response() if last.state == TERMINAL or outcome == "failed" else None
         if response is not None:
             items = response["output"]
             calls = _merge_calls(tool_calls_of(items), tool_calls_of(last.partial_items()))

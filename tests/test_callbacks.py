@@ -28,7 +28,7 @@ from engine.shapes import (
 )
 from engine.simulator import Drop, Reply, Script
 
-from tests.support import run_over_http
+from support import run_over_http
 
 ANSWER = shapes._ANSWER
 REASONING = shapes._REASONING

@@ -23,7 +23,7 @@ from engine.shapes import (
 )
 from engine.simulator import Drop, Reply, Script, Stall
 
-from tests.support import REQUEST, assert_replays_identically, closed_port, run_over_http
+from support import REQUEST, assert_replays_identically, closed_port, run_over_http
 
 ANSWER = shapes._ANSWER
 HALF_ANSWER = "".join(split_text(ANSWER, 4)[:2])

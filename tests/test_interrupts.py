@@ -25,7 +25,7 @@ from engine.shapes import (
 )
 from engine.simulator import Reply, Script, Stall
 
-from tests.support import run_over_http, trace_lines
+from support import run_over_http, trace_lines
 
 ANSWER = shapes._ANSWER
 DELTAS = split_text(ANSWER, 4)
@@ -176,19 +176,19 @@ def test_idle_timeout_before_any_event(tmp_path: Path) -> None:
 
 
 def test_idle_timeout_is_per_silence_not_per_attempt(tmp_path: Path) -> None:
-    """Four pauses of 0.15 s each (0.6 s in all) never trip a 0.3 s idle timeout."""
+    """Four pauses of 0.1 s each (0.4 s in all) never trip a 0.35 s idle timeout."""
     message = text_message(ANSWER, deltas=4)
     paced = []
     for event in assemble(created(), in_progress(), message, completed(output_items(message))):
         paced.append(event)
         if event.get("type") == "response.output_text.delta":
-            paced.append(Stall(0.15))
+            paced.append(Stall(0.1))
     run = run_over_http(
-        Script((to_reply(paced),)), tmp_path, policy=engine.TurnPolicy(idle_timeout_s=0.3)
+        Script((to_reply(paced),)), tmp_path, policy=engine.TurnPolicy(idle_timeout_s=0.35)
     )
     assert run.attempts == [("stream", "terminal", "completed")]
     assert run.result.output_text == ANSWER
-    assert run.elapsed >= 0.6
+    assert run.elapsed >= 0.4
 
 
 @pytest.mark.parametrize(

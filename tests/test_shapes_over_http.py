@@ -29,7 +29,7 @@ from engine.shapes import (
     text_message,
 )
 
-from tests.support import REQUEST, run_over_http
+from support import REQUEST, run_over_http
 
 ANSWER = shapes._ANSWER
 REASONING = shapes._REASONING
@@ -77,7 +77,7 @@ EXPECTED: dict[str, Expected] = {
     "rate_limits_before_created": Expected("completed", ANSWER),
     "error_first_top_level": Expected(
         "error",
-        error={"message": ENTITLEMENT, "code": "permission_denied", "param": None},
+        error={"message": ENTITLEMENT, "code": "permission_denied", "type": "error", "param": None},
         attempts=_terminal("error_frame"),
     ),
     "error_first_nested": Expected(

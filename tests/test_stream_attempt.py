@@ -42,7 +42,7 @@ from machines.stream_attempt import (
     provider_error,
 )
 
-from tests.support import ListSink, sse
+from support import ListSink, sse
 
 
 def make(

@@ -29,7 +29,7 @@ from machines.records import (
 )
 from machines.turn import TurnMachine
 
-from tests.support import ListSink, sse
+from support import ListSink, sse
 
 DROP = TransportFault("drop", "RemoteProtocolError")
 
