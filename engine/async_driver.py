@@ -23,9 +23,9 @@ from engine.transport import (
     CHUNK,
     END,
     ERROR,
+    OPEN_ERROR,
     Watchdog,
     feed_body_item,
-    feed_opening_error,
     feed_silence,
     turn_clock,
 )
@@ -36,7 +36,18 @@ __all__ = ["arun_turn"]
 POLL_S = 0.02
 
 
-async def _read_body(body: AsyncIterator[bytes], items: asyncio.Queue[tuple[int, Any]]) -> None:
+async def _read_attempt(
+    client: Any, request: dict[str, Any], kind: str, items: asyncio.Queue[tuple[int, Any]]
+) -> None:
+    """Send the request and read its body, putting every observation on `items`; cancelling
+    the task (interrupt, idle timeout) stops it at any point, even before the headers."""
+    try:
+        body, close = await _open_stream(client, request, kind)
+    except asyncio.CancelledError:
+        raise
+    except BaseException as error:  # handed to the turn's task, classified there
+        items.put_nowait((OPEN_ERROR, error))
+        return
     try:
         async for chunk in body:
             if chunk:
@@ -46,6 +57,11 @@ async def _read_body(body: AsyncIterator[bytes], items: asyncio.Queue[tuple[int,
         raise
     except BaseException as error:
         items.put_nowait((ERROR, error))
+    finally:
+        try:
+            await close()
+        except Exception:  # closing a broken stream may fail again; nothing left to save
+            pass
 
 
 async def _open_stream(
@@ -70,14 +86,9 @@ async def _run_attempt(
     if interrupted():
         feed.fail(Interrupt(), now())
         return
-    try:
-        body, close = await _open_stream(client, request, feed.kind)
-    except Exception as error:
-        feed_opening_error(feed, error, now)
-        return
-    items: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
-    reader = asyncio.ensure_future(_read_body(body, items))
     watchdog = Watchdog(now, interrupted, idle_timeout_s, POLL_S)
+    items: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+    reader = asyncio.ensure_future(_read_attempt(client, request, feed.kind, items))
     try:
         while True:
             try:
@@ -90,10 +101,7 @@ async def _run_attempt(
                 return
     finally:
         reader.cancel()
-        try:
-            await close()
-        except Exception:  # closing a broken stream may fail again; nothing left to save
-            pass
+        await asyncio.wait([reader], timeout=1.0)
 
 
 async def arun_turn(

@@ -197,12 +197,15 @@ class Reply:
     non-200 status with no steps, a generic OpenAI-shaped error body is sent instead).
     ``body`` set: that body, sent whole as ``application/json`` with a ``content-length``.
     ``headers`` are added to the response and override the defaults of the same name.
+    ``headers_after_s`` keeps the client waiting that long before the status line is sent (a
+    server slow to answer at all).
     """
 
     status: int = 200
     steps: tuple[Step, ...] = attrs.field(default=(), converter=tuple)
     body: bytes | None = None
     headers: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_headers_tuple)
+    headers_after_s: float = attrs.field(default=0.0, validator=_non_negative)
 
     @property
     def is_stream(self) -> bool:
@@ -331,6 +334,12 @@ class _ResponsesRequestHandler(http.server.BaseHTTPRequestHandler):
         except orjson.JSONDecodeError:
             body = None
         _, reply = simulator._admit(self.command, path, body, self.headers)
+        if reply.headers_after_s:
+            try:
+                self._stall(reply.headers_after_s)
+            except (_ConnectionGone, ConnectionError):
+                self.close_connection = True
+                return
         if reply.is_stream:
             self._send_stream(reply)
         else:

@@ -5,11 +5,11 @@ raw bytes (stream attempts through `responses.with_streaming_response.create`, t
 `responses.create(stream=True)` and that stream's HTTP response), so the machines see exactly the
 bytes and chunk boundaries the server sent.
 
-The body is read on a small reader thread that hands chunks over a queue; the caller's thread
-waits on that queue with a short timeout, so that an interrupt is honoured within ~20 ms and an
-idle timeout fires on time even while the socket is silent, instead of when the stream ends. On
-either, the response is closed and the reader thread ends with it. Callbacks run on the caller's
-thread.
+The request is sent and its body read on a small reader thread that hands every observation
+over a queue; the caller's thread waits on that queue with a short timeout, so an interrupt is
+honoured within ~20 ms and an idle timeout fires on time while the server is silent, before or
+after the response headers, instead of when the stream ends. On either, the response is closed
+and the reader thread ends with it. Callbacks run on the caller's thread.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from engine.transport import (
     CHUNK,
     END,
     ERROR,
+    OPEN_ERROR,
     Watchdog,
     feed_body_item,
-    feed_opening_error,
     feed_silence,
     turn_clock,
 )
@@ -44,25 +44,58 @@ __all__ = ["run_turn"]
 POLL_S = 0.02
 
 
+class _AttemptReader:
+    """Sends one attempt's request and iterates its body on a daemon thread.
 
-class _BodyReader:
-    """Iterates a response body on a daemon thread; the caller takes chunks from `items`."""
+    Everything it observes goes to `items`: chunks, the clean end, the exception from opening or
+    reading. The caller's thread waits on that queue, so it can stop the attempt (interrupt,
+    idle timeout) at any moment, even before the response headers arrive; `abandon()` then closes
+    the response, or makes the thread close it as soon as the request returns."""
 
-    def __init__(self, body: Any) -> None:
+    def __init__(self, client: Any, request: dict[str, Any], kind: str) -> None:
         self.items: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
-        self._body = body
-        self._thread = threading.Thread(target=self._run, name="streamfsm-body", daemon=True)
+        self._lock = threading.Lock()
+        self._close: Callable[[], None] | None = None
+        self._abandoned = False
+        self._thread = threading.Thread(
+            target=self._run, args=(client, request, kind), name="streamfsm-body", daemon=True
+        )
         self._thread.start()
 
-    def _run(self) -> None:
+    def _run(self, client: Any, request: dict[str, Any], kind: str) -> None:
         put = self.items.put
         try:
-            for chunk in self._body:
+            body, close = _open_stream(client, request, kind)
+        except BaseException as error:  # handed to the caller's thread, classified there
+            put((OPEN_ERROR, error))
+            return
+        with self._lock:
+            if not self._abandoned:
+                self._close = close
+        if self._close is None:
+            _close_quietly(close)
+            return
+        try:
+            for chunk in body:
                 if chunk:
                     put((CHUNK, chunk))
             put((END, None))
-        except BaseException as error:  # handed to the caller's thread, classified there
+        except BaseException as error:
             put((ERROR, error))
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+            close = self._close
+        if close is not None:
+            _close_quietly(close)
+
+
+def _close_quietly(close: Callable[[], Any]) -> None:
+    try:
+        close()
+    except Exception:  # closing a broken stream may fail again; nothing left to save
+        pass
 
 
 def _open_stream(client: Any, request: dict[str, Any], kind: str) -> tuple[Any, Callable[[], None]]:
@@ -86,15 +119,10 @@ def _run_attempt(
     if interrupted():
         feed.fail(Interrupt(), now())
         return
+    watchdog = Watchdog(now, interrupted, idle_timeout_s, POLL_S)
+    reader = _AttemptReader(client, request, feed.kind)
+    get = reader.items.get
     try:
-        body, close = _open_stream(client, request, feed.kind)
-    except Exception as error:
-        feed_opening_error(feed, error, now)
-        return
-    try:
-        reader = _BodyReader(body)
-        get = reader.items.get
-        watchdog = Watchdog(now, interrupted, idle_timeout_s, POLL_S)
         while True:
             try:
                 kind, value = get(timeout=watchdog.wait_s())
@@ -105,10 +133,7 @@ def _run_attempt(
             if feed_body_item(feed, watchdog, kind, value, now):
                 return
     finally:
-        try:
-            close()
-        except Exception:  # closing a broken stream may fail again; nothing left to save
-            pass
+        reader.abandon()
 
 
 def run_turn(

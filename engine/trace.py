@@ -185,13 +185,14 @@ class TraceWriter:
         self, header: dict[str, Any], records: list[Record], result: TurnResult | None
     ) -> None:
         secrets = self.secrets
-        lines = [_dumps(header, secrets)]
-        lines.extend(_dumps(record_to_json(record), secrets) for record in records)
-        if result is not None:
-            lines.append(_dumps(result_to_json(result, len(records) + 1), secrets))
         tmp = self.path + ".partial"
-        with open(tmp, "wb") as out:
-            out.write(b"\n".join(lines) + b"\n")
+        with open(tmp, "wb") as out:  # line by line: a long turn's trace never sits in memory
+            write = out.write
+            write(_dumps(header, secrets) + b"\n")
+            for record in records:
+                write(_dumps(record_to_json(record), secrets) + b"\n")
+            if result is not None:
+                write(_dumps(result_to_json(result, len(records) + 1), secrets) + b"\n")
         os.replace(tmp, self.path)
 
 

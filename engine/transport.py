@@ -126,8 +126,9 @@ def turn_clock() -> Callable[[], float]:
     return now
 
 
-#: What a body reader hands the driver: a chunk of bytes, the clean end, or the exception raised.
-CHUNK, END, ERROR = 0, 1, 2
+#: What a reader hands the driver: a chunk, the clean end, the exception from reading the body
+#: or from opening the request.
+CHUNK, END, ERROR, OPEN_ERROR = 0, 1, 2, 3
 
 
 def feed_opening_error(feed: Any, error: Exception, now: Callable[[], float]) -> None:
@@ -151,6 +152,9 @@ def feed_body_item(
         return True
     if kind == CHUNK:
         return feed.chunk(value, t)
+    if kind == OPEN_ERROR:
+        feed_opening_error(feed, value, lambda: t)
+        return True
     if kind == END:
         feed.end(t)
         return True

@@ -206,3 +206,84 @@ def test_without_idle_timeout_the_clients_read_timeout_decides(
     assert run.result.error is not None and run.result.error["code"] == reason
     assert run.result.output_text == HALF_ANSWER
     assert run.elapsed < 1.0
+
+
+# -- before the response headers arrive -------------------------------------------------------
+def _slow_to_answer() -> "Script":
+    from engine.shapes import SHAPES
+    from engine.simulator import Reply, Script
+
+    good = SHAPES["happy_text"].replies[0]
+    return Script(replies=(Reply(steps=good.steps, headers_after_s=5.0), good))
+
+
+def test_interrupt_is_honoured_while_waiting_for_headers() -> None:
+    import threading
+    import time
+
+    import openai
+
+    import engine
+    from engine.simulator import ResponsesSimulator
+
+    stop = threading.Event()
+    with ResponsesSimulator(_slow_to_answer()) as sim:
+        client = openai.OpenAI(base_url=sim.base_url, api_key="k", max_retries=0)
+        timer = threading.Timer(0.2, stop.set)
+        timer.start()
+        began = time.monotonic()
+        result = engine.run_turn(client, {"model": "m", "input": "hi"}, interrupt=stop)
+        elapsed = time.monotonic() - began
+        timer.cancel()
+    assert result.outcome == "interrupted"
+    assert elapsed < 1.0  # the server would answer after 5 s
+    assert [(a.final_state, a.reason) for a in result.attempts] == [("retire", "interrupted")]
+
+
+def test_idle_timeout_covers_waiting_for_headers(tmp_path) -> None:
+    import time
+
+    import openai
+
+    import engine
+    from engine.simulator import ResponsesSimulator
+
+    with ResponsesSimulator(_slow_to_answer()) as sim:
+        client = openai.OpenAI(base_url=sim.base_url, api_key="k", max_retries=0)
+        began = time.monotonic()
+        result = engine.run_turn(
+            client, {"model": "m", "input": "hi"},
+            policy=engine.TurnPolicy(idle_timeout_s=0.3), trace=tmp_path / "t.jsonl",
+        )
+        elapsed = time.monotonic() - began
+        requests = len(sim.requests)
+    assert result.outcome == "completed"
+    assert [(a.final_state, a.reason) for a in result.attempts] == [
+        ("retire", "idle_timeout"), ("terminal", "completed")
+    ]
+    assert requests == 2 and elapsed < 2.0
+    assert engine.replay(tmp_path / "t.jsonl").identical
+
+
+def test_async_interrupt_is_honoured_while_waiting_for_headers() -> None:
+    import asyncio
+    import threading
+    import time
+
+    import openai
+
+    import engine
+    from engine.simulator import ResponsesSimulator
+
+    async def run() -> tuple[engine.TurnResult, float]:
+        stop = threading.Event()
+        with ResponsesSimulator(_slow_to_answer()) as sim:
+            client = openai.AsyncOpenAI(base_url=sim.base_url, api_key="k", max_retries=0)
+            asyncio.get_running_loop().call_later(0.2, stop.set)
+            began = time.monotonic()
+            result = await engine.arun_turn(client, {"model": "m", "input": "hi"}, interrupt=stop)
+            return result, time.monotonic() - began
+
+    result, elapsed = asyncio.run(run())
+    assert result.outcome == "interrupted" and elapsed < 1.0
+    assert [(a.final_state, a.reason) for a in result.attempts] == [("retire", "interrupted")]
