@@ -74,7 +74,18 @@ import engine
 from engine.shapes import assemble, completed, created, output_items, text_message, to_reply
 from engine.simulator import Send
 
-__all__ = ["PATHS", "RecordedStream", "build_stream", "main", "run_bare", "run_consume", "run_sdk"]
+__all__ = [
+    "PATHS",
+    "RecordedStream",
+    "build_stream",
+    "main",
+    "make_run_consume_traced",
+    "make_run_sdk",
+    "measure",
+    "run_bare",
+    "run_consume",
+    "run_sdk",
+]
 
 #: Targets the report checks: the SDK helper should be at least this many times slower than
 #: consume, and consume at most this many times slower than the bare loop.
