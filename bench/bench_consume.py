@@ -29,8 +29,11 @@ The same chunks are then digested, in this one process, by:
 Each path must assemble the same answer text; the script stops with an error if one does not.
 
 Timing: ``time.perf_counter`` around one whole digestion, the garbage collector disabled while
-timing (and a collection before each round), one warm-up round, then the median of ``--rounds``
-rounds. Reported per event (``µs/event`` = median time / number of SSE events). Peak memory is
+timing (and a collection before each run), one warm-up run of each path, then ``--rounds``
+rounds in which the paths take turns. Reported per event (``µs/event`` = median time / number of
+SSE events). Ratios are *paired*: the median over rounds of one path's time over the other's in
+the same round, so load from other processes that comes and goes between rounds cancels out
+rather than landing on one path (the 1-minute load average is reported too). Peak memory is
 measured in separate, untimed runs with ``tracemalloc`` (which slows everything down) and reported
 against the bare loop; the input chunks exist before tracing starts and are not counted.
 
@@ -71,7 +74,18 @@ import engine
 from engine.shapes import assemble, completed, created, output_items, text_message, to_reply
 from engine.simulator import Send
 
-__all__ = ["PATHS", "RecordedStream", "build_stream", "main", "run_bare", "run_consume", "run_sdk"]
+__all__ = [
+    "PATHS",
+    "RecordedStream",
+    "build_stream",
+    "main",
+    "make_run_consume_traced",
+    "make_run_sdk",
+    "measure",
+    "run_bare",
+    "run_consume",
+    "run_sdk",
+]
 
 #: Targets the report checks: the SDK helper should be at least this many times slower than
 #: consume, and consume at most this many times slower than the bare loop.
@@ -176,23 +190,36 @@ def run_bare(chunks: Sequence[bytes]) -> str:
 # Measuring
 
 
-def median_seconds(run: Callable[[Sequence[bytes]], str], chunks: Sequence[bytes], rounds: int) -> float:
-    """Median wall time of ``rounds`` runs after one warm-up, gc disabled while timing."""
-    run(chunks)  # warm-up: imports, caches, first-call costs
-    times: list[float] = []
+def timed_rounds(
+    runs: dict[str, Callable[[Sequence[bytes]], str]], chunks: Sequence[bytes], rounds: int
+) -> dict[str, list[float]]:
+    """Wall times of every path over ``rounds`` rounds, after one warm-up run of each.
+
+    The paths take turns within each round, so a change in machine load between rounds touches
+    every path alike; the collector runs before each timed run and is disabled during it.
+    """
+    for run in runs.values():
+        run(chunks)  # warm-up: imports, caches, first-call costs
+    times: dict[str, list[float]] = {name: [] for name in runs}
     was_enabled = gc.isenabled()
     try:
         for _ in range(rounds):
-            gc.collect()
-            gc.disable()
-            start = time.perf_counter()
-            run(chunks)
-            times.append(time.perf_counter() - start)
-            gc.enable()
+            for name, run in runs.items():
+                gc.collect()
+                gc.disable()
+                start = time.perf_counter()
+                run(chunks)
+                times[name].append(time.perf_counter() - start)
+                gc.enable()
     finally:
         if was_enabled:
             gc.enable()
-    return statistics.median(times)
+    return times
+
+
+def paired_ratio(times: dict[str, list[float]], slow: str, fast: str) -> float:
+    """Median over rounds of ``slow``'s time over ``fast``'s time in the same round."""
+    return statistics.median(a / b for a, b in zip(times[slow], times[fast]))
 
 
 def peak_bytes(run: Callable[[Sequence[bytes]], str], chunks: Sequence[bytes]) -> int:
@@ -224,7 +251,8 @@ def measure(deltas: int, rounds: int, chunk_size: int, memory: bool = True) -> d
         wrong = [name for name, text in texts.items() if text != stream.text]
         if wrong:
             raise SystemExit(f"paths disagree on the assembled text: {', '.join(wrong)}")
-        seconds = {name: median_seconds(run, stream.chunks, rounds) for name, run in runs.items()}
+        times = timed_rounds(runs, stream.chunks, rounds)
+        seconds = {name: statistics.median(values) for name, values in times.items()}
         peaks = {name: peak_bytes(run, stream.chunks) for name, run in runs.items()} if memory else {}
         trace_bytes = os.path.getsize(trace_path)
     per_event = {name: s / stream.events * 1e6 for name, s in seconds.items()}
@@ -240,11 +268,13 @@ def measure(deltas: int, rounds: int, chunk_size: int, memory: bool = True) -> d
         "texts_agree": True,
         "median_ms": {name: round(s * 1e3, 3) for name, s in seconds.items()},
         "us_per_event": {name: round(us, 3) for name, us in per_event.items()},
+        "time_vs_bare": {name: round(paired_ratio(times, name, "bare"), 2) for name in runs},
         "ratios": {
-            "sdk/consume": round(seconds["sdk"] / seconds["consume"], 2),
-            "consume/bare": round(seconds["consume"] / seconds["bare"], 2),
-            "consume+trace/bare": round(seconds["consume+trace"] / seconds["bare"], 2),
-            "sdk/bare": round(seconds["sdk"] / seconds["bare"], 2),
+            "sdk/consume": round(paired_ratio(times, "sdk", "consume"), 2),
+            "consume/bare": round(paired_ratio(times, "consume", "bare"), 2),
+            "consume+trace/consume": round(paired_ratio(times, "consume+trace", "consume"), 2),
+            "consume+trace/bare": round(paired_ratio(times, "consume+trace", "bare"), 2),
+            "sdk/bare": round(paired_ratio(times, "sdk", "bare"), 2),
         },
         "targets": {
             "sdk/consume>=": SDK_OVER_CONSUME_TARGET,
@@ -253,6 +283,7 @@ def measure(deltas: int, rounds: int, chunk_size: int, memory: bool = True) -> d
         "python": platform.python_implementation() + " " + platform.python_version(),
         "openai": openai.__version__,
         "cpus": os.cpu_count(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
     }
     result["targets_met"] = {
         "sdk/consume": result["ratios"]["sdk/consume"] >= SDK_OVER_CONSUME_TARGET,
@@ -268,16 +299,16 @@ def table(result: dict[str, Any]) -> str:
     lines = [
         f"{result['events']} SSE events ({result['deltas']} text deltas), "
         f"{result['stream_bytes']} bytes in {result['chunks']} chunks of {result['chunk_size']}; "
-        f"median of {result['rounds']} rounds; {result['python']}, openai {result['openai']}",
+        f"median of {result['rounds']} rounds; {result['python']}, openai {result['openai']}, "
+        f"{result['cpus']} CPUs, load average {result['load_average_1min']}",
         "",
         f"{'path':<15}{'median ms':>11}{'µs/event':>10}{'× bare':>8}"
         + (f"{'peak KiB':>11}{'mem × bare':>12}" if "peak_kib" in result else ""),
     ]
-    bare = result["median_ms"]["bare"]
     for name in PATHS:
         row = (
             f"{name:<15}{result['median_ms'][name]:>11.1f}{result['us_per_event'][name]:>10.2f}"
-            f"{result['median_ms'][name] / bare:>8.2f}"
+            f"{result['time_vs_bare'][name]:>8.2f}"
         )
         if "peak_kib" in result:
             row += f"{result['peak_kib'][name]:>11.0f}{result['peak_vs_bare'][name]:>12.2f}"
