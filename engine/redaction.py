@@ -75,6 +75,8 @@ def scrub(value: Any, secrets: Iterable[str] = ()) -> Any:
 
 
 _SECRET_SHAPE_BYTES = re.compile(_SECRET_SHAPE.pattern.encode())
+#: Every match of `_SECRET_SHAPE` contains one of these.
+_SHAPE_MARKERS = (b"sk-", b"rk-", b"pk-", b"xai-", b"sess-", b"earer", b"EARER")
 
 
 def scrub_line(line: bytes, secrets: Iterable[str] = ()) -> bytes:
@@ -85,6 +87,8 @@ def scrub_line(line: bytes, secrets: Iterable[str] = ()) -> bytes:
         encoded = secret.encode()
         if encoded and encoded in line:
             line = line.replace(encoded, REDACTED.encode())
+    if not any(marker in line for marker in _SHAPE_MARKERS):
+        return line  # nothing shaped like a credential: skip the regex (the common case)
     return _SECRET_SHAPE_BYTES.sub(REDACTED.encode(), line)
 
 
