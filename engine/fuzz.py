@@ -1,0 +1,435 @@
+"""`streamfsm fuzz`: a long property-testing campaign over generated sessions, outside the tests.
+
+Theory of operation
+===================
+
+The campaign runs one property, `check_session(session)` (`engine.invariants`) over
+`sessions()` (`engine.strategies`), with Hypothesis as the engine: it generates, finds, shrinks,
+and keeps what it found in its example database. The test suite runs the same property with a
+small, bounded number of examples; this command is the long run.
+
+Parallelism: `--workers W` processes (default: one per core), each running the property in
+batches of a few seconds' worth of examples, each batch with a fresh random seed, until the
+campaign's `--examples` (shared out between the workers) or `--seconds` run out. The parent
+process prints progress (examples so far, examples per second, findings) and a summary line.
+
+Findings: when a batch fails, Hypothesis shrinks the failing session to a small one and the
+worker saves it in `--save-to` (default `fuzz-findings/`) as a trace file in the standard trace
+format (`RULE-HASH.jsonl`, replayable with `streamfsm replay`), with a `.txt` beside it that
+names the rules broken and shows the session readably. The same finding found twice is saved
+once. The exit code is 0 when nothing was found, 1 otherwise.
+
+Several machines: `--redis URL` puts Hypothesis's example database in a Redis server
+(`hypothesis.extra.redis.RedisExampleDatabase`, from the `hypothesis[redis]` extra), so every
+worker on every machine replays what any of them found before generating new examples. Without
+it, Hypothesis's local database (`.hypothesis/` in the working directory) is used.
+
+Fixtures: `--promote FINDING --name NAME` turns a saved finding (or any trace) into a regression
+fixture `replay_fixtures/NAME.jsonl`, re-recorded through today's machines. It refuses while
+the session still breaks a rule: fix the bug first, then promote, so the fixture records the
+correct behaviour and `streamfsm replay` / the test suite keep it that way. From Python,
+`save_fixture(session, name)` does the same for a session in hand.
+
+Your own callbacks: `--callbacks MODULE:FACTORY` calls `FACTORY()` for a fresh
+`engine.Callbacks` per session; an exception they raise is a finding (`callback_raised`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import multiprocessing
+import os
+import queue
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from engine.eventlog import Callbacks
+from engine.invariants import InvariantViolation, Violation, check_session, session_violations
+from engine.strategies import Session, run_session, session_from_trace, sessions
+from engine.trace import TraceError
+
+__all__ = [
+    "add_arguments",
+    "main",
+    "run",
+    "save_finding",
+    "save_fixture",
+]
+
+DEFAULT_EXAMPLES = 10_000
+DEFAULT_SAVE_TO = "fuzz-findings"
+DEFAULT_FIXTURES = "replay_fixtures"
+#: A worker sizes its batches to take about this long, so a deadline is kept to within it.
+BATCH_S = 2.0
+
+
+# --------------------------------------------------------------------------------------------
+# Findings and fixtures
+
+
+def _fingerprint(session: Session) -> str:
+    return hashlib.sha256(repr(session).encode()).hexdigest()[:10]
+
+
+def save_finding(
+    session: Session, violations: Sequence[Violation], directory: str | os.PathLike[str] = DEFAULT_SAVE_TO
+) -> Path:
+    """Write a failing session as `DIRECTORY/RULE-HASH.jsonl` (a trace) plus a `.txt` that says
+    what broke; return the trace's path. Saving the same session again rewrites the same files."""
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    rules = sorted({v.rule for v in violations}) or ["finding"]
+    path = folder / f"{rules[0]}-{_fingerprint(session)}.jsonl"
+    try:
+        run_session(session, trace=path, reraise=False)
+    except Exception:  # playing raises (rule no_raise): run_session wrote what it recorded
+        pass
+    text = [f"rules broken: {', '.join(rules)}", *(f"  - {v}" for v in violations), "",
+            session.describe(), ""]
+    path.with_suffix(".txt").write_text("\n".join(text), encoding="utf-8")
+    return path
+
+
+def save_fixture(
+    session: Session,
+    name: str,
+    directory: str | os.PathLike[str] = DEFAULT_FIXTURES,
+    callbacks: Callbacks | None = None,
+) -> Path:
+    """Record `session` through today's machines as the regression fixture `DIRECTORY/NAME.jsonl`.
+
+    Raises `InvariantViolation` (and writes nothing) while the session still breaks a rule: a
+    fixture records correct behaviour, which replay then holds in place."""
+    if not name or any(c in name for c in "/\\") or name.startswith("."):
+        raise ValueError(f"fixture name must be a plain file name, not {name!r}")
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / (name if name.endswith(".jsonl") else f"{name}.jsonl")
+    scratch = path.with_name(path.name + ".checking")
+    try:
+        check_session(session, callbacks, trace=scratch)
+        os.replace(scratch, path)
+    finally:
+        scratch.unlink(missing_ok=True)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# The campaign: one property, in batches, in worker processes
+
+
+def _load_factory(spec: str | None) -> Callable[[], Callbacks] | None:
+    if not spec:
+        return None
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"--callbacks wants MODULE:FACTORY, not {spec!r}")
+    factory = getattr(importlib.import_module(module_name), attribute)
+    if not callable(factory):
+        raise ValueError(f"{spec} is not callable")
+    return factory
+
+
+def _database(redis_url: str | None) -> Any:
+    if not redis_url:
+        from hypothesis import settings
+
+        return settings.default.database
+    try:
+        import redis
+        from hypothesis.extra.redis import RedisExampleDatabase
+    except ImportError:
+        raise RuntimeError(
+            "--redis needs the redis client: pip install 'hypothesis[redis]'"
+        ) from None
+    return RedisExampleDatabase(redis.Redis.from_url(redis_url), key_prefix=b"streamfsm-fuzz:")
+
+
+class _Campaign:
+    """One worker's property and what it saw; `property` is what Hypothesis calls."""
+
+    def __init__(self, factory: Callable[[], Callbacks] | None, counter: Any) -> None:
+        self.factory = factory
+        self.counter = counter
+        self.unreported = 0
+        self.last_failure: tuple[Session, list[Violation]] | None = None
+
+    def flush(self) -> None:
+        if self.unreported:
+            with self.counter.get_lock():
+                self.counter.value += self.unreported
+            self.unreported = 0
+
+    def property(self, session: Session) -> None:
+        self.unreported += 1
+        if self.unreported >= 25:
+            self.flush()
+        callbacks = self.factory() if self.factory is not None else None
+        _, found = session_violations(session, callbacks)
+        if found:
+            self.last_failure = (session, found)
+            raise InvariantViolation(found, session)
+
+
+def fuzz_property(session: Session) -> None:  # the database key: one name for every machine
+    """Every rule of `engine.invariants` holds for `session` (the campaign's property)."""
+    campaign = _CURRENT
+    assert campaign is not None
+    campaign.property(session)
+
+
+_CURRENT: _Campaign | None = None
+
+
+def _run_batch(campaign: _Campaign, size: int, seed: int, database: Any) -> None:
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import seed as with_seed
+
+    global _CURRENT
+    _CURRENT = campaign
+    test = with_seed(seed)(
+        settings(
+            database=database,
+            max_examples=size,
+            deadline=None,
+            derandomize=False,
+            suppress_health_check=list(HealthCheck),
+            phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
+            report_multiple_bugs=False,
+            print_blob=False,
+        )(given(sessions())(fuzz_property))
+    )
+    test()
+
+
+def _worker(
+    number: int,
+    quota: int,
+    deadline: float | None,
+    save_to: str,
+    redis_url: str | None,
+    factory_spec: str | None,
+    seed: int | None,
+    counter: Any,
+    findings: Any,
+    stop: Any,
+) -> None:
+    import logging
+
+    logging.getLogger("streamfsm").setLevel(logging.CRITICAL)
+    try:
+        factory = _load_factory(factory_spec)
+        database = _database(redis_url)
+        rng = random.Random(None if seed is None else seed * 1009 + number)
+        campaign = _Campaign(factory, counter)
+        done = 0
+        size = 50
+        seen: set[str] = set()
+        while done < quota and not stop.is_set():
+            if deadline is not None and time.time() >= deadline:
+                break
+            batch = min(size, quota - done)
+            started = time.time()
+            campaign.last_failure = None
+            try:
+                _run_batch(campaign, batch, rng.getrandbits(64), database)
+            except Exception as error:
+                failure = campaign.last_failure
+                if failure is None:
+                    findings.put(("crash", number, f"{type(error).__name__}: {error}", []))
+                    return
+                session, violations = failure
+                key = _fingerprint(session)
+                if key not in seen:
+                    seen.add(key)
+                    path = save_finding(session, violations, save_to)
+                    findings.put(("finding", number, str(path), sorted({v.rule for v in violations})))
+            campaign.flush()
+            done += batch
+            took = max(time.time() - started, 1e-3)
+            size = max(10, min(5000, int(batch * BATCH_S / took)))
+            if deadline is not None:
+                size = max(1, min(size, int(batch * max(deadline - time.time(), 0.5) / took)))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        findings.put(("done", number, "", []))
+
+
+def _print(line: str, out: Any) -> None:
+    print(line, file=out, flush=True)
+
+
+def _campaign(args: argparse.Namespace, out: Any) -> int:
+    workers = max(1, args.workers or os.cpu_count() or 1)
+    total = args.examples
+    deadline = time.time() + args.seconds if args.seconds else None
+    save_to = str(Path(args.save_to))
+    try:
+        _load_factory(args.callbacks)
+        if args.redis:
+            _database(args.redis)
+    except (ImportError, AttributeError, ValueError, RuntimeError) as error:
+        _print(f"streamfsm fuzz: {error}", sys.stderr)
+        return 2
+    context = multiprocessing.get_context("spawn")
+    counter = context.Value("q", 0)
+    findings = context.Queue()
+    stop = context.Event()
+    quotas = [total // workers + (1 if i < total % workers else 0) for i in range(workers)]
+    where = f"redis {args.redis}" if args.redis else "local .hypothesis/"
+    limit = f", at most {args.seconds:g} s" if args.seconds else ""
+    _print(f"fuzz: {total} examples{limit}, {workers} worker(s), database {where}, "
+           f"findings to {save_to}/", out)
+    started = time.time()
+    processes = [
+        context.Process(
+            target=_worker,
+            args=(i, quotas[i], deadline, save_to, args.redis, args.callbacks, args.seed,
+                  counter, findings, stop),
+            name=f"streamfsm-fuzz-{i}",
+            daemon=True,
+        )
+        for i in range(workers)
+        if quotas[i] > 0
+    ]
+    for process in processes:
+        process.start()
+    found: list[tuple[str, list[str]]] = []
+    crashed: list[str] = []
+    running = len(processes)
+    next_report = started + args.progress_every
+    try:
+        while running:
+            try:
+                kind, number, detail, rules = findings.get(timeout=0.25)
+            except queue.Empty:
+                kind = ""
+            if kind == "done":
+                running -= 1
+            elif kind == "finding":
+                found.append((detail, rules))
+                _print(f"fuzz: FOUND {', '.join(rules)} (worker {number}): {detail}", out)
+            elif kind == "crash":
+                crashed.append(detail)
+                _print(f"fuzz: worker {number} stopped: {detail}", out)
+            elif not any(p.is_alive() for p in processes):
+                break
+            now = time.time()
+            if now >= next_report:
+                elapsed = now - started
+                count = counter.value
+                _print(f"fuzz: {elapsed:7.1f} s  {count:>9,} examples  {count / elapsed:7.1f}/s  "
+                       f"findings {len(found)}", out)
+                next_report = now + args.progress_every
+    except KeyboardInterrupt:
+        stop.set()
+        _print("fuzz: interrupted, stopping workers", out)
+    for process in processes:
+        process.join(timeout=30)
+        if process.is_alive():
+            process.terminate()
+            process.join(timeout=5)
+    elapsed = time.time() - started
+    count = counter.value
+    _print(f"fuzz: done: {count:,} examples in {elapsed:.1f} s, {count / max(elapsed, 1e-9):.1f} "
+           f"examples/s, {workers} worker(s), {len(found)} finding(s)", out)
+    for path, rules in found:
+        _print(f"  {', '.join(rules)}: {path}", out)
+    if found:
+        _print("  read the .txt beside each trace; after the fix, keep it as a regression test:\n"
+               f"  streamfsm fuzz --promote {found[0][0]} --name NAME_OF_THE_BUG", out)
+    if crashed:
+        return 2
+    return 1 if found else 0
+
+
+def _promote(args: argparse.Namespace, out: Any) -> int:
+    if not args.name:
+        _print("streamfsm fuzz: --promote needs --name NAME (the fixture's file name)", sys.stderr)
+        return 2
+    try:
+        session = session_from_trace(args.promote)
+        path = save_fixture(session, args.name, args.fixtures)
+    except TraceError as error:
+        _print(f"streamfsm fuzz: {error}", sys.stderr)
+        return 2
+    except ValueError as error:
+        _print(f"streamfsm fuzz: {error}", sys.stderr)
+        return 2
+    except InvariantViolation as error:
+        _print(f"streamfsm fuzz: not promoted, the session still breaks a rule; fix the bug, "
+               f"then promote:\n{error}", out)
+        return 1
+    _print(f"fuzz: fixture written: {path} (replay it: streamfsm replay {path})", out)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `streamfsm fuzz`."""
+    parser.add_argument("--examples", type=_positive_int, default=DEFAULT_EXAMPLES, metavar="N",
+                        help=f"sessions to generate in all (default {DEFAULT_EXAMPLES:,})")
+    parser.add_argument("--seconds", type=_positive_float, default=None, metavar="S",
+                        help="stop after about S seconds even if examples remain")
+    parser.add_argument("--workers", type=_positive_int, default=None, metavar="W",
+                        help="worker processes (default: one per core)")
+    parser.add_argument("--save-to", default=DEFAULT_SAVE_TO, metavar="DIR",
+                        help=f"where findings are saved as traces (default {DEFAULT_SAVE_TO}/)")
+    parser.add_argument("--redis", default=None, metavar="URL",
+                        help="share Hypothesis's example database through this Redis server "
+                        "(needs hypothesis[redis]), e.g. redis://fuzz-db:6379/0")
+    parser.add_argument("--callbacks", default=None, metavar="MODULE:FACTORY",
+                        help="fuzz your callbacks: FACTORY() returns a fresh engine.Callbacks")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed the workers' batches (default: random)")
+    parser.add_argument("--progress-every", type=_positive_float, default=5.0, metavar="S",
+                        help="seconds between progress lines (default 5)")
+    parser.add_argument("--promote", default=None, metavar="TRACE",
+                        help="instead of fuzzing: re-record a finding as a regression fixture")
+    parser.add_argument("--name", default=None, help="the fixture's name, with --promote")
+    parser.add_argument("--fixtures", default=DEFAULT_FIXTURES, metavar="DIR",
+                        help=f"where --promote writes (default {DEFAULT_FIXTURES}/)")
+
+
+def run(args: argparse.Namespace, out: Any = None) -> int:
+    """Run `streamfsm fuzz` with parsed arguments: 0 nothing found, 1 findings, 2 bad input."""
+    out = out if out is not None else sys.stdout
+    if args.promote:
+        return _promote(args, out)
+    return _campaign(args, out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="streamfsm fuzz",
+        description="Property-test the stream machines on generated Responses-API sessions.",
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""Property tests: every rule of `engine.invariants` on generated sessions (engine.strategies).
+
+Example counts come from the Hypothesis profile (tests/conftest.py, HYPOTHESIS_PROFILE). The
+long campaign over the same property is `streamfsm fuzz`.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
+
+from engine import Callbacks, TurnPolicy, replay
+from engine.fuzz import save_finding
+from engine.invariants import (
+    InvariantViolation,
+    check_session,
+    reference_events,
+    session_violations,
+)
+from engine.shapes import created, completed, encode_part, function_call, text_message
+from engine.sse import SseDecoder
+from engine.strategies import (
+    CallbackRaised,
+    EndOfBody,
+    Fault,
+    Read,
+    Session,
+    Stall,
+    UserInterrupt,
+    attempt_scripts,
+    mangled,
+    responses,
+    run_session,
+    session_from_trace,
+    sessions,
+    sse_bytes,
+    well_formed_sessions,
+)
+from machines.records import TransportFault
+from machines import stream_attempt
+from machines.stream_attempt import StreamAttempt
+
+FIXTURES = Path(__file__).resolve().parent.parent / "replay_fixtures"
+
+
+def _check(session: Session) -> None:
+    """check_session, saving the session as a trace when STREAMFSM_SAVE_FINDINGS names a folder."""
+    result, found = session_violations(session)
+    if found:
+        folder = os.environ.get("STREAMFSM_SAVE_FINDINGS")
+        if folder:
+            save_finding(session, found, folder)
+        raise InvariantViolation(found, session)
+
+
+# --------------------------------------------------------------------------------------------
+# The invariants, on every kind of session
+
+
+@given(sessions())
+def test_every_rule_holds_on_adversarial_sessions(session: Session) -> None:
+    _check(session)
+
+
+@given(well_formed_sessions())
+def test_every_rule_holds_on_well_formed_sessions(session: Session) -> None:
+    _check(session)
+
+
+@given(sessions(policy=TurnPolicy(max_stream_retries=2, fallback=True, idle_timeout_s=1.0,
+                                  retry_failed_codes={"server_error"})))
+def test_every_rule_holds_when_every_retry_path_is_open(session: Session) -> None:
+    _check(session)
+
+
+_COMPLETES = responses(terminals=("completed", "completed_output_empty", "completed_output_null"))
+
+
+@given(_COMPLETES.flatmap(lambda parts: st.tuples(st.just(parts),
+                                                  attempt_scripts(st.just(parts), adversarial=False))))
+def test_a_well_formed_completed_stream_completes_with_everything_it_streamed(case) -> None:
+    parts, script = case
+    result = run_session(Session([script]))
+    assert result.outcome == "completed"
+    assert [a.final_state for a in result.attempts] == ["terminal"]
+    messages = {}
+    calls = []
+    for part in parts:
+        if isinstance(part, dict) and part.get("type") == "response.output_text.delta":
+            messages[part["output_index"]] = messages.get(part["output_index"], "") + part["delta"]
+        if isinstance(part, dict) and part.get("type") == "response.output_item.added":
+            if part["item"]["type"] == "function_call":
+                calls.append(part["item"]["call_id"])
+    assert result.output_text == "".join(messages[i] for i in sorted(messages))
+    assert sorted(c["call_id"] for c in result.tool_calls) == sorted(calls)
+
+
+# --------------------------------------------------------------------------------------------
+# The tools themselves: decoding reference, traces back into sessions, shrinking
+
+
+@given(responses().flatmap(mangled).flatmap(sse_bytes),
+       st.lists(st.integers(1, 4000), max_size=8))
+def test_the_sse_decoder_agrees_with_the_reference_reader(body: bytes, cuts: list[int]) -> None:
+    points = sorted({c for c in cuts if c < len(body)})
+    decoder = SseDecoder()
+    events = []
+    for a, b in zip([0, *points], [*points, len(body)]):
+        events += decoder.feed(body[a:b])
+    events += decoder.close()
+    assert [(e.event, e.data) for e in events] == reference_events(body, ended=True)
+
+
+@settings(max_examples=max(10, settings().max_examples // 3))
+@given(session=sessions())
+def test_a_trace_reads_back_as_the_same_session(tmp_path_factory, session: Session) -> None:
+    path = tmp_path_factory.mktemp("roundtrip") / "turn.jsonl"
+    first = run_session(session, trace=path)
+    again = run_session(session_from_trace(path))
+    assert (again.outcome, again.attempts, again.transitions, again.output_text, again.error) == (
+        first.outcome, first.attempts, first.transitions, first.output_text, first.error)
+
+
+def _lines(session: Session) -> int:
+    return len(session.describe().splitlines())
+
+
+def test_a_failure_shrinks_to_a_short_readable_session() -> None:
+    """Asked for an interrupted turn that had already shown text, Hypothesis shrinks to a
+    session of a few lines: no edits, no noise, compact events, each attempt a read or two."""
+    from hypothesis import find
+
+    found = find(
+        sessions(),
+        lambda s: (r := run_session(s)).outcome == "interrupted" and r.output_text != "",
+        settings=settings(max_examples=300, database=None),
+    )
+    assert len(found.attempts) <= 2 and all(len(script) <= 3 for script in found.attempts)
+    assert _lines(found) <= 8, found.describe()
+    assert sum(len(s.data) for a in found.attempts for s in a if isinstance(s, Read)) < 3000
+
+
+# --------------------------------------------------------------------------------------------
+# run_session, as users call it
+
+
+def _frames(*parts) -> bytes:
+    return b"".join(encode_part(p) for group in parts for p in group)
+
+
+def test_run_session_gives_attempts_beyond_the_scripts_a_connect_error() -> None:
+    result = run_session(Session([[Fault("drop")]], TurnPolicy(max_stream_retries=1, fallback=False)))
+    assert [(a.final_state, a.reason) for a in result.attempts] == [
+        ("retire", "drop"), ("retire", "connect_error")]
+    assert result.outcome == "error" and result.error["code"] == "connect_error"
+
+
+def test_a_stall_is_a_pause_without_an_idle_timeout_and_a_fault_with_one() -> None:
+    body = _frames(created(), text_message("Hi", deltas=2), completed([]))
+    script = [Read(body[:40]), Stall(30.0), Read(body[40:]), EndOfBody()]
+    assert run_session(Session([script], TurnPolicy())).outcome == "completed"
+    patient = run_session(Session([script], TurnPolicy(idle_timeout_s=10.0, max_stream_retries=0,
+                                                       fallback=False)))
+    assert patient.outcome == "error" and patient.attempts[0].reason == "idle_timeout"
+
+
+def test_a_callback_that_raises_is_reported_after_the_turn() -> None:
+    body = _frames(created(), text_message("Grüße", deltas=2), completed([]))
+
+    def ascii_only(delta: str) -> None:
+        delta.encode("ascii")
+
+    with pytest.raises(CallbackRaised) as caught:
+        run_session(Session([[Read(body), EndOfBody()]]), Callbacks(on_text_delta=ascii_only))
+    assert caught.value.callback == "on_text_delta"
+    assert isinstance(caught.value.__cause__, UnicodeEncodeError)
+    result = run_session(Session([[Read(body)]]), Callbacks(on_text_delta=ascii_only), reraise=False)
+    assert result.outcome == "completed" and result.output_text == "Grüße"
+
+
+def test_run_session_refuses_a_wrong_call() -> None:
+    with pytest.raises(TypeError):
+        run_session([[Read(b"")]])  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        run_session(Session([[EndOfBody()]]), callbacks=print)  # type: ignore[arg-type]
+
+
+def test_fuzzing_your_own_callbacks_in_ten_lines() -> None:
+    """The example of docs/fuzzing.md, run: a screen that cannot print non-ASCII text is found
+    out, and the session that shows it is short."""
+
+    class Screen:
+        def __init__(self) -> None:
+            self.text = ""
+
+        def show(self, delta: str) -> None:
+            self.text += delta.encode("ascii").decode()  # the bug: any non-ASCII text
+
+    @settings(database=None)
+    @given(sessions())
+    def test_screen(session: Session) -> None:
+        run_session(session, Callbacks(on_text_delta=Screen().show))
+
+    with pytest.raises(CallbackRaised) as caught:
+        test_screen()
+    assert isinstance(caught.value.__cause__, UnicodeEncodeError)
+
+
+# --------------------------------------------------------------------------------------------
+# The invariants can fail: a machine with one rule broken is caught within the profile
+
+
+def _first_failure(strategy) -> InvariantViolation:
+    """Run the property under the profile's example budget (no shrinking: only *whether* and
+    *how soon* a broken rule is found matters here) and return the violation."""
+    calls = []
+
+    @settings(database=None, phases=[Phase.generate])
+    @given(strategy)
+    def prop(session: Session) -> None:
+        calls.append(session)
+        check_session(session, replay=False)
+
+    with pytest.raises(InvariantViolation) as caught:
+        prop()
+    assert len(calls) <= settings().max_examples
+    return caught.value
+
+
+def test_text_let_through_after_a_tool_call_is_caught(monkeypatch) -> None:
+    def tool_call_frame(self, payload):  # marks nothing: text keeps flowing after the call
+        if self.state != "tool_call":
+            self.trigger("tool_call_started")
+
+    monkeypatch.setattr(StreamAttempt, "_tool_call_frame", tool_call_frame)
+    assert "no_text_after_tool_call" in _first_failure(sessions()).rules
+
+
+def test_a_retried_incomplete_response_is_caught(monkeypatch) -> None:
+    def incomplete_as_fault(self, payload):  # response.incomplete taken for a broken stream
+        self.receive(TransportFault("drop"))
+
+    monkeypatch.setitem(stream_attempt._HANDLERS, "response.incomplete", incomplete_as_fault)
+    assert "attempts_as_reference" in _first_failure(sessions()).rules
+
+
+def test_a_dropped_unfinished_function_call_is_caught(monkeypatch) -> None:
+    from machines import turn
+
+    def merge_only_sent(sent, streamed):
+        return sent
+
+    monkeypatch.setattr(turn, "_merge_calls", merge_only_sent)
+    assert "tool_calls_once" in _first_failure(sessions()).rules
+
+
+# --------------------------------------------------------------------------------------------
+# Every regression fixture holds every rule
+
+
+_FIXTURES = sorted(glob.glob(str(FIXTURES / "*.jsonl")))
+
+
+@pytest.mark.parametrize("path", _FIXTURES, ids=[Path(p).stem for p in _FIXTURES])
+def test_every_replay_fixture_holds_every_rule(path: str) -> None:
+    assert replay(path).identical
+    _check(session_from_trace(path))
