@@ -42,7 +42,6 @@ import importlib
 import multiprocessing
 import os
 import queue
-import random
 import sys
 import time
 from pathlib import Path
@@ -151,12 +150,18 @@ def _database(redis_url: str | None) -> Any:
 
 
 class _Campaign:
-    """One worker's property and what it saw; `property` is what Hypothesis calls."""
+    """One worker's property and what it saw; `property` is what Hypothesis calls.
 
-    def __init__(self, factory: Callable[[], Callbacks] | None, counter: Any) -> None:
+    A finding is keyed by the rules it breaks. Once a worker has saved one, sessions breaking
+    the same rules are counted as repeats and not raised again, so the campaign goes on
+    generating instead of shrinking the same bug over and over."""
+
+    def __init__(self, factory: Callable[[], Callbacks] | None, counter: Any, repeats: Any) -> None:
         self.factory = factory
         self.counter = counter
+        self.repeats = repeats
         self.unreported = 0
+        self.known: set[frozenset[str]] = set()
         self.last_failure: tuple[Session, list[Violation]] | None = None
 
     def flush(self) -> None:
@@ -172,6 +177,10 @@ class _Campaign:
         callbacks = self.factory() if self.factory is not None else None
         _, found = session_violations(session, callbacks)
         if found:
+            if frozenset(v.rule for v in found) in self.known:
+                with self.repeats.get_lock():
+                    self.repeats.value += 1
+                return
             self.last_failure = (session, found)
             raise InvariantViolation(found, session)
 
@@ -186,24 +195,25 @@ def fuzz_property(session: Session) -> None:  # the database key: one name for e
 _CURRENT: _Campaign | None = None
 
 
-def _run_batch(campaign: _Campaign, size: int, seed: int, database: Any) -> None:
+def _run_batch(campaign: _Campaign, size: int, database: Any, reuse: bool) -> None:
+    """`size` examples of the property. `reuse`: first replay what the database holds (a
+    worker does this in its first batch and after each new finding; replaying a repeat, which
+    now passes, would make Hypothesis drop it from a shared database)."""
     from hypothesis import HealthCheck, Phase, given, settings
-    from hypothesis import seed as with_seed
 
     global _CURRENT
     _CURRENT = campaign
-    test = with_seed(seed)(
-        settings(
-            database=database,
-            max_examples=size,
-            deadline=None,
-            derandomize=False,
-            suppress_health_check=list(HealthCheck),
-            phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
-            report_multiple_bugs=False,
-            print_blob=False,
-        )(given(sessions())(fuzz_property))
-    )
+    phases = [Phase.explicit, *([Phase.reuse] if reuse else []), Phase.generate, Phase.shrink]
+    test = settings(
+        database=database,
+        max_examples=size,
+        deadline=None,
+        derandomize=False,
+        suppress_health_check=list(HealthCheck),
+        phases=phases,
+        report_multiple_bugs=False,
+        print_blob=False,
+    )(given(sessions())(fuzz_property))
     test()
 
 
@@ -214,8 +224,8 @@ def _worker(
     save_to: str,
     redis_url: str | None,
     factory_spec: str | None,
-    seed: int | None,
     counter: Any,
+    repeats: Any,
     findings: Any,
     stop: Any,
 ) -> None:
@@ -225,11 +235,10 @@ def _worker(
     try:
         factory = _load_factory(factory_spec)
         database = _database(redis_url)
-        rng = random.Random(None if seed is None else seed * 1009 + number)
-        campaign = _Campaign(factory, counter)
+        campaign = _Campaign(factory, counter, repeats)
         done = 0
         size = 50
-        seen: set[str] = set()
+        reuse = True
         while done < quota and not stop.is_set():
             if deadline is not None and time.time() >= deadline:
                 break
@@ -237,18 +246,20 @@ def _worker(
             started = time.time()
             campaign.last_failure = None
             try:
-                _run_batch(campaign, batch, rng.getrandbits(64), database)
+                _run_batch(campaign, batch, database, reuse)
+                reuse = False
             except Exception as error:
                 failure = campaign.last_failure
                 if failure is None:
                     findings.put(("crash", number, f"{type(error).__name__}: {error}", []))
                     return
                 session, violations = failure
-                key = _fingerprint(session)
-                if key not in seen:
-                    seen.add(key)
+                rules = frozenset(v.rule for v in violations)
+                if rules not in campaign.known:
+                    campaign.known.add(rules)
                     path = save_finding(session, violations, save_to)
-                    findings.put(("finding", number, str(path), sorted({v.rule for v in violations})))
+                    findings.put(("finding", number, str(path), sorted(rules)))
+                reuse = True
             campaign.flush()
             done += batch
             took = max(time.time() - started, 1e-3)
@@ -279,6 +290,7 @@ def _campaign(args: argparse.Namespace, out: Any) -> int:
         return 2
     context = multiprocessing.get_context("spawn")
     counter = context.Value("q", 0)
+    repeats = context.Value("q", 0)
     findings = context.Queue()
     stop = context.Event()
     quotas = [total // workers + (1 if i < total % workers else 0) for i in range(workers)]
@@ -290,8 +302,8 @@ def _campaign(args: argparse.Namespace, out: Any) -> int:
     processes = [
         context.Process(
             target=_worker,
-            args=(i, quotas[i], deadline, save_to, args.redis, args.callbacks, args.seed,
-                  counter, findings, stop),
+            args=(i, quotas[i], deadline, save_to, args.redis, args.callbacks,
+                  counter, repeats, findings, stop),
             name=f"streamfsm-fuzz-{i}",
             daemon=True,
         )
@@ -338,7 +350,8 @@ def _campaign(args: argparse.Namespace, out: Any) -> int:
     elapsed = time.time() - started
     count = counter.value
     _print(f"fuzz: done: {count:,} examples in {elapsed:.1f} s, {count / max(elapsed, 1e-9):.1f} "
-           f"examples/s, {workers} worker(s), {len(found)} finding(s)", out)
+           f"examples/s, {workers} worker(s), {len(found)} finding(s)"
+           + (f" ({repeats.value:,} repeats of them)" if repeats.value else ""), out)
     for path, rules in found:
         _print(f"  {', '.join(rules)}: {path}", out)
     if found:
@@ -403,8 +416,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(needs hypothesis[redis]), e.g. redis://fuzz-db:6379/0")
     parser.add_argument("--callbacks", default=None, metavar="MODULE:FACTORY",
                         help="fuzz your callbacks: FACTORY() returns a fresh engine.Callbacks")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="seed the workers' batches (default: random)")
     parser.add_argument("--progress-every", type=_positive_float, default=5.0, metavar="S",
                         help="seconds between progress lines (default 5)")
     parser.add_argument("--promote", default=None, metavar="TRACE",

@@ -1,0 +1,170 @@
+"""`streamfsm fuzz` (engine.fuzz) as a user runs it: real subprocesses, real worker processes,
+real trace files, and a real Redis server for the shared example database when one is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine import Callbacks, replay
+from engine.fuzz import add_arguments, main, run, save_fixture
+from engine.invariants import InvariantViolation
+from engine.shapes import completed, created, encode_part, function_call, text_message
+from engine.strategies import CallbackRaised, EndOfBody, Read, Session, run_session, session_from_trace
+from machines.stream_attempt import StreamAttempt
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+
+
+def fragile_screen() -> Callbacks:
+    """A callback factory with a bug: the screen cannot show non-ASCII text."""
+    return Callbacks(on_text_delta=lambda delta: delta.encode("ascii"))
+
+
+def _fuzz(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)])}
+    return subprocess.run(
+        [sys.executable, "-m", "engine.fuzz", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def test_a_short_campaign_on_two_workers_finds_nothing_and_reports_its_speed(tmp_path: Path) -> None:
+    done = _fuzz("--examples", "60", "--workers", "2", "--progress-every", "1",
+                 "--save-to", "findings", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 worker(s)" in done.stdout
+    summary = [line for line in done.stdout.splitlines() if line.startswith("fuzz: done:")]
+    assert len(summary) == 1 and "examples/s" in summary[0] and "0 finding(s)" in summary[0]
+    count = int(summary[0].split("done:")[1].split("examples")[0].replace(",", ""))
+    assert count >= 60
+    assert not (tmp_path / "findings").exists() or not any((tmp_path / "findings").iterdir())
+
+
+def test_a_fragile_callback_is_found_saved_replayable_and_promotable(tmp_path: Path) -> None:
+    done = _fuzz("--examples", "40", "--workers", "1", "--save-to", "findings",
+                 "--callbacks", "test_fuzz_command:fragile_screen", cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "FOUND callback_raised" in done.stdout
+    traces = sorted((tmp_path / "findings").glob("callback_raised-*.jsonl"))
+    assert traces, done.stdout
+    note = traces[0].with_suffix(".txt").read_text(encoding="utf-8")
+    assert "on_text_delta raised UnicodeEncodeError" in note and "attempt 1:" in note
+    # the saved trace is a standard trace: it replays, and it reproduces the finding
+    assert replay(traces[0]).identical
+    with pytest.raises(CallbackRaised):
+        run_session(session_from_trace(traces[0]), fragile_screen())
+    # the machines broke no rule, so the session can become a regression fixture
+    promoted = _fuzz("--promote", str(traces[0]), "--name", "non_ascii_text",
+                     "--fixtures", "fixtures", cwd=tmp_path)
+    assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+    fixture = tmp_path / "fixtures" / "non_ascii_text.jsonl"
+    assert replay(fixture).identical
+
+
+def _frames(*groups) -> bytes:
+    return b"".join(encode_part(part) for group in groups for part in group)
+
+
+def test_promote_refuses_a_session_that_still_breaks_a_rule(tmp_path: Path, monkeypatch, capsys) -> None:
+    body = _frames(created(), text_message("Hi", deltas=1, output_index=0),
+                   function_call("get_time", "{}", deltas=1, output_index=1),
+                   text_message("after", deltas=1, output_index=2), completed([]))
+    finding = tmp_path / "finding.jsonl"
+    run_session(Session([[Read(body), EndOfBody()]]), trace=finding)
+
+    def tool_call_frame(self, payload):  # a broken machine: text keeps flowing after the call
+        if self.state != "tool_call":
+            self.trigger("tool_call_started")
+
+    monkeypatch.setattr(StreamAttempt, "_tool_call_frame", tool_call_frame)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--promote", str(finding), "--name", "text_after_call",
+                              "--fixtures", str(tmp_path / "fixtures")])
+    assert run(args) == 1
+    out = capsys.readouterr().out
+    assert "not promoted" in out and "no_text_after_tool_call" in out
+    assert not (tmp_path / "fixtures" / "text_after_call.jsonl").exists()
+    with pytest.raises(InvariantViolation):
+        save_fixture(session_from_trace(finding), "text_after_call", tmp_path / "fixtures")
+    monkeypatch.undo()
+    path = save_fixture(session_from_trace(finding), "text_after_call", tmp_path / "fixtures")
+    assert replay(path).identical
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--callbacks", "no_such_module_here:factory"], "No module named"),
+        (["--callbacks", "nocolon"], "MODULE:FACTORY"),
+        (["--promote", "missing.jsonl", "--name", "x"], "cannot read"),
+        (["--promote", "missing.jsonl"], "--name"),
+        (["--promote", "missing.jsonl", "--name", "../x"], "plain file name"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path: Path, monkeypatch, capsys, args, message) -> None:
+    monkeypatch.chdir(tmp_path)
+    if message == "plain file name":
+        (tmp_path / "missing.jsonl").write_bytes(Path(_a_trace(tmp_path)).read_bytes())
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def _a_trace(tmp_path: Path) -> str:
+    path = tmp_path / "some.jsonl"
+    run_session(Session([[Read(_frames(created(), completed([]))), EndOfBody()]]), trace=path)
+    return str(path)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
+def test_workers_share_a_redis_example_database(tmp_path: Path) -> None:
+    redis = pytest.importorskip("redis", reason="hypothesis[redis] not installed")
+    port = _free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        client = redis.Redis(host="127.0.0.1", port=port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        url = f"redis://127.0.0.1:{port}/0"
+        done = _fuzz("--examples", "40", "--workers", "2", "--redis", url, "--save-to", "findings",
+                     "--callbacks", "test_fuzz_command:fragile_screen", cwd=tmp_path)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert f"database redis {url}" in done.stdout
+        keys = client.keys(b"streamfsm-fuzz:*")
+        assert keys, "the workers stored nothing in Redis"
+        # a second campaign replays the stored counterexample first: found again at once
+        again = _fuzz("--examples", "2", "--workers", "1", "--redis", url, "--save-to", "again",
+                      "--callbacks", "test_fuzz_command:fragile_screen", cwd=tmp_path)
+        assert again.returncode == 1 and "FOUND callback_raised" in again.stdout, again.stdout
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
