@@ -644,7 +644,11 @@ def _check_channel(
         after = before + d
         if a.startswith(before):
             if after != a:
-                if after.startswith(a):
+                if after.startswith(a) and before and d and a.startswith(d[: len(a)]):
+                    which = rule if rule == "reasoning_delivery" else "delivered_once"
+                    found.append(Violation(which, f"attempt {attempt.number} started over: "
+                                           f"delivered {d!r} again after {before!r}"))
+                elif after.startswith(a):
                     which = rule if rule == "reasoning_delivery" else "no_text_after_tool_call"
                     found.append(Violation(which, f"attempt {attempt.number} delivered "
                                            f"{after[len(a):]!r} beyond the allowed {a!r}"))

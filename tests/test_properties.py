@@ -131,18 +131,20 @@ def _lines(session: Session) -> int:
 
 
 def test_a_failure_shrinks_to_a_short_readable_session() -> None:
-    """Asked for an interrupted turn that had already shown text, Hypothesis shrinks to a
-    session of a few lines: no edits, no noise, compact events, each attempt a read or two."""
+    """Asked for a completed turn with a tool call, Hypothesis shrinks to the shortest such
+    session: one attempt, one read of six compact events, a clean end."""
     from hypothesis import find
 
     found = find(
         sessions(),
-        lambda s: (r := run_session(s)).outcome == "interrupted" and r.output_text != "",
-        settings=settings(max_examples=300, database=None),
+        lambda s: (r := run_session(s)).outcome == "completed" and r.tool_calls != [],
+        settings=settings(max_examples=300, database=None, derandomize=True),
     )
-    assert len(found.attempts) <= 2 and all(len(script) <= 3 for script in found.attempts)
-    assert _lines(found) <= 8, found.describe()
-    assert sum(len(s.data) for a in found.attempts for s in a if isinstance(s, Read)) < 3000
+    assert _lines(found) == 4, found.describe()
+    (read, end), = found.attempts
+    assert isinstance(read, Read) and end == EndOfBody()
+    assert [e for _, e in reference_events(read.data, ended=True)] and read.data.count(b"\n\n") == 6
+    assert len(read.data) < 1500
 
 
 # --------------------------------------------------------------------------------------------
