@@ -485,6 +485,8 @@ def reference_turn(session: Session) -> ReferenceTurn:
         outcome = last.reason if last.reason in ("completed", "incomplete", "failed") else "error"
     elif last.reason == "interrupted":
         outcome = "interrupted"
+    elif last.reason.startswith("failed:"):  # a retried response.failed, nothing left to try
+        outcome = "failed"
     else:
         outcome = "error"
     return ReferenceTurn(attempts, outcome)
@@ -711,7 +713,8 @@ def _check_output(result: TurnResult, reference: ReferenceTurn) -> list[Violatio
     found: list[Violation] = []
     last = reference.last
     server_output: list[Any] | None = None
-    if last.state == TERMINAL and last.reason in ("completed", "incomplete", "failed") and last.response:
+    ends_response = last.state == TERMINAL and last.reason in ("completed", "incomplete", "failed")
+    if (ends_response or reference.outcome == "failed") and last.response:
         source = last
         output = last.response.get("output")
         if output:

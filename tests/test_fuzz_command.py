@@ -52,7 +52,7 @@ def test_a_short_campaign_on_two_workers_finds_nothing_and_reports_its_speed(tmp
 
 
 def test_a_fragile_callback_is_found_saved_replayable_and_promotable(tmp_path: Path) -> None:
-    done = _fuzz("--examples", "40", "--workers", "1", "--save-to", "findings",
+    done = _fuzz("--examples", "200", "--workers", "1", "--save-to", "findings",
                  "--callbacks", "test_fuzz_command:fragile_screen", cwd=tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "FOUND callback_raised" in done.stdout
@@ -155,7 +155,7 @@ def test_workers_share_a_redis_example_database(tmp_path: Path) -> None:
                     raise
                 time.sleep(0.05)
         url = f"redis://127.0.0.1:{port}/0"
-        done = _fuzz("--examples", "40", "--workers", "2", "--redis", url, "--save-to", "findings",
+        done = _fuzz("--examples", "200", "--workers", "2", "--redis", url, "--save-to", "findings",
                      "--callbacks", "test_fuzz_command:fragile_screen", cwd=tmp_path)
         assert done.returncode == 1, done.stdout + done.stderr
         assert f"database redis {url}" in done.stdout

@@ -248,16 +248,20 @@ def test_a_retried_incomplete_response_is_caught(monkeypatch) -> None:
         self.receive(TransportFault("drop"))
 
     monkeypatch.setitem(stream_attempt._HANDLERS, "response.incomplete", incomplete_as_fault)
-    assert "attempts_as_reference" in _first_failure(sessions()).rules
+    ending_incomplete = sessions(response=responses(terminals=("incomplete", "completed")))
+    assert "attempts_as_reference" in _first_failure(ending_incomplete).rules
 
 
 def test_a_dropped_unfinished_function_call_is_caught(monkeypatch) -> None:
-    from machines import turn
+    from machines.output import OutputAssembly
 
-    def merge_only_sent(sent, streamed):
-        return sent
+    original = OutputAssembly.items
 
-    monkeypatch.setattr(turn, "_merge_calls", merge_only_sent)
+    def items_without_unfinished_calls(self, status="completed"):  # calls never `done` are lost
+        return [item for item in original(self, status)
+                if item.get("type") != "function_call" or item in self.done_items()]
+
+    monkeypatch.setattr(OutputAssembly, "items", items_without_unfinished_calls)
     assert "tool_calls_once" in _first_failure(sessions()).rules
 
 
