@@ -76,7 +76,9 @@ def _fingerprint(session: Session) -> str:
 
 
 def save_finding(
-    session: Session, violations: Sequence[Violation], directory: str | os.PathLike[str] = DEFAULT_SAVE_TO
+    session: Session,
+    violations: Sequence[Violation],
+    directory: str | os.PathLike[str] = DEFAULT_SAVE_TO,
 ) -> Path:
     """Write a failing session as `DIRECTORY/RULE-HASH.jsonl` (a trace) plus a `.txt` that says
     what broke; return the trace's path. Saving the same session again rewrites the same files."""
@@ -88,8 +90,13 @@ def save_finding(
         run_session(session, trace=path, reraise=False)
     except Exception:  # playing raises (rule no_raise): run_session wrote what it recorded
         pass
-    text = [f"rules broken: {', '.join(rules)}", *(f"  - {v}" for v in violations), "",
-            session.describe(), ""]
+    text = [
+        f"rules broken: {', '.join(rules)}",
+        *(f"  - {v}" for v in violations),
+        "",
+        session.describe(),
+        "",
+    ]
     path.with_suffix(".txt").write_text("\n".join(text), encoding="utf-8")
     return path
 
@@ -296,14 +303,27 @@ def _campaign(args: argparse.Namespace, out: Any) -> int:
     quotas = [total // workers + (1 if i < total % workers else 0) for i in range(workers)]
     where = f"redis {args.redis}" if args.redis else "local .hypothesis/"
     limit = f", at most {args.seconds:g} s" if args.seconds else ""
-    _print(f"fuzz: {total} examples{limit}, {workers} worker(s), database {where}, "
-           f"findings to {save_to}/", out)
+    _print(
+        f"fuzz: {total} examples{limit}, {workers} worker(s), database {where}, "
+        f"findings to {save_to}/",
+        out,
+    )
     started = time.time()
     processes = [
         context.Process(
             target=_worker,
-            args=(i, quotas[i], deadline, save_to, args.redis, args.callbacks,
-                  counter, repeats, findings, stop),
+            args=(
+                i,
+                quotas[i],
+                deadline,
+                save_to,
+                args.redis,
+                args.callbacks,
+                counter,
+                repeats,
+                findings,
+                stop,
+            ),
             name=f"streamfsm-fuzz-{i}",
             daemon=True,
         )
@@ -336,8 +356,11 @@ def _campaign(args: argparse.Namespace, out: Any) -> int:
             if now >= next_report:
                 elapsed = now - started
                 count = counter.value
-                _print(f"fuzz: {elapsed:7.1f} s  {count:>9,} examples  {count / elapsed:7.1f}/s  "
-                       f"findings {len(found)}", out)
+                _print(
+                    f"fuzz: {elapsed:7.1f} s  {count:>9,} examples  {count / elapsed:7.1f}/s  "
+                    f"findings {len(found)}",
+                    out,
+                )
                 next_report = now + args.progress_every
     except KeyboardInterrupt:
         stop.set()
@@ -349,14 +372,20 @@ def _campaign(args: argparse.Namespace, out: Any) -> int:
             process.join(timeout=5)
     elapsed = time.time() - started
     count = counter.value
-    _print(f"fuzz: done: {count:,} examples in {elapsed:.1f} s, {count / max(elapsed, 1e-9):.1f} "
-           f"examples/s, {workers} worker(s), {len(found)} finding(s)"
-           + (f" ({repeats.value:,} repeats of them)" if repeats.value else ""), out)
+    _print(
+        f"fuzz: done: {count:,} examples in {elapsed:.1f} s, {count / max(elapsed, 1e-9):.1f} "
+        f"examples/s, {workers} worker(s), {len(found)} finding(s)"
+        + (f" ({repeats.value:,} repeats of them)" if repeats.value else ""),
+        out,
+    )
     for path, rules in found:
         _print(f"  {', '.join(rules)}: {path}", out)
     if found:
-        _print("  read the .txt beside each trace; after the fix, keep it as a regression test:\n"
-               f"  streamfsm fuzz --promote {found[0][0]} --name NAME_OF_THE_BUG", out)
+        _print(
+            "  read the .txt beside each trace; after the fix, keep it as a regression test:\n"
+            f"  streamfsm fuzz --promote {found[0][0]} --name NAME_OF_THE_BUG",
+            out,
+        )
     if crashed:
         return 2
     return 1 if found else 0
@@ -376,8 +405,11 @@ def _promote(args: argparse.Namespace, out: Any) -> int:
         _print(f"streamfsm fuzz: {error}", sys.stderr)
         return 2
     except InvariantViolation as error:
-        _print(f"streamfsm fuzz: not promoted, the session still breaks a rule; fix the bug, "
-               f"then promote:\n{error}", out)
+        _print(
+            f"streamfsm fuzz: not promoted, the session still breaks a rule; fix the bug, "
+            f"then promote:\n{error}",
+            out,
+        )
         return 1
     _print(f"fuzz: fixture written: {path} (replay it: streamfsm replay {path})", out)
     return 0
@@ -403,26 +435,66 @@ def _positive_float(text: str) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `streamfsm fuzz`."""
-    parser.add_argument("--examples", type=_positive_int, default=DEFAULT_EXAMPLES, metavar="N",
-                        help=f"sessions to generate in all (default {DEFAULT_EXAMPLES:,})")
-    parser.add_argument("--seconds", type=_positive_float, default=None, metavar="S",
-                        help="stop after about S seconds even if examples remain")
-    parser.add_argument("--workers", type=_positive_int, default=None, metavar="W",
-                        help="worker processes (default: one per core)")
-    parser.add_argument("--save-to", default=DEFAULT_SAVE_TO, metavar="DIR",
-                        help=f"where findings are saved as traces (default {DEFAULT_SAVE_TO}/)")
-    parser.add_argument("--redis", default=None, metavar="URL",
-                        help="share Hypothesis's example database through this Redis server "
-                        "(needs hypothesis[redis]), e.g. redis://fuzz-db:6379/0")
-    parser.add_argument("--callbacks", default=None, metavar="MODULE:FACTORY",
-                        help="fuzz your callbacks: FACTORY() returns a fresh engine.Callbacks")
-    parser.add_argument("--progress-every", type=_positive_float, default=5.0, metavar="S",
-                        help="seconds between progress lines (default 5)")
-    parser.add_argument("--promote", default=None, metavar="TRACE",
-                        help="instead of fuzzing: re-record a finding as a regression fixture")
+    parser.add_argument(
+        "--examples",
+        type=_positive_int,
+        default=DEFAULT_EXAMPLES,
+        metavar="N",
+        help=f"sessions to generate in all (default {DEFAULT_EXAMPLES:,})",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=_positive_float,
+        default=None,
+        metavar="S",
+        help="stop after about S seconds even if examples remain",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        metavar="W",
+        help="worker processes (default: one per core)",
+    )
+    parser.add_argument(
+        "--save-to",
+        default=DEFAULT_SAVE_TO,
+        metavar="DIR",
+        help=f"where findings are saved as traces (default {DEFAULT_SAVE_TO}/)",
+    )
+    parser.add_argument(
+        "--redis",
+        default=None,
+        metavar="URL",
+        help="share Hypothesis's example database through this Redis server "
+        "(needs hypothesis[redis]), e.g. redis://fuzz-db:6379/0",
+    )
+    parser.add_argument(
+        "--callbacks",
+        default=None,
+        metavar="MODULE:FACTORY",
+        help="fuzz your callbacks: FACTORY() returns a fresh engine.Callbacks",
+    )
+    parser.add_argument(
+        "--progress-every",
+        type=_positive_float,
+        default=5.0,
+        metavar="S",
+        help="seconds between progress lines (default 5)",
+    )
+    parser.add_argument(
+        "--promote",
+        default=None,
+        metavar="TRACE",
+        help="instead of fuzzing: re-record a finding as a regression fixture",
+    )
     parser.add_argument("--name", default=None, help="the fixture's name, with --promote")
-    parser.add_argument("--fixtures", default=DEFAULT_FIXTURES, metavar="DIR",
-                        help=f"where --promote writes (default {DEFAULT_FIXTURES}/)")
+    parser.add_argument(
+        "--fixtures",
+        default=DEFAULT_FIXTURES,
+        metavar="DIR",
+        help=f"where --promote writes (default {DEFAULT_FIXTURES}/)",
+    )
 
 
 def run(args: argparse.Namespace, out: Any = None) -> int:

@@ -402,9 +402,7 @@ class ReferenceAttempt:
             reason = (
                 step.kind
                 if isinstance(step, Fault)
-                else "idle_timeout"
-                if isinstance(step, Stall)
-                else "eof"
+                else "idle_timeout" if isinstance(step, Stall) else "eof"
             )
             self._finish(FALLBACK if self.hands_over else RETIRE, reason)
 
@@ -416,8 +414,10 @@ def _http_words(step: HttpStatus) -> dict[str, Any]:
     elif isinstance(body, dict) and "message" in body:
         words = {"message": body.get("message"), "code": body.get("code")}
     else:
-        words = {"message": body if isinstance(body, str) and body else f"HTTP {step.status}",
-                 "code": None}
+        words = {
+            "message": body if isinstance(body, str) and body else f"HTTP {step.status}",
+            "code": None,
+        }
     words["status"] = step.status
     return words
 
@@ -472,12 +472,19 @@ def reference_turn(session: Session) -> ReferenceTurn:
         )
         attempts.append(attempt)
         index = number - 1
-        script = session.attempts[index] if index < len(session.attempts) else (Fault("connect_error"),)
+        script = (
+            session.attempts[index] if index < len(session.attempts) else (Fault("connect_error"),)
+        )
         _play_reference(attempt, script, policy)
         if attempt.state == FALLBACK:
             kind = "fallback"
             continue
-        if attempt.state == RETIRE and attempt.reason != "interrupted" and kind == "stream" and number < most:
+        if (
+            attempt.state == RETIRE
+            and attempt.reason != "interrupted"
+            and kind == "stream"
+            and number < most
+        ):
             continue
         break
     last = attempts[-1]
@@ -563,12 +570,16 @@ def session_violations(
     observer = _Observer(callbacks)
     try:
         recording = play_session(session, observer.callbacks())
-        path = os.fspath(trace) if trace is not None else (
-            os.path.join(_scratch(), f"{os.getpid()}.jsonl") if replay else None
+        path = (
+            os.fspath(trace)
+            if trace is not None
+            else (os.path.join(_scratch(), f"{os.getpid()}.jsonl") if replay else None)
         )
         result = recording.finish(path)
     except Exception as error:
-        return None, [Violation("no_raise", "".join(traceback.format_exception_only(error)).strip())]
+        return None, [
+            Violation("no_raise", "".join(traceback.format_exception_only(error)).strip())
+        ]
     found: list[Violation] = [Violation("callback_raised", e) for e in observer.errors[:1]]
     reference = reference_turn(session)
     effects = [r for r in recording.log.records if type(r) is EffectRecord]
@@ -601,11 +612,15 @@ def _check_states(result: TurnResult, reference: ReferenceTurn) -> list[Violatio
     if result.outcome not in OUTCOMES:
         found.append(Violation("outcome", f"{result.outcome!r} is not one of {OUTCOMES}"))
     elif result.outcome != reference.outcome:
-        found.append(Violation("outcome", f"{result.outcome!r}, the reference says {reference.outcome!r}"))
+        found.append(
+            Violation("outcome", f"{result.outcome!r}, the reference says {reference.outcome!r}")
+        )
     got = [(a.kind, a.final_state, a.reason) for a in result.attempts]
     want = [(a.kind, a.state, a.reason) for a in reference.attempts]
     if got != want:
-        found.append(Violation("attempts_as_reference", f"attempts {got}, the reference says {want}"))
+        found.append(
+            Violation("attempts_as_reference", f"attempts {got}, the reference says {want}")
+        )
     by_attempt: dict[int, list[Transition]] = {}
     turn_moves: list[Transition] = []
     for t in result.transitions:
@@ -617,21 +632,35 @@ def _check_states(result: TurnResult, reference: ReferenceTurn) -> list[Violatio
         moves = by_attempt.get(attempt.number, [])
         into_final = [t for t in moves if t.dest in ATTEMPT_FINAL]
         if len(into_final) != 1 or moves[-1] is not into_final[0]:
-            found.append(Violation(
-                "one_final_state",
-                f"attempt {attempt.number}: {len(into_final)} transitions into a final state "
-                f"({[(t.source, t.trigger, t.dest) for t in moves]})",
-            ))
+            found.append(
+                Violation(
+                    "one_final_state",
+                    f"attempt {attempt.number}: {len(into_final)} transitions into a final state "
+                    f"({[(t.source, t.trigger, t.dest) for t in moves]})",
+                )
+            )
         elif into_final[0].dest != attempt.final_state:
-            found.append(Violation("one_final_state", f"attempt {attempt.number} reports "
-                                   f"{attempt.final_state}, its machine ended in {into_final[0].dest}"))
+            found.append(
+                Violation(
+                    "one_final_state",
+                    f"attempt {attempt.number} reports "
+                    f"{attempt.final_state}, its machine ended in {into_final[0].dest}",
+                )
+            )
         for t in moves:
             if (t.source, t.trigger, t.dest) not in _ALLOWED:
-                found.append(Violation("one_final_state", f"attempt {t.attempt}: transition "
-                                       f"{t.source} -{t.trigger}-> {t.dest} is not in the table"))
+                found.append(
+                    Violation(
+                        "one_final_state",
+                        f"attempt {t.attempt}: transition "
+                        f"{t.source} -{t.trigger}-> {t.dest} is not in the table",
+                    )
+                )
     finished = [t for t in turn_moves if t.dest == FINISHED]
     if len(finished) != 1 or turn_moves[-1] is not finished[0]:
-        found.append(Violation("one_final_state", f"the turn machine finished {len(finished)} times"))
+        found.append(
+            Violation("one_final_state", f"the turn machine finished {len(finished)} times")
+        )
     return found
 
 
@@ -648,24 +677,49 @@ def _check_channel(
             if after != a:
                 if after.startswith(a) and before and d and a.startswith(d[: len(a)]):
                     which = rule if rule == "reasoning_delivery" else "delivered_once"
-                    found.append(Violation(which, f"attempt {attempt.number} started over: "
-                                           f"delivered {d!r} again after {before!r}"))
+                    found.append(
+                        Violation(
+                            which,
+                            f"attempt {attempt.number} started over: "
+                            f"delivered {d!r} again after {before!r}",
+                        )
+                    )
                 elif after.startswith(a):
                     which = rule if rule == "reasoning_delivery" else "no_text_after_tool_call"
-                    found.append(Violation(which, f"attempt {attempt.number} delivered "
-                                           f"{after[len(a):]!r} beyond the allowed {a!r}"))
+                    found.append(
+                        Violation(
+                            which,
+                            f"attempt {attempt.number} delivered "
+                            f"{after[len(a):]!r} beyond the allowed {a!r}",
+                        )
+                    )
                 elif a.startswith(after):
                     which = rule if rule == "reasoning_delivery" else "nothing_lost"
-                    found.append(Violation(which, f"attempt {attempt.number} held back "
-                                           f"{a[len(after):]!r} (delivered {after!r})"))
+                    found.append(
+                        Violation(
+                            which,
+                            f"attempt {attempt.number} held back "
+                            f"{a[len(after):]!r} (delivered {after!r})",
+                        )
+                    )
                 else:
                     which = rule if rule == "reasoning_delivery" else "delivered_once"
-                    found.append(Violation(which, f"attempt {attempt.number}: delivered so far "
-                                           f"{after!r}, allowed {a!r}"))
+                    found.append(
+                        Violation(
+                            which,
+                            f"attempt {attempt.number}: delivered so far "
+                            f"{after!r}, allowed {a!r}",
+                        )
+                    )
         elif d:
             which = rule if rule == "reasoning_delivery" else "delivered_once"
-            found.append(Violation(which, f"attempt {attempt.number} said {a!r}, not a "
-                                   f"continuation of the delivered {before!r}, yet delivered {d!r}"))
+            found.append(
+                Violation(
+                    which,
+                    f"attempt {attempt.number} said {a!r}, not a "
+                    f"continuation of the delivered {before!r}, yet delivered {d!r}",
+                )
+            )
         before = after
     return found
 
@@ -674,19 +728,30 @@ def _check_delivery(
     calls: list[tuple[str, str | None]], effects: list[EffectRecord], reference: ReferenceTurn
 ) -> list[Violation]:
     found: list[Violation] = []
-    logged = [(e.kind, e.data if e.kind != "first_delta" else None) for e in effects
-              if e.kind in ("first_delta", "text_delta", "reasoning_delta")]
+    logged = [
+        (e.kind, e.data if e.kind != "first_delta" else None)
+        for e in effects
+        if e.kind in ("first_delta", "text_delta", "reasoning_delta")
+    ]
     if logged != calls:
-        found.append(Violation("callbacks_match_effects", f"callbacks got {calls[:6]}..., the "
-                               f"trace records {logged[:6]}..."))
+        found.append(
+            Violation(
+                "callbacks_match_effects",
+                f"callbacks got {calls[:6]}..., the " f"trace records {logged[:6]}...",
+            )
+        )
     firsts = [i for i, (kind, _) in enumerate(calls) if kind == "first_delta"]
     texts = [i for i, (kind, _) in enumerate(calls) if kind == "text_delta"]
     if len(firsts) > 1:
         found.append(Violation("first_delta_once", f"on_first_delta fired {len(firsts)} times"))
     elif texts and (not firsts or firsts[0] > texts[0]):
-        found.append(Violation("first_delta_once", "text was delivered without on_first_delta before it"))
+        found.append(
+            Violation("first_delta_once", "text was delivered without on_first_delta before it")
+        )
     elif firsts and not texts:
-        found.append(Violation("first_delta_once", "on_first_delta fired but no text was delivered"))
+        found.append(
+            Violation("first_delta_once", "on_first_delta fired but no text was delivered")
+        )
     text: dict[int, str] = {}
     reasoning: dict[int, str] = {}
     for e in effects:
@@ -704,7 +769,11 @@ def _join_text(items: Any) -> str:
     for item in items if isinstance(items, list) else ():
         if isinstance(item, dict) and item.get("type") == "message":
             for part in item.get("content") or ():
-                if isinstance(part, dict) and part.get("type") == "output_text" and isinstance(part.get("text"), str):
+                if (
+                    isinstance(part, dict)
+                    and part.get("type") == "output_text"
+                    and isinstance(part.get("text"), str)
+                ):
                     out.append(part["text"])
     return "".join(out)
 
@@ -723,13 +792,23 @@ def _check_output(result: TurnResult, reference: ReferenceTurn) -> list[Violatio
         source = next((a for a in reversed(reference.attempts) if a.touched), last)
     if server_output is not None:
         if result.output_text != _join_text(server_output):
-            found.append(Violation("nothing_lost", f"output_text {result.output_text!r} is not "
-                                   f"the server's output text {_join_text(server_output)!r}"))
+            found.append(
+                Violation(
+                    "nothing_lost",
+                    f"output_text {result.output_text!r} is not "
+                    f"the server's output text {_join_text(server_output)!r}",
+                )
+            )
     else:
         for delta in source.text_deltas:
             if delta and delta not in result.output_text:
-                found.append(Violation("nothing_lost", f"attempt {source.number} streamed "
-                                       f"{delta!r}, missing from output_text {result.output_text!r}"))
+                found.append(
+                    Violation(
+                        "nothing_lost",
+                        f"attempt {source.number} streamed "
+                        f"{delta!r}, missing from output_text {result.output_text!r}",
+                    )
+                )
                 break
     ids = [c.get("call_id") for c in result.tool_calls]
     expected = list(source.call_ids)
@@ -739,8 +818,13 @@ def _check_output(result: TurnResult, reference: ReferenceTurn) -> list[Violatio
                 expected.append(item["call_id"])
     for call_id in expected:
         if ids.count(call_id) != 1:
-            found.append(Violation("tool_calls_once", f"call {call_id!r} announced, appears "
-                                   f"{ids.count(call_id)} times in tool_calls {ids}"))
+            found.append(
+                Violation(
+                    "tool_calls_once",
+                    f"call {call_id!r} announced, appears "
+                    f"{ids.count(call_id)} times in tool_calls {ids}",
+                )
+            )
     in_output = {i.get("call_id") for i in server_output or () if isinstance(i, dict)}
     for call_id, index in source.call_index.items():
         if call_id in in_output or index in source.done or index in source.arguments_done:
@@ -748,8 +832,12 @@ def _check_output(result: TurnResult, reference: ReferenceTurn) -> list[Violatio
         want = "".join(source.arguments.get(index, []))
         got = [c.get("arguments") for c in result.tool_calls if c.get("call_id") == call_id]
         if got and got[0] != want:
-            found.append(Violation("tool_calls_once", f"call {call_id!r} has arguments "
-                                   f"{got[0]!r}, its deltas said {want!r}"))
+            found.append(
+                Violation(
+                    "tool_calls_once",
+                    f"call {call_id!r} has arguments " f"{got[0]!r}, its deltas said {want!r}",
+                )
+            )
     return found
 
 
@@ -758,17 +846,31 @@ def _check_error(result: TurnResult, reference: ReferenceTurn) -> list[Violation
     error = result.error
     if last.words is not None and (last.state == TERMINAL or last.reason.startswith("failed:")):
         if not isinstance(error, dict):
-            return [Violation("error_verbatim", f"the provider said {last.words}, "
-                              f"TurnResult.error is {error!r}")]
+            return [
+                Violation(
+                    "error_verbatim",
+                    f"the provider said {last.words}, " f"TurnResult.error is {error!r}",
+                )
+            ]
         for key, value in last.words.items():
             if error.get(key) != scrub(value):
-                return [Violation("error_verbatim", f"error[{key!r}] is {error.get(key)!r}, the "
-                                  f"provider said {value!r}")]
+                return [
+                    Violation(
+                        "error_verbatim",
+                        f"error[{key!r}] is {error.get(key)!r}, the " f"provider said {value!r}",
+                    )
+                ]
         return []
     if reference.outcome in ("completed", "incomplete", "interrupted") and error is not None:
         return [Violation("error_verbatim", f"outcome {reference.outcome} with error {error!r}")]
-    if reference.outcome == "error" and (not isinstance(error, dict) or error.get("code") != last.reason):
-        return [Violation("error_verbatim", f"a transport failure ({last.reason}) reported as {error!r}")]
+    if reference.outcome == "error" and (
+        not isinstance(error, dict) or error.get("code") != last.reason
+    ):
+        return [
+            Violation(
+                "error_verbatim", f"a transport failure ({last.reason}) reported as {error!r}"
+            )
+        ]
     return []
 
 
@@ -778,8 +880,13 @@ def _check_replay(path: str, logged: int) -> list[Violation]:
     except Exception as error:
         return [Violation("trace_roundtrip", f"the trace does not read back: {error}")]
     if len(trace.records) != logged + 1 or trace.records[-1].get("kind") != "result":
-        return [Violation("trace_roundtrip", f"{len(trace.records)} records read back, "
-                          f"{logged} logged plus the result written")]
+        return [
+            Violation(
+                "trace_roundtrip",
+                f"{len(trace.records)} records read back, "
+                f"{logged} logged plus the result written",
+            )
+        ]
     report = replay_trace(trace)
     if not report.identical:
         assert report.divergence is not None

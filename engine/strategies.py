@@ -258,13 +258,20 @@ def _recording_for(
     session: Session, callbacks: Callbacks | None, policy: TurnPolicy | None
 ) -> TurnRecording:
     if not isinstance(session, Session):
-        raise TypeError(f"session must be an engine.strategies.Session, not {type(session).__name__}")
+        raise TypeError(
+            f"session must be an engine.strategies.Session, not {type(session).__name__}"
+        )
     if policy is not None and not isinstance(policy, TurnPolicy):
         raise TypeError(f"policy must be engine.TurnPolicy or None, not {type(policy).__name__}")
     if callbacks is not None and not isinstance(callbacks, Callbacks):
-        raise TypeError(f"callbacks must be engine.Callbacks or None, not {type(callbacks).__name__}")
+        raise TypeError(
+            f"callbacks must be engine.Callbacks or None, not {type(callbacks).__name__}"
+        )
     return TurnRecording(
-        session.policy if policy is None else policy, callbacks, entry="run_turn", request=FUZZ_REQUEST
+        session.policy if policy is None else policy,
+        callbacks,
+        entry="run_turn",
+        request=FUZZ_REQUEST,
     )
 
 
@@ -273,7 +280,9 @@ def _play(recording: TurnRecording, session: Session) -> None:
     clock = 0.0
     for feed in recording.attempts():
         index = feed.number - 1
-        script = session.attempts[index] if index < len(session.attempts) else (Fault("connect_error"),)
+        script = (
+            session.attempts[index] if index < len(session.attempts) else (Fault("connect_error"),)
+        )
         for step in script:
             clock = round(clock + STEP_S, 6)
             if isinstance(step, Read):
@@ -316,7 +325,9 @@ def run_session(
     default), the first exception a callback raised is raised after the turn as
     `CallbackRaised`, so a property test over your callbacks sees it."""
     if callbacks is not None and not isinstance(callbacks, Callbacks):
-        raise TypeError(f"callbacks must be engine.Callbacks or None, not {type(callbacks).__name__}")
+        raise TypeError(
+            f"callbacks must be engine.Callbacks or None, not {type(callbacks).__name__}"
+        )
     errors: list[tuple[str, BaseException]] = []
     recording = _recording_for(session, _fenced_callbacks(callbacks, errors), policy)
     try:
@@ -377,13 +388,16 @@ _ARGUMENTS: Final = st.sampled_from(
 ) | st.builds(lambda s: orjson.dumps({"q": s}).decode(), _TEXT)
 
 _FAILURE_CODES: Final = ("server_error", *[c for c in FAILURE_MESSAGES if c != "server_error"])
-_PROVIDER_MESSAGES: Final = st.sampled_from(
-    [
-        "The account signed in with OAuth is not entitled to use model grok-4.",
-        "Your input exceeds the context window of this model.",
-        *FAILURE_MESSAGES.values(),
-    ]
-) | _TEXT
+_PROVIDER_MESSAGES: Final = (
+    st.sampled_from(
+        [
+            "The account signed in with OAuth is not entitled to use model grok-4.",
+            "Your input exceeds the context window of this model.",
+            *FAILURE_MESSAGES.values(),
+        ]
+    )
+    | _TEXT
+)
 _ERROR_CODES: Final = st.sampled_from(
     ["permission_denied", "server_error", "rate_limit_exceeded", None, "invalid_prompt"]
 )
@@ -477,7 +491,9 @@ _FAILURE_CODE: Final = st.sampled_from(_FAILURE_CODES)
 _FAILURE_MESSAGE: Final = st.none() | _PROVIDER_MESSAGES
 
 
-def _response(draw: st.DrawFn, max_items: int, terminals: st.SearchStrategy[str]) -> list[StreamPart]:
+def _response(
+    draw: st.DrawFn, max_items: int, terminals: st.SearchStrategy[str]
+) -> list[StreamPart]:
     prelude = draw(_PRELUDES)
     start = draw(_OPENINGS)
     count = min(draw(_ITEM_COUNTS[min(max_items, 8)]), len(_ITEMS))
@@ -519,7 +535,10 @@ def _compact(part: StreamPart) -> StreamPart:
     failing example fits on a screen (full objects are drawn too)."""
     if isinstance(part, dict) and isinstance(part.get("response"), dict):
         response = part["response"]
-        return {**part, "response": {k: response[k] for k in COMPACT_RESPONSE_FIELDS if k in response}}
+        return {
+            **part,
+            "response": {k: response[k] for k in COMPACT_RESPONSE_FIELDS if k in response},
+        }
     return part
 
 
@@ -537,7 +556,9 @@ def _responses(max_items: int, terminals: tuple[str, ...]) -> st.SearchStrategy[
     unknown = set(terminals) - set(TERMINALS)
     if unknown or not terminals:
         raise ValueError(f"terminals must be names from {TERMINALS}, got {list(terminals)}")
-    choice = _TERMINAL_CHOICES if tuple(terminals) == TERMINALS else st.sampled_from(list(terminals))
+    choice = (
+        _TERMINAL_CHOICES if tuple(terminals) == TERMINALS else st.sampled_from(list(terminals))
+    )
     return st.composite(lambda draw: _response(draw, max_items, choice))()
 
 
@@ -552,7 +573,12 @@ _NOISE_FRAMES: Final = st.sampled_from(
         [KEEPALIVE],
         [Comment("")],
         [DONE],
-        [Data('{"type":"response.output_text.delta","delta":"Pa', event="response.output_text.delta")],
+        [
+            Data(
+                '{"type":"response.output_text.delta","delta":"Pa',
+                event="response.output_text.delta",
+            )
+        ],
         [Data("not json at all")],
         [Data("[1, 2]")],
         [Data('{"no_type": true}', event="error")],
@@ -584,8 +610,14 @@ _NOISE: Final = st.composite(_noise)()
 
 def _mangle(draw: st.DrawFn, parts: list[StreamPart], max_edits: int) -> list[StreamPart]:
     out = list(parts)
-    edits = draw(_EDIT_LISTS[max_edits] if max_edits < len(_EDIT_LISTS) else
-                 st.lists(st.tuples(st.sampled_from(_EDITS), st.integers(0, 63), st.integers(0, 63)), max_size=max_edits))
+    edits = draw(
+        _EDIT_LISTS[max_edits]
+        if max_edits < len(_EDIT_LISTS)
+        else st.lists(
+            st.tuples(st.sampled_from(_EDITS), st.integers(0, 63), st.integers(0, 63)),
+            max_size=max_edits,
+        )
+    )
     for edit, a, b in edits:
         if edit == "insert":
             noise = draw(_NOISE)
@@ -654,8 +686,14 @@ _INTERRUPTIONS: Final = st.lists(
     max_size=2,
 )
 _ENDINGS: Final = st.sampled_from(
-    [EndOfBody(), Fault("drop"), Fault("read_timeout"), Stall(60.0), UserInterrupt(),
-     Fault("connect_error")]
+    [
+        EndOfBody(),
+        Fault("drop"),
+        Fault("read_timeout"),
+        Stall(60.0),
+        UserInterrupt(),
+        Fault("connect_error"),
+    ]
 )
 _HTTP_STATUSES: Final = st.sampled_from([500, 429, 401, 400, 503])
 _HTTP_BODIES: Final = st.one_of(

@@ -22,7 +22,7 @@ from engine.invariants import (
     reference_events,
     session_violations,
 )
-from engine.shapes import created, completed, encode_part, function_call, text_message
+from engine.shapes import completed, created, encode_part, text_message
 from engine.sse import SseDecoder
 from engine.strategies import (
     CallbackRaised,
@@ -31,7 +31,6 @@ from engine.strategies import (
     Read,
     Session,
     Stall,
-    UserInterrupt,
     attempt_scripts,
     mangled,
     responses,
