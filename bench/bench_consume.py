@@ -3,7 +3,7 @@
 Theory of operation
 ===================
 
-One recorded Responses-API stream is built deterministically with the `engine.shapes` builders:
+One recorded Responses-API stream is built deterministically with the `engine.testing.shapes` builders:
 ``response.created``, one assistant message streamed as N ``response.output_text.delta`` events of
 a few characters each (the text mixes ASCII with a few multi-byte characters), the ``*.done``
 events and ``response.completed``. Its SSE bytes are cut into network-sized chunks (4 KiB by
@@ -71,8 +71,8 @@ from openai.lib.streaming.responses import ResponseStream
 from openai.types.responses import ResponseStreamEvent
 
 import engine
-from engine.shapes import assemble, completed, created, output_items, text_message, to_reply
-from engine.simulator import Send
+from engine.testing.shapes import assemble, completed, created, output_items, text_message, to_reply
+from machines.records import Chunk
 
 __all__ = [
     "PATHS",
@@ -124,7 +124,7 @@ def build_stream(deltas: int = 20_000, chunk_size: int = 4096) -> RecordedStream
     message = text_message(text, deltas=deltas)
     parts = assemble(created(), message, completed(output_items(message)))
     reply = to_reply(parts, chunking=chunk_size)
-    chunks = [step.data for step in reply.steps if isinstance(step, Send)]
+    chunks = [step.data for step in reply.steps if isinstance(step, Chunk)]
     return RecordedStream(chunks, text, len(parts))
 
 

@@ -4,12 +4,12 @@
     result = engine.consume(raw_sse_bytes)
 """
 
-from engine.consume import consume
-from engine.eventlog import Callbacks
-from engine.replay import ReplayReport, replay
-from engine.async_driver import arun_turn
-from engine.sync_driver import run_turn
-from engine.trace import TraceError
+from engine.drivers.consume import consume
+from engine.log.eventlog import Callbacks
+from engine.drivers.replay import ReplayReport, replay
+from engine.drivers.asynchronous import arun_turn
+from engine.drivers.sync import run_turn
+from engine.log.trace import TraceError
 from machines.records import Attempt, Transition, TurnPolicy, TurnResult
 
 __all__ = [

@@ -23,14 +23,14 @@ from typing import Any, Sequence, TextIO
 
 import openai
 
-from engine.consume import consume
+from engine.drivers.consume import consume
 from engine.diagram import MACHINES, mermaid
-from engine.eventlog import Callbacks
-from engine.replay import replay
-from engine.shapes import SHAPES
-from engine.simulator import ResponsesSimulator, Script, script_from_trace
-from engine.sync_driver import run_turn
-from engine.trace import TraceError, read_trace
+from engine.log.eventlog import Callbacks
+from engine.drivers.replay import replay
+from engine.testing.shapes import SHAPES
+from engine.testing.simulator import ResponsesSimulator, Script, script_from_trace
+from engine.drivers.sync import run_turn
+from engine.log.trace import TraceError, read_trace
 from machines.records import TurnPolicy, TurnResult
 
 __all__ = ["main", "describe_result"]
@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="which machine (default stream_attempt)")
 
     try:
-        from engine import fuzz
+        from engine.testing import fuzz
     except ImportError:  # the fuzzing campaign is optional
         fuzz = None  # type: ignore[assignment]
     if fuzz is not None:
@@ -327,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "diagram":
             return _diagram(args, out)
         if args.command == "fuzz":
-            from engine import fuzz
+            from engine.testing import fuzz
 
             return fuzz.run(args)
         parser.print_help(out)

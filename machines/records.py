@@ -1,14 +1,21 @@
 """Tiny frozen records: what the machines are fed and what they answer.
 
-Inputs are everything a machine can learn about the outside world. A driver (network, file,
-replay) produces them; the machines never produce them and never look anywhere else:
+One vocabulary for what the outside world does, shared by the drivers, the trace format, the
+fuzzing strategies and the simulator (a `TransportFault("drop")` is the same thing everywhere):
 
+    Chunk           bytes exactly as one network read delivered them (the simulator: one HTTP chunk)
     SseEvent        one dispatched server-sent event (name, data, id), still undecoded
     HttpError       the request was answered with a non-2xx status (status, JSON body if any)
     TransportFault  the byte stream broke: "drop", "read_timeout", "connect_error"
     EndOfStream     the byte stream ended cleanly
+    Stall           the server stays silent for some seconds (a driver observes it as nothing, or
+                    as an `IdleTimeout` when the policy has one)
     IdleTimeout     no byte arrived for the policy's idle timeout
     Interrupt       the caller asked to stop
+
+A driver (network, file, replay) produces them; the machines never produce them and never look
+anywhere else. A machine is fed `SseEvent`s (decoded from `Chunk`s by the driver) and the other
+inputs; `Chunk` and `Stall` never reach a machine.
 
 Outputs are what the machines decided:
 
@@ -29,6 +36,13 @@ AttemptKind = Literal["stream", "fallback"]
 
 
 @attrs.frozen(slots=True)
+class Chunk:
+    """Bytes exactly as one network read delivered them."""
+
+    data: bytes
+
+
+@attrs.frozen(slots=True)
 class SseEvent:
     """One event as the WHATWG event-stream parser dispatches it."""
 
@@ -39,29 +53,47 @@ class SseEvent:
 
 @attrs.frozen(slots=True)
 class HttpError:
+    """The request was answered with a non-2xx status; `body` is the parsed JSON body if any."""
+
     status: int
     body: Any = None
 
 
 @attrs.frozen(slots=True)
 class TransportFault:
-    kind: FaultKind
+    """The byte stream broke; `detail` is the exception's class name (never its text)."""
+
+    kind: FaultKind = "drop"
     detail: str = ""
 
 
 @attrs.frozen(slots=True)
 class EndOfStream:
-    pass
+    """The response body ended cleanly."""
+
+
+def _non_negative_seconds(instance: Any, attribute: Any, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"{attribute.name} must be a number of seconds >= 0, not {value!r}")
+
+
+@attrs.frozen(slots=True)
+class Stall:
+    """The server stays silent for `seconds` with the connection open."""
+
+    seconds: float = attrs.field(default=60.0, validator=_non_negative_seconds)
 
 
 @attrs.frozen(slots=True)
 class IdleTimeout:
+    """No byte arrived for `seconds` (the policy's idle timeout)."""
+
     seconds: float
 
 
 @attrs.frozen(slots=True)
 class Interrupt:
-    pass
+    """The caller asked the turn to stop."""
 
 
 MachineInput = SseEvent | HttpError | TransportFault | EndOfStream | IdleTimeout | Interrupt

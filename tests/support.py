@@ -19,7 +19,7 @@ import openai
 import orjson
 
 import engine
-from engine.simulator import ResponsesSimulator, Script
+from engine.testing.simulator import ResponsesSimulator, Script
 from machines.records import Effect, SseEvent, Transition
 
 API_KEY = "sk-test-0123456789abcdefghijklmnop"

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 import engine
-from engine import shapes
-from engine.shapes import (
+from engine.testing import shapes
+from engine.testing.shapes import (
     SHAPES,
     assemble,
     completed,
@@ -26,7 +26,8 @@ from engine.shapes import (
     text_message,
     to_reply,
 )
-from engine.simulator import Drop, Reply, Script
+from engine.testing.simulator import Reply, Script
+from machines.records import TransportFault
 
 from support import run_over_http
 
@@ -64,7 +65,7 @@ class Heard:
 def _cut(text: str, deltas: int, keep: int) -> Reply:
     """An attempt that streams the first `keep` of `deltas` pieces of `text`, then drops."""
     partial = text_message(text, deltas=deltas, finished=False)[: 2 + keep]
-    return to_reply([*assemble(created(), in_progress(), partial), Drop()])
+    return to_reply([*assemble(created(), in_progress(), partial), TransportFault("drop")])
 
 
 def _answer(text: str, deltas: int = 4) -> Reply:
@@ -172,7 +173,7 @@ def test_reasoning_goes_to_on_reasoning_delta_only(tmp_path: Path) -> None:
 
 def test_reasoning_is_not_repeated_after_a_retry(tmp_path: Path) -> None:
     reasoning = reasoning_summary(REASONING, deltas=3, output_index=0)
-    cut = to_reply([*assemble(created(), in_progress(), reasoning[:4]), Drop()])
+    cut = to_reply([*assemble(created(), in_progress(), reasoning[:4]), TransportFault("drop")])
     answer = text_message(ANSWER, deltas=2, output_index=1)
     good = to_reply(
         assemble(created(), in_progress(), reasoning, answer, completed(output_items(reasoning, answer)))

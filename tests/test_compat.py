@@ -29,8 +29,8 @@ from engine.compat import (
     run_codex_stream,
     stream_call,
 )
-from engine.replay import replay
-from engine.shapes import (
+from engine.drivers.replay import replay
+from engine.testing.shapes import (
     SHAPES,
     assemble,
     completed,
@@ -47,9 +47,10 @@ from engine.shapes import (
     to_reply,
     usage_for,
 )
-from engine.simulator import Drop, Reply, ResponsesSimulator, Script, Stall
-from engine.sync_driver import run_turn
-from engine.trace import read_trace
+from engine.testing.simulator import Reply, ResponsesSimulator, Script
+from machines.records import Stall, TransportFault
+from engine.drivers.sync import run_turn
+from engine.log.trace import read_trace
 from machines.records import TurnPolicy, TurnResult
 
 ANSWER = "The capital of France is Paris."
@@ -219,7 +220,7 @@ class Spec:
             return to_reply([])
         parts: list[Any] = list(self.events)
         if self.end == "drop":
-            parts.append(Drop())
+            parts.append(TransportFault("drop"))
         elif self.end == "read_timeout":
             parts.append(Stall(1.0))
         elif self.end == "final":

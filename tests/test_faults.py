@@ -9,8 +9,8 @@ import openai
 import pytest
 
 import engine
-from engine import shapes
-from engine.shapes import (
+from engine.testing import shapes
+from engine.testing.shapes import (
     SHAPES,
     assemble,
     completed,
@@ -21,7 +21,8 @@ from engine.shapes import (
     text_message,
     to_reply,
 )
-from engine.simulator import Drop, Reply, Script, Stall
+from engine.testing.simulator import Reply, Script
+from machines.records import Stall, TransportFault
 
 from support import REQUEST, assert_replays_identically, closed_port, run_over_http
 
@@ -36,7 +37,7 @@ def _happy() -> Reply:
     return to_reply(assemble(created(), in_progress(), message, completed(output_items(message))))
 
 
-def _half_then(*fault: Stall | Drop) -> Reply:
+def _half_then(*fault: Stall | TransportFault) -> Reply:
     """created, in_progress and two of four answer deltas, then `fault`."""
     start = text_message(ANSWER, deltas=4, finished=False)[:4]
     return to_reply([*assemble(created(), in_progress(), start), *fault])
@@ -54,7 +55,7 @@ def _turn_path(result: engine.TurnResult) -> list[str]:
 
 
 def test_drop_mid_stream_is_retried_and_the_retry_answers(tmp_path: Path) -> None:
-    run = run_over_http(_script(_half_then(Drop()), _happy()), tmp_path)
+    run = run_over_http(_script(_half_then(TransportFault("drop")), _happy()), tmp_path)
     assert run.result.outcome == "completed"
     assert run.result.output_text == ANSWER
     assert run.result.error is None
@@ -66,7 +67,7 @@ def test_drop_mid_stream_is_retried_and_the_retry_answers(tmp_path: Path) -> Non
 def test_drop_on_every_attempt_goes_stream_stream_fallback_then_error_with_partial_text(
     tmp_path: Path,
 ) -> None:
-    dropped = _half_then(Drop())
+    dropped = _half_then(TransportFault("drop"))
     run = run_over_http(_script(dropped, dropped, dropped, _happy()), tmp_path)
     assert run.result.outcome == "error"
     assert run.result.output_text == HALF_ANSWER
@@ -83,7 +84,7 @@ def test_drop_on_every_attempt_goes_stream_stream_fallback_then_error_with_parti
 
 
 def test_fallback_attempt_can_complete_the_turn(tmp_path: Path) -> None:
-    dropped = _half_then(Drop())
+    dropped = _half_then(TransportFault("drop"))
     run = run_over_http(_script(dropped, dropped, _happy()), tmp_path)
     assert run.result.outcome == "completed"
     assert run.result.output_text == ANSWER
@@ -96,7 +97,7 @@ def test_fallback_attempt_can_complete_the_turn(tmp_path: Path) -> None:
 
 
 def test_http_error_on_the_fallback_ends_the_turn_with_its_words(tmp_path: Path) -> None:
-    dropped = _half_then(Drop())
+    dropped = _half_then(TransportFault("drop"))
     overloaded = shapes.http_error(
         503, "The engine is currently overloaded, please try again later.",
         type="server_error", code="overloaded",
@@ -138,7 +139,7 @@ def test_http_error_on_the_fallback_ends_the_turn_with_its_words(tmp_path: Path)
 def test_policy_sets_the_number_of_attempts(
     policy: engine.TurnPolicy, attempts: list[tuple[str, str, str]], tmp_path: Path
 ) -> None:
-    dropped = _half_then(Drop())
+    dropped = _half_then(TransportFault("drop"))
     run = run_over_http(_script(*[dropped] * 5), tmp_path, policy=policy)
     assert run.attempts == attempts
     assert len(run.requests) == len(attempts)

@@ -1,4 +1,4 @@
-"""`streamfsm fuzz` (engine.fuzz) as a user runs it: real subprocesses, real worker processes,
+"""`streamfsm fuzz` (engine.testing.fuzz) as a user runs it: real subprocesses, real worker processes,
 real trace files, and a real Redis server for the shared example database when one is installed.
 """
 
@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from engine import Callbacks, replay
-from engine.fuzz import add_arguments, main, run, save_fixture
-from engine.invariants import InvariantViolation
-from engine.shapes import completed, created, encode_part, function_call, text_message
-from engine.strategies import CallbackRaised, EndOfBody, Read, Session, run_session, session_from_trace
+from engine.testing.fuzz import add_arguments, main, run, save_fixture
+from engine.testing.invariants import InvariantViolation
+from engine.testing.shapes import completed, created, encode_part, function_call, text_message
+from engine.strategies import CallbackRaised, Session, run_session, session_from_trace
+from machines.records import Chunk, EndOfStream
 from machines.stream_attempt import StreamAttempt
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +35,7 @@ def fragile_screen() -> Callbacks:
 def _fuzz(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)])}
     return subprocess.run(
-        [sys.executable, "-m", "engine.fuzz", *args],
+        [sys.executable, "-m", "engine.testing.fuzz", *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
     )
 
@@ -81,7 +82,7 @@ def test_promote_refuses_a_session_that_still_breaks_a_rule(tmp_path: Path, monk
                    function_call("get_time", "{}", deltas=1, output_index=1),
                    text_message("after", deltas=1, output_index=2), completed([]))
     finding = tmp_path / "finding.jsonl"
-    run_session(Session([[Read(body), EndOfBody()]]), trace=finding)
+    run_session(Session([[Chunk(body), EndOfStream()]]), trace=finding)
 
     def tool_call_frame(self, payload):  # a broken machine: text keeps flowing after the call
         if self.state != "tool_call":
@@ -124,7 +125,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path, monkeypatch, capsys, ar
 
 def _a_trace(tmp_path: Path) -> str:
     path = tmp_path / "some.jsonl"
-    run_session(Session([[Read(_frames(created(), completed([]))), EndOfBody()]]), trace=path)
+    run_session(Session([[Chunk(_frames(created(), completed([]))), EndOfStream()]]), trace=path)
     return str(path)
 
 

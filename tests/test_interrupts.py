@@ -11,8 +11,8 @@ import openai
 import pytest
 
 import engine
-from engine import shapes
-from engine.shapes import (
+from engine.testing import shapes
+from engine.testing.shapes import (
     SHAPES,
     assemble,
     completed,
@@ -23,7 +23,8 @@ from engine.shapes import (
     text_message,
     to_reply,
 )
-from engine.simulator import Reply, Script, Stall
+from engine.testing.simulator import Reply, Script
+from machines.records import Stall
 
 from support import run_over_http, trace_lines
 
@@ -210,8 +211,8 @@ def test_without_idle_timeout_the_clients_read_timeout_decides(
 
 # -- before the response headers arrive -------------------------------------------------------
 def _slow_to_answer() -> "Script":
-    from engine.shapes import SHAPES
-    from engine.simulator import Reply, Script
+    from engine.testing.shapes import SHAPES
+    from engine.testing.simulator import Reply, Script
 
     good = SHAPES["happy_text"].replies[0]
     return Script(replies=(Reply(steps=good.steps, headers_after_s=5.0), good))
@@ -224,7 +225,7 @@ def test_interrupt_is_honoured_while_waiting_for_headers() -> None:
     import openai
 
     import engine
-    from engine.simulator import ResponsesSimulator
+    from engine.testing.simulator import ResponsesSimulator
 
     stop = threading.Event()
     with ResponsesSimulator(_slow_to_answer()) as sim:
@@ -246,7 +247,7 @@ def test_idle_timeout_covers_waiting_for_headers(tmp_path) -> None:
     import openai
 
     import engine
-    from engine.simulator import ResponsesSimulator
+    from engine.testing.simulator import ResponsesSimulator
 
     with ResponsesSimulator(_slow_to_answer()) as sim:
         client = openai.OpenAI(base_url=sim.base_url, api_key="k", max_retries=0)
@@ -273,7 +274,7 @@ def test_async_interrupt_is_honoured_while_waiting_for_headers() -> None:
     import openai
 
     import engine
-    from engine.simulator import ResponsesSimulator
+    from engine.testing.simulator import ResponsesSimulator
 
     async def run() -> tuple[engine.TurnResult, float]:
         stop = threading.Event()

@@ -1,4 +1,4 @@
-"""Property tests: every rule of `engine.invariants` on generated sessions (engine.strategies).
+"""Property tests: every rule of `engine.testing.invariants` on generated sessions (engine.strategies).
 
 Example counts come from the Hypothesis profile (tests/conftest.py, HYPOTHESIS_PROFILE). The
 long campaign over the same property is `streamfsm fuzz`.
@@ -15,31 +15,17 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from engine import Callbacks, TurnPolicy, replay
-from engine.fuzz import save_finding
-from engine.invariants import (
+from engine.testing.fuzz import save_finding
+from engine.testing.invariants import (
     InvariantViolation,
     check_session,
     reference_events,
     session_violations,
 )
-from engine.shapes import completed, created, encode_part, text_message
-from engine.sse import SseDecoder
-from engine.strategies import (
-    CallbackRaised,
-    EndOfBody,
-    Fault,
-    Read,
-    Session,
-    Stall,
-    attempt_scripts,
-    mangled,
-    responses,
-    run_session,
-    session_from_trace,
-    sessions,
-    sse_bytes,
-    well_formed_sessions,
-)
+from engine.testing.shapes import completed, created, encode_part, text_message
+from engine.drivers.sse import SseDecoder
+from engine.strategies import CallbackRaised, Session, attempt_scripts, mangled, responses, run_session, session_from_trace, sessions, sse_bytes, well_formed_sessions
+from machines.records import Chunk, EndOfStream, Stall, TransportFault
 from machines.records import TransportFault
 from machines import stream_attempt
 from machines.stream_attempt import StreamAttempt
@@ -141,7 +127,7 @@ def test_a_failure_shrinks_to_a_short_readable_session() -> None:
     )
     assert _lines(found) == 4, found.describe()
     (read, end), = found.attempts
-    assert isinstance(read, Read) and end == EndOfBody()
+    assert isinstance(read, Chunk) and end == EndOfStream()
     assert [e for _, e in reference_events(read.data, ended=True)] and read.data.count(b"\n\n") == 6
     assert len(read.data) < 1500
 
@@ -155,7 +141,7 @@ def _frames(*parts) -> bytes:
 
 
 def test_run_session_gives_attempts_beyond_the_scripts_a_connect_error() -> None:
-    result = run_session(Session([[Fault("drop")]], TurnPolicy(max_stream_retries=1, fallback=False)))
+    result = run_session(Session([[TransportFault("drop")]], TurnPolicy(max_stream_retries=1, fallback=False)))
     assert [(a.final_state, a.reason) for a in result.attempts] == [
         ("retire", "drop"), ("retire", "connect_error")]
     assert result.outcome == "error" and result.error["code"] == "connect_error"
@@ -163,7 +149,7 @@ def test_run_session_gives_attempts_beyond_the_scripts_a_connect_error() -> None
 
 def test_a_stall_is_a_pause_without_an_idle_timeout_and_a_fault_with_one() -> None:
     body = _frames(created(), text_message("Hi", deltas=2), completed([]))
-    script = [Read(body[:40]), Stall(30.0), Read(body[40:]), EndOfBody()]
+    script = [Chunk(body[:40]), Stall(30.0), Chunk(body[40:]), EndOfStream()]
     assert run_session(Session([script], TurnPolicy())).outcome == "completed"
     patient = run_session(Session([script], TurnPolicy(idle_timeout_s=10.0, max_stream_retries=0,
                                                        fallback=False)))
@@ -177,18 +163,18 @@ def test_a_callback_that_raises_is_reported_after_the_turn() -> None:
         delta.encode("ascii")
 
     with pytest.raises(CallbackRaised) as caught:
-        run_session(Session([[Read(body), EndOfBody()]]), Callbacks(on_text_delta=ascii_only))
+        run_session(Session([[Chunk(body), EndOfStream()]]), Callbacks(on_text_delta=ascii_only))
     assert caught.value.callback == "on_text_delta"
     assert isinstance(caught.value.__cause__, UnicodeEncodeError)
-    result = run_session(Session([[Read(body)]]), Callbacks(on_text_delta=ascii_only), reraise=False)
+    result = run_session(Session([[Chunk(body)]]), Callbacks(on_text_delta=ascii_only), reraise=False)
     assert result.outcome == "completed" and result.output_text == "Grüße"
 
 
 def test_run_session_refuses_a_wrong_call() -> None:
     with pytest.raises(TypeError):
-        run_session([[Read(b"")]])  # type: ignore[arg-type]
+        run_session([[Chunk(b"")]])  # type: ignore[arg-type]
     with pytest.raises(TypeError):
-        run_session(Session([[EndOfBody()]]), callbacks=print)  # type: ignore[arg-type]
+        run_session(Session([[EndOfStream()]]), callbacks=print)  # type: ignore[arg-type]
 
 
 def test_fuzzing_your_own_callbacks_in_ten_lines() -> None:

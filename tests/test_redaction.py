@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 import engine
-from engine import shapes
-from engine.logs import log
-from engine.redaction import REDACTED, client_secrets, field_secrets, redact_fields, scrub
-from engine.shapes import (
+from engine.testing import shapes
+from engine.log.logs import log
+from engine.log.redaction import REDACTED, client_secrets, field_secrets, redact_fields, scrub
+from engine.testing.shapes import (
     SHAPES,
     assemble,
     completed,
@@ -24,7 +24,7 @@ from engine.shapes import (
     text_message,
     to_reply,
 )
-from engine.simulator import Reply, Script, error_body
+from engine.testing.simulator import Reply, Script, error_body
 
 from support import REQUEST, run_over_http, trace_lines
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 import engine
-from engine.shapes import SHAPES
-from engine.trace import read_trace
+from engine.testing.shapes import SHAPES
+from engine.log.trace import read_trace
 
 FIXTURES = Path(__file__).resolve().parent.parent / "replay_fixtures"
 TRACES = sorted(FIXTURES.glob("*.jsonl"))

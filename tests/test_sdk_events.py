@@ -1,4 +1,4 @@
-"""engine.sdk_events: SDK-level events become the same inputs as raw bytes (one normalisation)."""
+"""engine.compat.sdk_events: SDK-level events become the same inputs as raw bytes (one normalisation)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 from openai._models import construct_type
 from openai.types.responses import Response, ResponseStreamEvent
 
-from engine.consume import SINGLE_ATTEMPT
-from engine.recording import TurnRecording
-from engine.sdk_events import (
+from engine.drivers.consume import SINGLE_ATTEMPT
+from engine.drivers.recording import TurnRecording
+from engine.compat.sdk_events import (
     SdkEventSource,
     event_type_of,
     frame_of,
@@ -26,7 +26,7 @@ from engine.sdk_events import (
     sdk_error_of,
     terminal_frame_of,
 )
-from engine.shapes import (
+from engine.testing.shapes import (
     SHAPES,
     assemble,
     completed,
@@ -36,8 +36,9 @@ from engine.shapes import (
     rate_limits_frame,
     text_message,
 )
-from engine.simulator import Reply, ResponsesSimulator, Script, Send
-from engine.sse import SseDecoder
+from engine.testing.simulator import Reply, ResponsesSimulator, Script
+from machines.records import Chunk
+from engine.drivers.sse import SseDecoder
 from machines.records import EndOfStream, HttpError, TransportFault, TurnResult
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -83,7 +84,7 @@ def clean_first_replies() -> list[tuple[str, Reply]]:
     out = []
     for name, script in SHAPES.items():
         reply = script.replies[0]
-        if reply.is_stream and reply.status == 200 and all(isinstance(s, Send) for s in reply.steps):
+        if reply.is_stream and reply.status == 200 and all(isinstance(s, Chunk) for s in reply.steps):
             out.append((name, reply))
     return out
 

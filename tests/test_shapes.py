@@ -18,8 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from openai.types.responses import ResponseStreamEvent
 
-from engine import shapes
-from engine.shapes import (
+from engine.testing import shapes
+from engine.testing.shapes import (
     DONE,
     KEEPALIVE,
     SHAPES,
@@ -45,7 +45,8 @@ from engine.shapes import (
     to_reply,
     websocket_timing_frame,
 )
-from engine.simulator import Drop, Reply, ResponsesSimulator, Send, Stall
+from engine.testing.simulator import Reply, ResponsesSimulator
+from machines.records import Chunk, Stall, TransportFault
 
 # --------------------------------------------------------------------------------------------
 # The SDK's own event models, by event type
@@ -470,18 +471,18 @@ def test_markers_encode_as_sse_lines() -> None:
 
 
 def test_to_reply_chunking_modes() -> None:
-    parts = [*assemble(created(), text_message("hello", deltas=2)), Stall(0.5), DONE, Drop()]
+    parts = [*assemble(created(), text_message("hello", deltas=2)), Stall(0.5), DONE, TransportFault("drop")]
     events = event_dicts(parts)
     whole_bytes = b"".join(sse_frame(event) for event in events)
     by_event = to_reply(parts)
-    assert [type(s) for s in by_event.steps] == [Send] * len(events) + [Stall, Send, Drop]
+    assert [type(s) for s in by_event.steps] == [Chunk] * len(events) + [Stall, Chunk, TransportFault]
     whole = to_reply(parts, chunking="whole")
-    assert whole.steps == (Send(whole_bytes), Stall(0.5), Send(b"data: [DONE]\n\n"), Drop())
+    assert whole.steps == (Chunk(whole_bytes), Stall(0.5), Chunk(b"data: [DONE]\n\n"), TransportFault("drop"))
     sliced = to_reply(parts, chunking=10)
-    sends = [s for s in sliced.steps if isinstance(s, Send)]
+    sends = [s for s in sliced.steps if isinstance(s, Chunk)]
     assert all(len(s.data) <= 10 for s in sends)
     assert b"".join(s.data for s in sends) == whole_bytes + b"data: [DONE]\n\n"
-    assert sliced.steps[-1] == Drop()
+    assert sliced.steps[-1] == TransportFault("drop")
     with pytest.raises(ValueError):
         to_reply(parts, chunking=0)
     with pytest.raises(ValueError):
@@ -490,7 +491,7 @@ def test_to_reply_chunking_modes() -> None:
 
 def test_crlf_shape_splits_lines_pairs_and_characters() -> None:
     (reply,) = SHAPES["crlf_split_chunks"].replies
-    chunks = [step.data for step in reply.steps if isinstance(step, Send)]
+    chunks = [step.data for step in reply.steps if isinstance(step, Chunk)]
     body = b"".join(chunks)
     assert b"\r\n" in body and b"\n" not in body.replace(b"\r\n", b"")
 

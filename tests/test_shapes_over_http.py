@@ -1,4 +1,4 @@
-"""Every real-world stream shape (engine.shapes.SHAPES, DESIGN.md "Real-world stream shapes")
+"""Every real-world stream shape (engine.testing.shapes.SHAPES, DESIGN.md "Real-world stream shapes")
 through `engine.run_turn` with the real openai client over loopback HTTP.
 
 The expectations are written out from what each shape's builders were given (the answer text,
@@ -16,8 +16,8 @@ import pytest
 from openai.types.responses import Response
 
 import engine
-from engine import shapes
-from engine.shapes import (
+from engine.testing import shapes
+from engine.testing.shapes import (
     FAILURE_MESSAGES,
     RESPONSE_ID,
     SHAPES,

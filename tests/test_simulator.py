@@ -11,15 +11,8 @@ import openai
 import orjson
 import pytest
 
-from engine.simulator import (
-    Drop,
-    Reply,
-    ResponsesSimulator,
-    Script,
-    Send,
-    Stall,
-    error_body,
-)
+from engine.testing.simulator import Reply, ResponsesSimulator, Script, error_body
+from machines.records import Chunk, EndOfStream, Stall, TransportFault
 
 CHUNKS = (
     b'event: response.created\ndata: {"type":"response.created"}\n\n',
@@ -45,7 +38,7 @@ def _stream_bytes(client: openai.OpenAI) -> list[bytes]:
 
 
 def test_send_steps_arrive_as_separate_chunks() -> None:
-    script = Script((Reply(steps=tuple(Send(c) for c in CHUNKS)),))
+    script = Script((Reply(steps=tuple(Chunk(c) for c in CHUNKS)),))
     with ResponsesSimulator(script) as sim:
         with _client(sim).responses.with_streaming_response.create(
             model="m", input="hi", stream=True
@@ -59,7 +52,7 @@ def test_send_steps_arrive_as_separate_chunks() -> None:
 
 
 def test_drop_surfaces_as_remote_protocol_error_after_the_sent_chunks() -> None:
-    script = Script((Reply(steps=(Send(CHUNKS[0]), Send(CHUNKS[1]), Drop(), Send(b"never"))),))
+    script = Script((Reply(steps=(Chunk(CHUNKS[0]), Chunk(CHUNKS[1]), TransportFault("drop"), Chunk(b"never"))),))
     received: list[bytes] = []
     with ResponsesSimulator(script) as sim:
         with pytest.raises(httpx2.RemoteProtocolError, match="incomplete chunked read"):
@@ -72,7 +65,7 @@ def test_drop_surfaces_as_remote_protocol_error_after_the_sent_chunks() -> None:
 
 
 def test_drop_through_the_sdk_stream_is_an_api_connection_error() -> None:
-    script = Script((Reply(steps=(Send(CHUNKS[0]), Drop())),))
+    script = Script((Reply(steps=(Chunk(CHUNKS[0]), TransportFault("drop"))),))
     with ResponsesSimulator(script) as sim:
         stream = _client(sim).responses.create(model="m", input="hi", stream=True)
         with pytest.raises(openai.APIConnectionError) as caught:
@@ -82,7 +75,7 @@ def test_drop_through_the_sdk_stream_is_an_api_connection_error() -> None:
 
 
 def test_stall_beyond_the_read_timeout_raises_read_timeout() -> None:
-    script = Script((Reply(steps=(Send(CHUNKS[0]), Stall(3.0), Send(b"late"))),))
+    script = Script((Reply(steps=(Chunk(CHUNKS[0]), Stall(3.0), Chunk(b"late"))),))
     received: list[bytes] = []
     with ResponsesSimulator(script) as sim:
         client = _client(sim).with_options(timeout=openai.Timeout(5, read=0.3))
@@ -98,7 +91,7 @@ def test_stall_beyond_the_read_timeout_raises_read_timeout() -> None:
 
 
 def test_stall_through_the_sdk_stream_is_an_api_timeout_error() -> None:
-    script = Script((Reply(steps=(Send(CHUNKS[0]), Stall(3.0))),))
+    script = Script((Reply(steps=(Chunk(CHUNKS[0]), Stall(3.0))),))
     with ResponsesSimulator(script) as sim:
         client = _client(sim).with_options(timeout=openai.Timeout(5, read=0.3))
         stream = client.responses.create(model="m", input="hi", stream=True)
@@ -108,7 +101,7 @@ def test_stall_through_the_sdk_stream_is_an_api_timeout_error() -> None:
 
 
 def test_stall_shorter_than_the_read_timeout_delays_but_delivers() -> None:
-    script = Script((Reply(steps=(Send(b"a"), Stall(0.2), Send(b"b"))),))
+    script = Script((Reply(steps=(Chunk(b"a"), Stall(0.2), Chunk(b"b"))),))
     with ResponsesSimulator(script) as sim:
         started = time.monotonic()
         received = _stream_bytes(_client(sim))
@@ -156,7 +149,7 @@ def test_custom_error_body_and_headers_reach_the_client_verbatim() -> None:
 
 
 def test_requests_are_recorded_with_json_body_and_secrets_redacted() -> None:
-    script = Script((Reply(steps=(Send(b"x"),)),))
+    script = Script((Reply(steps=(Chunk(b"x"),)),))
     with ResponsesSimulator(script) as sim:
         client = _client(
             sim,
@@ -177,7 +170,7 @@ def test_requests_are_recorded_with_json_body_and_secrets_redacted() -> None:
 
 
 def test_requests_beyond_the_script_get_500_script_exhausted() -> None:
-    script = Script((Reply(steps=(Send(b"x"),)),), name="one-shot")
+    script = Script((Reply(steps=(Chunk(b"x"),)),), name="one-shot")
     with ResponsesSimulator(script) as sim:
         client = _client(sim)
         assert _stream_bytes(client) == [b"x"]
@@ -190,7 +183,7 @@ def test_requests_beyond_the_script_get_500_script_exhausted() -> None:
 
 
 def test_other_paths_get_404_and_leave_the_script_alone() -> None:
-    script = Script((Reply(steps=(Send(b"x"),)),))
+    script = Script((Reply(steps=(Chunk(b"x"),)),))
     with ResponsesSimulator(script) as sim:
         client = _client(sim)
         with pytest.raises(openai.NotFoundError):
@@ -203,7 +196,7 @@ def test_other_paths_get_404_and_leave_the_script_alone() -> None:
 
 
 def test_path_without_v1_prefix_is_accepted() -> None:
-    script = Script((Reply(steps=(Send(b"x"),)),))
+    script = Script((Reply(steps=(Chunk(b"x"),)),))
     with ResponsesSimulator(script) as sim:
         base = sim.base_url.removesuffix("/v1")
         client = openai.OpenAI(base_url=base, api_key="k", max_retries=0)
@@ -212,7 +205,7 @@ def test_path_without_v1_prefix_is_accepted() -> None:
 
 
 def test_replies_are_taken_in_order_and_repeat_cycles() -> None:
-    script = Script((Reply(steps=(Send(b"first"),)), Reply(steps=(Send(b"second"),))))
+    script = Script((Reply(steps=(Chunk(b"first"),)), Reply(steps=(Chunk(b"second"),))))
     with ResponsesSimulator(script, repeat=True) as sim:
         client = _client(sim)
         got = [_stream_bytes(client) for _ in range(3)]
@@ -221,7 +214,7 @@ def test_replies_are_taken_in_order_and_repeat_cycles() -> None:
 
 
 def test_close_returns_quickly_during_a_stall() -> None:
-    script = Script((Reply(steps=(Send(b"before"), Stall(10.0), Send(b"after"))),))
+    script = Script((Reply(steps=(Chunk(b"before"), Stall(10.0), Chunk(b"after"))),))
     outcome: list[object] = []
     sim = ResponsesSimulator(script).start()
     client = _client(sim)
@@ -248,7 +241,7 @@ def test_close_returns_quickly_during_a_stall() -> None:
 
 
 def test_serve_forever_blocks_until_closed() -> None:
-    sim = ResponsesSimulator(Script((Reply(steps=(Send(b"x"),)),)))
+    sim = ResponsesSimulator(Script((Reply(steps=(Chunk(b"x"),)),)))
     server = threading.Thread(target=sim.serve_forever, daemon=True)
     server.start()
     deadline = time.monotonic() + 5
@@ -268,8 +261,8 @@ def test_serve_forever_blocks_until_closed() -> None:
 def test_async_client_sees_chunks_and_drop() -> None:
     script = Script(
         (
-            Reply(steps=tuple(Send(c) for c in CHUNKS)),
-            Reply(steps=(Send(CHUNKS[0]), Drop())),
+            Reply(steps=tuple(Chunk(c) for c in CHUNKS)),
+            Reply(steps=(Chunk(CHUNKS[0]), TransportFault("drop"))),
         )
     )
 
@@ -304,13 +297,15 @@ def test_async_client_sees_chunks_and_drop() -> None:
 
 def test_script_records_validate_their_inputs() -> None:
     with pytest.raises(ValueError):
-        Send(b"")
+        Reply(steps=[Chunk(b"")])  # a zero-length chunk would end the body
     with pytest.raises(TypeError):
-        Send("text")  # type: ignore[arg-type]
+        Reply(steps=[Chunk("text")])  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        Reply(steps=[EndOfStream()])  # type: ignore[list-item]
     with pytest.raises(ValueError):
         Stall(-1.0)
     with pytest.raises(TypeError):
         ResponsesSimulator(Reply())  # type: ignore[arg-type]
-    reply = Reply(steps=[Send(b"x")], headers=[("a", "b")])  # type: ignore[arg-type]
-    assert reply.steps == (Send(b"x"),)
+    reply = Reply(steps=[Chunk(b"x")], headers=[("a", "b")])  # type: ignore[arg-type]
+    assert reply.steps == (Chunk(b"x"),)
     assert reply.headers == (("a", "b"),)

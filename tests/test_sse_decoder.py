@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.sse import SseDecoder
+from engine.drivers.sse import SseDecoder
 from machines.records import SseEvent
 
 

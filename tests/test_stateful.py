@@ -2,7 +2,7 @@
 
 Hypothesis drives a `StreamAttempt` (the real machine, as the drivers build it) with frames,
 faults and interrupts chosen step by step, and feeds the same inputs to
-`engine.invariants.ReferenceAttempt`, a plain re-statement of the allowed transitions. After
+`engine.testing.invariants.ReferenceAttempt`, a plain re-statement of the allowed transitions. After
 every step the two must agree on the state, the reason an attempt ended and the text delivered,
 and the machine's own records must obey the rules: only transitions of its table, one final
 state per attempt and nothing after it, at most one first delta, no answer text after a tool
@@ -19,8 +19,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from engine.invariants import ReferenceAttempt, ReferenceLedger
-from engine.strategies import EndOfBody, Fault, HttpStatus, Stall, UserInterrupt
+from engine.testing.invariants import ReferenceAttempt, ReferenceLedger
+from machines.records import EndOfStream, HttpError, Interrupt, Stall, TransportFault
 from machines.records import (
     EndOfStream,
     HttpError,
@@ -172,16 +172,16 @@ class StreamAttemptAgainstReference(RuleBasedStateMachine):
     def prelude_or_noise(self, frame: tuple[str, str]) -> None:
         self._event(frame[0], frame[1])
 
-    @rule(step=st.sampled_from([Fault("drop"), Fault("read_timeout"), Fault("connect_error"),
-                                EndOfBody(), Stall(5.0), UserInterrupt(), HttpStatus(503)]))
+    @rule(step=st.sampled_from([TransportFault("drop"), TransportFault("read_timeout"), TransportFault("connect_error"),
+                                EndOfStream(), Stall(5.0), Interrupt(), HttpError(503)]))
     def the_body_ends(self, step: Any) -> None:
-        if isinstance(step, Fault):
+        if isinstance(step, TransportFault):
             item: Any = TransportFault(step.kind)
-        elif isinstance(step, EndOfBody):
+        elif isinstance(step, EndOfStream):
             item = EndOfStream()
         elif isinstance(step, Stall):
             item = IdleTimeout(step.seconds)
-        elif isinstance(step, UserInterrupt):
+        elif isinstance(step, Interrupt):
             item = Interrupt()
         else:
             item = HttpError(step.status, None)

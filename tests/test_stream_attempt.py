@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from engine.shapes import (
+from engine.testing.shapes import (
     completed,
     created,
     function_call,

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 import engine
-from engine import shapes
-from engine.shapes import SHAPES, split_text
-from engine.simulator import Send
-from engine.trace import read_trace
+from engine.testing import shapes
+from engine.testing.shapes import SHAPES, split_text
+from machines.records import Chunk
+from engine.log.trace import read_trace
 
 from support import assert_replays_identically, run_over_http, trace_lines, write_trace_lines
 
@@ -300,7 +300,7 @@ def test_trace_keeps_the_servers_chunk_boundaries(tmp_path: Path) -> None:
     exactly the pieces the server sent, text or base64 as each piece allows."""
     script = SHAPES["crlf_split_chunks"]
     run = run_over_http(script, tmp_path)
-    sent = [step.data for step in script.replies[0].steps if isinstance(step, Send)]
+    sent = [step.data for step in script.replies[0].steps if isinstance(step, Chunk)]
     recorded = [
         base64.b64decode(r["data_b64"]) if "data_b64" in r else r["data"].encode()
         for r in read_trace(run.trace).inputs() if r["input"] == "chunk"
@@ -311,7 +311,7 @@ def test_trace_keeps_the_servers_chunk_boundaries(tmp_path: Path) -> None:
 
 
 def _sse_bytes(name: str) -> list[bytes]:
-    return [step.data for step in SHAPES[name].replies[0].steps if isinstance(step, Send)]
+    return [step.data for step in SHAPES[name].replies[0].steps if isinstance(step, Chunk)]
 
 
 def test_consume_traces_replay(tmp_path: Path) -> None:

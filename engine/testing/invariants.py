@@ -43,21 +43,12 @@ from typing import Any, Final, Iterable
 import attrs
 import orjson
 
-from engine.eventlog import Callbacks, EffectRecord
-from engine.redaction import scrub
-from engine.replay import replay_trace
-from engine.strategies import (
-    EndOfBody,
-    Fault,
-    HttpStatus,
-    Read,
-    Session,
-    Stall,
-    Step,
-    UserInterrupt,
-    play_session,
-)
-from engine.trace import read_trace
+from engine.log.eventlog import Callbacks, EffectRecord
+from engine.log.redaction import scrub
+from engine.drivers.replay import replay_trace
+from engine.testing.strategies import Session, Step, play_session
+from machines.records import Chunk, EndOfStream, HttpError, Interrupt, Stall, TransportFault
+from engine.log.trace import read_trace
 from machines.records import Transition, TurnPolicy, TurnResult
 from machines.stream_attempt import FINAL as ATTEMPT_FINAL
 from machines.stream_attempt import MACHINE as ATTEMPT_MACHINE
@@ -393,21 +384,21 @@ class ReferenceAttempt:
     def end(self, step: Step, idle_timeout_s: float | None = None) -> None:
         if self.final:
             return
-        if isinstance(step, HttpStatus):
+        if isinstance(step, HttpError):
             self.words = _http_words(step)
             self._finish(TERMINAL, f"http_{step.status}")
-        elif isinstance(step, UserInterrupt):
+        elif isinstance(step, Interrupt):
             self._finish(RETIRE, "interrupted")
         else:
             reason = (
                 step.kind
-                if isinstance(step, Fault)
+                if isinstance(step, TransportFault)
                 else "idle_timeout" if isinstance(step, Stall) else "eof"
             )
             self._finish(FALLBACK if self.hands_over else RETIRE, reason)
 
 
-def _http_words(step: HttpStatus) -> dict[str, Any]:
+def _http_words(step: HttpError) -> dict[str, Any]:
     body = step.body
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         words = {"message": body["error"].get("message"), "code": body["error"].get("code")}
@@ -435,19 +426,19 @@ class ReferenceTurn:
 def _ends_body(step: Step, policy: TurnPolicy) -> bool:
     if isinstance(step, Stall):
         return policy.idle_timeout_s is not None and step.seconds >= policy.idle_timeout_s
-    return not isinstance(step, Read)
+    return not isinstance(step, Chunk)
 
 
 def _play_reference(attempt: ReferenceAttempt, script: Iterable[Step], policy: TurnPolicy) -> None:
     received = b""
-    ending: Step = EndOfBody()
+    ending: Step = EndOfStream()
     for step in script:
-        if isinstance(step, Read):
+        if isinstance(step, Chunk):
             received += step.data
         elif _ends_body(step, policy):
             ending = step
             break
-    for name, data in reference_events(received, ended=isinstance(ending, EndOfBody)):
+    for name, data in reference_events(received, ended=isinstance(ending, EndOfStream)):
         attempt.event(name, data)
         if attempt.final:
             return
@@ -473,7 +464,7 @@ def reference_turn(session: Session) -> ReferenceTurn:
         attempts.append(attempt)
         index = number - 1
         script = (
-            session.attempts[index] if index < len(session.attempts) else (Fault("connect_error"),)
+            session.attempts[index] if index < len(session.attempts) else (TransportFault("connect_error"),)
         )
         _play_reference(attempt, script, policy)
         if attempt.state == FALLBACK:

@@ -10,7 +10,7 @@ it in an SSE ``data:`` line, or a marker for something that is not an event:
 * :class:`Data` — a ``data:`` line with arbitrary text, for ``data: [DONE]`` (:data:`DONE`) and
   for payloads that are not valid JSON;
 * :class:`Raw` — bytes written verbatim;
-* :class:`~engine.simulator.Stall` and :class:`~engine.simulator.Drop` — transport faults, which
+* :class:`~machines.records.Stall` and :class:`~machines.records.TransportFault` — transport faults, which
   end up as steps of the simulator reply.
 
 Building a stream happens in three layers:
@@ -26,7 +26,7 @@ Building a stream happens in three layers:
    event (``type`` ``"error"`` or ``"response.*"``) its ``sequence_number``, counting from 0 in
    stream order, as the API does. Vendor frames (``codex.*``, ``responsesapi.*``) carry none.
 3. :func:`to_reply` encodes the parts as SSE bytes (:func:`sse_frame`, LF or CRLF line endings)
-   and cuts them into :class:`~engine.simulator.Send` chunks: one per part (``"event"``), one per
+   and cuts them into :class:`~machines.records.Chunk` chunks: one per part (``"event"``), one per
    run between faults (``"whole"``), or fixed-size byte slices (an ``int``), which may split a
    line ending or a multi-byte UTF-8 character.
 
@@ -40,7 +40,7 @@ send and the SDK's types reject: ``response.failed`` with error code ``context_l
 or ``insufficient_quota`` (not in the SDK's ``ResponseError.code`` enumeration), and
 ``response.completed`` with ``output: null``.
 
-:data:`SHAPES` maps a name to a :class:`~engine.simulator.Script` for each real-world stream
+:data:`SHAPES` maps a name to a :class:`~engine.testing.simulator.Script` for each real-world stream
 shape the state machines must handle (see DESIGN.md, "Real-world stream shapes"). Scripts with
 a fault on the first attempt carry a second, good reply for the retry.
 """
@@ -53,7 +53,8 @@ from typing import Any, Final, Literal
 import attrs
 import orjson
 
-from engine.simulator import Drop, Reply, Script, Send, Stall, error_body
+from engine.testing.simulator import Reply, Script, error_body
+from machines.records import Chunk, Stall, TransportFault
 
 __all__ = [
     "CREATED_AT",
@@ -171,7 +172,7 @@ class Raw:
 KEEPALIVE: Final = Comment("keepalive")
 DONE: Final = Data("[DONE]")
 
-StreamPart = Event | Comment | Data | Raw | Stall | Drop
+StreamPart = Event | Comment | Data | Raw | Stall | TransportFault
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,28 +222,28 @@ def to_reply(
 
     ``"event"``: one chunk per part. ``"whole"``: one chunk per run of parts between faults.
     ``int`` n: each run between faults is concatenated and cut every n bytes. ``Stall`` and
-    ``Drop`` parts always become steps of their own.
+    ``TransportFault`` parts always become steps of their own.
     """
     if isinstance(chunking, bool) or not (
         chunking in ("event", "whole") or (isinstance(chunking, int) and chunking > 0)
     ):
         raise ValueError(f"chunking must be 'event', 'whole' or a positive int, got {chunking!r}")
-    steps: list[Send | Stall | Drop] = []
+    steps: list[Chunk | Stall | TransportFault] = []
     run: list[bytes] = []
 
     def flush_run() -> None:
         if not run:
             return
         if chunking == "event":
-            steps.extend(Send(data) for data in run if data)
+            steps.extend(Chunk(data) for data in run if data)
         else:
             joined = b"".join(run)
             size = len(joined) if chunking == "whole" else int(chunking)
-            steps.extend(Send(joined[i : i + size]) for i in range(0, len(joined), size))
+            steps.extend(Chunk(joined[i : i + size]) for i in range(0, len(joined), size))
         run.clear()
 
     for part in parts:
-        if isinstance(part, (Stall, Drop)):
+        if isinstance(part, (Stall, TransportFault)):
             flush_run()
             steps.append(part)
         else:
@@ -298,7 +299,7 @@ def assemble(*pieces: StreamPart | Iterable[StreamPart]) -> list[StreamPart]:
     next_number = 0
     for piece in pieces:
         parts: Iterable[StreamPart] = (
-            [piece] if isinstance(piece, (dict, Comment, Data, Raw, Stall, Drop)) else piece
+            [piece] if isinstance(piece, (dict, Comment, Data, Raw, Stall, TransportFault)) else piece
         )
         for part in parts:
             if _is_responses_event(part):
@@ -994,7 +995,7 @@ def _build_shapes() -> dict[str, Script]:
     add(_script(
         "drop_then_retry",
         "Attempt 1 drops the connection mid-answer (incomplete chunked body); attempt 2 is good.",
-        to_reply([*_interrupted_start(), Drop()]),
+        to_reply([*_interrupted_start(), TransportFault("drop")]),
         _happy_reply(),
     ))
 
@@ -1042,7 +1043,7 @@ def _build_shapes() -> dict[str, Script]:
     add(_script("http_401", "HTTP 401 invalid API key with an OpenAI-shaped error body, on "
                 "every attempt.", *([error_401] * 3)))
 
-    dropped = to_reply([*_interrupted_start(), Drop()])
+    dropped = to_reply([*_interrupted_start(), TransportFault("drop")])
     add(_script("drop_every_attempt",
                 "Every attempt (three) drops mid-answer, so a caller ends in error.",
                 dropped, dropped, dropped))

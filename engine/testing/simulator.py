@@ -15,7 +15,7 @@ A streaming reply (any reply without a fixed ``body``) is sent with
 ``content-type: text/event-stream`` and ``transfer-encoding: chunked``, and its ``steps`` are
 played in order:
 
-``Send(data)``
+``Chunk(data)``
     ``data`` becomes exactly one HTTP chunk, written with one ``sendall`` on a socket with
     Nagle's algorithm disabled. The client's HTTP parser (h11, under httpx2) emits at most one
     body piece per chunk, so ``iter_bytes()`` on the client yields these same boundaries as long
@@ -24,11 +24,11 @@ played in order:
     Nothing is written for ``seconds``; the socket stays open. The wait runs in short slices and
     ends early when the simulator is closing (the reply is then abandoned) or when the client has
     closed its end (detected as end-of-file on the socket).
-``Drop()``
+``TransportFault("drop")``
     The connection is shut down at once, in the middle of the chunked body, without the
     terminating zero-length chunk. The client's HTTP parser reports an incomplete body.
 
-Unless a ``Drop`` ended it, a streaming reply ends with the terminating zero-length chunk and the
+Unless a drop ended it, a streaming reply ends with the terminating zero-length chunk and the
 connection stays open for keep-alive reuse, exactly like a real server.
 
 A reply with ``body`` set is sent whole with a ``content-length``, as ``application/json``; a
@@ -37,7 +37,7 @@ non-200 reply without a body gets a generic OpenAI-shaped error body for its sta
 What the openai client raises (openai 3.x over httpx2; checked by tests/test_simulator.py)
 -----------------------------------------------------------------------------------------
 
-* ``Drop`` while iterating ``response.iter_bytes()`` of ``with_streaming_response.create(...)``:
+* A drop while iterating ``response.iter_bytes()`` of ``with_streaming_response.create(...)``:
   ``httpx2.RemoteProtocolError`` ("peer closed connection without sending complete message
   body (incomplete chunked read)"). ``iter_bytes()`` passes transport errors through untouched.
   Iterating the SDK's own ``Stream`` (``create(stream=True)``) wraps the same fault as
@@ -84,14 +84,13 @@ from typing import Any, Final
 import attrs
 import orjson
 
+from machines.records import Chunk, Stall, TransportFault
+
 __all__ = [
-    "Drop",
     "RecordedRequest",
     "Reply",
     "ResponsesSimulator",
     "Script",
-    "Send",
-    "Stall",
     "Step",
     "error_body",
     "redact_headers",
@@ -158,31 +157,27 @@ def _non_empty_bytes(instance: object, attribute: attrs.Attribute[bytes], value:
         raise ValueError(f"{attribute.name} must not be empty (a zero-length chunk ends the body)")
 
 
+_CHUNK_DATA = attrs.fields(Chunk).data
+
+
 def _non_negative(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
     if value < 0:
         raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
 
 
-@attrs.frozen
-class Send:
-    """Write ``data`` as one HTTP chunk and flush it."""
-
-    data: bytes = attrs.field(validator=_non_empty_bytes)
+#: What a streaming reply does, in the shared vocabulary of `machines.records`: send a chunk,
+#: stay silent, or cut the connection (`TransportFault("drop")`).
+Step = Chunk | Stall | TransportFault
 
 
-@attrs.frozen
-class Stall:
-    """Write nothing for ``seconds`` while keeping the socket open."""
-
-    seconds: float = attrs.field(validator=_non_negative)
-
-
-@attrs.frozen
-class Drop:
-    """Close the connection abruptly, before the chunked body's terminating chunk."""
-
-
-Step = Send | Stall | Drop
+def _steps(value: Any) -> tuple[Step, ...]:
+    steps = tuple(value)
+    for step in steps:
+        if isinstance(step, Chunk):
+            _non_empty_bytes(step, _CHUNK_DATA, step.data)
+        elif not isinstance(step, (Stall, TransportFault)):
+            raise TypeError(f"not a reply step: {step!r}")
+    return steps
 
 
 def _headers_tuple(value: Any) -> tuple[tuple[str, str], ...]:
@@ -202,7 +197,7 @@ class Reply:
     """
 
     status: int = 200
-    steps: tuple[Step, ...] = attrs.field(default=(), converter=tuple)
+    steps: tuple[Step, ...] = attrs.field(default=(), converter=_steps)
     body: bytes | None = None
     headers: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_headers_tuple)
     headers_after_s: float = attrs.field(default=0.0, validator=_non_negative)
@@ -382,11 +377,11 @@ class _ResponsesRequestHandler(http.server.BaseHTTPRequestHandler):
         )
         try:
             for step in reply.steps:
-                if isinstance(step, Send):
+                if isinstance(step, Chunk):
                     self._write_chunk(step.data)
                 elif isinstance(step, Stall):
                     self._stall(step.seconds)
-                elif isinstance(step, Drop):
+                elif isinstance(step, TransportFault):
                     self._drop()
                     return
                 else:  # pragma: no cover - guarded by the type of Reply.steps
@@ -624,10 +619,10 @@ class ResponsesSimulator:
 def script_from_trace(trace: Any) -> Script:
     """A recorded turn as a script: each attempt's chunks, faults and HTTP errors, in order.
 
-    Chunks keep their recorded boundaries; a drop or connect error becomes a `Drop`; a read or
+    Chunks keep their recorded boundaries; a drop or connect error becomes a `TransportFault("drop")`; a read or
     idle timeout becomes a long `Stall`; an interrupt or clean end ends the body."""
-    from engine.eventlog import Chunk
-    from engine.trace import input_from_json
+    from machines.records import Chunk
+    from engine.log.trace import input_from_json
     from machines.records import HttpError, IdleTimeout, TransportFault
 
     replies: list[Reply] = []
@@ -640,13 +635,13 @@ def script_from_trace(trace: Any) -> Script:
         for item in by_attempt[number]:
             if isinstance(item, Chunk):
                 if item.data:
-                    steps.append(Send(item.data))
+                    steps.append(Chunk(item.data))
             elif isinstance(item, HttpError):
                 body = item.body if isinstance(item.body, (dict, list)) else {"error": {"message": str(item.body)}}
                 reply = Reply(status=item.status, body=orjson.dumps(body))
                 break
             elif isinstance(item, TransportFault) and item.kind != "read_timeout":
-                steps.append(Drop())
+                steps.append(TransportFault("drop"))
                 break
             elif isinstance(item, (TransportFault, IdleTimeout)):
                 steps.append(Stall(30.0))

@@ -21,11 +21,12 @@ from typing import Any, Iterator
 
 import attrs
 
-from engine.eventlog import Callbacks, Chunk, EventLog, RecordedInput
-from engine.logs import log
-from engine.redaction import field_secrets, scrub
-from engine.sse import SseDecoder
-from engine.trace import TraceWriter, header_for
+from engine.log.eventlog import Callbacks, EventLog, RecordedInput
+from machines.records import Chunk
+from engine.log.logs import log
+from engine.log.redaction import field_secrets, scrub
+from engine.drivers.sse import SseDecoder
+from engine.log.trace import TraceWriter, header_for
 from machines.records import EndOfStream, TurnPolicy, TurnResult
 from machines.stream_attempt import FINAL, StreamAttempt
 from machines.turn import TurnMachine

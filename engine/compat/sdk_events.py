@@ -45,8 +45,8 @@ from typing import Any, Iterator
 import openai
 import orjson
 
-from engine.eventlog import RecordedInput
-from engine.transport import fault_of, http_error_of, is_transport_error
+from engine.log.eventlog import RecordedInput
+from engine.drivers.transport import fault_of, http_error_of, is_transport_error
 from machines.records import EndOfStream
 
 __all__ = [

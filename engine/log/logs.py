@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import structlog
 
-from engine.redaction import scrub
+from engine.log.redaction import scrub
 
 __all__ = ["log"]
 

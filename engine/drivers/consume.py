@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from typing import Iterable
 
-from engine.arguments import check_callbacks, check_trace
-from engine.eventlog import Callbacks
-from engine.recording import TurnRecording
+from engine.drivers.arguments import check_callbacks, check_trace
+from engine.log.eventlog import Callbacks
+from engine.drivers.recording import TurnRecording
 from machines.records import TurnPolicy, TurnResult
 
 __all__ = ["consume", "SINGLE_ATTEMPT"]

@@ -17,8 +17,9 @@ from typing import Any, Callable
 
 import attrs
 
-from engine.logs import log
+from engine.log.logs import log
 from machines.records import (
+    Chunk,
     EffectKind,
     EndOfStream,
     HttpError,
@@ -45,13 +46,6 @@ class Callbacks:
     on_reasoning_delta: Callable[[str], Any] | None = attrs.field(
         default=None, validator=_callable_or_none
     )
-
-
-@attrs.frozen(slots=True)
-class Chunk:
-    """Bytes exactly as one network read delivered them."""
-
-    data: bytes
 
 
 RecordedInput = Chunk | HttpError | TransportFault | EndOfStream | IdleTimeout | Interrupt

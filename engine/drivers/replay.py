@@ -14,9 +14,9 @@ from typing import Any
 
 import attrs
 
-from engine.eventlog import Chunk
-from engine.recording import TurnRecording
-from engine.trace import Trace, input_from_json, normalise, read_trace, record_to_json, result_to_json
+from machines.records import Chunk
+from engine.drivers.recording import TurnRecording
+from engine.log.trace import Trace, input_from_json, normalise, read_trace, record_to_json, result_to_json
 from machines.records import EndOfStream
 
 __all__ = ["Divergence", "ReplayReport", "replay", "replay_trace"]

@@ -1,6 +1,6 @@
 """Recording the built-in shapes as replay fixtures.
 
-`python -m engine.fixtures [DIR]` runs every shape of `engine.shapes.SHAPES` as a real turn (the
+`python -m engine.testing.fixtures [DIR]` runs every shape of `engine.testing.shapes.SHAPES` as a real turn (the
 openai client against the loopback simulator) and writes its trace to `DIR/<shape>.jsonl`
 (default `replay_fixtures/`). The test suite replays every file in that folder, so a change to the
 machines that alters any recorded decision fails until the fixture is re-recorded on purpose.
@@ -14,10 +14,11 @@ import threading
 
 import openai
 
-from engine.consume import consume
-from engine.shapes import SHAPES
-from engine.simulator import ResponsesSimulator, Send
-from engine.sync_driver import run_turn
+from engine.drivers.consume import consume
+from engine.testing.shapes import SHAPES
+from engine.testing.simulator import ResponsesSimulator
+from machines.records import Chunk
+from engine.drivers.sync import run_turn
 from machines.records import TurnPolicy, TurnResult
 
 __all__ = ["FIXTURE_POLICIES", "record_shape"]
@@ -51,7 +52,7 @@ def record_interrupted_stall(path: str | os.PathLike[str], after_s: float = 0.2)
 def record_consumed(name: str, path: str | os.PathLike[str]) -> TurnResult:
     """The first reply of a shape as raw bytes through `consume` (no network)."""
     reply = SHAPES[name].replies[0]
-    return consume([step.data for step in reply.steps if isinstance(step, Send)], trace=path)
+    return consume([step.data for step in reply.steps if isinstance(step, Chunk)], trace=path)
 
 
 def main(argv: list[str]) -> int:

@@ -6,7 +6,7 @@ import os
 import threading
 from typing import Any, Callable
 
-from engine.eventlog import Callbacks
+from engine.log.eventlog import Callbacks
 from machines.records import TurnPolicy
 
 InterruptSource = threading.Event | Callable[[], bool] | None

@@ -3,7 +3,7 @@
 Theory of operation
 ===================
 
-The campaign runs one property, `check_session(session)` (`engine.invariants`) over
+The campaign runs one property, `check_session(session)` (`engine.testing.invariants`) over
 `sessions()` (`engine.strategies`), with Hypothesis as the engine: it generates, finds, shrinks,
 and keeps what it found in its example database. The test suite runs the same property with a
 small, bounded number of examples; this command is the long run.
@@ -47,10 +47,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from engine.eventlog import Callbacks
-from engine.invariants import InvariantViolation, Violation, check_session, session_violations
-from engine.strategies import Session, run_session, session_from_trace, sessions
-from engine.trace import TraceError
+from engine.log.eventlog import Callbacks
+from engine.testing.invariants import InvariantViolation, Violation, check_session, session_violations
+from engine.testing.strategies import Session, run_session, session_from_trace, sessions
+from engine.log.trace import TraceError
 
 __all__ = [
     "add_arguments",
@@ -193,7 +193,7 @@ class _Campaign:
 
 
 def fuzz_property(session: Session) -> None:  # the database key: one name for every machine
-    """Every rule of `engine.invariants` holds for `session` (the campaign's property)."""
+    """Every rule of `engine.testing.invariants` holds for `session` (the campaign's property)."""
     campaign = _CURRENT
     assert campaign is not None
     campaign.property(session)

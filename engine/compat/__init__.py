@@ -9,7 +9,7 @@ by changing one import:
 Theory of operation
 ===================
 
-A call is one turn, run like every other turn (`engine.recording.TurnRecording`): the turn machine
+A call is one turn, run like every other turn (`engine.drivers.recording.TurnRecording`): the turn machine
 decides the attempts, each attempt's observations go through `AttemptFeed`, and the event log is
 written as a standard trace when one is asked for, which `engine.replay` replays like a native
 turn. Only the I/O is the seed's:
@@ -18,7 +18,7 @@ turn. Only the I/O is the seed's:
 * the fallback attempt copies the kwargs, sets `stream=True`, runs the agent transport's
   `preflight_kwargs(..., allow_stream=True)` and calls `client.responses.create(**kwargs)`;
 * whatever the SDK hands back (its stream over HTTP, typed events, plain dicts, a final or
-  concrete response, exceptions) becomes observations through `engine.sdk_events`, the one
+  concrete response, exceptions) becomes observations through `engine.compat.sdk_events`, the one
   normalisation; the machines never see an SDK object.
 
 `run_codex_stream` is a turn with the seed's policy (`TurnPolicy()`: two stream attempts, then one
@@ -27,7 +27,7 @@ its own is a turn of exactly one attempt (`max_stream_retries=0, fallback=False`
 the fallback's; the turn machine numbers it as its one stream attempt.
 
 The body is read on a small thread that hands observations over a queue, and the caller's thread
-polls the agent's interrupt flag every 20 ms while waiting (`engine.transport.Watchdog`, the same
+polls the agent's interrupt flag every 20 ms while waiting (`engine.drivers.transport.Watchdog`, the same
 rule as `run_turn`). Callbacks, activity refreshes and the machines run on the caller's thread.
 
 What the call returns or raises follows from the turn's outcome:
@@ -68,13 +68,13 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import attrs
 
-from engine.arguments import check_trace
-from engine.eventlog import Callbacks
-from engine.logs import log
-from engine.recording import AttemptFeed, TurnRecording
-from engine.redaction import client_secrets
-from engine.sdk_events import Observation, SdkEventSource, input_of, terminal_frame_of
-from engine.transport import Watchdog, turn_clock
+from engine.drivers.arguments import check_trace
+from engine.log.eventlog import Callbacks
+from engine.log.logs import log
+from engine.drivers.recording import AttemptFeed, TurnRecording
+from engine.log.redaction import client_secrets
+from engine.compat.sdk_events import Observation, SdkEventSource, input_of, terminal_frame_of
+from engine.drivers.transport import Watchdog, turn_clock
 from machines.output import join_output_text
 from machines.records import EndOfStream, Interrupt, TurnPolicy, TurnResult
 from machines.stream_attempt import StreamAttempt

@@ -12,7 +12,7 @@ Line 1 is the header: `{"format": "streamfsm-trace", "version": 1, "entry": ...,
 
 Inputs are `chunk` (`data`, or `data_b64` when the bytes are not valid UTF-8 on their own),
 `http_error` (`status`, `body`), `fault` (`fault`, `detail`), `eof`, `idle_timeout` (`seconds`)
-and `interrupt`. Secrets are removed from every line before it is written (`engine.redaction`).
+and `interrupt`. Secrets are removed from every line before it is written (`engine.log.redaction`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from typing import Any, Iterable
 import attrs
 import orjson
 
-from engine.eventlog import Chunk, EffectRecord, InputRecord, Record, RecordedInput
-from engine.redaction import redact_fields, scrub_line
+from engine.log.eventlog import EffectRecord, InputRecord, Record, RecordedInput
+from machines.records import Chunk
+from engine.log.redaction import redact_fields, scrub_line
 from machines.records import (
     EndOfStream,
     HttpError,

@@ -22,11 +22,11 @@ from typing import Any, Callable
 
 import openai
 
-from engine.arguments import check_turn_call
-from engine.eventlog import Callbacks
-from engine.recording import AttemptFeed, TurnRecording
-from engine.redaction import client_secrets
-from engine.transport import (
+from engine.drivers.arguments import check_turn_call
+from engine.log.eventlog import Callbacks
+from engine.drivers.recording import AttemptFeed, TurnRecording
+from engine.log.redaction import client_secrets
+from engine.drivers.transport import (
     CHUNK,
     END,
     ERROR,
