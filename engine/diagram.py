@@ -28,7 +28,7 @@ def _as_list(value: Any) -> list[str]:
 
 def _label(row: dict[str, Any]) -> str:
     guards = _as_list(row.get("conditions")) + [f"not {u}" for u in _as_list(row.get("unless"))]
-    return row["trigger"] + (f" [{' and '.join(guards)}]" if guards else "")
+    return row.get("name", row["trigger"]) + (f" [{' and '.join(guards)}]" if guards else "")
 
 
 def mermaid(name: str) -> str:
@@ -38,6 +38,8 @@ def mermaid(name: str) -> str:
     states, table, initial, final = MACHINES[name]
     edges: dict[tuple[str, str], list[str]] = {}
     for row in table:
+        if row["dest"] is None:  # a stay: the trigger is valid there and changes nothing
+            continue
         for source in _as_list(row["source"]):
             label = _label(row)
             labels = edges.setdefault((source, row["dest"]), [])

@@ -101,6 +101,9 @@ MachineInput = SseEvent | HttpError | TransportFault | EndOfStream | IdleTimeout
 
 @attrs.frozen(slots=True)
 class Transition:
+    """One state change of one machine. `seq` is its place in the turn's event log (-1 until the
+    log records it)."""
+
     machine: str
     attempt: int
     source: str
@@ -116,13 +119,23 @@ EffectKind = Literal[
 
 @attrs.frozen(slots=True)
 class Effect:
+    """Something a machine decided that reaches the world: text for a callback, the first delta,
+    a tool call, an error, a rate-limit notice. The event log records it, then acts on it."""
+
     kind: EffectKind
     attempt: int
     data: Any = None
 
 
+#: What feeding a machine returns: its decisions, in order.
+Decision = Transition | Effect
+
+
 @attrs.frozen(slots=True)
 class Attempt:
+    """How one attempt of a turn ended: its number, kind ("stream" or "fallback"), final state
+    and reason (the trigger that ended it, or a detail such as `http_429`)."""
+
     number: int
     kind: AttemptKind
     final_state: str
@@ -157,6 +170,9 @@ Outcome = Literal["completed", "incomplete", "failed", "error", "interrupted"]
 
 @attrs.frozen(slots=True)
 class TurnResult:
+    """What a turn produced: its outcome, the final response, the answer text, the tool calls,
+    the provider's error, every attempt and every transition (see the README for each field)."""
+
     outcome: Outcome
     response: dict[str, Any] | None
     output_text: str

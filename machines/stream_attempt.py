@@ -6,11 +6,18 @@ Theory of operation
 A turn makes one or more *attempts*; each attempt is one request whose body is an SSE stream.
 This machine is fed, in order, everything the driver observed for that request, as records from
 `machines.records`: dispatched `SseEvent`s, an `HttpError` status, a `TransportFault`, a clean
-`EndOfStream`, an `IdleTimeout`, an `Interrupt`. It never reads a socket, a clock or a flag; that is
-why a recorded attempt replays exactly.
+`EndOfStream`, an `IdleTimeout`, an `Interrupt`. It never reads a socket, a clock or a flag, and
+it never calls anyone: `receive(input)` returns the machine's *decisions*, a list of `Transition`
+and `Effect` records, and the caller (the engine's event log) records them and then acts on them
+(callbacks, log lines). That is why a recorded attempt replays exactly, and why a test of a rule
+is one `receive()` and an assert:
 
-States (the `STATES` list) and the rules between them (the `TABLE` below, the only place they are
-written; the diagram and docs are generated from it):
+    attempt = StreamAttempt(1, "stream", ledger=DeliveryLedger())
+    attempt.receive(SseEvent("message", '{"type":"response.created","response":{}}'))
+    # -> [Transition("stream_attempt", 1, "awaiting_created", "streaming", "created")]
+
+States (`STATES`) and every rule between them are the rows of `TABLE` below, the only place they
+are written; `streamfsm diagram` draws them, guards included:
 
     awaiting_created   request sent, no lifecycle frame yet. Prelude frames are absorbed here, in
                        the same request: `response.queued`, `codex.rate_limits` (payload kept as a
@@ -22,116 +29,217 @@ written; the diagram and docs are generated from it):
                        unless a tool call was seen in this attempt; reasoning deltas are delivered
                        as `reasoning_delta`. Everything is also kept in an `OutputAssembly`.
     tool_call          a function call is being streamed (`output_item.added` of a function_call,
-                       or any `*function_call*` frame). From the first such frame on, answer text
-                       of this attempt is kept but no longer delivered. When every open call has its
-                       `output_item.done`, the machine returns to `streaming`.
+                       or any `*function_call*` frame). Entering this state stops the delivery of
+                       answer text for the rest of the attempt (it is still kept). When every open
+                       call has its `output_item.done`, the machine returns to `streaming`.
     terminal           final: the server ended the response (`response.completed`, `.incomplete`,
                        `.failed`), sent an `error` frame (the provider's words kept verbatim), or
                        answered the request with an HTTP error status. The turn ends with it.
     fallback           final: the byte stream failed (a retryable fault) on the last stream attempt
                        of a turn whose policy allows a fallback; the turn continues with one
                        `create(stream=True)` attempt.
-    retire             final: the attempt is abandoned: a retryable fault with stream attempts left
-                       (the turn retries), a fault with nothing left (the turn ends in "error"), or
-                       an interrupt (the turn ends "interrupted", promptly).
+    retire             final: the attempt is abandoned: a retryable fault (the turn retries while
+                       stream attempts are left, else it ends "error"), or an interrupt (the turn
+                       ends "interrupted", promptly).
 
-Retryable faults are `drop` (connection lost mid-body), `read_timeout`, `connect_error`,
-`idle_timeout` (no byte for the policy's idle time) and `eof` (the body ended cleanly without a
-terminal event). A `response.failed` is an outcome, not a fault, unless its error code is listed
-in the policy's `retry_failed_codes` (empty by default): then it is treated like a fault.
+Reading a row: `{"trigger": "drop", "source": LIVE, "dest": FALLBACK, "conditions":
+"hands_over_to_fallback", "outcome": "error", "retry": True}` says: a dropped connection, in any
+live state, when this attempt hands over to the fallback, ends the attempt in `fallback`; if the
+turn has nothing left to try, its outcome is "error"; the turn may try again. Rows are tried in
+order; the first whose conditions hold fires. `dest: None` rows are *stays*: the trigger is valid
+there and changes nothing. A trigger with no row for the current state raises
+`transitions.MachineError`: an impossible transition is a bug, never silently dropped. Final rows
+carry the attempt's `outcome` (what the turn's outcome is if this attempt is its last), whether
+the turn may `retry`, and optionally a `reason` template (default: the trigger's name) filled
+from the attempt's details (`{status}` of an HTTP error, `{code}` of a failure).
+
+A worked example: to make `response.failed` with code `server_error` always retryable (without
+`TurnPolicy.retry_failed_codes`), change the condition of the two retryable `failed` rows from
+`failure_is_retryable` to a new named condition, say `failure_is_transient`, add that method
+below (`return self.error_code in self.retry_failed_codes | {"server_error"}`), and change one
+test (tests/test_stream_attempt.py, the `failed` rows). Nothing else decides it.
+
+Frames and triggers: `_HANDLERS` maps a frame's `type` to its handler, which keeps the frame's
+content and fires one named trigger: `response.created` fires `created`, `.in_progress`
+`in_progress`, text and reasoning deltas and non-call items fire `content`, a function-call item,
+argument frames and any other `*function_call*` frame fire `tool_call_started` (a finished call
+also fires `tool_calls_done`), the terminal frames fire `completed` / `incomplete` / `failed`, an
+`error` frame `error_frame`. Other names fire nothing (they are counted as ignored). Exceptions
+written in code rather than in the table:
+
+- A final attempt takes no more input (events are counted as ignored, other inputs dropped): the
+  drivers stop feeding it, and what a server sends after its terminal frame changes nothing.
+- Frame handlers keep the frame's content (`OutputAssembly`) and deliver text; they never look at
+  the state. Text delivery depends on `tool_call_seen`, set when `tool_call` is entered.
 
 Text delivery across attempts (a `DeliveryLedger` shared by the turn's attempts): what reached the
 user is never delivered again. A retry's text is compared with what was already delivered; only
 text past that point is delivered, and if the retry says something else, nothing more of it is
 delivered (the result still holds the retry's own text, never a mix of two attempts).
 
-Hot path: in-state events (text, reasoning and argument deltas) are dispatched through a plain
-dict of handlers; only events that change state go through a `transitions` trigger.
+Hot path: one `transitions.Machine` definition (`DEFINITION`) serves every attempt; in-state
+events (text, reasoning and argument deltas) take a plain dispatch path (a set lookup says the
+table keeps the state) and only events that change state go through a `transitions` trigger.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Final
 
+import attrs
 import orjson
 from transitions import Machine
 
 from machines.output import OutputAssembly
 from machines.records import (
-    EffectKind,
+    Decision,
+    Effect,
     EndOfStream,
     HttpError,
     IdleTimeout,
     Interrupt,
     MachineInput,
+    Outcome,
     SseEvent,
+    Transition,
     TransportFault,
 )
 
-MACHINE = "stream_attempt"
+__all__ = [
+    "AWAITING_CREATED",
+    "DEFINITION",
+    "DeliveryLedger",
+    "Ending",
+    "FALLBACK",
+    "FAULTS",
+    "FINAL",
+    "LIVE",
+    "MACHINE",
+    "RETIRE",
+    "STATES",
+    "STREAMING",
+    "StreamAttempt",
+    "TABLE",
+    "TERMINAL",
+    "TOOL_CALL",
+    "provider_error",
+]
 
-AWAITING_CREATED = "awaiting_created"
-STREAMING = "streaming"
-TOOL_CALL = "tool_call"
-TERMINAL = "terminal"
-FALLBACK = "fallback"
-RETIRE = "retire"
+MACHINE: Final = "stream_attempt"
 
-STATES = [AWAITING_CREATED, STREAMING, TOOL_CALL, TERMINAL, FALLBACK, RETIRE]
-LIVE = [AWAITING_CREATED, STREAMING, TOOL_CALL]
-FINAL = frozenset({TERMINAL, FALLBACK, RETIRE})
+AWAITING_CREATED: Final = "awaiting_created"
+STREAMING: Final = "streaming"
+TOOL_CALL: Final = "tool_call"
+TERMINAL: Final = "terminal"
+FALLBACK: Final = "fallback"
+RETIRE: Final = "retire"
+
+STATES: Final[list[str]] = [AWAITING_CREATED, STREAMING, TOOL_CALL, TERMINAL, FALLBACK, RETIRE]
+LIVE: Final[list[str]] = [AWAITING_CREATED, STREAMING, TOOL_CALL]
+FINAL: Final = frozenset({TERMINAL, FALLBACK, RETIRE})
 
 #: Triggers that are byte-stream failures: worth another attempt.
-FAULTS = ["drop", "read_timeout", "connect_error", "idle_timeout", "eof"]
+FAULTS: Final[list[str]] = ["drop", "read_timeout", "connect_error", "idle_timeout", "eof"]
 
-TABLE: list[dict[str, Any]] = [
+TABLE: Final[list[dict[str, Any]]] = [
     # the response begins
     {"trigger": "created", "source": AWAITING_CREATED, "dest": STREAMING},
+    {"trigger": "created", "source": [STREAMING, TOOL_CALL], "dest": None},
     {"trigger": "in_progress", "source": AWAITING_CREATED, "dest": STREAMING},
+    {"trigger": "in_progress", "source": [STREAMING, TOOL_CALL], "dest": None},
     {"trigger": "content", "source": AWAITING_CREATED, "dest": STREAMING},
+    {"trigger": "content", "source": [STREAMING, TOOL_CALL], "dest": None},
     # function calls: text stops reaching the user for the rest of the attempt
     {"trigger": "tool_call_started", "source": [AWAITING_CREATED, STREAMING], "dest": TOOL_CALL},
-    {"trigger": "tool_calls_done", "source": TOOL_CALL, "dest": STREAMING},
+    {"trigger": "tool_call_started", "source": TOOL_CALL, "dest": None},
+    {"trigger": "tool_calls_done", "source": TOOL_CALL, "dest": STREAMING,
+     "conditions": "every_call_done"},
+    {"trigger": "tool_calls_done", "source": TOOL_CALL, "dest": None},
     # the server ends the response: an outcome, not retried
-    {"trigger": "completed", "source": LIVE, "dest": TERMINAL},
-    {"trigger": "incomplete", "source": LIVE, "dest": TERMINAL},
-    {
-        "trigger": "failed",
-        "source": LIVE,
-        "dest": FALLBACK,
-        "conditions": ["failure_is_retryable", "hands_over_to_fallback"],
-    },
-    {"trigger": "failed", "source": LIVE, "dest": RETIRE, "conditions": "failure_is_retryable"},
-    {"trigger": "failed", "source": LIVE, "dest": TERMINAL},
-    {"trigger": "error_frame", "source": LIVE, "dest": TERMINAL},
-    {"trigger": "http_error", "source": LIVE, "dest": TERMINAL},
+    {"trigger": "completed", "source": LIVE, "dest": TERMINAL, "outcome": "completed"},
+    {"trigger": "incomplete", "source": LIVE, "dest": TERMINAL, "outcome": "incomplete"},
+    {"trigger": "failed", "source": LIVE, "dest": FALLBACK,
+     "conditions": ["failure_is_retryable", "hands_over_to_fallback"],
+     "outcome": "failed", "retry": True, "reason": "failed:{code}"},
+    {"trigger": "failed", "source": LIVE, "dest": RETIRE, "conditions": "failure_is_retryable",
+     "outcome": "failed", "retry": True, "reason": "failed:{code}"},
+    {"trigger": "failed", "source": LIVE, "dest": TERMINAL, "outcome": "failed"},
+    {"trigger": "error_frame", "source": LIVE, "dest": TERMINAL, "outcome": "error"},
+    {"trigger": "http_error", "source": LIVE, "dest": TERMINAL, "outcome": "error",
+     "reason": "http_{status}"},
     # the byte stream fails: retried by the turn, or handed to the fallback
     *(
         row
         for fault in FAULTS
         for row in (
-            {
-                "trigger": fault,
-                "source": LIVE,
-                "dest": FALLBACK,
-                "conditions": "hands_over_to_fallback",
-            },
-            {"trigger": fault, "source": LIVE, "dest": RETIRE},
+            {"trigger": fault, "source": LIVE, "dest": FALLBACK,
+             "conditions": "hands_over_to_fallback", "outcome": "error", "retry": True},
+            {"trigger": fault, "source": LIVE, "dest": RETIRE, "outcome": "error", "retry": True},
         )
     ),
     # the caller stops the turn
-    {"trigger": "interrupt", "source": LIVE, "dest": RETIRE},
+    {"trigger": "interrupt", "source": LIVE, "dest": RETIRE, "outcome": "interrupted",
+     "reason": "interrupted"},
 ]
 
+#: The states; entering `tool_call` marks the attempt as having seen a tool call.
+STATE_SPECS: Final[list[dict[str, Any]]] = [
+    {"name": name, **({"on_enter": "_enter_tool_call"} if name == TOOL_CALL else {})}
+    for name in STATES
+]
 
-class AttemptSink(Protocol):
-    """Where a machine's decisions go (the engine's event log)."""
+#: Keys of a row that are ours, not the `transitions` library's.
+_ROW_META = ("outcome", "retry", "reason")
 
-    def transition(self, machine: str, attempt: int, source: str, dest: str, trigger: str) -> None:
-        ...
 
-    def effect(self, kind: EffectKind, attempt: int, data: Any = None) -> None:
-        ...
+@attrs.frozen(slots=True)
+class Ending:
+    """How an attempt ended, read off the final row that fired.
+
+    `outcome` is the turn's outcome if this attempt is its last; `retry` says whether the turn
+    may make another attempt; `reason` is the attempt's reason (`Attempt.reason`)."""
+
+    state: str
+    trigger: str
+    outcome: Outcome
+    retry: bool
+    reason: str
+
+
+def _sources(row: dict[str, Any]) -> list[str]:
+    source = row["source"]
+    return [source] if isinstance(source, str) else list(source)
+
+
+def _definition() -> tuple[Machine, frozenset[tuple[str, str]]]:
+    """The one `transitions.Machine` every attempt runs on, and the unconditional stays."""
+    machine = Machine(
+        model=None,
+        states=STATE_SPECS,
+        initial=AWAITING_CREATED,
+        auto_transitions=False,
+        send_event=True,
+        ignore_invalid_triggers=False,
+        after_state_change="_after_state_change",
+    )
+    stays: set[tuple[str, str]] = set()
+    seen: set[tuple[str, str]] = set()
+    for row in TABLE:
+        spec = {key: value for key, value in row.items() if key not in _ROW_META}
+        machine.add_transition(**spec)
+        for source in _sources(row):
+            # transitions keeps a row's transitions in order per source: tag the one just added
+            machine.events[row["trigger"]].transitions[source][-1].row = row
+            pair = (source, row["trigger"])
+            # a stay when the first row for this state and trigger always fires and stays
+            if pair not in seen and row["dest"] is None and not row.get("conditions"):
+                stays.add(pair)
+            seen.add(pair)
+    return machine, frozenset(stays)
+
+
+DEFINITION, _STAYS = _definition()
+_EVENTS = DEFINITION.events
 
 
 class DeliveryLedger:
@@ -144,6 +252,7 @@ class DeliveryLedger:
         self.length: dict[str, int] = {"text": 0, "reasoning": 0}
 
     def delivered(self, channel: str) -> str:
+        """Everything delivered on `channel` so far, joined."""
         return "".join(self.pieces[channel])
 
 
@@ -192,15 +301,16 @@ def provider_error(payload: dict[str, Any], default_type: str) -> dict[str, Any]
 
 
 _loads = orjson.loads
+_JSONDecodeError = orjson.JSONDecodeError
 
 
 class StreamAttempt:
-    """One attempt, as a `transitions` machine over `TABLE`.
+    """One attempt, run on `DEFINITION` (the table). Sans-I/O: `receive()` returns decisions.
 
     `number` counts attempts within the turn (from 1); `kind` is "stream" or "fallback";
-    `hands_over_to_fallback` says whether a fault ends this attempt in `fallback` (the turn
-    decides: last stream attempt and fallback allowed); `retry_failed_codes` lists the
-    `response.failed` codes treated as faults.
+    `ledger` is the turn's record of delivered text; `hands_over_to_fallback` says whether a fault
+    ends this attempt in `fallback` (the turn decides: last stream attempt and fallback allowed);
+    `retry_failed_codes` lists the `response.failed` codes treated as faults.
     """
 
     state: str
@@ -210,89 +320,84 @@ class StreamAttempt:
         number: int,
         kind: str,
         *,
-        sink: AttemptSink,
         ledger: DeliveryLedger,
         hands_over_to_fallback: bool = False,
         retry_failed_codes: frozenset[str] = frozenset(),
     ) -> None:
+        self.state = AWAITING_CREATED
         self.number = number
         self.kind = kind
-        self.sink = sink
         self.ledger = ledger
-        self._hands_over = hands_over_to_fallback
-        self._retry_failed_codes = retry_failed_codes
+        self.hands_over = hands_over_to_fallback
+        self.retry_failed_codes = retry_failed_codes
         self.assembly = OutputAssembly()
         self.tool_call_seen = False
-        self.reason = ""
+        #: How the attempt ended; None while it is live.
+        self.ending: Ending | None = None
         self.response: dict[str, Any] | None = None  # the terminal event's response
         self.error: dict[str, Any] | None = None
+        self.http_status: int | None = None
         self.rate_limits: list[Any] = []
         self.undecodable = 0
         self.ignored = 0
         self._text = _Channel(ledger, "text")
         self._reasoning = _Channel(ledger, "reasoning")
-        Machine(
-            model=self,
-            states=STATES,
-            transitions=TABLE,
-            initial=AWAITING_CREATED,
-            auto_transitions=False,
-            send_event=True,
-            ignore_invalid_triggers=True,
-            after_state_change="_after_state_change",
-        )
+        self._out: list[Decision] = []
 
-    # -- transitions callbacks and conditions -------------------------------------------------
-    def _after_state_change(self, event: Any) -> None:
-        trigger = event.event.name
-        dest = event.transition.dest
-        if dest in FINAL:
-            self.reason = self.reason or trigger
-        self.sink.transition(MACHINE, self.number, event.transition.source, dest, trigger)
-
-    def hands_over_to_fallback(self, event: Any) -> bool:
-        return self._hands_over
-
-    def failure_is_retryable(self, event: Any) -> bool:
-        return bool(self.error) and self.error.get("code") in self._retry_failed_codes
-
+    # -- feeding -------------------------------------------------------------------------------
     @property
     def is_final(self) -> bool:
+        """True once the attempt reached `terminal`, `fallback` or `retire`."""
         return self.state in FINAL
 
-    # -- inputs --------------------------------------------------------------------------------
-    def receive(self, item: MachineInput) -> None:
-        """Feed one input record."""
-        if type(item) is SseEvent:
-            self.receive_event(item)
-        elif self.state in FINAL:
-            return
-        elif isinstance(item, TransportFault):
-            self.reason = item.kind
-            self.trigger(item.kind)
-        elif isinstance(item, EndOfStream):
-            self.trigger("eof")
-        elif isinstance(item, IdleTimeout):
-            self.trigger("idle_timeout")
-        elif isinstance(item, Interrupt):
-            self.reason = "interrupted"
-            self.trigger("interrupt")
-        elif isinstance(item, HttpError):
-            self.error = _http_error(item)
-            self.reason = f"http_{item.status}"
-            self.trigger("http_error")
-        else:
-            raise TypeError(f"not a machine input: {type(item).__name__}")
+    @property
+    def reason(self) -> str:
+        """Why the attempt ended ("" while it is live)."""
+        return self.ending.reason if self.ending is not None else ""
 
-    def receive_event(self, item: SseEvent) -> None:
-        """Feed one dispatched server-sent event (the hot path)."""
+    def receive(self, item: MachineInput) -> list[Decision]:
+        """Feed one input record; return the decisions it caused, in order."""
+        if type(item) is SseEvent:
+            self._event(item)
+        elif self.state not in FINAL:
+            if isinstance(item, TransportFault):
+                self._fire(item.kind)
+            elif isinstance(item, EndOfStream):
+                self._fire("eof")
+            elif isinstance(item, IdleTimeout):
+                self._fire("idle_timeout")
+            elif isinstance(item, Interrupt):
+                self._fire("interrupt")
+            elif isinstance(item, HttpError):
+                self.error = _http_error(item)
+                self.http_status = item.status
+                self._fire("http_error")
+            else:
+                raise TypeError(f"not a machine input: {type(item).__name__}")
+        out = self._out
+        self._out = []
+        return out
+
+    def receive_events(self, events: list[SseEvent]) -> list[Decision]:
+        """Feed dispatched events in order until the attempt is final (the hot path); return the
+        decisions they caused. Events after the final one are not fed."""
+        event = self._event
+        for item in events:
+            event(item)
+            if self.state in FINAL:
+                break
+        out = self._out
+        self._out = []
+        return out
+
+    def _event(self, item: SseEvent) -> None:
         if self.state in FINAL:
             self.ignored += 1
             return
         data = item.data
         try:
             payload = _loads(data)
-        except orjson.JSONDecodeError:
+        except _JSONDecodeError:
             payload = None
         if type(payload) is not dict:
             if data.strip() != "[DONE]":
@@ -305,29 +410,73 @@ class StreamAttempt:
         if handler is not None:
             handler(self, payload)
         elif "function_call" in name:
-            self._tool_call_frame(payload)
+            self._fire("tool_call_started")
         else:
             self.ignored += 1
 
-    # -- handlers (one per event type; `_HANDLERS` maps names to them) ---------------------------
+    def _fire(self, trigger: str) -> None:
+        """Fire `trigger` through the table (skipping `transitions` when the row is a stay)."""
+        if (self.state, trigger) not in _STAYS:
+            _EVENTS[trigger].trigger(self)
+
+    # -- transitions callbacks and conditions (named in TABLE and STATE_SPECS) -----------------
+    def _after_state_change(self, event: Any) -> None:
+        row = event.transition.row
+        dest = row["dest"]
+        if dest is None:
+            return
+        trigger = row["trigger"]
+        source = event.transition.source
+        self._out.append(Transition(MACHINE, self.number, source, dest, trigger))
+        if dest in FINAL:
+            template = row.get("reason")
+            self.ending = Ending(
+                dest,
+                trigger,
+                row["outcome"],
+                row.get("retry", False),
+                template.format(status=self.http_status, code=self.error_code)
+                if template
+                else trigger,
+            )
+
+    def _enter_tool_call(self, event: Any) -> None:
+        self.tool_call_seen = True
+
+    def hands_over_to_fallback(self, event: Any) -> bool:
+        """This attempt is the last stream attempt and the policy allows a fallback."""
+        return self.hands_over
+
+    def failure_is_retryable(self, event: Any) -> bool:
+        """The `response.failed` code is one the policy retries."""
+        code = self.error_code
+        return type(code) is str and code in self.retry_failed_codes
+
+    def every_call_done(self, event: Any) -> bool:
+        """Every function call announced or streamed has its `output_item.done`."""
+        return self.assembly.open_function_calls() == 0
+
+    @property
+    def error_code(self) -> Any:
+        """The provider's error code, if an error was seen."""
+        return self.error.get("code") if self.error is not None else None
+
+    # -- frame handlers (one per frame type; `_HANDLERS` maps names to them) --------------------
     def _created(self, payload: dict[str, Any]) -> None:
-        if self.state == AWAITING_CREATED:
-            self.trigger("created")
+        self._fire("created")
 
     def _in_progress(self, payload: dict[str, Any]) -> None:
-        if self.state == AWAITING_CREATED:
-            self.trigger("in_progress")
+        self._fire("in_progress")
 
     def _rate_limits(self, payload: dict[str, Any]) -> None:
         self.rate_limits.append(payload)
-        self.sink.effect("rate_limits", self.number, payload)
+        self._out.append(Effect("rate_limits", self.number, payload))
 
     def _text_delta(self, payload: dict[str, Any]) -> None:
         delta = payload.get("delta")
         if type(delta) is not str:
             return
-        if self.state == AWAITING_CREATED:
-            self.trigger("content")
+        self._fire("content")
         self.assembly.text_delta(payload, delta)
         if self.tool_call_seen or not delta:
             return
@@ -337,8 +486,7 @@ class StreamAttempt:
         delta = payload.get("delta")
         if type(delta) is not str:
             return
-        if self.state == AWAITING_CREATED:
-            self.trigger("content")
+        self._fire("content")
         self.assembly.reasoning_delta(payload, delta)
         if delta:
             self._deliver("reasoning", self._reasoning, delta)
@@ -349,11 +497,15 @@ class StreamAttempt:
             if not delta:
                 return
         ledger = self.ledger
-        if channel == "text" and not ledger.length["text"]:
-            self.sink.effect("first_delta", self.number)
+        out = self._out
+        if channel == "text":
+            if not ledger.length["text"]:
+                out.append(Effect("first_delta", self.number))
+            out.append(Effect("text_delta", self.number, delta))
+        else:
+            out.append(Effect("reasoning_delta", self.number, delta))
         ledger.pieces[channel].append(delta)
         ledger.length[channel] += len(delta)
-        self.sink.effect("text_delta" if channel == "text" else "reasoning_delta", self.number, delta)
 
     def _text_done(self, payload: dict[str, Any]) -> None:
         self.assembly.text_done(payload)
@@ -361,62 +513,51 @@ class StreamAttempt:
     def _item_added(self, payload: dict[str, Any]) -> None:
         item = self.assembly.item_added(payload)
         if item is not None and item.get("type") == "function_call":
-            self._tool_call_frame(payload)
-        elif self.state == AWAITING_CREATED:
-            self.trigger("content")
+            self._fire("tool_call_started")
+        else:
+            self._fire("content")
 
     def _item_done(self, payload: dict[str, Any]) -> None:
         item = self.assembly.item_done(payload)
         if item is None:
             return
         if item.get("type") == "function_call":
-            self._tool_call_frame(payload)
-            if self.assembly.open_function_calls() == 0:
-                self.trigger("tool_calls_done")
-        elif self.state == AWAITING_CREATED:
-            self.trigger("content")
+            self._fire("tool_call_started")
+            self._fire("tool_calls_done")
+        else:
+            self._fire("content")
 
     def _arguments_delta(self, payload: dict[str, Any]) -> None:
         delta = payload.get("delta")
         if type(delta) is str:
             self.assembly.arguments_delta(payload, delta)
-        self._tool_call_frame(payload)
+        self._fire("tool_call_started")
 
     def _arguments_done(self, payload: dict[str, Any]) -> None:
         self.assembly.arguments_done(payload)
-        self._tool_call_frame(payload)
+        self._fire("tool_call_started")
 
-    def _tool_call_frame(self, payload: dict[str, Any]) -> None:
-        self.tool_call_seen = True
-        if self.state != TOOL_CALL:
-            self.trigger("tool_call_started")
-
-    def _terminal(self, trigger: str, payload: dict[str, Any]) -> None:
+    def _keep_response(self, payload: dict[str, Any]) -> dict[str, Any]:
         response = payload.get("response")
         self.response = response if isinstance(response, dict) else {}
-        self.reason = trigger
-        if trigger == "failed":
-            raw = self.response.get("error")
-            self.error = provider_error(
-                {"error": raw if isinstance(raw, dict) else {}}, "response.failed"
-            )
-            if self.failure_is_retryable(None):
-                self.reason = f"failed:{self.error.get('code')}"
-        self.trigger(trigger)
+        return self.response
 
     def _completed(self, payload: dict[str, Any]) -> None:
-        self._terminal("completed", payload)
+        self._keep_response(payload)
+        self._fire("completed")
 
     def _incomplete(self, payload: dict[str, Any]) -> None:
-        self._terminal("incomplete", payload)
+        self._keep_response(payload)
+        self._fire("incomplete")
 
     def _failed(self, payload: dict[str, Any]) -> None:
-        self._terminal("failed", payload)
+        raw = self._keep_response(payload).get("error")
+        self.error = provider_error({"error": raw if isinstance(raw, dict) else {}}, "response.failed")
+        self._fire("failed")
 
     def _error_frame(self, payload: dict[str, Any]) -> None:
         self.error = provider_error(payload, "error")
-        self.reason = "error_frame"
-        self.trigger("error_frame")
+        self._fire("error_frame")
 
     # -- results -------------------------------------------------------------------------------
     def final_response(self) -> dict[str, Any] | None:
@@ -448,7 +589,7 @@ def _http_error(item: HttpError) -> dict[str, Any]:
     return error
 
 
-_HANDLERS: dict[str, Callable[[StreamAttempt, dict[str, Any]], None]] = {
+_HANDLERS: Final[dict[str, Callable[[StreamAttempt, dict[str, Any]], None]]] = {
     "response.created": StreamAttempt._created,
     "response.in_progress": StreamAttempt._in_progress,
     "codex.rate_limits": StreamAttempt._rate_limits,

@@ -97,23 +97,26 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class ListSink:
-    """The smallest `AttemptSink`: keeps transitions and effects in one list, in order."""
+class Decisions:
+    """Every decision a machine returned, in order, numbered as the event log would number them."""
 
     def __init__(self) -> None:
         self.records: list[Transition | Effect] = []
 
-    def transition(self, machine: str, attempt: int, source: str, dest: str, trigger: str) -> Transition:
-        record = Transition(machine, attempt, source, dest, trigger, len(self.records) + 1)
-        self.records.append(record)
-        return record
+    def take(self, decisions: list[Transition | Effect]) -> list[Transition | Effect]:
+        for decision in decisions:
+            if isinstance(decision, Transition):
+                decision = attrs.evolve(decision, seq=len(self.records) + 1)
+            self.records.append(decision)
+        return decisions
 
-    def effect(self, kind: str, attempt: int, data: Any = None) -> None:
-        self.records.append(Effect(kind, attempt, data))  # type: ignore[arg-type]
+    @property
+    def transition_records(self) -> list[Transition]:
+        return [r for r in self.records if isinstance(r, Transition)]
 
     @property
     def transitions(self) -> list[tuple[str, str, str]]:
-        return [(r.source, r.dest, r.trigger) for r in self.records if isinstance(r, Transition)]
+        return [(r.source, r.dest, r.trigger) for r in self.transition_records]
 
     def effects(self, kind: str) -> list[Any]:
         return [r.data for r in self.records if isinstance(r, Effect) and r.kind == kind]

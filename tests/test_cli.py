@@ -133,6 +133,8 @@ def test_diagram_is_generated_from_the_table() -> None:
     assert done.returncode == 0
     assert done.stdout.startswith("stateDiagram-v2\n    [*] --> awaiting_created\n")
     for row in stream_attempt.TABLE:
+        if row["dest"] is None:  # stays are not drawn
+            continue
         sources = [row["source"]] if isinstance(row["source"], str) else row["source"]
         for source in sources:
             assert any(

@@ -84,11 +84,10 @@ def test_promote_refuses_a_session_that_still_breaks_a_rule(tmp_path: Path, monk
     finding = tmp_path / "finding.jsonl"
     run_session(Session([[Chunk(body), EndOfStream()]]), trace=finding)
 
-    def tool_call_frame(self, payload):  # a broken machine: text keeps flowing after the call
-        if self.state != "tool_call":
-            self.trigger("tool_call_started")
+    def enter_tool_call(self, event):  # a broken machine: text keeps flowing after the call
+        pass
 
-    monkeypatch.setattr(StreamAttempt, "_tool_call_frame", tool_call_frame)
+    monkeypatch.setattr(StreamAttempt, "_enter_tool_call", enter_tool_call)
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(["--promote", str(finding), "--name", "text_after_call",

@@ -220,17 +220,16 @@ def _first_failure(strategy) -> InvariantViolation:
 
 
 def test_text_let_through_after_a_tool_call_is_caught(monkeypatch) -> None:
-    def tool_call_frame(self, payload):  # marks nothing: text keeps flowing after the call
-        if self.state != "tool_call":
-            self.trigger("tool_call_started")
+    def enter_tool_call(self, event):  # marks nothing: text keeps flowing after the call
+        pass
 
-    monkeypatch.setattr(StreamAttempt, "_tool_call_frame", tool_call_frame)
+    monkeypatch.setattr(StreamAttempt, "_enter_tool_call", enter_tool_call)
     assert "no_text_after_tool_call" in _first_failure(sessions()).rules
 
 
 def test_a_retried_incomplete_response_is_caught(monkeypatch) -> None:
     def incomplete_as_fault(self, payload):  # response.incomplete taken for a broken stream
-        self.receive(TransportFault("drop"))
+        self._fire("drop")
 
     monkeypatch.setitem(stream_attempt._HANDLERS, "response.incomplete", incomplete_as_fault)
     ending_incomplete = sessions(response=responses(terminals=("incomplete", "completed")))

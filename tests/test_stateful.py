@@ -20,13 +20,15 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from engine.testing.invariants import ReferenceAttempt, ReferenceLedger
-from machines.records import EndOfStream, HttpError, Interrupt, Stall, TransportFault
 from machines.records import (
+    Effect,
     EndOfStream,
     HttpError,
     IdleTimeout,
     Interrupt,
     SseEvent,
+    Stall,
+    Transition,
     TransportFault,
 )
 from machines.stream_attempt import FINAL, TABLE, DeliveryLedger, StreamAttempt
@@ -49,11 +51,12 @@ class Sink:
         self.transitions: list[tuple[int, str, str, str]] = []
         self.effects: list[tuple[str, int, Any]] = []
 
-    def transition(self, machine: str, attempt: int, source: str, dest: str, trigger: str) -> None:
-        self.transitions.append((attempt, source, trigger, dest))
-
-    def effect(self, kind: str, attempt: int, data: Any = None) -> None:
-        self.effects.append((kind, attempt, data))
+    def take(self, decisions: list[Transition | Effect]) -> None:
+        for d in decisions:
+            if isinstance(d, Transition):
+                self.transitions.append((d.attempt, d.source, d.trigger, d.dest))
+            else:
+                self.effects.append((d.kind, d.attempt, d.data))
 
 
 class StreamAttemptAgainstReference(RuleBasedStateMachine):
@@ -78,7 +81,7 @@ class StreamAttemptAgainstReference(RuleBasedStateMachine):
     def _open(self) -> None:
         self.number += 1
         self.machine = StreamAttempt(
-            self.number, "stream", sink=self.sink, ledger=self.ledger,
+            self.number, "stream", ledger=self.ledger,
             hands_over_to_fallback=self.hands_over, retry_failed_codes=self.retry_codes,
         )
         self.model = ReferenceAttempt(
@@ -91,7 +94,7 @@ class StreamAttemptAgainstReference(RuleBasedStateMachine):
     # -- inputs ------------------------------------------------------------------------------
     def _event(self, payload: Any, name: str = "message") -> None:
         data = payload if isinstance(payload, str) else orjson.dumps(payload).decode()
-        self.machine.receive_event(SseEvent(name, data))
+        self.sink.take(self.machine.receive(SseEvent(name, data)))
         self.model.event(name, data)
         if self.machine.tool_call_seen and self.tool_seen_at is None:
             self.tool_seen_at = len(self.sink.effects)
@@ -185,7 +188,7 @@ class StreamAttemptAgainstReference(RuleBasedStateMachine):
             item = Interrupt()
         else:
             item = HttpError(step.status, None)
-        self.machine.receive(item)
+        self.sink.take(self.machine.receive(item))
         self.model.end(step)
 
     @precondition(lambda self: self.machine.state in FINAL and self.number < 4)

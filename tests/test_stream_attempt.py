@@ -1,8 +1,9 @@
-"""The stream-attempt machine fed input records by hand, with a list for a sink: every row of its
-TABLE, what it ignores, how it routes text, and how it rebuilds output."""
+"""The stream-attempt machine fed input records by hand, its decisions kept in a list: every row of
+its TABLE, what it ignores, how it routes text, and how it rebuilds output."""
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import pytest
@@ -38,28 +39,36 @@ from machines.stream_attempt import (
     TERMINAL,
     TOOL_CALL,
     DeliveryLedger,
+    Ending,
     StreamAttempt,
     provider_error,
 )
+from transitions import MachineError
 
-from support import ListSink, sse
+from support import Decisions, sse
+
+
+#: Where each attempt's decisions are kept (`feed` appends to it).
+_DECISIONS: weakref.WeakKeyDictionary[StreamAttempt, Decisions] = weakref.WeakKeyDictionary()
 
 
 def make(
-    *, hands_over: bool = False, retry_codes: frozenset[str] = frozenset(), ledger: DeliveryLedger | None = None
-) -> tuple[StreamAttempt, ListSink]:
-    sink = ListSink()
+    *, hands_over: bool = False, retry_codes: frozenset[str] = frozenset(),
+    ledger: DeliveryLedger | None = None, number: int = 1,
+) -> tuple[StreamAttempt, Decisions]:
     attempt = StreamAttempt(
-        1, "stream", sink=sink, ledger=ledger or DeliveryLedger(),
+        number, "stream", ledger=ledger or DeliveryLedger(),
         hands_over_to_fallback=hands_over, retry_failed_codes=retry_codes,
     )
+    sink = _DECISIONS[attempt] = Decisions()
     return attempt, sink
 
 
 def feed(attempt: StreamAttempt, *items: MachineInput | dict[str, Any] | list[dict[str, Any]]) -> None:
+    """Feed each input; keep the decisions `receive()` returns."""
     for item in items:
         for one in item if isinstance(item, list) else [item]:
-            attempt.receive(sse(one) if isinstance(one, dict) else one)
+            _DECISIONS[attempt].take(attempt.receive(sse(one) if isinstance(one, dict) else one))
 
 
 def delta(text: str, index: int = 0) -> dict[str, Any]:
@@ -128,18 +137,46 @@ def test_fire_covers_every_trigger_of_the_table() -> None:
     ("trigger", "source", "dest", "conditions"), ROWS,
     ids=[f"{t}:{s}->{d}{'?' if c else ''}" for t, s, d, c in ROWS],
 )
-def test_table_row(trigger: str, source: str, dest: str, conditions: tuple[str, ...]) -> None:
-    """Each row fires from its source with its conditions met (and the rows above it not)."""
+def test_table_row(trigger: str, source: str, dest: str | None, conditions: tuple[str, ...]) -> None:
+    """Each row fires from its source with its conditions met (and the rows above it not); a
+    `dest: None` row (a stay) records nothing and keeps the state."""
     attempt, sink = make(
         hands_over="hands_over_to_fallback" in conditions,
         retry_codes=frozenset({"server_error"}) if "failure_is_retryable" in conditions else frozenset(),
     )
-    feed(attempt, *REACH[source])
+    reach = REACH[source]
+    if trigger == "tool_calls_done" and dest is None:
+        reach = [*reach, call_added(1)]  # a second call still open: not every call is done
+    feed(attempt, *reach)
     assert attempt.state == source
     before = len(sink.transitions)
     feed(attempt, FIRE[trigger])
-    assert sink.transitions[before:] == [(source, dest, trigger)]
-    assert attempt.state == dest
+    if dest is None:
+        assert sink.transitions[before:] == []
+        assert attempt.state == source
+    else:
+        assert sink.transitions[before:] == [(source, dest, trigger)]
+        assert attempt.state == dest
+
+
+def test_a_trigger_the_table_has_no_row_for_raises() -> None:
+    """An impossible transition is a bug that surfaces, never a silently ignored call."""
+    attempt, _ = make()
+    feed(attempt, created())
+    with pytest.raises(MachineError):
+        attempt._fire("tool_calls_done")  # only a tool_call state has rows for it
+
+
+def test_the_final_row_carries_the_outcome_and_the_reason() -> None:
+    attempt, _ = make(retry_codes=frozenset({"server_error"}))
+    feed(attempt, created(), failed("server_error"))
+    assert attempt.ending == Ending(RETIRE, "failed", "failed", True, "failed:server_error")
+    attempt, _ = make()
+    feed(attempt, HttpError(429))
+    assert attempt.ending == Ending(TERMINAL, "http_error", "error", False, "http_429")
+    attempt, _ = make()
+    feed(attempt, created(), Interrupt())
+    assert attempt.ending == Ending(RETIRE, "interrupt", "interrupted", False, "interrupted")
 
 
 @pytest.mark.parametrize("final", sorted(FINAL))
@@ -221,9 +258,9 @@ def test_prelude_frames_are_absorbed_before_created() -> None:
         {"type": "codex.response.metadata", "headers": {}},
     ]
     feed(attempt, *frames)
-    attempt.receive(SseEvent("message", "[DONE]"))
-    attempt.receive(SseEvent("message", "{not json"))
-    attempt.receive(SseEvent("message", "[1, 2]"))
+    feed(attempt, SseEvent("message", "[DONE]"))
+    feed(attempt, SseEvent("message", "{not json"))
+    feed(attempt, SseEvent("message", "[1, 2]"))
     assert attempt.state == AWAITING_CREATED
     assert sink.transitions == []
     assert sink.effects("rate_limits") == rate_limits_frame()
@@ -235,15 +272,15 @@ def test_prelude_frames_are_absorbed_before_created() -> None:
 
 def test_event_name_stands_in_for_a_missing_type() -> None:
     attempt, sink = make()
-    attempt.receive(SseEvent("response.created", "{}"))
-    attempt.receive(SseEvent("response.output_text.delta", '{"delta": "hi"}'))
+    feed(attempt, SseEvent("response.created", "{}"))
+    feed(attempt, SseEvent("response.output_text.delta", '{"delta": "hi"}'))
     assert attempt.state == STREAMING
     assert sink.effects("text_delta") == ["hi"]
 
 
 def test_error_without_type_is_an_error_frame() -> None:
     attempt, sink = make()
-    attempt.receive(SseEvent("message", '{"error": {"message": "nope", "code": "c", "type": "t"}}'))
+    feed(attempt, SseEvent("message", '{"error": {"message": "nope", "code": "c", "type": "t"}}'))
     assert attempt.state == TERMINAL
     assert attempt.error == {"message": "nope", "code": "c", "type": "t"}
 
@@ -313,7 +350,7 @@ def test_error_frame_keeps_the_providers_words(payload: dict[str, Any], expected
 )
 def test_http_error_words(body: Any, expected: dict[str, Any]) -> None:
     attempt, _ = make()
-    attempt.receive(HttpError(429, body))
+    feed(attempt, HttpError(429, body))
     assert attempt.state == TERMINAL and attempt.reason == "http_429"
     assert attempt.error == expected
 
@@ -358,9 +395,8 @@ def test_reasoning_is_delivered_on_its_own_channel() -> None:
     assert len(sink.effects("first_delta")) == 1
 
 
-def _second_attempt(ledger: DeliveryLedger) -> tuple[StreamAttempt, ListSink]:
-    sink = ListSink()
-    return StreamAttempt(2, "stream", sink=sink, ledger=ledger), sink
+def _second_attempt(ledger: DeliveryLedger) -> tuple[StreamAttempt, Decisions]:
+    return make(ledger=ledger, number=2)
 
 
 def test_a_retry_repeating_delivered_text_delivers_only_the_rest() -> None:

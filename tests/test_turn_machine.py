@@ -1,4 +1,4 @@
-"""The turn machine fed attempt by attempt, with a list for a sink: which attempts it opens under
+"""The turn machine fed attempt by attempt, its decisions kept in a list: which attempts it opens under
 each policy, its own transitions, and the outcome it builds from the last attempt."""
 
 from __future__ import annotations
@@ -29,25 +29,30 @@ from machines.records import (
 )
 from machines.turn import TurnMachine
 
-from support import ListSink, sse
+from support import Decisions, sse
 
 DROP = TransportFault("drop", "RemoteProtocolError")
 
 
-def run(policy: TurnPolicy, *attempts: list[Any]) -> tuple[TurnMachine, ListSink, TurnResult]:
-    """Feed each list of inputs to the next attempt the turn opens, until each is final."""
-    sink = ListSink()
-    turn = TurnMachine(policy, sink)
+def run(policy: TurnPolicy, *attempts: list[Any]) -> tuple[TurnMachine, Decisions, TurnResult]:
+    """Feed each list of inputs to the next attempt the turn opens, until each is final; keep
+    every decision, the turn's and the attempts', in order."""
+    sink = Decisions()
+    turn = TurnMachine(policy)
     scripted = list(attempts)
-    while (attempt := turn.next_attempt()) is not None:
+    while True:
+        attempt, decisions = turn.next_attempt()
+        sink.take(decisions)
+        if attempt is None:
+            break
         assert scripted, f"the turn opened attempt {attempt.number} but the test has no inputs for it"
         for item in scripted.pop(0):
             for one in item if isinstance(item, list) else [item]:
-                attempt.receive(sse(one) if isinstance(one, dict) else one)
+                sink.take(attempt.receive(sse(one) if isinstance(one, dict) else one))
             if attempt.is_final:
                 break
     assert not scripted, "the turn ended before using every scripted attempt"
-    return turn, sink, turn.result()
+    return turn, sink, turn.result(sink.transition_records)
 
 
 def answer(text: str) -> list[Any]:
@@ -59,8 +64,8 @@ def partial(text: str, fault: MachineInput = DROP) -> list[Any]:
     return [created(), text_message(text, deltas=2, finished=False), fault]
 
 
-def turn_path(turn: TurnMachine) -> list[tuple[str, str, str]]:
-    return [(t.source, t.dest, t.trigger) for t in turn.transitions if t.machine == "turn"]
+def turn_path(result: TurnResult) -> list[tuple[str, str, str]]:
+    return [(t.source, t.dest, t.trigger) for t in result.transitions if t.machine == "turn"]
 
 
 def summary(result: TurnResult) -> list[tuple[str, str, str]]:
@@ -69,7 +74,7 @@ def summary(result: TurnResult) -> list[tuple[str, str, str]]:
 
 def test_one_good_attempt() -> None:
     turn, sink, result = run(TurnPolicy(), answer("Hello"))
-    assert turn_path(turn) == [
+    assert turn_path(result) == [
         ("idle", "stream_attempt", "begin"),
         ("stream_attempt", "finished", "finish"),
     ]
@@ -82,18 +87,18 @@ def test_one_good_attempt() -> None:
 
 def test_retry_after_a_fault() -> None:
     turn, _, result = run(TurnPolicy(), partial("Hel"), answer("Hello"))
-    assert turn_path(turn) == [
+    assert turn_path(result) == [
         ("idle", "stream_attempt", "begin"),
         ("stream_attempt", "stream_attempt", "retry"),
         ("stream_attempt", "finished", "finish"),
     ]
     assert result.output_text == "Hello"
-    assert [t.attempt for t in turn.transitions if t.machine == "turn"] == [1, 2, 2]
+    assert [t.attempt for t in result.transitions if t.machine == "turn"] == [1, 2, 2]
 
 
 def test_faults_exhaust_streams_then_the_fallback() -> None:
     turn, sink, result = run(TurnPolicy(), partial("Hi"), partial("Hi"), partial("Hi the"))
-    assert turn_path(turn) == [
+    assert turn_path(result) == [
         ("idle", "stream_attempt", "begin"),
         ("stream_attempt", "stream_attempt", "retry"),
         ("stream_attempt", "fallback_attempt", "fall_back"),
@@ -148,7 +153,7 @@ def test_interrupt_is_not_retried() -> None:
     assert result.error is None
     assert result.output_text == "Par"
     assert summary(result) == [("stream", "retire", "interrupted")]
-    assert turn_path(turn)[-1] == ("stream_attempt", "finished", "finish")
+    assert turn_path(result)[-1] == ("stream_attempt", "finished", "finish")
 
 
 @pytest.mark.parametrize(
@@ -215,25 +220,25 @@ def test_rate_limits_from_every_attempt_are_kept_in_order() -> None:
 
 
 def test_driving_out_of_order_is_refused() -> None:
-    turn = TurnMachine(TurnPolicy(), ListSink())
+    turn = TurnMachine(TurnPolicy())
     with pytest.raises(RuntimeError, match="has not finished"):
-        turn.result()
-    attempt = turn.next_attempt()
+        turn.result([])
+    attempt, _ = turn.next_attempt()
     assert attempt is not None and attempt.number == 1
     with pytest.raises(RuntimeError, match="has not ended"):
         turn.next_attempt()
     attempt.receive(EndOfStream())
-    assert turn.next_attempt() is not None  # the retry
+    assert turn.next_attempt()[0] is not None  # the retry
 
 
 def test_next_attempt_after_finish_stays_none() -> None:
-    turn = TurnMachine(TurnPolicy(max_stream_retries=0, fallback=False), ListSink())
-    attempt = turn.next_attempt()
+    turn = TurnMachine(TurnPolicy(max_stream_retries=0, fallback=False))
+    attempt, _ = turn.next_attempt()
     assert attempt is not None
     attempt.receive(Interrupt())
-    assert turn.next_attempt() is None
-    assert turn.next_attempt() is None
-    assert turn.result().outcome == "interrupted"
+    assert turn.next_attempt()[0] is None
+    assert turn.next_attempt() == (None, [])
+    assert turn.result([]).outcome == "interrupted"
 
 
 def test_a_turn_with_a_fallback_logs_no_warning(caplog: pytest.LogCaptureFixture) -> None:

@@ -27,7 +27,7 @@ its own is a turn of exactly one attempt (`max_stream_retries=0, fallback=False`
 the fallback's; the turn machine numbers it as its one stream attempt.
 
 The body is read on a small thread that hands observations over a queue, and the caller's thread
-polls the agent's interrupt flag every 20 ms while waiting (`engine.drivers.transport.Watchdog`, the same
+polls the agent's interrupt flag every 20 ms while waiting (`engine.drivers.attempt_loop`, the same
 rule as `run_turn`). Callbacks, activity refreshes and the machines run on the caller's thread.
 
 What the call returns or raises follows from the turn's outcome:
@@ -74,9 +74,10 @@ from engine.log.logs import log
 from engine.drivers.recording import AttemptFeed, TurnRecording
 from engine.log.redaction import client_secrets
 from engine.compat.sdk_events import Observation, SdkEventSource, input_of, terminal_frame_of
-from engine.drivers.transport import Watchdog, turn_clock
+from engine.drivers.attempt_loop import Observation as LoopObservation
+from engine.drivers.attempt_loop import Watchdog, attempt_loop, turn_clock
 from machines.output import join_output_text
-from machines.records import EndOfStream, Interrupt, TurnPolicy, TurnResult
+from machines.records import Chunk, EndOfStream, Interrupt, TurnPolicy, TurnResult
 from machines.stream_attempt import StreamAttempt
 
 __all__ = [
@@ -93,7 +94,6 @@ __all__ = [
 ]
 
 #: How often the caller's thread looks at the agent's interrupt flag while the stream is silent.
-POLL_S = 0.02
 
 #: The seed's policy for `run_codex_stream`: one retry, then the fallback.
 STREAM_POLICY = TurnPolicy()
@@ -274,14 +274,12 @@ def create_stream_fallback_call(
 
 
 # -- one call ---------------------------------------------------------------------------------
-_OBSERVED, _END, _ERROR = 0, 1, 2
-
-
 class _ObservationReader:
-    """Iterates a source on a daemon thread; the caller takes observations from `items`."""
+    """Iterates a source on a daemon thread; the caller takes observations from `items`, in the
+    vocabulary of the shared attempt loop (`engine.drivers.attempt_loop`)."""
 
     def __init__(self, source: SdkEventSource) -> None:
-        self.items: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
+        self.items: queue.SimpleQueue[LoopObservation] = queue.SimpleQueue()
         self._source = source
         threading.Thread(target=self._run, name="streamfsm-sdk-events", daemon=True).start()
 
@@ -289,10 +287,11 @@ class _ObservationReader:
         put = self.items.put
         try:
             for observed in self._source:
-                put((_OBSERVED, observed))
-            put((_END, None))
+                put(Chunk(observed) if isinstance(observed, bytes) else observed)
+            # Every source ends with an observation that ends the attempt; this is a safety net.
+            put(EndOfStream())
         except BaseException as error:  # handed to the caller's thread, raised there
-            put((_ERROR, error))
+            put(error)
 
 
 class _CompatTurn:
@@ -450,40 +449,20 @@ class _CompatTurn:
 
     def _pump(self, source: SdkEventSource, feed: AttemptFeed) -> None:
         """Feed the source's observations until the attempt ends or the agent interrupts."""
-        now = self.now
         get = _ObservationReader(source).items.get
-        watchdog = Watchdog(now, self._interrupted, None, POLL_S)
+        loop = attempt_loop(feed, Watchdog(self.now, self._interrupted, None), self.now)
         try:
+            wait_s = next(loop)
             while True:
                 try:
-                    tag, value = get(timeout=watchdog.wait_s())
+                    item: LoopObservation | None = get(timeout=wait_s)
                 except queue.Empty:
-                    stop = watchdog.after_silence()
-                    if stop is not None:
-                        feed.fail(stop, now())
-                        return
-                    continue
-                if tag == _ERROR:
-                    raise value
-                is_bytes = tag == _OBSERVED and isinstance(value, bytes)
-                if is_bytes:
+                    item = None
+                if type(item) is Chunk:
                     self._touch()
-                stop = watchdog.before_item(is_bytes)
-                if stop is not None:
-                    feed.fail(stop, now())
-                    return
-                if tag == _END:  # every source ends with an observation; this is a safety net
-                    feed.end(now())
-                    return
-                if is_bytes:
-                    if feed.chunk(value, now()):
-                        return
-                elif isinstance(value, EndOfStream):
-                    feed.end(now())
-                    return
-                else:
-                    feed.fail(value, now())
-                    return
+                wait_s = loop.send(item)
+        except StopIteration:
+            pass
         finally:
             if source.error is not None:
                 self.errors[feed.number] = source.error

@@ -1,9 +1,10 @@
 """`arun_turn`: one turn over the network with an `openai.AsyncOpenAI` client.
 
-The same machines, event log and trace as `run_turn` (engine/recording.py); only the I/O differs.
-The body is read by a task that hands chunks over an `asyncio.Queue`; the turn's task waits on
-that queue with a short timeout, so interrupts and idle timeouts are honoured while the socket is
-silent. On either, the response is closed and the reader task cancelled.
+The same machines, event log, trace and attempt loop as `run_turn` (`engine.drivers.attempt_loop`);
+only the waiting differs. The body is read by a task that hands observations over an
+`asyncio.Queue`; the turn's task waits on that queue with a short timeout, so interrupts and idle
+timeouts are honoured while the socket is silent. On either, the reader task is cancelled and the
+response closed.
 """
 
 from __future__ import annotations
@@ -16,28 +17,18 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import openai
 
 from engine.drivers.arguments import check_turn_call
-from engine.log.eventlog import Callbacks
+from engine.drivers.attempt_loop import Observation, Watchdog, attempt_loop, turn_clock
 from engine.drivers.recording import AttemptFeed, TurnRecording
+from engine.drivers.transport import observation_of
+from engine.log.eventlog import Callbacks
 from engine.log.redaction import client_secrets
-from engine.drivers.transport import (
-    CHUNK,
-    END,
-    ERROR,
-    OPEN_ERROR,
-    Watchdog,
-    feed_body_item,
-    feed_silence,
-    turn_clock,
-)
-from machines.records import Interrupt, TurnPolicy, TurnResult
+from machines.records import Chunk, EndOfStream, Interrupt, TurnPolicy, TurnResult
 
 __all__ = ["arun_turn"]
 
-POLL_S = 0.02
-
 
 async def _read_attempt(
-    client: Any, request: dict[str, Any], kind: str, items: asyncio.Queue[tuple[int, Any]]
+    client: Any, request: dict[str, Any], kind: str, items: asyncio.Queue[Observation]
 ) -> None:
     """Send the request and read its body, putting every observation on `items`; cancelling
     the task (interrupt, idle timeout) stops it at any point, even before the headers."""
@@ -45,18 +36,18 @@ async def _read_attempt(
         body, close = await _open_stream(client, request, kind)
     except asyncio.CancelledError:
         raise
-    except BaseException as error:  # handed to the turn's task, classified there
-        items.put_nowait((OPEN_ERROR, error))
+    except BaseException as error:  # handed to the turn's task
+        items.put_nowait(observation_of(error, opening=True) or error)
         return
     try:
         async for chunk in body:
             if chunk:
-                items.put_nowait((CHUNK, chunk))
-        items.put_nowait((END, None))
+                items.put_nowait(Chunk(chunk))
+        items.put_nowait(EndOfStream())
     except asyncio.CancelledError:
         raise
     except BaseException as error:
-        items.put_nowait((ERROR, error))
+        items.put_nowait(observation_of(error, opening=False) or error)
     finally:
         try:
             await close()
@@ -86,19 +77,19 @@ async def _run_attempt(
     if interrupted():
         feed.fail(Interrupt(), now())
         return
-    watchdog = Watchdog(now, interrupted, idle_timeout_s, POLL_S)
-    items: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+    loop = attempt_loop(feed, Watchdog(now, interrupted, idle_timeout_s), now)
+    items: asyncio.Queue[Observation] = asyncio.Queue()
     reader = asyncio.ensure_future(_read_attempt(client, request, feed.kind, items))
     try:
+        wait_s = next(loop)
         while True:
             try:
-                kind, value = await asyncio.wait_for(items.get(), watchdog.wait_s())
+                item: Observation | None = await asyncio.wait_for(items.get(), wait_s)
             except asyncio.TimeoutError:
-                if feed_silence(feed, watchdog, now):
-                    return
-                continue
-            if feed_body_item(feed, watchdog, kind, value, now):
-                return
+                item = None
+            wait_s = loop.send(item)
+    except StopIteration:
+        pass
     finally:
         reader.cancel()
         await asyncio.wait([reader], timeout=1.0)

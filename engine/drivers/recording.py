@@ -1,17 +1,19 @@
 """One turn in progress: its machines, its event log and its trace, shared by every driver.
 
-The sync driver, the async driver, `consume` and the replayer differ only in where inputs come
-from (a socket, a list of chunks, a trace file). All of them run this loop:
+The sync driver, the async driver, `consume`, the replayer and the fuzzing strategies differ only
+in where inputs come from (a socket, a list of chunks, a trace file, a generated session). All of
+them run this loop:
 
     recording = TurnRecording(policy, callbacks, entry="run_turn", request=request)
     for feed in recording.attempts():          # the turn machine decides each attempt
         ...observe the world...
         feed.chunk(data, t)                     # logged, decoded, fed to the attempt
-        feed.end(t) / feed.fail(fault, t)       # until feed.final
+        feed.end(t) / feed.fail(record, t)      # until feed.final
     result = recording.finish(trace_path, secrets)
 
-`AttemptFeed` logs each observation as an input record *before* the machine sees it, so the log
-holds exactly what a replay needs, in order.
+`AttemptFeed` logs each observation as an input record *before* the machine sees it, then hands
+the machine's decisions to the event log, which records them and acts on them. So the log holds
+exactly what a replay needs, in order, and nothing runs inside a machine step.
 """
 
 from __future__ import annotations
@@ -21,13 +23,12 @@ from typing import Any, Iterator
 
 import attrs
 
+from engine.drivers.sse import SseDecoder
 from engine.log.eventlog import Callbacks, EventLog, RecordedInput
-from machines.records import Chunk
 from engine.log.logs import log
 from engine.log.redaction import field_secrets, scrub
-from engine.drivers.sse import SseDecoder
 from engine.log.trace import TraceWriter, header_for
-from machines.records import EndOfStream, TurnPolicy, TurnResult
+from machines.records import Chunk, EndOfStream, TurnPolicy, TurnResult
 from machines.stream_attempt import FINAL, StreamAttempt
 from machines.turn import TurnMachine
 
@@ -35,7 +36,8 @@ __all__ = ["AttemptFeed", "TurnRecording"]
 
 
 class AttemptFeed:
-    """Observations of one attempt → input records → decoded events → the attempt's machine."""
+    """Observations of one attempt → input records → decoded events → the attempt's machine →
+    decisions → the event log."""
 
     __slots__ = ("attempt", "number", "kind", "_log", "_decoder")
 
@@ -48,31 +50,35 @@ class AttemptFeed:
 
     @property
     def final(self) -> bool:
+        """True once the attempt has reached a final state: feed it nothing more."""
         return self.attempt.state in FINAL
 
     def chunk(self, data: bytes, t: float | None = None) -> bool:
         """One network read. Returns True once the attempt has reached a final state."""
-        self._log.input(self.number, Chunk(data), t)
-        attempt = self.attempt
-        receive = attempt.receive_event
-        for event in self._decoder.feed(data):
-            receive(event)
-            if attempt.state in FINAL:
-                return True
-        return False
+        event_log = self._log
+        event_log.input(self.number, Chunk(data), t)
+        events = self._decoder.feed(data)
+        if events:
+            event_log.decide(self.attempt.receive_events(events))
+        return self.attempt.state in FINAL
+
+    def observe(self, item: RecordedInput, t: float | None = None) -> bool:
+        """Any observation: a `Chunk` is decoded and fed, anything else goes to `fail`. Returns
+        True once the attempt has reached a final state."""
+        if type(item) is Chunk:
+            return self.chunk(item.data, t)
+        self.fail(item, t)
+        return self.attempt.state in FINAL
 
     def end(self, t: float | None = None) -> None:
-        """The body ended cleanly."""
-        self._log.input(self.number, EndOfStream(), t)
-        attempt = self.attempt
-        for event in self._decoder.close():
-            attempt.receive_event(event)
-        attempt.receive(EndOfStream())
+        """The body ended cleanly (an event cut off by the end is not dispatched)."""
+        self.fail(EndOfStream(), t)
 
     def fail(self, item: RecordedInput, t: float | None = None) -> None:
-        """Anything else the driver observed: an HTTP error, a fault, an idle timeout, an interrupt."""
+        """Anything else the driver observed: an HTTP error, a fault, an idle timeout, an
+        interrupt, the end of the body."""
         self._log.input(self.number, item, t)
-        self.attempt.receive(item)
+        self._log.decide(self.attempt.receive(item))
 
 
 class TurnRecording:
@@ -88,14 +94,18 @@ class TurnRecording:
     ) -> None:
         self.policy = policy
         self.log = EventLog(callbacks)
-        self.turn = TurnMachine(policy, self.log)
+        self.turn = TurnMachine(policy)
         self.header = header_for(entry, policy, request)
         #: values of the request's credential-named fields, scrubbed wherever they are echoed
         self.request_secrets = field_secrets(request)
 
     def attempts(self) -> Iterator[AttemptFeed]:
         """Each attempt the turn machine opens; the caller feeds it until it is final."""
-        while (attempt := self.turn.next_attempt()) is not None:
+        while True:
+            attempt, decisions = self.turn.next_attempt()
+            self.log.decide(decisions)
+            if attempt is None:
+                return
             feed = AttemptFeed(attempt, self.log)
             yield feed
             if not feed.final:
@@ -110,17 +120,21 @@ class TurnRecording:
                 ignored=attempt.ignored,
             )
 
+    def _secrets(self, secrets: list[str] | tuple[str, ...]) -> list[str]:
+        return sorted({*secrets, *self.request_secrets}, key=len, reverse=True)
+
     def finish(
         self,
         trace: str | os.PathLike[str] | None = None,
         secrets: list[str] | tuple[str, ...] = (),
     ) -> TurnResult:
-        result = self.turn.result()
-        secrets = sorted({*secrets, *self.request_secrets}, key=len, reverse=True)
+        """The turn's result (its error scrubbed of secrets), and its trace written if asked."""
+        result = self.turn.result(self.log.transitions)
+        every_secret = self._secrets(secrets)
         if result.error is not None:
-            result = attrs.evolve(result, error=scrub(result.error, secrets))
+            result = attrs.evolve(result, error=scrub(result.error, every_secret))
         if trace is not None:
-            TraceWriter(trace, secrets).write(self.header, self.log.records, result)
+            TraceWriter(trace, every_secret).write(self.header, self.log.records, result)
         log.info(
             "turn finished",
             outcome=result.outcome,
@@ -128,8 +142,9 @@ class TurnRecording:
         )
         return result
 
-    def abandon(self, trace: str | os.PathLike[str] | None, secrets: list[str] | tuple[str, ...] = ()) -> None:
+    def abandon(
+        self, trace: str | os.PathLike[str] | None, secrets: list[str] | tuple[str, ...] = ()
+    ) -> None:
         """Write what was recorded so far (no result) after an unexpected error."""
         if trace is not None:
-            secrets = sorted({*secrets, *self.request_secrets}, key=len, reverse=True)
-            TraceWriter(trace, secrets).write(self.header, self.log.records, None)
+            TraceWriter(trace, self._secrets(secrets)).write(self.header, self.log.records, None)

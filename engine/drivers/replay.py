@@ -14,10 +14,8 @@ from typing import Any
 
 import attrs
 
-from machines.records import Chunk
 from engine.drivers.recording import TurnRecording
 from engine.log.trace import Trace, input_from_json, normalise, read_trace, record_to_json, result_to_json
-from machines.records import EndOfStream
 
 __all__ = ["Divergence", "ReplayReport", "replay", "replay_trace"]
 
@@ -62,20 +60,14 @@ def replayed_records(trace: Trace) -> list[dict[str, Any]]:
     finished = True
     for feed in recording.attempts():
         for record in inputs.get(feed.number, ()):
-            item = input_from_json(record)
-            t = record.get("t")
-            if type(item) is Chunk:
-                feed.chunk(item.data, t)
-            elif type(item) is EndOfStream:
-                feed.end(t)
-            else:
-                feed.fail(item, t)
-            if feed.final:
+            if feed.observe(input_from_json(record), record.get("t")):
                 break
         if not feed.final:  # today's machines want more than was recorded
             finished = False
             break
-    out = [normalise(record_to_json(record)) for record in recording.log.records]
+    out = [
+        normalise(record_to_json(record, seq)) for seq, record in enumerate(recording.log.records, 1)
+    ]
     if finished:
         out.append(normalise(result_to_json(recording.finish(), len(out) + 1)))
     return out

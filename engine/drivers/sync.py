@@ -5,11 +5,11 @@ raw bytes (stream attempts through `responses.with_streaming_response.create`, t
 `responses.create(stream=True)` and that stream's HTTP response), so the machines see exactly the
 bytes and chunk boundaries the server sent.
 
-The request is sent and its body read on a small reader thread that hands every observation
-over a queue; the caller's thread waits on that queue with a short timeout, so an interrupt is
-honoured within ~20 ms and an idle timeout fires on time while the server is silent, before or
-after the response headers, instead of when the stream ends. On either, the response is closed
-and the reader thread ends with it. Callbacks run on the caller's thread.
+The request is sent and its body read on a small reader thread that hands every observation over
+a queue; the caller's thread runs the shared attempt loop (`engine.drivers.attempt_loop`), waiting
+on that queue with a short timeout, so an interrupt is honoured within ~20 ms and an idle timeout
+fires on time while the server is silent, before or after the response headers. On either, the
+response is closed and the reader thread ends with it. Callbacks run on the caller's thread.
 """
 
 from __future__ import annotations
@@ -17,43 +17,31 @@ from __future__ import annotations
 import os
 import queue
 import threading
-import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import openai
 
 from engine.drivers.arguments import check_turn_call
-from engine.log.eventlog import Callbacks
+from engine.drivers.attempt_loop import Observation, Watchdog, attempt_loop, turn_clock
 from engine.drivers.recording import AttemptFeed, TurnRecording
+from engine.drivers.transport import observation_of
+from engine.log.eventlog import Callbacks
 from engine.log.redaction import client_secrets
-from engine.drivers.transport import (
-    CHUNK,
-    END,
-    ERROR,
-    OPEN_ERROR,
-    Watchdog,
-    feed_body_item,
-    feed_silence,
-    turn_clock,
-)
-from machines.records import Interrupt, TurnPolicy, TurnResult
+from machines.records import Chunk, EndOfStream, Interrupt, TurnPolicy, TurnResult
 
 __all__ = ["run_turn"]
-
-#: How often the caller's thread looks at the interrupt while the socket is silent (seconds).
-POLL_S = 0.02
 
 
 class _AttemptReader:
     """Sends one attempt's request and iterates its body on a daemon thread.
 
-    Everything it observes goes to `items`: chunks, the clean end, the exception from opening or
-    reading. The caller's thread waits on that queue, so it can stop the attempt (interrupt,
-    idle timeout) at any moment, even before the response headers arrive; `abandon()` then closes
-    the response, or makes the thread close it as soon as the request returns."""
+    Everything it observes goes to `items`: chunks, the clean end, what an exception from opening
+    or reading stands for. The caller's thread waits on that queue, so it can stop the attempt
+    (interrupt, idle timeout) at any moment, even before the response headers arrive; `abandon()`
+    then closes the response, or makes the thread close it as soon as the request returns."""
 
     def __init__(self, client: Any, request: dict[str, Any], kind: str) -> None:
-        self.items: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
+        self.items: queue.SimpleQueue[Observation] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._close: Callable[[], None] | None = None
         self._abandoned = False
@@ -67,7 +55,7 @@ class _AttemptReader:
         try:
             body, close = _open_stream(client, request, kind)
         except BaseException as error:  # handed to the caller's thread, classified there
-            put((OPEN_ERROR, error))
+            put(observation_of(error, opening=True) or error)
             return
         with self._lock:
             if not self._abandoned:
@@ -78,12 +66,13 @@ class _AttemptReader:
         try:
             for chunk in body:
                 if chunk:
-                    put((CHUNK, chunk))
-            put((END, None))
+                    put(Chunk(chunk))
+            put(EndOfStream())
         except BaseException as error:
-            put((ERROR, error))
+            put(observation_of(error, opening=False) or error)
 
     def abandon(self) -> None:
+        """Stop reading: close the response now, or as soon as the request returns."""
         with self._lock:
             self._abandoned = True
             close = self._close
@@ -98,7 +87,9 @@ def _close_quietly(close: Callable[[], Any]) -> None:
         pass
 
 
-def _open_stream(client: Any, request: dict[str, Any], kind: str) -> tuple[Any, Callable[[], None]]:
+def _open_stream(
+    client: Any, request: dict[str, Any], kind: str
+) -> tuple[Iterator[bytes], Callable[[], None]]:
     """Send the request; return (body byte iterator, close function)."""
     if kind == "fallback":
         stream = client.responses.create(**request, stream=True)
@@ -119,19 +110,19 @@ def _run_attempt(
     if interrupted():
         feed.fail(Interrupt(), now())
         return
-    watchdog = Watchdog(now, interrupted, idle_timeout_s, POLL_S)
+    loop = attempt_loop(feed, Watchdog(now, interrupted, idle_timeout_s), now)
     reader = _AttemptReader(client, request, feed.kind)
     get = reader.items.get
     try:
+        wait_s = next(loop)
         while True:
             try:
-                kind, value = get(timeout=watchdog.wait_s())
+                item: Observation | None = get(timeout=wait_s)
             except queue.Empty:
-                if feed_silence(feed, watchdog, now):
-                    return
-                continue
-            if feed_body_item(feed, watchdog, kind, value, now):
-                return
+                item = None
+            wait_s = loop.send(item)
+    except StopIteration:
+        pass
     finally:
         reader.abandon()
 
@@ -153,7 +144,6 @@ def run_turn(
         client, request, callbacks, policy, trace, interrupt, asynchronous=False
     )
     secrets = client_secrets(client)
-
     now = turn_clock()
     recording = TurnRecording(policy, callbacks, entry="run_turn", request=request)
     try:

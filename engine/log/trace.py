@@ -24,10 +24,11 @@ from typing import Any, Iterable
 import attrs
 import orjson
 
-from engine.log.eventlog import EffectRecord, InputRecord, Record, RecordedInput
+from engine.log.eventlog import InputRecord, Record, RecordedInput
 from machines.records import Chunk
 from engine.log.redaction import redact_fields, scrub_line
 from machines.records import (
+    Effect,
     EndOfStream,
     HttpError,
     IdleTimeout,
@@ -107,10 +108,11 @@ def input_from_json(record: dict[str, Any]) -> RecordedInput:
     raise TraceError(f"seq {record.get('seq')}: unknown input kind {kind!r}")
 
 
-def record_to_json(record: Record) -> dict[str, Any]:
-    if type(record) is EffectRecord:
+def record_to_json(record: Record, seq: int) -> dict[str, Any]:
+    """One log record as its trace line's JSON object; `seq` is its place in the log."""
+    if type(record) is Effect:
         return {
-            "seq": record.seq,
+            "seq": seq,
             "kind": "effect",
             "attempt": record.attempt,
             "effect": record.kind,
@@ -118,7 +120,7 @@ def record_to_json(record: Record) -> dict[str, Any]:
         }
     if type(record) is InputRecord:
         return {
-            "seq": record.seq,
+            "seq": seq,
             "kind": "input",
             "attempt": record.attempt,
             "t": record.t,
@@ -126,7 +128,7 @@ def record_to_json(record: Record) -> dict[str, Any]:
         }
     if type(record) is Transition:
         return {
-            "seq": record.seq,
+            "seq": seq,
             "kind": "transition",
             "machine": record.machine,
             "attempt": record.attempt,
@@ -190,8 +192,8 @@ class TraceWriter:
         with open(tmp, "wb") as out:  # line by line: a long turn's trace never sits in memory
             write = out.write
             write(_dumps(header, secrets) + b"\n")
-            for record in records:
-                write(_dumps(record_to_json(record), secrets) + b"\n")
+            for seq, record in enumerate(records, 1):
+                write(_dumps(record_to_json(record, seq), secrets) + b"\n")
             if result is not None:
                 write(_dumps(result_to_json(result, len(records) + 1), secrets) + b"\n")
         os.replace(tmp, self.path)

@@ -43,13 +43,13 @@ from typing import Any, Final, Iterable
 import attrs
 import orjson
 
-from engine.log.eventlog import Callbacks, EffectRecord
+from engine.log.eventlog import Callbacks
 from engine.log.redaction import scrub
 from engine.drivers.replay import replay_trace
 from engine.testing.strategies import Session, Step, play_session
 from machines.records import Chunk, EndOfStream, HttpError, Interrupt, Stall, TransportFault
 from engine.log.trace import read_trace
-from machines.records import Transition, TurnPolicy, TurnResult
+from machines.records import Effect, Transition, TurnPolicy, TurnResult
 from machines.stream_attempt import FINAL as ATTEMPT_FINAL
 from machines.stream_attempt import MACHINE as ATTEMPT_MACHINE
 from machines.stream_attempt import TABLE as ATTEMPT_TABLE
@@ -573,7 +573,7 @@ def session_violations(
         ]
     found: list[Violation] = [Violation("callback_raised", e) for e in observer.errors[:1]]
     reference = reference_turn(session)
-    effects = [r for r in recording.log.records if type(r) is EffectRecord]
+    effects = [r for r in recording.log.records if type(r) is Effect]
     found += _check_states(result, reference)
     found += _check_delivery(observer.calls, effects, reference)
     found += _check_output(result, reference)
@@ -716,7 +716,7 @@ def _check_channel(
 
 
 def _check_delivery(
-    calls: list[tuple[str, str | None]], effects: list[EffectRecord], reference: ReferenceTurn
+    calls: list[tuple[str, str | None]], effects: list[Effect], reference: ReferenceTurn
 ) -> list[Violation]:
     found: list[Violation] = []
     logged = [
