@@ -96,7 +96,11 @@ class Interrupt:
     """The caller asked the turn to stop."""
 
 
-MachineInput = SseEvent | HttpError | TransportFault | EndOfStream | IdleTimeout | Interrupt
+#: Inputs that end an attempt (or could): everything a driver observes except bytes.
+StreamInput = HttpError | TransportFault | EndOfStream | IdleTimeout | Interrupt
+
+#: What a machine is fed.
+MachineInput = SseEvent | StreamInput
 
 
 @attrs.frozen(slots=True)

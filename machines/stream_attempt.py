@@ -84,6 +84,7 @@ table keeps the state) and only events that change state go through a `transitio
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Final
 
 import attrs
@@ -104,6 +105,7 @@ from machines.records import (
     Transition,
     TransportFault,
 )
+from machines.records import AttemptKind
 
 __all__ = [
     "AWAITING_CREATED",
@@ -220,22 +222,25 @@ def _definition() -> tuple[Machine, frozenset[tuple[str, str]]]:
         auto_transitions=False,
         send_event=True,
         ignore_invalid_triggers=False,
-        after_state_change="_after_state_change",
     )
     stays: set[tuple[str, str]] = set()
     seen: set[tuple[str, str]] = set()
     for row in TABLE:
         spec = {key: value for key, value in row.items() if key not in _ROW_META}
+        if row["dest"] is not None:
+            spec["after"] = functools.partial(_row_fired, row)
         machine.add_transition(**spec)
         for source in _sources(row):
-            # transitions keeps a row's transitions in order per source: tag the one just added
-            machine.events[row["trigger"]].transitions[source][-1].row = row
             pair = (source, row["trigger"])
             # a stay when the first row for this state and trigger always fires and stays
             if pair not in seen and row["dest"] is None and not row.get("conditions"):
                 stays.add(pair)
             seen.add(pair)
     return machine, frozenset(stays)
+
+
+def _row_fired(row: dict[str, Any], event: Any) -> None:
+    event.model._moved(row, event.transition.source)
 
 
 DEFINITION, _STAYS = _definition()
@@ -318,7 +323,7 @@ class StreamAttempt:
     def __init__(
         self,
         number: int,
-        kind: str,
+        kind: AttemptKind,
         *,
         ledger: DeliveryLedger,
         hands_over_to_fallback: bool = False,
@@ -420,13 +425,11 @@ class StreamAttempt:
             _EVENTS[trigger].trigger(self)
 
     # -- transitions callbacks and conditions (named in TABLE and STATE_SPECS) -----------------
-    def _after_state_change(self, event: Any) -> None:
-        row = event.transition.row
+    def _moved(self, row: dict[str, Any], source: str) -> None:
+        """A row that changes the state fired: record the transition; a final row ends the
+        attempt with the row's outcome."""
         dest = row["dest"]
-        if dest is None:
-            return
         trigger = row["trigger"]
-        source = event.transition.source
         self._out.append(Transition(MACHINE, self.number, source, dest, trigger))
         if dest in FINAL:
             template = row.get("reason")

@@ -35,6 +35,7 @@ attempts are never mixed.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Final
 
 import attrs
@@ -43,6 +44,7 @@ from transitions import Machine
 from machines.output import join_output_text, tool_calls_of
 from machines.records import (
     Attempt,
+    AttemptKind,
     Decision,
     Effect,
     Transition,
@@ -90,14 +92,15 @@ def _definition() -> Machine:
         auto_transitions=False,
         send_event=True,
         ignore_invalid_triggers=False,
-        after_state_change="_after_state_change",
     )
     for row in TABLE:
-        machine.add_transition(**{key: value for key, value in row.items() if key != "name"})
-        sources = [row["source"]] if isinstance(row["source"], str) else row["source"]
-        for source in sources:
-            machine.events[row["trigger"]].transitions[source][-1].row = row
+        spec = {key: value for key, value in row.items() if key != "name"}
+        machine.add_transition(**spec, after=functools.partial(_row_fired, row))
     return machine
+
+
+def _row_fired(row: dict[str, Any], event: Any) -> None:
+    event.model._moved(row, event.transition.source)
 
 
 #: The one `transitions.Machine` every turn runs on.
@@ -119,11 +122,11 @@ class TurnMachine:
         self._out: list[Decision] = []
 
     # -- transitions callbacks and conditions (named in TABLE) ---------------------------------
-    def _after_state_change(self, event: Any) -> None:
-        row = event.transition.row
+    def _moved(self, row: dict[str, Any], source: str) -> None:
+        """A row fired: record the turn's transition, named after the row."""
         number = len(self.attempts) + (0 if row["dest"] == FINISHED else 1)
         self._out.append(
-            Transition(MACHINE, number, event.transition.source, row["dest"], row.get("name", row["trigger"]))
+            Transition(MACHINE, number, source, row["dest"], row.get("name", row["trigger"]))
         )
 
     def attempt_handed_over(self, event: Any) -> bool:
@@ -159,7 +162,7 @@ class TurnMachine:
         self._out = []
         return attempt, out
 
-    def _open(self, kind: str) -> StreamAttempt:
+    def _open(self, kind: AttemptKind) -> StreamAttempt:
         number = len(self.attempts) + 1
         attempt = StreamAttempt(
             number,

@@ -36,13 +36,16 @@ def consume(
     outcome is "error", partial output kept."""
     check_callbacks(callbacks)
     check_trace(trace)
+    pieces: Iterable[object]
     if isinstance(chunks, (bytes, bytearray, memoryview, str)):
-        chunks = [chunks]
-    elif not hasattr(chunks, "__iter__"):
+        pieces = [chunks]
+    elif hasattr(chunks, "__iter__"):
+        pieces = chunks
+    else:
         raise TypeError(f"consume() takes bytes or an iterable of bytes, got {type(chunks).__name__}")
     recording = TurnRecording(SINGLE_ATTEMPT, callbacks, entry="consume")
     for feed in recording.attempts():
-        for chunk in chunks:
+        for chunk in pieces:
             if feed.chunk(_as_bytes(chunk)):
                 break
         else:

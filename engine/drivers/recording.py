@@ -28,7 +28,7 @@ from engine.log.eventlog import Callbacks, EventLog, RecordedInput
 from engine.log.logs import log
 from engine.log.redaction import field_secrets, scrub
 from engine.log.trace import TraceWriter, header_for
-from machines.records import Chunk, EndOfStream, TurnPolicy, TurnResult
+from machines.records import Chunk, EndOfStream, StreamInput, TurnPolicy, TurnResult
 from machines.stream_attempt import FINAL, StreamAttempt
 from machines.turn import TurnMachine
 
@@ -65,7 +65,7 @@ class AttemptFeed:
     def observe(self, item: RecordedInput, t: float | None = None) -> bool:
         """Any observation: a `Chunk` is decoded and fed, anything else goes to `fail`. Returns
         True once the attempt has reached a final state."""
-        if type(item) is Chunk:
+        if isinstance(item, Chunk):
             return self.chunk(item.data, t)
         self.fail(item, t)
         return self.attempt.state in FINAL
@@ -74,7 +74,7 @@ class AttemptFeed:
         """The body ended cleanly (an event cut off by the end is not dispatched)."""
         self.fail(EndOfStream(), t)
 
-    def fail(self, item: RecordedInput, t: float | None = None) -> None:
+    def fail(self, item: StreamInput, t: float | None = None) -> None:
         """Anything else the driver observed: an HTTP error, a fault, an idle timeout, an
         interrupt, the end of the body."""
         self._log.input(self.number, item, t)

@@ -21,12 +21,8 @@ from machines.records import (
     Chunk,
     Decision,
     Effect,
-    EndOfStream,
-    HttpError,
-    IdleTimeout,
-    Interrupt,
+    StreamInput,
     Transition,
-    TransportFault,
 )
 
 __all__ = ["Callbacks", "EventLog", "InputRecord", "Record", "RecordedInput"]
@@ -57,7 +53,7 @@ class Callbacks:
 
 
 #: What a driver records as an attempt's input.
-RecordedInput = Chunk | HttpError | TransportFault | EndOfStream | IdleTimeout | Interrupt
+RecordedInput = Chunk | StreamInput
 
 
 @attrs.frozen(slots=True)
@@ -97,7 +93,7 @@ class EventLog:
         transitions."""
         records = self.records
         for decision in decisions:
-            if type(decision) is Effect:
+            if isinstance(decision, Effect):
                 records.append(decision)
                 kind = decision.kind
                 if kind == "text_delta":

@@ -174,7 +174,8 @@ def _json_default(value: Any) -> Any:
 
 def normalise(value: dict[str, Any], secrets: Iterable[str] = ()) -> dict[str, Any]:
     """A record exactly as it reads back from a trace file (secrets removed, JSON types)."""
-    return orjson.loads(_dumps(value, secrets))
+    parsed: dict[str, Any] = orjson.loads(_dumps(value, secrets))
+    return parsed
 
 
 class TraceWriter:
