@@ -5,6 +5,8 @@ an invalid trace; a missing path is a usage error."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import pytest
 pytest_plugins = ["pytester"]
 
 FIXTURES = Path(__file__).resolve().parent.parent / "replay_fixtures"
+ROOT = FIXTURES.parent
 
 
 def _copy(pytester: pytest.Pytester, name: str, to: str | None = None) -> Path:
@@ -140,3 +143,15 @@ def test_without_the_option_nothing_is_added(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_plain="def test_plain():\n    pass\n")
     pytester.runpytest().assert_outcomes(passed=1)
 
+
+def test_the_projects_own_suite_replays_every_fixture_through_the_plugin() -> None:
+    # `addopts` holds --streamfsm-replay=replay_fixtures: each fixture is one collected item.
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+         "tests/test_sse_decoder.py"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    collected = [line for line in run.stdout.splitlines() if line.endswith(".jsonl::replay")]
+    assert collected == [f"replay_fixtures/{p.name}::replay" for p in sorted(FIXTURES.glob("*.jsonl"))]
+    assert len(collected) >= 31
