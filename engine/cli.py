@@ -246,6 +246,8 @@ def _diagram(args: argparse.Namespace, out: TextIO) -> int:
 
 # -- parser ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    """The `streamfsm` argument parser with all its subcommands (`fuzz` only when the fuzzing
+    extra, Hypothesis, is installed)."""
     parser = argparse.ArgumentParser(
         prog="streamfsm",
         description="Responses-API streams as explicit, recorded, replayable state machines.",
@@ -310,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `streamfsm` command with `argv` (default: `sys.argv[1:]`); return the exit status.
+
+    A usage error or an invalid input file is one line on stderr and status 2, not a traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.log:

@@ -28,7 +28,8 @@ def _as_list(value: Any) -> list[str]:
 
 def _label(row: dict[str, Any]) -> str:
     guards = _as_list(row.get("conditions")) + [f"not {u}" for u in _as_list(row.get("unless"))]
-    return row.get("name", row["trigger"]) + (f" [{' and '.join(guards)}]" if guards else "")
+    name: str = row.get("name", row["trigger"])
+    return name + (f" [{' and '.join(guards)}]" if guards else "")
 
 
 def mermaid(name: str) -> str:

@@ -13,11 +13,14 @@ InterruptSource = threading.Event | Callable[[], bool] | None
 
 
 def check_callbacks(callbacks: Any) -> None:
+    """Raise `TypeError` unless `callbacks` is an `engine.Callbacks` or None."""
     if callbacks is not None and not isinstance(callbacks, Callbacks):
         raise TypeError(f"callbacks must be engine.Callbacks or None, not {type(callbacks).__name__}")
 
 
 def check_policy(policy: Any) -> TurnPolicy:
+    """The policy to use: `policy` itself, or the default `TurnPolicy()` for None; `TypeError`
+    for anything else."""
     if policy is None:
         return TurnPolicy()
     if not isinstance(policy, TurnPolicy):
@@ -26,6 +29,8 @@ def check_policy(policy: Any) -> TurnPolicy:
 
 
 def check_trace(trace: Any) -> None:
+    """Refuse a trace path that could not be written when the turn ends: `TypeError` for a
+    non-path (or a bytes path), `ValueError` for a missing directory or a path that is one."""
     if trace is None:
         return
     if not isinstance(trace, (str, os.PathLike)):
@@ -43,6 +48,8 @@ def check_trace(trace: Any) -> None:
 
 
 def check_request(request: Any) -> dict[str, Any]:
+    """The `responses.create` arguments without `stream` (the engine sets it); `TypeError` for a
+    non-dict, `ValueError` when the caller set `stream` to anything but True."""
     if not isinstance(request, dict):
         raise TypeError(f"request must be a dict of responses.create arguments, not {type(request).__name__}")
     if request.get("stream", True) is not True:

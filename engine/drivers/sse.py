@@ -27,9 +27,14 @@ __all__ = ["SseDecoder"]
 
 
 class SseDecoder:
+    """The decoder for one stream: `feed` each network chunk, `close` at the end of the stream.
+
+    `last_event_id` and `retry_ms` hold the latest `id:` and valid `retry:` fields seen."""
+
     __slots__ = ("_utf8", "_buffer", "_pending_cr", "_started", "last_event_id", "retry_ms")
 
     def __init__(self) -> None:
+        """A decoder at the start of a stream: nothing buffered, no event id, no retry hint."""
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._buffer = ""
         self._pending_cr = False

@@ -1,7 +1,9 @@
 """streamfsm's structlog pipeline.
 
 Log lines go to the standard-library logger named "streamfsm", so a library user sees nothing
-unless they configure logging (`logging.basicConfig(level="DEBUG")`, or the CLI's `--log`).
+unless they configure logging (`logging.basicConfig(level="DEBUG")`, or the CLI's `--log`). The
+logger holds a `NullHandler`: with no logging configured at all, Python's last-resort handler
+does not print its warnings and errors to stderr either.
 Processors, in order: drop below the logger's level (cheap when filtered out), add the level,
 scrub anything shaped like a secret, render one JSON line.
 """
@@ -9,6 +11,7 @@ scrub anything shaped like a secret, render one JSON line.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import orjson
@@ -19,7 +22,9 @@ from engine.log.redaction import scrub
 __all__ = ["log"]
 
 
-def _scrub_secrets(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _scrub_secrets(
+    logger: Any, method: str, event_dict: MutableMapping[str, Any]
+) -> Mapping[str, Any]:
     return {key: scrub(value) for key, value in event_dict.items()}
 
 
@@ -27,8 +32,14 @@ def _render(value: Any, **_: Any) -> str:
     return orjson.dumps(value, default=str).decode()
 
 
+_logger = logging.getLogger("streamfsm")
+if not any(isinstance(handler, logging.NullHandler) for handler in _logger.handlers):
+    _logger.addHandler(logging.NullHandler())
+
+#: The library's structlog logger: `log.info("event", key=value)` writes one scrubbed JSON line
+#: to the "streamfsm" stdlib logger at that level.
 log = structlog.wrap_logger(
-    logging.getLogger("streamfsm"),
+    _logger,
     processors=[
         structlog.stdlib.filter_by_level,
         structlog.stdlib.add_log_level,

@@ -45,6 +45,8 @@ _SECRET_SHAPE = re.compile(
 
 
 def is_secret_name(name: str) -> bool:
+    """Whether a field or header called `name` holds a credential (`api_key`, `Authorization`,
+    `x-api-key`, `access_token`, ...); counters such as `max_output_tokens` do not."""
     return bool(_SECRET_NAME.search(name))
 
 

@@ -56,6 +56,8 @@ def record_consumed(name: str, path: str | os.PathLike[str]) -> TurnResult:
 
 
 def main(argv: list[str]) -> int:
+    """`python -m engine.testing.fixtures [DIR]`: re-record every fixture into DIR (default
+    `replay_fixtures/`) and print each one's outcome; returns the exit status, 0."""
     directory = argv[0] if argv else "replay_fixtures"
     os.makedirs(directory, exist_ok=True)
     results = {name: record_shape(name, os.path.join(directory, f"{name}.jsonl")) for name in SHAPES}

@@ -135,7 +135,7 @@ def _load_factory(spec: str | None) -> Callable[[], Callbacks] | None:
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise ValueError(f"--callbacks wants MODULE:FACTORY, not {spec!r}")
-    factory = getattr(importlib.import_module(module_name), attribute)
+    factory: Callable[[], Callbacks] = getattr(importlib.import_module(module_name), attribute)
     if not callable(factory):
         raise ValueError(f"{spec} is not callable")
     return factory
@@ -145,7 +145,9 @@ def _database(redis_url: str | None) -> Any:
     if not redis_url:
         from hypothesis import settings
 
-        return settings.default.database
+        default = settings.default
+        assert default is not None  # Hypothesis always has a current profile once imported
+        return default.database
     try:
         import redis
         from hypothesis.extra.redis import RedisExampleDatabase
@@ -506,6 +508,8 @@ def run(args: argparse.Namespace, out: Any = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m engine.testing.fuzz [OPTIONS]`: parse the command line and run the campaign or
+    the promotion; the exit status is `run`'s."""
     parser = argparse.ArgumentParser(
         prog="streamfsm fuzz",
         description="Property-test the stream machines on generated Responses-API sessions.",
