@@ -113,6 +113,7 @@ class OutputAssembly:
 
     # -- events ------------------------------------------------------------------------------
     def item_added(self, payload: dict[str, Any]) -> dict[str, Any] | None:
+        """`response.output_item.added`: open its item; returns the item, or None if it is not an object."""
         item = payload.get("item")
         if not isinstance(item, dict):
             return None
@@ -134,6 +135,7 @@ class OutputAssembly:
         return item
 
     def item_done(self, payload: dict[str, Any]) -> dict[str, Any] | None:
+        """`response.output_item.done`: its item becomes authoritative; returns it, or None."""
         item = payload.get("item")
         if not isinstance(item, dict):
             return None
@@ -145,6 +147,7 @@ class OutputAssembly:
         return item
 
     def text_delta(self, payload: dict[str, Any], delta: str) -> None:
+        """Append answer text to its item and content part."""
         partial = self._partial_at(self._index(payload), "message", payload)
         content_index = payload.get("content_index", 0)
         parts = partial.parts.get(content_index)
@@ -154,20 +157,24 @@ class OutputAssembly:
             parts.append(delta)
 
     def text_done(self, payload: dict[str, Any]) -> None:
+        """`response.output_text.done`: the part's full text replaces the deltas."""
         text = payload.get("text")
         if isinstance(text, str):
             partial = self._partial_at(self._index(payload), "message", payload)
             partial.parts[payload.get("content_index", 0)] = [text]
 
     def reasoning_delta(self, payload: dict[str, Any], delta: str) -> None:
+        """Append reasoning or reasoning-summary text to its item and part."""
         partial = self._partial_at(self._index(payload), "reasoning", payload)
         key = payload.get("summary_index", payload.get("content_index", 0))
         partial.summary.setdefault(key, []).append(delta)
 
     def arguments_delta(self, payload: dict[str, Any], delta: str) -> None:
+        """Append function-call argument text to its item."""
         self._partial_at(self._index(payload), "function_call", payload).arguments.append(delta)
 
     def arguments_done(self, payload: dict[str, Any]) -> None:
+        """`response.function_call_arguments.done`: the full arguments replace the deltas."""
         arguments = payload.get("arguments")
         if isinstance(arguments, str):
             partial = self._partial_at(self._index(payload), "function_call", payload)
@@ -177,9 +184,6 @@ class OutputAssembly:
                 partial.added = {"type": "function_call", "name": name}
 
     # -- results -----------------------------------------------------------------------------
-    def done_items(self) -> list[dict[str, Any]]:
-        return [self._done[i] for i in sorted(self._done)]
-
     def items(self, status: str = "completed") -> list[dict[str, Any]]:
         """Every item in output order: `done` items as sent, the rest rebuilt from deltas."""
         out: list[dict[str, Any]] = []
@@ -189,6 +193,7 @@ class OutputAssembly:
         return out
 
     def is_empty(self) -> bool:
+        """True when the attempt streamed nothing that becomes an output item."""
         return not self._done and not self._partial
 
     def open_function_calls(self) -> int:

@@ -9,13 +9,12 @@ from engine.drivers.sse import SseDecoder
 from machines.records import SseEvent
 
 
-def decode(*chunks: bytes, close: bool = True) -> list[SseEvent]:
+def decode(*chunks: bytes) -> list[SseEvent]:
+    """The events the chunks dispatch; what is left when they end is never dispatched."""
     decoder = SseDecoder()
     events: list[SseEvent] = []
     for chunk in chunks:
         events.extend(decoder.feed(chunk))
-    if close:
-        events.extend(decoder.close())
     return events
 
 
@@ -131,7 +130,6 @@ def test_events_are_returned_by_the_chunk_that_completes_them() -> None:
     assert decoder.feed(b"data: a\n") == []
     assert decoder.feed(b"\ndata: b\n\ndata: c") == [ev("a"), ev("b")]
     assert decoder.feed(b"\n\n") == [ev("c")]
-    assert decoder.close() == []
 
 
 # -- bytes that are not UTF-8 ------------------------------------------------------------------

@@ -115,6 +115,7 @@ class AgentTransport(Protocol):
     """What `agent._get_transport()` returns: the request preflight of the agent's transport."""
 
     def preflight_kwargs(self, kwargs: dict[str, Any], *, allow_stream: bool) -> dict[str, Any]:
+        """Adjust the request's kwargs before it is sent, as the agent's transport does."""
         ...
 
 
@@ -184,6 +185,7 @@ class ProviderStreamError(Exception):
 
     @classmethod
     def from_error(cls, error: dict[str, Any] | None) -> "ProviderStreamError":
+        """The exception for a turn's error dict (the provider's own words)."""
         error = error or {}
         message = error.get("message")
         text = message.strip() if isinstance(message, str) else ""
@@ -211,6 +213,7 @@ class CompatCall:
     trace: str | None = None
 
     def unwrap(self) -> Any:
+        """What the seed's function returns: the response, or the exception it raises."""
         if self.raised is not None:
             raise self.raised
         return self.value

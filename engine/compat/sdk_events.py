@@ -45,9 +45,9 @@ from typing import Any, Iterator
 import openai
 import orjson
 
-from engine.log.eventlog import RecordedInput
+
 from engine.drivers.transport import fault_of, http_error_of, is_transport_error
-from machines.records import EndOfStream
+from machines.records import EndOfStream, StreamInput
 
 __all__ = [
     "Observation",
@@ -64,7 +64,7 @@ __all__ = [
 ]
 
 #: What a source yields: the bytes of one read (a frame or a raw chunk), or an input record.
-Observation = bytes | RecordedInput
+Observation = bytes | StreamInput
 
 #: Event types that end a response; the event's `response` is the one a caller gets back.
 TERMINAL_TYPES = frozenset({"response.completed", "response.incomplete", "response.failed"})
@@ -129,10 +129,12 @@ def payload_of(event: Any) -> dict[str, Any]:
         kind = getattr(event, "type", None)
         if isinstance(kind, str):
             data = {"type": kind, **data}
-    return data
+    payload: dict[str, Any] = data
+    return payload
 
 
 def event_type_of(event: Any) -> str | None:
+    """The event's `type` (an SDK object's attribute or a dict's key), or None."""
     kind = event.get("type") if isinstance(event, dict) else getattr(event, "type", None)
     return kind if isinstance(kind, str) else None
 
@@ -213,7 +215,7 @@ def sdk_error_of(error: BaseException, http_response: Any) -> BaseException:
     (it wraps them), so a caller sees the same class either way."""
     if isinstance(error, openai.APIError) or not is_transport_error(error):
         return error
-    request = getattr(http_response, "request", None)
+    request: Any = getattr(http_response, "request", None)
     wrapped: openai.APIError
     if fault_of(error, opening=False).kind == "read_timeout":
         wrapped = openai.APITimeoutError(request=request)
@@ -232,6 +234,7 @@ def raw_body_of(stream: Any) -> Any | None:
     Only a body that has not been read yet qualifies."""
     from openai.lib.streaming.responses import ResponseStream
 
+    body: Any
     if isinstance(stream, openai.Stream):
         body = stream.response
     elif isinstance(stream, ResponseStream):
@@ -267,6 +270,7 @@ class SdkEventSource:
 
     @property
     def reads_bytes(self) -> bool:
+        """True when the source reads the raw HTTP body rather than SDK events."""
         return self._body is not None
 
     def __iter__(self) -> Iterator[Observation]:

@@ -9,7 +9,6 @@ from typing import Any, Callable
 from engine.log.eventlog import Callbacks
 from machines.records import TurnPolicy
 
-InterruptSource = threading.Event | Callable[[], bool] | None
 
 
 def check_callbacks(callbacks: Any) -> None:

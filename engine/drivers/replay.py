@@ -22,11 +22,13 @@ __all__ = ["Divergence", "ReplayReport", "replay", "replay_trace"]
 
 @attrs.frozen(slots=True)
 class Divergence:
+    """The first record where a replay differs from the recording: its seq, the recorded record and the replayed one (None where one side has no record)."""
     seq: int
     recorded: dict[str, Any] | None
     replayed: dict[str, Any] | None
 
     def describe(self) -> str:
+        """One line: `seq N: recorded {...}; replayed {...}`."""
         return f"seq {self.seq}: recorded {_show(self.recorded)}; replayed {_show(self.replayed)}"
 
 
@@ -40,12 +42,14 @@ def _show(record: dict[str, Any] | None) -> str:
 
 @attrs.frozen(slots=True)
 class ReplayReport:
+    """The outcome of replaying one trace: its path, how many records it holds, and the first divergence (None when identical)."""
     path: str
     records: int
     divergence: Divergence | None
 
     @property
     def identical(self) -> bool:
+        """True when every replayed record equals the recorded one."""
         return self.divergence is None
 
 
@@ -74,6 +78,7 @@ def replayed_records(trace: Trace) -> list[dict[str, Any]]:
 
 
 def replay_trace(trace: Trace) -> ReplayReport:
+    """Replay an already read trace and compare it record by record."""
     recorded = trace.records
     try:
         replayed = replayed_records(trace)

@@ -71,13 +71,6 @@ class SseDecoder:
                 events.append(event)
         return events
 
-    def close(self) -> list[SseEvent]:
-        """End of stream: an unterminated event is dropped (a CR already ended its line)."""
-        self._utf8.decode(b"", final=True)
-        self._pending_cr = False
-        self._buffer = ""
-        return []
-
     def _parse_block(self, block: str) -> SseEvent | None:
         event_type = ""
         data: list[str] | None = None

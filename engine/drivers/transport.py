@@ -39,6 +39,7 @@ def _names(error: BaseException) -> set[str]:
 
 
 def is_transport_error(error: BaseException) -> bool:
+    """True for an exception that means the network failed (not a bug, not a status)."""
     names = _names(error)
     return bool(names & (_TIMEOUT_NAMES | _CONNECT_NAMES | _TRANSPORT_NAMES)) or isinstance(
         error, openai.APIConnectionError

@@ -140,10 +140,12 @@ def record_to_json(record: Record, seq: int) -> dict[str, Any]:
 
 
 def result_to_json(result: TurnResult, seq: int) -> dict[str, Any]:
+    """The trace's final `result` record."""
     return {"seq": seq, "kind": "result", **result.to_json()}
 
 
 def header_for(entry: str, policy: TurnPolicy, request: dict[str, Any] | None) -> dict[str, Any]:
+    """The trace header: format, version, entry point, policy and the redacted request."""
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -188,6 +190,7 @@ class TraceWriter:
     def write(
         self, header: dict[str, Any], records: list[Record], result: TurnResult | None
     ) -> None:
+        """Write the header, every record and the result (None: a turn cut short) to the path, via a `.partial` file renamed at the end."""
         secrets = self.secrets
         tmp = self.path + ".partial"
         with open(tmp, "wb") as out:  # line by line: a long turn's trace never sits in memory
@@ -202,12 +205,14 @@ class TraceWriter:
 
 @attrs.frozen(slots=True)
 class Trace:
+    """A trace file as read: its path, header and records (JSON objects)."""
     path: str
     header: dict[str, Any]
     records: list[dict[str, Any]]
 
     @property
     def policy(self) -> TurnPolicy:
+        """The `TurnPolicy` the header recorded (raises `TraceError` if it is not valid)."""
         p = self.header.get("policy") or {}
         try:
             return TurnPolicy(
@@ -220,6 +225,7 @@ class Trace:
             raise TraceError(f"{self.path}: bad policy in header ({error})") from None
 
     def inputs(self) -> list[dict[str, Any]]:
+        """The recorded input records, in order."""
         return [r for r in self.records if r.get("kind") == "input"]
 
 
