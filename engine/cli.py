@@ -3,7 +3,9 @@
     streamfsm demo                      real turns through the built-in simulator, offline
     streamfsm replay TRACE...           replay traces through today's machines (exit 0/1/2)
     streamfsm consume FILE              raw SSE bytes through one attempt
-    streamfsm serve FIXTURE [--port N]  a trace or a built-in shape as a Responses-API endpoint
+    streamfsm serve FIXTURE [--port N] [--log FILE]
+                                        a scenario file, a trace or a built-in shape as a
+                                        Responses-API endpoint (until SIGINT/SIGTERM, exit 0)
     streamfsm diagram [MACHINE]         a machine's table as a Mermaid state diagram
     streamfsm fuzz ...                  a long fuzzing campaign (see `streamfsm fuzz --help`)
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -28,9 +31,10 @@ from engine.diagram import MACHINES, mermaid
 from engine.log.eventlog import Callbacks
 from engine.drivers.replay import replay
 from engine.testing.shapes import SHAPES
-from engine.testing.simulator import ResponsesSimulator, Script, script_from_trace
+from engine.testing.scenarios import Scenario, ScenarioError, load_fixture
+from engine.testing.simulator import ResponsesSimulator
 from engine.drivers.sync import run_turn
-from engine.log.trace import TraceError, read_trace
+from engine.log.trace import TraceError
 from machines.records import TurnPolicy, TurnResult
 
 __all__ = ["main", "describe_result"]
@@ -193,45 +197,61 @@ def _consume(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-# -- serve ----------------------------------------------------------------------------------------
-def _load_script(fixture: str) -> Script:
-    if fixture in SHAPES:
-        return SHAPES[fixture]
-    if not os.path.exists(fixture):
-        raise UsageError(
-            f"{fixture}: no such file, and not a built-in shape (see `streamfsm serve --list`)"
-        )
+# -- serve ---------------------------------------------------------------------------------------
+def _load_scenario(fixture: str, timing: str) -> Scenario | None:
+    """The scenario to serve, or None after printing every problem (one line each) to stderr."""
     try:
-        return script_from_trace(read_trace(fixture))
-    except TraceError as error:
-        raise UsageError(f"invalid trace: {error}") from None
+        return load_fixture(fixture, timing="recorded" if timing == "recorded" else "none")
+    except ScenarioError as error:
+        for problem in error.problems:
+            sys.stderr.write(f"streamfsm: error: {problem}\n")
+        return None
 
 
 def _serve(args: argparse.Namespace, out: TextIO) -> int:
+    """Serve until SIGINT or SIGTERM, then exit 0. The first line on stdout names the URL."""
     if args.list:
         for name, script in SHAPES.items():
             out.write(f"{name:34} {script.description}\n")
         return 0
     if not args.fixture:
-        raise UsageError("serve needs a FIXTURE (a trace file or a shape name; --list shows shapes)")
-    script = _load_script(args.fixture)
-    sim = ResponsesSimulator(script, port=args.port, repeat=True)
+        raise UsageError("serve needs a FIXTURE (a scenario file, a trace file or a shape name; --list shows shapes)")
+    scenario = _load_scenario(args.fixture, args.timing)
+    if scenario is None:
+        return 2
+    stop = threading.Event()
+    previous = {
+        number: signal.signal(number, lambda signum, frame: stop.set())
+        for number in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
-        sim.start()
-    except OSError as error:
-        raise UsageError(f"cannot listen on 127.0.0.1:{args.port}: {error.strerror or error}") from None
-    out.write(
-        f"serving {args.fixture} ({len(script.replies)} reply/replies, repeating) at {sim.base_url}\n"
-        f"try: OPENAI_BASE_URL={sim.base_url} OPENAI_API_KEY=any <your client>   (Ctrl-C stops)\n"
-    )
-    out.flush()
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
+        sim = ResponsesSimulator(scenario, port=args.port, log=args.serve_log)
+        try:
+            sim.start()
+        except OSError as error:
+            where = args.serve_log if error.filename else f"127.0.0.1:{args.port}"
+            raise UsageError(f"cannot {'open' if error.filename else 'listen on'} {where}: "
+                             f"{error.strerror or error}") from None
+        count = scenario.reply_count
+        out.write(
+            f"serving {args.fixture} ({count} repl{'y' if count == 1 else 'ies'}"
+            f"{', repeating' if scenario.repeat else ''}) at {sim.base_url}\n"
+            f"try: OPENAI_BASE_URL={sim.base_url} OPENAI_API_KEY=any <your client>   "
+            "(Ctrl-C or SIGTERM stops)\n"
+        )
+        if args.serve_log:
+            out.write(f"logging requests to {args.serve_log}\n")
+        out.flush()
+        try:
+            while not stop.wait(0.5):
+                pass
+        finally:
+            sim.close()
         out.write("stopped\n")
+        out.flush()
     finally:
-        sim.close()
+        for number, handler in previous.items():
+            signal.signal(number, handler)
     return 0
 
 
@@ -281,13 +301,21 @@ def build_parser() -> argparse.ArgumentParser:
     con.add_argument("--text", action="store_true", help="print the delivered answer text first")
 
     srv = commands.add_parser(
-        "serve", help="serve a trace or built-in shape as a Responses-API endpoint on 127.0.0.1",
-        description="Serve a recorded trace (its chunks, faults and HTTP errors, attempt by "
-        "attempt) or a built-in shape as POST /v1/responses on 127.0.0.1, for any client. "
-        "Replies repeat from the start once used up.",
+        "serve", help="serve a scenario, trace or built-in shape as a Responses-API endpoint",
+        description="Serve POST /v1/responses on 127.0.0.1 for any client: a scenario file "
+        "(.toml or .json: which reply each request gets; see docs/scenarios.md), a recorded "
+        "trace (.jsonl: its chunks, faults and HTTP errors, attempt by attempt) or a built-in "
+        "shape. Traces and shapes repeat from the start once used up. The first line printed "
+        "gives the URL. Runs until SIGINT or SIGTERM, then exits 0.",
     )
-    srv.add_argument("fixture", nargs="?", metavar="FIXTURE", help="a trace file or a shape name")
+    srv.add_argument("fixture", nargs="?", metavar="FIXTURE",
+                     help="a scenario file (.toml/.json), a trace file or a shape name")
     srv.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0 picks one)")
+    srv.add_argument("--log", dest="serve_log", metavar="FILE",
+                     help="append one JSON line per request received (n, t, method, path, "
+                     "headers with secrets redacted, body, reply, status)")
+    srv.add_argument("--timing", choices=("none", "recorded"), default="none",
+                     help="for a trace: 'recorded' reproduces its recorded pauses (default none)")
     srv.add_argument("--list", action="store_true", help="list the built-in shapes and exit")
 
     dia = commands.add_parser(

@@ -42,7 +42,12 @@ or ``insufficient_quota`` (not in the SDK's ``ResponseError.code`` enumeration),
 
 :data:`SHAPES` maps a name to a :class:`~engine.testing.simulator.Script` for each real-world stream
 shape the state machines must handle (see DESIGN.md, "Real-world stream shapes"). Scripts with
-a fault on the first attempt carry a second, good reply for the retry.
+a fault on the first attempt carry a second, good reply for the retry. Every reply carries the
+headers a real server sends: :data:`SUCCESS_HEADERS` on streams (rate-limit budget, processing
+time), ``retry-after`` and a spent budget on the 429 (:data:`RATE_LIMITED_HEADERS`); the
+simulator adds a per-request ``x-request-id``. A scenario can shape them further: ``stall_s``
+sets how long the stall shapes stay silent (default :data:`STALL_SECONDS`), ``drop = "rst"``
+makes the drop shapes reset the connection (see ``engine.testing.scenarios``).
 """
 
 from __future__ import annotations
@@ -62,9 +67,11 @@ __all__ = [
     "FAILURE_MESSAGES",
     "KEEPALIVE",
     "MODEL",
+    "RATE_LIMITED_HEADERS",
     "RESPONSE_ID",
     "SHAPES",
     "STALL_SECONDS",
+    "SUCCESS_HEADERS",
     "WEATHER_TOOL",
     "Comment",
     "Data",
@@ -127,6 +134,32 @@ FAILURE_MESSAGES: Final[Mapping[str, str]] = {
     ),
 }
 """The provider's wording for each ``response.failed`` error code the shapes use."""
+
+SUCCESS_HEADERS: Final[tuple[tuple[str, str], ...]] = (
+    ("openai-version", "2020-10-01"),
+    ("openai-processing-ms", "212"),
+    ("x-ratelimit-limit-requests", "10000"),
+    ("x-ratelimit-remaining-requests", "9999"),
+    ("x-ratelimit-reset-requests", "6ms"),
+    ("x-ratelimit-limit-tokens", "30000000"),
+    ("x-ratelimit-remaining-tokens", "29998150"),
+    ("x-ratelimit-reset-tokens", "3ms"),
+)
+"""Headers OpenAI sends with a successful stream (besides ``x-request-id``, which the simulator
+numbers per request): the API version, processing time and the rate-limit budget left."""
+
+RATE_LIMITED_HEADERS: Final[tuple[tuple[str, str], ...]] = (
+    ("retry-after", "20"),
+    ("openai-version", "2020-10-01"),
+    ("x-ratelimit-limit-requests", "10000"),
+    ("x-ratelimit-remaining-requests", "9998"),
+    ("x-ratelimit-reset-requests", "12ms"),
+    ("x-ratelimit-limit-tokens", "30000"),
+    ("x-ratelimit-remaining-tokens", "600"),
+    ("x-ratelimit-reset-tokens", "20s"),
+)
+"""Headers of the ``http_429`` shape: a ``retry-after`` that agrees with the body's "Please try
+again in 20s", and a token budget that is spent."""
 
 WEATHER_TOOL: Final[Mapping[str, Any]] = {
     "type": "function",
@@ -810,8 +843,17 @@ def _interrupted_start() -> list[StreamPart]:
     return assemble(created(), in_progress(), partial)
 
 
+def _with_server_headers(reply: Reply) -> Reply:
+    """A streamed reply with the headers a real server sends on success (a reply that sets any
+    header of its own keeps its own set)."""
+    if reply.body is not None or reply.headers:
+        return reply
+    return attrs.evolve(reply, headers=SUCCESS_HEADERS)
+
+
 def _script(name: str, description: str, *replies: Reply) -> Script:
-    return Script(replies=replies, name=name, description=description)
+    served = tuple(_with_server_headers(reply) for reply in replies)
+    return Script(replies=served, name=name, description=description)
 
 
 def _failed_shape(code: str, *, partial_text: str | None = None) -> list[StreamPart]:
@@ -1030,7 +1072,7 @@ def _build_shapes() -> dict[str, Script]:
         "Limit 30000, Used 29400, Requested 1850. Please try again in 20s. Visit "
         "https://platform.openai.com/account/rate-limits to learn more.",
         type="tokens", code="rate_limit_exceeded",
-        headers=(("x-ratelimit-limit-tokens", "30000"), ("x-ratelimit-reset-tokens", "20s")),
+        headers=RATE_LIMITED_HEADERS,
     )
     add(_script("http_429", "HTTP 429 rate limit with an OpenAI-shaped error body, on every "
                 "attempt.", *([error_429] * 3)))

@@ -1,15 +1,22 @@
-"""A scripted OpenAI Responses-API endpoint on loopback, for real clients and real sockets.
+"""A Responses-API endpoint on loopback that plays a scenario, for real clients and real sockets.
 
 Theory of operation
 ===================
 
 The simulator is a genuine HTTP/1.1 server (``http.server.ThreadingHTTPServer``) bound to
-``127.0.0.1``. It does not imitate a model; it plays a *script*. A :class:`Script` is an ordered
-tuple of :class:`Reply` records, and each POST to ``/v1/responses`` (or ``/responses``) takes the
+``127.0.0.1``. It does not imitate a model; it plays a *scenario*
+(:class:`engine.testing.scenarios.Scenario`): an ordered list of rules, each pairing conditions
+(the request holds a tool output, it is the Nth request, the rule was used fewer than N times)
+with a :class:`Reply`. Each POST to ``/v1/responses`` (or ``/responses``) gets the reply of the
+first rule whose conditions hold; a request no rule matches gets an HTTP 500 with an
+OpenAI-shaped error body saying so. Scenario files (``streamfsm serve FILE.toml``) and their
+keys are described in ``engine/testing/scenarios.py`` and ``docs/scenarios.md``.
+
+A :class:`Script` (an ordered tuple of replies) is the simplest scenario: each request takes the
 next unused reply, so a script of three replies describes three consecutive attempts of one turn
-(for example: drop, drop, success). A request that arrives after the script is used up gets an
-HTTP 500 with an OpenAI-shaped error body saying so (``code: "script_exhausted"``), unless the
-simulator was built with ``repeat=True``, in which case the script starts over.
+(for example: drop, drop, success); a request after the script is used up gets the 500
+(``code: "script_exhausted"``), unless the simulator was built with ``repeat=True``, in which
+case the script starts over.
 
 A streaming reply (any reply without a fixed ``body``) is sent with
 ``content-type: text/event-stream`` and ``transfer-encoding: chunked``, and its ``steps`` are
@@ -25,8 +32,10 @@ played in order:
     ends early when the simulator is closing (the reply is then abandoned) or when the client has
     closed its end (detected as end-of-file on the socket).
 ``TransportFault("drop")``
-    The connection is shut down at once, in the middle of the chunked body, without the
-    terminating zero-length chunk. The client's HTTP parser reports an incomplete body.
+    The connection is closed at once, in the middle of the chunked body, without the
+    terminating zero-length chunk. ``Reply.drop`` says how: ``"fin"`` (an orderly shutdown; the
+    client's HTTP parser reports an incomplete body) or ``"rst"`` (``SO_LINGER`` 0, so the
+    kernel sends a reset; the client reads "connection reset by peer").
 
 Unless a drop ended it, a streaming reply ends with the terminating zero-length chunk and the
 connection stays open for keep-alive reuse, exactly like a real server.
@@ -39,33 +48,36 @@ What the openai client raises (openai 3.x over httpx2; checked by tests/test_sim
 
 * A drop while iterating ``response.iter_bytes()`` of ``with_streaming_response.create(...)``:
   ``httpx2.RemoteProtocolError`` ("peer closed connection without sending complete message
-  body (incomplete chunked read)"). ``iter_bytes()`` passes transport errors through untouched.
+  body (incomplete chunked read)"); an RST drop raises ``httpx2.ReadError`` instead.
+  ``iter_bytes()`` passes transport errors through untouched.
   Iterating the SDK's own ``Stream`` (``create(stream=True)``) wraps the same fault as
   ``openai.APIConnectionError`` with the httpx2 error as ``__cause__``.
 * ``Stall`` longer than the client's read timeout: ``httpx2.ReadTimeout`` from ``iter_bytes()``
-  (``openai.APITimeoutError`` when iterating the SDK ``Stream``). A stall *before the response
-  headers* is not possible here: headers are always sent before the first step.
+  (``openai.APITimeoutError`` when iterating the SDK ``Stream``). A stall before the response
+  headers is ``Reply.headers_after_s``.
 * Non-2xx status: ``openai.APIStatusError`` (the subclass for the status, e.g.
   ``InternalServerError`` for 500, ``RateLimitError`` for 429, ``AuthenticationError`` for 401)
   raised by ``create(...)`` itself, with ``.status_code`` and ``.body`` (the ``error`` object of the
   JSON body). The openai client retries 408/409/429/5xx on its own unless ``max_retries=0``; each
-  retry consumes the next reply of the script.
+  retry is a new request that the scenario answers like any other.
 
-Every request is recorded as a :class:`RecordedRequest` (method, path, parsed JSON body, headers)
-before its reply is played, with secrets redacted: the values of ``authorization``, ``cookie`` and
-any header whose name contains ``key`` or ``token`` become ``"[redacted]"``.
+Every request is recorded as a :class:`RecordedRequest` (number, time, method, path, parsed JSON
+body, headers, which reply it got, status) before its reply is played, with secrets redacted: the
+values of ``authorization``, ``cookie`` and any header whose name contains ``key`` or ``token``
+become ``"[redacted]"``. With ``log=PATH`` each one is also appended to that file as one JSON line
+(``n``, ``t``, ``method``, ``path``, ``headers``, ``body``, ``reply``, ``status``), flushed at once.
 
 The simulator is quiet: it writes nothing to stdout or stderr. Exceptions raised while serving a
 request (other than the client hanging up) are kept in :attr:`ResponsesSimulator.server_errors`.
 
 Usage::
 
-    with ResponsesSimulator(script) as sim:
+    with ResponsesSimulator(scenario_or_script) as sim:
         client = openai.OpenAI(base_url=sim.base_url, api_key="test", max_retries=0)
         ...
         sim.requests  # what the client sent
 
-or, for a command-line server, ``ResponsesSimulator(script, port=8787).serve_forever()``, which
+or, for a command-line server, ``ResponsesSimulator(scenario, port=8787).serve_forever()``, which
 blocks until :meth:`ResponsesSimulator.close` is called from another thread or the process is
 interrupted.
 """
@@ -73,18 +85,23 @@ interrupted.
 from __future__ import annotations
 
 import http.server
+import os
 import select
 import socket
+import struct
 import sys
 import threading
 import time
-from collections.abc import Mapping
-from typing import Any, Final
+from collections.abc import Iterable, Mapping
+from typing import IO, TYPE_CHECKING, Any, Final, Literal
 
 import attrs
 import orjson
 
 from machines.records import Chunk, Stall, TransportFault
+
+if TYPE_CHECKING:
+    from engine.testing.scenarios import Scenario
 
 __all__ = [
     "RecordedRequest",
@@ -92,8 +109,10 @@ __all__ = [
     "ResponsesSimulator",
     "Script",
     "Step",
+    "TRACE_STALL_S",
     "error_body",
     "redact_headers",
+    "script_from_trace",
 ]
 
 RESPONSES_PATHS: Final = frozenset({"/v1/responses", "/responses"})
@@ -102,6 +121,11 @@ STALL_SLICE_S: Final = 0.02
 """Longest uninterrupted sleep inside a Stall; bounds how late a close or hang-up is noticed."""
 SERVE_POLL_S: Final = 0.05
 """Poll interval of the accept loop, a fallback: ``close()`` wakes the loop with a connection."""
+TRACE_STALL_S: Final = 60.0
+"""How long a trace's timeout or interrupt is served as silence: the client under test decides
+when to give up (the stall ends as soon as it hangs up)."""
+RECORDED_GAP_MIN_S: Final = 0.001
+"""With recorded timing, pauses shorter than this between two inputs are not reproduced."""
 
 _STATUS_ERROR_TYPES: Final[Mapping[int, tuple[str, str | None, str]]] = {
     400: ("invalid_request_error", None, "Invalid request."),
@@ -193,7 +217,8 @@ class Reply:
     ``body`` set: that body, sent whole as ``application/json`` with a ``content-length``.
     ``headers`` are added to the response and override the defaults of the same name.
     ``headers_after_s`` keeps the client waiting that long before the status line is sent (a
-    server slow to answer at all).
+    server slow to answer at all). ``drop`` says how a ``TransportFault`` step closes the
+    connection: ``"fin"`` (orderly shutdown) or ``"rst"`` (reset, ``SO_LINGER`` 0).
     """
 
     status: int = 200
@@ -201,17 +226,25 @@ class Reply:
     body: bytes | None = None
     headers: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_headers_tuple)
     headers_after_s: float = attrs.field(default=0.0, validator=_non_negative)
+    drop: Literal["fin", "rst"] = attrs.field(
+        default="fin", validator=attrs.validators.in_(("fin", "rst"))
+    )
 
     @property
     def is_stream(self) -> bool:
+        """Whether this reply is sent as an event stream (else as a whole JSON body)."""
         return self.body is None and (self.status == 200 or bool(self.steps))
+
+
+def _replies_tuple(value: Iterable[Reply]) -> tuple[Reply, ...]:
+    return tuple(value)
 
 
 @attrs.frozen
 class Script:
     """The replies for consecutive requests, in order, with a name and a one-line description."""
 
-    replies: tuple[Reply, ...] = attrs.field(converter=tuple)
+    replies: tuple[Reply, ...] = attrs.field(converter=_replies_tuple)
     name: str = ""
     description: str = ""
 
@@ -221,8 +254,11 @@ class RecordedRequest:
     """A request as the simulator received it, secrets redacted.
 
     ``body`` is the parsed JSON body (``None`` if it was empty or not JSON); ``headers`` maps
-    lower-cased header names to values; ``reply_index`` is the position in the script of the reply
-    it got (``None`` for requests the script did not answer: wrong path, or script exhausted).
+    lower-cased header names to values; ``reply_index`` is the position in the scenario (or
+    script) of the reply it got (``None`` for requests it did not answer: wrong path, or no reply
+    matched). ``n`` numbers the simulator's requests from 1, ``t`` is when it arrived (seconds
+    since the simulator started), ``status`` the HTTP status it was answered with, ``query`` the
+    query string of the request target (without ``?``).
     """
 
     method: str
@@ -230,6 +266,23 @@ class RecordedRequest:
     body: Any
     headers: dict[str, str]
     reply_index: int | None
+    n: int = 0
+    t: float = 0.0
+    status: int | None = None
+    query: str = ""
+
+    def to_log_json(self) -> dict[str, Any]:
+        """The request as one line of ``streamfsm serve --log``."""
+        return {
+            "n": self.n,
+            "t": round(self.t, 6),
+            "method": self.method,
+            "path": f"{self.path}?{self.query}" if self.query else self.path,
+            "headers": self.headers,
+            "body": self.body,
+            "reply": self.reply_index,
+            "status": self.status,
+        }
 
 
 def _is_secret_header(name: str) -> bool:
@@ -273,6 +326,7 @@ class _ResponsesRequestHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
     server: _SimulatorHTTPServer
+    request_id: str = "req_sim_0000"
 
     # -- quiet -----------------------------------------------------------------------------
     def log_message(self, format: str, *args: Any) -> None:
@@ -305,6 +359,9 @@ class _ResponsesRequestHandler(http.server.BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._serve()
 
+    def do_PATCH(self) -> None:
+        self._serve()
+
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("transfer-encoding", "").lower():
             pieces: list[bytes] = []
@@ -323,12 +380,13 @@ class _ResponsesRequestHandler(http.server.BaseHTTPRequestHandler):
     def _serve(self) -> None:
         simulator = self.server.simulator
         raw = self._read_body()
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
         try:
             body: Any = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
             body = None
-        _, reply = simulator._admit(self.command, path, body, self.headers)
+        request, reply = simulator._admit(self.command, path, body, self.headers, query)
+        self.request_id = f"req_sim_{request.n:04d}"
         if reply.headers_after_s:
             try:
                 self._stall(reply.headers_after_s)
@@ -358,21 +416,20 @@ class _ResponsesRequestHandler(http.server.BaseHTTPRequestHandler):
             {
                 "content-type": "application/json",
                 "content-length": str(len(body)),
-                "x-request-id": self.server.simulator._request_id(),
+                "x-request-id": self.request_id,
             },
         )
         self.wfile.write(body)
         self.wfile.flush()
 
     def _send_stream(self, reply: Reply) -> None:
-        simulator = self.server.simulator
         self._send_headers(
             reply,
             {
                 "content-type": "text/event-stream; charset=utf-8",
                 "transfer-encoding": "chunked",
                 "cache-control": "no-cache",
-                "x-request-id": simulator._request_id(),
+                "x-request-id": self.request_id,
             },
         )
         try:
@@ -382,7 +439,7 @@ class _ResponsesRequestHandler(http.server.BaseHTTPRequestHandler):
                 elif isinstance(step, Stall):
                     self._stall(step.seconds)
                 elif isinstance(step, TransportFault):
-                    self._drop()
+                    self._drop(reply.drop)
                     return
                 else:  # pragma: no cover - guarded by the type of Reply.steps
                     raise TypeError(f"unknown step {step!r}")
@@ -415,13 +472,27 @@ class _ResponsesRequestHandler(http.server.BaseHTTPRequestHandler):
             readable, _, _ = select.select([self.connection], [], [], wait_s)
             if not readable:
                 return False
-            return self.connection.recv(1, socket.MSG_PEEK) == b""
+            return bool(self.connection.recv(1, socket.MSG_PEEK) == b"")
         except (OSError, ValueError):
             return True
 
-    def _drop(self) -> None:
+    def _drop(self, mode: str = "fin") -> None:
+        """Close the connection mid-body: an orderly shutdown (FIN), or a reset (RST)."""
         self.close_connection = True
         self.wfile.flush()
+        if mode == "rst":
+            try:
+                self.connection.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+                # Close the descriptor now: with a zero linger time the kernel answers with a
+                # reset. (rfile holds a reference to the socket; close it first so the close is
+                # real, and so that no orderly shutdown follows.)
+                self.rfile.close()
+                self.connection.close()
+            except OSError:
+                pass
+            return
         try:
             self.connection.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -433,23 +504,46 @@ class _ResponsesRequestHandler(http.server.BaseHTTPRequestHandler):
 
 
 class ResponsesSimulator:
-    """Serves a :class:`Script` as a Responses-API endpoint on ``127.0.0.1``.
+    """Serves a scenario (or a :class:`Script`) as a Responses-API endpoint on ``127.0.0.1``.
 
-    ``port=0`` picks a free port. ``repeat=True`` starts the script over once it is used up
-    instead of answering 500 (useful for a long-running ``serve``). The server starts on
+    ``scenario``: an :class:`engine.testing.scenarios.Scenario`, or a :class:`Script` (each reply
+    used once, in order). ``port=0`` picks a free port. ``repeat=True`` starts a script over once
+    it is used up instead of answering 500 (useful for a long-running ``serve``). ``log``: a path
+    (appended to) or an open text file that gets one JSON line per request. The server starts on
     ``__enter__``/:meth:`start` in a daemon thread; :meth:`close` stops it promptly, cutting any
     reply in progress (a stalled one included).
     """
 
-    def __init__(self, script: Script, port: int = 0, *, repeat: bool = False) -> None:
-        if not isinstance(script, Script):
-            raise TypeError(f"script must be a Script, not {type(script).__name__}")
-        self.script: Final = script
-        self.repeat: Final = repeat
+    def __init__(
+        self,
+        scenario: Scenario | Script,
+        port: int = 0,
+        *,
+        repeat: bool = False,
+        log: str | os.PathLike[str] | IO[str] | None = None,
+    ) -> None:
+        from engine.testing.scenarios import Scenario, ScenarioState
+
+        if isinstance(scenario, Script):
+            scenario = Scenario.from_script(scenario, repeat=repeat)
+        elif isinstance(scenario, Scenario):
+            if repeat and not scenario.repeat:
+                scenario = attrs.evolve(scenario, repeat=True)
+        else:
+            raise TypeError(
+                f"scenario must be a Scenario or a Script, not {type(scenario).__name__}"
+            )
+        self.scenario: Final = scenario
+        self.repeat: Final = scenario.repeat
+        self._state = ScenarioState(scenario)
         self._requested_port = port
+        self._log_target = log
+        self._log: IO[str] | None = None
+        self._owns_log = False
         self._lock = threading.Lock()
-        self._next_reply = 0
+        self._replies_used = 0
         self._request_count = 0
+        self._started_at = time.monotonic()
         self._requests: list[RecordedRequest] = []
         self._server_errors: list[BaseException] = []
         self._connections: set[socket.socket] = set()
@@ -466,7 +560,18 @@ class ResponsesSimulator:
             raise RuntimeError("a closed ResponsesSimulator cannot be restarted")
         httpd = _SimulatorHTTPServer(("127.0.0.1", self._requested_port), _ResponsesRequestHandler)
         httpd.simulator = self
+        if self._log_target is not None and self._log is None:
+            if isinstance(self._log_target, (str, os.PathLike)):
+                try:
+                    self._log = open(self._log_target, "a", encoding="utf-8")
+                except OSError:
+                    httpd.server_close()
+                    raise
+                self._owns_log = True
+            else:
+                self._log = self._log_target
         self._httpd = httpd
+        self._started_at = time.monotonic()
         self._thread = threading.Thread(
             target=self._accept_loop,
             args=(httpd,),
@@ -493,6 +598,10 @@ class ResponsesSimulator:
             except OSError:
                 pass
         httpd.server_close()
+        with self._lock:
+            log, self._log = self._log, None
+            if log is not None and self._owns_log:
+                log.close()
 
     def _accept_loop(self, httpd: _SimulatorHTTPServer) -> None:
         """Accept connections (each served on its own thread) until the simulator is closing."""
@@ -505,7 +614,9 @@ class ResponsesSimulator:
         """Connect and hang up at once, so the accept loop sees the shutdown flag without waiting
         out its poll interval. The handler for this connection reads end-of-file and ends."""
         try:
-            with socket.create_connection(httpd.server_address[:2], timeout=0.2):
+            host, port = httpd.server_address[:2]
+            address = (host.decode() if isinstance(host, (bytes, bytearray)) else host, port)
+            with socket.create_connection(address, timeout=0.2):
                 pass
         except OSError:
             pass
@@ -528,6 +639,7 @@ class ResponsesSimulator:
     # -- what callers read -----------------------------------------------------------------
     @property
     def port(self) -> int:
+        """The port the simulator listens on (raises ``RuntimeError`` when not running)."""
         if self._httpd is None:
             raise RuntimeError("the simulator is not running")
         return int(self._httpd.server_address[1])
@@ -551,57 +663,56 @@ class ResponsesSimulator:
 
     @property
     def replies_used(self) -> int:
-        """How many script replies have been handed out (counting repeats)."""
+        """How many replies have been handed out (counting repeats)."""
         with self._lock:
-            return self._next_reply
+            return self._replies_used
 
     # -- called by the request handler -----------------------------------------------------
-    def _admit(self, method: str, path: str, body: Any, headers: Any) -> tuple[int | None, Reply]:
-        """Pick the reply for one request and record the request, atomically.
+    def _admit(
+        self, method: str, path: str, body: Any, headers: Any, query: str = ""
+    ) -> tuple[RecordedRequest, Reply]:
+        """Pick the reply for one request, record the request and log it, atomically.
 
-        Only ``POST`` to a Responses path consumes a script reply; anything else gets a 404/405
-        error body and leaves the script where it was.
+        Only ``POST`` to a Responses path is answered from the scenario; anything else gets a
+        404/405 error body and leaves the scenario where it was.
         """
+        redacted = redact_headers(headers)
         with self._lock:
-            index, reply = self._choose_reply(method, path)
-            self._requests.append(
-                RecordedRequest(
-                    method=method,
-                    path=path,
-                    body=body,
-                    headers=redact_headers(headers),
-                    reply_index=index,
-                )
+            index, reply = self._choose_reply(method, path, body, redacted)
+            self._request_count += 1
+            request = RecordedRequest(
+                method=method,
+                path=path,
+                body=body,
+                headers=redacted,
+                reply_index=index,
+                n=self._request_count,
+                t=time.monotonic() - self._started_at,
+                status=reply.status,
+                query=query,
             )
-        return index, reply
+            self._requests.append(request)
+            if self._log is not None:
+                try:
+                    self._log.write(orjson.dumps(request.to_log_json()).decode() + "\n")
+                    self._log.flush()
+                except (OSError, ValueError) as error:
+                    self._server_errors.append(error)
+        return request, reply
 
-    def _choose_reply(self, method: str, path: str) -> tuple[int | None, Reply]:
+    def _choose_reply(
+        self, method: str, path: str, body: Any, headers: Mapping[str, str]
+    ) -> tuple[int | None, Reply]:
         if path not in RESPONSES_PATHS:
             message = f"Invalid URL ({method} {path})"
             return None, Reply(status=404, body=error_body(message, type="invalid_request_error"))
         if method != "POST":
             message = f"Method {method} not allowed on {path}"
             return None, Reply(status=405, body=error_body(message, type="invalid_request_error"))
-        taken = self._next_reply
-        self._next_reply += 1
-        count = len(self.script.replies)
-        if self.repeat and count:
-            return taken % count, self.script.replies[taken % count]
-        if taken < count:
-            return taken, self.script.replies[taken]
-        label = f" {self.script.name!r}" if self.script.name else ""
-        message = (
-            f"Simulator script{label} is exhausted: request {taken + 1} arrived but the script "
-            f"holds {count} repl{'y' if count == 1 else 'ies'}."
-        )
-        return None, Reply(
-            status=500, body=error_body(message, type="server_error", code="script_exhausted")
-        )
-
-    def _request_id(self) -> str:
-        with self._lock:
-            self._request_count += 1
-            return f"req_sim_{self._request_count:04d}"
+        index, reply = self._state.choose(body, headers)
+        if index is not None:
+            self._replies_used += 1
+        return index, reply
 
     def _record_server_error(self, error: BaseException) -> None:
         with self._lock:
@@ -616,37 +727,72 @@ class ResponsesSimulator:
             self._connections.discard(connection)
 
 
-def script_from_trace(trace: Any) -> Script:
+def _headers_of(value: Any) -> tuple[tuple[str, str], ...]:
+    """Response headers a trace kept for an HTTP error, if it kept any (a JSON object)."""
+    if not isinstance(value, dict):
+        return ()
+    return tuple((str(name), str(val)) for name, val in value.items() if isinstance(name, str))
+
+
+def script_from_trace(trace: Any, *, timing: Literal["none", "recorded"] = "none") -> Script:
     """A recorded turn as a script: each attempt's chunks, faults and HTTP errors, in order.
 
-    Chunks keep their recorded boundaries; a drop or connect error becomes a `TransportFault("drop")`; a read or
-    idle timeout becomes a long `Stall`; an interrupt or clean end ends the body."""
-    from machines.records import Chunk
-    from engine.log.trace import input_from_json
-    from machines.records import HttpError, IdleTimeout, TransportFault
+    Chunks keep their recorded boundaries; a drop or connect error becomes a
+    `TransportFault("drop")`; a read or idle timeout, and an interrupt, become a long `Stall`
+    (:data:`TRACE_STALL_S`): the server went silent and the client gave up, which is all the
+    server can know. A clean end of stream ends the body. An HTTP error keeps its status, body and,
+    when the trace recorded them, its response headers.
 
+    ``timing="recorded"`` reproduces the pauses between consecutive inputs of each attempt (from
+    the trace's clock readings ``t``); the first attempt also waits its recorded time to first
+    input (later attempts start at once: the client's own wait before them is not the server's).
+    """
+    from engine.log.trace import input_from_json
+    from machines.records import EndOfStream, HttpError, IdleTimeout, Interrupt
+
+    if timing not in ("none", "recorded"):
+        raise ValueError(f"timing must be 'none' or 'recorded', not {timing!r}")
     replies: list[Reply] = []
-    by_attempt: dict[int, list[Any]] = {}
+    by_attempt: dict[int, list[dict[str, Any]]] = {}
     for record in trace.inputs():
-        by_attempt.setdefault(record["attempt"], []).append(input_from_json(record))
-    for number in sorted(by_attempt):
+        by_attempt.setdefault(record["attempt"], []).append(record)
+    for position, number in enumerate(sorted(by_attempt)):
         steps: list[Step] = []
         reply: Reply | None = None
-        for item in by_attempt[number]:
+        last_t: float | None = 0.0 if position == 0 else None
+        for record in by_attempt[number]:
+            item = input_from_json(record)
+            t = record.get("t")
+            gap = 0.0
+            if timing == "recorded" and isinstance(t, (int, float)) and not isinstance(t, bool):
+                if last_t is not None and t - last_t >= RECORDED_GAP_MIN_S:
+                    gap = float(t - last_t)
+                last_t = float(t)
+            if isinstance(item, HttpError):
+                body = item.body if isinstance(item.body, (dict, list)) else {
+                    "error": {"message": str(item.body)}
+                }
+                reply = Reply(
+                    status=item.status,
+                    body=orjson.dumps(body),
+                    headers=_headers_of(record.get("headers")),
+                    headers_after_s=gap,
+                )
+                break
+            if gap and not isinstance(item, (IdleTimeout, Interrupt)):
+                steps.append(Stall(gap))
             if isinstance(item, Chunk):
                 if item.data:
                     steps.append(Chunk(item.data))
-            elif isinstance(item, HttpError):
-                body = item.body if isinstance(item.body, (dict, list)) else {"error": {"message": str(item.body)}}
-                reply = Reply(status=item.status, body=orjson.dumps(body))
-                break
             elif isinstance(item, TransportFault) and item.kind != "read_timeout":
                 steps.append(TransportFault("drop"))
                 break
-            elif isinstance(item, (TransportFault, IdleTimeout)):
-                steps.append(Stall(30.0))
+            elif isinstance(item, (TransportFault, IdleTimeout, Interrupt)):
+                steps.append(Stall(TRACE_STALL_S))
                 break
-            else:  # end of stream, interrupt
+            elif isinstance(item, EndOfStream):
                 break
         replies.append(reply or Reply(steps=tuple(steps)))
-    return Script(replies=tuple(replies), name=trace.path, description=f"replies recorded in {trace.path}")
+    return Script(
+        replies=tuple(replies), name=trace.path, description=f"replies recorded in {trace.path}"
+    )

@@ -1,0 +1,227 @@
+"""The real Codex CLI (`codex exec`, @openai/codex 0.169.0) against `streamfsm serve`, offline.
+
+Every example scenario of docs/scenarios/ is served by a real `streamfsm serve SCENARIO --port 0
+--log FILE` subprocess, and `codex exec` talks to it through a custom model provider with a fresh
+CODEX_HOME (no login, no network). The request log shows what codex sent.
+
+The codex binary: `STREAMFSM_CODEX` (set by .ci/run), else the npm cache folder that .ci/run
+installs into (`${XDG_CACHE_HOME:-~/.cache}/streamfsm/codex-0.169.0`); when neither holds one and
+npm exists, the session installs it there itself. Only without codex and without npm do these
+tests skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from test_scenarios_cli import EXAMPLES, served
+
+CODEX_VERSION = "0.169.0"
+NATIVE = "node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex"
+LAUNCHER = "node_modules/.bin/codex"
+PARIS = "The capital of France is Paris."
+
+
+def codex_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "streamfsm" / f"codex-{CODEX_VERSION}"
+
+
+def _installed(folder: Path) -> Path | None:
+    for relative in (NATIVE, LAUNCHER):
+        candidate = folder / relative
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def find_codex() -> Path | None:
+    """STREAMFSM_CODEX when it names an executable, else what the cache folder holds."""
+    named = os.environ.get("STREAMFSM_CODEX")
+    if named and os.path.isfile(named) and os.access(named, os.X_OK):
+        return Path(named)
+    return _installed(codex_cache_dir())
+
+
+def install_codex() -> Path:
+    """npm install into a temporary folder beside the cache folder, then move it into place."""
+    target = codex_cache_dir()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.", dir=target.parent))
+    try:
+        subprocess.run(
+            ["npm", "install", "--prefix", str(staging), "--no-audit", "--no-fund",
+             "--loglevel=error", f"@openai/codex@{CODEX_VERSION}"],
+            check=True, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+        )
+        try:
+            staging.rename(target)
+        except OSError:  # another session won the race, or a half-empty folder is in the way
+            if _installed(target) is None:
+                shutil.rmtree(target, ignore_errors=True)
+                staging.rename(target)
+    except subprocess.CalledProcessError as error:
+        pytest.fail(f"npm install @openai/codex@{CODEX_VERSION} failed: {error.stderr.strip()}")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    installed = _installed(target)
+    assert installed is not None, f"npm installed no codex binary under {target}"
+    return installed
+
+
+@pytest.fixture(scope="session")
+def codex() -> Path:
+    found = find_codex()
+    if found is not None:
+        return found
+    if shutil.which("npm") is None:
+        pytest.skip(
+            f"no codex binary (STREAMFSM_CODEX unset, nothing under {codex_cache_dir()}) and no "
+            "npm to install @openai/codex; .ci/run installs it"
+        )
+    return install_codex()
+
+
+@attrs.frozen
+class CodexRun:
+    status: int
+    stdout: str
+    stderr: str
+    requests: list[dict[str, Any]]
+
+
+def run_codex_exec(
+    codex: Path, scenario: Path, tmp_path: Path, *config: str, timeout: float = 90
+) -> CodexRun:
+    """`codex exec` against `streamfsm serve SCENARIO`; returns its exit status, output and the
+    request log. The launcher (when only it is installed) runs in its own process group."""
+    home = tmp_path / "codex-home"
+    work = tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    with served(scenario, tmp_path / "requests.jsonl") as server:
+        provider = {
+            "name": '"loopback"',
+            "base_url": f'"{server.base_url}"',
+            "wire_api": '"responses"',
+            "env_key": '"STREAMFSM_LOOPBACK_KEY"',
+            "requires_openai_auth": "false",
+        }
+        argv = [str(codex), "exec", "--skip-git-repo-check", "--color", "never",
+                # the tool call runs `echo`: keep codex's sandbox (bubblewrap) out of the test
+                "--sandbox", "danger-full-access",
+                "-c", 'model="gpt-5.1-codex"', "-c", 'model_provider="loop"']
+        for key, value in provider.items():
+            argv += ["-c", f"model_providers.loop.{key}={value}"]
+        for item in config:
+            argv += ["-c", item]
+        argv.append("Say where the capital of France is.")
+        env = {**os.environ, "CODEX_HOME": str(home), "STREAMFSM_LOOPBACK_KEY": "loopback-dummy-key"}
+        env.pop("OPENAI_API_KEY", None)
+        process = subprocess.Popen(
+            argv, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )
+        try:
+            out, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            out, err = process.communicate(timeout=10)
+            pytest.fail(f"codex exec did not finish in {timeout} s:\n{err[-2000:]}")
+        requests = server.requests()
+    return CodexRun(process.returncode, out, err, requests)
+
+
+def _describe(run: CodexRun) -> str:
+    lines = [f"{r['n']} t={r['t']:.3f} reply={r['reply']} status={r['status']}" for r in run.requests]
+    return f"exit {run.status}; requests:\n" + "\n".join(lines) + f"\nstderr:\n{run.stderr[-3000:]}"
+
+
+def _responses_posts(run: CodexRun) -> list[dict[str, Any]]:
+    posts = [r for r in run.requests if r["method"] == "POST" and r["path"] == "/v1/responses"]
+    assert len(posts) == len(run.requests), _describe(run)
+    for post in posts:
+        assert post["headers"]["authorization"] == "[redacted]"
+        assert post["body"]["stream"] is True
+    return posts
+
+
+def test_text(codex: Path, tmp_path: Path) -> None:
+    run = run_codex_exec(codex, EXAMPLES / "text.toml", tmp_path)
+    assert run.status == 0, _describe(run)
+    assert [r["reply"] for r in _responses_posts(run)] == [0]
+    assert PARIS in run.stdout
+    assert "loopback-dummy-key" not in (tmp_path / "requests.jsonl").read_text()
+
+
+def test_tool_call_then_answer(codex: Path, tmp_path: Path) -> None:
+    run = run_codex_exec(codex, EXAMPLES / "tool_call_then_answer.toml", tmp_path)
+    assert run.status == 0, _describe(run)
+    first, second = _responses_posts(run)
+    assert (first["reply"], second["reply"]) == (1, 0)
+    tool_names = {tool.get("name") for tool in first["body"]["tools"]}
+    assert "exec_command" in tool_names
+    outputs = [item for item in second["body"]["input"] if item.get("type") == "function_call_output"]
+    assert len(outputs) == 1
+    assert "streamfsm-tool-ok" in str(outputs[0]["output"])
+    calls = [item for item in second["body"]["input"] if item.get("type") == "function_call"]
+    assert [(c["name"], c["call_id"]) for c in calls] == [("exec_command", outputs[0]["call_id"])]
+    assert "The command printed streamfsm-tool-ok." in run.stdout
+
+
+def test_rate_limit_then_text_waits_for_retry_after(codex: Path, tmp_path: Path) -> None:
+    run = run_codex_exec(codex, EXAMPLES / "rate_limit_then_text.toml", tmp_path)
+    assert run.status == 0, _describe(run)
+    first, second = _responses_posts(run)
+    assert (first["status"], second["status"]) == (429, 200)
+    assert second["t"] - first["t"] >= 1.0, _describe(run)
+    assert "Rate limit passed" in run.stdout
+
+
+def test_drop_after_300_bytes_then_text(codex: Path, tmp_path: Path) -> None:
+    run = run_codex_exec(codex, EXAMPLES / "drop_then_text.toml", tmp_path)
+    assert run.status == 0, _describe(run)
+    assert [r["reply"] for r in _responses_posts(run)] == [0, 1]
+    assert PARIS in run.stdout
+
+
+def test_stall_longer_than_the_idle_timeout_then_text(codex: Path, tmp_path: Path) -> None:
+    run = run_codex_exec(
+        codex, EXAMPLES / "stall_then_text.toml", tmp_path,
+        "model_providers.loop.stream_idle_timeout_ms=1500",
+    )
+    assert run.status == 0, _describe(run)
+    first, second = _responses_posts(run)
+    assert (first["reply"], second["reply"]) == (0, 1)
+    assert 1.5 <= second["t"] - first["t"] < 12, _describe(run)
+    assert PARIS in run.stdout
+
+
+def test_error_frame_then_text(codex: Path, tmp_path: Path) -> None:
+    run = run_codex_exec(codex, EXAMPLES / "error_frame_then_text.json", tmp_path)
+    assert run.status == 0, _describe(run)
+    assert [r["reply"] for r in _responses_posts(run)] == [0, 1]
+    assert PARIS in run.stdout
+
+
+def test_incomplete_answer(codex: Path, tmp_path: Path) -> None:
+    run = run_codex_exec(codex, EXAMPLES / "incomplete.toml", tmp_path)
+    assert run.status == 1, _describe(run)
+    assert [r["reply"] for r in _responses_posts(run)] == [0]
+    assert "Incomplete response returned, reason: max_output_tokens" in run.stderr
+
+
+def test_the_cache_folder_and_binary_names_match_ci() -> None:
+    script = (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text()
+    assert "@openai/codex@$CODEX_VERSION" in script and f'CODEX_VERSION="{CODEX_VERSION}"' in script
+    assert NATIVE in script and LAUNCHER in script
+    assert 'streamfsm/codex-$CODEX_VERSION' in script and "STREAMFSM_CODEX" in script
