@@ -44,7 +44,7 @@ class _PartialItem:
             if self.item_id is not None:
                 base.setdefault("id", self.item_id)
             base["arguments"] = arguments
-            base["status"] = status
+            base["status"] = "completed" if self.arguments_done is not None else status
             return base
         if self.kind == "reasoning":
             base.setdefault("type", "reasoning")
@@ -219,15 +219,24 @@ def join_output_text(items: list[Any] | None) -> str:
 
 
 def tool_calls_of(items: list[Any] | None) -> list[dict[str, Any]]:
-    """`call_id`, `name`, `arguments` of every function call item, in output order."""
+    """`call_id`, `name`, `arguments`, `status` and `type` of every function call item, in output
+    order. `status` is "incomplete" when the item says it was cut off (rebuilt from deltas whose
+    arguments never finished), else "completed"."""
     calls: list[dict[str, Any]] = []
     for item in items or ():
         if isinstance(item, dict) and item.get("type") == "function_call":
+            arguments = item.get("arguments")
             calls.append(
                 {
                     "call_id": item.get("call_id"),
                     "name": item.get("name"),
-                    "arguments": item.get("arguments") or "",
+                    "arguments": arguments if isinstance(arguments, str) else "",
+                    "status": (
+                        "incomplete"
+                        if item.get("status") in ("incomplete", "in_progress")
+                        else "completed"
+                    ),
+                    "type": "function_call",
                 }
             )
     return calls

@@ -32,7 +32,7 @@ from typing import Any, Literal
 import attrs
 
 FaultKind = Literal["drop", "read_timeout", "connect_error"]
-AttemptKind = Literal["stream", "fallback"]
+AttemptKind = Literal["stream", "fallback", "resume"]
 
 
 @attrs.frozen(slots=True)
@@ -51,12 +51,32 @@ class SseEvent:
     id: str | None = None
 
 
+def _header_pairs(value: Any) -> tuple[tuple[str, str], ...]:
+    if isinstance(value, dict):
+        value = value.items()
+    return tuple((str(name).lower(), str(text)) for name, text in value)
+
+
 @attrs.frozen(slots=True)
 class HttpError:
-    """The request was answered with a non-2xx status; `body` is the parsed JSON body if any."""
+    """The request was answered with a non-2xx status; `body` is the parsed JSON body if any.
+
+    `headers` keeps the response headers that say when to try again (`retry-after`,
+    `retry-after-ms`, `x-ratelimit-*`, `x-request-id`), names lower-cased; `received_at` is the
+    wall clock (seconds since the epoch) when the answer came, so an HTTP-date `Retry-After`
+    means the same wait on replay."""
 
     status: int
     body: Any = None
+    headers: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_header_pairs)
+    received_at: float | None = None
+
+    def header(self, name: str) -> str | None:
+        """The value of the (lower-case) header `name`, or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
 
 
 @attrs.frozen(slots=True)
@@ -96,11 +116,22 @@ class Interrupt:
     """The caller asked the turn to stop."""
 
 
+@attrs.frozen(slots=True)
+class EventTooLarge:
+    """One server-sent event grew past `limit` bytes (the policy's `max_event_bytes`). Derived by
+    the decoder from the recorded chunks, so a replay derives it again."""
+
+    limit: int
+
+
 #: Inputs that end an attempt (or could): everything a driver observes except bytes.
 StreamInput = HttpError | TransportFault | EndOfStream | IdleTimeout | Interrupt
 
+#: What a machine is fed besides events: the driver's observations and what the decoder derives.
+AttemptInput = StreamInput | EventTooLarge
+
 #: What a machine is fed.
-MachineInput = SseEvent | StreamInput
+MachineInput = SseEvent | AttemptInput
 
 
 @attrs.frozen(slots=True)
@@ -117,14 +148,15 @@ class Transition:
 
 
 EffectKind = Literal[
-    "first_delta", "text_delta", "reasoning_delta", "tool_call", "error", "rate_limits"
+    "first_delta", "text_delta", "reasoning_delta", "tool_call", "error", "rate_limits", "wait"
 ]
 
 
 @attrs.frozen(slots=True)
 class Effect:
     """Something a machine decided that reaches the world: text for a callback, the first delta,
-    a tool call, an error, a rate-limit notice. The event log records it, then acts on it."""
+    a tool call, an error, a rate-limit notice, a wait before the next attempt (`data`: seconds).
+    The event log records it, then the driver acts on it."""
 
     kind: EffectKind
     attempt: int
@@ -137,8 +169,9 @@ Decision = Transition | Effect
 
 @attrs.frozen(slots=True)
 class Attempt:
-    """How one attempt of a turn ended: its number, kind ("stream" or "fallback"), final state
-    and reason (the trigger that ended it, or a detail such as `http_429`)."""
+    """How one attempt of a turn ended: its number, kind ("stream", "fallback" or "resume"),
+    final state and reason (the trigger that ended it, or a detail such as `http_429`). Every
+    HTTP request of a turn is one attempt, HTTP-level retries included."""
 
     number: int
     kind: AttemptKind
@@ -158,15 +191,54 @@ def _positive_seconds_or_none(instance: Any, attribute: Any, value: Any) -> None
         raise ValueError(f"{attribute.name} must be None or a number of seconds > 0, not {value!r}")
 
 
+def _non_negative_int_or_none(instance: Any, attribute: Any, value: Any) -> None:
+    if value is not None:
+        _non_negative_int(instance, attribute, value)
+
+
+def _positive_seconds(instance: Any, attribute: Any, value: Any) -> None:
+    if value is None:
+        raise ValueError(f"{attribute.name} must be a number of seconds > 0, not None")
+    _positive_seconds_or_none(instance, attribute, value)
+
+
+def _positive_int(instance: Any, attribute: Any, value: Any) -> None:
+    if type(value) is not int or value < 1:
+        raise ValueError(f"{attribute.name} must be a whole number >= 1, not {value!r}")
+
+
+def _string_codes(value: Any) -> frozenset[str]:
+    if isinstance(value, str):
+        raise TypeError("retry_failed_codes must be a collection of codes, not one string")
+    codes = frozenset(value)
+    for code in codes:
+        if not isinstance(code, str):
+            raise TypeError(f"retry_failed_codes must hold strings, not {type(code).__name__}")
+    return codes
+
+
 @attrs.frozen(slots=True)
 class TurnPolicy:
-    """How hard a turn tries. The defaults match the seed runtime."""
+    """How hard a turn tries. The defaults match the seed runtime.
+
+    `max_stream_retries`: extra stream attempts after a retryable fault. `fallback`: after the
+    last stream attempt, one `create(stream=True)` attempt. `idle_timeout_s`: an attempt with no
+    bytes for this long is a retryable fault. `retry_failed_codes`: `response.failed` codes
+    treated as retryable faults. `max_http_retries`: retries of 408/409/429/5xx answers and of
+    connection errors before the response (None: the client's own `max_retries`).
+    `max_retry_wait_s`: the longest wait a server may demand before a retry; longer ends the
+    turn. `max_event_bytes`: one server-sent event larger than this ends the turn. `resume`:
+    resume a dropped background response instead of asking again."""
 
     max_stream_retries: int = attrs.field(default=1, validator=_non_negative_int)
     fallback: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     idle_timeout_s: float | None = attrs.field(default=None, validator=_positive_seconds_or_none)
     #: `response.failed` codes treated as retryable faults instead of outcomes.
-    retry_failed_codes: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
+    retry_failed_codes: frozenset[str] = attrs.field(default=frozenset(), converter=_string_codes)
+    max_http_retries: int | None = attrs.field(default=None, validator=_non_negative_int_or_none)
+    max_retry_wait_s: float = attrs.field(default=60.0, validator=_positive_seconds)
+    max_event_bytes: int = attrs.field(default=64 * 2**20, validator=_positive_int)
+    resume: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
 
 
 Outcome = Literal["completed", "incomplete", "failed", "error", "interrupted"]

@@ -84,8 +84,12 @@ table keeps the state) and only events that change state go through a `transitio
 
 from __future__ import annotations
 
+import email.utils
 import functools
-from typing import Any, Callable, Final
+import json
+import math
+import re
+from typing import Any, Callable, Final, Literal
 
 import attrs
 import orjson
@@ -96,6 +100,7 @@ from machines.records import (
     Decision,
     Effect,
     EndOfStream,
+    EventTooLarge,
     HttpError,
     IdleTimeout,
     Interrupt,
@@ -140,8 +145,11 @@ STATES: Final[list[str]] = [AWAITING_CREATED, STREAMING, TOOL_CALL, TERMINAL, FA
 LIVE: Final[list[str]] = [AWAITING_CREATED, STREAMING, TOOL_CALL]
 FINAL: Final = frozenset({TERMINAL, FALLBACK, RETIRE})
 
-#: Triggers that are byte-stream failures: worth another attempt.
-FAULTS: Final[list[str]] = ["drop", "read_timeout", "connect_error", "idle_timeout", "eof"]
+#: Triggers that are byte-stream failures: worth another stream attempt.
+FAULTS: Final[list[str]] = ["drop", "read_timeout", "idle_timeout", "eof"]
+
+#: HTTP statuses worth another request (the openai SDK's own list).
+RETRYABLE_STATUSES: Final = frozenset({408, 409, 429, *range(500, 600)})
 
 TABLE: Final[list[dict[str, Any]]] = [
     # the response begins
@@ -162,27 +170,42 @@ TABLE: Final[list[dict[str, Any]]] = [
     {"trigger": "incomplete", "source": LIVE, "dest": TERMINAL, "outcome": "incomplete"},
     {"trigger": "failed", "source": LIVE, "dest": FALLBACK,
      "conditions": ["failure_is_retryable", "hands_over_to_fallback"],
-     "outcome": "failed", "retry": True, "reason": "failed:{code}"},
+     "outcome": "failed", "retry": "stream", "reason": "failed:{code}"},
     {"trigger": "failed", "source": LIVE, "dest": RETIRE, "conditions": "failure_is_retryable",
-     "outcome": "failed", "retry": True, "reason": "failed:{code}"},
+     "outcome": "failed", "retry": "stream", "reason": "failed:{code}"},
     {"trigger": "failed", "source": LIVE, "dest": TERMINAL, "outcome": "failed"},
     {"trigger": "error_frame", "source": LIVE, "dest": TERMINAL, "outcome": "error"},
+    # the request is answered with an error status: 408, 409, 429 and 5xx are tried again while
+    # the turn's HTTP retry budget lasts, unless the server demands a longer wait than allowed
+    {"trigger": "http_error", "source": LIVE, "dest": RETIRE,
+     "conditions": ["status_is_retryable", "wait_is_acceptable", "http_retry_left"],
+     "outcome": "error", "retry": "http", "reason": "http_{status}"},
     {"trigger": "http_error", "source": LIVE, "dest": TERMINAL, "outcome": "error",
      "reason": "http_{status}"},
+    # no response at all (a connection error before the response headers): an HTTP retry while
+    # the budget lasts; then the turn ends (no stream retry, no fallback)
+    {"trigger": "connect_error", "source": LIVE, "dest": RETIRE, "conditions": "http_retry_left",
+     "outcome": "error", "retry": "http"},
+    {"trigger": "connect_error", "source": LIVE, "dest": RETIRE, "outcome": "error"},
     # the byte stream fails: retried by the turn, or handed to the fallback
     *(
         row
         for fault in FAULTS
         for row in (
             {"trigger": fault, "source": LIVE, "dest": FALLBACK,
-             "conditions": "hands_over_to_fallback", "outcome": "error", "retry": True},
-            {"trigger": fault, "source": LIVE, "dest": RETIRE, "outcome": "error", "retry": True},
+             "conditions": "hands_over_to_fallback", "outcome": "error", "retry": "stream"},
+            {"trigger": fault, "source": LIVE, "dest": RETIRE, "outcome": "error",
+             "retry": "stream"},
         )
     ),
+    # one event larger than the policy allows: the turn ends, nothing is retried
+    {"trigger": "event_too_large", "source": LIVE, "dest": RETIRE, "outcome": "error"},
     # the caller stops the turn
     {"trigger": "interrupt", "source": LIVE, "dest": RETIRE, "outcome": "interrupted",
      "reason": "interrupted"},
 ]
+
+RetryKind = Literal["stream", "http"]
 
 #: The states; entering `tool_call` marks the attempt as having seen a tool call.
 STATE_SPECS: Final[list[dict[str, Any]]] = [
@@ -198,14 +221,17 @@ _ROW_META = ("outcome", "retry", "reason")
 class Ending:
     """How an attempt ended, read off the final row that fired.
 
-    `outcome` is the turn's outcome if this attempt is its last; `retry` says whether the turn
-    may make another attempt; `reason` is the attempt's reason (`Attempt.reason`)."""
+    `outcome` is the turn's outcome if this attempt is its last; `retry` says which budget may pay
+    for another attempt ("stream": a broken stream, "http": an HTTP-level failure, None: none);
+    `reason` is the attempt's reason (`Attempt.reason`); `wait_s` is the wait the server
+    demanded before another request (None: it said nothing)."""
 
     state: str
     trigger: str
     outcome: Outcome
-    retry: bool
+    retry: RetryKind | None
     reason: str
+    wait_s: float | None = None
 
 
 def _sources(row: dict[str, Any]) -> list[str]:
@@ -262,13 +288,16 @@ class DeliveryLedger:
 
 
 class _Channel:
-    """One attempt's view of one delivery channel: in step with the ledger, catching up, or off."""
+    """One attempt's view of one delivery channel: in step with the ledger, catching up, or off.
 
-    __slots__ = ("behind", "seen", "in_step", "diverged")
+    Catching up compares each delta with the delivered text at the current position, so a
+    retry that repeats a long answer costs time linear in its length."""
+
+    __slots__ = ("behind", "position", "in_step", "diverged")
 
     def __init__(self, ledger: DeliveryLedger, channel: str) -> None:
         self.behind = ledger.delivered(channel)  # what a retry must first repeat
-        self.seen: list[str] = []
+        self.position = 0
         self.in_step = not self.behind
         self.diverged = False
 
@@ -276,19 +305,21 @@ class _Channel:
         """The part of `delta` that is new to the user ("" while repeating delivered text)."""
         if self.diverged:
             return ""
-        self.seen.append(delta)
-        so_far = "".join(self.seen)
         behind = self.behind
-        if len(so_far) <= len(behind):
-            if not behind.startswith(so_far):
+        position = self.position
+        left = len(behind) - position
+        if len(delta) <= left:
+            if behind.startswith(delta, position):
+                self.position = position + len(delta)
+            else:
                 self.diverged = True
             return ""
-        if not so_far.startswith(behind):
+        if not delta.startswith(behind[position:]):
             self.diverged = True
             return ""
         self.in_step = True
-        self.seen = []
-        return so_far[len(behind) :]
+        self.position = len(behind)
+        return delta[left:]
 
 
 def provider_error(payload: dict[str, Any], default_type: str) -> dict[str, Any]:
@@ -315,7 +346,9 @@ class StreamAttempt:
     `number` counts attempts within the turn (from 1); `kind` is "stream" or "fallback";
     `ledger` is the turn's record of delivered text; `hands_over_to_fallback` says whether a fault
     ends this attempt in `fallback` (the turn decides: last stream attempt and fallback allowed);
-    `retry_failed_codes` lists the `response.failed` codes treated as faults.
+    `retry_failed_codes` lists the `response.failed` codes treated as faults;
+    `max_retry_wait_s` is the longest wait a server may demand before an HTTP retry;
+    `http_retry_left` says whether the turn's HTTP retry budget allows another request.
     """
 
     state: str
@@ -328,6 +361,8 @@ class StreamAttempt:
         ledger: DeliveryLedger,
         hands_over_to_fallback: bool = False,
         retry_failed_codes: frozenset[str] = frozenset(),
+        max_retry_wait_s: float = 60.0,
+        http_retry_left: bool = False,
     ) -> None:
         self.state = AWAITING_CREATED
         self.number = number
@@ -342,6 +377,10 @@ class StreamAttempt:
         self.response: dict[str, Any] | None = None  # the terminal event's response
         self.error: dict[str, Any] | None = None
         self.http_status: int | None = None
+        #: The wait before another request that the server demanded (headers or words).
+        self.demanded_wait_s: float | None = None
+        self.max_retry_wait_s = max_retry_wait_s
+        self.http_retries = http_retry_left
         self.rate_limits: list[Any] = []
         self.undecodable = 0
         self.ignored = 0
@@ -376,7 +415,10 @@ class StreamAttempt:
             elif isinstance(item, HttpError):
                 self.error = _http_error(item)
                 self.http_status = item.status
+                self.demanded_wait_s = demanded_wait_s(item)
                 self._fire("http_error")
+            elif isinstance(item, EventTooLarge):
+                self._fire("event_too_large")
             else:
                 raise TypeError(f"not a machine input: {type(item).__name__}")
         out = self._out
@@ -403,7 +445,7 @@ class StreamAttempt:
         try:
             payload = _loads(data)
         except _JSONDecodeError:
-            payload = None
+            payload = _lenient_loads(data)
         if type(payload) is not dict:
             if data.strip() != "[DONE]":
                 self.undecodable += 1
@@ -437,10 +479,11 @@ class StreamAttempt:
                 dest,
                 trigger,
                 row["outcome"],
-                row.get("retry", False),
+                row.get("retry"),
                 template.format(status=self.http_status, code=self.error_code)
                 if template
                 else trigger,
+                self.demanded_wait_s,
             )
 
     def _enter_tool_call(self, event: Any) -> None:
@@ -454,6 +497,18 @@ class StreamAttempt:
         """The `response.failed` code is one the policy retries."""
         code = self.error_code
         return type(code) is str and code in self.retry_failed_codes
+
+    def status_is_retryable(self, event: Any) -> bool:
+        """The HTTP status is one worth another request (408, 409, 429, 5xx)."""
+        return self.http_status in RETRYABLE_STATUSES
+
+    def wait_is_acceptable(self, event: Any) -> bool:
+        """The server demanded no wait, or one no longer than the policy's `max_retry_wait_s`."""
+        return self.demanded_wait_s is None or self.demanded_wait_s <= self.max_retry_wait_s
+
+    def http_retry_left(self, event: Any) -> bool:
+        """The turn's HTTP retry budget (`max_http_retries`) is not spent."""
+        return self.http_retries
 
     def every_call_done(self, event: Any) -> bool:
         """Every function call announced or streamed has its `output_item.done`."""
@@ -574,6 +629,57 @@ class StreamAttempt:
     def partial_items(self) -> list[dict[str, Any]]:
         """Everything this attempt streamed, as output items (done items as sent)."""
         return self.assembly.items("incomplete" if self.reason != "completed" else "completed")
+
+
+def _lenient_loads(data: str) -> Any:
+    """What the standard library's JSON reader makes of data orjson refuses (numbers such as
+    `1e999`, lone surrogate escapes), or None when it is not JSON at all."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+
+
+_TRY_AGAIN = re.compile(r"try again in (\d+(?:\.\d+)?)\s*(ms|s|sec|seconds?)\b", re.IGNORECASE)
+
+
+def demanded_wait_s(item: HttpError) -> float | None:
+    """The wait before another request that an HTTP error demands, in seconds, or None:
+    `retry-after-ms` wins over `Retry-After` (seconds, or an HTTP date measured from when the
+    answer came), which wins over "try again in N s" in the error message."""
+    value = item.header("retry-after-ms")
+    if value is not None:
+        try:
+            seconds = float(value) / 1000
+        except ValueError:
+            seconds = math.nan
+        if math.isfinite(seconds) and seconds >= 0:
+            return seconds
+    value = item.header("retry-after")
+    if value is not None:
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = _seconds_until(value, item.received_at)
+        if math.isfinite(seconds) and seconds >= 0:
+            return seconds
+    message = _http_error(item).get("message")
+    if isinstance(message, str):
+        match = _TRY_AGAIN.search(message)
+        if match is not None:
+            amount = float(match.group(1))
+            return amount / 1000 if match.group(2).lower() == "ms" else amount
+    return None
+
+
+def _seconds_until(http_date: str, received_at: float | None) -> float:
+    try:
+        when = email.utils.parsedate_to_datetime(http_date)
+    except (TypeError, ValueError, IndexError):
+        return math.nan
+    if received_at is None or when.tzinfo is None:
+        return math.nan
+    return max(0.0, when.timestamp() - received_at)
 
 
 def _http_error(item: HttpError) -> dict[str, Any]:

@@ -36,6 +36,7 @@ attempts are never mixed.
 from __future__ import annotations
 
 import functools
+import random
 from typing import Any, Final
 
 import attrs
@@ -66,6 +67,12 @@ STATES: Final[list[str]] = [IDLE, STREAM_ATTEMPT, FALLBACK_ATTEMPT, FINISHED]
 
 TABLE: Final[list[dict[str, Any]]] = [
     {"trigger": "begin", "source": IDLE, "dest": STREAM_ATTEMPT},
+    # an HTTP-level failure (a retryable status, no response at all): the same request again,
+    # after a wait, paid by the HTTP retry budget
+    {"trigger": "attempt_ended", "source": STREAM_ATTEMPT, "dest": STREAM_ATTEMPT,
+     "conditions": "attempt_wants_http_retry", "name": "http_retry"},
+    {"trigger": "attempt_ended", "source": FALLBACK_ATTEMPT, "dest": FALLBACK_ATTEMPT,
+     "conditions": "attempt_wants_http_retry", "name": "http_retry"},
     {"trigger": "attempt_ended", "source": STREAM_ATTEMPT, "dest": FALLBACK_ATTEMPT,
      "conditions": "attempt_handed_over", "name": "fall_back"},
     {"trigger": "attempt_ended", "source": STREAM_ATTEMPT, "dest": STREAM_ATTEMPT,
@@ -81,7 +88,13 @@ FAULT_MESSAGES: Final[dict[str, str]] = {
     "connect_error": "could not connect to the server",
     "idle_timeout": "no data arrived within the idle timeout",
     "eof": "the stream ended without a terminal event",
+    "event_too_large": "one server-sent event was larger than the policy's max_event_bytes",
 }
+
+#: Exponential back-off before an HTTP retry when the server names no wait: 0.5 s doubling,
+#: at most 8 s, the upper half of it drawn at random (seeded: replay draws the same waits).
+BACKOFF_FIRST_S: Final = 0.5
+BACKOFF_MAX_S: Final = 8.0
 
 
 def _definition() -> Machine:
@@ -113,11 +126,16 @@ class TurnMachine:
 
     state: str
 
-    def __init__(self, policy: TurnPolicy) -> None:
+    def __init__(self, policy: TurnPolicy, seed: int = 0) -> None:
         self.state = IDLE
         self.policy = policy
         self.ledger = DeliveryLedger()
         self.attempts: list[StreamAttempt] = []
+        #: Stream attempts begun or retried (HTTP retries of one attempt do not count).
+        self.stream_tries = 0
+        self.http_retries = 0
+        self._random = random.Random(seed)
+        self._last_move = ""
         self._result: TurnResult | None = None
         self._out: list[Decision] = []
 
@@ -125,22 +143,27 @@ class TurnMachine:
     def _moved(self, row: dict[str, Any], source: str) -> None:
         """A row fired: record the turn's transition, named after the row."""
         number = len(self.attempts) + (0 if row["dest"] == FINISHED else 1)
-        self._out.append(
-            Transition(MACHINE, number, source, row["dest"], row.get("name", row["trigger"]))
-        )
+        self._last_move = row.get("name", row["trigger"])
+        self._out.append(Transition(MACHINE, number, source, row["dest"], self._last_move))
 
     def attempt_handed_over(self, event: Any) -> bool:
         """The stream attempt ended in `fallback`."""
         return self.attempts[-1].state == FALLBACK
 
-    def attempt_may_retry(self, event: Any) -> bool:
-        """The attempt's final row allows another attempt (a fault, a retryable failure)."""
+    def attempt_wants_http_retry(self, event: Any) -> bool:
+        """The attempt's final row asks for the same request again (an HTTP-level failure)."""
         ending = self.attempts[-1].ending
-        return ending is not None and ending.retry
+        return ending is not None and ending.retry == "http"
+
+    def attempt_may_retry(self, event: Any) -> bool:
+        """The attempt's final row allows another stream attempt (a fault, a retryable
+        failure)."""
+        ending = self.attempts[-1].ending
+        return ending is not None and ending.retry == "stream"
 
     def stream_attempts_left(self, event: Any) -> bool:
         """Fewer than `1 + policy.max_stream_retries` stream attempts were made."""
-        return len(self.attempts) < 1 + self.policy.max_stream_retries
+        return self.stream_tries < 1 + self.policy.max_stream_retries
 
     # -- driving -------------------------------------------------------------------------------
     def next_attempt(self) -> tuple[StreamAttempt | None, list[Decision]]:
@@ -154,29 +177,47 @@ class TurnMachine:
                 raise RuntimeError("the current attempt has not ended; feed it until it is final")
             _EVENTS["attempt_ended"].trigger(self)
         attempt = None
+        moved = self._last_move
         if self.state == FINISHED:
             self._result = self._build_result()
+        elif moved == "http_retry":
+            self.http_retries += 1
+            attempt = self._open(self.attempts[-1].kind)
+            self._out.append(Effect("wait", attempt.number, self._wait_s()))
         else:
+            if moved != "fall_back":
+                self.stream_tries += 1
             attempt = self._open("fallback" if self.state == FALLBACK_ATTEMPT else "stream")
         out = self._out
         self._out = []
         return attempt, out
 
     def _open(self, kind: AttemptKind) -> StreamAttempt:
-        number = len(self.attempts) + 1
+        policy = self.policy
         attempt = StreamAttempt(
-            number,
+            len(self.attempts) + 1,
             kind,
             ledger=self.ledger,
             hands_over_to_fallback=(
                 kind == "stream"
-                and self.policy.fallback
-                and number == 1 + self.policy.max_stream_retries
+                and policy.fallback
+                and self.stream_tries == 1 + policy.max_stream_retries
             ),
-            retry_failed_codes=self.policy.retry_failed_codes,
+            retry_failed_codes=policy.retry_failed_codes,
+            max_retry_wait_s=policy.max_retry_wait_s,
+            http_retry_left=self.http_retries < (policy.max_http_retries or 0),
         )
         self.attempts.append(attempt)
         return attempt
+
+    def _wait_s(self) -> float:
+        """Seconds to wait before the HTTP retry just decided: what the server demanded, else
+        the jittered back-off."""
+        ending = self.attempts[-2].ending
+        if ending is not None and ending.wait_s is not None:
+            return ending.wait_s
+        ceiling = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2.0 ** (self.http_retries - 1))
+        return round(ceiling * (0.5 + 0.5 * self._random.random()), 6)
 
     # -- outcome -------------------------------------------------------------------------------
     def result(self, transitions: list[Transition]) -> TurnResult:
@@ -202,6 +243,12 @@ class TurnMachine:
             source = next((a for a in reversed(self.attempts) if not a.assembly.is_empty()), last)
             items = source.partial_items()
             calls = tool_calls_of(items)
+        if outcome == "completed":
+            calls = [{**call, "status": "completed"} for call in calls]
+        output_text = join_output_text(items)
+        delivered = self.ledger.delivered("text")
+        if outcome in ("error", "interrupted") and len(output_text) < len(delivered):
+            output_text = delivered  # never less than the user already saw
         out = self._out
         out.extend(Effect("tool_call", last.number, call) for call in calls)
         if error is not None:
@@ -209,7 +256,7 @@ class TurnMachine:
         return TurnResult(
             outcome=outcome,
             response=response,
-            output_text=join_output_text(items),
+            output_text=output_text,
             tool_calls=calls,
             error=error,
             attempts=[Attempt(a.number, a.kind, a.state, a.reason) for a in self.attempts],

@@ -140,7 +140,8 @@ def test_no_answer_text_after_a_tool_call_in_the_same_attempt(tmp_path: Path) ->
     # the result still holds every message of the response, in output order
     assert run.result.output_text == "Let me check the weather.It is sunny in Paris."
     assert run.result.tool_calls == [
-        {"call_id": "call_01_sim", "name": "get_weather", "arguments": WEATHER_ARGS}
+        {"call_id": "call_01_sim", "name": "get_weather", "arguments": WEATHER_ARGS,
+         "status": "completed", "type": "function_call"}
     ]
     # the machine went back to streaming after the call's output_item.done
     path = [(t.source, t.dest) for t in run.result.transitions if t.machine == "stream_attempt"]

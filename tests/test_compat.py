@@ -620,7 +620,7 @@ def _comparable(path: Any, *, inputs: bool) -> list[dict[str, Any]]:
     for record in read_trace(path).records:
         if record["kind"] == "input" and not inputs:
             continue
-        out.append({k: v for k, v in record.items() if k not in ("seq", "t")})
+        out.append({k: v for k, v in record.items() if k not in ("seq", "t", "received_at")})
     return out
 
 

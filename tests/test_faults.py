@@ -182,8 +182,10 @@ def test_read_timeout_on_the_only_attempt_keeps_the_partial_text(tmp_path: Path)
 
 
 def test_connect_error_on_a_closed_port(tmp_path: Path) -> None:
+    """No response at all is an HTTP-level failure: retried on the HTTP budget (the client's own
+    max_retries by default), then the turn ends, with no stream retry and no fallback."""
     port = closed_port()
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-x", max_retries=0)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-x", max_retries=2)
     trace = tmp_path / "connect.jsonl"
     with client:
         result = engine.run_turn(client, REQUEST, trace=trace)
@@ -195,8 +197,8 @@ def test_connect_error_on_a_closed_port(tmp_path: Path) -> None:
     }
     assert [(a.kind, a.final_state, a.reason) for a in result.attempts] == [
         ("stream", "retire", "connect_error"),
-        ("stream", "fallback", "connect_error"),
-        ("fallback", "retire", "connect_error"),
+        ("stream", "retire", "connect_error"),
+        ("stream", "retire", "connect_error"),
     ]
     assert result.output_text == ""
     assert result.response is None

@@ -271,7 +271,8 @@ def test_status_errors_keep_the_body_as_sent() -> None:
     body = {"error": {"message": "Rate limit reached", "type": "tokens", "code": "rate_limit_exceeded"}}
     response = httpx2.Response(429, content=orjson.dumps(body), request=REQUEST)
     error = openai.RateLimitError("Error code: 429", response=response, body=body["error"])
-    assert input_of(error, opening=True) == HttpError(429, body)
+    observed = input_of(error, opening=True)
+    assert isinstance(observed, HttpError) and (observed.status, observed.body) == (429, body)
 
 
 def test_sdk_api_error_for_an_error_payload_becomes_that_frame() -> None:

@@ -242,6 +242,7 @@ EXPECTED: dict[str, tuple[Attempt, ...]] = {
     "http_500": (Attempt([], "500"),) * 3,
     "http_429": (Attempt([], "429"),) * 3,
     "http_401": (Attempt([], "401"),) * 3,
+    "http_503_then_ok": (Attempt([], "503"), Attempt([], "503"), Attempt(HAPPY)),
     "drop_every_attempt": (Attempt(CUT_OFF, "drop"),) * 3,
 }
 

@@ -41,8 +41,10 @@ ENTITLEMENT = shapes._ENTITLEMENT_MESSAGE
 #: The first two of four deltas: what a cut-off attempt streamed before it broke.
 HALF_ANSWER = "".join(split_text(ANSWER, 4)[:2])
 
-WEATHER_CALL = {"call_id": "call_00_sim", "name": "get_weather", "arguments": WEATHER_ARGS}
-TIME_CALL = {"call_id": "call_01_sim", "name": "get_time", "arguments": TIME_ARGS}
+WEATHER_CALL = {"call_id": "call_00_sim", "name": "get_weather", "arguments": WEATHER_ARGS,
+                "status": "completed", "type": "function_call"}
+TIME_CALL = {"call_id": "call_01_sim", "name": "get_time", "arguments": TIME_ARGS,
+             "status": "completed", "type": "function_call"}
 
 ONE_GOOD = [("stream", "terminal", "completed")]
 
@@ -147,6 +149,13 @@ EXPECTED: dict[str, Expected] = {
             "status": 429,
         },
         attempts=_terminal("http_429"),
+    ),
+    "http_503_then_ok": Expected(
+        "completed",
+        ANSWER,
+        attempts=[("stream", "retire", "http_503"), ("stream", "retire", "http_503"), *ONE_GOOD],
+        requests=3,
+        policy=engine.TurnPolicy(max_http_retries=2),
     ),
     "http_401": Expected(
         "error",

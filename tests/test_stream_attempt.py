@@ -21,6 +21,7 @@ from engine.testing.shapes import (
 )
 from machines.records import (
     EndOfStream,
+    EventTooLarge,
     HttpError,
     IdleTimeout,
     Interrupt,
@@ -54,11 +55,12 @@ _DECISIONS: weakref.WeakKeyDictionary[StreamAttempt, Decisions] = weakref.WeakKe
 
 def make(
     *, hands_over: bool = False, retry_codes: frozenset[str] = frozenset(),
-    ledger: DeliveryLedger | None = None, number: int = 1,
+    ledger: DeliveryLedger | None = None, number: int = 1, http_retry_left: bool = False,
 ) -> tuple[StreamAttempt, Decisions]:
     attempt = StreamAttempt(
         number, "stream", ledger=ledger or DeliveryLedger(),
         hands_over_to_fallback=hands_over, retry_failed_codes=retry_codes,
+        http_retry_left=http_retry_left,
     )
     sink = _DECISIONS[attempt] = Decisions()
     return attempt, sink
@@ -111,6 +113,7 @@ FIRE: dict[str, Any] = {
     "idle_timeout": IdleTimeout(0.3),
     "eof": EndOfStream(),
     "interrupt": Interrupt(),
+    "event_too_large": EventTooLarge(64),
 }
 
 
@@ -143,6 +146,7 @@ def test_table_row(trigger: str, source: str, dest: str | None, conditions: tupl
     attempt, sink = make(
         hands_over="hands_over_to_fallback" in conditions,
         retry_codes=frozenset({"server_error"}) if "failure_is_retryable" in conditions else frozenset(),
+        http_retry_left="http_retry_left" in conditions,
     )
     reach = REACH[source]
     if trigger == "tool_calls_done" and dest is None:
@@ -170,13 +174,16 @@ def test_a_trigger_the_table_has_no_row_for_raises() -> None:
 def test_the_final_row_carries_the_outcome_and_the_reason() -> None:
     attempt, _ = make(retry_codes=frozenset({"server_error"}))
     feed(attempt, created(), failed("server_error"))
-    assert attempt.ending == Ending(RETIRE, "failed", "failed", True, "failed:server_error")
+    assert attempt.ending == Ending(RETIRE, "failed", "failed", "stream", "failed:server_error")
     attempt, _ = make()
     feed(attempt, HttpError(429))
-    assert attempt.ending == Ending(TERMINAL, "http_error", "error", False, "http_429")
+    assert attempt.ending == Ending(TERMINAL, "http_error", "error", None, "http_429")
+    attempt, _ = make(http_retry_left=True)
+    feed(attempt, HttpError(429, None, {"retry-after": "3"}))
+    assert attempt.ending == Ending(RETIRE, "http_error", "error", "http", "http_429", 3.0)
     attempt, _ = make()
     feed(attempt, created(), Interrupt())
-    assert attempt.ending == Ending(RETIRE, "interrupt", "interrupted", False, "interrupted")
+    assert attempt.ending == Ending(RETIRE, "interrupt", "interrupted", None, "interrupted")
 
 
 @pytest.mark.parametrize("final", sorted(FINAL))

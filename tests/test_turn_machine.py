@@ -137,14 +137,27 @@ def test_policy_bounds_the_attempts(policy: TurnPolicy, count: int, kinds: list[
 
 def test_output_survives_a_later_attempt_that_streamed_nothing() -> None:
     connect = TransportFault("connect_error", "ConnectError")
-    _, _, result = run(TurnPolicy(), partial("Half an ans"), [connect], [connect])
+    _, _, result = run(TurnPolicy(max_http_retries=1), partial("Half an ans"), [connect], [connect])
     assert result.output_text == "Half an ans"
     assert result.error is not None and result.error["code"] == "connect_error"
+    assert summary(result) == [
+        ("stream", "retire", "drop"),
+        ("stream", "retire", "connect_error"),  # paid by the HTTP retry budget
+        ("stream", "retire", "connect_error"),  # budget spent: no fallback
+    ]
 
 
 def test_two_attempts_are_never_mixed() -> None:
-    _, _, result = run(TurnPolicy(fallback=False), partial("First words"), partial("Other"))
-    assert result.output_text == "Other"
+    _, _, result = run(TurnPolicy(fallback=False), partial("First words"), partial("Other words, longer"))
+    assert result.output_text == "Other words, longer"
+
+
+def test_the_result_never_holds_less_text_than_the_user_saw() -> None:
+    heard = partial("Hello world, the answer is 4")
+    _, sink, result = run(TurnPolicy(fallback=False), heard, partial("Hello "))
+    assert "".join(sink.effects("text_delta")) == "Hello world, the answer is 4"
+    assert result.outcome == "error"
+    assert result.output_text == "Hello world, the answer is 4"
 
 
 def test_interrupt_is_not_retried() -> None:
@@ -206,10 +219,90 @@ def test_tool_calls_merge_the_servers_output_and_unfinished_streamed_calls() -> 
     unfinished = function_call("get_time", '{"tz":"CET"}', output_index=1, finished=False)
     _, sink, result = run(TurnPolicy(), [created(), done, unfinished, completed(output_items(done))])
     assert result.tool_calls == [
-        {"call_id": "call_00_sim", "name": "get_weather", "arguments": '{"city":"Paris"}'},
-        {"call_id": "call_01_sim", "name": "get_time", "arguments": '{"tz":"CET"}'},
+        {"call_id": "call_00_sim", "name": "get_weather", "arguments": '{"city":"Paris"}',
+         "status": "completed", "type": "function_call"},
+        {"call_id": "call_01_sim", "name": "get_time", "arguments": '{"tz":"CET"}',
+         "status": "completed", "type": "function_call"},  # the response completed
     ]
     assert sink.effects("tool_call") == result.tool_calls
+
+
+def test_a_call_cut_off_by_a_broken_stream_is_incomplete() -> None:
+    done = function_call("get_weather", '{"city":"Paris"}', output_index=0)
+    cut = function_call("get_time", '{"tz":"CE', output_index=1, finished=False)
+    _, _, result = run(TurnPolicy(max_stream_retries=0, fallback=False),
+                       [created(), done, cut, DROP])
+    assert result.outcome == "error"
+    assert [(c["name"], c["status"]) for c in result.tool_calls] == [
+        ("get_weather", "completed"), ("get_time", "incomplete"),
+    ]
+
+
+# -- HTTP-level retries ---------------------------------------------------------------------------
+
+
+def test_retryable_statuses_are_retried_on_their_own_budget_after_the_demanded_wait() -> None:
+    busy = HttpError(503, None, {"retry-after-ms": "250"})
+    limited = HttpError(429, {"error": {"message": "Please try again in 1.5s.", "code": "rate_limit_exceeded"}})
+    turn, sink, result = run(TurnPolicy(max_http_retries=2, max_stream_retries=0, fallback=False),
+                             [busy], [limited], answer("Hi"))
+    assert result.outcome == "completed" and result.output_text == "Hi"
+    assert summary(result) == [
+        ("stream", "retire", "http_503"), ("stream", "retire", "http_429"),
+        ("stream", "terminal", "completed"),
+    ]
+    assert sink.effects("wait") == [0.25, 1.5]
+    assert [t for _, _, t in turn_path(result)] == ["begin", "http_retry", "http_retry", "finish"]
+
+
+def test_without_a_demanded_wait_the_backoff_doubles_with_seeded_jitter() -> None:
+    policy = TurnPolicy(max_http_retries=5, max_stream_retries=0, fallback=False)
+    error = HttpError(500)
+    waits = []
+    for seed in (1, 1, 2):
+        turn = TurnMachine(policy, seed)
+        sink = Decisions()
+        while True:
+            attempt, decisions = turn.next_attempt()
+            sink.take(decisions)
+            if attempt is None:
+                break
+            attempt.receive(error)
+        waits.append(sink.effects("wait"))
+    assert waits[0] == waits[1] != waits[2]  # the seed decides the jitter
+    for got in waits:
+        for n, wait in enumerate(got):
+            ceiling = min(8.0, 0.5 * 2**n)
+            assert ceiling / 2 <= wait <= ceiling
+
+
+def test_a_spent_http_budget_ends_the_turn_with_the_last_http_error() -> None:
+    error = HttpError(500, {"error": {"message": "boom", "type": "server_error", "code": None}})
+    _, _, result = run(TurnPolicy(max_http_retries=1), [error], [error])
+    assert summary(result) == [("stream", "retire", "http_500"), ("stream", "terminal", "http_500")]
+    assert result.outcome == "error" and result.error["message"] == "boom"
+
+
+def test_a_demanded_wait_longer_than_allowed_ends_the_turn_at_once() -> None:
+    error = HttpError(429, None, {"retry-after": "120"})
+    _, sink, result = run(TurnPolicy(max_http_retries=3, max_retry_wait_s=60.0), [error])
+    assert summary(result) == [("stream", "terminal", "http_429")]
+    assert sink.effects("wait") == []
+
+
+def test_statuses_that_are_not_worth_retrying_are_outcomes() -> None:
+    for status in (400, 401, 403, 404, 422):
+        _, _, result = run(TurnPolicy(max_http_retries=3), [HttpError(status)])
+        assert summary(result) == [("stream", "terminal", f"http_{status}")]
+
+
+def test_an_http_retry_of_the_fallback_stays_a_fallback_attempt() -> None:
+    policy = TurnPolicy(max_stream_retries=0, max_http_retries=1)
+    _, _, result = run(policy, partial("a"), [HttpError(502)], answer("ab"))
+    assert summary(result) == [
+        ("stream", "fallback", "drop"), ("fallback", "retire", "http_502"),
+        ("fallback", "terminal", "completed"),
+    ]
 
 
 def test_rate_limits_from_every_attempt_are_kept_in_order() -> None:

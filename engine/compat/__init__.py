@@ -77,7 +77,14 @@ from engine.compat.sdk_events import Observation, SdkEventSource, input_of, term
 from engine.drivers.attempt_loop import Observation as LoopObservation
 from engine.drivers.attempt_loop import Watchdog, attempt_loop, turn_clock
 from machines.output import join_output_text
-from machines.records import Chunk, EndOfStream, Interrupt, TurnPolicy, TurnResult
+from machines.records import (
+    Chunk,
+    EndOfStream,
+    Interrupt,
+    TransportFault,
+    TurnPolicy,
+    TurnResult,
+)
 from machines.stream_attempt import StreamAttempt
 
 __all__ = [
@@ -436,6 +443,10 @@ class _CompatTurn:
         observed = input_of(error, opening=True)
         if observed is None:
             raise error
+        if isinstance(observed, TransportFault) and observed.kind == "connect_error":
+            # The seed retries a request that could not be sent like a broken stream (another
+            # stream attempt, then the fallback), not on an HTTP retry budget of its own.
+            observed = TransportFault("drop", observed.detail)
         self.errors[feed.number] = error
         self._observe(feed, observed)
 

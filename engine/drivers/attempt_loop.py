@@ -21,13 +21,23 @@ apart, and an interrupt is honoured within one poll interval.
 from __future__ import annotations
 
 import time
-from typing import Callable, Generator
+from typing import Any, Callable, Generator
+
+import attrs
 
 from engine.drivers.recording import AttemptFeed
 from engine.log.eventlog import RecordedInput
-from machines.records import Chunk, IdleTimeout, Interrupt
+from machines.records import Chunk, IdleTimeout, Interrupt, TurnPolicy
 
-__all__ = ["Observation", "POLL_S", "Watchdog", "attempt_loop", "turn_clock"]
+__all__ = [
+    "Observation",
+    "POLL_S",
+    "Watchdog",
+    "attempt_loop",
+    "http_policy",
+    "pause_slices",
+    "turn_clock",
+]
 
 #: How often a waiting driver looks at the interrupt while the socket is silent (seconds).
 POLL_S = 0.02
@@ -113,3 +123,25 @@ def attempt_loop(
             return
         if feed.observe(item, t):
             return
+
+
+def pause_slices(
+    seconds: float, interrupted: Callable[[], bool], now: Callable[[], float]
+) -> Generator[float, None, None]:
+    """The sleeps that make up a wait of `seconds` before an HTTP retry, each at most one poll
+    interval, ending at once when the caller interrupts (the next attempt then records it)."""
+    end = now() + seconds
+    while not interrupted():
+        left = end - now()
+        if left <= 0:
+            return
+        yield min(POLL_S, left)
+
+
+def http_policy(policy: TurnPolicy, client: Any) -> TurnPolicy:
+    """The policy with `max_http_retries` resolved: None takes the client's own `max_retries`
+    (the engine does the retrying; its requests go out with `max_retries=0`)."""
+    if policy.max_http_retries is not None:
+        return policy
+    own = getattr(client, "max_retries", 0)
+    return attrs.evolve(policy, max_http_retries=own if type(own) is int and own >= 0 else 0)

@@ -4,9 +4,9 @@ The sync driver, the async driver, `consume`, the replayer and the fuzzing strat
 in where inputs come from (a socket, a list of chunks, a trace file, a generated session). All of
 them run this loop:
 
-    recording = TurnRecording(policy, callbacks, entry="run_turn", request=request)
+    recording = TurnRecording(policy, callbacks, entry="run_turn", request=request, seed=seed)
     for feed in recording.attempts():          # the turn machine decides each attempt
-        ...observe the world...
+        ...wait recording.wait_s (an HTTP retry), then observe the world...
         feed.chunk(data, t)                     # logged, decoded, fed to the attempt
         feed.end(t) / feed.fail(record, t)      # until feed.final
     result = recording.finish(trace_path, secrets)
@@ -28,7 +28,14 @@ from engine.log.eventlog import Callbacks, EventLog, RecordedInput
 from engine.log.logs import log
 from engine.log.redaction import field_secrets, scrub
 from engine.log.trace import TraceWriter, header_for
-from machines.records import Chunk, EndOfStream, StreamInput, TurnPolicy, TurnResult
+from machines.records import (
+    Chunk,
+    Effect,
+    EndOfStream,
+    StreamInput,
+    TurnPolicy,
+    TurnResult,
+)
 from machines.stream_attempt import FINAL, StreamAttempt
 from machines.turn import TurnMachine
 
@@ -91,11 +98,14 @@ class TurnRecording:
         *,
         entry: str,
         request: dict[str, Any] | None = None,
+        seed: int = 0,
     ) -> None:
         self.policy = policy
         self.log = EventLog(callbacks)
-        self.turn = TurnMachine(policy)
-        self.header = header_for(entry, policy, request)
+        self.turn = TurnMachine(policy, seed)
+        self.header = header_for(entry, policy, request, seed)
+        #: Seconds to wait before sending the attempt just yielded by `attempts()` (an HTTP retry).
+        self.wait_s = 0.0
         #: values of the request's credential-named fields, scrubbed wherever they are echoed
         self.request_secrets = field_secrets(request)
 
@@ -106,6 +116,9 @@ class TurnRecording:
             self.log.decide(decisions)
             if attempt is None:
                 return
+            self.wait_s = sum(
+                d.data for d in decisions if isinstance(d, Effect) and d.kind == "wait"
+            )
             feed = AttemptFeed(attempt, self.log)
             yield feed
             if not feed.final:

@@ -55,8 +55,13 @@ class ReplayReport:
 
 def replayed_records(trace: Trace) -> list[dict[str, Any]]:
     """The records today's machines produce from the trace's inputs (JSON, as a trace holds them)."""
+    seed = trace.header.get("seed", 0)
     recording = TurnRecording(
-        trace.policy, None, entry=trace.header["entry"], request=trace.header.get("request")
+        trace.policy,
+        None,
+        entry=trace.header["entry"],
+        request=trace.header.get("request"),
+        seed=seed if type(seed) is int else 0,
     )
     inputs: dict[int, list[dict[str, Any]]] = {}
     for record in trace.inputs():

@@ -16,13 +16,22 @@ from __future__ import annotations
 
 import os
 import queue
+import random
 import threading
+import time
 from typing import Any, Callable, Iterator
 
 import openai
 
 from engine.drivers.arguments import check_turn_call
-from engine.drivers.attempt_loop import Observation, Watchdog, attempt_loop, turn_clock
+from engine.drivers.attempt_loop import (
+    Observation,
+    Watchdog,
+    attempt_loop,
+    http_policy,
+    pause_slices,
+    turn_clock,
+)
 from engine.drivers.recording import AttemptFeed, TurnRecording
 from engine.drivers.transport import observation_of
 from engine.log.eventlog import Callbacks
@@ -144,10 +153,15 @@ def run_turn(
         client, request, callbacks, policy, trace, interrupt, asynchronous=False
     )
     secrets = client_secrets(client)
+    policy = http_policy(policy, client)
+    client = client.with_options(max_retries=0)  # the engine owns every retry
     now = turn_clock()
-    recording = TurnRecording(policy, callbacks, entry="run_turn", request=request)
+    seed = random.SystemRandom().getrandbits(32)  # the retry jitter's seed, kept in the trace
+    recording = TurnRecording(policy, callbacks, entry="run_turn", request=request, seed=seed)
     try:
         for feed in recording.attempts():
+            for pause in pause_slices(recording.wait_s, interrupted, now):
+                time.sleep(pause)
             _run_attempt(client, request, feed, now, interrupted, policy.idle_timeout_s)
     except BaseException:
         recording.abandon(trace, secrets)

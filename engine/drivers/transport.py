@@ -9,6 +9,7 @@ the exception's class name is kept as detail (never its text, which may quote a 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import openai
@@ -57,8 +58,28 @@ def fault_of(error: BaseException, *, opening: bool) -> TransportFault:
     return TransportFault("drop", detail)
 
 
+#: Response headers an `HttpError` keeps: when to try again, and what to quote to support.
+KEPT_HEADERS = ("retry-after", "retry-after-ms", "x-request-id")
+
+
+def kept_headers(headers: Any) -> dict[str, str]:
+    """The headers of an error response worth keeping (never a credential): retry hints, rate
+    limits and the request id."""
+    kept: dict[str, str] = {}
+    try:
+        items = list(headers.items())
+    except Exception:  # not a mapping: nothing to keep
+        return kept
+    for name, value in items:
+        lowered = str(name).lower()
+        if lowered in KEPT_HEADERS or lowered.startswith("x-ratelimit-"):
+            kept[lowered] = str(value)
+    return kept
+
+
 def http_error_of(error: openai.APIStatusError) -> HttpError:
-    """The status and the body exactly as the server sent it (parsed when it is JSON)."""
+    """The status and the body exactly as the server sent it (parsed when it is JSON), the
+    headers that say when to try again, and the wall-clock time it was received."""
     body: Any
     try:
         content = error.response.content
@@ -71,7 +92,8 @@ def http_error_of(error: openai.APIStatusError) -> HttpError:
             body = content.decode("utf-8", "replace")
     else:
         body = error.body
-    return HttpError(error.status_code, body)
+    headers = kept_headers(getattr(error.response, "headers", None))
+    return HttpError(error.status_code, body, headers, round(time.time(), 3))
 
 
 def observation_of(error: BaseException, *, opening: bool) -> HttpError | TransportFault | None:

@@ -11,7 +11,7 @@ Line 1 is the header: `{"format": "streamfsm-trace", "version": 1, "entry": ...,
     {"seq": N, "kind": "result", "outcome": "completed", "response": {...}, ...}
 
 Inputs are `chunk` (`data`, or `data_b64` when the bytes are not valid UTF-8 on their own),
-`http_error` (`status`, `body`), `fault` (`fault`, `detail`), `eof`, `idle_timeout` (`seconds`)
+`http_error` (`status`, `body`, `headers` that say when to retry, `received_at`), `fault` (`fault`, `detail`), `eof`, `idle_timeout` (`seconds`)
 and `interrupt`. Secrets are removed from every line before it is written (`engine.log.redaction`).
 """
 
@@ -67,7 +67,13 @@ def _input_to_json(item: RecordedInput) -> dict[str, Any]:
         except UnicodeDecodeError:
             return {"input": "chunk", "data_b64": base64.b64encode(item.data).decode("ascii")}
     if isinstance(item, HttpError):
-        return {"input": "http_error", "status": item.status, "body": item.body}
+        return {
+            "input": "http_error",
+            "status": item.status,
+            "body": item.body,
+            "headers": dict(item.headers),
+            "received_at": item.received_at,
+        }
     if isinstance(item, TransportFault):
         return {"input": "fault", "fault": item.kind, "detail": item.detail}
     if isinstance(item, EndOfStream):
@@ -91,7 +97,17 @@ def input_from_json(record: dict[str, Any]) -> RecordedInput:
                 raise TypeError("chunk data is not a string")
             return Chunk(data.encode("utf-8"))
         if kind == "http_error":
-            return HttpError(int(record["status"]), record.get("body"))
+            headers = record.get("headers") or {}
+            received_at = record.get("received_at")
+            if not isinstance(headers, dict) or not all(
+                isinstance(v, str) for v in headers.values()
+            ):
+                raise TypeError("headers is not an object of strings")
+            if received_at is not None and (
+                isinstance(received_at, bool) or not isinstance(received_at, (int, float))
+            ):
+                raise TypeError("received_at is not a number")
+            return HttpError(int(record["status"]), record.get("body"), headers, received_at)
         if kind == "fault":
             fault = record["fault"]
             if fault not in ("drop", "read_timeout", "connect_error"):
@@ -144,8 +160,11 @@ def result_to_json(result: TurnResult, seq: int) -> dict[str, Any]:
     return {"seq": seq, "kind": "result", **result.to_json()}
 
 
-def header_for(entry: str, policy: TurnPolicy, request: dict[str, Any] | None) -> dict[str, Any]:
-    """The trace header: format, version, entry point, policy and the redacted request."""
+def header_for(
+    entry: str, policy: TurnPolicy, request: dict[str, Any] | None, seed: int = 0
+) -> dict[str, Any]:
+    """The trace header: format, version, entry point, policy, the seed of the turn's random
+    draws (retry jitter) and the redacted request."""
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -155,7 +174,12 @@ def header_for(entry: str, policy: TurnPolicy, request: dict[str, Any] | None) -
             "fallback": policy.fallback,
             "idle_timeout_s": policy.idle_timeout_s,
             "retry_failed_codes": sorted(policy.retry_failed_codes),
+            "max_http_retries": policy.max_http_retries or 0,
+            "max_retry_wait_s": policy.max_retry_wait_s,
+            "max_event_bytes": policy.max_event_bytes,
+            "resume": policy.resume,
         },
+        "seed": seed,
         "request": redact_fields(request) if request is not None else None,
     }
 
@@ -215,11 +239,16 @@ class Trace:
         """The `TurnPolicy` the header recorded (raises `TraceError` if it is not valid)."""
         p = self.header.get("policy") or {}
         try:
+            defaults = TurnPolicy()
             return TurnPolicy(
                 max_stream_retries=p.get("max_stream_retries", 1),
                 fallback=p.get("fallback", True),
                 idle_timeout_s=p.get("idle_timeout_s"),
                 retry_failed_codes=p.get("retry_failed_codes") or (),
+                max_http_retries=p.get("max_http_retries", 0),
+                max_retry_wait_s=p.get("max_retry_wait_s", defaults.max_retry_wait_s),
+                max_event_bytes=p.get("max_event_bytes", defaults.max_event_bytes),
+                resume=p.get("resume", defaults.resume),
             )
         except (TypeError, ValueError) as error:
             raise TraceError(f"{self.path}: bad policy in header ({error})") from None

@@ -24,7 +24,10 @@ from machines.records import TurnPolicy, TurnResult
 __all__ = ["FIXTURE_POLICIES", "record_shape"]
 
 #: Shapes recorded with a policy other than the default.
-FIXTURE_POLICIES: dict[str, TurnPolicy] = {"stall_then_retry": TurnPolicy(idle_timeout_s=0.3)}
+FIXTURE_POLICIES: dict[str, TurnPolicy] = {
+    "stall_then_retry": TurnPolicy(idle_timeout_s=0.3),
+    "http_503_then_ok": TurnPolicy(max_http_retries=2),
+}
 
 REQUEST = {"model": "gpt-5", "input": "What is the capital of France?"}
 

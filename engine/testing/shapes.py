@@ -1076,6 +1076,13 @@ def _build_shapes() -> dict[str, Script]:
     )
     add(_script("http_429", "HTTP 429 rate limit with an OpenAI-shaped error body, on every "
                 "attempt.", *([error_429] * 3)))
+    error_503 = http_error(
+        503, "The engine is currently overloaded, please try again later.",
+        type="server_error", code=None, headers=(("retry-after-ms", "50"),),
+    )
+    add(_script("http_503_then_ok", "HTTP 503 asking for a 50 ms wait, twice, then a good "
+                "answer: retried by the engine's HTTP retry budget.",
+                error_503, error_503, _happy_reply()))
     error_401 = http_error(
         401,
         "Incorrect API key provided: sk-test. You can find your API key at "
