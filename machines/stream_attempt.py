@@ -129,6 +129,7 @@ __all__ = [
     "TABLE",
     "TERMINAL",
     "TOOL_CALL",
+    "demanded_wait_s",
     "provider_error",
 ]
 

@@ -296,6 +296,15 @@ def test_http_error_with_a_non_json_body_keeps_the_body_text(tmp_path: Path) -> 
         ({"idle_timeout_s": True}, ValueError, "idle_timeout_s must be None or a number of seconds > 0"),
         ({"fallback": "yes"}, TypeError, "fallback"),
         ({"fallback": None}, TypeError, "fallback"),
+        ({"max_http_retries": -1}, ValueError, "max_http_retries must be a whole number >= 0"),
+        ({"max_http_retries": 1.5}, ValueError, "max_http_retries must be a whole number >= 0"),
+        ({"max_retry_wait_s": 0}, ValueError, "max_retry_wait_s must be"),
+        ({"max_retry_wait_s": None}, ValueError, "max_retry_wait_s must be"),
+        ({"max_event_bytes": 0}, ValueError, "max_event_bytes must be a whole number >= 1"),
+        ({"max_event_bytes": "1"}, ValueError, "max_event_bytes must be a whole number >= 1"),
+        ({"resume": 1}, TypeError, "resume"),
+        ({"retry_failed_codes": "server_error"}, TypeError, "not one string"),
+        ({"retry_failed_codes": [1]}, TypeError, "must hold strings"),
     ],
 )
 def test_policy_validation(options: dict[str, object], error: type[Exception], words: str) -> None:
@@ -310,3 +319,5 @@ def test_policy_defaults_match_the_contract() -> None:
     assert (policy.max_stream_retries, policy.fallback, policy.idle_timeout_s) == (1, True, None)
     assert policy.retry_failed_codes == frozenset()
     assert engine.TurnPolicy(idle_timeout_s=1).idle_timeout_s == 1
+    assert (policy.max_http_retries, policy.max_retry_wait_s) == (None, 60.0)
+    assert (policy.max_event_bytes, policy.resume) == (64 * 2**20, True)

@@ -3,6 +3,7 @@ its TABLE, what it ignores, how it routes text, and how it rebuilds output."""
 
 from __future__ import annotations
 
+import email.utils
 import weakref
 from typing import Any
 
@@ -42,6 +43,7 @@ from machines.stream_attempt import (
     DeliveryLedger,
     Ending,
     StreamAttempt,
+    demanded_wait_s,
     provider_error,
 )
 from transitions import MachineError
@@ -469,3 +471,23 @@ def test_null_output_is_backfilled_from_deltas_without_any_item_event() -> None:
     [item] = attempt.final_response()["output"]
     assert item["type"] == "message" and item["role"] == "assistant" and item["status"] == "completed"
     assert item["content"][0]["text"] == "Hi there"
+
+
+# -- the wait an HTTP error demands ---------------------------------------------------------------
+
+
+def test_retry_after_ms_wins_over_retry_after_which_wins_over_the_words() -> None:
+    words = {"error": {"message": "Please try again in 250ms.", "code": "rate_limit_exceeded"}}
+    assert demanded_wait_s(HttpError(429, words)) == 0.25
+    assert demanded_wait_s(HttpError(429, words, {"retry-after": "2"})) == 2.0
+    assert demanded_wait_s(HttpError(429, words, {"retry-after": "2", "retry-after-ms": "1500"})) == 1.5
+    assert demanded_wait_s(HttpError(429, {"error": {"message": "no hint"}})) is None
+
+
+def test_an_http_date_is_measured_from_when_the_answer_came() -> None:
+    received = 1_795_000_000.0  # the driver's wall clock when the 503 arrived
+    date = email.utils.formatdate(received + 10, usegmt=True)
+    assert demanded_wait_s(HttpError(503, None, {"retry-after": date}, received)) == 10.0
+    assert demanded_wait_s(HttpError(503, None, {"retry-after": date})) is None  # no clock reading
+    assert demanded_wait_s(HttpError(503, None, {"retry-after": "soon"}, received)) is None
+    assert demanded_wait_s(HttpError(503, None, {"retry-after": "-3"}, received)) is None
