@@ -18,8 +18,11 @@ Time split, measured without a profiler in every run: *generation* is everything
 property (Hypothesis drawing the session, its engine), *play* is `play_session` (the session
 through the machines), *checks* is the rest of the property (result, trace written, read back,
 replayed, reference model, rules). With `--profile` (default) one more run per checkout under
-cProfile splits *checks* further (trace write, read back and replay, reference model) and lists
-the functions that cost the most.
+cProfile splits *checks* further (*trace_write*: `TurnRecording.finish`, the result and the trace
+written; *trace_read_replay*: read back and replayed; *reference*: the reference model) and lists
+the functions that cost the most. cProfile's own overhead is per call, so it inflates
+Hypothesis's many small calls most: read its split for where the time goes, the timed split for
+how much.
 
 The last line is `RESULT {json}` with every figure.
 """
