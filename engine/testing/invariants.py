@@ -106,6 +106,8 @@ FINAL: Final = frozenset({TERMINAL, FALLBACK, RETIRE})
 
 @attrs.frozen(slots=True)
 class Violation:
+    """One rule of `RULES` broken by a session, and what showed it."""
+
     rule: str
     detail: str
 
@@ -126,6 +128,7 @@ class InvariantViolation(AssertionError):
 
     @property
     def rules(self) -> list[str]:
+        """The names of the rules broken, sorted, each once."""
         return sorted({v.rule for v in self.violations})
 
 
@@ -239,10 +242,12 @@ class ReferenceAttempt:
 
     @property
     def final(self) -> bool:
+        """The attempt has ended (terminal, fallback or retire)."""
         return self.state in FINAL
 
     # -- events --------------------------------------------------------------------------------
     def event(self, name: str, data: str) -> None:
+        """One dispatched SSE event (`name`, `data`); ignored once the attempt has ended."""
         if self.final:
             return
         try:
@@ -347,6 +352,7 @@ class ReferenceAttempt:
             self.call_index[call_id] = index if index is not None else -1
 
     def open_calls(self) -> int:
+        """How many function calls were announced and are not yet `done`."""
         return sum(1 for i, k in self.kinds.items() if k == "function_call" and i not in self.done)
 
     def _tool_frame(self) -> None:
@@ -382,6 +388,8 @@ class ReferenceAttempt:
 
     # -- the step that ends the body -------------------------------------------------------------
     def end(self, step: Step, idle_timeout_s: float | None = None) -> None:
+        """The step that ended the body (end of stream, fault, stall past the idle timeout,
+        interrupt, HTTP error); ignored once the attempt has ended."""
         if self.final:
             return
         if isinstance(step, HttpError):
@@ -415,11 +423,14 @@ def _http_words(step: HttpError) -> dict[str, Any]:
 
 @attrs.frozen
 class ReferenceTurn:
+    """What the reference model says a turn does: its attempts, in order, and its outcome."""
+
     attempts: list[ReferenceAttempt]
     outcome: str
 
     @property
     def last(self) -> ReferenceAttempt:
+        """The attempt that ended the turn."""
         return self.attempts[-1]
 
 

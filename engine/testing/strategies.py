@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Callable, Final, Iterable, Literal, Sequence
+from typing import Any, Callable, Final, Iterable, Literal, Sequence, TypeVar
 
 import attrs
 import orjson
@@ -65,6 +65,7 @@ from engine.testing.shapes import (
     Comment,
     Data,
     Raw,
+    Event,
     StreamPart,
     assemble,
     completed,
@@ -118,6 +119,7 @@ __all__ = [
 ]
 
 FaultKind = Literal["drop", "read_timeout", "connect_error"]
+_T = TypeVar("_T")
 
 # --------------------------------------------------------------------------------------------
 # Steps and sessions
@@ -334,84 +336,163 @@ def session_from_trace(path: str | os.PathLike[str]) -> Session:
 
 
 # --------------------------------------------------------------------------------------------
+# How the strategies draw
+#
+# Hypothesis pays for every draw (a span, a choice and their bookkeeping) far more than the
+# Python that builds a stream from the choices, so the strategies take few, large draws. Each
+# structural unit (a policy, a response, an output item, an attempt's plan, an error frame)
+# takes all its small choices in one draw of `DICE_SIZE` bytes, its *dice*, at fixed offsets:
+#
+# - A byte picks among n options by `byte % n` (uniform up to 1/256). A one_of of k branches is
+#   `byte % k`, with the uniform branch weights Hypothesis gives one_of, and the branch's own
+#   option is taken from the rest of the byte (`byte // k`).
+# - A list of small choices (edits, cut points, interruptions, interleaving, prelude frames) is
+#   a count byte, uniform from empty to the maximum (the average length of the list Hypothesis
+#   would draw), then a fixed number of bytes per element.
+# - Arbitrary text, a truncation point and an error frame are drawn on their own, only when the
+#   dice ask for them.
+#
+# Hypothesis shrinks each byte of a draw on its own toward zero, and the zero byte is the first
+# option (an empty list, the shrink target of each choice), so everything shrinks toward the
+# same short, readable session as separate draws would. Every dice is the same strategy, so
+# when Hypothesis's generator copies one unit's choices over another's (its mutator duplicates
+# spans with the same label), the copy is valid dice; differently sized byte draws would not
+# fit and would fall back to all zeros, biasing generation toward the simplest choices.
+#
+# Every strategy object is built once (at import, or cached per argument): a strategy made per
+# draw is validated again on every draw. An attempt's adversarial choices (edits, line ends,
+# truncation, cuts, faults, the ending, or an HTTP error instead) do not depend on the response
+# they apply to, so they are drawn as one `_Plan` (one span per attempt, which the shrinker can
+# delete whole) and applied to the response in plain Python.
+
+#: Bytes per draw of dice (the largest unit, an attempt's plan, uses 35).
+DICE_SIZE: Final = 36
+_DICE: Final = st.binary(min_size=DICE_SIZE, max_size=DICE_SIZE)
+
+
+def _pick(options: Sequence[_T], byte: int) -> _T:
+    """The option a byte picks (`byte % len(options)`; the zero byte picks the first)."""
+    return options[byte % len(options)]
+
+
+# --------------------------------------------------------------------------------------------
 # Well-formed responses
 
+_SURROGATES: Final[tuple[Literal["Cs"]]] = ("Cs",)
 _TEXT: Final = st.text(
-    st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=8
+    st.characters(codec="utf-8", exclude_categories=_SURROGATES), min_size=1, max_size=8
 )
-_WORDS: Final = st.sampled_from(["Hi", "Paris", "ok", "Grüße", "東京", "🚀 go", "a\nb"])
+_WORD_LIST: Final = ("Hi", "Paris", "ok", "Grüße", "東京", "🚀 go", "a\nb")
+_WORDS: Final = st.sampled_from(_WORD_LIST)
 #: Short text: readable words first (what shrinking reaches), any Unicode text as well.
 texts: Final = _WORDS | _TEXT
 
+
+def _text(draw: st.DrawFn, byte: int) -> str:
+    """`texts` from one byte: a word (even byte), or any text drawn (odd byte), half each."""
+    if byte % 2 == 0:
+        return _WORD_LIST[(byte >> 1) % len(_WORD_LIST)]
+    return draw(_TEXT)
+
+
 _TOOL_NAMES: Final = ("get_weather", "get_time", "search")
-_ARGUMENTS: Final = st.sampled_from(
-    ['{"city":"Paris"}', "{}", '{"q":"x"}', '{"timezone":"Europe/Paris","n":1}']
-) | st.builds(lambda s: orjson.dumps({"q": s}).decode(), _TEXT)
+_ARGUMENT_LIST: Final = ('{"city":"Paris"}', "{}", '{"q":"x"}', '{"timezone":"Europe/Paris","n":1}')
+
+
+def _arguments(draw: st.DrawFn, byte: int) -> str:
+    """Function-call arguments from one byte: a fixed JSON object, or `{"q": <any text>}`."""
+    if byte % 2 == 0:
+        return _ARGUMENT_LIST[(byte >> 1) % len(_ARGUMENT_LIST)]
+    return orjson.dumps({"q": draw(_TEXT)}).decode()
+
 
 _FAILURE_CODES: Final = ("server_error", *[c for c in FAILURE_MESSAGES if c != "server_error"])
-_PROVIDER_MESSAGES: Final = (
-    st.sampled_from(
-        [
-            "The account signed in with OAuth is not entitled to use model grok-4.",
-            "Your input exceeds the context window of this model.",
-            *FAILURE_MESSAGES.values(),
-        ]
-    )
-    | _TEXT
-)
-_ERROR_CODES: Final = st.sampled_from(
-    ["permission_denied", "server_error", "rate_limit_exceeded", None, "invalid_prompt"]
+_MESSAGE_LIST: Final = (
+    "The account signed in with OAuth is not entitled to use model grok-4.",
+    "Your input exceeds the context window of this model.",
+    *FAILURE_MESSAGES.values(),
 )
 
 
-_BOOLEANS: Final = st.booleans()
-_ERROR_TYPES: Final = st.sampled_from(["server_error", "invalid_request_error"])
+def _message(draw: st.DrawFn, byte: int) -> str:
+    """A provider's error message from one byte: a real one (even byte), or any text (odd)."""
+    if byte % 2 == 0:
+        return _MESSAGE_LIST[(byte >> 1) % len(_MESSAGE_LIST)]
+    return draw(_TEXT)
 
 
-def _error_frame(draw: st.DrawFn) -> list[dict[str, Any]]:
-    message = draw(_PROVIDER_MESSAGES)
-    code = draw(_ERROR_CODES)
-    if draw(_BOOLEANS):
-        return nested_error_frame(message, type=draw(_ERROR_TYPES), code=code)
+def _failure_message(draw: st.DrawFn, byte: int) -> str | None:
+    """`response.failed`'s message from one byte: none, a real one or any text, a third each."""
+    branch = byte % 3
+    if branch == 0:
+        return None
+    if branch == 1:
+        return _MESSAGE_LIST[(byte // 3) % len(_MESSAGE_LIST)]
+    return draw(_TEXT)
+
+
+_ERROR_CODE_LIST: Final = (
+    "permission_denied",
+    "server_error",
+    "rate_limit_exceeded",
+    None,
+    "invalid_prompt",
+)
+_ERROR_TYPE_LIST: Final = ("server_error", "invalid_request_error")
+
+
+def _error_frame(draw: st.DrawFn) -> list[Event]:
+    """An `error` frame, flat or nested. Dice: message, code, nested (odd byte), type."""
+    dice = draw(_DICE)
+    message = _message(draw, dice[0])
+    code = _pick(_ERROR_CODE_LIST, dice[1])
+    if dice[2] % 2:
+        return nested_error_frame(message, type=_pick(_ERROR_TYPE_LIST, dice[3]), code=code)
     return error_frame(message, code)
 
 
 _ERROR_FRAMES: Final = st.composite(_error_frame)()
 
-_UNKNOWN_FRAMES: Final = st.sampled_from(
-    [
-        response_metadata_frame(),
-        websocket_timing_frame(),
-        [{"type": "response.queued"}],
-        [{"type": "codex.unknown_thing", "n": 1}],
-        [{"type": "response.content_part.added", "output_index": 0, "content_index": 0}],
-    ]
+_UNKNOWN_FRAME_LIST: Final[tuple[list[Event], ...]] = (
+    response_metadata_frame(),
+    websocket_timing_frame(),
+    [{"type": "response.queued"}],
+    [{"type": "codex.unknown_thing", "n": 1}],
+    [{"type": "response.content_part.added", "output_index": 0, "content_index": 0}],
 )
-
-#: Frames real relays send before `response.created`.
-_PRELUDES: Final = st.lists(
-    st.one_of(st.just(rate_limits_frame()), st.just([KEEPALIVE]), _UNKNOWN_FRAMES), max_size=2
-)
-
-_ITEM_KINDS: Final = st.sampled_from(["text", "function_call", "reasoning"])
-_DELTA_COUNTS: Final = st.integers(1, 3)
-_TOOL_NAME: Final = st.sampled_from(_TOOL_NAMES)
-_TRUE_FIRST: Final = st.sampled_from([True, False])
-_FALSE_FIRST: Final = st.sampled_from([False, True])
+_RATE_LIMITS: Final = rate_limits_frame()
 
 
-def _item(draw: st.DrawFn, index: int) -> list[StreamPart]:
-    kind = draw(_ITEM_KINDS)
+def _prelude_frame(byte: int) -> Sequence[StreamPart]:
+    """A frame real relays send before `response.created`: rate limits, a keepalive or an
+    unknown frame, a third each."""
+    branch = byte % 3
+    if branch == 0:
+        return _RATE_LIMITS
+    if branch == 1:
+        return [KEEPALIVE]
+    return _UNKNOWN_FRAME_LIST[(byte // 3) % len(_UNKNOWN_FRAME_LIST)]
+
+
+_ITEM_KINDS: Final = ("text", "function_call", "reasoning")
+
+
+def _item(draw: st.DrawFn, index: int) -> list[Event]:
+    """Output item `index`. Dice: kind, text, deltas (1-3), tool name, arguments, finished
+    (even byte; function calls only)."""
+    dice = draw(_DICE)
+    kind = _pick(_ITEM_KINDS, dice[0])
+    deltas = 1 + dice[2] % 3
     if kind == "text":
-        return text_message(draw(texts), deltas=draw(_DELTA_COUNTS), output_index=index)
+        return text_message(_text(draw, dice[1]), deltas=deltas, output_index=index)
     if kind == "reasoning":
-        return reasoning_summary(draw(texts), deltas=draw(_DELTA_COUNTS), output_index=index)
+        return reasoning_summary(_text(draw, dice[1]), deltas=deltas, output_index=index)
     return function_call(
-        draw(_TOOL_NAME),
-        draw(_ARGUMENTS),
-        deltas=draw(_DELTA_COUNTS),
+        _pick(_TOOL_NAMES, dice[3]),
+        _arguments(draw, dice[4]),
+        deltas=deltas,
         output_index=index,
-        finished=draw(_TRUE_FIRST),
+        finished=dice[5] % 2 == 0,
     )
 
 
@@ -419,7 +500,7 @@ def _item(draw: st.DrawFn, index: int) -> list[StreamPart]:
 _ITEMS: Final = [st.composite(lambda draw, i=i: _item(draw, i))() for i in range(16)]
 
 
-def _interleave(items: list[list[StreamPart]], choices: list[int]) -> list[StreamPart]:
+def _interleave(items: list[list[Event]], choices: Iterable[int]) -> list[StreamPart]:
     """Merge the items' events, keeping each item's own order: `choices` pick which item's next
     event comes next (an empty list gives the items one after the other)."""
     queues = [list(item) for item in items]
@@ -443,48 +524,55 @@ TERMINALS: Final = (
     "error_frame",
     "none",
 )
-_OPENINGS: Final = st.sampled_from(["created", "created+in_progress", "in_progress", "nothing"])
-_ITEM_COUNTS: Final = [st.integers(0, n) for n in range(9)]
-_MERGE_CHOICES: Final = st.lists(st.integers(0, 3), max_size=8)
-_TERMINAL_CHOICES: Final = st.sampled_from(TERMINALS)
-_INCOMPLETE_REASONS: Final = st.sampled_from(["max_output_tokens", "content_filter"])
-_FAILURE_CODE: Final = st.sampled_from(_FAILURE_CODES)
-_FAILURE_MESSAGE: Final = st.none() | _PROVIDER_MESSAGES
+_OPENINGS: Final = ("created", "created+in_progress", "in_progress", "nothing")
+_INCOMPLETE_REASONS: Final[tuple[Literal["max_output_tokens", "content_filter"], ...]] = (
+    "max_output_tokens",
+    "content_filter",
+)
+#: Response dice: item count, opening, terminal, [DONE] trailer (odd byte), full Response
+#: objects (odd byte), incomplete reason, failure code, failure message, then up to two prelude
+#: frames (count, a byte each) and up to eight interleaving choices (count, a byte each).
+_PRELUDE_AT: Final = 8
+_MERGE_AT: Final = 11
 
 
-def _response(
-    draw: st.DrawFn, max_items: int, terminals: st.SearchStrategy[str]
-) -> list[StreamPart]:
-    prelude = draw(_PRELUDES)
-    start = draw(_OPENINGS)
-    count = min(draw(_ITEM_COUNTS[min(max_items, 8)]), len(_ITEMS))
-    items = [draw(_ITEMS[index]) for index in range(count)]
-    body = _interleave(items, draw(_MERGE_CHOICES))
+def _opening(name: str) -> list[Event]:
+    if name == "created":
+        return created()
+    if name == "created+in_progress":
+        return [*created(), *in_progress()]
+    if name == "in_progress":
+        return in_progress()
+    return []
+
+
+def _response(draw: st.DrawFn, max_items: int, terminals: tuple[str, ...]) -> list[StreamPart]:
+    dice = draw(_DICE)
+    prelude_count = dice[_PRELUDE_AT] % 3
+    prelude = [_prelude_frame(byte) for byte in dice[_PRELUDE_AT + 1 :][:prelude_count]]
+    items = [draw(_ITEMS[index]) for index in range(dice[0] % (min(max_items, 8) + 1))]
+    merge_count = dice[_MERGE_AT] % 9
+    body = _interleave(items, [byte % 4 for byte in dice[_MERGE_AT + 1 :][:merge_count]])
     done = output_items(*items)
-    terminal = draw(terminals)
+    end: list[Event]
+    terminal = _pick(terminals, dice[2])
     if terminal == "completed":
-        end: list[StreamPart] = completed(done)
+        end = completed(done)
     elif terminal == "completed_output_empty":
         end = completed([])
     elif terminal == "completed_output_null":
         end = completed(None)
     elif terminal == "incomplete":
-        end = incomplete(draw(_INCOMPLETE_REASONS), done)
+        end = incomplete(_pick(_INCOMPLETE_REASONS, dice[5]), done)
     elif terminal == "failed":
-        end = failed(draw(_FAILURE_CODE), draw(_FAILURE_MESSAGE), done)
+        end = failed(_pick(_FAILURE_CODES, dice[6]), _failure_message(draw, dice[7]), done)
     elif terminal == "error_frame":
         end = draw(_ERROR_FRAMES)
     else:
         end = []
-    opening: list[StreamPart] = {
-        "created": created(),
-        "created+in_progress": [*created(), *in_progress()],
-        "in_progress": in_progress(),
-        "nothing": [],
-    }[start]
-    trailer = [DONE] if draw(_BOOLEANS) else []
-    stream = assemble(*prelude, opening, body, end, trailer)
-    return stream if draw(_FALSE_FIRST) else [_compact(part) for part in stream]
+    trailer = [DONE] if dice[3] % 2 else []
+    stream = assemble(*prelude, _opening(_pick(_OPENINGS, dice[1])), body, end, trailer)
+    return stream if dice[4] % 2 else [_compact(part) for part in stream]
 
 
 #: The fields of a Response object a compact stream keeps (the machines read no others).
@@ -517,71 +605,78 @@ def _responses(max_items: int, terminals: tuple[str, ...]) -> st.SearchStrategy[
     unknown = set(terminals) - set(TERMINALS)
     if unknown or not terminals:
         raise ValueError(f"terminals must be names from {TERMINALS}, got {list(terminals)}")
-    choice = (
-        _TERMINAL_CHOICES if tuple(terminals) == TERMINALS else st.sampled_from(list(terminals))
-    )
-    return st.composite(lambda draw: _response(draw, max_items, choice))()
+    return st.composite(lambda draw: _response(draw, max_items, terminals))()
 
 
 # --------------------------------------------------------------------------------------------
 # Adversarial edits
 
-_NOISE_FRAMES: Final = st.sampled_from(
+_NOISE_LIST: Final[tuple[Sequence[StreamPart], ...]] = (
+    in_progress(),
+    created(),
+    rate_limits_frame(),
+    [KEEPALIVE],
+    [Comment("")],
+    [DONE],
     [
-        in_progress(),
-        created(),
-        rate_limits_frame(),
-        [KEEPALIVE],
-        [Comment("")],
-        [DONE],
-        [
-            Data(
-                '{"type":"response.output_text.delta","delta":"Pa',
-                event="response.output_text.delta",
-            )
-        ],
-        [Data("not json at all")],
-        [Data("[1, 2]")],
-        [Data('{"no_type": true}', event="error")],
-        [Raw(b"data: \xff\xfe\xc3(\n\n")],
-        [Raw(b"event: response.output_text.delta\n\n")],
-        [Raw(b"id: 7\nretry: 10\nunknown-field: x\n\n")],
-    ]
+        Data(
+            '{"type":"response.output_text.delta","delta":"Pa',
+            event="response.output_text.delta",
+        )
+    ],
+    [Data("not json at all")],
+    [Data("[1, 2]")],
+    [Data('{"no_type": true}', event="error")],
+    [Raw(b"data: \xff\xfe\xc3(\n\n")],
+    [Raw(b"event: response.output_text.delta\n\n")],
+    [Raw(b"id: 7\nretry: 10\nunknown-field: x\n\n")],
 )
-_NOISE_KINDS: Final = st.sampled_from(["error", "unknown", "other"])
 
 _EDITS: Final = ("swap", "move", "duplicate", "drop", "insert")
-_EDIT_LISTS: Final = [
-    st.lists(st.tuples(st.sampled_from(_EDITS), st.integers(0, 63), st.integers(0, 63)), max_size=n)
-    for n in range(9)
-]
+
+#: One edit: its kind, where, and where to (move, duplicate) or what to insert (insert).
+_Edit = tuple[str, int, int, Sequence[StreamPart]]
 
 
-def _noise(draw: st.DrawFn) -> list[StreamPart]:
-    kind = draw(_NOISE_KINDS)
-    if kind == "error":
-        return draw(_ERROR_FRAMES)
-    if kind == "unknown":
-        return draw(_UNKNOWN_FRAMES)
-    return draw(_NOISE_FRAMES)
+def _edits(draw: st.DrawFn, data: bytes) -> tuple[_Edit, ...]:
+    """The edits two bytes each give: kind and position (`kind + 5 * position`), then the
+    second operand, which for an insert picks the frame: an error frame (drawn), an unknown
+    frame or other noise, a third each."""
+    edits: list[_Edit] = []
+    for start in range(0, len(data) - 1, 2):
+        first, second = data[start], data[start + 1]
+        kind = _EDITS[first % 5]
+        noise: Sequence[StreamPart] = ()
+        if kind == "insert":
+            branch = second % 3
+            if branch == 0:
+                noise = draw(_ERROR_FRAMES)
+            elif branch == 1:
+                noise = _UNKNOWN_FRAME_LIST[(second // 3) % len(_UNKNOWN_FRAME_LIST)]
+            else:
+                noise = _NOISE_LIST[(second // 3) % len(_NOISE_LIST)]
+        edits.append((kind, first // 5, second, noise))
+    return tuple(edits)
 
 
-_NOISE: Final = st.composite(_noise)()
+def _edit_list(draw: st.DrawFn, max_edits: int) -> tuple[_Edit, ...]:
+    """Up to `max_edits` edits: a count byte, then two bytes per edit (more dice as needed)."""
+    data = draw(_DICE)
+    count = data[0] % (max_edits + 1)
+    while len(data) < 1 + 2 * count:
+        data += draw(_DICE)
+    return _edits(draw, data[1 : 1 + 2 * count])
 
 
-def _mangle(draw: st.DrawFn, parts: list[StreamPart], max_edits: int) -> list[StreamPart]:
+@functools.lru_cache(maxsize=16)
+def _edit_lists(max_edits: int) -> st.SearchStrategy[tuple[_Edit, ...]]:
+    return st.composite(lambda draw: _edit_list(draw, max_edits))()
+
+
+def _apply_edits(parts: Sequence[StreamPart], edits: Iterable[_Edit]) -> list[StreamPart]:
     out = list(parts)
-    edits = draw(
-        _EDIT_LISTS[max_edits]
-        if max_edits < len(_EDIT_LISTS)
-        else st.lists(
-            st.tuples(st.sampled_from(_EDITS), st.integers(0, 63), st.integers(0, 63)),
-            max_size=max_edits,
-        )
-    )
-    for edit, a, b in edits:
+    for edit, a, b, noise in edits:
         if edit == "insert":
-            noise = draw(_NOISE)
             position = a % (len(out) + 1)
             out[position:position] = noise
             continue
@@ -605,28 +700,31 @@ def mangled(parts: list[StreamPart], *, max_edits: int = 4) -> st.SearchStrategy
     """`parts` after up to `max_edits` adversarial edits: swapped, moved, duplicated or dropped
     events, and inserted frames (error frames, unknown names, prelude frames, keepalives,
     `[DONE]`, bad JSON, invalid UTF-8). No edit at all is the shrink target."""
-    return st.composite(lambda draw: _mangle(draw, parts, max_edits))()
+    return _edit_lists(max_edits).map(functools.partial(_apply_edits, parts))
 
 
 # --------------------------------------------------------------------------------------------
 # Bytes, reads and attempt scripts
 
-_LINE_ENDS: Final = st.sampled_from([b"\n", b"\r\n", b"\r"])
+_LINE_ENDS: Final = (b"\n", b"\r\n", b"\r")
+_BOM: Final = b"\xef\xbb\xbf"
 
 
-def _encode(draw: st.DrawFn, parts: list[StreamPart]) -> bytes:
-    ending = draw(_LINE_ENDS)
-    body = b"".join(encode_part(part) for part in parts)
+def _encode(parts: Iterable[StreamPart], ending: bytes = b"\n", bom: bool = False) -> bytes:
+    body = b"".join([encode_part(part) for part in parts])
     if ending != b"\n":
         body = body.replace(b"\n", ending)
-    if draw(_BOOLEANS) and draw(_BOOLEANS):
-        body = b"\xef\xbb\xbf" + body
-    return body
+    return _BOM + body if bom else body
+
+
+def _encode_with(parts: list[StreamPart], dice: bytes) -> bytes:
+    """Dice: line ends, byte-order mark (one in four)."""
+    return _encode(parts, _pick(_LINE_ENDS, dice[0]), dice[1] % 4 == 3)
 
 
 def sse_bytes(parts: list[StreamPart]) -> st.SearchStrategy[bytes]:
     """The SSE bytes of `parts`, with LF, CRLF or CR line ends and maybe a byte-order mark."""
-    return st.composite(lambda draw: _encode(draw, parts))()
+    return _DICE.map(functools.partial(_encode_with, parts))
 
 
 def _cut(body: bytes, cuts: Iterable[int]) -> list[bytes]:
@@ -637,59 +735,128 @@ def _cut(body: bytes, cuts: Iterable[int]) -> list[bytes]:
     return [body[a:b] for a, b in zip(edges, edges[1:]) if b > a]
 
 
-_INTERRUPTIONS: Final = st.lists(
-    st.tuples(
-        st.integers(0, 64),
-        st.sampled_from(
-            [TransportFault("drop"), Stall(60.0), Interrupt(), TransportFault("read_timeout"), Stall(0.01)]
-        ),
-    ),
-    max_size=2,
+_INTERRUPTION_STEPS: Final[tuple[Step, ...]] = (
+    TransportFault("drop"),
+    Stall(60.0),
+    Interrupt(),
+    TransportFault("read_timeout"),
+    Stall(0.01),
 )
-_ENDINGS: Final = st.sampled_from(
-    [
-        EndOfStream(),
-        TransportFault("drop"),
-        TransportFault("read_timeout"),
-        Stall(60.0),
-        Interrupt(),
-        TransportFault("connect_error"),
-    ]
+_ENDINGS: Final[tuple[Step, ...]] = (
+    EndOfStream(),
+    TransportFault("drop"),
+    TransportFault("read_timeout"),
+    Stall(60.0),
+    Interrupt(),
+    TransportFault("connect_error"),
 )
-_HTTP_STATUSES: Final = st.sampled_from([500, 429, 401, 400, 503])
-_HTTP_BODIES: Final = st.one_of(
-    st.builds(
-        lambda m, c: {"error": {"message": m, "type": "server_error", "param": None, "code": c}},
-        _PROVIDER_MESSAGES,
-        _ERROR_CODES,
-    ),
-    st.builds(lambda m: {"message": m, "code": None}, _PROVIDER_MESSAGES),
-    st.none(),
-    _PROVIDER_MESSAGES,
-)
-_ONE_IN_SIXTEEN: Final = st.integers(0, 15)
-_TRUNCATIONS: Final = st.none() | st.integers(0, 1 << 16)
-_CUTS: Final = st.lists(st.integers(0, 1 << 16), max_size=6)
+_HTTP_STATUSES: Final = (500, 429, 401, 400, 503)
+_TRUNCATIONS: Final = st.integers(0, 1 << 16)
+
+#: Plan dice: repeat the first answer (even byte), HTTP error (one in sixteen), status, body,
+#: body message, body code, line ends, byte-order mark (one in four), truncation (odd byte),
+#: ending; then up to four edits (count, two bytes each), up to six cut points (count, two
+#: bytes each) and up to two interruptions (count, a byte each: `step + 5 * position`).
+_EDITS_AT: Final = 10
+_CUTS_AT: Final = 19
+_INTERRUPTIONS_AT: Final = 32
 
 
-def _script(draw: st.DrawFn, parts: list[StreamPart], adversarial: bool) -> tuple[Step, ...]:
-    if not adversarial:
-        body = b"".join(encode_part(part) for part in parts)
-        return (*(Chunk(chunk) for chunk in _cut(body, draw(_CUTS))), EndOfStream())
-    if draw(_ONE_IN_SIXTEEN) == 15:
-        return (HttpError(draw(_HTTP_STATUSES), draw(_HTTP_BODIES)),)
-    body = _encode(draw, _mangle(draw, parts, 4))
-    truncate_at = draw(_TRUNCATIONS)
-    if truncate_at is not None:
-        body = body[: truncate_at % (len(body) + 1)]
-    steps: list[Step] = [Chunk(chunk) for chunk in _cut(body, draw(_CUTS))]
-    for position, step in draw(_INTERRUPTIONS):
-        steps.insert(position % (len(steps) + 1), step)
-    steps.append(draw(_ENDINGS))
-    return tuple(steps)
+def _http_body(draw: st.DrawFn, kind: int, message: int, code: int) -> Any:
+    """An HTTP error body, a fifth each: an OpenAI error object, a bare message object, none,
+    a real provider message as text, any text."""
+    branch = kind % 5
+    if branch == 0:
+        return {
+            "error": {
+                "message": _message(draw, message),
+                "type": "server_error",
+                "param": None,
+                "code": _pick(_ERROR_CODE_LIST, code),
+            }
+        }
+    if branch == 1:
+        return {"message": _message(draw, message), "code": None}
+    if branch == 2:
+        return None
+    if branch == 3:
+        return _pick(_MESSAGE_LIST, message)
+    return draw(_TEXT)
 
 
-_scripts: Final = st.composite(_script)
+def _cut_points(dice: bytes) -> tuple[int, ...]:
+    count = dice[_CUTS_AT] % 7
+    at = _CUTS_AT + 1
+    return tuple(int.from_bytes(dice[at + 2 * i : at + 2 * i + 2], "big") for i in range(count))
+
+
+@attrs.frozen(slots=True)
+class _Plan:
+    """Everything an attempt draws besides its response; `script(parts)` applies it."""
+
+    repeat: bool  # a retry repeats the session's first answer
+    adversarial: bool
+    cuts: tuple[int, ...] = ()
+    http: HttpError | None = None
+    edits: tuple[_Edit, ...] = ()
+    line_end: bytes = b"\n"
+    bom: bool = False
+    truncate_at: int | None = None
+    interruptions: tuple[tuple[int, Step], ...] = ()
+    ending: Step = EndOfStream()
+
+    def script(self, parts: list[StreamPart]) -> tuple[Step, ...]:
+        if not self.adversarial:
+            body = _encode(parts)
+            return (*[Chunk(chunk) for chunk in _cut(body, self.cuts)], EndOfStream())
+        if self.http is not None:
+            return (self.http,)
+        body = _encode(_apply_edits(parts, self.edits), self.line_end, self.bom)
+        if self.truncate_at is not None:
+            body = body[: self.truncate_at % (len(body) + 1)]
+        steps: list[Step] = [Chunk(chunk) for chunk in _cut(body, self.cuts)]
+        for position, step in self.interruptions:
+            steps.insert(position % (len(steps) + 1), step)
+        steps.append(self.ending)
+        return tuple(steps)
+
+
+def _adversarial_plan(draw: st.DrawFn) -> _Plan:
+    dice = draw(_DICE)
+    repeat = dice[0] % 2 == 0
+    if dice[1] % 16 == 15:
+        body = _http_body(draw, dice[3], dice[4], dice[5])
+        return _Plan(repeat, True, http=HttpError(_pick(_HTTP_STATUSES, dice[2]), body))
+    edit_count = dice[_EDITS_AT] % 5
+    interruption_count = dice[_INTERRUPTIONS_AT] % 3
+    interruptions = dice[_INTERRUPTIONS_AT + 1 :][:interruption_count]
+    return _Plan(
+        repeat,
+        True,
+        cuts=_cut_points(dice),
+        edits=_edits(draw, dice[_EDITS_AT + 1 :][: 2 * edit_count]),
+        line_end=_pick(_LINE_ENDS, dice[6]),
+        bom=dice[7] % 4 == 3,
+        truncate_at=draw(_TRUNCATIONS) if dice[8] % 2 else None,
+        interruptions=tuple((byte // 5, _pick(_INTERRUPTION_STEPS, byte)) for byte in interruptions),
+        ending=_pick(_ENDINGS, dice[9]),
+    )
+
+
+def _well_formed_plan(draw: st.DrawFn) -> _Plan:
+    dice = draw(_DICE)
+    return _Plan(dice[0] % 2 == 0, False, cuts=_cut_points(dice))
+
+
+_PLANS: Final = st.composite(_adversarial_plan)()
+_WELL_FORMED_PLANS: Final = st.composite(_well_formed_plan)()
+
+
+def _script(
+    draw: st.DrawFn, answers: st.SearchStrategy[list[StreamPart]], adversarial: bool
+) -> tuple[Step, ...]:
+    parts = draw(answers)
+    return draw(_PLANS if adversarial else _WELL_FORMED_PLANS).script(parts)
 
 
 def attempt_scripts(
@@ -698,29 +865,49 @@ def attempt_scripts(
     """One attempt: a response's bytes as reads, and (adversarial) edits, a truncation, faults,
     stalls and interrupts at any point, an ending step, or an HTTP error status instead."""
     answers = response if response is not None else responses()
-    return st.composite(lambda draw: _script(draw, draw(answers), adversarial))()
+    return st.composite(lambda draw: _script(draw, answers, adversarial))()
 
 
-_RETRIES: Final = st.sampled_from([0, 1, 2])
-_IDLE_TIMEOUTS: Final = st.sampled_from([None, 5.0])
-_RETRY_CODES: Final = st.sampled_from(
-    [frozenset(), frozenset({"server_error"}), frozenset({"server_error", "rate_limit_exceeded"})]
+_RETRY_CODE_LIST: Final[tuple[frozenset[str], ...]] = (
+    frozenset(),
+    frozenset({"server_error"}),
+    frozenset({"server_error", "rate_limit_exceeded"}),
 )
+def _turn_policy(retries: int, fallback: bool, idle: float | None, codes: int) -> TurnPolicy:
+    # keyword arguments through Any: the attrs converter of `retry_failed_codes` (frozenset)
+    # gives mypy no usable parameter type
+    fields: dict[str, Any] = {
+        "max_stream_retries": retries,
+        "fallback": fallback,
+        "idle_timeout_s": idle,
+        "retry_failed_codes": _RETRY_CODE_LIST[codes],
+    }
+    return TurnPolicy(**fields)
 
 
-@st.composite
-def policies(draw: st.DrawFn) -> TurnPolicy:
+#: Every policy the strategies draw, by (retries, fallback, idle timeout, retried codes) index.
+_POLICY_TABLE: Final = {
+    (retries, fallback, idle, codes): _turn_policy(retries, bool(fallback), (None, 5.0)[idle], codes)
+    for retries in range(3)
+    for fallback in range(2)
+    for idle in range(2)
+    for codes in range(3)
+}
+
+
+def _policy(dice: bytes) -> TurnPolicy:
+    """The policy dice pick: retries 0-2, fallback (off first), an idle timeout of 5 s or none
+    (none first), retried failure codes (none first)."""
+    return _POLICY_TABLE[dice[0] % 3, dice[1] % 2, dice[2] % 2, dice[3] % 3]
+
+
+_POLICIES: Final = _DICE.map(_policy)
+
+
+def policies() -> st.SearchStrategy[TurnPolicy]:
     """Turn policies. The shrink target is a single attempt (no retry, no fallback), so a
     failing session that does not need a retry shrinks to one attempt."""
-    return TurnPolicy(
-        max_stream_retries=draw(_RETRIES),
-        fallback=draw(_FALSE_FIRST),
-        idle_timeout_s=draw(_IDLE_TIMEOUTS),
-        retry_failed_codes=draw(_RETRY_CODES),
-    )
-
-
-_ATTEMPT_COUNTS: Final = [st.integers(1, max(1, n)) for n in range(6)]
+    return _POLICIES
 
 
 @st.composite
@@ -736,20 +923,20 @@ def sessions(
     Each attempt after the first repeats the first attempt's answer (as a retried request
     usually does) or streams another one. `adversarial=False` gives well-formed streams in
     whole-event reads or arbitrary cuts, each ending cleanly."""
+    dice = draw(_DICE)  # the policy (four bytes, unless given), how many attempt scripts
     if policy is None:
-        chosen = draw(policies())
-    elif isinstance(policy, TurnPolicy):
-        chosen = policy
+        chosen = _policy(dice)
     else:
-        chosen = draw(policy)
+        chosen = policy if isinstance(policy, TurnPolicy) else draw(policy)
     answers = response if response is not None else responses()
     limit = 1 + chosen.max_stream_retries + (1 if chosen.fallback else 0)
-    count = draw(_ATTEMPT_COUNTS[limit])
+    plans = _PLANS if adversarial else _WELL_FORMED_PLANS
     first = draw(answers)
     scripts = []
-    for number in range(count):
-        parts = first if number == 0 or draw(_TRUE_FIRST) else draw(answers)
-        scripts.append(draw(_scripts(parts, adversarial)))
+    for number in range(1 + dice[4] % limit):
+        plan = draw(plans)
+        parts = first if number == 0 or plan.repeat else draw(answers)
+        scripts.append(plan.script(parts))
     return Session(scripts, chosen)
 
 

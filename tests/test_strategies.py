@@ -1,0 +1,180 @@
+"""The session strategies (engine.testing.strategies) draw every kind of session they document,
+with the choices spread as documented, and bench/bench_fuzz.py runs.
+
+The strategies take each unit's small choices from one draw of bytes ("dice"); these tests make
+sure that no kind of session was lost on the way and that Hypothesis's own generation (which
+copies choices between same-labelled spans) does not skew the choices toward the simplest ones.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, Phase, given, settings
+
+from engine.strategies import Session, mangled, responses, run_session, sessions, sse_bytes
+from engine.testing.shapes import created, text_message
+from machines.records import (
+    Chunk,
+    TurnPolicy,
+    EndOfStream,
+    HttpError,
+    Interrupt,
+    Stall,
+    TransportFault,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+_GENERATE = settings(
+    database=None,
+    derandomize=True,
+    deadline=None,
+    phases=[Phase.generate],
+    suppress_health_check=list(HealthCheck),
+)
+
+
+def _sample(strategy: Any, count: int) -> list[Any]:
+    seen: list[Any] = []
+
+    @settings(_GENERATE, max_examples=count)
+    @given(strategy)
+    def collect(value: Any) -> None:
+        seen.append(value)
+
+    collect()
+    return seen
+
+
+def _kinds(session: Session) -> set[str]:
+    """The kinds of thing a session holds, as docs/fuzzing.md lists them."""
+    kinds = {f"attempts:{len(session.attempts)}"}
+    policy = session.policy
+    kinds.add(f"retries:{policy.max_stream_retries}")
+    kinds.add(f"fallback:{policy.fallback}")
+    kinds.add(f"idle:{policy.idle_timeout_s}")
+    kinds.add(f"codes:{len(policy.retry_failed_codes)}")
+    first = None
+    for number, script in enumerate(session.attempts):
+        *middle, last = script
+        if isinstance(last, HttpError):
+            kinds.add("http_error")
+            continue
+        kinds.add(f"ending:{last!r}")
+        for step in middle:
+            if not isinstance(step, Chunk):
+                kinds.add(f"between_reads:{step!r}")
+        body = b"".join(step.data for step in script if isinstance(step, Chunk))
+        reads = sum(isinstance(step, Chunk) for step in script)
+        kinds.add("one_read" if reads == 1 else "several_reads" if reads > 1 else "no_read")
+        if number == 0:
+            first = body
+        elif body == first:
+            kinds.add("retry_repeats_first_answer")
+        if body.startswith(b"\xef\xbb\xbf"):
+            kinds.add("bom")
+        kinds.add("crlf" if b"\r\n" in body else "cr" if b"\r" in body else "lf")
+        if not body.replace(b"\r", b"\n").endswith(b"\n\n"):
+            kinds.add("truncated")
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError:
+            kinds.add("invalid_utf8")
+        for marker in (
+            b"codex.rate_limits",
+            b": keepalive",
+            b"response.created",
+            b"response.in_progress",
+            b"output_text.delta",
+            b"reasoning_summary_text.delta",
+            b"function_call_arguments.delta",
+            b"response.completed",
+            b"response.incomplete",
+            b"response.failed",
+            b"event: error",
+            b"[DONE]",
+            b'"instructions"',  # a full Response object, not a compact one
+        ):
+            if marker in body:
+                kinds.add(marker.decode())
+        if any(bad in body for bad in (b"not json", b"[1, 2]", b'"no_type"', b'"delta":"Pa\n')):
+            kinds.add("bad_data_frame")
+    return kinds
+
+
+def test_adversarial_sessions_hold_every_documented_kind() -> None:
+    seen: collections.Counter[str] = collections.Counter()
+    for session in _sample(sessions(), 600):
+        seen.update(_kinds(session))
+    expected = {
+        *(f"attempts:{n}" for n in (1, 2, 3, 4)),
+        *(f"retries:{n}" for n in (0, 1, 2)),
+        "fallback:True", "fallback:False", "idle:5.0", "idle:None",
+        *(f"codes:{n}" for n in (0, 1, 2)),
+        "http_error", "one_read", "several_reads", "retry_repeats_first_answer",
+        "bom", "crlf", "cr", "lf", "truncated", "invalid_utf8",
+        *(f"ending:{step!r}" for step in (
+            EndOfStream(), TransportFault("drop"), TransportFault("read_timeout"),
+            TransportFault("connect_error"), Stall(60.0), Interrupt())),
+        *(f"between_reads:{step!r}" for step in (
+            TransportFault("drop"), TransportFault("read_timeout"), Stall(60.0), Stall(0.01),
+            Interrupt())),
+        "codex.rate_limits", ": keepalive", "response.created", "response.in_progress",
+        "output_text.delta", "reasoning_summary_text.delta", "function_call_arguments.delta",
+        "response.completed", "response.incomplete", "response.failed", "event: error",
+        "[DONE]", "bad_data_frame", '"instructions"',
+    }
+    assert expected <= set(seen), sorted(expected - set(seen))
+
+
+def test_choices_are_not_skewed_toward_the_simplest() -> None:
+    """Hypothesis's generator copies one unit's choices over another's; a copy that does not
+    fit the draw it lands on falls back to the simplest choices (zeros), which once made the
+    simplest policy come up in a fifth of all sessions. It is one policy of 36."""
+    sampled = _sample(sessions(), 600)
+    simplest = TurnPolicy(max_stream_retries=0, fallback=False)
+    assert sum(session.policy == simplest for session in sampled) / len(sampled) < 0.1
+
+
+def test_every_outcome_comes_up() -> None:
+    outcomes = collections.Counter(
+        run_session(session, reraise=False).outcome for session in _sample(sessions(), 300)
+    )
+    assert set(outcomes) == {"completed", "incomplete", "failed", "error", "interrupted"}
+
+
+def test_well_formed_sessions_end_cleanly_and_repeat_the_answer_on_retries() -> None:
+    for session in _sample(sessions(adversarial=False), 100):
+        for script in session.attempts:
+            assert isinstance(script[-1], EndOfStream)
+            assert all(isinstance(step, Chunk) for step in script[:-1])
+
+
+def test_mangled_and_sse_bytes_shrink_to_no_edit_and_plain_bytes() -> None:
+    from hypothesis import find
+
+    parts = [*created(), *text_message("Hi", deltas=2)]
+    assert find(mangled(parts), lambda _: True) == parts
+    body = find(sse_bytes(parts), lambda _: True)
+    assert body.endswith(b"\n\n") and b"\r" not in body and not body.startswith(b"\xef")
+    assert find(responses(), lambda _: True)  # a compact stream, not nothing
+
+
+def test_bench_fuzz_runs_and_reports_a_result() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_fuzz.py"), "--examples", "15",
+         "--rounds", "1", "--no-profile"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert len(lines) == 1, done.stdout
+    result = json.loads(lines[0].removeprefix("RESULT "))
+    assert result["candidate"]["examples_per_s"] > 0
+    assert set(result["candidate"]["ms_per_example"]) == {"total", "generation", "play", "checks"}
