@@ -34,7 +34,9 @@ held back. Reasoning deltas obey the same rules without the tool-call gate.
 from __future__ import annotations
 
 import atexit
+import email.utils
 import os
+import re
 import shutil
 import tempfile
 import traceback
@@ -86,7 +88,9 @@ RULES: Final[dict[str, str]] = {
     "reasoning_delivery": "reasoning deltas are delivered once each, across retries too",
     "callbacks_match_effects": "the callbacks receive exactly the effects the trace records",
     "tool_calls_once": "every function call announced appears exactly once in tool_calls, with "
-    "its arguments",
+    "its arguments, `completed` unless the stream broke before its arguments finished",
+    "never_less_than_seen": "on error or interrupted, output_text is never shorter than the text "
+    "delivered to on_text_delta",
     "error_verbatim": "the provider's error words reach TurnResult.error verbatim",
     "replay_identical": "the recorded trace replays to identical records and outcome",
     "trace_roundtrip": "the trace reads back from its file with every record",
@@ -213,14 +217,20 @@ class ReferenceAttempt:
         hands_over: bool,
         retry_codes: frozenset[str],
         ledger: ReferenceLedger,
+        http_left: bool = False,
+        max_wait_s: float = 60.0,
     ) -> None:
         self.number = number
         self.kind = kind
         self.hands_over = hands_over
         self.retry_codes = retry_codes
         self.ledger = ledger
+        self.http_left = http_left
+        self.max_wait_s = max_wait_s
         self.state = AWAITING
         self.reason = ""
+        #: which budget may pay for another attempt: "stream", "http" or None
+        self.retry: str | None = None
         self.tool_seen = False
         self.allowed_text = ""  # text deltas taken in before the first function-call frame
         self.text_deltas: list[str] = []  # every text delta taken in while live
@@ -377,14 +387,16 @@ class ReferenceAttempt:
         error = self.response.get("error")
         error = error if isinstance(error, dict) else {}
         self.words = {"message": error.get("message"), "code": error.get("code")}
-        if error.get("code") in self.retry_codes:
-            self._finish(FALLBACK if self.hands_over else RETIRE, f"failed:{error.get('code')}")
+        code = error.get("code")
+        if isinstance(code, str) and code in self.retry_codes:
+            self._finish(FALLBACK if self.hands_over else RETIRE, f"failed:{code}", "stream")
         else:
             self._finish(TERMINAL, "failed")
 
-    def _finish(self, state: str, reason: str) -> None:
+    def _finish(self, state: str, reason: str, retry: str | None = None) -> None:
         self.state = state
         self.reason = reason
+        self.retry = retry
 
     # -- the step that ends the body -------------------------------------------------------------
     def end(self, step: Step, idle_timeout_s: float | None = None) -> None:
@@ -394,16 +406,61 @@ class ReferenceAttempt:
             return
         if isinstance(step, HttpError):
             self.words = _http_words(step)
-            self._finish(TERMINAL, f"http_{step.status}")
+            wait = _demanded_wait(step)
+            if (
+                (step.status in (408, 409, 429) or 500 <= step.status <= 599)
+                and (wait is None or wait <= self.max_wait_s)
+                and self.http_left
+            ):
+                self._finish(RETIRE, f"http_{step.status}", "http")
+            else:
+                self._finish(TERMINAL, f"http_{step.status}")
         elif isinstance(step, Interrupt):
             self._finish(RETIRE, "interrupted")
+        elif isinstance(step, TransportFault) and step.kind == "connect_error":
+            # no response at all: the HTTP budget pays, never a stream retry or the fallback
+            self._finish(RETIRE, "connect_error", "http" if self.http_left else None)
         else:
             reason = (
                 step.kind
                 if isinstance(step, TransportFault)
                 else "idle_timeout" if isinstance(step, Stall) else "eof"
             )
-            self._finish(FALLBACK if self.hands_over else RETIRE, reason)
+            self._finish(FALLBACK if self.hands_over else RETIRE, reason, "stream")
+
+
+def _demanded_wait(step: HttpError) -> float | None:
+    """The contract's wait, re-stated: `retry-after-ms`, else `Retry-After` (seconds or an HTTP
+    date from when the answer came), else "try again in N s" in the message."""
+    headers = dict(step.headers)
+    if "retry-after-ms" in headers:
+        try:
+            value = float(headers["retry-after-ms"]) / 1000
+            if value >= 0 and value == value and value != float("inf"):
+                return value
+        except ValueError:
+            pass
+    if "retry-after" in headers:
+        text = headers["retry-after"]
+        try:
+            value = float(text)
+            if value >= 0 and value == value and value != float("inf"):
+                return value
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(text)
+            except (TypeError, ValueError, IndexError):
+                when = None
+            if when is not None and when.tzinfo is not None and step.received_at is not None:
+                return max(0.0, when.timestamp() - step.received_at)
+    message = _http_words(step).get("message")
+    if isinstance(message, str):
+        found = re.search(r"try again in (\d+(?:\.\d+)?)\s*(ms|s|sec|seconds?)\b", message,
+                          re.IGNORECASE)
+        if found:
+            amount = float(found.group(1))
+            return amount / 1000 if found.group(2).lower() == "ms" else amount
+    return None
 
 
 def _http_words(step: HttpError) -> dict[str, Any]:
@@ -461,16 +518,21 @@ def reference_turn(session: Session) -> ReferenceTurn:
     policy = session.policy
     ledger = ReferenceLedger()
     most = 1 + policy.max_stream_retries
+    http_budget = policy.max_http_retries or 0
     attempts: list[ReferenceAttempt] = []
     kind = "stream"
+    stream_tries = 1
+    http_retries = 0
     while True:
         number = len(attempts) + 1
         attempt = ReferenceAttempt(
             number,
             kind,
-            hands_over=kind == "stream" and policy.fallback and number == most,
+            hands_over=kind == "stream" and policy.fallback and stream_tries == most,
             retry_codes=policy.retry_failed_codes,
             ledger=ledger,
+            http_left=http_retries < http_budget,
+            max_wait_s=policy.max_retry_wait_s,
         )
         attempts.append(attempt)
         index = number - 1
@@ -478,15 +540,14 @@ def reference_turn(session: Session) -> ReferenceTurn:
             session.attempts[index] if index < len(session.attempts) else (TransportFault("connect_error"),)
         )
         _play_reference(attempt, script, policy)
+        if attempt.retry == "http":
+            http_retries += 1
+            continue
         if attempt.state == FALLBACK:
             kind = "fallback"
             continue
-        if (
-            attempt.state == RETIRE
-            and attempt.reason != "interrupted"
-            and kind == "stream"
-            and number < most
-        ):
+        if attempt.retry == "stream" and kind == "stream" and stream_tries < most:
+            stream_tries += 1
             continue
         break
     last = attempts[-1]
@@ -588,6 +649,7 @@ def session_violations(
     found += _check_states(result, reference)
     found += _check_delivery(observer.calls, effects, reference)
     found += _check_output(result, reference)
+    found += _check_seen(result, observer.calls)
     found += _check_error(result, reference)
     if replay and path is not None:
         found += _check_replay(path, len(recording.log.records))
@@ -828,6 +890,25 @@ def _check_output(result: TurnResult, reference: ReferenceTurn) -> list[Violatio
                 )
             )
     in_output = {i.get("call_id") for i in server_output or () if isinstance(i, dict)}
+    for call in result.tool_calls:
+        placed: Any = call.get("call_id")
+        index = source.call_index.get(placed) if isinstance(placed, str) else None
+        if reference.outcome != "completed" and placed not in in_output and index is None:
+            continue  # a call the reference cannot place (no call_id): its status is not judged
+        finished = (
+            reference.outcome == "completed"
+            or placed in in_output
+            or index in source.done
+            or index in source.arguments_done
+        )
+        if call.get("status") != ("completed" if finished else "incomplete"):
+            found.append(
+                Violation(
+                    "tool_calls_once",
+                    f"call {placed!r} has status {call.get('status')!r}; its arguments "
+                    f"{'finished' if finished else 'never finished'}",
+                )
+            )
     for call_id, index in source.call_index.items():
         if call_id in in_output or index in source.done or index in source.arguments_done:
             continue
@@ -841,6 +922,18 @@ def _check_output(result: TurnResult, reference: ReferenceTurn) -> list[Violatio
                 )
             )
     return found
+
+
+def _check_seen(result: TurnResult, calls: list[tuple[str, str | None]]) -> list[Violation]:
+    seen = "".join(text or "" for name, text in calls if name == "text_delta")
+    if result.outcome in ("error", "interrupted") and len(result.output_text) < len(seen):
+        return [
+            Violation(
+                "never_less_than_seen",
+                f"output_text {result.output_text!r} is shorter than the delivered {seen!r}",
+            )
+        ]
+    return []
 
 
 def _check_error(result: TurnResult, reference: ReferenceTurn) -> list[Violation]:

@@ -750,7 +750,19 @@ _ENDINGS: Final[tuple[Step, ...]] = (
     Interrupt(),
     TransportFault("connect_error"),
 )
-_HTTP_STATUSES: Final = (500, 429, 401, 400, 503)
+_HTTP_STATUSES: Final = (500, 429, 401, 400, 503, 408, 409, 502)
+#: When an HTTP error asks the client to try again: nothing, seconds, milliseconds, an HTTP date
+#: (measured from `received_at`), a wait longer than the default `max_retry_wait_s`, garbage.
+_RETRY_HEADERS: Final[tuple[tuple[tuple[str, str], ...], ...]] = (
+    (),
+    (("retry-after", "1"),),
+    (("retry-after-ms", "20"), ("retry-after", "9")),
+    (("retry-after", "Tue, 14 Nov 2023 22:13:30 GMT"),),
+    (("retry-after", "120"),),
+    (("retry-after", "soon"), ("x-request-id", "req_1")),
+)
+#: The wall clock an HTTP error is received at in generated sessions (22:13:20 that day).
+_RECEIVED_AT: Final = 1_700_000_000.0
 _TRUNCATIONS: Final = st.integers(0, 1 << 16)
 
 #: Plan dice: repeat the first answer (even byte), HTTP error (one in sixteen), status, body,
@@ -826,7 +838,9 @@ def _adversarial_plan(draw: st.DrawFn) -> _Plan:
     repeat = dice[0] % 2 == 0
     if dice[1] % 16 == 15:
         body = _http_body(draw, dice[3], dice[4], dice[5])
-        return _Plan(repeat, True, http=HttpError(_pick(_HTTP_STATUSES, dice[2]), body))
+        headers = _pick(_RETRY_HEADERS, dice[6])
+        status = _pick(_HTTP_STATUSES, dice[2])
+        return _Plan(repeat, True, http=HttpError(status, body, headers, _RECEIVED_AT))
     edit_count = dice[_EDITS_AT] % 5
     interruption_count = dice[_INTERRUPTIONS_AT] % 3
     interruptions = dice[_INTERRUPTIONS_AT + 1 :][:interruption_count]
@@ -873,7 +887,9 @@ _RETRY_CODE_LIST: Final[tuple[frozenset[str], ...]] = (
     frozenset({"server_error"}),
     frozenset({"server_error", "rate_limit_exceeded"}),
 )
-def _turn_policy(retries: int, fallback: bool, idle: float | None, codes: int) -> TurnPolicy:
+def _turn_policy(
+    retries: int, fallback: bool, idle: float | None, codes: int, http_retries: int
+) -> TurnPolicy:
     # keyword arguments through Any: the attrs converter of `retry_failed_codes` (frozenset)
     # gives mypy no usable parameter type
     fields: dict[str, Any] = {
@@ -881,24 +897,29 @@ def _turn_policy(retries: int, fallback: bool, idle: float | None, codes: int) -
         "fallback": fallback,
         "idle_timeout_s": idle,
         "retry_failed_codes": _RETRY_CODE_LIST[codes],
+        "max_http_retries": http_retries,
     }
     return TurnPolicy(**fields)
 
 
-#: Every policy the strategies draw, by (retries, fallback, idle timeout, retried codes) index.
+#: Every policy the strategies draw, by (retries, fallback, idle timeout, retried codes, HTTP
+#: retries) index.
 _POLICY_TABLE: Final = {
-    (retries, fallback, idle, codes): _turn_policy(retries, bool(fallback), (None, 5.0)[idle], codes)
+    (retries, fallback, idle, codes, http): _turn_policy(
+        retries, bool(fallback), (None, 5.0)[idle], codes, http
+    )
     for retries in range(3)
     for fallback in range(2)
     for idle in range(2)
     for codes in range(3)
+    for http in range(3)
 }
 
 
 def _policy(dice: bytes) -> TurnPolicy:
     """The policy dice pick: retries 0-2, fallback (off first), an idle timeout of 5 s or none
-    (none first), retried failure codes (none first)."""
-    return _POLICY_TABLE[dice[0] % 3, dice[1] % 2, dice[2] % 2, dice[3] % 3]
+    (none first), retried failure codes (none first), HTTP retries 0-2 (none first)."""
+    return _POLICY_TABLE[dice[0] % 3, dice[1] % 2, dice[2] % 2, dice[3] % 3, dice[5] % 3]
 
 
 _POLICIES: Final = _DICE.map(_policy)
@@ -923,13 +944,16 @@ def sessions(
     Each attempt after the first repeats the first attempt's answer (as a retried request
     usually does) or streams another one. `adversarial=False` gives well-formed streams in
     whole-event reads or arbitrary cuts, each ending cleanly."""
-    dice = draw(_DICE)  # the policy (four bytes, unless given), how many attempt scripts
+    dice = draw(_DICE)  # the policy (bytes 0-3 and 5, unless given), how many attempt scripts
     if policy is None:
         chosen = _policy(dice)
     else:
         chosen = policy if isinstance(policy, TurnPolicy) else draw(policy)
     answers = response if response is not None else responses()
-    limit = 1 + chosen.max_stream_retries + (1 if chosen.fallback else 0)
+    limit = (
+        1 + chosen.max_stream_retries + (1 if chosen.fallback else 0)
+        + (chosen.max_http_retries or 0)
+    )
     plans = _PLANS if adversarial else _WELL_FORMED_PLANS
     first = draw(answers)
     scripts = []
