@@ -10,8 +10,8 @@ JSON, secrets echoed in its output. The script is a JSON list of steps, played i
     {"expect": "turn/start"}      read client lines until one with this method (a request or a
                                   notification; "response" matches any response); its id is
                                   kept as $id:<method> ("$id:response" for a response)
-    {"send": {...}}               write one JSON line; strings "$id:<method>" become that id,
-                                  "$env:NAME" the environment variable's value
+    {"send": {...}}               write one JSON line; a string "$id:<method>" becomes that id,
+                                  "$env:NAME" in a string the environment variable's value
     {"raw": "text"}               write the text as a line as it is (not JSON, say)
     {"stderr": "text"}            write a line to stderr ($env: substituted)
     {"sleep": 0.2}                wait
@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from typing import Any, TextIO
 
 __all__ = ["main", "script_command"]
+
+_ENV = re.compile(r"\$env:([A-Za-z_][A-Za-z0-9_]*)")
 
 
 def script_command(script_path: str, log_path: str | None = None) -> list[str]:
@@ -50,9 +53,7 @@ class _Fake:
         if isinstance(value, str):
             if value.startswith("$id:"):
                 return self.ids.get(value[4:])
-            if value.startswith("$env:"):
-                return os.environ.get(value[5:], "")
-            return value
+            return _ENV.sub(lambda m: os.environ.get(m.group(1), ""), value)
         if isinstance(value, dict):
             return {key: self.substitute(item) for key, item in value.items()}
         if isinstance(value, list):
