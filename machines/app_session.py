@@ -141,6 +141,8 @@ STDERR_KEPT: Final = 40
 STDERR_SHOWN: Final = 6
 #: Finished turn ids remembered, to ignore their late notifications.
 FINISHED_KEPT: Final = 16
+#: Server request ids remembered, to answer each once.
+REQUESTS_KEPT: Final = 64
 
 
 def _definition() -> tuple[Machine, frozenset[tuple[str, str]]]:
@@ -197,6 +199,8 @@ class AppSession:
         self.turn_number = 0
         self.finished_turns: deque[str] = deque(maxlen=FINISHED_KEPT)
         self.stderr: deque[str] = deque(maxlen=STDERR_KEPT)
+        #: ids of the server requests seen lately: a repeated request gets no second answer
+        self.server_requests: deque[int | str] = deque(maxlen=REQUESTS_KEPT)
         self.retire_reason: str | None = None
         self._settled: AppTurn | None = None
         self.unreadable = 0
@@ -213,6 +217,7 @@ class AppSession:
             "turn_number": self.turn_number,
             "finished_turns": list(self.finished_turns),
             "stderr": list(self.stderr),
+            "server_requests": list(self.server_requests),
         }
 
     @classmethod
@@ -241,6 +246,10 @@ class AppSession:
             value = snapshot.get(key) or []
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ValueError(f"{key} must be a list of strings")
+        requests = snapshot.get("server_requests") or []
+        if not isinstance(requests, list) or not all(
+                type(v) is int or type(v) is str for v in requests):
+            raise ValueError("server_requests must be a list of ids")
         session.state = state
         session.thread_id = thread_id
         session.next_id = snapshot["next_id"]
@@ -248,6 +257,7 @@ class AppSession:
         session.pending = pending
         session.finished_turns.extend(snapshot.get("finished_turns") or [])
         session.stderr.extend(snapshot.get("stderr") or [])
+        session.server_requests.extend(requests)
         return session
 
     # -- feeding ---------------------------------------------------------------------------------
@@ -462,6 +472,10 @@ class AppSession:
         turn.notification(message.method, message.params)
 
     def _server_request(self, message: Request) -> None:
+        if message.id in self.server_requests:
+            self.ignored += 1  # the same request again: it has (or will get) its one answer
+            return
+        self.server_requests.append(message.id)
         number = self.turn_number
         if message.method not in APPROVAL_METHODS:
             self.send(number, unsupported_request_error(message.id, message.method))

@@ -364,11 +364,14 @@ class AppTurn:
         self.answered: set[int | str] = set()
         self.items: dict[str, dict[str, Any]] = {}
         self.open_tools: set[str] = set()
+        self.finished_tools: set[str] = set()
         self.messages: list[dict[str, Any]] = []
         self.tool_iterations = 0
         self.model_requests = 0
         self.first_delta_sent = False
+        #: agent messages, in the order they started (reasoning items in `reasoning`)
         self.streams: list[_Stream] = []
+        self.reasoning: list[_Stream] = []
         self._text: _Stream | None = None
         self._reasoning: _Stream | None = None
         self.final_items: list[Any] | None = None
@@ -574,10 +577,10 @@ class AppTurn:
         if ident is not None:
             self.items[ident] = item
         if kind == "agentMessage":
-            self._text = self._begin(self._text, ident)
+            self._text = self._begin(self._text, ident, self.streams)
             self._fire("content")
         elif kind == "reasoning":
-            self._reasoning = self._begin(self._reasoning, ident)
+            self._reasoning = self._begin(self._reasoning, ident, self.reasoning)
             self._fire("content")
         elif kind in TOOL_ITEMS:
             if ident is not None:
@@ -586,26 +589,31 @@ class AppTurn:
         elif kind != "userMessage":
             self._fire("content")
 
-    def _begin(self, current: _Stream | None, ident: str | None) -> _Stream:
+    def _begin(self, current: _Stream | None, ident: str | None, kept: list[_Stream]) -> _Stream:
         if current is not None and not current.done:
             current.restart(ident)  # codex retries the model: the same message, from the start
             return current
         stream = _Stream(ident)
-        self.streams.append(stream)
+        kept.append(stream)
         return stream
 
-    def _stream_for(self, current: _Stream | None, ident: Any) -> _Stream:
-        """The stream a delta belongs to: the open one, or a new one for an item never
-        announced by `item/started`."""
-        if current is not None and not current.done and (ident is None or ident == current.item_id):
-            return current
-        return self._begin(None, ident if isinstance(ident, str) else None)
+    def _stream_for(self, current: _Stream | None, ident: Any, kept: list[_Stream]) -> _Stream | None:
+        """The stream a delta or completion belongs to: the open one; None for one that
+        completed already (a late or repeated line); or a new one for an item never announced
+        by `item/started`."""
+        if current is not None and (ident is None or ident == current.item_id):
+            return None if current.done else current
+        if any(stream.done and stream.item_id == ident for stream in kept):
+            return None
+        return self._begin(None, ident if isinstance(ident, str) else None, kept)
 
     def _agent_delta(self, params: dict[str, Any]) -> None:
         delta = params.get("delta")
         if type(delta) is not str:
             return
-        stream = self._stream_for(self._text, params.get("itemId"))
+        stream = self._stream_for(self._text, params.get("itemId"), self.streams)
+        if stream is None:
+            return
         self._text = stream
         self._fire("content")
         self._deliver_text(stream.delta(delta))
@@ -614,7 +622,9 @@ class AppTurn:
         delta = params.get("delta")
         if type(delta) is not str:
             return
-        stream = self._stream_for(self._reasoning, params.get("itemId"))
+        stream = self._stream_for(self._reasoning, params.get("itemId"), self.reasoning)
+        if stream is None:
+            return
         self._reasoning = stream
         self._fire("content")
         self._deliver_reasoning(stream.delta(delta))
@@ -626,19 +636,26 @@ class AppTurn:
         kind = item.get("type")
         ident = item.get("id") if isinstance(item.get("id"), str) else None
         if kind == "agentMessage":
+            stream = self._stream_for(self._text, ident, self.streams)
+            if stream is None:
+                return  # completed already: a repeated line
             text = item.get("text") if isinstance(item.get("text"), str) else None
-            stream = self._stream_for(self._text, ident)
             self._text = stream
             self._fire("content")
             self._deliver_text(stream.complete(text))
         elif kind == "reasoning":
-            stream = self._stream_for(self._reasoning, ident)
-            self._reasoning = stream
-            stream.done = True
+            stream = self._stream_for(self._reasoning, ident, self.reasoning)
+            if stream is not None:
+                self._reasoning = stream
+                stream.done = True
             self._fire("content")
+            return
         elif kind in TOOL_ITEMS:
+            if ident is not None and ident in self.finished_tools:
+                return  # completed already: a repeated line
             if ident is not None:
                 self.open_tools.discard(ident)
+                self.finished_tools.add(ident)
         projection = project_item(item)
         for message in projection.messages:
             self._message(message)
