@@ -11,6 +11,8 @@ trace must replay identically.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -69,11 +71,15 @@ class Fake:
                                            cwd=tmp_path, **options)
         self.turns = 0
 
-    def turn(self, text: str = "hi", **options: Any) -> tuple[engine.AppTurnResult, Path]:
+    def turn(self, text: str = "hi", *, fixture: str | None = None,
+             **options: Any) -> tuple[engine.AppTurnResult, Path]:
         self.turns += 1
         trace = self.tmp / f"fake-turn-{self.turns}-{time.monotonic_ns()}.jsonl"
         result = self.session.run_turn(text, trace=trace, **options)
         assert_replays_identically(trace)
+        target = os.environ.get("STREAMFSM_RECORD_APP_FIXTURES")
+        if fixture and target:
+            shutil.copyfile(trace, Path(target) / f"fake_{fixture}.jsonl")
         return result, trace
 
     def client_lines(self) -> list[dict[str, Any]]:
@@ -93,7 +99,7 @@ class Fake:
 def test_an_unanswered_request_times_out_and_retires(tmp_path: Path) -> None:
     with Fake(tmp_path, [{"expect": "initialize"}], request_timeout_s=0.4) as fake:
         began = time.monotonic()
-        result, _ = fake.turn()
+        result, _ = fake.turn(fixture="request_timeout")
         assert time.monotonic() - began < 3
         assert fake.session.pid is None
     assert result.outcome == "error" and result.retired
@@ -113,7 +119,7 @@ def test_a_protocol_breach_in_the_handshake_retires(
     tmp_path: Path, steps: list[dict[str, Any]], words: str
 ) -> None:
     with Fake(tmp_path, steps) as fake:
-        result, _ = fake.turn()
+        result, _ = fake.turn(fixture=f"protocol_breach_{len(steps)}")
     assert result.outcome == "error" and result.retired
     assert result.error is not None and result.error["code"] == "protocol_breach"
     assert words in result.error["message"]
@@ -166,7 +172,7 @@ def test_requests_are_answered_in_their_own_shape_and_unknown_ones_with_an_error
         return decisions[request.kind]
 
     with Fake(tmp_path, steps, approvals=approvals) as fake:
-        result, _ = fake.turn()
+        result, _ = fake.turn(fixture="requests_in_their_shapes")
         replies = {ident: fake.replies(ident) for ident in range(6)}
     assert result.outcome == "completed" and result.output_text == "done"
     assert [r.kind for r in asked] == list(decisions)
@@ -200,7 +206,7 @@ def test_lines_that_are_not_json_rpc_are_tolerated(tmp_path: Path) -> None:
              {"raw": '{"jsonrpc":"2.0","method":"turn/plan/updated","params":{}}'},
              {"raw": ""}, *answer("fine"), completed()]
     with Fake(tmp_path, steps) as fake:
-        result, trace = fake.turn()
+        result, trace = fake.turn(fixture="lines_not_json_rpc")
     assert result.outcome == "completed" and result.output_text == "fine"
     lines = [json.loads(line) for line in trace.read_text().splitlines()]
     assert {"not json at all", "[1,2,3]"} <= {r.get("data") for r in lines if r.get("input")}
@@ -223,7 +229,7 @@ def test_no_turn_completed_after_an_interrupt_retires(tmp_path: Path) -> None:
     with Fake(tmp_path, steps, interrupt_grace_s=0.3) as fake:
         timer = threading.Timer(0.2, stop.set)
         timer.start()
-        result, _ = fake.turn(interrupt=stop)
+        result, _ = fake.turn(interrupt=stop, fixture="interrupt_unanswered")
         timer.cancel()
         assert fake.session.pid is None
     assert result.outcome == "interrupted" and result.retired
