@@ -140,9 +140,9 @@ def _check_answers(script: AppScript, run: AppRun, fed: list[Any]) -> None:
                 ident = orjson.loads(item.text)["params"]["requestId"]
                 withdrawn.add(ident)
     replies: dict[Any, int] = {}
-    for message in _sends(run):
-        if "method" not in message and "id" in message:
-            replies[message["id"]] = replies.get(message["id"], 0) + 1
+    for sent in _sends(run):
+        if "method" not in sent and "id" in sent:
+            replies[sent["id"]] = replies.get(sent["id"], 0) + 1
     for ident, count in replies.items():
         assert count == 1, f"server request {ident} answered {count} times"
     result = run.result
