@@ -309,3 +309,26 @@ def test_a_wrong_call_raises(call: Any, error: type[Exception]) -> None:
 def test_wrong_session_options_raise(options: dict[str, Any], error: type[Exception]) -> None:
     with pytest.raises(error):
         engine.CodexSession(**options)
+
+
+def test_a_launcher_without_its_native_binary_runs_in_its_own_group_and_close_ends_it(
+    tmp_path: Path,
+) -> None:
+    from app_support import group_members, process_gone
+
+    steps = [*HANDSHAKE, *TURN_START, *answer("from the launcher"), completed()]
+    script = tmp_path / "steps.json"
+    script.write_text(json.dumps(steps))
+    launcher = tmp_path / "node_modules" / "@openai" / "codex" / "bin" / "codex.js"
+    launcher.parent.mkdir(parents=True)
+    # like npm's Node launcher: the real server is a child, and something else lingers
+    launcher.write_text("#!/bin/sh\nsleep 300 &\n" + " ".join(script_command(str(script)))
+                        + "\nwait\n")
+    launcher.chmod(0o755)
+    session = engine.CodexSession(command=[str(launcher), "app-server"], cwd=tmp_path)
+    result = session.run_turn("hi")
+    pid = session.pid
+    assert result.outcome == "completed" and result.output_text == "from the launcher"
+    assert pid is not None and len(group_members(pid)) >= 3  # sh, sleep, the server
+    session.close()
+    assert process_gone(pid) and group_members(pid) == []

@@ -132,6 +132,36 @@ def test_a_declined_command_is_not_a_tool_iteration(tmp_path: Path, approvals: A
     assert _tool_results(result) == ["[declined] the command was not approved"]
 
 
+PATCH = ("apply_patch <<'EOF'\n*** Begin Patch\n*** Add File: hello.txt\n+hello from streamfsm\n"
+         "*** End Patch\nEOF\n")
+
+
+@pytest.mark.parametrize("decision", ["accept", "decline"])
+def test_a_file_change_is_asked_with_its_changes_and_projected_as_apply_patch(
+    tmp_path: Path, decision: str
+) -> None:
+    asked: list[engine.ApprovalRequest] = []
+    scenario = tool_then_answer(json.dumps({"cmd": PATCH}), "Patched.")
+    with harness(tmp_path, scenario, approvals=lambda r: asked.append(r) or decision) as h:
+        turn = h.turn(fixture=f"file_change_{decision}")
+    (request,) = asked
+    assert request.kind == "file_change" and request.changes is not None
+    assert request.changes[0]["kind"] == {"type": "add"}
+    assert request.changes[0]["path"].endswith("hello.txt")
+    result = turn.result
+    call, output, answer = result.messages
+    assert call["tool_calls"][0]["function"]["name"] == "apply_patch"
+    arguments = json.loads(call["tool_calls"][0]["function"]["arguments"])
+    assert arguments["changes"][0]["diff"] == "hello from streamfsm\n"
+    created = (tmp_path / "work" / "hello.txt").exists()
+    if decision == "accept":
+        assert created and output["content"] == "[applied]" and result.tool_iterations == 1
+    else:
+        assert not created and result.tool_iterations == 0
+        assert output["content"] == "[declined] the change was not approved"
+    assert result.outcome == "completed" and answer["content"] == "Patched."
+
+
 def test_cancel_ends_the_turn_interrupted_and_keeps_the_session(tmp_path: Path) -> None:
     with harness(tmp_path, tool_then_answer(ESCALATED), approvals=lambda r: "cancel") as h:
         turn = h.turn(fixture="approval_cancelled")

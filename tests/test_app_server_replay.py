@@ -33,6 +33,7 @@ RULES = {
     "stream_retry_no_double_text": "completed", "failed_keeps_partial_text": "failed",
     "sigkill_retires": "error", "sigterm_exit_0_retires": "error",
     "idle_timeout_retires": "error", "silence_after_tool_result": "completed",
+    "file_change_accept": "completed", "file_change_decline": "completed",
 }
 
 
