@@ -121,8 +121,7 @@ def native_binary(launcher: str | os.PathLike[str]) -> Path | None:
     if real.name != "codex.js" or real.parent.name != "bin":
         return None
     package = real.parent.parent  # node_modules/@openai/codex
-    machine = os.uname().machine if hasattr(os, "uname") else ""
-    found = _TRIPLES.get((sys.platform, machine))
+    found = _platform()
     if found is None:
         return None
     triple, platform_package = found
@@ -131,6 +130,12 @@ def native_binary(launcher: str | os.PathLike[str]) -> Path | None:
         if _executable(candidate):
             return candidate
     return None
+
+
+def _platform() -> tuple[str, str] | None:
+    """(target triple, npm platform package) of this machine, None where codex ships none."""
+    machine = os.uname().machine if hasattr(os, "uname") else ""
+    return _TRIPLES.get((sys.platform, machine))
 
 
 def find_codex() -> Path | None:
@@ -142,17 +147,13 @@ def find_codex() -> Path | None:
     on_path = shutil.which("codex")
     if on_path:
         return Path(on_path)
-    cache = _cache_dir() / "node_modules"
-    for relative in (
-        Path("@openai") / _TRIPLES.get((sys.platform, os.uname().machine), ("", ""))[1]
-        / "vendor" / _TRIPLES.get((sys.platform, os.uname().machine), ("", ""))[0] / "bin"
-        / "codex",
-        Path(".bin") / "codex",
-    ):
-        candidate = cache / relative
-        if _executable(candidate):
-            return candidate
-    return None
+    modules = _cache_dir() / "node_modules"
+    candidates = [modules / ".bin" / "codex"]
+    platform = _platform()
+    if platform is not None:
+        triple, package = platform
+        candidates.insert(0, modules / "@openai" / package / "vendor" / triple / "bin" / "codex")
+    return next((candidate for candidate in candidates if _executable(candidate)), None)
 
 
 def codex_command(command: Sequence[str] | None) -> tuple[list[str], dict[str, str]]:
@@ -236,11 +237,6 @@ class _Process:
         for raw in iter(stream.readline, b""):
             text = _ANSI.sub("", raw.decode("utf-8", "replace").rstrip("\r\n"))
             self.items.put(StderrLine(scrub(text, self._secrets)))
-
-    @property
-    def alive(self) -> bool:
-        """The subprocess has not exited and its stdout is open."""
-        return self.popen.poll() is None and self._stdout.is_alive()
 
     def write(self, message: Any) -> None:
         """Write one JSON-RPC message as a line; a closed pipe is left to the reader to report."""
@@ -389,8 +385,9 @@ class CodexSession:
             raise ValueError("request_timeout_s must be a number of seconds > 0")
         self.idle_timeout_s = _positive_or_none("idle_timeout_s", idle_timeout_s)
         grace = _positive_or_none("interrupt_grace_s", interrupt_grace_s)
-        assert grace is not None or interrupt_grace_s is None
-        self.interrupt_grace_s = grace if grace is not None else 2.0
+        if grace is None:
+            raise ValueError("interrupt_grace_s must be a number of seconds > 0")
+        self.interrupt_grace_s = grace
         self.config_overrides = dict(config or {})
         for key, value in self.config_overrides.items():
             if not isinstance(key, str):
@@ -540,8 +537,8 @@ class CodexSession:
                 waiting.append(process.items.get_nowait())
             except queue.Empty:
                 break
-        if any(isinstance(item, (EndOfStream, ProcessExit)) for item in waiting) or (
-            not waiting and not process.alive and process.popen.poll() is not None
+        if process.popen.poll() is not None or any(
+            isinstance(item, (EndOfStream, ProcessExit)) for item in waiting
         ):
             self._drop("exited between turns")
             return []
