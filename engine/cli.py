@@ -1,6 +1,7 @@
 """The `streamfsm` command line (also `python -m engine`).
 
     streamfsm demo                      real turns through the built-in simulator, offline
+    streamfsm demo --codex              the same through the real codex app-server
     streamfsm replay TRACE...           replay traces through today's machines (exit 0/1/2)
     streamfsm consume FILE              raw SSE bytes through one attempt
     streamfsm serve FIXTURE [--port N] [--log FILE]
@@ -102,6 +103,10 @@ DEMO_SCENARIOS: list[tuple[str, TurnPolicy, float | None]] = [
 
 
 def _demo(args: argparse.Namespace, out: TextIO) -> int:
+    if args.codex:
+        from engine.testing.codex_demo import run_codex_demo
+
+        return run_codex_demo(out, args.traces)
     if args.traces:
         os.makedirs(args.traces, exist_ok=True)
     out.write(
@@ -282,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
         "frames, empty output, drops, stalls, HTTP errors, an interrupt. No key, no network.",
     )
     demo.add_argument("--traces", metavar="DIR", help="also write each turn's trace into DIR")
+    demo.add_argument("--codex", action="store_true",
+                      help="run the turns through the real codex app-server (STREAMFSM_CODEX or "
+                      "codex on PATH): text, approvals accepted and declined, a retried drop, "
+                      "an interrupt")
 
     rep = commands.add_parser(
         "replay", help="replay recorded traces through today's machines and compare",

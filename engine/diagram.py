@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from machines import stream_attempt, turn
+from machines import app_session, app_turn, stream_attempt, turn
 
 __all__ = ["MACHINES", "mermaid"]
 
@@ -17,6 +17,13 @@ MACHINES: dict[str, tuple[list[str], list[dict[str, Any]], str, frozenset[str]]]
         stream_attempt.FINAL,
     ),
     "turn": (turn.STATES, turn.TABLE, turn.IDLE, frozenset({turn.FINISHED})),
+    "app_session": (
+        app_session.STATES,
+        app_session.TABLE,
+        app_session.SPAWNED,
+        frozenset({app_session.RETIRED}),
+    ),
+    "app_turn": (app_turn.STATES, app_turn.TABLE, app_turn.QUEUED, app_turn.FINAL),
 }
 
 

@@ -21,7 +21,9 @@ Outputs are what the machines decided:
 
     Transition      one state change of one machine (the trace and `TurnResult.transitions`)
     Effect          something that reaches the world: text delivered to a callback, the first
-                    delta, a tool call, an error, a rate-limit notice
+                    delta, a tool call, an error, a rate-limit notice; for the codex app-server
+                    machines also a line to send, an approval to ask for, a projected chat
+                    message, the turn's outcome, the subprocess to retire
     Attempt         how one attempt ended (`TurnResult.attempts`)
 """
 
@@ -148,7 +150,9 @@ class Transition:
 
 
 EffectKind = Literal[
-    "first_delta", "text_delta", "reasoning_delta", "tool_call", "error", "rate_limits", "wait"
+    "first_delta", "text_delta", "reasoning_delta", "tool_call", "error", "rate_limits", "wait",
+    # codex app-server machines (machines.app_session, machines.app_turn)
+    "send", "approval", "message", "outcome", "retire",
 ]
 
 

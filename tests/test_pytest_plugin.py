@@ -153,5 +153,6 @@ def test_the_projects_own_suite_replays_every_fixture_through_the_plugin() -> No
     )
     assert run.returncode == 0, run.stdout + run.stderr
     collected = [line for line in run.stdout.splitlines() if line.endswith(".jsonl::replay")]
-    assert collected == [f"replay_fixtures/{p.name}::replay" for p in sorted(FIXTURES.glob("*.jsonl"))]
+    assert collected == [f"replay_fixtures/{p.relative_to(FIXTURES).as_posix()}::replay"
+                         for p in sorted(FIXTURES.rglob("*.jsonl"))]  # subfolders too
     assert len(collected) >= 31

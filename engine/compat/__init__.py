@@ -6,6 +6,10 @@ by changing one import:
 
     from engine.compat import run_codex_stream, run_codex_create_stream_fallback
 
+The seed's third function, `run_codex_app_server_turn(agent, *, user_message, ...)`, hands a
+whole turn to a `codex app-server` subprocess (`engine.CodexSession`); it lives in
+`engine.compat.app_server` and is re-exported here.
+
 Theory of operation
 ===================
 
@@ -73,6 +77,7 @@ from engine.log.eventlog import Callbacks
 from engine.log.logs import log
 from engine.drivers.recording import AttemptFeed, TurnRecording
 from engine.log.redaction import client_secrets
+from engine.compat.app_server import run_codex_app_server_turn
 from engine.compat.sdk_events import Observation, SdkEventSource, input_of, terminal_frame_of
 from engine.drivers.attempt_loop import Observation as LoopObservation
 from engine.drivers.attempt_loop import Watchdog, attempt_loop, turn_clock
@@ -95,6 +100,7 @@ __all__ = [
     "ProviderStreamError",
     "TRACE_DIR_ATTRIBUTE",
     "create_stream_fallback_call",
+    "run_codex_app_server_turn",
     "run_codex_create_stream_fallback",
     "run_codex_stream",
     "stream_call",

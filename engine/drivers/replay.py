@@ -105,4 +105,10 @@ def replay_trace(trace: Trace) -> ReplayReport:
 
 def replay(path: str | os.PathLike[str]) -> ReplayReport:
     """Read a trace file and replay it (raises `TraceError` for an unreadable or invalid file)."""
+    from engine.log.app_trace import is_app_trace_file
+
+    if is_app_trace_file(path):  # a codex app-server turn: its own inputs and machines
+        from engine.drivers.app_replay import replay_app
+
+        return replay_app(path)
     return replay_trace(read_trace(path))

@@ -1,0 +1,538 @@
+"""The app-server session machine: one `codex app-server` subprocess, its handshake, its turns.
+
+Theory of operation
+===================
+
+A session is one subprocess speaking newline-delimited JSON-RPC on stdio, one thread in it, and
+the turns run on that thread one after the other. The driver (`engine.drivers.codex`) starts the
+subprocess and feeds this machine everything it observes, as records from
+`machines.app_records`: each stdout line (undecoded), stderr lines, the end of stdout, the exit,
+the caller's turn requests and interrupts, the approval callback's answers, the driver's
+timeouts. `receive(input)` returns the decisions, `Transition` and `Effect` records, of this
+machine and of the turn it runs (`machines.app_turn`); the driver records them, then acts on
+them. The machine never reads a pipe or a clock and never calls anyone, so a recorded turn
+replays exactly (`engine.drivers.app_replay`).
+
+States (`STATES`) and the rules between them are the rows of `TABLE`:
+
+    spawned          the subprocess runs; nothing sent yet.
+    initializing     `initialize` sent (the first turn request starts the handshake).
+    starting_thread  `initialize` answered; `initialized` and `thread/start` sent.
+    ready            the thread exists; no turn runs.
+    turn_running     a turn runs (`turn/start` sent); when it ends the session is ready again,
+                     unless the turn's final row retires the session.
+    retired          final: the subprocess is done for; the driver closes it (`retire` effect)
+                     and the next turn starts a new one. Reasons: it closed its output or exited
+                     (whatever the exit code: a zero exit without `turn/completed` is a death
+                     too), a request or idle timeout, a protocol breach (the handshake refused or
+                     answered without the ids it must carry), a credential failure, no
+                     `turn/completed` after an interrupt. Never a provider error the thread
+                     recovers from: a failed turn leaves the session ready.
+
+Routing, written in code (the turn machine keeps its own table):
+
+- Decoding is tolerant (`machines.app_protocol.decode_line`): no `"jsonrpc"` field needed;
+  a line that is not a JSON-RPC message is counted (`unreadable`) and changes nothing.
+- Responses are matched by id to the client's requests (`pending`). An unknown id is counted.
+- Notifications name their thread (`threadId`) and turn (`turnId`, or `turn.id` on `turn/*`).
+  Other threads' and finished turns' notifications are ignored; a turn whose id is not known yet
+  (its `turn/start` response has not come) takes the first new turn id it hears about. Thread-
+  and account-level notifications (`thread/status/changed`, `account/rateLimits/updated`,
+  `configWarning`, ...) are ignored.
+- Server requests of an approval kind go to the running turn, which asks the callback; with no
+  running turn they are declined at once. Any other server request gets a JSON-RPC error.
+- Faults (end of output, exit, timeouts, breach, spawn failure) end the running or queued turn
+  with outcome "error" and retire the session; with no turn they retire it directly. The error
+  message ends with the last stderr lines (secrets were removed by the driver).
+
+Between turns the driver keeps the subprocess; the next turn's trace starts with a `snapshot()`
+of this machine in its header (`restore()` rebuilds it), so each turn replays on its own.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import deque
+from typing import Any, Final
+
+from transitions import Machine
+
+from machines.app_protocol import (
+    APPROVAL_METHODS,
+    Notification,
+    Request,
+    Response,
+    Unreadable,
+    approval_answer,
+    decode_line,
+    notification,
+    request,
+    result_reply,
+    unsupported_request_error,
+)
+from machines.app_records import (
+    AppInput,
+    ApprovalAnswer,
+    AppTurnResult,
+    InterruptTimeout,
+    ProcessExit,
+    RequestTimeout,
+    ServerLine,
+    SessionConfig,
+    SpawnFailed,
+    StderrLine,
+    TurnRequest,
+)
+from machines.app_turn import TURN_NOTIFICATIONS, AppTurn
+from machines.records import Decision, Effect, EndOfStream, IdleTimeout, Interrupt, Transition
+
+__all__ = [
+    "AppSession",
+    "DEFINITION",
+    "FAULTS",
+    "INITIALIZING",
+    "LIVE",
+    "MACHINE",
+    "READY",
+    "RETIRED",
+    "SPAWNED",
+    "STARTING_THREAD",
+    "STATES",
+    "TABLE",
+    "TURN_RUNNING",
+]
+
+MACHINE: Final = "app_session"
+
+SPAWNED: Final = "spawned"
+INITIALIZING: Final = "initializing"
+STARTING_THREAD: Final = "starting_thread"
+READY: Final = "ready"
+TURN_RUNNING: Final = "turn_running"
+RETIRED: Final = "retired"
+
+STATES: Final[list[str]] = [SPAWNED, INITIALIZING, STARTING_THREAD, READY, TURN_RUNNING, RETIRED]
+#: Before `ready`: a turn asked for now waits (queued) for the handshake.
+STARTING: Final[list[str]] = [SPAWNED, INITIALIZING, STARTING_THREAD]
+LIVE: Final[list[str]] = [*STARTING, READY, TURN_RUNNING]
+
+#: What retires a session with no turn running (a running turn ends first, then `turn_ended`).
+FAULTS: Final[list[str]] = [
+    "eof", "exited", "request_timeout", "idle_timeout", "protocol_breach", "spawn_failed"
+]
+
+TABLE: Final[list[dict[str, Any]]] = [
+    # the handshake
+    {"trigger": "begin", "source": SPAWNED, "dest": INITIALIZING},
+    {"trigger": "initialized", "source": INITIALIZING, "dest": STARTING_THREAD},
+    {"trigger": "thread_started", "source": STARTING_THREAD, "dest": READY},
+    # turns, one at a time
+    {"trigger": "turn_begins", "source": READY, "dest": TURN_RUNNING},
+    {"trigger": "turn_ended", "source": [TURN_RUNNING, *STARTING], "dest": RETIRED,
+     "conditions": "turn_retires_session"},
+    {"trigger": "turn_ended", "source": TURN_RUNNING, "dest": READY},
+    {"trigger": "turn_ended", "source": STARTING, "dest": None},
+    # the subprocess fails with no turn running
+    *({"trigger": fault, "source": [*STARTING, READY], "dest": RETIRED} for fault in FAULTS),
+]
+
+#: How many stderr lines are kept for error messages, and how many an error message shows.
+STDERR_KEPT: Final = 40
+STDERR_SHOWN: Final = 6
+#: Finished turn ids remembered, to ignore their late notifications.
+FINISHED_KEPT: Final = 16
+#: Server request ids remembered, to answer each once.
+REQUESTS_KEPT: Final = 64
+
+
+def _definition() -> tuple[Machine, frozenset[tuple[str, str]]]:
+    """The one `transitions.Machine` every app-server session runs on, and its stays."""
+    machine = Machine(
+        model=None,
+        states=STATES,
+        initial=SPAWNED,
+        auto_transitions=False,
+        send_event=True,
+        ignore_invalid_triggers=False,
+    )
+    stays: set[tuple[str, str]] = set()
+    seen: set[tuple[str, str]] = set()
+    for row in TABLE:
+        spec = dict(row)
+        if row["dest"] is not None:
+            spec["after"] = functools.partial(_row_fired, row)
+        machine.add_transition(**spec)
+        sources = [row["source"]] if isinstance(row["source"], str) else row["source"]
+        for source in sources:
+            pair = (source, row["trigger"])
+            if pair not in seen and row["dest"] is None and not row.get("conditions"):
+                stays.add(pair)
+            seen.add(pair)
+    return machine, frozenset(stays)
+
+
+def _row_fired(row: dict[str, Any], event: Any) -> None:
+    event.model._moved(row, event.transition.source)
+
+
+DEFINITION, _STAYS = _definition()
+_EVENTS = DEFINITION.events
+
+_SCOPED: Final = TURN_NOTIFICATIONS
+
+
+class AppSession:
+    """One app-server subprocess's session, on `DEFINITION` (the table). Sans-I/O:
+    `receive(input)` returns the decisions of the session and of its running turn."""
+
+    state: str
+
+    def __init__(self, config: SessionConfig) -> None:
+        self.state = SPAWNED
+        self.config = config
+        self.out: list[Decision] = []
+        self.next_id = 1
+        #: client requests awaiting a response: id -> method
+        self.pending: dict[int, str] = {}
+        self.thread_id: str | None = None
+        self.turn: AppTurn | None = None
+        self.turn_number = 0
+        self.finished_turns: deque[str] = deque(maxlen=FINISHED_KEPT)
+        self.stderr: deque[str] = deque(maxlen=STDERR_KEPT)
+        #: ids of the server requests seen lately: a repeated request gets no second answer
+        self.server_requests: deque[int | str] = deque(maxlen=REQUESTS_KEPT)
+        self.retire_reason: str | None = None
+        self._settled: AppTurn | None = None
+        self.unreadable = 0
+        self.ignored = 0
+
+    # -- snapshots: where a turn's trace starts --------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """The state a new turn starts from, as JSON data (a trace header's `session`)."""
+        return {
+            "state": self.state,
+            "thread_id": self.thread_id,
+            "next_id": self.next_id,
+            "pending": [[ident, method] for ident, method in sorted(self.pending.items())],
+            "turn_number": self.turn_number,
+            "finished_turns": list(self.finished_turns),
+            "stderr": list(self.stderr),
+            "server_requests": list(self.server_requests),
+        }
+
+    @classmethod
+    def restore(cls, config: SessionConfig, snapshot: dict[str, Any]) -> AppSession:
+        """A session in the state `snapshot()` described (raises `TypeError`/`ValueError` for
+        data that is not a snapshot)."""
+        session = cls(config)
+        state = snapshot.get("state")
+        if state not in (SPAWNED, INITIALIZING, STARTING_THREAD, READY):
+            raise ValueError(f"a turn cannot start in session state {state!r}")
+        thread_id = snapshot.get("thread_id")
+        if thread_id is not None and not isinstance(thread_id, str):
+            raise TypeError("thread_id must be a string or null")
+        if state == READY and thread_id is None:
+            raise ValueError("a ready session needs a thread_id")
+        for key in ("next_id", "turn_number"):
+            if type(snapshot.get(key)) is not int or snapshot[key] < 0:
+                raise ValueError(f"{key} must be a whole number >= 0")
+        pending: dict[int, str] = {}
+        for entry in snapshot.get("pending") or []:
+            if (not isinstance(entry, list) or len(entry) != 2 or type(entry[0]) is not int
+                    or not isinstance(entry[1], str)):
+                raise ValueError("pending must hold [id, method] pairs")
+            pending[entry[0]] = entry[1]
+        for key in ("finished_turns", "stderr"):
+            value = snapshot.get(key) or []
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"{key} must be a list of strings")
+        requests = snapshot.get("server_requests") or []
+        if not isinstance(requests, list) or not all(
+                type(v) is int or type(v) is str for v in requests):
+            raise ValueError("server_requests must be a list of ids")
+        session.state = state
+        session.thread_id = thread_id
+        session.next_id = snapshot["next_id"]
+        session.turn_number = snapshot["turn_number"]
+        session.pending = pending
+        session.finished_turns.extend(snapshot.get("finished_turns") or [])
+        session.stderr.extend(snapshot.get("stderr") or [])
+        session.server_requests.extend(requests)
+        return session
+
+    # -- feeding ---------------------------------------------------------------------------------
+    @property
+    def is_retired(self) -> bool:
+        """True once the session is done for."""
+        return self.state == RETIRED
+
+    @property
+    def live_turn(self) -> AppTurn | None:
+        """The turn being run (queued or sent), if any."""
+        turn = self.turn
+        return turn if turn is not None and not turn.is_final else None
+
+    def receive(self, item: AppInput) -> list[Decision]:
+        """Feed one input record; return the decisions it caused, in order."""
+        kind = type(item)
+        if kind is ServerLine:
+            assert isinstance(item, ServerLine)
+            if self.state != RETIRED:
+                self._line(item.text)
+            else:
+                self.ignored += 1
+        elif kind is StderrLine:
+            assert isinstance(item, StderrLine)
+            self.stderr.append(item.text)
+        elif kind is TurnRequest:
+            assert isinstance(item, TurnRequest)
+            self._turn_requested(item.text)
+        elif kind is ApprovalAnswer:
+            assert isinstance(item, ApprovalAnswer)
+            turn = self.live_turn
+            if turn is not None:
+                turn.answer(item)
+        elif kind is Interrupt:
+            turn = self.live_turn
+            if turn is not None:
+                turn.interrupt()
+        elif kind is InterruptTimeout:
+            turn = self.live_turn
+            if turn is not None:
+                turn.interrupt_timed_out()
+        elif kind is EndOfStream:
+            self._fault("eof", "codex app-server closed its output")
+        elif kind is ProcessExit:
+            assert isinstance(item, ProcessExit)
+            status = "an unknown status" if item.code is None else f"status {item.code}"
+            self._fault("exited", f"codex app-server exited with {status}")
+        elif kind is SpawnFailed:
+            assert isinstance(item, SpawnFailed)
+            self._fault("spawn_failed", f"codex app-server could not be started: {item.detail}")
+        elif kind is RequestTimeout:
+            assert isinstance(item, RequestTimeout)
+            if self.pending.get(item.request_id) == item.method:
+                self._fault("request_timeout", f"codex app-server did not answer {item.method} "
+                            f"within {item.seconds:g} s")
+        elif kind is IdleTimeout:
+            assert isinstance(item, IdleTimeout)
+            if self.live_turn is not None and self.live_turn.is_sent:
+                self._fault("idle_timeout", f"codex app-server sent nothing for "
+                            f"{item.seconds:g} s during the turn")
+        else:
+            raise TypeError(f"not an app-server input: {type(item).__name__}")
+        self._settle()
+        out = self.out
+        self.out = []
+        return out
+
+    # -- decisions used by the turn (`machines.app_turn.Wire`) ------------------------------------
+    def send(self, number: int, message: dict[str, Any]) -> None:
+        """Decide to write `message` to the subprocess."""
+        self.out.append(Effect("send", number, message))
+
+    def request(self, number: int, method: str, params: dict[str, Any]) -> int:
+        """Decide to send a client request; return its id."""
+        ident = self.next_id
+        self.next_id += 1
+        self.pending[ident] = method
+        self.send(number, request(ident, method, params))
+        return ident
+
+    # -- transitions callbacks and conditions (named in TABLE) -------------------------------------
+    def _fire(self, trigger: str) -> None:
+        if (self.state, trigger) not in _STAYS:
+            _EVENTS[trigger].trigger(self)
+
+    def _moved(self, row: dict[str, Any], source: str) -> None:
+        dest = row["dest"]
+        trigger = row["trigger"]
+        self.out.append(Transition(MACHINE, self.turn_number, source, dest, trigger))
+        if dest == RETIRED:
+            reason = trigger
+            if trigger == "turn_ended" and self.turn is not None and self.turn.ending is not None:
+                reason = self.turn.ending.reason
+            self.retire_reason = reason
+            self.out.append(Effect("retire", self.turn_number, {"reason": reason}))
+
+    def turn_retires_session(self, event: Any) -> bool:
+        """The turn's final row retires the session."""
+        turn = self.turn
+        return turn is not None and turn.ending is not None and turn.ending.retire_session
+
+    # -- handlers ----------------------------------------------------------------------------------
+    def _turn_requested(self, text: str) -> None:
+        if self.state == RETIRED or self.live_turn is not None:
+            self.ignored += 1  # the driver never asks for a turn here
+            return
+        self.turn_number += 1
+        self.turn = AppTurn(self.turn_number, text, self)
+        if self.state == SPAWNED:
+            self.request(self.turn_number, "initialize", {
+                "clientInfo": {"name": self.config.client_name,
+                               "version": self.config.client_version},
+            })
+            self._fire("begin")
+        elif self.state == READY:
+            self._start_turn()
+
+    def _start_turn(self) -> None:
+        turn = self.turn
+        assert turn is not None and self.thread_id is not None
+        turn.send_start(self.thread_id)
+        self._fire("turn_begins")
+
+    def _line(self, text: str) -> None:
+        message = decode_line(text)
+        kind = type(message)
+        if kind is Notification:
+            assert isinstance(message, Notification)
+            self._notification(message)
+        elif kind is Response:
+            assert isinstance(message, Response)
+            self._response(message)
+        elif kind is Request:
+            assert isinstance(message, Request)
+            self._server_request(message)
+        else:
+            assert isinstance(message, Unreadable)
+            self.unreadable += 1
+
+    def _response(self, message: Response) -> None:
+        ident = message.id
+        method = self.pending.pop(ident, None) if type(ident) is int else None
+        if method is None:
+            self.ignored += 1
+            return
+        error = message.error
+        result = message.result
+        if method == "initialize":
+            if error is not None:
+                self._fault("protocol_breach", f"codex app-server refused initialize: "
+                            f"{error.get('message')}")
+                return
+            number = self.turn_number
+            self.send(number, notification("initialized"))
+            self.request(number, "thread/start", {
+                "cwd": self.config.cwd,
+                "approvalPolicy": self.config.approval_policy,
+                "sandbox": self.config.sandbox,
+            })
+            self._fire("initialized")
+        elif method == "thread/start":
+            thread = result.get("thread") if isinstance(result, dict) else None
+            thread_id = thread.get("id") if isinstance(thread, dict) else None
+            if error is not None or not isinstance(thread_id, str):
+                why = error.get("message") if error is not None else "no thread id in the response"
+                self._fault("protocol_breach", f"codex app-server refused thread/start: {why}")
+                return
+            self.thread_id = thread_id
+            self._fire("thread_started")
+            if self.live_turn is not None:
+                self._start_turn()
+        elif method == "turn/start":
+            turn = self.live_turn
+            if turn is not None and turn.start_request_id == ident:
+                turn.start_response(result, error)
+        # turn/interrupt: its answer ({} or "no active turn") changes nothing
+
+    def _scope(self, method: str, params: dict[str, Any]) -> AppTurn | None:
+        """The live, sent turn a notification or request is about, or None to ignore it."""
+        turn = self.live_turn
+        if turn is None or not turn.is_sent:
+            return None
+        thread_id = params.get("threadId")
+        if thread_id is None and method.startswith("turn/"):
+            thread_id = params.get("thread", {}).get("id") if isinstance(
+                params.get("thread"), dict) else None
+        if thread_id is not None and thread_id != turn.thread_id:
+            return None
+        turn_id = params.get("turnId")
+        if turn_id is None:
+            inner = params.get("turn")
+            turn_id = inner.get("id") if isinstance(inner, dict) else None
+        if turn_id is None:
+            return turn
+        if not isinstance(turn_id, str):
+            return None
+        if turn.turn_id is None:
+            if turn_id in self.finished_turns:
+                return None
+            turn.learn_id(turn_id)
+        return turn if turn_id == turn.turn_id else None
+
+    def _notification(self, message: Notification) -> None:
+        if message.method not in _SCOPED:
+            self.ignored += 1
+            return
+        turn = self._scope(message.method, message.params)
+        if turn is None:
+            self.ignored += 1
+            return
+        turn.notification(message.method, message.params)
+
+    def _server_request(self, message: Request) -> None:
+        if message.id in self.server_requests:
+            self.ignored += 1  # the same request again: it has (or will get) its one answer
+            return
+        self.server_requests.append(message.id)
+        number = self.turn_number
+        if message.method not in APPROVAL_METHODS:
+            self.send(number, unsupported_request_error(message.id, message.method))
+            return
+        turn = self._scope(message.method, message.params)
+        if turn is None:
+            self.send(number, result_reply(
+                message.id, approval_answer(message.method, message.params, "decline")))
+            return
+        turn.server_request(message.id, message.method, message.params)
+
+    def _fault(self, trigger: str, message: str) -> None:
+        if self.state == RETIRED:
+            self.ignored += 1
+            return
+        error = {"message": self._with_stderr(message), "code": trigger, "type": "app_server_error"}
+        turn = self.live_turn
+        if turn is not None:
+            turn.fault(trigger, error)  # then `_settle` ends the turn and retires the session
+        else:
+            self._fire(trigger)
+
+    def _with_stderr(self, message: str) -> str:
+        lines = [line.strip() for line in self.stderr if line.strip()][-STDERR_SHOWN:]
+        if not lines:
+            return message
+        tail = " | ".join(lines)
+        if len(tail) > 1000:
+            tail = "…" + tail[-999:]
+        return f"{message}; its stderr ends: {tail}"
+
+    def _settle(self) -> None:
+        """After every input: a turn that just ended leaves the session ready or retired."""
+        turn = self.turn
+        if turn is None or not turn.is_final or turn is self._settled:
+            return
+        self._settled = turn
+        if turn.turn_id is not None:
+            self.finished_turns.append(turn.turn_id)
+        self._fire("turn_ended")
+
+    # -- the result ------------------------------------------------------------------------------
+    def turn_result(self, transitions: list[Transition]) -> AppTurnResult:
+        """The result of the turn that just ended; `transitions` are its transition records as
+        the event log numbered them."""
+        turn = self.turn
+        if turn is None or turn.ending is None:
+            raise RuntimeError("no turn has ended")
+        return AppTurnResult(
+            outcome=turn.ending.outcome,
+            output_text=turn.output_text(),
+            messages=list(turn.messages),
+            tool_iterations=turn.tool_iterations,
+            model_requests=turn.model_requests,
+            error=turn.error if turn.ending.outcome in ("failed", "error") else None,
+            thread_id=self.thread_id,
+            turn_id=turn.turn_id,
+            retired=self.state == RETIRED,
+            transitions=transitions,
+        )

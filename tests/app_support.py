@@ -1,0 +1,182 @@
+"""Shared pieces of the app-server tests: the real codex binary, sessions against the simulator,
+a turn runner that always writes a trace and checks that it replays identically.
+
+Set STREAMFSM_RECORD_APP_FIXTURES=DIR to also copy the traces the real-binary tests name into DIR
+(that is how replay_fixtures/codex_app_server/ was recorded).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import attrs
+import orjson
+import pytest
+
+import engine
+from engine.drivers.codex import CodexSession, find_codex
+from engine.testing.codex_app import LOOPBACK_KEY, loopback_session
+from engine.testing.scenarios import scenario_from_data
+from engine.testing.simulator import ResponsesSimulator
+
+_sessions = itertools.count(1)
+
+#: Scenario replies used by several tests.
+TEXT = "The capital of France is Paris."
+ESCALATED = ('{"cmd":"echo streamfsm-tool-ok","sandbox_permissions":"require_escalated",'
+             '"justification":"the test asks for it"}')
+#: codex retries nothing itself: one request per model round trip.
+NO_RETRIES = {"model_providers.loop.request_max_retries": 0,
+              "model_providers.loop.stream_max_retries": 0}
+
+
+def tool_then_answer(arguments: str, answer: str = "The command printed streamfsm-tool-ok.",
+                     **answer_options: Any) -> dict[str, Any]:
+    """A scenario: an `exec_command` call, then `answer` once the tool output comes back."""
+    return {"reply": [
+        {"when": "tool_output", "text": answer, **answer_options},
+        {"tool_call": {"name": "exec_command", "arguments": arguments}},
+    ]}
+
+
+@pytest.fixture(scope="session")
+def codex() -> Path:
+    """The codex binary, or a skip saying how to get one."""
+    found = find_codex()
+    if found is None:
+        pytest.skip("no codex binary: set STREAMFSM_CODEX or install @openai/codex@0.169.0 "
+                    "(.ci/run does: npm install --prefix ~/.cache/streamfsm/codex-0.169.0)")
+    return found
+
+
+@attrs.frozen
+class Turn:
+    """One turn: its result, what the callbacks got, its trace and how long it took."""
+
+    result: engine.AppTurnResult
+    deltas: list[str]
+    reasoning: list[str]
+    first_deltas: int
+    trace: Path
+    elapsed: float
+
+    def trace_lines(self) -> list[dict[str, Any]]:
+        return [orjson.loads(line) for line in self.trace.read_bytes().splitlines() if line]
+
+    def sent(self) -> list[dict[str, Any]]:
+        return [r["data"] for r in self.trace_lines()
+                if r.get("kind") == "effect" and r.get("effect") == "send"]
+
+    def received(self) -> list[dict[str, Any]]:
+        out = []
+        for record in self.trace_lines():
+            if record.get("kind") == "input" and record.get("input") == "line":
+                try:
+                    out.append(orjson.loads(record["data"]))
+                except orjson.JSONDecodeError:
+                    pass
+        return out
+
+
+class Harness:
+    """A simulator playing a scenario and a `CodexSession` against it, for one test."""
+
+    def __init__(self, sim: ResponsesSimulator, session: CodexSession, tmp: Path) -> None:
+        self.sim = sim
+        self.session = session
+        self.tmp = tmp
+        self._turns = itertools.count(1)
+
+    def turn(self, text: str = "What is the capital of France?", *, fixture: str | None = None,
+             interrupt: Any = None, on_text: Any = None, **_: Any) -> Turn:
+        deltas: list[str] = []
+        reasoning: list[str] = []
+        firsts: list[None] = []
+
+        def text_delta(delta: str) -> None:
+            deltas.append(delta)
+            if on_text is not None:
+                on_text(delta)
+
+        callbacks = engine.Callbacks(on_first_delta=lambda: firsts.append(None),
+                                     on_text_delta=text_delta,
+                                     on_reasoning_delta=reasoning.append)
+        trace = self.tmp / f"turn-{next(self._turns)}.jsonl"
+        began = time.monotonic()
+        result = self.session.run_turn(text, callbacks=callbacks, interrupt=interrupt, trace=trace)
+        elapsed = time.monotonic() - began
+        assert_replays_identically(trace)
+        target = os.environ.get("STREAMFSM_RECORD_APP_FIXTURES")
+        if fixture and target:
+            shutil.copyfile(trace, Path(target) / f"{fixture}.jsonl")
+        return Turn(result, deltas, reasoning, len(firsts), trace, elapsed)
+
+    @property
+    def requests(self) -> list[Any]:
+        return [r for r in self.sim.requests if r.path.endswith("/responses")]
+
+
+@contextlib.contextmanager
+def harness(
+    tmp_path: Path, scenario: dict[str, Any], *, config: dict[str, Any] | None = None,
+    **options: Any,
+) -> Iterator[Harness]:
+    """A simulator playing `scenario` and a real codex app-server session against it (its own
+    CODEX_HOME and working directory); `nth`/`times` count across the session's subprocesses."""
+    home = tmp_path / "codex-home"
+    work = tmp_path / "work"
+    home.mkdir(exist_ok=True)
+    work.mkdir(exist_ok=True)
+    headers = {"x-streamfsm-session": f"session-{os.getpid()}-{next(_sessions)}"}
+    with ResponsesSimulator(scenario_from_data(scenario)) as sim:
+        session = loopback_session(
+            sim, home, cwd=work,
+            config={"model_providers.loop.http_headers": headers, **(config or {})}, **options)
+        try:
+            yield Harness(sim, session, tmp_path)
+        finally:
+            session.close()
+        assert sim.server_errors == []
+
+
+def assert_replays_identically(trace: Path | str) -> None:
+    report = engine.replay(trace)
+    assert report.records > 0
+    assert report.identical, report.divergence.describe() if report.divergence else ""
+
+
+def assert_no_secret(*texts: str) -> None:
+    for text in texts:
+        assert LOOPBACK_KEY not in text
+        assert LOOPBACK_KEY[:12] not in text
+
+
+def process_gone(pid: int) -> bool:
+    """The process is gone (or a zombie nobody reaps, which runs nothing)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().split(")")[-1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes in process group `pgid`."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii") as stat:
+                fields = stat.read().split(")")[-1].split()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if fields and fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry))
+    return members

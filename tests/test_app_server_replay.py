@@ -1,0 +1,155 @@
+"""Traces of app-server turns: every fixture replays identically, tampering is a divergence,
+a broken file is invalid (exit 2, one line), and the command line shows the new machines.
+
+replay_fixtures/codex_app_server/ holds traces recorded from the real codex app-server 0.169.0
+(tests/test_app_server_real.py, one per rule) and from the scripted fake for the cases the real
+one cannot be made to produce (`fake_*`). The pytest plugin replays them too (addopts).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import engine
+from engine import cli
+from engine.log.app_trace import read_app_trace
+
+FIXTURES = Path(__file__).resolve().parent.parent / "replay_fixtures" / "codex_app_server"
+TRACES = sorted(FIXTURES.glob("*.jsonl"))
+
+#: One real-binary fixture per rule (the `fake_*` ones beside them cover the rest).
+RULES = {
+    "text_answer": "completed", "second_turn_same_process": "completed",
+    "command_runs_sandboxed": "completed", "approval_accepted_exit_3": "completed",
+    "approval_declined": "completed", "approval_cancelled": "interrupted",
+    "interrupt_during_approval": "interrupted", "interrupt_mid_answer": "interrupted",
+    "failed_then_recovered": "failed", "auth_failure_retires": "failed",
+    "stream_retry_no_double_text": "completed", "failed_keeps_partial_text": "failed",
+    "sigkill_retires": "error", "sigterm_exit_0_retires": "error",
+    "idle_timeout_retires": "error", "silence_after_tool_result": "completed",
+    "file_change_accept": "completed", "file_change_decline": "completed",
+}
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write(path: Path, records: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    import sys
+
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = out, err
+    try:
+        status = cli.main(list(argv))
+    finally:
+        sys.stdout, sys.stderr = saved
+    return status, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize("path", TRACES, ids=[p.stem for p in TRACES])
+def test_every_fixture_replays_identically(path: Path) -> None:
+    report = engine.replay(path)
+    assert report.identical, report.divergence.describe() if report.divergence else ""
+    assert report.records == len(read_app_trace(path).records)
+
+
+@pytest.mark.parametrize("name, outcome", sorted(RULES.items()))
+def test_each_rule_has_a_real_binary_fixture(name: str, outcome: str) -> None:
+    trace = read_app_trace(FIXTURES / f"{name}.jsonl")
+    assert trace.records[-1]["outcome"] == outcome
+    assert any(r.get("input") == "line" for r in trace.records)
+
+
+def test_no_fixture_holds_the_loopback_key() -> None:
+    from engine.testing.codex_app import LOOPBACK_KEY
+
+    for path in TRACES:
+        assert LOOPBACK_KEY not in path.read_text(), path
+
+
+def test_the_command_line_replays_them() -> None:
+    status, out, _ = run_cli("replay", *map(str, TRACES))
+    assert status == 0 and out.count("identical") == len(TRACES)
+
+
+def test_an_altered_record_is_a_divergence_naming_its_seq(tmp_path: Path) -> None:
+    records = lines(FIXTURES / "stream_retry_no_double_text.jsonl")
+    target = next(r for r in records if r.get("effect") == "text_delta")
+    target["data"] = target["data"] + target["data"]  # as if text had been doubled
+    status, out, _ = run_cli("replay", str(write(tmp_path / "altered.jsonl", records)))
+    assert status == 1 and f"first difference at seq {target['seq']}" in out
+
+
+def test_a_changed_input_changes_the_decisions(tmp_path: Path) -> None:
+    records = lines(FIXTURES / "failed_then_recovered.jsonl")
+    for record in records:
+        if record.get("input") == "line" and '"turn/completed"' in record["data"]:
+            record["data"] = record["data"].replace('"status":"failed"', '"status":"completed"')
+    report = engine.replay(write(tmp_path / "changed.jsonl", records))
+    assert not report.identical
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bad_session", "bad_input", "bad_config"])
+def test_a_broken_app_trace_is_invalid(tmp_path: Path, damage: str) -> None:
+    records = lines(FIXTURES / "text_answer.jsonl")
+    if damage == "truncated":
+        records = records[:-1]
+    elif damage == "bad_session":
+        records[0]["session"]["next_id"] = "one"
+    elif damage == "bad_input":
+        next(r for r in records if r.get("input") == "line")["data"] = 3
+    else:
+        records[0]["config"] = {"cwd": 7}
+    status, _, err = run_cli("replay", str(write(tmp_path / f"{damage}.jsonl", records)))
+    assert status == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("machine, states", [
+    ("app_turn", ["awaiting_created", "streaming", "tool_call", "terminal", "retire"]),
+    ("app_session", ["spawned", "initializing", "ready", "turn_running", "retired"]),
+])
+def test_diagram_draws_the_app_server_machines(machine: str, states: list[str]) -> None:
+    status, out, _ = run_cli("diagram", machine)
+    assert status == 0 and out.startswith("stateDiagram-v2\n")
+    for state in states:
+        assert state in out
+    assert "failed [auth_failed]" in out or machine == "app_session"
+
+
+def test_demo_codex_without_a_binary_says_how_to_install_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STREAMFSM_CODEX", str(tmp_path / "missing"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    status, out, _ = run_cli("demo", "--codex")
+    assert status == 0 and len(out.strip().splitlines()) == 1
+    assert "npm install" in out and "@openai/codex@0.169.0" in out
+
+
+def test_demo_codex_runs_the_real_app_server(tmp_path: Path) -> None:
+    from engine.drivers.codex import find_codex
+
+    if find_codex() is None:
+        pytest.skip("no codex binary: set STREAMFSM_CODEX or install @openai/codex@0.169.0")
+    status, out, _ = run_cli("demo", "--codex", "--traces", str(tmp_path))
+    assert status == 0
+    assert out.count("outcome   completed") == 4 and out.count("outcome   interrupted") == 1
+    assert "-> accept" in out and "-> decline" in out and "[declined]" in out
+    assert len({line.rsplit("pid ", 1)[1] for line in out.splitlines() if "pid " in line}) == 1
+    written = sorted(tmp_path.glob("*.jsonl"))
+    assert len(written) == 5 and all(engine.replay(p).identical for p in written)
+    assert os.path.exists(written[0])
