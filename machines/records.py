@@ -96,6 +96,14 @@ class Interrupt:
     """The caller asked the turn to stop."""
 
 
+@attrs.frozen(slots=True)
+class EventTooLarge:
+    """One server-sent event grew past `limit` bytes (the policy's `max_event_bytes`). Derived by
+    the decoder from the recorded chunks, so a replay derives it again."""
+
+    limit: int
+
+
 #: Inputs that end an attempt (or could): everything a driver observes except bytes.
 StreamInput = HttpError | TransportFault | EndOfStream | IdleTimeout | Interrupt
 

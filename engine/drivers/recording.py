@@ -28,7 +28,14 @@ from engine.log.eventlog import Callbacks, EventLog, RecordedInput
 from engine.log.logs import log
 from engine.log.redaction import field_secrets, scrub
 from engine.log.trace import TraceWriter, header_for
-from machines.records import Chunk, EndOfStream, StreamInput, TurnPolicy, TurnResult
+from machines.records import (
+    Chunk,
+    EndOfStream,
+    EventTooLarge,
+    StreamInput,
+    TurnPolicy,
+    TurnResult,
+)
 from machines.stream_attempt import FINAL, StreamAttempt
 from machines.turn import TurnMachine
 
@@ -41,12 +48,14 @@ class AttemptFeed:
 
     __slots__ = ("attempt", "number", "kind", "_log", "_decoder")
 
-    def __init__(self, attempt: StreamAttempt, event_log: EventLog) -> None:
+    def __init__(
+        self, attempt: StreamAttempt, event_log: EventLog, max_event_bytes: int | None = None
+    ) -> None:
         self.attempt = attempt
         self.number = attempt.number
         self.kind = attempt.kind
         self._log = event_log
-        self._decoder = SseDecoder()
+        self._decoder = SseDecoder(max_event_bytes)
 
     @property
     def final(self) -> bool:
@@ -54,12 +63,22 @@ class AttemptFeed:
         return self.attempt.state in FINAL
 
     def chunk(self, data: bytes, t: float | None = None) -> bool:
-        """One network read. Returns True once the attempt has reached a final state."""
+        """One network read. Returns True once the attempt has reached a final state.
+
+        An event that grows past the decoder's limit ends the attempt with `EventTooLarge`; that
+        input is derived from the chunks already logged, so it is fed but not logged (a replay
+        of the chunks derives it again)."""
         event_log = self._log
         event_log.input(self.number, Chunk(data), t)
-        events = self._decoder.feed(data)
+        decoder = self._decoder
+        events = decoder.feed(data)
         if events:
             event_log.decide(self.attempt.receive_events(events))
+        if decoder.too_large and self.attempt.state not in FINAL:
+            # (only a decoder with a limit refuses an event; the `Any` goes once the machine
+            # names EventTooLarge among its inputs)
+            too_large: Any = EventTooLarge(decoder.max_event_bytes or 0)
+            event_log.decide(self.attempt.receive(too_large))
         return self.attempt.state in FINAL
 
     def observe(self, item: RecordedInput, t: float | None = None) -> bool:
