@@ -5,8 +5,8 @@ raw bytes (stream attempts through `responses.with_streaming_response.create`, t
 `responses.create(stream=True)` and that stream's HTTP response), so the machines see exactly the
 bytes and chunk boundaries the server sent.
 
-The request is sent and its body read on a small reader thread that hands every observation over
-a queue; the caller's thread runs the shared attempt loop (`engine.drivers.attempt_loop`), waiting
+The request is sent and its body read on a small reader thread that hands every observation,
+stamped with its arrival time, over a queue; the caller's thread runs the shared attempt loop (`engine.drivers.attempt_loop`), waiting
 on that queue with a short timeout, so an interrupt is honoured within ~20 ms and an idle timeout
 fires on time while the server is silent, before or after the response headers. On either, the
 response is closed and the reader thread ends with it. Callbacks run on the caller's thread.
@@ -17,12 +17,13 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from typing import Any, Callable, Iterator
 
 import openai
 
 from engine.drivers.arguments import check_turn_call
-from engine.drivers.attempt_loop import Observation, Watchdog, attempt_loop, turn_clock
+from engine.drivers.attempt_loop import Stamped, Watchdog, attempt_loop, stamped, turn_clock
 from engine.drivers.recording import AttemptFeed, TurnRecording
 from engine.drivers.transport import observation_of
 from engine.log.eventlog import Callbacks
@@ -35,13 +36,13 @@ __all__ = ["run_turn"]
 class _AttemptReader:
     """Sends one attempt's request and iterates its body on a daemon thread.
 
-    Everything it observes goes to `items`: chunks, the clean end, what an exception from opening
+    Everything it observes goes to `items`, stamped with its arrival time: chunks, the clean end, what an exception from opening
     or reading stands for. The caller's thread waits on that queue, so it can stop the attempt
     (interrupt, idle timeout) at any moment, even before the response headers arrive; `abandon()`
     then closes the response, or makes the thread close it as soon as the request returns."""
 
     def __init__(self, client: Any, request: dict[str, Any], kind: str) -> None:
-        self.items: queue.SimpleQueue[Observation] = queue.SimpleQueue()
+        self.items: queue.SimpleQueue[Stamped] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._close: Callable[[], None] | None = None
         self._abandoned = False
@@ -55,7 +56,7 @@ class _AttemptReader:
         try:
             body, close = _open_stream(client, request, kind)
         except BaseException as error:  # handed to the caller's thread, classified there
-            put(observation_of(error, opening=True) or error)
+            put(stamped(observation_of(error, opening=True) or error))
             return
         with self._lock:
             if not self._abandoned:
@@ -66,10 +67,10 @@ class _AttemptReader:
         try:
             for chunk in body:
                 if chunk:
-                    put(Chunk(chunk))
-            put(EndOfStream())
+                    put(stamped(Chunk(chunk)))
+            put(stamped(EndOfStream()))
         except BaseException as error:
-            put(observation_of(error, opening=False) or error)
+            put(stamped(observation_of(error, opening=False) or error))
 
     def abandon(self) -> None:
         """Stop reading: close the response now, or as soon as the request returns."""
@@ -110,14 +111,14 @@ def _run_attempt(
     if interrupted():
         feed.fail(Interrupt(), now())
         return
-    loop = attempt_loop(feed, Watchdog(now, interrupted, idle_timeout_s), now)
+    loop = attempt_loop(feed, Watchdog(time.monotonic, interrupted, idle_timeout_s), now)
     reader = _AttemptReader(client, request, feed.kind)
     get = reader.items.get
     try:
         wait_s = next(loop)
         while True:
             try:
-                item: Observation | None = get(timeout=wait_s)
+                item: Stamped | None = get(timeout=wait_s)
             except queue.Empty:
                 item = None
             wait_s = loop.send(item)
