@@ -8,7 +8,9 @@ reader only sees bytes arrive while the loop is free, so the watchdog counts as 
 time the reader could look (`Watchdog(blind_while_busy=True)`): a slow callback or a busy loop
 is not a silent server.
 
-On either, the reader task is cancelled and the response closed.
+When the attempt ends on what the server sent, the reader gets a moment to read the body to its
+end (the connection goes back to the client's pool); otherwise, or if it takes longer, the reader
+task is cancelled, which closes the response and its connection.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from machines.records import Chunk, EndOfStream, Interrupt, TurnPolicy, TurnResu
 
 __all__ = ["arun_turn"]
 
+#: How long a reader may take to read the rest of a body after its terminal event (seconds).
+FINISH_GRACE_S = 0.1
 #: How long the turn waits for a cancelled reader to close its response (seconds).
 CANCEL_WAIT_S = 1.0
 
@@ -133,15 +137,20 @@ async def _run_attempt(
     loop = attempt_loop(feed, watchdog, now)
     inbox = _Inbox(asyncio.get_running_loop())
     reader = asyncio.ensure_future(_read_attempt(client, request, feed.kind, inbox))
+    grace_s = 0.0
     try:
         wait_s = next(loop)
         while True:
             wait_s = loop.send(await inbox.get(wait_s))
-    except StopIteration:
-        pass
+    except StopIteration as ended:
+        # ended by what the server sent: its body should end right away
+        grace_s = 0.0 if ended.value else FINISH_GRACE_S
     finally:
-        reader.cancel()
-        await asyncio.wait([reader], timeout=CANCEL_WAIT_S)
+        if not reader.done() and grace_s > 0:
+            await asyncio.wait([reader], timeout=grace_s)
+        if not reader.done():
+            reader.cancel()
+            await asyncio.wait([reader], timeout=CANCEL_WAIT_S)
 
 
 async def arun_turn(
