@@ -10,6 +10,7 @@ import threading
 import time
 from typing import Any
 
+import httpx2
 import openai
 import pytest
 
@@ -80,6 +81,29 @@ def test_an_interrupt_before_the_headers_ends_the_reader_and_closes_the_connecti
         elapsed = time.monotonic() - began
         timer.cancel()
         assert _readers() == []  # no thread left waiting for the 5 s headers
+        closed = _wait_for(lambda: _open_connections(sim) == 0, within_s=1.0)
+        client.close()
+    assert result.outcome == "interrupted"
+    assert elapsed < 1.0
+    assert closed is not None and closed < 0.5
+
+
+def test_an_interrupt_while_the_request_is_still_being_built_stops_it_once_it_has_a_socket() -> None:
+    """The request has no socket yet when the turn gives up (a slow request hook stands for a
+    slow first request: TLS setup, a proxy lookup); it is shut down as soon as it opens one."""
+    stop = threading.Event()
+
+    def slow_hook(request: httpx2.Request) -> None:
+        stop.set()  # the caller gives up while the request is being built
+        time.sleep(0.3)
+
+    http = httpx2.Client(event_hooks={"request": [slow_hook]})
+    with ResponsesSimulator(_slow_headers()) as sim:
+        client = openai.OpenAI(base_url=sim.base_url, api_key="k", max_retries=0, http_client=http)
+        began = time.monotonic()
+        result = engine.run_turn(client, REQUEST, interrupt=stop)
+        elapsed = time.monotonic() - began
+        assert _readers() == []
         closed = _wait_for(lambda: _open_connections(sim) == 0, within_s=1.0)
         client.close()
     assert result.outcome == "interrupted"

@@ -43,8 +43,10 @@ __all__ = ["run_turn"]
 
 #: How long a reader may take to read the rest of a body after its terminal event (seconds).
 FINISH_GRACE_S = 0.1
-#: How long the caller waits for a reader to end once its connection is shut down (seconds).
+#: How long the caller keeps shutting a reader's connection down and waiting for it (seconds).
 JOIN_S = 1.0
+#: How often it looks again for the socket of a request that has none yet (seconds).
+SHUT_DOWN_POLL_S = 0.01
 
 
 class _AttemptReader:
@@ -99,7 +101,8 @@ class _AttemptReader:
     def finish(self, grace_s: float) -> None:
         """End the reader: after `grace_s` for it to read the body to its end, shut its
         connection down (ending a blocked read, or a request still waiting for its headers) and
-        join it."""
+        join it. A request still being built has no socket yet: it is shut down as soon as it
+        has one."""
         thread = self._thread
         if grace_s > 0:
             thread.join(grace_s)
@@ -107,13 +110,16 @@ class _AttemptReader:
             return
         with self._lock:
             self._abandoned = True
-            sock = self._socket
-            opening = self._phase == "opening"
-        if sock is None and opening:
-            sock = _socket_in_use(thread)
-        if sock is not None:
-            _shut_down(sock)
-        thread.join(JOIN_S)
+        deadline = time.monotonic() + JOIN_S
+        while thread.is_alive() and time.monotonic() < deadline:
+            with self._lock:
+                sock = self._socket
+                opening = self._phase == "opening"
+            if sock is None and opening:
+                sock = _socket_in_use(thread)
+            if sock is not None:
+                _shut_down(sock)
+            thread.join(SHUT_DOWN_POLL_S)
 
 
 def _socket_of_response(http_response: Any) -> socket.socket | None:
