@@ -1,30 +1,39 @@
 """`arun_turn`: one turn over the network with an `openai.AsyncOpenAI` client.
 
 The same machines, event log, trace and attempt loop as `run_turn` (`engine.drivers.attempt_loop`);
-only the waiting differs. The body is read by a task that hands observations over an
-`asyncio.Queue`; the turn's task waits on that queue with a short timeout, so interrupts and idle
-timeouts are honoured while the socket is silent. On either, the reader task is cancelled and the
-response closed.
+only the waiting differs. The body is read by a task on the same event loop that hands
+observations, stamped with their arrival time, to an `_Inbox`; the turn's task waits on it with a
+short timeout, so interrupts and idle timeouts are honoured while the socket is silent. The
+reader only sees bytes arrive while the loop is free, so the watchdog counts as silence only the
+time the reader could look (`Watchdog(blind_while_busy=True)`): a slow callback or a busy loop
+is not a silent server.
+
+When the attempt ends on what the server sent, the reader gets a moment to read the body to its
+end (the connection goes back to the client's pool); otherwise, or if it takes longer, the reader
+task is cancelled, which closes the response and its connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import random
 import threading
+import time
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import openai
 
 from engine.drivers.arguments import check_turn_call
 from engine.drivers.attempt_loop import (
-    Observation,
+    Stamped,
     Watchdog,
     attempt_loop,
+    turn_clock,
+    Observation,
     http_policy,
     pause_slices,
-    turn_clock,
 )
 from engine.drivers.recording import AttemptFeed, TurnRecording
 from engine.drivers.transport import observation_of
@@ -34,28 +43,76 @@ from machines.records import Chunk, EndOfStream, Interrupt, TurnPolicy, TurnResu
 
 __all__ = ["arun_turn"]
 
+#: How long a reader may take to read the rest of a body after its terminal event (seconds).
+FINISH_GRACE_S = 0.1
+#: How long the turn waits for a cancelled reader to close its response (seconds).
+CANCEL_WAIT_S = 1.0
 
-async def _read_attempt(
-    client: Any, request: dict[str, Any], kind: str, items: asyncio.Queue[Observation]
-) -> None:
-    """Send the request and read its body, putting every observation on `items`; cancelling
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class _Inbox:
+    """Stamped observations from the reader task, and the turn task's timed wait for the next
+    one: a deque and one future, lighter than `asyncio.Queue` + `wait_for` on the hot path (a
+    chunk already there is taken without a pass through the loop)."""
+
+    __slots__ = ("_items", "_waiter", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._items: collections.deque[Stamped] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._loop = loop
+
+    def put(self, observation: Observation) -> None:
+        """Hand over one observation, stamped now (the reader's side)."""
+        self._items.append((time.monotonic(), observation))
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self, wait_s: float) -> Stamped | None:
+        """The next observation, waiting at most `wait_s` (0: one pass through the loop), or
+        None after a silent wait."""
+        items = self._items
+        if items:
+            return items.popleft()
+        if wait_s <= 0:
+            await asyncio.sleep(0)
+        else:
+            waiter = self._loop.create_future()
+            self._waiter = waiter
+            timer = self._loop.call_later(wait_s, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        return items.popleft() if items else None
+
+
+async def _read_attempt(client: Any, request: dict[str, Any], kind: str, inbox: _Inbox) -> None:
+    """Send the request and read its body, handing every observation to `inbox`; cancelling
     the task (interrupt, idle timeout) stops it at any point, even before the headers."""
+    put = inbox.put
     try:
         body, close = await _open_stream(client, request, kind)
     except asyncio.CancelledError:
         raise
     except BaseException as error:  # handed to the turn's task
-        items.put_nowait(observation_of(error, opening=True) or error)
+        put(observation_of(error, opening=True) or error)
         return
     try:
         async for chunk in body:
             if chunk:
-                items.put_nowait(Chunk(chunk))
-        items.put_nowait(EndOfStream())
+                put(Chunk(chunk))
+        put(EndOfStream())
     except asyncio.CancelledError:
         raise
     except BaseException as error:
-        items.put_nowait(observation_of(error, opening=False) or error)
+        put(observation_of(error, opening=False) or error)
     finally:
         try:
             await close()
@@ -85,22 +142,24 @@ async def _run_attempt(
     if interrupted():
         feed.fail(Interrupt(), now())
         return
-    loop = attempt_loop(feed, Watchdog(now, interrupted, idle_timeout_s), now)
-    items: asyncio.Queue[Observation] = asyncio.Queue()
-    reader = asyncio.ensure_future(_read_attempt(client, request, feed.kind, items))
+    watchdog = Watchdog(time.monotonic, interrupted, idle_timeout_s, blind_while_busy=True)
+    loop = attempt_loop(feed, watchdog, now)
+    inbox = _Inbox(asyncio.get_running_loop())
+    reader = asyncio.ensure_future(_read_attempt(client, request, feed.kind, inbox))
+    grace_s = 0.0
     try:
         wait_s = next(loop)
         while True:
-            try:
-                item: Observation | None = await asyncio.wait_for(items.get(), wait_s)
-            except asyncio.TimeoutError:
-                item = None
-            wait_s = loop.send(item)
-    except StopIteration:
-        pass
+            wait_s = loop.send(await inbox.get(wait_s))
+    except StopIteration as ended:
+        # ended by what the server sent: its body should end right away
+        grace_s = 0.0 if ended.value else FINISH_GRACE_S
     finally:
-        reader.cancel()
-        await asyncio.wait([reader], timeout=1.0)
+        if not reader.done() and grace_s > 0:
+            await asyncio.wait([reader], timeout=grace_s)
+        if not reader.done():
+            reader.cancel()
+            await asyncio.wait([reader], timeout=CANCEL_WAIT_S)
 
 
 async def arun_turn(

@@ -32,6 +32,7 @@ from machines.records import (
     Chunk,
     Effect,
     EndOfStream,
+    EventTooLarge,
     StreamInput,
     TurnPolicy,
     TurnResult,
@@ -48,12 +49,14 @@ class AttemptFeed:
 
     __slots__ = ("attempt", "number", "kind", "_log", "_decoder")
 
-    def __init__(self, attempt: StreamAttempt, event_log: EventLog) -> None:
+    def __init__(
+        self, attempt: StreamAttempt, event_log: EventLog, max_event_bytes: int | None = None
+    ) -> None:
         self.attempt = attempt
         self.number = attempt.number
         self.kind = attempt.kind
         self._log = event_log
-        self._decoder = SseDecoder()
+        self._decoder = SseDecoder(max_event_bytes)
 
     @property
     def final(self) -> bool:
@@ -61,12 +64,20 @@ class AttemptFeed:
         return self.attempt.state in FINAL
 
     def chunk(self, data: bytes, t: float | None = None) -> bool:
-        """One network read. Returns True once the attempt has reached a final state."""
+        """One network read. Returns True once the attempt has reached a final state.
+
+        An event that grows past the decoder's limit ends the attempt with `EventTooLarge`; that
+        input is derived from the chunks already logged, so it is fed but not logged (a replay
+        of the chunks derives it again)."""
         event_log = self._log
         event_log.input(self.number, Chunk(data), t)
-        events = self._decoder.feed(data)
+        decoder = self._decoder
+        events = decoder.feed(data)
         if events:
             event_log.decide(self.attempt.receive_events(events))
+        if decoder.too_large and self.attempt.state not in FINAL:
+            too_large = EventTooLarge(decoder.max_event_bytes or 0)
+            event_log.decide(self.attempt.receive(too_large))
         return self.attempt.state in FINAL
 
     def observe(self, item: RecordedInput, t: float | None = None) -> bool:
@@ -119,7 +130,7 @@ class TurnRecording:
             self.wait_s = sum(
                 d.data for d in decisions if isinstance(d, Effect) and d.kind == "wait"
             )
-            feed = AttemptFeed(attempt, self.log)
+            feed = AttemptFeed(attempt, self.log, max_event_bytes=self.policy.max_event_bytes)
             yield feed
             if not feed.final:
                 raise RuntimeError(f"attempt {attempt.number} was left before it ended")

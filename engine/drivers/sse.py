@@ -12,9 +12,16 @@ An event is dispatched on a blank line, only if it had at least one `data:` line
 by the end of the stream is not dispatched. An event whose blank line ends in a CR is dispatched
 by that CR, even when the connection breaks before another byte arrives.
 
-Implementation note (the hot path): line ends are normalised to LF, the buffered text is split
-on blank lines, and each complete block is parsed line by line. Only the incomplete tail stays
+Implementation note (the hot path): line ends are normalised to LF and only the new text (with
+the one character before it) is searched for the blank line that ends an event; pieces of an event
+still incomplete are kept in a list and joined once, when its blank line arrives. So the cost is
+linear in the bytes received, however long an event is or however finely it is cut. A complete
+buffer is split on blank lines and each block parsed line by line; only the incomplete tail stays
 buffered.
+
+Limit: `SseDecoder(max_event_bytes=N)` refuses an event larger than N bytes (of its UTF-8 text):
+once the event being assembled passes N, it is dropped, `too_large` is set and nothing more is
+dispatched, so a server cannot make the client buffer without bound.
 """
 
 from __future__ import annotations
@@ -26,24 +33,55 @@ from machines.records import SseEvent
 __all__ = ["SseDecoder"]
 
 
+def _utf8_size(text: str) -> int:
+    """Bytes of `text` in UTF-8 (`str.isascii` is a flag lookup: no scan for ASCII text)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
 class SseDecoder:
-    """The decoder for one stream: `feed` each network chunk, `close` at the end of the stream.
+    """The decoder for one stream: `feed` each network chunk as it arrives.
 
-    `last_event_id` and `retry_ms` hold the latest `id:` and valid `retry:` fields seen."""
+    `last_event_id` and `retry_ms` hold the latest `id:` and valid `retry:` fields seen.
+    `max_event_bytes` (None: no limit) is the largest event accepted; `too_large` turns True
+    once an event passed it, and from then on `feed` dispatches nothing."""
 
-    __slots__ = ("_utf8", "_buffer", "_pending_cr", "_started", "last_event_id", "retry_ms")
+    __slots__ = (
+        "_utf8",
+        "_pending",
+        "_pending_bytes",
+        "_ends_lf",
+        "_pending_cr",
+        "_started",
+        "max_event_bytes",
+        "too_large",
+        "last_event_id",
+        "retry_ms",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, max_event_bytes: int | None = None) -> None:
         """A decoder at the start of a stream: nothing buffered, no event id, no retry hint."""
+        if max_event_bytes is not None and (
+            type(max_event_bytes) is not int or max_event_bytes < 1
+        ):
+            raise ValueError(f"max_event_bytes must be None or an int >= 1, not {max_event_bytes!r}")
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._buffer = ""
+        #: the text of the event being assembled (LF line ends), in the pieces it arrived in
+        self._pending: list[str] = []
+        #: UTF-8 size of `_pending` (kept only under a limit)
+        self._pending_bytes = 0
+        #: whether the pending text ends with LF (a LF first in the next text ends the event)
+        self._ends_lf = False
         self._pending_cr = False
         self._started = False
+        self.max_event_bytes = max_event_bytes
+        self.too_large = False
         self.last_event_id: str | None = None
         self.retry_ms: int | None = None
 
     def feed(self, chunk: bytes) -> list[SseEvent]:
         """Decode one chunk; return the events it completed, in order."""
+        if self.too_large:
+            return []
         text = self._utf8.decode(chunk)
         if not self._started and text:
             self._started = True
@@ -55,21 +93,57 @@ class SseDecoder:
             self._pending_cr = False
             if text[0] == "\n":
                 text = text[1:]
+        if not text:
+            return []
         if "\r" in text:
             self._pending_cr = text[-1] == "\r"
             text = text.replace("\r\n", "\n").replace("\r", "\n")
-        buffer = self._buffer + text if self._buffer else text
-        if "\n\n" not in buffer:
-            self._buffer = buffer
+        pending = self._pending
+        limit = self.max_event_bytes
+        if "\n\n" not in text and not (self._ends_lf and text[0] == "\n"):
+            # No blank line yet: keep the piece, look at nothing already seen.
+            pending.append(text)
+            self._ends_lf = text[-1] == "\n"
+            if limit is not None:
+                self._pending_bytes += _utf8_size(text)
+                if self._pending_bytes > limit:
+                    self._refuse()
             return []
+        if pending:
+            pending.append(text)
+            buffer = "".join(pending)
+            pending.clear()
+        else:
+            buffer = text
         blocks = buffer.split("\n\n")
-        self._buffer = blocks.pop()
+        tail = blocks.pop()
         events: list[SseEvent] = []
+        # A block can pass the limit only if the buffer could (UTF-8: at most 4 bytes a character).
+        bound = limit if limit is not None and len(buffer) * 4 > limit else None
         for block in blocks:
+            if bound is not None and _utf8_size(block) > bound:
+                self._refuse()
+                return events
             event = self._parse_block(block)
             if event is not None:
                 events.append(event)
+        if tail:
+            pending.append(tail)
+            self._ends_lf = tail[-1] == "\n"
+            if limit is not None:
+                self._pending_bytes = _utf8_size(tail)
+                if self._pending_bytes > limit:
+                    self._refuse()
+        else:
+            self._ends_lf = False
+            self._pending_bytes = 0
         return events
+
+    def _refuse(self) -> None:
+        """The event being assembled passed the limit: drop it and dispatch nothing more."""
+        self.too_large = True
+        self._pending.clear()
+        self._pending_bytes = 0
 
     def _parse_block(self, block: str) -> SseEvent | None:
         event_type = ""

@@ -1,10 +1,23 @@
 """How the network's failures become input records (shared by every driver).
 
-The openai client raises `APIStatusError` (with the response, already read) for a non-2xx status,
-`APITimeoutError` / `APIConnectionError` when the request could not be sent or answered, and the
-HTTP library's own transport errors (remote protocol error, read timeout, read error, ...) from
-the body iterator once streaming has begun. Each becomes a `HttpError` or `TransportFault`; only
-the exception's class name is kept as detail (never its text, which may quote a URL or header).
+Contract v2, never raise: any exception from the HTTP client while sending the request or reading
+the body is a transport fault. `observation_of` sorts what a driver's reader caught:
+
+* opening the request (anything before the response headers): a non-2xx status
+  (`APIStatusError`, with the response already read) is an `HttpError`; every other exception is
+  `TransportFault("connect_error")`, whatever its class (refused, reset, timed out, a proxy or
+  TLS failure, a transport that raised something of its own), because nothing of the response
+  arrived: the engine may send the request again;
+* reading the body: a timeout is `TransportFault("read_timeout")`, every other exception
+  `TransportFault("drop")` (the HTTP library's protocol, read and decoding errors, the SDK's
+  wrappers around them, anything else the client raised mid-body);
+* not the network's doing, so handed back to be raised: `KeyboardInterrupt`, `SystemExit`,
+  cancellation (anything that is not an `Exception`), and a wrong call: a `TypeError` or
+  `ValueError` raised while the SDK was still building the request (an unknown argument, a value
+  it cannot serialise), before the HTTP client was asked to send anything.
+
+Only the exception's class name is kept as detail (never its text, which may quote a URL or
+header).
 """
 
 from __future__ import annotations
@@ -17,7 +30,7 @@ import orjson
 
 from machines.records import HttpError, TransportFault
 
-__all__ = ["fault_of", "http_error_of", "is_transport_error", "observation_of"]
+__all__ = ["fault_of", "http_error_of", "is_transport_error", "is_wrong_call", "observation_of"]
 
 _TIMEOUT_NAMES = {"TimeoutException", "ReadTimeout", "WriteTimeout", "PoolTimeout", "TimeoutError"}
 _CONNECT_NAMES = {"ConnectError", "ConnectTimeout", "ConnectionRefusedError"}
@@ -96,11 +109,59 @@ def http_error_of(error: openai.APIStatusError) -> HttpError:
     return HttpError(error.status_code, body, headers, round(time.time(), 3))
 
 
+#: Modules of the HTTP stack below the SDK: an exception raised in one of them was raised while
+#: the request was being sent or answered.
+_NETWORK_MODULES = frozenset(
+    {"httpcore", "httpcore2", "h11", "h2", "anyio", "ssl", "socket", "selectors", "asyncio"}
+)
+#: Functions through which the SDK hands a request to the HTTP client, or takes its answer.
+_SENDING_FUNCTIONS = frozenset(
+    {"send", "_send_request", "handle_request", "handle_async_request", "_process_response"}
+)
+
+
+def _went_out(error: BaseException) -> bool:
+    """Whether `error` (or an exception it was raised from) passed through the HTTP client's
+    sending of a request, or through the SDK's handling of the answer."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        tb = current.__traceback__
+        while tb is not None:
+            code = tb.tb_frame.f_code
+            module = str(tb.tb_frame.f_globals.get("__name__", ""))
+            if code.co_name in _SENDING_FUNCTIONS or module.split(".", 1)[0] in _NETWORK_MODULES:
+                return True
+            tb = tb.tb_next
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def is_wrong_call(error: BaseException) -> bool:
+    """A `TypeError`/`ValueError` raised while the request was still being built from the
+    caller's arguments: the caller's mistake, raised to the caller."""
+    return isinstance(error, (TypeError, ValueError)) and not _went_out(error)
+
+
+def _is_timeout(error: BaseException) -> bool:
+    return (
+        isinstance(error, (openai.APITimeoutError, TimeoutError))
+        or bool(_names(error) & _TIMEOUT_NAMES)
+    )
+
+
 def observation_of(error: BaseException, *, opening: bool) -> HttpError | TransportFault | None:
-    """The input record an exception from sending the request (`opening`) or reading its body
-    stands for, or None when it is not the network's doing (the caller re-raises it)."""
-    if opening and isinstance(error, openai.APIStatusError):
-        return http_error_of(error)
-    if is_transport_error(error):
-        return fault_of(error, opening=opening)
-    return None
+    """The input record an exception from sending the request (`opening`: before the response
+    headers) or reading its body stands for, or None when it is not the network's doing (the
+    caller re-raises it): see the module docstring."""
+    if not isinstance(error, Exception):
+        return None
+    detail = type(error).__name__
+    if opening:
+        if isinstance(error, openai.APIStatusError):
+            return http_error_of(error)
+        if is_wrong_call(error):
+            return None
+        return TransportFault("connect_error", detail)
+    return TransportFault("read_timeout" if _is_timeout(error) else "drop", detail)

@@ -1,0 +1,202 @@
+"""No reader outlives its turn: when `run_turn` / `arun_turn` returns, no reader thread or task is
+left blocked on a socket, and the server sees every connection the turn gave up on closed at
+once (one whose body was read to its end may stay in the client's pool, as HTTP keep-alive
+does, and closes with the client)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+
+import engine
+from engine.testing import shapes
+from engine.testing.shapes import (
+    SHAPES,
+    assemble,
+    completed,
+    created,
+    in_progress,
+    output_items,
+    text_message,
+    to_reply,
+)
+from engine.testing.simulator import Reply, ResponsesSimulator, Script
+from machines.records import Stall
+
+REQUEST = {"model": "m", "input": "hi"}
+ANSWER = shapes._ANSWER
+
+
+def _readers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "streamfsm-body" and t.is_alive()]
+
+
+def _open_connections(sim: ResponsesSimulator) -> int:
+    """How many connections the simulator still holds open (its handlers forget a connection
+    once the client has closed it)."""
+    with sim._lock:
+        return len(sim._connections)
+
+
+def _wait_for(condition: Any, within_s: float) -> float | None:
+    """Seconds until `condition()` held, or None if it did not within `within_s`."""
+    began = time.monotonic()
+    while True:
+        if condition():
+            return time.monotonic() - began
+        if time.monotonic() - began > within_s:
+            return None
+        time.sleep(0.01)
+
+
+def _slow_headers() -> Script:
+    good = SHAPES["happy_text"].replies[0]
+    return Script((Reply(steps=good.steps, headers_after_s=5.0),))
+
+
+def _body_left_open() -> Script:
+    """A complete answer whose body stays open for 5 s after `response.completed`."""
+    message = text_message(ANSWER, deltas=4)
+    events = assemble(created(), in_progress(), message, completed(output_items(message)))
+    return Script((to_reply([*events, Stall(5.0)]),))
+
+
+# -- the sync driver ---------------------------------------------------------------------------
+
+
+def test_an_interrupt_before_the_headers_ends_the_reader_and_closes_the_connection() -> None:
+    stop = threading.Event()
+    with ResponsesSimulator(_slow_headers()) as sim:
+        client = openai.OpenAI(base_url=sim.base_url, api_key="k", max_retries=0)
+        timer = threading.Timer(0.2, stop.set)
+        timer.start()
+        began = time.monotonic()
+        result = engine.run_turn(client, REQUEST, interrupt=stop)
+        elapsed = time.monotonic() - began
+        timer.cancel()
+        assert _readers() == []  # no thread left waiting for the 5 s headers
+        closed = _wait_for(lambda: _open_connections(sim) == 0, within_s=1.0)
+        client.close()
+    assert result.outcome == "interrupted"
+    assert elapsed < 1.0
+    assert closed is not None and closed < 0.5
+
+
+def test_an_interrupt_while_the_request_is_still_being_built_stops_it_once_it_has_a_socket() -> None:
+    """The request has no socket yet when the turn gives up (a slow request hook stands for a
+    slow first request: TLS setup, a proxy lookup); it is shut down as soon as it opens one."""
+    stop = threading.Event()
+
+    def slow_hook(request: httpx2.Request) -> None:
+        stop.set()  # the caller gives up while the request is being built
+        time.sleep(0.3)
+
+    http = httpx2.Client(event_hooks={"request": [slow_hook]})
+    with ResponsesSimulator(_slow_headers()) as sim:
+        client = openai.OpenAI(base_url=sim.base_url, api_key="k", max_retries=0, http_client=http)
+        began = time.monotonic()
+        result = engine.run_turn(client, REQUEST, interrupt=stop)
+        elapsed = time.monotonic() - began
+        assert _readers() == []
+        closed = _wait_for(lambda: _open_connections(sim) == 0, within_s=1.0)
+        client.close()
+    assert result.outcome == "interrupted"
+    assert elapsed < 1.0
+    assert closed is not None and closed < 0.5
+
+
+def test_an_idle_timeout_before_the_headers_ends_the_reader_and_closes_the_connection() -> None:
+    with ResponsesSimulator(_slow_headers()) as sim:
+        client = openai.OpenAI(base_url=sim.base_url, api_key="k", max_retries=0)
+        result = engine.run_turn(
+            client, REQUEST,
+            policy=engine.TurnPolicy(max_stream_retries=0, fallback=False, idle_timeout_s=0.2),
+        )
+        assert _readers() == []
+        closed = _wait_for(lambda: _open_connections(sim) == 0, within_s=1.0)
+        client.close()
+    assert [a.reason for a in result.attempts] == ["idle_timeout"]
+    assert closed is not None and closed < 0.5
+
+
+def test_a_body_left_open_after_the_terminal_event_does_not_keep_the_reader() -> None:
+    with ResponsesSimulator(_body_left_open()) as sim:
+        client = openai.OpenAI(base_url=sim.base_url, api_key="k", max_retries=0)
+        began = time.monotonic()
+        result = engine.run_turn(client, REQUEST)
+        elapsed = time.monotonic() - began
+        assert _readers() == []
+        closed = _wait_for(lambda: _open_connections(sim) == 0, within_s=1.0)
+        client.close()
+    assert result.outcome == "completed" and result.output_text == ANSWER
+    assert elapsed < 1.0
+    assert closed is not None and closed < 0.5
+
+
+def test_back_to_back_turns_leave_no_reader_and_no_connection_behind() -> None:
+    with ResponsesSimulator(SHAPES["happy_text"], repeat=True) as sim:
+        client = openai.OpenAI(base_url=sim.base_url, api_key="k", max_retries=0)
+        for _ in range(8):
+            result = engine.run_turn(client, REQUEST)
+            assert result.outcome == "completed"
+            assert _readers() == []
+        # bodies read to their end: at most the one pooled keep-alive connection stays open
+        assert _open_connections(sim) <= 1
+        client.close()
+        closed = _wait_for(lambda: _open_connections(sim) == 0, within_s=1.0)
+    assert closed is not None and closed < 0.5
+
+
+def test_an_interrupt_mid_body_shuts_the_connection_at_once() -> None:
+    message = text_message(ANSWER, deltas=4)
+    events = assemble(created(), in_progress(), message[:4], Stall(5.0), message[4:])
+    stop = threading.Event()
+
+    def on_text(delta: str) -> None:
+        threading.Timer(0.1, stop.set).start()
+
+    with ResponsesSimulator(Script((to_reply(events),))) as sim:
+        client = openai.OpenAI(base_url=sim.base_url, api_key="k", max_retries=0)
+        result = engine.run_turn(
+            client, REQUEST, interrupt=stop, callbacks=engine.Callbacks(on_text_delta=on_text)
+        )
+        assert _readers() == []
+        closed = _wait_for(lambda: _open_connections(sim) == 0, within_s=1.0)
+        client.close()
+    assert result.outcome == "interrupted"
+    assert closed is not None and closed < 0.5
+
+
+# -- the async driver --------------------------------------------------------------------------
+
+
+def _other_tasks() -> set[asyncio.Task[Any]]:
+    return {task for task in asyncio.all_tasks() if task is not asyncio.current_task()}
+
+
+@pytest.mark.parametrize("script", [_slow_headers, _body_left_open], ids=["headers", "body"])
+def test_arun_turn_leaves_no_reader_task_and_closes_the_connection(script: Any) -> None:
+    async def run() -> tuple[engine.TurnResult, set[Any], float | None]:
+        stop = threading.Event()
+        with ResponsesSimulator(script()) as sim:
+            client = openai.AsyncOpenAI(base_url=sim.base_url, api_key="k", max_retries=0)
+            asyncio.get_running_loop().call_later(0.3, stop.set)
+            result = await engine.arun_turn(client, REQUEST, interrupt=stop)
+            left = _other_tasks()
+            began = time.monotonic()
+            while _open_connections(sim) and time.monotonic() - began < 1.0:
+                await asyncio.sleep(0.01)
+            closed = None if _open_connections(sim) else time.monotonic() - began
+            await client.close()
+            return result, left, closed
+
+    result, left, closed = asyncio.run(run())
+    assert result.outcome in ("interrupted", "completed")
+    assert left == set()
+    assert closed is not None and closed < 0.5

@@ -1,0 +1,60 @@
+"""Server data of any JSON shape or type never raises, and JSON that one parser refuses is still
+read (contract v2: never raise)."""
+
+from __future__ import annotations
+
+import engine
+
+
+def frame(data: str, name: str = "message") -> bytes:
+    return f"event: {name}\ndata: {data}\n\n".encode()
+
+
+CREATED = frame('{"type":"response.created","response":{"id":"r1","output":[]}}')
+
+
+def test_numbers_and_escapes_orjson_refuses_still_decode() -> None:
+    body = (
+        CREATED
+        + frame('{"type":"response.output_text.delta","output_index":0,"content_index":0,'
+                '"delta":"odd \\ud800 text"}')
+        + frame('{"type":"response.completed","response":{"id":"r1","output":[],'
+                '"usage":{"total_tokens":1e999}}}')
+    )
+    result = engine.consume(body)
+    assert result.outcome == "completed"
+    assert result.output_text == "odd \ud800 text"
+
+
+def test_indexes_of_any_type_never_raise() -> None:
+    for index in ("[1]", '{"a":1}', '"2"', "1.5", "null", "true"):
+        body = (
+            CREATED
+            + frame('{"type":"response.output_text.delta","output_index":0,"content_index":0,'
+                    '"delta":"a"}')
+            + frame('{"type":"response.output_text.delta","output_index":0,'
+                    f'"content_index":{index},"delta":"b"}}')
+            + frame('{"type":"response.reasoning_summary_text.delta","output_index":1,'
+                    f'"summary_index":{index},"delta":"r"}}')
+            + frame('{"type":"response.completed","response":{"id":"r1","output":null}}')
+        )
+        result = engine.consume(body)
+        assert result.outcome == "completed", index
+        assert "a" in result.output_text and "b" in result.output_text
+
+
+def test_wrong_types_in_every_field_of_the_lifecycle_frames_never_raise() -> None:
+    oddities = ["null", "1", '"x"', "[]", "{}", "true", "-1e308"]
+    fields = ["response", "output", "error", "delta", "item", "output_index", "item_id", "code",
+              "arguments", "text", "type"]
+    for field in fields:
+        for odd in oddities:
+            body = (
+                frame(f'{{"type":"response.created","{field}":{odd}}}')
+                + frame(f'{{"type":"response.output_item.added","output_index":0,"{field}":{odd}}}')
+                + frame(f'{{"type":"response.output_text.delta","{field}":{odd},"delta":"t"}}')
+                + frame(f'{{"type":"response.function_call_arguments.delta","{field}":{odd}}}')
+                + frame(f'{{"type":"response.failed","response":{{"error":{{"{field}":{odd}}}}}}}')
+            )
+            result = engine.consume(body)
+            assert result.outcome in ("completed", "failed", "error"), (field, odd)
