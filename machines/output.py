@@ -22,6 +22,12 @@ from typing import Any
 __all__ = ["OutputAssembly", "join_output_text", "tool_calls_of"]
 
 
+def _part(index: Any) -> int:
+    """A content, summary or command index as sent, or 0 for anything that is not an integer (a
+    string or a list there must not break the assembly)."""
+    return index if type(index) is int else 0
+
+
 class _PartialItem:
     __slots__ = ("added", "item_id", "kind", "parts", "arguments", "arguments_done", "summary")
 
@@ -149,7 +155,7 @@ class OutputAssembly:
     def text_delta(self, payload: dict[str, Any], delta: str) -> None:
         """Append answer text to its item and content part."""
         partial = self._partial_at(self._index(payload), "message", payload)
-        content_index = payload.get("content_index", 0)
+        content_index = _part(payload.get("content_index"))
         parts = partial.parts.get(content_index)
         if parts is None:
             partial.parts[content_index] = [delta]
@@ -161,12 +167,12 @@ class OutputAssembly:
         text = payload.get("text")
         if isinstance(text, str):
             partial = self._partial_at(self._index(payload), "message", payload)
-            partial.parts[payload.get("content_index", 0)] = [text]
+            partial.parts[_part(payload.get("content_index"))] = [text]
 
     def reasoning_delta(self, payload: dict[str, Any], delta: str) -> None:
         """Append reasoning or reasoning-summary text to its item and part."""
         partial = self._partial_at(self._index(payload), "reasoning", payload)
-        key = payload.get("summary_index", payload.get("content_index", 0))
+        key = _part(payload.get("summary_index", payload.get("content_index")))
         partial.summary.setdefault(key, []).append(delta)
 
     def arguments_delta(self, payload: dict[str, Any], delta: str) -> None:
