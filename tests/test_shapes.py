@@ -259,6 +259,29 @@ EXPECTED: dict[str, tuple[Attempt, ...]] = {
     "http_401": (Attempt([], "401"),) * 3,
     "http_503_then_ok": (Attempt([], "503"), Attempt([], "503"), Attempt(HAPPY)),
     "drop_every_attempt": (Attempt(CUT_OFF, "drop"),) * 3,
+    "custom_tool_call": (
+        Attempt([*START, ADDED, *[INPUT_DELTA] * 4, INPUT_DONE, DONE_ITEM, "response.completed"]),
+    ),
+    "custom_tool_call_server_side": (
+        Attempt([*START, ADDED, INPUT_DELTA, INPUT_DONE, DONE_ITEM,
+                 ADDED, INPUT_DELTA, INPUT_DONE, DONE_ITEM, *text(3), "response.completed"]),
+    ),
+    "custom_tool_call_dropped": (Attempt([*START, ADDED, INPUT_DELTA, INPUT_DELTA], "drop"),) * 3,
+    "local_shell_call": (Attempt([*START, ADDED, DONE_ITEM, "response.completed"]),),
+    "local_shell_call_with_output": (
+        Attempt([*START, ADDED, DONE_ITEM, ADDED, DONE_ITEM, *text(3), "response.completed"]),
+    ),
+    "shell_call": (
+        Attempt([*START, ADDED, *COMMAND, *COMMAND, DONE_ITEM, "response.completed"]),
+    ),
+    "shell_call_hosted": (
+        Attempt([*START, ADDED, *COMMAND, DONE_ITEM, ADDED, *SHELL_OUTPUT, DONE_ITEM, *text(3),
+                 "response.completed"]),
+    ),
+    "apply_patch_call": (Attempt([*START, ADDED, DONE_ITEM, "response.completed"]),),
+    "apply_patch_call_with_output": (
+        Attempt([*START, ADDED, DONE_ITEM, ADDED, DONE_ITEM, *text(3), "response.completed"]),
+    ),
 }
 
 

@@ -1070,6 +1070,32 @@ APPLY_PATCH_TOOL: Final[Mapping[str, Any]] = {
         "definition": 'start: "*** Begin Patch" LF hunk+ "*** End Patch" LF?',
     },
 }
+_PATCH: Final = (
+    "*** Begin Patch\n"
+    "*** Update File: src/app.py\n"
+    "@@ def greet(name):\n"
+    "-    return 'Hello ' + name\n"
+    "+    return f'Hello, {name}!'\n"
+    "*** End Patch\n"
+)
+_DIFF: Final = "@@ def greet(name):\n-    return 'Hello ' + name\n+    return f'Hello, {name}!'\n"
+_PATCH_OPERATION: Final[Mapping[str, Any]] = {
+    "type": "update_file", "path": "src/app.py", "diff": _DIFF,
+}
+#: The searches xAI runs on its side and reports as custom tool calls the request never declared.
+_SERVER_SEARCHES: Final = (
+    ("web_search", '{"query":"capital of France","num_results":5}'),
+    ("browse_page", '{"url":"https://en.wikipedia.org/wiki/Paris"}'),
+)
+_LOCAL_COMMAND: Final = ("ls", "-la", "src")
+_SHELL_COMMANDS: Final = ("git status --short", "python -m pytest -q")
+_HOSTED_COMMAND: Final = "python -c 'print(6 * 7)'"
+_HOSTED_ANSWER: Final = "The script printed 42."
+_PATCHED_ANSWER: Final = "I updated greet() in src/app.py to use an f-string."
+_LISTED_ANSWER: Final = "The src folder holds app.py and __init__.py."
+_LOCAL_SHELL_OUTPUT: Final = '{"output":"app.py\\n__init__.py\\n","metadata":{"exit_code":0}}'
+_CONTAINER: Final[Mapping[str, Any]] = {"type": "container_reference", "container_id": "cntr_sim_01"}
+
 
 def _happy_text_events(text: str = _ANSWER, *, deltas: int = 4) -> list[StreamPart]:
     message = text_message(text, deltas=deltas)
@@ -1334,6 +1360,118 @@ def _build_shapes() -> dict[str, Script]:
     )
     add(_script("http_401", "HTTP 401 invalid API key with an OpenAI-shaped error body, on "
                 "every attempt.", *([error_401] * 3)))
+
+    # -- calls besides function calls: the client's, and the same kinds run by the server ----
+    tools = [APPLY_PATCH_TOOL]
+    patch = custom_tool_call("apply_patch", _PATCH, deltas=4)
+    add(_script(
+        "custom_tool_call",
+        "A Codex freeform apply_patch: a custom_tool_call whose raw input streams as "
+        "custom_tool_call_input deltas, then completed.",
+        to_reply(assemble(
+            created(tools=tools), in_progress(tools=tools), patch,
+            completed(output_items(patch), tools=tools),
+        )),
+    ))
+
+    tools = [{"type": "web_search"}]
+    searches = [
+        custom_tool_call(name, text, deltas=1, output_index=index)
+        for index, (name, text) in enumerate(_SERVER_SEARCHES)
+    ]
+    answer = text_message(_ANSWER, deltas=3, output_index=len(searches))
+    add(_script(
+        "custom_tool_call_server_side",
+        "xAI-style server-side searches reported as custom_tool_call items the request never "
+        "declared as custom tools, then the answer text, then completed.",
+        to_reply(assemble(
+            created(tools=tools), in_progress(tools=tools), *searches, answer,
+            completed(output_items(*searches, answer), tools=tools),
+        )),
+    ))
+
+    cut = custom_tool_call("apply_patch", _PATCH, deltas=4, finished=False)[:3]
+    dropped_call = to_reply([
+        *assemble(created(tools=[APPLY_PATCH_TOOL]), in_progress(tools=[APPLY_PATCH_TOOL]), cut),
+        TransportFault("drop"),
+    ])
+    add(_script(
+        "custom_tool_call_dropped",
+        "Every attempt (three) drops while a custom tool call's input streams: the call is "
+        "kept, incomplete.",
+        dropped_call, dropped_call, dropped_call,
+    ))
+
+    tools = [{"type": "local_shell"}]
+    local = local_shell_call(_LOCAL_COMMAND)
+    add(_script(
+        "local_shell_call",
+        "A Codex local_shell_call (an exec action for the client to run), then completed.",
+        to_reply(assemble(
+            created(tools=tools), in_progress(tools=tools), local,
+            completed(output_items(local), tools=tools),
+        )),
+    ))
+    ran = local_shell_call_output("call_00_sim", _LOCAL_SHELL_OUTPUT, output_index=1)
+    answer = text_message(_LISTED_ANSWER, deltas=3, output_index=2)
+    add(_script(
+        "local_shell_call_with_output",
+        "A local_shell_call followed in the same response by its local_shell_call_output (run "
+        "by the server), then the answer text, then completed.",
+        to_reply(assemble(
+            created(tools=tools), in_progress(tools=tools), local, ran, answer,
+            completed(output_items(local, ran, answer), tools=tools),
+        )),
+    ))
+
+    tools = [{"type": "shell", "environment": {"type": "local"}}]
+    shell = shell_call(_SHELL_COMMANDS)
+    add(_script(
+        "shell_call",
+        "A shell_call for the client's local environment, its commands streamed as "
+        "shell_call_command frames, then completed.",
+        to_reply(assemble(
+            created(tools=tools), in_progress(tools=tools), shell,
+            completed(output_items(shell), tools=tools),
+        )),
+    ))
+
+    tools = [{"type": "shell", "environment": {"type": "container_auto"}}]
+    hosted = shell_call([_HOSTED_COMMAND], environment=_CONTAINER)
+    printed = shell_call_output("call_00_sim", [("42\n", "", 0)], output_index=1)
+    answer = text_message(_HOSTED_ANSWER, deltas=3, output_index=2)
+    add(_script(
+        "shell_call_hosted",
+        "A hosted shell: a shell_call run in a container, its shell_call_output in the same "
+        "response, then the answer text, then completed.",
+        to_reply(assemble(
+            created(tools=tools), in_progress(tools=tools), hosted, printed, answer,
+            completed(output_items(hosted, printed, answer), tools=tools),
+        )),
+    ))
+
+    tools = [{"type": "apply_patch"}]
+    patch_call = apply_patch_call(_PATCH_OPERATION)
+    add(_script(
+        "apply_patch_call",
+        "An apply_patch_call with an update_file operation for the client to apply, then "
+        "completed.",
+        to_reply(assemble(
+            created(tools=tools), in_progress(tools=tools), patch_call,
+            completed(output_items(patch_call), tools=tools),
+        )),
+    ))
+    applied = apply_patch_call_output("call_00_sim", "Updated src/app.py", output_index=1)
+    answer = text_message(_PATCHED_ANSWER, deltas=3, output_index=2)
+    add(_script(
+        "apply_patch_call_with_output",
+        "An apply_patch_call followed in the same response by its apply_patch_call_output "
+        "(applied by the server), then the answer text, then completed.",
+        to_reply(assemble(
+            created(tools=tools), in_progress(tools=tools), patch_call, applied, answer,
+            completed(output_items(patch_call, applied, answer), tools=tools),
+        )),
+    ))
 
     dropped = to_reply([*_interrupted_start(), TransportFault("drop")])
     add(_script("drop_every_attempt",
