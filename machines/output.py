@@ -433,7 +433,8 @@ def tool_calls_of(items: list[Any] | None, tools: Any = None) -> list[dict[str, 
 
     `name` is the item's for function and custom tool calls, the type without `_call` for the
     built-in ones (`shell`, `local_shell`, `apply_patch`); `arguments` is the field named by
-    `ARGUMENT_FIELDS`, a string as it is, an object as JSON ("" when it is missing). `status` is
+    `ARGUMENT_FIELDS`, a string as it is, an object as compact JSON with sorted keys ("" when it
+    is missing). `status` is
     "incomplete" when the item says it was cut off (rebuilt from deltas that never finished), else
     "completed"."""
     custom_tools = declared_custom_tools(tools)
@@ -475,9 +476,10 @@ def tool_calls_of(items: list[Any] | None, tools: Any = None) -> list[dict[str, 
 
 
 def _json_text(value: Any) -> str:
-    """`value` as compact ASCII JSON (server data of any shape, lone surrogates included: never
-    raises)."""
+    """`value` as compact ASCII JSON with sorted keys, so the same object gives the same text
+    whether it came as bytes or through the SDK's models (server data of any shape, lone
+    surrogates included: never raises)."""
     try:
-        return json.dumps(value, separators=(",", ":"))
+        return json.dumps(value, separators=(",", ":"), sort_keys=True)
     except (TypeError, ValueError, RecursionError):
         return ""

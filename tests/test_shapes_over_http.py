@@ -50,23 +50,23 @@ TIME_CALL = {"call_id": "call_01_sim", "name": "get_time", "arguments": TIME_ARG
 #: The other calls the client must execute, as the builders were given them.
 PATCH_CALL = {"call_id": "call_00_sim", "name": "apply_patch", "arguments": shapes._PATCH,
               "status": "completed", "type": "custom_tool_call"}
+#: Built-in calls: their action or operation as compact JSON with sorted keys.
 LOCAL_SHELL_CALL = {
     "call_id": "call_00_sim", "name": "local_shell", "status": "completed",
     "type": "local_shell_call",
-    "arguments": '{"type":"exec","command":["ls","-la","src"],"env":{},"timeout_ms":10000,'
+    "arguments": '{"command":["ls","-la","src"],"env":{},"timeout_ms":10000,"type":"exec",'
                  '"user":null,"working_directory":"/home/user/project"}',
 }
 SHELL_CALL = {
     "call_id": "call_00_sim", "name": "shell", "status": "completed", "type": "shell_call",
-    "arguments": '{"commands":["git status --short","python -m pytest -q"],"timeout_ms":120000,'
-                 '"max_output_length":4096}',
+    "arguments": '{"commands":["git status --short","python -m pytest -q"],'
+                 '"max_output_length":4096,"timeout_ms":120000}',
 }
 APPLY_PATCH_CALL = {
     "call_id": "call_00_sim", "name": "apply_patch", "status": "completed",
     "type": "apply_patch_call",
-    "arguments": json.dumps(
-        {"type": "update_file", "path": "src/app.py", "diff": shapes._DIFF}, separators=(",", ":")
-    ),
+    "arguments": '{"diff":' + json.dumps(shapes._DIFF) + ',"path":"src/app.py",'
+                 '"type":"update_file"}',
 }
 #: What the dropped custom tool call streamed: two of its four input deltas.
 HALF_PATCH = "".join(split_text(shapes._PATCH, 4)[:2])
