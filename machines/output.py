@@ -4,8 +4,9 @@ The stream-attempt machine decides *which* events count; this module only keeps 
 keyed by `output_index` (events without one are placed by their `item_id`, else appended):
 
 - `output_item.added` opens an item; `output_item.done` makes its item authoritative;
-- text, reasoning and function-argument deltas accumulate per item (and per content part);
-  `*.done` events carry the authoritative full value;
+- text, reasoning, function-argument and custom-tool-input deltas (and the commands a shell call
+  streams) accumulate per item (and per content part); `*.done` events carry the authoritative
+  full value;
 - `items()` lists every item in `output_index` order: the server's `done` item where there is one,
   otherwise one built from the accumulated deltas. So a function call that was announced and
   streamed but never `done` is kept, and text that streamed without any item event still becomes a
@@ -13,17 +14,137 @@ keyed by `output_index` (events without one are placed by their `item_id`, else 
 
 Pure data, no I/O. `output_text()` joins text exactly as the openai SDK's `Response.output_text`
 does (every `output_text` part of every `message` item, in output order).
+
+Tool calls: which output items are calls the client must execute is data, here, for both the
+stream-attempt machine (which stops delivering answer text after one) and `tool_calls_of` (which
+lists them). `CLIENT_CALL_TYPES` are the candidates; everything else (web and file search, code
+interpreter, image generation, MCP items, ...) the server ran itself. Two rules take candidates
+back (`is_client_call`):
+
+- a built-in call of `HOSTED_CALL_TYPES` whose output item (`<type>_output`, same `call_id`; a
+  `local_shell_call_output` names the call by its `id`) is in the same response: a hosted shell
+  or patch the server already ran;
+- a `custom_tool_call` whose name the response's `tools` do not declare as a `custom` tool,
+  while those tools name at least one tool (xAI reports its server-side searches this way). With
+  no tools to judge by, or a call whose name is unknown (never announced), it is the client's.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from collections.abc import Container, Iterator, Mapping
+from typing import Any, Final
 
-__all__ = ["OutputAssembly", "join_output_text", "tool_calls_of"]
+__all__ = [
+    "ARGUMENT_FIELDS",
+    "CLIENT_CALL_TYPES",
+    "HOSTED_CALL_TYPES",
+    "OUTPUT_ITEM_TYPES",
+    "CallFacts",
+    "OutputAssembly",
+    "call_facts_of",
+    "declared_custom_tools",
+    "is_client_call",
+    "item_type",
+    "join_output_text",
+    "output_key",
+    "tool_calls_of",
+]
+
+#: Output item types that are calls the client may have to execute (`TurnResult.tool_calls`).
+CLIENT_CALL_TYPES: Final = frozenset(
+    {"function_call", "custom_tool_call", "local_shell_call", "shell_call", "apply_patch_call"}
+)
+#: Built-in call types the server may also run itself: such a call is the server's when its
+#: output item is in the same response.
+HOSTED_CALL_TYPES: Final = frozenset({"local_shell_call", "shell_call", "apply_patch_call"})
+#: The output item type that reports a hosted call as executed -> that call's type.
+OUTPUT_ITEM_TYPES: Final[Mapping[str, str]] = {f"{kind}_output": kind for kind in HOSTED_CALL_TYPES}
+#: Where each call type keeps what `tool_calls` lists as its `arguments`: a string field taken as
+#: it is (`function_call`, `custom_tool_call`), or an object written as JSON (the built-in calls).
+ARGUMENT_FIELDS: Final[Mapping[str, str]] = {
+    "function_call": "arguments",
+    "custom_tool_call": "input",
+    "local_shell_call": "action",
+    "shell_call": "action",
+    "apply_patch_call": "operation",
+}
+
+#: What decides whether a call is the client's: its item type, name and call_id.
+CallFacts = tuple[str, Any, Any]
+
+
+def declared_custom_tools(tools: Any) -> frozenset[str] | None:
+    """The names of the `custom` tools a response's `tools` list declares, or None when the list
+    names no tool at all (absent, not a list, empty): then no custom tool call can be ruled out."""
+    if not isinstance(tools, list):
+        return None
+    entries = [tool for tool in tools if isinstance(tool, dict)]
+    if not entries:
+        return None
+    return frozenset(
+        tool["name"]
+        for tool in entries
+        if tool.get("type") == "custom" and isinstance(tool.get("name"), str)
+    )
+
+
+def output_key(item: Mapping[str, Any]) -> tuple[str, str] | None:
+    """For an output item that reports a hosted call as executed: (the call's type, its call_id);
+    None for any other item."""
+    kind = OUTPUT_ITEM_TYPES.get(item_type(item) or "")
+    if kind is None:
+        return None
+    call_id = item.get("call_id")
+    if not isinstance(call_id, str):
+        call_id = item.get("id")  # a local_shell_call_output names its call by `id`
+    return (kind, call_id) if isinstance(call_id, str) else None
+
+
+def is_client_call(
+    facts: CallFacts,
+    *,
+    custom_tools: frozenset[str] | None,
+    outputs: Container[tuple[str, str]],
+) -> bool:
+    """Whether a call with these facts (type, name, call_id) is one the client must execute, given
+    the declared custom tools (`declared_custom_tools`) and the hosted calls whose output items
+    were seen (`output_key`)."""
+    kind, name, call_id = facts
+    if kind == "function_call":
+        return True
+    if kind == "custom_tool_call":
+        return custom_tools is None or not isinstance(name, str) or name in custom_tools
+    if kind in HOSTED_CALL_TYPES:
+        return not (isinstance(call_id, str) and (kind, call_id) in outputs)
+    return False
+
+
+def item_type(item: Mapping[str, Any]) -> str | None:
+    """The item's `type` when it is a string (server data: it may be anything)."""
+    kind = item.get("type")
+    return kind if isinstance(kind, str) else None
+
+
+def call_facts_of(item: Mapping[str, Any]) -> CallFacts | None:
+    """Type, name and call_id of an item that may be a client call, or None for any other item."""
+    kind = item_type(item)
+    if kind not in CLIENT_CALL_TYPES:
+        return None
+    assert kind is not None
+    return kind, item.get("name"), item.get("call_id")
+
+
+def _part(index: Any) -> int:
+    """A content, summary or command index as sent, or 0 for anything that is not an integer (a
+    string or a list there must not break the assembly)."""
+    return index if type(index) is int else 0
 
 
 class _PartialItem:
-    __slots__ = ("added", "item_id", "kind", "parts", "arguments", "arguments_done", "summary")
+    __slots__ = (
+        "added", "item_id", "kind", "parts", "arguments", "arguments_done", "summary", "commands"
+    )
 
     def __init__(self, kind: str, item_id: str | None, added: dict[str, Any] | None) -> None:
         self.kind = kind
@@ -33,18 +154,38 @@ class _PartialItem:
         self.arguments: list[str] = []
         self.arguments_done: str | None = None
         self.summary: dict[int, list[str]] = {}  # reasoning summary/text index -> pieces
+        self.commands: dict[int, list[str]] = {}  # shell call command index -> pieces
+
+    def facts(self) -> CallFacts | None:
+        if self.kind not in CLIENT_CALL_TYPES:
+            return None
+        added = self.added or {}
+        return self.kind, added.get("name"), added.get("call_id")
 
     def build(self, status: str) -> dict[str, Any]:
         base = dict(self.added) if self.added else {}
-        if self.kind == "function_call":
+        if self.kind in ("function_call", "custom_tool_call"):
+            # the streamed text: a function call's arguments, a custom tool call's raw input
             arguments = (
                 self.arguments_done if self.arguments_done is not None else "".join(self.arguments)
             )
-            base.setdefault("type", "function_call")
+            base.setdefault("type", self.kind)
             if self.item_id is not None:
                 base.setdefault("id", self.item_id)
-            base["arguments"] = arguments
+            base[ARGUMENT_FIELDS[self.kind]] = arguments
             base["status"] = "completed" if self.arguments_done is not None else status
+            return base
+        if self.kind in HOSTED_CALL_TYPES:
+            base.setdefault("type", self.kind)
+            if self.item_id is not None:
+                base.setdefault("id", self.item_id)
+            if self.commands:
+                action = base.get("action")
+                base["action"] = {
+                    **(action if isinstance(action, dict) else {}),
+                    "commands": ["".join(self.commands[i]) for i in sorted(self.commands)],
+                }
+            base["status"] = status
             return base
         if self.kind == "reasoning":
             base.setdefault("type", "reasoning")
@@ -54,6 +195,11 @@ class _PartialItem:
                 {"type": "summary_text", "text": "".join(self.summary[i])}
                 for i in sorted(self.summary)
             ]
+            return base
+        if self.kind != "message" and base:
+            # any other item the server announced (a search, an output item, ...): as announced
+            if "status" in base:
+                base["status"] = status
             return base
         base.setdefault("type", "message")
         if self.item_id is not None:
@@ -70,13 +216,14 @@ class _PartialItem:
 class OutputAssembly:
     """Output items of one attempt, by `output_index`."""
 
-    __slots__ = ("_partial", "_done", "_index_of_id", "_next_index")
+    __slots__ = ("_partial", "_done", "_index_of_id", "_next_index", "_outputs")
 
     def __init__(self) -> None:
         self._partial: dict[int, _PartialItem] = {}
         self._done: dict[int, dict[str, Any]] = {}
         self._index_of_id: dict[str, int] = {}
         self._next_index = 0
+        self._outputs: set[tuple[str, str]] = set()
 
     # -- placement -------------------------------------------------------------------------
     def _index(self, payload: dict[str, Any]) -> int:
@@ -112,8 +259,9 @@ class OutputAssembly:
         return partial
 
     # -- events ------------------------------------------------------------------------------
-    def item_added(self, payload: dict[str, Any]) -> dict[str, Any] | None:
-        """`response.output_item.added`: open its item; returns the item, or None if it is not an object."""
+    def item_added(self, payload: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
+        """`response.output_item.added`: open its item; returns its index and the item, or None if
+        it is not an object."""
         item = payload.get("item")
         if not isinstance(item, dict):
             return None
@@ -124,18 +272,21 @@ class OutputAssembly:
         )
         previous = self._partial.get(index)
         if previous is not None:  # deltas raced ahead of the announcement: keep them
-            partial.parts, partial.arguments, partial.summary = (
+            partial.parts, partial.arguments, partial.summary, partial.commands = (
                 previous.parts,
                 previous.arguments,
                 previous.summary,
+                previous.commands,
             )
         self._partial[index] = partial
         if partial.item_id is not None:
             self._index_of_id[partial.item_id] = index
-        return item
+        self._note_output(item)
+        return index, item
 
-    def item_done(self, payload: dict[str, Any]) -> dict[str, Any] | None:
-        """`response.output_item.done`: its item becomes authoritative; returns it, or None."""
+    def item_done(self, payload: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
+        """`response.output_item.done`: its item becomes authoritative; returns its index and the
+        item, or None."""
         item = payload.get("item")
         if not isinstance(item, dict):
             return None
@@ -144,12 +295,18 @@ class OutputAssembly:
         item_id = item.get("id")
         if isinstance(item_id, str):
             self._index_of_id[item_id] = index
-        return item
+        self._note_output(item)
+        return index, item
+
+    def _note_output(self, item: dict[str, Any]) -> None:
+        key = output_key(item)
+        if key is not None:
+            self._outputs.add(key)
 
     def text_delta(self, payload: dict[str, Any], delta: str) -> None:
         """Append answer text to its item and content part."""
         partial = self._partial_at(self._index(payload), "message", payload)
-        content_index = payload.get("content_index", 0)
+        content_index = _part(payload.get("content_index"))
         parts = partial.parts.get(content_index)
         if parts is None:
             partial.parts[content_index] = [delta]
@@ -161,12 +318,12 @@ class OutputAssembly:
         text = payload.get("text")
         if isinstance(text, str):
             partial = self._partial_at(self._index(payload), "message", payload)
-            partial.parts[payload.get("content_index", 0)] = [text]
+            partial.parts[_part(payload.get("content_index"))] = [text]
 
     def reasoning_delta(self, payload: dict[str, Any], delta: str) -> None:
         """Append reasoning or reasoning-summary text to its item and part."""
         partial = self._partial_at(self._index(payload), "reasoning", payload)
-        key = payload.get("summary_index", payload.get("content_index", 0))
+        key = _part(payload.get("summary_index", payload.get("content_index")))
         partial.summary.setdefault(key, []).append(delta)
 
     def arguments_delta(self, payload: dict[str, Any], delta: str) -> None:
@@ -183,6 +340,64 @@ class OutputAssembly:
             if isinstance(name, str) and partial.added is None:
                 partial.added = {"type": "function_call", "name": name}
 
+    def custom_input_delta(self, payload: dict[str, Any], delta: str) -> int:
+        """Append custom-tool-call input text to its item; returns the item's index."""
+        index = self._index(payload)
+        self._partial_at(index, "custom_tool_call", payload).arguments.append(delta)
+        return index
+
+    def custom_input_done(self, payload: dict[str, Any]) -> int:
+        """`response.custom_tool_call_input.done`: the full input replaces the deltas; returns the
+        item's index."""
+        index = self._index(payload)
+        partial = self._partial_at(index, "custom_tool_call", payload)
+        text = payload.get("input")
+        if isinstance(text, str):
+            partial.arguments_done = text
+        return index
+
+    def shell_command(self, payload: dict[str, Any], text: str, *, replace: bool) -> int:
+        """A command a shell call streams (`response.shell_call_command.*`): `text` is appended to
+        the command at `command_index`, or replaces it (`replace`); returns the item's index."""
+        index = self._index(payload)
+        partial = self._partial_at(index, "shell_call", payload)
+        key = _part(payload.get("command_index"))
+        if replace or key not in partial.commands:
+            partial.commands[key] = [text]
+        else:
+            partial.commands[key].append(text)
+        return index
+
+    # -- calls -------------------------------------------------------------------------------
+    @property
+    def outputs(self) -> Container[tuple[str, str]]:
+        """(call type, call_id) of every hosted call whose output item was streamed."""
+        return self._outputs
+
+    def call_facts(self, index: int) -> CallFacts | None:
+        """Type, name and call_id of the call at `index` (its `done` item, else what streamed),
+        or None when the item there is not a call."""
+        done = self._done.get(index)
+        if done is not None:
+            return call_facts_of(done)
+        partial = self._partial.get(index)
+        return partial.facts() if partial is not None else None
+
+    def calls(self) -> Iterator[tuple[int, CallFacts]]:
+        """Every call item, by index: (index, facts)."""
+        for index in sorted(self._done.keys() | self._partial.keys()):
+            facts = self.call_facts(index)
+            if facts is not None:
+                yield index, facts
+
+    def open_calls(self) -> Iterator[CallFacts]:
+        """Facts of the calls announced (or streamed) whose `output_item.done` has not arrived."""
+        for index, partial in self._partial.items():
+            if index not in self._done:
+                facts = partial.facts()
+                if facts is not None:
+                    yield facts
+
     # -- results -----------------------------------------------------------------------------
     def items(self, status: str = "completed") -> list[dict[str, Any]]:
         """Every item in output order: `done` items as sent, the rest rebuilt from deltas."""
@@ -196,13 +411,6 @@ class OutputAssembly:
         """True when the attempt streamed nothing that becomes an output item."""
         return not self._done and not self._partial
 
-    def open_function_calls(self) -> int:
-        """Function calls announced (or streamed) whose `output_item.done` has not arrived."""
-        return sum(
-            1
-            for index, partial in self._partial.items()
-            if partial.kind == "function_call" and index not in self._done
-        )
 
 
 def join_output_text(items: list[Any] | None) -> str:
@@ -218,25 +426,60 @@ def join_output_text(items: list[Any] | None) -> str:
     return "".join(texts)
 
 
-def tool_calls_of(items: list[Any] | None) -> list[dict[str, Any]]:
-    """`call_id`, `name`, `arguments`, `status` and `type` of every function call item, in output
-    order. `status` is "incomplete" when the item says it was cut off (rebuilt from deltas whose
-    arguments never finished), else "completed"."""
+def tool_calls_of(items: list[Any] | None, tools: Any = None) -> list[dict[str, Any]]:
+    """`call_id`, `name`, `arguments`, `status` and `type` of every call the client must execute,
+    in output order, judged by `is_client_call` with the response's `tools` list and the output
+    items among `items`.
+
+    `name` is the item's for function and custom tool calls, the type without `_call` for the
+    built-in ones (`shell`, `local_shell`, `apply_patch`); `arguments` is the field named by
+    `ARGUMENT_FIELDS`, a string as it is, an object as compact JSON with sorted keys ("" when it
+    is missing). `status` is
+    "incomplete" when the item says it was cut off (rebuilt from deltas that never finished), else
+    "completed"."""
+    custom_tools = declared_custom_tools(tools)
+    outputs: set[tuple[str, str]] = set()
+    for item in items or ():
+        if isinstance(item, dict):
+            key = output_key(item)
+            if key is not None:
+                outputs.add(key)
     calls: list[dict[str, Any]] = []
     for item in items or ():
-        if isinstance(item, dict) and item.get("type") == "function_call":
-            arguments = item.get("arguments")
-            calls.append(
-                {
-                    "call_id": item.get("call_id"),
-                    "name": item.get("name"),
-                    "arguments": arguments if isinstance(arguments, str) else "",
-                    "status": (
-                        "incomplete"
-                        if item.get("status") in ("incomplete", "in_progress")
-                        else "completed"
-                    ),
-                    "type": "function_call",
-                }
-            )
+        if not isinstance(item, dict):
+            continue
+        facts = call_facts_of(item)
+        if facts is None or not is_client_call(facts, custom_tools=custom_tools, outputs=outputs):
+            continue
+        kind = facts[0]
+        value = item.get(ARGUMENT_FIELDS[kind])
+        if kind in HOSTED_CALL_TYPES:
+            name: Any = kind.removesuffix("_call")
+            arguments = "" if value is None else _json_text(value)
+        else:
+            name = item.get("name")
+            arguments = value if isinstance(value, str) else ""
+        calls.append(
+            {
+                "call_id": item.get("call_id"),
+                "name": name,
+                "arguments": arguments,
+                "status": (
+                    "incomplete"
+                    if item.get("status") in ("incomplete", "in_progress")
+                    else "completed"
+                ),
+                "type": kind,
+            }
+        )
     return calls
+
+
+def _json_text(value: Any) -> str:
+    """`value` as compact ASCII JSON with sorted keys, so the same object gives the same text
+    whether it came as bytes or through the SDK's models (server data of any shape, lone
+    surrogates included: never raises)."""
+    try:
+        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    except (TypeError, ValueError, RecursionError):
+        return ""

@@ -28,10 +28,13 @@ are written; `streamfsm diagram` draws them, guards included:
                        user (effect `text_delta`, `first_delta` before the turn's very first one)
                        unless a tool call was seen in this attempt; reasoning deltas are delivered
                        as `reasoning_delta`. Everything is also kept in an `OutputAssembly`.
-    tool_call          a function call is being streamed (`output_item.added` of a function_call,
-                       or any `*function_call*` frame). Entering this state stops the delivery of
-                       answer text for the rest of the attempt (it is still kept). When every open
-                       call has its `output_item.done`, the machine returns to `streaming`.
+    tool_call          a call the client must execute is being streamed: a function call, a
+                       custom tool call, a local shell, shell or apply_patch call (its
+                       `output_item.added`, its argument or input deltas, a shell call's command
+                       frames, or any `*function_call*` frame). Entering this state stops the
+                       delivery of answer text for the rest of the attempt (it is still kept).
+                       When every open client call has its `output_item.done`, the machine returns
+                       to `streaming`.
     terminal           final: the server ended the response (`response.completed`, `.incomplete`,
                        `.failed`), sent an `error` frame (the provider's words kept verbatim), or
                        answered the request with an HTTP error status. The turn ends with it.
@@ -61,16 +64,33 @@ test (tests/test_stream_attempt.py, the `failed` rows). Nothing else decides it.
 
 Frames and triggers: `_HANDLERS` maps a frame's `type` to its handler, which keeps the frame's
 content and fires one named trigger: `response.created` fires `created`, `.in_progress`
-`in_progress`, text and reasoning deltas and non-call items fire `content`, a function-call item,
-argument frames and any other `*function_call*` frame fire `tool_call_started` (a finished call
-also fires `tool_calls_done`), the terminal frames fire `completed` / `incomplete` / `failed`, an
-`error` frame `error_frame`. Other names fire nothing (they are counted as ignored). Exceptions
-written in code rather than in the table:
+`in_progress`, text and reasoning deltas and non-call items fire `content`, a client call's item,
+argument, input and command frames and any other `*function_call*` frame fire `tool_call_started`
+(a finished call also fires `tool_calls_done`), the terminal frames fire `completed` /
+`incomplete` / `failed`, an `error` frame `error_frame`. Other names fire nothing (they are
+counted as ignored).
+
+Whose call it is: `machines.output` holds the classification as data (`CLIENT_CALL_TYPES`,
+`HOSTED_CALL_TYPES`, `OUTPUT_ITEM_TYPES`, `is_client_call`); the machine applies it to what the
+attempt has seen so far. A function call is always the client's. A custom tool call is the
+server's when the `tools` of the response object in `response.created` / `.in_progress` name tools
+but no `custom` tool of its name (xAI's server-side searches); its frames then fire `content`. A
+shell, local shell or apply_patch call counts as the client's until an output item for its call_id
+(`<type>_output`) shows the server ran it. When a call counted as the client's turns out to be the
+server's (that output item, or a tools list that arrives later), the handler fires
+`tool_call_withdrawn`: with `no_client_call_left` the attempt goes back to `streaming` and
+delivers text again, starting with the text held back since the call (so a hosted shell call,
+followed in the same response by its output and the answer, hides nothing); otherwise the
+attempt stays, or returns to `streaming` once `every_call_done`, still holding text back. A
+function call is never withdrawn, so after one no text is held back for later.
+
+Exceptions written in code rather than in the table:
 
 - A final attempt takes no more input (events are counted as ignored, other inputs dropped): the
   drivers stop feeding it, and what a server sends after its terminal frame changes nothing.
 - Frame handlers keep the frame's content (`OutputAssembly`) and deliver text; they never look at
-  the state. Text delivery depends on `tool_call_seen`, set when `tool_call` is entered.
+  the state. Text delivery depends on `tool_call_seen`, set when `tool_call` is entered and
+  cleared by the `tool_call_withdrawn` row whose condition is `no_client_call_left`.
 
 Text delivery across attempts (a `DeliveryLedger` shared by the turn's attempts): what reached the
 user is never delivered again. A retry's text is compared with what was already delivered; only
@@ -95,7 +115,13 @@ import attrs
 import orjson
 from transitions import Machine
 
-from machines.output import OutputAssembly
+from machines.output import (
+    CallFacts,
+    OutputAssembly,
+    call_facts_of,
+    declared_custom_tools,
+    is_client_call,
+)
 from machines.records import (
     Decision,
     Effect,
@@ -160,12 +186,20 @@ TABLE: Final[list[dict[str, Any]]] = [
     {"trigger": "in_progress", "source": [STREAMING, TOOL_CALL], "dest": None},
     {"trigger": "content", "source": AWAITING_CREATED, "dest": STREAMING},
     {"trigger": "content", "source": [STREAMING, TOOL_CALL], "dest": None},
-    # function calls: text stops reaching the user for the rest of the attempt
+    # calls the client must execute: text stops reaching the user for the rest of the attempt
     {"trigger": "tool_call_started", "source": [AWAITING_CREATED, STREAMING], "dest": TOOL_CALL},
     {"trigger": "tool_call_started", "source": TOOL_CALL, "dest": None},
     {"trigger": "tool_calls_done", "source": TOOL_CALL, "dest": STREAMING,
      "conditions": "every_call_done"},
     {"trigger": "tool_calls_done", "source": TOOL_CALL, "dest": None},
+    # a call turns out to be the server's (its output item came, or the declared tools do not
+    # name it): with no client call left, answer text reaches the user again (the text held back
+    # meanwhile first)
+    {"trigger": "tool_call_withdrawn", "source": [STREAMING, TOOL_CALL], "dest": STREAMING,
+     "conditions": "no_client_call_left", "after": "_resume_text"},
+    {"trigger": "tool_call_withdrawn", "source": TOOL_CALL, "dest": STREAMING,
+     "conditions": "every_call_done"},
+    {"trigger": "tool_call_withdrawn", "source": [STREAMING, TOOL_CALL], "dest": None},
     # the server ends the response: an outcome, not retried
     {"trigger": "completed", "source": LIVE, "dest": TERMINAL, "outcome": "completed"},
     {"trigger": "incomplete", "source": LIVE, "dest": TERMINAL, "outcome": "incomplete"},
@@ -235,9 +269,14 @@ class Ending:
     wait_s: float | None = None
 
 
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
 def _sources(row: dict[str, Any]) -> list[str]:
-    source = row["source"]
-    return [source] if isinstance(source, str) else list(source)
+    return _as_list(row["source"])
 
 
 def _definition() -> tuple[Machine, frozenset[tuple[str, str]]]:
@@ -254,8 +293,8 @@ def _definition() -> tuple[Machine, frozenset[tuple[str, str]]]:
     seen: set[tuple[str, str]] = set()
     for row in TABLE:
         spec = {key: value for key, value in row.items() if key not in _ROW_META}
-        if row["dest"] is not None:
-            spec["after"] = functools.partial(_row_fired, row)
+        if row["dest"] is not None:  # recorded first, then the row's own `after` callback
+            spec["after"] = [functools.partial(_row_fired, row), *_as_list(row.get("after"))]
         machine.add_transition(**spec)
         for source in _sources(row):
             pair = (source, row["trigger"])
@@ -372,7 +411,20 @@ class StreamAttempt:
         self.hands_over = hands_over_to_fallback
         self.retry_failed_codes = retry_failed_codes
         self.assembly = OutputAssembly()
+        #: Answer text is not delivered (set on entering `tool_call`, cleared when every call
+        #: turned out to be the server's).
         self.tool_call_seen = False
+        #: The `tools` list of the latest response object in `response.created` / `.in_progress`
+        #: that names tools (None: none seen), and the custom tools it declares
+        #: (`declared_custom_tools`).
+        self.tools: list[Any] | None = None
+        self.custom_tools: frozenset[str] | None = None
+        #: Output indices of the calls counted as the client's (a later output item or tools
+        #: list may take one back); a function-call frame is never taken back.
+        self._client_calls: set[int] = set()
+        self._function_call_seen = False
+        #: Answer text held back while only calls that may still turn out the server's were seen.
+        self._withheld: list[str] = []
         #: How the attempt ended; None while it is live.
         self.ending: Ending | None = None
         self.response: dict[str, Any] | None = None  # the terminal event's response
@@ -458,6 +510,7 @@ class StreamAttempt:
         if handler is not None:
             handler(self, payload)
         elif "function_call" in name:
+            self._function_call_seen = True
             self._fire("tool_call_started")
         else:
             self.ignored += 1
@@ -490,6 +543,13 @@ class StreamAttempt:
     def _enter_tool_call(self, event: Any) -> None:
         self.tool_call_seen = True
 
+    def _resume_text(self, event: Any) -> None:
+        """No call of the client is left: deliver the text held back, and what follows."""
+        self.tool_call_seen = False
+        withheld, self._withheld = self._withheld, []
+        for delta in withheld:
+            self._deliver("text", self._text, delta)
+
     def hands_over_to_fallback(self, event: Any) -> bool:
         """This attempt is the last stream attempt and the policy allows a fallback."""
         return self.hands_over
@@ -512,8 +572,12 @@ class StreamAttempt:
         return self.http_retries
 
     def every_call_done(self, event: Any) -> bool:
-        """Every function call announced or streamed has its `output_item.done`."""
-        return self.assembly.open_function_calls() == 0
+        """Every client call announced or streamed has its `output_item.done`."""
+        return not any(self._is_client(facts) for facts in self.assembly.open_calls())
+
+    def no_client_call_left(self, event: Any) -> bool:
+        """No call seen in this attempt is still one the client must execute."""
+        return not self._client_calls and not self._function_call_seen
 
     @property
     def error_code(self) -> Any:
@@ -523,9 +587,11 @@ class StreamAttempt:
     # -- frame handlers (one per frame type; `_HANDLERS` maps names to them) --------------------
     def _created(self, payload: dict[str, Any]) -> None:
         self._fire("created")
+        self._learn_tools(payload)
 
     def _in_progress(self, payload: dict[str, Any]) -> None:
         self._fire("in_progress")
+        self._learn_tools(payload)
 
     def _rate_limits(self, payload: dict[str, Any]) -> None:
         self.rate_limits.append(payload)
@@ -537,7 +603,11 @@ class StreamAttempt:
             return
         self._fire("content")
         self.assembly.text_delta(payload, delta)
-        if self.tool_call_seen or not delta:
+        if not delta:
+            return
+        if self.tool_call_seen:
+            if not self._function_call_seen:  # the calls seen may still turn out the server's
+                self._withheld.append(delta)
             return
         self._deliver("text", self._text, delta)
 
@@ -570,31 +640,123 @@ class StreamAttempt:
         self.assembly.text_done(payload)
 
     def _item_added(self, payload: dict[str, Any]) -> None:
-        item = self.assembly.item_added(payload)
-        if item is not None and item.get("type") == "function_call":
-            self._fire("tool_call_started")
-        else:
+        placed = self.assembly.item_added(payload)
+        if placed is None:
             self._fire("content")
+        else:
+            self._item(*placed, done=False)
 
     def _item_done(self, payload: dict[str, Any]) -> None:
-        item = self.assembly.item_done(payload)
-        if item is None:
-            return
-        if item.get("type") == "function_call":
+        placed = self.assembly.item_done(payload)
+        if placed is not None:
+            self._item(*placed, done=True)
+
+    def _item(self, index: int, item: dict[str, Any], *, done: bool) -> None:
+        """An item announced or finished: a client call starts (or finishes) one, anything else is
+        content; then any counted call it shows to be the server's is withdrawn."""
+        facts = call_facts_of(item)
+        if facts is not None and self._is_client(facts):
+            self._function_call_seen |= facts[0] == "function_call"
+            self._client_calls.add(index)
             self._fire("tool_call_started")
-            self._fire("tool_calls_done")
+            if done:
+                self._fire("tool_calls_done")
         else:
             self._fire("content")
+        if self._client_calls:
+            self._withdraw_server_calls()
 
     def _arguments_delta(self, payload: dict[str, Any]) -> None:
         delta = payload.get("delta")
         if type(delta) is str:
             self.assembly.arguments_delta(payload, delta)
+        self._function_call_seen = True
         self._fire("tool_call_started")
 
     def _arguments_done(self, payload: dict[str, Any]) -> None:
         self.assembly.arguments_done(payload)
+        self._function_call_seen = True
         self._fire("tool_call_started")
+
+    def _custom_input_delta(self, payload: dict[str, Any]) -> None:
+        delta = payload.get("delta")
+        self._call_frame(
+            self.assembly.custom_input_delta(payload, delta if type(delta) is str else "")
+        )
+
+    def _custom_input_done(self, payload: dict[str, Any]) -> None:
+        self._call_frame(self.assembly.custom_input_done(payload))
+
+    def _shell_command_added(self, payload: dict[str, Any]) -> None:
+        command = payload.get("command")
+        text = command if type(command) is str else ""
+        self._call_frame(self.assembly.shell_command(payload, text, replace=True))
+
+    def _shell_command_delta(self, payload: dict[str, Any]) -> None:
+        delta = payload.get("delta")
+        text = delta if type(delta) is str else ""
+        self._call_frame(self.assembly.shell_command(payload, text, replace=False))
+
+    def _shell_command_done(self, payload: dict[str, Any]) -> None:
+        command = payload.get("command")
+        if type(command) is str:
+            self._call_frame(self.assembly.shell_command(payload, command, replace=True))
+        else:
+            self._call_frame(self.assembly.shell_command(payload, "", replace=False))
+
+    def _call_frame(self, index: int) -> None:
+        """A frame streaming part of the call at `index`: a tool call unless that call is known
+        to be the server's (a frame whose item is no call at all counts as the client's)."""
+        if index not in self._client_calls:
+            facts = self.assembly.call_facts(index)
+            if facts is not None and not self._is_client(facts):
+                self._fire("content")
+                return
+            self._client_calls.add(index)
+        self._fire("tool_call_started")
+
+    # -- which calls are the client's ------------------------------------------------------------
+    def _is_client(self, facts: CallFacts) -> bool:
+        return is_client_call(facts, custom_tools=self.custom_tools, outputs=self.assembly.outputs)
+
+    def _learn_tools(self, payload: dict[str, Any]) -> None:
+        """A response object's `tools` list that names tools: the custom tools it declares decide
+        custom tool calls from now on (calls already seen are judged again). A list that names
+        none (absent, empty) changes nothing."""
+        response = payload.get("response")
+        tools = response.get("tools") if isinstance(response, dict) else None
+        custom_tools = declared_custom_tools(tools)
+        if custom_tools is None:
+            return
+        assert isinstance(tools, list)
+        self.tools = tools
+        if custom_tools == self.custom_tools:
+            return
+        self.custom_tools = custom_tools
+        joined = [
+            index
+            for index, facts in self.assembly.calls()
+            if index not in self._client_calls and self._is_client(facts)
+        ]
+        if joined:
+            self._client_calls.update(joined)
+            self._fire("tool_call_started")
+            self._fire("tool_calls_done")
+        if self._client_calls:
+            self._withdraw_server_calls()
+
+    def _withdraw_server_calls(self) -> None:
+        """Take back every counted call that is now known to be the server's, and fire
+        `tool_call_withdrawn` if there was one."""
+        withdrawn = [
+            index
+            for index in self._client_calls
+            if (facts := self.assembly.call_facts(index)) is not None
+            and not self._is_client(facts)
+        ]
+        if withdrawn:
+            self._client_calls.difference_update(withdrawn)
+            self._fire("tool_call_withdrawn")
 
     def _keep_response(self, payload: dict[str, Any]) -> dict[str, Any]:
         response = payload.get("response")
@@ -626,6 +788,13 @@ class StreamAttempt:
         if self.response.get("output"):
             return self.response
         return {**self.response, "output": self.partial_items()}
+
+    def declared_tools(self) -> list[Any] | None:
+        """The `tools` list that judges this attempt's custom tool calls: the terminal response's
+        when it names tools, else the latest such list `response.created` / `.in_progress`
+        carried (None: none seen)."""
+        tools = self.response.get("tools") if self.response else None
+        return tools if declared_custom_tools(tools) is not None else self.tools
 
     def partial_items(self) -> list[dict[str, Any]]:
         """Everything this attempt streamed, as output items (done items as sent)."""
@@ -711,6 +880,11 @@ _HANDLERS: Final[dict[str, Callable[[StreamAttempt, dict[str, Any]], None]]] = {
     "response.output_item.done": StreamAttempt._item_done,
     "response.function_call_arguments.delta": StreamAttempt._arguments_delta,
     "response.function_call_arguments.done": StreamAttempt._arguments_done,
+    "response.custom_tool_call_input.delta": StreamAttempt._custom_input_delta,
+    "response.custom_tool_call_input.done": StreamAttempt._custom_input_done,
+    "response.shell_call_command.added": StreamAttempt._shell_command_added,
+    "response.shell_call_command.delta": StreamAttempt._shell_command_delta,
+    "response.shell_call_command.done": StreamAttempt._shell_command_done,
     "response.completed": StreamAttempt._completed,
     "response.incomplete": StreamAttempt._incomplete,
     "response.failed": StreamAttempt._failed,

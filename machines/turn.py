@@ -42,7 +42,13 @@ from typing import Any, Final
 import attrs
 from transitions import Machine
 
-from machines.output import join_output_text, tool_calls_of
+from machines.output import (
+    CLIENT_CALL_TYPES,
+    OUTPUT_ITEM_TYPES,
+    item_type,
+    join_output_text,
+    tool_calls_of,
+)
 from machines.records import (
     Attempt,
     AttemptKind,
@@ -238,11 +244,11 @@ class TurnMachine:
         response = last.final_response() if last.state == TERMINAL or outcome == "failed" else None
         if response is not None:
             items = response["output"]
-            calls = _merge_calls(tool_calls_of(items), tool_calls_of(last.partial_items()))
+            calls = _merge_calls(items, last.partial_items(), last.declared_tools())
         else:
             source = next((a for a in reversed(self.attempts) if not a.assembly.is_empty()), last)
             items = source.partial_items()
-            calls = tool_calls_of(items)
+            calls = tool_calls_of(items, source.declared_tools())
         if outcome == "completed":
             calls = [{**call, "status": "completed"} for call in calls]
         output_text = join_output_text(items)
@@ -273,7 +279,18 @@ def _fault_error(ending: Ending) -> dict[str, Any]:
     }
 
 
-def _merge_calls(sent: list[dict[str, Any]], streamed: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The server's calls, plus any streamed call its final output left out."""
-    known = {c["call_id"] for c in sent}
-    return sent + [c for c in streamed if c["call_id"] not in known]
+def _merge_calls(sent: list[Any], streamed: list[dict[str, Any]], tools: Any) -> list[dict[str, Any]]:
+    """The client's calls among the server's final output, plus any streamed call it left out,
+    judged together: an output item either one holds makes its hosted call the server's."""
+    known = [
+        item.get("call_id")
+        for item in sent
+        if isinstance(item, dict) and item_type(item) in CLIENT_CALL_TYPES
+    ]
+    left_out = [
+        item
+        for item in streamed
+        if (item_type(item) in CLIENT_CALL_TYPES and item.get("call_id") not in known)
+        or item_type(item) in OUTPUT_ITEM_TYPES
+    ]
+    return tool_calls_of([*sent, *left_out], tools)

@@ -31,8 +31,12 @@ from engine.compat import (
 )
 from engine.drivers.replay import replay
 from engine.testing.shapes import (
+    APPLY_PATCH_TOOL,
     SHAPES,
     assemble,
+    custom_tool_call,
+    shell_call,
+    shell_call_output,
     completed,
     created,
     error_frame,
@@ -48,6 +52,7 @@ from engine.testing.shapes import (
     usage_for,
 )
 from engine.testing.simulator import Reply, ResponsesSimulator, Script
+from machines.output import CLIENT_CALL_TYPES
 from machines.records import Stall, TransportFault
 from engine.drivers.sync import run_turn
 from engine.log.trace import read_trace
@@ -282,6 +287,24 @@ def _tool_call_between_text() -> tuple[dict[str, Any], ...]:
                           completed(output_items(before, call, after))))
 
 
+def _custom_tool_call_between_text() -> tuple[dict[str, Any], ...]:
+    tools = [APPLY_PATCH_TOOL]
+    before = text_message("Let me patch it.", deltas=2, output_index=0)
+    call = custom_tool_call("apply_patch", "*** Begin Patch\n*** End Patch\n", output_index=1)
+    after = text_message("Patched.", deltas=2, output_index=2)
+    return tuple(assemble(created(tools=tools), before, call, after,
+                          completed(output_items(before, call, after), tools=tools)))
+
+
+def _hosted_shell_then_text() -> tuple[dict[str, Any], ...]:
+    call = shell_call(["ls"], output_index=0,
+                      environment={"type": "container_reference", "container_id": "cntr_1"})
+    output = shell_call_output("call_00_sim", [("a.txt\n", "", 0)], output_index=1)
+    answer = text_message("The folder holds a.txt.", deltas=2, output_index=2)
+    return tuple(assemble(created(), call, output, answer,
+                          completed(output_items(call, output, answer))))
+
+
 GOOD = Spec(happy("Fallback answer."))
 SITUATIONS = [
     Situation("happy", (Spec(happy()),)),
@@ -303,6 +326,8 @@ SITUATIONS = [
               final=response_object("completed", output=[])),),
     ),
     Situation("text_suppressed_after_tool_call", (Spec(_tool_call_between_text()),)),
+    Situation("text_suppressed_after_custom_tool_call", (Spec(_custom_tool_call_between_text()),)),
+    Situation("text_streams_after_hosted_shell_call", (Spec(_hosted_shell_then_text()),)),
     Situation("error_event_mid_stream", (Spec((*cut_short(), *error_frame("overloaded", "server_busy"))),)),
     Situation("incomplete_returned", (Spec(tuple(assemble(
         created(), text_message("Paris is", deltas=2, status="incomplete"),
@@ -505,6 +530,25 @@ def test_text_is_suppressed_after_a_tool_call(tmp_path: Any) -> None:
     assert [c["name"] for c in call.result.tool_calls] == ["get_weather"]
 
 
+def test_text_is_suppressed_after_a_custom_tool_call_too(tmp_path: Any) -> None:
+    call, agent, responses = run_fake("text_suppressed_after_custom_tool_call", tmp_path)
+    assert "".join(agent.deltas) == "Let me patch it."
+    response = call.unwrap()
+    assert response.output_text == "Let me patch it.Patched."
+    assert [item.type for item in response.output] == ["message", "custom_tool_call", "message"]
+    assert [(c["type"], c["name"]) for c in call.result.tool_calls] == [
+        ("custom_tool_call", "apply_patch")]
+
+
+def test_a_call_the_server_ran_does_not_stop_the_text(tmp_path: Any) -> None:
+    call, agent, responses = run_fake("text_streams_after_hosted_shell_call", tmp_path)
+    response = call.unwrap()
+    assert "".join(agent.deltas) == response.output_text == "The folder holds a.txt."
+    assert [item.type for item in response.output] == [
+        "shell_call", "shell_call_output", "message"]
+    assert call.result.tool_calls == []
+
+
 def test_on_first_delta_fires_exactly_once_and_text_is_never_repeated(tmp_path: Any) -> None:
     fired: list[int] = []
 
@@ -675,8 +719,9 @@ def test_real_client_compat_records_what_run_turn_records(name: str, tmp_path: A
         assert isinstance(call.value, Response)
         assert call.value.output_text == result.output_text
         assert call.value.status == result.response["status"]
-        assert [c.name for c in call.value.output if c.type == "function_call"] == [
-            c["name"] for c in result.tool_calls]
+        listed = [c["call_id"] for c in result.tool_calls]
+        assert [c.call_id for c in call.value.output
+                if c.type in CLIENT_CALL_TYPES and c.call_id in listed] == listed
     elif result.attempts[-1].reason == "error_frame":
         assert isinstance(call.raised, ProviderStreamError)
         assert call.raised.message == result.error["message"]

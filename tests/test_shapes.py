@@ -26,19 +26,26 @@ from engine.testing.shapes import (
     Comment,
     Data,
     Raw,
+    apply_patch_call,
+    apply_patch_call_output,
     assemble,
     completed,
     created,
+    custom_tool_call,
     error_frame,
     failed,
     function_call,
     in_progress,
     incomplete,
+    local_shell_call,
+    local_shell_call_output,
     nested_error_frame,
     output_items,
     rate_limits_frame,
     reasoning_summary,
     response_metadata_frame,
+    shell_call,
+    shell_call_output,
     split_text,
     sse_frame,
     text_message,
@@ -175,6 +182,14 @@ REASONING = [
 START = ["response.created", "response.in_progress"]
 ARG_DELTA = "response.function_call_arguments.delta"
 CALL_DONE = ["response.function_call_arguments.done", "response.output_item.done"]
+ADDED, DONE_ITEM = "response.output_item.added", "response.output_item.done"
+INPUT_DELTA = "response.custom_tool_call_input.delta"
+INPUT_DONE = "response.custom_tool_call_input.done"
+#: A shell command streamed in two pieces.
+COMMAND = ["response.shell_call_command.added", "response.shell_call_command.delta",
+           "response.shell_call_command.delta", "response.shell_call_command.done"]
+SHELL_OUTPUT = ["response.shell_call_output_content.delta",
+                "response.shell_call_output_content.done"]
 
 
 def text(deltas: int) -> list[str]:
@@ -244,6 +259,29 @@ EXPECTED: dict[str, tuple[Attempt, ...]] = {
     "http_401": (Attempt([], "401"),) * 3,
     "http_503_then_ok": (Attempt([], "503"), Attempt([], "503"), Attempt(HAPPY)),
     "drop_every_attempt": (Attempt(CUT_OFF, "drop"),) * 3,
+    "custom_tool_call": (
+        Attempt([*START, ADDED, *[INPUT_DELTA] * 4, INPUT_DONE, DONE_ITEM, "response.completed"]),
+    ),
+    "custom_tool_call_server_side": (
+        Attempt([*START, ADDED, INPUT_DELTA, INPUT_DONE, DONE_ITEM,
+                 ADDED, INPUT_DELTA, INPUT_DONE, DONE_ITEM, *text(3), "response.completed"]),
+    ),
+    "custom_tool_call_dropped": (Attempt([*START, ADDED, INPUT_DELTA, INPUT_DELTA], "drop"),) * 3,
+    "local_shell_call": (Attempt([*START, ADDED, DONE_ITEM, "response.completed"]),),
+    "local_shell_call_with_output": (
+        Attempt([*START, ADDED, DONE_ITEM, ADDED, DONE_ITEM, *text(3), "response.completed"]),
+    ),
+    "shell_call": (
+        Attempt([*START, ADDED, *COMMAND, *COMMAND, DONE_ITEM, "response.completed"]),
+    ),
+    "shell_call_hosted": (
+        Attempt([*START, ADDED, *COMMAND, DONE_ITEM, ADDED, *SHELL_OUTPUT, DONE_ITEM, *text(3),
+                 "response.completed"]),
+    ),
+    "apply_patch_call": (Attempt([*START, ADDED, DONE_ITEM, "response.completed"]),),
+    "apply_patch_call_with_output": (
+        Attempt([*START, ADDED, DONE_ITEM, ADDED, DONE_ITEM, *text(3), "response.completed"]),
+    ),
 }
 
 
@@ -309,8 +347,26 @@ def _check_text_consistency(events: list[dict[str, Any]]) -> None:
     """Deltas add up to the ``done`` text and to the finished item, per item."""
     text_deltas: dict[str, str] = {}
     arg_deltas: dict[str, str] = {}
+    input_deltas: dict[str, str] = {}
+    commands: dict[tuple[int, int], str] = {}
     for event in events:
         kind = event["type"]
+        if kind == "response.custom_tool_call_input.delta":
+            input_deltas[event["item_id"]] = input_deltas.get(event["item_id"], "") + event["delta"]
+        elif kind == "response.custom_tool_call_input.done":
+            assert input_deltas[event["item_id"]] == event["input"]
+        elif kind == "response.output_item.done" and event["item"]["type"] == "custom_tool_call":
+            assert event["item"]["input"] == input_deltas[event["item"]["id"]]
+        elif kind == "response.shell_call_command.added":
+            commands[event["output_index"], event["command_index"]] = event["command"]
+        elif kind == "response.shell_call_command.delta":
+            commands[event["output_index"], event["command_index"]] += event["delta"]
+        elif kind == "response.shell_call_command.done":
+            assert commands[event["output_index"], event["command_index"]] == event["command"]
+        elif kind == "response.output_item.done" and event["item"]["type"] == "shell_call":
+            index = event["output_index"]
+            streamed = [commands[key] for key in sorted(commands) if key[0] == index]
+            assert event["item"]["action"]["commands"] == streamed
         if kind == "response.output_text.delta":
             text_deltas[event["item_id"]] = text_deltas.get(event["item_id"], "") + event["delta"]
         elif kind == "response.output_text.done":
@@ -362,6 +418,22 @@ def _builder_streams() -> Iterator[list[Any]]:
     yield assemble(error_frame("Entitlement missing.", "permission_denied"))
     yield assemble(nested_error_frame("Too Many Requests", type="too_many_requests", code=None))
     yield assemble(rate_limits_frame(), response_metadata_frame(), websocket_timing_frame())
+    calls = [
+        custom_tool_call("apply_patch", "*** Begin Patch\n*** End Patch\n", output_index=0),
+        local_shell_call(["ls"], output_index=1),
+        local_shell_call_output("call_01_sim", '{"output":""}', output_index=2),
+        shell_call(["echo hi"], output_index=3),
+        shell_call(["pwd"], output_index=4,
+                   environment={"type": "container_reference", "container_id": "cntr_1"}),
+        shell_call_output("call_04_sim", [("/\n", "", 0), ("", "boom", 1)], output_index=5),
+        apply_patch_call({"type": "delete_file", "path": "old.py"}, output_index=6),
+        apply_patch_call_output("call_06_sim", "Deleted old.py", output_index=7),
+    ]
+    tools = [shapes.APPLY_PATCH_TOOL, {"type": "local_shell"}, {"type": "shell"},
+             {"type": "apply_patch"}]
+    yield assemble(created(tools=tools), *calls, completed(output_items(*calls), tools=tools))
+    yield assemble(created(), custom_tool_call("f", "raw", finished=False),
+                   shell_call(["ls"], finished=False))
 
 
 def test_every_builder_event_validates_against_the_sdk_types() -> None:
@@ -385,6 +457,13 @@ def test_every_builder_event_validates_against_the_sdk_types() -> None:
         "response.reasoning_summary_text.done",
         "response.function_call_arguments.delta",
         "response.function_call_arguments.done",
+        "response.custom_tool_call_input.delta",
+        "response.custom_tool_call_input.done",
+        "response.shell_call_command.added",
+        "response.shell_call_command.delta",
+        "response.shell_call_command.done",
+        "response.shell_call_output_content.delta",
+        "response.shell_call_output_content.done",
         "response.completed",
         "response.incomplete",
         "response.failed",

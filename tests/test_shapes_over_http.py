@@ -8,6 +8,7 @@ returns. A shape whose stream is fine must end in ONE request; only the fault sh
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,30 @@ WEATHER_CALL = {"call_id": "call_00_sim", "name": "get_weather", "arguments": WE
                 "status": "completed", "type": "function_call"}
 TIME_CALL = {"call_id": "call_01_sim", "name": "get_time", "arguments": TIME_ARGS,
              "status": "completed", "type": "function_call"}
+
+#: The other calls the client must execute, as the builders were given them.
+PATCH_CALL = {"call_id": "call_00_sim", "name": "apply_patch", "arguments": shapes._PATCH,
+              "status": "completed", "type": "custom_tool_call"}
+#: Built-in calls: their action or operation as compact JSON with sorted keys.
+LOCAL_SHELL_CALL = {
+    "call_id": "call_00_sim", "name": "local_shell", "status": "completed",
+    "type": "local_shell_call",
+    "arguments": '{"command":["ls","-la","src"],"env":{},"timeout_ms":10000,"type":"exec",'
+                 '"user":null,"working_directory":"/home/user/project"}',
+}
+SHELL_CALL = {
+    "call_id": "call_00_sim", "name": "shell", "status": "completed", "type": "shell_call",
+    "arguments": '{"commands":["git status --short","python -m pytest -q"],'
+                 '"max_output_length":4096,"timeout_ms":120000}',
+}
+APPLY_PATCH_CALL = {
+    "call_id": "call_00_sim", "name": "apply_patch", "status": "completed",
+    "type": "apply_patch_call",
+    "arguments": '{"diff":' + json.dumps(shapes._DIFF) + ',"path":"src/app.py",'
+                 '"type":"update_file"}',
+}
+#: What the dropped custom tool call streamed: two of its four input deltas.
+HALF_PATCH = "".join(split_text(shapes._PATCH, 4)[:2])
 
 ONE_GOOD = [("stream", "terminal", "completed")]
 
@@ -179,6 +204,25 @@ EXPECTED: dict[str, Expected] = {
         ],
         requests=3,
     ),
+    "custom_tool_call": Expected("completed", calls=[PATCH_CALL]),
+    "custom_tool_call_server_side": Expected("completed", ANSWER),
+    "custom_tool_call_dropped": Expected(
+        "error",
+        calls=[{**PATCH_CALL, "arguments": HALF_PATCH, "status": "incomplete"}],
+        error={"code": "drop", "type": "transport_error"},
+        attempts=[
+            ("stream", "retire", "drop"),
+            ("stream", "fallback", "drop"),
+            ("fallback", "retire", "drop"),
+        ],
+        requests=3,
+    ),
+    "local_shell_call": Expected("completed", calls=[LOCAL_SHELL_CALL]),
+    "local_shell_call_with_output": Expected("completed", shapes._LISTED_ANSWER),
+    "shell_call": Expected("completed", calls=[SHELL_CALL]),
+    "shell_call_hosted": Expected("completed", shapes._HOSTED_ANSWER),
+    "apply_patch_call": Expected("completed", calls=[APPLY_PATCH_CALL]),
+    "apply_patch_call_with_output": Expected("completed", shapes._PATCHED_ANSWER),
 }
 
 
@@ -305,3 +349,60 @@ def test_noisy_stream_ignores_noise_without_losing_text(tmp_path: Path) -> None:
     )
     assert deltas == split_text(ANSWER, 4)
     assert len(run.requests) == 1
+
+
+# -- calls besides function calls ------------------------------------------------------------------
+
+#: Shapes whose server ran every call it reported: the answer after them reaches the callbacks.
+SERVER_EXECUTED = ["custom_tool_call_server_side", "local_shell_call_with_output",
+                   "shell_call_hosted", "apply_patch_call_with_output"]
+
+
+@pytest.mark.parametrize("name", SERVER_EXECUTED)
+def test_calls_the_server_ran_are_not_listed_and_hide_no_text(name: str, tmp_path: Path) -> None:
+    deltas: list[str] = []
+    run = run_over_http(
+        SHAPES[name], tmp_path, callbacks=engine.Callbacks(on_text_delta=deltas.append)
+    )
+    assert run.result.tool_calls == []
+    assert "".join(deltas) == run.result.output_text == EXPECTED[name].text
+    assert run.result.response is not None
+    assert Response.model_validate(run.result.response).output_text == run.result.output_text
+
+
+@pytest.mark.parametrize("name", ["shell_call_hosted", "apply_patch_call_with_output",
+                                  "local_shell_call_with_output"])
+def test_a_hosted_call_is_withdrawn_when_its_output_arrives(name: str, tmp_path: Path) -> None:
+    run = run_over_http(SHAPES[name], tmp_path)
+    assert _stream_path(run.result) == [
+        ("awaiting_created", "streaming", "created"),
+        ("streaming", "tool_call", "tool_call_started"),
+        ("tool_call", "streaming", "tool_calls_done"),
+        ("streaming", "streaming", "tool_call_withdrawn"),
+        ("streaming", "terminal", "completed"),
+    ]
+
+
+def test_undeclared_custom_tool_calls_never_enter_the_tool_call_state(tmp_path: Path) -> None:
+    run = run_over_http(SHAPES["custom_tool_call_server_side"], tmp_path)
+    assert _stream_path(run.result) == [
+        ("awaiting_created", "streaming", "created"),
+        ("streaming", "terminal", "completed"),
+    ]
+    output = run.result.response["output"] if run.result.response else []
+    assert [item["type"] for item in output] == ["custom_tool_call", "custom_tool_call", "message"]
+
+
+@pytest.mark.parametrize("name", ["custom_tool_call", "local_shell_call", "shell_call",
+                                  "apply_patch_call"])
+def test_client_calls_go_through_the_tool_call_state(name: str, tmp_path: Path) -> None:
+    run = run_over_http(SHAPES[name], tmp_path)
+    assert _stream_path(run.result) == [
+        ("awaiting_created", "streaming", "created"),
+        ("streaming", "tool_call", "tool_call_started"),
+        ("tool_call", "streaming", "tool_calls_done"),
+        ("streaming", "terminal", "completed"),
+    ]
+    [call] = run.result.tool_calls
+    if call["type"] != "custom_tool_call":  # a built-in call's action or operation, as JSON
+        assert isinstance(json.loads(call["arguments"]), dict)

@@ -88,6 +88,21 @@ def call_done(index: int) -> dict[str, Any]:
     return function_call("f", "{}", output_index=index)[-1]
 
 
+def shell(index: int, *, done: bool) -> dict[str, Any]:
+    """A shell call with call_id `call_shell` at `index`, announced or finished."""
+    item = {"id": "sh_1", "type": "shell_call", "call_id": "call_shell",
+            "action": {"commands": ["ls"]}, "status": "completed" if done else "in_progress"}
+    kind = "done" if done else "added"
+    return {"type": f"response.output_item.{kind}", "output_index": index, "item": item}
+
+
+def shell_output(index: int) -> dict[str, Any]:
+    """The output item that shows the `call_shell` shell call was run by the server."""
+    item = {"id": "sho_1", "type": "shell_call_output", "call_id": "call_shell", "output": [],
+            "status": "completed"}
+    return {"type": "response.output_item.added", "output_index": index, "item": item}
+
+
 # -- every row of the table -----------------------------------------------------------------------
 
 #: Inputs that drive a fresh attempt into each live state.
@@ -104,6 +119,7 @@ FIRE: dict[str, Any] = {
     "content": delta("Hi"),
     "tool_call_started": call_added(3),
     "tool_calls_done": call_done(0),
+    "tool_call_withdrawn": shell_output(5),
     "completed": completed([]),
     "incomplete": incomplete("max_output_tokens"),
     "failed": failed("server_error"),
@@ -131,6 +147,19 @@ def _rows() -> list[tuple[str, str, str, tuple[str, ...]]]:
 
 ROWS = _rows()
 
+#: For each `tool_call_withdrawn` row: a path to its source where the shell call `call_shell` is
+#: counted as the client's and the rows above it do not fire when its output item arrives.
+WITHDRAWN_REACH: dict[tuple[str, str | None, tuple[str, ...]], list[Any]] = {
+    (STREAMING, STREAMING, ("no_client_call_left",)): [created(), shell(0, done=False),
+                                                       shell(0, done=True)],
+    (TOOL_CALL, STREAMING, ("no_client_call_left",)): [created(), shell(0, done=False)],
+    (TOOL_CALL, STREAMING, ("every_call_done",)): [created(), call_added(0), call_done(0),
+                                                   shell(1, done=False)],
+    (STREAMING, None, ()): [created(), call_added(0), call_done(0), shell(1, done=False),
+                            shell(1, done=True)],
+    (TOOL_CALL, None, ()): [created(), call_added(0), shell(1, done=False)],
+}
+
 
 def test_fire_covers_every_trigger_of_the_table() -> None:
     assert {trigger for trigger, *_ in ROWS} == set(FIRE)
@@ -153,6 +182,8 @@ def test_table_row(trigger: str, source: str, dest: str | None, conditions: tupl
     reach = REACH[source]
     if trigger == "tool_calls_done" and dest is None:
         reach = [*reach, call_added(1)]  # a second call still open: not every call is done
+    if trigger == "tool_call_withdrawn":
+        reach = WITHDRAWN_REACH[(source, dest, conditions)]
     feed(attempt, *reach)
     assert attempt.state == source
     before = len(sink.transitions)

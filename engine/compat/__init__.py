@@ -58,7 +58,9 @@ Differences from the seed (its known defects, fixed): text already delivered is 
 again by a retry; an `error` frame read from the wire ends the turn at once with the provider's
 words instead of costing three requests; `response.incomplete` / `response.failed` read from the
 wire are returned from the attempt that produced them; an interrupt stops reading within ~20 ms
-instead of draining the stream, and raises `InterruptedError`.
+instead of draining the stream, and raises `InterruptedError`; text stops streaming after every
+kind of call the agent must execute (custom tool, local shell, shell and apply_patch calls, as
+function calls always did), not after calls the server ran itself (docs/migration.md).
 """
 
 from __future__ import annotations

@@ -17,7 +17,10 @@ Building a stream happens in three layers:
 
 1. **Builders** return lists of *unnumbered* event dicts for one piece of a response:
    :func:`created`, :func:`in_progress`, :func:`text_message`, :func:`reasoning_summary`,
-   :func:`function_call`, :func:`completed`, :func:`incomplete`, :func:`failed`, and the
+   :func:`function_call`, the other calls (:func:`custom_tool_call`, :func:`local_shell_call`,
+   :func:`shell_call`, :func:`apply_patch_call`) and the output items that report them run by
+   the server (:func:`local_shell_call_output`, :func:`shell_call_output`,
+   :func:`apply_patch_call_output`), :func:`completed`, :func:`incomplete`, :func:`failed`, and the
    non-standard frames :func:`rate_limits_frame`, :func:`error_frame`,
    :func:`nested_error_frame`, :func:`response_metadata_frame`, :func:`websocket_timing_frame`.
    Terminal builders take the ``output`` list; :func:`output_items` collects it from the
@@ -52,7 +55,7 @@ makes the drop shapes reset the connection (see ``engine.testing.scenarios``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, Literal
 
 import attrs
@@ -73,14 +76,18 @@ __all__ = [
     "STALL_SECONDS",
     "SUCCESS_HEADERS",
     "WEATHER_TOOL",
+    "APPLY_PATCH_TOOL",
     "Comment",
     "Data",
     "Event",
     "Raw",
     "StreamPart",
+    "apply_patch_call",
+    "apply_patch_call_output",
     "assemble",
     "completed",
     "created",
+    "custom_tool_call",
     "encode_part",
     "error_frame",
     "failed",
@@ -88,12 +95,16 @@ __all__ = [
     "http_error",
     "in_progress",
     "incomplete",
+    "local_shell_call",
+    "local_shell_call_output",
     "nested_error_frame",
     "output_items",
     "rate_limits_frame",
     "reasoning_summary",
     "response_metadata_frame",
     "response_object",
+    "shell_call",
+    "shell_call_output",
     "split_text",
     "sse_frame",
     "text_message",
@@ -737,6 +748,226 @@ def function_call(
     return events
 
 
+def custom_tool_call(
+    name: str,
+    text: str,
+    *,
+    deltas: int = 3,
+    output_index: int = 0,
+    item_id: str | None = None,
+    call_id: str | None = None,
+    finished: bool = True,
+) -> list[Event]:
+    """A ``custom_tool_call`` item (a freeform tool: its ``input`` is raw text, not JSON) whose
+    input streams as ``deltas`` ``response.custom_tool_call_input.delta`` pieces.
+
+    ``finished=False`` stops after the deltas, as a cut-off stream does. The item has no
+    ``status`` field (the SDK's ``ResponseCustomToolCall`` declares none).
+    """
+    item_id = item_id or f"ctc_{output_index:02d}_sim"
+    call_id = call_id or f"call_{output_index:02d}_sim"
+
+    def item(value: str) -> Event:
+        return {"id": item_id, "type": "custom_tool_call", "call_id": call_id, "name": name,
+                "input": value}
+
+    events: list[Event] = [
+        {"type": "response.output_item.added", "output_index": output_index, "item": item("")}
+    ]
+    events.extend(
+        {
+            "type": "response.custom_tool_call_input.delta",
+            "item_id": item_id,
+            "output_index": output_index,
+            "delta": piece,
+        }
+        for piece in split_text(text, deltas)
+    )
+    if finished:
+        events += [
+            {
+                "type": "response.custom_tool_call_input.done",
+                "item_id": item_id,
+                "output_index": output_index,
+                "input": text,
+            },
+            {"type": "response.output_item.done", "output_index": output_index, "item": item(text)},
+        ]
+    return events
+
+
+def _added_and_done(output_index: int, item: Callable[[str], Event]) -> list[Event]:
+    return [
+        {"type": "response.output_item.added", "output_index": output_index,
+         "item": item("in_progress")},
+        {"type": "response.output_item.done", "output_index": output_index,
+         "item": item("completed")},
+    ]
+
+
+def local_shell_call(
+    command: Sequence[str],
+    *,
+    working_directory: str = "/home/user/project",
+    output_index: int = 0,
+    item_id: str | None = None,
+    call_id: str | None = None,
+) -> list[Event]:
+    """A ``local_shell_call`` item (the ``local_shell`` tool: the client runs ``command``),
+    announced and finished; its ``action`` is an ``exec`` action."""
+    item_id = item_id or f"lsh_{output_index:02d}_sim"
+    call_id = call_id or f"call_{output_index:02d}_sim"
+
+    def item(status: str) -> Event:
+        return {
+            "id": item_id,
+            "type": "local_shell_call",
+            "call_id": call_id,
+            "action": {
+                "type": "exec",
+                "command": list(command),
+                "env": {},
+                "timeout_ms": 10000,
+                "user": None,
+                "working_directory": working_directory,
+            },
+            "status": status,
+        }
+
+    return _added_and_done(output_index, item)
+
+
+def local_shell_call_output(call_id: str, output: str, *, output_index: int) -> list[Event]:
+    """A ``local_shell_call_output`` item: the output of the local shell call ``call_id``, which
+    it names by its ``id`` (the SDK's ``LocalShellCallOutput`` has no ``call_id`` field)."""
+
+    def item(status: str) -> Event:
+        return {"id": call_id, "type": "local_shell_call_output", "output": output,
+                "status": status}
+
+    return _added_and_done(output_index, item)
+
+
+def shell_call(
+    commands: Sequence[str],
+    *,
+    environment: Mapping[str, Any] | None = None,
+    deltas: int = 2,
+    output_index: int = 0,
+    item_id: str | None = None,
+    call_id: str | None = None,
+    finished: bool = True,
+) -> list[Event]:
+    """A ``shell_call`` item (the ``shell`` tool) whose commands stream as
+    ``response.shell_call_command.added`` / ``.delta`` (``deltas`` pieces each) / ``.done``.
+
+    ``environment`` is where it runs: ``{"type": "local"}`` (the client's machine, the default) or
+    a ``container_reference`` (hosted: the server runs it and reports a ``shell_call_output``).
+    ``finished=False`` stops after the command frames."""
+    item_id = item_id or f"sh_{output_index:02d}_sim"
+    call_id = call_id or f"call_{output_index:02d}_sim"
+
+    def item(status: str, streamed: Sequence[str]) -> Event:
+        return {
+            "id": item_id,
+            "type": "shell_call",
+            "call_id": call_id,
+            "action": {"commands": list(streamed), "timeout_ms": 120000,
+                       "max_output_length": 4096},
+            "environment": dict(environment) if environment is not None else {"type": "local"},
+            "status": status,
+        }
+
+    events: list[Event] = [
+        {"type": "response.output_item.added", "output_index": output_index,
+         "item": item("in_progress", [])}
+    ]
+    for index, command in enumerate(commands):
+        events.append({"type": "response.shell_call_command.added", "output_index": output_index,
+                       "command_index": index, "command": ""})
+        events.extend(
+            {"type": "response.shell_call_command.delta", "output_index": output_index,
+             "command_index": index, "delta": piece}
+            for piece in split_text(command, deltas)
+        )
+        events.append({"type": "response.shell_call_command.done", "output_index": output_index,
+                       "command_index": index, "command": command})
+    if finished:
+        events.append({"type": "response.output_item.done", "output_index": output_index,
+                       "item": item("completed", commands)})
+    return events
+
+
+def shell_call_output(
+    call_id: str,
+    results: Sequence[tuple[str, str, int]],
+    *,
+    output_index: int,
+    item_id: str | None = None,
+) -> list[Event]:
+    """A ``shell_call_output`` item: what a hosted shell call ``call_id`` printed, one
+    ``(stdout, stderr, exit_code)`` per command, streamed as
+    ``response.shell_call_output_content.delta`` / ``.done`` per command."""
+    item_id = item_id or f"sho_{output_index:02d}_sim"
+    outputs = [
+        {"stdout": stdout, "stderr": stderr, "outcome": {"type": "exit", "exit_code": code}}
+        for stdout, stderr, code in results
+    ]
+
+    def item(status: str, contents: list[Event]) -> Event:
+        return {"id": item_id, "type": "shell_call_output", "call_id": call_id,
+                "max_output_length": 4096, "output": contents, "status": status}
+
+    events: list[Event] = [
+        {"type": "response.output_item.added", "output_index": output_index,
+         "item": item("in_progress", [])}
+    ]
+    for index, output in enumerate(outputs):
+        events += [
+            {"type": "response.shell_call_output_content.delta", "item_id": item_id,
+             "output_index": output_index, "command_index": index,
+             "delta": {"stdout": output["stdout"], "stderr": output["stderr"]}},
+            {"type": "response.shell_call_output_content.done", "item_id": item_id,
+             "output_index": output_index, "command_index": index, "output": [output]},
+        ]
+    events.append({"type": "response.output_item.done", "output_index": output_index,
+                   "item": item("completed", outputs)})
+    return events
+
+
+def apply_patch_call(
+    operation: Mapping[str, Any],
+    *,
+    output_index: int = 0,
+    item_id: str | None = None,
+    call_id: str | None = None,
+) -> list[Event]:
+    """An ``apply_patch_call`` item (the ``apply_patch`` tool) carrying one file ``operation``
+    (``create_file`` / ``update_file`` with a ``diff``, or ``delete_file``), announced and
+    finished."""
+    item_id = item_id or f"apc_{output_index:02d}_sim"
+    call_id = call_id or f"call_{output_index:02d}_sim"
+
+    def item(status: str) -> Event:
+        return {"id": item_id, "type": "apply_patch_call", "call_id": call_id,
+                "operation": dict(operation), "status": status}
+
+    return _added_and_done(output_index, item)
+
+
+def apply_patch_call_output(
+    call_id: str, output: str, *, output_index: int, item_id: str | None = None
+) -> list[Event]:
+    """An ``apply_patch_call_output`` item: the result of applying the patch of ``call_id``."""
+    item_id = item_id or f"apco_{output_index:02d}_sim"
+    item = {"id": item_id, "type": "apply_patch_call_output", "call_id": call_id,
+            "status": "completed", "output": output}
+    return [
+        {"type": "response.output_item.added", "output_index": output_index, "item": dict(item)},
+        {"type": "response.output_item.done", "output_index": output_index, "item": dict(item)},
+    ]
+
+
 def output_items(*pieces: Iterable[StreamPart]) -> list[Event]:
     """The items of every ``response.output_item.done`` event in ``pieces``, by output index:
     the ``output`` a terminal event carries after streaming them."""
@@ -826,6 +1057,44 @@ _TIME_TOOL: Final[Mapping[str, Any]] = {
     },
     "strict": True,
 }
+
+
+#: Codex's freeform `apply_patch` tool: a custom tool whose input is a patch (a Lark grammar).
+APPLY_PATCH_TOOL: Final[Mapping[str, Any]] = {
+    "type": "custom",
+    "name": "apply_patch",
+    "description": "Use the `apply_patch` tool to edit files.",
+    "format": {
+        "type": "grammar",
+        "syntax": "lark",
+        "definition": 'start: "*** Begin Patch" LF hunk+ "*** End Patch" LF?',
+    },
+}
+_PATCH: Final = (
+    "*** Begin Patch\n"
+    "*** Update File: src/app.py\n"
+    "@@ def greet(name):\n"
+    "-    return 'Hello ' + name\n"
+    "+    return f'Hello, {name}!'\n"
+    "*** End Patch\n"
+)
+_DIFF: Final = "@@ def greet(name):\n-    return 'Hello ' + name\n+    return f'Hello, {name}!'\n"
+_PATCH_OPERATION: Final[Mapping[str, Any]] = {
+    "type": "update_file", "path": "src/app.py", "diff": _DIFF,
+}
+#: The searches xAI runs on its side and reports as custom tool calls the request never declared.
+_SERVER_SEARCHES: Final = (
+    ("web_search", '{"query":"capital of France","num_results":5}'),
+    ("browse_page", '{"url":"https://en.wikipedia.org/wiki/Paris"}'),
+)
+_LOCAL_COMMAND: Final = ("ls", "-la", "src")
+_SHELL_COMMANDS: Final = ("git status --short", "python -m pytest -q")
+_HOSTED_COMMAND: Final = "python -c 'print(6 * 7)'"
+_HOSTED_ANSWER: Final = "The script printed 42."
+_PATCHED_ANSWER: Final = "I updated greet() in src/app.py to use an f-string."
+_LISTED_ANSWER: Final = "The src folder holds app.py and __init__.py."
+_LOCAL_SHELL_OUTPUT: Final = '{"output":"app.py\\n__init__.py\\n","metadata":{"exit_code":0}}'
+_CONTAINER: Final[Mapping[str, Any]] = {"type": "container_reference", "container_id": "cntr_sim_01"}
 
 
 def _happy_text_events(text: str = _ANSWER, *, deltas: int = 4) -> list[StreamPart]:
@@ -1091,6 +1360,118 @@ def _build_shapes() -> dict[str, Script]:
     )
     add(_script("http_401", "HTTP 401 invalid API key with an OpenAI-shaped error body, on "
                 "every attempt.", *([error_401] * 3)))
+
+    # -- calls besides function calls: the client's, and the same kinds run by the server ----
+    tools = [APPLY_PATCH_TOOL]
+    patch = custom_tool_call("apply_patch", _PATCH, deltas=4)
+    add(_script(
+        "custom_tool_call",
+        "A Codex freeform apply_patch: a custom_tool_call whose raw input streams as "
+        "custom_tool_call_input deltas, then completed.",
+        to_reply(assemble(
+            created(tools=tools), in_progress(tools=tools), patch,
+            completed(output_items(patch), tools=tools),
+        )),
+    ))
+
+    tools = [{"type": "web_search"}]
+    searches = [
+        custom_tool_call(name, text, deltas=1, output_index=index)
+        for index, (name, text) in enumerate(_SERVER_SEARCHES)
+    ]
+    answer = text_message(_ANSWER, deltas=3, output_index=len(searches))
+    add(_script(
+        "custom_tool_call_server_side",
+        "xAI-style server-side searches reported as custom_tool_call items the request never "
+        "declared as custom tools, then the answer text, then completed.",
+        to_reply(assemble(
+            created(tools=tools), in_progress(tools=tools), *searches, answer,
+            completed(output_items(*searches, answer), tools=tools),
+        )),
+    ))
+
+    cut = custom_tool_call("apply_patch", _PATCH, deltas=4, finished=False)[:3]
+    dropped_call = to_reply([
+        *assemble(created(tools=[APPLY_PATCH_TOOL]), in_progress(tools=[APPLY_PATCH_TOOL]), cut),
+        TransportFault("drop"),
+    ])
+    add(_script(
+        "custom_tool_call_dropped",
+        "Every attempt (three) drops while a custom tool call's input streams: the call is "
+        "kept, incomplete.",
+        dropped_call, dropped_call, dropped_call,
+    ))
+
+    tools = [{"type": "local_shell"}]
+    local = local_shell_call(_LOCAL_COMMAND)
+    add(_script(
+        "local_shell_call",
+        "A Codex local_shell_call (an exec action for the client to run), then completed.",
+        to_reply(assemble(
+            created(tools=tools), in_progress(tools=tools), local,
+            completed(output_items(local), tools=tools),
+        )),
+    ))
+    ran = local_shell_call_output("call_00_sim", _LOCAL_SHELL_OUTPUT, output_index=1)
+    answer = text_message(_LISTED_ANSWER, deltas=3, output_index=2)
+    add(_script(
+        "local_shell_call_with_output",
+        "A local_shell_call followed in the same response by its local_shell_call_output (run "
+        "by the server), then the answer text, then completed.",
+        to_reply(assemble(
+            created(tools=tools), in_progress(tools=tools), local, ran, answer,
+            completed(output_items(local, ran, answer), tools=tools),
+        )),
+    ))
+
+    tools = [{"type": "shell", "environment": {"type": "local"}}]
+    shell = shell_call(_SHELL_COMMANDS)
+    add(_script(
+        "shell_call",
+        "A shell_call for the client's local environment, its commands streamed as "
+        "shell_call_command frames, then completed.",
+        to_reply(assemble(
+            created(tools=tools), in_progress(tools=tools), shell,
+            completed(output_items(shell), tools=tools),
+        )),
+    ))
+
+    tools = [{"type": "shell", "environment": {"type": "container_auto"}}]
+    hosted = shell_call([_HOSTED_COMMAND], environment=_CONTAINER)
+    printed = shell_call_output("call_00_sim", [("42\n", "", 0)], output_index=1)
+    answer = text_message(_HOSTED_ANSWER, deltas=3, output_index=2)
+    add(_script(
+        "shell_call_hosted",
+        "A hosted shell: a shell_call run in a container, its shell_call_output in the same "
+        "response, then the answer text, then completed.",
+        to_reply(assemble(
+            created(tools=tools), in_progress(tools=tools), hosted, printed, answer,
+            completed(output_items(hosted, printed, answer), tools=tools),
+        )),
+    ))
+
+    tools = [{"type": "apply_patch"}]
+    patch_call = apply_patch_call(_PATCH_OPERATION)
+    add(_script(
+        "apply_patch_call",
+        "An apply_patch_call with an update_file operation for the client to apply, then "
+        "completed.",
+        to_reply(assemble(
+            created(tools=tools), in_progress(tools=tools), patch_call,
+            completed(output_items(patch_call), tools=tools),
+        )),
+    ))
+    applied = apply_patch_call_output("call_00_sim", "Updated src/app.py", output_index=1)
+    answer = text_message(_PATCHED_ANSWER, deltas=3, output_index=2)
+    add(_script(
+        "apply_patch_call_with_output",
+        "An apply_patch_call followed in the same response by its apply_patch_call_output "
+        "(applied by the server), then the answer text, then completed.",
+        to_reply(assemble(
+            created(tools=tools), in_progress(tools=tools), patch_call, applied, answer,
+            completed(output_items(patch_call, applied, answer), tools=tools),
+        )),
+    ))
 
     dropped = to_reply([*_interrupted_start(), TransportFault("drop")])
     add(_script("drop_every_attempt",

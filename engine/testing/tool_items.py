@@ -1,0 +1,233 @@
+"""Hypothesis strategies for responses that carry tool calls of every kind, with the ground truth
+of which calls the client must execute.
+
+Theory of operation
+===================
+
+`tool_item_streams()` draws one well-formed Responses stream (`response.created`, optionally
+`response.in_progress`, output items, `response.completed`) built from the real-world builders of
+`engine.testing.shapes`, mixing:
+
+* calls the client must execute: function calls, custom tool calls declared by the `tools` list
+  (Codex's freeform `apply_patch`), `local_shell_call`, `shell_call` (local environment),
+  `apply_patch_call`;
+* the same kinds run by the server: a local shell, shell (in a container) or apply_patch call
+  whose output item (`<type>_output`, same call_id) follows later in the stream, after any number
+  of other items; custom tool calls the `tools` list does not declare (xAI's server-side
+  searches); a `web_search_call`;
+* assistant messages (answer text) anywhere between them.
+
+Some calls stream without their `output_item.done` (and input `.done`), and the terminal
+`response.completed` carries either every finished item or `output: []` (rebuilt from what
+streamed). When the drawn `tools` list is empty, an undeclared custom tool call cannot be ruled
+out and counts as the client's, as the contract says.
+
+Alongside the events, a `ToolItemStream` holds what any correct consumer must conclude: the
+call_ids of the client's calls in output order (`client_call_ids`), those of the calls the server
+ran (`server_call_ids`), all answer text (`text`) and the answer text that comes before the first
+client call (`text_before_first_client_call`: the most a consumer may deliver to
+`on_text_delta`). `tests/test_tool_item_properties.py` checks `engine.consume` against it; a
+session strategy can take `stream.events` as the events of one response body (`to_body`
+encodes them as SSE bytes).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import attrs
+from hypothesis import strategies as st
+
+from engine.testing.shapes import (
+    APPLY_PATCH_TOOL,
+    WEATHER_TOOL,
+    Event,
+    StreamPart,
+    apply_patch_call,
+    apply_patch_call_output,
+    assemble,
+    completed,
+    created,
+    custom_tool_call,
+    encode_part,
+    function_call,
+    in_progress,
+    local_shell_call,
+    local_shell_call_output,
+    output_items,
+    shell_call,
+    shell_call_output,
+    text_message,
+)
+
+__all__ = ["ITEM_KINDS", "SERVER_KINDS", "ToolItemStream", "to_body", "tool_item_streams"]
+
+#: The kinds of output item a drawn stream mixes.
+ITEM_KINDS: Final = (
+    "text",
+    "function_call",
+    "custom_tool_call",
+    "custom_tool_call_undeclared",
+    "local_shell_call",
+    "local_shell_call_run",
+    "shell_call",
+    "shell_call_hosted",
+    "apply_patch_call",
+    "apply_patch_call_run",
+    "web_search_call",
+)
+#: Kinds the server runs itself (given a `tools` list that names tools, for the undeclared custom
+#: tool call); the `*_run` and hosted kinds are followed by their output item.
+SERVER_KINDS: Final = frozenset(
+    {
+        "custom_tool_call_undeclared",
+        "local_shell_call_run",
+        "shell_call_hosted",
+        "apply_patch_call_run",
+        "web_search_call",
+    }
+)
+_WITH_OUTPUT: Final = frozenset({"local_shell_call_run", "shell_call_hosted", "apply_patch_call_run"})
+#: Kinds whose items can stream without their `output_item.done`.
+_UNFINISHABLE: Final = frozenset(
+    {"function_call", "custom_tool_call", "custom_tool_call_undeclared", "shell_call",
+     "shell_call_hosted"}
+)
+_TOOLS: Final[list[dict[str, Any]]] = [
+    dict(WEATHER_TOOL), dict(APPLY_PATCH_TOOL), {"type": "local_shell"}, {"type": "shell"},
+    {"type": "apply_patch"}, {"type": "web_search"},
+]
+_CONTAINER: Final = {"type": "container_reference", "container_id": "cntr_fuzz"}
+_OPERATION: Final = {"type": "update_file", "path": "a.py", "diff": "@@\n-a\n+b\n"}
+_TEXT: Final = st.text(min_size=1, max_size=12)
+
+
+@attrs.frozen
+class ToolItemStream:
+    """One drawn response and the conclusions a correct consumer must reach about it."""
+
+    #: Responses events in stream order, numbered (`sequence_number`).
+    events: list[StreamPart]
+    #: call_ids of the calls the client must execute, in output order.
+    client_call_ids: list[str]
+    #: call_ids of the calls the server ran (never in `tool_calls`).
+    server_call_ids: list[str]
+    #: Every answer text delta's text, joined in stream order.
+    text: str
+    #: The answer text streamed before the first frame of the first client call.
+    text_before_first_client_call: str
+    #: The item kinds drawn, in output order (output items of server-run calls left out).
+    kinds: list[str]
+
+
+def to_body(stream: ToolItemStream) -> bytes:
+    """The stream's events as one SSE body (LF line endings)."""
+    return b"".join(encode_part(part) for part in stream.events)
+
+
+def _web_search(index: int) -> list[Event]:
+    def item(status: str) -> Event:
+        return {"id": f"ws_{index:02d}_fuzz", "type": "web_search_call", "status": status,
+                "action": {"type": "search", "query": "capital of France"}}
+
+    return [
+        {"type": "response.output_item.added", "output_index": index, "item": item("in_progress")},
+        {"type": "response.output_item.done", "output_index": index, "item": item("completed")},
+    ]
+
+
+def _unfinished(events: list[Event]) -> list[Event]:
+    """A call's events without its `*.done` frames: announced and streamed, never finished."""
+    return [event for event in events if not str(event.get("type", "")).endswith(".done")]
+
+
+@st.composite
+def tool_item_streams(draw: st.DrawFn, *, max_items: int = 6) -> ToolItemStream:
+    """A well-formed response mixing up to `max_items` client and server tool calls of every kind
+    with answer text (see the module's theory of operation), and its ground truth."""
+    declare = draw(st.sampled_from([True, True, False]))  # the tools list names tools
+    calls = draw(st.lists(st.sampled_from(ITEM_KINDS[1:]), min_size=1, max_size=max_items))
+    # answer text before the calls and after each one, often
+    kinds = [kind for call in calls for kind in ("text", call) if kind == call or draw(st.booleans())]
+    if draw(st.booleans()):
+        kinds.append("text")
+    # the output item of each server-run hosted call, at a later place in the stream
+    order: list[tuple[str, int]] = [(kind, position) for position, kind in enumerate(kinds)]
+    for position, kind in enumerate(kinds):
+        if kind in _WITH_OUTPUT:
+            at = next(i for i, entry in enumerate(order) if entry == (kind, position))
+            order.insert(draw(st.integers(at + 1, len(order))), (f"{kind}_output", position))
+
+    call_ids: dict[int, str] = {}  # position in `kinds` -> call_id
+    pieces: list[list[Event]] = []
+    finished_pieces: list[list[Event]] = []
+    client_ids: list[str] = []
+    server_ids: list[str] = []
+    text: list[str] = []
+    before_client: list[str] = []
+    client_seen = False
+    for index, (kind, position) in enumerate(order):
+        call_id = f"call_{index:02d}_fuzz"
+        events: list[Event]
+        if kind.endswith("_output"):
+            of = call_ids[position]
+            if kind == "local_shell_call_run_output":
+                events = local_shell_call_output(of, '{"output":"ok"}', output_index=index)
+            elif kind == "shell_call_hosted_output":
+                events = shell_call_output(of, [("ok\n", "", 0)], output_index=index)
+            else:
+                events = apply_patch_call_output(of, "Updated a.py", output_index=index)
+            pieces.append(events)
+            finished_pieces.append(events)
+            continue
+        call_ids[position] = call_id
+        if kind == "text":
+            words = draw(_TEXT)
+            events = text_message(words, deltas=draw(st.integers(1, 3)), output_index=index)
+            text.append(words)
+            if not client_seen:
+                before_client.append(words)
+        elif kind == "function_call":
+            events = function_call("get_weather", '{"city":"Oslo"}', output_index=index,
+                                   call_id=call_id, deltas=draw(st.integers(1, 3)))
+        elif kind in ("custom_tool_call", "custom_tool_call_undeclared"):
+            name = "apply_patch" if kind == "custom_tool_call" else "x_keyword_search"
+            events = custom_tool_call(name, draw(st.text(max_size=16)), output_index=index,
+                                      call_id=call_id, deltas=draw(st.integers(1, 3)))
+        elif kind.startswith("local_shell_call"):
+            events = local_shell_call(["ls"], output_index=index, call_id=call_id)
+        elif kind.startswith("shell_call"):
+            events = shell_call(["ls", "pwd"], output_index=index, call_id=call_id,
+                                environment=_CONTAINER if kind == "shell_call_hosted" else None)
+        elif kind.startswith("apply_patch_call"):
+            events = apply_patch_call(_OPERATION, output_index=index, call_id=call_id)
+        else:
+            events = _web_search(index)
+        finished_pieces.append(events)
+        if kind in _UNFINISHABLE and draw(st.booleans()):
+            events = _unfinished(events)
+        pieces.append(events)
+        if kind == "text":
+            continue
+        server = kind in SERVER_KINDS and (declare or kind != "custom_tool_call_undeclared")
+        if server:
+            if kind != "web_search_call":
+                server_ids.append(call_id)
+        else:
+            client_ids.append(call_id)
+            client_seen = True
+
+    tools = _TOOLS if declare else []
+    start = [created(tools=tools)]
+    if draw(st.booleans()):
+        start.append(in_progress(tools=tools))
+    sent = output_items(*finished_pieces) if draw(st.booleans()) else []
+    events_out = assemble(*start, *pieces, completed(sent, tools=tools))
+    return ToolItemStream(
+        events=events_out,
+        client_call_ids=client_ids,
+        server_call_ids=server_ids,
+        text="".join(text),
+        text_before_first_client_call="".join(before_client),
+        kinds=kinds,
+    )
