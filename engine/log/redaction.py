@@ -16,7 +16,7 @@ Both are idempotent, so a trace written from redacted records replays to the sam
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 __all__ = [
     "REDACTED",
@@ -52,28 +52,73 @@ def is_secret_name(name: str) -> bool:
 
 def redact_fields(value: Any) -> Any:
     """A copy of JSON-like data with credential-named fields' values replaced."""
-    if isinstance(value, dict):
-        return {
-            key: (REDACTED if isinstance(key, str) and is_secret_name(key) else redact_fields(item))
-            for key, item in value.items()
-        }
-    if isinstance(value, (list, tuple)):
-        return [redact_fields(item) for item in value]
-    return value
+    return _rebuild(value, _same, redact_names=True)
+
+
+def _scrub_text(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, REDACTED)
+    return _SECRET_SHAPE.sub(REDACTED, text) if ("-" in text or " " in text) else text
 
 
 def scrub(value: Any, secrets: Iterable[str] = ()) -> Any:
-    """Replace credential-shaped substrings (and the given secrets) in strings, recursively."""
+    """Replace credential-shaped substrings (and the given secrets) in strings, at any depth."""
     if isinstance(value, str):
-        for secret in secrets:
-            if secret and secret in value:
-                value = value.replace(secret, REDACTED)
-        return _SECRET_SHAPE.sub(REDACTED, value) if ("-" in value or " " in value) else value
-    if isinstance(value, dict):
-        return {key: scrub(item, secrets) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [scrub(item, secrets) for item in value]
-    return value
+        return _scrub_text(value, secrets)
+    listed = list(secrets)
+    return _rebuild(value, lambda item: _scrub_text(item, listed) if isinstance(item, str) else item)
+
+
+def _same(item: Any) -> Any:
+    return item
+
+
+class _Leave:
+    """On `_rebuild`'s work stack: the walk leaves the container with this id."""
+
+    __slots__ = ("ident",)
+
+    def __init__(self, ident: int) -> None:
+        self.ident = ident
+
+
+def _rebuild(value: Any, leaf: Callable[[Any], Any], *, redact_names: bool = False) -> Any:
+    """A copy of nested dicts, lists and tuples (as lists) with `leaf` applied to every other
+    value and, with `redact_names`, credential-named fields' values replaced. Iterative, so any
+    depth of nesting a server sends is fine; a container that contains itself becomes REDACTED
+    where it recurs."""
+    root: list[Any] = [None]
+    inside: set[int] = set()
+    work: list[Any] = [(value, root, 0)]
+    while work:
+        step = work.pop()
+        if type(step) is _Leave:
+            inside.discard(step.ident)
+            continue
+        item, target, slot = step
+        if isinstance(item, (dict, list, tuple)):
+            if id(item) in inside:
+                target[slot] = REDACTED
+                continue
+            inside.add(id(item))
+            work.append(_Leave(id(item)))
+            if isinstance(item, dict):
+                copy: dict[Any, Any] = {}
+                for key, inner in item.items():
+                    if redact_names and isinstance(key, str) and is_secret_name(key):
+                        copy[key] = REDACTED
+                    else:
+                        copy[key] = None
+                        work.append((inner, copy, key))
+                target[slot] = copy
+            else:
+                items: list[Any] = [None] * len(item)
+                work.extend((inner, items, index) for index, inner in enumerate(item))
+                target[slot] = items
+        else:
+            target[slot] = leaf(item)
+    return root[0]
 
 
 _SECRET_SHAPE_BYTES = re.compile(_SECRET_SHAPE.pattern.encode())
@@ -112,8 +157,14 @@ def client_secrets(client: Any) -> list[str]:
 def field_secrets(value: Any) -> list[str]:
     """The string values of credential-named fields anywhere in JSON-like data (a request)."""
     found: set[str] = set()
-
-    def walk(item: Any) -> None:
+    work = [value]
+    seen: set[int] = set()
+    while work:
+        item = work.pop()
+        if isinstance(item, (dict, list, tuple)):
+            if id(item) in seen:
+                continue
+            seen.add(id(item))
         if isinstance(item, dict):
             for key, inner in item.items():
                 if isinstance(key, str) and is_secret_name(key) and isinstance(inner, str):
@@ -122,10 +173,8 @@ def field_secrets(value: Any) -> list[str]:
                         if inner.lower().startswith("bearer ") and len(inner) - 7 >= MIN_FIELD_SECRET:
                             found.add(inner[7:])
                 else:
-                    walk(inner)
+                    work.append(inner)
         elif isinstance(item, (list, tuple)):
-            for inner in item:
-                walk(inner)
-
-    walk(value)
+            work.extend(item)
     return sorted(found, key=len, reverse=True)
+
