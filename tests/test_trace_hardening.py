@@ -45,7 +45,8 @@ ONE_ATTEMPT = TurnPolicy(max_stream_retries=0, fallback=False)
 
 
 def _sse(event: dict[str, Any]) -> bytes:
-    return b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+    name = str(event["type"]).encode()
+    return b"event: " + name + b"\ndata: " + orjson.dumps(event) + b"\n\n"
 
 
 def _created() -> dict[str, Any]:

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 import engine
 from engine.cli import main
+from engine.drivers.replay import REPLAYERS
 from engine.testing.shapes import SHAPES, assemble, completed, created, output_items, text_message, to_reply
 from engine.testing.simulator import Reply, Script
 from machines.records import Chunk
@@ -321,7 +322,7 @@ def test_unexpected_error_while_replaying_is_one_line(monkeypatch: pytest.Monkey
     def broken(header: dict[str, Any]) -> Any:
         raise RuntimeError("broken\nreplayer")
 
-    monkeypatch.setitem(engine.drivers.replay.REPLAYERS, "consume", broken)
+    monkeypatch.setitem(REPLAYERS, "consume", broken)
     status, out, err = run_cli("replay", str(path))
     assert (status, out) == (2, "")
     assert err == f"streamfsm: cannot replay {path}: RuntimeError: broken replayer\n"
