@@ -35,7 +35,7 @@ from engine.testing.shapes import SHAPES
 from engine.testing.scenarios import Scenario, ScenarioError, load_fixture
 from engine.testing.simulator import ResponsesSimulator
 from engine.drivers.sync import run_turn
-from engine.log.trace import TraceError
+from engine.log.trace import TraceError, dumps
 from machines.records import TurnPolicy, TurnResult
 
 __all__ = ["main", "describe_result"]
@@ -153,8 +153,13 @@ def _replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             err.write(f"streamfsm: invalid trace: {error}\n")
             status = 2
             continue
+        except Exception as error:  # no input file may end in a traceback
+            err.write(f"streamfsm: cannot replay {path}: {type(error).__name__}: {_one_line(str(error))}\n")
+            status = 2
+            continue
         if report.identical:
-            out.write(f"identical  {path} ({report.records} records)\n")
+            cut_short = f"; the turn was abandoned ({report.abandoned})" if report.abandoned else ""
+            out.write(f"identical  {path} ({report.records} records{cut_short})\n")
         else:
             divergence = report.divergence
             assert divergence is not None
@@ -165,12 +170,15 @@ def _replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return status
 
 
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _record_text(record: dict[str, Any] | None) -> str:
     if record is None:
         return "(no record)"
-    import orjson
-
-    return orjson.dumps(record).decode()
+    return dumps(record).decode()
 
 
 # -- consume --------------------------------------------------------------------------------------

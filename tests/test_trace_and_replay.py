@@ -55,7 +55,7 @@ def test_unchanged_traces_replay_identically(recorded: dict[str, list[dict[str, 
 
 def test_trace_records_are_numbered_and_end_with_the_result(recorded: dict[str, list[dict[str, Any]]]) -> None:
     lines = recorded["drop_then_retry"]
-    assert lines[0]["format"] == "streamfsm-trace" and lines[0]["version"] == 1
+    assert lines[0]["format"] == "streamfsm-trace" and lines[0]["version"] == 2
     assert lines[0]["entry"] == "run_turn"
     assert [r["seq"] for r in lines[1:]] == list(range(1, len(lines)))
     assert lines[-1]["kind"] == "result" and lines[-1]["outcome"] == "completed"
@@ -152,14 +152,14 @@ def test_reordered_records(recorded: dict[str, list[dict[str, Any]]], tmp_path: 
     assert report.divergence.recorded == lines[at]
 
 
-def test_deleted_result(recorded: dict[str, list[dict[str, Any]]], tmp_path: Path) -> None:
+def test_deleted_result_is_a_truncated_trace(recorded: dict[str, list[dict[str, Any]]], tmp_path: Path) -> None:
+    """Without its final result record a trace is a truncated file: invalid, not a divergence."""
     lines = copy.deepcopy(recorded["happy_text"])
-    result = lines.pop()
-    report = _replay(lines, tmp_path)
-    assert report.divergence.seq == result["seq"]
-    assert report.divergence.recorded is None
-    assert report.divergence.replayed == result
-    assert "recorded nothing" in report.divergence.describe()
+    lines.pop()
+    path = tmp_path / "edited.jsonl"
+    write_trace_lines(path, lines)
+    with pytest.raises(engine.TraceError, match="without its final result record"):
+        engine.replay(path)
 
 
 @pytest.mark.parametrize("renumbered", [False, True])
@@ -223,7 +223,7 @@ INVALID: dict[str, tuple[bytes | list[dict[str, Any]], str]] = {
     "not-json": (b"this is not a trace\n", "line 1 is not JSON"),
     "json-array": (b"[1, 2, 3]\n", "line 1 is not a JSON object"),
     "other-format": ([{"format": "har", "version": 1}], "line 1 is not a streamfsm-trace header"),
-    "wrong-version": ([_header(version=2)], "trace format version 2 is not supported"),
+    "wrong-version": ([_header(version=3)], "trace format version 3 is not supported"),
     "no-version": ([_header(version=None)], "trace format version None is not supported"),
     "unknown-entry": ([_header(entry="telnet")], "unknown entry 'telnet' in header"),
     "bad-policy": ([_header(policy={"max_stream_retries": -1})], "bad policy in header"),

@@ -19,6 +19,7 @@ exactly what a replay needs, in order, and nothing runs inside a machine step.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Iterator
 
 import attrs
@@ -152,13 +153,18 @@ class TurnRecording:
         trace: str | os.PathLike[str] | None = None,
         secrets: list[str] | tuple[str, ...] = (),
     ) -> TurnResult:
-        """The turn's result (its error scrubbed of secrets), and its trace written if asked."""
-        result = self.turn.result(self.log.transitions)
+        """The turn's result (its error scrubbed of secrets), and its trace written if asked.
+
+        The trace gets the result as the machines made it, masked by the trace writer like every
+        other record (so that a replay of the masked inputs reproduces it); writing it never
+        raises (`TraceWriter.write`)."""
+        made = self.turn.result(self.log.transitions)
         every_secret = self._secrets(secrets)
-        if result.error is not None:
-            result = attrs.evolve(result, error=scrub(result.error, every_secret))
+        result = made
+        if made.error is not None:
+            result = attrs.evolve(made, error=scrub(made.error, every_secret))
         if trace is not None:
-            TraceWriter(trace, every_secret).write(self.header, self.log.records, result)
+            TraceWriter(trace, every_secret).write(self.header, self.log.records, made)
         log.info(
             "turn finished",
             outcome=result.outcome,
@@ -167,8 +173,17 @@ class TurnRecording:
         return result
 
     def abandon(
-        self, trace: str | os.PathLike[str] | None, secrets: list[str] | tuple[str, ...] = ()
+        self,
+        trace: str | os.PathLike[str] | None,
+        secrets: list[str] | tuple[str, ...] = (),
+        error: BaseException | None = None,
     ) -> None:
-        """Write what was recorded so far (no result) after an unexpected error."""
+        """Write what was recorded so far after an unexpected error (`error`, by default the
+        exception being handled), ending with an `abandoned` record naming its class."""
         if trace is not None:
-            TraceWriter(trace, self._secrets(secrets)).write(self.header, self.log.records, None)
+            if error is None:
+                error = sys.exc_info()[1]
+            name = type(error).__name__ if error is not None else "Exception"
+            TraceWriter(trace, self._secrets(secrets)).write(
+                self.header, self.log.records, None, abandoned=name
+            )

@@ -1,23 +1,56 @@
 """Replay: feed a trace's recorded inputs to today's machines and compare every record.
 
 The recorded inputs (chunks with their boundaries, faults, interrupts, clock readings) are fed,
-attempt by attempt, exactly as the drivers fed them; the machines decide anew. The new event log
-and result are then compared with the recorded ones record by record. A missing, extra,
-reordered or altered record is a divergence, reported as the first differing record (seq,
+attempt by attempt, exactly as the drivers fed them; the machines decide anew. Every record they
+produce is compared with the recorded one at the same place, as the file is read: a missing,
+extra, reordered or altered record is a divergence, reported as the first differing record (seq,
 recorded, replayed), the way Temporal's replayer names the first mismatching history event.
+
+Replay streams: the trace is read one line at a time (`TraceReader`) and the replayed records are
+compared and dropped as they are made, so memory is bounded by the longest record, not the file.
+A file that is not a valid trace raises `TraceError`, even when a divergence came first: the whole
+file is always read and checked.
+
+How a trace is replayed depends on its header's `entry`: `REPLAYERS` maps each entry to a
+`Replayer`, a function of the header returning a generator that yields the records today's code
+produces (JSON objects, numbered from 1) and, when it needs the next recorded input, yields
+`NeedInput` and is sent that input record (or None when the trace holds no further input for it).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable, Generator, Iterable, Iterator
 
 import attrs
 
 from engine.drivers.recording import TurnRecording
-from engine.log.trace import Trace, input_from_json, normalise, read_trace, record_to_json, result_to_json
+from engine.log.trace import (
+    Trace,
+    TraceError,
+    TraceReader,
+    dumps,
+    equal,
+    input_from_json,
+    is_chunk_record,
+    loads,
+    policy_from_header,
+    record_to_json,
+    result_to_json,
+    scrubber_for,
+)
+from engine.log.redaction import MASK
 
-__all__ = ["Divergence", "ReplayReport", "replay", "replay_trace"]
+__all__ = [
+    "REPLAYERS",
+    "Divergence",
+    "NeedInput",
+    "ReplayReport",
+    "Replayer",
+    "replay",
+    "replay_trace",
+    "replay_turn",
+]
 
 
 @attrs.frozen(slots=True)
@@ -35,17 +68,18 @@ class Divergence:
 def _show(record: dict[str, Any] | None) -> str:
     if record is None:
         return "nothing"
-    import orjson
-
-    return orjson.dumps(record).decode()
+    return dumps(record).decode()
 
 
 @attrs.frozen(slots=True)
 class ReplayReport:
-    """The outcome of replaying one trace: its path, how many records it holds, and the first divergence (None when identical)."""
+    """The outcome of replaying one trace: its path, how many records it holds, the first
+    divergence (None when identical) and, for a turn cut short by an exception in its driver, that
+    exception's class name (`abandoned`: the records up to that point were compared)."""
     path: str
     records: int
     divergence: Divergence | None
+    abandoned: str | None = None
 
     @property
     def identical(self) -> bool:
@@ -53,62 +87,250 @@ class ReplayReport:
         return self.divergence is None
 
 
-def replayed_records(trace: Trace) -> list[dict[str, Any]]:
-    """The records today's machines produce from the trace's inputs (JSON, as a trace holds them)."""
-    seed = trace.header.get("seed", 0)
+# -- replayers, by entry ----------------------------------------------------------------------------
+
+
+@attrs.frozen(slots=True)
+class NeedInput:
+    """What a replayer yields when it needs the next recorded input of attempt `attempt`."""
+
+    attempt: int
+
+
+#: A replay in progress: yields replayed records (JSON, numbered from 1) and `NeedInput`; is sent
+#: the recorded input record asked for, or None.
+ReplaySession = Generator["dict[str, Any] | NeedInput", "dict[str, Any] | None", None]
+#: Starts the replay of a trace from its (checked) header.
+Replayer = Callable[[dict[str, Any]], ReplaySession]
+
+
+def replay_turn(header: dict[str, Any]) -> ReplaySession:
+    """Replay a `run_turn`, `arun_turn` or `consume` trace: the turn machine opens each attempt,
+    and each attempt is fed its recorded inputs until it is final."""
+    seed = header.get("seed", 0)
     recording = TurnRecording(
-        trace.policy,
-        None,
-        entry=trace.header["entry"],
-        request=trace.header.get("request"),
-        seed=seed if type(seed) is int else 0,
+        policy_from_header(header.get("policy")), None, entry=header["entry"],
+        request=header.get("request"), seed=seed if type(seed) is int else 0,
     )
-    inputs: dict[int, list[dict[str, Any]]] = {}
-    for record in trace.inputs():
-        inputs.setdefault(record["attempt"], []).append(record)
-    finished = True
+    made = recording.log.records
+    seq = 0
+
+    def handed_over() -> list[dict[str, Any]]:
+        # the records made since the last call, as JSON; the log keeps none of them
+        nonlocal seq
+        out = []
+        for record in made:
+            seq += 1
+            out.append(record_to_json(record, seq))
+        made.clear()
+        return out
+
     for feed in recording.attempts():
-        for record in inputs.get(feed.number, ()):
-            if feed.observe(input_from_json(record), record.get("t")):
-                break
-        if not feed.final:  # today's machines want more than was recorded
-            finished = False
-            break
-    out = [
-        normalise(record_to_json(record, seq)) for seq, record in enumerate(recording.log.records, 1)
-    ]
-    if finished:
-        out.append(normalise(result_to_json(recording.finish(), len(out) + 1)))
-    return out
+        yield from handed_over()
+        while not feed.final:
+            record = yield NeedInput(feed.number)
+            if record is None:  # today's machines want more than was recorded
+                yield from handed_over()
+                return
+            feed.observe(input_from_json(record), record.get("t"))
+            yield from handed_over()
+    yield from handed_over()
+    yield result_to_json(recording.turn.result(recording.log.transitions), seq + 1)
+
+
+#: How each entry point's traces are replayed (the header's `entry`).
+REPLAYERS: dict[str, Replayer] = {
+    "run_turn": replay_turn,
+    "arun_turn": replay_turn,
+    "consume": replay_turn,
+}
+
+
+# -- comparing ------------------------------------------------------------------------------------
+
+#: A run of this many mask characters in a recorded string is masked text (see `_masked_equal`).
+_MASKED_RUN = 4
+
+
+def _masked_equal(mine: Any, theirs: Any) -> bool:
+    """Equal but for masked text: where either string holds a run of `_MASKED_RUN` or more mask
+    characters, the other may hold anything of the same length there (a secret the replay
+    assembled from pieces the trace kept, each too short to be masked)."""
+    work = [(mine, theirs)]
+    while work:
+        a, b = work.pop()
+        if isinstance(a, str) and isinstance(b, str):
+            if a != b and not _strings_match(a, b):
+                return False
+        elif isinstance(a, dict) and isinstance(b, dict):
+            if a.keys() != b.keys():
+                return False
+            work.extend((a[key], b[key]) for key in a)
+        elif isinstance(a, list) and isinstance(b, list):
+            if len(a) != len(b):
+                return False
+            work.extend(zip(a, b))
+        elif type(a) is not type(b) or a != b:
+            return False
+    return True
+
+
+def _masked(text: str) -> list[bool]:
+    flags = [False] * len(text)
+    at = text.find(MASK * _MASKED_RUN)
+    while at >= 0:
+        end = at
+        while end < len(text) and text[end] == MASK:
+            end += 1
+        flags[at:end] = [True] * (end - at)
+        at = text.find(MASK * _MASKED_RUN, end)
+    return flags
+
+
+def _strings_match(a: str, b: str) -> bool:
+    if len(a) != len(b) or MASK * _MASKED_RUN not in a and MASK * _MASKED_RUN not in b:
+        return False
+    masked_a, masked_b = _masked(a), _masked(b)
+    return all(x == y or masked_a[i] or masked_b[i] for i, (x, y) in enumerate(zip(a, b)))
+
+
+class _Comparison:
+    """One replay session checked against recorded records, one at a time."""
+
+    def __init__(self, session: ReplaySession, version: int) -> None:
+        self._session = session
+        self._version = version
+        self._scrub = scrubber_for(version)
+        self._done = False
+        self._send: dict[str, Any] | None = None
+        self._started = False
+
+    def close(self) -> None:
+        self._session.close()
+
+    def next_replayed(
+        self, head: dict[str, Any] | None, ahead: Iterator[tuple[bytes | None, dict[str, Any]]]
+    ) -> dict[str, Any] | None:
+        """The replay's next record, to compare with the recorded `head` (None at the end of the
+        file). When the replay needs an input and `head` is not one, the records diverge here;
+        the next recorded input is then found further on (`ahead`) so the report can say what
+        the replay made of it."""
+        while not self._done:
+            try:
+                if self._started:
+                    item = self._session.send(self._send)
+                else:
+                    self._started = True
+                    item = next(self._session)
+            except StopIteration:
+                self._done = True
+                return None
+            except Exception as error:  # today's machines cannot take these inputs at all
+                self._done = True
+                return {"raised": f"{type(error).__name__}: {error}"}
+            self._send = None
+            if not isinstance(item, NeedInput):
+                return item
+            if head is not None and head.get("kind") == "input":
+                found: dict[str, Any] | None = head
+                head = None  # fed once
+            elif head is None:
+                found = None
+            else:
+                found = next((record for _, record in ahead if record.get("kind") == "input"), None)
+            if found is not None and found.get("attempt") == item.attempt:
+                self._send = found
+        return None
+
+    def as_recorded(self, replayed: dict[str, Any]) -> dict[str, Any]:
+        """A replayed record as a trace of this version would hold it (scrubbed, JSON types)."""
+        rendered = dumps(replayed)
+        if self._version == 1 or not is_chunk_record(replayed):
+            rendered = self._scrub(rendered)
+        parsed: dict[str, Any] = loads(rendered)
+        return parsed
+
+    def same(self, line: bytes | None, recorded: dict[str, Any], replayed: dict[str, Any]) -> dict[str, Any] | None:
+        """None when `replayed` is the `recorded` record (read from `line`); else the replayed
+        record as the trace would hold it."""
+        rendered = dumps(replayed)
+        if line is not None and rendered == line:  # the common case: byte for byte
+            return None
+        if self._version == 1 or not is_chunk_record(replayed):
+            rendered = self._scrub(rendered)
+            if line is not None and rendered == line:
+                return None
+        theirs: dict[str, Any] = loads(rendered)
+        if equal(recorded, theirs):
+            return None
+        if self._version >= 2 and _masked_equal(recorded, theirs):
+            return None
+        return theirs
+
+
+def _compare(
+    path: str,
+    header: dict[str, Any],
+    version: int,
+    records: Iterable[tuple[bytes | None, dict[str, Any]]],
+    count: Callable[[], int],
+) -> ReplayReport:
+    replayer = REPLAYERS.get(header.get("entry"))  # type: ignore[arg-type]
+    if replayer is None:
+        raise TraceError(f"{path}: no replay for entry {header.get('entry')!r}")
+    try:
+        session = replayer(header)
+    except ValueError as error:  # a header its replayer cannot use
+        raise TraceError(f"{path}: {error}") from None
+    comparison = _Comparison(session, version)
+    divergence: Divergence | None = None
+    abandoned: str | None = None
+    position = 0
+    stream = iter(records)
+    try:
+        for line, recorded in stream:
+            position += 1
+            if divergence is not None:
+                continue  # read on: a file that turns out invalid is reported as such
+            if abandoned is not None:  # the recording stopped at its abandoned record
+                divergence = Divergence(position, recorded, None)
+                continue
+            if recorded.get("kind") == "abandoned":
+                abandoned = str(recorded.get("exception", "Exception"))
+                comparison.close()
+                continue
+            replayed = comparison.next_replayed(recorded, stream)
+            if replayed is None:
+                divergence = Divergence(position, recorded, None)
+                continue
+            theirs = comparison.same(line, recorded, replayed)
+            if theirs is not None:
+                divergence = Divergence(position, recorded, theirs)
+        if divergence is None and abandoned is None:
+            extra = comparison.next_replayed(None, iter(()))
+            if extra is not None:
+                divergence = Divergence(position + 1, None, comparison.as_recorded(extra))
+    finally:
+        comparison.close()
+    return ReplayReport(path, count(), divergence, abandoned)
 
 
 def replay_trace(trace: Trace) -> ReplayReport:
     """Replay an already read trace and compare it record by record."""
-    recorded = trace.records
-    try:
-        replayed = replayed_records(trace)
-    except Exception as error:  # today's machines cannot take these inputs at all
-        seq = 1
-        return ReplayReport(
-            trace.path,
-            len(recorded),
-            Divergence(seq, recorded[0] if recorded else None,
-                       {"raised": f"{type(error).__name__}: {error}"}),
-        )
-    for index in range(max(len(recorded), len(replayed))):
-        mine = recorded[index] if index < len(recorded) else None
-        theirs = replayed[index] if index < len(replayed) else None
-        if mine != theirs:
-            return ReplayReport(trace.path, len(recorded), Divergence(index + 1, mine, theirs))
-    return ReplayReport(trace.path, len(recorded), None)
+    return _compare(
+        trace.path, trace.header, trace.version,
+        ((None, record) for record in trace.records), lambda: len(trace.records),
+    )
 
 
 def replay(path: str | os.PathLike[str]) -> ReplayReport:
-    """Read a trace file and replay it (raises `TraceError` for an unreadable or invalid file)."""
+    """Read a trace file and replay it as it is read (raises `TraceError` for an unreadable or
+    invalid file)."""
     from engine.log.app_trace import is_app_trace_file
 
     if is_app_trace_file(path):  # a codex app-server turn: its own inputs and machines
         from engine.drivers.app_replay import replay_app
 
         return replay_app(path)
-    return replay_trace(read_trace(path))
+    with TraceReader(path) as reader:
+        return _compare(reader.path, reader.header, reader.version, reader, lambda: reader.records)

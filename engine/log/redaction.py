@@ -11,15 +11,25 @@ Two rules, applied wherever streamfsm writes something down:
   request (the Responses API echoes `metadata` in every response object of the stream).
 
 Both are idempotent, so a trace written from redacted records replays to the same records.
+
+Traces use a third form, `Scrubber`: it masks bytes in place with `*` (same length, so every
+position and chunk boundary stays where it was) and works on a whole byte stream, so that a
+secret the server echoes split across two network reads, or inside a read that is not valid UTF-8
+on its own, is found all the same. It masks the given secrets and every piece of 8 or more
+characters of one (`MIN_PIECE`), credential shapes, and the string values of credential-named
+JSON fields.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 __all__ = [
+    "MASK",
+    "MIN_PIECE",
     "REDACTED",
+    "Scrubber",
     "is_secret_name",
     "redact_fields",
     "scrub",
@@ -52,28 +62,73 @@ def is_secret_name(name: str) -> bool:
 
 def redact_fields(value: Any) -> Any:
     """A copy of JSON-like data with credential-named fields' values replaced."""
-    if isinstance(value, dict):
-        return {
-            key: (REDACTED if isinstance(key, str) and is_secret_name(key) else redact_fields(item))
-            for key, item in value.items()
-        }
-    if isinstance(value, (list, tuple)):
-        return [redact_fields(item) for item in value]
-    return value
+    return _rebuild(value, _same, redact_names=True)
+
+
+def _scrub_text(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, REDACTED)
+    return _SECRET_SHAPE.sub(REDACTED, text) if ("-" in text or " " in text) else text
 
 
 def scrub(value: Any, secrets: Iterable[str] = ()) -> Any:
-    """Replace credential-shaped substrings (and the given secrets) in strings, recursively."""
+    """Replace credential-shaped substrings (and the given secrets) in strings, at any depth."""
     if isinstance(value, str):
-        for secret in secrets:
-            if secret and secret in value:
-                value = value.replace(secret, REDACTED)
-        return _SECRET_SHAPE.sub(REDACTED, value) if ("-" in value or " " in value) else value
-    if isinstance(value, dict):
-        return {key: scrub(item, secrets) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [scrub(item, secrets) for item in value]
-    return value
+        return _scrub_text(value, secrets)
+    listed = list(secrets)
+    return _rebuild(value, lambda item: _scrub_text(item, listed) if isinstance(item, str) else item)
+
+
+def _same(item: Any) -> Any:
+    return item
+
+
+class _Leave:
+    """On `_rebuild`'s work stack: the walk leaves the container with this id."""
+
+    __slots__ = ("ident",)
+
+    def __init__(self, ident: int) -> None:
+        self.ident = ident
+
+
+def _rebuild(value: Any, leaf: Callable[[Any], Any], *, redact_names: bool = False) -> Any:
+    """A copy of nested dicts, lists and tuples (as lists) with `leaf` applied to every other
+    value and, with `redact_names`, credential-named fields' values replaced. Iterative, so any
+    depth of nesting a server sends is fine; a container that contains itself becomes REDACTED
+    where it recurs."""
+    root: list[Any] = [None]
+    inside: set[int] = set()
+    work: list[Any] = [(value, root, 0)]
+    while work:
+        step = work.pop()
+        if type(step) is _Leave:
+            inside.discard(step.ident)
+            continue
+        item, target, slot = step
+        if isinstance(item, (dict, list, tuple)):
+            if id(item) in inside:
+                target[slot] = REDACTED
+                continue
+            inside.add(id(item))
+            work.append(_Leave(id(item)))
+            if isinstance(item, dict):
+                copy: dict[Any, Any] = {}
+                for key, inner in item.items():
+                    if redact_names and isinstance(key, str) and is_secret_name(key):
+                        copy[key] = REDACTED
+                    else:
+                        copy[key] = None
+                        work.append((inner, copy, key))
+                target[slot] = copy
+            else:
+                items: list[Any] = [None] * len(item)
+                work.extend((inner, items, index) for index, inner in enumerate(item))
+                target[slot] = items
+        else:
+            target[slot] = leaf(item)
+    return root[0]
 
 
 _SECRET_SHAPE_BYTES = re.compile(_SECRET_SHAPE.pattern.encode())
@@ -112,8 +167,14 @@ def client_secrets(client: Any) -> list[str]:
 def field_secrets(value: Any) -> list[str]:
     """The string values of credential-named fields anywhere in JSON-like data (a request)."""
     found: set[str] = set()
-
-    def walk(item: Any) -> None:
+    work = [value]
+    seen: set[int] = set()
+    while work:
+        item = work.pop()
+        if isinstance(item, (dict, list, tuple)):
+            if id(item) in seen:
+                continue
+            seen.add(id(item))
         if isinstance(item, dict):
             for key, inner in item.items():
                 if isinstance(key, str) and is_secret_name(key) and isinstance(inner, str):
@@ -122,10 +183,219 @@ def field_secrets(value: Any) -> list[str]:
                         if inner.lower().startswith("bearer ") and len(inner) - 7 >= MIN_FIELD_SECRET:
                             found.add(inner[7:])
                 else:
-                    walk(inner)
+                    work.append(inner)
         elif isinstance(item, (list, tuple)):
-            for inner in item:
-                walk(inner)
-
-    walk(value)
+            work.extend(item)
     return sorted(found, key=len, reverse=True)
+
+
+# -- masking in place, for traces -----------------------------------------------------------------
+
+#: What each byte of a secret becomes in a trace: the same number of these, so positions, lengths
+#: and chunk boundaries do not move and a replay of the masked bytes decides as the turn did.
+MASK = "*"
+
+#: Every piece of a secret this long or longer is masked wherever it appears; shorter secrets are
+#: masked only whole.
+MIN_PIECE = 8
+
+_MASK_BYTE = ord(MASK)
+_CR, _LF, _QUOTE, _BACKSLASH = 13, 10, ord('"'), ord("\\")
+
+#: `_SECRET_SHAPE` for raw bytes: `Bearer` is followed by spaces or tabs only, so a mask never
+#: swallows a line end of the event stream.
+_SHAPE_MASK = re.compile(
+    rb"\b(?:sk|rk|pk|xai|sess)-[A-Za-z0-9_\-]{16,}|(?i:bearer)[ \t]+[A-Za-z0-9._~+/\-]{8,}=*"
+)
+#: Where a credential shape can start (case-sensitive, in the data as it is).
+_SHAPE_STARTS = (b"sk-", b"rk-", b"pk-", b"xai-", b"sess-")
+
+#: How the name of every credential-named field ends, lower-cased, with its closing quote: a
+#: field name `_SECRET_NAME` accepts ends with one of these words.
+_FIELD_ENDS = (
+    b'key"', b'token"', b'secret"', b'password"', b'passwd"', b'authorization"', b'cookie"',
+    b'credential"', b'credentials"', b'session"',
+)
+#: Longest field name looked at (a longer one is not taken for a credential's name).
+_MAX_NAME = 256
+_SPACE = b" \t\r\n"
+#: A value `redact_fields` already replaced stays as it reads.
+_REDACTED_BYTES = REDACTED.encode()
+
+
+class Scrubber:
+    """Masks secrets in bytes, in place and length for length (`MASK`).
+
+    `scrub(data)` takes any bytes: the whole body of one attempt (every chunk of it, joined, so
+    that a secret split across two reads is found; cut again at the same places afterwards) or
+    serialized JSON lines (several at once). It masks:
+
+    - each of `secrets` (the client's API key, credential headers, the request's credential-named
+      field values) and every piece of one that is `MIN_PIECE` characters or longer;
+    - credential shapes (`sk-...` keys, `Bearer ...` values);
+    - the string value of every JSON field whose name is a credential's (`is_secret_name`), of any
+      length (except `REDACTED`, which `redact_fields` put there).
+
+    Line ends are never masked. A piece made only of digits is left alone outside a JSON string
+    (it is a number that happens to share eight digits with a secret, and masking it would break
+    the JSON). Masking is idempotent: scrubbed bytes scrub to themselves."""
+
+    __slots__ = ("_whole", "_grams")
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        forms: set[bytes] = set()
+        for secret in secrets:
+            if not isinstance(secret, str) or not secret:
+                continue
+            forms.add(secret.encode("utf-8", "surrogatepass"))
+            escaped = _json_escaped(secret)
+            if escaped is not None:
+                forms.add(escaped)
+        #: secrets shorter than MIN_PIECE: masked whole
+        self._whole = sorted((form for form in forms if len(form) < MIN_PIECE), key=len, reverse=True)
+        #: (gram, secret, offset) for every 4-byte gram of a longer secret at an offset that is a
+        #: multiple of 4: any piece of MIN_PIECE bytes or more contains one of them
+        self._grams: list[tuple[bytes, bytes, int]] = [
+            (form[offset : offset + 4], form, offset)
+            for form in sorted(form for form in forms if len(form) >= MIN_PIECE)
+            for offset in range(0, len(form) - 3, 4)
+        ]
+
+    def scrub(self, data: bytes) -> bytes:
+        """`data` with every secret masked; the same object when there is nothing to mask."""
+        spans = self.spans(data)
+        if not spans:
+            return data
+        out = bytearray(data)
+        for start, end in spans:
+            out[start:end] = MASK.encode() * (end - start)
+            if b"\n" in data[start:end] or b"\r" in data[start:end]:
+                for index in range(start, end):
+                    if data[index] in (_CR, _LF):
+                        out[index] = data[index]
+        return bytes(out)
+
+    def spans(self, data: bytes) -> list[tuple[int, int]]:
+        """The (start, end) byte ranges of `data` to mask, sorted and merged."""
+        found: list[tuple[int, int]] = []
+        self._secret_spans(data, found)
+        lowered = data.lower()
+        _shape_spans(data, lowered, found)
+        _field_spans(data, lowered, found)
+        if not found:
+            return found
+        found.sort()
+        merged = [found[0]]
+        for start, end in found[1:]:
+            last_start, last_end = merged[-1]
+            if start <= last_end:
+                merged[-1] = (last_start, max(last_end, end))
+            else:
+                merged.append((start, end))
+        return merged
+
+    def _secret_spans(self, data: bytes, found: list[tuple[int, int]]) -> None:
+        for secret in self._whole:
+            at = data.find(secret)
+            while at >= 0:
+                found.append((at, at + len(secret)))
+                at = data.find(secret, at + len(secret))
+        size = len(data)
+        for gram, secret, offset in self._grams:
+            at = data.find(gram)
+            while at >= 0:
+                # the gram sits at `offset` of the secret: extend the match both ways
+                left = 0
+                while left < offset and at - left > 0 and data[at - left - 1] == secret[offset - left - 1]:
+                    left += 1
+                right = at + 4
+                tail = offset + 4
+                while tail < len(secret) and right < size and data[right] == secret[tail]:
+                    right += 1
+                    tail += 1
+                start = at - left
+                if right - start >= MIN_PIECE and (
+                    not data[start:right].isdigit() or _inside_string(data, start)
+                ):
+                    found.append((start, right))
+                at = data.find(gram, at + 1)
+
+
+def _json_escaped(secret: str) -> bytes | None:
+    """How `secret` reads inside a JSON string when that differs from its UTF-8 bytes."""
+    import json
+
+    escaped = json.dumps(secret, ensure_ascii=False)[1:-1].encode("utf-8", "surrogatepass")
+    return escaped if escaped != secret.encode("utf-8", "surrogatepass") else None
+
+
+def _inside_string(data: bytes, position: int) -> bool:
+    """Whether `position` lies inside a JSON string on its line (quotes counted from the line's
+    start, escaped ones skipped). A very long line is taken to be one string."""
+    line_start = data.rfind(b"\n", 0, position) + 1
+    if position - line_start > 1 << 20:
+        return True
+    inside = False
+    at = data.find(b'"', line_start, position)
+    while at >= 0:
+        backslashes = 0
+        while at - backslashes - 1 >= line_start and data[at - backslashes - 1] == _BACKSLASH:
+            backslashes += 1
+        if backslashes % 2 == 0:
+            inside = not inside
+        at = data.find(b'"', at + 1, position)
+    return inside
+
+
+def _shape_spans(data: bytes, lowered: bytes, found: list[tuple[int, int]]) -> None:
+    starts: list[int] = []
+    for marker in _SHAPE_STARTS:
+        at = data.find(marker)
+        while at >= 0:
+            starts.append(at)
+            at = data.find(marker, at + 1)
+    at = lowered.find(b"bearer")
+    while at >= 0:
+        starts.append(at)
+        at = lowered.find(b"bearer", at + 1)
+    for start in starts:
+        match = _SHAPE_MASK.match(data, start)
+        if match is not None:
+            found.append(match.span())
+
+
+def _field_spans(data: bytes, lowered: bytes, found: list[tuple[int, int]]) -> None:
+    """The string values of credential-named fields (`"name": "value"`, JSON as it is written,
+    not inside another JSON string)."""
+    size = len(data)
+    for ending in _FIELD_ENDS:
+        at = lowered.find(ending)
+        while at >= 0:
+            close = at + len(ending) - 1  # the quote closing the name
+            at = lowered.find(ending, at + 1)
+            open_ = data.rfind(b'"', max(0, close - _MAX_NAME), close)
+            if open_ < 0 or (open_ > 0 and data[open_ - 1] == _BACKSLASH):
+                continue
+            name = data[open_ + 1 : close]
+            if b"\\" in name or b"\n" in name or not is_secret_name(name.decode("latin-1")):
+                continue
+            cursor = close + 1
+            while cursor < size and data[cursor] in _SPACE:
+                cursor += 1
+            if cursor >= size or data[cursor] != ord(":"):
+                continue
+            cursor += 1
+            while cursor < size and data[cursor] in _SPACE:
+                cursor += 1
+            if cursor >= size or data[cursor] != _QUOTE:
+                continue
+            start = cursor + 1
+            end = start
+            while end < size:
+                byte = data[end]
+                if byte == _QUOTE or byte in (_CR, _LF):
+                    break
+                end += 2 if byte == _BACKSLASH else 1
+            end = min(end, size)
+            if end > start and data[start:end] != _REDACTED_BYTES:
+                found.append((start, end))

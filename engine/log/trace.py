@@ -1,7 +1,8 @@
 """Trace files: a turn as JSON Lines, enough to replay it and check every decision.
 
-Line 1 is the header: `{"format": "streamfsm-trace", "version": 1, "entry": ..., "policy": ...,
-"request": ...}`. Every further line is one record of the event log, in sequence order:
+Line 1 is the header: `{"format": "streamfsm-trace", "version": 2, "entry": ..., "policy": ...,
+"request": ...}`. Every further line is one record of the event log, in sequence order, and the
+last one says how the turn ended:
 
     {"seq": 1, "kind": "input", "attempt": 1, "t": 0.0123, "input": "chunk", "data": "event: ..."}
     {"seq": 2, "kind": "transition", "machine": "stream_attempt", "attempt": 1,
@@ -10,24 +11,50 @@ Line 1 is the header: `{"format": "streamfsm-trace", "version": 1, "entry": ...,
     ...
     {"seq": N, "kind": "result", "outcome": "completed", "response": {...}, ...}
 
+or, when the turn was cut short by an exception in the driver (version 2),
+
+    {"seq": N, "kind": "abandoned", "exception": "KeyboardInterrupt"}
+
+A file without either final record is a truncated file, and not a valid trace.
+
 Inputs are `chunk` (`data`, or `data_b64` when the bytes are not valid UTF-8 on their own),
-`http_error` (`status`, `body`, `headers` that say when to retry, `received_at`), `fault` (`fault`, `detail`), `eof`, `idle_timeout` (`seconds`)
-and `interrupt`. Secrets are removed from every line before it is written (`engine.log.redaction`).
+`http_error` (`status`, `body`, the `headers` that say when to retry, `received_at`), `fault` (`fault`, `detail`), `eof`, `idle_timeout` (`seconds`)
+and `interrupt`.
+
+Secrets (version 2). Each attempt's body is scrubbed as one byte stream, every chunk of it joined,
+and cut again at the chunk boundaries the network made, so a secret split across two reads (or
+inside a read stored as base64) is masked all the same; every other line is scrubbed as it is
+written (`engine.log.redaction.Scrubber`). Masking keeps lengths (each byte becomes `*`), so a
+replay of the masked inputs decides what the turn decided; a replay compares a run of four or
+more `*` in a string as "masked text" that matches any text of the same length, because text the
+machines assemble from several deltas (the output text, a tool call's arguments) can hold a
+secret no single delta held whole. Version 1 files (secrets replaced by `[redacted]` line by line)
+are still read and replayed.
+
+Writing never raises: a value orjson cannot write (nested 255 levels or more, a lone surrogate,
+an integer beyond 64 bits) is written by a slower encoder that can; anything else that goes wrong
+leaves no file (and no `.partial` file) and is logged. Reading is line by line (`TraceReader`):
+memory is bounded by the longest line, and every line is checked as it is read.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import json
+import math
 import os
-from typing import Any, Iterable
+import sys
+from typing import IO, Any, Callable, Iterable, Iterator
 
 import attrs
 import orjson
 
 from engine.log.eventlog import InputRecord, Record, RecordedInput
-from machines.records import Chunk
-from engine.log.redaction import redact_fields, scrub_line
+from engine.log.logs import log
+from engine.log.redaction import Scrubber, redact_fields, scrub_line
 from machines.records import (
+    Chunk,
     Effect,
     EndOfStream,
     HttpError,
@@ -40,32 +67,192 @@ from machines.records import (
 )
 
 __all__ = [
+    "ENTRIES",
     "FORMAT",
+    "KINDS",
     "VERSION",
+    "VERSIONS",
+    "EntryFormat",
     "Trace",
     "TraceError",
+    "TraceReader",
     "TraceWriter",
+    "abandoned_to_json",
+    "dumps",
+    "equal",
     "header_for",
     "input_from_json",
+    "is_chunk_record",
+    "loads",
+    "policy_from_header",
     "read_trace",
     "record_to_json",
     "result_to_json",
+    "scrubber_for",
 ]
 
 FORMAT = "streamfsm-trace"
-VERSION = 1
+#: The version this streamfsm writes.
+VERSION = 2
+#: The versions it reads.
+VERSIONS = (1, 2)
+#: The record kinds of each version; `result` and `abandoned` end a trace.
+KINDS = {
+    1: frozenset({"input", "transition", "effect", "result"}),
+    2: frozenset({"input", "transition", "effect", "result", "abandoned"}),
+}
+_FINAL_KINDS = frozenset({"result", "abandoned"})
 
 
 class TraceError(ValueError):
     """A trace file that cannot be read or is not a valid trace. The message is one line."""
 
 
+def _one_line(text: str, limit: int = 500) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _trace_error(text: str) -> TraceError:
+    return TraceError(_one_line(text))
+
+
+# -- JSON that never fails on what a turn recorded ------------------------------------------------
+
+
+def _json_default(value: Any) -> Any:
+    if attrs.has(type(value)):
+        return attrs.asdict(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "replace")
+    return repr(value)
+
+
+def dumps(value: Any) -> bytes:
+    """`value` as one line of compact JSON (no newline). orjson when it can; otherwise (nesting
+    255 levels or deeper, a lone surrogate, an integer beyond 64 bits, a key that is not a
+    string) an encoder without recursion that writes any value: never raises."""
+    try:
+        return orjson.dumps(value, default=_json_default)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return _dumps_anything(value)
+
+
+class _Text(str):
+    """Literal JSON text on `_dumps_anything`'s work stack."""
+
+
+def _json_key(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, bool):
+        return "null" if key is None else ("true" if key else "false")
+    if isinstance(key, (int, float)):
+        return repr(key)
+    return str(key)
+
+
+def _dumps_anything(value: Any) -> bytes:
+    out: list[str] = []
+    work: list[Any] = [value]
+    while work:
+        item = work.pop()
+        if type(item) is _Text:
+            out.append(item)
+            continue
+        if item is None or item is True or item is False:
+            out.append("null" if item is None else ("true" if item else "false"))
+        elif isinstance(item, str):
+            out.append(json.dumps(str(item)))  # ASCII, lone surrogates escaped
+        elif isinstance(item, int):
+            out.append(int.__repr__(int(item)))
+        elif isinstance(item, float):
+            out.append(float.__repr__(item) if math.isfinite(item) else "null")
+        elif isinstance(item, dict):
+            pieces: list[Any] = []
+            for index, (key, inner) in enumerate(item.items()):
+                pieces.append(_Text(("," if index else "") + json.dumps(_json_key(key)) + ":"))
+                pieces.append(inner)
+            out.append("{")
+            work.append(_Text("}"))
+            work.extend(reversed(pieces))
+        elif isinstance(item, (list, tuple)):
+            pieces = []
+            for index, inner in enumerate(item):
+                if index:
+                    pieces.append(_Text(","))
+                pieces.append(inner)
+            out.append("[")
+            work.append(_Text("]"))
+            work.extend(reversed(pieces))
+        else:
+            try:
+                work.append(_json_default(item))
+            except Exception:  # an object whose repr raises
+                work.append(f"<{type(item).__name__}>")
+    return "".join(out).encode("ascii")
+
+
+#: How deep the standard library's JSON may recurse when orjson's 1024 levels are not enough.
+_DEEP = 6000
+
+
+@contextlib.contextmanager
+def _recursion_room(depth: int = _DEEP) -> Iterator[None]:
+    """Raise the interpreter's recursion limit to at least `depth` for the block (deeply nested
+    data: parsing it with the standard library, comparing it)."""
+    before = sys.getrecursionlimit()
+    if before < depth:
+        sys.setrecursionlimit(depth)
+    try:
+        yield
+    finally:
+        if before < depth:
+            sys.setrecursionlimit(before)
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def loads(line: bytes) -> Any:
+    """One JSON text; `ValueError` when it is not one. orjson when it can; the standard library
+    for what orjson refuses but a trace may hold (nesting deeper than 1024 levels, an escaped lone
+    surrogate)."""
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError as error:
+        first = error
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(str(first)) from None
+    try:
+        with _recursion_room():
+            return json.loads(text, parse_constant=_no_constants)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except ValueError:
+        raise ValueError(str(first)) from None
+
+
+def equal(mine: Any, theirs: Any) -> bool:
+    """`mine == theirs` for JSON values of any depth."""
+    try:
+        return bool(mine == theirs)
+    except RecursionError:
+        with _recursion_room():
+            return bool(mine == theirs)
+
+
+# -- records as JSON ------------------------------------------------------------------------------
+
+
 def _input_to_json(item: RecordedInput) -> dict[str, Any]:
     if type(item) is Chunk:
-        try:
-            return {"input": "chunk", "data": item.data.decode("utf-8")}
-        except UnicodeDecodeError:
-            return {"input": "chunk", "data_b64": base64.b64encode(item.data).decode("ascii")}
+        return _chunk_to_json(item.data)
     if isinstance(item, HttpError):
         return {
             "input": "http_error",
@@ -85,18 +272,31 @@ def _input_to_json(item: RecordedInput) -> dict[str, Any]:
     raise TypeError(f"not a recorded input: {type(item).__name__}")
 
 
+def _chunk_to_json(data: bytes) -> dict[str, Any]:
+    try:
+        return {"input": "chunk", "data": data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"input": "chunk", "data_b64": base64.b64encode(data).decode("ascii")}
+
+
 def input_from_json(record: dict[str, Any]) -> RecordedInput:
     """The input a trace line describes (raises `TraceError` when it is not one)."""
     kind = record.get("input")
     try:
         if kind == "chunk":
             if "data_b64" in record:
-                return Chunk(base64.b64decode(record["data_b64"], validate=True))
+                encoded = record["data_b64"]
+                if not isinstance(encoded, str):
+                    raise TypeError("chunk data_b64 is not a string")
+                return Chunk(base64.b64decode(encoded, validate=True))
             data = record["data"]
             if not isinstance(data, str):
                 raise TypeError("chunk data is not a string")
             return Chunk(data.encode("utf-8"))
         if kind == "http_error":
+            status = record["status"]
+            if type(status) is not int:
+                raise TypeError(f"status {status!r} is not a whole number")
             headers = record.get("headers") or {}
             received_at = record.get("received_at")
             if not isinstance(headers, dict) or not all(
@@ -107,21 +307,27 @@ def input_from_json(record: dict[str, Any]) -> RecordedInput:
                 isinstance(received_at, bool) or not isinstance(received_at, (int, float))
             ):
                 raise TypeError("received_at is not a number")
-            return HttpError(int(record["status"]), record.get("body"), headers, received_at)
+            return HttpError(status, record.get("body"), headers, received_at)
         if kind == "fault":
             fault = record["fault"]
             if fault not in ("drop", "read_timeout", "connect_error"):
                 raise ValueError(f"unknown fault {fault!r}")
-            return TransportFault(fault, str(record.get("detail", "")))
+            detail = record.get("detail", "")
+            if not isinstance(detail, str):
+                raise TypeError("fault detail is not a string")
+            return TransportFault(fault, detail)
         if kind == "eof":
             return EndOfStream()
         if kind == "idle_timeout":
-            return IdleTimeout(float(record["seconds"]))
+            seconds = record["seconds"]
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+                raise TypeError(f"seconds {seconds!r} is not a number")
+            return IdleTimeout(float(seconds))
         if kind == "interrupt":
             return Interrupt()
     except (KeyError, TypeError, ValueError) as error:
-        raise TraceError(f"seq {record.get('seq')}: bad {kind} input ({error})") from None
-    raise TraceError(f"seq {record.get('seq')}: unknown input kind {kind!r}")
+        raise _trace_error(f"seq {record.get('seq')!r}: bad {kind} input ({error!r})") from None
+    raise _trace_error(f"seq {record.get('seq')!r}: unknown input kind {kind!r}")
 
 
 def record_to_json(record: Record, seq: int) -> dict[str, Any]:
@@ -160,6 +366,18 @@ def result_to_json(result: TurnResult, seq: int) -> dict[str, Any]:
     return {"seq": seq, "kind": "result", **result.to_json()}
 
 
+def abandoned_to_json(exception: str, seq: int) -> dict[str, Any]:
+    """The final record of a turn cut short by an exception (its class name only: the message may
+    quote anything)."""
+    return {"seq": seq, "kind": "abandoned", "exception": exception}
+
+
+def is_chunk_record(record: dict[str, Any]) -> bool:
+    """Whether a record (JSON) is a chunk input: its data was scrubbed with the rest of its
+    attempt's body, so its line is not scrubbed again."""
+    return record.get("kind") == "input" and record.get("input") == "chunk"
+
+
 def header_for(
     entry: str, policy: TurnPolicy, request: dict[str, Any] | None, seed: int = 0
 ) -> dict[str, Any]:
@@ -184,52 +402,335 @@ def header_for(
     }
 
 
-def _dumps(value: dict[str, Any], secrets: Iterable[str]) -> bytes:
-    return scrub_line(orjson.dumps(value, default=_json_default), secrets)
+def scrubber_for(version: int, secrets: Iterable[str] = ()) -> Callable[[bytes], bytes]:
+    """How the lines of a trace of `version` were scrubbed (replay scrubs what it renders the
+    same way before comparing)."""
+    if version == 1:
+        listed = list(secrets)
+        return lambda line: scrub_line(line, listed)
+    return Scrubber(secrets).scrub
 
 
-def _json_default(value: Any) -> Any:
-    if attrs.has(type(value)):
-        return attrs.asdict(value)
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return repr(value)
+# -- writing --------------------------------------------------------------------------------------
 
-
-def normalise(value: dict[str, Any], secrets: Iterable[str] = ()) -> dict[str, Any]:
-    """A record exactly as it reads back from a trace file (secrets removed, JSON types)."""
-    parsed: dict[str, Any] = orjson.loads(_dumps(value, secrets))
-    return parsed
+#: Lines scrubbed together (one pass of the scrubber over many short lines).
+_WINDOW = 2048
 
 
 class TraceWriter:
-    """Writes one trace file: header, records, result."""
+    """Writes one trace file: header, records, and the result (or the abandoned record)."""
 
     def __init__(self, path: str | os.PathLike[str], secrets: Iterable[str] = ()) -> None:
         self.path = os.fspath(path)
         self.secrets = list(secrets)
 
     def write(
-        self, header: dict[str, Any], records: list[Record], result: TurnResult | None
-    ) -> None:
-        """Write the header, every record and the result (None: a turn cut short) to the path, via a `.partial` file renamed at the end."""
-        secrets = self.secrets
+        self,
+        header: dict[str, Any],
+        records: list[Record],
+        result: TurnResult | None,
+        *,
+        abandoned: str | None = None,
+    ) -> bool:
+        """Write the header, every record and the result (None: a turn cut short by the exception
+        named `abandoned`) to the path, via a `.partial` file renamed at the end.
+
+        Never raises for what the turn recorded: returns False, logs a warning and leaves neither
+        file when the trace could not be written (a full disk, a vanished directory)."""
         tmp = self.path + ".partial"
-        with open(tmp, "wb") as out:  # line by line: a long turn's trace never sits in memory
-            write = out.write
-            write(_dumps(header, secrets) + b"\n")
-            for seq, record in enumerate(records, 1):
-                write(_dumps(record_to_json(record, seq), secrets) + b"\n")
-            if result is not None:
-                write(_dumps(result_to_json(result, len(records) + 1), secrets) + b"\n")
-        os.replace(tmp, self.path)
+        try:
+            with open(tmp, "wb") as out:
+                self._write(out, header, records, result, abandoned)
+            os.replace(tmp, self.path)
+            return True
+        except Exception as error:
+            _remove_quietly(tmp)
+            log.warning("trace not written", path=self.path, error=type(error).__name__)
+            return False
+        except BaseException:
+            _remove_quietly(tmp)
+            raise
+
+    def _write(
+        self,
+        out: IO[bytes],
+        header: dict[str, Any],
+        records: list[Record],
+        result: TurnResult | None,
+        abandoned: str | None,
+    ) -> None:
+        scrubber = Scrubber(self.secrets)
+        bodies = _scrubbed_bodies(records, scrubber)
+        window: list[bytes] = [dumps(header)]
+        plain: list[bool] = [False]  # True: a chunk line, already scrubbed with its body
+        for seq, record in enumerate(records, 1):
+            if type(record) is InputRecord and type(record.input) is Chunk:
+                data = bodies.get(seq - 1, record.input.data)
+                line = {"seq": seq, "kind": "input", "attempt": record.attempt, "t": record.t}
+                window.append(dumps({**line, **_chunk_to_json(data)}))
+                plain.append(True)
+            else:
+                window.append(dumps(record_to_json(record, seq)))
+                plain.append(False)
+            if len(window) >= _WINDOW:
+                _flush(out, window, plain, scrubber)
+                window, plain = [], []
+        if result is not None:
+            window.append(dumps(result_to_json(result, len(records) + 1)))
+        else:
+            window.append(dumps(abandoned_to_json(abandoned or "Exception", len(records) + 1)))
+        plain.append(False)
+        _flush(out, window, plain, scrubber)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _scrubbed_bodies(records: list[Record], scrubber: Scrubber) -> dict[int, bytes]:
+    """Every chunk the scrubber changes, by index in `records`: each attempt's chunks are
+    scrubbed as one stream (a secret split across reads is found) and cut again where the network
+    cut them."""
+    by_attempt: dict[int, list[int]] = {}
+    for index, record in enumerate(records):
+        if type(record) is InputRecord and type(record.input) is Chunk:
+            by_attempt.setdefault(record.attempt, []).append(index)
+    changed: dict[int, bytes] = {}
+    for indices in by_attempt.values():
+        pieces = [records[index].input.data for index in indices]  # type: ignore[union-attr]
+        body = b"".join(pieces)
+        masked = scrubber.scrub(body)
+        if masked is body:
+            continue
+        offset = 0
+        for index, piece in zip(indices, pieces):
+            new = masked[offset : offset + len(piece)]
+            if new != piece:
+                changed[index] = new
+            offset += len(piece)
+    return changed
+
+
+def _flush(out: IO[bytes], lines: list[bytes], plain: list[bool], scrubber: Scrubber) -> None:
+    """Write `lines`, scrubbing those not `plain` (in one pass: a mask never covers a line end)."""
+    positions = [index for index, done in enumerate(plain) if not done]
+    if positions:
+        joined = b"\n".join(lines[index] for index in positions)
+        masked = scrubber.scrub(joined)
+        if masked is not joined:
+            for index, line in zip(positions, masked.split(b"\n")):
+                lines[index] = line
+    out.write(b"\n".join(lines) + b"\n")
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def policy_from_header(policy: Any) -> TurnPolicy:
+    """The `TurnPolicy` a header's `policy` object records; `ValueError` naming the field when it
+    is not one (each field is checked for its type, unknown fields are refused)."""
+    if not isinstance(policy, dict):
+        raise ValueError(f"header field 'policy' is {_type_name(policy)}, not an object")
+    names = {field.name for field in attrs.fields(TurnPolicy)}
+    for name in policy:
+        if name not in names:
+            raise ValueError(f"unknown policy field {name!r}")
+    arguments = dict(policy)
+    if "retry_failed_codes" in arguments:
+        codes = arguments["retry_failed_codes"]
+        if codes is None:
+            arguments["retry_failed_codes"] = ()
+        elif not isinstance(codes, list) or not all(isinstance(code, str) for code in codes):
+            raise ValueError(
+                f"policy field 'retry_failed_codes' is {_type_name(codes)}, not a list of strings"
+            )
+    try:
+        return TurnPolicy(**arguments)
+    except Exception as error:  # the policy's own validators: wrong type or range
+        raise ValueError(f"bad policy in header ({error})") from None
+
+
+def _check_turn_header(header: dict[str, Any]) -> None:
+    """The header fields of a `run_turn` / `arun_turn` / `consume` trace."""
+    policy_from_header(header.get("policy"))
+    request = header.get("request")
+    if request is not None and not isinstance(request, dict):
+        raise ValueError(f"header field 'request' is {_type_name(request)}, not an object or null")
+    if "seed" in header and type(header["seed"]) is not int:
+        raise ValueError(f"header field 'seed' is {_type_name(header['seed'])}, not a whole number")
+
+
+@attrs.frozen
+class EntryFormat:
+    """What the traces of one entry point hold besides the common fields: `check_header(header)`
+    raises `ValueError` (one line, naming the field) for a header field of the wrong type;
+    `check_input(record)` raises `TraceError` for an input record it cannot decode."""
+
+    check_header: Callable[[dict[str, Any]], None]
+    check_input: Callable[[dict[str, Any]], Any]
+
+
+#: Entry points, by the header's `entry`: how their traces are checked. Replay has its own table
+#: of how they are replayed (`engine.drivers.replay.REPLAYERS`).
+ENTRIES: dict[str, EntryFormat] = {
+    name: EntryFormat(_check_turn_header, input_from_json)
+    for name in ("run_turn", "arun_turn", "consume")
+}
+
+
+class TraceReader:
+    """Reads and checks a trace file line by line (memory bounded by the longest line).
+
+    Opening reads and checks the header (`header`, `version`, `entry`). Iterating yields each
+    record as `(line, record)`: the line's bytes (trailing whitespace removed) and its JSON
+    object, checked; at the end of the file, a trace without its final record (`result`, or
+    `abandoned`) raises `TraceError`. Every problem is a `TraceError` with one line of text."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = name = os.fspath(path)
+        #: records read so far
+        self.records = 0
+        self._number = 0
+        self._final = False
+        try:
+            self._file: IO[bytes] = open(name, "rb")
+        except OSError as error:
+            raise _trace_error(f"{name}: cannot read ({error.strerror or error})") from None
+        try:
+            self.header = self._read_header()
+        except BaseException:
+            self._file.close()
+            raise
+        self.version: int = self.header["version"]
+        self.entry: str = self.header["entry"]
+        self._format = ENTRIES[self.entry]
+        self._kinds = KINDS[self.version]
+
+    def close(self) -> None:
+        """Close the file."""
+        self._file.close()
+
+    def __enter__(self) -> TraceReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _lines(self) -> Iterator[tuple[int, bytes]]:
+        name = self.path
+        while True:
+            try:
+                line = self._file.readline()
+            except OSError as error:
+                raise _trace_error(f"{name}: cannot read ({error.strerror or error})") from None
+            except MemoryError:
+                raise _trace_error(f"{name}: line {self._number + 1} is too long to read") from None
+            if not line:
+                return
+            self._number += 1
+            line = line.rstrip()
+            if line:
+                yield self._number, line
+
+    def _parse(self, number: int, line: bytes) -> dict[str, Any]:
+        try:
+            value = loads(line)
+        except ValueError:
+            raise _trace_error(f"{self.path}: line {number} is not JSON") from None
+        except MemoryError:
+            raise _trace_error(f"{self.path}: line {number} is too large to read") from None
+        if not isinstance(value, dict):
+            raise _trace_error(f"{self.path}: line {number} is not a JSON object")
+        return value
+
+    def _read_header(self) -> dict[str, Any]:
+        name = self.path
+        first = next(self._lines(), None)
+        if first is None:
+            raise _trace_error(f"{name}: empty file, not a trace")
+        number, line = first
+        header = self._parse(number, line)
+        if header.get("format") != FORMAT:
+            raise _trace_error(f"{name}: line {number} is not a {FORMAT} header")
+        version = header.get("version")
+        if type(version) is not int or version not in VERSIONS:
+            raise _trace_error(
+                f"{name}: trace format version {version!r} is not supported "
+                f"(this streamfsm reads versions {', '.join(map(str, VERSIONS))})"
+            )
+        entry = header.get("entry")
+        if not isinstance(entry, str) or entry not in ENTRIES:
+            raise _trace_error(f"{name}: unknown entry {entry!r} in header")
+        try:
+            ENTRIES[entry].check_header(header)
+        except (TypeError, ValueError) as error:
+            raise _trace_error(f"{name}: line {number}: {error}") from None
+        return header
+
+    def __iter__(self) -> Iterator[tuple[bytes, dict[str, Any]]]:
+        name = self.path
+        for number, line in self._lines():
+            record = self._parse(number, line)
+            self._check(number, record)
+            self.records += 1
+            yield line, record
+        if not self._final:
+            where = f"after line {self._number}" if self.records else "after its header"
+            raise _trace_error(
+                f"{name}: the trace ends {where} without its final result record "
+                "(a truncated file)"
+            )
+
+    def _check(self, number: int, record: dict[str, Any]) -> None:
+        name = self.path
+        kind = record.get("kind")
+        if not isinstance(kind, str) or kind not in self._kinds:
+            raise _trace_error(f"{name}: line {number} has unknown kind {kind!r}")
+        # Only the type of `seq` is checked here: a record missing, added or moved is a valid
+        # file whose seq numbers replay will not reproduce, so it is reported as a divergence.
+        seq = record.get("seq")
+        if type(seq) is not int or seq < 1:
+            raise _trace_error(f"{name}: line {number} has no valid seq number ({seq!r})")
+        if kind in _FINAL_KINDS:
+            self._final = True
+            if kind == "abandoned" and not isinstance(record.get("exception", ""), str):
+                raise _trace_error(f"{name}: line {number}: the abandoned record's exception is not a string")
+        elif kind == "input":
+            attempt = record.get("attempt")
+            if type(attempt) is not int or attempt < 1:
+                raise _trace_error(f"{name}: line {number} input has no valid attempt number")
+            t = record.get("t")
+            if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))):
+                raise _trace_error(f"{name}: line {number} input has a clock reading that is not a number ({t!r})")
+            try:
+                self._format.check_input(record)
+            except TraceError as error:
+                raise _trace_error(f"{name}: line {number}: {error}") from None
 
 
 @attrs.frozen(slots=True)
 class Trace:
-    """A trace file as read: its path, header and records (JSON objects)."""
+    """A trace file as read whole: its path, header and records (JSON objects)."""
+
     path: str
     header: dict[str, Any]
     records: list[dict[str, Any]]
@@ -237,76 +738,25 @@ class Trace:
     @property
     def policy(self) -> TurnPolicy:
         """The `TurnPolicy` the header recorded (raises `TraceError` if it is not valid)."""
-        p = self.header.get("policy") or {}
         try:
-            defaults = TurnPolicy()
-            return TurnPolicy(
-                max_stream_retries=p.get("max_stream_retries", 1),
-                fallback=p.get("fallback", True),
-                idle_timeout_s=p.get("idle_timeout_s"),
-                retry_failed_codes=p.get("retry_failed_codes") or (),
-                max_http_retries=p.get("max_http_retries", 0),
-                max_retry_wait_s=p.get("max_retry_wait_s", defaults.max_retry_wait_s),
-                max_event_bytes=p.get("max_event_bytes", defaults.max_event_bytes),
-                resume=p.get("resume", defaults.resume),
-            )
-        except (TypeError, ValueError) as error:
-            raise TraceError(f"{self.path}: bad policy in header ({error})") from None
+            return policy_from_header(self.header.get("policy"))
+        except ValueError as error:
+            raise _trace_error(f"{self.path}: {error}") from None
+
+    @property
+    def version(self) -> int:
+        """The trace format version of the file."""
+        version: int = self.header.get("version", VERSION)
+        return version
 
     def inputs(self) -> list[dict[str, Any]]:
         """The recorded input records, in order."""
         return [r for r in self.records if r.get("kind") == "input"]
 
 
-_KINDS = {"input", "transition", "effect", "result"}
-
-
 def read_trace(path: str | os.PathLike[str]) -> Trace:
-    """Read and check a trace file; any problem raises `TraceError` with one line of text."""
-    name = os.fspath(path)
-    try:
-        with open(name, "rb") as source:
-            raw = source.read()
-    except OSError as error:
-        raise TraceError(f"{name}: cannot read ({error.strerror or error})") from None
-    lines = [line for line in raw.split(b"\n") if line.strip()]
-    if not lines:
-        raise TraceError(f"{name}: empty file, not a trace")
-    parsed: list[dict[str, Any]] = []
-    for number, line in enumerate(lines, 1):
-        try:
-            value = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            raise TraceError(f"{name}: line {number} is not JSON") from None
-        if not isinstance(value, dict):
-            raise TraceError(f"{name}: line {number} is not a JSON object")
-        parsed.append(value)
-    header = parsed[0]
-    if header.get("format") != FORMAT:
-        raise TraceError(f"{name}: line 1 is not a {FORMAT} header")
-    if header.get("version") != VERSION:
-        raise TraceError(
-            f"{name}: trace format version {header.get('version')!r} is not supported "
-            f"(this streamfsm reads version {VERSION})"
-        )
-    if header.get("entry") not in ("run_turn", "arun_turn", "consume"):
-        raise TraceError(f"{name}: unknown entry {header.get('entry')!r} in header")
-    records = parsed[1:]
-    for number, record in enumerate(records, 2):
-        if record.get("kind") not in _KINDS:
-            raise TraceError(f"{name}: line {number} has unknown kind {record.get('kind')!r}")
-        # Only the type of `seq` is checked here: a record missing, added or moved is a valid
-        # file whose seq numbers replay will not reproduce, so it is reported as a divergence.
-        seq = record.get("seq")
-        if type(seq) is not int or seq < 1:
-            raise TraceError(f"{name}: line {number} has no valid seq number ({seq!r})")
-        if record["kind"] == "input":
-            if not isinstance(record.get("attempt"), int) or record["attempt"] < 1:
-                raise TraceError(f"{name}: line {number} input has no valid attempt number")
-            try:
-                input_from_json(record)
-            except TraceError as error:
-                raise TraceError(f"{name}: line {number}: {error}") from None
-    trace = Trace(name, header, records)
-    trace.policy  # validates the header's policy
-    return trace
+    """Read and check a whole trace file; any problem raises `TraceError` with one line of text.
+    (`TraceReader` reads one record at a time.)"""
+    with TraceReader(path) as reader:
+        records = [record for _, record in reader]
+        return Trace(reader.path, reader.header, records)

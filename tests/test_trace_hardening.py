@@ -1,0 +1,372 @@
+"""Traces hold up against what servers and files really do (contract v2, "Trace files").
+
+- Secrets: no piece of 8 or more characters of a secret reaches a trace, also when the server
+  echoes it split across two network reads, across two SSE events, across two attempts, or
+  inside a read that is not valid UTF-8 on its own (stored as base64); and the trace still
+  replays identically. Swept at every cut offset of a small stream, through `engine.consume` and
+  through `run_turn` with the real openai client over loopback, and drawn by Hypothesis.
+- Deep nesting and odd JSON in what the server sends: writing a trace never raises, never
+  leaves a `.partial` file, keeps the result, and the trace replays identically.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any, Iterable
+
+import openai
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import engine
+from engine.drivers.recording import TurnRecording
+from engine.testing.simulator import Reply, ResponsesSimulator, Script
+from machines.records import Chunk, TransportFault, TurnPolicy
+
+from support import assert_replays_identically, trace_lines
+
+#: Shaped like an OpenAI project key: found by its shape even where no client holds it (consume).
+API_KEY = "sk-proj-Zq7Wb3Lr9Tx2Kc5Vn8Hd4Jm6Pf1Gs0Ya"
+#: The token of an `Authorization: Bearer ...` value.
+BEARER_TOKEN = "tok.Yh6Rf2Wd9Qa3Le7Mc1Nb5"
+AUTHORIZATION = f"Bearer {BEARER_TOKEN}"
+#: A `session_token` field's value: nothing in its shape says it is a secret, only its name.
+SESSION_TOKEN = "Pq4Xr8Ts2Vw6Yz0Bc3Df"
+#: A key with no known shape: only a client that holds it knows it is one.
+PLAIN_KEY = "localdev.credential.4242.xyzw"
+
+#: Pieces of a secret this long must not reach a trace (`engine.log.redaction.MIN_PIECE`).
+MIN_PIECE = 8
+
+ONE_ATTEMPT = TurnPolicy(max_stream_retries=0, fallback=False)
+
+
+def _sse(event: dict[str, Any]) -> bytes:
+    name = str(event["type"]).encode()
+    return b"event: " + name + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+
+
+def _created() -> dict[str, Any]:
+    return {"type": "response.created", "response": {"id": "resp_1", "status": "in_progress", "output": []}}
+
+
+def _delta(text: str) -> dict[str, Any]:
+    return {"type": "response.output_text.delta", "output_index": 0, "content_index": 0, "delta": text}
+
+
+def _completed(**response: Any) -> dict[str, Any]:
+    return {
+        "type": "response.completed",
+        "response": {"id": "resp_1", "status": "completed", "output": [], **response},
+    }
+
+
+def echo_stream(key: str = API_KEY) -> bytes:
+    """A small answer that echoes the key, an `Authorization` value and a `session_token` field,
+    each right after a two-byte character (so a cut near them leaves a chunk that is not UTF-8)."""
+    return b"".join(
+        _sse(event)
+        for event in (
+            _created(),
+            _delta(f"é key {key}, é header Authorization: {AUTHORIZATION} ok"),
+            _completed(metadata={"session_token": SESSION_TOKEN, "note": "é visible"}),
+        )
+    )
+
+
+def pieces(secret: str, size: int = MIN_PIECE) -> set[str]:
+    """Every piece of `secret` of `size` characters."""
+    return {secret[i : i + size] for i in range(len(secret) - size + 1)}
+
+
+def leaked_pieces(path: Path, secrets: Iterable[str]) -> set[str]:
+    """The pieces of 8 characters of `secrets` found in the trace file: in its text, and in the
+    bytes of every chunk stored as base64."""
+    raw = path.read_bytes()
+    texts = [raw]
+    for line in raw.splitlines():
+        record = orjson.loads(line)
+        if "data_b64" in record:
+            texts.append(base64.b64decode(record["data_b64"]))
+    return {
+        piece
+        for secret in secrets
+        for piece in pieces(secret)
+        if any(piece.encode() in text for text in texts)
+    }
+
+
+def consume_knowing(chunks: Iterable[bytes], trace: Path, secrets: list[str]) -> engine.TurnResult:
+    """`engine.consume` by hand, with the secrets a client would have handed the trace writer."""
+    recording = TurnRecording(ONE_ATTEMPT, None, entry="consume")
+    for feed in recording.attempts():
+        for chunk in chunks:
+            if feed.chunk(chunk):
+                break
+        else:
+            feed.end()
+    return recording.finish(trace, secrets)
+
+
+def _cuts(data: bytes) -> list[list[bytes]]:
+    return [[data[:cut], data[cut:]] for cut in range(1, len(data))]
+
+
+# -- secrets, through consume ----------------------------------------------------------------
+
+
+def test_every_cut_of_an_echoing_stream_leaves_no_piece_of_a_secret(tmp_path: Path) -> None:
+    """Every cut offset: the key, the `Authorization` value and the `session_token` field,
+    through `engine.consume` (no client: found by shape and by field name)."""
+    data = echo_stream()
+    leaking: list[int] = []
+    binary = 0
+    for cut, chunks in enumerate(_cuts(data), 1):
+        trace = tmp_path / f"cut-{cut}.jsonl"
+        result = engine.consume(chunks, trace=trace)
+        assert result.outcome == "completed"
+        assert API_KEY in result.output_text  # the caller gets its answer as it was sent
+        if leaked_pieces(trace, [API_KEY, AUTHORIZATION, SESSION_TOKEN]):
+            leaking.append(cut)
+        binary += any("data_b64" in r for r in trace_lines(trace))
+        assert_replays_identically(trace)
+        trace.unlink()
+    assert leaking == []
+    assert binary > 0  # some cuts fell inside a two-byte character
+
+
+def test_binary_chunk_holding_a_secret_is_scrubbed_and_replays(tmp_path: Path) -> None:
+    data = echo_stream()
+    start = data.index(API_KEY.encode())
+    cut = start - 1  # inside "é", right before " key": both chunks are stored as base64
+    chunks = [data[: cut - 5], data[cut - 5 : start + 20], data[start + 20 :]]
+    trace = tmp_path / "binary.jsonl"
+    engine.consume(chunks, trace=trace)
+    stored = [r for r in trace_lines(trace) if r.get("input") == "chunk"]
+    assert ["data_b64" in r for r in stored] == [True, True, False]
+    assert leaked_pieces(trace, [API_KEY]) == set()
+    # the masked bytes keep their length: the boundaries are the network's
+    assert [len(base64.b64decode(r["data_b64"])) if "data_b64" in r else len(r["data"].encode()) for r in stored] == [
+        len(chunk) for chunk in chunks
+    ]
+    assert_replays_identically(trace)
+
+
+def test_secret_split_across_two_events_is_masked_where_it_is_assembled(tmp_path: Path) -> None:
+    """Each delta holds a piece of the key; the output text and the response join them."""
+    head, tail = PLAIN_KEY[:6], PLAIN_KEY[6:]  # 6 characters: too short to mask on its own
+    data = b"".join(
+        _sse(event)
+        for event in (_created(), _delta(f"key {head}"), _delta(f"{tail} end"), _completed())
+    )
+    trace = tmp_path / "events.jsonl"
+    result = consume_knowing([data[:100], data[100:]], trace, [PLAIN_KEY])
+    assert result.output_text == f"key {PLAIN_KEY} end"
+    assert leaked_pieces(trace, [PLAIN_KEY]) == set()
+    final = trace_lines(trace)[-1]
+    assert final["output_text"] == "key " + "*" * len(PLAIN_KEY) + " end"
+    assert_replays_identically(trace)
+
+
+def test_credential_fields_of_any_length_are_masked_in_every_record(tmp_path: Path) -> None:
+    data = b"".join(
+        _sse(event)
+        for event in (
+            _created(),
+            _delta("hi"),
+            _completed(metadata={"api_key": "short", "x-session-token": SESSION_TOKEN, "tokens": "kept"}),
+        )
+    )
+    trace = tmp_path / "fields.jsonl"
+    result = engine.consume(data, trace=trace)
+    assert result.response is not None and result.response["metadata"]["api_key"] == "short"
+    recorded = trace_lines(trace)[-1]["response"]["metadata"]
+    assert recorded == {"api_key": "*****", "x-session-token": "*" * len(SESSION_TOKEN), "tokens": "kept"}
+    assert_replays_identically(trace)
+
+
+# -- secrets, through run_turn over loopback -------------------------------------------------
+
+
+def _client(sim: ResponsesSimulator, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=sim.base_url, api_key=key, max_retries=0)
+
+
+#: A request whose credential-named fields hold secrets the server then echoes.
+SECRET_REQUEST = {
+    "model": "gpt-5",
+    "input": "hi",
+    "metadata": {"session_token": SESSION_TOKEN},
+    "extra_headers": {"Authorization": AUTHORIZATION},
+}
+
+
+def test_every_cut_through_run_turn_leaves_no_piece_of_a_secret(tmp_path: Path) -> None:
+    """The real openai client against the simulator, one turn per cut offset. The key has no
+    known shape here: the trace writer knows it from the client."""
+    data = echo_stream(PLAIN_KEY)
+    cuts = _cuts(data)
+    replies = [Reply(steps=(Chunk(a), Chunk(b))) for a, b in cuts]
+    leaking: list[int] = []
+    with ResponsesSimulator(Script(replies)) as sim, _client(sim, PLAIN_KEY) as client:
+        for cut in range(1, len(cuts) + 1):
+            trace = tmp_path / f"cut-{cut}.jsonl"
+            result = engine.run_turn(client, dict(SECRET_REQUEST), policy=ONE_ATTEMPT, trace=trace)
+            assert result.outcome == "completed", cut
+            if leaked_pieces(trace, [PLAIN_KEY, AUTHORIZATION, SESSION_TOKEN]):
+                leaking.append(cut)
+            assert_replays_identically(trace)
+            trace.unlink()
+        assert len(sim.requests) == len(cuts)
+    assert leaking == []
+
+
+def test_secret_split_across_two_attempts(tmp_path: Path) -> None:
+    """Attempt 1 breaks in the middle of the key; attempt 2 sends the rest first (a relay that
+    resends from a byte offset): the pieces on both sides are masked."""
+    data = echo_stream(PLAIN_KEY)
+    middle = data.index(PLAIN_KEY.encode()) + len(PLAIN_KEY) // 2
+    script = Script(
+        (
+            Reply(steps=(Chunk(data[:middle]), TransportFault("drop"))),
+            Reply(steps=(Chunk(data[middle - 3 : middle + 9]), TransportFault("drop"))),
+            Reply(steps=(Chunk(data[:middle]), Chunk(data[middle:]))),
+        )
+    )
+    trace = tmp_path / "attempts.jsonl"
+    with ResponsesSimulator(script) as sim, _client(sim, PLAIN_KEY) as client:
+        result = engine.run_turn(
+            client, dict(SECRET_REQUEST), policy=TurnPolicy(max_stream_retries=2), trace=trace
+        )
+    assert result.outcome == "completed"
+    assert [a.reason for a in result.attempts][-1] == "completed"
+    assert leaked_pieces(trace, [PLAIN_KEY, AUTHORIZATION, SESSION_TOKEN]) == set()
+    assert_replays_identically(trace)
+
+
+def test_http_error_echoing_the_key_in_pieces(tmp_path: Path) -> None:
+    body = orjson.dumps(
+        {"error": {"message": f"key {PLAIN_KEY[:12]}... and {PLAIN_KEY[10:]} refused",
+                   "type": "invalid_request_error", "code": "invalid_api_key", "param": None}}
+    )
+    trace = tmp_path / "http.jsonl"
+    with ResponsesSimulator(Script((Reply(status=401, body=body),))) as sim, _client(sim, PLAIN_KEY) as client:
+        result = engine.run_turn(client, dict(SECRET_REQUEST), trace=trace)
+    assert result.outcome == "error"
+    assert leaked_pieces(trace, [PLAIN_KEY]) == set()
+    assert_replays_identically(trace)
+
+
+# -- secrets, drawn by Hypothesis ------------------------------------------------------------
+
+_SECRET_CHARS = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz0123456789"
+secrets_ = st.text(_SECRET_CHARS, min_size=MIN_PIECE + 4, max_size=40)
+surroundings = st.text(st.sampled_from("ab é東🚀 \n\"\\"), max_size=8)
+
+
+@st.composite
+def echoed_streams(draw: st.DrawFn) -> tuple[str, list[bytes]]:
+    """A secret the server echoes once or twice in deltas (with odd characters around it), the
+    SSE bytes cut at 1 to 4 random places."""
+    secret = draw(secrets_)
+    texts = [draw(surroundings) + secret + draw(surroundings)]
+    if draw(st.booleans()):
+        split = draw(st.integers(1, len(secret) - 1))  # the second echo spans two deltas
+        texts += [draw(surroundings) + secret[:split], secret[split:] + draw(surroundings)]
+    data = b"".join(_sse(e) for e in (_created(), *map(_delta, texts), _completed()))
+    cuts = sorted(draw(st.sets(st.integers(1, len(data) - 1), min_size=1, max_size=4)))
+    bounds = [0, *cuts, len(data)]
+    return secret, [data[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+@given(echoed_streams())
+def test_hypothesis_secret_echoed_and_cut_anywhere(tmp_path_factory: pytest.TempPathFactory, drawn: tuple[str, list[bytes]]) -> None:
+    secret, chunks = drawn
+    trace = tmp_path_factory.mktemp("drawn") / "t.jsonl"
+    result = consume_knowing(chunks, trace, [secret])
+    assert result.outcome == "completed"
+    assert leaked_pieces(trace, [secret]) == set()
+    assert_replays_identically(trace)
+
+
+@given(st.binary(max_size=300), st.lists(st.text(_SECRET_CHARS, min_size=1, max_size=30), max_size=3))
+def test_scrubber_keeps_lengths_line_ends_and_is_idempotent(data: bytes, secrets: list[str]) -> None:
+    from engine.log.redaction import Scrubber
+
+    scrubber = Scrubber(secrets)
+    masked = scrubber.scrub(data)
+    assert len(masked) == len(data)
+    assert [i for i, b in enumerate(masked) if b in b"\r\n"] == [i for i, b in enumerate(data) if b in b"\r\n"]
+    assert scrubber.scrub(masked) == masked
+    for secret in secrets:
+        for piece in (pieces(secret) if len(secret) >= MIN_PIECE else {secret}):
+            if not piece.isdigit():
+                assert piece.encode() not in masked
+
+
+# -- deep nesting and odd JSON ---------------------------------------------------------------
+
+
+def _nested(depth: int) -> bytes:
+    """JSON text nested `depth` levels deep (lists and objects by turns), written by hand:
+    orjson refuses to write 255 levels or more, the standard library 1000."""
+    text = b'"bottom"'
+    for level in range(depth):
+        text = b'{"level":%d,"inner":%s}' % (level, text) if level % 2 else b"[" + text + b"]"
+    return text
+
+
+def _deep_stream(where: str, depth: int) -> bytes:
+    marker = "DEEP-PAYLOAD"
+    if where == "completed":
+        events = [_created(), _delta("hi"), _completed(metadata={"deep": marker})]
+    elif where == "error":
+        events = [{"type": "error", "error": {"message": "bad", "code": "server_error", "type": "server_error", "param": marker}}]
+    else:
+        events = [{"type": "codex.rate_limits", "rate_limits": {"primary": marker}}, _created(), _delta("hi"), _completed()]
+    return b"".join(_sse(event) for event in events).replace(orjson.dumps(marker), _nested(depth))
+
+
+@pytest.mark.parametrize("where", ["completed", "error", "rate_limits"])
+@pytest.mark.parametrize("depth", [254, 255, 600, 1020])
+def test_deeply_nested_payload_is_traced_and_replays(where: str, depth: int, tmp_path: Path) -> None:
+    trace = tmp_path / "deep.jsonl"
+    untraced = engine.consume(_deep_stream(where, depth))
+    result = engine.consume(_deep_stream(where, depth), trace=trace)
+    assert result.outcome == untraced.outcome
+    assert result.output_text == untraced.output_text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep.jsonl"]  # no .partial file
+    assert_replays_identically(trace)
+
+
+@given(st.sampled_from(["completed", "error", "rate_limits"]), st.integers(200, 1023))
+def test_hypothesis_any_depth_never_breaks_the_trace(tmp_path_factory: pytest.TempPathFactory, where: str, depth: int) -> None:
+    folder = tmp_path_factory.mktemp("deep")
+    trace = folder / "t.jsonl"
+    engine.consume(_deep_stream(where, depth), trace=trace)
+    assert [p.name for p in folder.iterdir()] == ["t.jsonl"]
+    assert_replays_identically(trace)
+
+
+def test_deep_http_error_body_through_run_turn(tmp_path: Path) -> None:
+    body = b'{"error":{"message":"deep","type":"server_error","code":null,"param":null,"detail":%s}}' % _nested(1000)
+    trace = tmp_path / "http.jsonl"
+    with ResponsesSimulator(Script((Reply(status=400, body=body),))) as sim, _client(sim, PLAIN_KEY) as client:
+        result = engine.run_turn(client, {"model": "gpt-5", "input": "hi"}, trace=trace)
+    assert result.outcome == "error"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["http.jsonl"]
+    assert_replays_identically(trace)
+
+
+def test_unwritable_trace_keeps_the_result(tmp_path: Path) -> None:
+    """A trace that cannot be written (here its directory vanished during the turn) is logged,
+    leaves no `.partial` file, and the caller still gets the result."""
+    folder = tmp_path / "gone"
+    folder.mkdir()
+    callbacks = engine.Callbacks(on_first_delta=folder.rmdir)
+    result = engine.consume(echo_stream(), callbacks=callbacks, trace=folder / "t.jsonl")
+    assert result.outcome == "completed"
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,417 @@
+"""What `streamfsm replay` accepts as a trace (contract v2, "Trace files", and the `replay` row):
+
+- a trace lacks its final `result` record only when the file was cut short: invalid (exit 2,
+  `TraceError`), at every line boundary; a turn cut short by an exception in its driver ends with
+  an `abandoned` record instead, and replays as far as it went;
+- a header field of the wrong type is invalid, for every field, with one clear line;
+- no input file makes `streamfsm replay` print a traceback (Hypothesis: random bytes, random JSON
+  lines, valid traces with one field's type changed, truncations);
+- replay streams: the first divergence is reported as before, the rest of the file is still
+  checked, and memory stays far below the file's size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import engine
+from engine.cli import main
+from engine.drivers.replay import REPLAYERS
+from engine.testing.shapes import SHAPES, assemble, completed, created, output_items, text_message, to_reply
+from engine.testing.simulator import Reply, Script
+from machines.records import Chunk
+
+from support import assert_replays_identically, run_over_http, trace_lines, write_trace_lines
+
+
+@pytest.fixture(scope="module")
+def traces(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
+    """Recorded traces as lists of JSON lines (header first): over HTTP, and through consume."""
+    folder = tmp_path_factory.mktemp("recorded")
+    found = {
+        name: trace_lines(run_over_http(SHAPES[name], folder).trace)
+        for name in ("happy_text", "drop_then_retry", "http_429")
+    }
+    consumed = folder / "consume.jsonl"
+    reply = SHAPES["function_call"].replies[0]
+    engine.consume([step.data for step in reply.steps if isinstance(step, Chunk)], trace=consumed)
+    found["consume"] = trace_lines(consumed)
+    return found
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    """`streamfsm ARGS` in this process: exit status, stdout, stderr. An exception escaping it
+    is a traceback the user would have seen, and fails the test."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(list(args))
+    return status, out.getvalue(), err.getvalue()
+
+
+def assert_invalid(path: Path, words: str = "") -> str:
+    """`engine.replay` raises a one-line `TraceError`, and the CLI exits 2 with one line."""
+    with pytest.raises(engine.TraceError) as caught:
+        engine.replay(path)
+    message = str(caught.value)
+    assert words in message
+    assert "\n" not in message and str(path) in message
+    status, out, err = run_cli("replay", str(path))
+    assert (status, out) == (2, "")
+    assert err.count("\n") == 1 and err.startswith("streamfsm: invalid trace: ")
+    return message
+
+
+# -- truncated files ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["happy_text", "drop_then_retry", "http_429", "consume"])
+def test_cut_at_every_line_boundary_is_invalid(
+    name: str, traces: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    lines = traces[name]
+    for keep in range(1, len(lines)):
+        path = tmp_path / f"{name}-{keep}.jsonl"
+        write_trace_lines(path, lines[:keep])
+        assert_invalid(path, "without its final result record")
+
+
+def test_cut_inside_a_line_is_invalid(traces: dict[str, list[dict[str, Any]]], tmp_path: Path) -> None:
+    whole = tmp_path / "whole.jsonl"
+    write_trace_lines(whole, traces["drop_then_retry"])
+    raw = whole.read_bytes()
+    for size in range(1, len(raw) - 1, 97):
+        cut = tmp_path / "cut.jsonl"
+        cut.write_bytes(raw[:size])
+        with pytest.raises(engine.TraceError):
+            engine.replay(cut)
+
+
+def test_invalid_after_a_divergence_is_still_invalid(
+    traces: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    """The file is read to its end even when an early record diverges."""
+    lines = copy.deepcopy(traces["happy_text"])
+    delta = next(r for r in lines[1:] if r.get("effect") == "text_delta")
+    delta["data"] = "tampered"
+    path = tmp_path / "t.jsonl"
+    write_trace_lines(path, lines)
+    report = engine.replay(path)
+    assert report.divergence is not None and report.divergence.seq == delta["seq"]
+    write_trace_lines(path, lines[:-1])
+    assert_invalid(path, "without its final result record")
+    path.write_bytes(path.read_bytes() + b'{"seq": 9999, "kind": "result"\n')
+    assert_invalid(path, "is not JSON")
+
+
+# -- abandoned turns -------------------------------------------------------------------------
+
+
+def test_abandoned_turn_is_recorded_and_replays_as_far_as_it_went(tmp_path: Path) -> None:
+    """A callback raising KeyboardInterrupt (which the engine never swallows) cuts the turn short
+    in the middle of the stream: the trace ends with an `abandoned` record naming it."""
+
+    def stop(text: str) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_over_http(SHAPES["happy_text"], tmp_path, callbacks=engine.Callbacks(on_text_delta=stop))
+    [path] = tmp_path.glob("*.jsonl")
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    lines = trace_lines(path)
+    assert lines[-1] == {"seq": len(lines) - 1, "kind": "abandoned", "exception": "KeyboardInterrupt"}
+    report = engine.replay(path)
+    assert report.identical and report.abandoned == "KeyboardInterrupt"
+    assert report.records == len(lines) - 1
+    status, out, _ = run_cli("replay", str(path))
+    assert status == 0 and "abandoned (KeyboardInterrupt)" in out
+    # without its final record it is a truncated file like any other
+    write_trace_lines(path, lines[:-1])
+    assert_invalid(path, "without its final result record")
+    # a record after the abandoned one is a divergence: the recording stopped there
+    write_trace_lines(path, [*lines, {**lines[-2], "seq": len(lines)}])
+    report = engine.replay(path)
+    assert report.divergence is not None and report.divergence.seq == len(lines)
+    assert report.divergence.replayed is None
+
+
+def test_version_1_has_no_abandoned_record(traces: dict[str, list[dict[str, Any]]], tmp_path: Path) -> None:
+    lines = copy.deepcopy(traces["happy_text"])
+    lines[0]["version"] = 1
+    lines[-1] = {"seq": lines[-1]["seq"], "kind": "abandoned", "exception": "RuntimeError"}
+    path = tmp_path / "v1.jsonl"
+    write_trace_lines(path, lines)
+    assert_invalid(path, "unknown kind 'abandoned'")
+
+
+# -- header fields of the wrong type ---------------------------------------------------------
+
+_VALUES: dict[str, Any] = {
+    "null": None, "boolean": True, "integer": 3, "float": 1.5, "string": "x", "list": [1],
+    "object": {"a": 1},
+}
+#: For each header field, the kinds of value it may hold.
+_HEADER_TYPES = {
+    "format": set(), "version": set(), "entry": set(), "policy": {"object"},
+    "request": {"null", "object"},
+}
+#: For each policy field, the kinds of value it may hold.
+_POLICY_TYPES = {
+    "max_stream_retries": {"integer"},
+    "fallback": {"boolean"},
+    "idle_timeout_s": {"null", "integer", "float"},
+    "retry_failed_codes": {"null", "list"},
+}
+
+
+def _header_cases() -> list[tuple[str, str, Any]]:
+    cases = []
+    for field, allowed in _HEADER_TYPES.items():
+        for kind, value in _VALUES.items():
+            if kind not in allowed:
+                cases.append((field, kind, value))
+    for field, allowed in _POLICY_TYPES.items():
+        for kind, value in _VALUES.items():
+            if kind not in allowed:
+                cases.append((f"policy.{field}", kind, value))
+    cases.append(("policy.retry_failed_codes", "list of numbers", [1, 2]))
+    cases.append(("policy.retry_failed_codes", "list of lists", [["a"]]))
+    cases.append(("policy.surprise", "unknown field", 1))
+    return cases
+
+
+@pytest.mark.parametrize(("field", "kind", "value"), _header_cases(), ids=lambda v: str(v)[:20])
+def test_header_field_of_the_wrong_type_is_invalid(
+    field: str, kind: str, value: Any, traces: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    lines = copy.deepcopy(traces["drop_then_retry"])
+    if field.startswith("policy."):
+        lines[0]["policy"][field.removeprefix("policy.")] = value
+    else:
+        lines[0][field] = value
+    path = tmp_path / "t.jsonl"
+    write_trace_lines(path, lines)
+    message = assert_invalid(path)
+    assert "line 1" in message or "header" in message or "version" in message
+
+
+@pytest.mark.parametrize("field", sorted(_HEADER_TYPES))
+def test_header_missing_a_field_is_invalid(field: str, traces: dict[str, list[dict[str, Any]]], tmp_path: Path) -> None:
+    lines = copy.deepcopy(traces["happy_text"])
+    del lines[0][field]
+    path = tmp_path / "t.jsonl"
+    write_trace_lines(path, lines)
+    if field == "request":
+        assert_replays_identically(path)  # an absent request is a request of None
+    else:
+        assert_invalid(path)
+
+
+def test_record_fields_of_the_wrong_type(traces: dict[str, list[dict[str, Any]]], tmp_path: Path) -> None:
+    """A record field of the wrong type: an input that cannot be fed is invalid; a decision or
+    result that differs is a divergence."""
+    lines = traces["drop_then_retry"]
+    path = tmp_path / "t.jsonl"
+    for index, record in enumerate(lines[1:], 1):
+        for key in record:
+            for value in (None, "x", [1]):
+                if type(record[key]) is type(value):
+                    continue
+                edited = copy.deepcopy(lines)
+                edited[index][key] = value
+                write_trace_lines(path, edited)
+                try:
+                    report = engine.replay(path)
+                except engine.TraceError as error:
+                    assert "\n" not in str(error)
+                    continue
+                assert not report.identical or (key == "t" and value is None), (index, key, value)
+
+
+# -- no file makes the CLI print a traceback --------------------------------------------------
+
+def dumps(value: Any) -> bytes:
+    from engine.log.trace import dumps as write  # writes what orjson cannot (integers > 64 bits)
+
+    return write(value)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=10,
+)
+header_keys = st.sampled_from(["format", "version", "entry", "policy", "request", "seed"])
+record_keys = st.sampled_from(
+    ["seq", "kind", "attempt", "t", "input", "data", "data_b64", "status", "body", "fault",
+     "detail", "seconds", "effect", "machine", "source", "dest", "trigger", "outcome", "response",
+     "output_text", "tool_calls", "error", "attempts", "rate_limits", "exception"]
+)
+
+
+@pytest.fixture(scope="module")
+def fuzz_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One file the fuzzing tests overwrite for each example."""
+    return tmp_path_factory.mktemp("fuzz") / "t.jsonl"
+
+
+def _check_cli_on(path: Path) -> int:
+    status, out, err = run_cli("replay", str(path))
+    assert status in (0, 1, 2)
+    assert "Traceback" not in out + err
+    if status == 2:
+        assert out == "" and err.count("\n") == 1
+    return status
+
+
+@given(st.binary(max_size=400))
+def test_random_bytes(fuzz_file: Path, data: bytes) -> None:
+    path = fuzz_file
+    path.write_bytes(data)
+    assert _check_cli_on(path) == 2
+
+
+@given(st.lists(st.one_of(json_values, st.dictionaries(record_keys, json_values, max_size=6)), min_size=1, max_size=6))
+def test_random_json_lines(fuzz_file: Path, lines: list[Any]) -> None:
+    path = fuzz_file
+    path.write_bytes(b"".join(dumps(line) + b"\n" for line in lines))
+    assert _check_cli_on(path) == 2
+
+
+@given(st.data())
+def test_valid_trace_with_one_field_changed(
+    traces: dict[str, list[dict[str, Any]]], fuzz_file: Path, data: st.DataObject
+) -> None:
+    lines = copy.deepcopy(traces[data.draw(st.sampled_from(sorted(traces)))])
+    index = data.draw(st.integers(0, len(lines) - 1))
+    key = data.draw(header_keys if index == 0 else (st.sampled_from(sorted(lines[index])) | record_keys))
+    value = data.draw(json_values)
+    lines[index][key] = value
+    if data.draw(st.booleans()):
+        lines = lines[: data.draw(st.integers(1, len(lines)))]
+    fuzz_file.write_bytes(b"".join(dumps(line) + b"\n" for line in lines))
+    _check_cli_on(fuzz_file)
+
+
+@given(st.data())
+def test_valid_trace_cut_anywhere(
+    traces: dict[str, list[dict[str, Any]]], fuzz_file: Path, data: st.DataObject
+) -> None:
+    path = fuzz_file
+    write_trace_lines(path, traces[data.draw(st.sampled_from(sorted(traces)))])
+    raw = path.read_bytes()
+    path.write_bytes(raw[: data.draw(st.integers(0, len(raw) - 2))])  # the last line loses at least its end
+    assert _check_cli_on(path) == 2
+
+
+def test_unexpected_error_while_replaying_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Even a bug of streamfsm's own (here: a replayer that raises outside the machines) ends
+    in one line and exit 2, not a traceback."""
+    path = tmp_path / "t.jsonl"
+    engine.consume(b"data: {}\n\n", trace=path)
+
+    def broken(header: dict[str, Any]) -> Any:
+        raise RuntimeError("broken\nreplayer")
+
+    monkeypatch.setitem(REPLAYERS, "consume", broken)
+    status, out, err = run_cli("replay", str(path))
+    assert (status, out) == (2, "")
+    assert err == f"streamfsm: cannot replay {path}: RuntimeError: broken replayer\n"
+
+
+# -- streaming ----------------------------------------------------------------------------------
+
+
+def _long_stream(deltas: int) -> list[bytes]:
+    text = "four" * deltas
+    message = text_message(text, deltas=deltas)
+    reply = to_reply(assemble(created(), message, completed(output_items(message))), chunking=4096)
+    return [step.data for step in reply.steps if isinstance(step, Chunk)]
+
+
+def _long_trace(path: Path, deltas: int) -> None:
+    engine.consume(_long_stream(deltas), trace=path)
+
+
+def _peak(run: Any) -> int:
+    tracemalloc.start()
+    try:
+        run()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_replay_holds_no_more_than_the_turn_itself(tmp_path: Path) -> None:
+    """Replay memory is what the machines hold while running the turn (here the answer's 10,000
+    pieces), not the file: reading, feeding and comparing keep one record at a time."""
+    chunks = _long_stream(10_000)
+    path = tmp_path / "long.jsonl"
+    engine.consume(chunks, trace=path)
+    turn = _peak(lambda: engine.consume(chunks))
+    replayed = _peak(lambda: engine.replay(path))
+    assert replayed < 1.25 * turn + 2**19, (replayed, turn)
+    assert replayed < path.stat().st_size / 1.5
+
+
+def test_divergence_deep_in_a_long_trace_names_its_record(tmp_path: Path) -> None:
+    path = tmp_path / "long.jsonl"
+    _long_trace(path, 5_000)
+    lines = path.read_bytes().splitlines()
+    target = max(i for i, line in enumerate(lines) if b'"text_delta"' in line) - 10
+    record = orjson.loads(lines[target])
+    lines[target] = orjson.dumps({**record, "data": "xxxx"})
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    report = engine.replay(path)
+    assert report.divergence is not None
+    assert report.divergence.seq == record["seq"]
+    assert report.divergence.recorded == {**record, "data": "xxxx"}
+    assert report.divergence.replayed == record
+    assert report.records == len(lines) - 1
+
+
+def test_input_missing_in_the_middle_names_the_replayed_input(
+    traces: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    """The replay wants an input where the recording has a decision: the report shows the
+    recorded decision against the input the replay was fed next."""
+    lines = copy.deepcopy(traces["drop_then_retry"])
+    inputs = [i for i, r in enumerate(lines) if r.get("kind") == "input"]
+    moved = lines.pop(inputs[1])
+    path = tmp_path / "t.jsonl"
+    write_trace_lines(path, lines)
+    report = engine.replay(path)
+    assert report.divergence is not None
+    assert report.divergence.seq == moved["seq"]
+    assert report.divergence.replayed is not None
+    assert report.divergence.replayed["kind"] == "input"
+    assert report.divergence.replayed["seq"] == moved["seq"]
+
+
+def test_replay_of_a_read_trace_agrees_with_the_streaming_replay(
+    traces: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    from engine.drivers.replay import replay_trace
+    from engine.log.trace import read_trace
+
+    for name, lines in traces.items():
+        edited = copy.deepcopy(lines)
+        edited[len(edited) // 2]["seq"] += 100
+        for variant in (lines, edited):
+            path = tmp_path / f"{name}.jsonl"
+            write_trace_lines(path, variant)
+            assert replay_trace(read_trace(path)) == engine.replay(path)
+
+
+def test_http_429_script_still_replays(tmp_path: Path) -> None:
+    run = run_over_http(Script((Reply(status=429),)), tmp_path)
+    assert run.result.outcome == "error"
