@@ -42,7 +42,7 @@ import attrs
 import orjson
 
 from engine.log.redaction import scrub_line
-from engine.log.trace import FORMAT, VERSION, TraceError, record_to_json
+from engine.log.trace import FORMAT, VERSION, VERSIONS, TraceError, record_to_json
 from machines.app_records import (
     DECISIONS,
     AppInput,
@@ -300,9 +300,9 @@ def read_app_trace(path: str | os.PathLike[str]) -> AppTrace:
     header = parsed[0]
     if header.get("format") != FORMAT:
         raise TraceError(f"{name}: line 1 is not a {FORMAT} header")
-    if header.get("version") != VERSION:
+    if header.get("version") not in VERSIONS:
         raise TraceError(f"{name}: trace format version {header.get('version')!r} is not "
-                         f"supported (this streamfsm reads version {VERSION})")
+                         f"supported (this streamfsm reads versions {VERSIONS})")
     if header.get("entry") != ENTRY:
         raise TraceError(f"{name}: not an app-server trace (entry {header.get('entry')!r})")
     try:
