@@ -648,8 +648,9 @@ def session_violations(
     effects = [r for r in recording.log.records if type(r) is Effect]
     found += _check_states(result, reference)
     found += _check_delivery(observer.calls, effects, reference)
-    found += _check_output(result, reference)
-    found += _check_seen(result, observer.calls)
+    seen = "".join(text or "" for name, text in observer.calls if name == "text_delta")
+    found += _check_output(result, reference, seen)
+    found += _check_seen(result, seen)
     found += _check_error(result, reference)
     if replay and path is not None:
         found += _check_replay(path, len(recording.log.records))
@@ -842,7 +843,7 @@ def _join_text(items: Any) -> str:
     return "".join(out)
 
 
-def _check_output(result: TurnResult, reference: ReferenceTurn) -> list[Violation]:
+def _check_output(result: TurnResult, reference: ReferenceTurn, seen: str) -> list[Violation]:
     found: list[Violation] = []
     last = reference.last
     server_output: list[Any] | None = None
@@ -863,6 +864,12 @@ def _check_output(result: TurnResult, reference: ReferenceTurn) -> list[Violatio
                     f"the server's output text {_join_text(server_output)!r}",
                 )
             )
+    elif (
+        reference.outcome in ("error", "interrupted")
+        and len("".join(source.text_deltas)) < len(seen)
+        and result.output_text == seen
+    ):
+        pass  # the latest answer holds less than the user saw: the result keeps what was seen
     else:
         for delta in source.text_deltas:
             if delta and delta not in result.output_text:
@@ -892,9 +899,11 @@ def _check_output(result: TurnResult, reference: ReferenceTurn) -> list[Violatio
     in_output = {i.get("call_id") for i in server_output or () if isinstance(i, dict)}
     for call in result.tool_calls:
         placed: Any = call.get("call_id")
-        index = source.call_index.get(placed) if isinstance(placed, str) else None
-        if reference.outcome != "completed" and placed not in in_output and index is None:
+        if not isinstance(placed, str):
             continue  # a call the reference cannot place (no call_id): its status is not judged
+        index = source.call_index.get(placed)
+        if reference.outcome != "completed" and placed not in in_output and index is None:
+            continue
         finished = (
             reference.outcome == "completed"
             or placed in in_output
@@ -924,8 +933,7 @@ def _check_output(result: TurnResult, reference: ReferenceTurn) -> list[Violatio
     return found
 
 
-def _check_seen(result: TurnResult, calls: list[tuple[str, str | None]]) -> list[Violation]:
-    seen = "".join(text or "" for name, text in calls if name == "text_delta")
+def _check_seen(result: TurnResult, seen: str) -> list[Violation]:
     if result.outcome in ("error", "interrupted") and len(result.output_text) < len(seen):
         return [
             Violation(
