@@ -51,11 +51,10 @@ of this machine in its header (`restore()` rebuilds it), so each turn replays on
 
 from __future__ import annotations
 
-import functools
 from collections import deque
 from typing import Any, Final
 
-from transitions import Machine
+from machines.table import definition
 
 from machines.app_protocol import (
     APPROVAL_METHODS,
@@ -145,37 +144,7 @@ FINISHED_KEPT: Final = 16
 REQUESTS_KEPT: Final = 64
 
 
-def _definition() -> tuple[Machine, frozenset[tuple[str, str]]]:
-    """The one `transitions.Machine` every app-server session runs on, and its stays."""
-    machine = Machine(
-        model=None,
-        states=STATES,
-        initial=SPAWNED,
-        auto_transitions=False,
-        send_event=True,
-        ignore_invalid_triggers=False,
-    )
-    stays: set[tuple[str, str]] = set()
-    seen: set[tuple[str, str]] = set()
-    for row in TABLE:
-        spec = dict(row)
-        if row["dest"] is not None:
-            spec["after"] = functools.partial(_row_fired, row)
-        machine.add_transition(**spec)
-        sources = [row["source"]] if isinstance(row["source"], str) else row["source"]
-        for source in sources:
-            pair = (source, row["trigger"])
-            if pair not in seen and row["dest"] is None and not row.get("conditions"):
-                stays.add(pair)
-            seen.add(pair)
-    return machine, frozenset(stays)
-
-
-def _row_fired(row: dict[str, Any], event: Any) -> None:
-    event.model._moved(row, event.transition.source)
-
-
-DEFINITION, _STAYS = _definition()
+DEFINITION, _STAYS = definition(STATES, TABLE, SPAWNED)
 _EVENTS = DEFINITION.events
 
 _SCOPED: Final = TURN_NOTIFICATIONS

@@ -68,11 +68,10 @@ Rules written in code rather than in the table (h11 style, listed here):
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Final, Protocol
 
 import attrs
-from transitions import Machine
+from machines.table import definition
 
 from machines.app_protocol import (
     CANCEL_IS_AN_ANSWER,
@@ -208,41 +207,7 @@ class TurnEnding:
     reason: str
 
 
-def _sources(row: dict[str, Any]) -> list[str]:
-    source = row["source"]
-    return [source] if isinstance(source, str) else list(source)
-
-
-def _definition() -> tuple[Machine, frozenset[tuple[str, str]]]:
-    """The one `transitions.Machine` every app-server turn runs on, and its unconditional stays."""
-    machine = Machine(
-        model=None,
-        states=STATES,
-        initial=QUEUED,
-        auto_transitions=False,
-        send_event=True,
-        ignore_invalid_triggers=False,
-    )
-    stays: set[tuple[str, str]] = set()
-    seen: set[tuple[str, str]] = set()
-    for row in TABLE:
-        spec = {key: value for key, value in row.items() if key not in _ROW_META}
-        if row["dest"] is not None:
-            spec["after"] = functools.partial(_row_fired, row)
-        machine.add_transition(**spec)
-        for source in _sources(row):
-            pair = (source, row["trigger"])
-            if pair not in seen and row["dest"] is None and not row.get("conditions"):
-                stays.add(pair)
-            seen.add(pair)
-    return machine, frozenset(stays)
-
-
-def _row_fired(row: dict[str, Any], event: Any) -> None:
-    event.model._moved(row, event.transition.source)
-
-
-DEFINITION, _STAYS = _definition()
+DEFINITION, _STAYS = definition(STATES, TABLE, QUEUED, _ROW_META)
 _EVENTS = DEFINITION.events
 
 

@@ -105,7 +105,6 @@ table keeps the state) and only events that change state go through a `transitio
 from __future__ import annotations
 
 import email.utils
-import functools
 import json
 import math
 import re
@@ -113,7 +112,6 @@ from typing import Any, Callable, Final, Literal
 
 import attrs
 import orjson
-from transitions import Machine
 
 from machines.output import (
     CallFacts,
@@ -137,6 +135,7 @@ from machines.records import (
     TransportFault,
 )
 from machines.records import AttemptKind
+from machines.table import definition
 
 __all__ = [
     "AWAITING_CREATED",
@@ -269,47 +268,7 @@ class Ending:
     wait_s: float | None = None
 
 
-def _as_list(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    return [value] if isinstance(value, str) else list(value)
-
-
-def _sources(row: dict[str, Any]) -> list[str]:
-    return _as_list(row["source"])
-
-
-def _definition() -> tuple[Machine, frozenset[tuple[str, str]]]:
-    """The one `transitions.Machine` every attempt runs on, and the unconditional stays."""
-    machine = Machine(
-        model=None,
-        states=STATE_SPECS,
-        initial=AWAITING_CREATED,
-        auto_transitions=False,
-        send_event=True,
-        ignore_invalid_triggers=False,
-    )
-    stays: set[tuple[str, str]] = set()
-    seen: set[tuple[str, str]] = set()
-    for row in TABLE:
-        spec = {key: value for key, value in row.items() if key not in _ROW_META}
-        if row["dest"] is not None:  # recorded first, then the row's own `after` callback
-            spec["after"] = [functools.partial(_row_fired, row), *_as_list(row.get("after"))]
-        machine.add_transition(**spec)
-        for source in _sources(row):
-            pair = (source, row["trigger"])
-            # a stay when the first row for this state and trigger always fires and stays
-            if pair not in seen and row["dest"] is None and not row.get("conditions"):
-                stays.add(pair)
-            seen.add(pair)
-    return machine, frozenset(stays)
-
-
-def _row_fired(row: dict[str, Any], event: Any) -> None:
-    event.model._moved(row, event.transition.source)
-
-
-DEFINITION, _STAYS = _definition()
+DEFINITION, _STAYS = definition(STATE_SPECS, TABLE, AWAITING_CREATED, _ROW_META)
 _EVENTS = DEFINITION.events
 
 

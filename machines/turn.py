@@ -35,12 +35,10 @@ attempts are never mixed.
 
 from __future__ import annotations
 
-import functools
 import random
 from typing import Any, Final
 
 import attrs
-from transitions import Machine
 
 from machines.output import (
     CLIENT_CALL_TYPES,
@@ -58,6 +56,7 @@ from machines.records import (
     TurnPolicy,
     TurnResult,
 )
+from machines.table import definition
 from machines.stream_attempt import FALLBACK, TERMINAL, DeliveryLedger, Ending, StreamAttempt
 
 __all__ = ["FINISHED", "IDLE", "MACHINE", "STATES", "TABLE", "TurnMachine"]
@@ -103,27 +102,7 @@ BACKOFF_FIRST_S: Final = 0.5
 BACKOFF_MAX_S: Final = 8.0
 
 
-def _definition() -> Machine:
-    machine = Machine(
-        model=None,
-        states=STATES,
-        initial=IDLE,
-        auto_transitions=False,
-        send_event=True,
-        ignore_invalid_triggers=False,
-    )
-    for row in TABLE:
-        spec = {key: value for key, value in row.items() if key != "name"}
-        machine.add_transition(**spec, after=functools.partial(_row_fired, row))
-    return machine
-
-
-def _row_fired(row: dict[str, Any], event: Any) -> None:
-    event.model._moved(row, event.transition.source)
-
-
-#: The one `transitions.Machine` every turn runs on.
-DEFINITION: Final = _definition()
+DEFINITION: Final = definition(STATES, TABLE, IDLE, own_keys=("name",))[0]
 _EVENTS = DEFINITION.events
 
 

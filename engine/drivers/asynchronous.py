@@ -18,27 +18,23 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
-import random
 import threading
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import openai
 
-from engine.drivers.arguments import check_turn_call
 from engine.drivers.attempt_loop import (
+    Observation,
     Stamped,
     Watchdog,
     attempt_loop,
-    turn_clock,
-    Observation,
-    http_policy,
     pause_slices,
+    start_turn,
 )
-from engine.drivers.recording import AttemptFeed, TurnRecording
+from engine.drivers.recording import AttemptFeed
 from engine.drivers.transport import observation_of
 from engine.log.eventlog import Callbacks
-from engine.log.redaction import client_secrets
 from machines.records import Chunk, EndOfStream, Interrupt, TurnPolicy, TurnResult
 
 __all__ = ["arun_turn"]
@@ -172,21 +168,17 @@ async def arun_turn(
     interrupt: threading.Event | Callable[[], bool] | None = None,
 ) -> TurnResult:
     """`run_turn` for `openai.AsyncOpenAI`: same machines, same result, same trace format."""
-    request, policy, interrupted = check_turn_call(
-        client, request, callbacks, policy, trace, interrupt, asynchronous=True
-    )
-    secrets = client_secrets(client)
-    policy = http_policy(policy, client)
-    client = client.with_options(max_retries=0)  # the engine owns every retry
-    now = turn_clock()
-    seed = random.SystemRandom().getrandbits(32)  # the retry jitter's seed, kept in the trace
-    recording = TurnRecording(policy, callbacks, entry="arun_turn", request=request, seed=seed)
+    turn = start_turn(client, request, callbacks, policy, trace, interrupt, entry="arun_turn")
+    recording = turn.recording
     try:
         for feed in recording.attempts():
-            for pause in pause_slices(recording.wait_s, interrupted, now):
+            for pause in pause_slices(recording.wait_s, turn.interrupted, turn.now):
                 await asyncio.sleep(pause)
-            await _run_attempt(client, request, feed, now, interrupted, policy.idle_timeout_s)
+            await _run_attempt(
+                turn.client, turn.request, feed, turn.now, turn.interrupted,
+                turn.policy.idle_timeout_s,
+            )
     except BaseException:
-        recording.abandon(trace, secrets)
+        recording.abandon(trace, turn.secrets)
         raise
-    return recording.finish(trace, secrets)
+    return recording.finish(trace, turn.secrets)

@@ -32,12 +32,15 @@ declares the silence. A busy event loop never turns into a false idle timeout.
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Any, Callable, Generator
 
 import attrs
 
-from engine.drivers.recording import AttemptFeed
+from engine.drivers.arguments import check_turn_call
+from engine.drivers.recording import AttemptFeed, TurnRecording
+from engine.log.redaction import client_secrets
 from engine.log.eventlog import RecordedInput
 from machines.records import Chunk, IdleTimeout, Interrupt, TurnPolicy
 
@@ -50,6 +53,8 @@ __all__ = [
     "http_policy",
     "pause_slices",
     "stamped",
+    "TurnStart",
+    "start_turn",
     "turn_clock",
 ]
 
@@ -231,3 +236,47 @@ def http_policy(policy: TurnPolicy, client: Any) -> TurnPolicy:
         return policy
     own = getattr(client, "max_retries", 0)
     return attrs.evolve(policy, max_http_retries=own if type(own) is int and own >= 0 else 0)
+
+
+@attrs.frozen
+class TurnStart:
+    """What `run_turn` and `arun_turn` begin with: the checked call, the policy with its HTTP
+    retry budget resolved, the client with its own retries off, the secrets to keep out of the
+    trace, the turn's clock and its recording (with the jitter seed drawn)."""
+
+    client: Any
+    request: dict[str, Any]
+    policy: TurnPolicy
+    interrupted: Callable[[], bool]
+    secrets: list[str]
+    now: Callable[[], float]
+    recording: TurnRecording
+
+
+def start_turn(
+    client: Any,
+    request: Any,
+    callbacks: Any,
+    policy: Any,
+    trace: Any,
+    interrupt: Any,
+    *,
+    entry: str,
+) -> TurnStart:
+    """Check a `run_turn` / `arun_turn` call (raising `TypeError`/`ValueError` for a wrong one)
+    and set the turn up; nothing is sent yet."""
+    checked, chosen, interrupted = check_turn_call(
+        client, request, callbacks, policy, trace, interrupt, asynchronous=entry == "arun_turn"
+    )
+    secrets = client_secrets(client)
+    chosen = http_policy(chosen, client)
+    seed = random.SystemRandom().getrandbits(32)  # the retry jitter's seed, kept in the trace
+    return TurnStart(
+        client=client.with_options(max_retries=0),  # the engine owns every retry
+        request=checked,
+        policy=chosen,
+        interrupted=interrupted,
+        secrets=secrets,
+        now=turn_clock(),
+        recording=TurnRecording(chosen, callbacks, entry=entry, request=checked, seed=seed),
+    )

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import queue
-import random
 import socket
 import sys
 import threading
@@ -32,20 +31,17 @@ from typing import Any, Callable, Iterator
 
 import openai
 
-from engine.drivers.arguments import check_turn_call
 from engine.drivers.attempt_loop import (
+    Stamped,
     Watchdog,
     attempt_loop,
-    stamped,
-    turn_clock,
-    Stamped,
-    http_policy,
     pause_slices,
+    stamped,
+    start_turn,
 )
-from engine.drivers.recording import AttemptFeed, TurnRecording
+from engine.drivers.recording import AttemptFeed
 from engine.drivers.transport import observation_of
 from engine.log.eventlog import Callbacks
-from engine.log.redaction import client_secrets
 from machines.records import Chunk, EndOfStream, Interrupt, TurnPolicy, TurnResult
 
 __all__ = ["run_turn"]
@@ -240,21 +236,17 @@ def run_turn(
 
     Returns a `TurnResult` for anything the server or network does; raises `TypeError` /
     `ValueError` only for a wrong call."""
-    request, policy, interrupted = check_turn_call(
-        client, request, callbacks, policy, trace, interrupt, asynchronous=False
-    )
-    secrets = client_secrets(client)
-    policy = http_policy(policy, client)
-    client = client.with_options(max_retries=0)  # the engine owns every retry
-    now = turn_clock()
-    seed = random.SystemRandom().getrandbits(32)  # the retry jitter's seed, kept in the trace
-    recording = TurnRecording(policy, callbacks, entry="run_turn", request=request, seed=seed)
+    turn = start_turn(client, request, callbacks, policy, trace, interrupt, entry="run_turn")
+    recording = turn.recording
     try:
         for feed in recording.attempts():
-            for pause in pause_slices(recording.wait_s, interrupted, now):
+            for pause in pause_slices(recording.wait_s, turn.interrupted, turn.now):
                 time.sleep(pause)
-            _run_attempt(client, request, feed, now, interrupted, policy.idle_timeout_s)
+            _run_attempt(
+                turn.client, turn.request, feed, turn.now, turn.interrupted,
+                turn.policy.idle_timeout_s,
+            )
     except BaseException:
-        recording.abandon(trace, secrets)
+        recording.abandon(trace, turn.secrets)
         raise
-    return recording.finish(trace, secrets)
+    return recording.finish(trace, turn.secrets)
