@@ -145,6 +145,8 @@ class _PartialItem:
     __slots__ = (
         "added", "item_id", "kind", "parts", "arguments", "arguments_done", "summary", "commands"
     )
+    #: What an item accumulates from its events (everything but what its announcement says).
+    ACCUMULATED = ("parts", "arguments", "arguments_done", "summary", "commands")
 
     def __init__(self, kind: str, item_id: str | None, added: dict[str, Any] | None) -> None:
         self.kind = kind
@@ -271,13 +273,9 @@ class OutputAssembly:
             str(item.get("type") or "message"), item_id if isinstance(item_id, str) else None, item
         )
         previous = self._partial.get(index)
-        if previous is not None:  # deltas raced ahead of the announcement: keep them
-            partial.parts, partial.arguments, partial.summary, partial.commands = (
-                previous.parts,
-                previous.arguments,
-                previous.summary,
-                previous.commands,
-            )
+        if previous is not None:  # events raced ahead of the announcement: keep all they said
+            for name in _PartialItem.ACCUMULATED:
+                setattr(partial, name, getattr(previous, name))
         self._partial[index] = partial
         if partial.item_id is not None:
             self._index_of_id[partial.item_id] = index

@@ -341,3 +341,15 @@ def test_a_turn_with_a_fallback_logs_no_warning(caplog: pytest.LogCaptureFixture
         run(TurnPolicy(), partial("a"), partial("a"), partial("a"))
         run(TurnPolicy(), partial("a"), partial("a"), answer("ab"))
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_arguments_finished_before_the_announcement_still_finish_the_call() -> None:
+    """Events that race ahead of `output_item.added` are all kept, `arguments.done` included."""
+    done_first = {"type": "response.function_call_arguments.done", "item_id": "fc_00_sim",
+                  "output_index": 0, "arguments": '{"city":"Paris"}'}
+    call = function_call("get_weather", '{"city":"Paris"}', output_index=0, finished=False)
+    _, _, result = run(TurnPolicy(max_stream_retries=0, fallback=False),
+                       [created(), done_first, call[0], DROP])
+    assert [(c["arguments"], c["status"]) for c in result.tool_calls] == [
+        ('{"city":"Paris"}', "completed"),
+    ]
