@@ -318,18 +318,9 @@ def session_from_trace(path: str | os.PathLike[str]) -> Session:
     scripts: dict[int, list[Step]] = {}
     for record in trace.inputs():
         item = input_from_json(record)
-        if isinstance(item, Chunk):
-            step: Step = Chunk(item.data)
-        elif isinstance(item, EndOfStream):
-            step = EndOfStream()
-        elif isinstance(item, TransportFault):
-            step = TransportFault(item.kind)
-        elif isinstance(item, IdleTimeout):
-            step = Stall(item.seconds)
-        elif isinstance(item, Interrupt):
-            step = Interrupt()
-        else:
-            step = HttpError(item.status, item.body)
+        # the trace records the same observations a session is made of; only an idle timeout
+        # is what the driver made of a stall
+        step: Step = Stall(item.seconds) if isinstance(item, IdleTimeout) else item
         scripts.setdefault(record["attempt"], []).append(step)
     count = max(scripts, default=0)
     return Session([scripts.get(n, []) for n in range(1, count + 1)], trace.policy)
