@@ -715,37 +715,10 @@ def function_call(
             "name": name,
         }
 
-    events: list[Event] = [
-        {
-            "type": "response.output_item.added",
-            "output_index": output_index,
-            "item": item("in_progress", ""),
-        }
-    ]
-    events.extend(
-        {
-            "type": "response.function_call_arguments.delta",
-            "item_id": item_id,
-            "output_index": output_index,
-            "delta": piece,
-        }
-        for piece in split_text(arguments, deltas)
+    return _streamed_item(
+        output_index, item_id, "function_call_arguments", "arguments", arguments, deltas, finished,
+        added=item("in_progress", ""), done=item("completed", arguments),
     )
-    if finished:
-        events += [
-            {
-                "type": "response.function_call_arguments.done",
-                "item_id": item_id,
-                "output_index": output_index,
-                "arguments": arguments,
-            },
-            {
-                "type": "response.output_item.done",
-                "output_index": output_index,
-                "item": item("completed", arguments),
-            },
-        ]
-    return events
 
 
 def custom_tool_call(
@@ -771,27 +744,47 @@ def custom_tool_call(
         return {"id": item_id, "type": "custom_tool_call", "call_id": call_id, "name": name,
                 "input": value}
 
+    return _streamed_item(
+        output_index, item_id, "custom_tool_call_input", "input", text, deltas, finished,
+        added=item(""), done=item(text),
+    )
+
+
+def _streamed_item(
+    output_index: int,
+    item_id: str,
+    frame: str,
+    field: str,
+    value: str,
+    deltas: int,
+    finished: bool,
+    *,
+    added: Event,
+    done: Event,
+) -> list[Event]:
+    """An item announced as `added`, its `field` streamed as `deltas` `response.<frame>.delta`
+    pieces, then (`finished`) `response.<frame>.done` with the whole value and the item `done`."""
     events: list[Event] = [
-        {"type": "response.output_item.added", "output_index": output_index, "item": item("")}
+        {"type": "response.output_item.added", "output_index": output_index, "item": added}
     ]
     events.extend(
         {
-            "type": "response.custom_tool_call_input.delta",
+            "type": f"response.{frame}.delta",
             "item_id": item_id,
             "output_index": output_index,
             "delta": piece,
         }
-        for piece in split_text(text, deltas)
+        for piece in split_text(value, deltas)
     )
     if finished:
         events += [
             {
-                "type": "response.custom_tool_call_input.done",
+                "type": f"response.{frame}.done",
                 "item_id": item_id,
                 "output_index": output_index,
-                "input": text,
+                field: value,
             },
-            {"type": "response.output_item.done", "output_index": output_index, "item": item(text)},
+            {"type": "response.output_item.done", "output_index": output_index, "item": done},
         ]
     return events
 
