@@ -53,10 +53,9 @@ from engine.testing.shapes import (
 )
 from engine.testing.simulator import Reply, ResponsesSimulator, Script
 from machines.output import CLIENT_CALL_TYPES
-from machines.records import Stall, TransportFault
+from machines.records import Stall, TransportFault, TurnPolicy, TurnResult
 from engine.drivers.sync import run_turn
 from engine.log.trace import read_trace
-from machines.records import TurnPolicy, TurnResult
 
 ANSWER = "The capital of France is Paris."
 MISSING_COMPLETED = "Didn't receive a `response.completed` event."

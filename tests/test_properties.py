@@ -26,7 +26,6 @@ from engine.testing.shapes import completed, created, encode_part, text_message
 from engine.drivers.sse import SseDecoder
 from engine.strategies import CallbackRaised, Session, attempt_scripts, mangled, responses, run_session, session_from_trace, sessions, sse_bytes, well_formed_sessions
 from machines.records import Chunk, EndOfStream, Stall, TransportFault
-from machines.records import TransportFault
 from machines import stream_attempt
 from machines.stream_attempt import StreamAttempt
 

@@ -37,9 +37,8 @@ from engine.testing.shapes import (
     text_message,
 )
 from engine.testing.simulator import Reply, ResponsesSimulator, Script
-from machines.records import Chunk
+from machines.records import Chunk, EndOfStream, HttpError, TransportFault, TurnResult
 from engine.drivers.sse import SseDecoder
-from machines.records import EndOfStream, HttpError, TransportFault, TurnResult
 
 # -- helpers ---------------------------------------------------------------------------------
 

@@ -17,9 +17,8 @@ import openai
 from engine.drivers.consume import consume
 from engine.testing.shapes import SHAPES
 from engine.testing.simulator import ResponsesSimulator
-from machines.records import Chunk
+from machines.records import Chunk, TurnPolicy, TurnResult
 from engine.drivers.sync import run_turn
-from machines.records import TurnPolicy, TurnResult
 
 __all__ = ["FIXTURE_POLICIES", "record_shape"]
 

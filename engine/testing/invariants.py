@@ -49,9 +49,19 @@ from engine.log.eventlog import Callbacks
 from engine.log.redaction import scrub
 from engine.drivers.replay import replay_trace
 from engine.testing.strategies import Session, Step, play_session
-from machines.records import Chunk, EndOfStream, HttpError, Interrupt, Stall, TransportFault
+from machines.records import (
+    Chunk,
+    Effect,
+    EndOfStream,
+    HttpError,
+    Interrupt,
+    Stall,
+    Transition,
+    TransportFault,
+    TurnPolicy,
+    TurnResult,
+)
 from engine.log.trace import read_trace
-from machines.records import Effect, Transition, TurnPolicy, TurnResult
 from machines.stream_attempt import FINAL as ATTEMPT_FINAL
 from machines.stream_attempt import MACHINE as ATTEMPT_MACHINE
 from machines.stream_attempt import TABLE as ATTEMPT_TABLE

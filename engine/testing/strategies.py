@@ -310,9 +310,7 @@ def session_from_trace(path: str | os.PathLike[str]) -> Session:
 
     Reading steps back from a trace loses only pauses that ended no attempt, which change
     nothing the machines see."""
-    from machines.records import Chunk
     from engine.log.trace import input_from_json, read_trace
-    from machines.records import EndOfStream
 
     trace = read_trace(path)
     scripts: dict[int, list[Step]] = {}
