@@ -151,6 +151,7 @@ class Transition:
 
 EffectKind = Literal[
     "first_delta", "text_delta", "reasoning_delta", "tool_call", "error", "rate_limits", "wait",
+    "cancel",
     # codex app-server machines (machines.app_session, machines.app_turn)
     "send", "approval", "message", "outcome", "retire",
 ]
@@ -159,7 +160,8 @@ EffectKind = Literal[
 @attrs.frozen(slots=True)
 class Effect:
     """Something a machine decided that reaches the world: text for a callback, the first delta,
-    a tool call, an error, a rate-limit notice, a wait before the next attempt (`data`: seconds).
+    a tool call, an error, a rate-limit notice, a wait before the next attempt (`data`: seconds),
+    the cancellation of a background response (`data`: its id).
     The event log records it, then the driver acts on it."""
 
     kind: EffectKind

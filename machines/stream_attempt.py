@@ -97,6 +97,16 @@ user is never delivered again. A retry's text is compared with what was already 
 text past that point is delivered, and if the retry says something else, nothing more of it is
 delivered (the result still holds the retry's own text, never a mix of two attempts).
 
+Resuming a background response (`tracks_sequence`, set by the turn for a `background: true`
+request under `TurnPolicy(resume=True)`): the attempt learns the response's id from
+`response.created` / `.in_progress` and keeps the highest `sequence_number` received; an event
+whose sequence number is not above it fires `stale_event` (a stay: recorded, not applied). A
+`resume` attempt (`resumes=`) is the same response continued over `GET
+/v1/responses/{id}?stream=true&starting_after=N`: it starts in the live state the broken attempt
+was in, with its assembled content, its place in the delivered text and its call bookkeeping, so
+the text goes on exactly where it stopped. A resume answered with a 4xx status other than 408,
+409 and 429 (`resume_is_refused`) ends like a broken stream: the turn asks again, or falls back.
+
 Hot path: one `transitions.Machine` definition (`DEFINITION`) serves every attempt; in-state
 events (text, reasoning and argument deltas) take a plain dispatch path (a set lookup says the
 table keeps the state) and only events that change state go through a `transitions` trigger.
@@ -185,6 +195,9 @@ TABLE: Final[list[dict[str, Any]]] = [
     {"trigger": "in_progress", "source": [STREAMING, TOOL_CALL], "dest": None},
     {"trigger": "content", "source": AWAITING_CREATED, "dest": STREAMING},
     {"trigger": "content", "source": [STREAMING, TOOL_CALL], "dest": None},
+    # a background response's event already seen (its sequence number is not above the last one
+    # this response sent): recorded, not applied
+    {"trigger": "stale_event", "source": LIVE, "dest": None},
     # calls the client must execute: text stops reaching the user for the rest of the attempt
     {"trigger": "tool_call_started", "source": [AWAITING_CREATED, STREAMING], "dest": TOOL_CALL},
     {"trigger": "tool_call_started", "source": TOOL_CALL, "dest": None},
@@ -209,6 +222,13 @@ TABLE: Final[list[dict[str, Any]]] = [
      "outcome": "failed", "retry": "stream", "reason": "failed:{code}"},
     {"trigger": "failed", "source": LIVE, "dest": TERMINAL, "outcome": "failed"},
     {"trigger": "error_frame", "source": LIVE, "dest": TERMINAL, "outcome": "error"},
+    # a resume refused (another 4xx): the response cannot be continued, so the turn goes on by
+    # the ordinary rules for a broken stream (a new request, or the fallback)
+    {"trigger": "http_error", "source": LIVE, "dest": FALLBACK,
+     "conditions": ["resume_is_refused", "hands_over_to_fallback"],
+     "outcome": "error", "retry": "stream", "reason": "resume_refused:{status}"},
+    {"trigger": "http_error", "source": LIVE, "dest": RETIRE, "conditions": "resume_is_refused",
+     "outcome": "error", "retry": "stream", "reason": "resume_refused:{status}"},
     # the request is answered with an error status: 408, 409, 429 and 5xx are tried again while
     # the turn's HTTP retry budget lasts, unless the server demands a longer wait than allowed
     {"trigger": "http_error", "source": LIVE, "dest": RETIRE,
@@ -342,7 +362,11 @@ _JSONDecodeError = orjson.JSONDecodeError
 class StreamAttempt:
     """One attempt, run on `DEFINITION` (the table). Sans-I/O: `receive()` returns decisions.
 
-    `number` counts attempts within the turn (from 1); `kind` is "stream" or "fallback";
+    `number` counts attempts within the turn (from 1); `kind` is "stream", "fallback" or
+    "resume"; `resumes` is the attempt a resume continues (it takes over that attempt's state,
+    content, delivery position and sequence number); `tracks_sequence` says the response is a
+    background one the turn may resume (the attempt learns its id and last sequence number, and
+    ignores events it has already seen);
     `ledger` is the turn's record of delivered text; `hands_over_to_fallback` says whether a fault
     ends this attempt in `fallback` (the turn decides: last stream attempt and fallback allowed);
     `retry_failed_codes` lists the `response.failed` codes treated as faults;
@@ -362,6 +386,8 @@ class StreamAttempt:
         retry_failed_codes: frozenset[str] = frozenset(),
         max_retry_wait_s: float = 60.0,
         http_retry_left: bool = False,
+        tracks_sequence: bool = False,
+        resumes: StreamAttempt | None = None,
     ) -> None:
         self.state = AWAITING_CREATED
         self.number = number
@@ -399,6 +425,44 @@ class StreamAttempt:
         self._text = _Channel(ledger, "text")
         self._reasoning = _Channel(ledger, "reasoning")
         self._out: list[Decision] = []
+        #: The background response's id (from `response.created` / `.in_progress`) and the
+        #: highest sequence number received, when `tracks_sequence`; events not above it are
+        #: counted in `stale`.
+        self.tracks_sequence = tracks_sequence or resumes is not None
+        self.response_id: str | None = None
+        self.last_sequence: int | None = None
+        self.stale = 0
+        #: The live state the attempt was in when it ended (where a resume of it starts).
+        self.live_state = AWAITING_CREATED
+        #: What a resume asks for: the response id and the sequence number to start after.
+        self.resume_point: tuple[str, int] | None = None
+        if resumes is not None:
+            self._take_over(resumes)
+
+    def _take_over(self, broken: StreamAttempt) -> None:
+        """Continue `broken`, a background response's attempt that ended on a fault: its live
+        state, the content it assembled, its place in the delivered text, what it knows of
+        calls and tools, and the last sequence number it received."""
+        if broken.response_id is None or broken.last_sequence is None:
+            raise ValueError(f"attempt {broken.number} did not see a response id and sequence number")
+        self.state = self.live_state = broken.live_state
+        self.assembly = broken.assembly
+        self.tool_call_seen = broken.tool_call_seen
+        self.tools = broken.tools
+        self.custom_tools = broken.custom_tools
+        self._client_calls = set(broken._client_calls)
+        self._function_call_seen = broken._function_call_seen
+        self._withheld = list(broken._withheld)
+        self._text = broken._text
+        self._reasoning = broken._reasoning
+        self.response_id = broken.response_id
+        self.last_sequence = broken.last_sequence
+        self.resume_point = (broken.response_id, broken.last_sequence)
+
+    @property
+    def can_be_resumed(self) -> bool:
+        """The attempt knows its background response's id and last sequence number."""
+        return self.response_id is not None and self.last_sequence is not None
 
     # -- feeding -------------------------------------------------------------------------------
     @property
@@ -462,6 +526,15 @@ class StreamAttempt:
             if data.strip() != "[DONE]":
                 self.undecodable += 1
             return
+        if self.tracks_sequence:
+            sequence = payload.get("sequence_number")
+            if type(sequence) is int:
+                last = self.last_sequence
+                if last is not None and sequence <= last:
+                    self.stale += 1
+                    self._fire("stale_event")
+                    return
+                self.last_sequence = sequence
         name = payload.get("type")
         if type(name) is not str:
             name = "error" if isinstance(payload.get("error"), dict) else item.event
@@ -487,6 +560,7 @@ class StreamAttempt:
         trigger = row["trigger"]
         self._out.append(Transition(MACHINE, self.number, source, dest, trigger))
         if dest in FINAL:
+            self.live_state = source
             template = row.get("reason")
             self.ending = Ending(
                 dest,
@@ -518,6 +592,17 @@ class StreamAttempt:
         code = self.error_code
         return type(code) is str and code in self.retry_failed_codes
 
+    def resume_is_refused(self, event: Any) -> bool:
+        """A resume answered with a 4xx status that is not worth the same request again (404: the
+        response is gone or was never a background one)."""
+        status = self.http_status
+        return (
+            self.kind == "resume"
+            and status is not None
+            and 400 <= status < 500
+            and status not in RETRYABLE_STATUSES
+        )
+
     def status_is_retryable(self, event: Any) -> bool:
         """The HTTP status is one worth another request (408, 409, 429, 5xx)."""
         return self.http_status in RETRYABLE_STATUSES
@@ -546,10 +631,20 @@ class StreamAttempt:
     # -- frame handlers (one per frame type; `_HANDLERS` maps names to them) --------------------
     def _created(self, payload: dict[str, Any]) -> None:
         self._fire("created")
-        self._learn_tools(payload)
+        self._learn_response(payload)
 
     def _in_progress(self, payload: dict[str, Any]) -> None:
         self._fire("in_progress")
+        self._learn_response(payload)
+
+    def _learn_response(self, payload: dict[str, Any]) -> None:
+        """A response object in a lifecycle frame: its id (a background response's, the first
+        one seen) and the tools it declares."""
+        if self.tracks_sequence and self.response_id is None:
+            response = payload.get("response")
+            rid = response.get("id") if isinstance(response, dict) else None
+            if type(rid) is str and rid:
+                self.response_id = rid
         self._learn_tools(payload)
 
     def _rate_limits(self, payload: dict[str, Any]) -> None:

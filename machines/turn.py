@@ -3,12 +3,13 @@
 Theory of operation
 ===================
 
-A turn is a sequence of stream attempts (`machines.stream_attempt`), at most
-`1 + policy.max_stream_retries` of them, possibly followed by one fallback attempt (the seed's
-`create(stream=True)`), and then an outcome. Sans-I/O, like the attempts: the driver calls
-`next_attempt()`, which returns the attempt to run (or None: the turn is over) and the turn's own
-decisions (its transitions; when it finishes, the `tool_call` and `error` effects); the driver
-records them, feeds the attempt until it is final, and asks again. `result()` then holds the
+A turn is a sequence of stream attempts (`machines.stream_attempt`; kind "stream", or "resume"
+for a background response continued), at most `1 + policy.max_stream_retries` of them, possibly
+followed by one fallback attempt (the seed's `create(stream=True)`), and then an outcome.
+Sans-I/O, like the attempts: the driver calls `next_attempt()`, which returns the attempt to run
+(or None: the turn is over) and the turn's own decisions (its transitions; when it finishes, the
+`tool_call`, `error` and `cancel` effects); the driver records them, feeds the attempt until it
+is final, and asks again. `result()` then holds the
 `TurnResult`.
 
 States and rules (the `TABLE` below; rows are tried in order, the first whose conditions hold
@@ -16,12 +17,24 @@ fires):
 
     idle              nothing sent yet; `begin` opens stream attempt 1.
     stream_attempt    a stream attempt is running. When it ends:
+                      - `http_retry` if its final row asks for the same request again (an HTTP
+                        retryable status, no response at all) and the HTTP budget allows: the
+                        same kind of attempt, after the `wait` effect;
                       - `fall_back` if it ended in `fallback` (a fault on the last stream attempt,
                         fallback allowed): one fallback attempt follows;
+                      - `resume` if the turn is resumable (a background request,
+                        `policy.resume`), the attempt broke on a byte-stream fault after the
+                        response's id and a sequence number came, and stream attempts are left:
+                        a `resume` attempt continues the same response after the last sequence
+                        number (see `machines.stream_attempt`);
                       - `retry` if its final row allows a retry and stream attempts are left;
                       - otherwise `finish`.
     fallback_attempt  the fallback attempt is running; when it ends, `finish`.
     finished          final.
+
+On an interrupt, a background response whose id is known is cancelled: the turn's last decision
+is a `cancel` effect naming the response, which the driver sends (`POST
+/v1/responses/{id}/cancel`).
 
 Outcome: the last attempt's `Ending.outcome`, read off the stream-attempt table's final row that
 fired (`terminal` after `response.completed` / `.incomplete` / `.failed` gives that outcome; an
@@ -57,7 +70,14 @@ from machines.records import (
     TurnResult,
 )
 from machines.table import definition
-from machines.stream_attempt import FALLBACK, TERMINAL, DeliveryLedger, Ending, StreamAttempt
+from machines.stream_attempt import (
+    FALLBACK,
+    FAULTS,
+    TERMINAL,
+    DeliveryLedger,
+    Ending,
+    StreamAttempt,
+)
 
 __all__ = ["FINISHED", "IDLE", "MACHINE", "STATES", "TABLE", "TurnMachine"]
 
@@ -80,6 +100,10 @@ TABLE: Final[list[dict[str, Any]]] = [
      "conditions": "attempt_wants_http_retry", "name": "http_retry"},
     {"trigger": "attempt_ended", "source": STREAM_ATTEMPT, "dest": FALLBACK_ATTEMPT,
      "conditions": "attempt_handed_over", "name": "fall_back"},
+    # a background response's stream broke after its id and a sequence number came: continue it
+    # (GET .../responses/{id}?stream=true&starting_after=N), paid by the stream retry budget
+    {"trigger": "attempt_ended", "source": STREAM_ATTEMPT, "dest": STREAM_ATTEMPT,
+     "conditions": ["attempt_broke_resumably", "stream_attempts_left"], "name": "resume"},
     {"trigger": "attempt_ended", "source": STREAM_ATTEMPT, "dest": STREAM_ATTEMPT,
      "conditions": ["attempt_may_retry", "stream_attempts_left"], "name": "retry"},
     {"trigger": "attempt_ended", "source": [STREAM_ATTEMPT, FALLBACK_ATTEMPT], "dest": FINISHED,
@@ -111,9 +135,12 @@ class TurnMachine:
 
     state: str
 
-    def __init__(self, policy: TurnPolicy, seed: int = 0) -> None:
+    def __init__(self, policy: TurnPolicy, seed: int = 0, *, background: bool = False) -> None:
+        """`background`: the request asks for a background response (`background: true`), which
+        the turn resumes after a broken stream when `policy.resume` allows."""
         self.state = IDLE
         self.policy = policy
+        self.resumable = background and policy.resume
         self.ledger = DeliveryLedger()
         self.attempts: list[StreamAttempt] = []
         #: Stream attempts begun or retried (HTTP retries of one attempt do not count).
@@ -146,6 +173,19 @@ class TurnMachine:
         ending = self.attempts[-1].ending
         return ending is not None and ending.retry == "stream"
 
+    def attempt_broke_resumably(self, event: Any) -> bool:
+        """The turn is resumable and the attempt's byte stream broke (a drop, a read or idle
+        timeout, an end without a terminal event) after its response's id and a sequence number
+        came."""
+        attempt = self.attempts[-1]
+        ending = attempt.ending
+        return (
+            self.resumable
+            and ending is not None
+            and ending.trigger in FAULTS
+            and attempt.can_be_resumed
+        )
+
     def stream_attempts_left(self, event: Any) -> bool:
         """Fewer than `1 + policy.max_stream_retries` stream attempts were made."""
         return self.stream_tries < 1 + self.policy.max_stream_retries
@@ -172,7 +212,10 @@ class TurnMachine:
         else:
             if moved != "fall_back":
                 self.stream_tries += 1
-            attempt = self._open("fallback" if self.state == FALLBACK_ATTEMPT else "stream")
+            if moved == "resume":
+                attempt = self._open("resume")
+            else:
+                attempt = self._open("fallback" if self.state == FALLBACK_ATTEMPT else "stream")
         out = self._out
         self._out = []
         return attempt, out
@@ -184,13 +227,15 @@ class TurnMachine:
             kind,
             ledger=self.ledger,
             hands_over_to_fallback=(
-                kind == "stream"
+                kind != "fallback"
                 and policy.fallback
                 and self.stream_tries == 1 + policy.max_stream_retries
             ),
             retry_failed_codes=policy.retry_failed_codes,
             max_retry_wait_s=policy.max_retry_wait_s,
             http_retry_left=self.http_retries < (policy.max_http_retries or 0),
+            tracks_sequence=self.resumable and kind != "fallback",
+            resumes=self.attempts[-1] if kind == "resume" else None,
         )
         self.attempts.append(attempt)
         return attempt
@@ -238,6 +283,9 @@ class TurnMachine:
         out.extend(Effect("tool_call", last.number, call) for call in calls)
         if error is not None:
             out.append(Effect("error", last.number, error))
+        if outcome == "interrupted" and last.response_id is not None:
+            # a background response keeps generating (and costing) unless it is cancelled
+            out.append(Effect("cancel", last.number, last.response_id))
         return TurnResult(
             outcome=outcome,
             response=response,

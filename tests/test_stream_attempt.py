@@ -21,6 +21,7 @@ from engine.testing.shapes import (
     text_message,
 )
 from machines.records import (
+    AttemptKind,
     EndOfStream,
     EventTooLarge,
     HttpError,
@@ -58,11 +59,12 @@ _DECISIONS: weakref.WeakKeyDictionary[StreamAttempt, Decisions] = weakref.WeakKe
 def make(
     *, hands_over: bool = False, retry_codes: frozenset[str] = frozenset(),
     ledger: DeliveryLedger | None = None, number: int = 1, http_retry_left: bool = False,
+    kind: AttemptKind = "stream", tracks_sequence: bool = False,
 ) -> tuple[StreamAttempt, Decisions]:
     attempt = StreamAttempt(
-        number, "stream", ledger=ledger or DeliveryLedger(),
+        number, kind, ledger=ledger or DeliveryLedger(),
         hands_over_to_fallback=hands_over, retry_failed_codes=retry_codes,
-        http_retry_left=http_retry_left,
+        http_retry_left=http_retry_left, tracks_sequence=tracks_sequence,
     )
     sink = _DECISIONS[attempt] = Decisions()
     return attempt, sink
@@ -132,7 +134,16 @@ FIRE: dict[str, Any] = {
     "eof": EndOfStream(),
     "interrupt": Interrupt(),
     "event_too_large": EventTooLarge(64),
+    # a text delta whose sequence number (7) is not above the last one seen (`SEEN_7`)
+    "stale_event": {**delta("again"), "sequence_number": 7},
 }
+
+#: A frame every live state absorbs, carrying sequence number 7.
+SEEN_7: dict[str, Any] = {"type": "response.queued", "sequence_number": 7}
+
+#: The `http_error` that a resume is refused with.
+REFUSED = HttpError(404, {"error": {"message": "No response found", "type": "invalid_request_error",
+                                    "code": None}})
 
 
 def _rows() -> list[tuple[str, str, str, tuple[str, ...]]]:
@@ -178,8 +189,13 @@ def test_table_row(trigger: str, source: str, dest: str | None, conditions: tupl
         hands_over="hands_over_to_fallback" in conditions,
         retry_codes=frozenset({"server_error"}) if "failure_is_retryable" in conditions else frozenset(),
         http_retry_left="http_retry_left" in conditions,
+        kind="resume" if "resume_is_refused" in conditions else "stream",
+        tracks_sequence=trigger == "stale_event",
     )
     reach = REACH[source]
+    fire = REFUSED if "resume_is_refused" in conditions else FIRE[trigger]
+    if trigger == "stale_event":
+        reach = [*reach, SEEN_7]
     if trigger == "tool_calls_done" and dest is None:
         reach = [*reach, call_added(1)]  # a second call still open: not every call is done
     if trigger == "tool_call_withdrawn":
@@ -187,7 +203,7 @@ def test_table_row(trigger: str, source: str, dest: str | None, conditions: tupl
     feed(attempt, *reach)
     assert attempt.state == source
     before = len(sink.transitions)
-    feed(attempt, FIRE[trigger])
+    feed(attempt, fire)
     if dest is None:
         assert sink.transitions[before:] == []
         assert attempt.state == source

@@ -32,6 +32,7 @@ from engine.drivers.attempt_loop import (
     pause_slices,
     start_turn,
 )
+from engine.drivers.background import cancel_arguments, resume_arguments
 from engine.drivers.recording import AttemptFeed
 from engine.drivers.transport import observation_of
 from engine.log.eventlog import Callbacks
@@ -89,12 +90,18 @@ class _Inbox:
         return items.popleft() if items else None
 
 
-async def _read_attempt(client: Any, request: dict[str, Any], kind: str, inbox: _Inbox) -> None:
+async def _read_attempt(
+    client: Any,
+    request: dict[str, Any],
+    kind: str,
+    resume_point: tuple[str, int] | None,
+    inbox: _Inbox,
+) -> None:
     """Send the request and read its body, handing every observation to `inbox`; cancelling
     the task (interrupt, idle timeout) stops it at any point, even before the headers."""
     put = inbox.put
     try:
-        body, close = await _open_stream(client, request, kind)
+        body, close = await _open_stream(client, request, kind, resume_point)
     except asyncio.CancelledError:
         raise
     except BaseException as error:  # handed to the turn's task
@@ -117,12 +124,16 @@ async def _read_attempt(client: Any, request: dict[str, Any], kind: str, inbox: 
 
 
 async def _open_stream(
-    client: Any, request: dict[str, Any], kind: str
+    client: Any, request: dict[str, Any], kind: str, resume_point: tuple[str, int] | None
 ) -> tuple[AsyncIterator[bytes], Callable[[], Awaitable[Any]]]:
     if kind == "fallback":
         stream = await client.responses.create(**request, stream=True)
         return stream.response.aiter_bytes(), stream.close
-    manager = client.responses.with_streaming_response.create(**request, stream=True)
+    if resume_point is not None:
+        response_id, arguments = resume_arguments(request, resume_point)
+        manager = client.responses.with_streaming_response.retrieve(response_id, **arguments)
+    else:
+        manager = client.responses.with_streaming_response.create(**request, stream=True)
     response = await manager.__aenter__()
     return response.iter_bytes(), lambda: manager.__aexit__(None, None, None)
 
@@ -141,7 +152,7 @@ async def _run_attempt(
     watchdog = Watchdog(time.monotonic, interrupted, idle_timeout_s, blind_while_busy=True)
     loop = attempt_loop(feed, watchdog, now)
     inbox = _Inbox(asyncio.get_running_loop())
-    reader = asyncio.ensure_future(_read_attempt(client, request, feed.kind, inbox))
+    reader = asyncio.ensure_future(_read_attempt(client, request, feed.kind, feed.resume_point, inbox))
     grace_s = 0.0
     try:
         wait_s = next(loop)
@@ -178,7 +189,17 @@ async def arun_turn(
                 turn.client, turn.request, feed, turn.now, turn.interrupted,
                 turn.policy.idle_timeout_s,
             )
+        for response_id in recording.cancels:
+            await _cancel(turn.client, turn.request, response_id)
     except BaseException:
         recording.abandon(trace, turn.secrets)
         raise
     return recording.finish(trace, turn.secrets)
+
+
+async def _cancel(client: Any, request: dict[str, Any], response_id: str) -> None:
+    """Cancel a background response the turn gave up (best effort, like `run_turn`'s)."""
+    try:
+        await client.responses.cancel(response_id, **cancel_arguments(request))
+    except Exception:  # the network's or the server's doing; the response may be gone already
+        pass

@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 import attrs
 
+from engine.drivers.background import is_background
 from engine.drivers.sse import SseDecoder
 from engine.log.eventlog import Callbacks, EventLog, RecordedInput
 from engine.log.logs import log
@@ -48,7 +49,7 @@ class AttemptFeed:
     """Observations of one attempt → input records → decoded events → the attempt's machine →
     decisions → the event log."""
 
-    __slots__ = ("attempt", "number", "kind", "_log", "_decoder")
+    __slots__ = ("attempt", "number", "kind", "resume_point", "_log", "_decoder")
 
     def __init__(
         self, attempt: StreamAttempt, event_log: EventLog, max_event_bytes: int | None = None
@@ -56,6 +57,8 @@ class AttemptFeed:
         self.attempt = attempt
         self.number = attempt.number
         self.kind = attempt.kind
+        #: For a `resume` attempt: the response id and the sequence number to start after.
+        self.resume_point = attempt.resume_point
         self._log = event_log
         self._decoder = SseDecoder(max_event_bytes)
 
@@ -114,10 +117,13 @@ class TurnRecording:
     ) -> None:
         self.policy = policy
         self.log = EventLog(callbacks)
-        self.turn = TurnMachine(policy, seed)
+        self.turn = TurnMachine(policy, seed, background=is_background(request))
         self.header = header_for(entry, policy, request, seed)
         #: Seconds to wait before sending the attempt just yielded by `attempts()` (an HTTP retry).
         self.wait_s = 0.0
+        #: Ids of background responses the finished turn decided to cancel (the driver sends
+        #: the cancels; a replay does not).
+        self.cancels: list[str] = []
         #: values of the request's credential-named fields, scrubbed wherever they are echoed
         self.request_secrets = field_secrets(request)
 
@@ -127,6 +133,9 @@ class TurnRecording:
             attempt, decisions = self.turn.next_attempt()
             self.log.decide(decisions)
             if attempt is None:
+                self.cancels = [
+                    d.data for d in decisions if isinstance(d, Effect) and d.kind == "cancel"
+                ]
                 return
             self.wait_s = sum(
                 d.data for d in decisions if isinstance(d, Effect) and d.kind == "wait"

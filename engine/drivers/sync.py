@@ -39,6 +39,7 @@ from engine.drivers.attempt_loop import (
     stamped,
     start_turn,
 )
+from engine.drivers.background import cancel_arguments, resume_arguments
 from engine.drivers.recording import AttemptFeed
 from engine.drivers.transport import observation_of
 from engine.log.eventlog import Callbacks
@@ -63,7 +64,13 @@ class _AttemptReader:
     response headers arrive; `finish()` then makes sure the thread ends and the connection is
     either back in the pool with its body read, or closed."""
 
-    def __init__(self, client: Any, request: dict[str, Any], kind: str) -> None:
+    def __init__(
+        self,
+        client: Any,
+        request: dict[str, Any],
+        kind: str,
+        resume_point: tuple[str, int] | None = None,
+    ) -> None:
         self.items: queue.SimpleQueue[Stamped] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._abandoned = False
@@ -72,14 +79,23 @@ class _AttemptReader:
         #: the socket of the response being read, when the HTTP library names it
         self._socket: socket.socket | None = None
         self._thread = threading.Thread(
-            target=self._run, args=(client, request, kind), name="streamfsm-body", daemon=True
+            target=self._run,
+            args=(client, request, kind, resume_point),
+            name="streamfsm-body",
+            daemon=True,
         )
         self._thread.start()
 
-    def _run(self, client: Any, request: dict[str, Any], kind: str) -> None:
+    def _run(
+        self,
+        client: Any,
+        request: dict[str, Any],
+        kind: str,
+        resume_point: tuple[str, int] | None,
+    ) -> None:
         put = self.items.put
         try:
-            body, close, http_response = _open_stream(client, request, kind)
+            body, close, http_response = _open_stream(client, request, kind, resume_point)
         except BaseException as error:  # handed to the caller's thread, classified there
             with self._lock:
                 self._phase = "done"
@@ -177,13 +193,18 @@ def _close_quietly(close: Callable[[], Any]) -> None:
 
 
 def _open_stream(
-    client: Any, request: dict[str, Any], kind: str
+    client: Any, request: dict[str, Any], kind: str, resume_point: tuple[str, int] | None
 ) -> tuple[Iterator[bytes], Callable[[], None], Any]:
-    """Send the request; return (body byte iterator, close function, httpx response)."""
+    """Send the request (a resume: the GET that continues the response); return (body byte
+    iterator, close function, httpx response)."""
     if kind == "fallback":
         stream = client.responses.create(**request, stream=True)
         return stream.response.iter_bytes(), stream.close, stream.response
-    manager = client.responses.with_streaming_response.create(**request, stream=True)
+    if resume_point is not None:
+        response_id, arguments = resume_arguments(request, resume_point)
+        manager = client.responses.with_streaming_response.retrieve(response_id, **arguments)
+    else:
+        manager = client.responses.with_streaming_response.create(**request, stream=True)
     response = manager.__enter__()
     return (
         response.iter_bytes(),
@@ -205,7 +226,7 @@ def _run_attempt(
         return
     watchdog = Watchdog(time.monotonic, interrupted, idle_timeout_s)
     loop = attempt_loop(feed, watchdog, now)
-    reader = _AttemptReader(client, request, feed.kind)
+    reader = _AttemptReader(client, request, feed.kind, feed.resume_point)
     get = reader.items.get
     grace_s = 0.0
     try:
@@ -246,7 +267,18 @@ def run_turn(
                 turn.client, turn.request, feed, turn.now, turn.interrupted,
                 turn.policy.idle_timeout_s,
             )
+        for response_id in recording.cancels:
+            _cancel(turn.client, turn.request, response_id)
     except BaseException:
         recording.abandon(trace, turn.secrets)
         raise
     return recording.finish(trace, turn.secrets)
+
+
+def _cancel(client: Any, request: dict[str, Any], response_id: str) -> None:
+    """Cancel a background response the turn gave up (best effort: the turn has its outcome
+    already, and a cancel that fails changes nothing of it)."""
+    try:
+        client.responses.cancel(response_id, **cancel_arguments(request))
+    except Exception:  # the network's or the server's doing; the response may be gone already
+        pass
