@@ -142,6 +142,7 @@ def sse_types(body: bytes) -> list[str]:
 def test_every_example_loads() -> None:
     names = sorted(path.name for path in EXAMPLES.iterdir())
     assert names == [
+        "background_resume.toml",
         "drop_then_text.toml",
         "error_frame_then_text.json",
         "incomplete.toml",
