@@ -142,6 +142,7 @@ def sse_types(body: bytes) -> list[str]:
 def test_every_example_loads() -> None:
     names = sorted(path.name for path in EXAMPLES.iterdir())
     assert names == [
+        "background_resume.toml",
         "drop_then_text.toml",
         "error_frame_then_text.json",
         "incomplete.toml",
@@ -175,7 +176,7 @@ def test_mistakes_are_reported_one_line_each(tmp_path: Path) -> None:
         "[[reply]]\n"
         "tool_call = { name = 'f', arguments = { a = 1 }, id = 'x' }\n"
         "[[reply]]\n"
-        "background_drop_after_events = 3\n"
+        "background_drop_after_events = -3\n"
         'text = "hi"\n'
         "[[reply]]\n"
         "when = 'always'\n"
@@ -192,8 +193,8 @@ def test_mistakes_are_reported_one_line_each(tmp_path: Path) -> None:
         f"{path}: reply[3]: text and events exclude each other: give one",
         f"{path}: reply[4]: tool_call: unknown key 'id' (known: name, arguments, call_id)",
         f"{path}: reply[4]: tool_call.arguments must be a JSON string, not a table",
-        f"{path}: reply[5]: 'background_drop_after_events' is not supported by this version "
-        "of streamfsm serve",
+        f"{path}: reply[5]: background_drop_after_events must be a whole number of events >= 0, "
+        "not an integer (-3)",
         f"{path}: reply[6]: when must be the string \"tool_output\", not a string ('always')",
         f"{path}: reply[6]: status must be an HTTP status from 100 to 599, not an integer (700)",
     ]
@@ -211,6 +212,26 @@ def test_mistakes_are_reported_one_line_each(tmp_path: Path) -> None:
         ("[[reply]]\ntimes = 0\ntext = 'a'\n", "times must be a whole number >= 1"),
         ("[[reply]]\nheaders = { retry-after = 1 }\nstatus = 429\n", "headers must be a table of strings"),
         ("[[reply]]\nevents = [1, 2]\n", "events must be an array of tables"),
+        (
+            "[[reply]]\ntext = 'a'\nbackground_drop_after_events = true\n",
+            "background_drop_after_events must be a whole number of events >= 0, not a boolean",
+        ),
+        (
+            "[[reply]]\ntext = 'a'\nbackground_drop_after_events = 2\ndrop_after_bytes = 9\n",
+            "drop_after_bytes and background_drop_after_events exclude each other",
+        ),
+        (
+            "[[reply]]\nbody = { a = 1 }\nbackground_drop_after_events = 2\n",
+            "background_drop_after_events needs a streamed reply with status 200",
+        ),
+        (
+            "[[reply]]\nstatus = 429\nbackground_drop_after_events = 2\n",
+            "background_drop_after_events needs a streamed reply with status 200",
+        ),
+        (
+            "background_drop_after_events = 2\n[[reply]]\ntext = 'a'\n",
+            "'background_drop_after_events' belongs in a reply table",
+        ),
         ("description = 'nothing'\n", "no reply: add at least one [[reply]] table"),
         ("reply = []\n", "reply is empty"),
         ("reply = 'text'\n", "reply must be an array of tables"),

@@ -103,6 +103,32 @@ def test_serve_a_scenario_file_and_log_every_request(tmp_path: Path) -> None:
     assert lines[0]["body"]["input"] == "hi"
 
 
+def test_serve_keeps_background_responses_for_resume_and_cancel(tmp_path: Path) -> None:
+    log = tmp_path / "requests.jsonl"
+    with served(EXAMPLES / "background_resume.toml", log) as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="sk-abcdefghijkl", max_retries=0)
+        first: list[Any] = []
+        with pytest.raises(openai.APIConnectionError):
+            for event in client.responses.create(
+                model="gpt-5", input="hi", background=True, stream=True
+            ):
+                first.append(event)
+        response_id = first[0].response.id
+        last = first[-1].sequence_number
+        rest = list(client.responses.retrieve(response_id, stream=True, starting_after=last))
+        cancelled = client.responses.cancel(response_id)
+        lines = server.requests()
+    assert [e.sequence_number for e in first + rest] == list(range(len(first) + len(rest)))
+    assert len(first) == 4 and rest[-1].type == "response.completed"
+    assert cancelled.status == "cancelled"
+    assert [(r["n"], r["method"], r["path"], r["reply"], r["status"]) for r in lines] == [
+        (1, "POST", "/v1/responses", 0, 200),
+        (2, "GET", f"/v1/responses/{response_id}?starting_after=3&stream=true", None, 200),
+        (3, "POST", f"/v1/responses/{response_id}/cancel", None, 200),
+    ]
+    assert "sk-abcdefghijkl" not in log.read_text()
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_sigint_stop_serve_with_exit_0(signum: int, tmp_path: Path) -> None:
     with served(EXAMPLES / "stall_then_text.toml", tmp_path / "log.jsonl") as server:

@@ -48,6 +48,15 @@ including the blank line that ends it (comments and vendor frames count).
     terminator. ``drop`` also sets how the drops of a shape close.
 ``chunk_delay_ms``
     Each event is sent as its own chunk, with this pause between consecutive events.
+``background_drop_after_events``
+    For a request whose body holds ``"background": true``: the reply's events (here: its frames
+    whose data is a JSON object; comments and ``[DONE]`` do not count) become a background
+    response kept by the simulator, the stream is cut (FIN) after that many events, and
+    ``GET /v1/responses/{id}?stream=true&starting_after=K`` serves the rest;
+    ``POST /v1/responses/{id}/cancel`` cancels it (see *Background responses* in
+    ``engine.testing.simulator``). The stalls and pauses of the other modifiers stay in the
+    first stream, counted in events. It excludes ``drop_after_bytes``. Requests without
+    ``background`` get the reply as usual.
 
 Traces (``.jsonl``) become scenarios through
 :func:`~engine.testing.simulator.script_from_trace`, optionally with their recorded timing.
@@ -121,13 +130,15 @@ REPLY_KEYS: Final[Mapping[str, str]] = {
     "drop_after_bytes": "cut the event-stream body after N bytes",
     "drop": '"fin" (default) or "rst": how a cut closes the connection',
     "chunk_delay_ms": "pause between events, each sent as its own chunk",
+    "background_drop_after_events": (
+        'for a "background": true request: cut the stream (FIN) after N events and keep the '
+        "response resumable (GET /v1/responses/{id}) and cancellable"
+    ),
 }
 #: Keys allowed at the top level of a scenario file.
 TOP_LEVEL_KEYS: Final = ("reply", "description", "repeat")
 #: Keys of the ``tool_call`` table.
 TOOL_CALL_KEYS: Final = ("name", "arguments", "call_id")
-#: Keys the contract reserves for later versions: named in their own error message.
-NOT_YET_SUPPORTED: Final = frozenset({"background_drop_after_events"})
 
 _CONTENT_KEYS: Final = ("text", "tool_call", "shape", "events")
 DEFAULT_RETRY_AFTER_S: Final = 1.0
@@ -394,14 +405,21 @@ def _positive_or_none(instance: object, attribute: attrs.Attribute[Any], value: 
         raise ValueError(f"{attribute.name} must be a whole number >= 1, not {value!r}")
 
 
+def _whole_number_or_none(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and (type(value) is not int or value < 0):
+        raise ValueError(f"{attribute.name} must be a whole number >= 0, not {value!r}")
+
+
 @attrs.frozen
 class Rule:
     """One ``reply`` entry of a scenario: when it applies and what it sends.
 
     ``replies``: what to send; a rule holding several (a multi-attempt shape) plays them in turn,
     starting over after the last. ``when``, ``nth``, ``times``: conditions (see the module
-    docstring). The remaining fields are the modifiers of :func:`reshape`, applied to every reply.
-    ``index`` is the rule's position in its scenario (set by :class:`Scenario`).
+    docstring). ``stall_s`` to ``chunk_delay_ms`` are the modifiers of :func:`reshape`, applied
+    to every reply. ``background_drop_after_events`` is set on every reply
+    (:class:`~engine.testing.simulator.Reply` says what it does); it excludes
+    ``drop_after_bytes``.
     """
 
     replies: tuple[Reply, ...] = attrs.field(converter=_replies_tuple)
@@ -413,11 +431,18 @@ class Rule:
     drop_after_bytes: int | None = None
     drop: DropMode | None = None
     chunk_delay_ms: float | None = None
+    background_drop_after_events: int | None = attrs.field(
+        default=None, validator=_whole_number_or_none
+    )
     served: tuple[Reply, ...] = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.when is not None and self.when not in ("tool_output",):
             raise ValueError(f"when must be 'tool_output', not {self.when!r}")
+        if self.background_drop_after_events is not None and self.drop_after_bytes is not None:
+            raise ValueError(
+                "drop_after_bytes and background_drop_after_events exclude each other: give one"
+            )
         # Without stall_after, a shape that stalls somewhere takes stall_s as the length of its
         # stalls; its other replies (the good retry of stall_then_retry) stay as they are.
         retime = self.stall_after is None and any(_has_stall(reply) for reply in self.replies)
@@ -432,6 +457,11 @@ class Rule:
             )
             for reply in self.replies
         )
+        if self.background_drop_after_events is not None:
+            served = tuple(
+                attrs.evolve(reply, background_drop_after_events=self.background_drop_after_events)
+                for reply in served
+            )
         object.__setattr__(self, "served", served)
 
     def matches(self, number: int, body: Any, used: int) -> bool:
@@ -630,9 +660,7 @@ def _read_reply(index: int, table: Any, problems: list[str], source: str) -> Rul
     before = len(problems)
     check = _Checker(where, table, problems)
     for key in table:
-        if key in NOT_YET_SUPPORTED:
-            check.problem(f"{key!r} is not supported by this version of streamfsm serve")
-        elif key not in REPLY_KEYS:
+        if key not in REPLY_KEYS:
             check.problem(_unknown(key, list(REPLY_KEYS)))
 
     when = check.get("when", lambda v: v == "tool_output", 'the string "tool_output"')
@@ -666,6 +694,11 @@ def _read_reply(index: int, table: Any, problems: list[str], source: str) -> Rul
     chunk_delay = check.get(
         "chunk_delay_ms", lambda v: _is_number(v) and v >= 0, "a number of milliseconds >= 0"
     )
+    background_drop_after = check.get(
+        "background_drop_after_events",
+        lambda v: _is_int(v) and v >= 0,
+        "a whole number of events >= 0",
+    )
 
     contents = [key for key in _CONTENT_KEYS if key in table]
     if len(contents) > 1:
@@ -674,6 +707,16 @@ def _read_reply(index: int, table: Any, problems: list[str], source: str) -> Rul
         check.problem(f"body and {contents[0]} exclude each other: a body is not streamed")
     if "stall_after" in table and "stall_s" not in table:
         check.problem("stall_after needs stall_s (how long the silence lasts)")
+    if "background_drop_after_events" in table:
+        if "drop_after_bytes" in table:
+            check.problem(
+                "drop_after_bytes and background_drop_after_events exclude each other: give one"
+            )
+        if "body" in table or (status is not None and status != 200):
+            check.problem(
+                "background_drop_after_events needs a streamed reply with status 200: "
+                "give text, tool_call, shape or events"
+            )
 
     replies: tuple[Reply, ...] = ()
     extra_headers = tuple((str(k), str(v)) for k, v in (headers or {}).items())
@@ -732,6 +775,7 @@ def _read_reply(index: int, table: Any, problems: list[str], source: str) -> Rul
             drop_after_bytes=drop_after,
             drop=drop,
             chunk_delay_ms=None if chunk_delay is None else float(chunk_delay),
+            background_drop_after_events=background_drop_after,
         )
     except ValueError as error:
         check.problem(str(error))
@@ -762,7 +806,7 @@ def scenario_from_data(data: Any, *, source: str = "scenario", name: str = "") -
     if not isinstance(data, dict):
         raise ScenarioError([f"{source}: must be a table/object, not {_type_name(data)}"])
     for key in data:
-        if key in NOT_YET_SUPPORTED:
+        if key in REPLY_KEYS:
             problems.append(f"{source}: {key!r} belongs in a reply table")
         elif key not in TOP_LEVEL_KEYS:
             problems.append(f"{source}: {_unknown(key, TOP_LEVEL_KEYS)}")

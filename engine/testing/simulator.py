@@ -9,7 +9,8 @@ The simulator is a genuine HTTP/1.1 server (``http.server.ThreadingHTTPServer``)
 (the request holds a tool output, it is the Nth request, the rule was used fewer than N times)
 with a :class:`Reply`. Each POST to ``/v1/responses`` (or ``/responses``) gets the reply of the
 first rule whose conditions hold; a request no rule matches gets an HTTP 500 with an
-OpenAI-shaped error body saying so. Scenario files (``streamfsm serve FILE.toml``) and their
+OpenAI-shaped error body saying so. Background responses are kept for ``GET`` and ``cancel``
+(below). Scenario files (``streamfsm serve FILE.toml``) and their
 keys are described in ``engine/testing/scenarios.py`` and ``docs/scenarios.md``.
 
 A :class:`Script` (an ordered tuple of replies) is the simplest scenario: each request takes the
@@ -42,6 +43,35 @@ connection stays open for keep-alive reuse, exactly like a real server.
 
 A reply with ``body`` set is sent whole with a ``content-length``, as ``application/json``; a
 non-200 reply without a body gets a generic OpenAI-shaped error body for its status.
+
+Background responses
+--------------------
+
+A reply with ``background_drop_after_events = N`` given to a ``POST`` whose JSON body holds
+``"background": true`` (and streamed with status 200) starts a :class:`BackgroundResponse`, kept
+under a fresh id (:func:`background_response_id`: ``resp_sim_background_NNNN``, NNNN the request
+number). Its events are the reply's frames whose data is a JSON object (comments and
+``[DONE]`` are left out), up to a cut the reply may hold; each keeps its ``sequence_number`` when
+it has a whole number there, else gets its position (0, 1, 2, ...). Every response object they
+carry gets the stored ``id`` and ``"background": true``; in ``response.created`` and
+``response.queued`` its status becomes ``"queued"``, in ``response.in_progress``
+``"in_progress"``. The POST is answered with the first N events, one chunk each (the reply's
+stalls stay where they were, counted in events), then the connection is closed with a FIN in the
+middle of the chunked body, without a terminal event. A reply with N or fewer events is sent
+whole and then cut the same way. Other requests given that reply get it unchanged.
+
+``GET /v1/responses/{id}?stream=true&starting_after=K`` (or ``/responses/{id}``) streams the
+stored events whose ``sequence_number`` is above K (all without ``starting_after``), one chunk
+each, without pauses, with the headers of a POST stream, and ends the body as usual. Without
+``stream`` (or ``stream=false``) it answers the final response object as JSON: that of the last
+event carrying one. ``POST /v1/responses/{id}/cancel`` marks the response cancelled and answers
+its response object as of the events sent so far, with ``"status": "cancelled"`` (again for each
+repeated cancel); afterwards a GET answers that object, and a GET with ``stream=true`` answers
+HTTP 400 ("Cannot stream a cancelled response."). An unknown id gets HTTP 404 ("Response with id
+'...' not found."); a ``stream`` other than true/false or a ``starting_after`` that is not an
+integer gets HTTP 400 naming the parameter. All errors have OpenAI-shaped bodies. These GETs and
+cancels are recorded and logged like any request, with ``reply_index`` None; they do not count
+towards the scenario's ``nth`` and ``times``.
 
 What the openai client raises (openai 3.x over httpx2; checked by tests/test_simulator.py)
 -----------------------------------------------------------------------------------------
@@ -92,6 +122,7 @@ import struct
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import IO, TYPE_CHECKING, Any, Final, Literal
 
@@ -104,15 +135,18 @@ if TYPE_CHECKING:
     from engine.testing.scenarios import Scenario
 
 __all__ = [
+    "BackgroundResponse",
     "RecordedRequest",
     "Reply",
     "ResponsesSimulator",
     "Script",
     "Step",
     "TRACE_STALL_S",
+    "background_response_id",
     "error_body",
     "redact_headers",
     "script_from_trace",
+    "start_background",
 ]
 
 RESPONSES_PATHS: Final = frozenset({"/v1/responses", "/responses"})
@@ -189,6 +223,13 @@ def _non_negative(instance: object, attribute: attrs.Attribute[float], value: fl
         raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
 
 
+def _whole_number_or_none(
+    instance: object, attribute: attrs.Attribute[int | None], value: int | None
+) -> None:
+    if value is not None and (type(value) is not int or value < 0):
+        raise ValueError(f"{attribute.name} must be a whole number >= 0, not {value!r}")
+
+
 #: What a streaming reply does, in the shared vocabulary of `machines.records`: send a chunk,
 #: stay silent, or cut the connection (`TransportFault("drop")`).
 Step = Chunk | Stall | TransportFault
@@ -219,6 +260,11 @@ class Reply:
     ``headers_after_s`` keeps the client waiting that long before the status line is sent (a
     server slow to answer at all). ``drop`` says how a ``TransportFault`` step closes the
     connection: ``"fin"`` (orderly shutdown) or ``"rst"`` (reset, ``SO_LINGER`` 0).
+    ``background_drop_after_events`` (N >= 0): a request whose body holds ``"background": true``
+    gets a background response made of this reply's events; its stream is cut (FIN) after N
+    events and the rest is served by ``GET /v1/responses/{id}`` (see *Background responses* in
+    the module docstring). Other requests, and replies that are not streamed with status 200,
+    are unaffected.
     """
 
     status: int = 200
@@ -229,11 +275,22 @@ class Reply:
     drop: Literal["fin", "rst"] = attrs.field(
         default="fin", validator=attrs.validators.in_(("fin", "rst"))
     )
+    background_drop_after_events: int | None = attrs.field(
+        default=None, validator=_whole_number_or_none
+    )
 
     @property
     def is_stream(self) -> bool:
         """Whether this reply is sent as an event stream (else as a whole JSON body)."""
         return self.body is None and (self.status == 200 or bool(self.steps))
+
+    @property
+    def serves_background(self) -> bool:
+        """Whether a ``background: true`` request given this reply gets a background response
+        (a streamed 200 reply with ``background_drop_after_events`` set)."""
+        return (
+            self.background_drop_after_events is not None and self.is_stream and self.status == 200
+        )
 
 
 def _replies_tuple(value: Iterable[Reply]) -> tuple[Reply, ...]:
@@ -299,6 +356,203 @@ def redact_headers(headers: Any) -> dict[str, str]:
         lowered = name.lower()
         redacted[lowered] = REDACTED if _is_secret_header(lowered) else value
     return redacted
+
+
+# --------------------------------------------------------------------------------------------
+# Background responses
+
+#: What a JSON event of an event stream is here: a parsed ``data:`` object.
+Event = dict[str, Any]
+
+#: The status the response object of an early lifecycle event has in a background response.
+_BACKGROUND_EARLY_STATUS: Final[Mapping[str, str]] = {
+    "response.created": "queued",
+    "response.queued": "queued",
+    "response.in_progress": "in_progress",
+}
+
+
+def background_response_id(request_number: int) -> str:
+    """The id the simulator gives the background response started by its request number N."""
+    return f"resp_sim_background_{request_number:04d}"
+
+
+@attrs.frozen
+class BackgroundResponse:
+    """A background response the simulator keeps, to be resumed or cancelled.
+
+    ``events``: every event of the response in order, each with a ``sequence_number``, the
+    response objects they carry already holding ``response_id`` and ``"background": true``.
+    ``headers``: the headers of a reply that streams them. ``sent``: how many events, from the
+    first, some stream has sent (or started to send). ``cancelled``: ``POST .../cancel`` was
+    received.
+    """
+
+    response_id: str
+    events: tuple[Event, ...]
+    headers: tuple[tuple[str, str], ...] = ()
+    sent: int = 0
+    cancelled: bool = False
+
+    def events_after(self, sequence_number: int | None) -> tuple[Event, ...]:
+        """The events whose ``sequence_number`` is above ``sequence_number`` (all for None)."""
+        if sequence_number is None:
+            return self.events
+        return tuple(event for event in self.events if event["sequence_number"] > sequence_number)
+
+    def response_as_of(self, count: int) -> Event:
+        """The response object carried by the last of the first ``count`` events that carries
+        one; a bare in-progress response object when none does."""
+        for event in reversed(self.events[:count]):
+            response = event.get("response")
+            if isinstance(response, dict):
+                return dict(response)
+        return {
+            "id": self.response_id,
+            "object": "response",
+            "status": "in_progress",
+            "background": True,
+            "output": [],
+        }
+
+    def final_response(self) -> Event:
+        """What ``GET /v1/responses/{id}`` answers: the response of its last event carrying one
+        (the terminal event, when it has one); once cancelled, the response as cancel answered
+        it."""
+        if self.cancelled:
+            return self.cancelled_response()
+        return self.response_as_of(len(self.events))
+
+    def cancelled_response(self) -> Event:
+        """What ``POST /v1/responses/{id}/cancel`` answers: the response as of the events sent
+        so far, with ``"status": "cancelled"``."""
+        return {**self.response_as_of(self.sent), "status": "cancelled"}
+
+
+def _frame_data(frame: bytes) -> Any:
+    """The parsed JSON of one SSE frame's ``data:`` lines, or None (no data, or not JSON)."""
+    data = [
+        line[5:].removeprefix(b" ")
+        for line in frame.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        if line.startswith(b"data:")
+    ]
+    if not data:
+        return None
+    try:
+        return orjson.loads(b"\n".join(data))
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _background_event(event: Event, response_id: str, position: int) -> Event:
+    """``event`` as a background response streams it: with a ``sequence_number`` (its position
+    when it has no whole number there) and its response object carrying ``response_id``,
+    ``"background": true`` and, in early lifecycle events, ``queued``/``in_progress``."""
+    rewritten = dict(event)
+    number = event.get("sequence_number")
+    if type(number) is not int:
+        rewritten["sequence_number"] = position
+    response = event.get("response")
+    if isinstance(response, dict):
+        response = {**response, "id": response_id, "background": True}
+        early_status = _BACKGROUND_EARLY_STATUS.get(str(event.get("type")))
+        if early_status is not None:
+            response["status"] = early_status
+        rewritten["response"] = response
+    return rewritten
+
+
+def _events_and_stalls(reply: Reply) -> tuple[list[Event], list[tuple[int, Stall]]]:
+    """A streamed reply's JSON events (frames whose data is a JSON object, up to a cut) and its
+    stalls, each placed by how many of those events were complete before it."""
+    from engine.testing.scenarios import frame_ends
+
+    body = b""
+    stalls: list[tuple[int, Stall]] = []
+    stall_offsets: list[tuple[int, Stall]] = []
+    for step in reply.steps:
+        if isinstance(step, Chunk):
+            body += step.data
+        elif isinstance(step, Stall):
+            stall_offsets.append((len(body), step))
+        else:
+            break
+    events: list[Event] = []
+    event_ends: list[int] = []
+    start = 0
+    for end in frame_ends(body):
+        data = _frame_data(body[start:end])
+        if isinstance(data, dict):
+            events.append(data)
+            event_ends.append(end)
+        start = end
+    for offset, stall in stall_offsets:
+        stalls.append((sum(1 for end in event_ends if end <= offset), stall))
+    return events, stalls
+
+
+def start_background(reply: Reply, response_id: str) -> tuple[BackgroundResponse, Reply]:
+    """The background response a ``background: true`` request given ``reply`` starts, and the
+    reply that request gets: its first ``background_drop_after_events`` events (one chunk each,
+    with the reply's stalls where they were), then a cut with a FIN."""
+    from engine.testing.shapes import sse_frame
+
+    cut_after = reply.background_drop_after_events
+    if cut_after is None:
+        raise ValueError("the reply has no background_drop_after_events")
+    events, stalls = _events_and_stalls(reply)
+    stored = tuple(
+        _background_event(event, response_id, position) for position, event in enumerate(events)
+    )
+    sent = min(cut_after, len(stored))
+    steps: list[Step] = []
+    for position in range(sent + 1):
+        steps.extend(stall for at, stall in stalls if at == position)
+        if position < sent:
+            steps.append(Chunk(sse_frame(stored[position])))
+    steps.append(TransportFault("drop"))
+    background = BackgroundResponse(response_id, stored, headers=reply.headers, sent=sent)
+    first_stream = attrs.evolve(
+        reply, steps=tuple(steps), drop="fin", background_drop_after_events=None
+    )
+    return background, first_stream
+
+
+def _stream_events(events: Iterable[Event], headers: tuple[tuple[str, str], ...]) -> Reply:
+    """A streamed 200 reply sending ``events``, one chunk each, and ending as usual."""
+    from engine.testing.shapes import sse_frame
+
+    return Reply(steps=tuple(Chunk(sse_frame(event)) for event in events), headers=headers)
+
+
+def _json_reply(value: Any) -> Reply:
+    return Reply(status=200, body=orjson.dumps(value))
+
+
+def _invalid_request(status: int, message: str, *, param: str | None = None) -> Reply:
+    return Reply(status=status, body=error_body(message, type="invalid_request_error", param=param))
+
+
+def _background_target(path: str) -> tuple[str, bool] | None:
+    """``(response id, is a cancel)`` for ``/v1/responses/{id}`` or ``/v1/responses/{id}/cancel``
+    (also without ``/v1``); None for any other path."""
+    for prefix in RESPONSES_PATHS:
+        if not path.startswith(prefix + "/"):
+            continue
+        segments = path[len(prefix) + 1 :].split("/")
+        if len(segments) == 1 and segments[0]:
+            return urllib.parse.unquote(segments[0]), False
+        if len(segments) == 2 and segments[0] and segments[1] == "cancel":
+            return urllib.parse.unquote(segments[0]), True
+    return None
+
+
+def _query_flag(values: list[str] | None) -> bool | None:
+    """A boolean query parameter: absent is False; ``true``/``false`` (any case); else None."""
+    if not values:
+        return False
+    lowered = values[-1].lower()
+    return True if lowered == "true" else False if lowered == "false" else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -545,6 +799,7 @@ class ResponsesSimulator:
         self._request_count = 0
         self._started_at = time.monotonic()
         self._requests: list[RecordedRequest] = []
+        self._background: dict[str, BackgroundResponse] = {}
         self._server_errors: list[BaseException] = []
         self._connections: set[socket.socket] = set()
         self._closing = threading.Event()
@@ -662,6 +917,12 @@ class ResponsesSimulator:
             return list(self._server_errors)
 
     @property
+    def background_responses(self) -> dict[str, BackgroundResponse]:
+        """The background responses started so far, by response id (a copy)."""
+        with self._lock:
+            return dict(self._background)
+
+    @property
     def replies_used(self) -> int:
         """How many replies have been handed out (counting repeats)."""
         with self._lock:
@@ -673,13 +934,17 @@ class ResponsesSimulator:
     ) -> tuple[RecordedRequest, Reply]:
         """Pick the reply for one request, record the request and log it, atomically.
 
-        Only ``POST`` to a Responses path is answered from the scenario; anything else gets a
-        404/405 error body and leaves the scenario where it was.
+        Only ``POST`` to a Responses path is answered from the scenario; a ``GET`` of a
+        background response or a ``POST`` cancelling one is answered from the background
+        responses kept so far; anything else gets a 404/405 error body. Neither of the last two
+        touches the scenario's counts.
         """
         redacted = redact_headers(headers)
         with self._lock:
-            index, reply = self._choose_reply(method, path, body, redacted)
             self._request_count += 1
+            index, reply = self._choose_reply(
+                self._request_count, method, path, query, body, redacted
+            )
             request = RecordedRequest(
                 method=method,
                 path=path,
@@ -701,18 +966,72 @@ class ResponsesSimulator:
         return request, reply
 
     def _choose_reply(
-        self, method: str, path: str, body: Any, headers: Mapping[str, str]
+        self,
+        number: int,
+        method: str,
+        path: str,
+        query: str,
+        body: Any,
+        headers: Mapping[str, str],
     ) -> tuple[int | None, Reply]:
         if path not in RESPONSES_PATHS:
-            message = f"Invalid URL ({method} {path})"
-            return None, Reply(status=404, body=error_body(message, type="invalid_request_error"))
+            target = _background_target(path)
+            if target is None:
+                return None, _invalid_request(404, f"Invalid URL ({method} {path})")
+            response_id, is_cancel = target
+            expected_method = "POST" if is_cancel else "GET"
+            if method != expected_method:
+                return None, _invalid_request(405, f"Method {method} not allowed on {path}")
+            if is_cancel:
+                return None, self._cancel_background(response_id)
+            return None, self._retrieve_background(response_id, query)
         if method != "POST":
-            message = f"Method {method} not allowed on {path}"
-            return None, Reply(status=405, body=error_body(message, type="invalid_request_error"))
+            return None, _invalid_request(405, f"Method {method} not allowed on {path}")
         index, reply = self._state.choose(body, headers)
         if index is not None:
             self._replies_used += 1
+        if reply.serves_background and isinstance(body, dict) and body.get("background") is True:
+            background, reply = start_background(reply, background_response_id(number))
+            self._background[background.response_id] = background
         return index, reply
+
+    @staticmethod
+    def _unknown_response(response_id: str) -> Reply:
+        return _invalid_request(404, f"Response with id '{response_id}' not found.")
+
+    def _retrieve_background(self, response_id: str, query: str) -> Reply:
+        """``GET /v1/responses/{id}``: the stored events after ``starting_after`` as a stream
+        (``stream=true``), or the final response object as JSON."""
+        background = self._background.get(response_id)
+        if background is None:
+            return self._unknown_response(response_id)
+        parameters = urllib.parse.parse_qs(query, keep_blank_values=True)
+        stream = _query_flag(parameters.get("stream"))
+        if stream is None:
+            return _invalid_request(400, "stream must be true or false.", param="stream")
+        if not stream:
+            return _json_reply(background.final_response())
+        if background.cancelled:
+            return _invalid_request(400, "Cannot stream a cancelled response.")
+        starting_after: int | None = None
+        if parameters.get("starting_after"):
+            try:
+                starting_after = int(parameters["starting_after"][-1])
+            except ValueError:
+                return _invalid_request(
+                    400, "starting_after must be an integer.", param="starting_after"
+                )
+        self._background[response_id] = attrs.evolve(background, sent=len(background.events))
+        return _stream_events(background.events_after(starting_after), background.headers)
+
+    def _cancel_background(self, response_id: str) -> Reply:
+        """``POST /v1/responses/{id}/cancel``: mark it cancelled, answer its response object."""
+        background = self._background.get(response_id)
+        if background is None:
+            return self._unknown_response(response_id)
+        background = attrs.evolve(background, cancelled=True)
+        self._background[response_id] = background
+        return _json_reply(background.cancelled_response())
 
     def _record_server_error(self, error: BaseException) -> None:
         with self._lock:
