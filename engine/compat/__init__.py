@@ -19,6 +19,9 @@ written as a standard trace when one is asked for, which `engine.replay` replays
 turn. Only the I/O is the seed's:
 
 * a stream attempt calls `client.responses.stream(**api_kwargs)` and enters it, as the seed does;
+* a resume attempt (a background request, `background=True`, whose stream broke after the
+  response's id and a sequence number came) calls `client.responses.retrieve(id, stream=True,
+  starting_after=N)`; an interrupted background call then calls `client.responses.cancel(id)`;
 * the fallback attempt copies the kwargs, sets `stream=True`, runs the agent transport's
   `preflight_kwargs(..., allow_stream=True)` and calls `client.responses.create(**kwargs)`;
 * whatever the SDK hands back (its stream over HTTP, typed events, plain dicts, a final or
@@ -75,6 +78,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 import attrs
 
 from engine.drivers.arguments import check_trace
+from engine.drivers.background import cancel_arguments, resume_arguments
 from engine.log.eventlog import Callbacks
 from engine.log.logs import log
 from engine.drivers.recording import AttemptFeed, TurnRecording
@@ -382,8 +386,12 @@ class _CompatTurn:
             for feed in recording.attempts():
                 if feed.kind == "fallback" or self.fallback_only:
                     self._fallback_attempt(feed)
+                elif feed.resume_point is not None:
+                    self._resume_attempt(feed, feed.resume_point)
                 else:
                     self._stream_attempt(feed)
+            for response_id in recording.cancels:
+                self._cancel(response_id)
         except BaseException:
             recording.abandon(self.trace, secrets)
             raise
@@ -446,6 +454,31 @@ class _CompatTurn:
             self._pump(source, feed)
         finally:
             source.close()
+
+    def _resume_attempt(self, feed: AttemptFeed, point: tuple[str, int]) -> None:
+        """Continue a broken background response: `client.responses.retrieve(id, stream=True,
+        starting_after=N)`, read like the fallback's stream."""
+        if not self._begin(feed):
+            return
+        response_id, arguments = resume_arguments(self.api_kwargs, point)
+        try:
+            opened = self.client.responses.retrieve(response_id, **arguments)
+        except Exception as error:
+            self._opening_failed(feed, error)
+            return
+        source = SdkEventSource(opened)
+        self.sources[feed.number] = source
+        try:
+            self._pump(source, feed)
+        finally:
+            source.close()
+
+    def _cancel(self, response_id: str) -> None:
+        """Cancel the background response an interrupted call leaves (best effort)."""
+        try:
+            self.client.responses.cancel(response_id, **cancel_arguments(self.api_kwargs))
+        except Exception:  # the response may be gone already; the call's outcome stands
+            pass
 
     def _opening_failed(self, feed: AttemptFeed, error: Exception) -> None:
         observed = input_of(error, opening=True)
