@@ -31,7 +31,7 @@ from engine.drivers.consume import consume
 from engine.diagram import MACHINES, mermaid
 from engine.log.eventlog import Callbacks
 from engine.drivers.replay import replay
-from engine.testing.shapes import SHAPES
+from engine.testing.shapes import BACKGROUND_SHAPES, SHAPES
 from engine.testing.scenarios import Scenario, ScenarioError, load_fixture
 from engine.testing.simulator import ResponsesSimulator
 from engine.drivers.sync import run_turn
@@ -94,6 +94,7 @@ DEMO_SCENARIOS: list[tuple[str, TurnPolicy, float | None]] = [
     ("failed_rate_limit_exceeded", TurnPolicy(), None),
     ("noisy_but_fine", TurnPolicy(), None),
     ("drop_then_retry", TurnPolicy(), None),
+    ("background_drop_then_resume", TurnPolicy(), None),
     ("stall_then_retry", TurnPolicy(idle_timeout_s=0.3), None),
     ("eof_then_retry", TurnPolicy(), None),
     ("drop_every_attempt", TurnPolicy(), None),
@@ -115,7 +116,10 @@ def _demo(args: argparse.Namespace, out: TextIO) -> int:
     )
     for number, (name, policy, interrupt_after) in enumerate(DEMO_SCENARIOS, 1):
         script = SHAPES[name]
+        background = name in BACKGROUND_SHAPES
         title = name + (" (interrupted by the caller)" if interrupt_after else "")
+        if background:
+            title += " (background: true)"
         if policy.idle_timeout_s:
             title += f" (idle timeout {policy.idle_timeout_s:g} s)"
         out.write(f"\n{number:2}. {title}\n    {script.description}\n")
@@ -127,17 +131,22 @@ def _demo(args: argparse.Namespace, out: TextIO) -> int:
             if timer:
                 timer.start()
             began = time.monotonic()
-            result = run_turn(
-                client, {"model": "gpt-5", "input": "What is the capital of France?"},
-                policy=policy, trace=trace, interrupt=stop,
-            )
+            request: dict[str, Any] = {"model": "gpt-5", "input": "What is the capital of France?"}
+            if background:
+                request["background"] = True
+            result = run_turn(client, request, policy=policy, trace=trace, interrupt=stop)
             elapsed = time.monotonic() - began
-            requests = len(sim.requests)
+            sent = sim.requests
+            requests = len(sent)
         if timer:
             timer.cancel()
         for line in describe_result(result):
             out.write(f"    {line}\n")
         out.write(f"    {requests} HTTP request(s), {elapsed * 1000:.0f} ms\n")
+        if background:
+            for one in sent:
+                query = f"?{one.query}" if one.query else ""
+                out.write(f"      {one.method} {one.path}{query}\n")
     if args.traces:
         out.write(f"\nTraces written to {args.traces}/ (replay them: streamfsm replay {args.traces}/*.jsonl)\n")
     return 0

@@ -259,6 +259,9 @@ EXPECTED: dict[str, tuple[Attempt, ...]] = {
     "http_401": (Attempt([], "401"),) * 3,
     "http_503_then_ok": (Attempt([], "503"), Attempt([], "503"), Attempt(HAPPY)),
     "drop_every_attempt": (Attempt(CUT_OFF, "drop"),) * 3,
+    # to a request that is not a background one, the background shapes' replies are sent whole
+    "background_drop_then_resume": (Attempt(HAPPY),),
+    "background_drop_before_created": (Attempt(HAPPY), Attempt(HAPPY)),
     "custom_tool_call": (
         Attempt([*START, ADDED, *[INPUT_DELTA] * 4, INPUT_DONE, DONE_ITEM, "response.completed"]),
     ),

@@ -85,6 +85,8 @@ class Expected:
     #: HTTP requests the simulator must have received
     requests: int = 1
     policy: engine.TurnPolicy | None = None
+    #: the turn's request asks for a background response (`shapes.BACKGROUND_SHAPES`)
+    background: bool = False
 
 
 def _terminal(reason: str) -> list[tuple[str, str, str]]:
@@ -223,17 +225,29 @@ EXPECTED: dict[str, Expected] = {
     "shell_call_hosted": Expected("completed", shapes._HOSTED_ANSWER),
     "apply_patch_call": Expected("completed", calls=[APPLY_PATCH_CALL]),
     "apply_patch_call_with_output": Expected("completed", shapes._PATCHED_ANSWER),
+    "background_drop_then_resume": Expected(
+        "completed", ANSWER,
+        attempts=[("stream", "retire", "drop"), ("resume", "terminal", "completed")],
+        requests=2, background=True,
+    ),
+    "background_drop_before_created": Expected(
+        "completed", ANSWER,
+        attempts=[("stream", "retire", "drop"), ("stream", "terminal", "completed")],
+        requests=2, background=True,
+    ),
 }
 
 
 def test_every_shape_has_an_expectation() -> None:
     assert sorted(EXPECTED) == sorted(SHAPES)
+    assert {name for name, e in EXPECTED.items() if e.background} == shapes.BACKGROUND_SHAPES
 
 
 @pytest.mark.parametrize("name", sorted(SHAPES))
 def test_shape_over_http(name: str, tmp_path: Path) -> None:
     expected = EXPECTED[name]
-    run = run_over_http(SHAPES[name], tmp_path, policy=expected.policy)
+    request = {**REQUEST, "background": True} if expected.background else REQUEST
+    run = run_over_http(SHAPES[name], tmp_path, policy=expected.policy, request=request)
     result = run.result
 
     assert result.outcome == expected.outcome
@@ -248,8 +262,11 @@ def test_shape_over_http(name: str, tmp_path: Path) -> None:
     assert run.attempts == expected.attempts
     assert len(run.requests) == expected.requests
     for sent in run.requests:
+        if sent.method == "GET":  # a resume
+            assert sent.path.startswith("/v1/responses/resp_") and "starting_after=" in sent.query
+            continue
         assert sent.path == "/v1/responses"
-        assert sent.body == {**REQUEST, "stream": True}
+        assert sent.body == {**request, "stream": True}
 
 
 def test_terminal_response_is_the_servers_and_parses_as_an_sdk_response(tmp_path: Path) -> None:

@@ -12,11 +12,13 @@ import os
 import sys
 import threading
 
+import attrs
 import openai
 
 from engine.drivers.consume import consume
-from engine.testing.shapes import SHAPES
-from engine.testing.simulator import ResponsesSimulator
+from engine.log.eventlog import Callbacks
+from engine.testing.shapes import BACKGROUND_SHAPES, SHAPES
+from engine.testing.simulator import ResponsesSimulator, Script, background_response_id
 from machines.records import Chunk, TurnPolicy, TurnResult
 from engine.drivers.sync import run_turn
 
@@ -29,13 +31,51 @@ FIXTURE_POLICIES: dict[str, TurnPolicy] = {
 }
 
 REQUEST = {"model": "gpt-5", "input": "What is the capital of France?"}
+#: The request of the background shapes (`BACKGROUND_SHAPES`) and the background fixtures.
+BACKGROUND_REQUEST = {**REQUEST, "background": True}
 
 
 def record_shape(name: str, path: str | os.PathLike[str]) -> TurnResult:
     """Run one built-in shape through `run_turn` over loopback HTTP, recording it at `path`."""
     with ResponsesSimulator(SHAPES[name]) as sim:
         client = openai.OpenAI(base_url=sim.base_url, api_key="fixture-key", max_retries=0)
-        return run_turn(client, REQUEST, policy=FIXTURE_POLICIES.get(name), trace=path)
+        request = BACKGROUND_REQUEST if name in BACKGROUND_SHAPES else REQUEST
+        return run_turn(client, request, policy=FIXTURE_POLICIES.get(name), trace=path)
+
+
+def record_refused_resume(path: str | os.PathLike[str]) -> TurnResult:
+    """A background response cancelled elsewhere while its first stream is read: the resume is
+    refused (HTTP 400), so the turn asks again (the fallback request, which is answered)."""
+    resumable = SHAPES["background_drop_then_resume"].replies[0]
+    answer = SHAPES["happy_text"].replies[0]
+    script = Script(replies=(resumable, answer), name="background_resume_refused",
+                    description="a background response cancelled elsewhere, then an answer")
+    with ResponsesSimulator(script) as sim:
+        client = openai.OpenAI(base_url=sim.base_url, api_key="fixture-key", max_retries=0)
+        response_id = background_response_id(1)
+
+        def cancel_elsewhere(delta: str) -> None:
+            if not sim.background_responses[response_id].cancelled:
+                client.responses.cancel(response_id)
+
+        return run_turn(client, BACKGROUND_REQUEST, trace=path,
+                        callbacks=Callbacks(on_text_delta=cancel_elsewhere))
+
+
+def record_interrupted_background(path: str | os.PathLike[str], after_s: float = 0.2) -> TurnResult:
+    """A caller interrupting a stalled background response: the turn cancels it."""
+    script = SHAPES["stall_then_retry"]
+    stalled = Script(replies=(attrs.evolve(script.replies[0], background_drop_after_events=100),),
+                     name="background_stall", description="a stalled background response")
+    stop = threading.Event()
+    timer = threading.Timer(after_s, stop.set)
+    with ResponsesSimulator(stalled) as sim:
+        client = openai.OpenAI(base_url=sim.base_url, api_key="fixture-key", max_retries=0)
+        timer.start()
+        try:
+            return run_turn(client, BACKGROUND_REQUEST, trace=path, interrupt=stop)
+        finally:
+            timer.cancel()
 
 
 def record_interrupted_stall(path: str | os.PathLike[str], after_s: float = 0.2) -> TurnResult:
@@ -65,6 +105,12 @@ def main(argv: list[str]) -> int:
     results = {name: record_shape(name, os.path.join(directory, f"{name}.jsonl")) for name in SHAPES}
     results["interrupted_during_stall"] = record_interrupted_stall(
         os.path.join(directory, "interrupted_during_stall.jsonl")
+    )
+    results["background_resume_refused"] = record_refused_resume(
+        os.path.join(directory, "background_resume_refused.jsonl")
+    )
+    results["background_interrupted_cancelled"] = record_interrupted_background(
+        os.path.join(directory, "background_interrupted_cancelled.jsonl")
     )
     for name in ("happy_text", "drop_then_retry"):
         results[f"consume_{name}"] = record_consumed(

@@ -73,6 +73,7 @@ __all__ = [
     "RATE_LIMITED_HEADERS",
     "RESPONSE_ID",
     "SHAPES",
+    "BACKGROUND_SHAPES",
     "STALL_SECONDS",
     "SUCCESS_HEADERS",
     "WEATHER_TOOL",
@@ -1466,6 +1467,22 @@ def _build_shapes() -> dict[str, Script]:
         )),
     ))
 
+    add(_script(
+        "background_drop_then_resume",
+        "A background response whose first stream is cut after 6 events, mid-answer; the "
+        "client resumes it (GET /v1/responses/{id}?stream=true&starting_after=5) and gets the "
+        "rest. Run with a background: true request.",
+        attrs.evolve(_happy_reply(), background_drop_after_events=6),
+    ))
+    add(_script(
+        "background_drop_before_created",
+        "A background response whose first stream is cut before response.created (nothing to "
+        "resume: the client asks again); attempt 2 is good. Run with a background: true "
+        "request.",
+        attrs.evolve(_happy_reply(), background_drop_after_events=0),
+        _happy_reply(),
+    ))
+
     dropped = to_reply([*_interrupted_start(), TransportFault("drop")])
     add(_script("drop_every_attempt",
                 "Every attempt (three) drops mid-answer, so a caller ends in error.",
@@ -1476,3 +1493,7 @@ def _build_shapes() -> dict[str, Script]:
 
 SHAPES: Final[dict[str, Script]] = _build_shapes()
 """Every real-world stream shape, by name; ``SHAPES[name].description`` says what it is."""
+
+BACKGROUND_SHAPES: Final = frozenset({"background_drop_then_resume", "background_drop_before_created"})
+"""Shapes that show their failure only to a ``background: true`` request (to any other request
+the simulator sends each reply whole)."""
