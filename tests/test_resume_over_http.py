@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import openai
+import pytest
 
 import engine
 from engine.compat import run_codex_stream
@@ -203,3 +204,20 @@ def test_the_seeds_functions_resume_a_background_request(tmp_path: Path) -> None
     recorded = [json.loads(line) for line in trace.read_text().splitlines()]
     assert [a["kind"] for a in recorded[-1]["attempts"]] == ["stream", "resume"]
     assert_replays_identically(trace)
+
+
+def test_an_interrupted_background_call_of_the_seeds_functions_cancels_it(tmp_path: Path) -> None:
+    with ResponsesSimulator(scenario(cut_after(100, stall_s=5, stall_after=6))) as sim:
+        client = openai.OpenAI(base_url=sim.base_url, api_key=API_KEY, max_retries=0)
+        agent = Agent(client)
+        timer = threading.Timer(0.3, lambda: setattr(agent, "_interrupt_requested", True))
+        timer.start()
+        try:
+            with pytest.raises(InterruptedError):
+                run_codex_stream(agent, dict(BACKGROUND), client=client,
+                                 trace=tmp_path / "compat.jsonl")
+        finally:
+            timer.cancel()
+        paths = [(r.method, r.path) for r in sim.requests]
+    assert paths == [("POST", "/v1/responses"), ("POST", f"/v1/responses/{FIRST_ID}/cancel")]
+    assert_replays_identically(tmp_path / "compat.jsonl")
