@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 _COMMON = dict(
@@ -27,5 +28,22 @@ PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 settings.load_profile(PROFILE)
 
 
+#: Examples the per-test timeout (pyproject's `timeout`) is sized for.
+CI_EXAMPLES = 150
+
+
 def pytest_report_header(config: object) -> str:
     return f"hypothesis profile: {PROFILE} (max_examples={settings().max_examples})"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under a profile with more examples, a property test's time limit grows in proportion
+    (the per-test timeout is sized for the ci profile)."""
+    scale = settings().max_examples / CI_EXAMPLES
+    limit = config.getini("timeout")
+    if scale <= 1 or not limit:
+        return
+    for item in items:
+        function = getattr(item, "obj", None)
+        if getattr(function, "is_hypothesis_test", False) and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(float(limit) * scale))
