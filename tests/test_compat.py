@@ -613,22 +613,54 @@ def test_interrupt_before_an_attempt_sends_nothing(tmp_path: Any) -> None:
     assert replay(tmp_path / "t.jsonl").identical
 
 
+class InterruptOnceSilent:
+    """Sets the agent's interrupt flag `delay_s` after its `count`-th delta (when the stream has
+    gone silent), and notes when: how prompt the interrupt was is measured from then, whatever
+    the machine's speed before."""
+
+    def __init__(self, agent: Agent, count: int, delay_s: float = 0.1) -> None:
+        self.agent = agent
+        self.count = count
+        self.delay_s = delay_s
+        self.set_at: float | None = None
+        self.timer: threading.Timer | None = None
+        deliver = agent._fire_stream_delta
+
+        def delivered(text: str) -> None:
+            deliver(text)
+            if len(agent.deltas) == count and self.timer is None:
+                self.timer = threading.Timer(delay_s, self._set)
+                self.timer.start()
+
+        agent._fire_stream_delta = delivered  # type: ignore[method-assign]
+
+    def _set(self) -> None:
+        self.set_at = time.monotonic()
+        self.agent._interrupt_requested = True
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+
+    def seconds_to(self, moment: float) -> float:
+        assert self.set_at is not None, "the interrupt was never set"
+        return moment - self.set_at
+
+
 def test_interrupt_mid_stream_is_honoured_promptly() -> None:
     release = threading.Event()
     stream = FakeStream(typed(cut_short()), block=release)  # then silent, like a stalled socket
     client = fake_client([stream])
     agent = Agent()
-    timer = threading.Timer(0.1, lambda: setattr(agent, "_interrupt_requested", True))
-    timer.start()
-    started = time.monotonic()
+    interrupt = InterruptOnceSilent(agent, count=2)
     try:
         with pytest.raises(InterruptedError, match="during Codex stream"):
             run_codex_stream(agent, dict(KWARGS), client)
-        elapsed = time.monotonic() - started
+        returned = time.monotonic()
     finally:
         release.set()
-        timer.cancel()
-    assert elapsed < 1.0  # the seed waited for the stream to finish
+        interrupt.cancel()
+    assert interrupt.seconds_to(returned) < 0.5  # the seed waited for the stream to finish
     assert stream.closed and stream.exited
     assert agent.deltas == ["The capital", " of France"]
 
@@ -765,16 +797,17 @@ def test_real_client_interrupt_during_a_stall_is_prompt(tmp_path: Any) -> None:
     reply = to_reply(assemble(created(), message[:4], Stall(3.0), message[4:],
                               completed(output_items(message))))
     agent = Agent()
+    shown = [e for e in message[:4] if "delta" in e]
     with ResponsesSimulator(Script((reply,))) as sim:
-        timer = threading.Timer(0.15, lambda: setattr(agent, "_interrupt_requested", True))
-        timer.start()
-        started = time.monotonic()
-        with pytest.raises(InterruptedError):
-            run_codex_stream(agent, dict(KWARGS), _client(sim), trace=tmp_path / "t.jsonl")
-        elapsed = time.monotonic() - started
-        timer.cancel()
+        interrupt = InterruptOnceSilent(agent, count=len(shown))
+        try:
+            with pytest.raises(InterruptedError):
+                run_codex_stream(agent, dict(KWARGS), _client(sim), trace=tmp_path / "t.jsonl")
+            returned = time.monotonic()
+        finally:
+            interrupt.cancel()
         assert len(sim.requests) == 1
-    assert elapsed < 1.0
+    assert interrupt.seconds_to(returned) < 0.5
     assert "".join(agent.deltas) == "".join(e["delta"] for e in message[:4] if "delta" in e)
     assert read_trace(tmp_path / "t.jsonl").records[-1]["outcome"] == "interrupted"
     assert replay(tmp_path / "t.jsonl").identical

@@ -39,6 +39,25 @@ def requests_of(run: Any) -> list[tuple[str, str]]:
     return [(r.method, r.path + (f"?{r.query}" if r.query else "")) for r in run.requests]
 
 
+class StopWhenSilent:
+    """An interrupt set 0.2 s after the `count`-th delta (the stream is stalled by then), so the
+    turn is stopped mid-answer however slowly it started."""
+
+    def __init__(self, count: int = 2) -> None:
+        self.stop = threading.Event()
+        self.count = count
+        self.deltas: list[str] = []
+        self.timer = threading.Timer(0.2, self.stop.set)
+
+    def on_text_delta(self, delta: str) -> None:
+        self.deltas.append(delta)
+        if len(self.deltas) == self.count:
+            self.timer.start()
+
+    def callbacks(self) -> engine.Callbacks:
+        return engine.Callbacks(on_text_delta=self.on_text_delta)
+
+
 class Seen:
     """Callbacks that keep every delta and count first-delta calls."""
 
@@ -126,14 +145,13 @@ def test_a_refused_resume_falls_back_to_a_new_request(tmp_path: Path) -> None:
 
 
 def test_an_interrupt_cancels_the_background_response_once(tmp_path: Path) -> None:
-    stop = threading.Event()
     stalled = cut_after(100, stall_s=5, stall_after=6)
-    timer = threading.Timer(0.3, stop.set)
-    timer.start()
+    silent = StopWhenSilent()
     try:
-        run = run_over_http(scenario(stalled), tmp_path, request=BACKGROUND, interrupt=stop)
+        run = run_over_http(scenario(stalled), tmp_path, request=BACKGROUND, interrupt=silent.stop,
+                            callbacks=silent.callbacks())
     finally:
-        timer.cancel()
+        silent.timer.cancel()
     assert run.result.outcome == "interrupted"
     assert run.elapsed < 3
     assert requests_of(run) == [("POST", "/v1/responses"),
@@ -158,14 +176,13 @@ def test_arun_turn_resumes_and_cancels_the_same_way(tmp_path: Path) -> None:
     assert result.outcome == "completed" and result.output_text == ANSWER
     assert_replays_identically(tmp_path / "resumed.jsonl")
 
-    stop = threading.Event()
+    silent = StopWhenSilent()
     with ResponsesSimulator(scenario(cut_after(100, stall_s=5, stall_after=6))) as sim:
-        timer = threading.Timer(0.3, stop.set)
-        timer.start()
         try:
-            result = asyncio.run(turn(sim, tmp_path / "cancelled.jsonl", interrupt=stop))
+            result = asyncio.run(turn(sim, tmp_path / "cancelled.jsonl", interrupt=silent.stop,
+                                      callbacks=silent.callbacks()))
         finally:
-            timer.cancel()
+            silent.timer.cancel()
         paths = [(r.method, r.path, r.query) for r in sim.requests]
     assert result.outcome == "interrupted"
     assert paths == [("POST", "/v1/responses", ""),
@@ -210,8 +227,15 @@ def test_an_interrupted_background_call_of_the_seeds_functions_cancels_it(tmp_pa
     with ResponsesSimulator(scenario(cut_after(100, stall_s=5, stall_after=6))) as sim:
         client = openai.OpenAI(base_url=sim.base_url, api_key=API_KEY, max_retries=0)
         agent = Agent(client)
-        timer = threading.Timer(0.3, lambda: setattr(agent, "_interrupt_requested", True))
-        timer.start()
+        timer = threading.Timer(0.2, lambda: setattr(agent, "_interrupt_requested", True))
+        deliver = agent._fire_stream_delta
+
+        def delivered(text: str) -> None:  # the stall follows the second delta
+            deliver(text)
+            if len(agent.deltas) == 2:
+                timer.start()
+
+        agent._fire_stream_delta = delivered  # type: ignore[method-assign]
         try:
             with pytest.raises(InterruptedError):
                 run_codex_stream(agent, dict(BACKGROUND), client=client,
