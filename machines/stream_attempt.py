@@ -97,8 +97,8 @@ user is never delivered again. A retry's text is compared with what was already 
 text past that point is delivered, and if the retry says something else, nothing more of it is
 delivered (the result still holds the retry's own text, never a mix of two attempts).
 
-Resuming a background response (`tracks_sequence`, set by the turn for a `background: true`
-request under `TurnPolicy(resume=True)`): the attempt learns the response's id from
+Background responses (`tracks_sequence`, set by the turn for a `background: true` request, so
+that it can resume a broken stream and cancel an abandoned response): the attempt learns the response's id from
 `response.created` / `.in_progress` and keeps the highest `sequence_number` received; an event
 whose sequence number is not above it fires `stale_event` (a stay: recorded, not applied). A
 `resume` attempt (`resumes=`) is the same response continued over `GET
@@ -365,8 +365,8 @@ class StreamAttempt:
     `number` counts attempts within the turn (from 1); `kind` is "stream", "fallback" or
     "resume"; `resumes` is the attempt a resume continues (it takes over that attempt's state,
     content, delivery position and sequence number); `tracks_sequence` says the response is a
-    background one the turn may resume (the attempt learns its id and last sequence number, and
-    ignores events it has already seen);
+    background one (the attempt learns its id and last sequence number, and ignores events it
+    has already seen);
     `ledger` is the turn's record of delivered text; `hands_over_to_fallback` says whether a fault
     ends this attempt in `fallback` (the turn decides: last stream attempt and fallback allowed);
     `retry_failed_codes` lists the `response.failed` codes treated as faults;

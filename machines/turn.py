@@ -140,6 +140,7 @@ class TurnMachine:
         the turn resumes after a broken stream when `policy.resume` allows."""
         self.state = IDLE
         self.policy = policy
+        self.background = background
         self.resumable = background and policy.resume
         self.ledger = DeliveryLedger()
         self.attempts: list[StreamAttempt] = []
@@ -234,7 +235,7 @@ class TurnMachine:
             retry_failed_codes=policy.retry_failed_codes,
             max_retry_wait_s=policy.max_retry_wait_s,
             http_retry_left=self.http_retries < (policy.max_http_retries or 0),
-            tracks_sequence=self.resumable and kind != "fallback",
+            tracks_sequence=self.background,
             resumes=self.attempts[-1] if kind == "resume" else None,
         )
         self.attempts.append(attempt)
