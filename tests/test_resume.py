@@ -213,3 +213,11 @@ def test_no_cancel_without_a_known_background_response() -> None:
     assert sink.effects("cancel") == []
     _, sink, _ = run(events)
     assert sink.effects("cancel") == []
+
+
+def test_an_interrupt_cancels_a_background_response_with_resume_off_too() -> None:
+    events = answer_events()
+    _, sink, result = run([*events[:3], Interrupt()],
+                          policy=TurnPolicy(max_stream_retries=2, resume=False))
+    assert result.outcome == "interrupted"
+    assert sink.effects("cancel") == [RESPONSE_ID]
