@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 import engine
 from engine.drivers.recording import TurnRecording
+from engine.testing.shapes import nested_json
 from engine.testing.simulator import Reply, ResponsesSimulator, Script
 from machines.records import Chunk, TransportFault, TurnPolicy
 
@@ -310,15 +311,6 @@ def test_scrubber_keeps_lengths_line_ends_and_is_idempotent(data: bytes, secrets
 # -- deep nesting and odd JSON ---------------------------------------------------------------
 
 
-def _nested(depth: int) -> bytes:
-    """JSON text nested `depth` levels deep (lists and objects by turns), written by hand:
-    orjson refuses to write 255 levels or more, the standard library 1000."""
-    text = b'"bottom"'
-    for level in range(depth):
-        text = b'{"level":%d,"inner":%s}' % (level, text) if level % 2 else b"[" + text + b"]"
-    return text
-
-
 def _deep_stream(where: str, depth: int) -> bytes:
     marker = "DEEP-PAYLOAD"
     if where == "completed":
@@ -327,7 +319,7 @@ def _deep_stream(where: str, depth: int) -> bytes:
         events = [{"type": "error", "error": {"message": "bad", "code": "server_error", "type": "server_error", "param": marker}}]
     else:
         events = [{"type": "codex.rate_limits", "rate_limits": {"primary": marker}}, _created(), _delta("hi"), _completed()]
-    return b"".join(_sse(event) for event in events).replace(orjson.dumps(marker), _nested(depth))
+    return b"".join(_sse(event) for event in events).replace(orjson.dumps(marker), nested_json(depth))
 
 
 @pytest.mark.parametrize("where", ["completed", "error", "rate_limits"])
@@ -352,7 +344,7 @@ def test_hypothesis_any_depth_never_breaks_the_trace(tmp_path_factory: pytest.Te
 
 
 def test_deep_http_error_body_through_run_turn(tmp_path: Path) -> None:
-    body = b'{"error":{"message":"deep","type":"server_error","code":null,"param":null,"detail":%s}}' % _nested(1000)
+    body = b'{"error":{"message":"deep","type":"server_error","code":null,"param":null,"detail":%s}}' % nested_json(1000)
     trace = tmp_path / "http.jsonl"
     with ResponsesSimulator(Script((Reply(status=400, body=body),))) as sim, _client(sim, PLAIN_KEY) as client:
         result = engine.run_turn(client, {"model": "gpt-5", "input": "hi"}, trace=trace)
