@@ -416,7 +416,8 @@ def join_output_text(items: list[Any] | None) -> str:
     texts: list[str] = []
     for item in items or ():
         if isinstance(item, dict) and item.get("type") == "message":
-            for part in item.get("content") or ():
+            content = item.get("content")
+            for part in content if isinstance(content, list) else ():
                 if isinstance(part, dict) and part.get("type") == "output_text":
                     text = part.get("text")
                     if isinstance(text, str):

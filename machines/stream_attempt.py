@@ -741,10 +741,12 @@ class StreamAttempt:
 
     # -- results -------------------------------------------------------------------------------
     def final_response(self) -> dict[str, Any] | None:
-        """The terminal response with its output backfilled, or None without one."""
+        """The terminal response with its output backfilled (when it is empty, null or not a
+        list at all), or None without one."""
         if not self.response:
             return None
-        if self.response.get("output"):
+        output = self.response.get("output")
+        if isinstance(output, list) and output:
             return self.response
         return {**self.response, "output": self.partial_items()}
 

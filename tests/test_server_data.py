@@ -58,3 +58,25 @@ def test_wrong_types_in_every_field_of_the_lifecycle_frames_never_raise() -> Non
             )
             result = engine.consume(body)
             assert result.outcome in ("completed", "failed", "error"), (field, odd)
+
+
+# -- found by the fuzzer (sessions() retype fields with values of every JSON type) -------------
+
+
+def test_an_output_or_content_that_is_not_a_list_never_raises_and_is_backfilled() -> None:
+    """`response.output: true` (or a number) made the result's assembly iterate a bool, and a
+    message whose `content` is a number did the same; both are server data of the wrong type."""
+    delta = frame('{"type":"response.output_text.delta","output_index":0,"content_index":0,'
+                  '"delta":"kept"}')
+    for odd in ("true", "1", "1.5", '"text"', '{"a":1}'):
+        body = CREATED + delta + frame(
+            f'{{"type":"response.completed","response":{{"id":"r1","output":{odd}}}}}')
+        result = engine.consume(body)
+        assert result.outcome == "completed", odd
+        assert result.output_text == "kept", odd  # rebuilt from what streamed
+        assert result.response is not None and isinstance(result.response["output"], list)
+        done = frame('{"type":"response.output_item.done","output_index":0,'
+                     f'"item":{{"type":"message","content":{odd}}}}}')
+        completed = frame('{"type":"response.completed","response":{"id":"r1","output":'
+                          f'[{{"type":"message","content":{odd}}}]}}}}')
+        assert engine.consume(CREATED + delta + done + completed).output_text == "", odd
