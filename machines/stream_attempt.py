@@ -105,7 +105,6 @@ table keeps the state) and only events that change state go through a `transitio
 from __future__ import annotations
 
 import email.utils
-import json
 import math
 import re
 from typing import Any, Callable, Final, Literal
@@ -113,6 +112,7 @@ from typing import Any, Callable, Final, Literal
 import attrs
 import orjson
 
+from machines.json_text import lenient_loads
 from machines.output import (
     CallFacts,
     OutputAssembly,
@@ -764,11 +764,9 @@ class StreamAttempt:
 
 def _lenient_loads(data: str) -> Any:
     """What the standard library's JSON reader makes of data orjson refuses (numbers such as
-    `1e999`, lone surrogate escapes), or None when it is not JSON at all."""
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError):
-        return None
+    `1e999`, lone surrogate escapes), or None when it is not JSON at all or nests deeper than
+    orjson reads: the same at any recursion limit (`machines.json_text`)."""
+    return lenient_loads(data)
 
 
 _TRY_AGAIN = re.compile(r"try again in (\d+(?:\.\d+)?)\s*(ms|s|sec|seconds?)\b", re.IGNORECASE)
