@@ -241,7 +241,7 @@ class OutputAssembly:
     # -- placement -------------------------------------------------------------------------
     def _index(self, payload: dict[str, Any]) -> int:
         index = payload.get("output_index")
-        if isinstance(index, int):
+        if type(index) is int:  # a JSON integer: `true` is no index (though a Python int)
             if index >= self._next_index:
                 self._next_index = index + 1
             return index

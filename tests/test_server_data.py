@@ -141,3 +141,21 @@ def test_values_nested_a_thousand_levels_deep_in_items_never_raise(tmp_path: Pat
     assert at_default.tool_calls == raised.tool_calls
     assert at_default.tool_calls[0]["arguments"].startswith('{"inner":[{"inner"')
     assert _at_recursion_limit(1000, lambda: engine.replay(trace).identical)
+
+
+def test_a_boolean_output_index_is_no_index() -> None:
+    """`output_index: true` was read as index 1 (a bool is an int in Python): the call's later
+    frames opened a second call, with no call_id, listed in tool_calls. It is placed by its
+    `item_id`, like any other index that is not an integer."""
+    body = (
+        CREATED
+        + frame('{"type":"response.output_item.added","output_index":0,"item":{"id":"fc_1",'
+                '"type":"function_call","call_id":"call_1","name":"f","arguments":""}}')
+        + frame('{"type":"response.function_call_arguments.delta","item_id":"fc_1",'
+                '"output_index":true,"delta":"{}"}')
+    )
+    result = engine.consume(body)
+    assert result.outcome == "error"
+    assert [(c["call_id"], c["arguments"], c["status"]) for c in result.tool_calls] == [
+        ("call_1", "{}", "incomplete")
+    ]
