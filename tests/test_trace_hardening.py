@@ -7,6 +7,11 @@
   through `run_turn` with the real openai client over loopback, and drawn by Hypothesis.
 - Deep nesting and odd JSON in what the server sends: writing a trace never raises, never
   leaves a `.partial` file, keeps the result, and the trace replays identically.
+
+Generated sessions reach both too (`engine.testing.strategies`: the client's key and a
+credential-named field echoed, split across deltas, reads and attempts; fields retyped to values
+nested hundreds of levels deep), and every one of them is checked for them
+(`engine.testing.invariants`: `secrets_masked`, `replay_identical`), with the helpers used here.
 """
 
 from __future__ import annotations
@@ -23,24 +28,22 @@ from hypothesis import strategies as st
 
 import engine
 from engine.drivers.recording import TurnRecording
+from engine.log.redaction import MIN_PIECE
+from engine.testing.invariants import leaked_pieces, secret_pieces
 from engine.testing.shapes import nested_json
+from engine.testing.strategies import CLIENT_KEY, SESSION_TOKEN, SHAPED_KEY
 from engine.testing.simulator import Reply, ResponsesSimulator, Script
 from machines.records import Chunk, TransportFault, TurnPolicy
 
 from support import assert_replays_identically, trace_lines
 
 #: Shaped like an OpenAI project key: found by its shape even where no client holds it (consume).
-API_KEY = "sk-proj-Zq7Wb3Lr9Tx2Kc5Vn8Hd4Jm6Pf1Gs0Ya"
+API_KEY = SHAPED_KEY
 #: The token of an `Authorization: Bearer ...` value.
 BEARER_TOKEN = "tok.Yh6Rf2Wd9Qa3Le7Mc1Nb5"
 AUTHORIZATION = f"Bearer {BEARER_TOKEN}"
-#: A `session_token` field's value: nothing in its shape says it is a secret, only its name.
-SESSION_TOKEN = "Pq4Xr8Ts2Vw6Yz0Bc3Df"
 #: A key with no known shape: only a client that holds it knows it is one.
-PLAIN_KEY = "localdev.credential.4242.xyzw"
-
-#: Pieces of a secret this long must not reach a trace (`engine.log.redaction.MIN_PIECE`).
-MIN_PIECE = 8
+PLAIN_KEY = CLIENT_KEY
 
 ONE_ATTEMPT = TurnPolicy(max_stream_retries=0, fallback=False)
 
@@ -78,26 +81,7 @@ def echo_stream(key: str = API_KEY) -> bytes:
     )
 
 
-def pieces(secret: str, size: int = MIN_PIECE) -> set[str]:
-    """Every piece of `secret` of `size` characters."""
-    return {secret[i : i + size] for i in range(len(secret) - size + 1)}
-
-
-def leaked_pieces(path: Path, secrets: Iterable[str]) -> set[str]:
-    """The pieces of 8 characters of `secrets` found in the trace file: in its text, and in the
-    bytes of every chunk stored as base64."""
-    raw = path.read_bytes()
-    texts = [raw]
-    for line in raw.splitlines():
-        record = orjson.loads(line)
-        if "data_b64" in record:
-            texts.append(base64.b64decode(record["data_b64"]))
-    return {
-        piece
-        for secret in secrets
-        for piece in pieces(secret)
-        if any(piece.encode() in text for text in texts)
-    }
+pieces = secret_pieces
 
 
 def consume_knowing(chunks: Iterable[bytes], trace: Path, secrets: list[str]) -> engine.TurnResult:
@@ -362,3 +346,36 @@ def test_unwritable_trace_keeps_the_result(tmp_path: Path) -> None:
     result = engine.consume(echo_stream(), callbacks=callbacks, trace=folder / "t.jsonl")
     assert result.outcome == "completed"
     assert list(tmp_path.iterdir()) == []
+
+
+# -- known and open: masking per attempt against a retry's catching up ------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="each attempt's body is masked on its own: a secret split differently across deltas in "
+    "two attempts keeps a piece under 8 characters in one and not in the other, so the retry "
+    "catching up with the delivered text compares other text in the replay (found by the fuzzer)",
+)
+def test_a_secret_split_differently_in_two_attempts_replays(tmp_path: Path) -> None:
+    from engine.strategies import Session, run_session
+    from engine.testing.shapes import assemble, completed, created, encode_part
+    from machines.records import EndOfStream
+
+    word = f"key {PLAIN_KEY} é"
+
+    def body(*parts: Any) -> bytes:
+        return b"".join(encode_part(part) for part in assemble(*parts))
+
+    first = body(created(), [_delta(word[:9]), _delta(word[9:18]), _delta(word[18:])])
+    second = body(created(), [_delta(word + " more")], completed([]))
+    session = Session(
+        [[Chunk(first), TransportFault("drop")], [Chunk(second), EndOfStream()]],
+        TurnPolicy(max_stream_retries=1, fallback=False),
+        (PLAIN_KEY,),
+    )
+    trace = tmp_path / "t.jsonl"
+    result = run_session(session, trace=trace)
+    assert result.output_text == word + " more"
+    assert leaked_pieces(trace, [PLAIN_KEY]) == set()
+    assert_replays_identically(trace)
