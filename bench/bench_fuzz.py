@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROFILE_PARTS: dict[str, list[tuple[str, str]]] = {
     "play": [("strategies.py", "play_session")],
     "trace_write": [("recording.py", "finish")],
-    "trace_read_replay": [("invariants.py", "_check_replay")],
+    "trace_read_replay": [("invariants.py", "_check_replay"), ("invariants.py", "_replay_violations")],
     "reference": [("invariants.py", "reference_turn")],
 }
 

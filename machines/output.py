@@ -31,9 +31,10 @@ back (`is_client_call`):
 
 from __future__ import annotations
 
-import json
 from collections.abc import Container, Iterator, Mapping
 from typing import Any, Final
+
+from machines.json_text import sorted_json_text
 
 __all__ = [
     "ARGUMENT_FIELDS",
@@ -135,6 +136,16 @@ def call_facts_of(item: Mapping[str, Any]) -> CallFacts | None:
     return kind, item.get("name"), item.get("call_id")
 
 
+def _kind_of(kind: Any) -> str:
+    """An announced item's kind: its type when that is a string, a message when the type is
+    missing or empty, and a kind of no known item for any other value (a list, a number: never
+    turned into text, which for data nested a thousand levels deep would exceed the
+    interpreter's recursion limit)."""
+    if isinstance(kind, str) and kind:
+        return kind
+    return "message" if not kind else "unknown"
+
+
 def _part(index: Any) -> int:
     """A content, summary or command index as sent, or 0 for anything that is not an integer (a
     string or a list there must not break the assembly)."""
@@ -230,7 +241,7 @@ class OutputAssembly:
     # -- placement -------------------------------------------------------------------------
     def _index(self, payload: dict[str, Any]) -> int:
         index = payload.get("output_index")
-        if isinstance(index, int):
+        if type(index) is int:  # a JSON integer: `true` is no index (though a Python int)
             if index >= self._next_index:
                 self._next_index = index + 1
             return index
@@ -270,7 +281,7 @@ class OutputAssembly:
         index = self._index(payload)
         item_id = item.get("id")
         partial = _PartialItem(
-            str(item.get("type") or "message"), item_id if isinstance(item_id, str) else None, item
+            _kind_of(item.get("type")), item_id if isinstance(item_id, str) else None, item
         )
         previous = self._partial.get(index)
         if previous is not None:  # events raced ahead of the announcement: keep all they said
@@ -416,7 +427,8 @@ def join_output_text(items: list[Any] | None) -> str:
     texts: list[str] = []
     for item in items or ():
         if isinstance(item, dict) and item.get("type") == "message":
-            for part in item.get("content") or ():
+            content = item.get("content")
+            for part in content if isinstance(content, list) else ():
                 if isinstance(part, dict) and part.get("type") == "output_text":
                     text = part.get("text")
                     if isinstance(text, str):
@@ -476,8 +488,5 @@ def tool_calls_of(items: list[Any] | None, tools: Any = None) -> list[dict[str, 
 def _json_text(value: Any) -> str:
     """`value` as compact ASCII JSON with sorted keys, so the same object gives the same text
     whether it came as bytes or through the SDK's models (server data of any shape, lone
-    surrogates included: never raises)."""
-    try:
-        return json.dumps(value, separators=(",", ":"), sort_keys=True)
-    except (TypeError, ValueError, RecursionError):
-        return ""
+    surrogates included: never raises, the same at any recursion limit)."""
+    return sorted_json_text(value)

@@ -115,7 +115,6 @@ table keeps the state) and only events that change state go through a `transitio
 from __future__ import annotations
 
 import email.utils
-import json
 import math
 import re
 from typing import Any, Callable, Final, Literal
@@ -123,6 +122,7 @@ from typing import Any, Callable, Final, Literal
 import attrs
 import orjson
 
+from machines.json_text import lenient_loads
 from machines.output import (
     CallFacts,
     OutputAssembly,
@@ -836,10 +836,12 @@ class StreamAttempt:
 
     # -- results -------------------------------------------------------------------------------
     def final_response(self) -> dict[str, Any] | None:
-        """The terminal response with its output backfilled, or None without one."""
+        """The terminal response with its output backfilled (when it is empty, null or not a
+        list at all), or None without one."""
         if not self.response:
             return None
-        if self.response.get("output"):
+        output = self.response.get("output")
+        if isinstance(output, list) and output:
             return self.response
         return {**self.response, "output": self.partial_items()}
 
@@ -857,11 +859,9 @@ class StreamAttempt:
 
 def _lenient_loads(data: str) -> Any:
     """What the standard library's JSON reader makes of data orjson refuses (numbers such as
-    `1e999`, lone surrogate escapes), or None when it is not JSON at all."""
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError):
-        return None
+    `1e999`, lone surrogate escapes), or None when it is not JSON at all or nests deeper than
+    orjson reads: the same at any recursion limit (`machines.json_text`)."""
+    return lenient_loads(data)
 
 
 _TRY_AGAIN = re.compile(r"try again in (\d+(?:\.\d+)?)\s*(ms|s|sec|seconds?)\b", re.IGNORECASE)

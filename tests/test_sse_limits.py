@@ -97,6 +97,19 @@ def test_an_event_of_exactly_the_limit_passes_and_one_byte_more_is_refused() -> 
     assert _feed_all(decoder, [frame]) == [] and decoder.too_large
 
 
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n", b"\r"])
+def test_an_event_of_exactly_the_limit_passes_wherever_the_reads_cut_it(eol: bytes) -> None:
+    """A read that ends between the event's last line end and its blank line does not make the
+    event one byte larger (found by the fuzzer: the line end was counted until the next read)."""
+    frame = b"event: x" + eol + b"data: " + b"y" * 85 + eol + eol  # 100 bytes of event
+    for cut in range(1, len(frame)):
+        decoder = SseDecoder(max_event_bytes=100)
+        events = _feed_all(decoder, [frame[:cut], frame[cut:], b"data: next" + eol + eol])
+        assert [e.data for e in events] == ["y" * 85, "next"] and not decoder.too_large, cut
+        decoder = SseDecoder(max_event_bytes=99)
+        assert _feed_all(decoder, [frame[:cut], frame[cut:]]) == [] and decoder.too_large, cut
+
+
 def test_events_before_the_large_one_are_dispatched_and_nothing_after_it() -> None:
     decoder = SseDecoder(max_event_bytes=50)
     small = b"data: ok\n\n"

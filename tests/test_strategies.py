@@ -144,7 +144,7 @@ def test_choices_are_not_skewed_toward_the_simplest() -> None:
 
 def test_every_outcome_comes_up() -> None:
     outcomes = collections.Counter(
-        run_session(session, reraise=False).outcome for session in _sample(sessions(), 300)
+        run_session(session, reraise=False).outcome for session in _sample(sessions(), 500)
     )
     assert set(outcomes) == {"completed", "incomplete", "failed", "error", "interrupted"}
 
@@ -178,3 +178,89 @@ def test_bench_fuzz_runs_and_reports_a_result() -> None:
     result = json.loads(lines[0].removeprefix("RESULT "))
     assert result["candidate"]["examples_per_s"] > 0
     assert set(result["candidate"]["ms_per_example"]) == {"total", "generation", "play", "checks"}
+
+
+# --------------------------------------------------------------------------------------------
+# The failure classes sessions() reach beyond orderings and cuts
+
+#: The type each field has in a well-formed stream (where it is present).
+_WELL_TYPED: dict[str, type | tuple[type, ...]] = {
+    "type": str, "delta": str, "output_index": int, "content_index": int, "summary_index": int,
+    "sequence_number": int, "item": dict, "response": dict, "item_id": str, "arguments": str,
+    "text": str, "rate_limits": dict,
+}
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    return {int: "integer", float: "number", str: "string", list: "list", dict: "object"}[
+        type(value)
+    ]
+
+
+def _classes(session: Session) -> set[str]:
+    """The failure classes a session holds: fields of another JSON type (by the type they got),
+    values nested hundreds of levels deep (and in which frame), an event over the policy's
+    `max_event_bytes`, tool calls of every kind, secrets echoed."""
+    from engine.testing.invariants import oversized_event, reference_events
+    from engine.testing.reference_output import is_json, json_value
+    from engine.testing.strategies import CLIENT_KEY, SESSION_TOKEN, SHAPED_KEY
+    from machines.json_text import nests_deeper_than
+
+    found: set[str] = set()
+    for script in session.attempts:
+        body = b"".join(step.data for step in script if isinstance(step, Chunk))
+        if oversized_event(body, session.policy.max_event_bytes) is not None:
+            found.add("event_too_large")
+        for _, data in reference_events(body, ended=False):
+            event = json_value(data)
+            if not is_json(event):
+                if nests_deeper_than(data):
+                    found.add("deeper_than_orjson_reads")
+                continue
+            if not isinstance(event, dict):
+                continue
+            for field, kind in _WELL_TYPED.items():
+                if field in event and (
+                    not isinstance(event[field], kind) or isinstance(event[field], bool)
+                ):
+                    found.add(f"retyped:{_json_type(event[field])}")
+            if '"level":' in data:
+                found.add(f"deep:{event.get('type')}" if isinstance(event.get("type"), str)
+                          else "deep")
+            item = event.get("item")
+            if isinstance(item, dict) and isinstance(item.get("type"), str):
+                found.add(f"item:{item['type']}")
+        for secret, name in ((CLIENT_KEY, "client_key"), (SESSION_TOKEN, "session_token"),
+                             (SHAPED_KEY, "shaped_key")):
+            if secret.encode() in body:
+                found.add(f"echo:{name}")
+        key = CLIENT_KEY.encode()
+        if key not in body and (key[:8] in body or key[-8:] in body):
+            found.add("echo:client_key_split")  # across events (or attempts)
+    return found
+
+
+def test_sessions_reach_every_failure_class_of_the_server_data() -> None:
+    seen: collections.Counter[str] = collections.Counter()
+    sampled = _sample(sessions(), 1500)
+    for session in sampled:
+        seen.update(_classes(session))
+    expected = {
+        *(f"retyped:{kind}" for kind in (
+            "null", "boolean", "integer", "number", "string", "list", "object")),
+        "deep", "deep:response.completed", "deep:error", "deep:codex.rate_limits",
+        "deeper_than_orjson_reads", "event_too_large",
+        *(f"item:{kind}" for kind in (
+            "function_call", "custom_tool_call", "shell_call", "local_shell_call",
+            "apply_patch_call", "shell_call_output", "local_shell_call_output",
+            "apply_patch_call_output", "web_search_call", "message", "reasoning")),
+        "echo:client_key", "echo:client_key_split", "echo:session_token", "echo:shaped_key",
+    }
+    assert expected <= set(seen), sorted(expected - set(seen))
+    limited = [s for s in sampled if s.policy.max_event_bytes < 10_000]
+    assert 0.05 < len(limited) / len(sampled) < 0.25  # one in eight, near the events' sizes
+    assert all(s.secrets for s in sampled)  # the client holds its key

@@ -7,6 +7,11 @@
   through `run_turn` with the real openai client over loopback, and drawn by Hypothesis.
 - Deep nesting and odd JSON in what the server sends: writing a trace never raises, never
   leaves a `.partial` file, keeps the result, and the trace replays identically.
+
+Generated sessions reach both too (`engine.testing.strategies`: the client's key and a
+credential-named field echoed, split across deltas, reads and attempts; fields retyped to values
+nested hundreds of levels deep), and every one of them is checked for them
+(`engine.testing.invariants`: `secrets_masked`, `replay_identical`), with the helpers used here.
 """
 
 from __future__ import annotations
@@ -23,23 +28,22 @@ from hypothesis import strategies as st
 
 import engine
 from engine.drivers.recording import TurnRecording
+from engine.log.redaction import MIN_PIECE
+from engine.testing.invariants import leaked_pieces, secret_pieces
+from engine.testing.shapes import nested_json
+from engine.testing.strategies import CLIENT_KEY, SESSION_TOKEN, SHAPED_KEY
 from engine.testing.simulator import Reply, ResponsesSimulator, Script
 from machines.records import Chunk, TransportFault, TurnPolicy
 
 from support import assert_replays_identically, trace_lines
 
 #: Shaped like an OpenAI project key: found by its shape even where no client holds it (consume).
-API_KEY = "sk-proj-Zq7Wb3Lr9Tx2Kc5Vn8Hd4Jm6Pf1Gs0Ya"
+API_KEY = SHAPED_KEY
 #: The token of an `Authorization: Bearer ...` value.
 BEARER_TOKEN = "tok.Yh6Rf2Wd9Qa3Le7Mc1Nb5"
 AUTHORIZATION = f"Bearer {BEARER_TOKEN}"
-#: A `session_token` field's value: nothing in its shape says it is a secret, only its name.
-SESSION_TOKEN = "Pq4Xr8Ts2Vw6Yz0Bc3Df"
 #: A key with no known shape: only a client that holds it knows it is one.
-PLAIN_KEY = "localdev.credential.4242.xyzw"
-
-#: Pieces of a secret this long must not reach a trace (`engine.log.redaction.MIN_PIECE`).
-MIN_PIECE = 8
+PLAIN_KEY = CLIENT_KEY
 
 ONE_ATTEMPT = TurnPolicy(max_stream_retries=0, fallback=False)
 
@@ -77,26 +81,7 @@ def echo_stream(key: str = API_KEY) -> bytes:
     )
 
 
-def pieces(secret: str, size: int = MIN_PIECE) -> set[str]:
-    """Every piece of `secret` of `size` characters."""
-    return {secret[i : i + size] for i in range(len(secret) - size + 1)}
-
-
-def leaked_pieces(path: Path, secrets: Iterable[str]) -> set[str]:
-    """The pieces of 8 characters of `secrets` found in the trace file: in its text, and in the
-    bytes of every chunk stored as base64."""
-    raw = path.read_bytes()
-    texts = [raw]
-    for line in raw.splitlines():
-        record = orjson.loads(line)
-        if "data_b64" in record:
-            texts.append(base64.b64decode(record["data_b64"]))
-    return {
-        piece
-        for secret in secrets
-        for piece in pieces(secret)
-        if any(piece.encode() in text for text in texts)
-    }
+pieces = secret_pieces
 
 
 def consume_knowing(chunks: Iterable[bytes], trace: Path, secrets: list[str]) -> engine.TurnResult:
@@ -310,15 +295,6 @@ def test_scrubber_keeps_lengths_line_ends_and_is_idempotent(data: bytes, secrets
 # -- deep nesting and odd JSON ---------------------------------------------------------------
 
 
-def _nested(depth: int) -> bytes:
-    """JSON text nested `depth` levels deep (lists and objects by turns), written by hand:
-    orjson refuses to write 255 levels or more, the standard library 1000."""
-    text = b'"bottom"'
-    for level in range(depth):
-        text = b'{"level":%d,"inner":%s}' % (level, text) if level % 2 else b"[" + text + b"]"
-    return text
-
-
 def _deep_stream(where: str, depth: int) -> bytes:
     marker = "DEEP-PAYLOAD"
     if where == "completed":
@@ -327,7 +303,7 @@ def _deep_stream(where: str, depth: int) -> bytes:
         events = [{"type": "error", "error": {"message": "bad", "code": "server_error", "type": "server_error", "param": marker}}]
     else:
         events = [{"type": "codex.rate_limits", "rate_limits": {"primary": marker}}, _created(), _delta("hi"), _completed()]
-    return b"".join(_sse(event) for event in events).replace(orjson.dumps(marker), _nested(depth))
+    return b"".join(_sse(event) for event in events).replace(orjson.dumps(marker), nested_json(depth))
 
 
 @pytest.mark.parametrize("where", ["completed", "error", "rate_limits"])
@@ -352,7 +328,7 @@ def test_hypothesis_any_depth_never_breaks_the_trace(tmp_path_factory: pytest.Te
 
 
 def test_deep_http_error_body_through_run_turn(tmp_path: Path) -> None:
-    body = b'{"error":{"message":"deep","type":"server_error","code":null,"param":null,"detail":%s}}' % _nested(1000)
+    body = b'{"error":{"message":"deep","type":"server_error","code":null,"param":null,"detail":%s}}' % nested_json(1000)
     trace = tmp_path / "http.jsonl"
     with ResponsesSimulator(Script((Reply(status=400, body=body),))) as sim, _client(sim, PLAIN_KEY) as client:
         result = engine.run_turn(client, {"model": "gpt-5", "input": "hi"}, trace=trace)
@@ -370,3 +346,36 @@ def test_unwritable_trace_keeps_the_result(tmp_path: Path) -> None:
     result = engine.consume(echo_stream(), callbacks=callbacks, trace=folder / "t.jsonl")
     assert result.outcome == "completed"
     assert list(tmp_path.iterdir()) == []
+
+
+# -- known and open: masking per attempt against a retry's catching up ------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="each attempt's body is masked on its own: a secret split differently across deltas in "
+    "two attempts keeps a piece under 8 characters in one and not in the other, so the retry "
+    "catching up with the delivered text compares other text in the replay (found by the fuzzer)",
+)
+def test_a_secret_split_differently_in_two_attempts_replays(tmp_path: Path) -> None:
+    from engine.strategies import Session, run_session
+    from engine.testing.shapes import assemble, completed, created, encode_part
+    from machines.records import EndOfStream
+
+    word = f"key {PLAIN_KEY} é"
+
+    def body(*parts: Any) -> bytes:
+        return b"".join(encode_part(part) for part in assemble(*parts))
+
+    first = body(created(), [_delta(word[:9]), _delta(word[9:18]), _delta(word[18:])])
+    second = body(created(), [_delta(word + " more")], completed([]))
+    session = Session(
+        [[Chunk(first), TransportFault("drop")], [Chunk(second), EndOfStream()]],
+        TurnPolicy(max_stream_retries=1, fallback=False),
+        (PLAIN_KEY,),
+    )
+    trace = tmp_path / "t.jsonl"
+    result = run_session(session, trace=trace)
+    assert result.output_text == word + " more"
+    assert leaked_pieces(trace, [PLAIN_KEY]) == set()
+    assert_replays_identically(trace)

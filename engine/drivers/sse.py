@@ -19,9 +19,12 @@ linear in the bytes received, however long an event is or however finely it is c
 buffer is split on blank lines and each block parsed line by line; only the incomplete tail stays
 buffered.
 
-Limit: `SseDecoder(max_event_bytes=N)` refuses an event larger than N bytes (of its UTF-8 text):
-once the event being assembled passes N, it is dropped, `too_large` is set and nothing more is
-dispatched, so a server cannot make the client buffer without bound.
+Limit: `SseDecoder(max_event_bytes=N)` refuses an event larger than N bytes (of its UTF-8 text,
+line ends counted as one LF, without the line end and blank line that end it): once the event
+being assembled passes N, it is dropped, `too_large` is set and nothing more is dispatched, so a
+server cannot make the client buffer without bound. A line end that arrived last is not counted
+until the next byte shows it does not begin the blank line, so the decision does not depend on
+where the reads cut the event.
 """
 
 from __future__ import annotations
@@ -106,7 +109,7 @@ class SseDecoder:
             self._ends_lf = text[-1] == "\n"
             if limit is not None:
                 self._pending_bytes += _utf8_size(text)
-                if self._pending_bytes > limit:
+                if self._pending_size() > limit:
                     self._refuse()
             return []
         if pending:
@@ -132,12 +135,18 @@ class SseDecoder:
             self._ends_lf = tail[-1] == "\n"
             if limit is not None:
                 self._pending_bytes = _utf8_size(tail)
-                if self._pending_bytes > limit:
+                if self._pending_size() > limit:
                     self._refuse()
         else:
             self._ends_lf = False
             self._pending_bytes = 0
         return events
+
+    def _pending_size(self) -> int:
+        """The size of the event being assembled, as far as it arrived: a last line end may be
+        the first half of the blank line that ends the event, which is not part of it (so the
+        same event passes or is refused wherever the reads cut it)."""
+        return self._pending_bytes - 1 if self._ends_lf else self._pending_bytes
 
     def _refuse(self) -> None:
         """The event being assembled passed the limit: drop it and dispatch nothing more."""

@@ -133,10 +133,19 @@ def _json_default(value: Any) -> Any:
 def dumps(value: Any) -> bytes:
     """`value` as one line of compact JSON (no newline). orjson when it can; otherwise (nesting
     255 levels or deeper, a lone surrogate, an integer beyond 64 bits, a key that is not a
-    string) an encoder without recursion that writes any value: never raises."""
+    string) the standard library with room to recurse, which writes what `_dumps_anything`
+    writes ten times faster; and for what neither writes (a number that is not finite, a key
+    that is no JSON key) `_dumps_anything`, an encoder without recursion that writes any value:
+    never raises."""
     try:
         return orjson.dumps(value, default=_json_default)
     except TypeError:  # orjson.JSONEncodeError is a TypeError
+        pass
+    try:
+        with _recursion_room():
+            text = json.dumps(value, separators=(",", ":"), allow_nan=False, default=_json_default)
+        return text.encode("ascii")
+    except (TypeError, ValueError, RecursionError):
         return _dumps_anything(value)
 
 

@@ -8,10 +8,17 @@ exactly as `run_turn` would minus the socket, and checks what came out against t
 
 1. **A reference model** (`reference_turn`), written from the contract and the machine's theory
    of operation, not from its code: a plain-Python re-statement of which frames count, when an
-   attempt ends and why, what the turn does next and what the outcome is. It decodes the bytes
-   with its own whole-buffer SSE reader (WHATWG rules), so a decoder bug shows up too.
+   attempt ends and why, what the turn does next and what the outcome is, where each frame's
+   content lands and what the result lists (`engine.testing.reference_output`). It decodes the
+   bytes with its own whole-buffer SSE reader (WHATWG rules) and measures events against
+   `max_event_bytes` itself, so a decoder bug shows up too. Server data of any JSON type in any
+   field is read as the machines document it: a text delta whose `delta` is not a string is
+   ignored, an index that is not an integer places the frame by its item id, JSON nested
+   deeper than 1024 levels is no JSON.
 2. **Properties that need no model**, over the callbacks the turn called, the effect records it
-   logged and the result it returned.
+   logged, the result it returned and the trace it wrote: no piece of a secret in it, and a
+   replay that decides the same with a fresh process's recursion limit (a run under Hypothesis
+   has a raised one), so a decision that depends on the interpreter's state shows up.
 
 Every rule has a name (`RULES`); a failure is a list of `Violation(rule, detail)` and, from
 `check_session`, an `InvariantViolation` (an `AssertionError`) that prints the rules broken and
@@ -20,8 +27,11 @@ test's model (`ReferenceAttempt`) and `streamfsm fuzz`; users can call it with t
 callbacks, whose exceptions are reported as the rule `callback_raised`.
 
 What "text allowed" means (the delivery rules): in attempt N, the *allowed text* A(N) is every
-answer-text delta the attempt took in while it was live and before its first function-call frame.
-C(N) is all text delivered to `on_text_delta` up to the end of attempt N (C(0) = ""). Then:
+answer-text delta the attempt took in while it was live and before the first frame of a call the
+client must execute, plus the text held back after calls that all turned out to be the server's
+(a shell, local shell or apply_patch call whose output item came, a custom tool call the tools
+do not declare), released in order when they did. C(N) is all text delivered to `on_text_delta`
+up to the end of attempt N (C(0) = ""). Then:
 
     if A(N) starts with C(N-1):   C(N) == A(N)    all new allowed text delivered, nothing else
     otherwise:                    C(N) == C(N-1)  a retry that says something else delivers nothing
@@ -34,21 +44,34 @@ held back. Reasoning deltas obey the same rules without the tool-call gate.
 from __future__ import annotations
 
 import atexit
+import base64
+import codecs
+import contextlib
 import email.utils
 import os
 import re
+import reprlib
 import shutil
+import sys
 import tempfile
 import traceback
-from typing import Any, Final, Iterable
+from pathlib import Path
+from typing import Any, Final, Iterable, Iterator
 
 import attrs
-import orjson
 
 from engine.log.eventlog import Callbacks
-from engine.log.redaction import scrub
-from engine.drivers.replay import replay_trace
-from engine.testing.strategies import Session, Step, play_session
+from engine.log.redaction import MIN_PIECE, scrub
+from engine.drivers.replay import Divergence, replay_trace
+from engine.testing.reference_output import (
+    ReferenceOutput,
+    join_text,
+    json_value,
+    listed_calls,
+    merged_items,
+)
+from engine.testing.strategies import SESSION_TOKEN, SHAPED_KEY, Session, Step, play_session
+from machines.output import CLIENT_CALL_TYPES, declared_custom_tools, is_client_call
 from machines.records import (
     Chunk,
     Effect,
@@ -61,7 +84,9 @@ from machines.records import (
     TurnPolicy,
     TurnResult,
 )
-from engine.log.trace import read_trace
+from engine.log.trace import equal, read_trace
+from engine.log.trace import dumps as trace_dumps
+from engine.log.trace import loads as trace_loads
 from machines.stream_attempt import FINAL as ATTEMPT_FINAL
 from machines.stream_attempt import MACHINE as ATTEMPT_MACHINE
 from machines.stream_attempt import TABLE as ATTEMPT_TABLE
@@ -75,34 +100,46 @@ __all__ = [
     "ReferenceTurn",
     "Violation",
     "check_session",
+    "fresh_process_room",
+    "leaked_pieces",
+    "oversized_event",
     "reference_events",
+    "reference_result",
     "reference_turn",
+    "secret_pieces",
     "session_violations",
 ]
 
 RULES: Final[dict[str, str]] = {
-    "no_raise": "playing a session never raises (only a wrong call may)",
+    "no_raise": "playing a session never raises (only a wrong call may), nor does replaying its "
+    "trace with a fresh process's recursion limit",
     "one_final_state": "every attempt ends in exactly one final state, reached by a transition "
     "of the table; the turn machine finishes exactly once",
     "outcome": "the turn ends with one of the five outcomes, the one the reference model gives",
     "attempts_as_reference": "each attempt ends as the reference model says (kind, final state, "
-    "reason), and the turn makes the attempts it says (no retry of an outcome)",
+    "reason), and the turn makes the attempts it says (no retry of an outcome, nothing retried "
+    "after an event larger than max_event_bytes)",
     "first_delta_once": "on_first_delta fires at most once, exactly when text is delivered, "
     "before the first text delta",
-    "no_text_after_tool_call": "no text reaches on_text_delta after a function-call frame was "
-    "seen in that attempt",
+    "no_text_after_tool_call": "no text reaches on_text_delta after a call the client must "
+    "execute was seen in that attempt (text held back while the calls seen may still turn out "
+    "the server's is delivered when they do)",
     "delivered_once": "text delivered to callbacks is never delivered again, and a retry that "
     "says something else delivers nothing",
-    "nothing_lost": "every text delta the server sent before the end is delivered (when "
-    "allowed) and kept in output_text",
+    "nothing_lost": "output_text is the text the reference model assembles (the terminal "
+    "response's, else what streamed), and never less than the user saw on error or "
+    "interrupted; no allowed text is held back",
     "reasoning_delivery": "reasoning deltas are delivered once each, across retries too",
     "callbacks_match_effects": "the callbacks receive exactly the effects the trace records",
-    "tool_calls_once": "every function call announced appears exactly once in tool_calls, with "
-    "its arguments, `completed` unless the stream broke before its arguments finished",
+    "tool_calls_once": "tool_calls lists exactly the client's calls, once each, in output "
+    "order, never one the server ran, with the arguments and status the reference gives",
     "never_less_than_seen": "on error or interrupted, output_text is never shorter than the text "
     "delivered to on_text_delta",
     "error_verbatim": "the provider's error words reach TurnResult.error verbatim",
-    "replay_identical": "the recorded trace replays to identical records and outcome",
+    "secrets_masked": "no piece of 8 characters of a secret the client holds or of a "
+    "credential-named field's value reaches the trace, nor a credential-shaped key",
+    "replay_identical": "the recorded trace replays to identical records and outcome, also "
+    "with a fresh process's recursion limit",
     "trace_roundtrip": "the trace reads back from its file with every record",
     "callback_raised": "a callback supplied by the caller raised",
 }
@@ -216,8 +253,19 @@ class _Delivery:
 
 class ReferenceAttempt:
     """The stream-attempt machine, re-stated plainly: `event(name, data)` for each dispatched
-    event, then `end(step)` for the step that ends the body. `state`, `reason` and the
-    bookkeeping below are what the invariants compare with."""
+    event, then `end(step)` for the step that ends the body (or `too_large()` when an event
+    passed the policy's `max_event_bytes`). `state`, `reason` and the bookkeeping below are what
+    the invariants compare with.
+
+    Whose call it is (the contract's `tool_calls` row, `machines.output.is_client_call`): a
+    function call is always the client's; a custom tool call is the server's when the `tools`
+    of `response.created` / `.in_progress` name tools but no custom tool of its name; a shell,
+    local shell or apply_patch call is the client's until its output item shows the server ran
+    it. Answer text stops reaching the user at the first frame of a call counted as the
+    client's (and of any `*function_call*` frame). While only calls that may still turn out the
+    server's were seen, the text is held back; when none of them is left the client's, the
+    text held back is delivered and text flows again. After a function call nothing is held
+    back: it can never turn out the server's."""
 
     def __init__(
         self,
@@ -241,22 +289,20 @@ class ReferenceAttempt:
         self.reason = ""
         #: which budget may pay for another attempt: "stream", "http" or None
         self.retry: str | None = None
-        self.tool_seen = False
-        self.allowed_text = ""  # text deltas taken in before the first function-call frame
-        self.text_deltas: list[str] = []  # every text delta taken in while live
+        self.tool_seen = False  # answer text is not delivered now (a client call was seen)
+        self.allowed_text = ""  # text deltas delivered, or held back and then released
         self.reasoning = ""
         self.delivered_text: list[str] = []
         self.delivered_reasoning: list[str] = []
         self.first_delta = False
         self.response: dict[str, Any] | None = None
         self.words: dict[str, Any] | None = None  # the provider's error words
-        self.touched = False  # any output content taken in (items, deltas, done texts)
-        self.kinds: dict[int, str] = {}  # output_index -> item kind, as first seen
-        self.done: dict[int, dict[str, Any]] = {}
-        self.call_ids: list[str] = []  # function calls announced, by call_id
-        self.call_index: dict[str, int] = {}
-        self.arguments: dict[int, list[str]] = {}
-        self.arguments_done: dict[int, str] = {}
+        self.output = ReferenceOutput()
+        self.client_calls: set[int] = set()  # places of the calls counted as the client's
+        self.function_call_seen = False
+        self.withheld: list[str] = []
+        self.tools: Any = None  # the latest `tools` list that names tools (created/in_progress)
+        self.custom_tools: frozenset[str] | None = None
         self._text = _Delivery(ledger.text)
         self._reasoning = _Delivery(ledger.reasoning)
 
@@ -265,122 +311,174 @@ class ReferenceAttempt:
         """The attempt has ended (terminal, fallback or retire)."""
         return self.state in FINAL
 
+    @property
+    def touched(self) -> bool:
+        """The attempt streamed something that becomes an output item."""
+        return not self.output.empty
+
     # -- events --------------------------------------------------------------------------------
     def event(self, name: str, data: str) -> None:
         """One dispatched SSE event (`name`, `data`); ignored once the attempt has ended."""
         if self.final:
             return
-        try:
-            payload = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return
+        payload = json_value(data)
         if not isinstance(payload, dict):
             return
         kind = payload.get("type")
         if not isinstance(kind, str):
             kind = "error" if isinstance(payload.get("error"), dict) else name
-        index = payload.get("output_index")
-        index = index if type(index) is int else None
-        if kind in ("response.created", "response.in_progress"):
-            self._begin()
-        elif kind == "response.output_text.delta":
-            delta = payload.get("delta")
-            if isinstance(delta, str):
-                self._begin()
-                self._content(index, "message")
-                self.text_deltas.append(delta)
-                if not self.tool_seen and delta:
-                    self.allowed_text += delta
-                    self._deliver_text(delta)
-        elif kind in ("response.reasoning_summary_text.delta", "response.reasoning_text.delta"):
-            delta = payload.get("delta")
-            if isinstance(delta, str):
-                self._begin()
-                self._content(index, "reasoning")
-                if delta:
-                    self.reasoning += delta
-                    piece = self._reasoning.take(delta)
-                    if piece:
-                        self.ledger.reasoning += piece
-                        self.delivered_reasoning.append(piece)
-        elif kind == "response.output_text.done":
-            if isinstance(payload.get("text"), str):
-                self._content(index, "message")
-        elif kind == "response.output_item.added":
-            item = payload.get("item")
-            if isinstance(item, dict):
-                self.touched = True
-                if index is not None:
-                    self.kinds[index] = str(item.get("type") or "message")
-                if item.get("type") == "function_call":
-                    self._announce(item, index)
-                    self._tool_frame()
-                else:
-                    self._begin()
-        elif kind == "response.output_item.done":
-            item = payload.get("item")
-            if isinstance(item, dict):
-                self.touched = True
-                if index is not None:
-                    self.done[index] = item
-                if item.get("type") == "function_call":
-                    self._announce(item, index)
-                    self._tool_frame()
-                    if self.open_calls() == 0:
-                        self.state = STREAMING
-                else:
-                    self._begin()
-        elif kind == "response.function_call_arguments.delta":
-            delta = payload.get("delta")
-            if isinstance(delta, str):
-                self._content(index, "function_call")
-                if index is not None:
-                    self.arguments.setdefault(index, []).append(delta)
-            self._tool_frame()
-        elif kind == "response.function_call_arguments.done":
-            arguments = payload.get("arguments")
-            if isinstance(arguments, str):
-                self._content(index, "function_call")
-                if index is not None:
-                    self.arguments_done[index] = arguments
-            self._tool_frame()
-        elif kind in ("response.completed", "response.incomplete"):
-            self._end_response(kind.split(".")[1], payload)
-        elif kind == "response.failed":
-            self._end_response("failed", payload)
-        elif kind == "error":
-            nested = payload.get("error")
-            source = nested if isinstance(nested, dict) else payload
-            self.words = {"message": source.get("message"), "code": source.get("code")}
-            self._finish(TERMINAL, "error_frame")
+        handler = _FRAMES.get(kind)
+        if handler is not None:
+            handler(self, payload)
         elif "function_call" in kind:
-            self._tool_frame()
+            self.function_call_seen = True
+            self._call_started()
+
+    def _lifecycle(self, payload: dict[str, Any]) -> None:
+        self._begin()
+        response = payload.get("response")
+        tools = response.get("tools") if isinstance(response, dict) else None
+        custom_tools = declared_custom_tools(tools)
+        if custom_tools is None:
+            return
+        self.tools = tools
+        if custom_tools == self.custom_tools:
+            return
+        self.custom_tools = custom_tools
+        joined = [
+            index
+            for index, facts in self.output.calls()
+            if index not in self.client_calls and self._is_client(facts)
+        ]
+        if joined:
+            self.client_calls.update(joined)
+            self._call_started()
+            self._calls_done()
+        self._withdraw()
+
+    def _text_delta(self, payload: dict[str, Any]) -> None:
+        delta = payload.get("delta")
+        if not isinstance(delta, str):
+            return
+        self._begin()
+        self.output.text(payload, delta, replace=False)
+        if not delta:
+            return
+        if not self.tool_seen:
+            self._deliver_text(delta)
+        elif not self.function_call_seen:
+            self.withheld.append(delta)
+
+    def _reasoning_delta(self, payload: dict[str, Any]) -> None:
+        delta = payload.get("delta")
+        if not isinstance(delta, str):
+            return
+        self._begin()
+        self.output.reasoning(payload)
+        if delta:
+            self.reasoning += delta
+            piece = self._reasoning.take(delta)
+            if piece:
+                self.ledger.reasoning += piece
+                self.delivered_reasoning.append(piece)
+
+    def _text_done(self, payload: dict[str, Any]) -> None:
+        text = payload.get("text")
+        if isinstance(text, str):
+            self.output.text(payload, text, replace=True)
+
+    def _item(self, payload: dict[str, Any], *, done: bool) -> None:
+        item = payload.get("item")
+        if not isinstance(item, dict):
+            if not done:
+                self._begin()  # an announcement of nothing still shows the response began
+            return
+        index = (self.output.finish if done else self.output.announce)(payload, item)
+        kind = item.get("type")
+        facts = (kind, item.get("name"), item.get("call_id"))
+        if isinstance(kind, str) and kind in CLIENT_CALL_TYPES and self._is_client(facts):
+            self.function_call_seen |= kind == "function_call"
+            self.client_calls.add(index)
+            self._call_started()
+            if done:
+                self._calls_done()
+        else:
+            self._begin()
+        self._withdraw()
+
+    def _arguments(self, payload: dict[str, Any], *, done: bool) -> None:
+        text = payload.get("arguments" if done else "delta")
+        if isinstance(text, str):
+            self.output.arguments(payload, text, done=done)
+        self.function_call_seen = True
+        self._call_started()
+
+    def _custom_input(self, payload: dict[str, Any], *, done: bool) -> None:
+        text = payload.get("input" if done else "delta")
+        index = self.output.custom_input(payload, text if isinstance(text, str) else None, done=done)
+        self._call_frame(index)
+
+    def _command(self, payload: dict[str, Any], *, how: str) -> None:
+        text = payload.get("delta" if how == "delta" else "command")
+        if how == "done" and not isinstance(text, str):
+            index = self.output.command(payload, "", replace=False)
+        else:
+            text = text if isinstance(text, str) else ""
+            index = self.output.command(payload, text, replace=how != "delta")
+        self._call_frame(index)
+
+    def _call_frame(self, index: int) -> None:
+        """A frame streaming part of the call at `index`: the client's unless the call there is
+        known to be the server's (a frame whose item is no call counts as the client's)."""
+        if index not in self.client_calls:
+            facts = self.output.facts(index)
+            if facts is not None and not self._is_client(facts):
+                self._begin()
+                return
+            self.client_calls.add(index)
+        self._call_started()
+
+    def _is_client(self, facts: tuple[Any, Any, Any]) -> bool:
+        return is_client_call(facts, custom_tools=self.custom_tools, outputs=self.output.outputs)
+
+    def _every_call_done(self) -> bool:
+        return not any(self._is_client(facts) for facts in self.output.open_calls())
+
+    def _withdraw(self) -> None:
+        """Calls counted as the client's that now show they are the server's are taken back;
+        with no client call left, the text held back is delivered and text flows again."""
+        withdrawn = {
+            index
+            for index in self.client_calls
+            if (facts := self.output.facts(index)) is not None and not self._is_client(facts)
+        }
+        if not withdrawn:
+            return
+        self.client_calls -= withdrawn
+        if not self.client_calls and not self.function_call_seen:
+            self.state = STREAMING
+            self.tool_seen = False
+            held, self.withheld = self.withheld, []
+            for delta in held:
+                self._deliver_text(delta)
+        elif self.state == TOOL_CALL and self._every_call_done():
+            self.state = STREAMING
 
     def _begin(self) -> None:
         if self.state == AWAITING:
             self.state = STREAMING
 
-    def _content(self, index: int | None, kind: str) -> None:
-        self.touched = True
-        if index is not None:
-            self.kinds.setdefault(index, kind)
-
-    def _announce(self, item: dict[str, Any], index: int | None) -> None:
-        call_id = item.get("call_id")
-        if isinstance(call_id, str) and call_id not in self.call_index:
-            self.call_ids.append(call_id)
-            self.call_index[call_id] = index if index is not None else -1
-
-    def open_calls(self) -> int:
-        """How many function calls were announced and are not yet `done`."""
-        return sum(1 for i, k in self.kinds.items() if k == "function_call" and i not in self.done)
-
-    def _tool_frame(self) -> None:
-        self.tool_seen = True
+    def _call_started(self) -> None:
         if self.state in (AWAITING, STREAMING):
             self.state = TOOL_CALL
+            self.tool_seen = True
+
+    def _calls_done(self) -> None:
+        if self.state == TOOL_CALL and self._every_call_done():
+            self.state = STREAMING
 
     def _deliver_text(self, delta: str) -> None:
+        self.allowed_text += delta
         piece = self._text.take(delta)
         if piece:
             if not self.ledger.text:
@@ -402,6 +500,23 @@ class ReferenceAttempt:
             self._finish(FALLBACK if self.hands_over else RETIRE, f"failed:{code}", "stream")
         else:
             self._finish(TERMINAL, "failed")
+
+    def _error_frame(self, payload: dict[str, Any]) -> None:
+        nested = payload.get("error")
+        source = nested if isinstance(nested, dict) else payload
+        self.words = {"message": source.get("message"), "code": source.get("code")}
+        self._finish(TERMINAL, "error_frame")
+
+    def declared_tools(self) -> Any:
+        """The `tools` that judge this attempt's custom tool calls: the terminal response's when
+        they name tools, else the latest that `response.created` / `.in_progress` carried."""
+        tools = self.response.get("tools") if self.response else None
+        return tools if declared_custom_tools(tools) is not None else self.tools
+
+    def too_large(self) -> None:
+        """An event passed the policy's `max_event_bytes`: the attempt retires, the turn ends."""
+        if not self.final:
+            self._finish(RETIRE, "event_too_large")
 
     def _finish(self, state: str, reason: str, retry: str | None = None) -> None:
         self.state = state
@@ -437,6 +552,29 @@ class ReferenceAttempt:
                 else "idle_timeout" if isinstance(step, Stall) else "eof"
             )
             self._finish(FALLBACK if self.hands_over else RETIRE, reason, "stream")
+
+
+_FRAMES: Final[dict[str, Any]] = {
+    "response.created": ReferenceAttempt._lifecycle,
+    "response.in_progress": ReferenceAttempt._lifecycle,
+    "response.output_text.delta": ReferenceAttempt._text_delta,
+    "response.output_text.done": ReferenceAttempt._text_done,
+    "response.reasoning_summary_text.delta": ReferenceAttempt._reasoning_delta,
+    "response.reasoning_text.delta": ReferenceAttempt._reasoning_delta,
+    "response.output_item.added": lambda a, p: a._item(p, done=False),
+    "response.output_item.done": lambda a, p: a._item(p, done=True),
+    "response.function_call_arguments.delta": lambda a, p: a._arguments(p, done=False),
+    "response.function_call_arguments.done": lambda a, p: a._arguments(p, done=True),
+    "response.custom_tool_call_input.delta": lambda a, p: a._custom_input(p, done=False),
+    "response.custom_tool_call_input.done": lambda a, p: a._custom_input(p, done=True),
+    "response.shell_call_command.added": lambda a, p: a._command(p, how="added"),
+    "response.shell_call_command.delta": lambda a, p: a._command(p, how="delta"),
+    "response.shell_call_command.done": lambda a, p: a._command(p, how="done"),
+    "response.completed": lambda a, p: a._end_response("completed", p),
+    "response.incomplete": lambda a, p: a._end_response("incomplete", p),
+    "response.failed": lambda a, p: a._end_response("failed", p),
+    "error": ReferenceAttempt._error_frame,
+}
 
 
 def _demanded_wait(step: HttpError) -> float | None:
@@ -507,6 +645,30 @@ def _ends_body(step: Step, policy: TurnPolicy) -> bool:
     return not isinstance(step, Chunk)
 
 
+def oversized_event(data: bytes, limit: int) -> int | None:
+    """How many events the bytes dispatch before one larger than `limit` bytes, or None when
+    none is. An event's size is the UTF-8 bytes of its lines (line ends counted as one LF),
+    without the line end and blank line that end it; an event the bytes have not ended yet
+    counts with what arrived so far (a last LF may be the start of its blank line: not
+    counted), and a character not yet complete does not count."""
+    text = codecs.getincrementaldecoder("utf-8")("replace").decode(data)
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    *blocks, tail = text.split("\n\n")
+    dispatched = 0
+    for block in blocks:
+        if len(block.encode("utf-8", "surrogatepass")) > limit:
+            return dispatched
+        lines = block.split("\n")
+        dispatched += any(line == "data" or line.startswith("data:") for line in lines)
+    if tail.endswith("\n"):
+        tail = tail[:-1]
+    if len(tail.encode("utf-8", "surrogatepass")) > limit:
+        return dispatched
+    return None
+
+
 def _play_reference(attempt: ReferenceAttempt, script: Iterable[Step], policy: TurnPolicy) -> None:
     received = b""
     ending: Step = EndOfStream()
@@ -516,11 +678,20 @@ def _play_reference(attempt: ReferenceAttempt, script: Iterable[Step], policy: T
         elif _ends_body(step, policy):
             ending = step
             break
-    for name, data in reference_events(received, ended=isinstance(ending, EndOfStream)):
+    events = reference_events(received, ended=isinstance(ending, EndOfStream))
+    refused = (
+        oversized_event(received, policy.max_event_bytes)
+        if 3 * len(received) > policy.max_event_bytes  # invalid UTF-8 grows up to 3 times
+        else None
+    )
+    for name, data in events if refused is None else events[:refused]:
         attempt.event(name, data)
         if attempt.final:
             return
-    attempt.end(ending)
+    if refused is not None:
+        attempt.too_large()
+    else:
+        attempt.end(ending)
 
 
 def reference_turn(session: Session) -> ReferenceTurn:
@@ -648,7 +819,7 @@ def session_violations(
             if trace is not None
             else (os.path.join(_scratch(), f"{os.getpid()}.jsonl") if replay else None)
         )
-        result = recording.finish(path)
+        result = recording.finish(path, session.secrets)
     except Exception as error:
         return None, [
             Violation("no_raise", "".join(traceback.format_exception_only(error)).strip())
@@ -659,12 +830,39 @@ def session_violations(
     found += _check_states(result, reference)
     found += _check_delivery(observer.calls, effects, reference)
     seen = "".join(text or "" for name, text in observer.calls if name == "text_delta")
-    found += _check_output(result, reference, seen)
+    found += _check_output(result, reference)
     found += _check_seen(result, seen)
-    found += _check_error(result, reference)
+    found += _check_error(result, reference, session.secrets)
     if replay and path is not None:
-        found += _check_replay(path, len(recording.log.records))
+        if _echoes_secrets(session):
+            found += _check_secrets(path, session.secrets)
+        replayed, divergence = _replay_violations(path, len(recording.log.records))
+        if divergence is not None and session.secrets and _masking_changed_delivery(divergence):
+            # A known limitation of masking (see `_masking_changed_delivery`): the machines are
+            # held to a replay of the same trace with the client's secrets left in.
+            unmasked = path + ".unmasked"
+            recording.finish(unmasked, ())
+            replayed, _ = _replay_violations(unmasked, len(recording.log.records))
+            os.unlink(unmasked)
+        found += replayed
     return result, found
+
+
+_DELIVERY: Final = frozenset({"first_delta", "text_delta", "reasoning_delta"})
+
+
+def _masking_changed_delivery(divergence: Divergence) -> bool:
+    """Whether a replay's first difference is a delivery in a retry, which masking can change:
+    a trace masks each attempt's body on its own, so a client's secret split differently across
+    deltas in two attempts is masked differently (a piece under 8 characters stays), and a retry
+    catching up with the text already delivered compares other text in the replay than in the
+    turn. Known and left open (`tests/test_trace_hardening.py`,
+    `test_a_secret_split_differently_in_two_attempts_replays`)."""
+    sides = [r for r in (divergence.recorded, divergence.replayed) if r is not None]
+    return any(
+        r.get("kind") == "effect" and r.get("effect") in _DELIVERY and r.get("attempt", 1) > 1
+        for r in sides
+    )
 
 
 def check_session(
@@ -839,107 +1037,84 @@ def _check_delivery(
     return found
 
 
-def _join_text(items: Any) -> str:
-    out = []
-    for item in items if isinstance(items, list) else ():
-        if isinstance(item, dict) and item.get("type") == "message":
-            for part in item.get("content") or ():
-                if (
-                    isinstance(part, dict)
-                    and part.get("type") == "output_text"
-                    and isinstance(part.get("text"), str)
-                ):
-                    out.append(part["text"])
-    return "".join(out)
-
-
-def _check_output(result: TurnResult, reference: ReferenceTurn, seen: str) -> list[Violation]:
-    found: list[Violation] = []
+def reference_result(reference: ReferenceTurn) -> tuple[str, list[dict[str, Any]]]:
+    """The `output_text` and `tool_calls` the contract gives the turn: from the terminal
+    response's output when it is a non-empty list (with every streamed call it left out),
+    else from what the last attempt streamed when it ended the response, else from the latest
+    attempt that streamed anything; never less text than the user saw on error or interrupted."""
     last = reference.last
-    server_output: list[Any] | None = None
+    completed = reference.outcome == "completed"
     ends_response = last.state == TERMINAL and last.reason in ("completed", "incomplete", "failed")
     if (ends_response or reference.outcome == "failed") and last.response:
-        source = last
+        streamed = last.output.items("completed" if last.reason == "completed" else "incomplete")
         output = last.response.get("output")
-        if output:
-            server_output = output if isinstance(output, list) else None
+        items: list[Any] = output if isinstance(output, list) and output else streamed
+        calls = listed_calls(
+            merged_items(items, streamed), last.declared_tools(), completed=completed
+        )
     else:
         source = next((a for a in reversed(reference.attempts) if a.touched), last)
-    if server_output is not None:
-        if result.output_text != _join_text(server_output):
-            found.append(
-                Violation(
-                    "nothing_lost",
-                    f"output_text {result.output_text!r} is not "
-                    f"the server's output text {_join_text(server_output)!r}",
-                )
+        items = source.output.items("completed" if source.reason == "completed" else "incomplete")
+        calls = listed_calls(items, source.declared_tools(), completed=completed)
+    text = join_text(items)
+    delivered = last.ledger.text
+    if reference.outcome in ("error", "interrupted") and len(text) < len(delivered):
+        text = delivered
+    return text, calls
+
+
+_SHOW: Final = reprlib.Repr()
+_SHOW.maxlevel = 3
+_SHOW.maxstring = 120
+_SHOW.maxother = 120
+
+
+def _show(value: Any) -> str:
+    """A short repr of server data of any depth."""
+    return _SHOW.repr(value)
+
+
+def _check_output(result: TurnResult, reference: ReferenceTurn) -> list[Violation]:
+    found: list[Violation] = []
+    text, calls = reference_result(reference)
+    if result.output_text != text:
+        found.append(
+            Violation(
+                "nothing_lost",
+                f"output_text {result.output_text!r}, the reference says {text!r}",
             )
-    elif (
-        reference.outcome in ("error", "interrupted")
-        and len("".join(source.text_deltas)) < len(seen)
-        and result.output_text == seen
-    ):
-        pass  # the latest answer holds less than the user saw: the result keeps what was seen
+        )
+    ids = [c.get("call_id") for c in result.tool_calls]
+    want = [c["call_id"] for c in calls]
+    if not equal(ids, want):
+        server = [
+            call_id
+            for call_id in ids
+            if isinstance(call_id, str) and call_id not in want
+            and any(call_id == facts[2] for a in reference.attempts for _, facts in a.output.calls())
+        ]
+        found.append(
+            Violation(
+                "tool_calls_once",
+                f"tool_calls list the calls {_show(ids)}, the reference {_show(want)}"
+                + (f" (the server ran {server})" if server else ""),
+            )
+        )
     else:
-        for delta in source.text_deltas:
-            if delta and delta not in result.output_text:
+        for got, expected in zip(result.tool_calls, calls):
+            if not equal(got, expected):
+                diff = sorted(k for k in expected if not equal(got.get(k), expected[k]))
                 found.append(
                     Violation(
-                        "nothing_lost",
-                        f"attempt {source.number} streamed "
-                        f"{delta!r}, missing from output_text {result.output_text!r}",
+                        "tool_calls_once",
+                        f"call {_show(expected['call_id'])}: "
+                        + ", ".join(
+                            f"{k} {_show(got.get(k))}, the reference says {_show(expected[k])}"
+                            for k in diff
+                        ),
                     )
                 )
                 break
-    ids = [c.get("call_id") for c in result.tool_calls]
-    expected = list(source.call_ids)
-    for item in server_output or ():
-        if isinstance(item, dict) and item.get("type") == "function_call":
-            if isinstance(item.get("call_id"), str) and item["call_id"] not in expected:
-                expected.append(item["call_id"])
-    for call_id in expected:
-        if ids.count(call_id) != 1:
-            found.append(
-                Violation(
-                    "tool_calls_once",
-                    f"call {call_id!r} announced, appears "
-                    f"{ids.count(call_id)} times in tool_calls {ids}",
-                )
-            )
-    in_output = {i.get("call_id") for i in server_output or () if isinstance(i, dict)}
-    for call in result.tool_calls:
-        placed: Any = call.get("call_id")
-        if not isinstance(placed, str):
-            continue  # a call the reference cannot place (no call_id): its status is not judged
-        index = source.call_index.get(placed)
-        if reference.outcome != "completed" and placed not in in_output and index is None:
-            continue
-        finished = (
-            reference.outcome == "completed"
-            or placed in in_output
-            or index in source.done
-            or index in source.arguments_done
-        )
-        if call.get("status") != ("completed" if finished else "incomplete"):
-            found.append(
-                Violation(
-                    "tool_calls_once",
-                    f"call {placed!r} has status {call.get('status')!r}; its arguments "
-                    f"{'finished' if finished else 'never finished'}",
-                )
-            )
-    for call_id, index in source.call_index.items():
-        if call_id in in_output or index in source.done or index in source.arguments_done:
-            continue
-        want = "".join(source.arguments.get(index, []))
-        got = [c.get("arguments") for c in result.tool_calls if c.get("call_id") == call_id]
-        if got and got[0] != want:
-            found.append(
-                Violation(
-                    "tool_calls_once",
-                    f"call {call_id!r} has arguments " f"{got[0]!r}, its deltas said {want!r}",
-                )
-            )
     return found
 
 
@@ -954,7 +1129,9 @@ def _check_seen(result: TurnResult, seen: str) -> list[Violation]:
     return []
 
 
-def _check_error(result: TurnResult, reference: ReferenceTurn) -> list[Violation]:
+def _check_error(
+    result: TurnResult, reference: ReferenceTurn, secrets: Iterable[str] = ()
+) -> list[Violation]:
     last = reference.last
     error = result.error
     if last.words is not None and (last.state == TERMINAL or last.reason.startswith("failed:")):
@@ -962,36 +1139,121 @@ def _check_error(result: TurnResult, reference: ReferenceTurn) -> list[Violation
             return [
                 Violation(
                     "error_verbatim",
-                    f"the provider said {last.words}, " f"TurnResult.error is {error!r}",
+                    f"the provider said {_show(last.words)}, TurnResult.error is {_show(error)}",
                 )
             ]
         for key, value in last.words.items():
-            if error.get(key) != scrub(value):
+            if not equal(error.get(key), scrub(value, secrets)):
                 return [
                     Violation(
                         "error_verbatim",
-                        f"error[{key!r}] is {error.get(key)!r}, the " f"provider said {value!r}",
+                        f"error[{key!r}] is {_show(error.get(key))}, "
+                        f"the provider said {_show(value)}",
                     )
                 ]
         return []
     if reference.outcome in ("completed", "incomplete", "interrupted") and error is not None:
-        return [Violation("error_verbatim", f"outcome {reference.outcome} with error {error!r}")]
+        return [
+            Violation("error_verbatim", f"outcome {reference.outcome} with error {_show(error)}")
+        ]
     if reference.outcome == "error" and (
         not isinstance(error, dict) or error.get("code") != last.reason
     ):
         return [
             Violation(
-                "error_verbatim", f"a transport failure ({last.reason}) reported as {error!r}"
+                "error_verbatim", f"a transport failure ({last.reason}) reported as {_show(error)}"
             )
         ]
     return []
 
 
-def _check_replay(path: str, logged: int) -> list[Violation]:
+def secret_pieces(secret: str, size: int = MIN_PIECE) -> set[str]:
+    """Every piece of `secret` of `size` characters."""
+    return {secret[i : i + size] for i in range(len(secret) - size + 1)}
+
+
+def leaked_pieces(path: str | os.PathLike[str], secrets: Iterable[str]) -> set[str]:
+    """The pieces of `MIN_PIECE` characters of `secrets` found in a trace file: in its text, and
+    in the bytes of every chunk it stores as base64."""
+    return _leaked(Path(path).read_bytes(), list(secrets))
+
+
+def _leaked(raw: bytes, secrets: list[str]) -> set[str]:
+    texts = [raw]
+    if b'"data_b64"' in raw:
+        for line in raw.splitlines():
+            if b'"data_b64"' in line:
+                record = trace_loads(line)
+                if isinstance(record, dict) and isinstance(record.get("data_b64"), str):
+                    texts.append(base64.b64decode(record["data_b64"]))
+    leaked: set[str] = set()
+    for secret in secrets:
+        grams = _grams(secret)
+        for text in texts:
+            if any(gram in text for gram in grams):
+                leaked.update(p for p in secret_pieces(secret) if p.encode() in text)
+    return leaked
+
+
+def _grams(secret: str) -> set[bytes]:
+    """Every piece of `MIN_PIECE` characters of `secret` holds one of these (as `Scrubber` finds
+    them)."""
+    return {secret[i : i + MIN_PIECE // 2].encode() for i in range(0, len(secret) - 3, 4)}
+
+
+def _echoes_secrets(session: Session) -> bool:
+    """Whether anything the server sent in `session` holds a piece of a secret the trace must
+    not (else the trace cannot hold one, and is not read again to see)."""
+    grams = set().union(*(_grams(s) for s in (*session.secrets, SESSION_TOKEN, SHAPED_KEY)))
+    for script in session.attempts:
+        sent = [step.data for step in script if isinstance(step, Chunk)]  # a piece cut by a read
+        sent += [trace_dumps(step.body) for step in script if isinstance(step, HttpError)]
+        data = b"".join(sent)
+        if any(gram in data for gram in grams):
+            return True
+    return False
+
+
+def _check_secrets(path: str, secrets: Iterable[str]) -> list[Violation]:
+    """No piece of a secret the client holds or of a credential-named field's value reaches
+    the trace, and no credential-shaped key does (a cut-off piece of one cannot be told from
+    text)."""
+    raw = Path(path).read_bytes()
+    leaked = _leaked(raw, [*secrets, SESSION_TOKEN])
+    if SHAPED_KEY.encode() in raw:
+        leaked.add(SHAPED_KEY)
+    if leaked:
+        return [Violation("secrets_masked", f"the trace holds {sorted(leaked)[:4]}")]
+    return []
+
+
+@contextlib.contextmanager
+def fresh_process_room() -> Iterator[None]:
+    """The recursion room a fresh process has (the interpreter's default limit above this
+    frame), whatever the caller raised it to (Hypothesis raises it while a test runs): what
+    the machines decide must not depend on it."""
+    depth = 0
+    frame: Any = sys._getframe()
+    while frame is not None:
+        depth += 1
+        frame = frame.f_back
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(depth + DEFAULT_RECURSION_LIMIT)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(before)
+
+
+#: The interpreter's own recursion limit (what `streamfsm replay` runs with).
+DEFAULT_RECURSION_LIMIT: Final = 1000
+
+
+def _replay_violations(path: str, logged: int) -> tuple[list[Violation], Divergence | None]:
     try:
         trace = read_trace(path)
     except Exception as error:
-        return [Violation("trace_roundtrip", f"the trace does not read back: {error}")]
+        return [Violation("trace_roundtrip", f"the trace does not read back: {error}")], None
     if len(trace.records) != logged + 1 or trace.records[-1].get("kind") != "result":
         return [
             Violation(
@@ -999,9 +1261,24 @@ def _check_replay(path: str, logged: int) -> list[Violation]:
                 f"{len(trace.records)} records read back, "
                 f"{logged} logged plus the result written",
             )
-        ]
-    report = replay_trace(trace)
-    if not report.identical:
-        assert report.divergence is not None
-        return [Violation("replay_identical", report.divergence.describe()[:400])]
-    return []
+        ], None
+    try:
+        with fresh_process_room():
+            report = replay_trace(trace)
+    except Exception as error:
+        return [
+            Violation(
+                "no_raise",
+                "replaying the trace with a fresh process's recursion limit raised "
+                + "".join(traceback.format_exception_only(error)).strip()[:300],
+            )
+        ], None
+    if report.divergence is not None:
+        return [
+            Violation(
+                "replay_identical",
+                "replayed with a fresh process's recursion limit: "
+                + report.divergence.describe()[:400],
+            )
+        ], report.divergence
+    return [], None

@@ -55,6 +55,7 @@ makes the drop shapes reset the connection (see ``engine.testing.scenarios``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, Literal
 
@@ -99,6 +100,7 @@ __all__ = [
     "local_shell_call",
     "local_shell_call_output",
     "nested_error_frame",
+    "nested_json",
     "output_items",
     "rate_limits_frame",
     "reasoning_summary",
@@ -1025,6 +1027,19 @@ def nested_error_frame(
             "error": {"type": type, "code": code, "message": message, "param": param},
         }
     ]
+
+
+@functools.lru_cache(maxsize=32)
+def nested_json(depth: int, bottom: bytes = b'"bottom"') -> bytes:
+    """JSON text nested `depth` levels deep, lists and objects by turns, around `bottom`, written
+    by hand: orjson refuses to write 255 levels or more, the standard library 1000 (and reads
+    more than 1024 only with a raised recursion limit)."""
+    opening: list[bytes] = []
+    closing: list[bytes] = []
+    for level in reversed(range(depth)):  # the outermost level first
+        opening.append(b'{"level":%d,"inner":' % level if level % 2 else b"[")
+        closing.append(b"}" if level % 2 else b"]")
+    return b"".join(opening) + bottom + b"".join(reversed(closing))
 
 
 # --------------------------------------------------------------------------------------------

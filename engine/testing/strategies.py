@@ -31,16 +31,22 @@ Strategies, from the inside out (every one shrinks toward a short, readable sess
                          argument deltas (some never `done`), items interleaved, and a terminal
                          event (`completed` with full, empty or null output, `incomplete`,
                          `failed`, an `error` frame) or none at all
+    tool_call_answers()  a response of tool calls of every kind, the client's and the server's
+                         (`engine.testing.tool_items`), with answer text between them
     mangled(parts)       adversarial edits of such a list: swapped, moved, duplicated and dropped
-                         events, and inserted frames (errors anywhere, unknown names, prelude
-                         frames, keepalives, `[DONE]`, bad JSON, invalid UTF-8)
+                         events, inserted frames (errors anywhere, unknown names, prelude
+                         frames, keepalives, `[DONE]`, bad JSON, invalid UTF-8), and fields
+                         retyped: any field's value replaced by one of another JSON type, or
+                         nested hundreds of levels deep (`retyped`)
     sse_bytes(parts)     the bytes: LF, CRLF or CR line ends, an optional byte-order mark
     attempt_scripts()    bytes cut at arbitrary points into reads, truncated at any byte, with
                          faults, stalls and interrupts at any point and an ending step; or an
                          HTTP error status
     policies()           turn policies (retries, fallback, idle timeout, retryable failure codes)
     sessions()           a policy and up to as many attempt scripts as it allows; a retry often
-                         repeats the first attempt's answer (so delivered text must not repeat)
+                         repeats the first attempt's answer (so delivered text must not repeat);
+                         sometimes a `max_event_bytes` near the size of the answer's largest
+                         event; the client's key (`Session.secrets`), which answers echo
 
 The strategies draw from small alphabets and small sizes on purpose: the interesting structure
 is in the order and the cuts, and a failing example should fit on a screen.
@@ -58,6 +64,7 @@ from hypothesis import strategies as st
 
 from engine.log.eventlog import Callbacks
 from engine.drivers.recording import TurnRecording
+from engine.testing.tool_items import ToolItemStream, tool_item_streams
 from engine.testing.shapes import (
     DONE,
     FAILURE_MESSAGES,
@@ -77,6 +84,7 @@ from engine.testing.shapes import (
     in_progress,
     incomplete,
     nested_error_frame,
+    nested_json,
     output_items,
     rate_limits_frame,
     reasoning_summary,
@@ -97,8 +105,13 @@ from machines.records import (
 )
 
 __all__ = [
+    "CLIENT_KEY",
     "CallbackRaised",
     "Chunk",
+    "DEFAULT_MAX_EVENT_BYTES",
+    "ECHOED_SECRETS",
+    "SESSION_TOKEN",
+    "SHAPED_KEY",
     "EndOfStream",
     "HttpError",
     "Interrupt",
@@ -111,15 +124,29 @@ __all__ = [
     "play_session",
     "policies",
     "responses",
+    "retyped",
     "run_session",
     "session_from_trace",
     "sessions",
     "sse_bytes",
+    "tool_call_answers",
     "well_formed_sessions",
 ]
 
 FaultKind = Literal["drop", "read_timeout", "connect_error"]
 _T = TypeVar("_T")
+
+#: The policy's own limit on one event, when a session does not draw a small one.
+DEFAULT_MAX_EVENT_BYTES: Final = TurnPolicy().max_event_bytes
+
+#: Secrets generated servers echo (split across deltas, reads and attempts) and no trace may hold
+#: a piece of: a key only the client knows (`Session.secrets`: no shape gives it away), a key
+#: shaped like an OpenAI project key (found by its shape; echoed whole in error messages), and
+#: the value of a response field named like a credential (`metadata.session_token`).
+CLIENT_KEY: Final = "Kq7Zw2.Rn8VxT4hYp0dMs"
+SHAPED_KEY: Final = "sk-proj-Zq7Wb3Lr9Tx2Kc5Vn8Hd4Jm6Pf1Gs0Ya"
+SESSION_TOKEN: Final = "Pq4Xr8Ts2Vw6Yz0Bc3Df"
+ECHOED_SECRETS: Final = (CLIENT_KEY, SHAPED_KEY, SESSION_TOKEN)
 
 # --------------------------------------------------------------------------------------------
 # Steps and sessions
@@ -133,12 +160,19 @@ def _as_attempts(value: Iterable[Iterable[Step]]) -> tuple[tuple[Step, ...], ...
     return tuple(tuple(script) for script in value)
 
 
+def _as_secrets(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
 @attrs.frozen(slots=True)
 class Session:
-    """One turn's view of the world: a policy and one attempt script per request."""
+    """One turn's view of the world: a policy and one attempt script per request, and the
+    secrets the caller's client holds (its API key, ...): the trace writer is told them, as
+    `run_turn` tells it the client's, so no piece of one reaches a trace."""
 
     attempts: tuple[tuple[Step, ...], ...] = attrs.field(converter=_as_attempts)
     policy: TurnPolicy = TurnPolicy()
+    secrets: tuple[str, ...] = attrs.field(default=(), converter=_as_secrets)
 
     def describe(self) -> str:
         """The session as short, readable lines (bytes shown as text where they are text)."""
@@ -146,7 +180,15 @@ class Session:
         lines = [
             f"policy: max_stream_retries={p.max_stream_retries} fallback={p.fallback} "
             f"idle_timeout_s={p.idle_timeout_s} retry_failed_codes={sorted(p.retry_failed_codes)}"
+            + (f" max_http_retries={p.max_http_retries}" if p.max_http_retries else "")
+            + (
+                f" max_event_bytes={p.max_event_bytes}"
+                if p.max_event_bytes != DEFAULT_MAX_EVENT_BYTES
+                else ""
+            )
         ]
+        if self.secrets:
+            lines.append(f"client secrets: {list(self.secrets)}")
         for number, script in enumerate(self.attempts, 1):
             lines.append(f"attempt {number}:")
             for step in script:
@@ -295,9 +337,9 @@ def run_session(
     recording = _recording_for(session, _fenced_callbacks(callbacks, errors), policy)
     try:
         _play(recording, session)
-        result = recording.finish(trace)
+        result = recording.finish(trace, session.secrets)
     except BaseException:
-        recording.abandon(trace)
+        recording.abandon(trace, session.secrets)
         raise
     if errors and reraise:
         name, error = errors[0]
@@ -371,7 +413,12 @@ _SURROGATES: Final[tuple[Literal["Cs"]]] = ("Cs",)
 _TEXT: Final = st.text(
     st.characters(codec="utf-8", exclude_categories=_SURROGATES), min_size=1, max_size=8
 )
-_WORD_LIST: Final = ("Hi", "Paris", "ok", "Grüße", "東京", "🚀 go", "a\nb")
+#: Words, and the client's key echoed at three places of a word (so that deltas split it at
+#: different offsets).
+_WORD_LIST: Final = (
+    "Hi", "Paris", "ok", "Grüße", "東京", "🚀 go", "a\nb",
+    f"key {CLIENT_KEY} é", CLIENT_KEY, f"«{CLIENT_KEY}» was echoed",
+)
 _WORDS: Final = st.sampled_from(_WORD_LIST)
 #: Short text: readable words first (what shrinking reaches), any Unicode text as well.
 texts: Final = _WORDS | _TEXT
@@ -385,7 +432,13 @@ def _text(draw: st.DrawFn, byte: int) -> str:
 
 
 _TOOL_NAMES: Final = ("get_weather", "get_time", "search")
-_ARGUMENT_LIST: Final = ('{"city":"Paris"}', "{}", '{"q":"x"}', '{"timezone":"Europe/Paris","n":1}')
+_ARGUMENT_LIST: Final = (
+    '{"city":"Paris"}',
+    "{}",
+    '{"q":"x"}',
+    '{"timezone":"Europe/Paris","n":1}',
+    '{"note":"%s"}' % CLIENT_KEY,
+)
 
 
 def _arguments(draw: st.DrawFn, byte: int) -> str:
@@ -400,6 +453,8 @@ _MESSAGE_LIST: Final = (
     "The account signed in with OAuth is not entitled to use model grok-4.",
     "Your input exceeds the context window of this model.",
     *FAILURE_MESSAGES.values(),
+    f"Incorrect API key provided: {CLIENT_KEY}.",
+    f"Incorrect API key provided: {SHAPED_KEY}. You can find your API key at platform.",
 )
 
 
@@ -520,9 +575,11 @@ _INCOMPLETE_REASONS: Final[tuple[Literal["max_output_tokens", "content_filter"],
 )
 #: Response dice: item count, opening, terminal, [DONE] trailer (odd byte), full Response
 #: objects (odd byte), incomplete reason, failure code, failure message, then up to two prelude
-#: frames (count, a byte each) and up to eight interleaving choices (count, a byte each).
+#: frames (count, a byte each), up to eight interleaving choices (count, a byte each), and
+#: whether the terminal response echoes a credential-named field (one in four).
 _PRELUDE_AT: Final = 8
 _MERGE_AT: Final = 11
+_ECHO_AT: Final = 20
 
 
 def _opening(name: str) -> list[Event]:
@@ -560,23 +617,41 @@ def _response(draw: st.DrawFn, max_items: int, terminals: tuple[str, ...]) -> li
     else:
         end = []
     trailer = [DONE] if dice[3] % 2 else []
+    if dice[_ECHO_AT] % 4 == 3:
+        end = [_echoing(part) for part in end]
     stream = assemble(*prelude, _opening(_pick(_OPENINGS, dice[1])), body, end, trailer)
     return stream if dice[4] % 2 else [_compact(part) for part in stream]
 
 
 #: The fields of a Response object a compact stream keeps (the machines read no others).
-COMPACT_RESPONSE_FIELDS: Final = ("id", "status", "output", "error", "incomplete_details")
+COMPACT_RESPONSE_FIELDS: Final = (
+    "id", "status", "output", "error", "incomplete_details", "tools", "metadata"
+)
 
 
 def _compact(part: StreamPart) -> StreamPart:
-    """`part` with its embedded Response object cut to `COMPACT_RESPONSE_FIELDS`, so that a
-    failing example fits on a screen (full objects are drawn too)."""
+    """`part` with its embedded Response object cut to `COMPACT_RESPONSE_FIELDS` (an empty
+    `tools` list and empty `metadata` left out too), so that a failing example fits on a screen
+    (full objects are drawn too)."""
     if isinstance(part, dict) and isinstance(part.get("response"), dict):
         response = part["response"]
         return {
             **part,
-            "response": {k: response[k] for k in COMPACT_RESPONSE_FIELDS if k in response},
+            "response": {
+                k: response[k]
+                for k in COMPACT_RESPONSE_FIELDS
+                if k in response and (response[k] or k not in ("tools", "metadata"))
+            },
         }
+    return part
+
+
+def _echoing(part: Event) -> Event:
+    """`part` with its Response object's `metadata` echoing a credential-named field, as the API
+    echoes a request's metadata."""
+    if isinstance(part.get("response"), dict):
+        response = part["response"]
+        return {**part, "response": {**response, "metadata": {"session_token": SESSION_TOKEN}}}
     return part
 
 
@@ -621,21 +696,25 @@ _NOISE_LIST: Final[tuple[Sequence[StreamPart], ...]] = (
     [Raw(b"id: 7\nretry: 10\nunknown-field: x\n\n")],
 )
 
-_EDITS: Final = ("swap", "move", "duplicate", "drop", "insert")
+#: Edit kinds, as a byte picks them: a retype twice as often as the others (its field is one of
+#: many, so a given field's turn comes rarely).
+_EDITS: Final = ("swap", "move", "duplicate", "drop", "insert", "retype", "retype")
 
-#: One edit: its kind, where, and where to (move, duplicate) or what to insert (insert).
-_Edit = tuple[str, int, int, Sequence[StreamPart]]
+#: One edit: its kind, where, the second operand (where to, for move and duplicate), the frame
+#: to insert (insert) and the dice of a retype (retype).
+_Edit = tuple[str, int, int, Sequence[StreamPart], bytes]
 
 
 def _edits(draw: st.DrawFn, data: bytes) -> tuple[_Edit, ...]:
-    """The edits two bytes each give: kind and position (`kind + 5 * position`), then the
+    """The edits two bytes each give: kind and position (`kind + 7 * position`), then the
     second operand, which for an insert picks the frame: an error frame (drawn), an unknown
-    frame or other noise, a third each."""
+    frame or other noise, a third each. A retype draws its own dice."""
     edits: list[_Edit] = []
     for start in range(0, len(data) - 1, 2):
         first, second = data[start], data[start + 1]
-        kind = _EDITS[first % 5]
+        kind = _EDITS[first % len(_EDITS)]
         noise: Sequence[StreamPart] = ()
+        retype = b""
         if kind == "insert":
             branch = second % 3
             if branch == 0:
@@ -644,7 +723,9 @@ def _edits(draw: st.DrawFn, data: bytes) -> tuple[_Edit, ...]:
                 noise = _UNKNOWN_FRAME_LIST[(second // 3) % len(_UNKNOWN_FRAME_LIST)]
             else:
                 noise = _NOISE_LIST[(second // 3) % len(_NOISE_LIST)]
-        edits.append((kind, first // 5, second, noise))
+        elif kind == "retype":
+            retype = draw(_DICE)
+        edits.append((kind, first // len(_EDITS), second, noise, retype))
     return tuple(edits)
 
 
@@ -664,10 +745,23 @@ def _edit_lists(max_edits: int) -> st.SearchStrategy[tuple[_Edit, ...]]:
 
 def _apply_edits(parts: Sequence[StreamPart], edits: Iterable[_Edit]) -> list[StreamPart]:
     out = list(parts)
-    for edit, a, b, noise in edits:
+    for edit, a, b, noise, retype in edits:
         if edit == "insert":
             position = a % (len(out) + 1)
             out[position:position] = noise
+            continue
+        if edit == "retype":
+            events = [i for i, part in enumerate(out) if isinstance(part, dict)]
+            if retype[5] % 16 == 15:  # a payload nested deep in a frame that carries payloads:
+                kinds = sorted({_payload_kind(out[i]) for i in events} - {""})  # which, first
+                if kinds:
+                    kind = kinds[retype[6] % len(kinds)]
+                    events = [i for i in events if _payload_kind(out[i]) == kind]
+            if events:
+                i = events[a % len(events)]
+                event = out[i]
+                assert isinstance(event, dict)
+                out[i] = retyped(event, retype)
             continue
         if not out:
             continue
@@ -685,10 +779,146 @@ def _apply_edits(parts: Sequence[StreamPart], edits: Iterable[_Edit]) -> list[St
     return out
 
 
+# -- retyping a field --------------------------------------------------------------------------
+#
+# A retype replaces the value of one field of one event, at the top level or nested (an item's
+# type, a response's output, an error's code, a part of a list), with a value of another JSON
+# type: null, a boolean, an integer (beyond 64 bits too), a number (1e999 too, which only the
+# standard library reads), a string (with an escaped lone surrogate too), a list, an object; or,
+# one retype in eight, with one nested hundreds of levels deep (around orjson's limits: it writes
+# at most 254 levels and reads at most 1024), half of those in the terminal response, an error
+# frame or rate limits. The values are JSON text, written into the event's own JSON by hand, so
+# any of them can be sent; the event keeps its `event:` line.
+
+_JSON_TYPES: Final = ("null", "boolean", "integer", "number", "string", "list", "object")
+_ODD_VALUES: Final[dict[str, tuple[bytes, ...]]] = {
+    "null": (b"null",),
+    "boolean": (b"true", b"false"),
+    "integer": (b"0", b"1", b"-1", b"7", b"18446744073709551616", b"-9223372036854775809"),
+    "number": (b"1.5", b"-0.0", b"0.0", b"1e999", b"-1e999", b"2.5e-8"),
+    "string": (
+        b'""', b'"x"', b'"0"', b'"message"', b'"function_call"', b'"response.completed"',
+        b'"odd \\ud800 text"', b'"error"',
+    ),
+    "list": (b"[]", b"[1,2]", b'["x"]', b'[{"type":"message"}]', b"[null]", b"[[]]"),
+    "object": (
+        b"{}", b'{"a":1}', b'{"type":"function_call"}', b'{"text":"x","delta":"y"}',
+        b'{"message":"m","code":"c"}',
+    ),
+}
+#: Depths of the deeply nested values: around orjson's writing limit (255) and reading limit
+#: (1024), and the standard library's default recursion limit (1000).
+_DEPTHS: Final = (200, 254, 255, 600, 1000, 1024, 1025, 1100)
+#: Frames whose payloads one retype in sixteen nests deep (where the stream has one): the
+#: terminal response, error frames, rate limits. Another one in sixteen nests any field deep.
+_DEEP_FRAMES: Final = frozenset({"response.completed", "error", "codex.rate_limits"})
+#: The fields the machines read, by name: half of all retypes pick one of these (where the event
+#: has any), the other half any field at all.
+_READ_FIELDS: Final = frozenset(
+    {
+        "type", "delta", "text", "output_index", "content_index", "summary_index", "item_id",
+        "item", "id", "call_id", "name", "arguments", "input", "action", "operation", "status",
+        "content", "command", "command_index", "response", "output", "tools", "error", "code",
+        "message", "sequence_number", "rate_limits",
+    }
+)
+#: How deep into an event a retype looks for a field, and how many elements of a list.
+_FIELD_DEPTH: Final = 4
+_LIST_ELEMENTS: Final = 2
+_MARK: Final = "\x00retyped\x00"
+_MARK_JSON: Final = orjson.dumps(_MARK)
+
+Path = tuple[str | int, ...]
+
+
+def _payload_kind(part: StreamPart) -> str:
+    """The type of a frame that carries payloads (`_DEEP_FRAMES`), or ""."""
+    kind = part.get("type") if isinstance(part, dict) else None
+    return kind if isinstance(kind, str) and kind in _DEEP_FRAMES else ""
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "list" if isinstance(value, list) else "object"
+
+
+def _field_paths(value: Any, prefix: Path = ()) -> list[Path]:
+    """Paths to every field of `value`, in document order (a container before its contents), up
+    to `_FIELD_DEPTH` levels deep and `_LIST_ELEMENTS` elements of a list."""
+    paths: list[Path] = []
+    if len(prefix) >= _FIELD_DEPTH:
+        return paths
+    inner: Iterable[tuple[str | int, Any]]
+    if isinstance(value, dict):
+        inner = value.items()
+    elif isinstance(value, list):
+        inner = enumerate(value[:_LIST_ELEMENTS])
+    else:
+        return paths
+    for key, item in inner:
+        path = (*prefix, key)
+        paths.append(path)
+        paths.extend(_field_paths(item, path))
+    return paths
+
+
+def _replaced(value: Any, path: Path, new: Any) -> Any:
+    """A copy of `value` with the field at `path` replaced by `new` (containers on the way
+    copied, the rest shared)."""
+    if not path:
+        return new
+    head, rest = path[0], path[1:]
+    if isinstance(value, dict):
+        return {**value, head: _replaced(value[head], rest, new)}
+    copy = list(value)
+    assert isinstance(head, int)
+    copy[head] = _replaced(copy[head], rest, new)
+    return copy
+
+
+def _field(value: Any, path: Path) -> Any:
+    for key in path:
+        value = value[key]
+    return value
+
+
+def retyped(event: Event, dice: bytes, path: Path | None = None) -> Data:
+    """`event` with one field's value replaced by a value of another JSON type (see above),
+    as a `Data` part under the event's own `event:` name. Dice: the field (two bytes, in
+    document order, top-level fields first; among the fields the machines read when byte 4 is
+    odd; `path` when given), the JSON type (among the other six; nested deep instead when byte
+    5 is 14 or 15 modulo 16, 15 being the edit's choice of a frame that carries payloads), the
+    value (for a deep one, its depth)."""
+    name = event.get("type")
+    if path is None:
+        paths = _field_paths(event)
+        if dice[4] % 2:
+            paths = [path for path in paths if path[-1] in _READ_FIELDS] or paths
+        if not paths:
+            return Data(orjson.dumps(event).decode(), event=name if isinstance(name, str) else None)
+        path = paths[int.from_bytes(dice[0:2], "big") % len(paths)]
+    old = _json_type(_field(event, path))
+    deep = dice[5] % 16 >= 14
+    kind = "deep" if deep else _pick([t for t in _JSON_TYPES if t != old], dice[2])
+    value = nested_json(_pick(_DEPTHS, dice[3])) if kind == "deep" else _pick(_ODD_VALUES[kind], dice[3])
+    text = orjson.dumps(_replaced(event, path, _MARK)).replace(_MARK_JSON, value, 1)
+    return Data(text.decode(), event=name if isinstance(name, str) else None)
+
+
 def mangled(parts: list[StreamPart], *, max_edits: int = 4) -> st.SearchStrategy[list[StreamPart]]:
     """`parts` after up to `max_edits` adversarial edits: swapped, moved, duplicated or dropped
-    events, and inserted frames (error frames, unknown names, prelude frames, keepalives,
-    `[DONE]`, bad JSON, invalid UTF-8). No edit at all is the shrink target."""
+    events, inserted frames (error frames, unknown names, prelude frames, keepalives, `[DONE]`,
+    bad JSON, invalid UTF-8), and fields retyped (a value of another JSON type, or nested
+    hundreds of levels deep, in any field of an event). No edit at all is the shrink target."""
     return _edit_lists(max_edits).map(functools.partial(_apply_edits, parts))
 
 
@@ -920,6 +1150,50 @@ def policies() -> st.SearchStrategy[TurnPolicy]:
     return _POLICIES
 
 
+def _event_sizes(parts: Iterable[StreamPart]) -> list[int]:
+    """The size of every event `parts` send, as `TurnPolicy.max_event_bytes` counts it: the
+    UTF-8 bytes of its lines (LF line ends), without the blank line that ends it."""
+    sizes = []
+    for part in parts:
+        text = encode_part(part).decode("utf-8", "replace")
+        for block in text.replace("\r\n", "\n").replace("\r", "\n").split("\n\n"):
+            if block:
+                sizes.append(len(block.encode("utf-8", "surrogatepass")))
+    return sizes
+
+
+def _small_limit(parts: Iterable[StreamPart], byte: int) -> int:
+    """A `max_event_bytes` close to the sizes of the events in `parts`: one byte under the
+    largest (it is refused), exactly the largest, one over (all pass, unless an edit makes an
+    event larger), the second largest, half the largest, or 64 bytes."""
+    sizes = sorted(_event_sizes(parts), reverse=True) or [64]
+    largest = sizes[0]
+    second = sizes[1] if len(sizes) > 1 else largest // 2
+    return max(1, _pick((largest - 1, largest, largest + 1, second, largest // 2, 64), byte))
+
+
+def _tool_answer(stream: ToolItemStream) -> list[StreamPart]:
+    return [_compact(part) for part in stream.events]
+
+
+#: A response of tool calls of every kind, the client's and the server's, with answer text
+#: between them (`engine.testing.tool_items`), in compact form.
+_TOOL_ANSWERS: Final = tool_item_streams(max_items=4).map(_tool_answer)
+
+def tool_call_answers() -> st.SearchStrategy[list[StreamPart]]:
+    """One response of tool calls of every kind, the client's and the server's, with answer text
+    between them (`engine.testing.tool_items.tool_item_streams()`), in compact form: what
+    `sessions()` streams in one session of four."""
+    return _TOOL_ANSWERS
+
+
+#: Session dice: the policy (bytes 0-3 and 5), how many attempt scripts (4), a small
+#: `max_event_bytes` (one in eight) and which one (6, 7), answers of tool calls of every kind
+#: instead of `responses()` (one in four, 8).
+_LIMIT_AT: Final = 6
+_TOOL_ANSWERS_AT: Final = 8
+
+
 @st.composite
 def sessions(
     draw: st.DrawFn,
@@ -931,26 +1205,35 @@ def sessions(
     """A turn's worth of attempt scripts under a policy (drawn from `policies()` unless given).
 
     Each attempt after the first repeats the first attempt's answer (as a retried request
-    usually does) or streams another one. `adversarial=False` gives well-formed streams in
-    whole-event reads or arbitrary cuts, each ending cleanly."""
-    dice = draw(_DICE)  # the policy (bytes 0-3 and 5, unless given), how many attempt scripts
+    usually does) or streams another one. Answers come from `responses()` or, one session in
+    four, from `engine.testing.tool_items.tool_item_streams()` (calls of every kind, the
+    client's and the server's), unless `response` is given. A drawn policy sometimes (one in
+    eight) gets a `max_event_bytes` close to the size of the first answer's largest event.
+    The client holds `CLIENT_KEY` (`Session.secrets`). `adversarial=False` gives well-formed
+    streams in whole-event reads or arbitrary cuts, each ending cleanly."""
+    dice = draw(_DICE)
     if policy is None:
         chosen = _policy(dice)
     else:
         chosen = policy if isinstance(policy, TurnPolicy) else draw(policy)
-    answers = response if response is not None else responses()
+    if response is not None:
+        answers = response
+    else:
+        answers = _TOOL_ANSWERS if dice[_TOOL_ANSWERS_AT] % 4 == 3 else responses()
     limit = (
         1 + chosen.max_stream_retries + (1 if chosen.fallback else 0)
         + (chosen.max_http_retries or 0)
     )
     plans = _PLANS if adversarial else _WELL_FORMED_PLANS
     first = draw(answers)
+    if policy is None and dice[_LIMIT_AT] % 8 == 7:
+        chosen = attrs.evolve(chosen, max_event_bytes=_small_limit(first, dice[_LIMIT_AT + 1]))
     scripts = []
     for number in range(1 + dice[4] % limit):
         plan = draw(plans)
         parts = first if number == 0 or plan.repeat else draw(answers)
         scripts.append(plan.script(parts))
-    return Session(scripts, chosen)
+    return Session(scripts, chosen, (CLIENT_KEY,))
 
 
 def well_formed_sessions(**kwargs: Any) -> st.SearchStrategy[Session]:

@@ -100,6 +100,16 @@ _TOOLS: Final[list[dict[str, Any]]] = [
 _CONTAINER: Final = {"type": "container_reference", "container_id": "cntr_fuzz"}
 _OPERATION: Final = {"type": "update_file", "path": "a.py", "diff": "@@\n-a\n+b\n"}
 _TEXT: Final = st.text(min_size=1, max_size=12)
+_WORDS: Final = ("Hi", "Paris", "ok then", "Grüße", "東京", "🚀", "a\nb")
+_INPUTS: Final = ("", "*** Begin Patch", "x", "é\n東")
+_INPUT: Final = st.text(max_size=16)
+#: One draw of bytes decides a stream's small choices (as `engine.testing.strategies` draws
+#: them: same size, so Hypothesis's copies of one draw over another fit).
+_DICE_SIZE: Final = 36
+_DICE: Final = st.binary(min_size=_DICE_SIZE, max_size=_DICE_SIZE)
+#: Choices each call's byte packs: its kind, whether it is left unfinished, its deltas, whether
+#: answer text comes before it.
+_PACKED: Final = len(ITEM_KINDS) - 1
 
 
 @attrs.frozen
@@ -141,22 +151,51 @@ def _unfinished(events: list[Event]) -> list[Event]:
     return [event for event in events if not str(event.get("type", "")).endswith(".done")]
 
 
+def _text(draw: st.DrawFn, byte: int) -> str:
+    """Answer text from one byte: a word (even byte) or any text (odd byte, drawn)."""
+    return _WORDS[(byte >> 1) % len(_WORDS)] if byte % 2 == 0 else draw(_TEXT)
+
+
 @st.composite
 def tool_item_streams(draw: st.DrawFn, *, max_items: int = 6) -> ToolItemStream:
     """A well-formed response mixing up to `max_items` client and server tool calls of every kind
-    with answer text (see the module's theory of operation), and its ground truth."""
-    declare = draw(st.sampled_from([True, True, False]))  # the tools list names tools
-    calls = draw(st.lists(st.sampled_from(ITEM_KINDS[1:]), min_size=1, max_size=max_items))
+    with answer text (see the module's theory of operation), and its ground truth.
+
+    Its choices come from one draw of dice (more when `max_items` asks for more): whether the
+    tools list names tools, the number of calls, a byte per call (kind, unfinished, deltas, text
+    before it), a byte per text (words or drawn text, deltas), a byte per server-run call (where
+    its output item goes) and per custom tool call (its input), a final text,
+    `response.in_progress`, and whether the terminal event lists the output. The zero dice give
+    one finished function call and no tools list."""
+    if max_items < 1:
+        raise ValueError(f"max_items must be at least 1, not {max_items}")
+    dice = draw(_DICE)
+    while len(dice) < 6 + 3 * max_items + 1:
+        dice += draw(_DICE)
+    declare = dice[0] % 3 != 0  # the tools list names tools (two in three; none shrinks)
+    count = 1 + dice[1] % max_items
+    packed = dice[6 : 6 + count]
+    text_bytes = iter(dice[6 + max_items : 6 + 2 * max_items + 1])
+    output_bytes = iter(dice[6 + 2 * max_items + 1 :])  # server outputs' places, custom inputs
+    calls = [ITEM_KINDS[1 + byte % _PACKED] for byte in packed]
+    unfinished = [(byte // _PACKED) % 2 == 1 for byte in packed]
+    deltas = [1 + (byte // _PACKED // 2) % 3 for byte in packed]
     # answer text before the calls and after each one, often
-    kinds = [kind for call in calls for kind in ("text", call) if kind == call or draw(st.booleans())]
-    if draw(st.booleans()):
+    kinds: list[str] = []
+    for call, byte in zip(calls, packed):
+        if (byte // _PACKED // 6) % 2:
+            kinds.append("text")
+        kinds.append(call)
+    if dice[2] % 2:
         kinds.append("text")
     # the output item of each server-run hosted call, at a later place in the stream
     order: list[tuple[str, int]] = [(kind, position) for position, kind in enumerate(kinds)]
     for position, kind in enumerate(kinds):
         if kind in _WITH_OUTPUT:
             at = next(i for i, entry in enumerate(order) if entry == (kind, position))
-            order.insert(draw(st.integers(at + 1, len(order))), (f"{kind}_output", position))
+            later = len(order) - at  # places after the call
+            order.insert(at + 1 + next(output_bytes) % later, (f"{kind}_output", position))
+    call_options = iter(zip(unfinished, deltas))
 
     call_ids: dict[int, str] = {}  # position in `kinds` -> call_id
     pieces: list[list[Event]] = []
@@ -181,19 +220,23 @@ def tool_item_streams(draw: st.DrawFn, *, max_items: int = 6) -> ToolItemStream:
             finished_pieces.append(events)
             continue
         call_ids[position] = call_id
+        left_open, pieces_of = (False, 1) if kind == "text" else next(call_options)
         if kind == "text":
-            words = draw(_TEXT)
-            events = text_message(words, deltas=draw(st.integers(1, 3)), output_index=index)
+            byte = next(text_bytes)
+            words = _text(draw, byte)
+            events = text_message(words, deltas=1 + (byte // 2) % 3, output_index=index)
             text.append(words)
             if not client_seen:
                 before_client.append(words)
         elif kind == "function_call":
             events = function_call("get_weather", '{"city":"Oslo"}', output_index=index,
-                                   call_id=call_id, deltas=draw(st.integers(1, 3)))
+                                   call_id=call_id, deltas=pieces_of)
         elif kind in ("custom_tool_call", "custom_tool_call_undeclared"):
             name = "apply_patch" if kind == "custom_tool_call" else "x_keyword_search"
-            events = custom_tool_call(name, draw(st.text(max_size=16)), output_index=index,
-                                      call_id=call_id, deltas=draw(st.integers(1, 3)))
+            byte = next(output_bytes)
+            given = draw(_INPUT) if byte % 2 else _INPUTS[(byte >> 1) % len(_INPUTS)]
+            events = custom_tool_call(name, given, output_index=index, call_id=call_id,
+                                      deltas=pieces_of)
         elif kind.startswith("local_shell_call"):
             events = local_shell_call(["ls"], output_index=index, call_id=call_id)
         elif kind.startswith("shell_call"):
@@ -204,7 +247,7 @@ def tool_item_streams(draw: st.DrawFn, *, max_items: int = 6) -> ToolItemStream:
         else:
             events = _web_search(index)
         finished_pieces.append(events)
-        if kind in _UNFINISHABLE and draw(st.booleans()):
+        if kind in _UNFINISHABLE and left_open:
             events = _unfinished(events)
         pieces.append(events)
         if kind == "text":
@@ -219,9 +262,9 @@ def tool_item_streams(draw: st.DrawFn, *, max_items: int = 6) -> ToolItemStream:
 
     tools = _TOOLS if declare else []
     start = [created(tools=tools)]
-    if draw(st.booleans()):
+    if dice[3] % 2:
         start.append(in_progress(tools=tools))
-    sent = output_items(*finished_pieces) if draw(st.booleans()) else []
+    sent = output_items(*finished_pieces) if dice[4] % 2 == 0 else []
     events_out = assemble(*start, *pieces, completed(sent, tools=tools))
     return ToolItemStream(
         events=events_out,
