@@ -37,6 +37,7 @@ import attrs
 import orjson
 
 from machines.app_records import ApprovalRequest
+from machines.json_text import sorted_json_text
 
 __all__ = [
     "APPROVAL_METHODS",
@@ -270,8 +271,24 @@ def is_auth_failure(error: dict[str, Any] | None) -> bool:
     code = error.get("code")
     if code == "unauthorized" or 401 in _status_codes(code):
         return True
-    words = " ".join(str(error.get(key) or "") for key in ("message", "details")).lower()
+    words = " ".join(_words(error.get(key)) for key in ("message", "details")).lower()
     return "invalid_grant" in words or "401 unauthorized" in words
+
+
+def _words(value: Any) -> str:
+    """A field's text to search (nothing for an empty value)."""
+    return _shown(value) if value else ""
+
+
+def _shown(value: Any) -> str:
+    """A server's value as text: a string as it is, a scalar as `str()` gives it, a list or an
+    object as JSON text (`sorted_json_text`: "" when nested too deep), so text never depends on
+    how deep the interpreter may recurse."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, dict)):
+        return sorted_json_text(value)
+    return str(value)
 
 
 # -- projection -----------------------------------------------------------------------------
@@ -288,7 +305,12 @@ _NOTHING = Projection((), False)
 
 
 def _dumps(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    """Compact JSON with sorted keys; a value orjson cannot write (nested 255 levels or deeper,
+    an integer beyond 64 bits) as `sorted_json_text` writes it, never an exception."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:  # orjson.JSONEncodeError
+        return sorted_json_text(value)
 
 
 def _tool(call_id: str, name: str, arguments: Any, output: str, ran: bool) -> Projection:
@@ -338,13 +360,13 @@ def project_item(item: dict[str, Any]) -> Projection:
             return _tool(ident, "apply_patch", arguments, "[applied]", True)
         return _tool(ident, "apply_patch", arguments, _not_run(status, "change"), False)
     if kind == "mcpToolCall":
-        name = f"mcp.{item.get('server')}.{item.get('tool')}"
+        name = f"mcp.{_shown(item.get('server'))}.{_shown(item.get('tool'))}"
         mcp_arguments: Any = item.get("arguments")
         error = item.get("error")
         if status == "completed":
             return _tool(ident, name, mcp_arguments, _mcp_output(item.get("result")), True)
         if isinstance(error, dict):
-            return _tool(ident, name, mcp_arguments, f"[error] {error.get('message')}", True)
+            return _tool(ident, name, mcp_arguments, f"[error] {_shown(error.get('message'))}", True)
         return _tool(ident, name, mcp_arguments, _not_run(status, "tool call"), False)
     return _NOTHING
 

@@ -40,13 +40,14 @@ from __future__ import annotations
 
 import json
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any, Final, Iterator
 
 import openai
-import orjson
 
 
 from engine.drivers.transport import fault_of, http_error_of, is_transport_error
+from engine.log.trace import dumps
+from machines.json_text import MAX_DEPTH, recursion_room
 from machines.records import EndOfStream, StreamInput
 
 __all__ = [
@@ -82,24 +83,55 @@ _PRELUDE_MARKERS = (
 
 # -- JSON of SDK objects ---------------------------------------------------------------------
 def json_of(value: Any) -> Any:
-    """JSON data of an SDK object, a dict, a plain object (`SimpleNamespace`) or a list of them."""
+    """JSON data of an SDK object, a dict, a plain object (`SimpleNamespace`) or a list of them.
+
+    Values of any depth a parser could hand over (JSON readers stop at about a thousand levels)
+    convert the same at any recursion limit; a model the SDK cannot serialise (nested deeper than
+    pydantic writes) is read field by field; a value nested deeper still is None: never an
+    exception."""
+    try:
+        with recursion_room(_ROOM_LEVELS):
+            return _json_of(value)
+    except RecursionError:
+        return None
+
+
+#: Recursion `json_of` makes room for: two frames per level (a call and its comprehension) of
+#: the deepest JSON a reader hands over, and a margin.
+_ROOM_LEVELS: Final = 2 * MAX_DEPTH + 256
+
+
+def _json_of(value: Any) -> Any:
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     if isinstance(value, dict):
-        return {str(key): json_of(item) for key, item in value.items()}
+        return {str(key): _json_of(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [json_of(item) for item in value]
+        return [_json_of(item) for item in value]
     to_dict = getattr(value, "to_dict", None)
     if callable(to_dict) and isinstance(value, openai.BaseModel):
-        return to_dict(mode="json")
+        try:
+            return to_dict(mode="json")
+        except ValueError:  # "Maximum serialization depth exceeded": read its fields instead
+            return _fields_of(value)
     model_dump = getattr(value, "model_dump", None)
     if callable(model_dump):  # another pydantic model
-        return json_of(model_dump(mode="json", exclude_unset=True))
+        try:
+            return _json_of(model_dump(mode="json", exclude_unset=True))
+        except ValueError:
+            return _fields_of(value)
     if isinstance(value, SimpleNamespace) or hasattr(value, "__dict__"):
-        return {
-            key: json_of(item) for key, item in vars(value).items() if not key.startswith("_")
-        }
+        return _fields_of(value)
     return repr(value)
+
+
+def _fields_of(value: Any) -> dict[str, Any]:
+    """An object's public attributes (a pydantic model's fields and extra fields), as JSON."""
+    fields = {key: item for key, item in vars(value).items() if not key.startswith("_")}
+    extra = getattr(value, "__pydantic_extra__", None)
+    if isinstance(extra, dict):
+        fields.update(extra)
+    return {str(key): _json_of(item) for key, item in fields.items()}
 
 
 def _without_client_side_fields(value: Any) -> Any:
@@ -145,7 +177,7 @@ def _field(event: Any, name: str) -> Any:
 
 # -- frames ----------------------------------------------------------------------------------
 def _frame(payload: dict[str, Any]) -> bytes:
-    data = orjson.dumps(payload, default=repr)
+    data = dumps(payload)  # any depth, any value: never raises
     kind = payload.get("type")
     if isinstance(kind, str) and kind:
         name = kind.replace("\r", " ").replace("\n", " ").encode("utf-8")

@@ -42,7 +42,7 @@ import attrs
 import orjson
 
 from engine.log.redaction import scrub_line
-from engine.log.trace import FORMAT, VERSION, VERSIONS, TraceError, record_to_json
+from engine.log.trace import FORMAT, VERSION, VERSIONS, TraceError, dumps, record_to_json
 from machines.app_records import (
     DECISIONS,
     AppInput,
@@ -212,7 +212,7 @@ def app_header(config: SessionConfig, snapshot: dict[str, Any]) -> dict[str, Any
 
 
 def _dumps(value: dict[str, Any], secrets: Iterable[str]) -> bytes:
-    return scrub_line(orjson.dumps(value, default=repr), secrets)
+    return scrub_line(dumps(value), secrets)
 
 
 def app_normalise(value: dict[str, Any], secrets: Iterable[str] = ()) -> dict[str, Any]:

@@ -10,6 +10,7 @@ real server writes (`engine.testing.app_lines`), with everything the real world 
   callback before, after or instead of the server withdrawing them (`serverRequest/resolved`),
   answered twice, or never;
 - `error` notifications with and without `willRetry`, token usage;
+- values nested 200-1000 levels deep in a failed MCP tool call and in `error` notifications;
 - repeated lines, lines about other threads and turns, unknown server requests, lines that are
   not JSON at all, stderr lines;
 - the caller's interrupt at any point (then `turn/interrupt`'s answer, `turn/completed
@@ -22,12 +23,13 @@ Each step remembers which agent message it belongs to (`Step.message`), so the i
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import attrs
 from hypothesis import strategies as st
 
 from engine.testing import app_lines as L
+from engine.testing.shapes import nested_json
 from machines.app_records import (
     AppInput,
     ApprovalAnswer,
@@ -131,6 +133,24 @@ def _tool(draw: Any, call_id: str, approval_id: int | None) -> list[Step]:
     return steps
 
 
+#: Where `_deep_line` puts a value nested deep (a JSON string no real line holds).
+_DEEP: Final = "@@deep@@"
+
+
+def _deep_line(draw: Any, number: int) -> str:
+    """A line holding values nested 200-1000 levels deep where streamfsm shows or writes server
+    values: a failed MCP tool call's server, arguments and error, or an `error` notification's
+    message and code (written by hand: JSON writers refuse that depth)."""
+    depth = draw(st.integers(200, 1000))
+    if draw(st.booleans()):
+        line = L.item_completed({"type": "mcpToolCall", "id": f"mcp_{number}", "server": _DEEP,
+                                 "tool": "lookup", "arguments": _DEEP, "status": "failed",
+                                 "error": {"message": _DEEP}})
+    else:
+        line = L.error(_DEEP, _DEEP, draw(st.booleans()))
+    return line.replace(f'"{_DEEP}"', nested_json(depth).decode())
+
+
 def _repeatable(step: Step) -> bool:
     item = step.input
     if not isinstance(item, ServerLine):
@@ -155,7 +175,7 @@ def app_sessions(draw: Any) -> AppScript:
     approvals: list[int] = []
     segments = draw(st.lists(st.sampled_from(
         ["message", "message", "reasoning", "tool", "approval_tool", "error", "usage", "junk",
-         "repeat", "unknown_request", "stderr"]), max_size=8))
+         "repeat", "unknown_request", "stderr", "deep"]), max_size=8))
     open_message = False
     for number, segment in enumerate(segments):
         if segment == "message" and not open_message:  # codex completes a message before another
@@ -197,6 +217,8 @@ def app_sessions(draw: Any) -> AppScript:
                 "threadId": L.THREAD, "turnId": L.TURN}))))
         elif segment == "stderr":
             steps.append(Step(StderrLine("WARN something")))
+        elif segment == "deep":
+            steps.append(Step(ServerLine(_deep_line(draw, number))))
     # the approval callback's answers, anywhere after the turn request (even before the request)
     for ident in approvals:
         for _ in range(draw(st.integers(0, 2))):
