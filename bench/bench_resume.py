@@ -12,7 +12,6 @@ The codex row needs a codex binary (`--codex`, else `STREAMFSM_CODEX`, else the 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import subprocess
@@ -28,6 +27,7 @@ import openai  # noqa: E402
 
 import engine  # noqa: E402
 from engine.drivers.sse import SseDecoder  # noqa: E402
+from engine.log.trace import input_from_json, read_trace  # noqa: E402
 from engine.testing import shapes  # noqa: E402
 from engine.testing.scenarios import Rule, Scenario, frame_ends  # noqa: E402
 from engine.testing.simulator import ResponsesSimulator  # noqa: E402
@@ -74,15 +74,13 @@ def run_streamfsm(events: list[dict[str, Any]], cut: int, resume: bool, trace: P
     received = 0
     decoders: dict[int, SseDecoder] = {}
     deltas: list[dict[str, Any]] = []
-    for line in trace.read_text().splitlines():
-        record = json.loads(line)
-        if record.get("kind") != "input" or record.get("input") != "chunk":
+    for record in read_trace(trace).inputs():
+        item = input_from_json(record)
+        if not isinstance(item, Chunk):
             continue
-        data = (base64.b64decode(record["data_b64"]) if "data_b64" in record
-                else record["data"].encode())
-        received += len(data)
+        received += len(item.data)
         decoder = decoders.setdefault(record["attempt"], SseDecoder())
-        for event in decoder.feed(data):
+        for event in decoder.feed(item.data):
             payload = json.loads(event.data)
             if payload.get("type") == "response.output_text.delta":
                 deltas.append(payload)

@@ -28,7 +28,8 @@ from machines.records import (
 )
 from machines.turn import TurnMachine
 
-from support import Decisions, sse
+from support import Decisions
+from test_turn_machine import run as run_turn
 
 DROP = TransportFault("drop", "RemoteProtocolError")
 NOT_FOUND = HttpError(404, {"error": {"message": "No response with that id", "code": None,
@@ -45,22 +46,8 @@ def answer_events(text: str = "Hello brave new world", deltas: int = 4) -> list[
 def run(
     *attempts: list[Any], policy: TurnPolicy | None = None, background: bool = True
 ) -> tuple[TurnMachine, Decisions, TurnResult]:
-    """Feed each list of inputs to the next attempt the turn opens, until each is final."""
-    sink = Decisions()
-    turn = TurnMachine(policy or TurnPolicy(max_stream_retries=2), background=background)
-    scripted = list(attempts)
-    while True:
-        attempt, decisions = turn.next_attempt()
-        sink.take(decisions)
-        if attempt is None:
-            break
-        assert scripted, f"the turn opened attempt {attempt.number} ({attempt.kind}) unscripted"
-        for item in scripted.pop(0):
-            sink.take(attempt.receive(sse(item) if isinstance(item, dict) else item))
-            if attempt.is_final:
-                break
-    assert not scripted, "the turn ended before using every scripted attempt"
-    return turn, sink, turn.result(sink.transition_records)
+    """`test_turn_machine.run` for a background request (by default) with two stream retries."""
+    return run_turn(policy or TurnPolicy(max_stream_retries=2), *attempts, background=background)
 
 
 def kinds(result: TurnResult) -> list[tuple[str, str]]:

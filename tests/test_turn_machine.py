@@ -34,11 +34,13 @@ from support import Decisions, sse
 DROP = TransportFault("drop", "RemoteProtocolError")
 
 
-def run(policy: TurnPolicy, *attempts: list[Any]) -> tuple[TurnMachine, Decisions, TurnResult]:
+def run(
+    policy: TurnPolicy, *attempts: list[Any], background: bool = False
+) -> tuple[TurnMachine, Decisions, TurnResult]:
     """Feed each list of inputs to the next attempt the turn opens, until each is final; keep
     every decision, the turn's and the attempts', in order."""
     sink = Decisions()
-    turn = TurnMachine(policy)
+    turn = TurnMachine(policy, background=background)
     scripted = list(attempts)
     while True:
         attempt, decisions = turn.next_attempt()

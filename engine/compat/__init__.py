@@ -416,12 +416,9 @@ class _CompatTurn:
         except Exception as error:
             self._opening_failed(feed, error)
             return
-        source = SdkEventSource(stream, final_response=True)
-        self.sources[feed.number] = source
         try:
-            self._pump(source, feed)
+            self._read(feed, SdkEventSource(stream, final_response=True))
         finally:
-            source.close()
             leave = getattr(manager, "__exit__", None)
             if callable(leave):
                 try:
@@ -448,12 +445,7 @@ class _CompatTurn:
             self.concrete[feed.number] = opened
             self._observe(feed, terminal_frame_of(opened))
             return
-        source = SdkEventSource(opened)
-        self.sources[feed.number] = source
-        try:
-            self._pump(source, feed)
-        finally:
-            source.close()
+        self._read(feed, SdkEventSource(opened))
 
     def _resume_attempt(self, feed: AttemptFeed, point: tuple[str, int]) -> None:
         """Continue a broken background response: `client.responses.retrieve(id, stream=True,
@@ -466,7 +458,10 @@ class _CompatTurn:
         except Exception as error:
             self._opening_failed(feed, error)
             return
-        source = SdkEventSource(opened)
+        self._read(feed, SdkEventSource(opened))
+
+    def _read(self, feed: AttemptFeed, source: SdkEventSource) -> None:
+        """Feed the attempt what `source` observes, then close it."""
         self.sources[feed.number] = source
         try:
             self._pump(source, feed)

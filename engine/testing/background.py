@@ -181,8 +181,9 @@ def _answer_for(
                               "param": None, "code": None}}
             return HttpError(plan.refused, body), EndOfStream()
         last = point[1]
-        seen = [e for e in events if _seq(e) is not None and _seq(e) <= last]  # type: ignore[operator]
-        rest = [e for e in events if _seq(e) is None or _seq(e) > last]  # type: ignore[operator]
+        numbered = [(e, _seq(e)) for e in events]
+        seen = [e for e, n in numbered if n is not None and n <= last]
+        rest = [e for e, n in numbered if n is None or n > last]
         sent = [*seen[len(seen) - min(plan.overlap, len(seen)):], *rest]
         if plan.duplicate is not None and sent:
             at = plan.duplicate % len(sent)

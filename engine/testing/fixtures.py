@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from typing import Any
 
 import attrs
 import openai
@@ -35,12 +36,15 @@ REQUEST = {"model": "gpt-5", "input": "What is the capital of France?"}
 BACKGROUND_REQUEST = {**REQUEST, "background": True}
 
 
+def _client(sim: ResponsesSimulator) -> openai.OpenAI:
+    return openai.OpenAI(base_url=sim.base_url, api_key="fixture-key", max_retries=0)
+
+
 def record_shape(name: str, path: str | os.PathLike[str]) -> TurnResult:
     """Run one built-in shape through `run_turn` over loopback HTTP, recording it at `path`."""
     with ResponsesSimulator(SHAPES[name]) as sim:
-        client = openai.OpenAI(base_url=sim.base_url, api_key="fixture-key", max_retries=0)
         request = BACKGROUND_REQUEST if name in BACKGROUND_SHAPES else REQUEST
-        return run_turn(client, request, policy=FIXTURE_POLICIES.get(name), trace=path)
+        return run_turn(_client(sim), request, policy=FIXTURE_POLICIES.get(name), trace=path)
 
 
 def record_refused_resume(path: str | os.PathLike[str]) -> TurnResult:
@@ -51,7 +55,7 @@ def record_refused_resume(path: str | os.PathLike[str]) -> TurnResult:
     script = Script(replies=(resumable, answer), name="background_resume_refused",
                     description="a background response cancelled elsewhere, then an answer")
     with ResponsesSimulator(script) as sim:
-        client = openai.OpenAI(base_url=sim.base_url, api_key="fixture-key", max_retries=0)
+        client = _client(sim)
         response_id = background_response_id(1)
 
         def cancel_elsewhere(delta: str) -> None:
@@ -62,33 +66,31 @@ def record_refused_resume(path: str | os.PathLike[str]) -> TurnResult:
                         callbacks=Callbacks(on_text_delta=cancel_elsewhere))
 
 
-def record_interrupted_background(path: str | os.PathLike[str], after_s: float = 0.2) -> TurnResult:
-    """A caller interrupting a stalled background response: the turn cancels it."""
-    script = SHAPES["stall_then_retry"]
-    stalled = Script(replies=(attrs.evolve(script.replies[0], background_drop_after_events=100),),
-                     name="background_stall", description="a stalled background response")
+def _interrupted(
+    script: Script, request: dict[str, Any], path: str | os.PathLike[str], after_s: float
+) -> TurnResult:
+    """`script` served to a turn that the caller interrupts after `after_s` seconds."""
     stop = threading.Event()
     timer = threading.Timer(after_s, stop.set)
-    with ResponsesSimulator(stalled) as sim:
-        client = openai.OpenAI(base_url=sim.base_url, api_key="fixture-key", max_retries=0)
+    with ResponsesSimulator(script) as sim:
         timer.start()
         try:
-            return run_turn(client, BACKGROUND_REQUEST, trace=path, interrupt=stop)
+            return run_turn(_client(sim), request, trace=path, interrupt=stop)
         finally:
             timer.cancel()
+
+
+def record_interrupted_background(path: str | os.PathLike[str], after_s: float = 0.2) -> TurnResult:
+    """A caller interrupting a stalled background response: the turn cancels it."""
+    stalling = SHAPES["stall_then_retry"].replies[0]
+    stalled = Script(replies=(attrs.evolve(stalling, background_drop_after_events=100),),
+                     name="background_stall", description="a stalled background response")
+    return _interrupted(stalled, BACKGROUND_REQUEST, path, after_s)
 
 
 def record_interrupted_stall(path: str | os.PathLike[str], after_s: float = 0.2) -> TurnResult:
     """A caller interrupting a stalled stream mid-answer (the stall_then_retry shape)."""
-    stop = threading.Event()
-    timer = threading.Timer(after_s, stop.set)
-    with ResponsesSimulator(SHAPES["stall_then_retry"]) as sim:
-        client = openai.OpenAI(base_url=sim.base_url, api_key="fixture-key", max_retries=0)
-        timer.start()
-        try:
-            return run_turn(client, REQUEST, trace=path, interrupt=stop)
-        finally:
-            timer.cancel()
+    return _interrupted(SHAPES["stall_then_retry"], REQUEST, path, after_s)
 
 
 def record_consumed(name: str, path: str | os.PathLike[str]) -> TurnResult:

@@ -36,12 +36,11 @@ and every streamed output item.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import sys
-from typing import Any, Final, Iterator
+from typing import Any, Final
 
+from machines.json_text import recursion_room
 from machines.output import (
     CLIENT_CALL_TYPES,
     HOSTED_CALL_TYPES,
@@ -59,7 +58,6 @@ __all__ = [
     "json_value",
     "listed_calls",
     "merged_items",
-    "recursion_room",
 ]
 
 #: JSON nested deeper than this is not read (orjson's limit; the fallback reader keeps it).
@@ -70,17 +68,6 @@ CallFacts = tuple[str, Any, Any]
 
 # --------------------------------------------------------------------------------------------
 # JSON as the machines read it
-
-
-@contextlib.contextmanager
-def recursion_room(levels: int) -> Iterator[None]:
-    """At least `levels` more frames of recursion for the block, whatever the stack's depth."""
-    before = sys.getrecursionlimit()
-    sys.setrecursionlimit(before + levels)
-    try:
-        yield
-    finally:
-        sys.setrecursionlimit(before)
 
 
 _TOKENS: Final = re.compile(r'\\.|["\[\]{}]', re.DOTALL)
