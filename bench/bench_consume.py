@@ -3,7 +3,7 @@
 Theory of operation
 ===================
 
-One recorded Responses-API stream is built deterministically with the `engine.testing.shapes` builders:
+One recorded Responses-API stream is built deterministically with the `engine.simulator.shapes` builders:
 ``response.created``, one assistant message streamed as N ``response.output_text.delta`` events of
 a few characters each (the text mixes ASCII with a few multi-byte characters), the ``*.done``
 events and ``response.completed``. Its SSE bytes are cut into network-sized chunks (4 KiB by
@@ -71,7 +71,7 @@ from openai.lib.streaming.responses import ResponseStream
 from openai.types.responses import ResponseStreamEvent
 
 import engine
-from engine.testing.shapes import assemble, completed, created, output_items, text_message, to_reply
+from engine.simulator.shapes import assemble, completed, created, output_items, text_message, to_reply
 from machines.records import Chunk
 
 __all__ = [

@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.testing.fault_matrix import body_of, sweep  # noqa: E402
-from engine.testing.shapes import SHAPES  # noqa: E402
+from engine.simulator.shapes import SHAPES  # noqa: E402
 
 
 def main() -> int:

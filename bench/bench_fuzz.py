@@ -58,12 +58,12 @@ PROFILE_PARTS: dict[str, list[tuple[str, str]]] = {
 
 def _imports() -> tuple[Any, Any, Any]:
     """(strategies module, invariants module, check_session) from whichever layout is first on
-    the path: `engine.testing.invariants` today, `engine.invariants` in older checkouts."""
+    the path: `engine.fuzz.invariants` today, `engine.invariants` in older checkouts."""
     import importlib
 
     strategies = importlib.import_module("engine.strategies")
     try:
-        invariants = importlib.import_module("engine.testing.invariants")
+        invariants = importlib.import_module("engine.fuzz.invariants")
     except ImportError:
         invariants = importlib.import_module("engine.invariants")
     return strategies, invariants, invariants.check_session

@@ -8,12 +8,12 @@ Server: a small purpose-built asyncio HTTP/1.1 server (this file, ``--serve``) i
 process, so it neither shares the client's event loop nor its GIL. Every request gets the same
 answer: ``response.created``, ``response.in_progress``, one assistant message streamed as
 ``--deltas`` text deltas (200 by default), its ``*.done`` events and ``response.completed``,
-built with the `engine.testing.shapes` builders, each event one HTTP chunk, the connection kept
+built with the `engine.simulator.shapes` builders, each event one HTTP chunk, the connection kept
 alive afterwards. The server writes one event per connection per pass through its loop, so
 concurrent streams interleave the way a busy real server's do. A request whose
 ``metadata.drop`` is ``"1"`` is, the first time its ``metadata.turn`` is seen, cut in the middle
 of the text (FIN without the chunked terminator); the next request for that turn gets the whole
-answer. The threaded `engine.testing.simulator` (one thread per connection, a write and a flush
+answer. The threaded `engine.simulator.server` (one thread per connection, a write and a flush
 per event) is not used: at these concurrencies, on the same two cores, it cannot keep up and the
 figures would measure the server.
 
@@ -76,15 +76,15 @@ def answer_text(deltas: int) -> str:
 
 def _reply_frames(deltas: int) -> list[bytes]:
     """The answer's SSE events, each one HTTP chunk (chunked transfer-encoding framing)."""
-    from engine.testing.shapes import (
+    from engine.simulator.shapes import (
         assemble,
         completed,
         created,
         in_progress,
         output_items,
-        sse_frame,
         text_message,
     )
+    from engine.simulator.replies import sse_frame
 
     message = text_message(answer_text(deltas), deltas=deltas)
     events = assemble(created(), in_progress(), message, completed(output_items(message)))

@@ -63,7 +63,7 @@ _WORDS = (
 def generate(path: str, deltas: int, chunk_size: int) -> dict[str, Any]:
     """Record the long answer's trace at `path` through `engine.consume`."""
     import engine
-    from engine.testing.shapes import assemble, completed, created, output_items, text_message, to_reply
+    from engine.simulator.shapes import assemble, completed, created, output_items, text_message, to_reply
     from machines.records import Chunk
 
     length = deltas * 4

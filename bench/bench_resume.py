@@ -28,9 +28,9 @@ import openai  # noqa: E402
 import engine  # noqa: E402
 from engine.drivers.sse import SseDecoder  # noqa: E402
 from engine.log.trace import input_from_json, read_trace  # noqa: E402
-from engine.testing import shapes  # noqa: E402
-from engine.testing.scenarios import Rule, Scenario, frame_ends  # noqa: E402
-from engine.testing.simulator import ResponsesSimulator  # noqa: E402
+from engine.simulator import shapes  # noqa: E402
+from engine.simulator.scenarios import Rule, Scenario, frame_ends  # noqa: E402
+from engine.simulator.server import ResponsesSimulator  # noqa: E402
 from machines.records import Chunk  # noqa: E402
 
 WORDS = ("streamfsm resumes a background response where its stream broke instead of asking the "

@@ -31,9 +31,9 @@ from engine.drivers.consume import consume
 from engine.diagram import MACHINES, mermaid
 from engine.log.eventlog import Callbacks
 from engine.drivers.replay import replay
-from engine.testing.shapes import BACKGROUND_SHAPES, SHAPES
-from engine.testing.scenarios import Scenario, ScenarioError, load_fixture
-from engine.testing.simulator import ResponsesSimulator
+from engine.simulator.shapes import BACKGROUND_SHAPES, SHAPES
+from engine.simulator.scenarios import Scenario, ScenarioError, load_fixture
+from engine.simulator.server import ResponsesSimulator
 from engine.drivers.sync import run_turn
 from engine.log.trace import TraceError, dumps
 from machines.records import TurnPolicy, TurnResult
@@ -105,7 +105,7 @@ DEMO_SCENARIOS: list[tuple[str, TurnPolicy, float | None]] = [
 
 def _demo(args: argparse.Namespace, out: TextIO) -> int:
     if args.codex:
-        from engine.testing.codex_demo import run_codex_demo
+        from engine.simulator.codex_demo import run_codex_demo
 
         return run_codex_demo(out, args.traces)
     if args.traces:
@@ -352,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="which machine (default stream_attempt)")
 
     try:
-        from engine.testing import fuzz
+        from engine.fuzz import campaign as fuzz
     except ImportError:  # the fuzzing campaign is optional
         fuzz = None  # type: ignore[assignment]
     if fuzz is not None:
@@ -386,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "diagram":
             return _diagram(args, out)
         if args.command == "fuzz":
-            from engine.testing import fuzz
+            from engine.fuzz import campaign as fuzz
 
             return fuzz.run(args)
         parser.print_help(out)

@@ -21,9 +21,9 @@ import pytest
 
 import engine
 from engine.drivers.codex import CodexSession, find_codex
-from engine.testing.codex_app import LOOPBACK_KEY, loopback_session
-from engine.testing.scenarios import scenario_from_data
-from engine.testing.simulator import ResponsesSimulator
+from engine.simulator.codex_app import LOOPBACK_KEY, loopback_session
+from engine.simulator.scenarios import scenario_from_data
+from engine.simulator.server import ResponsesSimulator
 
 _sessions = itertools.count(1)
 

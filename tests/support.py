@@ -19,7 +19,8 @@ import openai
 import orjson
 
 import engine
-from engine.testing.simulator import ResponsesSimulator, Script
+from engine.simulator.server import ResponsesSimulator
+from engine.simulator.replies import Script
 from machines.records import Effect, SseEvent, Transition
 
 API_KEY = "sk-test-0123456789abcdefghijklmnop"

@@ -1,8 +1,8 @@
 """Property tests of the app-server machines: any generated turn keeps every invariant.
 
-The strategies (engine.testing.app_strategies) draw turns with restarted deltas, approvals at
+The strategies (engine.fuzz.app_strategies) draw turns with restarted deltas, approvals at
 any point, repeated and foreign lines, garbage, interrupts and deaths anywhere; the invariants
-(engine.testing.app_invariants) check that nothing raises, text is never doubled, every request
+(engine.fuzz.app_invariants) check that nothing raises, text is never doubled, every request
 is answered once, the outcome follows the ending and the turn replays identically (which also
 shows that feeding is deterministic). Example counts come from the Hypothesis profile
 (tests/conftest.py).
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from hypothesis import given
 
-from engine.testing.app_invariants import check_app_script
-from engine.testing.app_strategies import AppScript, app_sessions
+from engine.fuzz.app_invariants import check_app_script
+from engine.fuzz.app_strategies import AppScript, app_sessions
 
 
 @given(app_sessions())

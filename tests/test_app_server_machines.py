@@ -1,6 +1,6 @@
 """The app-server session and turn machines, fed by hand: each rule is `receive()` and an assert.
 
-The lines have the real server's shapes (engine.testing.app_lines); the real binary's own
+The lines have the real server's shapes (engine.fuzz.app_lines); the real binary's own
 lines are in tests/test_app_server_real.py and replay_fixtures/codex_app_server/.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from transitions import MachineError
 
-from engine.testing import app_lines as L
+from engine.fuzz import app_lines as L
 from machines import app_session, app_turn
 from machines.app_records import (
     ApprovalAnswer,

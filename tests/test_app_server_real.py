@@ -22,7 +22,7 @@ import pytest
 
 import engine
 from engine.drivers.codex import native_binary
-from engine.testing.codex_app import LOOPBACK_KEY
+from engine.simulator.codex_app import LOOPBACK_KEY
 from app_support import (
     ESCALATED,
     NO_RETRIES,

@@ -74,7 +74,7 @@ def test_each_rule_has_a_real_binary_fixture(name: str, outcome: str) -> None:
 
 
 def test_no_fixture_holds_the_loopback_key() -> None:
-    from engine.testing.codex_app import LOOPBACK_KEY
+    from engine.simulator.codex_app import LOOPBACK_KEY
 
     for path in TRACES:
         assert LOOPBACK_KEY not in path.read_text(), path

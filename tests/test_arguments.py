@@ -11,7 +11,7 @@ import openai
 import pytest
 
 import engine
-from engine.testing.shapes import SHAPES
+from engine.simulator.shapes import SHAPES
 
 from support import REQUEST, assert_replays_identically, simulated_client
 

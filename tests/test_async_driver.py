@@ -11,8 +11,8 @@ import openai
 import pytest
 
 import engine
-from engine.testing.shapes import SHAPES
-from engine.testing.simulator import ResponsesSimulator
+from engine.simulator.shapes import SHAPES
+from engine.simulator.server import ResponsesSimulator
 
 REQUEST = {"model": "gpt-5", "input": "hi"}
 POLICY = engine.TurnPolicy(idle_timeout_s=0.3)

@@ -1,6 +1,6 @@
 """Property tests of resuming background responses: generated background sessions (breaks at any
 point, resumes that overlap, repeat an event, break again or are refused, any policy) must keep
-every rule of `engine.testing.background`, and their traces must replay identically."""
+every rule of `engine.fuzz.background`, and their traces must replay identically."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from pathlib import Path
 
 from hypothesis import given, settings
 
-from engine.testing.background import (
+from engine.fuzz.background import (
     BackgroundSession,
     ResumePlan,
     background_sessions,
     check_background,
 )
-from engine.testing.background import background_responses
+from engine.fuzz.background import background_responses
 from machines.records import TurnPolicy
 
 

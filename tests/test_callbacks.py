@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 import engine
-from engine.testing import shapes
-from engine.testing.shapes import (
+from engine.simulator import shapes
+from engine.simulator.shapes import (
     SHAPES,
     assemble,
     completed,
@@ -26,7 +26,7 @@ from engine.testing.shapes import (
     text_message,
     to_reply,
 )
-from engine.testing.simulator import Reply, Script
+from engine.simulator.replies import Reply, Script
 from machines.records import TransportFault
 
 from support import run_over_http

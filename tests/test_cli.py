@@ -100,7 +100,7 @@ def test_replay_missing_file_exit_two() -> None:
 
 
 def test_consume_file_prints_transitions_and_outcome(tmp_path: Path) -> None:
-    from engine.testing.shapes import SHAPES
+    from engine.simulator.shapes import SHAPES
     from machines.records import Chunk
 
     raw = b"".join(s.data for s in SHAPES["happy_text"].replies[0].steps if isinstance(s, Chunk))

@@ -30,7 +30,7 @@ from engine.compat import (
     stream_call,
 )
 from engine.drivers.replay import replay
-from engine.testing.shapes import (
+from engine.simulator.shapes import (
     APPLY_PATCH_TOOL,
     SHAPES,
     assemble,
@@ -51,7 +51,8 @@ from engine.testing.shapes import (
     to_reply,
     usage_for,
 )
-from engine.testing.simulator import Reply, ResponsesSimulator, Script
+from engine.simulator.replies import Reply, Script
+from engine.simulator.server import ResponsesSimulator
 from machines.output import CLIENT_CALL_TYPES
 from machines.records import Stall, TransportFault, TurnPolicy, TurnResult
 from engine.drivers.sync import run_turn

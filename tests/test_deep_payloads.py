@@ -11,7 +11,7 @@ import pytest
 
 from engine.compat import stream_call
 from engine.log.app_trace import app_normalise
-from engine.testing.shapes import assemble, completed, created, output_items, text_message
+from engine.simulator.shapes import assemble, completed, created, output_items, text_message
 from machines.app_protocol import is_auth_failure, project_item
 
 from test_compat import KWARGS, Agent, FakeStream, fake_client, typed

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from engine.testing.fault_matrix import body_of, sample_offsets, sweep
-from engine.testing.shapes import SHAPES
+from engine.simulator.shapes import SHAPES
 
 
 @pytest.mark.parametrize("shape", ["happy_text", "function_call"])

@@ -9,8 +9,8 @@ import openai
 import pytest
 
 import engine
-from engine.testing import shapes
-from engine.testing.shapes import (
+from engine.simulator import shapes
+from engine.simulator.shapes import (
     SHAPES,
     assemble,
     completed,
@@ -21,7 +21,7 @@ from engine.testing.shapes import (
     text_message,
     to_reply,
 )
-from engine.testing.simulator import Reply, Script
+from engine.simulator.replies import Reply, Script
 from machines.records import Stall, TransportFault
 
 from support import REQUEST, assert_replays_identically, closed_port, run_over_http

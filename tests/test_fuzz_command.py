@@ -1,4 +1,4 @@
-"""`streamfsm fuzz` (engine.testing.fuzz) as a user runs it: real subprocesses, real worker processes,
+"""`streamfsm fuzz` (engine.fuzz.campaign) as a user runs it: real subprocesses, real worker processes,
 real trace files, and a real Redis server for the shared example database when one is installed.
 """
 
@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from engine import Callbacks, replay
-from engine.testing.fuzz import add_arguments, main, run, save_fixture
-from engine.testing.invariants import InvariantViolation
-from engine.testing.shapes import completed, created, encode_part, function_call, text_message
+from engine.fuzz.campaign import add_arguments, main, run, save_fixture
+from engine.fuzz.invariants import InvariantViolation
+from engine.simulator.shapes import completed, created, encode_part, function_call, text_message
 from engine.strategies import CallbackRaised, Session, run_session, session_from_trace
 from machines.records import Chunk, EndOfStream
 from machines.stream_attempt import StreamAttempt
@@ -35,7 +35,7 @@ def fragile_screen() -> Callbacks:
 def _fuzz(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)])}
     return subprocess.run(
-        [sys.executable, "-m", "engine.testing.fuzz", *args],
+        [sys.executable, "-m", "engine.fuzz.campaign", *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
     )
 

@@ -13,8 +13,9 @@ import openai
 import pytest
 
 import engine
-from engine.testing.shapes import SHAPES
-from engine.testing.simulator import Reply, ResponsesSimulator, Script, error_body
+from engine.simulator.shapes import SHAPES
+from engine.simulator.replies import Reply, Script, error_body
+from engine.simulator.server import ResponsesSimulator
 from support import trace_lines
 
 REQUEST = {"model": "gpt-5", "input": "What is the capital of France?"}

@@ -14,8 +14,8 @@ import pytest
 
 import engine
 from engine.drivers.attempt_loop import SETTLE_LOOKS, Watchdog
-from engine.testing import shapes
-from engine.testing.shapes import (
+from engine.simulator import shapes
+from engine.simulator.shapes import (
     SHAPES,
     assemble,
     completed,
@@ -25,7 +25,8 @@ from engine.testing.shapes import (
     text_message,
     to_reply,
 )
-from engine.testing.simulator import ResponsesSimulator, Script
+from engine.simulator.server import ResponsesSimulator
+from engine.simulator.replies import Script
 from machines.records import IdleTimeout, Stall
 
 from support import assert_replays_identically

@@ -1,16 +1,17 @@
 """The import graph keeps the layers apart. Every module under engine/ and machines/ is parsed
 (with `ast`, nothing is imported) and its imports are read:
 
-- no import cycles among the project's modules. Counted: module-level imports only; imports
-  inside a function or method (deliberately lazy: they run after every module has loaded) and
-  imports under `if TYPE_CHECKING:` (never executed) are left out. An edge goes to the module
+- no import cycles among the project's modules, counting every import that runs: at module level
+  and inside functions and methods (a lazy import that closes a cycle hides it; it does not remove
+  it); only imports under `if TYPE_CHECKING:` (never executed) are left out. An edge goes to the module
   named, or to the submodule for `from package import submodule`; the implicit import of a
   module's parent packages is not an edge, since `engine/__init__.py` re-exports the drivers
   on purpose;
 - `machines/` (the pure state machines) imports nothing from `engine`, anywhere in its code;
-- the runtime (everything under engine/ except `engine/testing/`, the `engine.strategies`
-  re-export, and the command line `engine/cli.py` + `engine/__main__.py`, which is an
-  application) imports nothing from `engine.testing` or `hypothesis`, not even lazily;
+- the runtime (everything under engine/ except `engine/testing/`, `engine/fuzz/`, the
+  `engine.strategies` re-export, and the command line `engine/cli.py` + `engine/__main__.py`,
+  which is an application) imports nothing from `engine.testing`, `engine.fuzz` or `hypothesis`,
+  not even lazily; the simulator (`engine/simulator/`) is part of the runtime;
 - the command line and the pytest plugin do not import Hypothesis at module level, directly or
   through the modules they import (the CLI imports the simulator and the shapes for `demo` and
   `serve`; only `streamfsm fuzz` needs Hypothesis, and it imports it when it runs).
@@ -123,15 +124,17 @@ def _reachable(start: str) -> dict[str, str]:
 
 
 def test_the_graph_holds_every_module() -> None:
-    assert {"engine", "engine.cli", "engine.drivers.sse", "engine.testing.fuzz",
+    assert {"engine", "engine.cli", "engine.drivers.sse", "engine.fuzz.campaign",
             "machines.stream_attempt", "machines.records"} <= set(GRAPH)
     assert "machines.records" in GRAPH["machines.stream_attempt"].top
-    assert "engine.testing.fuzz" in GRAPH["engine.cli"].lazy  # `from engine.testing import fuzz`
+    assert "engine.fuzz.campaign" in GRAPH["engine.cli"].lazy  # `from engine.fuzz import campaign`
 
 
 def test_no_import_cycles_among_project_modules() -> None:
     edges = {
-        module: sorted(name for name in imports.top if name in GRAPH and name != module)
+        module: sorted(
+            name for name in imports.top | imports.lazy if name in GRAPH and name != module
+        )
         for module, imports in GRAPH.items()
     }
     cycles: list[list[str]] = []
@@ -168,19 +171,20 @@ def _runtime(module: str) -> bool:
     return (
         _within(module, "engine")
         and not _within(module, "engine.testing")
+        and not _within(module, "engine.fuzz")
         and module != "engine.strategies"
         and module not in APPLICATION
     )
 
 
-def test_the_runtime_imports_neither_engine_testing_nor_hypothesis() -> None:
+def test_the_runtime_imports_neither_engine_testing_nor_fuzzing_nor_hypothesis() -> None:
     runtime = [module for module in GRAPH if _runtime(module)]
-    assert "engine.drivers.sync" in runtime and "engine.log.trace" in runtime
+    assert {"engine.drivers.sync", "engine.log.trace", "engine.simulator.server"} <= set(runtime)
     found = {
         module: sorted(
             name
             for name in GRAPH[module].top | GRAPH[module].lazy
-            if _within(name, "engine.testing") or _within(name, "hypothesis")
+            if any(_within(name, banned) for banned in ("engine.testing", "engine.fuzz", "hypothesis"))
         )
         for module in runtime
     }
@@ -201,7 +205,7 @@ def test_no_module_level_path_to_hypothesis(module: str) -> None:
         chains.append(" <- ".join(chain))
     assert chains == []
     # The modules that are reached are all the project's own or third-party, never fuzzing ones.
-    assert not any(_within(name, "engine.testing.strategies") for name in reached)
+    assert not any(_within(name, "engine.fuzz") for name in reached)
 
 
 def test_engine_works_where_hypothesis_cannot_be_imported() -> None:

@@ -11,8 +11,8 @@ import openai
 import pytest
 
 import engine
-from engine.testing import shapes
-from engine.testing.shapes import (
+from engine.simulator import shapes
+from engine.simulator.shapes import (
     SHAPES,
     assemble,
     completed,
@@ -23,7 +23,7 @@ from engine.testing.shapes import (
     text_message,
     to_reply,
 )
-from engine.testing.simulator import Reply, Script
+from engine.simulator.replies import Reply, Script
 from machines.records import Stall
 
 from support import run_over_http, trace_lines
@@ -211,8 +211,8 @@ def test_without_idle_timeout_the_clients_read_timeout_decides(
 
 # -- before the response headers arrive -------------------------------------------------------
 def _slow_to_answer() -> "Script":
-    from engine.testing.shapes import SHAPES
-    from engine.testing.simulator import Reply, Script
+    from engine.simulator.shapes import SHAPES
+    from engine.simulator.replies import Reply, Script
 
     good = SHAPES["happy_text"].replies[0]
     return Script(replies=(Reply(steps=good.steps, headers_after_s=5.0), good))
@@ -225,7 +225,7 @@ def test_interrupt_is_honoured_while_waiting_for_headers() -> None:
     import openai
 
     import engine
-    from engine.testing.simulator import ResponsesSimulator
+    from engine.simulator.server import ResponsesSimulator
 
     stop = threading.Event()
     with ResponsesSimulator(_slow_to_answer()) as sim:
@@ -247,7 +247,7 @@ def test_idle_timeout_covers_waiting_for_headers(tmp_path) -> None:
     import openai
 
     import engine
-    from engine.testing.simulator import ResponsesSimulator
+    from engine.simulator.server import ResponsesSimulator
 
     with ResponsesSimulator(_slow_to_answer()) as sim:
         client = openai.OpenAI(base_url=sim.base_url, api_key="k", max_retries=0)
@@ -274,7 +274,7 @@ def test_async_interrupt_is_honoured_while_waiting_for_headers() -> None:
     import openai
 
     import engine
-    from engine.testing.simulator import ResponsesSimulator
+    from engine.simulator.server import ResponsesSimulator
 
     async def run() -> tuple[engine.TurnResult, float]:
         stop = threading.Event()

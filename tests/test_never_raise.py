@@ -16,8 +16,9 @@ import pytest
 
 import engine
 from engine.drivers.transport import observation_of
-from engine.testing.shapes import SHAPES
-from engine.testing.simulator import ResponsesSimulator, Script
+from engine.simulator.shapes import SHAPES
+from engine.simulator.server import ResponsesSimulator
+from engine.simulator.replies import Script
 from machines.records import TransportFault
 
 from support import API_KEY, REQUEST, assert_replays_identically, trace_lines

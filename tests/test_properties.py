@@ -1,4 +1,4 @@
-"""Property tests: every rule of `engine.testing.invariants` on generated sessions (engine.strategies).
+"""Property tests: every rule of `engine.fuzz.invariants` on generated sessions (engine.strategies).
 
 Example counts come from the Hypothesis profile (tests/conftest.py, HYPOTHESIS_PROFILE). The
 long campaign over the same property is `streamfsm fuzz`.
@@ -16,14 +16,14 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from engine import Callbacks, TurnPolicy, replay
-from engine.testing.fuzz import save_finding
-from engine.testing.invariants import (
+from engine.fuzz.campaign import save_finding
+from engine.fuzz.invariants import (
     InvariantViolation,
     check_session,
     reference_events,
     session_violations,
 )
-from engine.testing.shapes import completed, created, encode_part, text_message
+from engine.simulator.shapes import completed, created, encode_part, text_message
 from engine.drivers.sse import SseDecoder
 from engine.strategies import CallbackRaised, Session, attempt_scripts, mangled, responses, retyped, run_session, session_from_trace, sessions, sse_bytes, tool_call_answers, well_formed_sessions
 from machines.records import Chunk, EndOfStream, Stall, TransportFault

@@ -15,8 +15,8 @@ import openai
 import pytest
 
 import engine
-from engine.testing import shapes
-from engine.testing.shapes import (
+from engine.simulator import shapes
+from engine.simulator.shapes import (
     SHAPES,
     assemble,
     completed,
@@ -26,7 +26,8 @@ from engine.testing.shapes import (
     text_message,
     to_reply,
 )
-from engine.testing.simulator import Reply, ResponsesSimulator, Script
+from engine.simulator.replies import Reply, Script
+from engine.simulator.server import ResponsesSimulator
 from machines.records import Stall
 
 REQUEST = {"model": "m", "input": "hi"}

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 import engine
-from engine.testing import shapes
+from engine.simulator import shapes
 from engine.log.logs import log
 from engine.log.redaction import REDACTED, client_secrets, field_secrets, redact_fields, scrub
-from engine.testing.shapes import (
+from engine.simulator.shapes import (
     SHAPES,
     assemble,
     completed,
@@ -24,7 +24,7 @@ from engine.testing.shapes import (
     text_message,
     to_reply,
 )
-from engine.testing.simulator import Reply, Script, error_body
+from engine.simulator.replies import Reply, Script, error_body
 
 from support import REQUEST, run_over_http, trace_lines
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import engine
-from engine.testing.shapes import SHAPES
+from engine.simulator.shapes import SHAPES
 from engine.log.trace import read_trace
 
 FIXTURES = Path(__file__).resolve().parent.parent / "replay_fixtures"

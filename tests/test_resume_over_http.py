@@ -16,8 +16,9 @@ import pytest
 
 import engine
 from engine.compat import run_codex_stream
-from engine.testing.scenarios import scenario_from_data
-from engine.testing.simulator import ResponsesSimulator, background_response_id
+from engine.simulator.scenarios import scenario_from_data
+from engine.simulator.server import ResponsesSimulator
+from engine.simulator.background import background_response_id
 
 from support import API_KEY, assert_replays_identically, run_over_http
 

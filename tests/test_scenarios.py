@@ -15,11 +15,10 @@ import openai
 import orjson
 import pytest
 
-from engine.testing.scenarios import (
+from engine.simulator.scenarios import (
     Rule,
     Scenario,
     ScenarioError,
-    frame_ends,
     load_fixture,
     load_scenario,
     rate_limit_body,
@@ -27,14 +26,11 @@ from engine.testing.scenarios import (
     scenario_from_data,
     text_reply,
 )
-from engine.testing.shapes import SHAPES, STALL_SECONDS
-from engine.testing.simulator import (
-    TRACE_STALL_S,
-    Reply,
-    ResponsesSimulator,
-    Script,
-    script_from_trace,
-)
+from engine.simulator.replies import frame_ends
+from engine.simulator.shapes import SHAPES, STALL_SECONDS
+from engine.simulator.scenarios import TRACE_STALL_S, script_from_trace
+from engine.simulator.replies import Reply, Script
+from engine.simulator.server import ResponsesSimulator
 from engine.log.trace import read_trace
 from machines.records import Chunk, Stall, TransportFault
 

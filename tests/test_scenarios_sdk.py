@@ -14,8 +14,8 @@ import openai
 import pytest
 
 import engine
-from engine.testing.scenarios import load_scenario
-from engine.testing.simulator import ResponsesSimulator
+from engine.simulator.scenarios import load_scenario
+from engine.simulator.server import ResponsesSimulator
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "scenarios"
 REQUEST: dict[str, Any] = {"model": "gpt-5", "input": "What is the capital of France?"}

@@ -26,7 +26,7 @@ from engine.compat.sdk_events import (
     sdk_error_of,
     terminal_frame_of,
 )
-from engine.testing.shapes import (
+from engine.simulator.shapes import (
     SHAPES,
     assemble,
     completed,
@@ -36,7 +36,8 @@ from engine.testing.shapes import (
     rate_limits_frame,
     text_message,
 )
-from engine.testing.simulator import Reply, ResponsesSimulator, Script
+from engine.simulator.replies import Reply, Script
+from engine.simulator.server import ResponsesSimulator
 from machines.records import Chunk, EndOfStream, HttpError, TransportFault, TurnResult
 from engine.drivers.sse import SseDecoder
 

@@ -89,7 +89,7 @@ def test_an_output_or_content_that_is_not_a_list_never_raises_and_is_backfilled(
 
 
 def _nested(depth: int) -> str:
-    from engine.testing.shapes import nested_json
+    from engine.simulator.shapes import nested_json
 
     return nested_json(depth).decode()
 

@@ -18,8 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from openai.types.responses import ResponseStreamEvent
 
-from engine.testing import shapes
-from engine.testing.shapes import (
+from engine.simulator import shapes
+from engine.simulator.shapes import (
     DONE,
     KEEPALIVE,
     SHAPES,
@@ -47,12 +47,13 @@ from engine.testing.shapes import (
     shell_call,
     shell_call_output,
     split_text,
-    sse_frame,
     text_message,
     to_reply,
     websocket_timing_frame,
 )
-from engine.testing.simulator import Reply, ResponsesSimulator
+from engine.simulator.replies import sse_frame
+from engine.simulator.replies import Reply
+from engine.simulator.server import ResponsesSimulator
 from machines.records import Chunk, Stall, TransportFault
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Every real-world stream shape (engine.testing.shapes.SHAPES, DESIGN.md "Real-world stream shapes")
+"""Every real-world stream shape (engine.simulator.shapes.SHAPES, DESIGN.md "Real-world stream shapes")
 through `engine.run_turn` with the real openai client over loopback HTTP.
 
 The expectations are written out from what each shape's builders were given (the answer text,
@@ -17,8 +17,8 @@ import pytest
 from openai.types.responses import Response
 
 import engine
-from engine.testing import shapes
-from engine.testing.shapes import (
+from engine.simulator import shapes
+from engine.simulator.shapes import (
     FAILURE_MESSAGES,
     RESPONSE_ID,
     SHAPES,

@@ -11,7 +11,8 @@ import openai
 import orjson
 import pytest
 
-from engine.testing.simulator import Reply, ResponsesSimulator, Script, error_body
+from engine.simulator.replies import Reply, Script, error_body
+from engine.simulator.server import ResponsesSimulator
 from machines.records import Chunk, EndOfStream, Stall, TransportFault
 
 CHUNKS = (

@@ -16,15 +16,11 @@ import openai
 import orjson
 import pytest
 
-from engine.testing.scenarios import Rule, Scenario, load_scenario, scenario_from_data, text_reply
-from engine.testing.shapes import RESPONSE_ID
-from engine.testing.simulator import (
-    Reply,
-    ResponsesSimulator,
-    Script,
-    background_response_id,
-    start_background,
-)
+from engine.simulator.scenarios import Rule, Scenario, load_scenario, scenario_from_data, text_reply
+from engine.simulator.shapes import RESPONSE_ID
+from engine.simulator.replies import Reply, Script
+from engine.simulator.server import ResponsesSimulator
+from engine.simulator.background import background_response_id, start_background
 from machines.records import Chunk, Stall, TransportFault
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "scenarios" / "background_resume.toml"

@@ -16,16 +16,17 @@ import engine
 from engine.drivers.recording import AttemptFeed, TurnRecording
 from engine.drivers.sse import SseDecoder
 from engine.log.eventlog import InputRecord
-from engine.testing.shapes import (
+from engine.simulator.shapes import (
     assemble,
     created,
     in_progress,
     split_text,
-    sse_frame,
     text_message,
     to_reply,
 )
-from engine.testing.simulator import ResponsesSimulator, Script
+from engine.simulator.replies import sse_frame
+from engine.simulator.server import ResponsesSimulator
+from engine.simulator.replies import Script
 from machines import stream_attempt
 from machines.records import EventTooLarge, SseEvent, TurnPolicy
 

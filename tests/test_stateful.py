@@ -2,7 +2,7 @@
 
 Hypothesis drives a `StreamAttempt` (the real machine, as the drivers build it) with frames,
 faults and interrupts chosen step by step, and feeds the same inputs to
-`engine.testing.invariants.ReferenceAttempt`, a plain re-statement of the allowed transitions. After
+`engine.fuzz.invariants.ReferenceAttempt`, a plain re-statement of the allowed transitions. After
 every step the two must agree on the state, the reason an attempt ended and the text delivered,
 and the machine's own records must obey the rules: only transitions of its table, one final
 state per attempt and nothing after it, at most one first delta, no answer text after a tool
@@ -19,7 +19,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from engine.testing.invariants import ReferenceAttempt, ReferenceLedger
+from engine.fuzz.invariants import ReferenceAttempt, ReferenceLedger
 from machines.records import (
     Effect,
     EndOfStream,

@@ -1,4 +1,4 @@
-"""The session strategies (engine.testing.strategies) draw every kind of session they document,
+"""The session strategies (engine.fuzz.strategies) draw every kind of session they document,
 with the choices spread as documented, and bench/bench_fuzz.py runs.
 
 The strategies take each unit's small choices from one draw of bytes ("dice"); these tests make
@@ -18,7 +18,7 @@ from typing import Any
 from hypothesis import HealthCheck, Phase, given, settings
 
 from engine.strategies import Session, mangled, responses, run_session, sessions, sse_bytes
-from engine.testing.shapes import created, text_message
+from engine.simulator.shapes import created, text_message
 from machines.records import (
     Chunk,
     TurnPolicy,
@@ -205,9 +205,9 @@ def _classes(session: Session) -> set[str]:
     """The failure classes a session holds: fields of another JSON type (by the type they got),
     values nested hundreds of levels deep (and in which frame), an event over the policy's
     `max_event_bytes`, tool calls of every kind, secrets echoed."""
-    from engine.testing.invariants import oversized_event, reference_events
-    from engine.testing.reference_output import is_json, json_value
-    from engine.testing.strategies import CLIENT_KEY, SESSION_TOKEN, SHAPED_KEY
+    from engine.fuzz.invariants import oversized_event, reference_events
+    from engine.fuzz.reference_output import is_json, json_value
+    from engine.fuzz.strategies import CLIENT_KEY, SESSION_TOKEN, SHAPED_KEY
     from machines.json_text import nests_deeper_than
 
     found: set[str] = set()

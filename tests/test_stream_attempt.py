@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from engine.testing.shapes import (
+from engine.simulator.shapes import (
     completed,
     created,
     function_call,

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import engine
-from engine.testing.shapes import (
+from engine.simulator.shapes import (
     APPLY_PATCH_TOOL,
     WEATHER_TOOL,
     StreamPart,

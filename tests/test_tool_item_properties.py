@@ -1,5 +1,5 @@
 """Property tests: responses mixing client and server tool calls of every kind
-(`engine.testing.tool_items`), cut into arbitrary chunks, through `engine.consume`."""
+(`engine.fuzz.tool_items`), cut into arbitrary chunks, through `engine.consume`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import engine
-from engine.testing.tool_items import ToolItemStream, to_body, tool_item_streams
+from engine.fuzz.tool_items import ToolItemStream, to_body, tool_item_streams
 
 
 def _split(body: bytes, cuts: list[int]) -> list[bytes]:

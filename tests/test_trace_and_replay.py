@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 import engine
-from engine.testing import shapes
-from engine.testing.shapes import SHAPES, split_text
+from engine.simulator import shapes
+from engine.simulator.shapes import SHAPES, split_text
 from machines.records import Chunk
 from engine.log.trace import read_trace
 

@@ -8,10 +8,10 @@
 - Deep nesting and odd JSON in what the server sends: writing a trace never raises, never
   leaves a `.partial` file, keeps the result, and the trace replays identically.
 
-Generated sessions reach both too (`engine.testing.strategies`: the client's key and a
+Generated sessions reach both too (`engine.fuzz.strategies`: the client's key and a
 credential-named field echoed, split across deltas, reads and attempts; fields retyped to values
 nested hundreds of levels deep), and every one of them is checked for them
-(`engine.testing.invariants`: `secrets_masked`, `replay_identical`), with the helpers used here.
+(`engine.fuzz.invariants`: `secrets_masked`, `replay_identical`), with the helpers used here.
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ from hypothesis import strategies as st
 import engine
 from engine.drivers.recording import TurnRecording
 from engine.log.redaction import MIN_PIECE
-from engine.testing.invariants import leaked_pieces, secret_pieces
-from engine.testing.shapes import nested_json
-from engine.testing.strategies import CLIENT_KEY, SESSION_TOKEN, SHAPED_KEY
-from engine.testing.simulator import Reply, ResponsesSimulator, Script
+from engine.fuzz.invariants import leaked_pieces, secret_pieces
+from engine.simulator.shapes import nested_json
+from engine.fuzz.strategies import CLIENT_KEY, SESSION_TOKEN, SHAPED_KEY
+from engine.simulator.replies import Reply, Script
+from engine.simulator.server import ResponsesSimulator
 from machines.records import Chunk, TransportFault, TurnPolicy
 
 from support import assert_replays_identically, trace_lines
@@ -359,7 +360,7 @@ def test_unwritable_trace_keeps_the_result(tmp_path: Path) -> None:
 )
 def test_a_secret_split_differently_in_two_attempts_replays(tmp_path: Path) -> None:
     from engine.strategies import Session, run_session
-    from engine.testing.shapes import assemble, completed, created, encode_part
+    from engine.simulator.shapes import assemble, completed, created, encode_part
     from machines.records import EndOfStream
 
     word = f"key {PLAIN_KEY} é"

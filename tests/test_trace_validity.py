@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 import engine
 from engine.cli import main
 from engine.drivers.replay import REPLAYERS
-from engine.testing.shapes import SHAPES, assemble, completed, created, output_items, text_message, to_reply
-from engine.testing.simulator import Reply, Script
+from engine.simulator.shapes import SHAPES, assemble, completed, created, output_items, text_message, to_reply
+from engine.simulator.replies import Reply, Script
 from machines.records import Chunk
 
 from support import assert_replays_identically, run_over_http, trace_lines, write_trace_lines

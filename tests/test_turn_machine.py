@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from engine.testing.shapes import (
+from engine.simulator.shapes import (
     completed,
     created,
     failed,

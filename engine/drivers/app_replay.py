@@ -15,7 +15,7 @@ import os
 from typing import Any
 
 from engine.drivers.app_recording import AppTurnRecording
-from engine.drivers.replay import Divergence, ReplayReport
+from engine.drivers.replay_report import Divergence, ReplayReport
 from engine.log.app_trace import (
     AppTrace,
     app_input_from_json,

@@ -40,6 +40,9 @@ from engine.log.trace import (
     scrubber_for,
 )
 from engine.log.redaction import MASK
+from engine.drivers.app_replay import replay_app
+from engine.drivers.replay_report import Divergence, ReplayReport
+from engine.log.app_trace import is_app_trace_file
 
 __all__ = [
     "REPLAYERS",
@@ -53,38 +56,6 @@ __all__ = [
 ]
 
 
-@attrs.frozen(slots=True)
-class Divergence:
-    """The first record where a replay differs from the recording: its seq, the recorded record and the replayed one (None where one side has no record)."""
-    seq: int
-    recorded: dict[str, Any] | None
-    replayed: dict[str, Any] | None
-
-    def describe(self) -> str:
-        """One line: `seq N: recorded {...}; replayed {...}`."""
-        return f"seq {self.seq}: recorded {_show(self.recorded)}; replayed {_show(self.replayed)}"
-
-
-def _show(record: dict[str, Any] | None) -> str:
-    if record is None:
-        return "nothing"
-    return dumps(record).decode()
-
-
-@attrs.frozen(slots=True)
-class ReplayReport:
-    """The outcome of replaying one trace: its path, how many records it holds, the first
-    divergence (None when identical) and, for a turn cut short by an exception in its driver, that
-    exception's class name (`abandoned`: the records up to that point were compared)."""
-    path: str
-    records: int
-    divergence: Divergence | None
-    abandoned: str | None = None
-
-    @property
-    def identical(self) -> bool:
-        """True when every replayed record equals the recorded one."""
-        return self.divergence is None
 
 
 # -- replayers, by entry ----------------------------------------------------------------------------
@@ -326,11 +297,7 @@ def replay_trace(trace: Trace) -> ReplayReport:
 def replay(path: str | os.PathLike[str]) -> ReplayReport:
     """Read a trace file and replay it as it is read (raises `TraceError` for an unreadable or
     invalid file)."""
-    from engine.log.app_trace import is_app_trace_file
-
     if is_app_trace_file(path):  # a codex app-server turn: its own inputs and machines
-        from engine.drivers.app_replay import replay_app
-
         return replay_app(path)
     with TraceReader(path) as reader:
         return _compare(reader.path, reader.header, reader.version, reader, lambda: reader.records)

@@ -29,9 +29,11 @@ import openai
 from engine.drivers.sync import run_turn
 from engine.drivers.replay import replay
 from engine.log.eventlog import Callbacks
-from engine.testing.scenarios import frame_ends, reshape
-from engine.testing.shapes import SHAPES
-from engine.testing.simulator import Reply, ResponsesSimulator, Script
+from engine.simulator.replies import frame_ends
+from engine.simulator.scenarios import reshape
+from engine.simulator.shapes import SHAPES
+from engine.simulator.replies import Reply, Script
+from engine.simulator.server import ResponsesSimulator
 from machines.records import Chunk, TurnResult
 
 __all__ = ["Cell", "MatrixReport", "body_of", "sample_offsets", "sweep"]

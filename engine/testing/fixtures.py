@@ -1,6 +1,6 @@
 """Recording the built-in shapes as replay fixtures.
 
-`python -m engine.testing.fixtures [DIR]` runs every shape of `engine.testing.shapes.SHAPES` as a real turn (the
+`python -m engine.testing.fixtures [DIR]` runs every shape of `engine.simulator.shapes.SHAPES` as a real turn (the
 openai client against the loopback simulator) and writes its trace to `DIR/<shape>.jsonl`
 (default `replay_fixtures/`). The test suite replays every file in that folder, so a change to the
 machines that alters any recorded decision fails until the fixture is re-recorded on purpose.
@@ -18,8 +18,10 @@ import openai
 
 from engine.drivers.consume import consume
 from engine.log.eventlog import Callbacks
-from engine.testing.shapes import BACKGROUND_SHAPES, SHAPES
-from engine.testing.simulator import ResponsesSimulator, Script, background_response_id
+from engine.simulator.shapes import BACKGROUND_SHAPES, SHAPES
+from engine.simulator.server import ResponsesSimulator
+from engine.simulator.replies import Script
+from engine.simulator.background import background_response_id
 from machines.records import Chunk, TurnPolicy, TurnResult
 from engine.drivers.sync import run_turn
 

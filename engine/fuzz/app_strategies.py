@@ -2,7 +2,7 @@
 
 `app_sessions()` draws an `AppScript`: the inputs of one turn, from the turn request and the
 server's handshake to `turn/completed` (or the subprocess dying, or nothing), in the shapes the
-real server writes (`engine.testing.app_lines`), with everything the real world adds:
+real server writes (`engine.fuzz.app_lines`), with everything the real world adds:
 
 - agent messages and reasoning whose deltas codex restarts (again `item/started`, the deltas
   from the beginning, as many times as it retries, possibly cut short), completed or not;
@@ -18,7 +18,7 @@ real server writes (`engine.testing.app_lines`), with everything the real world 
   end of output and the exit anywhere.
 
 Each step remembers which agent message it belongs to (`Step.message`), so the invariants
-(`engine.testing.app_invariants`) can tell what text the user may see for each message.
+(`engine.fuzz.app_invariants`) can tell what text the user may see for each message.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from typing import Any, Final
 import attrs
 from hypothesis import strategies as st
 
-from engine.testing import app_lines as L
-from engine.testing.shapes import nested_json
+from engine.fuzz import app_lines as L
+from engine.simulator.shapes import nested_json
 from machines.app_records import (
     AppInput,
     ApprovalAnswer,

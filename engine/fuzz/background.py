@@ -12,7 +12,7 @@ with some events the client already has (an overlap) and possibly sending one ev
 again after some events or sent to the end. Any other request (a new POST after a refused resume,
 the fallback) gets the whole response again.
 
-Unlike `engine.testing.strategies.Session`, what a resume receives depends on where the turn
+Unlike `engine.fuzz.strategies.Session`, what a resume receives depends on where the turn
 says it stopped (the resume point, known only while playing), so `play_background` builds each
 attempt's bytes when the turn opens the attempt, from the attempt's kind and resume point, cut
 into reads at the session's cut points. It plays through the real sans-I/O loop
@@ -46,7 +46,7 @@ from hypothesis import strategies as st
 from engine.drivers.recording import TurnRecording
 from engine.drivers.sse import SseDecoder
 from engine.log.eventlog import Callbacks, InputRecord
-from engine.testing.shapes import (
+from engine.simulator.shapes import (
     RESPONSE_ID,
     assemble,
     completed,

@@ -34,7 +34,7 @@ from engine.log.app_trace import (
     app_result_to_json,
 )
 from engine.log.eventlog import Callbacks
-from engine.testing.app_strategies import AppScript
+from engine.fuzz.app_strategies import AppScript
 from machines.app_protocol import Request, decode_line
 from machines.app_records import (
     AppTurnResult,

@@ -18,9 +18,9 @@ from typing import Any, TextIO
 
 from engine.drivers.codex import INSTALL_HINT, find_codex
 from engine.log.eventlog import Callbacks
-from engine.testing.codex_app import loopback_session
-from engine.testing.scenarios import scenario_from_data
-from engine.testing.simulator import ResponsesSimulator
+from engine.simulator.codex_app import loopback_session
+from engine.simulator.scenarios import scenario_from_data
+from engine.simulator.server import ResponsesSimulator
 from machines.app_records import AppTurnResult, ApprovalRequest
 
 __all__ = ["DEMO_TURNS", "SCENARIO", "describe_app_result", "run_codex_demo"]

@@ -4,7 +4,7 @@ item holds, and what a turn result makes of them (`output_text`, `tool_calls`).
 Theory of operation
 ===================
 
-`engine.testing.invariants` re-states the machines from the contract to check them. This module
+`engine.fuzz.invariants` re-states the machines from the contract to check them. This module
 is the part of that re-statement that follows output items, written from the rules
 `machines.output` documents, apart from its code (only the classification of calls is shared:
 `CLIENT_CALL_TYPES`, `HOSTED_CALL_TYPES`, `is_client_call`, `output_key`,

@@ -6,7 +6,7 @@ Theory of operation
 
 `tool_item_streams()` draws one well-formed Responses stream (`response.created`, optionally
 `response.in_progress`, output items, `response.completed`) built from the real-world builders of
-`engine.testing.shapes`, mixing:
+`engine.simulator.shapes`, mixing:
 
 * calls the client must execute: function calls, custom tool calls declared by the `tools` list
   (Codex's freeform `apply_patch`), `local_shell_call`, `shell_call` (local environment),
@@ -38,10 +38,9 @@ from typing import Any, Final
 import attrs
 from hypothesis import strategies as st
 
-from engine.testing.shapes import (
+from engine.simulator.shapes import (
     APPLY_PATCH_TOOL,
     WEATHER_TOOL,
-    Event,
     StreamPart,
     apply_patch_call,
     apply_patch_call_output,
@@ -59,6 +58,7 @@ from engine.testing.shapes import (
     shell_call_output,
     text_message,
 )
+from engine.simulator.background import Event
 
 __all__ = ["ITEM_KINDS", "SERVER_KINDS", "ToolItemStream", "to_body", "tool_item_streams"]
 
@@ -103,7 +103,7 @@ _TEXT: Final = st.text(min_size=1, max_size=12)
 _WORDS: Final = ("Hi", "Paris", "ok then", "Grüße", "東京", "🚀", "a\nb")
 _INPUTS: Final = ("", "*** Begin Patch", "x", "é\n東")
 _INPUT: Final = st.text(max_size=16)
-#: One draw of bytes decides a stream's small choices (as `engine.testing.strategies` draws
+#: One draw of bytes decides a stream's small choices (as `engine.fuzz.strategies` draws
 #: them: same size, so Hypothesis's copies of one draw over another fit).
 _DICE_SIZE: Final = 36
 _DICE: Final = st.binary(min_size=_DICE_SIZE, max_size=_DICE_SIZE)

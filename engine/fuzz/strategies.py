@@ -26,13 +26,13 @@ by `run_session` replays with `engine.replay` and `streamfsm replay`.
 Strategies, from the inside out (every one shrinks toward a short, readable session):
 
     responses()          one well-formed Responses-API stream as a list of event dicts and
-                         markers (`engine.testing.shapes`): optional prelude frames, `response.created` /
+                         markers (`engine.simulator.shapes`): optional prelude frames, `response.created` /
                          `.in_progress`, text messages, reasoning summaries, function calls with
                          argument deltas (some never `done`), items interleaved, and a terminal
                          event (`completed` with full, empty or null output, `incomplete`,
                          `failed`, an `error` frame) or none at all
     tool_call_answers()  a response of tool calls of every kind, the client's and the server's
-                         (`engine.testing.tool_items`), with answer text between them
+                         (`engine.fuzz.tool_items`), with answer text between them
     mangled(parts)       adversarial edits of such a list: swapped, moved, duplicated and dropped
                          events, inserted frames (errors anywhere, unknown names, prelude
                          frames, keepalives, `[DONE]`, bad JSON, invalid UTF-8), and fields
@@ -64,15 +64,14 @@ from hypothesis import strategies as st
 
 from engine.log.eventlog import Callbacks
 from engine.drivers.recording import TurnRecording
-from engine.testing.tool_items import ToolItemStream, tool_item_streams
-from engine.testing.shapes import (
+from engine.fuzz.tool_items import ToolItemStream, tool_item_streams
+from engine.simulator.shapes import (
     DONE,
     FAILURE_MESSAGES,
     KEEPALIVE,
     Comment,
     Data,
     Raw,
-    Event,
     StreamPart,
     assemble,
     completed,
@@ -92,6 +91,7 @@ from engine.testing.shapes import (
     text_message,
     websocket_timing_frame,
 )
+from engine.simulator.background import Event
 from machines.records import (
     Chunk,
     EndOfStream,
@@ -658,7 +658,7 @@ def _echoing(part: Event) -> Event:
 def responses(
     *, max_items: int = 3, terminals: Sequence[str] = TERMINALS
 ) -> st.SearchStrategy[list[StreamPart]]:
-    """One well-formed Responses-API stream, as event dicts and `engine.testing.shapes` markers.
+    """One well-formed Responses-API stream, as event dicts and `engine.simulator.shapes` markers.
 
     `terminals` limits how it may end (names from `TERMINALS`, first is the shrink target)."""
     return _responses(max_items, tuple(terminals))
@@ -1177,12 +1177,12 @@ def _tool_answer(stream: ToolItemStream) -> list[StreamPart]:
 
 
 #: A response of tool calls of every kind, the client's and the server's, with answer text
-#: between them (`engine.testing.tool_items`), in compact form.
+#: between them (`engine.fuzz.tool_items`), in compact form.
 _TOOL_ANSWERS: Final = tool_item_streams(max_items=4).map(_tool_answer)
 
 def tool_call_answers() -> st.SearchStrategy[list[StreamPart]]:
     """One response of tool calls of every kind, the client's and the server's, with answer text
-    between them (`engine.testing.tool_items.tool_item_streams()`), in compact form: what
+    between them (`engine.fuzz.tool_items.tool_item_streams()`), in compact form: what
     `sessions()` streams in one session of four."""
     return _TOOL_ANSWERS
 
@@ -1206,7 +1206,7 @@ def sessions(
 
     Each attempt after the first repeats the first attempt's answer (as a retried request
     usually does) or streams another one. Answers come from `responses()` or, one session in
-    four, from `engine.testing.tool_items.tool_item_streams()` (calls of every kind, the
+    four, from `engine.fuzz.tool_items.tool_item_streams()` (calls of every kind, the
     client's and the server's), unless `response` is given. A drawn policy sometimes (one in
     eight) gets a `max_event_bytes` close to the size of the first answer's largest event.
     The client holds `CLIENT_KEY` (`Session.secrets`). `adversarial=False` gives well-formed

@@ -5,13 +5,13 @@ Theory of operation
 
 The simulator is a genuine HTTP/1.1 server (``http.server.ThreadingHTTPServer``) bound to
 ``127.0.0.1``. It does not imitate a model; it plays a *scenario*
-(:class:`engine.testing.scenarios.Scenario`): an ordered list of rules, each pairing conditions
+(:class:`engine.simulator.scenarios.Scenario`): an ordered list of rules, each pairing conditions
 (the request holds a tool output, it is the Nth request, the rule was used fewer than N times)
 with a :class:`Reply`. Each POST to ``/v1/responses`` (or ``/responses``) gets the reply of the
 first rule whose conditions hold; a request no rule matches gets an HTTP 500 with an
 OpenAI-shaped error body saying so. Background responses are kept for ``GET`` and ``cancel``
 (below). Scenario files (``streamfsm serve FILE.toml``) and their
-keys are described in ``engine/testing/scenarios.py`` and ``docs/scenarios.md``.
+keys are described in ``engine/simulator/scenarios.py`` and ``docs/scenarios.md``.
 
 A :class:`Script` (an ordered tuple of replies) is the simplest scenario: each request takes the
 next unused reply, so a script of three replies describes three consecutive attempts of one turn
@@ -111,7 +111,6 @@ or, for a command-line server, ``ResponsesSimulator(scenario, port=8787).serve_f
 blocks until :meth:`ResponsesSimulator.close` is called from another thread or the process is
 interrupted.
 """
-
 from __future__ import annotations
 
 import http.server
@@ -124,406 +123,37 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterable, Mapping
-from typing import IO, TYPE_CHECKING, Any, Final, Literal
+from typing import IO, Any, Final, Literal
 
 import attrs
 import orjson
 
+from engine.simulator.background import (
+    BackgroundResponse,
+    Event,
+    background_response_id,
+    start_background,
+    stream_events,
+)
+from engine.simulator.replies import (
+    RESPONSES_PATHS,
+    RecordedRequest,
+    Reply,
+    Script,
+    default_error_body,
+    error_body,
+    redact_headers,
+)
+from engine.simulator.scenarios import Scenario, ScenarioState
 from machines.records import Chunk, Stall, TransportFault
 
-if TYPE_CHECKING:
-    from engine.testing.scenarios import Scenario
+__all__ = ["ResponsesSimulator"]
 
-__all__ = [
-    "BackgroundResponse",
-    "RecordedRequest",
-    "Reply",
-    "ResponsesSimulator",
-    "Script",
-    "Step",
-    "TRACE_STALL_S",
-    "background_response_id",
-    "error_body",
-    "redact_headers",
-    "script_from_trace",
-    "start_background",
-]
-
-RESPONSES_PATHS: Final = frozenset({"/v1/responses", "/responses"})
-REDACTED: Final = "[redacted]"
 STALL_SLICE_S: Final = 0.02
 """Longest uninterrupted sleep inside a Stall; bounds how late a close or hang-up is noticed."""
+
 SERVE_POLL_S: Final = 0.05
 """Poll interval of the accept loop, a fallback: ``close()`` wakes the loop with a connection."""
-TRACE_STALL_S: Final = 60.0
-"""How long a trace's timeout or interrupt is served as silence: the client under test decides
-when to give up (the stall ends as soon as it hangs up)."""
-RECORDED_GAP_MIN_S: Final = 0.001
-"""With recorded timing, pauses shorter than this between two inputs are not reproduced."""
-
-_STATUS_ERROR_TYPES: Final[Mapping[int, tuple[str, str | None, str]]] = {
-    400: ("invalid_request_error", None, "Invalid request."),
-    401: (
-        "invalid_request_error",
-        "invalid_api_key",
-        "Incorrect API key provided: test. You can find your API key at "
-        "https://platform.openai.com/account/api-keys.",
-    ),
-    403: ("invalid_request_error", "unsupported_country_region_territory", "Forbidden."),
-    404: ("invalid_request_error", None, "Not found."),
-    429: (
-        "requests",
-        "rate_limit_exceeded",
-        "Rate limit reached for requests. Please try again in 20s.",
-    ),
-    500: (
-        "server_error",
-        None,
-        "The server had an error while processing your request. Sorry about that!",
-    ),
-    502: ("server_error", None, "Bad gateway."),
-    503: ("server_error", None, "The engine is currently overloaded, please try again later."),
-}
-
-
-def error_body(
-    message: str,
-    *,
-    type: str = "server_error",
-    code: str | None = None,
-    param: str | None = None,
-) -> bytes:
-    """An OpenAI-shaped JSON error body: ``{"error": {"message", "type", "param", "code"}}``."""
-    return orjson.dumps({"error": {"message": message, "type": type, "param": param, "code": code}})
-
-
-def _default_error_body(status: int) -> bytes:
-    fallback_type = "server_error" if status >= 500 else "invalid_request_error"
-    type_, code, message = _STATUS_ERROR_TYPES.get(status, (fallback_type, None, f"HTTP {status}."))
-    return error_body(message, type=type_, code=code)
-
-
-# --------------------------------------------------------------------------------------------
-# Script model
-
-
-def _non_empty_bytes(instance: object, attribute: attrs.Attribute[bytes], value: bytes) -> None:
-    if not isinstance(value, bytes):
-        raise TypeError(f"{attribute.name} must be bytes, not {type(value).__name__}")
-    if not value:
-        # A zero-length chunk is the chunked-encoding terminator; it cannot be sent as data.
-        raise ValueError(f"{attribute.name} must not be empty (a zero-length chunk ends the body)")
-
-
-_CHUNK_DATA = attrs.fields(Chunk).data
-
-
-def _non_negative(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if value < 0:
-        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
-
-
-def _whole_number_or_none(
-    instance: object, attribute: attrs.Attribute[int | None], value: int | None
-) -> None:
-    if value is not None and (type(value) is not int or value < 0):
-        raise ValueError(f"{attribute.name} must be a whole number >= 0, not {value!r}")
-
-
-#: What a streaming reply does, in the shared vocabulary of `machines.records`: send a chunk,
-#: stay silent, or cut the connection (`TransportFault("drop")`).
-Step = Chunk | Stall | TransportFault
-
-
-def _steps(value: Any) -> tuple[Step, ...]:
-    steps = tuple(value)
-    for step in steps:
-        if isinstance(step, Chunk):
-            _non_empty_bytes(step, _CHUNK_DATA, step.data)
-        elif not isinstance(step, (Stall, TransportFault)):
-            raise TypeError(f"not a reply step: {step!r}")
-    return steps
-
-
-def _headers_tuple(value: Any) -> tuple[tuple[str, str], ...]:
-    return tuple((str(name), str(val)) for name, val in value)
-
-
-@attrs.frozen
-class Reply:
-    """One HTTP response.
-
-    ``body is None``: an ``text/event-stream`` response whose ``steps`` are played in order (for a
-    non-200 status with no steps, a generic OpenAI-shaped error body is sent instead).
-    ``body`` set: that body, sent whole as ``application/json`` with a ``content-length``.
-    ``headers`` are added to the response and override the defaults of the same name.
-    ``headers_after_s`` keeps the client waiting that long before the status line is sent (a
-    server slow to answer at all). ``drop`` says how a ``TransportFault`` step closes the
-    connection: ``"fin"`` (orderly shutdown) or ``"rst"`` (reset, ``SO_LINGER`` 0).
-    ``background_drop_after_events`` (N >= 0): a request whose body holds ``"background": true``
-    gets a background response made of this reply's events; its stream is cut (FIN) after N
-    events and the rest is served by ``GET /v1/responses/{id}`` (see *Background responses* in
-    the module docstring). Other requests, and replies that are not streamed with status 200,
-    are unaffected.
-    """
-
-    status: int = 200
-    steps: tuple[Step, ...] = attrs.field(default=(), converter=_steps)
-    body: bytes | None = None
-    headers: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_headers_tuple)
-    headers_after_s: float = attrs.field(default=0.0, validator=_non_negative)
-    drop: Literal["fin", "rst"] = attrs.field(
-        default="fin", validator=attrs.validators.in_(("fin", "rst"))
-    )
-    background_drop_after_events: int | None = attrs.field(
-        default=None, validator=_whole_number_or_none
-    )
-
-    @property
-    def is_stream(self) -> bool:
-        """Whether this reply is sent as an event stream (else as a whole JSON body)."""
-        return self.body is None and (self.status == 200 or bool(self.steps))
-
-    @property
-    def serves_background(self) -> bool:
-        """Whether a ``background: true`` request given this reply gets a background response
-        (a streamed 200 reply with ``background_drop_after_events`` set)."""
-        return (
-            self.background_drop_after_events is not None and self.is_stream and self.status == 200
-        )
-
-
-def _replies_tuple(value: Iterable[Reply]) -> tuple[Reply, ...]:
-    return tuple(value)
-
-
-@attrs.frozen
-class Script:
-    """The replies for consecutive requests, in order, with a name and a one-line description."""
-
-    replies: tuple[Reply, ...] = attrs.field(converter=_replies_tuple)
-    name: str = ""
-    description: str = ""
-
-
-@attrs.frozen
-class RecordedRequest:
-    """A request as the simulator received it, secrets redacted.
-
-    ``body`` is the parsed JSON body (``None`` if it was empty or not JSON); ``headers`` maps
-    lower-cased header names to values; ``reply_index`` is the position in the scenario (or
-    script) of the reply it got (``None`` for requests it did not answer: wrong path, or no reply
-    matched). ``n`` numbers the simulator's requests from 1, ``t`` is when it arrived (seconds
-    since the simulator started), ``status`` the HTTP status it was answered with, ``query`` the
-    query string of the request target (without ``?``).
-    """
-
-    method: str
-    path: str
-    body: Any
-    headers: dict[str, str]
-    reply_index: int | None
-    n: int = 0
-    t: float = 0.0
-    status: int | None = None
-    query: str = ""
-
-    def to_log_json(self) -> dict[str, Any]:
-        """The request as one line of ``streamfsm serve --log``."""
-        return {
-            "n": self.n,
-            "t": round(self.t, 6),
-            "method": self.method,
-            "path": f"{self.path}?{self.query}" if self.query else self.path,
-            "headers": self.headers,
-            "body": self.body,
-            "reply": self.reply_index,
-            "status": self.status,
-        }
-
-
-def _is_secret_header(name: str) -> bool:
-    lowered = name.lower()
-    return lowered in ("authorization", "cookie", "proxy-authorization", "set-cookie") or (
-        "key" in lowered or "token" in lowered
-    )
-
-
-def redact_headers(headers: Any) -> dict[str, str]:
-    """Header pairs as a dict with lower-cased names, secret values replaced by ``[redacted]``."""
-    redacted: dict[str, str] = {}
-    for name, value in headers.items():
-        lowered = name.lower()
-        redacted[lowered] = REDACTED if _is_secret_header(lowered) else value
-    return redacted
-
-
-# --------------------------------------------------------------------------------------------
-# Background responses
-
-#: What a JSON event of an event stream is here: a parsed ``data:`` object.
-Event = dict[str, Any]
-
-#: The status the response object of an early lifecycle event has in a background response.
-_BACKGROUND_EARLY_STATUS: Final[Mapping[str, str]] = {
-    "response.created": "queued",
-    "response.queued": "queued",
-    "response.in_progress": "in_progress",
-}
-
-
-def background_response_id(request_number: int) -> str:
-    """The id the simulator gives the background response started by its request number N."""
-    return f"resp_sim_background_{request_number:04d}"
-
-
-@attrs.frozen
-class BackgroundResponse:
-    """A background response the simulator keeps, to be resumed or cancelled.
-
-    ``events``: every event of the response in order, each with a ``sequence_number``, the
-    response objects they carry already holding ``response_id`` and ``"background": true``.
-    ``headers``: the headers of a reply that streams them. ``sent``: how many events, from the
-    first, some stream has sent (or started to send). ``cancelled``: ``POST .../cancel`` was
-    received.
-    """
-
-    response_id: str
-    events: tuple[Event, ...]
-    headers: tuple[tuple[str, str], ...] = ()
-    sent: int = 0
-    cancelled: bool = False
-
-    def events_after(self, sequence_number: int | None) -> tuple[Event, ...]:
-        """The events whose ``sequence_number`` is above ``sequence_number`` (all for None)."""
-        if sequence_number is None:
-            return self.events
-        return tuple(event for event in self.events if event["sequence_number"] > sequence_number)
-
-    def response_as_of(self, count: int) -> Event:
-        """The response object carried by the last of the first ``count`` events that carries
-        one; a bare in-progress response object when none does."""
-        for event in reversed(self.events[:count]):
-            response = event.get("response")
-            if isinstance(response, dict):
-                return dict(response)
-        return {
-            "id": self.response_id,
-            "object": "response",
-            "status": "in_progress",
-            "background": True,
-            "output": [],
-        }
-
-    def final_response(self) -> Event:
-        """What ``GET /v1/responses/{id}`` answers: the response of its last event carrying one
-        (the terminal event, when it has one); once cancelled, the response as cancel answered
-        it."""
-        if self.cancelled:
-            return self.cancelled_response()
-        return self.response_as_of(len(self.events))
-
-    def cancelled_response(self) -> Event:
-        """What ``POST /v1/responses/{id}/cancel`` answers: the response as of the events sent
-        so far, with ``"status": "cancelled"``."""
-        return {**self.response_as_of(self.sent), "status": "cancelled"}
-
-
-def _frame_data(frame: bytes) -> Any:
-    """The parsed JSON of one SSE frame's ``data:`` lines, or None (no data, or not JSON)."""
-    data = [
-        line[5:].removeprefix(b" ")
-        for line in frame.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-        if line.startswith(b"data:")
-    ]
-    if not data:
-        return None
-    try:
-        return orjson.loads(b"\n".join(data))
-    except orjson.JSONDecodeError:
-        return None
-
-
-def _background_event(event: Event, response_id: str, position: int) -> Event:
-    """``event`` as a background response streams it: with a ``sequence_number`` (its position
-    when it has no whole number there) and its response object carrying ``response_id``,
-    ``"background": true`` and, in early lifecycle events, ``queued``/``in_progress``."""
-    rewritten = dict(event)
-    number = event.get("sequence_number")
-    if type(number) is not int:
-        rewritten["sequence_number"] = position
-    response = event.get("response")
-    if isinstance(response, dict):
-        response = {**response, "id": response_id, "background": True}
-        early_status = _BACKGROUND_EARLY_STATUS.get(str(event.get("type")))
-        if early_status is not None:
-            response["status"] = early_status
-        rewritten["response"] = response
-    return rewritten
-
-
-def _events_and_stalls(reply: Reply) -> tuple[list[Event], list[tuple[int, Stall]]]:
-    """A streamed reply's JSON events (frames whose data is a JSON object, up to a cut) and its
-    stalls, each placed by how many of those events were complete before it."""
-    from engine.testing.scenarios import frame_ends
-
-    body = b""
-    stalls: list[tuple[int, Stall]] = []
-    stall_offsets: list[tuple[int, Stall]] = []
-    for step in reply.steps:
-        if isinstance(step, Chunk):
-            body += step.data
-        elif isinstance(step, Stall):
-            stall_offsets.append((len(body), step))
-        else:
-            break
-    events: list[Event] = []
-    event_ends: list[int] = []
-    start = 0
-    for end in frame_ends(body):
-        data = _frame_data(body[start:end])
-        if isinstance(data, dict):
-            events.append(data)
-            event_ends.append(end)
-        start = end
-    for offset, stall in stall_offsets:
-        stalls.append((sum(1 for end in event_ends if end <= offset), stall))
-    return events, stalls
-
-
-def start_background(reply: Reply, response_id: str) -> tuple[BackgroundResponse, Reply]:
-    """The background response a ``background: true`` request given ``reply`` starts, and the
-    reply that request gets: its first ``background_drop_after_events`` events (one chunk each,
-    with the reply's stalls where they were), then a cut with a FIN."""
-    from engine.testing.shapes import sse_frame
-
-    cut_after = reply.background_drop_after_events
-    if cut_after is None:
-        raise ValueError("the reply has no background_drop_after_events")
-    events, stalls = _events_and_stalls(reply)
-    stored = tuple(
-        _background_event(event, response_id, position) for position, event in enumerate(events)
-    )
-    sent = min(cut_after, len(stored))
-    steps: list[Step] = []
-    for position in range(sent + 1):
-        steps.extend(stall for at, stall in stalls if at == position)
-        if position < sent:
-            steps.append(Chunk(sse_frame(stored[position])))
-    steps.append(TransportFault("drop"))
-    background = BackgroundResponse(response_id, stored, headers=reply.headers, sent=sent)
-    first_stream = attrs.evolve(
-        reply, steps=tuple(steps), drop="fin", background_drop_after_events=None
-    )
-    return background, first_stream
-
-
-def _stream_events(events: Iterable[Event], headers: tuple[tuple[str, str], ...]) -> Reply:
-    """A streamed 200 reply sending ``events``, one chunk each, and ending as usual."""
-    from engine.testing.shapes import sse_frame
-
-    return Reply(steps=tuple(Chunk(sse_frame(event)) for event in events), headers=headers)
-
 
 def _json_reply(value: Any) -> Reply:
     return Reply(status=200, body=orjson.dumps(value))
@@ -664,7 +294,7 @@ class _ResponsesRequestHandler(http.server.BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def _send_fixed(self, reply: Reply) -> None:
-        body = reply.body if reply.body is not None else _default_error_body(reply.status)
+        body = reply.body if reply.body is not None else default_error_body(reply.status)
         self._send_headers(
             reply,
             {
@@ -760,7 +390,7 @@ class _ResponsesRequestHandler(http.server.BaseHTTPRequestHandler):
 class ResponsesSimulator:
     """Serves a scenario (or a :class:`Script`) as a Responses-API endpoint on ``127.0.0.1``.
 
-    ``scenario``: an :class:`engine.testing.scenarios.Scenario`, or a :class:`Script` (each reply
+    ``scenario``: an :class:`engine.simulator.scenarios.Scenario`, or a :class:`Script` (each reply
     used once, in order). ``port=0`` picks a free port. ``repeat=True`` starts a script over once
     it is used up instead of answering 500 (useful for a long-running ``serve``). ``log``: a path
     (appended to) or an open text file that gets one JSON line per request. The server starts on
@@ -776,7 +406,6 @@ class ResponsesSimulator:
         repeat: bool = False,
         log: str | os.PathLike[str] | IO[str] | None = None,
     ) -> None:
-        from engine.testing.scenarios import Scenario, ScenarioState
 
         if isinstance(scenario, Script):
             scenario = Scenario.from_script(scenario, repeat=repeat)
@@ -1022,7 +651,7 @@ class ResponsesSimulator:
                     400, "starting_after must be an integer.", param="starting_after"
                 )
         self._background[response_id] = attrs.evolve(background, sent=len(background.events))
-        return _stream_events(background.events_after(starting_after), background.headers)
+        return stream_events(background.events_after(starting_after), background.headers)
 
     def _cancel_background(self, response_id: str) -> Reply:
         """``POST /v1/responses/{id}/cancel``: mark it cancelled, answer its response object."""
@@ -1044,74 +673,3 @@ class ResponsesSimulator:
     def _forget_connection(self, connection: socket.socket) -> None:
         with self._lock:
             self._connections.discard(connection)
-
-
-def _headers_of(value: Any) -> tuple[tuple[str, str], ...]:
-    """Response headers a trace kept for an HTTP error, if it kept any (a JSON object)."""
-    if not isinstance(value, dict):
-        return ()
-    return tuple((str(name), str(val)) for name, val in value.items() if isinstance(name, str))
-
-
-def script_from_trace(trace: Any, *, timing: Literal["none", "recorded"] = "none") -> Script:
-    """A recorded turn as a script: each attempt's chunks, faults and HTTP errors, in order.
-
-    Chunks keep their recorded boundaries; a drop or connect error becomes a
-    `TransportFault("drop")`; a read or idle timeout, and an interrupt, become a long `Stall`
-    (:data:`TRACE_STALL_S`): the server went silent and the client gave up, which is all the
-    server can know. A clean end of stream ends the body. An HTTP error keeps its status, body and,
-    when the trace recorded them, its response headers.
-
-    ``timing="recorded"`` reproduces the pauses between consecutive inputs of each attempt (from
-    the trace's clock readings ``t``); the first attempt also waits its recorded time to first
-    input (later attempts start at once: the client's own wait before them is not the server's).
-    """
-    from engine.log.trace import input_from_json
-    from machines.records import EndOfStream, HttpError, IdleTimeout, Interrupt
-
-    if timing not in ("none", "recorded"):
-        raise ValueError(f"timing must be 'none' or 'recorded', not {timing!r}")
-    replies: list[Reply] = []
-    by_attempt: dict[int, list[dict[str, Any]]] = {}
-    for record in trace.inputs():
-        by_attempt.setdefault(record["attempt"], []).append(record)
-    for position, number in enumerate(sorted(by_attempt)):
-        steps: list[Step] = []
-        reply: Reply | None = None
-        last_t: float | None = 0.0 if position == 0 else None
-        for record in by_attempt[number]:
-            item = input_from_json(record)
-            t = record.get("t")
-            gap = 0.0
-            if timing == "recorded" and isinstance(t, (int, float)) and not isinstance(t, bool):
-                if last_t is not None and t - last_t >= RECORDED_GAP_MIN_S:
-                    gap = float(t - last_t)
-                last_t = float(t)
-            if isinstance(item, HttpError):
-                body = item.body if isinstance(item.body, (dict, list)) else {
-                    "error": {"message": str(item.body)}
-                }
-                reply = Reply(
-                    status=item.status,
-                    body=orjson.dumps(body),
-                    headers=_headers_of(record.get("headers")),
-                    headers_after_s=gap,
-                )
-                break
-            if gap and not isinstance(item, (IdleTimeout, Interrupt)):
-                steps.append(Stall(gap))
-            if isinstance(item, Chunk):
-                if item.data:
-                    steps.append(Chunk(item.data))
-            elif isinstance(item, TransportFault) and item.kind != "read_timeout":
-                steps.append(TransportFault("drop"))
-                break
-            elif isinstance(item, (TransportFault, IdleTimeout, Interrupt)):
-                steps.append(Stall(TRACE_STALL_S))
-                break
-            elif isinstance(item, EndOfStream):
-                break
-        replies.append(reply or Reply(steps=tuple(steps)))
-    return Script(
-        replies=tuple(replies), name=trace.path, description=f"replies recorded in {trace.path}"
-    )

@@ -9,7 +9,7 @@ exactly as `run_turn` would minus the socket, and checks what came out against t
 1. **A reference model** (`reference_turn`), written from the contract and the machine's theory
    of operation, not from its code: a plain-Python re-statement of which frames count, when an
    attempt ends and why, what the turn does next and what the outcome is, where each frame's
-   content lands and what the result lists (`engine.testing.reference_output`). It decodes the
+   content lands and what the result lists (`engine.fuzz.reference_output`). It decodes the
    bytes with its own whole-buffer SSE reader (WHATWG rules) and measures events against
    `max_event_bytes` itself, so a decoder bug shows up too. Server data of any JSON type in any
    field is read as the machines document it: a text delta whose `delta` is not a string is
@@ -63,14 +63,14 @@ import attrs
 from engine.log.eventlog import Callbacks
 from engine.log.redaction import MIN_PIECE, scrub
 from engine.drivers.replay import Divergence, replay_trace
-from engine.testing.reference_output import (
+from engine.fuzz.reference_output import (
     ReferenceOutput,
     join_text,
     json_value,
     listed_calls,
     merged_items,
 )
-from engine.testing.strategies import SESSION_TOKEN, SHAPED_KEY, Session, Step, play_session
+from engine.fuzz.strategies import SESSION_TOKEN, SHAPED_KEY, Session, Step, play_session
 from machines.output import CLIENT_CALL_TYPES, declared_custom_tools, is_client_call
 from machines.records import (
     Chunk,

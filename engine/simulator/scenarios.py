@@ -5,12 +5,12 @@ Theory of operation
 
 A :class:`Scenario` is an ordered tuple of :class:`Rule` records. A rule pairs *conditions*
 (``when``, ``nth``, ``times``) with *what to send*: one or more
-:class:`~engine.testing.simulator.Reply` records (a built-in shape may hold several, which the
+:class:`~engine.simulator.server.Reply` records (a built-in shape may hold several, which the
 rule plays in turn on its first, second, ... use) and *modifiers* that reshape them (a stall,
 a cut after some bytes, a pause between events). For each request the simulator takes the first
 rule, in order, whose conditions hold and which is not used up; a request no rule matches gets
 HTTP 500 with an OpenAI-shaped error saying so. This is the only way the simulator picks replies:
-an old-style :class:`~engine.testing.simulator.Script` is the scenario whose rules are its replies,
+an old-style :class:`~engine.simulator.server.Script` is the scenario whose rules are its replies,
 each usable once (:meth:`Scenario.from_script`).
 
 Sessions
@@ -54,12 +54,12 @@ including the blank line that ends it (comments and vendor frames count).
     response kept by the simulator, the stream is cut (FIN) after that many events, and
     ``GET /v1/responses/{id}?stream=true&starting_after=K`` serves the rest;
     ``POST /v1/responses/{id}/cancel`` cancels it (see *Background responses* in
-    ``engine.testing.simulator``). The stalls and pauses of the other modifiers stay in the
+    ``engine.simulator.server``). The stalls and pauses of the other modifiers stay in the
     first stream, counted in events. It excludes ``drop_after_bytes``. Requests without
     ``background`` get the reply as usual.
 
 Traces (``.jsonl``) become scenarios through
-:func:`~engine.testing.simulator.script_from_trace`, optionally with their recorded timing.
+:func:`~engine.simulator.server.script_from_trace`, optionally with their recorded timing.
 """
 
 from __future__ import annotations
@@ -77,8 +77,19 @@ from typing import Any, Final, Literal
 import attrs
 import orjson
 
-from engine.testing.simulator import Reply, Script, Step, error_body
-from machines.records import Chunk, Stall, TransportFault
+from engine.log.trace import TraceError, input_from_json, read_trace
+from engine.simulator import shapes
+from engine.simulator.replies import Reply, Script, Step, error_body, frame_ends
+from engine.simulator.shapes import SHAPES
+from machines.records import (
+    Chunk,
+    EndOfStream,
+    HttpError,
+    IdleTimeout,
+    Interrupt,
+    Stall,
+    TransportFault,
+)
 
 __all__ = [
     "DropMode",
@@ -156,30 +167,6 @@ class ScenarioError(ValueError):
 
 # --------------------------------------------------------------------------------------------
 # Reshaping a reply: stalls, cuts, per-event chunks
-
-
-def frame_ends(body: bytes) -> list[int]:
-    """Offsets just past each blank line of an event-stream body: where each SSE frame ends.
-
-    Line endings are CRLF, LF or CR, as the WHATWG event-stream rules allow.
-    """
-    ends: list[int] = []
-    size = len(body)
-    line_start = 0
-    position = 0
-    while position < size:
-        byte = body[position]
-        if byte != 0x0A and byte != 0x0D:
-            position += 1
-            continue
-        end = position + 1
-        if byte == 0x0D and end < size and body[end] == 0x0A:
-            end += 1
-        if position == line_start and position > 0:
-            ends.append(end)
-        line_start = end
-        position = end
-    return ends
 
 
 @attrs.define
@@ -294,8 +281,6 @@ def reshape(
 
 
 def _success_headers() -> tuple[tuple[str, str], ...]:
-    from engine.testing import shapes
-
     return tuple(shapes.SUCCESS_HEADERS)
 
 
@@ -307,8 +292,6 @@ def _delta_count(text: str) -> int:
 def text_reply(text: str) -> Reply:
     """A text answer: ``response.created``, ``in_progress``, the message with its text in several
     deltas, then ``response.completed`` holding it."""
-    from engine.testing import shapes
-
     message = shapes.text_message(text, deltas=_delta_count(text))
     events = shapes.assemble(
         shapes.created(), shapes.in_progress(), message, shapes.completed(shapes.output_items(message))
@@ -319,8 +302,6 @@ def text_reply(text: str) -> Reply:
 def tool_call_reply(name: str, arguments: str, *, call_id: str | None = None) -> Reply:
     """A function call whose ``arguments`` (a JSON string) stream in deltas, then
     ``response.completed`` holding the call."""
-    from engine.testing import shapes
-
     call = shapes.function_call(name, arguments, deltas=3, call_id=call_id)
     events = shapes.assemble(
         shapes.created(), shapes.in_progress(), call, shapes.completed(shapes.output_items(call))
@@ -329,8 +310,6 @@ def tool_call_reply(name: str, arguments: str, *, call_id: str | None = None) ->
 
 
 def _events_reply(events: Sequence[Mapping[str, Any]]) -> Reply:
-    from engine.testing import shapes
-
     parts = shapes.assemble(*[dict(event) for event in events])
     if not parts:
         return Reply(headers=_success_headers())
@@ -418,7 +397,7 @@ class Rule:
     starting over after the last. ``when``, ``nth``, ``times``: conditions (see the module
     docstring). ``stall_s`` to ``chunk_delay_ms`` are the modifiers of :func:`reshape`, applied
     to every reply. ``background_drop_after_events`` is set on every reply
-    (:class:`~engine.testing.simulator.Reply` says what it does); it excludes
+    (:class:`~engine.simulator.server.Reply` says what it does); it excludes
     ``drop_after_bytes``.
     """
 
@@ -740,8 +719,6 @@ def _read_reply(index: int, table: Any, problems: list[str], source: str) -> Rul
     elif text is not None:
         replies = (text_reply(text),)
     elif shape is not None:
-        from engine.testing.shapes import SHAPES
-
         if shape not in SHAPES:
             close = difflib.get_close_matches(shape, list(SHAPES), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else " (streamfsm serve --list)"
@@ -866,9 +843,6 @@ def load_fixture(fixture: str, *, timing: Timing = "none") -> Scenario:
 
     ``timing="recorded"`` serves a trace with its recorded pauses. Raises :class:`ScenarioError`.
     """
-    from engine.testing.shapes import SHAPES
-    from engine.testing.simulator import script_from_trace
-
     if fixture in SHAPES:
         return Scenario((Rule(SHAPES[fixture].replies),), name=fixture,
                         description=SHAPES[fixture].description, repeat=True)
@@ -878,10 +852,86 @@ def load_fixture(fixture: str, *, timing: Timing = "none") -> Scenario:
         raise ScenarioError(
             [f"{fixture}: no such file, and not a built-in shape (see `streamfsm serve --list`)"]
         )
-    from engine.log.trace import TraceError, read_trace
-
     try:
         script = script_from_trace(read_trace(fixture), timing=timing)
     except TraceError as error:
         raise ScenarioError([f"invalid trace: {error}"]) from None
     return Scenario.from_script(script, repeat=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Serving a recorded turn
+
+TRACE_STALL_S: Final = 60.0
+"""How long a trace's timeout or interrupt is served as silence: the client under test decides
+when to give up (the stall ends as soon as it hangs up)."""
+RECORDED_GAP_MIN_S: Final = 0.001
+"""With recorded timing, pauses shorter than this between two inputs are not reproduced."""
+
+
+def _headers_of(value: Any) -> tuple[tuple[str, str], ...]:
+    """Response headers a trace kept for an HTTP error, if it kept any (a JSON object)."""
+    if not isinstance(value, dict):
+        return ()
+    return tuple((str(name), str(val)) for name, val in value.items() if isinstance(name, str))
+
+
+def script_from_trace(trace: Any, *, timing: Literal["none", "recorded"] = "none") -> Script:
+    """A recorded turn as a script: each attempt's chunks, faults and HTTP errors, in order.
+
+    Chunks keep their recorded boundaries; a drop or connect error becomes a
+    `TransportFault("drop")`; a read or idle timeout, and an interrupt, become a long `Stall`
+    (:data:`TRACE_STALL_S`): the server went silent and the client gave up, which is all the
+    server can know. A clean end of stream ends the body. An HTTP error keeps its status, body and,
+    when the trace recorded them, its response headers.
+
+    ``timing="recorded"`` reproduces the pauses between consecutive inputs of each attempt (from
+    the trace's clock readings ``t``); the first attempt also waits its recorded time to first
+    input (later attempts start at once: the client's own wait before them is not the server's).
+    """
+    if timing not in ("none", "recorded"):
+        raise ValueError(f"timing must be 'none' or 'recorded', not {timing!r}")
+    replies: list[Reply] = []
+    by_attempt: dict[int, list[dict[str, Any]]] = {}
+    for record in trace.inputs():
+        by_attempt.setdefault(record["attempt"], []).append(record)
+    for position, number in enumerate(sorted(by_attempt)):
+        steps: list[Step] = []
+        reply: Reply | None = None
+        last_t: float | None = 0.0 if position == 0 else None
+        for record in by_attempt[number]:
+            item = input_from_json(record)
+            t = record.get("t")
+            gap = 0.0
+            if timing == "recorded" and isinstance(t, (int, float)) and not isinstance(t, bool):
+                if last_t is not None and t - last_t >= RECORDED_GAP_MIN_S:
+                    gap = float(t - last_t)
+                last_t = float(t)
+            if isinstance(item, HttpError):
+                body = item.body if isinstance(item.body, (dict, list)) else {
+                    "error": {"message": str(item.body)}
+                }
+                reply = Reply(
+                    status=item.status,
+                    body=orjson.dumps(body),
+                    headers=_headers_of(record.get("headers")),
+                    headers_after_s=gap,
+                )
+                break
+            if gap and not isinstance(item, (IdleTimeout, Interrupt)):
+                steps.append(Stall(gap))
+            if isinstance(item, Chunk):
+                if item.data:
+                    steps.append(Chunk(item.data))
+            elif isinstance(item, TransportFault) and item.kind != "read_timeout":
+                steps.append(TransportFault("drop"))
+                break
+            elif isinstance(item, (TransportFault, IdleTimeout, Interrupt)):
+                steps.append(Stall(TRACE_STALL_S))
+                break
+            elif isinstance(item, EndOfStream):
+                break
+        replies.append(reply or Reply(steps=tuple(steps)))
+    return Script(
+        replies=tuple(replies), name=trace.path, description=f"replies recorded in {trace.path}"
+    )

@@ -43,14 +43,14 @@ send and the SDK's types reject: ``response.failed`` with error code ``context_l
 or ``insufficient_quota`` (not in the SDK's ``ResponseError.code`` enumeration), and
 ``response.completed`` with ``output: null``.
 
-:data:`SHAPES` maps a name to a :class:`~engine.testing.simulator.Script` for each real-world stream
+:data:`SHAPES` maps a name to a :class:`~engine.simulator.server.Script` for each real-world stream
 shape the state machines must handle (see DESIGN.md, "Real-world stream shapes"). Scripts with
 a fault on the first attempt carry a second, good reply for the retry. Every reply carries the
 headers a real server sends: :data:`SUCCESS_HEADERS` on streams (rate-limit budget, processing
 time), ``retry-after`` and a spent budget on the 429 (:data:`RATE_LIMITED_HEADERS`); the
 simulator adds a per-request ``x-request-id``. A scenario can shape them further: ``stall_s``
 sets how long the stall shapes stay silent (default :data:`STALL_SECONDS`), ``drop = "rst"``
-makes the drop shapes reset the connection (see ``engine.testing.scenarios``).
+makes the drop shapes reset the connection (see ``engine.simulator.scenarios``).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ from typing import Any, Final, Literal
 import attrs
 import orjson
 
-from engine.testing.simulator import Reply, Script, error_body
+from engine.simulator.replies import Reply, Script, error_body, sse_frame
 from machines.records import Chunk, Stall, TransportFault
 
 __all__ = [
@@ -228,15 +228,6 @@ StreamPart = Event | Comment | Data | Raw | Stall | TransportFault
 
 def _line_ending(crlf: bool) -> bytes:
     return b"\r\n" if crlf else b"\n"
-
-
-def sse_frame(event: Mapping[str, Any], *, crlf: bool = False) -> bytes:
-    """``event: <type>`` / ``data: <compact JSON>`` / blank line, UTF-8, LF or CRLF endings."""
-    eol = _line_ending(crlf)
-    payload = orjson.dumps(event)
-    event_type = event.get("type")
-    head = b"event: " + str(event_type).encode() + eol if event_type is not None else b""
-    return head + b"data: " + payload + eol + eol
 
 
 def encode_part(part: StreamPart, *, crlf: bool = False) -> bytes:

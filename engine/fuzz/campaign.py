@@ -3,7 +3,7 @@
 Theory of operation
 ===================
 
-The campaign runs one property, `check_session(session)` (`engine.testing.invariants`) over
+The campaign runs one property, `check_session(session)` (`engine.fuzz.invariants`) over
 `sessions()` (`engine.strategies`), with Hypothesis as the engine: it generates, finds, shrinks,
 and keeps what it found in its example database. The test suite runs the same property with a
 small, bounded number of examples; this command is the long run.
@@ -48,8 +48,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from engine.log.eventlog import Callbacks
-from engine.testing.invariants import InvariantViolation, Violation, check_session, session_violations
-from engine.testing.strategies import Session, run_session, session_from_trace, sessions
+from engine.fuzz.invariants import InvariantViolation, Violation, check_session, session_violations
+from engine.fuzz.strategies import Session, run_session, session_from_trace, sessions
 from engine.log.trace import TraceError
 
 __all__ = [
@@ -195,7 +195,7 @@ class _Campaign:
 
 
 def fuzz_property(session: Session) -> None:  # the database key: one name for every machine
-    """Every rule of `engine.testing.invariants` holds for `session` (the campaign's property)."""
+    """Every rule of `engine.fuzz.invariants` holds for `session` (the campaign's property)."""
     campaign = _CURRENT
     assert campaign is not None
     campaign.property(session)
@@ -508,7 +508,7 @@ def run(args: argparse.Namespace, out: Any = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m engine.testing.fuzz [OPTIONS]`: parse the command line and run the campaign or
+    """`python -m engine.fuzz.campaign [OPTIONS]`: parse the command line and run the campaign or
     the promotion; the exit status is `run`'s."""
     parser = argparse.ArgumentParser(
         prog="streamfsm fuzz",
