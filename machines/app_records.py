@@ -28,11 +28,11 @@ subprocess). `AppTurnResult` is what a turn returns, `ApprovalRequest` what the 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import attrs
 
-from machines.records import EndOfStream, IdleTimeout, Interrupt, Transition
+from machines.records import EndOfStream, IdleTimeout, InputKind, Interrupt, Transition
 
 __all__ = [
     "AppInput",
@@ -63,12 +63,16 @@ AppOutcome = Literal["completed", "failed", "interrupted", "error"]
 class ServerLine:
     """One line the app-server wrote on stdout (without its newline), exactly as read."""
 
+    KIND: ClassVar[InputKind] = InputKind.LINE
+
     text: str
 
 
 @attrs.frozen(slots=True)
 class StderrLine:
     """One line of the app-server's stderr, with secrets already replaced."""
+
+    KIND: ClassVar[InputKind] = InputKind.STDERR
 
     text: str
 
@@ -78,6 +82,8 @@ class ProcessExit:
     """The app-server exited; `code` is its exit status (negative: the signal that killed it),
     None when it could not be read."""
 
+    KIND: ClassVar[InputKind] = InputKind.EXIT
+
     code: int | None
 
 
@@ -85,12 +91,16 @@ class ProcessExit:
 class SpawnFailed:
     """The app-server could not be started; `detail` says why (no secrets)."""
 
+    KIND: ClassVar[InputKind] = InputKind.SPAWN_FAILED
+
     detail: str
 
 
 @attrs.frozen(slots=True)
 class TurnRequest:
     """The caller asked for a turn with `text` as the user's input."""
+
+    KIND: ClassVar[InputKind] = InputKind.TURN
 
     text: str
 
@@ -101,6 +111,8 @@ class ApprovalAnswer:
     `DECISIONS`; `detail` says why the driver chose it when the callback did not (no callback,
     the callback raised, it returned something else)."""
 
+    KIND: ClassVar[InputKind] = InputKind.APPROVAL
+
     request_id: int | str
     decision: ApprovalDecision
     detail: str = ""
@@ -110,6 +122,8 @@ class ApprovalAnswer:
 class RequestTimeout:
     """Client request `request_id` (`method`) got no response within `seconds`."""
 
+    KIND: ClassVar[InputKind] = InputKind.REQUEST_TIMEOUT
+
     request_id: int
     method: str
     seconds: float
@@ -118,6 +132,8 @@ class RequestTimeout:
 @attrs.frozen(slots=True)
 class InterruptTimeout:
     """`turn/interrupt` was sent `seconds` ago and the turn has not completed."""
+
+    KIND: ClassVar[InputKind] = InputKind.INTERRUPT_TIMEOUT
 
     seconds: float
 

@@ -1,12 +1,16 @@
 """Tiny frozen records: what the machines are fed and what they answer.
 
 One vocabulary for what the outside world does, shared by the drivers, the trace format, the
-fuzzing strategies and the simulator (a `TransportFault("drop")` is the same thing everywhere):
+fuzzing strategies and the simulator (a `TransportFault(Fault.DROP)` is the same thing
+everywhere). Every kind of input has one name, its `InputKind` (the record's `KIND`): the trace
+writes it as the `input` field of an input record, the machines fire the trigger of that name,
+and the simulator, the scenario files and the strategies speak of it by that name; the ways a
+byte stream breaks are named once, in `Fault`:
 
     Chunk           bytes exactly as one network read delivered them (the simulator: one HTTP chunk)
     SseEvent        one dispatched server-sent event (name, data, id), still undecoded
     HttpError       the request was answered with a non-2xx status (status, JSON body if any)
-    TransportFault  the byte stream broke: "drop", "read_timeout", "connect_error"
+    TransportFault  the byte stream broke: `Fault.DROP`, `.READ_TIMEOUT`, `.CONNECT_ERROR`
     EndOfStream     the byte stream ended cleanly
     Stall           the server stays silent for some seconds (a driver observes it as nothing, or
                     as an `IdleTimeout` when the policy has one)
@@ -29,11 +33,46 @@ Outputs are what the machines decided:
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any, ClassVar, Literal
 
 import attrs
 
-FaultKind = Literal["drop", "read_timeout", "connect_error"]
+
+class InputKind(StrEnum):
+    """Every kind of input, by its name: the `input` field of a trace's input record (for the
+    kinds a trace records) and the trigger the machines fire for it."""
+
+    CHUNK = "chunk"
+    EVENT = "event"
+    HTTP_ERROR = "http_error"
+    FAULT = "fault"
+    EOF = "eof"
+    STALL = "stall"
+    IDLE_TIMEOUT = "idle_timeout"
+    INTERRUPT = "interrupt"
+    EVENT_TOO_LARGE = "event_too_large"
+    # codex app-server sessions (machines.app_records)
+    LINE = "line"
+    STDERR = "stderr"
+    EXIT = "exit"
+    SPAWN_FAILED = "spawn_failed"
+    TURN = "turn"
+    APPROVAL = "approval"
+    REQUEST_TIMEOUT = "request_timeout"
+    INTERRUPT_TIMEOUT = "interrupt_timeout"
+
+
+class Fault(StrEnum):
+    """How a byte stream breaks (`TransportFault.kind`); each is also the trigger it fires."""
+
+    DROP = "drop"
+    READ_TIMEOUT = "read_timeout"
+    CONNECT_ERROR = "connect_error"
+
+
+#: The old name of `Fault`.
+FaultKind = Fault
 AttemptKind = Literal["stream", "fallback", "resume"]
 
 
@@ -41,12 +80,16 @@ AttemptKind = Literal["stream", "fallback", "resume"]
 class Chunk:
     """Bytes exactly as one network read delivered them."""
 
+    KIND: ClassVar[InputKind] = InputKind.CHUNK
+
     data: bytes
 
 
 @attrs.frozen(slots=True)
 class SseEvent:
     """One event as the WHATWG event-stream parser dispatches it."""
+
+    KIND: ClassVar[InputKind] = InputKind.EVENT
 
     event: str
     data: str
@@ -68,6 +111,8 @@ class HttpError:
     wall clock (seconds since the epoch) when the answer came, so an HTTP-date `Retry-After`
     means the same wait on replay."""
 
+    KIND: ClassVar[InputKind] = InputKind.HTTP_ERROR
+
     status: int
     body: Any = None
     headers: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_header_pairs)
@@ -85,13 +130,17 @@ class HttpError:
 class TransportFault:
     """The byte stream broke; `detail` is the exception's class name (never its text)."""
 
-    kind: FaultKind = "drop"
+    KIND: ClassVar[InputKind] = InputKind.FAULT
+
+    kind: Fault = attrs.field(default=Fault.DROP, converter=Fault)
     detail: str = ""
 
 
 @attrs.frozen(slots=True)
 class EndOfStream:
     """The response body ended cleanly."""
+
+    KIND: ClassVar[InputKind] = InputKind.EOF
 
 
 def _non_negative_seconds(instance: Any, attribute: Any, value: Any) -> None:
@@ -103,12 +152,16 @@ def _non_negative_seconds(instance: Any, attribute: Any, value: Any) -> None:
 class Stall:
     """The server stays silent for `seconds` with the connection open."""
 
+    KIND: ClassVar[InputKind] = InputKind.STALL
+
     seconds: float = attrs.field(default=60.0, validator=_non_negative_seconds)
 
 
 @attrs.frozen(slots=True)
 class IdleTimeout:
     """No byte arrived for `seconds` (the policy's idle timeout)."""
+
+    KIND: ClassVar[InputKind] = InputKind.IDLE_TIMEOUT
 
     seconds: float
 
@@ -117,11 +170,15 @@ class IdleTimeout:
 class Interrupt:
     """The caller asked the turn to stop."""
 
+    KIND: ClassVar[InputKind] = InputKind.INTERRUPT
+
 
 @attrs.frozen(slots=True)
 class EventTooLarge:
     """One server-sent event grew past `limit` bytes (the policy's `max_event_bytes`). Derived by
     the decoder from the recorded chunks, so a replay derives it again."""
+
+    KIND: ClassVar[InputKind] = InputKind.EVENT_TOO_LARGE
 
     limit: int
 
