@@ -28,6 +28,7 @@ subprocess). `AppTurnResult` is what a turn returns, `ApprovalRequest` what the 
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any, ClassVar, Literal
 
 import attrs
@@ -46,11 +47,25 @@ __all__ = [
     "ProcessExit",
     "RequestTimeout",
     "ServerLine",
+    "SessionFault",
     "SessionConfig",
     "SpawnFailed",
     "StderrLine",
     "TurnRequest",
 ]
+
+class SessionFault(StrEnum):
+    """What ends an app-server session (and the turn it runs) from outside: its output ended,
+    it exited (whatever the exit code), a request or idle timeout, a protocol breach, it could
+    not be started. Each is a trigger of both app-server machines."""
+
+    EOF = InputKind.EOF
+    EXITED = "exited"
+    REQUEST_TIMEOUT = InputKind.REQUEST_TIMEOUT
+    IDLE_TIMEOUT = InputKind.IDLE_TIMEOUT
+    PROTOCOL_BREACH = "protocol_breach"
+    SPAWN_FAILED = InputKind.SPAWN_FAILED
+
 
 #: What the approval callback may answer.
 ApprovalDecision = Literal["accept", "acceptForSession", "decline", "cancel"]

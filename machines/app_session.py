@@ -52,9 +52,8 @@ of this machine in its header (`restore()` rebuilds it), so each turn replays on
 from __future__ import annotations
 
 from collections import deque
+from enum import StrEnum
 from typing import Any, Final
-
-from machines.table import definition
 
 from machines.app_protocol import (
     APPROVAL_METHODS,
@@ -78,16 +77,17 @@ from machines.app_records import (
     RequestTimeout,
     ServerLine,
     SessionConfig,
+    SessionFault,
     SpawnFailed,
     StderrLine,
     TurnRequest,
 )
 from machines.app_turn import TURN_NOTIFICATIONS, AppTurn
 from machines.records import Decision, Effect, EndOfStream, IdleTimeout, Interrupt, Transition
+from machines.table import Row, Table
 
 __all__ = [
     "AppSession",
-    "DEFINITION",
     "FAULTS",
     "INITIALIZING",
     "LIVE",
@@ -97,43 +97,90 @@ __all__ = [
     "SPAWNED",
     "STARTING_THREAD",
     "STATES",
+    "State",
     "TABLE",
     "TURN_RUNNING",
+    "Trigger",
 ]
 
 MACHINE: Final = "app_session"
 
-SPAWNED: Final = "spawned"
-INITIALIZING: Final = "initializing"
-STARTING_THREAD: Final = "starting_thread"
-READY: Final = "ready"
-TURN_RUNNING: Final = "turn_running"
-RETIRED: Final = "retired"
 
-STATES: Final[list[str]] = [SPAWNED, INITIALIZING, STARTING_THREAD, READY, TURN_RUNNING, RETIRED]
+class State(StrEnum):
+    """The states of an app-server session."""
+
+    SPAWNED = "spawned"
+    INITIALIZING = "initializing"
+    STARTING_THREAD = "starting_thread"
+    READY = "ready"
+    TURN_RUNNING = "turn_running"
+    RETIRED = "retired"
+
+
+class Trigger(StrEnum):
+    """What moves a session: the handshake's steps, turns beginning and ending, and what ends it
+    from outside (`SessionFault`)."""
+
+    BEGIN = "begin"
+    INITIALIZED = "initialized"
+    THREAD_STARTED = "thread_started"
+    TURN_BEGINS = "turn_begins"
+    TURN_ENDED = "turn_ended"
+    EOF = SessionFault.EOF
+    EXITED = SessionFault.EXITED
+    REQUEST_TIMEOUT = SessionFault.REQUEST_TIMEOUT
+    IDLE_TIMEOUT = SessionFault.IDLE_TIMEOUT
+    PROTOCOL_BREACH = SessionFault.PROTOCOL_BREACH
+    SPAWN_FAILED = SessionFault.SPAWN_FAILED
+
+
+SPAWNED: Final = State.SPAWNED
+INITIALIZING: Final = State.INITIALIZING
+STARTING_THREAD: Final = State.STARTING_THREAD
+READY: Final = State.READY
+TURN_RUNNING: Final = State.TURN_RUNNING
+RETIRED: Final = State.RETIRED
+
+STATES: Final[list[State]] = list(State)
 #: Before `ready`: a turn asked for now waits (queued) for the handshake.
-STARTING: Final[list[str]] = [SPAWNED, INITIALIZING, STARTING_THREAD]
-LIVE: Final[list[str]] = [*STARTING, READY, TURN_RUNNING]
+STARTING: Final = frozenset({SPAWNED, INITIALIZING, STARTING_THREAD})
+LIVE: Final = STARTING | {READY, TURN_RUNNING}
 
 #: What retires a session with no turn running (a running turn ends first, then `turn_ended`).
-FAULTS: Final[list[str]] = [
-    "eof", "exited", "request_timeout", "idle_timeout", "protocol_breach", "spawn_failed"
+FAULTS: Final = tuple(Trigger(fault.value) for fault in SessionFault)
+
+
+def turn_retires_session(session: AppSession) -> bool:
+    """The turn's final row retires the session."""
+    turn = session.turn
+    return turn is not None and turn.ending is not None and turn.ending.retire_session
+
+
+_S = State
+
+
+def _fault_row(fault: Trigger) -> Row[AppSession, None]:
+    return Row(fault, (*STARTING, _S.READY), _S.RETIRED)
+
+
+ROWS: Final[list[Row[AppSession, None]]] = [
+    # the handshake
+    Row(Trigger.BEGIN, _S.SPAWNED, _S.INITIALIZING),
+    Row(Trigger.INITIALIZED, _S.INITIALIZING, _S.STARTING_THREAD),
+    Row(Trigger.THREAD_STARTED, _S.STARTING_THREAD, _S.READY),
+    # turns, one at a time
+    Row(Trigger.TURN_BEGINS, _S.READY, _S.TURN_RUNNING),
+    Row(Trigger.TURN_ENDED, (_S.TURN_RUNNING, *STARTING), _S.RETIRED, guards=turn_retires_session),
+    Row(Trigger.TURN_ENDED, _S.TURN_RUNNING, _S.READY),
+    Row(Trigger.TURN_ENDED, STARTING),
+    # the subprocess fails with no turn running
+    *(_fault_row(fault) for fault in FAULTS),
 ]
 
-TABLE: Final[list[dict[str, Any]]] = [
-    # the handshake
-    {"trigger": "begin", "source": SPAWNED, "dest": INITIALIZING},
-    {"trigger": "initialized", "source": INITIALIZING, "dest": STARTING_THREAD},
-    {"trigger": "thread_started", "source": STARTING_THREAD, "dest": READY},
-    # turns, one at a time
-    {"trigger": "turn_begins", "source": READY, "dest": TURN_RUNNING},
-    {"trigger": "turn_ended", "source": [TURN_RUNNING, *STARTING], "dest": RETIRED,
-     "conditions": "turn_retires_session"},
-    {"trigger": "turn_ended", "source": TURN_RUNNING, "dest": READY},
-    {"trigger": "turn_ended", "source": STARTING, "dest": None},
-    # the subprocess fails with no turn running
-    *({"trigger": fault, "source": [*STARTING, READY], "dest": RETIRED} for fault in FAULTS),
-]
+TABLE: Final[Table[AppSession, None]] = Table(
+    MACHINE, State, Trigger, ROWS, initial=SPAWNED, final={RETIRED}
+)
+_STAYS: Final = TABLE.stays
 
 #: How many stderr lines are kept for error messages, and how many an error message shows.
 STDERR_KEPT: Final = 40
@@ -144,17 +191,14 @@ FINISHED_KEPT: Final = 16
 REQUESTS_KEPT: Final = 64
 
 
-DEFINITION, _STAYS = definition(STATES, TABLE, SPAWNED)
-_EVENTS = DEFINITION.events
-
 _SCOPED: Final = TURN_NOTIFICATIONS
 
 
 class AppSession:
-    """One app-server subprocess's session, on `DEFINITION` (the table). Sans-I/O:
+    """One app-server subprocess's session, on `TABLE`. Sans-I/O:
     `receive(input)` returns the decisions of the session and of its running turn."""
 
-    state: str
+    state: State
 
     def __init__(self, config: SessionConfig) -> None:
         self.state = SPAWNED
@@ -170,6 +214,7 @@ class AppSession:
         self.stderr: deque[str] = deque(maxlen=STDERR_KEPT)
         #: ids of the server requests seen lately: a repeated request gets no second answer
         self.server_requests: deque[int | str] = deque(maxlen=REQUESTS_KEPT)
+        #: Why the session was retired (None while it is not).
         self.retire_reason: str | None = None
         self._settled: AppTurn | None = None
         self.unreadable = 0
@@ -219,7 +264,7 @@ class AppSession:
         if not isinstance(requests, list) or not all(
                 type(v) is int or type(v) is str for v in requests):
             raise ValueError("server_requests must be a list of ids")
-        session.state = state
+        session.state = State(state)
         session.thread_id = thread_id
         session.next_id = snapshot["next_id"]
         session.turn_number = snapshot["turn_number"]
@@ -233,7 +278,7 @@ class AppSession:
     @property
     def is_retired(self) -> bool:
         """True once the session is done for."""
-        return self.state == RETIRED
+        return self.retire_reason is not None
 
     @property
     def live_turn(self) -> AppTurn | None:
@@ -246,7 +291,7 @@ class AppSession:
         kind = type(item)
         if kind is ServerLine:
             assert isinstance(item, ServerLine)
-            if self.state != RETIRED:
+            if self.retire_reason is None:
                 self._line(item.text)
             else:
                 self.ignored += 1
@@ -270,23 +315,23 @@ class AppSession:
             if turn is not None:
                 turn.interrupt_timed_out()
         elif kind is EndOfStream:
-            self._fault("eof", "codex app-server closed its output")
+            self._fault(SessionFault.EOF, "codex app-server closed its output")
         elif kind is ProcessExit:
             assert isinstance(item, ProcessExit)
             status = "an unknown status" if item.code is None else f"status {item.code}"
-            self._fault("exited", f"codex app-server exited with {status}")
+            self._fault(SessionFault.EXITED, f"codex app-server exited with {status}")
         elif kind is SpawnFailed:
             assert isinstance(item, SpawnFailed)
-            self._fault("spawn_failed", f"codex app-server could not be started: {item.detail}")
+            self._fault(SessionFault.SPAWN_FAILED, f"codex app-server could not be started: {item.detail}")
         elif kind is RequestTimeout:
             assert isinstance(item, RequestTimeout)
             if self.pending.get(item.request_id) == item.method:
-                self._fault("request_timeout", f"codex app-server did not answer {item.method} "
+                self._fault(SessionFault.REQUEST_TIMEOUT, f"codex app-server did not answer {item.method} "
                             f"within {item.seconds:g} s")
         elif kind is IdleTimeout:
             assert isinstance(item, IdleTimeout)
             if self.live_turn is not None and self.live_turn.is_sent:
-                self._fault("idle_timeout", f"codex app-server sent nothing for "
+                self._fault(SessionFault.IDLE_TIMEOUT, f"codex app-server sent nothing for "
                             f"{item.seconds:g} s during the turn")
         else:
             raise TypeError(f"not an app-server input: {type(item).__name__}")
@@ -308,48 +353,43 @@ class AppSession:
         self.send(number, request(ident, method, params))
         return ident
 
-    # -- transitions callbacks and conditions (named in TABLE) -------------------------------------
-    def _fire(self, trigger: str) -> None:
+    # -- the table ---------------------------------------------------------------------------------
+    def _fire(self, trigger: Trigger) -> None:
         if (self.state, trigger) not in _STAYS:
-            _EVENTS[trigger].trigger(self)
+            TABLE.fire(self, trigger)
 
-    def _moved(self, row: dict[str, Any], source: str) -> None:
-        dest = row["dest"]
-        trigger = row["trigger"]
-        self.out.append(Transition(MACHINE, self.turn_number, source, dest, trigger))
-        if dest == RETIRED:
-            reason = trigger
-            if trigger == "turn_ended" and self.turn is not None and self.turn.ending is not None:
+    def _moved(self, row: Row[AppSession, None], source: State) -> None:
+        dest = row.dest
+        assert isinstance(dest, State)
+        self.out.append(Transition(MACHINE, self.turn_number, source, dest, row.label))
+        if dest in TABLE.final:
+            reason = row.label
+            if row.trigger is Trigger.TURN_ENDED and self.turn is not None and self.turn.ending is not None:
                 reason = self.turn.ending.reason
             self.retire_reason = reason
             self.out.append(Effect("retire", self.turn_number, {"reason": reason}))
 
-    def turn_retires_session(self, event: Any) -> bool:
-        """The turn's final row retires the session."""
-        turn = self.turn
-        return turn is not None and turn.ending is not None and turn.ending.retire_session
-
     # -- handlers ----------------------------------------------------------------------------------
     def _turn_requested(self, text: str) -> None:
-        if self.state == RETIRED or self.live_turn is not None:
+        if self.retire_reason is not None or self.live_turn is not None:
             self.ignored += 1  # the driver never asks for a turn here
             return
         self.turn_number += 1
         self.turn = AppTurn(self.turn_number, text, self)
-        if self.state == SPAWNED:
+        if TABLE.takes(self.state, Trigger.BEGIN):  # a new subprocess: the handshake first
             self.request(self.turn_number, "initialize", {
                 "clientInfo": {"name": self.config.client_name,
                                "version": self.config.client_version},
             })
-            self._fire("begin")
-        elif self.state == READY:
+            self._fire(Trigger.BEGIN)
+        elif TABLE.takes(self.state, Trigger.TURN_BEGINS):  # ready: the turn starts at once
             self._start_turn()
 
     def _start_turn(self) -> None:
         turn = self.turn
         assert turn is not None and self.thread_id is not None
         turn.send_start(self.thread_id)
-        self._fire("turn_begins")
+        self._fire(Trigger.TURN_BEGINS)
 
     def _line(self, text: str) -> None:
         message = decode_line(text)
@@ -377,7 +417,7 @@ class AppSession:
         result = message.result
         if method == "initialize":
             if error is not None:
-                self._fault("protocol_breach", f"codex app-server refused initialize: "
+                self._fault(SessionFault.PROTOCOL_BREACH, f"codex app-server refused initialize: "
                             f"{error.get('message')}")
                 return
             number = self.turn_number
@@ -387,16 +427,16 @@ class AppSession:
                 "approvalPolicy": self.config.approval_policy,
                 "sandbox": self.config.sandbox,
             })
-            self._fire("initialized")
+            self._fire(Trigger.INITIALIZED)
         elif method == "thread/start":
             thread = result.get("thread") if isinstance(result, dict) else None
             thread_id = thread.get("id") if isinstance(thread, dict) else None
             if error is not None or not isinstance(thread_id, str):
                 why = error.get("message") if error is not None else "no thread id in the response"
-                self._fault("protocol_breach", f"codex app-server refused thread/start: {why}")
+                self._fault(SessionFault.PROTOCOL_BREACH, f"codex app-server refused thread/start: {why}")
                 return
             self.thread_id = thread_id
-            self._fire("thread_started")
+            self._fire(Trigger.THREAD_STARTED)
             if self.live_turn is not None:
                 self._start_turn()
         elif method == "turn/start":
@@ -456,16 +496,17 @@ class AppSession:
             return
         turn.server_request(message.id, message.method, message.params)
 
-    def _fault(self, trigger: str, message: str) -> None:
-        if self.state == RETIRED:
+    def _fault(self, fault: SessionFault, message: str) -> None:
+        if self.retire_reason is not None:
             self.ignored += 1
             return
-        error = {"message": self._with_stderr(message), "code": trigger, "type": "app_server_error"}
+        error = {"message": self._with_stderr(message), "code": fault.value,
+                 "type": "app_server_error"}
         turn = self.live_turn
         if turn is not None:
-            turn.fault(trigger, error)  # then `_settle` ends the turn and retires the session
+            turn.fault(fault, error)  # then `_settle` ends the turn and retires the session
         else:
-            self._fire(trigger)
+            self._fire(Trigger(fault.value))
 
     def _with_stderr(self, message: str) -> str:
         lines = [line.strip() for line in self.stderr if line.strip()][-STDERR_SHOWN:]
@@ -484,7 +525,7 @@ class AppSession:
         self._settled = turn
         if turn.turn_id is not None:
             self.finished_turns.append(turn.turn_id)
-        self._fire("turn_ended")
+        self._fire(Trigger.TURN_ENDED)
 
     # -- the result ------------------------------------------------------------------------------
     def turn_result(self, transitions: list[Transition]) -> AppTurnResult:
@@ -502,6 +543,6 @@ class AppSession:
             error=turn.error if turn.ending.outcome in ("failed", "error") else None,
             thread_id=self.thread_id,
             turn_id=turn.turn_id,
-            retired=self.state == RETIRED,
+            retired=self.retire_reason is not None,
             transitions=transitions,
         )

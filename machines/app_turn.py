@@ -31,17 +31,20 @@ written; `streamfsm diagram app_turn` draws them:
                        protocol breach, `turn/start` refused, or no `turn/completed` after an
                        interrupt. The outcome is "error" (or "interrupted" for an interrupt).
 
-Reading a row: `{"trigger": "failed", "source": SENT, "dest": TERMINAL, "conditions":
-"auth_failed", "outcome": "failed", "retire_session": True, "reason": "auth_failure"}` says: a
+Reading a row (`machines.table`): `Row(Trigger.FAILED, SENT, State.TERMINAL, guards=auth_failed,
+decides=TurnEndingRule("failed", retire_session=True, reason="auth_failure"))` says: a
 `turn/completed` with status `failed`, once `turn/start` was sent, when the error is a credential
 failure (401, `unauthorized`, `invalid_grant`), ends the turn in `terminal` with outcome "failed"
 and retires the session (a fresh subprocess re-reads credentials). Rows are tried in order; the
-first whose conditions hold fires. `dest: None` rows are stays: the trigger is valid there and
-changes nothing (`retrying`, codex's own `error` notification with `willRetry: true`, is one:
-it never ends a turn). A trigger with no row for the current state raises
-`transitions.MachineError`: the routing below never fires one, so that is a bug. Final rows carry
-the `outcome`, whether the session is retired (`retire_session`) and a `reason` (default: the
-trigger).
+first whose guards hold fires. A row without `dest` is a stay: the trigger is valid there and
+changes nothing (`retrying`, codex's own `error` notification with `willRetry: true`, is one: it
+never ends a turn). A trigger with no row for the current state raises
+`transitions.MachineError`. The table also says where an input is taken at all: a notification
+(`notified`), a `turn/start` answer (`accepted`), an approval request, an interrupt or its
+timeout is handled only in the states that have a row for it, and ignored elsewhere. Final rows
+decide (`TurnEndingRule`) the `outcome`, whether the session is retired, the `reason` (default:
+the trigger) and whether requests still unanswered are declined; approval and interrupt rows
+decide (`Answer`) whether server requests are asked of the callback or answered `cancel`.
 
 Rules written in code rather than in the table (h11 style, listed here):
 
@@ -68,10 +71,10 @@ Rules written in code rather than in the table (h11 style, listed here):
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any, Final, Protocol
 
 import attrs
-from machines.table import definition
 
 from machines.app_protocol import (
     CANCEL_IS_AN_ANSWER,
@@ -82,14 +85,15 @@ from machines.app_protocol import (
     result_reply,
     turn_error,
 )
-from machines.app_records import ApprovalAnswer, AppOutcome
-from machines.records import Decision, Effect, Transition
+from machines.app_records import ApprovalAnswer, AppOutcome, SessionFault
+from machines.records import Decision, Effect, InputKind, Transition
+from machines.table import Row, Table
 
 __all__ = [
     "AWAITING_APPROVAL",
     "AWAITING_CREATED",
     "AppTurn",
-    "DEFINITION",
+    "Answer",
     "FAULTS",
     "FINAL",
     "INTERRUPTING",
@@ -99,41 +103,84 @@ __all__ = [
     "RETIRE",
     "STATES",
     "STREAMING",
+    "State",
     "TABLE",
     "TERMINAL",
     "TOOL_CALL",
     "TOOL_ITEMS",
     "TURN_NOTIFICATIONS",
+    "Trigger",
     "TurnEnding",
+    "TurnEndingRule",
     "Wire",
 ]
 
 MACHINE: Final = "app_turn"
 
-QUEUED: Final = "queued"
-AWAITING_CREATED: Final = "awaiting_created"
-STREAMING: Final = "streaming"
-TOOL_CALL: Final = "tool_call"
-AWAITING_APPROVAL: Final = "awaiting_approval"
-INTERRUPTING: Final = "interrupting"
-TERMINAL: Final = "terminal"
-RETIRE: Final = "retire"
 
-STATES: Final[list[str]] = [
-    QUEUED, AWAITING_CREATED, STREAMING, TOOL_CALL, AWAITING_APPROVAL, INTERRUPTING, TERMINAL, RETIRE
-]
+class State(StrEnum):
+    """The states of an app-server turn."""
+
+    QUEUED = "queued"
+    AWAITING_CREATED = "awaiting_created"
+    STREAMING = "streaming"
+    TOOL_CALL = "tool_call"
+    AWAITING_APPROVAL = "awaiting_approval"
+    INTERRUPTING = "interrupting"
+    TERMINAL = "terminal"
+    RETIRE = "retire"
+
+
+class Trigger(StrEnum):
+    """What can happen to a turn: what the server's messages about it mean, the caller's
+    interrupt, the approval callback's answers, and what ends it from outside."""
+
+    SENT = "sent"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    ID_LEARNED = "id_learned"
+    NOTIFIED = "notified"
+    STARTED = "started"
+    CONTENT = "content"
+    RETRYING = "retrying"
+    ERROR_REPORTED = "error_reported"
+    TOOL_STARTED = "tool_started"
+    TOOL_DONE = "tool_done"
+    APPROVAL_REQUESTED = "approval_requested"
+    APPROVAL_SETTLED = "approval_settled"
+    COMPLETED = "completed"
+    INTERRUPTED = "interrupted"
+    FAILED = "failed"
+    INTERRUPT = InputKind.INTERRUPT
+    INTERRUPT_TIMEOUT = InputKind.INTERRUPT_TIMEOUT
+    EOF = SessionFault.EOF
+    EXITED = SessionFault.EXITED
+    REQUEST_TIMEOUT = SessionFault.REQUEST_TIMEOUT
+    IDLE_TIMEOUT = SessionFault.IDLE_TIMEOUT
+    PROTOCOL_BREACH = SessionFault.PROTOCOL_BREACH
+    SPAWN_FAILED = SessionFault.SPAWN_FAILED
+
+
+QUEUED: Final = State.QUEUED
+AWAITING_CREATED: Final = State.AWAITING_CREATED
+STREAMING: Final = State.STREAMING
+TOOL_CALL: Final = State.TOOL_CALL
+AWAITING_APPROVAL: Final = State.AWAITING_APPROVAL
+INTERRUPTING: Final = State.INTERRUPTING
+TERMINAL: Final = State.TERMINAL
+RETIRE: Final = State.RETIRE
+
+STATES: Final[list[State]] = list(State)
 #: `turn/start` was sent.
-SENT: Final[list[str]] = [AWAITING_CREATED, STREAMING, TOOL_CALL, AWAITING_APPROVAL, INTERRUPTING]
+SENT: Final = frozenset({AWAITING_CREATED, STREAMING, TOOL_CALL, AWAITING_APPROVAL, INTERRUPTING})
 #: Sent and not being interrupted.
-RUNNING: Final[list[str]] = [AWAITING_CREATED, STREAMING, TOOL_CALL, AWAITING_APPROVAL]
-LIVE: Final[list[str]] = [QUEUED, *SENT]
+RUNNING: Final = SENT - {INTERRUPTING}
+LIVE: Final = SENT | {QUEUED}
 FINAL: Final = frozenset({TERMINAL, RETIRE})
-_PAST_CREATED: Final[list[str]] = [STREAMING, TOOL_CALL, AWAITING_APPROVAL, INTERRUPTING]
+_PAST_CREATED: Final = SENT - {AWAITING_CREATED}
 
 #: What ends a turn from outside: the subprocess, the driver's clocks, a protocol breach.
-FAULTS: Final[list[str]] = [
-    "eof", "exited", "request_timeout", "idle_timeout", "protocol_breach", "spawn_failed"
-]
+FAULTS: Final = tuple(Trigger(fault.value) for fault in SessionFault)
 
 #: Item types that are tools (the turn is in `tool_call` while one is open).
 TOOL_ITEMS: Final = frozenset(
@@ -141,74 +188,139 @@ TOOL_ITEMS: Final = frozenset(
      "webSearch", "imageView", "imageGeneration"}
 )
 
-TABLE: Final[list[dict[str, Any]]] = [
+
+@attrs.frozen(slots=True)
+class TurnEndingRule:
+    """What a final row decides: the outcome, whether the session is retired, the reason's code
+    (None: the trigger's own), and whether server requests still unanswered are declined (the
+    session lives on, so each gets its answer)."""
+
+    outcome: AppOutcome
+    retire_session: bool = False
+    reason: str | None = None
+    declines_pending: bool = False
+
+
+class Answer(StrEnum):
+    """What an approval or interrupt row decides about server requests: ask the callback, or
+    answer `cancel` at once (the turn is being interrupted)."""
+
+    ASK = "ask"
+    CANCEL = "cancel"
+
+
+#: What a row of this machine decides.
+Decides = TurnEndingRule | Answer
+
+
+# -- guards: pure conditions of a turn ---------------------------------------------------------
+
+
+def no_tool_open(turn: AppTurn) -> bool:
+    """Every tool item that started has completed."""
+    return not turn.open_tools
+
+
+def tool_open(turn: AppTurn) -> bool:
+    """A tool item that started has not completed."""
+    return bool(turn.open_tools)
+
+
+def none_pending(turn: AppTurn) -> bool:
+    """No server request waits for an answer."""
+    return not turn.pending
+
+
+def auth_failed(turn: AppTurn) -> bool:
+    """The turn failed on credentials (401, `unauthorized`, `invalid_grant`)."""
+    return is_auth_failure(turn.error)
+
+
+# -- actions some rows take --------------------------------------------------------------------
+
+
+def send_interrupt_when_due(turn: AppTurn) -> None:
+    """The turn's id came while it is being interrupted: `turn/interrupt` can go out now."""
+    if not turn.interrupt_sent:
+        turn.send_interrupt()
+
+
+_S = State
+_T = Trigger
+
+
+def _fault_row(fault: Trigger) -> Row[AppTurn, Decides]:
+    return Row(fault, LIVE, _S.RETIRE, decides=TurnEndingRule("error", retire_session=True))
+
+
+ROWS: Final[list[Row[AppTurn, Decides]]] = [
     # the turn starts
-    {"trigger": "sent", "source": QUEUED, "dest": AWAITING_CREATED},
-    {"trigger": "accepted", "source": SENT, "dest": None},
-    {"trigger": "rejected", "source": SENT, "dest": RETIRE, "outcome": "error",
-     "retire_session": True, "reason": "turn_start_refused"},
-    {"trigger": "started", "source": AWAITING_CREATED, "dest": STREAMING},
-    {"trigger": "started", "source": _PAST_CREATED, "dest": None},
+    Row(_T.SENT, _S.QUEUED, _S.AWAITING_CREATED),
+    Row(_T.ACCEPTED, SENT),
+    Row(_T.REJECTED, SENT, _S.RETIRE,
+        decides=TurnEndingRule("error", retire_session=True, reason="turn_start_refused")),
+    Row(_T.ID_LEARNED, _S.INTERRUPTING, then=send_interrupt_when_due),
+    Row(_T.ID_LEARNED, RUNNING),
+    # the server's notifications about the turn are taken once turn/start was sent
+    Row(_T.NOTIFIED, SENT),
+    Row(_T.STARTED, _S.AWAITING_CREATED, _S.STREAMING),
+    Row(_T.STARTED, _PAST_CREATED),
     # the answer streams
-    {"trigger": "content", "source": AWAITING_CREATED, "dest": STREAMING},
-    {"trigger": "content", "source": _PAST_CREATED, "dest": None},
+    Row(_T.CONTENT, _S.AWAITING_CREATED, _S.STREAMING),
+    Row(_T.CONTENT, _PAST_CREATED),
     # codex retries the model by itself and reports errors it then ends the turn with
-    {"trigger": "retrying", "source": SENT, "dest": None},
-    {"trigger": "error_reported", "source": SENT, "dest": None},
+    Row(_T.RETRYING, SENT),
+    Row(_T.ERROR_REPORTED, SENT),
     # tools
-    {"trigger": "tool_started", "source": [AWAITING_CREATED, STREAMING], "dest": TOOL_CALL},
-    {"trigger": "tool_started", "source": [TOOL_CALL, AWAITING_APPROVAL, INTERRUPTING],
-     "dest": None},
-    {"trigger": "tool_done", "source": AWAITING_CREATED, "dest": STREAMING},
-    {"trigger": "tool_done", "source": TOOL_CALL, "dest": STREAMING, "conditions": "no_tool_open"},
-    {"trigger": "tool_done", "source": [STREAMING, TOOL_CALL, AWAITING_APPROVAL, INTERRUPTING],
-     "dest": None},
-    # approvals: the callback answers, or the server withdraws the request
-    {"trigger": "approval_requested", "source": [AWAITING_CREATED, STREAMING, TOOL_CALL],
-     "dest": AWAITING_APPROVAL},
-    {"trigger": "approval_requested", "source": [AWAITING_APPROVAL, INTERRUPTING], "dest": None},
-    {"trigger": "approval_settled", "source": AWAITING_APPROVAL, "dest": TOOL_CALL,
-     "conditions": ["none_pending", "tool_open"]},
-    {"trigger": "approval_settled", "source": AWAITING_APPROVAL, "dest": STREAMING,
-     "conditions": "none_pending"},
-    {"trigger": "approval_settled", "source": [AWAITING_APPROVAL, INTERRUPTING], "dest": None},
+    Row(_T.TOOL_STARTED, (_S.AWAITING_CREATED, _S.STREAMING), _S.TOOL_CALL),
+    Row(_T.TOOL_STARTED, (_S.TOOL_CALL, _S.AWAITING_APPROVAL, _S.INTERRUPTING)),
+    Row(_T.TOOL_DONE, _S.AWAITING_CREATED, _S.STREAMING),
+    Row(_T.TOOL_DONE, _S.TOOL_CALL, _S.STREAMING, guards=no_tool_open),
+    Row(_T.TOOL_DONE, (_S.STREAMING, _S.TOOL_CALL, _S.AWAITING_APPROVAL, _S.INTERRUPTING)),
+    # approvals: the callback is asked (an interrupted turn answers cancel at once); it answers,
+    # or the server withdraws the request
+    Row(_T.APPROVAL_REQUESTED, (_S.AWAITING_CREATED, _S.STREAMING, _S.TOOL_CALL),
+        _S.AWAITING_APPROVAL, decides=Answer.ASK),
+    Row(_T.APPROVAL_REQUESTED, _S.AWAITING_APPROVAL, decides=Answer.ASK),
+    Row(_T.APPROVAL_REQUESTED, _S.INTERRUPTING, decides=Answer.CANCEL),
+    Row(_T.APPROVAL_SETTLED, _S.AWAITING_APPROVAL, _S.TOOL_CALL, guards=(none_pending, tool_open)),
+    Row(_T.APPROVAL_SETTLED, _S.AWAITING_APPROVAL, _S.STREAMING, guards=none_pending),
+    Row(_T.APPROVAL_SETTLED, (_S.AWAITING_APPROVAL, _S.INTERRUPTING)),
     # the server ends the turn: turn/completed, by turn.status
-    {"trigger": "completed", "source": SENT, "dest": TERMINAL, "outcome": "completed"},
-    {"trigger": "interrupted", "source": SENT, "dest": TERMINAL, "outcome": "interrupted"},
-    {"trigger": "failed", "source": SENT, "dest": TERMINAL, "conditions": "auth_failed",
-     "outcome": "failed", "retire_session": True, "reason": "auth_failure"},
-    {"trigger": "failed", "source": SENT, "dest": TERMINAL, "outcome": "failed"},
+    Row(_T.COMPLETED, SENT, _S.TERMINAL,
+        decides=TurnEndingRule("completed", declines_pending=True)),
+    Row(_T.INTERRUPTED, SENT, _S.TERMINAL,
+        decides=TurnEndingRule("interrupted", declines_pending=True)),
+    Row(_T.FAILED, SENT, _S.TERMINAL, guards=auth_failed,
+        decides=TurnEndingRule("failed", retire_session=True, reason="auth_failure")),
+    Row(_T.FAILED, SENT, _S.TERMINAL, decides=TurnEndingRule("failed", declines_pending=True)),
     # the caller stops the turn
-    {"trigger": "interrupt", "source": QUEUED, "dest": RETIRE, "outcome": "interrupted",
-     "reason": "interrupted"},
-    {"trigger": "interrupt", "source": RUNNING, "dest": INTERRUPTING},
-    {"trigger": "interrupt", "source": INTERRUPTING, "dest": None},
-    {"trigger": "interrupt_timeout", "source": INTERRUPTING, "dest": RETIRE,
-     "outcome": "interrupted", "retire_session": True},
+    Row(_T.INTERRUPT, _S.QUEUED, _S.RETIRE,
+        decides=TurnEndingRule("interrupted", reason="interrupted")),
+    Row(_T.INTERRUPT, RUNNING, _S.INTERRUPTING, decides=Answer.CANCEL),
+    Row(_T.INTERRUPT, _S.INTERRUPTING),
+    Row(_T.INTERRUPT_TIMEOUT, _S.INTERRUPTING, _S.RETIRE,
+        decides=TurnEndingRule("interrupted", retire_session=True)),
     # the subprocess or the clocks end the turn without turn/completed: always retire
-    *(
-        {"trigger": fault, "source": LIVE, "dest": RETIRE, "outcome": "error",
-         "retire_session": True}
-        for fault in FAULTS
-    ),
+    *(_fault_row(fault) for fault in FAULTS),
 ]
 
-_ROW_META = ("outcome", "retire_session", "reason")
+TABLE: Final[Table[AppTurn, Decides]] = Table(
+    MACHINE, State, Trigger, ROWS, initial=QUEUED, final=FINAL
+)
+_STAYS: Final = TABLE.stays
 
 
 @attrs.frozen(slots=True)
 class TurnEnding:
     """How a turn ended, read off the final row that fired."""
 
-    state: str
-    trigger: str
+    state: State
+    trigger: Trigger
     outcome: AppOutcome
     retire_session: bool
     reason: str
-
-
-DEFINITION, _STAYS = definition(STATES, TABLE, QUEUED, _ROW_META)
-_EVENTS = DEFINITION.events
+    declines_pending: bool = False
 
 
 class Wire(Protocol):
@@ -306,13 +418,13 @@ class _Pending:
 
 
 class AppTurn:
-    """One app-server turn on `DEFINITION` (the table). Sans-I/O: its decisions go to the
+    """One app-server turn on `TABLE`. Sans-I/O: its decisions go to the
     session's output (`wire.out`).
 
     `number` is the turn's number in its session (the `attempt` of its records); `text` is the
     user's input."""
 
-    state: str
+    state: State
 
     def __init__(self, number: int, text: str, wire: Wire) -> None:
         self.state = QUEUED
@@ -344,45 +456,33 @@ class AppTurn:
     # -- state -----------------------------------------------------------------------------
     @property
     def is_final(self) -> bool:
-        """True once the turn reached `terminal` or `retire`."""
-        return self.state in FINAL
+        """True once a final row fired (`terminal` or `retire`)."""
+        return self.ending is not None
 
     @property
     def is_sent(self) -> bool:
         """True once `turn/start` was sent and until the turn ends."""
-        return self.state in SENT
+        return self.start_request_id is not None and self.ending is None
 
-    def _fire(self, trigger: str) -> None:
+    def _takes(self, trigger: Trigger) -> bool:
+        """Whether the table takes `trigger` in the turn's state at all."""
+        return TABLE.takes(self.state, trigger)
+
+    def _fire(self, trigger: Trigger) -> None:
         if (self.state, trigger) not in _STAYS:
-            _EVENTS[trigger].trigger(self)
+            TABLE.fire(self, trigger)
 
-    def _moved(self, row: dict[str, Any], source: str) -> None:
-        dest = row["dest"]
-        trigger = row["trigger"]
-        self._wire.out.append(Transition(MACHINE, self.number, source, dest, trigger))
-        if dest in FINAL:
+    def _moved(self, row: Row[AppTurn, Decides], source: State) -> None:
+        dest = row.dest
+        assert isinstance(dest, State)
+        self._wire.out.append(Transition(MACHINE, self.number, source, dest, row.label))
+        rule = row.decides
+        if isinstance(rule, TurnEndingRule):
             self.ending = TurnEnding(
-                dest, trigger, row["outcome"], row.get("retire_session", False),
-                row.get("reason", trigger),
+                dest, Trigger(row.trigger), rule.outcome, rule.retire_session,
+                rule.reason if rule.reason is not None else row.label, rule.declines_pending,
             )
             self._finish()
-
-    # -- conditions (named in TABLE) ---------------------------------------------------------
-    def no_tool_open(self, event: Any) -> bool:
-        """Every tool item that started has completed."""
-        return not self.open_tools
-
-    def tool_open(self, event: Any) -> bool:
-        """A tool item that started has not completed."""
-        return bool(self.open_tools)
-
-    def none_pending(self, event: Any) -> bool:
-        """No server request waits for an answer."""
-        return not self.pending
-
-    def auth_failed(self, event: Any) -> bool:
-        """The turn failed on credentials (401, `unauthorized`, `invalid_grant`)."""
-        return is_auth_failure(self.error)
 
     # -- the session drives these ---------------------------------------------------------------
     def send_start(self, thread_id: str) -> None:
@@ -392,11 +492,11 @@ class AppTurn:
             self.number, "turn/start",
             {"threadId": thread_id, "input": [{"type": "text", "text": self.text}]},
         )
-        self._fire("sent")
+        self._fire(Trigger.SENT)
 
     def start_response(self, result: Any, error: dict[str, Any] | None) -> None:
         """The response to `turn/start`: the turn's id, or a refusal."""
-        if self.state not in SENT:
+        if not self._takes(Trigger.ACCEPTED):
             return
         turn = result.get("turn") if isinstance(result, dict) else None
         ident = turn.get("id") if isinstance(turn, dict) else None
@@ -405,33 +505,34 @@ class AppTurn:
             self.error = {"message": f"codex app-server refused turn/start: {why}",
                           "code": error.get("code") if error is not None else None,
                           "type": "protocol_error"}
-            self._fire("rejected")
+            self._fire(Trigger.REJECTED)
             return
         self.learn_id(ident)
-        self._fire("accepted")
+        self._fire(Trigger.ACCEPTED)
 
     def learn_id(self, ident: str) -> None:
         """The turn's id is known (from the response or the first notification about it)."""
         if self.turn_id is None:
             self.turn_id = ident
-            if self.state == INTERRUPTING and not self.interrupt_sent:
-                self._send_interrupt()
+            if self._takes(Trigger.ID_LEARNED):
+                self._fire(Trigger.ID_LEARNED)
 
     def notification(self, method: str, params: dict[str, Any]) -> None:
         """A notification about this turn."""
         handler = _NOTIFICATIONS.get(method)
-        if handler is not None and self.state in SENT:
+        if handler is not None and self._takes(Trigger.NOTIFIED):
             handler(self, params)
 
     def server_request(self, ident: int | str, method: str, params: dict[str, Any]) -> None:
         """An approval-kind server request about this turn."""
-        if self.state not in SENT:
+        if not self._takes(Trigger.APPROVAL_REQUESTED):
             return
         if ident in self.pending or ident in self.answered:
             return  # a repeated request id: it has its answer, or will get one
-        if self.state == INTERRUPTING:
+        row = TABLE.select(self, Trigger.APPROVAL_REQUESTED)
+        if row.decides is Answer.CANCEL:
             self._reply(ident, method, params, "cancel")
-            self._fire("approval_requested")
+            self._fire(Trigger.APPROVAL_REQUESTED)
             return
         self.pending[ident] = _Pending(method, params)
         item_id = params.get("itemId")
@@ -440,51 +541,53 @@ class AppTurn:
         self._wire.out.append(Effect("approval", self.number, {
             "request_id": ident, "method": method, **attrs.asdict(asked),
         }))
-        self._fire("approval_requested")
+        self._fire(Trigger.APPROVAL_REQUESTED)
 
     def answer(self, item: ApprovalAnswer) -> None:
-        """The approval callback's answer (ignored unless its request is still pending)."""
+        """The approval callback's answer (ignored unless its request is still pending: a turn
+        that ended or is being interrupted has none)."""
         pending = self.pending.get(item.request_id)
-        if pending is None or self.state not in SENT:
+        if pending is None:
             return
         self._reply(item.request_id, pending.method, pending.params, item.decision)
         del self.pending[item.request_id]
-        self._fire("approval_settled")
+        self._fire(Trigger.APPROVAL_SETTLED)
         if item.decision == "cancel" and pending.method not in CANCEL_IS_AN_ANSWER:
             self.interrupt()
 
     def interrupt(self) -> None:
         """The caller wants the turn stopped: cancel pending approvals, send `turn/interrupt`."""
-        if self.state == QUEUED:
-            self._fire("interrupt")
+        if not self._takes(Trigger.INTERRUPT):
             return
-        if self.state not in RUNNING:
-            return
-        for ident, pending in list(self.pending.items()):
-            self._reply(ident, pending.method, pending.params, "cancel")
-        self.pending.clear()
-        self._fire("interrupt")
-        if self.turn_id is not None and not self.interrupt_sent:
-            self._send_interrupt()
+        if TABLE.select(self, Trigger.INTERRUPT).decides is Answer.CANCEL:
+            for ident, pending in list(self.pending.items()):
+                self._reply(ident, pending.method, pending.params, "cancel")
+            self.pending.clear()
+            self._fire(Trigger.INTERRUPT)
+            if self.turn_id is not None and not self.interrupt_sent:
+                self.send_interrupt()
+        else:
+            self._fire(Trigger.INTERRUPT)
 
     def interrupt_timed_out(self) -> None:
         """No `turn/completed` followed `turn/interrupt` in time."""
-        if self.state == INTERRUPTING:
-            self._fire("interrupt_timeout")
+        if self._takes(Trigger.INTERRUPT_TIMEOUT):
+            self._fire(Trigger.INTERRUPT_TIMEOUT)
 
-    def fault(self, trigger: str, error: dict[str, Any]) -> None:
-        """Something ended the turn from outside (`FAULTS`); `error` says what."""
-        if self.state in FINAL:
+    def fault(self, fault: SessionFault, error: dict[str, Any]) -> None:
+        """Something ended the turn from outside; `error` says what."""
+        if self.ending is not None:
             return
         self.error = error
-        self._fire(trigger)
+        self._fire(Trigger(fault.value))
 
     # -- decisions -------------------------------------------------------------------------
     def _reply(self, ident: int | str, method: str, params: dict[str, Any], decision: str) -> None:
         self.answered.add(ident)
         self._wire.send(self.number, result_reply(ident, approval_answer(method, params, decision)))
 
-    def _send_interrupt(self) -> None:
+    def send_interrupt(self) -> None:
+        """Decide `turn/interrupt` for this turn (its id is known)."""
         assert self.thread_id is not None and self.turn_id is not None
         self.interrupt_sent = True
         self._wire.request(self.number, "turn/interrupt",
@@ -517,7 +620,7 @@ class AppTurn:
             partial = current.text()
             if partial:
                 self._message({"role": "assistant", "content": partial})
-        if ending.state == TERMINAL and not ending.retire_session:
+        if ending.declines_pending:
             for ident, pending in list(self.pending.items()):
                 self._reply(ident, pending.method, pending.params, "decline")
         self.pending.clear()
@@ -531,7 +634,7 @@ class AppTurn:
 
     # -- notification handlers (`_NOTIFICATIONS` maps methods to them) -------------------------
     def _turn_started(self, params: dict[str, Any]) -> None:
-        self._fire("started")
+        self._fire(Trigger.STARTED)
 
     def _item_started(self, params: dict[str, Any]) -> None:
         item = params.get("item")
@@ -543,16 +646,16 @@ class AppTurn:
             self.items[ident] = item
         if kind == "agentMessage":
             self._text = self._begin(self._text, ident, self.streams)
-            self._fire("content")
+            self._fire(Trigger.CONTENT)
         elif kind == "reasoning":
             self._reasoning = self._begin(self._reasoning, ident, self.reasoning)
-            self._fire("content")
+            self._fire(Trigger.CONTENT)
         elif kind in TOOL_ITEMS:
             if ident is not None:
                 self.open_tools.add(ident)
-            self._fire("tool_started")
+            self._fire(Trigger.TOOL_STARTED)
         elif kind != "userMessage":
-            self._fire("content")
+            self._fire(Trigger.CONTENT)
 
     def _begin(self, current: _Stream | None, ident: str | None, kept: list[_Stream]) -> _Stream:
         if current is not None and not current.done:
@@ -580,7 +683,7 @@ class AppTurn:
         if stream is None:
             return
         self._text = stream
-        self._fire("content")
+        self._fire(Trigger.CONTENT)
         self._deliver_text(stream.delta(delta))
 
     def _reasoning_delta(self, params: dict[str, Any]) -> None:
@@ -591,7 +694,7 @@ class AppTurn:
         if stream is None:
             return
         self._reasoning = stream
-        self._fire("content")
+        self._fire(Trigger.CONTENT)
         self._deliver_reasoning(stream.delta(delta))
 
     def _item_completed(self, params: dict[str, Any]) -> None:
@@ -606,14 +709,14 @@ class AppTurn:
                 return  # completed already: a repeated line
             text = item.get("text") if isinstance(item.get("text"), str) else None
             self._text = stream
-            self._fire("content")
+            self._fire(Trigger.CONTENT)
             self._deliver_text(stream.complete(text))
         elif kind == "reasoning":
             stream = self._stream_for(self._reasoning, ident, self.reasoning)
             if stream is not None:
                 self._reasoning = stream
                 stream.done = True
-            self._fire("content")
+            self._fire(Trigger.CONTENT)
             return
         elif kind in TOOL_ITEMS:
             if ident is not None and ident in self.finished_tools:
@@ -627,24 +730,24 @@ class AppTurn:
         if projection.ran:
             self.tool_iterations += 1
         if kind in TOOL_ITEMS:
-            self._fire("tool_done")
+            self._fire(Trigger.TOOL_DONE)
 
     def _token_usage(self, params: dict[str, Any]) -> None:
         self.model_requests += 1
 
     def _error(self, params: dict[str, Any]) -> None:
         if params.get("willRetry") is True:
-            self._fire("retrying")
+            self._fire(Trigger.RETRYING)
             return
         self.error = turn_error(params.get("error")) or self.error
-        self._fire("error_reported")
+        self._fire(Trigger.ERROR_REPORTED)
 
     def _resolved(self, params: dict[str, Any]) -> None:
         ident = params.get("requestId")
         if (type(ident) is int or type(ident) is str) and ident in self.pending:
             del self.pending[ident]
             self.answered.add(ident)  # withdrawn by the server: a late answer is not sent
-            self._fire("approval_settled")
+            self._fire(Trigger.APPROVAL_SETTLED)
 
     def _turn_completed(self, params: dict[str, Any]) -> None:
         turn = params.get("turn")
@@ -653,9 +756,9 @@ class AppTurn:
         items = turn.get("items")
         self.final_items = items if isinstance(items, list) else []
         if status == "completed":
-            self._fire("completed")
+            self._fire(Trigger.COMPLETED)
         elif status == "interrupted":
-            self._fire("interrupted")
+            self._fire(Trigger.INTERRUPTED)
         else:
             reported = turn_error(turn.get("error"))
             if reported is not None:
@@ -663,7 +766,7 @@ class AppTurn:
             elif self.error is None:
                 self.error = {"message": f"turn/completed with status {status!r}",
                               "code": None, "type": "turn_failed", "details": None}
-            self._fire("failed")
+            self._fire(Trigger.FAILED)
 
     # -- the result ------------------------------------------------------------------------
     def output_text(self) -> str:

@@ -74,6 +74,7 @@ class Fault(StrEnum):
 #: The old name of `Fault`.
 FaultKind = Fault
 AttemptKind = Literal["stream", "fallback", "resume"]
+Outcome = Literal["completed", "incomplete", "failed", "error", "interrupted"]
 
 
 @attrs.frozen(slots=True)
@@ -230,6 +231,50 @@ class Effect:
 Decision = Transition | Effect
 
 
+class ReasonCode(StrEnum):
+    """Why an attempt ended: the trigger that ended it, or one of the codes below that carry a
+    detail (`Reason.status`, `Reason.failure_code`)."""
+
+    COMPLETED = "completed"
+    INCOMPLETE = "incomplete"
+    FAILED = "failed"
+    ERROR_FRAME = "error_frame"
+    CONNECT_ERROR = Fault.CONNECT_ERROR
+    DROP = Fault.DROP
+    READ_TIMEOUT = Fault.READ_TIMEOUT
+    IDLE_TIMEOUT = InputKind.IDLE_TIMEOUT
+    EOF = InputKind.EOF
+    EVENT_TOO_LARGE = InputKind.EVENT_TOO_LARGE
+    INTERRUPTED = "interrupted"
+    #: the request was answered with an HTTP error status (`status`)
+    HTTP_STATUS = "http_status"
+    #: `response.failed` with a code the policy retries (`failure_code`)
+    RETRYABLE_FAILURE = "retryable_failure"
+    #: a resume answered with a 4xx status that is not worth the same request again (`status`)
+    RESUME_REFUSED = "resume_refused"
+
+
+@attrs.frozen(slots=True)
+class Reason:
+    """Why an attempt ended, as data: a `code` and the detail fields that code carries. Code
+    reads the fields; `str(reason)` is the text `Attempt.reason` shows (`http_429`,
+    `failed:server_error`, `resume_refused:404`, or the code)."""
+
+    code: ReasonCode
+    status: int | None = None
+    failure_code: str | None = None
+
+    def __str__(self) -> str:
+        code = self.code
+        if code is ReasonCode.HTTP_STATUS:
+            return f"http_{self.status}"
+        if code is ReasonCode.RETRYABLE_FAILURE:
+            return f"failed:{self.failure_code}"
+        if code is ReasonCode.RESUME_REFUSED:
+            return f"resume_refused:{self.status}"
+        return str(code.value)
+
+
 @attrs.frozen(slots=True)
 class Attempt:
     """How one attempt of a turn ended: its number, kind ("stream", "fallback" or "resume"),
@@ -304,7 +349,6 @@ class TurnPolicy:
     resume: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
 
 
-Outcome = Literal["completed", "incomplete", "failed", "error", "interrupted"]
 
 
 @attrs.frozen(slots=True)

@@ -45,22 +45,24 @@ are written; `streamfsm diagram` draws them, guards included:
                        stream attempts are left, else it ends "error"), or an interrupt (the turn
                        ends "interrupted", promptly).
 
-Reading a row: `{"trigger": "drop", "source": LIVE, "dest": FALLBACK, "conditions":
-"hands_over_to_fallback", "outcome": "error", "retry": True}` says: a dropped connection, in any
-live state, when this attempt hands over to the fallback, ends the attempt in `fallback`; if the
-turn has nothing left to try, its outcome is "error"; the turn may try again. Rows are tried in
-order; the first whose conditions hold fires. `dest: None` rows are *stays*: the trigger is valid
-there and changes nothing. A trigger with no row for the current state raises
-`transitions.MachineError`: an impossible transition is a bug, never silently dropped. Final rows
-carry the attempt's `outcome` (what the turn's outcome is if this attempt is its last), whether
-the turn may `retry`, and optionally a `reason` template (default: the trigger's name) filled
-from the attempt's details (`{status}` of an HTTP error, `{code}` of a failure).
+Reading a row (`machines.table`): `Row(Trigger.DROP, LIVE, State.FALLBACK,
+guards=hands_over_to_fallback, decides=EndingRule("error", "stream"))` says: a dropped connection,
+in any live state, when this attempt hands over to the fallback, ends the attempt in `fallback`; if
+the turn has nothing left to try, its outcome is "error"; the stream budget may pay for another
+attempt. Rows are tried in order; the first whose guards hold fires. A row without `dest` is a
+*stay*: the trigger is valid there and changes nothing. A trigger with no row for the current
+state raises `transitions.MachineError`: an impossible transition is a bug, never silently
+dropped. A final row decides how the attempt ends (`EndingRule`): the turn's `outcome` if this
+attempt is its last, which budget may pay for a `retry`, and the `reason` as data (a
+`ReasonCode`, default the trigger's own, with the attempt's details: the HTTP `status`, the
+`failure_code` of a retryable `response.failed`). The turn reads that record; nothing parses a
+reason string.
 
 A worked example: to make `response.failed` with code `server_error` always retryable (without
-`TurnPolicy.retry_failed_codes`), change the condition of the two retryable `failed` rows from
-`failure_is_retryable` to a new named condition, say `failure_is_transient`, add that method
-below (`return self.error_code in self.retry_failed_codes | {"server_error"}`), and change one
-test (tests/test_stream_attempt.py, the `failed` rows). Nothing else decides it.
+`TurnPolicy.retry_failed_codes`), give the two retryable `failed` rows a new guard in place of
+`failure_is_retryable`, say `failure_is_transient` (`return attempt.error_code in
+attempt.retry_failed_codes | {"server_error"}`), and change the test of those rows
+(tests/test_stream_attempt.py). Nothing else in the machines decides it.
 
 Frames and triggers: `_HANDLERS` maps a frame's `type` to its handler, which keeps the frame's
 content and fires one named trigger: `response.created` fires `created`, `.in_progress`
@@ -87,10 +89,12 @@ function call is never withdrawn, so after one no text is held back for later.
 Exceptions written in code rather than in the table:
 
 - A final attempt takes no more input (events are counted as ignored, other inputs dropped): the
-  drivers stop feeding it, and what a server sends after its terminal frame changes nothing.
+  drivers stop feeding it, and what a server sends after its terminal frame changes nothing. The
+  attempt knows it is final by its `ending` (set by the final row), not by comparing states.
 - Frame handlers keep the frame's content (`OutputAssembly`) and deliver text; they never look at
-  the state. Text delivery depends on `tool_call_seen`, set when `tool_call` is entered and
-  cleared by the `tool_call_withdrawn` row whose condition is `no_client_call_left`.
+  the state. Text delivery depends on `tool_call_seen`, set by the row that enters `tool_call`
+  (`then=stop_text`) and cleared by the `tool_call_withdrawn` row whose guard is
+  `no_client_call_left` (`then=release_text`).
 
 Text delivery across attempts (a `DeliveryLedger` shared by the turn's attempts): what reached the
 user is never delivered again. A retry's text is compared with what was already delivered; only
@@ -107,9 +111,9 @@ was in, with its assembled content, its place in the delivered text and its call
 the text goes on exactly where it stopped. A resume answered with a 4xx status other than 408,
 409 and 429 (`resume_is_refused`) ends like a broken stream: the turn asks again, or falls back.
 
-Hot path: one `transitions.Machine` definition (`DEFINITION`) serves every attempt; in-state
-events (text, reasoning and argument deltas) take a plain dispatch path (a set lookup says the
-table keeps the state) and only events that change state go through a `transitions` trigger.
+Hot path: one `Table` (one `transitions.Machine` inside) serves every attempt; in-state events
+(text, reasoning and argument deltas) take a plain dispatch path (a set lookup says the table
+keeps the state) and only events that change state go through a `transitions` trigger.
 """
 
 from __future__ import annotations
@@ -117,6 +121,7 @@ from __future__ import annotations
 import email.utils
 import math
 import re
+from enum import StrEnum
 from typing import Any, Callable, Final, Literal
 
 import attrs
@@ -131,27 +136,31 @@ from machines.output import (
     is_client_call,
 )
 from machines.records import (
+    AttemptKind,
     Decision,
     Effect,
     EndOfStream,
     EventTooLarge,
+    Fault,
     HttpError,
     IdleTimeout,
+    InputKind,
     Interrupt,
     MachineInput,
     Outcome,
+    Reason,
+    ReasonCode,
     SseEvent,
     Transition,
     TransportFault,
 )
-from machines.records import AttemptKind
-from machines.table import definition
+from machines.table import Row, Table
 
 __all__ = [
     "AWAITING_CREATED",
-    "DEFINITION",
     "DeliveryLedger",
     "Ending",
+    "EndingRule",
     "FALLBACK",
     "FAULTS",
     "FINAL",
@@ -160,8 +169,10 @@ __all__ = [
     "RETIRE",
     "STATES",
     "STREAMING",
+    "State",
     "StreamAttempt",
     "TABLE",
+    "Trigger",
     "TERMINAL",
     "TOOL_CALL",
     "demanded_wait_s",
@@ -170,105 +181,215 @@ __all__ = [
 
 MACHINE: Final = "stream_attempt"
 
-AWAITING_CREATED: Final = "awaiting_created"
-STREAMING: Final = "streaming"
-TOOL_CALL: Final = "tool_call"
-TERMINAL: Final = "terminal"
-FALLBACK: Final = "fallback"
-RETIRE: Final = "retire"
 
-STATES: Final[list[str]] = [AWAITING_CREATED, STREAMING, TOOL_CALL, TERMINAL, FALLBACK, RETIRE]
-LIVE: Final[list[str]] = [AWAITING_CREATED, STREAMING, TOOL_CALL]
+class State(StrEnum):
+    """The states of a stream attempt (the values are what traces and results show)."""
+
+    AWAITING_CREATED = "awaiting_created"
+    STREAMING = "streaming"
+    TOOL_CALL = "tool_call"
+    TERMINAL = "terminal"
+    FALLBACK = "fallback"
+    RETIRE = "retire"
+
+
+class Trigger(StrEnum):
+    """What can happen to an attempt: what a frame means (fired by its handler) and every input
+    that is not an event, by its vocabulary name (`machines.records`)."""
+
+    CREATED = "created"
+    IN_PROGRESS = "in_progress"
+    CONTENT = "content"
+    STALE_EVENT = "stale_event"
+    TOOL_CALL_STARTED = "tool_call_started"
+    TOOL_CALLS_DONE = "tool_calls_done"
+    TOOL_CALL_WITHDRAWN = "tool_call_withdrawn"
+    COMPLETED = "completed"
+    INCOMPLETE = "incomplete"
+    FAILED = "failed"
+    ERROR_FRAME = "error_frame"
+    HTTP_ERROR = InputKind.HTTP_ERROR
+    CONNECT_ERROR = Fault.CONNECT_ERROR
+    DROP = Fault.DROP
+    READ_TIMEOUT = Fault.READ_TIMEOUT
+    IDLE_TIMEOUT = InputKind.IDLE_TIMEOUT
+    EOF = InputKind.EOF
+    EVENT_TOO_LARGE = InputKind.EVENT_TOO_LARGE
+    INTERRUPT = InputKind.INTERRUPT
+
+
+AWAITING_CREATED: Final = State.AWAITING_CREATED
+STREAMING: Final = State.STREAMING
+TOOL_CALL: Final = State.TOOL_CALL
+TERMINAL: Final = State.TERMINAL
+FALLBACK: Final = State.FALLBACK
+RETIRE: Final = State.RETIRE
+
+STATES: Final[list[State]] = list(State)
+LIVE: Final = frozenset({AWAITING_CREATED, STREAMING, TOOL_CALL})
 FINAL: Final = frozenset({TERMINAL, FALLBACK, RETIRE})
 
 #: Triggers that are byte-stream failures: worth another stream attempt.
-FAULTS: Final[list[str]] = ["drop", "read_timeout", "idle_timeout", "eof"]
+FAULTS: Final = (Trigger.DROP, Trigger.READ_TIMEOUT, Trigger.IDLE_TIMEOUT, Trigger.EOF)
 
 #: HTTP statuses worth another request (the openai SDK's own list).
 RETRYABLE_STATUSES: Final = frozenset({408, 409, 429, *range(500, 600)})
 
-TABLE: Final[list[dict[str, Any]]] = [
+#: Which retry budget may pay for another attempt: "stream" (a broken stream) or "http" (an
+#: HTTP-level failure).
+RetryKind = Literal["stream", "http"]
+
+
+@attrs.frozen(slots=True)
+class EndingRule:
+    """What a final row decides: the turn's `outcome` if this attempt is its last, which budget
+    may pay for another attempt (`retry`, None: none), and the reason's code (None: the
+    trigger's own)."""
+
+    outcome: Outcome
+    retry: RetryKind | None = None
+    reason: ReasonCode | None = None
+
+
+# -- guards: pure conditions of an attempt, referenced by the rows ------------------------------
+
+
+def hands_over_to_fallback(attempt: StreamAttempt) -> bool:
+    """This attempt is the last stream attempt and the policy allows a fallback."""
+    return attempt.hands_over
+
+
+def failure_is_retryable(attempt: StreamAttempt) -> bool:
+    """The `response.failed` code is one the policy retries."""
+    code = attempt.error_code
+    return type(code) is str and code in attempt.retry_failed_codes
+
+
+def resume_is_refused(attempt: StreamAttempt) -> bool:
+    """A resume answered with a 4xx status that is not worth the same request again (404: the
+    response is gone or was never a background one)."""
+    status = attempt.http_status
+    return (
+        attempt.kind == "resume"
+        and status is not None
+        and 400 <= status < 500
+        and status not in RETRYABLE_STATUSES
+    )
+
+
+def status_is_retryable(attempt: StreamAttempt) -> bool:
+    """The HTTP status is one worth another request (408, 409, 429, 5xx)."""
+    return attempt.http_status in RETRYABLE_STATUSES
+
+
+def wait_is_acceptable(attempt: StreamAttempt) -> bool:
+    """The server demanded no wait, or one no longer than the policy's `max_retry_wait_s`."""
+    wait = attempt.demanded_wait_s
+    return wait is None or wait <= attempt.max_retry_wait_s
+
+
+def http_retry_left(attempt: StreamAttempt) -> bool:
+    """The turn's HTTP retry budget (`max_http_retries`) is not spent."""
+    return attempt.http_retries
+
+
+def every_call_done(attempt: StreamAttempt) -> bool:
+    """Every client call announced or streamed has its `output_item.done`."""
+    return not any(attempt.is_client(facts) for facts in attempt.assembly.open_calls())
+
+
+def no_client_call_left(attempt: StreamAttempt) -> bool:
+    """No call seen in this attempt is still one the client must execute."""
+    return not attempt.client_calls and not attempt.function_call_seen
+
+
+# -- actions some rows take --------------------------------------------------------------------
+
+
+def stop_text(attempt: StreamAttempt) -> None:
+    """A call the client must execute began: answer text stops reaching the user."""
+    attempt.tool_call_seen = True
+
+
+def release_text(attempt: StreamAttempt) -> None:
+    """No call of the client is left: deliver the text held back, and what follows."""
+    attempt.release_withheld()
+
+
+_T = Trigger
+_S = State
+
+
+def _broken_stream_rows(fault: Trigger) -> list[Row[StreamAttempt, EndingRule]]:
+    """A byte-stream failure: handed to the fallback on the last stream attempt, else retired
+    (the turn retries it while stream attempts are left)."""
+    return [
+        Row(fault, LIVE, State.FALLBACK, guards=hands_over_to_fallback,
+            decides=EndingRule("error", "stream")),
+        Row(fault, LIVE, State.RETIRE, decides=EndingRule("error", "stream")),
+    ]
+
+
+ROWS: Final[list[Row[StreamAttempt, EndingRule]]] = [
     # the response begins
-    {"trigger": "created", "source": AWAITING_CREATED, "dest": STREAMING},
-    {"trigger": "created", "source": [STREAMING, TOOL_CALL], "dest": None},
-    {"trigger": "in_progress", "source": AWAITING_CREATED, "dest": STREAMING},
-    {"trigger": "in_progress", "source": [STREAMING, TOOL_CALL], "dest": None},
-    {"trigger": "content", "source": AWAITING_CREATED, "dest": STREAMING},
-    {"trigger": "content", "source": [STREAMING, TOOL_CALL], "dest": None},
+    Row(_T.CREATED, _S.AWAITING_CREATED, _S.STREAMING),
+    Row(_T.CREATED, (_S.STREAMING, _S.TOOL_CALL)),
+    Row(_T.IN_PROGRESS, _S.AWAITING_CREATED, _S.STREAMING),
+    Row(_T.IN_PROGRESS, (_S.STREAMING, _S.TOOL_CALL)),
+    Row(_T.CONTENT, _S.AWAITING_CREATED, _S.STREAMING),
+    Row(_T.CONTENT, (_S.STREAMING, _S.TOOL_CALL)),
     # a background response's event already seen (its sequence number is not above the last one
     # this response sent): recorded, not applied
-    {"trigger": "stale_event", "source": LIVE, "dest": None},
+    Row(_T.STALE_EVENT, LIVE),
     # calls the client must execute: text stops reaching the user for the rest of the attempt
-    {"trigger": "tool_call_started", "source": [AWAITING_CREATED, STREAMING], "dest": TOOL_CALL},
-    {"trigger": "tool_call_started", "source": TOOL_CALL, "dest": None},
-    {"trigger": "tool_calls_done", "source": TOOL_CALL, "dest": STREAMING,
-     "conditions": "every_call_done"},
-    {"trigger": "tool_calls_done", "source": TOOL_CALL, "dest": None},
+    Row(_T.TOOL_CALL_STARTED, (_S.AWAITING_CREATED, _S.STREAMING), _S.TOOL_CALL, then=stop_text),
+    Row(_T.TOOL_CALL_STARTED, _S.TOOL_CALL),
+    Row(_T.TOOL_CALLS_DONE, _S.TOOL_CALL, _S.STREAMING, guards=every_call_done),
+    Row(_T.TOOL_CALLS_DONE, _S.TOOL_CALL),
     # a call turns out to be the server's (its output item came, or the declared tools do not
     # name it): with no client call left, answer text reaches the user again (the text held back
     # meanwhile first)
-    {"trigger": "tool_call_withdrawn", "source": [STREAMING, TOOL_CALL], "dest": STREAMING,
-     "conditions": "no_client_call_left", "after": "_resume_text"},
-    {"trigger": "tool_call_withdrawn", "source": TOOL_CALL, "dest": STREAMING,
-     "conditions": "every_call_done"},
-    {"trigger": "tool_call_withdrawn", "source": [STREAMING, TOOL_CALL], "dest": None},
+    Row(_T.TOOL_CALL_WITHDRAWN, (_S.STREAMING, _S.TOOL_CALL), _S.STREAMING,
+        guards=no_client_call_left, then=release_text),
+    Row(_T.TOOL_CALL_WITHDRAWN, _S.TOOL_CALL, _S.STREAMING, guards=every_call_done),
+    Row(_T.TOOL_CALL_WITHDRAWN, (_S.STREAMING, _S.TOOL_CALL)),
     # the server ends the response: an outcome, not retried
-    {"trigger": "completed", "source": LIVE, "dest": TERMINAL, "outcome": "completed"},
-    {"trigger": "incomplete", "source": LIVE, "dest": TERMINAL, "outcome": "incomplete"},
-    {"trigger": "failed", "source": LIVE, "dest": FALLBACK,
-     "conditions": ["failure_is_retryable", "hands_over_to_fallback"],
-     "outcome": "failed", "retry": "stream", "reason": "failed:{code}"},
-    {"trigger": "failed", "source": LIVE, "dest": RETIRE, "conditions": "failure_is_retryable",
-     "outcome": "failed", "retry": "stream", "reason": "failed:{code}"},
-    {"trigger": "failed", "source": LIVE, "dest": TERMINAL, "outcome": "failed"},
-    {"trigger": "error_frame", "source": LIVE, "dest": TERMINAL, "outcome": "error"},
+    Row(_T.COMPLETED, LIVE, _S.TERMINAL, decides=EndingRule("completed")),
+    Row(_T.INCOMPLETE, LIVE, _S.TERMINAL, decides=EndingRule("incomplete")),
+    Row(_T.FAILED, LIVE, _S.FALLBACK, guards=(failure_is_retryable, hands_over_to_fallback),
+        decides=EndingRule("failed", "stream", ReasonCode.RETRYABLE_FAILURE)),
+    Row(_T.FAILED, LIVE, _S.RETIRE, guards=failure_is_retryable,
+        decides=EndingRule("failed", "stream", ReasonCode.RETRYABLE_FAILURE)),
+    Row(_T.FAILED, LIVE, _S.TERMINAL, decides=EndingRule("failed")),
+    Row(_T.ERROR_FRAME, LIVE, _S.TERMINAL, decides=EndingRule("error")),
     # a resume refused (another 4xx): the response cannot be continued, so the turn goes on by
     # the ordinary rules for a broken stream (a new request, or the fallback)
-    {"trigger": "http_error", "source": LIVE, "dest": FALLBACK,
-     "conditions": ["resume_is_refused", "hands_over_to_fallback"],
-     "outcome": "error", "retry": "stream", "reason": "resume_refused:{status}"},
-    {"trigger": "http_error", "source": LIVE, "dest": RETIRE, "conditions": "resume_is_refused",
-     "outcome": "error", "retry": "stream", "reason": "resume_refused:{status}"},
+    Row(_T.HTTP_ERROR, LIVE, _S.FALLBACK, guards=(resume_is_refused, hands_over_to_fallback),
+        decides=EndingRule("error", "stream", ReasonCode.RESUME_REFUSED)),
+    Row(_T.HTTP_ERROR, LIVE, _S.RETIRE, guards=resume_is_refused,
+        decides=EndingRule("error", "stream", ReasonCode.RESUME_REFUSED)),
     # the request is answered with an error status: 408, 409, 429 and 5xx are tried again while
     # the turn's HTTP retry budget lasts, unless the server demands a longer wait than allowed
-    {"trigger": "http_error", "source": LIVE, "dest": RETIRE,
-     "conditions": ["status_is_retryable", "wait_is_acceptable", "http_retry_left"],
-     "outcome": "error", "retry": "http", "reason": "http_{status}"},
-    {"trigger": "http_error", "source": LIVE, "dest": TERMINAL, "outcome": "error",
-     "reason": "http_{status}"},
+    Row(_T.HTTP_ERROR, LIVE, _S.RETIRE,
+        guards=(status_is_retryable, wait_is_acceptable, http_retry_left),
+        decides=EndingRule("error", "http", ReasonCode.HTTP_STATUS)),
+    Row(_T.HTTP_ERROR, LIVE, _S.TERMINAL, decides=EndingRule("error", None, ReasonCode.HTTP_STATUS)),
     # no response at all (a connection error before the response headers): an HTTP retry while
     # the budget lasts; then the turn ends (no stream retry, no fallback)
-    {"trigger": "connect_error", "source": LIVE, "dest": RETIRE, "conditions": "http_retry_left",
-     "outcome": "error", "retry": "http"},
-    {"trigger": "connect_error", "source": LIVE, "dest": RETIRE, "outcome": "error"},
+    Row(_T.CONNECT_ERROR, LIVE, _S.RETIRE, guards=http_retry_left, decides=EndingRule("error", "http")),
+    Row(_T.CONNECT_ERROR, LIVE, _S.RETIRE, decides=EndingRule("error")),
     # the byte stream fails: retried by the turn, or handed to the fallback
-    *(
-        row
-        for fault in FAULTS
-        for row in (
-            {"trigger": fault, "source": LIVE, "dest": FALLBACK,
-             "conditions": "hands_over_to_fallback", "outcome": "error", "retry": "stream"},
-            {"trigger": fault, "source": LIVE, "dest": RETIRE, "outcome": "error",
-             "retry": "stream"},
-        )
-    ),
+    *(row for fault in FAULTS for row in _broken_stream_rows(fault)),
     # one event larger than the policy allows: the turn ends, nothing is retried
-    {"trigger": "event_too_large", "source": LIVE, "dest": RETIRE, "outcome": "error"},
+    Row(_T.EVENT_TOO_LARGE, LIVE, _S.RETIRE, decides=EndingRule("error")),
     # the caller stops the turn
-    {"trigger": "interrupt", "source": LIVE, "dest": RETIRE, "outcome": "interrupted",
-     "reason": "interrupted"},
+    Row(_T.INTERRUPT, LIVE, _S.RETIRE, decides=EndingRule("interrupted", None, ReasonCode.INTERRUPTED)),
 ]
 
-RetryKind = Literal["stream", "http"]
-
-#: The states; entering `tool_call` marks the attempt as having seen a tool call.
-STATE_SPECS: Final[list[dict[str, Any]]] = [
-    {"name": name, **({"on_enter": "_enter_tool_call"} if name == TOOL_CALL else {})}
-    for name in STATES
-]
-
-#: Keys of a row that are ours, not the `transitions` library's.
-_ROW_META = ("outcome", "retry", "reason")
+TABLE: Final[Table[StreamAttempt, EndingRule]] = Table(
+    MACHINE, State, Trigger, ROWS, initial=AWAITING_CREATED, final=FINAL
+)
+_STAYS: Final = TABLE.stays
 
 
 @attrs.frozen(slots=True)
@@ -277,19 +398,15 @@ class Ending:
 
     `outcome` is the turn's outcome if this attempt is its last; `retry` says which budget may pay
     for another attempt ("stream": a broken stream, "http": an HTTP-level failure, None: none);
-    `reason` is the attempt's reason (`Attempt.reason`); `wait_s` is the wait the server
+    `reason` says why, as data (`str(reason)` is `Attempt.reason`); `wait_s` is the wait the server
     demanded before another request (None: it said nothing)."""
 
-    state: str
-    trigger: str
+    state: State
+    trigger: Trigger
     outcome: Outcome
     retry: RetryKind | None
-    reason: str
+    reason: Reason
     wait_s: float | None = None
-
-
-DEFINITION, _STAYS = definition(STATE_SPECS, TABLE, AWAITING_CREATED, _ROW_META)
-_EVENTS = DEFINITION.events
 
 
 class DeliveryLedger:
@@ -360,7 +477,7 @@ _JSONDecodeError = orjson.JSONDecodeError
 
 
 class StreamAttempt:
-    """One attempt, run on `DEFINITION` (the table). Sans-I/O: `receive()` returns decisions.
+    """One attempt, run on `TABLE`. Sans-I/O: `receive()` returns decisions.
 
     `number` counts attempts within the turn (from 1); `kind` is "stream", "fallback" or
     "resume"; `resumes` is the attempt a resume continues (it takes over that attempt's state,
@@ -374,7 +491,7 @@ class StreamAttempt:
     `http_retry_left` says whether the turn's HTTP retry budget allows another request.
     """
 
-    state: str
+    state: State
 
     def __init__(
         self,
@@ -406,8 +523,8 @@ class StreamAttempt:
         self.custom_tools: frozenset[str] | None = None
         #: Output indices of the calls counted as the client's (a later output item or tools
         #: list may take one back); a function-call frame is never taken back.
-        self._client_calls: set[int] = set()
-        self._function_call_seen = False
+        self.client_calls: set[int] = set()
+        self.function_call_seen = False
         #: Answer text held back while only calls that may still turn out the server's were seen.
         self._withheld: list[str] = []
         #: How the attempt ended; None while it is live.
@@ -450,8 +567,8 @@ class StreamAttempt:
         self.tool_call_seen = broken.tool_call_seen
         self.tools = broken.tools
         self.custom_tools = broken.custom_tools
-        self._client_calls = set(broken._client_calls)
-        self._function_call_seen = broken._function_call_seen
+        self.client_calls = set(broken.client_calls)
+        self.function_call_seen = broken.function_call_seen
         self._withheld = list(broken._withheld)
         self._text = broken._text
         self._reasoning = broken._reasoning
@@ -467,34 +584,28 @@ class StreamAttempt:
     # -- feeding -------------------------------------------------------------------------------
     @property
     def is_final(self) -> bool:
-        """True once the attempt reached `terminal`, `fallback` or `retire`."""
-        return self.state in FINAL
+        """True once a final row fired (`terminal`, `fallback` or `retire`)."""
+        return self.ending is not None
 
     @property
     def reason(self) -> str:
-        """Why the attempt ended ("" while it is live)."""
-        return self.ending.reason if self.ending is not None else ""
+        """Why the attempt ended, as `Attempt.reason` shows it ("" while it is live)."""
+        return str(self.ending.reason) if self.ending is not None else ""
 
     def receive(self, item: MachineInput) -> list[Decision]:
         """Feed one input record; return the decisions it caused, in order."""
         if type(item) is SseEvent:
             self._event(item)
-        elif self.state not in FINAL:
-            if isinstance(item, TransportFault):
-                self._fire(item.kind)
-            elif isinstance(item, EndOfStream):
-                self._fire("eof")
-            elif isinstance(item, IdleTimeout):
-                self._fire("idle_timeout")
-            elif isinstance(item, Interrupt):
-                self._fire("interrupt")
-            elif isinstance(item, HttpError):
+        elif self.ending is None:  # a final attempt takes no more input (see the docstring)
+            if isinstance(item, HttpError):
                 self.error = _http_error(item)
                 self.http_status = item.status
                 self.demanded_wait_s = demanded_wait_s(item)
-                self._fire("http_error")
-            elif isinstance(item, EventTooLarge):
-                self._fire("event_too_large")
+                self._fire(Trigger.HTTP_ERROR)
+            elif isinstance(item, TransportFault):
+                self._fire(Trigger(item.kind))
+            elif isinstance(item, (EndOfStream, IdleTimeout, Interrupt, EventTooLarge)):
+                self._fire(Trigger(item.KIND))
             else:
                 raise TypeError(f"not a machine input: {type(item).__name__}")
         out = self._out
@@ -507,14 +618,14 @@ class StreamAttempt:
         event = self._event
         for item in events:
             event(item)
-            if self.state in FINAL:
+            if self.ending is not None:
                 break
         out = self._out
         self._out = []
         return out
 
     def _event(self, item: SseEvent) -> None:
-        if self.state in FINAL:
+        if self.ending is not None:
             self.ignored += 1
             return
         data = item.data
@@ -532,7 +643,7 @@ class StreamAttempt:
                 last = self.last_sequence
                 if last is not None and sequence <= last:
                     self.stale += 1
-                    self._fire("stale_event")
+                    self._fire(Trigger.STALE_EVENT)
                     return
                 self.last_sequence = sequence
         name = payload.get("type")
@@ -541,87 +652,48 @@ class StreamAttempt:
         handler = _HANDLERS.get(name)
         if handler is not None:
             handler(self, payload)
-        elif "function_call" in name:
-            self._function_call_seen = True
-            self._fire("tool_call_started")
+        elif "function_call" in name:  # a function-call frame this version does not know
+            self.function_call_seen = True
+            self._fire(Trigger.TOOL_CALL_STARTED)
         else:
             self.ignored += 1
 
-    def _fire(self, trigger: str) -> None:
-        """Fire `trigger` through the table (skipping `transitions` when the row is a stay)."""
+    def _fire(self, trigger: Trigger) -> None:
+        """Fire `trigger` through the table (an unguarded stay changes nothing: skipped)."""
         if (self.state, trigger) not in _STAYS:
-            _EVENTS[trigger].trigger(self)
+            TABLE.fire(self, trigger)
 
-    # -- transitions callbacks and conditions (named in TABLE and STATE_SPECS) -----------------
-    def _moved(self, row: dict[str, Any], source: str) -> None:
-        """A row that changes the state fired: record the transition; a final row ends the
-        attempt with the row's outcome."""
-        dest = row["dest"]
-        trigger = row["trigger"]
-        self._out.append(Transition(MACHINE, self.number, source, dest, trigger))
-        if dest in FINAL:
+    def _moved(self, row: Row[StreamAttempt, EndingRule], source: State) -> None:
+        """A row that changes the state fired: record the transition; a final row (one that
+        decides an ending) ends the attempt."""
+        dest = row.dest
+        assert isinstance(dest, State)
+        self._out.append(Transition(MACHINE, self.number, source, dest, row.label))
+        rule = row.decides
+        if rule is not None:
             self.live_state = source
-            template = row.get("reason")
+            code = rule.reason if rule.reason is not None else ReasonCode(row.trigger.value)
             self.ending = Ending(
                 dest,
-                trigger,
-                row["outcome"],
-                row.get("retry"),
-                template.format(status=self.http_status, code=self.error_code)
-                if template
-                else trigger,
+                Trigger(row.trigger),
+                rule.outcome,
+                rule.retry,
+                Reason(
+                    code,
+                    status=self.http_status
+                    if code in (ReasonCode.HTTP_STATUS, ReasonCode.RESUME_REFUSED)
+                    else None,
+                    failure_code=self.error_code if code is ReasonCode.RETRYABLE_FAILURE else None,
+                ),
                 self.demanded_wait_s,
             )
 
-    def _enter_tool_call(self, event: Any) -> None:
-        self.tool_call_seen = True
-
-    def _resume_text(self, event: Any) -> None:
-        """No call of the client is left: deliver the text held back, and what follows."""
+    def release_withheld(self) -> None:
+        """No call of the client is left: text flows again, the text held back first."""
         self.tool_call_seen = False
         withheld, self._withheld = self._withheld, []
         for delta in withheld:
             self._deliver("text", self._text, delta)
-
-    def hands_over_to_fallback(self, event: Any) -> bool:
-        """This attempt is the last stream attempt and the policy allows a fallback."""
-        return self.hands_over
-
-    def failure_is_retryable(self, event: Any) -> bool:
-        """The `response.failed` code is one the policy retries."""
-        code = self.error_code
-        return type(code) is str and code in self.retry_failed_codes
-
-    def resume_is_refused(self, event: Any) -> bool:
-        """A resume answered with a 4xx status that is not worth the same request again (404: the
-        response is gone or was never a background one)."""
-        status = self.http_status
-        return (
-            self.kind == "resume"
-            and status is not None
-            and 400 <= status < 500
-            and status not in RETRYABLE_STATUSES
-        )
-
-    def status_is_retryable(self, event: Any) -> bool:
-        """The HTTP status is one worth another request (408, 409, 429, 5xx)."""
-        return self.http_status in RETRYABLE_STATUSES
-
-    def wait_is_acceptable(self, event: Any) -> bool:
-        """The server demanded no wait, or one no longer than the policy's `max_retry_wait_s`."""
-        return self.demanded_wait_s is None or self.demanded_wait_s <= self.max_retry_wait_s
-
-    def http_retry_left(self, event: Any) -> bool:
-        """The turn's HTTP retry budget (`max_http_retries`) is not spent."""
-        return self.http_retries
-
-    def every_call_done(self, event: Any) -> bool:
-        """Every client call announced or streamed has its `output_item.done`."""
-        return not any(self._is_client(facts) for facts in self.assembly.open_calls())
-
-    def no_client_call_left(self, event: Any) -> bool:
-        """No call seen in this attempt is still one the client must execute."""
-        return not self._client_calls and not self._function_call_seen
 
     @property
     def error_code(self) -> Any:
@@ -630,11 +702,11 @@ class StreamAttempt:
 
     # -- frame handlers (one per frame type; `_HANDLERS` maps names to them) --------------------
     def _created(self, payload: dict[str, Any]) -> None:
-        self._fire("created")
+        self._fire(Trigger.CREATED)
         self._learn_response(payload)
 
     def _in_progress(self, payload: dict[str, Any]) -> None:
-        self._fire("in_progress")
+        self._fire(Trigger.IN_PROGRESS)
         self._learn_response(payload)
 
     def _learn_response(self, payload: dict[str, Any]) -> None:
@@ -655,12 +727,12 @@ class StreamAttempt:
         delta = payload.get("delta")
         if type(delta) is not str:
             return
-        self._fire("content")
+        self._fire(Trigger.CONTENT)
         self.assembly.text_delta(payload, delta)
         if not delta:
             return
         if self.tool_call_seen:
-            if not self._function_call_seen:  # the calls seen may still turn out the server's
+            if not self.function_call_seen:  # the calls seen may still turn out the server's
                 self._withheld.append(delta)
             return
         self._deliver("text", self._text, delta)
@@ -669,7 +741,7 @@ class StreamAttempt:
         delta = payload.get("delta")
         if type(delta) is not str:
             return
-        self._fire("content")
+        self._fire(Trigger.CONTENT)
         self.assembly.reasoning_delta(payload, delta)
         if delta:
             self._deliver("reasoning", self._reasoning, delta)
@@ -696,7 +768,7 @@ class StreamAttempt:
     def _item_added(self, payload: dict[str, Any]) -> None:
         placed = self.assembly.item_added(payload)
         if placed is None:
-            self._fire("content")
+            self._fire(Trigger.CONTENT)
         else:
             self._item(*placed, done=False)
 
@@ -709,28 +781,28 @@ class StreamAttempt:
         """An item announced or finished: a client call starts (or finishes) one, anything else is
         content; then any counted call it shows to be the server's is withdrawn."""
         facts = call_facts_of(item)
-        if facts is not None and self._is_client(facts):
-            self._function_call_seen |= facts[0] == "function_call"
-            self._client_calls.add(index)
-            self._fire("tool_call_started")
+        if facts is not None and self.is_client(facts):
+            self.function_call_seen |= facts[0] == "function_call"
+            self.client_calls.add(index)
+            self._fire(Trigger.TOOL_CALL_STARTED)
             if done:
-                self._fire("tool_calls_done")
+                self._fire(Trigger.TOOL_CALLS_DONE)
         else:
-            self._fire("content")
-        if self._client_calls:
+            self._fire(Trigger.CONTENT)
+        if self.client_calls:
             self._withdraw_server_calls()
 
     def _arguments_delta(self, payload: dict[str, Any]) -> None:
         delta = payload.get("delta")
         if type(delta) is str:
             self.assembly.arguments_delta(payload, delta)
-        self._function_call_seen = True
-        self._fire("tool_call_started")
+        self.function_call_seen = True
+        self._fire(Trigger.TOOL_CALL_STARTED)
 
     def _arguments_done(self, payload: dict[str, Any]) -> None:
         self.assembly.arguments_done(payload)
-        self._function_call_seen = True
-        self._fire("tool_call_started")
+        self.function_call_seen = True
+        self._fire(Trigger.TOOL_CALL_STARTED)
 
     def _custom_input_delta(self, payload: dict[str, Any]) -> None:
         delta = payload.get("delta")
@@ -761,16 +833,17 @@ class StreamAttempt:
     def _call_frame(self, index: int) -> None:
         """A frame streaming part of the call at `index`: a tool call unless that call is known
         to be the server's (a frame whose item is no call at all counts as the client's)."""
-        if index not in self._client_calls:
+        if index not in self.client_calls:
             facts = self.assembly.call_facts(index)
-            if facts is not None and not self._is_client(facts):
-                self._fire("content")
+            if facts is not None and not self.is_client(facts):
+                self._fire(Trigger.CONTENT)
                 return
-            self._client_calls.add(index)
-        self._fire("tool_call_started")
+            self.client_calls.add(index)
+        self._fire(Trigger.TOOL_CALL_STARTED)
 
     # -- which calls are the client's ------------------------------------------------------------
-    def _is_client(self, facts: CallFacts) -> bool:
+    def is_client(self, facts: CallFacts) -> bool:
+        """Whether a call with these facts is the client's, by what this attempt has seen."""
         return is_client_call(facts, custom_tools=self.custom_tools, outputs=self.assembly.outputs)
 
     def _learn_tools(self, payload: dict[str, Any]) -> None:
@@ -790,13 +863,13 @@ class StreamAttempt:
         joined = [
             index
             for index, facts in self.assembly.calls()
-            if index not in self._client_calls and self._is_client(facts)
+            if index not in self.client_calls and self.is_client(facts)
         ]
         if joined:
-            self._client_calls.update(joined)
-            self._fire("tool_call_started")
-            self._fire("tool_calls_done")
-        if self._client_calls:
+            self.client_calls.update(joined)
+            self._fire(Trigger.TOOL_CALL_STARTED)
+            self._fire(Trigger.TOOL_CALLS_DONE)
+        if self.client_calls:
             self._withdraw_server_calls()
 
     def _withdraw_server_calls(self) -> None:
@@ -804,13 +877,13 @@ class StreamAttempt:
         `tool_call_withdrawn` if there was one."""
         withdrawn = [
             index
-            for index in self._client_calls
+            for index in self.client_calls
             if (facts := self.assembly.call_facts(index)) is not None
-            and not self._is_client(facts)
+            and not self.is_client(facts)
         ]
         if withdrawn:
-            self._client_calls.difference_update(withdrawn)
-            self._fire("tool_call_withdrawn")
+            self.client_calls.difference_update(withdrawn)
+            self._fire(Trigger.TOOL_CALL_WITHDRAWN)
 
     def _keep_response(self, payload: dict[str, Any]) -> dict[str, Any]:
         response = payload.get("response")
@@ -819,20 +892,20 @@ class StreamAttempt:
 
     def _completed(self, payload: dict[str, Any]) -> None:
         self._keep_response(payload)
-        self._fire("completed")
+        self._fire(Trigger.COMPLETED)
 
     def _incomplete(self, payload: dict[str, Any]) -> None:
         self._keep_response(payload)
-        self._fire("incomplete")
+        self._fire(Trigger.INCOMPLETE)
 
     def _failed(self, payload: dict[str, Any]) -> None:
         raw = self._keep_response(payload).get("error")
         self.error = provider_error({"error": raw if isinstance(raw, dict) else {}}, "response.failed")
-        self._fire("failed")
+        self._fire(Trigger.FAILED)
 
     def _error_frame(self, payload: dict[str, Any]) -> None:
         self.error = provider_error(payload, "error")
-        self._fire("error_frame")
+        self._fire(Trigger.ERROR_FRAME)
 
     # -- results -------------------------------------------------------------------------------
     def final_response(self) -> dict[str, Any] | None:

@@ -12,8 +12,9 @@ Sans-I/O, like the attempts: the driver calls `next_attempt()`, which returns th
 is final, and asks again. `result()` then holds the
 `TurnResult`.
 
-States and rules (the `TABLE` below; rows are tried in order, the first whose conditions hold
-fires):
+States and rules (the `TABLE` below, `machines.table` rows; rows are tried in order, the first
+whose guards hold fires; each decides, as a `Step`, which attempt opens next and which budget
+pays for it):
 
     idle              nothing sent yet; `begin` opens stream attempt 1.
     stream_attempt    a stream attempt is running. When it ends:
@@ -49,7 +50,8 @@ attempts are never mixed.
 from __future__ import annotations
 
 import random
-from typing import Any, Final
+from enum import StrEnum
+from typing import Any, Final, Literal
 
 import attrs
 
@@ -65,59 +67,128 @@ from machines.records import (
     AttemptKind,
     Decision,
     Effect,
+    ReasonCode,
     Transition,
     TurnPolicy,
     TurnResult,
 )
-from machines.table import definition
-from machines.stream_attempt import (
-    FALLBACK,
-    FAULTS,
-    TERMINAL,
-    DeliveryLedger,
-    Ending,
-    StreamAttempt,
-)
+from machines.stream_attempt import FAULTS, DeliveryLedger, Ending, StreamAttempt
+from machines.stream_attempt import State as AttemptState
+from machines.table import Row, Table
 
-__all__ = ["FINISHED", "IDLE", "MACHINE", "STATES", "TABLE", "TurnMachine"]
+__all__ = ["FINISHED", "IDLE", "MACHINE", "STATES", "TABLE", "State", "Step", "Trigger", "TurnMachine"]
 
 MACHINE: Final = "turn"
 
-IDLE: Final = "idle"
-STREAM_ATTEMPT: Final = "stream_attempt"
-FALLBACK_ATTEMPT: Final = "fallback_attempt"
-FINISHED: Final = "finished"
 
-STATES: Final[list[str]] = [IDLE, STREAM_ATTEMPT, FALLBACK_ATTEMPT, FINISHED]
+class State(StrEnum):
+    """The states of a turn."""
 
-TABLE: Final[list[dict[str, Any]]] = [
-    {"trigger": "begin", "source": IDLE, "dest": STREAM_ATTEMPT},
+    IDLE = "idle"
+    STREAM_ATTEMPT = "stream_attempt"
+    FALLBACK_ATTEMPT = "fallback_attempt"
+    FINISHED = "finished"
+
+
+class Trigger(StrEnum):
+    """What moves a turn: it begins, and each of its attempts ends."""
+
+    BEGIN = "begin"
+    ATTEMPT_ENDED = "attempt_ended"
+
+
+IDLE: Final = State.IDLE
+STREAM_ATTEMPT: Final = State.STREAM_ATTEMPT
+FALLBACK_ATTEMPT: Final = State.FALLBACK_ATTEMPT
+FINISHED: Final = State.FINISHED
+
+STATES: Final[list[State]] = list(State)
+
+
+@attrs.frozen(slots=True)
+class Step:
+    """What a turn row decides: the kind of attempt to open next (`"same"`: the kind of the one
+    that just ended, an HTTP retry; None: the turn is over) and the budget that pays for it
+    (`"stream"`: a stream attempt, `"http"`: an HTTP retry, which waits first; None: free)."""
+
+    opens: AttemptKind | Literal["same"] | None
+    pays: Literal["stream", "http"] | None = None
+
+
+# -- guards: pure conditions of the turn, on the attempt that just ended -------------------------
+
+
+def attempt_wants_http_retry(turn: TurnMachine) -> bool:
+    """The attempt's final row asks for the same request again (an HTTP-level failure)."""
+    return turn.last_ending().retry == "http"
+
+
+def attempt_handed_over(turn: TurnMachine) -> bool:
+    """The stream attempt ended in `fallback`."""
+    return turn.last_ending().state is AttemptState.FALLBACK
+
+
+def attempt_broke_resumably(turn: TurnMachine) -> bool:
+    """The turn is resumable and the attempt's byte stream broke (a drop, a read or idle
+    timeout, an end without a terminal event) after its response's id and a sequence number
+    came."""
+    return (
+        turn.resumable
+        and turn.last_ending().trigger in FAULTS
+        and turn.attempts[-1].can_be_resumed
+    )
+
+
+def attempt_may_retry(turn: TurnMachine) -> bool:
+    """The attempt's final row allows another stream attempt (a fault, a retryable failure)."""
+    return turn.last_ending().retry == "stream"
+
+
+def stream_attempts_left(turn: TurnMachine) -> bool:
+    """Fewer than `1 + policy.max_stream_retries` stream attempts were made."""
+    return turn.stream_tries < 1 + turn.policy.max_stream_retries
+
+
+_S = State
+_ENDED = Trigger.ATTEMPT_ENDED
+
+ROWS: Final[list[Row[TurnMachine, Step]]] = [
+    Row(Trigger.BEGIN, _S.IDLE, _S.STREAM_ATTEMPT, decides=Step("stream", "stream")),
     # an HTTP-level failure (a retryable status, no response at all): the same request again,
     # after a wait, paid by the HTTP retry budget
-    {"trigger": "attempt_ended", "source": STREAM_ATTEMPT, "dest": STREAM_ATTEMPT,
-     "conditions": "attempt_wants_http_retry", "name": "http_retry"},
-    {"trigger": "attempt_ended", "source": FALLBACK_ATTEMPT, "dest": FALLBACK_ATTEMPT,
-     "conditions": "attempt_wants_http_retry", "name": "http_retry"},
-    {"trigger": "attempt_ended", "source": STREAM_ATTEMPT, "dest": FALLBACK_ATTEMPT,
-     "conditions": "attempt_handed_over", "name": "fall_back"},
+    Row(_ENDED, _S.STREAM_ATTEMPT, _S.STREAM_ATTEMPT, guards=attempt_wants_http_retry,
+        decides=Step("same", "http"), name="http_retry"),
+    Row(_ENDED, _S.FALLBACK_ATTEMPT, _S.FALLBACK_ATTEMPT, guards=attempt_wants_http_retry,
+        decides=Step("same", "http"), name="http_retry"),
+    Row(_ENDED, _S.STREAM_ATTEMPT, _S.FALLBACK_ATTEMPT, guards=attempt_handed_over,
+        decides=Step("fallback"), name="fall_back"),
     # a background response's stream broke after its id and a sequence number came: continue it
     # (GET .../responses/{id}?stream=true&starting_after=N), paid by the stream retry budget
-    {"trigger": "attempt_ended", "source": STREAM_ATTEMPT, "dest": STREAM_ATTEMPT,
-     "conditions": ["attempt_broke_resumably", "stream_attempts_left"], "name": "resume"},
-    {"trigger": "attempt_ended", "source": STREAM_ATTEMPT, "dest": STREAM_ATTEMPT,
-     "conditions": ["attempt_may_retry", "stream_attempts_left"], "name": "retry"},
-    {"trigger": "attempt_ended", "source": [STREAM_ATTEMPT, FALLBACK_ATTEMPT], "dest": FINISHED,
-     "name": "finish"},
+    Row(_ENDED, _S.STREAM_ATTEMPT, _S.STREAM_ATTEMPT,
+        guards=(attempt_broke_resumably, stream_attempts_left),
+        decides=Step("resume", "stream"), name="resume"),
+    Row(_ENDED, _S.STREAM_ATTEMPT, _S.STREAM_ATTEMPT,
+        guards=(attempt_may_retry, stream_attempts_left),
+        decides=Step("stream", "stream"), name="retry"),
+    Row(_ENDED, (_S.STREAM_ATTEMPT, _S.FALLBACK_ATTEMPT), _S.FINISHED, decides=Step(None),
+        name="finish"),
+    # a finished turn opens nothing more
+    Row(Trigger.BEGIN, _S.FINISHED),
+    Row(_ENDED, _S.FINISHED),
 ]
 
-#: The error of a turn that ended on a byte-stream fault, by the fault's trigger.
-FAULT_MESSAGES: Final[dict[str, str]] = {
-    "drop": "the connection was lost before the response ended",
-    "read_timeout": "reading the stream timed out",
-    "connect_error": "could not connect to the server",
-    "idle_timeout": "no data arrived within the idle timeout",
-    "eof": "the stream ended without a terminal event",
-    "event_too_large": "one server-sent event was larger than the policy's max_event_bytes",
+TABLE: Final[Table[TurnMachine, Step]] = Table(
+    MACHINE, State, Trigger, ROWS, initial=IDLE, final={FINISHED}
+)
+
+#: The error of a turn that ended on a byte-stream fault, by the reason's code.
+FAULT_MESSAGES: Final[dict[ReasonCode, str]] = {
+    ReasonCode.DROP: "the connection was lost before the response ended",
+    ReasonCode.READ_TIMEOUT: "reading the stream timed out",
+    ReasonCode.CONNECT_ERROR: "could not connect to the server",
+    ReasonCode.IDLE_TIMEOUT: "no data arrived within the idle timeout",
+    ReasonCode.EOF: "the stream ended without a terminal event",
+    ReasonCode.EVENT_TOO_LARGE: "one server-sent event was larger than the policy's max_event_bytes",
 }
 
 #: Exponential back-off before an HTTP retry when the server names no wait: 0.5 s doubling,
@@ -126,14 +197,10 @@ BACKOFF_FIRST_S: Final = 0.5
 BACKOFF_MAX_S: Final = 8.0
 
 
-DEFINITION: Final = definition(STATES, TABLE, IDLE, own_keys=("name",))[0]
-_EVENTS = DEFINITION.events
-
-
 class TurnMachine:
     """One turn: attempts, retries, fallback, outcome. Sans-I/O."""
 
-    state: str
+    state: State
 
     def __init__(self, policy: TurnPolicy, seed: int = 0, *, background: bool = False) -> None:
         """`background`: the request asks for a background response (`background: true`), which
@@ -148,75 +215,41 @@ class TurnMachine:
         self.stream_tries = 0
         self.http_retries = 0
         self._random = random.Random(seed)
-        self._last_move = ""
         self._result: TurnResult | None = None
         self._out: list[Decision] = []
 
-    # -- transitions callbacks and conditions (named in TABLE) ---------------------------------
-    def _moved(self, row: dict[str, Any], source: str) -> None:
+    def last_ending(self) -> Ending:
+        """How the attempt that just ended ended."""
+        ending = self.attempts[-1].ending
+        if ending is None:
+            raise RuntimeError("the current attempt has not ended; feed it until it is final")
+        return ending
+
+    def _moved(self, row: Row[TurnMachine, Step], source: State) -> None:
         """A row fired: record the turn's transition, named after the row."""
-        number = len(self.attempts) + (0 if row["dest"] == FINISHED else 1)
-        self._last_move = row.get("name", row["trigger"])
-        self._out.append(Transition(MACHINE, number, source, row["dest"], self._last_move))
-
-    def attempt_handed_over(self, event: Any) -> bool:
-        """The stream attempt ended in `fallback`."""
-        return self.attempts[-1].state == FALLBACK
-
-    def attempt_wants_http_retry(self, event: Any) -> bool:
-        """The attempt's final row asks for the same request again (an HTTP-level failure)."""
-        ending = self.attempts[-1].ending
-        return ending is not None and ending.retry == "http"
-
-    def attempt_may_retry(self, event: Any) -> bool:
-        """The attempt's final row allows another stream attempt (a fault, a retryable
-        failure)."""
-        ending = self.attempts[-1].ending
-        return ending is not None and ending.retry == "stream"
-
-    def attempt_broke_resumably(self, event: Any) -> bool:
-        """The turn is resumable and the attempt's byte stream broke (a drop, a read or idle
-        timeout, an end without a terminal event) after its response's id and a sequence number
-        came."""
-        attempt = self.attempts[-1]
-        ending = attempt.ending
-        return (
-            self.resumable
-            and ending is not None
-            and ending.trigger in FAULTS
-            and attempt.can_be_resumed
-        )
-
-    def stream_attempts_left(self, event: Any) -> bool:
-        """Fewer than `1 + policy.max_stream_retries` stream attempts were made."""
-        return self.stream_tries < 1 + self.policy.max_stream_retries
+        assert row.dest is not None and row.decides is not None
+        number = len(self.attempts) + (0 if row.decides.opens is None else 1)
+        self._out.append(Transition(MACHINE, number, source, row.dest, row.label))
 
     # -- driving -------------------------------------------------------------------------------
     def next_attempt(self) -> tuple[StreamAttempt | None, list[Decision]]:
         """The attempt to run now (None when the turn is over) and the turn's decisions."""
-        if self.state == FINISHED:
-            return None, []
-        if self.state == IDLE:
-            _EVENTS["begin"].trigger(self)
-        else:
-            if not self.attempts[-1].is_final:
-                raise RuntimeError("the current attempt has not ended; feed it until it is final")
-            _EVENTS["attempt_ended"].trigger(self)
+        if self.attempts:
+            self.last_ending()  # the current attempt must have ended
+        row = TABLE.fire(self, Trigger.ATTEMPT_ENDED if self.attempts else Trigger.BEGIN)
+        step = row.decides
         attempt = None
-        moved = self._last_move
-        if self.state == FINISHED:
+        opens = step.opens if step is not None else None
+        if step is not None and opens is None:
             self._result = self._build_result()
-        elif moved == "http_retry":
-            self.http_retries += 1
-            attempt = self._open(self.attempts[-1].kind)
-            self._out.append(Effect("wait", attempt.number, self._wait_s()))
-        else:
-            if moved != "fall_back":
+        elif step is not None and opens is not None:
+            if step.pays == "stream":
                 self.stream_tries += 1
-            if moved == "resume":
-                attempt = self._open("resume")
-            else:
-                attempt = self._open("fallback" if self.state == FALLBACK_ATTEMPT else "stream")
+            elif step.pays == "http":
+                self.http_retries += 1
+            attempt = self._open(self.attempts[-1].kind if opens == "same" else opens)
+            if step.pays == "http":
+                self._out.append(Effect("wait", attempt.number, self._wait_s()))
         out = self._out
         self._out = []
         return attempt, out
@@ -266,7 +299,11 @@ class TurnMachine:
         error = last.error
         if error is None and outcome == "error":
             error = _fault_error(ending)
-        response = last.final_response() if last.state == TERMINAL or outcome == "failed" else None
+        response = (
+            last.final_response()
+            if ending.state is AttemptState.TERMINAL or outcome == "failed"
+            else None
+        )
         if response is not None:
             items = response["output"]
             calls = _merge_calls(items, last.partial_items(), last.declared_tools())
@@ -301,8 +338,8 @@ class TurnMachine:
 
 def _fault_error(ending: Ending) -> dict[str, Any]:
     return {
-        "message": FAULT_MESSAGES.get(ending.reason, ending.reason),
-        "code": ending.reason,
+        "message": FAULT_MESSAGES.get(ending.reason.code, str(ending.reason)),
+        "code": str(ending.reason),
         "type": "transport_error",
     }
 

@@ -12,7 +12,7 @@ import contextlib
 import socket
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import attrs
 import openai
@@ -22,6 +22,7 @@ import engine
 from engine.simulator.server import ResponsesSimulator
 from engine.simulator.replies import Script
 from machines.records import Effect, SseEvent, Transition
+from machines.table import Row, Table
 
 API_KEY = "sk-test-0123456789abcdefghijklmnop"
 REQUEST: dict[str, Any] = {"model": "gpt-5", "input": "What is the capital of France?"}
@@ -126,3 +127,25 @@ class Decisions:
 def sse(event: dict[str, Any]) -> SseEvent:
     """An `SseEvent` carrying `event` as compact JSON, named after its type."""
     return SseEvent(str(event.get("type", "message")), orjson.dumps(event).decode())
+
+
+def patch_rows(monkeypatch: Any, module: Any, change: Callable[[Row[Any, Any]], Row[Any, Any]]) -> None:
+    """Replace a machine module's `TABLE` (and its stays) for one test by a table whose rows are
+    `change(row)` of today's: a rule broken on purpose, to show a check catches it."""
+    table = module.TABLE
+    rows = [change(row) for row in table.rows]
+    patched = Table(table.machine, table.states, table.triggers, rows,
+                    initial=table.initial, final=table.final)
+    monkeypatch.setattr(module, "TABLE", patched)
+    monkeypatch.setattr(module, "_STAYS", patched.stays)
+
+
+def text_keeps_flowing_after_tool_calls(monkeypatch: Any) -> None:
+    """Break the stream-attempt machine on purpose for one test: entering `tool_call` no longer
+    stops answer text from reaching the user."""
+    from machines import stream_attempt
+
+    patch_rows(
+        monkeypatch, stream_attempt,
+        lambda row: attrs.evolve(row, then=None) if row.then is stream_attempt.stop_text else row,
+    )

@@ -432,10 +432,10 @@ def test_snapshot_and_restore_between_turns() -> None:
 
 
 def test_every_fired_trigger_has_rows_and_impossible_ones_raise() -> None:
-    fired = {row["trigger"] for row in app_turn.TABLE}
+    fired = {row.trigger for row in app_turn.TABLE.rows}
     assert {"retrying", "error_reported", "approval_settled", "interrupt_timeout"} <= fired
     turn = app_turn.AppTurn(1, "hi", AppSession(CONFIG))
     with pytest.raises(MachineError):
-        app_turn._EVENTS["completed"].trigger(turn)  # a queued turn cannot complete
+        app_turn.TABLE.fire(turn, app_turn.Trigger.COMPLETED)  # a queued turn cannot complete
     assert set(app_session.STATES) == {"spawned", "initializing", "starting_thread", "ready",
                                        "turn_running", "retired"}

@@ -132,13 +132,13 @@ def test_diagram_is_generated_from_the_table() -> None:
     done = streamfsm("diagram")
     assert done.returncode == 0
     assert done.stdout.startswith("stateDiagram-v2\n    [*] --> awaiting_created\n")
-    for row in stream_attempt.TABLE:
-        if row["dest"] is None:  # stays are not drawn
+    for row in stream_attempt.TABLE.rows:
+        if row.dest is None:  # stays are not drawn
             continue
-        sources = [row["source"]] if isinstance(row["source"], str) else row["source"]
-        for source in sources:
+        for source in row.source:
             assert any(
-                line.strip().startswith(f"{source} --> {row['dest']}:") and row["trigger"] in line
+                line.strip().startswith(f"{source} --> {row.dest}:") and row.label in line
+                and all(guard.__name__ in line for guard in row.guards)
                 for line in done.stdout.splitlines()
             ), row
     turn = streamfsm("diagram", "turn")

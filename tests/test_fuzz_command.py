@@ -23,6 +23,8 @@ from engine.strategies import CallbackRaised, Session, run_session, session_from
 from machines.records import Chunk, EndOfStream
 from machines.stream_attempt import StreamAttempt
 
+from support import text_keeps_flowing_after_tool_calls
+
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 
@@ -84,10 +86,7 @@ def test_promote_refuses_a_session_that_still_breaks_a_rule(tmp_path: Path, monk
     finding = tmp_path / "finding.jsonl"
     run_session(Session([[Chunk(body), EndOfStream()]]), trace=finding)
 
-    def enter_tool_call(self, event):  # a broken machine: text keeps flowing after the call
-        pass
-
-    monkeypatch.setattr(StreamAttempt, "_enter_tool_call", enter_tool_call)
+    text_keeps_flowing_after_tool_calls(monkeypatch)  # a broken machine
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(["--promote", str(finding), "--name", "text_after_call",

@@ -11,6 +11,7 @@ import os
 import warnings
 from pathlib import Path
 
+import attrs
 import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
@@ -29,6 +30,8 @@ from engine.strategies import CallbackRaised, Session, attempt_scripts, mangled,
 from machines.records import Chunk, EndOfStream, Stall, TransportFault
 from machines import stream_attempt
 from machines.stream_attempt import StreamAttempt
+
+from support import patch_rows, text_keeps_flowing_after_tool_calls
 
 FIXTURES = Path(__file__).resolve().parent.parent / "replay_fixtures"
 
@@ -230,16 +233,13 @@ def _first_failure(strategy, budget: int | None = None) -> InvariantViolation:
 
 
 def test_text_let_through_after_a_tool_call_is_caught(monkeypatch) -> None:
-    def enter_tool_call(self, event):  # marks nothing: text keeps flowing after the call
-        pass
-
-    monkeypatch.setattr(StreamAttempt, "_enter_tool_call", enter_tool_call)
+    text_keeps_flowing_after_tool_calls(monkeypatch)
     assert "no_text_after_tool_call" in _first_failure(sessions()).rules
 
 
 def test_a_retried_incomplete_response_is_caught(monkeypatch) -> None:
     def incomplete_as_fault(self, payload):  # response.incomplete taken for a broken stream
-        self._fire("drop")
+        self._fire(stream_attempt.Trigger.DROP)
 
     monkeypatch.setitem(stream_attempt._HANDLERS, "response.incomplete", incomplete_as_fault)
     ending_incomplete = sessions(response=responses(terminals=("incomplete", "completed")))
@@ -281,11 +281,11 @@ _RETYPED_DELTAS = st.tuples(responses(), st.binary(min_size=36, max_size=36)).ma
 def test_text_held_back_for_a_call_the_server_ran_and_never_released_is_caught(
     monkeypatch,
 ) -> None:
-    def resume_without_the_held_text(self, event):  # text flows again, what was held is lost
+    def resume_without_the_held_text(self):  # text flows again, what was held is lost
         self.tool_call_seen = False
         self._withheld = []
 
-    monkeypatch.setattr(StreamAttempt, "_resume_text", resume_without_the_held_text)
+    monkeypatch.setattr(StreamAttempt, "release_withheld", resume_without_the_held_text)
     assert {"nothing_lost", "delivered_once"} & set(_first_failure(_TOOL_SESSIONS, budget=600).rules)
 
 
@@ -328,8 +328,12 @@ def test_a_delta_that_is_not_a_string_taken_for_text_is_caught(monkeypatch) -> N
 
 
 def test_an_event_over_max_event_bytes_retried_is_caught(monkeypatch) -> None:
-    (row,) = [row for row in stream_attempt.TABLE if row["trigger"] == "event_too_large"]
-    monkeypatch.setitem(row, "retry", "stream")  # taken for a broken stream: tried again
+    def retried(row):  # taken for a broken stream: tried again
+        if row.trigger != "event_too_large":
+            return row
+        return attrs.evolve(row, decides=attrs.evolve(row.decides, retry="stream"))
+
+    patch_rows(monkeypatch, stream_attempt, retried)
     assert "attempts_as_reference" in _first_failure(sessions(), budget=600).rules
 
 

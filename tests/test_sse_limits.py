@@ -30,7 +30,7 @@ from engine.simulator.replies import Script
 from machines import stream_attempt
 from machines.records import EventTooLarge, SseEvent, TurnPolicy
 
-MACHINE_REFUSES = any(row["trigger"] == "event_too_large" for row in stream_attempt.TABLE)
+MACHINE_REFUSES = any(row.trigger == "event_too_large" for row in stream_attempt.TABLE.rows)
 POLICY_HAS_LIMIT = "max_event_bytes" in attrs.fields_dict(TurnPolicy)
 NEEDS_MACHINE_ROW = pytest.mark.xfail(
     not MACHINE_REFUSES,

@@ -33,11 +33,7 @@ from machines.records import (
 )
 from machines.stream_attempt import FINAL, TABLE, DeliveryLedger, StreamAttempt
 
-ALLOWED = {
-    (source, row["trigger"], row["dest"])
-    for row in TABLE
-    for source in ([row["source"]] if isinstance(row["source"], str) else row["source"])
-}
+ALLOWED = {(source, row.label, row.dest) for row in TABLE.rows for source in row.source}
 
 INDEXES = st.integers(0, 2)
 TEXTS = st.sampled_from(["Hi", " there", "é", "東", ""])

@@ -28,6 +28,8 @@ from machines.records import (
     IdleTimeout,
     Interrupt,
     MachineInput,
+    Reason,
+    ReasonCode,
     SseEvent,
     TransportFault,
 )
@@ -44,6 +46,7 @@ from machines.stream_attempt import (
     DeliveryLedger,
     Ending,
     StreamAttempt,
+    Trigger,
     demanded_wait_s,
     provider_error,
 )
@@ -146,13 +149,15 @@ REFUSED = HttpError(404, {"error": {"message": "No response found", "type": "inv
                                     "code": None}})
 
 
-def _rows() -> list[tuple[str, str, str, tuple[str, ...]]]:
-    rows = []
-    for row in TABLE:
-        sources = row["source"] if isinstance(row["source"], list) else [row["source"]]
-        conditions = row.get("conditions", ())
-        conditions = (conditions,) if isinstance(conditions, str) else tuple(conditions)
-        rows.extend((row["trigger"], source, row["dest"], conditions) for source in sources)
+def _rows() -> list[tuple[str, str, str | None, tuple[str, ...]]]:
+    """(trigger, source, dest, guard names) for every row and each of its sources, in order."""
+    rows: list[tuple[str, str, str | None, tuple[str, ...]]] = []
+    for row in TABLE.rows:
+        conditions = tuple(guard.__name__ for guard in row.guards)
+        rows.extend(
+            (row.trigger, source, row.dest, conditions)
+            for source in sorted(row.source, key=STATES.index)
+        )
     return rows
 
 
@@ -217,22 +222,29 @@ def test_a_trigger_the_table_has_no_row_for_raises() -> None:
     attempt, _ = make()
     feed(attempt, created())
     with pytest.raises(MachineError):
-        attempt._fire("tool_calls_done")  # only a tool_call state has rows for it
+        attempt._fire(Trigger.TOOL_CALLS_DONE)  # only a tool_call state has rows for it
 
 
 def test_the_final_row_carries_the_outcome_and_the_reason() -> None:
     attempt, _ = make(retry_codes=frozenset({"server_error"}))
     feed(attempt, created(), failed("server_error"))
-    assert attempt.ending == Ending(RETIRE, "failed", "failed", "stream", "failed:server_error")
+    assert attempt.ending == Ending(RETIRE, Trigger.FAILED, "failed", "stream",
+                                   Reason(ReasonCode.RETRYABLE_FAILURE, failure_code="server_error"))
+    assert attempt.reason == "failed:server_error"
     attempt, _ = make()
     feed(attempt, HttpError(429))
-    assert attempt.ending == Ending(TERMINAL, "http_error", "error", None, "http_429")
+    assert attempt.ending == Ending(TERMINAL, Trigger.HTTP_ERROR, "error", None,
+                                   Reason(ReasonCode.HTTP_STATUS, status=429))
+    assert attempt.reason == "http_429"
     attempt, _ = make(http_retry_left=True)
     feed(attempt, HttpError(429, None, {"retry-after": "3"}))
-    assert attempt.ending == Ending(RETIRE, "http_error", "error", "http", "http_429", 3.0)
+    assert attempt.ending == Ending(RETIRE, Trigger.HTTP_ERROR, "error", "http",
+                                   Reason(ReasonCode.HTTP_STATUS, status=429), 3.0)
     attempt, _ = make()
     feed(attempt, created(), Interrupt())
-    assert attempt.ending == Ending(RETIRE, "interrupt", "interrupted", None, "interrupted")
+    assert attempt.ending == Ending(RETIRE, Trigger.INTERRUPT, "interrupted", None,
+                                   Reason(ReasonCode.INTERRUPTED))
+    assert attempt.reason == "interrupted"
 
 
 @pytest.mark.parametrize("final", sorted(FINAL))

@@ -65,6 +65,7 @@ from machines.records import (
     HttpError,
     IdleTimeout,
     Interrupt,
+    ReasonCode,
     StreamInput,
     TransportFault,
     TurnPolicy,
@@ -293,7 +294,7 @@ def check_background(
         _require((following.kind == "resume") == should_resume, "resume exactly when resumable",
                  session, f"attempt {following.number} is {following.kind} after "
                  f"{ending.trigger} with id={known_id} last={last}")
-        if ending.reason.startswith("resume_refused"):
+        if ending.reason.code is ReasonCode.RESUME_REFUSED:
             _require(following.kind != "resume", "no resume after a refusal", session)
 
     cancels = [d.data for d in recording.log.records

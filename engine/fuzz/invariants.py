@@ -795,9 +795,7 @@ def _scratch() -> str:
 
 
 _ALLOWED = {
-    (source, row["trigger"], row["dest"])
-    for row in ATTEMPT_TABLE
-    for source in ([row["source"]] if isinstance(row["source"], str) else row["source"])
+    (source, row.label, row.dest) for row in ATTEMPT_TABLE.rows for source in row.source
 }
 
 
