@@ -118,20 +118,14 @@ class State(StrEnum):
 
 
 class Trigger(StrEnum):
-    """What moves a session: the handshake's steps, turns beginning and ending, and what ends it
-    from outside (`SessionFault`)."""
+    """What moves a session: the handshake's steps and turns beginning and ending. What ends it
+    from outside is its own trigger, a `SessionFault` (`FAULTS`)."""
 
     BEGIN = "begin"
     INITIALIZED = "initialized"
     THREAD_STARTED = "thread_started"
     TURN_BEGINS = "turn_begins"
     TURN_ENDED = "turn_ended"
-    EOF = SessionFault.EOF
-    EXITED = SessionFault.EXITED
-    REQUEST_TIMEOUT = SessionFault.REQUEST_TIMEOUT
-    IDLE_TIMEOUT = SessionFault.IDLE_TIMEOUT
-    PROTOCOL_BREACH = SessionFault.PROTOCOL_BREACH
-    SPAWN_FAILED = SessionFault.SPAWN_FAILED
 
 
 SPAWNED: Final = State.SPAWNED
@@ -147,7 +141,7 @@ STARTING: Final = frozenset({SPAWNED, INITIALIZING, STARTING_THREAD})
 LIVE: Final = STARTING | {READY, TURN_RUNNING}
 
 #: What retires a session with no turn running (a running turn ends first, then `turn_ended`).
-FAULTS: Final = tuple(Trigger(fault.value) for fault in SessionFault)
+FAULTS: Final = tuple(SessionFault)
 
 
 def turn_retires_session(session: AppSession) -> bool:
@@ -159,7 +153,7 @@ def turn_retires_session(session: AppSession) -> bool:
 _S = State
 
 
-def _fault_row(fault: Trigger) -> Row[AppSession, None]:
+def _fault_row(fault: SessionFault) -> Row[AppSession, None]:
     return Row(fault, (*STARTING, _S.READY), _S.RETIRED)
 
 
@@ -178,7 +172,7 @@ ROWS: Final[list[Row[AppSession, None]]] = [
 ]
 
 TABLE: Final[Table[AppSession, None]] = Table(
-    MACHINE, State, Trigger, ROWS, initial=SPAWNED, final={RETIRED}
+    MACHINE, State, (*Trigger, *FAULTS), ROWS, initial=SPAWNED, final={RETIRED}
 )
 _STAYS: Final = TABLE.stays
 
@@ -354,7 +348,7 @@ class AppSession:
         return ident
 
     # -- the table ---------------------------------------------------------------------------------
-    def _fire(self, trigger: Trigger) -> None:
+    def _fire(self, trigger: StrEnum) -> None:
         if (self.state, trigger) not in _STAYS:
             TABLE.fire(self, trigger)
 
@@ -506,7 +500,7 @@ class AppSession:
         if turn is not None:
             turn.fault(fault, error)  # then `_settle` ends the turn and retires the session
         else:
-            self._fire(Trigger(fault.value))
+            self._fire(fault)
 
     def _with_stderr(self, message: str) -> str:
         lines = [line.strip() for line in self.stderr if line.strip()][-STDERR_SHOWN:]

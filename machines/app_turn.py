@@ -48,7 +48,8 @@ decide (`Answer`) whether server requests are asked of the callback or answered 
 
 Rules written in code rather than in the table (h11 style, listed here):
 
-- Agent-message text is delivered through a `_Stream` per logical message. Codex restarts a
+- Agent-message text is delivered through a `_Stream` per logical message (its text delivered
+  exactly once by `machines.delivery.Delivery`, as for the attempts of a Responses turn). Codex restarts a
   message on each of its own stream retries: it sends `item/started agentMessage` again (same
   or new id) and resends the deltas from the beginning; the abandoned item never completes. An
   `item/started agentMessage` while the previous agent message is unfinished is such a restart:
@@ -86,6 +87,7 @@ from machines.app_protocol import (
     turn_error,
 )
 from machines.app_records import ApprovalAnswer, AppOutcome, SessionFault
+from machines.delivery import Delivery
 from machines.records import Decision, Effect, InputKind, Transition
 from machines.table import Row, Table
 
@@ -108,6 +110,7 @@ __all__ = [
     "TERMINAL",
     "TOOL_CALL",
     "TOOL_ITEMS",
+    "INPUTS",
     "TURN_NOTIFICATIONS",
     "Trigger",
     "TurnEnding",
@@ -132,8 +135,8 @@ class State(StrEnum):
 
 
 class Trigger(StrEnum):
-    """What can happen to a turn: what the server's messages about it mean, the caller's
-    interrupt, the approval callback's answers, and what ends it from outside."""
+    """What the server's messages about a turn mean, and where its own inputs are taken; its
+    other inputs are their own triggers (`INPUTS`)."""
 
     SENT = "sent"
     ACCEPTED = "accepted"
@@ -151,14 +154,11 @@ class Trigger(StrEnum):
     COMPLETED = "completed"
     INTERRUPTED = "interrupted"
     FAILED = "failed"
-    INTERRUPT = InputKind.INTERRUPT
-    INTERRUPT_TIMEOUT = InputKind.INTERRUPT_TIMEOUT
-    EOF = SessionFault.EOF
-    EXITED = SessionFault.EXITED
-    REQUEST_TIMEOUT = SessionFault.REQUEST_TIMEOUT
-    IDLE_TIMEOUT = SessionFault.IDLE_TIMEOUT
-    PROTOCOL_BREACH = SessionFault.PROTOCOL_BREACH
-    SPAWN_FAILED = SessionFault.SPAWN_FAILED
+
+
+#: The inputs a turn takes under their vocabulary names, each its own trigger: the caller's
+#: interrupt, its timeout, and what ends the session from outside (`SessionFault`).
+INPUTS: Final = (InputKind.INTERRUPT, InputKind.INTERRUPT_TIMEOUT, *SessionFault)
 
 
 QUEUED: Final = State.QUEUED
@@ -180,7 +180,7 @@ FINAL: Final = frozenset({TERMINAL, RETIRE})
 _PAST_CREATED: Final = SENT - {AWAITING_CREATED}
 
 #: What ends a turn from outside: the subprocess, the driver's clocks, a protocol breach.
-FAULTS: Final = tuple(Trigger(fault.value) for fault in SessionFault)
+FAULTS: Final = tuple(SessionFault)
 
 #: Item types that are tools (the turn is in `tool_call` while one is open).
 TOOL_ITEMS: Final = frozenset(
@@ -249,7 +249,7 @@ _S = State
 _T = Trigger
 
 
-def _fault_row(fault: Trigger) -> Row[AppTurn, Decides]:
+def _fault_row(fault: SessionFault) -> Row[AppTurn, Decides]:
     return Row(fault, LIVE, _S.RETIRE, decides=TurnEndingRule("error", retire_session=True))
 
 
@@ -295,18 +295,18 @@ ROWS: Final[list[Row[AppTurn, Decides]]] = [
         decides=TurnEndingRule("failed", retire_session=True, reason="auth_failure")),
     Row(_T.FAILED, SENT, _S.TERMINAL, decides=TurnEndingRule("failed", declines_pending=True)),
     # the caller stops the turn
-    Row(_T.INTERRUPT, _S.QUEUED, _S.RETIRE,
+    Row(InputKind.INTERRUPT, _S.QUEUED, _S.RETIRE,
         decides=TurnEndingRule("interrupted", reason="interrupted")),
-    Row(_T.INTERRUPT, RUNNING, _S.INTERRUPTING, decides=Answer.CANCEL),
-    Row(_T.INTERRUPT, _S.INTERRUPTING),
-    Row(_T.INTERRUPT_TIMEOUT, _S.INTERRUPTING, _S.RETIRE,
+    Row(InputKind.INTERRUPT, RUNNING, _S.INTERRUPTING, decides=Answer.CANCEL),
+    Row(InputKind.INTERRUPT, _S.INTERRUPTING),
+    Row(InputKind.INTERRUPT_TIMEOUT, _S.INTERRUPTING, _S.RETIRE,
         decides=TurnEndingRule("interrupted", retire_session=True)),
     # the subprocess or the clocks end the turn without turn/completed: always retire
     *(_fault_row(fault) for fault in FAULTS),
 ]
 
 TABLE: Final[Table[AppTurn, Decides]] = Table(
-    MACHINE, State, Trigger, ROWS, initial=QUEUED, final=FINAL
+    MACHINE, State, (*Trigger, *INPUTS), ROWS, initial=QUEUED, final=FINAL
 )
 _STAYS: Final = TABLE.stays
 
@@ -316,7 +316,7 @@ class TurnEnding:
     """How a turn ended, read off the final row that fired."""
 
     state: State
-    trigger: Trigger
+    trigger: StrEnum
     outcome: AppOutcome
     retire_session: bool
     reason: str
@@ -339,65 +339,40 @@ class Wire(Protocol):
 
 class _Stream:
     """One logical message (agent text or reasoning) as the user sees it, across codex's
-    restarts: `delivered` is what reached the callbacks, `attempt` the current run's deltas."""
+    restarts: `delivery` is what reached the callbacks and the current run's place in it
+    (`machines.delivery`), `attempt` the current run's deltas."""
 
-    __slots__ = ("item_id", "delivered", "attempt", "behind", "in_step", "diverged", "done",
-                 "final")
+    __slots__ = ("item_id", "delivery", "attempt", "done", "final")
 
     def __init__(self, item_id: str | None) -> None:
         self.item_id = item_id
-        self.delivered: list[str] = []
+        self.delivery = Delivery()
         self.attempt: list[str] = []
-        self.behind = ""
-        self.in_step = True
-        self.diverged = False
         self.done = False
         self.final: str | None = None  # the text `item/completed` gave
+
+    @property
+    def diverged(self) -> bool:
+        """The current run said something else than what was delivered."""
+        return self.delivery.diverged
 
     def restart(self, item_id: str | None) -> None:
         """Codex started this message over: its deltas come again from the beginning."""
         self.item_id = item_id
-        self.behind = "".join(self.delivered)
         self.attempt = []
-        self.in_step = not self.behind
-        self.diverged = False
+        self.delivery.restart()
 
     def delta(self, delta: str) -> str:
         """Take one delta; return the part that is new to the user ("" while repeating)."""
         self.attempt.append(delta)
-        if self.in_step:
-            self.delivered.append(delta)
-            return delta
-        if self.diverged:
-            return ""
-        so_far = "".join(self.attempt)
-        behind = self.behind
-        if len(so_far) <= len(behind):
-            if not behind.startswith(so_far):
-                self.diverged = True
-            return ""
-        if not so_far.startswith(behind):
-            self.diverged = True
-            return ""
-        self.in_step = True
-        new = so_far[len(behind):]
-        self.delivered.append(new)
-        return new
+        return self.delivery.take(delta)
 
     def complete(self, text: str | None) -> str:
         """`item/completed`: keep its text; return a tail the deltas did not deliver ("" when
         none, or when this run said something else than what was delivered)."""
         self.done = True
         self.final = text
-        if text is None or self.diverged:
-            return ""
-        shown = "".join(self.delivered)
-        if len(text) > len(shown) and text.startswith(shown):
-            tail = text[len(shown):]
-            self.delivered.append(tail)
-            self.in_step = True
-            return tail
-        return ""
+        return self.delivery.finish(text) if text is not None else ""
 
     def text(self) -> str:
         """The message's text: the completed text, else this run's text or, when this run has
@@ -405,9 +380,9 @@ class _Stream:
         if self.final is not None:
             return self.final
         current = "".join(self.attempt)
-        if self.diverged:
+        if self.delivery.diverged:
             return current
-        shown = "".join(self.delivered)
+        shown = self.delivery.delivered()
         return current if len(current) >= len(shown) else shown
 
 
@@ -464,11 +439,11 @@ class AppTurn:
         """True once `turn/start` was sent and until the turn ends."""
         return self.start_request_id is not None and self.ending is None
 
-    def _takes(self, trigger: Trigger) -> bool:
+    def _takes(self, trigger: StrEnum) -> bool:
         """Whether the table takes `trigger` in the turn's state at all."""
         return TABLE.takes(self.state, trigger)
 
-    def _fire(self, trigger: Trigger) -> None:
+    def _fire(self, trigger: StrEnum) -> None:
         if (self.state, trigger) not in _STAYS:
             TABLE.fire(self, trigger)
 
@@ -479,7 +454,7 @@ class AppTurn:
         rule = row.decides
         if isinstance(rule, TurnEndingRule):
             self.ending = TurnEnding(
-                dest, Trigger(row.trigger), rule.outcome, rule.retire_session,
+                dest, row.trigger, rule.outcome, rule.retire_session,
                 rule.reason if rule.reason is not None else row.label, rule.declines_pending,
             )
             self._finish()
@@ -557,29 +532,29 @@ class AppTurn:
 
     def interrupt(self) -> None:
         """The caller wants the turn stopped: cancel pending approvals, send `turn/interrupt`."""
-        if not self._takes(Trigger.INTERRUPT):
+        if not self._takes(InputKind.INTERRUPT):
             return
-        if TABLE.select(self, Trigger.INTERRUPT).decides is Answer.CANCEL:
+        if TABLE.select(self, InputKind.INTERRUPT).decides is Answer.CANCEL:
             for ident, pending in list(self.pending.items()):
                 self._reply(ident, pending.method, pending.params, "cancel")
             self.pending.clear()
-            self._fire(Trigger.INTERRUPT)
+            self._fire(InputKind.INTERRUPT)
             if self.turn_id is not None and not self.interrupt_sent:
                 self.send_interrupt()
         else:
-            self._fire(Trigger.INTERRUPT)
+            self._fire(InputKind.INTERRUPT)
 
     def interrupt_timed_out(self) -> None:
         """No `turn/completed` followed `turn/interrupt` in time."""
-        if self._takes(Trigger.INTERRUPT_TIMEOUT):
-            self._fire(Trigger.INTERRUPT_TIMEOUT)
+        if self._takes(InputKind.INTERRUPT_TIMEOUT):
+            self._fire(InputKind.INTERRUPT_TIMEOUT)
 
     def fault(self, fault: SessionFault, error: dict[str, Any]) -> None:
         """Something ended the turn from outside; `error` says what."""
         if self.ending is not None:
             return
         self.error = error
-        self._fire(Trigger(fault.value))
+        self._fire(fault)
 
     # -- decisions -------------------------------------------------------------------------
     def _reply(self, ident: int | str, method: str, params: dict[str, Any], decision: str) -> None:
@@ -637,11 +612,9 @@ class AppTurn:
         self._fire(Trigger.STARTED)
 
     def _item_started(self, params: dict[str, Any]) -> None:
-        item = params.get("item")
-        if not isinstance(item, dict):
+        item, kind, ident = _item_of(params)
+        if item is None:
             return
-        kind = item.get("type")
-        ident = item.get("id") if isinstance(item.get("id"), str) else None
         if ident is not None:
             self.items[ident] = item
         if kind == "agentMessage":
@@ -676,33 +649,36 @@ class AppTurn:
         return self._begin(None, ident if isinstance(ident, str) else None, kept)
 
     def _agent_delta(self, params: dict[str, Any]) -> None:
-        delta = params.get("delta")
-        if type(delta) is not str:
-            return
-        stream = self._stream_for(self._text, params.get("itemId"), self.streams)
-        if stream is None:
-            return
-        self._text = stream
-        self._fire(Trigger.CONTENT)
-        self._deliver_text(stream.delta(delta))
+        new = self._delta(params, reasoning=False)
+        if new is not None:
+            self._deliver_text(new)
 
     def _reasoning_delta(self, params: dict[str, Any]) -> None:
+        new = self._delta(params, reasoning=True)
+        if new is not None:
+            self._deliver_reasoning(new)
+
+    def _delta(self, params: dict[str, Any], *, reasoning: bool) -> str | None:
+        """A delta of the agent message or reasoning item it names: the part new to the user,
+        or None when it belongs to no open message (a late or repeated line) or is no text."""
         delta = params.get("delta")
         if type(delta) is not str:
-            return
-        stream = self._stream_for(self._reasoning, params.get("itemId"), self.reasoning)
+            return None
+        current, kept = (self._reasoning, self.reasoning) if reasoning else (self._text, self.streams)
+        stream = self._stream_for(current, params.get("itemId"), kept)
         if stream is None:
-            return
-        self._reasoning = stream
+            return None
+        if reasoning:
+            self._reasoning = stream
+        else:
+            self._text = stream
         self._fire(Trigger.CONTENT)
-        self._deliver_reasoning(stream.delta(delta))
+        return stream.delta(delta)
 
     def _item_completed(self, params: dict[str, Any]) -> None:
-        item = params.get("item")
-        if not isinstance(item, dict):
+        item, kind, ident = _item_of(params)
+        if item is None:
             return
-        kind = item.get("type")
-        ident = item.get("id") if isinstance(item.get("id"), str) else None
         if kind == "agentMessage":
             stream = self._stream_for(self._text, ident, self.streams)
             if stream is None:
@@ -783,6 +759,16 @@ class AppTurn:
             if text:
                 return text
         return ""
+
+
+def _item_of(params: dict[str, Any]) -> tuple[dict[str, Any] | None, Any, str | None]:
+    """An item notification's item (None when it holds none), its type and its id (None when it
+    is not a string)."""
+    item = params.get("item")
+    if not isinstance(item, dict):
+        return None, None, None
+    ident = item.get("id")
+    return item, item.get("type"), ident if isinstance(ident, str) else None
 
 
 _NOTIFICATIONS: Final = {

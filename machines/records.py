@@ -232,19 +232,10 @@ Decision = Transition | Effect
 
 
 class ReasonCode(StrEnum):
-    """Why an attempt ended: the trigger that ended it, or one of the codes below that carry a
-    detail (`Reason.status`, `Reason.failure_code`)."""
+    """Why an attempt ended, where that is not simply the trigger that ended it (a `Reason`'s
+    code is that trigger otherwise); the codes below carry a detail (`Reason.status`,
+    `Reason.failure_code`) or name what the trigger does not."""
 
-    COMPLETED = "completed"
-    INCOMPLETE = "incomplete"
-    FAILED = "failed"
-    ERROR_FRAME = "error_frame"
-    CONNECT_ERROR = Fault.CONNECT_ERROR
-    DROP = Fault.DROP
-    READ_TIMEOUT = Fault.READ_TIMEOUT
-    IDLE_TIMEOUT = InputKind.IDLE_TIMEOUT
-    EOF = InputKind.EOF
-    EVENT_TOO_LARGE = InputKind.EVENT_TOO_LARGE
     INTERRUPTED = "interrupted"
     #: the request was answered with an HTTP error status (`status`)
     HTTP_STATUS = "http_status"
@@ -256,11 +247,12 @@ class ReasonCode(StrEnum):
 
 @attrs.frozen(slots=True)
 class Reason:
-    """Why an attempt ended, as data: a `code` and the detail fields that code carries. Code
-    reads the fields; `str(reason)` is the text `Attempt.reason` shows (`http_429`,
-    `failed:server_error`, `resume_refused:404`, or the code)."""
+    """Why an attempt ended, as data: a `code` (the trigger that ended it, e.g. `Fault.DROP`, or
+    a `ReasonCode`) and the detail fields that code carries. Code reads the fields; `str(reason)`
+    is the text `Attempt.reason` shows (`http_429`, `failed:server_error`, `resume_refused:404`,
+    or the code)."""
 
-    code: ReasonCode
+    code: StrEnum
     status: int | None = None
     failure_code: str | None = None
 

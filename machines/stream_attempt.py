@@ -45,7 +45,7 @@ are written; `streamfsm diagram` draws them, guards included:
                        stream attempts are left, else it ends "error"), or an interrupt (the turn
                        ends "interrupted", promptly).
 
-Reading a row (`machines.table`): `Row(Trigger.DROP, LIVE, State.FALLBACK,
+Reading a row (`machines.table`): `Row(Fault.DROP, LIVE, State.FALLBACK,
 guards=hands_over_to_fallback, decides=EndingRule("error", "stream"))` says: a dropped connection,
 in any live state, when this attempt hands over to the fallback, ends the attempt in `fallback`; if
 the turn has nothing left to try, its outcome is "error"; the stream budget may pay for another
@@ -54,7 +54,7 @@ attempt. Rows are tried in order; the first whose guards hold fires. A row witho
 state raises `transitions.MachineError`: an impossible transition is a bug, never silently
 dropped. A final row decides how the attempt ends (`EndingRule`): the turn's `outcome` if this
 attempt is its last, which budget may pay for a `retry`, and the `reason` as data (a
-`ReasonCode`, default the trigger's own, with the attempt's details: the HTTP `status`, the
+`ReasonCode`, or the trigger itself, with the attempt's details: the HTTP `status`, the
 `failure_code` of a retryable `response.failed`). The turn reads that record; nothing parses a
 reason string.
 
@@ -96,10 +96,11 @@ Exceptions written in code rather than in the table:
   (`then=stop_text`) and cleared by the `tool_call_withdrawn` row whose guard is
   `no_client_call_left` (`then=release_text`).
 
-Text delivery across attempts (a `DeliveryLedger` shared by the turn's attempts): what reached the
-user is never delivered again. A retry's text is compared with what was already delivered; only
-text past that point is delivered, and if the retry says something else, nothing more of it is
-delivered (the result still holds the retry's own text, never a mix of two attempts).
+Text delivery across attempts (a `machines.delivery.DeliveryLedger` shared by the turn's
+attempts): what reached the user is never delivered again. A retry's text is compared with what
+was already delivered; only text past that point is delivered, and if the retry says something
+else, nothing more of it is delivered (the result still holds the retry's own text, never a mix
+of two attempts).
 
 Background responses (`tracks_sequence`, set by the turn for a `background: true` request, so
 that it can resume a broken stream and cancel an abandoned response): the attempt learns the response's id from
@@ -127,6 +128,7 @@ from typing import Any, Callable, Final, Literal
 import attrs
 import orjson
 
+from machines.delivery import DeliveryLedger
 from machines.json_text import lenient_loads
 from machines.output import (
     CallFacts,
@@ -175,6 +177,7 @@ __all__ = [
     "Trigger",
     "TERMINAL",
     "TOOL_CALL",
+    "INPUTS",
     "demanded_wait_s",
     "provider_error",
 ]
@@ -194,8 +197,8 @@ class State(StrEnum):
 
 
 class Trigger(StrEnum):
-    """What can happen to an attempt: what a frame means (fired by its handler) and every input
-    that is not an event, by its vocabulary name (`machines.records`)."""
+    """What a frame means to an attempt (each frame's handler fires one). Every input that is
+    not an event is its own trigger, under its vocabulary name (`INPUTS`)."""
 
     CREATED = "created"
     IN_PROGRESS = "in_progress"
@@ -208,14 +211,13 @@ class Trigger(StrEnum):
     INCOMPLETE = "incomplete"
     FAILED = "failed"
     ERROR_FRAME = "error_frame"
-    HTTP_ERROR = InputKind.HTTP_ERROR
-    CONNECT_ERROR = Fault.CONNECT_ERROR
-    DROP = Fault.DROP
-    READ_TIMEOUT = Fault.READ_TIMEOUT
-    IDLE_TIMEOUT = InputKind.IDLE_TIMEOUT
-    EOF = InputKind.EOF
-    EVENT_TOO_LARGE = InputKind.EVENT_TOO_LARGE
-    INTERRUPT = InputKind.INTERRUPT
+
+
+#: The inputs an attempt takes besides events, each its own trigger.
+INPUTS: Final = (
+    InputKind.HTTP_ERROR, *Fault, InputKind.IDLE_TIMEOUT, InputKind.EOF,
+    InputKind.EVENT_TOO_LARGE, InputKind.INTERRUPT,
+)
 
 
 AWAITING_CREATED: Final = State.AWAITING_CREATED
@@ -230,7 +232,7 @@ LIVE: Final = frozenset({AWAITING_CREATED, STREAMING, TOOL_CALL})
 FINAL: Final = frozenset({TERMINAL, FALLBACK, RETIRE})
 
 #: Triggers that are byte-stream failures: worth another stream attempt.
-FAULTS: Final = (Trigger.DROP, Trigger.READ_TIMEOUT, Trigger.IDLE_TIMEOUT, Trigger.EOF)
+FAULTS: Final = (Fault.DROP, Fault.READ_TIMEOUT, InputKind.IDLE_TIMEOUT, InputKind.EOF)
 
 #: HTTP statuses worth another request (the openai SDK's own list).
 RETRYABLE_STATUSES: Final = frozenset({408, 409, 429, *range(500, 600)})
@@ -248,7 +250,7 @@ class EndingRule:
 
     outcome: Outcome
     retry: RetryKind | None = None
-    reason: ReasonCode | None = None
+    reason: StrEnum | None = None
 
 
 # -- guards: pure conditions of an attempt, referenced by the rows ------------------------------
@@ -320,13 +322,15 @@ _T = Trigger
 _S = State
 
 
-def _broken_stream_rows(fault: Trigger) -> list[Row[StreamAttempt, EndingRule]]:
-    """A byte-stream failure: handed to the fallback on the last stream attempt, else retired
-    (the turn retries it while stream attempts are left)."""
+def _retried(
+    trigger: StrEnum, ending: EndingRule, *guards: Callable[[StreamAttempt], bool]
+) -> list[Row[StreamAttempt, EndingRule]]:
+    """Rows for something a stream attempt may be tried again after (when `guards` hold): it
+    hands over to the fallback on the last stream attempt, else it retires (the turn tries
+    again while stream attempts are left)."""
     return [
-        Row(fault, LIVE, State.FALLBACK, guards=hands_over_to_fallback,
-            decides=EndingRule("error", "stream")),
-        Row(fault, LIVE, State.RETIRE, decides=EndingRule("error", "stream")),
+        Row(trigger, LIVE, State.FALLBACK, guards=(*guards, hands_over_to_fallback), decides=ending),
+        Row(trigger, LIVE, State.RETIRE, guards=guards, decides=ending),
     ]
 
 
@@ -356,38 +360,37 @@ ROWS: Final[list[Row[StreamAttempt, EndingRule]]] = [
     # the server ends the response: an outcome, not retried
     Row(_T.COMPLETED, LIVE, _S.TERMINAL, decides=EndingRule("completed")),
     Row(_T.INCOMPLETE, LIVE, _S.TERMINAL, decides=EndingRule("incomplete")),
-    Row(_T.FAILED, LIVE, _S.FALLBACK, guards=(failure_is_retryable, hands_over_to_fallback),
-        decides=EndingRule("failed", "stream", ReasonCode.RETRYABLE_FAILURE)),
-    Row(_T.FAILED, LIVE, _S.RETIRE, guards=failure_is_retryable,
-        decides=EndingRule("failed", "stream", ReasonCode.RETRYABLE_FAILURE)),
+    *_retried(_T.FAILED, EndingRule("failed", "stream", ReasonCode.RETRYABLE_FAILURE),
+              failure_is_retryable),
     Row(_T.FAILED, LIVE, _S.TERMINAL, decides=EndingRule("failed")),
     Row(_T.ERROR_FRAME, LIVE, _S.TERMINAL, decides=EndingRule("error")),
     # a resume refused (another 4xx): the response cannot be continued, so the turn goes on by
     # the ordinary rules for a broken stream (a new request, or the fallback)
-    Row(_T.HTTP_ERROR, LIVE, _S.FALLBACK, guards=(resume_is_refused, hands_over_to_fallback),
-        decides=EndingRule("error", "stream", ReasonCode.RESUME_REFUSED)),
-    Row(_T.HTTP_ERROR, LIVE, _S.RETIRE, guards=resume_is_refused,
-        decides=EndingRule("error", "stream", ReasonCode.RESUME_REFUSED)),
+    *_retried(InputKind.HTTP_ERROR, EndingRule("error", "stream", ReasonCode.RESUME_REFUSED),
+              resume_is_refused),
     # the request is answered with an error status: 408, 409, 429 and 5xx are tried again while
     # the turn's HTTP retry budget lasts, unless the server demands a longer wait than allowed
-    Row(_T.HTTP_ERROR, LIVE, _S.RETIRE,
+    Row(InputKind.HTTP_ERROR, LIVE, _S.RETIRE,
         guards=(status_is_retryable, wait_is_acceptable, http_retry_left),
         decides=EndingRule("error", "http", ReasonCode.HTTP_STATUS)),
-    Row(_T.HTTP_ERROR, LIVE, _S.TERMINAL, decides=EndingRule("error", None, ReasonCode.HTTP_STATUS)),
+    Row(InputKind.HTTP_ERROR, LIVE, _S.TERMINAL,
+        decides=EndingRule("error", None, ReasonCode.HTTP_STATUS)),
     # no response at all (a connection error before the response headers): an HTTP retry while
     # the budget lasts; then the turn ends (no stream retry, no fallback)
-    Row(_T.CONNECT_ERROR, LIVE, _S.RETIRE, guards=http_retry_left, decides=EndingRule("error", "http")),
-    Row(_T.CONNECT_ERROR, LIVE, _S.RETIRE, decides=EndingRule("error")),
+    Row(Fault.CONNECT_ERROR, LIVE, _S.RETIRE, guards=http_retry_left,
+        decides=EndingRule("error", "http")),
+    Row(Fault.CONNECT_ERROR, LIVE, _S.RETIRE, decides=EndingRule("error")),
     # the byte stream fails: retried by the turn, or handed to the fallback
-    *(row for fault in FAULTS for row in _broken_stream_rows(fault)),
+    *(row for fault in FAULTS for row in _retried(fault, EndingRule("error", "stream"))),
     # one event larger than the policy allows: the turn ends, nothing is retried
-    Row(_T.EVENT_TOO_LARGE, LIVE, _S.RETIRE, decides=EndingRule("error")),
+    Row(InputKind.EVENT_TOO_LARGE, LIVE, _S.RETIRE, decides=EndingRule("error")),
     # the caller stops the turn
-    Row(_T.INTERRUPT, LIVE, _S.RETIRE, decides=EndingRule("interrupted", None, ReasonCode.INTERRUPTED)),
+    Row(InputKind.INTERRUPT, LIVE, _S.RETIRE,
+        decides=EndingRule("interrupted", None, ReasonCode.INTERRUPTED)),
 ]
 
 TABLE: Final[Table[StreamAttempt, EndingRule]] = Table(
-    MACHINE, State, Trigger, ROWS, initial=AWAITING_CREATED, final=FINAL
+    MACHINE, State, (*Trigger, *INPUTS), ROWS, initial=AWAITING_CREATED, final=FINAL
 )
 _STAYS: Final = TABLE.stays
 
@@ -402,60 +405,11 @@ class Ending:
     demanded before another request (None: it said nothing)."""
 
     state: State
-    trigger: Trigger
+    trigger: StrEnum
     outcome: Outcome
     retry: RetryKind | None
     reason: Reason
     wait_s: float | None = None
-
-
-class DeliveryLedger:
-    """Text that reached the user this turn, per channel ("text", "reasoning")."""
-
-    __slots__ = ("pieces", "length")
-
-    def __init__(self) -> None:
-        self.pieces: dict[str, list[str]] = {"text": [], "reasoning": []}
-        self.length: dict[str, int] = {"text": 0, "reasoning": 0}
-
-    def delivered(self, channel: str) -> str:
-        """Everything delivered on `channel` so far, joined."""
-        return "".join(self.pieces[channel])
-
-
-class _Channel:
-    """One attempt's view of one delivery channel: in step with the ledger, catching up, or off.
-
-    Catching up compares each delta with the delivered text at the current position, so a
-    retry that repeats a long answer costs time linear in its length."""
-
-    __slots__ = ("behind", "position", "in_step", "diverged")
-
-    def __init__(self, ledger: DeliveryLedger, channel: str) -> None:
-        self.behind = ledger.delivered(channel)  # what a retry must first repeat
-        self.position = 0
-        self.in_step = not self.behind
-        self.diverged = False
-
-    def catch_up(self, delta: str) -> str:
-        """The part of `delta` that is new to the user ("" while repeating delivered text)."""
-        if self.diverged:
-            return ""
-        behind = self.behind
-        position = self.position
-        left = len(behind) - position
-        if len(delta) <= left:
-            if behind.startswith(delta, position):
-                self.position = position + len(delta)
-            else:
-                self.diverged = True
-            return ""
-        if not delta.startswith(behind[position:]):
-            self.diverged = True
-            return ""
-        self.in_step = True
-        self.position = len(behind)
-        return delta[left:]
 
 
 def provider_error(payload: dict[str, Any], default_type: str) -> dict[str, Any]:
@@ -539,8 +493,6 @@ class StreamAttempt:
         self.rate_limits: list[Any] = []
         self.undecodable = 0
         self.ignored = 0
-        self._text = _Channel(ledger, "text")
-        self._reasoning = _Channel(ledger, "reasoning")
         self._out: list[Decision] = []
         #: The background response's id (from `response.created` / `.in_progress`) and the
         #: highest sequence number received, when `tracks_sequence`; events not above it are
@@ -554,7 +506,9 @@ class StreamAttempt:
         #: What a resume asks for: the response id and the sequence number to start after.
         self.resume_point: tuple[str, int] | None = None
         if resumes is not None:
-            self._take_over(resumes)
+            self._take_over(resumes)  # the same run of text goes on
+        else:
+            ledger.restart()  # the answer starts again: catch up with what was delivered
 
     def _take_over(self, broken: StreamAttempt) -> None:
         """Continue `broken`, a background response's attempt that ended on a fault: its live
@@ -570,8 +524,6 @@ class StreamAttempt:
         self.client_calls = set(broken.client_calls)
         self.function_call_seen = broken.function_call_seen
         self._withheld = list(broken._withheld)
-        self._text = broken._text
-        self._reasoning = broken._reasoning
         self.response_id = broken.response_id
         self.last_sequence = broken.last_sequence
         self.resume_point = (broken.response_id, broken.last_sequence)
@@ -601,11 +553,11 @@ class StreamAttempt:
                 self.error = _http_error(item)
                 self.http_status = item.status
                 self.demanded_wait_s = demanded_wait_s(item)
-                self._fire(Trigger.HTTP_ERROR)
+                self._fire(InputKind.HTTP_ERROR)
             elif isinstance(item, TransportFault):
-                self._fire(Trigger(item.kind))
+                self._fire(item.kind)
             elif isinstance(item, (EndOfStream, IdleTimeout, Interrupt, EventTooLarge)):
-                self._fire(Trigger(item.KIND))
+                self._fire(item.KIND)
             else:
                 raise TypeError(f"not a machine input: {type(item).__name__}")
         out = self._out
@@ -658,7 +610,7 @@ class StreamAttempt:
         else:
             self.ignored += 1
 
-    def _fire(self, trigger: Trigger) -> None:
+    def _fire(self, trigger: StrEnum) -> None:
         """Fire `trigger` through the table (an unguarded stay changes nothing: skipped)."""
         if (self.state, trigger) not in _STAYS:
             TABLE.fire(self, trigger)
@@ -672,10 +624,10 @@ class StreamAttempt:
         rule = row.decides
         if rule is not None:
             self.live_state = source
-            code = rule.reason if rule.reason is not None else ReasonCode(row.trigger.value)
+            code = rule.reason if rule.reason is not None else row.trigger
             self.ending = Ending(
                 dest,
-                Trigger(row.trigger),
+                row.trigger,
                 rule.outcome,
                 rule.retry,
                 Reason(
@@ -693,7 +645,7 @@ class StreamAttempt:
         self.tool_call_seen = False
         withheld, self._withheld = self._withheld, []
         for delta in withheld:
-            self._deliver("text", self._text, delta)
+            self._deliver_text(delta)
 
     @property
     def error_code(self) -> Any:
@@ -724,43 +676,42 @@ class StreamAttempt:
         self._out.append(Effect("rate_limits", self.number, payload))
 
     def _text_delta(self, payload: dict[str, Any]) -> None:
-        delta = payload.get("delta")
-        if type(delta) is not str:
-            return
-        self._fire(Trigger.CONTENT)
-        self.assembly.text_delta(payload, delta)
+        delta = self._content_delta(payload, self.assembly.text_delta)
         if not delta:
             return
         if self.tool_call_seen:
             if not self.function_call_seen:  # the calls seen may still turn out the server's
                 self._withheld.append(delta)
             return
-        self._deliver("text", self._text, delta)
+        self._deliver_text(delta)
 
     def _reasoning_delta(self, payload: dict[str, Any]) -> None:
+        delta = self._content_delta(payload, self.assembly.reasoning_delta)
+        if delta:
+            delta = self.ledger.reasoning.take(delta)
+            if delta:
+                self._out.append(Effect("reasoning_delta", self.number, delta))
+
+    def _content_delta(
+        self, payload: dict[str, Any], keep: Callable[[dict[str, Any], str], None]
+    ) -> str | None:
+        """A text or reasoning delta frame: content (kept by `keep`); its delta, or None when
+        the frame's `delta` is not a string (ignored)."""
         delta = payload.get("delta")
         if type(delta) is not str:
-            return
+            return None
         self._fire(Trigger.CONTENT)
-        self.assembly.reasoning_delta(payload, delta)
-        if delta:
-            self._deliver("reasoning", self._reasoning, delta)
+        keep(payload, delta)
+        return delta
 
-    def _deliver(self, channel: str, view: _Channel, delta: str) -> None:
-        if not view.in_step:
-            delta = view.catch_up(delta)
-            if not delta:
-                return
-        ledger = self.ledger
-        out = self._out
-        if channel == "text":
-            if not ledger.length["text"]:
-                out.append(Effect("first_delta", self.number))
-            out.append(Effect("text_delta", self.number, delta))
-        else:
-            out.append(Effect("reasoning_delta", self.number, delta))
-        ledger.pieces[channel].append(delta)
-        ledger.length[channel] += len(delta)
+    def _deliver_text(self, delta: str) -> None:
+        text = self.ledger.text
+        first = not text.length
+        delta = text.take(delta)
+        if delta:
+            if first:
+                self._out.append(Effect("first_delta", self.number))
+            self._out.append(Effect("text_delta", self.number, delta))
 
     def _text_done(self, payload: dict[str, Any]) -> None:
         self.assembly.text_done(payload)

@@ -1,9 +1,10 @@
 """Transition tables as typed data: the one way every machine in `machines/` states its rules.
 
 A machine declares its states and triggers as string enums (`StrEnum`: a member's value is the
-name a trace records and the diagram prints) and a `Table` of `Row`s:
+name a trace records and the diagram prints; an input is its own trigger, under its vocabulary
+name: `Fault.DROP`, `InputKind.EOF`, ...) and a `Table` of `Row`s:
 
-    Row(Trigger.DROP, LIVE, State.FALLBACK, guards=hands_over_to_fallback,
+    Row(Fault.DROP, LIVE, State.FALLBACK, guards=hands_over_to_fallback,
         decides=EndingRule(Outcome.ERROR, retry=Budget.STREAM))
 
 reads: a dropped connection, in any live state, when `hands_over_to_fallback(attempt)` holds,
@@ -105,13 +106,15 @@ class Table(Generic[M, D]):
     """A machine's rows, checked and compiled (see the module docstring).
 
     `machine` is the machine's name (the `machine` field of its transition records); `states`
-    and `triggers` its enums; `initial` its first state; `final` the states it ends in."""
+    its states' enum; `triggers` every trigger it takes (enum members: its own, and the inputs it
+    takes under their vocabulary names, `machines.records`); `initial` its first state; `final`
+    the states it ends in."""
 
     def __init__(
         self,
         machine: str,
         states: type[StrEnum],
-        triggers: type[StrEnum],
+        triggers: Iterable[StrEnum],
         rows: Sequence[Row[M, D]],
         *,
         initial: StrEnum,
@@ -119,7 +122,7 @@ class Table(Generic[M, D]):
     ) -> None:
         self.machine = machine
         self.states = states
-        self.triggers = triggers
+        self.triggers: tuple[StrEnum, ...] = tuple(triggers)
         self.rows: tuple[Row[M, D], ...] = tuple(rows)
         self.initial = initial
         self.final = frozenset(final)

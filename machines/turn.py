@@ -67,7 +67,8 @@ from machines.records import (
     AttemptKind,
     Decision,
     Effect,
-    ReasonCode,
+    Fault,
+    InputKind,
     Transition,
     TurnPolicy,
     TurnResult,
@@ -181,14 +182,14 @@ TABLE: Final[Table[TurnMachine, Step]] = Table(
     MACHINE, State, Trigger, ROWS, initial=IDLE, final={FINISHED}
 )
 
-#: The error of a turn that ended on a byte-stream fault, by the reason's code.
-FAULT_MESSAGES: Final[dict[ReasonCode, str]] = {
-    ReasonCode.DROP: "the connection was lost before the response ended",
-    ReasonCode.READ_TIMEOUT: "reading the stream timed out",
-    ReasonCode.CONNECT_ERROR: "could not connect to the server",
-    ReasonCode.IDLE_TIMEOUT: "no data arrived within the idle timeout",
-    ReasonCode.EOF: "the stream ended without a terminal event",
-    ReasonCode.EVENT_TOO_LARGE: "one server-sent event was larger than the policy's max_event_bytes",
+#: The error of a turn that ended on a byte-stream fault, by the fault.
+FAULT_MESSAGES: Final[dict[StrEnum, str]] = {
+    Fault.DROP: "the connection was lost before the response ended",
+    Fault.READ_TIMEOUT: "reading the stream timed out",
+    Fault.CONNECT_ERROR: "could not connect to the server",
+    InputKind.IDLE_TIMEOUT: "no data arrived within the idle timeout",
+    InputKind.EOF: "the stream ended without a terminal event",
+    InputKind.EVENT_TOO_LARGE: "one server-sent event was larger than the policy's max_event_bytes",
 }
 
 #: Exponential back-off before an HTTP retry when the server names no wait: 0.5 s doubling,

@@ -27,7 +27,7 @@ from engine.fuzz.invariants import (
 from engine.simulator.shapes import completed, created, encode_part, text_message
 from engine.drivers.sse import SseDecoder
 from engine.strategies import CallbackRaised, Session, attempt_scripts, mangled, responses, retyped, run_session, session_from_trace, sessions, sse_bytes, tool_call_answers, well_formed_sessions
-from machines.records import Chunk, EndOfStream, Stall, TransportFault
+from machines.records import Chunk, EndOfStream, Fault, Stall, TransportFault
 from machines import stream_attempt
 from machines.stream_attempt import StreamAttempt
 
@@ -234,12 +234,14 @@ def _first_failure(strategy, budget: int | None = None) -> InvariantViolation:
 
 def test_text_let_through_after_a_tool_call_is_caught(monkeypatch) -> None:
     text_keeps_flowing_after_tool_calls(monkeypatch)
-    assert "no_text_after_tool_call" in _first_failure(sessions()).rules
+    # the first session that shows it may be a retry that then repeats the text let through
+    # (which seed Hypothesis starts from depends on the tests run before this one)
+    assert {"no_text_after_tool_call", "delivered_once"} & set(_first_failure(sessions()).rules)
 
 
 def test_a_retried_incomplete_response_is_caught(monkeypatch) -> None:
     def incomplete_as_fault(self, payload):  # response.incomplete taken for a broken stream
-        self._fire(stream_attempt.Trigger.DROP)
+        self._fire(Fault.DROP)
 
     monkeypatch.setitem(stream_attempt._HANDLERS, "response.incomplete", incomplete_as_fault)
     ending_incomplete = sessions(response=responses(terminals=("incomplete", "completed")))

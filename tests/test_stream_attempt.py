@@ -26,6 +26,7 @@ from machines.records import (
     EventTooLarge,
     HttpError,
     IdleTimeout,
+    InputKind,
     Interrupt,
     MachineInput,
     Reason,
@@ -233,16 +234,16 @@ def test_the_final_row_carries_the_outcome_and_the_reason() -> None:
     assert attempt.reason == "failed:server_error"
     attempt, _ = make()
     feed(attempt, HttpError(429))
-    assert attempt.ending == Ending(TERMINAL, Trigger.HTTP_ERROR, "error", None,
+    assert attempt.ending == Ending(TERMINAL, InputKind.HTTP_ERROR, "error", None,
                                    Reason(ReasonCode.HTTP_STATUS, status=429))
     assert attempt.reason == "http_429"
     attempt, _ = make(http_retry_left=True)
     feed(attempt, HttpError(429, None, {"retry-after": "3"}))
-    assert attempt.ending == Ending(RETIRE, Trigger.HTTP_ERROR, "error", "http",
+    assert attempt.ending == Ending(RETIRE, InputKind.HTTP_ERROR, "error", "http",
                                    Reason(ReasonCode.HTTP_STATUS, status=429), 3.0)
     attempt, _ = make()
     feed(attempt, created(), Interrupt())
-    assert attempt.ending == Ending(RETIRE, Trigger.INTERRUPT, "interrupted", None,
+    assert attempt.ending == Ending(RETIRE, InputKind.INTERRUPT, "interrupted", None,
                                    Reason(ReasonCode.INTERRUPTED))
     assert attempt.reason == "interrupted"
 

@@ -103,7 +103,7 @@ def test_an_input_with_no_row_raises_and_takes_says_so() -> None:
         ([Row(T.GO, S.IDLE, S.BUSY), *ROWS], "never fires in 'idle'"),
         ([*ROWS, Row(T.GO, S.DONE, S.IDLE)], "leaves the final states"),
         (ROWS[1:], "states no row reaches: busy"),
-        ([*ROWS, Row(stream_attempt.Trigger.DROP, S.IDLE)], "not one of its triggers"),
+        ([*ROWS, Row(stream_attempt.Trigger.CREATED, S.IDLE)], "not one of its triggers"),
         ([*ROWS, Row(T.TICK, stream_attempt.State.STREAMING)], "is not a set of its states"),
         ([*ROWS[:-1], Row(T.STOP, (S.IDLE, S.BUSY), S.DONE, guards="is_ready")], "not callable"),  # type: ignore[arg-type]
     ],

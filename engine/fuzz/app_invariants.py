@@ -124,7 +124,7 @@ def _check_text(script: AppScript, run: AppRun) -> None:
     assert turn is not None
     for stream in turn.streams:
         if stream.final is not None and not stream.diverged and stream in turn.streams:
-            shown = "".join(stream.delivered)
+            shown = stream.delivery.delivered()
             assert shown == stream.final, f"completed message delivered {shown!r}, not whole"
 
 

@@ -1,0 +1,122 @@
+"""Text delivered to the user exactly once, whatever the server sends again.
+
+Both protocols stream text that the other side may start over: a Responses turn retries (the new
+attempt answers again from its first delta; a resumed background response continues instead),
+and codex restarts a message on its own stream retries (the same message's deltas again from the
+beginning). Either way the user gets each piece of text once: a new *run* first catches up with
+what was already delivered on its channel, and only what goes past that reaches the user; a run
+that says something else than what was delivered delivers nothing more (the machine still keeps
+the run's own text for the result, never a mix of two runs).
+
+`Delivery` is one channel of such text (answer text, reasoning, one codex message): the pieces
+delivered so far and the current run's place in them. Catching up compares each delta with the
+delivered text at the current position, so a run that repeats a long answer costs time linear in
+its length. `DeliveryLedger` holds a Responses turn's channels; its attempts share it (a resume
+continues the broken attempt's run instead of starting one).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["CHANNELS", "Delivery", "DeliveryLedger"]
+
+
+class Delivery:
+    """One channel of delivered text and the current run's place in it."""
+
+    __slots__ = ("pieces", "length", "in_step", "diverged", "_behind", "_position")
+
+    def __init__(self) -> None:
+        #: What reached the user, in order, and its total length.
+        self.pieces: list[str] = []
+        self.length = 0
+        #: The current run has repeated everything delivered before it: its deltas go out as
+        #: they come.
+        self.in_step = True
+        #: The current run said something else than what was delivered: it delivers nothing.
+        self.diverged = False
+        self._behind = ""
+        self._position = 0
+
+    def delivered(self) -> str:
+        """Everything delivered on this channel so far, joined."""
+        return "".join(self.pieces)
+
+    def restart(self) -> None:
+        """A new run begins: it must repeat what was delivered before anything new goes out."""
+        self._behind = self.delivered()
+        self._position = 0
+        self.in_step = not self._behind
+        self.diverged = False
+
+    def take(self, delta: str) -> str:
+        """One delta of the current run: the part new to the user ("" while the run repeats
+        delivered text, or once it diverged), recorded as delivered."""
+        if not self.in_step:
+            delta = self._catch_up(delta)
+        if delta:
+            self.pieces.append(delta)
+            self.length += len(delta)
+        return delta
+
+    def finish(self, text: str) -> str:
+        """The current run's whole text is known (a completed message): deliver the tail of it
+        the deltas did not ("" when there is none, or when the run said something else)."""
+        if self.diverged:
+            return ""
+        shown = self.delivered()
+        if len(text) <= len(shown) or not text.startswith(shown):
+            return ""
+        tail = text[len(shown):]
+        self.pieces.append(tail)
+        self.length += len(tail)
+        self.in_step = True
+        return tail
+
+    def _catch_up(self, delta: str) -> str:
+        if self.diverged:
+            return ""
+        behind = self._behind
+        position = self._position
+        left = len(behind) - position
+        if len(delta) <= left:
+            if behind.startswith(delta, position):
+                self._position = position + len(delta)
+            else:
+                self.diverged = True
+            return ""
+        if not delta.startswith(behind[position:]):
+            self.diverged = True
+            return ""
+        self.in_step = True
+        self._position = len(behind)
+        return delta[left:]
+
+
+#: The channels of a Responses turn's ledger.
+CHANNELS: Final = ("text", "reasoning")
+
+
+class DeliveryLedger:
+    """What reached the user in one Responses turn, per channel, shared by its attempts."""
+
+    __slots__ = ("text", "reasoning")
+
+    def __init__(self) -> None:
+        self.text = Delivery()
+        self.reasoning = Delivery()
+
+    def channel(self, name: str) -> Delivery:
+        """The channel called `name` (one of `CHANNELS`)."""
+        found: Delivery = getattr(self, name)
+        return found
+
+    def delivered(self, name: str) -> str:
+        """Everything delivered on channel `name` so far, joined."""
+        return self.channel(name).delivered()
+
+    def restart(self) -> None:
+        """A new attempt answers again from its beginning: every channel starts a run."""
+        self.text.restart()
+        self.reasoning.restart()
