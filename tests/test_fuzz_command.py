@@ -21,7 +21,6 @@ from engine.fuzz.invariants import InvariantViolation
 from engine.simulator.shapes import completed, created, encode_part, function_call, text_message
 from engine.strategies import CallbackRaised, Session, run_session, session_from_trace
 from machines.records import Chunk, EndOfStream
-from machines.stream_attempt import StreamAttempt
 
 from support import text_keeps_flowing_after_tool_calls
 

@@ -13,7 +13,7 @@ import attrs
 import orjson
 
 from engine.simulator.replies import Reply, Step, frame_ends, sse_frame
-from machines.records import Chunk, Stall, TransportFault
+from machines.records import Chunk, Fault, Stall, TransportFault
 
 __all__ = [
     "BackgroundResponse",
@@ -168,7 +168,7 @@ def start_background(reply: Reply, response_id: str) -> tuple[BackgroundResponse
         steps.extend(stall for at, stall in stalls if at == position)
         if position < sent:
             steps.append(Chunk(sse_frame(stored[position])))
-    steps.append(TransportFault("drop"))
+    steps.append(TransportFault(Fault.DROP))
     background = BackgroundResponse(response_id, stored, headers=reply.headers, sent=sent)
     first_stream = attrs.evolve(
         reply, steps=tuple(steps), drop="fin", background_drop_after_events=None

@@ -104,7 +104,7 @@ def _whole_number_or_none(
 
 
 #: What a streaming reply does, in the shared vocabulary of `machines.records`: send a chunk,
-#: stay silent, or cut the connection (`TransportFault("drop")`).
+#: stay silent, or cut the connection (`TransportFault(Fault.DROP)`).
 Step = Chunk | Stall | TransportFault
 
 

@@ -84,6 +84,7 @@ from engine.simulator.shapes import SHAPES
 from machines.records import (
     Chunk,
     EndOfStream,
+    Fault,
     HttpError,
     IdleTimeout,
     Interrupt,
@@ -272,7 +273,7 @@ def reshape(
         layout.body = layout.body[:cut]
         layout.boundaries = {b for b in layout.boundaries if b <= cut}
         layout.marks = [(offset, mark) for offset, mark in layout.marks if offset <= cut]
-        layout.marks.append((cut, TransportFault("drop")))
+        layout.marks.append((cut, TransportFault(Fault.DROP)))
     return attrs.evolve(reply, steps=layout.steps())
 
 
@@ -880,7 +881,7 @@ def script_from_trace(trace: Any, *, timing: Literal["none", "recorded"] = "none
     """A recorded turn as a script: each attempt's chunks, faults and HTTP errors, in order.
 
     Chunks keep their recorded boundaries; a drop or connect error becomes a
-    `TransportFault("drop")`; a read or idle timeout, and an interrupt, become a long `Stall`
+    `TransportFault(Fault.DROP)`; a read or idle timeout, and an interrupt, become a long `Stall`
     (:data:`TRACE_STALL_S`): the server went silent and the client gave up, which is all the
     server can know. A clean end of stream ends the body. An HTTP error keeps its status, body and,
     when the trace recorded them, its response headers.
@@ -923,8 +924,8 @@ def script_from_trace(trace: Any, *, timing: Literal["none", "recorded"] = "none
             if isinstance(item, Chunk):
                 if item.data:
                     steps.append(Chunk(item.data))
-            elif isinstance(item, TransportFault) and item.kind != "read_timeout":
-                steps.append(TransportFault("drop"))
+            elif isinstance(item, TransportFault) and item.kind is not Fault.READ_TIMEOUT:
+                steps.append(TransportFault(Fault.DROP))
                 break
             elif isinstance(item, (TransportFault, IdleTimeout, Interrupt)):
                 steps.append(Stall(TRACE_STALL_S))

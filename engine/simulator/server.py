@@ -32,7 +32,7 @@ played in order:
     Nothing is written for ``seconds``; the socket stays open. The wait runs in short slices and
     ends early when the simulator is closing (the reply is then abandoned) or when the client has
     closed its end (detected as end-of-file on the socket).
-``TransportFault("drop")``
+``TransportFault(Fault.DROP)``
     The connection is closed at once, in the middle of the chunked body, without the
     terminating zero-length chunk. ``Reply.drop`` says how: ``"fin"`` (an orderly shutdown; the
     client's HTTP parser reports an incomplete body) or ``"rst"`` (``SO_LINGER`` 0, so the
@@ -122,15 +122,14 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterable, Mapping
-from typing import IO, Any, Final, Literal
+from collections.abc import Mapping
+from typing import IO, Any, Final
 
 import attrs
 import orjson
 
 from engine.simulator.background import (
     BackgroundResponse,
-    Event,
     background_response_id,
     start_background,
     stream_events,

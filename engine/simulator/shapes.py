@@ -60,10 +60,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, Literal
 
 import attrs
-import orjson
 
 from engine.simulator.replies import Reply, Script, error_body, sse_frame
-from machines.records import Chunk, Stall, TransportFault
+from machines.records import Chunk, Fault, Stall, TransportFault
 
 __all__ = [
     "CREATED_AT",
@@ -1306,7 +1305,7 @@ def _build_shapes() -> dict[str, Script]:
     add(_script(
         "drop_then_retry",
         "Attempt 1 drops the connection mid-answer (incomplete chunked body); attempt 2 is good.",
-        to_reply([*_interrupted_start(), TransportFault("drop")]),
+        to_reply([*_interrupted_start(), TransportFault(Fault.DROP)]),
         _happy_reply(),
     ))
 
@@ -1393,7 +1392,7 @@ def _build_shapes() -> dict[str, Script]:
     cut = custom_tool_call("apply_patch", _PATCH, deltas=4, finished=False)[:3]
     dropped_call = to_reply([
         *assemble(created(tools=[APPLY_PATCH_TOOL]), in_progress(tools=[APPLY_PATCH_TOOL]), cut),
-        TransportFault("drop"),
+        TransportFault(Fault.DROP),
     ])
     add(_script(
         "custom_tool_call_dropped",
@@ -1489,7 +1488,7 @@ def _build_shapes() -> dict[str, Script]:
         _happy_reply(),
     ))
 
-    dropped = to_reply([*_interrupted_start(), TransportFault("drop")])
+    dropped = to_reply([*_interrupted_start(), TransportFault(Fault.DROP)])
     add(_script("drop_every_attempt",
                 "Every attempt (three) drops mid-answer, so a caller ends in error.",
                 dropped, dropped, dropped))
