@@ -29,11 +29,11 @@ subprocess). `AppTurnResult` is what a turn returns, `ApprovalRequest` what the 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import attrs
 
-from machines.records import EndOfStream, IdleTimeout, InputKind, Interrupt, Transition
+from machines.records import EndOfStream, IdleTimeout, Input, InputKind, Interrupt, Transition
 
 __all__ = [
     "AppInput",
@@ -75,58 +75,46 @@ AppOutcome = Literal["completed", "failed", "interrupted", "error"]
 
 
 @attrs.frozen(slots=True)
-class ServerLine:
+class ServerLine(Input, kind=InputKind.LINE):
     """One line the app-server wrote on stdout (without its newline), exactly as read."""
 
-    KIND: ClassVar[InputKind] = InputKind.LINE
-
     text: str
 
 
 @attrs.frozen(slots=True)
-class StderrLine:
+class StderrLine(Input, kind=InputKind.STDERR):
     """One line of the app-server's stderr, with secrets already replaced."""
 
-    KIND: ClassVar[InputKind] = InputKind.STDERR
-
     text: str
 
 
 @attrs.frozen(slots=True)
-class ProcessExit:
+class ProcessExit(Input, kind=InputKind.EXIT):
     """The app-server exited; `code` is its exit status (negative: the signal that killed it),
     None when it could not be read."""
-
-    KIND: ClassVar[InputKind] = InputKind.EXIT
 
     code: int | None
 
 
 @attrs.frozen(slots=True)
-class SpawnFailed:
+class SpawnFailed(Input, kind=InputKind.SPAWN_FAILED):
     """The app-server could not be started; `detail` says why (no secrets)."""
-
-    KIND: ClassVar[InputKind] = InputKind.SPAWN_FAILED
 
     detail: str
 
 
 @attrs.frozen(slots=True)
-class TurnRequest:
+class TurnRequest(Input, kind=InputKind.TURN):
     """The caller asked for a turn with `text` as the user's input."""
-
-    KIND: ClassVar[InputKind] = InputKind.TURN
 
     text: str
 
 
 @attrs.frozen(slots=True)
-class ApprovalAnswer:
+class ApprovalAnswer(Input, kind=InputKind.APPROVAL):
     """The approval callback's answer to server request `request_id`. `decision` is one of
     `DECISIONS`; `detail` says why the driver chose it when the callback did not (no callback,
     the callback raised, it returned something else)."""
-
-    KIND: ClassVar[InputKind] = InputKind.APPROVAL
 
     request_id: int | str
     decision: ApprovalDecision
@@ -134,10 +122,8 @@ class ApprovalAnswer:
 
 
 @attrs.frozen(slots=True)
-class RequestTimeout:
+class RequestTimeout(Input, kind=InputKind.REQUEST_TIMEOUT):
     """Client request `request_id` (`method`) got no response within `seconds`."""
-
-    KIND: ClassVar[InputKind] = InputKind.REQUEST_TIMEOUT
 
     request_id: int
     method: str
@@ -145,10 +131,8 @@ class RequestTimeout:
 
 
 @attrs.frozen(slots=True)
-class InterruptTimeout:
+class InterruptTimeout(Input, kind=InputKind.INTERRUPT_TIMEOUT):
     """`turn/interrupt` was sent `seconds` ago and the turn has not completed."""
-
-    KIND: ClassVar[InputKind] = InputKind.INTERRUPT_TIMEOUT
 
     seconds: float
 

@@ -71,6 +71,20 @@ class Fault(StrEnum):
     CONNECT_ERROR = "connect_error"
 
 
+class Input:
+    """What every input record is: it names its kind (`KIND`, given in the class statement:
+    `class Chunk(Input, kind=InputKind.CHUNK)`)."""
+
+    __slots__ = ()
+
+    KIND: ClassVar[InputKind]
+
+    def __init_subclass__(cls, kind: InputKind | None = None, **rest: Any) -> None:
+        super().__init_subclass__(**rest)
+        if kind is not None:
+            cls.KIND = kind
+
+
 #: The old name of `Fault`.
 FaultKind = Fault
 AttemptKind = Literal["stream", "fallback", "resume"]
@@ -78,19 +92,15 @@ Outcome = Literal["completed", "incomplete", "failed", "error", "interrupted"]
 
 
 @attrs.frozen(slots=True)
-class Chunk:
+class Chunk(Input, kind=InputKind.CHUNK):
     """Bytes exactly as one network read delivered them."""
-
-    KIND: ClassVar[InputKind] = InputKind.CHUNK
 
     data: bytes
 
 
 @attrs.frozen(slots=True)
-class SseEvent:
+class SseEvent(Input, kind=InputKind.EVENT):
     """One event as the WHATWG event-stream parser dispatches it."""
-
-    KIND: ClassVar[InputKind] = InputKind.EVENT
 
     event: str
     data: str
@@ -104,15 +114,13 @@ def _header_pairs(value: Any) -> tuple[tuple[str, str], ...]:
 
 
 @attrs.frozen(slots=True)
-class HttpError:
+class HttpError(Input, kind=InputKind.HTTP_ERROR):
     """The request was answered with a non-2xx status; `body` is the parsed JSON body if any.
 
     `headers` keeps the response headers that say when to try again (`retry-after`,
     `retry-after-ms`, `x-ratelimit-*`, `x-request-id`), names lower-cased; `received_at` is the
     wall clock (seconds since the epoch) when the answer came, so an HTTP-date `Retry-After`
     means the same wait on replay."""
-
-    KIND: ClassVar[InputKind] = InputKind.HTTP_ERROR
 
     status: int
     body: Any = None
@@ -128,20 +136,16 @@ class HttpError:
 
 
 @attrs.frozen(slots=True)
-class TransportFault:
+class TransportFault(Input, kind=InputKind.FAULT):
     """The byte stream broke; `detail` is the exception's class name (never its text)."""
-
-    KIND: ClassVar[InputKind] = InputKind.FAULT
 
     kind: Fault = attrs.field(default=Fault.DROP, converter=Fault)
     detail: str = ""
 
 
 @attrs.frozen(slots=True)
-class EndOfStream:
+class EndOfStream(Input, kind=InputKind.EOF):
     """The response body ended cleanly."""
-
-    KIND: ClassVar[InputKind] = InputKind.EOF
 
 
 def _non_negative_seconds(instance: Any, attribute: Any, value: Any) -> None:
@@ -150,36 +154,28 @@ def _non_negative_seconds(instance: Any, attribute: Any, value: Any) -> None:
 
 
 @attrs.frozen(slots=True)
-class Stall:
+class Stall(Input, kind=InputKind.STALL):
     """The server stays silent for `seconds` with the connection open."""
-
-    KIND: ClassVar[InputKind] = InputKind.STALL
 
     seconds: float = attrs.field(default=60.0, validator=_non_negative_seconds)
 
 
 @attrs.frozen(slots=True)
-class IdleTimeout:
+class IdleTimeout(Input, kind=InputKind.IDLE_TIMEOUT):
     """No byte arrived for `seconds` (the policy's idle timeout)."""
-
-    KIND: ClassVar[InputKind] = InputKind.IDLE_TIMEOUT
 
     seconds: float
 
 
 @attrs.frozen(slots=True)
-class Interrupt:
+class Interrupt(Input, kind=InputKind.INTERRUPT):
     """The caller asked the turn to stop."""
-
-    KIND: ClassVar[InputKind] = InputKind.INTERRUPT
 
 
 @attrs.frozen(slots=True)
-class EventTooLarge:
+class EventTooLarge(Input, kind=InputKind.EVENT_TOO_LARGE):
     """One server-sent event grew past `limit` bytes (the policy's `max_event_bytes`). Derived by
     the decoder from the recorded chunks, so a replay derives it again."""
-
-    KIND: ClassVar[InputKind] = InputKind.EVENT_TOO_LARGE
 
     limit: int
 
