@@ -30,6 +30,7 @@ from machines.records import (
     Stall,
     Transition,
     TransportFault,
+    TurnPolicy,
 )
 from machines.stream_attempt import FINAL, TABLE, DeliveryLedger, StreamAttempt
 
@@ -85,8 +86,8 @@ class StreamAttemptAgainstReference(RuleBasedStateMachine):
             hands_over_to_fallback=self.hands_over, retry_failed_codes=self.retry_codes,
         )
         self.model = ReferenceAttempt(
-            self.number, "stream", hands_over=self.hands_over, retry_codes=self.retry_codes,
-            ledger=self.reference_ledger,
+            self.number, "stream", hands_over=self.hands_over, ledger=self.reference_ledger,
+            policy=TurnPolicy(retry_failed_codes=self.retry_codes),
         )
         self.tool_seen_at = None
         self.ended_with = None

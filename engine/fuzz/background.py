@@ -13,20 +13,17 @@ one event twice, cut again after some events or sent to the end. Any other reque
 after a refused resume, the fallback) gets the whole response again.
 
 What a resume receives depends on where the turn says it stopped, so a background session
-answers as a `Server` (`BackgroundSession.answers()`): the steps of each attempt are built when
-the attempt is opened, from its kind and resume point, cut into reads at the session's cut
-points. The turn plays through the real sans-I/O loop (`engine.fuzz.strategies.play_server`, as
-`run_session` does) and the reference model (`engine.fuzz.reference.play_turn`, for a
-background request) asks its own server the same way, so each side gets the answers to the
-requests it makes.
+answers as a `Server` (`BackgroundSession.answers()`) that builds each attempt's reads from its
+kind and resume point. The turn plays through the real sans-I/O loop
+(`engine.fuzz.strategies.play_server`) and the reference model (`engine.fuzz.reference`, for a
+background request) asks its own server the same way.
 
-`check_background` holds the turn to every rule `engine.fuzz.invariants.turn_violations`
-checks (attempts and reasons as the reference says, text delivered once and never after a tool
-call, output, error words), and to the rules of resuming (`RESUME_RULES`), from the session
-alone: each attempt asks for what the reference asks (kind and resume point: the response id and
-the highest sequence number received); the text delivered is a prefix of the response's text,
-all of it when the turn completes; an interrupted turn whose response id is known cancels it,
-once, and no other turn cancels anything; the trace replays identically.
+`check_background` holds the turn to every rule of `engine.fuzz.invariants.turn_violations`
+(attempts and reasons as the reference says, delivery, output, error words) and to the rules of
+resuming (`RESUME_RULES`): each attempt asks for what the reference asks (kind and resume point:
+the response id and the highest sequence number received); the text delivered is a prefix of
+the response's text, all of it when the turn completes; an interrupted turn whose response id
+is known cancels it, once, and nothing else is cancelled; the trace replays identically.
 """
 
 from __future__ import annotations
@@ -94,6 +91,9 @@ BREAKS: Final[tuple[Break, ...]] = (
     Fault.DROP, InputKind.EOF, InputKind.IDLE_TIMEOUT, Fault.READ_TIMEOUT, InputKind.INTERRUPT
 )
 
+#: What a request asked for: its kind and, for a resume, the response id and sequence number.
+Asked = tuple[AttemptKind, "tuple[str, int] | None"]
+
 #: The statuses a resume may be refused with (404: gone; 400: cancelled elsewhere; 409 and 429
 #: are worth the same resume again while the HTTP budget lasts).
 REFUSALS: Final = (404, 400, 410, 409, 429)
@@ -156,7 +156,7 @@ class BackgroundSession:
         lines.append(f"cuts: {self.cuts}")
         return "\n".join(lines)
 
-    def answers(self, asked: list[tuple[AttemptKind, tuple[str, int] | None]] | None = None) -> Server:
+    def answers(self, asked: list[Asked] | None = None) -> Server:
         """The server of one turn over this response (it counts the resumes it answered); each
         request is noted in `asked` (kind, resume point)."""
         resumes = 0
@@ -225,7 +225,7 @@ def play_background(
     callbacks: Callbacks | None = None,
     *,
     seed: int = 0,
-    asked: list[tuple[AttemptKind, tuple[str, int] | None]] | None = None,
+    asked: list[Asked] | None = None,
 ) -> TurnRecording:
     """Play `session` through a fresh `TurnRecording` (a background request); return it with
     the turn finished. Call `.finish(trace)` for the result and the trace."""
@@ -241,10 +241,10 @@ def check_background(
     """Play `session` and check every rule (module docstring); returns the result, or raises
     `InvariantViolation`. With `trace`, the trace is written there and must replay identically."""
     calls = CallbackLog(None)
-    asked: list[tuple[AttemptKind, tuple[str, int] | None]] = []
+    asked: list[Asked] = []
     recording = play_background(session, calls.callbacks(), asked=asked)
     result = recording.finish(trace)
-    expected: list[tuple[AttemptKind, tuple[str, int] | None]] = []
+    expected: list[Asked] = []
     reference = play_turn(session.policy, session.answers(expected), background=True)
     found = turn_violations(result, recording.log.records, calls.calls, reference)
     if asked != expected:
@@ -255,7 +255,8 @@ def check_background(
     if not whole.startswith(text) or (completed and whole not in (text, result.output_text)):
         found.append(Violation("text_of_the_response", f"delivered {text!r}, output_text "
                                f"{result.output_text!r} of the response's {whole!r}"))
-    cancels = [d.data for d in recording.log.records if isinstance(d, Effect) and d.kind == "cancel"]
+    records = recording.log.records
+    cancels = [r.data for r in records if isinstance(r, Effect) and r.kind == "cancel"]
     known = reference.last.read.response_id
     due = [known] if reference.outcome == "interrupted" and known is not None else []
     if cancels != due:

@@ -6,36 +6,29 @@ Theory of operation
 `check_session(session)` plays a session (`engine.strategies`) through the real sans-I/O loop,
 exactly as `run_turn` would minus the socket, and checks what came out against two things:
 
-1. **The reference model** (`engine.fuzz.reference`): the contract's rules, stated apart from
-   the machines, give the attempts a turn takes and how each ends (kind, final state, reason),
-   the outcome, the text each attempt may deliver, the provider's words, `output_text` and
-   `tool_calls`. Reasons and outcomes are compared as data: the model's `Reason` is written
-   the way `Attempt.reason` writes it in one place (`Reason.__str__`).
-2. **Properties that need no model**, over the callbacks the turn called, the effect records it
-   logged, the result it returned and the trace it wrote: the machine's transitions are rows of
-   its table and end once, callbacks match the effects, no piece of a secret reaches the trace,
-   and a replay decides the same with a fresh process's recursion limit (a run under Hypothesis
-   has a raised one), so a decision that depends on the interpreter's state shows up.
+1. **The reference model** (`engine.fuzz.reference`): the contract's rules, stated apart from the
+   machines, give the attempts a turn takes and how each ends (kind, final state, reason), the
+   outcome, the text each attempt may deliver, the provider's words, `output_text` and
+   `tool_calls`. Reasons and outcomes are compared as data (`Reason` is written the way
+   `Attempt.reason` writes it, in one place).
+2. **Properties that need no model**: the machines' transitions are rows of their table and end
+   once, callbacks match the effects logged, no piece of a secret reaches the trace, and the
+   trace replays identically with a fresh process's recursion limit (Hypothesis raises it), so
+   a decision that depends on the interpreter's state shows up.
 
 Every rule has a name (`RULES`); a failure is a list of `Violation(rule, detail)` and, from
 `check_session`, an `InvariantViolation` (an `AssertionError`) that prints the rules broken and
-the session, short enough to read. The same function serves the property tests and `streamfsm
-fuzz`; `turn_violations` serves the background sessions (`engine.fuzz.background`) too. Users can
-call `check_session` with their own callbacks, whose exceptions are reported as the rule
-`callback_raised`.
+the session. The property tests, `streamfsm fuzz` and, through `turn_violations`, the background
+sessions (`engine.fuzz.background`) use them; a caller's own callbacks may be attached, and what
+they raise is the rule `callback_raised`.
 
-What "text allowed" means (the delivery rules): in attempt N, the *allowed text* A(N) is every
-answer-text delta the attempt's response let through (`ReferenceAttempt.allowed_text`: taken in
-while live and before the first call the client must execute, plus the text held back and then
-released). C(N) is all text delivered to `on_text_delta` up to the end of attempt N (C(0) = "").
-Then:
-
-    if A(N) starts with C(N-1):   C(N) == A(N)    all new allowed text delivered, nothing else
-    otherwise:                    C(N) == C(N-1)  a retry that says something else delivers nothing
-
-From this follow the contract's promises: text never reaches the user after a tool call was seen
-in that attempt, text delivered is never delivered twice, and nothing the user should see is
-held back. Reasoning deltas obey the same rules without the tool-call gate.
+The delivery rule: in attempt N, the *allowed text* A(N) is every answer-text delta the attempt's
+response let through (taken in before the first call the client must execute, plus text held
+back and then released); C(N) is all text delivered to `on_text_delta` up to the end of attempt N
+(C(0) = ""). If A(N) starts with C(N-1), C(N) == A(N): all new allowed text delivered, nothing
+else; otherwise C(N) == C(N-1): a retry that says something else delivers nothing. So text never
+reaches the user after a tool call in that attempt, is never delivered twice, and none is held
+back. Reasoning deltas obey the same rule without the tool-call gate.
 """
 
 from __future__ import annotations
@@ -185,30 +178,24 @@ class CallbackLog:
         self.errors: list[str] = []
         self.user = user or Callbacks()
 
-    def _pass(self, name: str, callback: Any, *args: Any) -> None:
-        if callback is None:
-            return
-        try:
-            callback(*args)
-        except Exception as error:  # the caller's bug: a finding, not a crash of the check
-            frames = traceback.extract_tb(error.__traceback__)
-            where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
-            self.errors.append(f"{name} raised {type(error).__name__}: {error}{where}")
-
     def callbacks(self) -> Callbacks:
-        def first() -> None:
-            self.calls.append(("first_delta", None))
-            self._pass("on_first_delta", self.user.on_first_delta)
+        def noting(kind: str, name: str) -> Any:
+            def call(*args: Any) -> None:
+                self.calls.append((kind, *args) if args else (kind, None))
+                callback = getattr(self.user, name)
+                try:
+                    if callback is not None:
+                        callback(*args)
+                except Exception as error:  # the caller's bug: a finding, not a crashed check
+                    frames = traceback.extract_tb(error.__traceback__)
+                    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+                    self.errors.append(f"{name} raised {type(error).__name__}: {error}{where}")
 
-        def text(delta: str) -> None:
-            self.calls.append(("text_delta", delta))
-            self._pass("on_text_delta", self.user.on_text_delta, delta)
+            return call
 
-        def reasoning(delta: str) -> None:
-            self.calls.append(("reasoning_delta", delta))
-            self._pass("on_reasoning_delta", self.user.on_reasoning_delta, delta)
-
-        return Callbacks(on_first_delta=first, on_text_delta=text, on_reasoning_delta=reasoning)
+        kinds = {"on_first_delta": "first_delta", "on_text_delta": "text_delta",
+                 "on_reasoning_delta": "reasoning_delta"}
+        return Callbacks(**{name: noting(kind, name) for name, kind in kinds.items()})
 
 
 _workdir: str | None = None
@@ -325,265 +312,148 @@ def check_session(
     return result
 
 
-def _check_states(result: TurnResult, reference: ReferenceTurn) -> list[Violation]:
-    found: list[Violation] = []
+def _check_states(result: TurnResult, reference: ReferenceTurn) -> Iterator[Violation]:
     if result.outcome not in OUTCOMES:
-        found.append(Violation("outcome", f"{result.outcome!r} is not one of {OUTCOMES}"))
+        yield Violation("outcome", f"{result.outcome!r} is not one of {OUTCOMES}")
     elif result.outcome != reference.outcome:
-        found.append(
-            Violation("outcome", f"{result.outcome!r}, the reference says {reference.outcome!r}")
-        )
+        yield Violation("outcome", f"{result.outcome!r}, the reference says {reference.outcome!r}")
     got = [(a.kind, a.final_state, a.reason) for a in result.attempts]
     want = [(a.kind, a.state, str(a.reason)) for a in reference.attempts]
     if got != want:
-        found.append(
-            Violation("attempts_as_reference", f"attempts {got}, the reference says {want}")
-        )
-    by_attempt: dict[int, list[Transition]] = {}
-    turn_moves: list[Transition] = []
+        yield Violation("attempts_as_reference", f"attempts {got}, the reference says {want}")
+    # the machines' own structure: rows of the table, one final state each, one finish
+    moves: dict[tuple[str, int], list[Transition]] = {}
     for t in result.transitions:
-        if t.machine == ATTEMPT_MACHINE:
-            by_attempt.setdefault(t.attempt, []).append(t)
-        elif t.machine == TURN_MACHINE:
-            turn_moves.append(t)
+        key = (t.machine, t.attempt if t.machine == ATTEMPT_MACHINE else 0)
+        moves.setdefault(key, []).append(t)
     for attempt in result.attempts:
-        moves = by_attempt.get(attempt.number, [])
-        into_final = [t for t in moves if t.dest in ATTEMPT_FINAL]
-        if len(into_final) != 1 or moves[-1] is not into_final[0]:
-            found.append(
-                Violation(
-                    "one_final_state",
-                    f"attempt {attempt.number}: {len(into_final)} transitions into a final state "
-                    f"({[(t.source, t.trigger, t.dest) for t in moves]})",
-                )
-            )
-        elif into_final[0].dest != attempt.final_state:
-            found.append(
-                Violation(
-                    "one_final_state",
-                    f"attempt {attempt.number} reports "
-                    f"{attempt.final_state}, its machine ended in {into_final[0].dest}",
-                )
-            )
-        for t in moves:
+        mine = moves.get((ATTEMPT_MACHINE, attempt.number), [])
+        ends = [t.dest for t in mine if t.dest in ATTEMPT_FINAL]
+        if ends != [attempt.final_state] or mine[-1].dest not in ATTEMPT_FINAL:
+            path = [(t.source, t.trigger, t.dest) for t in mine]
+            yield Violation("one_final_state", f"attempt {attempt.number} reports "
+                            f"{attempt.final_state}, its machine went {path}")
+        for t in mine:
             if (t.source, t.trigger, t.dest) not in _ALLOWED:
-                found.append(
-                    Violation(
-                        "one_final_state",
-                        f"attempt {t.attempt}: transition "
-                        f"{t.source} -{t.trigger}-> {t.dest} is not in the table",
-                    )
-                )
-    finished = [t for t in turn_moves if t.dest == FINISHED]
-    if len(finished) != 1 or turn_moves[-1] is not finished[0]:
-        found.append(
-            Violation("one_final_state", f"the turn machine finished {len(finished)} times")
-        )
-    return found
+                yield Violation("one_final_state", f"attempt {t.attempt}: transition "
+                                f"{t.source} -{t.trigger}-> {t.dest} is not in the table")
+    turn = moves.get((TURN_MACHINE, 0), [])
+    if [t.dest for t in turn].count(FINISHED) != 1 or turn[-1].dest != FINISHED:
+        yield Violation("one_final_state", "the turn machine did not finish exactly once")
 
 
 def _check_channel(
-    rule: str, per_attempt: dict[int, str], reference: ReferenceTurn, allowed: str
-) -> list[Violation]:
-    found: list[Violation] = []
+    channel: str, per_attempt: dict[int, str], reference: ReferenceTurn
+) -> Iterator[Violation]:
+    """The delivery rule (module docstring) on one channel: C(N) == A(N) when A(N) continues
+    C(N-1), else C(N) == C(N-1). A text violation is named by how it went wrong."""
     before = ""
     for attempt in reference.attempts:
-        a = getattr(attempt, allowed)
-        d = per_attempt.get(attempt.number, "")
-        after = before + d
-        if a.startswith(before):
-            if after != a:
-                if after.startswith(a) and before and d and a.startswith(d[: len(a)]):
-                    which = rule if rule == "reasoning_delivery" else "delivered_once"
-                    found.append(
-                        Violation(
-                            which,
-                            f"attempt {attempt.number} started over: "
-                            f"delivered {d!r} again after {before!r}",
-                        )
-                    )
-                elif after.startswith(a):
-                    which = rule if rule == "reasoning_delivery" else "no_text_after_tool_call"
-                    found.append(
-                        Violation(
-                            which,
-                            f"attempt {attempt.number} delivered "
-                            f"{after[len(a):]!r} beyond the allowed {a!r}",
-                        )
-                    )
-                elif a.startswith(after):
-                    which = rule if rule == "reasoning_delivery" else "nothing_lost"
-                    found.append(
-                        Violation(
-                            which,
-                            f"attempt {attempt.number} held back "
-                            f"{a[len(after):]!r} (delivered {after!r})",
-                        )
-                    )
-                else:
-                    which = rule if rule == "reasoning_delivery" else "delivered_once"
-                    found.append(
-                        Violation(
-                            which,
-                            f"attempt {attempt.number}: delivered so far "
-                            f"{after!r}, allowed {a!r}",
-                        )
-                    )
-        elif d:
-            which = rule if rule == "reasoning_delivery" else "delivered_once"
-            found.append(
-                Violation(
-                    which,
-                    f"attempt {attempt.number} said {a!r}, not a "
-                    f"continuation of the delivered {before!r}, yet delivered {d!r}",
-                )
-            )
+        allowed = attempt.read.allowed_text if channel == "text" else attempt.read.reasoning_text
+        said = per_attempt.get(attempt.number, "")
+        after = before + said
+        if after != (allowed if allowed.startswith(before) else before):
+            rule, detail = "delivered_once", f"delivered so far {after!r}, allowed {allowed!r}"
+            if not allowed.startswith(before):
+                detail = (f"said {allowed!r}, not a continuation of the delivered {before!r}, "
+                          f"yet delivered {said!r}")
+            elif after.startswith(allowed) and before and allowed.startswith(said[: len(allowed)]):
+                detail = f"started over: delivered {said!r} again after {before!r}"
+            elif after.startswith(allowed):
+                rule = "no_text_after_tool_call"
+                detail = f"delivered {after[len(allowed):]!r} beyond the allowed {allowed!r}"
+            elif allowed.startswith(after):
+                rule = "nothing_lost"
+                detail = f"held back {allowed[len(after):]!r} (delivered {after!r})"
+            yield Violation(rule if channel == "text" else "reasoning_delivery",
+                            f"attempt {attempt.number} {detail}")
         before = after
-    return found
 
 
 def _check_delivery(
     calls: list[tuple[str, str | None]], effects: list[Effect], reference: ReferenceTurn
-) -> list[Violation]:
-    found: list[Violation] = []
-    logged = [
-        (e.kind, e.data if e.kind != "first_delta" else None)
-        for e in effects
-        if e.kind in ("first_delta", "text_delta", "reasoning_delta")
-    ]
+) -> Iterator[Violation]:
+    logged = [(e.kind, None if e.kind == "first_delta" else e.data)
+              for e in effects if e.kind in _DELIVERY]
     if logged != calls:
-        found.append(
-            Violation(
-                "callbacks_match_effects",
-                f"callbacks got {calls[:6]}..., the " f"trace records {logged[:6]}...",
-            )
-        )
-    firsts = [i for i, (kind, _) in enumerate(calls) if kind == "first_delta"]
-    texts = [i for i, (kind, _) in enumerate(calls) if kind == "text_delta"]
-    if len(firsts) > 1:
-        found.append(Violation("first_delta_once", f"on_first_delta fired {len(firsts)} times"))
-    elif texts and (not firsts or firsts[0] > texts[0]):
-        found.append(
-            Violation("first_delta_once", "text was delivered without on_first_delta before it")
-        )
-    elif firsts and not texts:
-        found.append(
-            Violation("first_delta_once", "on_first_delta fired but no text was delivered")
-        )
-    text: dict[int, str] = {}
-    reasoning: dict[int, str] = {}
-    for e in effects:
-        if e.kind == "text_delta":
-            text[e.attempt] = text.get(e.attempt, "") + e.data
-        elif e.kind == "reasoning_delta":
-            reasoning[e.attempt] = reasoning.get(e.attempt, "") + e.data
-    found += _check_channel("text", text, reference, "allowed_text")
-    found += _check_channel("reasoning_delivery", reasoning, reference, "reasoning")
-    return found
+        yield Violation("callbacks_match_effects",
+                        f"callbacks got {calls[:6]}..., the trace records {logged[:6]}...")
+    kinds = [kind for kind, _ in calls if kind in ("first_delta", "text_delta")]
+    if kinds.count("first_delta") > 1:
+        yield Violation("first_delta_once", f"on_first_delta fired {kinds.count('first_delta')}"
+                        " times")
+    elif kinds and kinds[0] != "first_delta":
+        yield Violation("first_delta_once", "text was delivered without on_first_delta before it")
+    elif kinds == ["first_delta"]:
+        yield Violation("first_delta_once", "on_first_delta fired but no text was delivered")
+    for channel in ("text", "reasoning"):
+        per_attempt: dict[int, str] = {}
+        for e in effects:
+            if e.kind == f"{channel}_delta":
+                per_attempt[e.attempt] = per_attempt.get(e.attempt, "") + e.data
+        yield from _check_channel(channel, per_attempt, reference)
 
 
 _SHOW: Final = reprlib.Repr()
 _SHOW.maxlevel = 3
 _SHOW.maxstring = 120
 _SHOW.maxother = 120
+_show = _SHOW.repr  # a short repr of server data of any depth
 
 
-def _show(value: Any) -> str:
-    """A short repr of server data of any depth."""
-    return _SHOW.repr(value)
-
-
-def _check_output(result: TurnResult, reference: ReferenceTurn) -> list[Violation]:
-    found: list[Violation] = []
+def _check_output(result: TurnResult, reference: ReferenceTurn) -> Iterator[Violation]:
     text, calls = reference_result(reference)
     if result.output_text != text:
-        found.append(
-            Violation(
-                "nothing_lost",
-                f"output_text {result.output_text!r}, the reference says {text!r}",
-            )
-        )
+        yield Violation("nothing_lost",
+                        f"output_text {result.output_text!r}, the reference says {text!r}")
     ids = [c.get("call_id") for c in result.tool_calls]
     want = [c["call_id"] for c in calls]
     if not equal(ids, want):
-        server = [
-            call_id
-            for call_id in ids
-            if isinstance(call_id, str) and call_id not in want
-            and any(call_id == facts[2] for a in reference.attempts for _, facts in a.output.calls())
-        ]
-        found.append(
-            Violation(
-                "tool_calls_once",
-                f"tool_calls list the calls {_show(ids)}, the reference {_show(want)}"
-                + (f" (the server ran {server})" if server else ""),
-            )
-        )
-    else:
-        for got, expected in zip(result.tool_calls, calls):
-            if not equal(got, expected):
-                diff = sorted(k for k in expected if not equal(got.get(k), expected[k]))
-                found.append(
-                    Violation(
-                        "tool_calls_once",
-                        f"call {_show(expected['call_id'])}: "
-                        + ", ".join(
-                            f"{k} {_show(got.get(k))}, the reference says {_show(expected[k])}"
-                            for k in diff
-                        ),
-                    )
-                )
-                break
-    return found
+        seen = {facts[2] for a in reference.attempts for _, facts in a.read.output.calls()}
+        ran = [i for i in ids if isinstance(i, str) and i not in want and i in seen]
+        yield Violation("tool_calls_once", f"tool_calls list the calls {_show(ids)}, the reference "
+                        f"{_show(want)}" + (f" (the server ran {ran})" if ran else ""))
+        return
+    for got, expected in zip(result.tool_calls, calls):
+        if wrong := [k for k in sorted(expected) if not equal(got.get(k), expected[k])]:
+            differences = ", ".join(
+                f"{k} {_show(got.get(k))}, the reference says {_show(expected[k])}" for k in wrong)
+            yield Violation("tool_calls_once", f"call {_show(expected['call_id'])}: {differences}")
+            return
 
 
-def _check_seen(result: TurnResult, seen: str) -> list[Violation]:
+def _check_seen(result: TurnResult, seen: str) -> Iterator[Violation]:
     if result.outcome in ("error", "interrupted") and len(result.output_text) < len(seen):
-        return [
-            Violation(
-                "never_less_than_seen",
-                f"output_text {result.output_text!r} is shorter than the delivered {seen!r}",
-            )
-        ]
-    return []
+        yield Violation("never_less_than_seen", f"output_text {result.output_text!r} is "
+                        f"shorter than the delivered {seen!r}")
 
 
 def _check_error(
-    result: TurnResult, reference: ReferenceTurn, secrets: Iterable[str] = ()
-) -> list[Violation]:
+    result: TurnResult, reference: ReferenceTurn, secrets: Iterable[str]
+) -> Iterator[Violation]:
     """"error: the provider's own words, verbatim" when the last attempt has any (an error
     frame, `response.failed`, an HTTP error), else a transport error naming what broke the turn
     for outcome "error", else None."""
-    last = reference.last
-    error = result.error
-    if last.words is not None:
-        if not isinstance(error, dict):
-            return [
-                Violation(
-                    "error_verbatim",
-                    f"the provider said {_show(last.words)}, TurnResult.error is {_show(error)}",
-                )
-            ]
-        for key, value in last.words.items():
-            if not equal(error.get(key), scrub(value, list(secrets))):
-                return [
-                    Violation(
-                        "error_verbatim",
-                        f"error[{key!r}] is {_show(error.get(key))}, "
-                        f"the provider said {_show(value)}",
-                    )
-                ]
-        return []
-    if reference.outcome != "error":
+    last, error = reference.last, result.error
+    if last.words is None and reference.outcome != "error":
         if error is not None:
-            return [
-                Violation("error_verbatim", f"outcome {reference.outcome} with error {_show(error)}")
-            ]
-        return []
-    cause = last.reason.cause if last.reason is not None else None
-    if not isinstance(error, dict) or error.get("code") != cause:
-        return [Violation("error_verbatim", f"a transport failure ({cause}) reported as {_show(error)}")]
-    return []
+            yield Violation("error_verbatim",
+                            f"outcome {reference.outcome} with error {_show(error)}")
+    elif last.words is None:
+        cause = last.reason.cause if last.reason is not None else None
+        if not isinstance(error, dict) or error.get("code") != cause:
+            yield Violation("error_verbatim",
+                            f"a transport failure ({cause}) reported as {_show(error)}")
+    elif not isinstance(error, dict):
+        yield Violation("error_verbatim", f"the provider said {_show(last.words)}, "
+                        f"TurnResult.error is {_show(error)}")
+    else:
+        hidden = list(secrets)
+        for key, value in last.words.items():
+            if not equal(error.get(key), scrub(value, hidden)):
+                yield Violation("error_verbatim", f"error[{key!r}] is {_show(error.get(key))}, "
+                                f"the provider said {_show(value)}")
+                return
 
 
 def secret_pieces(secret: str, size: int = MIN_PIECE) -> set[str]:
@@ -676,30 +546,16 @@ def replay_violations(path: str, logged: int) -> tuple[list[Violation], Divergen
     except Exception as error:
         return [Violation("trace_roundtrip", f"the trace does not read back: {error}")], None
     if len(trace.records) != logged + 1 or trace.records[-1].get("kind") != "result":
-        return [
-            Violation(
-                "trace_roundtrip",
-                f"{len(trace.records)} records read back, "
-                f"{logged} logged plus the result written",
-            )
-        ], None
+        return [Violation("trace_roundtrip", f"{len(trace.records)} records read back, "
+                          f"{logged} logged plus the result written")], None
     try:
         with fresh_process_room():
             report = replay_trace(trace)
     except Exception as error:
-        return [
-            Violation(
-                "no_raise",
-                "replaying the trace with a fresh process's recursion limit raised "
-                + "".join(traceback.format_exception_only(error)).strip()[:300],
-            )
-        ], None
-    if report.divergence is not None:
-        return [
-            Violation(
-                "replay_identical",
-                "replayed with a fresh process's recursion limit: "
-                + report.divergence.describe()[:400],
-            )
-        ], report.divergence
-    return [], None
+        raised = "".join(traceback.format_exception_only(error)).strip()[:300]
+        return [Violation("no_raise", "replaying the trace with a fresh process's recursion "
+                          f"limit raised {raised}")], None
+    if report.divergence is None:
+        return [], None
+    return [Violation("replay_identical", "replayed with a fresh process's recursion limit: "
+                      + report.divergence.describe()[:400])], report.divergence

@@ -4,46 +4,34 @@ Theory of operation
 ===================
 
 The invariants (`engine.fuzz.invariants`) hold the machines to this model, so it is written from
-the contract's rules (shared/CONTRACT.md v1 and v2, the README's rules, the theory of operation in
-the machines' docstrings) and takes nothing from the machines but their vocabulary
+the contract's rules (shared/CONTRACT.md v1 and v2, the README, the theory of operation in the
+machines' docstrings) and takes nothing from the machines but their vocabulary
 (`machines.records`). Each rule is stated once, here or in `engine.fuzz.reference_output` (where
-each frame's content lands, whose call it is, how the result is assembled), as data where the rule
-is data, each citing the sentence it implements. A rule of the contract changes in one place:
-making `response.failed` with code `server_error` retryable for every policy is one member of
-`ALWAYS_RETRIED_FAILURES`.
+content lands, whose call it is, how the result is assembled), as data where it is data, citing
+the sentence it implements; so a rule changes in one place (`response.failed` with code
+`server_error` retried by every policy is one member of `ALWAYS_RETRIED_FAILURES`).
 
-Reading. An attempt's body is read whole, by the WHATWG event-stream rules (`reference_events`),
-and measured against `max_event_bytes` (`oversized_event`) before the events take effect, so a
-decoder bug shows up too. Each event's data is JSON (`reference_output.json_value`); what is not
-an object is no frame. A frame's type is its `type`, else "error" when it holds an `error`
-object, else the SSE event name.
+An attempt's body is read whole, by the WHATWG rules (`reference_events`), and measured against
+`max_event_bytes` (`oversized_event`) before its events take effect, so a decoder bug shows too.
+An event whose data is not a JSON object is no frame. Then, for one attempt (`ReferenceAttempt`):
 
-The rules of one attempt (`ReferenceAttempt`):
+- what frames mean: `BEGINS_RESPONSE`, `ENDS_RESPONSE`, `DELIVERED`, `CONTENT`, `ITEM_FRAMES`,
+  `CALL_PART_FRAMES`, and any frame whose type names `function_call`; the rest is absorbed;
+- where text may be delivered: until a call the client must execute is seen in the attempt;
+  while only calls that may still turn out the server's were seen, it is held back and released
+  once none is the client's; after a function call nothing is held back. A live attempt is
+  `awaiting_created` until the response begins, `tool_call` from a call of the client's until a
+  call is finished or taken back with none of the client's left open, else `streaming`;
+- how it ends (`ENDINGS`): each way gives the turn's outcome if nothing more is tried and the
+  budget that may pay for another attempt; the attempt is then `fallback` (a broken stream that
+  hands over), `terminal` (the server answered) or `retire`. Its reason is data (`Reason`).
 
-- What frames mean: `BEGINS_RESPONSE`, `ENDS_RESPONSE`, `DELIVERED`, `CONTENT`, `ITEM_FRAMES`,
-  `CALL_PART_FRAMES`, and any frame whose type names `function_call`. Everything else is
-  absorbed (prelude frames, keepalives, `[DONE]`, unknown names).
-- Where text may be delivered: answer text reaches `on_text_delta` until a call the client must
-  execute is seen in the attempt; while only calls that may still turn out the server's were
-  seen, it is held back and released, in order, once none of them is the client's; after a
-  function call nothing is held back (a function call is always the client's). A live attempt
-  is `awaiting_created` until the response begins, `tool_call` from a call of the client's until
-  a call is finished or withdrawn with none of the client's left open, else `streaming`.
-- How an attempt ends (`ENDINGS`): by the server (a terminal frame, an `error` frame, an HTTP
-  status), by a broken stream (`BROKEN_STREAM`), by an event too large, by an interrupt. Each
-  way gives the turn's outcome if nothing more is tried, and the budget that may pay for another
-  attempt (`Budget`); the attempt ends `terminal` when the server answered and nothing is
-  retried, `fallback` when a broken stream hands over to the fallback, else `retire`. Its reason
-  is data (`Reason`), written as `Attempt.reason` writes it in one place (`Reason.__str__`).
-
-The rules of the turn (`play_turn`): an HTTP-level failure is tried again, the same kind of
-attempt, while the HTTP budget lasts; an attempt that ended in `fallback` is followed by one
-fallback attempt; a background response whose stream broke after its id and a sequence number
-came is resumed (`resume` attempts continue what the broken one read); a broken stream or a
-retried failure is tried again while stream attempts are left; otherwise the turn ends with the
-last attempt's outcome. Text delivered is never delivered again (`ReferenceLedger`): a retry
-repeats what was delivered first, then delivers the rest; a retry that says something else
-delivers nothing. `reference_result` assembles `output_text` and `tool_calls`.
+The turn (`play_turn`): an HTTP-level failure is tried again while the HTTP budget lasts; an
+attempt that ended in `fallback` is followed by one fallback attempt; a background response whose
+stream broke after its id and a sequence number came is resumed (the `resume` attempt reads on
+from the broken one); a broken stream or a retried failure is tried again while stream attempts
+are left; otherwise the turn ends with the last attempt's outcome. Text already delivered is
+never delivered again (`ReferenceLedger`). `reference_result` assembles the result.
 """
 
 from __future__ import annotations
@@ -98,6 +86,7 @@ __all__ = [
     "reference_turn",
 ]
 
+
 class State(StrEnum):
     """The stream-attempt states the contract names (`final_state`, `source`, `dest`)."""
 
@@ -112,34 +101,33 @@ class State(StrEnum):
 class Budget(StrEnum):
     """Which retry budget may pay for another attempt."""
 
-    STREAM = "stream"  # `max_stream_retries`: a broken stream, a retried failure
-    HTTP = "http"  # `max_http_retries`: a retryable status, no response at all
+    STREAM = "stream"  # `max_stream_retries`
+    HTTP = "http"  # `max_http_retries`
 
 
 # --------------------------------------------------------------------------------------------
 # Reading the bytes
 
 
+def _lines(text: str) -> str:
+    """A byte-order mark dropped, every line end (CRLF, LF, CR) one LF."""
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+
+
 def reference_events(data: bytes, *, ended: bool) -> list[tuple[str, str]]:
     """(event name, data) of every event the bytes dispatch: "an event is dispatched on a blank
-    line; an event cut off by the end of the stream is not dispatched" (WHATWG). A line ends at
-    CRLF, LF or CR; an unterminated last line is no line (`ended` settles nothing more)."""
-    text = data.decode("utf-8", "replace").removeprefix("\ufeff")
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")[:-1]
+    line; an event cut off by the end of the stream is not dispatched" (an unterminated last
+    line is no line; `ended` settles nothing more)."""
     events: list[tuple[str, str]] = []
-    name = ""
-    buffer: list[str] | None = None
-    for line in lines:
+    name, buffer = "", None
+    for line in _lines(data.decode("utf-8", "replace")).split("\n")[:-1]:
         if not line:
             if buffer is not None:
                 events.append((name or "message", "\n".join(buffer)))
             name, buffer = "", None
             continue
-        if line.startswith(":"):
-            continue
         field, colon, value = line.partition(":")
-        if colon and value.startswith(" "):
-            value = value[1:]
+        value = value[1:] if colon and value.startswith(" ") else value
         if field == "data":
             buffer = [value] if buffer is None else [*buffer, value]
         elif field == "event":
@@ -151,17 +139,15 @@ def oversized_event(data: bytes, limit: int) -> int | None:
     """How many events the bytes dispatch before one larger than `limit` bytes ("an SSE event
     larger than max_event_bytes ends the turn"), or None. An event's size is the UTF-8 bytes of
     its lines (line ends counted as one LF), without the line end and blank line that end it; an
-    event the bytes have not ended yet counts with what arrived (a last LF may be the start of
-    its blank line: not counted), and a character not yet complete does not count."""
-    text = codecs.getincrementaldecoder("utf-8")("replace").decode(data).removeprefix("\ufeff")
-    *blocks, tail = text.replace("\r\n", "\n").replace("\r", "\n").split("\n\n")
+    event not ended yet counts with what arrived (a last LF may start its blank line: not
+    counted), and a character not yet complete does not count."""
+    text = _lines(codecs.getincrementaldecoder("utf-8")("replace").decode(data))
+    *blocks, tail = text.split("\n\n")
     dispatched = 0
-    for block in blocks:
+    for block in [*blocks, tail.removesuffix("\n")]:
         if len(block.encode("utf-8", "surrogatepass")) > limit:
             return dispatched
         dispatched += any(line == "data" or line.startswith("data:") for line in block.split("\n"))
-    if len(tail.removesuffix("\n").encode("utf-8", "surrogatepass")) > limit:
-        return dispatched
     return None
 
 
@@ -174,20 +160,21 @@ def frame_type(payload: dict[str, Any], name: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# What frames mean (README: "What the machines handle"; machines/stream_attempt.py's states)
+# What frames mean (README "What the machines handle"; the states of machines/stream_attempt.py)
 
 #: "`response.created` moves on; so does `response.in_progress` (relays that never send
-#: `created`) and any content frame (relays that send neither)". The lifecycle frames also
-#: carry the response object, with its id and the `tools` it declares.
+#: `created`) and any content frame (relays that send neither)"; both carry the response object.
 LIFECYCLE: Final = frozenset({"response.created", "response.in_progress"})
-BEGINS_RESPONSE: Final = LIFECYCLE | {
-    "response.output_text.delta",
-    "response.reasoning_summary_text.delta",
-    "response.reasoning_text.delta",
+#: "on_text_delta: answer text", "on_reasoning_delta: reasoning / reasoning-summary text".
+DELIVERED: Final[dict[str, str]] = {
+    "response.output_text.delta": "text",
+    "response.reasoning_summary_text.delta": "reasoning",
+    "response.reasoning_text.delta": "reasoning",
 }
+BEGINS_RESPONSE: Final = LIFECYCLE | frozenset(DELIVERED)
 
 #: "terminal: the server ended the response (`response.completed`, `.incomplete`, `.failed`),
-#: sent an `error` frame (the provider's words kept verbatim)"; the cause each one is.
+#: sent an `error` frame"; the cause each one is (a key of `ENDINGS`).
 ENDS_RESPONSE: Final[dict[str, str]] = {
     "response.completed": "completed",
     "response.incomplete": "incomplete",
@@ -195,78 +182,61 @@ ENDS_RESPONSE: Final[dict[str, str]] = {
     "error": "error_frame",
 }
 
-#: The deltas that reach a callback: "on_text_delta: answer text", "on_reasoning_delta:
-#: reasoning / reasoning-summary text".
-DELIVERED: Final[dict[str, str]] = {
-    "response.output_text.delta": "text",
-    "response.reasoning_summary_text.delta": "reasoning",
-    "response.reasoning_text.delta": "reasoning",
-}
-
-#: Where each content frame's text lands (`reference_output.Slot`). "A text delta whose delta is
-#: not a string is ignored" (`other="skip"` with a delivered frame: the whole frame).
+_PART, _CMD = "content_index", "command_index"
+#: Where each content frame's text lands (`reference_output.Slot`: item kind, field, how, what a
+#: field that is not a string does, part index).
 CONTENT: Final[dict[str, Slot]] = {
-    "response.output_text.delta": Slot("message", "delta", "append", part="content_index"),
-    "response.output_text.done": Slot("message", "text", "replace", part="content_index"),
+    "response.output_text.delta": Slot("message", "delta", "append", part=_PART),
+    "response.output_text.done": Slot("message", "text", "replace", part=_PART),
     "response.reasoning_summary_text.delta": Slot("reasoning", "delta", "append"),
     "response.reasoning_text.delta": Slot("reasoning", "delta", "append"),
     "response.function_call_arguments.delta": Slot("function_call", "delta", "append"),
     "response.function_call_arguments.done": Slot("function_call", "arguments", "done"),
     "response.custom_tool_call_input.delta": Slot("custom_tool_call", "delta", "append", "empty"),
     "response.custom_tool_call_input.done": Slot("custom_tool_call", "input", "done", "touch"),
-    "response.shell_call_command.added": Slot(
-        "shell_call", "command", "replace", "empty", part="command_index"
-    ),
-    "response.shell_call_command.delta": Slot(
-        "shell_call", "delta", "append", "empty", part="command_index"
-    ),
-    "response.shell_call_command.done": Slot(
-        "shell_call", "command", "replace", "touch", part="command_index"
-    ),
+    "response.shell_call_command.added": Slot("shell_call", "command", "replace", "empty", _CMD),
+    "response.shell_call_command.delta": Slot("shell_call", "delta", "append", "empty", _CMD),
+    "response.shell_call_command.done": Slot("shell_call", "command", "replace", "touch", _CMD),
 }
 
-#: An item announced (False) or finished (True): a call of the client's is a call frame, any
+#: An item announced (False) or finished (True): a call of the client's is a call seen, any
 #: other item is content.
 ITEM_FRAMES: Final[dict[str, bool]] = {
     "response.output_item.added": False,
     "response.output_item.done": True,
 }
 
-#: Frames that stream part of the call at their place: a call of the client's, unless that call
-#: is known to be the server's. (Every frame whose type names `function_call` is a function
-#: call's: "any `*function_call*` frame".)
+#: Frames that stream part of the call at their place: "a client call's item, argument, input
+#: and command frames" (the function call's frames are the `*function_call*` rule's).
 CALL_PART_FRAMES: Final = frozenset(
     kind for kind, slot in CONTENT.items() if slot.kind in ("custom_tool_call", "shell_call")
 )
 
 # --------------------------------------------------------------------------------------------
-# How an attempt ends, and what the turn may do next (CONTRACT v1 TurnPolicy, v2 HTTP retries,
-# v2 limits, v2 resuming; README "The engine owns every retry")
+# How an attempt ends (CONTRACT v1 TurnPolicy; v2 HTTP-level retries, limits, resuming)
 
 #: "drops, read timeouts, idle stalls and clean EOFs without a terminal event (retried, then one
-#: create(stream=True) fallback)"; for a background response, the breaks a resume continues.
-BROKEN_STREAM: Final = frozenset({Fault.DROP, Fault.READ_TIMEOUT, InputKind.IDLE_TIMEOUT, InputKind.EOF})
-
+#: create(stream=True) fallback)"; in a background response, what a resume continues.
+BROKEN_STREAM: Final = frozenset(
+    {Fault.DROP, Fault.READ_TIMEOUT, InputKind.IDLE_TIMEOUT, InputKind.EOF}
+)
 #: "408, 409, 429, 5xx and connection errors before the first body byte are retried".
 RETRYABLE_STATUSES: Final = frozenset({408, 409, 429, *range(500, 600)})
-
-#: `response.failed` codes retried whatever the policy says ("retry_failed_codes: response.failed
-#: codes treated as retryable faults"; none beyond the policy's).
+#: `response.failed` codes retried whatever the policy's `retry_failed_codes` say.
 ALWAYS_RETRIED_FAILURES: Final[frozenset[str]] = frozenset()
 
 
 @attrs.frozen(slots=True)
 class Consequence:
-    """What one way of ending an attempt means: the turn's outcome if nothing more is tried, the
-    budget that may pay for another attempt, and whether the server answered (then the attempt
-    is `terminal` unless something is tried again)."""
+    """What one way of ending means: the turn's outcome if nothing more is tried, the budget
+    that may pay for another attempt, and whether the server answered."""
 
     outcome: Outcome
     budget: Budget | None = None
     answered: bool = False
 
 
-#: Every way an attempt ends, by cause (a frame's, an input's name, or the retried variants).
+#: Every way an attempt ends, by cause.
 ENDINGS: Final[dict[str, Consequence]] = {
     # "response.incomplete and response.failed as outcomes, not retries, unless the code is
     # retryable"
@@ -275,16 +245,15 @@ ENDINGS: Final[dict[str, Consequence]] = {
     "failed": Consequence("failed", answered=True),
     "failed_retried": Consequence("failed", Budget.STREAM),
     "error_frame": Consequence("error", answered=True),
-    # "a demanded wait longer than max_retry_wait_s ends the turn with that HTTP error"; "when it
-    # [the HTTP budget] is spent, the turn ends with the last HTTP error"
+    # "a demanded wait longer than max_retry_wait_s ends the turn with that HTTP error", as does
+    # a spent HTTP budget
     InputKind.HTTP_ERROR: Consequence("error", answered=True),
     "http_retried": Consequence("error", Budget.HTTP),
     # "If the resume is refused (HTTP 404/4xx) ... the turn falls back to the ordinary retry rules"
     "resume_refused": Consequence("error", Budget.STREAM),
     Fault.CONNECT_ERROR: Consequence("error", Budget.HTTP),
     **{fault: Consequence("error", Budget.STREAM) for fault in BROKEN_STREAM},
-    # "an SSE event larger than max_event_bytes ends the turn with outcome "error" (reason
-    # event_too_large; no retry, no fallback, partial output kept)"
+    # "event_too_large; no retry, no fallback, partial output kept"
     InputKind.EVENT_TOO_LARGE: Consequence("error"),
     InputKind.INTERRUPT: Consequence("interrupted"),
 }
@@ -302,7 +271,7 @@ _SPELLING: Final[dict[str, str]] = {
 @attrs.frozen(slots=True)
 class Reason:
     """Why an attempt ended, as data: its cause (a key of `ENDINGS`), the HTTP status or the
-    failure code it names."""
+    failure code it names. `str()` writes it as `Attempt.reason` does."""
 
     cause: str
     status: int | None = None
@@ -322,13 +291,13 @@ class Ending:
     then: Consequence
 
 
-def failure_is_retried(code: Any, policy_codes: frozenset[str]) -> bool:
+def failure_is_retried(code: Any, policy: TurnPolicy) -> bool:
     """"retry_failed_codes: response.failed codes treated as retryable faults"."""
-    return isinstance(code, str) and code in policy_codes | ALWAYS_RETRIED_FAILURES
+    return isinstance(code, str) and code in policy.retry_failed_codes | ALWAYS_RETRIED_FAILURES
 
 
 def resume_is_refused(kind: AttemptKind, status: int) -> bool:
-    """"If the resume is refused (HTTP 404/4xx)": a 4xx a retry of the same request cannot heal."""
+    """"If the resume is refused (HTTP 404/4xx)": a 4xx that asking again cannot heal."""
     return kind == "resume" and 400 <= status < 500 and status not in RETRYABLE_STATUSES
 
 
@@ -366,18 +335,16 @@ def _until(http_date: str, received_at: float | None) -> float:
 
 
 def http_words(step: HttpError) -> dict[str, Any]:
-    """The provider's words of an HTTP error ("the provider's words verbatim in result.error"):
-    its error envelope's, a bare message object's, else the body's text or the status."""
+    """The provider's words of an HTTP error, verbatim: its error envelope's, a bare message
+    object's, else the body's text or the status."""
     body = step.body
     source = body.get("error") if isinstance(body, dict) else None
     if not isinstance(source, dict):
         source = body if isinstance(body, dict) and "message" in body else None
     if source is not None:
-        words = {"message": source.get("message"), "code": source.get("code")}
-    else:
-        text = body if isinstance(body, str) and body else f"HTTP {step.status}"
-        words = {"message": text, "code": None}
-    return {**words, "status": step.status}
+        return {"message": source.get("message"), "code": source.get("code"), "status": step.status}
+    text = body if isinstance(body, str) and body else f"HTTP {step.status}"
+    return {"message": text, "code": None, "status": step.status}
 
 
 # --------------------------------------------------------------------------------------------
@@ -393,8 +360,9 @@ class ReferenceLedger:
 
 
 class _Delivery:
-    """One response's delivery on one channel: repeat what was delivered, then deliver the rest;
-    a retry that says something else delivers nothing."""
+    """One response's delivery on one channel: "Text already delivered to a callback is never
+    delivered again": repeat what was delivered, then deliver the rest; a retry that says
+    something else delivers nothing."""
 
     def __init__(self, behind: str) -> None:
         self.behind = behind
@@ -402,17 +370,13 @@ class _Delivery:
         self.off = False
 
     def take(self, delta: str) -> str:
+        """The part of `delta` that is new to the user."""
         if self.off:
             return ""
-        before = len(self.said)
+        before, shown = len(self.said), len(self.behind)
         self.said += delta
-        if len(self.said) <= len(self.behind):
-            self.off = not self.behind.startswith(self.said)
-            return ""
-        if not self.said.startswith(self.behind):
-            self.off = True
-            return ""
-        return self.said[max(before, len(self.behind)) :]
+        self.off = self.said[:shown] != self.behind[: len(self.said)]
+        return "" if self.off else self.said[max(before, shown) :]
 
 
 @attrs.define(slots=True)
@@ -424,25 +388,24 @@ class _Read:
     state: State = State.AWAITING_CREATED
     output: ReferenceOutput = attrs.Factory(ReferenceOutput)
     client_calls: set[int] = attrs.Factory(set)  # places counted as the client's calls
-    function_call: bool = False  # a function call frame came: never withdrawn
+    function_call: bool = False  # a function call frame came: it is never taken back
     withholding: bool = False  # answer text is not delivered now
     withheld: list[str] = attrs.Factory(list)
     tools: Any = None  # the latest `tools` list of a lifecycle frame that names tools
     response_id: str | None = None
     last_sequence: int | None = None
-    allowed_text: str = ""
+    allowed_text: str = ""  # answer text let through (delivered, or held back and released)
     reasoning_text: str = ""
 
 
 class ReferenceAttempt:
     """One attempt by the contract's rules: `event(name, data)` for each dispatched event, then
-    `end(step)` for the step that ended the body (or `too_large()`). `state`, `reason` and what
-    was delivered are what the invariants compare with.
+    `end(step)` for the step that ended the body (or `too_large()`). `state`, `reason`, `words`
+    and what was delivered are what the invariants compare with.
 
-    `hands_over`: a broken stream ends this attempt in `fallback` (the last stream attempt of a
-    turn that allows one); `retry_codes`: the policy's retried failure codes; `http_left`: the
-    HTTP budget allows another request; `tracks_sequence`: a background response (its id and
-    sequence numbers are followed); `resumes`: the attempt whose response this one continues."""
+    `hands_over`: a broken stream ends this attempt in `fallback`; `http_left`: the HTTP budget
+    allows another request; `tracks_sequence`: a background response (its id and sequence
+    numbers are followed); `resumes`: the attempt whose response this one continues."""
 
     def __init__(
         self,
@@ -450,37 +413,29 @@ class ReferenceAttempt:
         kind: AttemptKind,
         *,
         ledger: ReferenceLedger,
+        policy: TurnPolicy = TurnPolicy(),
         hands_over: bool = False,
-        retry_codes: frozenset[str] = frozenset(),
         http_left: bool = False,
-        max_wait_s: float = 60.0,
         tracks_sequence: bool = False,
         resumes: ReferenceAttempt | None = None,
     ) -> None:
-        self.number = number
-        self.kind = kind
-        self.ledger = ledger
-        self.hands_over = hands_over
-        self.retry_codes = retry_codes
-        self.http_left = http_left
-        self.max_wait_s = max_wait_s
+        self.number, self.kind, self.ledger, self.policy = number, kind, ledger, policy
+        self.hands_over, self.http_left = hands_over, http_left
         self.tracks_sequence = tracks_sequence or resumes is not None
         self.ending: Ending | None = None
         self.response: dict[str, Any] | None = None  # the terminal frame's response
         self.words: dict[str, Any] | None = None  # the provider's error words
         self.delivered_text: list[str] = []
         self.delivered_reasoning: list[str] = []
-        self.first_delta = False
         self.resume_point: tuple[str, int] | None = None
         if resumes is None:
             self.read = _Read(_Delivery(ledger.text), _Delivery(ledger.reasoning))
-        else:
-            old = resumes.read
-            assert old.response_id is not None and old.last_sequence is not None
-            self.read = attrs.evolve(old, client_calls=set(old.client_calls), withheld=list(old.withheld))
-            self.resume_point = (old.response_id, old.last_sequence)
+            return
+        old = resumes.read
+        assert old.response_id is not None and old.last_sequence is not None
+        self.read = attrs.evolve(old, client_calls=set(old.client_calls), withheld=[*old.withheld])
+        self.resume_point = (old.response_id, old.last_sequence)
 
-    # -- what the invariants read --------------------------------------------------------------
     @property
     def state(self) -> State:
         return self.ending.state if self.ending is not None else self.read.state
@@ -488,28 +443,6 @@ class ReferenceAttempt:
     @property
     def reason(self) -> Reason | None:
         return self.ending.reason if self.ending is not None else None
-
-    @property
-    def final(self) -> bool:
-        return self.ending is not None
-
-    @property
-    def output(self) -> ReferenceOutput:
-        return self.read.output
-
-    @property
-    def allowed_text(self) -> str:
-        """Answer text the attempt's response let through so far, delivered or not."""
-        return self.read.allowed_text
-
-    @property
-    def reasoning(self) -> str:
-        return self.read.reasoning_text
-
-    @property
-    def touched(self) -> bool:
-        """The attempt's response streamed something that becomes an output item."""
-        return not self.read.output.empty
 
     def declared_tools(self) -> Any:
         """The `tools` that judge this attempt's custom tool calls: the terminal response's when
@@ -531,10 +464,10 @@ class ReferenceAttempt:
         if not isinstance(payload, dict) or self._already_seen(payload):
             return
         kind = frame_type(payload, name)
-        slot = CONTENT.get(kind)
         channel = DELIVERED.get(kind)
-        if channel is not None and not isinstance(payload.get("delta"), str):
-            return
+        delta = payload.get("delta")
+        if channel is not None and not isinstance(delta, str):
+            return  # "a text delta whose delta is not a string is ignored"
         if kind in ENDS_RESPONSE:
             self._server_ended(ENDS_RESPONSE[kind], payload)
             return
@@ -543,6 +476,7 @@ class ReferenceAttempt:
             self._begin()
         if kind in LIFECYCLE:
             self._lifecycle(payload.get("response"))
+        slot = CONTENT.get(kind)
         index = read.output.land(slot, payload) if slot is not None else None
         if kind in ITEM_FRAMES:
             self._item(payload.get("item"), payload, done=ITEM_FRAMES[kind])
@@ -551,8 +485,13 @@ class ReferenceAttempt:
         elif "function_call" in kind:
             read.function_call = True
             self._call_seen()
-        if channel is not None and payload["delta"]:
-            self._text(payload["delta"]) if channel == "text" else self._reasoning(payload["delta"])
+        if channel == "text" and delta:
+            self._text(delta)
+        elif channel == "reasoning" and delta:
+            read.reasoning_text += delta
+            if piece := read.reasoning.take(delta):
+                self.ledger.reasoning += piece
+                self.delivered_reasoning.append(piece)
 
     def _already_seen(self, payload: dict[str, Any]) -> bool:
         """"an event whose sequence_number is not above the last one seen is ignored" (a
@@ -575,11 +514,10 @@ class ReferenceAttempt:
         rid = response.get("id")
         if self.tracks_sequence and read.response_id is None and type(rid) is str and rid:
             read.response_id = rid
-        tools = response.get("tools")
-        custom = custom_tools_declared(tools)
+        custom = custom_tools_declared(response.get("tools"))
         if custom is None:  # a list that names no tool rules nothing out
             return
-        read.tools = tools
+        read.tools = response["tools"]
         if custom != read.output.judge.custom_tools:
             read.output.judge.custom_tools = custom
             self._judge_again()
@@ -616,7 +554,7 @@ class ReferenceAttempt:
             read.client_calls.add(index)
         self._call_seen()
 
-    # -- the delivery rules ----------------------------------------------------------------------
+    # -- where text may be delivered -------------------------------------------------------------
     def _begin(self) -> None:
         if self.read.state == State.AWAITING_CREATED:
             self.read.state = State.STREAMING
@@ -634,76 +572,57 @@ class ReferenceAttempt:
 
     def _judge_again(self) -> None:
         """Whose each call is, after something that may have changed it: calls now the
-        client's are counted (a call seen), calls now the server's are taken back; with none of
-        the client's left, the text held back is delivered and text flows again."""
+        client's are counted (a call seen), calls now the server's are taken back ("calls the
+        server ran itself ... hold back no text"); with none of the client's left, the text held
+        back is delivered and text flows again."""
         read = self.read
         judge = read.output.judge
-        joined = [
-            index
-            for index, facts in read.output.calls()
-            if index not in read.client_calls and judge.is_clients(facts)
-        ]
+        joined = [i for i, facts in read.output.calls()
+                  if i not in read.client_calls and judge.is_clients(facts)]
         if joined:
             read.client_calls.update(joined)
             self._call_seen()
             self._settle()
-        withdrawn = {
-            index
-            for index in read.client_calls
-            if (facts := read.output.facts(index)) is not None and not judge.is_clients(facts)
-        }
+        withdrawn = {i for i in read.client_calls
+                     if (facts := read.output.facts(i)) is not None and not judge.is_clients(facts)}
         if not withdrawn:
             return
         read.client_calls -= withdrawn
         if read.client_calls or read.function_call:
             self._settle()
             return
-        read.state = State.STREAMING
-        read.withholding = False
+        read.state, read.withholding = State.STREAMING, False
         held, read.withheld = read.withheld, []
         for delta in held:
-            self._deliver_text(delta)
+            self._text(delta)
 
     def _text(self, delta: str) -> None:
         read = self.read
-        if not read.withholding:
-            self._deliver_text(delta)
-        elif not read.function_call:  # the calls seen may still turn out the server's
-            read.withheld.append(delta)
-
-    def _deliver_text(self, delta: str) -> None:
-        self.read.allowed_text += delta
-        piece = self.read.text.take(delta)
-        if piece:
-            self.first_delta |= not self.ledger.text
+        if read.withholding:
+            if not read.function_call:  # the calls seen may still turn out the server's
+                read.withheld.append(delta)
+            return
+        read.allowed_text += delta
+        if piece := read.text.take(delta):
             self.ledger.text += piece
             self.delivered_text.append(piece)
 
-    def _reasoning(self, delta: str) -> None:
-        self.read.reasoning_text += delta
-        piece = self.read.reasoning.take(delta)
-        if piece:
-            self.ledger.reasoning += piece
-            self.delivered_reasoning.append(piece)
-
-    # -- endings ---------------------------------------------------------------------------------
+    # -- how it ends -----------------------------------------------------------------------------
     def _server_ended(self, cause: str, payload: dict[str, Any]) -> None:
+        """The server ended the response, with "the provider's words verbatim" for a failure
+        (`response.error`) or an `error` frame (top-level or nested envelope)."""
         if cause == "error_frame":
             nested = payload.get("error")
-            source = nested if isinstance(nested, dict) else payload
-            self.words = {"message": source.get("message"), "code": source.get("code")}
-            self._end(Reason(cause))
-            return
-        response = payload.get("response")
-        self.response = response if isinstance(response, dict) else {}
-        if cause != "failed":
-            self._end(Reason(cause))
-            return
-        error = self.response.get("error")
-        error = error if isinstance(error, dict) else {}
-        self.words = {"message": error.get("message"), "code": error.get("code")}
-        if failure_is_retried(error.get("code"), self.retry_codes):
-            self._end(Reason("failed_retried", code=error.get("code")))
+            words = nested if isinstance(nested, dict) else payload
+        else:
+            response = payload.get("response")
+            self.response = response if isinstance(response, dict) else {}
+            error = self.response.get("error")
+            words = error if isinstance(error, dict) else {}
+        if cause in ("error_frame", "failed"):
+            self.words = {"message": words.get("message"), "code": words.get("code")}
+        if cause == "failed" and failure_is_retried(words.get("code"), self.policy):
+            self._end(Reason("failed_retried", code=words.get("code")))
         else:
             self._end(Reason(cause))
 
@@ -722,32 +641,25 @@ class ReferenceAttempt:
             wait = demanded_wait(step)
             if resume_is_refused(self.kind, step.status):
                 cause = "resume_refused"
-            elif (
-                step.status in RETRYABLE_STATUSES
-                and (wait is None or wait <= self.max_wait_s)
-                and self.http_left
-            ):
+            elif (step.status in RETRYABLE_STATUSES and self.http_left
+                  and (wait is None or wait <= self.policy.max_retry_wait_s)):
                 cause = "http_retried"
             else:
                 cause = InputKind.HTTP_ERROR
             self._end(Reason(cause, status=step.status))
         elif isinstance(step, TransportFault):
             self._end(Reason(step.kind))
-        elif isinstance(step, Stall):
-            self._end(Reason(InputKind.IDLE_TIMEOUT))
         else:
-            self._end(Reason(step.KIND))
+            self._end(Reason(InputKind.IDLE_TIMEOUT if isinstance(step, Stall) else step.KIND))
 
     def _end(self, reason: Reason) -> None:
         then = ENDINGS[reason.cause]
-        if then.budget is Budget.HTTP and not self.http_left:
+        if then.budget is Budget.HTTP and not self.http_left:  # "while the budget lasts"
             then = attrs.evolve(then, budget=None)
         if then.budget is Budget.STREAM and self.hands_over:
             state = State.FALLBACK
-        elif then.answered and then.budget is None:
-            state = State.TERMINAL
         else:
-            state = State.RETIRE
+            state = State.TERMINAL if then.answered else State.RETIRE
         self.ending = Ending(state, reason, then)
 
 
@@ -796,7 +708,7 @@ def _play(attempt: ReferenceAttempt, script: Iterable[Step], policy: TurnPolicy)
     )
     for name, payload in events[:too_large]:
         attempt.event(name, payload)
-        if attempt.final:
+        if attempt.ending is not None:
             return
     if too_large is not None:
         attempt.too_large()
@@ -817,11 +729,10 @@ def play_turn(policy: TurnPolicy, server: Server, *, background: bool = False) -
             len(attempts) + 1,
             kind,
             ledger=ledger,
+            policy=policy,
             # "fallback: after the last stream attempt: one create(stream=True) attempt"
             hands_over=kind != "fallback" and policy.fallback and stream_tries == most,
-            retry_codes=policy.retry_failed_codes,
             http_left=http_retries < (policy.max_http_retries or 0),
-            max_wait_s=policy.max_retry_wait_s,
             tracks_sequence=background,
             resumes=attempts[-1] if kind == "resume" else None,
         )
@@ -862,9 +773,10 @@ def reference_result(reference: ReferenceTurn) -> tuple[str, list[dict[str, Any]
         streamed = last.items()
         output = last.response.get("output")
         items: list[Any] = output if isinstance(output, list) and output else streamed
-        calls = listed_calls(merged_items(items, streamed), last.declared_tools(), completed=completed)
+        items_and_calls = merged_items(items, streamed)
+        calls = listed_calls(items_and_calls, last.declared_tools(), completed=completed)
     else:
-        source = next((a for a in reversed(reference.attempts) if a.touched), last)
+        source = next((a for a in reversed(reference.attempts) if not a.read.output.empty), last)
         items = source.items()
         calls = listed_calls(items, source.declared_tools(), completed=completed)
     text = join_text(items)

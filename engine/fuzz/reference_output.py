@@ -1,44 +1,32 @@
-"""The reference model's output rules: which calls are the client's, where each frame's content
-lands, and what a turn result makes of it (`output_text`, `tool_calls`).
+"""The reference model's output rules: whose each call is, where each frame's content lands, and
+what a turn result makes of it (`output_text`, `tool_calls`).
 
 Theory of operation
 ===================
 
-`engine.fuzz.reference` re-states the machines from the contract to check them; this module is
-the part that follows output items. Every fact it needs is stated here, from the contract and
-the theory of operation `machines/output.py` documents, and none is imported from the machines
-(what they decide is what is being checked):
+Part of `engine.fuzz.reference`, stated from the contract and the theory of operation
+`machines/output.py` documents, with nothing imported from the machines:
 
-Whose call (CONTRACT v2, `tool_calls` row). `CLIENT_CALLS` are the output item types a client
-may have to execute, with where each keeps what `tool_calls` lists as its `arguments`. A function
-call is always the client's. A custom tool call is the server's when the response's `tools` name
-tools but no `custom` tool of its name. A built-in call of `RUN_BY_SERVER_WITH_OUTPUT` is the
-server's when its output item (`<type>_output`, same call_id; a `local_shell_call_output` names
-its call by `id`) is in the same response.
+Whose call (CONTRACT v2, `tool_calls` row): `CLIENT_CALLS` may have to be executed by the client.
+A function call is always the client's; a custom tool call is the server's when the response's
+`tools` name tools but no `custom` tool of its name; a built-in call (`BUILT_IN_CALLS`) is the
+server's when its output item (`<type>_output`, same call_id) is in the same response.
 
-Placement. A frame lands at its `output_index` when that is a JSON integer. Otherwise at the
-item its `item_id` names (for `output_item.*` frames without one: their item's `id`), once that
-id is known; otherwise a frame that has a `delta` and no id continues the newest item; anything
-else opens a new item after the last one. An id becomes known where its item is announced,
-finished or first streamed (the announcement and the finish win).
+Placement. A frame lands at its `output_index` when that is a JSON integer; else at the item its
+`item_id` names (an `output_item.*` frame: its item's `id`), once known; else a frame with a
+`delta` and no id continues the newest item, and anything else opens a new one. An id becomes
+known where its item is announced, finished or first streamed (announcement and finish win).
 
-Items. `output_item.added` announces an item: its kind is its `type` when that is a non-empty
-string, a message when the type is missing or empty, and no kind of ours otherwise; whatever
-frames at that place streamed before it is kept. `output_item.done` makes the server's item the
-one listed. Content frames fill their slot (`Slot`): a message's parts (a part index that is not
-an integer counts as 0), a function call's arguments, a custom tool call's input, a shell call's
-commands. An item never finished is rebuilt from what streamed: a call with what its frames said,
-`incomplete` unless finished (its arguments or input `done`) or the response completed; a
-message with its parts; an item of another kind as announced.
+Items. `output_item.added` announces an item (its kind: a non-empty string `type`; a message when
+the type is missing or empty), keeping what frames streamed there before; `output_item.done`
+makes the server's item the one listed. Content frames fill their `Slot`. An item never finished
+is rebuilt from what streamed: a call `incomplete` unless finished (its arguments or input
+`done`) or the response completed, a message with its parts, another kind as announced.
 
-Results. `output_text` joins the `output_text` parts of the `message` items (content that is not
-a list holds none). `tool_calls` lists the client's calls among the items, judged with the
-`tools` the response declares and the output items among the items; with a terminal response
-whose output is a non-empty list, that output plus every streamed call it left out (by call_id)
-and every streamed output item.
-
-JSON. Server data is read as any JSON text nested at most `MAX_JSON_DEPTH` levels (numbers
-beyond a double, escaped lone surrogates, NaN included), the same at any recursion limit.
+Results. `output_text` joins the `output_text` parts of the `message` items; `tool_calls` lists
+the client's calls among them (judged with the response's `tools` and the output items among
+them); a terminal response's non-empty output is completed by every streamed call it left out
+and every streamed output item. Server JSON is read nested at most `MAX_JSON_DEPTH` deep.
 """
 
 from __future__ import annotations
@@ -54,9 +42,9 @@ import attrs
 import orjson
 
 __all__ = [
+    "BUILT_IN_CALLS",
     "CLIENT_CALLS",
     "MAX_JSON_DEPTH",
-    "RUN_BY_SERVER_WITH_OUTPUT",
     "CallJudge",
     "ReferenceOutput",
     "Slot",
@@ -90,21 +78,17 @@ def _room() -> Iterator[None]:
             sys.setrecursionlimit(before)
 
 
-def _depth(text: str) -> int:
-    """How deeply `text` nests lists and objects (brackets inside strings do not count)."""
-    depth = deepest = 0
-    inside = False
+def _too_deep(text: str) -> bool:
+    """Lists and objects nest deeper than `MAX_JSON_DEPTH` (brackets in strings do not count)."""
+    depth, inside = 0, False
     for token in _TOKENS.findall(text):
         if token == '"':
             inside = not inside
-        elif inside or len(token) == 2:
-            continue
-        elif token in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        else:
-            depth -= 1
-    return deepest
+        elif not inside and len(token) == 1:
+            depth += 1 if token in "[{" else -1
+            if depth > MAX_JSON_DEPTH:
+                return True
+    return False
 
 
 def json_value(data: str) -> Any:
@@ -112,9 +96,8 @@ def json_value(data: str) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
-        pass
-    if _depth(data) > MAX_JSON_DEPTH:
-        return _NOT_JSON
+        if _too_deep(data):
+            return _NOT_JSON
     try:
         with _room():
             return json.loads(data)
@@ -127,52 +110,24 @@ def is_json(value: Any) -> bool:
     return value is not _NOT_JSON
 
 
-def _json_text(value: Any) -> str:
-    """An object as compact ASCII JSON with sorted keys ("" when JSON cannot hold it)."""
-    try:
-        with _room():
-            return json.dumps(value, separators=(",", ":"), sort_keys=True)
-    except (TypeError, ValueError, RecursionError):
-        return ""
-
-
 # --------------------------------------------------------------------------------------------
 # Whose call it is (CONTRACT v2, `tool_calls`)
 
-
-@attrs.frozen(slots=True)
-class Listed:
-    """How `tool_calls` lists a call type: the item field holding its `arguments` (a string
-    taken as it is, or an object written as JSON), and its `name` (the item's, or the type
-    without `_call`)."""
-
-    field: str
-    as_json: bool = False
-
-    def name(self, kind: str, item: dict[str, Any]) -> Any:
-        return kind.removesuffix("_call") if self.as_json else item.get("name")
-
-    def arguments(self, item: dict[str, Any]) -> str:
-        value = item.get(self.field)
-        if self.as_json:
-            return "" if value is None else _json_text(value)
-        return value if isinstance(value, str) else ""
-
-
-#: "Every call the client must execute is listed: function_call; custom_tool_call (arguments =
-#: its raw input string); local_shell_call, shell_call, apply_patch_call (name = the item type
-#: without _call, arguments = the item's action or operation as a JSON string)."
-CLIENT_CALLS: Final[dict[str, Listed]] = {
-    "function_call": Listed("arguments"),
-    "custom_tool_call": Listed("input"),
-    "local_shell_call": Listed("action", as_json=True),
-    "shell_call": Listed("action", as_json=True),
-    "apply_patch_call": Listed("operation", as_json=True),
+#: "Every call the client must execute is listed, in output order: function_call;
+#: custom_tool_call (arguments = its raw input string); local_shell_call, shell_call,
+#: apply_patch_call (name = the item type without _call, arguments = the item's action or
+#: operation as a JSON string)": each type with the field its `arguments` come from.
+CLIENT_CALLS: Final[dict[str, str]] = {
+    "function_call": "arguments",
+    "custom_tool_call": "input",
+    "local_shell_call": "action",
+    "shell_call": "action",
+    "apply_patch_call": "operation",
 }
-#: "... a shell_call/local_shell_call/apply_patch_call whose output item (<type>_output, same
-#: call_id) is in the same response" is the server's.
-RUN_BY_SERVER_WITH_OUTPUT: Final = frozenset({"local_shell_call", "shell_call", "apply_patch_call"})
-_OUTPUT_OF: Final = {f"{kind}_output": kind for kind in RUN_BY_SERVER_WITH_OUTPUT}
+#: The built-in calls: listed by type with JSON arguments, and the server's "whose output item
+#: (<type>_output, same call_id) is in the same response".
+BUILT_IN_CALLS: Final = frozenset({"local_shell_call", "shell_call", "apply_patch_call"})
+_OUTPUT_OF: Final = {f"{kind}_output": kind for kind in BUILT_IN_CALLS}
 
 #: What decides whose a call is: its type, name and call_id.
 CallFacts = tuple[str, Any, Any]
@@ -189,9 +144,7 @@ def custom_tools_declared(tools: Any) -> frozenset[str] | None:
     """The `custom` tools a `tools` list declares, or None when it names no tool at all (then
     no custom tool call can be ruled out): "a custom_tool_call whose name the response's tools
     list does not declare as a custom tool while that list names other tools"."""
-    if not isinstance(tools, list):
-        return None
-    named = [tool for tool in tools if isinstance(tool, dict)]
+    named = [t for t in tools if isinstance(t, dict)] if isinstance(tools, list) else []
     if not named:
         return None
     return frozenset(
@@ -199,16 +152,13 @@ def custom_tools_declared(tools: Any) -> frozenset[str] | None:
     )
 
 
-def ran_by_server(item: dict[str, Any]) -> tuple[str, str] | None:
-    """(call type, call_id) of the call an output item reports as run, or None."""
+def _ran(item: dict[str, Any]) -> tuple[str, str] | None:
+    """(call type, call_id) of the call an output item reports as run (a
+    `local_shell_call_output` names its call by `id`), or None."""
     kind = item.get("type")
     ran = _OUTPUT_OF.get(kind) if isinstance(kind, str) else None
-    if ran is None:
-        return None
-    call_id = item.get("call_id")
-    if not isinstance(call_id, str):
-        call_id = item.get("id")
-    return (ran, call_id) if isinstance(call_id, str) else None
+    call_id = item.get("call_id") if isinstance(item.get("call_id"), str) else item.get("id")
+    return (ran, call_id) if ran is not None and isinstance(call_id, str) else None
 
 
 @attrs.define(slots=True)
@@ -224,14 +174,13 @@ class CallJudge:
         if kind == "custom_tool_call":
             tools = self.custom_tools
             return tools is None or not isinstance(name, str) or name in tools
-        if kind in RUN_BY_SERVER_WITH_OUTPUT:
+        if kind in BUILT_IN_CALLS:
             return not (isinstance(call_id, str) and (kind, call_id) in self.ran)
         return kind == "function_call"
 
     def note(self, item: dict[str, Any]) -> None:
         """An item of the response: an output item shows its call ran on the server."""
-        ran = ran_by_server(item)
-        if ran is not None:
+        if (ran := _ran(item)) is not None:
             self.ran.add(ran)
 
 
@@ -310,7 +259,7 @@ class _Streamed:
                 {"type": "output_text", "text": parts[i], "annotations": []} for i in sorted(parts)
             ]
         elif kind in ("function_call", "custom_tool_call"):
-            item[CLIENT_CALLS[kind].field] = self.text if self.done is None else self.done
+            item[CLIENT_CALLS[kind]] = self.text if self.done is None else self.done
             if self.done is not None:
                 item["status"] = "completed"
         elif commands := self.parts.get("command_index"):
@@ -365,7 +314,8 @@ class ReferenceOutput:
             streamed = _Streamed(_kind_of(item), item_id, item)
             earlier = self.streamed.get(index)
             if earlier is not None:  # frames that raced ahead of the announcement are kept
-                streamed.parts, streamed.text, streamed.done = earlier.parts, earlier.text, earlier.done
+                streamed.parts, streamed.text = earlier.parts, earlier.text
+                streamed.done = earlier.done
             self.streamed[index] = streamed
         if isinstance(item_id, str):
             self.places[item_id] = index
@@ -396,7 +346,7 @@ class ReferenceOutput:
         else:
             streamed.done = text
             name = payload.get("name")  # `function_call_arguments.done` names its call
-            if slot.kind == "function_call" and isinstance(name, str) and streamed.announced is None:
+            if slot.kind == "function_call" and type(name) is str and streamed.announced is None:
                 streamed.announced = {"type": "function_call", "name": name}
         return index
 
@@ -460,18 +410,25 @@ def listed_calls(items: list[Any], tools: Any, *, completed: bool) -> list[dict[
         if facts is None or not judge.is_clients(facts):
             continue
         kind = facts[0]
-        listed = CLIENT_CALLS[kind]
+        value = item.get(CLIENT_CALLS[kind])
+        if kind in BUILT_IN_CALLS:
+            name, arguments = kind.removesuffix("_call"), "" if value is None else _json_text(value)
+        else:
+            name, arguments = item.get("name"), value if isinstance(value, str) else ""
         cut_off = not completed and item.get("status") in ("incomplete", "in_progress")
-        calls.append(
-            {
-                "call_id": item.get("call_id"),
-                "name": listed.name(kind, item),
-                "arguments": listed.arguments(item),
-                "status": "incomplete" if cut_off else "completed",
-                "type": kind,
-            }
-        )
+        status = "incomplete" if cut_off else "completed"
+        calls.append({"call_id": item.get("call_id"), "name": name, "arguments": arguments,
+                      "status": status, "type": kind})
     return calls
+
+
+def _json_text(value: Any) -> str:
+    """An object as compact ASCII JSON with sorted keys ("" when JSON cannot hold it)."""
+    try:
+        with _room():
+            return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    except (TypeError, ValueError, RecursionError):
+        return ""
 
 
 def merged_items(sent: list[Any], streamed: list[dict[str, Any]]) -> list[Any]:

@@ -20,10 +20,11 @@ and `AttemptFeed`), which is what `run_turn` does minus the socket: steps after 
 a final state are never read (the driver would have closed the response), a script that runs out
 of steps ends with a clean end of body, and an attempt the turn makes beyond the scripts gets a
 `connect_error` (the server is unreachable). What answers each request is a `Server` (the
-session's scripts, `Session.server`; a background response in `engine.fuzz.background`), so the
-reference model (`engine.fuzz.reference`) asks the same server for the same attempts. The driver's clock is simulated (a millisecond per
-step, a stall adds its seconds), so a session plays identically every time, and a trace written
-by `run_session` replays with `engine.replay` and `streamfsm replay`.
+session's scripts, `Session.server`; a background response in `engine.fuzz.background`), and the
+reference model (`engine.fuzz.reference`) asks the same server for its own attempts. The
+driver's clock is simulated (a millisecond per step, a stall adds its seconds), so a session
+plays identically every time, and a trace written by `run_session` replays with `engine.replay`
+and `streamfsm replay`.
 
 Strategies, from the inside out (every one shrinks toward a short, readable session):
 
