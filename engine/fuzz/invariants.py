@@ -409,8 +409,9 @@ def _check_output(result: TurnResult, reference: ReferenceTurn) -> Iterator[Viol
     ids = [c.get("call_id") for c in result.tool_calls]
     want = [c["call_id"] for c in calls]
     if not equal(ids, want):
-        seen = {facts[2] for a in reference.attempts for _, facts in a.read.output.calls()}
-        ran = [i for i in ids if isinstance(i, str) and i not in want and i in seen]
+        seen = {f[2] for a in reference.attempts for _, f in a.read.output.calls()
+                if type(f[2]) is str}
+        ran = [i for i in ids if type(i) is str and i in seen and i not in want]
         yield Violation("tool_calls_once", f"tool_calls list the calls {_show(ids)}, the reference "
                         f"{_show(want)}" + (f" (the server ran {ran})" if ran else ""))
         return

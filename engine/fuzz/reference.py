@@ -461,7 +461,7 @@ class ReferenceAttempt:
         if self.ending is not None:
             return
         payload = json_value(data)
-        if not isinstance(payload, dict) or self._already_seen(payload):
+        if not isinstance(payload, dict) or (self.tracks_sequence and self._already_seen(payload)):
             return
         kind = frame_type(payload, name)
         channel = DELIVERED.get(kind)
@@ -497,7 +497,7 @@ class ReferenceAttempt:
         """"an event whose sequence_number is not above the last one seen is ignored" (a
         background response's)."""
         number = payload.get("sequence_number")
-        if not self.tracks_sequence or type(number) is not int:
+        if type(number) is not int:
             return False
         last = self.read.last_sequence
         if last is not None and number <= last:
@@ -540,7 +540,7 @@ class ReferenceAttempt:
                 self._settle()
         else:
             self._begin()
-        self._judge_again()
+        self._take_back()
 
     def _call_part(self, index: int) -> None:
         """A frame streaming part of the call at `index`: the client's unless that call is known
@@ -571,10 +571,8 @@ class ReferenceAttempt:
             read.state = State.STREAMING
 
     def _judge_again(self) -> None:
-        """Whose each call is, after something that may have changed it: calls now the
-        client's are counted (a call seen), calls now the server's are taken back ("calls the
-        server ran itself ... hold back no text"); with none of the client's left, the text held
-        back is delivered and text flows again."""
+        """A `tools` list changed whose custom tool calls are: the calls seen are judged again
+        (those now the client's are a call seen, those now the server's are taken back)."""
         read = self.read
         judge = read.output.judge
         joined = [i for i, facts in read.output.calls()
@@ -583,6 +581,14 @@ class ReferenceAttempt:
             read.client_calls.update(joined)
             self._call_seen()
             self._settle()
+        self._take_back()
+
+    def _take_back(self) -> None:
+        """Calls counted as the client's that now show they are the server's are taken back
+        ("calls the server ran itself ... hold back no text"); with none of the client's left,
+        the text held back is delivered and text flows again."""
+        read = self.read
+        judge = read.output.judge
         withdrawn = {i for i in read.client_calls
                      if (facts := read.output.facts(i)) is not None and not judge.is_clients(facts)}
         if not withdrawn:

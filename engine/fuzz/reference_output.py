@@ -359,9 +359,10 @@ class ReferenceOutput:
         return streamed.facts() if streamed is not None else None
 
     def calls(self) -> list[tuple[int, CallFacts]]:
+        """Every place that holds a call, with its facts."""
         return [
             (index, facts)
-            for index in sorted(self.streamed.keys() | self.finished.keys())
+            for index in self.streamed.keys() | self.finished.keys()
             if (facts := self.facts(index)) is not None
         ]
 
