@@ -37,6 +37,7 @@ never delivered again (`ReferenceLedger`). `reference_result` assembles the resu
 from __future__ import annotations
 
 import codecs
+import contextlib
 import email.utils
 import math
 import re
@@ -305,8 +306,8 @@ _TRY_AGAIN: Final = re.compile(r"try again in (\d+(?:\.\d+)?)\s*(ms|s|sec|second
 
 
 def demanded_wait(step: HttpError) -> float | None:
-    """"retry-after-ms wins over Retry-After (seconds or an HTTP date), which wins over 'try
-    again in N s' in the body"; None when the server said nothing usable."""
+    """"retry-after-ms wins over Retry-After (seconds or an HTTP date, from when the answer
+    came), which wins over 'try again in N s' in the body"; None when none says a usable wait."""
     for header, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
         text = step.header(header)
         if text is None:
@@ -314,7 +315,11 @@ def demanded_wait(step: HttpError) -> float | None:
         try:
             seconds = float(text) / scale
         except ValueError:
-            seconds = _until(text, step.received_at) if scale == 1.0 else math.nan
+            seconds = math.nan
+            with contextlib.suppress(TypeError, ValueError, IndexError):
+                when = email.utils.parsedate_to_datetime(text) if scale == 1.0 else None
+                if when is not None and when.tzinfo is not None and step.received_at is not None:
+                    seconds = max(0.0, when.timestamp() - step.received_at)
         if math.isfinite(seconds) and seconds >= 0:
             return seconds
     message = http_words(step)["message"]
@@ -322,16 +327,6 @@ def demanded_wait(step: HttpError) -> float | None:
     if found is None:
         return None
     return float(found.group(1)) / (1000 if found.group(2).lower() == "ms" else 1)
-
-
-def _until(http_date: str, received_at: float | None) -> float:
-    try:
-        when = email.utils.parsedate_to_datetime(http_date)
-    except (TypeError, ValueError, IndexError):
-        return math.nan
-    if received_at is None or when.tzinfo is None:
-        return math.nan
-    return max(0.0, when.timestamp() - received_at)
 
 
 def http_words(step: HttpError) -> dict[str, Any]:
