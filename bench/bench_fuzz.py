@@ -47,8 +47,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PROFILE_PARTS: dict[str, list[tuple[str, str]]] = {
     "play": [("strategies.py", "play_session")],
     "trace_write": [("recording.py", "finish")],
-    "trace_read_replay": [("invariants.py", "_check_replay"), ("invariants.py", "_replay_violations")],
-    "reference": [("invariants.py", "reference_turn")],
+    "trace_read_replay": [
+        ("invariants.py", "_check_replay"),
+        ("invariants.py", "_replay_violations"),
+        ("invariants.py", "replay_violations"),
+    ],
+    "reference": [("invariants.py", "reference_turn"), ("reference.py", "reference_turn")],
 }
 
 

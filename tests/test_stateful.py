@@ -2,7 +2,7 @@
 
 Hypothesis drives a `StreamAttempt` (the real machine, as the drivers build it) with frames,
 faults and interrupts chosen step by step, and feeds the same inputs to
-`engine.fuzz.invariants.ReferenceAttempt`, a plain re-statement of the allowed transitions. After
+`engine.fuzz.reference.ReferenceAttempt`, the contract's rules stated apart from the machine. After
 every step the two must agree on the state, the reason an attempt ended and the text delivered,
 and the machine's own records must obey the rules: only transitions of its table, one final
 state per attempt and nothing after it, at most one first delta, no answer text after a tool
@@ -19,7 +19,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from engine.fuzz.invariants import ReferenceAttempt, ReferenceLedger
+from engine.fuzz.reference import ReferenceAttempt, ReferenceLedger
 from machines.records import (
     Effect,
     EndOfStream,
@@ -30,6 +30,7 @@ from machines.records import (
     Stall,
     Transition,
     TransportFault,
+    TurnPolicy,
 )
 from machines.stream_attempt import FINAL, TABLE, DeliveryLedger, StreamAttempt
 
@@ -81,8 +82,8 @@ class StreamAttemptAgainstReference(RuleBasedStateMachine):
             hands_over_to_fallback=self.hands_over, retry_failed_codes=self.retry_codes,
         )
         self.model = ReferenceAttempt(
-            self.number, "stream", hands_over=self.hands_over, retry_codes=self.retry_codes,
-            ledger=self.reference_ledger,
+            self.number, "stream", hands_over=self.hands_over, ledger=self.reference_ledger,
+            policy=TurnPolicy(retry_failed_codes=self.retry_codes),
         )
         self.tool_seen_at = None
         self.ended_with = None
@@ -197,7 +198,7 @@ class StreamAttemptAgainstReference(RuleBasedStateMachine):
     def same_state_as_the_reference(self) -> None:
         assert self.machine.state == self.model.state
         if self.model.state in FINAL:
-            assert self.machine.reason == self.model.reason
+            assert self.machine.reason == str(self.model.reason)
 
     @invariant()
     def same_text_delivered_as_the_reference(self) -> None:

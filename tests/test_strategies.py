@@ -205,7 +205,7 @@ def _classes(session: Session) -> set[str]:
     """The failure classes a session holds: fields of another JSON type (by the type they got),
     values nested hundreds of levels deep (and in which frame), an event over the policy's
     `max_event_bytes`, tool calls of every kind, secrets echoed."""
-    from engine.fuzz.invariants import oversized_event, reference_events
+    from engine.fuzz.reference import oversized_event, reference_events
     from engine.fuzz.reference_output import is_json, json_value
     from engine.fuzz.strategies import CLIENT_KEY, SESSION_TOKEN, SHAPED_KEY
     from machines.json_text import nests_deeper_than

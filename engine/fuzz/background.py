@@ -5,49 +5,47 @@ Theory of operation
 
 A *background session* is one background response (`background: true`) as a server holds it,
 its events numbered by `sequence_number`, and the story of one turn that reads it: the first
-request's stream breaks after some events (a drop, an end without a terminal event, a silence
-longer than the idle timeout, a read timeout), and every resume the turn then sends is answered
-by a `ResumePlan`: refused with an HTTP status, or the events after the resume point, starting
-with some events the client already has (an overlap) and possibly sending one event twice, cut
-again after some events or sent to the end. Any other request (a new POST after a refused resume,
-the fallback) gets the whole response again.
+request's stream breaks after some events (`BREAKS`: a drop, an end without a terminal event, a
+silence longer than the idle timeout, a read timeout, an interrupt), and every resume the turn
+then sends is answered by a `ResumePlan`: refused with an HTTP status, or the events after the
+resume point, starting with some events the client already has (an overlap) and possibly sending
+one event twice, cut again after some events or sent to the end. Any other request (a new POST
+after a refused resume, the fallback) gets the whole response again.
 
-Unlike `engine.fuzz.strategies.Session`, what a resume receives depends on where the turn
-says it stopped (the resume point, known only while playing), so `play_background` builds each
-attempt's bytes when the turn opens the attempt, from the attempt's kind and resume point, cut
-into reads at the session's cut points. It plays through the real sans-I/O loop
-(`TurnRecording`), like `run_session`, with a simulated clock; the trace it writes replays with
-`engine.replay`.
+What a resume receives depends on where the turn says it stopped, so a background session
+answers as a `Server` (`BackgroundSession.answers()`) that builds each attempt's reads from its
+kind and resume point. The turn plays through the real sans-I/O loop
+(`engine.fuzz.strategies.play_server`) and the reference model (`engine.fuzz.reference`, for a
+background request) asks its own server the same way.
 
-`check_background` states what must hold, from the session alone (a reference, not the machines'
-own bookkeeping):
-
-- the turn never raises, and its trace replays identically;
-- every stream attempt after a byte-stream fault is a resume exactly when the policy resumes,
-  the broken chain of attempts received `response.created` with the response id, and a stream
-  retry is left; its resume point is the response id and the highest sequence number received;
-- nothing reaches the user twice or out of order: the delivered text is a prefix of the
-  response's text, and all of it when the turn completes (so do `output_text`);
-- a refused resume is never followed by another resume of the same chain;
-- stream and resume attempts together stay within `1 + max_stream_retries`;
-- an interrupted turn whose response id is known cancels that response, once; no other turn
-  cancels anything.
+`check_background` holds the turn to every rule of `engine.fuzz.invariants.turn_violations`
+(attempts and reasons as the reference says, delivery, output, error words) and to the rules of
+resuming (`RESUME_RULES`): each attempt asks for what the reference asks (kind and resume point:
+the response id and the highest sequence number received); the text delivered is a prefix of
+the response's text, all of it when the turn completes; an interrupted turn whose response id
+is known cancels it, once, and nothing else is cancelled; the trace replays identically.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import attrs
-import orjson
 from hypothesis import strategies as st
 
 from engine.drivers.recording import TurnRecording
-from engine.drivers.sse import SseDecoder
-from engine.log.eventlog import Callbacks, InputRecord
+from engine.fuzz.invariants import (
+    CallbackLog,
+    InvariantViolation,
+    Violation,
+    replay_violations,
+    turn_violations,
+)
+from engine.fuzz.reference import play_turn
+from engine.fuzz.strategies import Server, Step, play_server
+from engine.log.eventlog import Callbacks
 from engine.simulator.shapes import (
-    RESPONSE_ID,
     assemble,
     completed,
     created,
@@ -59,22 +57,25 @@ from engine.simulator.shapes import (
     text_message,
 )
 from machines.records import (
+    AttemptKind,
     Chunk,
     Effect,
     EndOfStream,
+    Fault,
     HttpError,
-    IdleTimeout,
+    InputKind,
     Interrupt,
-    ReasonCode,
-    StreamInput,
+    Stall,
     TransportFault,
     TurnPolicy,
     TurnResult,
 )
 
 __all__ = [
-    "BackgroundSession",
+    "BREAKS",
     "BACKGROUND_REQUEST",
+    "RESUME_RULES",
+    "BackgroundSession",
     "ResumePlan",
     "background_sessions",
     "check_background",
@@ -85,16 +86,29 @@ __all__ = [
 BACKGROUND_REQUEST: Final = {"model": "streamfsm-fuzz", "input": "generated", "background": True}
 
 #: How a stream breaks: the input the driver would observe.
-Break = Literal["drop", "read_timeout", "eof", "idle_timeout", "interrupt"]
-BREAKS: Final[tuple[Break, ...]] = ("drop", "eof", "idle_timeout", "read_timeout", "interrupt")
+Break = Fault | InputKind
+BREAKS: Final[tuple[Break, ...]] = (
+    Fault.DROP, InputKind.EOF, InputKind.IDLE_TIMEOUT, Fault.READ_TIMEOUT, InputKind.INTERRUPT
+)
+
+#: What a request asked for: its kind and, for a resume, the response id and sequence number.
+Asked = tuple[AttemptKind, "tuple[str, int] | None"]
 
 #: The statuses a resume may be refused with (404: gone; 400: cancelled elsewhere; 409 and 429
 #: are worth the same resume again while the HTTP budget lasts).
 REFUSALS: Final = (404, 400, 410, 409, 429)
 
-#: Seconds the simulated clock advances per read; an idle timeout takes the policy's seconds.
-STEP_S: Final = 0.001
+#: Seconds of silence that end an attempt (the policy's idle timeout).
 IDLE_S: Final = 1.0
+
+RESUME_RULES: Final[dict[str, str]] = {
+    "resumes_as_reference": "every attempt asks for what the reference model asks: its kind and, "
+    "for a resume, the response id and the highest sequence number received",
+    "text_of_the_response": "the text delivered is a prefix of the response's text, and all of "
+    "it (and output_text) when the turn completes",
+    "cancels_once": "an interrupted turn whose response id is known cancels it once; nothing "
+    "else is cancelled",
+}
 
 
 @attrs.frozen(slots=True)
@@ -108,7 +122,7 @@ class ResumePlan:
     overlap: int = 0
     duplicate: int | None = None
     cut: int | None = None
-    ending: Break = "drop"
+    ending: Break = Fault.DROP
 
 
 @attrs.frozen(slots=True)
@@ -142,208 +156,116 @@ class BackgroundSession:
         lines.append(f"cuts: {self.cuts}")
         return "\n".join(lines)
 
+    def answers(self, asked: list[Asked] | None = None) -> Server:
+        """The server of one turn over this response (it counts the resumes it answered); each
+        request is noted in `asked` (kind, resume point)."""
+        resumes = 0
 
-# --------------------------------------------------------------------------------------------
-# Playing
+        def server(number: int, kind: AttemptKind, point: tuple[str, int] | None) -> list[Step]:
+            nonlocal resumes
+            if asked is not None:
+                asked.append((kind, point))
+            if kind == "resume" and point is not None:
+                plan = self.resumes[resumes] if resumes < len(self.resumes) else ResumePlan()
+                resumes += 1
+                return self._resumed(plan, point[1])
+            if number == 1:
+                return self._steps(list(self.events[: self.first_cut]), self.first_ending)
+            return self._steps(list(self.events), None)
 
+        return server
 
-def _ending_input(ending: Break, policy: TurnPolicy) -> StreamInput:
-    if ending == "eof":
-        return EndOfStream()
-    if ending == "interrupt":
-        return Interrupt()
-    if ending == "idle_timeout":
-        return IdleTimeout(policy.idle_timeout_s or IDLE_S)
-    return TransportFault(ending)
-
-
-def _body(events: list[dict[str, Any]]) -> bytes:
-    return b"".join(encode_part(e) for e in events)
-
-
-def _reads(body: bytes, cuts: tuple[int, ...]) -> list[bytes]:
-    if not body:
-        return []
-    points = sorted({c % len(body) for c in cuts} - {0})
-    edges = [0, *points, len(body)]
-    return [body[a:b] for a, b in zip(edges, edges[1:])]
-
-
-def _answer_for(
-    session: BackgroundSession, kind: str, point: tuple[str, int] | None, resume_index: int,
-    first: bool,
-) -> tuple[list[dict[str, Any]] | HttpError, StreamInput]:
-    """What the server sends for an attempt: events and how the body ends, or a refusal."""
-    events = list(session.events)
-    if kind == "resume" and point is not None:
-        plan = session.resumes[resume_index] if resume_index < len(session.resumes) else ResumePlan()
+    def _resumed(self, plan: ResumePlan, last: int) -> list[Step]:
         if plan.refused is not None:
             body = {"error": {"message": "resume refused", "type": "invalid_request_error",
                               "param": None, "code": None}}
-            return HttpError(plan.refused, body), EndOfStream()
-        last = point[1]
-        numbered = [(e, _seq(e)) for e in events]
+            return [HttpError(plan.refused, body)]
+        numbered = [(e, _sequence(e)) for e in self.events]
         seen = [e for e, n in numbered if n is not None and n <= last]
         rest = [e for e, n in numbered if n is None or n > last]
-        sent = [*seen[len(seen) - min(plan.overlap, len(seen)):], *rest]
+        sent = [*seen[len(seen) - min(plan.overlap, len(seen)) :], *rest]
         if plan.duplicate is not None and sent:
             at = plan.duplicate % len(sent)
             sent.insert(at, sent[at])
         if plan.cut is None:
-            return sent, EndOfStream()
-        return sent[: plan.cut], _ending_input(plan.ending, session.policy)
-    if first:
-        return events[: session.first_cut], _ending_input(session.first_ending, session.policy)
-    return events, EndOfStream()
+            return self._steps(sent, None)
+        return self._steps(sent[: plan.cut], plan.ending)
+
+    def _steps(self, events: list[dict[str, Any]], ending: Break | None) -> list[Step]:
+        """The events as reads cut at the session's cut points, then how the body ends."""
+        body = b"".join(encode_part(e) for e in events)
+        points = sorted({c % len(body) for c in self.cuts} - {0}) if body else []
+        edges = [0, *points, len(body)]
+        steps: list[Step] = [Chunk(body[a:b]) for a, b in zip(edges, edges[1:]) if b > a]
+        steps.append(_break_step(ending, self.policy))
+        return steps
 
 
-def _seq(event: dict[str, Any]) -> int | None:
+def _break_step(ending: Break | None, policy: TurnPolicy) -> Step:
+    if ending is None or ending == InputKind.EOF:
+        return EndOfStream()
+    if ending == InputKind.INTERRUPT:
+        return Interrupt()
+    if ending == InputKind.IDLE_TIMEOUT:
+        return Stall(policy.idle_timeout_s or IDLE_S)
+    return TransportFault(Fault(ending))
+
+
+def _sequence(event: dict[str, Any]) -> int | None:
     number = event.get("sequence_number")
     return number if type(number) is int else None
 
 
+# --------------------------------------------------------------------------------------------
+# Playing and checking
+
+
 def play_background(
-    session: BackgroundSession, callbacks: Callbacks | None = None, *, seed: int = 0
+    session: BackgroundSession,
+    callbacks: Callbacks | None = None,
+    *,
+    seed: int = 0,
+    asked: list[Asked] | None = None,
 ) -> TurnRecording:
     """Play `session` through a fresh `TurnRecording` (a background request); return it with
     the turn finished. Call `.finish(trace)` for the result and the trace."""
     recording = TurnRecording(session.policy, callbacks, entry="run_turn",
                               request=dict(BACKGROUND_REQUEST), seed=seed)
-    clock = 0.0
-    resumes = 0
-    for feed in recording.attempts():
-        answer, ending = _answer_for(
-            session, feed.kind, feed.resume_point, resumes, first=feed.number == 1
-        )
-        if feed.kind == "resume":
-            resumes += 1
-        clock = round(clock + STEP_S, 6)
-        if isinstance(answer, HttpError):
-            feed.fail(answer, clock)
-            continue
-        for read in _reads(_body(answer), session.cuts):
-            clock = round(clock + STEP_S, 6)
-            if feed.chunk(read, clock):
-                break
-        if not feed.final:
-            if isinstance(ending, IdleTimeout):
-                clock = round(clock + ending.seconds, 6)
-            feed.fail(ending, round(clock + STEP_S, 6))
+    play_server(recording, session.answers(asked))
     return recording
-
-
-# --------------------------------------------------------------------------------------------
-# What must hold
-
-
-class BackgroundRuleBroken(AssertionError):
-    """A rule of resuming did not hold for a session (the message names the rule)."""
-
-
-def _require(condition: bool, rule: str, session: BackgroundSession, detail: str = "") -> None:
-    if not condition:
-        raise BackgroundRuleBroken(f"{rule}{': ' + detail if detail else ''}\n{session.describe()}")
 
 
 def check_background(
     session: BackgroundSession, trace: str | os.PathLike[str] | None = None
 ) -> TurnResult:
-    """Play `session` and check every rule of resuming (module docstring); returns the result.
-    With `trace`, the trace is written there and must replay identically."""
-    delivered: list[str] = []
-    recording = play_background(session, Callbacks(on_text_delta=delivered.append))
+    """Play `session` and check every rule (module docstring); returns the result, or raises
+    `InvariantViolation`. With `trace`, the trace is written there and must replay identically."""
+    calls = CallbackLog(None)
+    asked: list[Asked] = []
+    recording = play_background(session, calls.callbacks(), asked=asked)
     result = recording.finish(trace)
-    turn = recording.turn
-    attempts = turn.attempts
-    policy = session.policy
-    text = "".join(delivered)
-    full = session.text
-
-    _require(full.startswith(text), "delivered text is a prefix of the response's text",
-             session, f"{text!r}")
-    if result.outcome == "completed":
-        _require(text == full, "a completed turn delivered the whole text", session, f"{text!r}")
-        _require(result.output_text == full, "output_text of a completed turn", session,
-                 f"{result.output_text!r}")
-    tries = [
-        a for i, a in enumerate(attempts)
-        if a.kind in ("stream", "resume") and not (i and _ended_for_http_retry(attempts[i - 1]))
-    ]
-    _require(len(tries) <= 1 + policy.max_stream_retries, "stream tries within the budget",
-             session, f"{[(a.kind, a.reason) for a in attempts]}")
-
-    # the reference: per chain of attempts on one response, the id and the last sequence number
-    known_id: str | None = None
-    last: int | None = None
-    for index, attempt in enumerate(attempts):
-        if attempt.kind != "resume":
-            known_id, last = None, None
-        else:
-            _require(attempt.resume_point == (known_id, last), "resume point", session,
-                     f"attempt {attempt.number}: {attempt.resume_point} != {(known_id, last)}")
-        known_id, last = _received(recording, attempt.number, known_id, last)
-        if index + 1 == len(attempts):
-            break
-        following = attempts[index + 1]
-        ending = attempt.ending
-        assert ending is not None
-        broke = ending.trigger in ("drop", "eof", "idle_timeout", "read_timeout")
-        if following.kind == "fallback" or ending.retry == "http":
-            continue
-        should_resume = broke and policy.resume and known_id is not None and last is not None
-        _require((following.kind == "resume") == should_resume, "resume exactly when resumable",
-                 session, f"attempt {following.number} is {following.kind} after "
-                 f"{ending.trigger} with id={known_id} last={last}")
-        if ending.reason.code is ReasonCode.RESUME_REFUSED:
-            _require(following.kind != "resume", "no resume after a refusal", session)
-
-    cancels = [d.data for d in recording.log.records
-               if isinstance(d, Effect) and d.kind == "cancel"]
-    if result.outcome == "interrupted" and known_id is not None:
-        _require(cancels == [known_id], "an interrupt cancels the known response once", session,
-                 f"{cancels}")
-    else:
-        _require(cancels == [], "nothing is cancelled unless interrupted", session, f"{cancels}")
+    expected: list[Asked] = []
+    reference = play_turn(session.policy, session.answers(expected), background=True)
+    found = turn_violations(result, recording.log.records, calls.calls, reference)
+    if asked != expected:
+        found.append(Violation("resumes_as_reference", f"asked {asked}, the reference {expected}"))
+    text = "".join(t or "" for name, t in calls.calls if name == "text_delta")
+    whole = session.text
+    completed = result.outcome == "completed"
+    if not whole.startswith(text) or (completed and whole not in (text, result.output_text)):
+        found.append(Violation("text_of_the_response", f"delivered {text!r}, output_text "
+                               f"{result.output_text!r} of the response's {whole!r}"))
+    records = recording.log.records
+    cancels = [r.data for r in records if isinstance(r, Effect) and r.kind == "cancel"]
+    known = reference.last.read.response_id
+    due = [known] if reference.outcome == "interrupted" and known is not None else []
+    if cancels != due:
+        found.append(Violation("cancels_once", f"cancelled {cancels}, the reference {due}"))
     if trace is not None:
-        from engine.drivers.replay import replay
-
-        report = replay(trace)
-        _require(report.identical, "the trace replays identically", session,
-                 str(report.divergence))
+        found += replay_violations(os.fspath(trace), len(recording.log.records))[0]
+    if found:
+        raise InvariantViolation(found, session)
     return result
-
-
-def _ended_for_http_retry(attempt: Any) -> bool:
-    return attempt.ending is not None and attempt.ending.retry == "http"
-
-
-def _received(
-    recording: TurnRecording, number: int, known_id: str | None, last: int | None
-) -> tuple[str | None, int | None]:
-    """The response id and highest sequence number known after attempt `number`, from the bytes
-    it received (decoded again here) and what the chain knew before it."""
-    decoder = SseDecoder()
-    for record in recording.log.records:
-        if not isinstance(record, InputRecord) or record.attempt != number:
-            continue
-        if not isinstance(record.input, Chunk):
-            continue
-        for event in decoder.feed(record.input.data):
-            try:
-                payload = orjson.loads(event.data)
-            except orjson.JSONDecodeError:
-                continue
-            if not isinstance(payload, dict):
-                continue
-            if known_id is None and payload.get("type") in ("response.created", "response.in_progress"):
-                response = payload.get("response")
-                rid = response.get("id") if isinstance(response, dict) else None
-                if type(rid) is str and rid:
-                    known_id = rid
-            number_seen = _seq(payload)
-            if number_seen is not None and (last is None or number_seen > last):
-                last = number_seen
-    return known_id, last
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,58 +1,53 @@
-"""The reference model's account of one attempt's output: where each frame lands, what each output
-item holds, and what a turn result makes of them (`output_text`, `tool_calls`).
+"""The reference model's output rules: whose each call is, where each frame's content lands, and
+what a turn result makes of it (`output_text`, `tool_calls`).
 
 Theory of operation
 ===================
 
-`engine.fuzz.invariants` re-states the machines from the contract to check them. This module
-is the part of that re-statement that follows output items, written from the rules
-`machines.output` documents, apart from its code (only the classification of calls is shared:
-`CLIENT_CALL_TYPES`, `HOSTED_CALL_TYPES`, `is_client_call`, `output_key`,
-`declared_custom_tools`, which are data the contract's `tool_calls` row describes):
+Part of `engine.fuzz.reference`, stated from the contract and the theory of operation
+`machines/output.py` documents, with nothing imported from the machines:
 
-Placement. A frame lands at its `output_index` when that is a JSON integer. Otherwise at the
-item its `item_id` names (for `output_item.*` frames without one: their item's `id`), once that
-id is known; otherwise, a frame that has a `delta` and no id continues the newest item; anything
-else opens a new item after the last one. An id becomes known where its item is announced,
-finished or first streamed (the announcement and the finish win).
+Whose call (CONTRACT v2, `tool_calls` row): `CLIENT_CALLS` may have to be executed by the client.
+A function call is always the client's; a custom tool call is the server's when the response's
+`tools` name tools but no `custom` tool of its name; a built-in call (`BUILT_IN_CALLS`) is the
+server's when its output item (`<type>_output`, same call_id) is in the same response.
 
-Items. `output_item.added` announces an item: its kind is its `type` when that is a non-empty
-string, a message when the type is missing or empty, and no kind the machines know otherwise;
-whatever frames at that place streamed before it is kept. `output_item.done` makes the server's
-item the one listed. Text deltas and `output_text.done` fill a message's content parts (a part
-index that is not an integer counts as 0; `done` replaces the part), argument deltas and
-`arguments.done` a function call's arguments, custom-tool-input frames a custom tool call's
-input, shell-command frames a shell call's commands. An item never finished is rebuilt from what
-streamed: calls with what their frames said, `incomplete` unless finished (arguments or input
-`done`) or the response completed; a message with its parts; an item of another kind as
-announced.
+Placement. A frame lands at its `output_index` when that is a JSON integer; else at the item its
+`item_id` names (an `output_item.*` frame: its item's `id`), once known; else a frame with a
+`delta` and no id continues the newest item, and anything else opens a new one. An id becomes
+known where its item is announced, finished or first streamed (announcement and finish win).
 
-Results. `output_text` joins the `output_text` parts of the `message` items (content that is not
-a list holds none). `tool_calls` lists the client's calls among the items, judged with the
-`tools` the response declares and the output items among the items; with a terminal response
-whose output is a non-empty list, that output plus every streamed call it left out (by call_id)
-and every streamed output item.
+Items. `output_item.added` announces an item (its kind: a non-empty string `type`; a message when
+the type is missing or empty), keeping what frames streamed there before; `output_item.done`
+makes the server's item the one listed. Content frames fill their `Slot`. An item never finished
+is rebuilt from what streamed: a call `incomplete` unless finished (its arguments or input
+`done`) or the response completed, a message with its parts, another kind as announced.
+
+Results. `output_text` joins the `output_text` parts of the `message` items; `tool_calls` lists
+the client's calls among them (judged with the response's `tools` and the output items among
+them); a terminal response's non-empty output is completed by every streamed call it left out
+and every streamed output item. Server JSON is read nested at most `MAX_JSON_DEPTH` deep.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from typing import Any, Final
+import sys
+import threading
+from typing import Any, Final, Iterator, Literal
 
-from machines.json_text import recursion_room
-from machines.output import (
-    CLIENT_CALL_TYPES,
-    HOSTED_CALL_TYPES,
-    OUTPUT_ITEM_TYPES,
-    declared_custom_tools,
-    is_client_call,
-    output_key,
-)
+import attrs
+import orjson
 
 __all__ = [
+    "BUILT_IN_CALLS",
+    "CLIENT_CALLS",
     "MAX_JSON_DEPTH",
+    "CallJudge",
     "ReferenceOutput",
+    "Slot",
     "is_json",
     "join_text",
     "json_value",
@@ -60,66 +55,158 @@ __all__ = [
     "merged_items",
 ]
 
-#: JSON nested deeper than this is not read (orjson's limit; the fallback reader keeps it).
+# --------------------------------------------------------------------------------------------
+# JSON as the contract reads server data
+
+#: JSON nested deeper than this is no JSON (orjson's own limit, kept at any recursion limit).
 MAX_JSON_DEPTH: Final = 1024
 
-CallFacts = tuple[str, Any, Any]
-
-
-# --------------------------------------------------------------------------------------------
-# JSON as the machines read it
-
-
 _TOKENS: Final = re.compile(r'\\.|["\[\]{}]', re.DOTALL)
-
-
-def _depth(text: str) -> int:
-    """How deeply `text` nests lists and objects (brackets inside strings do not count)."""
-    depth = deepest = 0
-    inside = False
-    for token in _TOKENS.findall(text):
-        if token == '"':
-            inside = not inside
-        elif inside or len(token) == 2:
-            continue  # an escape, or a bracket inside a string
-        elif token in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        else:
-            depth -= 1
-    return deepest
-
-
+_ROOM: Final = threading.Lock()
 _NOT_JSON: Final = object()
 
 
-def json_value(data: str) -> Any:
-    """The JSON value `data` holds, or `_NOT_JSON`: any JSON text (numbers beyond a double,
-    escaped lone surrogates, NaN and Infinity included) nested at most `MAX_JSON_DEPTH` deep."""
-    import orjson
+@contextlib.contextmanager
+def _room() -> Iterator[None]:
+    """Recursion room for `MAX_JSON_DEPTH` levels and some, whatever the stack's depth."""
+    with _ROOM:
+        before = sys.getrecursionlimit()
+        sys.setrecursionlimit(before + MAX_JSON_DEPTH + 100)
+        try:
+            yield
+        finally:
+            sys.setrecursionlimit(before)
 
+
+def _too_deep(text: str) -> bool:
+    """Lists and objects nest deeper than `MAX_JSON_DEPTH` (brackets in strings do not count)."""
+    depth, inside = 0, False
+    for token in _TOKENS.findall(text):
+        if token == '"':
+            inside = not inside
+        elif not inside and len(token) == 1:
+            depth += 1 if token in "[{" else -1
+            if depth > MAX_JSON_DEPTH:
+                return True
+    return False
+
+
+def json_value(data: str) -> Any:
+    """The JSON value `data` holds, or a marker `is_json` refuses."""
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
-        pass
-    if _depth(data) > MAX_JSON_DEPTH:
-        return _NOT_JSON
+        if _too_deep(data):
+            return _NOT_JSON
     try:
-        with recursion_room(MAX_JSON_DEPTH + 100):
+        with _room():
             return json.loads(data)
     except ValueError:
         return _NOT_JSON
 
 
 def is_json(value: Any) -> bool:
+    """`value` came from JSON text (`json_value` read it)."""
     return value is not _NOT_JSON
 
 
 # --------------------------------------------------------------------------------------------
-# Output items
+# Whose call it is (CONTRACT v2, `tool_calls`)
+
+#: "Every call the client must execute is listed, in output order: function_call;
+#: custom_tool_call (arguments = its raw input string); local_shell_call, shell_call,
+#: apply_patch_call (name = the item type without _call, arguments = the item's action or
+#: operation as a JSON string)": each type with the field its `arguments` come from.
+CLIENT_CALLS: Final[dict[str, str]] = {
+    "function_call": "arguments",
+    "custom_tool_call": "input",
+    "local_shell_call": "action",
+    "shell_call": "action",
+    "apply_patch_call": "operation",
+}
+#: The built-in calls: listed by type with JSON arguments, and the server's "whose output item
+#: (<type>_output, same call_id) is in the same response".
+BUILT_IN_CALLS: Final = frozenset({"local_shell_call", "shell_call", "apply_patch_call"})
+_OUTPUT_OF: Final = {f"{kind}_output": kind for kind in BUILT_IN_CALLS}
+
+#: What decides whose a call is: its type, name and call_id.
+CallFacts = tuple[str, Any, Any]
 
 
-def _part_index(value: Any) -> int:
+def call_facts(item: dict[str, Any]) -> CallFacts | None:
+    kind = item.get("type")
+    if isinstance(kind, str) and kind in CLIENT_CALLS:
+        return kind, item.get("name"), item.get("call_id")
+    return None
+
+
+def custom_tools_declared(tools: Any) -> frozenset[str] | None:
+    """The `custom` tools a `tools` list declares, or None when it names no tool at all (then
+    no custom tool call can be ruled out): "a custom_tool_call whose name the response's tools
+    list does not declare as a custom tool while that list names other tools"."""
+    named = [t for t in tools if isinstance(t, dict)] if isinstance(tools, list) else []
+    if not named:
+        return None
+    return frozenset(
+        t["name"] for t in named if t.get("type") == "custom" and isinstance(t.get("name"), str)
+    )
+
+
+def _ran(item: dict[str, Any]) -> tuple[str, str] | None:
+    """(call type, call_id) of the call an output item reports as run (a
+    `local_shell_call_output` names its call by `id`), or None."""
+    kind = item.get("type")
+    ran = _OUTPUT_OF.get(kind) if isinstance(kind, str) else None
+    call_id = item.get("call_id") if isinstance(item.get("call_id"), str) else item.get("id")
+    return (ran, call_id) if ran is not None and isinstance(call_id, str) else None
+
+
+@attrs.define(slots=True)
+class CallJudge:
+    """What is known of a response that decides whose its calls are: the custom tools its
+    `tools` declare (None: none named) and the calls its output items report as run."""
+
+    custom_tools: frozenset[str] | None = None
+    ran: set[tuple[str, str]] = attrs.Factory(set)
+
+    def is_clients(self, facts: CallFacts) -> bool:
+        kind, name, call_id = facts
+        if kind == "custom_tool_call":
+            tools = self.custom_tools
+            return tools is None or not isinstance(name, str) or name in tools
+        if kind in BUILT_IN_CALLS:
+            return not (isinstance(call_id, str) and (kind, call_id) in self.ran)
+        return kind == "function_call"
+
+    def note(self, item: dict[str, Any]) -> None:
+        """An item of the response: an output item shows its call ran on the server."""
+        if (ran := _ran(item)) is not None:
+            self.ran.add(ran)
+
+
+# --------------------------------------------------------------------------------------------
+# Where content lands
+
+Mode = Literal["append", "replace", "done"]
+#: What a frame does when its field is not a string: lands nowhere ("skip"), lands "" as a
+#: string would ("empty"), or only takes its place (`touch`: "" appended).
+OtherType = Literal["skip", "empty", "touch"]
+
+
+@attrs.frozen(slots=True)
+class Slot:
+    """Where one kind of frame keeps its content: the kind of item it streams, the payload field
+    holding the text, the part index field (if parts), and how the text lands (`done`: the full
+    value, which finishes a call's arguments or input)."""
+
+    kind: str
+    field: str
+    mode: Mode
+    other: OtherType = "skip"
+    part: str | None = None
+
+
+def _part(value: Any) -> int:
     return value if type(value) is int else 0
 
 
@@ -133,23 +220,19 @@ def _kind_of(item: dict[str, Any]) -> str:
 class _Streamed:
     """What one place of the output accumulated from the frames that landed there."""
 
-    def __init__(self, kind: str, item_id: str | None, announced: dict[str, Any] | None) -> None:
-        self.kind = kind
-        self.item_id = item_id
-        self.announced = announced
-        self.parts: dict[int, str] = {}
-        self.arguments = ""
-        self.arguments_done: str | None = None
-        self.commands: dict[int, str] = {}
+    __slots__ = ("kind", "item_id", "announced", "parts", "text", "done")
 
-    def carry(self, earlier: _Streamed) -> None:
-        self.parts = earlier.parts
-        self.arguments = earlier.arguments
-        self.arguments_done = earlier.arguments_done
-        self.commands = earlier.commands
+    def __init__(self, kind: str, item_id: Any, announced: dict[str, Any] | None) -> None:
+        self.kind = kind
+        self.item_id = item_id if isinstance(item_id, str) else None
+        self.announced = announced
+        #: by the part index field (`content_index`: message parts, `command_index`: commands)
+        self.parts: dict[str, dict[int, str]] = {}
+        self.text = ""  # a call's streamed arguments or input
+        self.done: str | None = None  # ... and its full value
 
     def facts(self) -> CallFacts | None:
-        if self.kind not in CLIENT_CALL_TYPES:
+        if self.kind not in CLIENT_CALLS:
             return None
         announced = self.announced or {}
         return self.kind, announced.get("name"), announced.get("call_id")
@@ -157,60 +240,51 @@ class _Streamed:
     def rebuilt(self, status: str) -> dict[str, Any]:
         item = dict(self.announced) if self.announced else {}
         kind = self.kind
-        if kind in ("function_call", "custom_tool_call"):
-            item.setdefault("type", kind)
-            self._identify(item)
-            finished = self.arguments_done is not None
-            field = "arguments" if kind == "function_call" else "input"
-            item[field] = self.arguments_done if finished else self.arguments
-            item["status"] = "completed" if finished else status
-        elif kind in HOSTED_CALL_TYPES:
-            item.setdefault("type", kind)
-            self._identify(item)
-            if self.commands:
-                action = item.get("action")
-                item["action"] = {
-                    **(action if isinstance(action, dict) else {}),
-                    "commands": [self.commands[i] for i in sorted(self.commands)],
-                }
-            item["status"] = status
-        elif kind == "reasoning":
-            item.setdefault("type", kind)
-            self._identify(item)
-        elif kind != "message" and item:
-            if "status" in item:  # an item of another kind, as announced
+        if kind not in CLIENT_CALLS and kind not in ("message", "reasoning"):
+            if item and "status" in item:  # an item of another kind, as announced
                 item["status"] = status
-        else:
-            item.setdefault("type", "message")
-            self._identify(item)
-            item.setdefault("role", "assistant")
-            item["status"] = status
-            item["content"] = [
-                {"type": "output_text", "text": self.parts[i], "annotations": []}
-                for i in sorted(self.parts)
-            ]
-        return item
-
-    def _identify(self, item: dict[str, Any]) -> None:
+            if item:
+                return item
+            kind = "message"
+        item.setdefault("type", kind)
         if self.item_id is not None:
             item.setdefault("id", self.item_id)
+        if kind == "reasoning":
+            return item
+        item["status"] = status
+        if kind == "message":
+            item.setdefault("role", "assistant")
+            parts = self.parts.get("content_index", {})
+            item["content"] = [
+                {"type": "output_text", "text": parts[i], "annotations": []} for i in sorted(parts)
+            ]
+        elif kind in ("function_call", "custom_tool_call"):
+            item[CLIENT_CALLS[kind]] = self.text if self.done is None else self.done
+            if self.done is not None:
+                item["status"] = "completed"
+        elif commands := self.parts.get("command_index"):
+            action = item.get("action")
+            item["action"] = {
+                **(action if isinstance(action, dict) else {}),
+                "commands": [commands[i] for i in sorted(commands)],
+            }
+        return item
 
 
 class ReferenceOutput:
-    """One attempt's output items, by place (see the module's theory of operation)."""
+    """One response's output items, by place (see the module's theory of operation)."""
 
     def __init__(self) -> None:
         self.streamed: dict[int, _Streamed] = {}
         self.finished: dict[int, dict[str, Any]] = {}
         self.places: dict[str, int] = {}  # item id -> place
         self.end = 0  # one after the last place taken
-        self.outputs: set[tuple[str, str]] = set()
+        self.judge = CallJudge()
 
     @property
     def empty(self) -> bool:
         return not self.streamed and not self.finished
 
-    # -- where a frame lands -----------------------------------------------------------------
     def place(self, payload: dict[str, Any]) -> int:
         index = payload.get("output_index")
         if type(index) is int:
@@ -230,114 +304,85 @@ class ReferenceOutput:
             self.places[item_id] = index
         return index
 
-    def _at(self, index: int, kind: str, payload: dict[str, Any]) -> _Streamed:
-        streamed = self.streamed.get(index)
-        if streamed is None:
-            item_id = payload.get("item_id")
-            streamed = _Streamed(kind, item_id if isinstance(item_id, str) else None, None)
+    def item(self, payload: dict[str, Any], item: dict[str, Any], *, done: bool) -> int:
+        """`output_item.added` (an announcement) or `.done` (the server's item): its place."""
+        index = self.place(payload)
+        item_id = item.get("id")
+        if done:
+            self.finished[index] = item
+        else:
+            streamed = _Streamed(_kind_of(item), item_id, item)
+            earlier = self.streamed.get(index)
+            if earlier is not None:  # frames that raced ahead of the announcement are kept
+                streamed.parts, streamed.text = earlier.parts, earlier.text
+                streamed.done = earlier.done
             self.streamed[index] = streamed
-            if streamed.item_id is not None:
-                self.places.setdefault(streamed.item_id, index)
-        return streamed
-
-    # -- frames ------------------------------------------------------------------------------
-    def announce(self, payload: dict[str, Any], item: dict[str, Any]) -> int:
-        index = self.place(payload)
-        item_id = item.get("id")
-        streamed = _Streamed(_kind_of(item), item_id if isinstance(item_id, str) else None, item)
-        earlier = self.streamed.get(index)
-        if earlier is not None:
-            streamed.carry(earlier)
-        self.streamed[index] = streamed
-        if streamed.item_id is not None:
-            self.places[streamed.item_id] = index
-        self._note(item)
-        return index
-
-    def finish(self, payload: dict[str, Any], item: dict[str, Any]) -> int:
-        index = self.place(payload)
-        self.finished[index] = item
-        item_id = item.get("id")
         if isinstance(item_id, str):
             self.places[item_id] = index
-        self._note(item)
+        self.judge.note(item)
         return index
 
-    def _note(self, item: dict[str, Any]) -> None:
-        key = output_key(item)
-        if key is not None:
-            self.outputs.add(key)
-
-    def text(self, payload: dict[str, Any], text: str, *, replace: bool) -> None:
-        streamed = self._at(self.place(payload), "message", payload)
-        part = _part_index(payload.get("content_index"))
-        streamed.parts[part] = text if replace else streamed.parts.get(part, "") + text
-
-    def reasoning(self, payload: dict[str, Any]) -> None:
-        self._at(self.place(payload), "reasoning", payload)
-
-    def arguments(self, payload: dict[str, Any], text: str, *, done: bool) -> None:
-        streamed = self._at(self.place(payload), "function_call", payload)
-        if not done:
-            streamed.arguments += text
-            return
-        streamed.arguments_done = text
-        name = payload.get("name")
-        if isinstance(name, str) and streamed.announced is None:
-            streamed.announced = {"type": "function_call", "name": name}
-
-    def custom_input(self, payload: dict[str, Any], text: str | None, *, done: bool) -> int:
+    def land(self, slot: Slot, payload: dict[str, Any]) -> int | None:
+        """A content frame: its text lands in its slot; its place, or None when it landed
+        nowhere (a field that is not a string, which the slot skips)."""
+        text = payload.get(slot.field)
+        mode = slot.mode
+        if not isinstance(text, str):
+            if slot.other == "skip":
+                return None
+            text, mode = "", mode if slot.other == "empty" else "append"
         index = self.place(payload)
-        streamed = self._at(index, "custom_tool_call", payload)
-        if not done:
-            streamed.arguments += text or ""
-        elif text is not None:
-            streamed.arguments_done = text
+        streamed = self.streamed.get(index)
+        if streamed is None:
+            streamed = self.streamed[index] = _Streamed(slot.kind, payload.get("item_id"), None)
+            if streamed.item_id is not None:
+                self.places.setdefault(streamed.item_id, index)
+        if slot.part is not None:
+            parts = streamed.parts.setdefault(slot.part, {})
+            key = _part(payload.get(slot.part))
+            parts[key] = parts.get(key, "") + text if mode == "append" else text
+        elif mode == "append":
+            streamed.text += text
+        else:
+            streamed.done = text
+            name = payload.get("name")  # `function_call_arguments.done` names its call
+            if slot.kind == "function_call" and type(name) is str and streamed.announced is None:
+                streamed.announced = {"type": "function_call", "name": name}
         return index
 
-    def command(self, payload: dict[str, Any], text: str, *, replace: bool) -> int:
-        index = self.place(payload)
-        streamed = self._at(index, "shell_call", payload)
-        key = _part_index(payload.get("command_index"))
-        streamed.commands[key] = text if replace or key not in streamed.commands else (
-            streamed.commands[key] + text
-        )
-        return index
-
-    # -- calls -------------------------------------------------------------------------------
     def facts(self, index: int) -> CallFacts | None:
         """What decides whose the call at `index` is: the finished item's, else the streamed."""
         finished = self.finished.get(index)
         if finished is not None:
-            kind = finished.get("type")
-            if isinstance(kind, str) and kind in CLIENT_CALL_TYPES:
-                return kind, finished.get("name"), finished.get("call_id")
-            return None
+            return call_facts(finished)
         streamed = self.streamed.get(index)
         return streamed.facts() if streamed is not None else None
 
     def calls(self) -> list[tuple[int, CallFacts]]:
-        found = []
-        for index in sorted(self.streamed.keys() | self.finished.keys()):
-            facts = self.facts(index)
-            if facts is not None:
-                found.append((index, facts))
-        return found
-
-    def open_calls(self) -> list[CallFacts]:
-        """Facts of calls streamed or announced and not finished."""
+        """Every place that holds a call, with its facts."""
         return [
-            facts
-            for index, streamed in self.streamed.items()
-            if index not in self.finished and (facts := streamed.facts()) is not None
+            (index, facts)
+            for index in self.streamed.keys() | self.finished.keys()
+            if (facts := self.facts(index)) is not None
         ]
 
-    # -- results -----------------------------------------------------------------------------
+    def every_clients_call_finished(self) -> bool:
+        """No call of the client's was announced or streamed without its `output_item.done`."""
+        return not any(
+            (facts := streamed.facts()) is not None and self.judge.is_clients(facts)
+            for index, streamed in self.streamed.items()
+            if index not in self.finished
+        )
+
     def items(self, status: str) -> list[dict[str, Any]]:
         return [
             self.finished[index] if index in self.finished else self.streamed[index].rebuilt(status)
             for index in sorted(self.streamed.keys() | self.finished.keys())
         ]
+
+
+# --------------------------------------------------------------------------------------------
+# What a result makes of the items
 
 
 def join_text(items: Any) -> str:
@@ -347,76 +392,54 @@ def join_text(items: Any) -> str:
         if isinstance(item, dict) and item.get("type") == "message":
             content = item.get("content")
             for part in content if isinstance(content, list) else ():
-                if (
-                    isinstance(part, dict)
-                    and part.get("type") == "output_text"
-                    and isinstance(part.get("text"), str)
-                ):
-                    out.append(part["text"])
+                if isinstance(part, dict) and part.get("type") == "output_text":
+                    if isinstance(part.get("text"), str):
+                        out.append(part["text"])
     return "".join(out)
 
 
-def _arguments_text(kind: str, item: dict[str, Any]) -> str:
-    if kind == "function_call":
-        value = item.get("arguments")
-        return value if isinstance(value, str) else ""
-    if kind == "custom_tool_call":
-        value = item.get("input")
-        return value if isinstance(value, str) else ""
-    value = item.get("operation" if kind == "apply_patch_call" else "action")
-    if value is None:
-        return ""
+def listed_calls(items: list[Any], tools: Any, *, completed: bool) -> list[dict[str, Any]]:
+    """`TurnResult.tool_calls` for these items (the contract's `tool_calls` row): `status`
+    "incomplete" when the stream broke before the call's arguments finished."""
+    judge = CallJudge(custom_tools_declared(tools))
+    for item in items:
+        if isinstance(item, dict):
+            judge.note(item)
+    calls = []
+    for item in items:
+        facts = call_facts(item) if isinstance(item, dict) else None
+        if facts is None or not judge.is_clients(facts):
+            continue
+        kind = facts[0]
+        value = item.get(CLIENT_CALLS[kind])
+        if kind in BUILT_IN_CALLS:
+            name, arguments = kind.removesuffix("_call"), "" if value is None else _json_text(value)
+        else:
+            name, arguments = item.get("name"), value if isinstance(value, str) else ""
+        cut_off = not completed and item.get("status") in ("incomplete", "in_progress")
+        status = "incomplete" if cut_off else "completed"
+        calls.append({"call_id": item.get("call_id"), "name": name, "arguments": arguments,
+                      "status": status, "type": kind})
+    return calls
+
+
+def _json_text(value: Any) -> str:
+    """An object as compact ASCII JSON with sorted keys ("" when JSON cannot hold it)."""
     try:
-        with recursion_room(MAX_JSON_DEPTH + 100):
+        with _room():
             return json.dumps(value, separators=(",", ":"), sort_keys=True)
     except (TypeError, ValueError, RecursionError):
         return ""
 
 
-def listed_calls(items: list[Any], tools: Any, *, completed: bool) -> list[dict[str, Any]]:
-    """`TurnResult.tool_calls` for these items (the contract's `tool_calls` row)."""
-    custom_tools = declared_custom_tools(tools)
-    outputs = {key for item in items if isinstance(item, dict) and (key := output_key(item))}
-    calls = []
-    for item in items:
-        if not isinstance(item, dict):
-            continue
-        kind = item.get("type")
-        if not isinstance(kind, str) or kind not in CLIENT_CALL_TYPES:
-            continue
-        facts = (kind, item.get("name"), item.get("call_id"))
-        if not is_client_call(facts, custom_tools=custom_tools, outputs=outputs):
-            continue
-        status = item.get("status")
-        cut_off = not completed and isinstance(status, str) and status in ("incomplete", "in_progress")
-        calls.append(
-            {
-                "call_id": item.get("call_id"),
-                "name": kind.removesuffix("_call") if kind in HOSTED_CALL_TYPES else item.get("name"),
-                "arguments": _arguments_text(kind, item),
-                "status": "incomplete" if cut_off else "completed",
-                "type": kind,
-            }
-        )
-    return calls
-
-
 def merged_items(sent: list[Any], streamed: list[dict[str, Any]]) -> list[Any]:
     """The terminal response's output, then every streamed call of a call_id it does not list
     among its calls, and every streamed output item."""
-    known = [
-        item.get("call_id")
-        for item in sent
-        if isinstance(item, dict) and _is_call_type(item.get("type"))
-    ]
+    known = [item.get("call_id") for item in sent if isinstance(item, dict) and call_facts(item)]
     left_out = [
         item
         for item in streamed
-        if (_is_call_type(item.get("type")) and item.get("call_id") not in known)
-        or (isinstance(item.get("type"), str) and item["type"] in OUTPUT_ITEM_TYPES)
+        if (call_facts(item) and item.get("call_id") not in known)
+        or (isinstance(kind := item.get("type"), str) and kind in _OUTPUT_OF)
     ]
     return [*sent, *left_out]
-
-
-def _is_call_type(kind: Any) -> bool:
-    return isinstance(kind, str) and kind in CLIENT_CALL_TYPES

@@ -8,7 +8,7 @@ A *session* is what one turn sees from the outside world: a `Session` holds the 
 *steps*, exactly what a driver can observe on one HTTP response:
 
     Chunk(data)          one network read: these bytes, with this chunk boundary
-    TransportFault(kind)         the byte stream broke ("drop", "read_timeout", "connect_error")
+    TransportFault(fault) the byte stream broke (`Fault.DROP`, `.READ_TIMEOUT`, `.CONNECT_ERROR`)
     Stall(seconds)      the socket stays silent; with an idle timeout in the policy this ends the
                         attempt (an `IdleTimeout` input), without one it is only a pause
     Interrupt()     the caller asks the turn to stop
@@ -19,9 +19,12 @@ A *session* is what one turn sees from the outside world: a `Session` holds the 
 and `AttemptFeed`), which is what `run_turn` does minus the socket: steps after the attempt reached
 a final state are never read (the driver would have closed the response), a script that runs out
 of steps ends with a clean end of body, and an attempt the turn makes beyond the scripts gets a
-`connect_error` (the server is unreachable). The driver's clock is simulated (a millisecond per
-step, a stall adds its seconds), so a session plays identically every time, and a trace written
-by `run_session` replays with `engine.replay` and `streamfsm replay`.
+`connect_error` (the server is unreachable). What answers each request is a `Server` (the
+session's scripts, `Session.server`; a background response in `engine.fuzz.background`), and the
+reference model (`engine.fuzz.reference`) asks the same server for its own attempts. The
+driver's clock is simulated (a millisecond per step, a stall adds its seconds), so a session
+plays identically every time, and a trace written by `run_session` replays with `engine.replay`
+and `streamfsm replay`.
 
 Strategies, from the inside out (every one shrinks toward a short, readable session):
 
@@ -93,8 +96,10 @@ from engine.simulator.shapes import (
 )
 from engine.simulator.background import Event
 from machines.records import (
+    AttemptKind,
     Chunk,
     EndOfStream,
+    Fault,
     HttpError,
     IdleTimeout,
     Interrupt,
@@ -113,9 +118,11 @@ __all__ = [
     "SESSION_TOKEN",
     "SHAPED_KEY",
     "EndOfStream",
+    "Fault",
     "HttpError",
     "Interrupt",
     "TransportFault",
+    "Server",
     "Session",
     "Stall",
     "Step",
@@ -133,7 +140,6 @@ __all__ = [
     "well_formed_sessions",
 ]
 
-FaultKind = Literal["drop", "read_timeout", "connect_error"]
 _T = TypeVar("_T")
 
 #: The policy's own limit on one event, when a session does not draw a small one.
@@ -155,6 +161,13 @@ ECHOED_SECRETS: Final = (CLIENT_KEY, SHAPED_KEY, SESSION_TOKEN)
 #: What a driver can observe on one HTTP response, in the shared vocabulary of `machines.records`.
 Step = Chunk | TransportFault | Stall | Interrupt | EndOfStream | HttpError
 
+#: What answers a played turn's requests: the steps attempt `number` of `kind` observes (a
+#: `resume` continues the background response at `point`: its id and last sequence number).
+Server = Callable[[int, AttemptKind, tuple[str, int] | None], Sequence[Step]]
+
+#: What an attempt beyond a session's scripts observes: the server is unreachable.
+UNREACHABLE: Final[tuple[Step, ...]] = (TransportFault(Fault.CONNECT_ERROR),)
+
 
 def _as_attempts(value: Iterable[Iterable[Step]]) -> tuple[tuple[Step, ...], ...]:
     return tuple(tuple(script) for script in value)
@@ -173,6 +186,13 @@ class Session:
     attempts: tuple[tuple[Step, ...], ...] = attrs.field(converter=_as_attempts)
     policy: TurnPolicy = TurnPolicy()
     secrets: tuple[str, ...] = attrs.field(default=(), converter=_as_secrets)
+
+    def server(
+        self, number: int, kind: AttemptKind = "stream", point: tuple[str, int] | None = None
+    ) -> tuple[Step, ...]:
+        """The session as a `Server`: attempt `number`'s script, whatever its kind; an attempt
+        beyond the scripts cannot connect."""
+        return self.attempts[number - 1] if number <= len(self.attempts) else UNREACHABLE
 
     def describe(self) -> str:
         """The session as short, readable lines (bytes shown as text where they are text)."""
@@ -259,7 +279,7 @@ def play_session(
     This is `run_turn` minus the socket. Call `.finish(trace)` on the result to get the
     `TurnResult` (and write a trace)."""
     recording = _recording_for(session, callbacks, policy)
-    _play(recording, session)
+    play_server(recording, session.server)
     return recording
 
 
@@ -284,15 +304,15 @@ def _recording_for(
     )
 
 
-def _play(recording: TurnRecording, session: Session) -> None:
+def play_server(recording: TurnRecording, server: Server) -> None:
+    """Feed each attempt the recording's turn opens the steps `server` gives it, as a driver
+    would observe them, on a simulated clock (a millisecond per step, a stall adds its
+    seconds): a stall at least the policy's idle timeout is an `IdleTimeout`, a script that
+    runs out ends the body cleanly, and steps after the attempt ended are not read."""
     policy = recording.policy
     clock = 0.0
     for feed in recording.attempts():
-        index = feed.number - 1
-        script = (
-            session.attempts[index] if index < len(session.attempts) else (TransportFault("connect_error"),)
-        )
-        for step in script:
+        for step in server(feed.number, feed.kind, feed.resume_point):
             clock = round(clock + STEP_S, 6)
             if isinstance(step, Chunk):
                 feed.chunk(step.data, clock)
@@ -336,7 +356,7 @@ def run_session(
     errors: list[tuple[str, BaseException]] = []
     recording = _recording_for(session, _fenced_callbacks(callbacks, errors), policy)
     try:
-        _play(recording, session)
+        play_server(recording, session.server)
         result = recording.finish(trace, session.secrets)
     except BaseException:
         recording.abandon(trace, session.secrets)
@@ -955,19 +975,19 @@ def _cut(body: bytes, cuts: Iterable[int]) -> list[bytes]:
 
 
 _INTERRUPTION_STEPS: Final[tuple[Step, ...]] = (
-    TransportFault("drop"),
+    TransportFault(Fault.DROP),
     Stall(60.0),
     Interrupt(),
-    TransportFault("read_timeout"),
+    TransportFault(Fault.READ_TIMEOUT),
     Stall(0.01),
 )
 _ENDINGS: Final[tuple[Step, ...]] = (
     EndOfStream(),
-    TransportFault("drop"),
-    TransportFault("read_timeout"),
+    TransportFault(Fault.DROP),
+    TransportFault(Fault.READ_TIMEOUT),
     Stall(60.0),
     Interrupt(),
-    TransportFault("connect_error"),
+    TransportFault(Fault.CONNECT_ERROR),
 )
 _HTTP_STATUSES: Final = (500, 429, 401, 400, 503, 408, 409, 502)
 #: When an HTTP error asks the client to try again: nothing, seconds, milliseconds, an HTTP date
