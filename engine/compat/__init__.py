@@ -86,7 +86,8 @@ from engine.log.redaction import client_secrets
 from engine.compat.app_server import run_codex_app_server_turn
 from engine.compat.sdk_events import Observation, SdkEventSource, input_of, terminal_frame_of
 from engine.drivers.attempt_loop import Observation as LoopObservation
-from engine.drivers.attempt_loop import Watchdog, attempt_loop, turn_clock
+from engine.drivers.attempt_loop import attempt_loop
+from engine.drivers.watchdog import Watchdog, turn_clock
 from machines.output import join_output_text
 from machines.records import (
     Chunk,

@@ -27,11 +27,11 @@ import openai
 from engine.drivers.attempt_loop import (
     Observation,
     Stamped,
-    Watchdog,
     attempt_loop,
     pause_slices,
     start_turn,
 )
+from engine.drivers.watchdog import Watchdog
 from engine.drivers.background import cancel_arguments, resume_arguments
 from engine.drivers.recording import AttemptFeed
 from engine.drivers.transport import observation_of

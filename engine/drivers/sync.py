@@ -33,12 +33,12 @@ import openai
 
 from engine.drivers.attempt_loop import (
     Stamped,
-    Watchdog,
     attempt_loop,
     pause_slices,
     stamped,
     start_turn,
 )
+from engine.drivers.watchdog import Watchdog
 from engine.drivers.background import cancel_arguments, resume_arguments
 from engine.drivers.recording import AttemptFeed
 from engine.drivers.transport import observation_of
