@@ -6,8 +6,8 @@ raw bytes (stream attempts through `responses.with_streaming_response.create`, t
 bytes and chunk boundaries the server sent.
 
 The request is sent and its body read on a small reader thread that hands every observation,
-stamped with its arrival time, over a queue; the caller's thread runs the shared attempt loop
-(`engine.drivers.attempt_loop`), waiting on that queue with a short timeout, so an interrupt is
+stamped with its arrival time, over a queue; the caller's thread carries out the shared turn loop
+(`engine.drivers.turn_loop`), waiting on that queue with a short timeout, so an interrupt is
 honoured within ~20 ms and an idle timeout fires on time while the server is silent, before or
 after the response headers. Callbacks run on the caller's thread.
 
@@ -21,34 +21,25 @@ response headers is aborted the same way: its socket is the one the reader threa
 
 from __future__ import annotations
 
-import os
 import queue
 import socket
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Unpack
 
 import openai
 
-from engine.drivers.attempt_loop import (
-    Stamped,
-    attempt_loop,
-    pause_slices,
-    stamped,
-    start_turn,
-)
-from engine.drivers.watchdog import Watchdog
+from engine.drivers.arguments import TurnOptions
 from engine.drivers.background import cancel_arguments, resume_arguments
 from engine.drivers.recording import AttemptFeed
 from engine.drivers.transport import observation_of
-from engine.log.eventlog import Callbacks
-from machines.records import Chunk, EndOfStream, Interrupt, TurnPolicy, TurnResult
+from engine.drivers.turn_loop import Reply, Stamped, drive, stamped, start_turn
+from engine.drivers.watchdog import next_within
+from machines.records import Chunk, EndOfStream, TurnResult
 
 __all__ = ["run_turn"]
 
-#: How long a reader may take to read the rest of a body after its terminal event (seconds).
-FINISH_GRACE_S = 0.1
 #: How long the caller keeps shutting a reader's connection down and waiting for it (seconds).
 JOIN_S = 1.0
 #: How often it looks again for the socket of a request that has none yet (seconds).
@@ -213,72 +204,47 @@ def _open_stream(
     )
 
 
-def _run_attempt(
-    client: Any,
-    request: dict[str, Any],
-    feed: AttemptFeed,
-    now: Callable[[], float],
-    interrupted: Callable[[], bool],
-    idle_timeout_s: float | None,
-) -> None:
-    if interrupted():
-        feed.fail(Interrupt(), now())
-        return
-    watchdog = Watchdog(time.monotonic, interrupted, idle_timeout_s)
-    loop = attempt_loop(feed, watchdog, now)
-    reader = _AttemptReader(client, request, feed.kind, feed.resume_point)
-    get = reader.items.get
-    grace_s = 0.0
-    try:
-        wait_s = next(loop)
-        while True:
-            try:
-                item: Stamped | None = get(timeout=wait_s)
-            except queue.Empty:
-                item = None
-            wait_s = loop.send(item)
-    except StopIteration as ended:
-        # ended by what the server sent: its body should end right away
-        grace_s = 0.0 if ended.value else FINISH_GRACE_S
-    finally:
-        reader.finish(grace_s)
+class _ThreadDriver:
+    """Carries out a turn's steps on the caller's thread, one reader thread per attempt."""
+
+    __slots__ = ("_client", "_request", "_reader")
+
+    def __init__(self, client: Any, request: dict[str, Any]) -> None:
+        self._client = client
+        self._request = request
+        self._reader: _AttemptReader | None = None
+
+    def wait(self, seconds: float) -> Reply:
+        reader = self._reader
+        return next_within(reader.items, seconds) if reader is not None else None
+
+    def pause(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def open(self, feed: AttemptFeed) -> None:
+        self._reader = _AttemptReader(self._client, self._request, feed.kind, feed.resume_point)
+
+    def close(self, grace_s: float) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.finish(grace_s)
+
+    def cancel(self, response_id: str) -> None:
+        """Cancel a background response the turn gave up (best effort: the turn has its
+        outcome already, and a cancel that fails changes nothing of it)."""
+        try:
+            self._client.responses.cancel(response_id, **cancel_arguments(self._request))
+        except Exception:  # the network's or the server's doing; the response may be gone already
+            pass
 
 
 def run_turn(
-    client: openai.OpenAI,
-    request: dict[str, Any],
-    *,
-    callbacks: Callbacks | None = None,
-    policy: TurnPolicy | None = None,
-    trace: str | os.PathLike[str] | None = None,
-    interrupt: threading.Event | Callable[[], bool] | None = None,
+    client: openai.OpenAI, request: dict[str, Any], **options: Unpack[TurnOptions]
 ) -> TurnResult:
     """Run one turn: stream attempts with retries, then a fallback, as the policy allows.
 
-    Returns a `TurnResult` for anything the server or network does; raises `TypeError` /
-    `ValueError` only for a wrong call."""
-    turn = start_turn(client, request, callbacks, policy, trace, interrupt, entry="run_turn")
-    recording = turn.recording
-    try:
-        for feed in recording.attempts():
-            for pause in pause_slices(recording.wait_s, turn.interrupted, turn.now):
-                time.sleep(pause)
-            _run_attempt(
-                turn.client, turn.request, feed, turn.now, turn.interrupted,
-                turn.policy.idle_timeout_s,
-            )
-        for response_id in recording.cancels:
-            _cancel(turn.client, turn.request, response_id)
-    except BaseException:
-        recording.abandon(trace, turn.secrets)
-        raise
-    return recording.finish(trace, turn.secrets)
-
-
-def _cancel(client: Any, request: dict[str, Any], response_id: str) -> None:
-    """Cancel a background response the turn gave up (best effort: the turn has its outcome
-    already, and a cancel that fails changes nothing of it)."""
-    try:
-        client.responses.cancel(response_id, **cancel_arguments(request))
-    except Exception:  # the network's or the server's doing; the response may be gone already
-        pass
+    Options (keyword only, `engine.drivers.arguments.TurnOptions`): `callbacks`, `policy`,
+    `trace`, `interrupt`. Returns a `TurnResult` for anything the server or network does;
+    raises `TypeError` / `ValueError` only for a wrong call (an unknown option too)."""
+    turn = start_turn(client, request, options, entry="run_turn")
+    return drive(turn.steps(), _ThreadDriver(turn.client, turn.request))
