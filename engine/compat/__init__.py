@@ -70,7 +70,6 @@ function calls always did), not after calls the server ran itself (docs/migratio
 
 from __future__ import annotations
 
-import itertools
 import os
 import queue
 import threading
@@ -79,12 +78,12 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import attrs
 
-from engine.drivers.arguments import check_trace
 from engine.drivers.background import cancel_arguments, resume_arguments
 from engine.log.eventlog import Callbacks
 from engine.log.logs import log
 from engine.drivers.recording import AttemptFeed, TurnRecording
 from engine.log.redaction import client_secrets
+from engine.compat.agent_traces import TRACE_DIR_ATTRIBUTE, trace_path
 from engine.compat.app_server import run_codex_app_server_turn
 from engine.compat.sdk_events import Observation, SdkEventSource, input_of, terminal_frame_of
 from engine.drivers.turn_loop import Observation as LoopObservation
@@ -121,12 +120,7 @@ FALLBACK_POLICY = TurnPolicy(max_stream_retries=0, fallback=False)
 
 NO_TERMINAL_MESSAGE = "Responses create(stream=True) fallback did not emit a terminal response."
 
-#: An agent attribute naming a directory: every compat call made with that agent writes its trace
-#: there (`<function>-<ns>-<n>.jsonl`) unless the call passes `trace=`.
-TRACE_DIR_ATTRIBUTE = "streamfsm_trace_dir"
-
 _ACTIVITY = "receiving stream response"
-_trace_numbers = itertools.count(1)
 
 
 # -- the agent, as the seed's functions use it -------------------------------------------------
@@ -332,7 +326,7 @@ class _CompatTurn:
         self.api_kwargs = api_kwargs
         self.function = function
         self.fallback_only = function == "run_codex_create_stream_fallback"
-        self.trace = _trace_path(agent, trace, function)
+        self.trace = trace_path(agent, trace, function)
         self.now = turn_clock()
         self.sources: dict[int, SdkEventSource] = {}
         self.concrete: dict[int, Any] = {}
@@ -560,19 +554,6 @@ class _CompatTurn:
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def _trace_path(
-    agent: Any, trace: str | os.PathLike[str] | None, function: str
-) -> str | os.PathLike[str] | None:
-    if trace is not None:
-        check_trace(trace)
-        return trace
-    directory = getattr(agent, TRACE_DIR_ATTRIBUTE, None)
-    if isinstance(directory, (str, os.PathLike)) and os.fspath(directory):
-        name = f"{function}-{time.time_ns()}-{next(_trace_numbers)}.jsonl"
-        return os.path.join(os.fspath(directory), name)
-    return None
-
-
 def _response_object(final: dict[str, Any]) -> Any:
     """An `openai.types.responses.Response` over the machine's final response (attribute access,
     `.output_text`), built without validation like the SDK builds what it receives."""
