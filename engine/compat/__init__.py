@@ -93,6 +93,8 @@ from machines.output import join_output_text
 from machines.records import (
     Chunk,
     EndOfStream,
+    Fault,
+    InputKind,
     TransportFault,
     TurnPolicy,
     TurnResult,
@@ -484,10 +486,10 @@ class _CompatTurn:
         observed = input_of(error, opening=True)
         if observed is None:
             raise error
-        if isinstance(observed, TransportFault) and observed.kind == "connect_error":
+        if isinstance(observed, TransportFault) and observed.kind == Fault.CONNECT_ERROR:
             # The seed retries a request that could not be sent like a broken stream (another
             # stream attempt, then the fallback), not on an HTTP retry budget of its own.
-            observed = TransportFault("drop", observed.detail)
+            observed = TransportFault(Fault.DROP, observed.detail)
         self.errors[feed.number] = error
         self._observe(feed, observed)
 
@@ -535,7 +537,7 @@ class _CompatTurn:
         saved = self.errors.get(last.number)
         if saved is not None:
             return saved
-        if last.reason == "eof":
+        if last.reason == InputKind.EOF:
             return RuntimeError(NO_TERMINAL_MESSAGE)
         return ProviderStreamError.from_error(result.error)
 
