@@ -13,7 +13,7 @@ import openai
 import pytest
 
 import engine
-from engine.drivers.attempt_loop import SETTLE_LOOKS, Watchdog
+from engine.drivers.watchdog import SETTLE_LOOKS, Deadlines, Watchdog
 from engine.simulator import shapes
 from engine.simulator.shapes import (
     SHAPES,
@@ -178,3 +178,35 @@ def test_without_an_idle_timeout_only_the_interrupt_is_watched() -> None:
     assert dog.wait_s() == 0.0625 and dog.after_silence() is None
     stop[0] = True
     assert dog.after_silence() is not None
+
+
+def test_paused_silence_does_not_run_and_starts_again_when_it_resumes() -> None:
+    clock = Clock()
+    dog = Watchdog(clock, lambda: False, 0.25, poll_s=0.0625)
+    dog.pause_silence()  # an approval is pending: the driver waits on its caller
+    clock.t += 10.0
+    assert dog.wait_s() == 0.0625 and not dog.silence_over()
+    dog.resume_silence()  # the silence runs again from now, not from before the pause
+    clock.t += 0.1875
+    assert dog.wait_s() == 0.0625 and not dog.silence_over()
+    dog.heard()  # a line: silence from now
+    clock.t += 0.1875
+    assert not dog.silence_over()
+    clock.t += 0.0625
+    assert dog.wait_s() == 0.0 and dog.silence_over()
+
+
+def test_deadlines_pass_on_their_clock_and_a_running_one_is_kept() -> None:
+    clock = Clock()
+    deadlines = Deadlines(clock)
+    deadlines.set(7, 1.0)
+    deadlines.start("grace", 0.5)
+    clock.t += 0.25
+    deadlines.start("grace", 0.5)  # already running: not moved
+    assert not deadlines.passed(7) and not deadlines.passed("grace")
+    clock.t += 0.25
+    assert deadlines.passed("grace") and not deadlines.passed(7)
+    deadlines.forget("grace")
+    assert not deadlines.passed("grace") and not deadlines.passed("never set")
+    clock.t += 0.5
+    assert deadlines.passed(7)

@@ -71,19 +71,29 @@ def _body_left_open() -> Script:
 # -- the sync driver ---------------------------------------------------------------------------
 
 
-def test_an_interrupt_before_the_headers_ends_the_reader_and_closes_the_connection() -> None:
-    stop = threading.Event()
+def _interrupted_turn(
+    stop: threading.Event, http: httpx2.Client | None = None
+) -> tuple[engine.TurnResult, float, float | None]:
+    """One turn against a server slow to send its headers, `stop` its interrupt: its result, how
+    long it took, and how soon after it the server saw every connection closed (None: not
+    within a second). No reader is left when the turn returns."""
     with ResponsesSimulator(_slow_headers()) as sim:
-        client = openai.OpenAI(base_url=sim.base_url, api_key="k", max_retries=0)
-        timer = threading.Timer(0.2, stop.set)
-        timer.start()
+        client = openai.OpenAI(base_url=sim.base_url, api_key="k", max_retries=0, http_client=http)
         began = time.monotonic()
         result = engine.run_turn(client, REQUEST, interrupt=stop)
         elapsed = time.monotonic() - began
-        timer.cancel()
         assert _readers() == []  # no thread left waiting for the 5 s headers
         closed = _wait_for(lambda: _open_connections(sim) == 0, within_s=1.0)
         client.close()
+    return result, elapsed, closed
+
+
+def test_an_interrupt_before_the_headers_ends_the_reader_and_closes_the_connection() -> None:
+    stop = threading.Event()
+    timer = threading.Timer(0.2, stop.set)
+    timer.start()
+    result, elapsed, closed = _interrupted_turn(stop)
+    timer.cancel()
     assert result.outcome == "interrupted"
     assert elapsed < 1.0
     assert closed is not None and closed < 0.5
@@ -99,17 +109,98 @@ def test_an_interrupt_while_the_request_is_still_being_built_stops_it_once_it_ha
         time.sleep(0.3)
 
     http = httpx2.Client(event_hooks={"request": [slow_hook]})
-    with ResponsesSimulator(_slow_headers()) as sim:
-        client = openai.OpenAI(base_url=sim.base_url, api_key="k", max_retries=0, http_client=http)
-        began = time.monotonic()
-        result = engine.run_turn(client, REQUEST, interrupt=stop)
-        elapsed = time.monotonic() - began
-        assert _readers() == []
-        closed = _wait_for(lambda: _open_connections(sim) == 0, within_s=1.0)
-        client.close()
+    result, elapsed, closed = _interrupted_turn(stop, http)
     assert result.outcome == "interrupted"
     assert elapsed < 1.0
     assert closed is not None and closed < 0.5
+
+
+def test_a_request_given_up_before_it_is_sent_never_reaches_the_server() -> None:
+    """The trace extension is a stopping point at every step before the request is answered:
+    given up while a (slow) request hook ran, the request is never sent at all."""
+    stop = threading.Event()
+
+    def slow_hook(request: httpx2.Request) -> None:
+        stop.set()
+        time.sleep(0.2)
+
+    http = httpx2.Client(event_hooks={"request": [slow_hook]})
+    with ResponsesSimulator(_slow_headers()) as sim:
+        client = openai.OpenAI(base_url=sim.base_url, api_key="k", max_retries=0, http_client=http)
+        result = engine.run_turn(client, REQUEST, interrupt=stop)
+        assert _readers() == []
+        time.sleep(0.1)
+        received = sim.requests
+        client.close()
+    assert result.outcome == "interrupted"
+    assert received == []
+
+
+def test_the_callers_own_hooks_and_trace_extension_keep_working() -> None:
+    """The driver's trace callback is chained after one the request already has, and its
+    request hook leaves the caller's in place: both see the request, and the interrupt before
+    the headers still closes the connection at once."""
+    stop = threading.Event()
+    seen: list[str] = []
+    hooked: list[str] = []
+
+    def their_trace(event: str, info: dict[str, Any]) -> None:
+        seen.append(event)
+
+    def their_hook(request: httpx2.Request) -> None:
+        hooked.append(request.url.path)
+        request.extensions["trace"] = their_trace
+
+    threading.Timer(0.2, stop.set).start()
+    result, elapsed, closed = _interrupted_turn(stop, httpx2.Client(event_hooks={"request": [their_hook]}))
+    assert result.outcome == "interrupted" and elapsed < 1.0
+    assert closed is not None and closed < 0.5
+    assert hooked == ["/v1/responses"]
+    assert "connection.connect_tcp.complete" in seen
+    assert "http11.receive_response_headers.started" in seen
+
+
+def test_requests_not_sent_by_a_reader_are_left_alone() -> None:
+    """The request hook is installed once on the client's HTTP client and does nothing for a
+    request sent from any other thread."""
+    extensions: list[dict[str, Any]] = []
+
+    def keep(response: httpx2.Response) -> None:
+        extensions.append(dict(response.request.extensions))
+
+    http = httpx2.Client(event_hooks={"response": [keep]})
+    with ResponsesSimulator(SHAPES["happy_text"], repeat=True) as sim:
+        client = openai.OpenAI(base_url=sim.base_url, api_key="k", max_retries=0, http_client=http)
+        for _ in range(3):
+            assert engine.run_turn(client, REQUEST).outcome == "completed"
+        http.get(sim.base_url + "/models")
+        client.close()
+    hooks = http.event_hooks["request"]
+    assert len(hooks) == 1  # one hook, however many turns
+    assert ["trace" in seen for seen in extensions] == [True, True, True, False]
+
+
+def test_a_kept_alive_connection_waiting_for_its_headers_is_closed_when_they_come() -> None:
+    """No hook names the socket of a connection taken from the pool before its answer's
+    headers: an interrupt then still ends the turn at once, and the reader, left to end by
+    itself, closes the connection as soon as the headers come."""
+    good = SHAPES["happy_text"].replies[0]
+    script = Script((good, Reply(steps=good.steps, headers_after_s=1.0)))
+    stop = threading.Event()
+    with ResponsesSimulator(script) as sim:
+        client = openai.OpenAI(base_url=sim.base_url, api_key="k", max_retries=0)
+        assert engine.run_turn(client, REQUEST).outcome == "completed"  # its connection is pooled
+        threading.Timer(0.2, stop.set).start()
+        began = time.monotonic()
+        result = engine.run_turn(client, REQUEST, interrupt=stop)
+        elapsed = time.monotonic() - began
+        ended = _wait_for(lambda: _readers() == [] and _open_connections(sim) == 0, within_s=3.0)
+        requests = len(sim.requests)
+        client.close()
+    assert result.outcome == "interrupted"
+    assert elapsed < 0.6  # the turn did not wait for the reader
+    assert requests == 2  # the pooled connection was reused: the request had gone out
+    assert ended is not None and ended < 1.5
 
 
 def test_an_idle_timeout_before_the_headers_ends_the_reader_and_closes_the_connection() -> None:

@@ -33,9 +33,11 @@ fallback attempt, all in the same turn and the same trace). `run_codex_create_st
 its own is a turn of exactly one attempt (`max_stream_retries=0, fallback=False`) whose request is
 the fallback's; the turn machine numbers it as its one stream attempt.
 
-The body is read on a small thread that hands observations over a queue, and the caller's thread
-polls the agent's interrupt flag every 20 ms while waiting (`engine.drivers.attempt_loop`, the same
-rule as `run_turn`). Callbacks, activity refreshes and the machines run on the caller's thread.
+The turn runs the shared turn loop (`engine.drivers.turn_loop`, the same steps as `run_turn`):
+the request is sent on the caller's thread, as the seed sends it, then its observations are read
+on a small thread that hands them over a queue, and the caller's thread polls the agent's
+interrupt flag every 20 ms while waiting. Callbacks, activity refreshes and the machines run on
+the caller's thread.
 
 What the call returns or raises follows from the turn's outcome:
 
@@ -68,7 +70,6 @@ function calls always did), not after calls the server ran itself (docs/migratio
 
 from __future__ import annotations
 
-import itertools
 import os
 import queue
 import threading
@@ -77,21 +78,23 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import attrs
 
-from engine.drivers.arguments import check_trace
 from engine.drivers.background import cancel_arguments, resume_arguments
 from engine.log.eventlog import Callbacks
 from engine.log.logs import log
 from engine.drivers.recording import AttemptFeed, TurnRecording
 from engine.log.redaction import client_secrets
+from engine.compat.agent_traces import TRACE_DIR_ATTRIBUTE, trace_path
 from engine.compat.app_server import run_codex_app_server_turn
 from engine.compat.sdk_events import Observation, SdkEventSource, input_of, terminal_frame_of
-from engine.drivers.attempt_loop import Observation as LoopObservation
-from engine.drivers.attempt_loop import Watchdog, attempt_loop, turn_clock
+from engine.drivers.turn_loop import Observation as LoopObservation
+from engine.drivers.turn_loop import Reply, drive, turn_steps
+from engine.drivers.watchdog import next_within, turn_clock
 from machines.output import join_output_text
 from machines.records import (
     Chunk,
     EndOfStream,
-    Interrupt,
+    Fault,
+    InputKind,
     TransportFault,
     TurnPolicy,
     TurnResult,
@@ -112,8 +115,6 @@ __all__ = [
     "stream_call",
 ]
 
-#: How often the caller's thread looks at the agent's interrupt flag while the stream is silent.
-
 #: The seed's policy for `run_codex_stream`: one retry, then the fallback.
 STREAM_POLICY = TurnPolicy()
 #: `run_codex_create_stream_fallback` on its own: exactly one attempt.
@@ -121,12 +122,7 @@ FALLBACK_POLICY = TurnPolicy(max_stream_retries=0, fallback=False)
 
 NO_TERMINAL_MESSAGE = "Responses create(stream=True) fallback did not emit a terminal response."
 
-#: An agent attribute naming a directory: every compat call made with that agent writes its trace
-#: there (`<function>-<ns>-<n>.jsonl`) unless the call passes `trace=`.
-TRACE_DIR_ATTRIBUTE = "streamfsm_trace_dir"
-
 _ACTIVITY = "receiving stream response"
-_trace_numbers = itertools.count(1)
 
 
 # -- the agent, as the seed's functions use it -------------------------------------------------
@@ -298,7 +294,7 @@ def create_stream_fallback_call(
 # -- one call ---------------------------------------------------------------------------------
 class _ObservationReader:
     """Iterates a source on a daemon thread; the caller takes observations from `items`, in the
-    vocabulary of the shared attempt loop (`engine.drivers.attempt_loop`)."""
+    vocabulary of the shared turn loop (`engine.drivers.turn_loop`)."""
 
     def __init__(self, source: SdkEventSource) -> None:
         self.items: queue.SimpleQueue[LoopObservation] = queue.SimpleQueue()
@@ -332,12 +328,17 @@ class _CompatTurn:
         self.api_kwargs = api_kwargs
         self.function = function
         self.fallback_only = function == "run_codex_create_stream_fallback"
-        self.trace = _trace_path(agent, trace, function)
+        self.trace = trace_path(agent, trace, function)
         self.now = turn_clock()
         self.sources: dict[int, SdkEventSource] = {}
         self.concrete: dict[int, Any] = {}
         self.errors: dict[int, BaseException] = {}
-        self.interrupted_before_open = False
+        #: attempts whose request was sent (an interrupt may retire one before)
+        self.opened: set[int] = set()
+        self._items: queue.SimpleQueue[LoopObservation] | None = None
+        self._source: SdkEventSource | None = None
+        self._number = 0
+        self._manager: Any = None
         self.delivered: list[str] = []
         if not self.fallback_only:
             agent._codex_streamed_text_parts = self.delivered
@@ -375,40 +376,66 @@ class _CompatTurn:
         except Exception:
             return ""
 
-    # -- the turn ----------------------------------------------------------------------------
+    # -- the turn: the shared turn loop's steps, carried out with the seed's I/O ---------------
     def run(self) -> CompatCall:
-        recording = self.recording
         try:
             secrets = client_secrets(self.client)
         except Exception:
             secrets = []
-        try:
-            for feed in recording.attempts():
-                if feed.kind == "fallback" or self.fallback_only:
-                    self._fallback_attempt(feed)
-                elif feed.resume_point is not None:
-                    self._resume_attempt(feed, feed.resume_point)
-                else:
-                    self._stream_attempt(feed)
-            for response_id in recording.cancels:
-                self._cancel(response_id)
-        except BaseException:
-            recording.abandon(self.trace, secrets)
-            raise
-        result = recording.finish(self.trace, secrets)
-        return self._outcome(result)
+        steps = turn_steps(
+            self.recording, self._interrupted, self.now,
+            idle_timeout_s=None, trace=self.trace, secrets=secrets,
+        )
+        return self._outcome(drive(steps, self))
 
-    def _begin(self, feed: AttemptFeed) -> bool:
-        """Before an attempt sends anything: False (and the attempt retired) on an interrupt."""
-        if self._interrupted():
-            self.interrupted_before_open = True
-            feed.fail(Interrupt(), self.now())
-            return False
-        return True
+    def wait(self, seconds: float) -> Reply:
+        """The reader's next observation within `seconds`; every chunk refreshes the agent's
+        activity."""
+        items = self._items
+        item = next_within(items, seconds) if items is not None else None
+        if type(item) is Chunk:
+            self._touch()
+        return item
+
+    def pause(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def open(self, feed: AttemptFeed) -> None:
+        """Send the attempt's request the seed's way, on the caller's thread; its observations
+        are then read on a thread (`_ObservationReader`). A request that fails, or a concrete
+        response, is fed to the attempt here."""
+        self.opened.add(feed.number)
+        if feed.kind == "fallback" or self.fallback_only:
+            self._fallback_attempt(feed)
+        elif feed.resume_point is not None:
+            self._resume_attempt(feed, feed.resume_point)
+        else:
+            self._stream_attempt(feed)
+
+    def close(self, grace_s: float) -> None:
+        """Close what the attempt opened: the source (its error kept for what the call raises),
+        then the stream manager."""
+        source, number, manager = self._source, self._number, self._manager
+        self._source = self._manager = self._items = None
+        if source is not None:
+            if source.error is not None:
+                self.errors[number] = source.error
+            source.close()
+        leave = getattr(manager, "__exit__", None)
+        if callable(leave):
+            try:
+                leave(None, None, None)
+            except Exception:  # closing a finished or broken stream: nothing left to save
+                pass
+
+    def cancel(self, response_id: str) -> None:
+        """Cancel the background response an interrupted call leaves (best effort)."""
+        try:
+            self.client.responses.cancel(response_id, **cancel_arguments(self.api_kwargs))
+        except Exception:  # the response may be gone already; the call's outcome stands
+            pass
 
     def _stream_attempt(self, feed: AttemptFeed) -> None:
-        if not self._begin(feed):
-            return
         try:
             manager = self.client.responses.stream(**self.api_kwargs)
             enter = getattr(manager, "__enter__", None)
@@ -416,19 +443,10 @@ class _CompatTurn:
         except Exception as error:
             self._opening_failed(feed, error)
             return
-        try:
-            self._read(feed, SdkEventSource(stream, final_response=True))
-        finally:
-            leave = getattr(manager, "__exit__", None)
-            if callable(leave):
-                try:
-                    leave(None, None, None)
-                except Exception:  # closing a finished or broken stream: nothing left to save
-                    pass
+        self._manager = manager
+        self._read(feed, SdkEventSource(stream, final_response=True))
 
     def _fallback_attempt(self, feed: AttemptFeed) -> None:
-        if not self._begin(feed):
-            return
         kwargs = dict(self.api_kwargs)
         kwargs["stream"] = True
         get_transport = getattr(self.agent, "_get_transport", None)
@@ -450,8 +468,6 @@ class _CompatTurn:
     def _resume_attempt(self, feed: AttemptFeed, point: tuple[str, int]) -> None:
         """Continue a broken background response: `client.responses.retrieve(id, stream=True,
         starting_after=N)`, read like the fallback's stream."""
-        if not self._begin(feed):
-            return
         response_id, arguments = resume_arguments(self.api_kwargs, point)
         try:
             opened = self.client.responses.retrieve(response_id, **arguments)
@@ -461,28 +477,19 @@ class _CompatTurn:
         self._read(feed, SdkEventSource(opened))
 
     def _read(self, feed: AttemptFeed, source: SdkEventSource) -> None:
-        """Feed the attempt what `source` observes, then close it."""
+        """Start reading `source` on a thread; `wait` hands its observations to the turn."""
         self.sources[feed.number] = source
-        try:
-            self._pump(source, feed)
-        finally:
-            source.close()
-
-    def _cancel(self, response_id: str) -> None:
-        """Cancel the background response an interrupted call leaves (best effort)."""
-        try:
-            self.client.responses.cancel(response_id, **cancel_arguments(self.api_kwargs))
-        except Exception:  # the response may be gone already; the call's outcome stands
-            pass
+        self._source, self._number = source, feed.number
+        self._items = _ObservationReader(source).items
 
     def _opening_failed(self, feed: AttemptFeed, error: Exception) -> None:
         observed = input_of(error, opening=True)
         if observed is None:
             raise error
-        if isinstance(observed, TransportFault) and observed.kind == "connect_error":
+        if isinstance(observed, TransportFault) and observed.kind == Fault.CONNECT_ERROR:
             # The seed retries a request that could not be sent like a broken stream (another
             # stream attempt, then the fallback), not on an HTTP retry budget of its own.
-            observed = TransportFault("drop", observed.detail)
+            observed = TransportFault(Fault.DROP, observed.detail)
         self.errors[feed.number] = error
         self._observe(feed, observed)
 
@@ -497,32 +504,13 @@ class _CompatTurn:
         else:
             feed.fail(observed, t)
 
-    def _pump(self, source: SdkEventSource, feed: AttemptFeed) -> None:
-        """Feed the source's observations until the attempt ends or the agent interrupts."""
-        get = _ObservationReader(source).items.get
-        loop = attempt_loop(feed, Watchdog(self.now, self._interrupted, None), self.now)
-        try:
-            wait_s = next(loop)
-            while True:
-                try:
-                    item: LoopObservation | None = get(timeout=wait_s)
-                except queue.Empty:
-                    item = None
-                if type(item) is Chunk:
-                    self._touch()
-                wait_s = loop.send(item)
-        except StopIteration:
-            pass
-        finally:
-            if source.error is not None:
-                self.errors[feed.number] = source.error
-
     # -- what the call returns or raises -----------------------------------------------------
     def _outcome(self, result: TurnResult) -> CompatCall:
         last = self.recording.turn.attempts[-1]
         trace = os.fspath(self.trace) if self.trace is not None else None
         if result.outcome == "interrupted":
-            where = "before Codex stream retry" if self.interrupted_before_open else "during Codex stream"
+            sent = last.number in self.opened
+            where = "during Codex stream" if sent else "before Codex stream retry"
             return CompatCall(result, raised=InterruptedError(f"Agent interrupted {where}"), trace=trace)
         if result.outcome in ("completed", "incomplete", "failed"):
             if result.outcome != "completed":
@@ -549,7 +537,7 @@ class _CompatTurn:
         saved = self.errors.get(last.number)
         if saved is not None:
             return saved
-        if last.reason == "eof":
+        if last.reason == InputKind.EOF:
             return RuntimeError(NO_TERMINAL_MESSAGE)
         return ProviderStreamError.from_error(result.error)
 
@@ -568,19 +556,6 @@ class _CompatTurn:
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def _trace_path(
-    agent: Any, trace: str | os.PathLike[str] | None, function: str
-) -> str | os.PathLike[str] | None:
-    if trace is not None:
-        check_trace(trace)
-        return trace
-    directory = getattr(agent, TRACE_DIR_ATTRIBUTE, None)
-    if isinstance(directory, (str, os.PathLike)) and os.fspath(directory):
-        name = f"{function}-{time.time_ns()}-{next(_trace_numbers)}.jsonl"
-        return os.path.join(os.fspath(directory), name)
-    return None
-
-
 def _response_object(final: dict[str, Any]) -> Any:
     """An `openai.types.responses.Response` over the machine's final response (attribute access,
     `.output_text`), built without validation like the SDK builds what it receives."""

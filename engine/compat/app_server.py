@@ -37,12 +37,10 @@ appended again; provider errors the thread recovers from leave the session alive
 
 from __future__ import annotations
 
-import itertools
 import os
-import time
 from typing import Any
 
-from engine.drivers.arguments import check_trace
+from engine.compat.agent_traces import trace_path
 from engine.drivers.codex import CodexSession
 from engine.log.eventlog import Callbacks
 from engine.log.logs import log
@@ -53,10 +51,6 @@ __all__ = ["APPROVAL_ATTRIBUTE", "run_codex_app_server_turn"]
 #: The agent attribute holding the host's approval callback (callable(engine.ApprovalRequest)
 #: -> "accept" | "acceptForSession" | "decline" | "cancel"), used when the session is created.
 APPROVAL_ATTRIBUTE = "codex_approval_callback"
-#: The agent attribute naming a directory for one trace per turn (as for the other compat calls).
-TRACE_DIR_ATTRIBUTE = "streamfsm_trace_dir"
-
-_trace_numbers = itertools.count(1)
 
 
 def _session(agent: Any) -> CodexSession:
@@ -70,17 +64,6 @@ def _session(agent: Any) -> CodexSession:
     )
     agent._codex_session = session
     return session
-
-
-def _trace_path(agent: Any, trace: str | os.PathLike[str] | None) -> str | os.PathLike[str] | None:
-    if trace is not None:
-        check_trace(trace)
-        return trace
-    directory = getattr(agent, TRACE_DIR_ATTRIBUTE, None)
-    if isinstance(directory, (str, os.PathLike)) and os.fspath(directory):
-        name = f"run_codex_app_server_turn-{time.time_ns()}-{next(_trace_numbers)}.jsonl"
-        return os.path.join(os.fspath(directory), name)
-    return None
 
 
 def _callbacks(agent: Any) -> Callbacks:
@@ -153,7 +136,7 @@ def run_codex_app_server_turn(
 ) -> dict[str, Any]:
     """Hand one turn to the agent's codex app-server session and return the seed's dict;
     `trace=` (keyword only) records the turn."""
-    path = _trace_path(agent, trace)
+    path = trace_path(agent, trace, "run_codex_app_server_turn")
     session = _session(agent)
     try:
         result = session.run_turn(

@@ -48,7 +48,7 @@ import openai
 from engine.drivers.transport import fault_of, http_error_of, is_transport_error
 from engine.log.trace import dumps
 from machines.json_text import MAX_DEPTH, recursion_room
-from machines.records import EndOfStream, StreamInput
+from machines.records import EndOfStream, Fault, StreamInput
 
 __all__ = [
     "Observation",
@@ -249,7 +249,7 @@ def sdk_error_of(error: BaseException, http_response: Any) -> BaseException:
         return error
     request: Any = getattr(http_response, "request", None)
     wrapped: openai.APIError
-    if fault_of(error, opening=False).kind == "read_timeout":
+    if fault_of(error, opening=False).kind == Fault.READ_TIMEOUT:
         wrapped = openai.APITimeoutError(request=request)
     else:
         wrapped = openai.APIConnectionError(request=request)

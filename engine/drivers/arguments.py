@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, TypedDict
 
 from engine.log.eventlog import Callbacks
 from machines.records import TurnPolicy
 
+
+class TurnOptions(TypedDict, total=False):
+    """The keyword options of `run_turn` and `arun_turn`, every one optional: `callbacks` (an
+    `engine.Callbacks`), `policy` (an `engine.TurnPolicy`, default `TurnPolicy()`), `trace` (a
+    path the turn's trace is written to), `interrupt` (a `threading.Event`, or a zero-argument
+    callable, that tells when the caller wants the turn stopped)."""
+
+    callbacks: Callbacks | None
+    policy: TurnPolicy | None
+    trace: str | os.PathLike[str] | None
+    interrupt: threading.Event | Callable[[], bool] | None
 
 
 def check_callbacks(callbacks: Any) -> None:
@@ -71,26 +82,23 @@ def interrupt_check(interrupt: Any) -> Callable[[], bool]:
 
 
 def check_turn_call(
-    client: Any,
-    request: Any,
-    callbacks: Any,
-    policy: Any,
-    trace: Any,
-    interrupt: Any,
-    *,
-    asynchronous: bool,
+    client: Any, request: Any, options: Mapping[str, Any], *, entry: str
 ) -> tuple[dict[str, Any], TurnPolicy, Callable[[], bool]]:
-    """Check a `run_turn` / `arun_turn` call; return (request, policy, interrupt check)."""
+    """Check a `run_turn` / `arun_turn` call (`entry` names it); return (request, policy,
+    interrupt check)."""
     import openai
 
-    if asynchronous and isinstance(client, openai.OpenAI):
+    unknown = sorted(set(options) - TurnOptions.__optional_keys__)
+    if unknown:
+        raise TypeError(f"{entry}() got an unexpected keyword argument {unknown[0]!r}")
+    if entry == "arun_turn" and isinstance(client, openai.OpenAI):
         raise TypeError("arun_turn needs an openai.AsyncOpenAI client; use run_turn")
-    if not asynchronous and isinstance(client, openai.AsyncOpenAI):
+    if entry != "arun_turn" and isinstance(client, openai.AsyncOpenAI):
         raise TypeError("run_turn needs a synchronous openai.OpenAI client; use arun_turn")
     if not hasattr(client, "responses"):
         raise TypeError(f"client must be an openai client, not {type(client).__name__}")
     checked = check_request(request)
-    check_callbacks(callbacks)
-    checked_policy = check_policy(policy)
-    check_trace(trace)
-    return checked, checked_policy, interrupt_check(interrupt)
+    check_callbacks(options.get("callbacks"))
+    checked_policy = check_policy(options.get("policy"))
+    check_trace(options.get("trace"))
+    return checked, checked_policy, interrupt_check(options.get("interrupt"))

@@ -1,47 +1,45 @@
 """`arun_turn`: one turn over the network with an `openai.AsyncOpenAI` client.
 
-The same machines, event log, trace and attempt loop as `run_turn` (`engine.drivers.attempt_loop`);
-only the waiting differs. The body is read by a task on the same event loop that hands
-observations, stamped with their arrival time, to an `_Inbox`; the turn's task waits on it with a
-short timeout, so interrupts and idle timeouts are honoured while the socket is silent. The
-reader only sees bytes arrive while the loop is free, so the watchdog counts as silence only the
-time the reader could look (`Watchdog(blind_while_busy=True)`): a slow callback or a busy loop
-is not a silent server.
+The same machines, event log, trace and turn loop as `run_turn` (`engine.drivers.turn_loop`);
+only the carrying out of its steps differs. The body is read by a task on the same event loop
+that hands observations, stamped with their arrival time, to an `_Inbox`; the turn's task waits
+on it with a short timeout, so interrupts and idle timeouts are honoured while the socket is
+silent. The reader only sees bytes arrive while the loop is free, so the watchdog counts as
+silence only the time the reader could look (`Watchdog(blind_while_busy=True)`): a slow callback
+or a busy loop is not a silent server.
 
 When the attempt ends on what the server sent, the reader gets a moment to read the body to its
 end (the connection goes back to the client's pool); otherwise, or if it takes longer, the reader
-task is cancelled, which closes the response and its connection.
+task is cancelled, which closes the response and its connection, wherever it was (connecting,
+waiting for the headers, reading the body).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import os
-import threading
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Unpack
 
 import openai
 
-from engine.drivers.attempt_loop import (
-    Observation,
-    Stamped,
-    Watchdog,
-    attempt_loop,
-    pause_slices,
-    start_turn,
-)
 from engine.drivers.background import cancel_arguments, resume_arguments
 from engine.drivers.recording import AttemptFeed
 from engine.drivers.transport import observation_of
-from engine.log.eventlog import Callbacks
-from machines.records import Chunk, EndOfStream, Interrupt, TurnPolicy, TurnResult
+from engine.drivers.arguments import TurnOptions
+from engine.drivers.turn_loop import (
+    Finished,
+    Observation,
+    Reply,
+    Stamped,
+    Step,
+    advance,
+    carry_out,
+    start_turn,
+)
+from machines.records import Chunk, EndOfStream, TurnResult
 
 __all__ = ["arun_turn"]
-
-#: How long a reader may take to read the rest of a body after its terminal event (seconds).
-FINISH_GRACE_S = 0.1
 #: How long the turn waits for a cancelled reader to close its response (seconds).
 CANCEL_WAIT_S = 1.0
 
@@ -69,6 +67,15 @@ class _Inbox:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    @property
+    def ready(self) -> bool:
+        """An observation is waiting."""
+        return bool(self._items)
+
+    def take(self) -> Stamped:
+        """The observation waiting (`ready`)."""
+        return self._items.popleft()
 
     async def get(self, wait_s: float) -> Stamped | None:
         """The next observation, waiting at most `wait_s` (0: one pass through the loop), or
@@ -138,68 +145,67 @@ async def _open_stream(
     return response.iter_bytes(), lambda: manager.__aexit__(None, None, None)
 
 
-async def _run_attempt(
-    client: Any,
-    request: dict[str, Any],
-    feed: AttemptFeed,
-    now: Callable[[], float],
-    interrupted: Callable[[], bool],
-    idle_timeout_s: float | None,
-) -> None:
-    if interrupted():
-        feed.fail(Interrupt(), now())
-        return
-    watchdog = Watchdog(time.monotonic, interrupted, idle_timeout_s, blind_while_busy=True)
-    loop = attempt_loop(feed, watchdog, now)
-    inbox = _Inbox(asyncio.get_running_loop())
-    reader = asyncio.ensure_future(_read_attempt(client, request, feed.kind, feed.resume_point, inbox))
-    grace_s = 0.0
-    try:
-        wait_s = next(loop)
-        while True:
-            wait_s = loop.send(await inbox.get(wait_s))
-    except StopIteration as ended:
-        # ended by what the server sent: its body should end right away
-        grace_s = 0.0 if ended.value else FINISH_GRACE_S
-    finally:
+class _LoopDriver:
+    """Carries out a turn's steps on the event loop, one reader task per attempt."""
+
+    __slots__ = ("_client", "_request", "_reader", "inbox")
+
+    def __init__(self, client: Any, request: dict[str, Any]) -> None:
+        self._client = client
+        self._request = request
+        self._reader: asyncio.Future[None] | None = None
+        self.inbox = _Inbox(asyncio.get_running_loop())
+
+    async def pause(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    async def open(self, feed: AttemptFeed) -> None:
+        inbox = self.inbox = _Inbox(asyncio.get_running_loop())
+        self._reader = asyncio.ensure_future(
+            _read_attempt(self._client, self._request, feed.kind, feed.resume_point, inbox)
+        )
+
+    async def close(self, grace_s: float) -> None:
+        reader, self._reader = self._reader, None
+        if reader is None:
+            return
         if not reader.done() and grace_s > 0:
             await asyncio.wait([reader], timeout=grace_s)
         if not reader.done():
             reader.cancel()
             await asyncio.wait([reader], timeout=CANCEL_WAIT_S)
 
+    async def cancel(self, response_id: str) -> None:
+        """Cancel a background response the turn gave up (best effort, like `run_turn`'s)."""
+        try:
+            await self._client.responses.cancel(response_id, **cancel_arguments(self._request))
+        except Exception:  # the network's or the server's doing; the response may be gone already
+            pass
+
+
+async def _drive(steps: Generator[Step, Reply, TurnResult], driver: _LoopDriver) -> TurnResult:
+    """`turn_loop.drive` on the event loop: an observation already in the inbox is taken without
+    a pass through the loop; an exception a step raises goes back into the turn."""
+    step = advance(steps, None)
+    while not isinstance(step, Finished):
+        reply: Reply
+        try:
+            if not isinstance(step, float):
+                reply = await carry_out(step, driver)
+            elif driver.inbox.ready:
+                reply = driver.inbox.take()
+            else:
+                reply = await driver.inbox.get(step)
+        except BaseException as error:  # the turn records it and raises it again
+            reply = error
+        step = advance(steps, reply)
+    return step.result
+
 
 async def arun_turn(
-    client: openai.AsyncOpenAI,
-    request: dict[str, Any],
-    *,
-    callbacks: Callbacks | None = None,
-    policy: TurnPolicy | None = None,
-    trace: str | os.PathLike[str] | None = None,
-    interrupt: threading.Event | Callable[[], bool] | None = None,
+    client: openai.AsyncOpenAI, request: dict[str, Any], **options: Unpack[TurnOptions]
 ) -> TurnResult:
     """`run_turn` for `openai.AsyncOpenAI`: same machines, same result, same trace format."""
-    turn = start_turn(client, request, callbacks, policy, trace, interrupt, entry="arun_turn")
-    recording = turn.recording
-    try:
-        for feed in recording.attempts():
-            for pause in pause_slices(recording.wait_s, turn.interrupted, turn.now):
-                await asyncio.sleep(pause)
-            await _run_attempt(
-                turn.client, turn.request, feed, turn.now, turn.interrupted,
-                turn.policy.idle_timeout_s,
-            )
-        for response_id in recording.cancels:
-            await _cancel(turn.client, turn.request, response_id)
-    except BaseException:
-        recording.abandon(trace, turn.secrets)
-        raise
-    return recording.finish(trace, turn.secrets)
-
-
-async def _cancel(client: Any, request: dict[str, Any], response_id: str) -> None:
-    """Cancel a background response the turn gave up (best effort, like `run_turn`'s)."""
-    try:
-        await client.responses.cancel(response_id, **cancel_arguments(request))
-    except Exception:  # the network's or the server's doing; the response may be gone already
-        pass
+    turn = start_turn(client, request, options, entry="arun_turn")
+    driver = _LoopDriver(turn.client, turn.request)
+    return await _drive(turn.steps(blind_while_busy=True), driver)

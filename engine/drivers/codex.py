@@ -18,13 +18,15 @@ The driver owns the I/O and the clocks; every rule lives in the machines
   secrets removed (kept for error messages). The approval callback runs on its own thread per
   request, so an interrupt is honoured while it blocks; its answer comes back as an
   `ApprovalAnswer` input. Everything arrives on one queue.
-* The caller's thread runs the turn: it waits on that queue (20 ms at a time), checks the
-  interrupt, the request timeout (a client request unanswered for `request_timeout_s`), the idle
-  timeout (a turn in which the server wrote nothing for `idle_timeout_s`; the clock stops while
-  an approval is pending and restarts on every line sent or received) and the interrupt grace
-  (`turn/interrupt` sent and no `turn/completed` within `interrupt_grace_s`), and feeds each
-  observation to the machines through `AppTurnRecording`, which records it, records the
-  decisions, then acts on them. Callbacks run on the caller's thread.
+* The caller's thread runs the turn: it waits on that queue (at most 20 ms at a time) and asks
+  the turn's `Watchdog` (`engine.drivers.watchdog`, the stream drivers' too) about the clocks:
+  the interrupt, the idle timeout (a turn in which the server wrote nothing for
+  `idle_timeout_s`: its silence is paused while an approval is pending and restarts on every
+  line sent or received), and the deadlines: the request timeout (a client request unanswered
+  for `request_timeout_s`, due from when it was sent, in whichever turn) and the interrupt grace
+  (`turn/interrupt` sent and no `turn/completed` within `interrupt_grace_s`). It feeds each
+  observation, and each input a clock gives, to the machines through `AppTurnRecording`, which
+  records it, records the decisions, then acts on them. Callbacks run on the caller's thread.
 * Lines the server writes between turns wait on the queue and are the first inputs of the next
   turn's trace. If the subprocess died between turns, the next turn starts a new one.
 
@@ -51,7 +53,7 @@ import orjson
 
 from engine.drivers.app_recording import AppTurnRecording
 from engine.drivers.arguments import check_callbacks, check_trace, interrupt_check
-from engine.drivers.attempt_loop import POLL_S, turn_clock
+from engine.drivers.watchdog import Deadlines, Watchdog, next_within, turn_clock
 from engine.log.eventlog import Callbacks
 from engine.log.logs import log
 from engine.log.redaction import is_secret_name, scrub
@@ -94,6 +96,9 @@ _TRIPLES = {
     ("darwin", "x86_64"): ("x86_64-apple-darwin", "codex-darwin-x64"),
     ("darwin", "arm64"): ("aarch64-apple-darwin", "codex-darwin-arm64"),
 }
+#: The deadline of the grace an interrupted turn has to complete (`Deadlines` key).
+INTERRUPT_GRACE = "interrupt grace"
+
 #: Where `.ci/run` (and the test suite) install @openai/codex with npm.
 INSTALL_HINT = (
     f"npm install --prefix ~/.cache/streamfsm/codex-{CODEX_VERSION} @openai/codex@{CODEX_VERSION}"
@@ -404,8 +409,10 @@ class CodexSession:
         self._secrets = self._environment()[1]
         self._process: _Process | None = None
         self._machine: AppSession | None = None
-        self._sent_at: dict[int, float] = {}
-        self._heard_at = 0.0
+        #: when each request sent to the subprocess is due to be answered (by its id)
+        self._deadlines = Deadlines()
+        #: the clocks of the turn running (None between turns)
+        self._watchdog: Watchdog | None = None
         self._retire = False
         self._turn_lock = threading.Lock()
         self._process_lock = threading.Lock()
@@ -437,7 +444,7 @@ class CodexSession:
     def _start(self) -> SpawnFailed | None:
         """Start a subprocess and a fresh session machine; the reason when it cannot start."""
         self._machine = AppSession(self.session_config)
-        self._sent_at = {}
+        self._deadlines = Deadlines()
         env, self._secrets = self._environment()
         try:
             argv, extra = self._argv()
@@ -506,6 +513,8 @@ class CodexSession:
         assert machine is not None
         now = turn_clock()
         self._retire = False
+        self._deadlines.forget(INTERRUPT_GRACE)
+        watchdog = self._watchdog = Watchdog(time.monotonic, interrupted, self.idle_timeout_s)
         recording = AppTurnRecording(machine, callbacks, act=self._act)
         secrets = self._secrets
         try:
@@ -514,12 +523,14 @@ class CodexSession:
             recording.feed(TurnRequest(text), now())
             if failed is not None:
                 recording.feed(failed, now())
-            self._heard_at = time.monotonic()
-            self._loop(recording, interrupted, now)
+            watchdog.heard()
+            self._loop(recording, watchdog, now)
         except BaseException:
             recording.abandon(trace, secrets)
             self._drop("driver error")
             raise
+        finally:
+            self._watchdog = None
         result = recording.finish(trace, secrets)
         if self._retire or machine.is_retired:
             self._drop(machine.retire_reason or "retired")
@@ -546,22 +557,19 @@ class CodexSession:
 
     def _observe(self, recording: AppTurnRecording, item: AppInput,
                  now: Callable[[], float]) -> None:
-        if type(item) is ServerLine:
-            self._heard_at = time.monotonic()
+        watchdog = self._watchdog
+        if type(item) is ServerLine and watchdog is not None:
+            watchdog.heard()
         recording.feed(item, now())
 
-    def _loop(self, recording: AppTurnRecording, interrupted: Callable[[], bool],
+    def _loop(self, recording: AppTurnRecording, watchdog: Watchdog,
               now: Callable[[], float]) -> None:
         machine = recording.session
         process = self._process
         items = process.items if process is not None else queue.SimpleQueue()
         interrupt_fed = False
-        interrupting_since: float | None = None
         while not recording.finished:
-            try:
-                item: AppInput | None = items.get(timeout=POLL_S)
-            except queue.Empty:
-                item = None
+            item = next_within(items, watchdog.wait_s())
             if item is not None:
                 self._observe(recording, item, now)
                 if recording.finished:
@@ -569,32 +577,30 @@ class CodexSession:
             turn = machine.live_turn
             if turn is None:
                 return  # the turn ended (recording.finished) or was never started
-            clock = time.monotonic()
-            if not interrupt_fed and interrupted():
+            if not interrupt_fed and watchdog.caller_stopped():
                 interrupt_fed = True
                 recording.feed(Interrupt(), now())
                 continue
+            deadlines = self._deadlines
             if turn.state == INTERRUPTING:
-                if interrupting_since is None:
-                    interrupting_since = clock
-                elif clock - interrupting_since >= self.interrupt_grace_s:
+                deadlines.start(INTERRUPT_GRACE, self.interrupt_grace_s)
+                if deadlines.passed(INTERRUPT_GRACE):
                     recording.feed(InterruptTimeout(self.interrupt_grace_s), now())
                     continue
             timeout = self.request_timeout_s
             assert timeout is not None
             for ident, method in sorted(machine.pending.items()):
-                sent = self._sent_at.get(ident)
-                if sent is not None and clock - sent >= timeout:
+                if deadlines.passed(ident):
                     recording.feed(RequestTimeout(ident, method, timeout), now())
                     break
             if recording.finished:
                 return
-            idle = self.idle_timeout_s
-            if idle is not None and turn.is_sent and turn.state != AWAITING_APPROVAL:
-                if clock - self._heard_at >= idle:
-                    recording.feed(IdleTimeout(idle), now())
-            elif turn.state == AWAITING_APPROVAL:
-                self._heard_at = clock  # waiting on the caller, not on the server
+            if turn.state == AWAITING_APPROVAL:
+                watchdog.pause_silence()  # waiting on the caller, not on the server
+                continue
+            watchdog.resume_silence()
+            if turn.is_sent and watchdog.silence_over():
+                recording.feed(IdleTimeout(self.idle_timeout_s or 0.0), now())
 
     def _act(self, effect: Effect) -> None:
         """Carry out a machine's decision: write a line, ask the callback, retire."""
@@ -603,8 +609,11 @@ class CodexSession:
             message = effect.data
             process = self._process
             if isinstance(message, dict) and "method" in message and type(message.get("id")) is int:
-                self._sent_at[message["id"]] = time.monotonic()
-            self._heard_at = time.monotonic()
+                assert self.request_timeout_s is not None
+                self._deadlines.set(message["id"], self.request_timeout_s)
+            watchdog = self._watchdog
+            if watchdog is not None:
+                watchdog.heard()
             if process is not None:
                 process.write(message)
         elif kind == "approval":

@@ -6,53 +6,91 @@ raw bytes (stream attempts through `responses.with_streaming_response.create`, t
 bytes and chunk boundaries the server sent.
 
 The request is sent and its body read on a small reader thread that hands every observation,
-stamped with its arrival time, over a queue; the caller's thread runs the shared attempt loop
-(`engine.drivers.attempt_loop`), waiting on that queue with a short timeout, so an interrupt is
+stamped with its arrival time, over a queue; the caller's thread carries out the shared turn loop
+(`engine.drivers.turn_loop`), waiting on that queue with a short timeout, so an interrupt is
 honoured within ~20 ms and an idle timeout fires on time while the server is silent, before or
 after the response headers. Callbacks run on the caller's thread.
+
+Theory of operation: the reader's socket
+========================================
 
 No reader outlives its attempt. When the attempt ends on what the server sent (a terminal event),
 the reader gets a moment to read the body to its end, so the connection goes back to the client's
 pool; otherwise (an interrupt, an idle timeout, a server that keeps the body open) the caller's
-thread shuts the connection's socket down, which ends the reader's blocked read at once and
-tells the server the connection is closed, and joins the reader. A request still waiting for its
-response headers is aborted the same way: its socket is the one the reader thread is blocked on.
+thread shuts the connection's socket down, which ends the reader's blocked read at once and tells
+the server the connection is closed, and joins the reader.
+
+The socket is the one the HTTP library hands over through its documented hooks, never looked for
+in another thread's frames:
+
+* once the response headers are in, the response's `network_stream` extension names it;
+* before that, the request carries httpcore's `trace` extension: `connect_tcp` / `start_tls`
+  (and their proxy forms) hand over each network stream as soon as the connection is made. The
+  extension is set by an httpx `request` event hook (`_trace_reader_requests`) installed once on
+  the openai client's HTTP client; it does nothing for a request that is not sent from one of
+  these reader threads (a context variable names the reader), and chains a trace callback the
+  request already had, so the user's own hooks, extensions, proxies and transports keep working;
+* every step of the trace before the request is answered (connecting, TLS, sending the headers
+  and the body, starting to wait for the answer) is also a point where an attempt already given
+  up stops its request: nothing more is sent, and a socket made after the attempt was given up
+  is shut down at once.
+
+What no hook hands over is a socket whose TCP connect is still under way (the caller waits a
+moment for it, and the reader shuts it down as soon as the connect completes), and a kept-alive
+connection taken from the pool, until its answer's headers come: its request is stopped if the
+attempt was given up before it was sent, and otherwise left to end by itself (the reader then
+closes the response, and with it the connection, as soon as the headers come; the attempt itself
+ended on time). A transport without a socket (a mock, a custom transport) is left to end by
+itself after the same short wait.
 """
 
 from __future__ import annotations
 
-import os
+import contextvars
 import queue
 import socket
-import sys
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Unpack
 
 import openai
 
-from engine.drivers.attempt_loop import (
-    Stamped,
-    Watchdog,
-    attempt_loop,
-    pause_slices,
-    stamped,
-    start_turn,
-)
+from engine.drivers.arguments import TurnOptions
 from engine.drivers.background import cancel_arguments, resume_arguments
 from engine.drivers.recording import AttemptFeed
 from engine.drivers.transport import observation_of
-from engine.log.eventlog import Callbacks
-from machines.records import Chunk, EndOfStream, Interrupt, TurnPolicy, TurnResult
+from engine.drivers.turn_loop import Reply, Stamped, drive, stamped, start_turn
+from engine.drivers.watchdog import next_within
+from machines.records import Chunk, EndOfStream, TurnResult
 
 __all__ = ["run_turn"]
 
-#: How long a reader may take to read the rest of a body after its terminal event (seconds).
-FINISH_GRACE_S = 0.1
-#: How long the caller keeps shutting a reader's connection down and waiting for it (seconds).
+#: How long the caller waits for a reader it has stopped, or that stops by itself (seconds).
 JOIN_S = 1.0
-#: How often it looks again for the socket of a request that has none yet (seconds).
-SHUT_DOWN_POLL_S = 0.01
+
+#: The steps of httpcore's trace at which a request of an abandoned attempt is stopped: each is
+#: announced (`.started`) before it does anything on the network.
+_STOP_POINTS = frozenset(
+    {
+        "connect_tcp",
+        "connect_unix_socket",
+        "start_tls",
+        "setup_socks5_connection",
+        "retry",
+        "send_connection_init",
+        "send_request_headers",
+        "send_request_body",
+        "receive_response_headers",
+    }
+)
+
+#: The reader whose thread is sending the current request (unset on every other thread).
+_READER: contextvars.ContextVar[_AttemptReader] = contextvars.ContextVar("streamfsm_reader")
+_HOOK_LOCK = threading.Lock()
+
+
+class _AttemptAbandoned(Exception):
+    """Raised inside the HTTP library to stop the request of an attempt already given up."""
 
 
 class _AttemptReader:
@@ -73,11 +111,13 @@ class _AttemptReader:
     ) -> None:
         self.items: queue.SimpleQueue[Stamped] = queue.SimpleQueue()
         self._lock = threading.Lock()
+        #: the caller has given the attempt up
         self._abandoned = False
-        #: "opening" until the response headers arrive, "reading" the body, then "done"
-        self._phase = "opening"
-        #: the socket of the response being read, when the HTTP library names it
+        #: the socket the request travels on, once the HTTP library has handed it over
         self._socket: socket.socket | None = None
+        #: the request went out on a connection whose socket was not handed over (a kept-alive
+        #: connection from the pool, before its answer's headers)
+        self._unseen = False
         self._thread = threading.Thread(
             target=self._run,
             args=(client, request, kind, resume_point),
@@ -93,20 +133,19 @@ class _AttemptReader:
         kind: str,
         resume_point: tuple[str, int] | None,
     ) -> None:
+        _READER.set(self)  # this thread's context only: its requests get the trace extension
         put = self.items.put
         try:
             body, close, http_response = _open_stream(client, request, kind, resume_point)
         except BaseException as error:  # handed to the caller's thread, classified there
-            with self._lock:
-                self._phase = "done"
             put(stamped(observation_of(error, opening=True) or error))
             return
         try:
             with self._lock:
-                self._phase = "reading"
                 if self._abandoned:
                     return  # the caller gave up while the headers were on their way
-                self._socket = _socket_of_response(http_response)
+                named = _socket_of(http_response.extensions.get("network_stream"))
+                self._socket = named or self._socket
             for chunk in body:
                 if chunk:
                     put(stamped(Chunk(chunk)))
@@ -115,15 +154,41 @@ class _AttemptReader:
             put(stamped(observation_of(error, opening=False) or error))
         finally:
             with self._lock:
-                self._phase = "done"
                 self._socket = None
             _close_quietly(close)
 
+    def traced(self, theirs: Callable[[str, dict[str, Any]], Any] | None) -> Callable[..., None]:
+        """The `trace` extension for this reader's request, after the one it had (`theirs`)."""
+
+        def trace(event: str, info: dict[str, Any]) -> None:
+            if theirs is not None:
+                theirs(event, info)
+            self._traced(event, info)
+
+        return trace
+
+    def _traced(self, event: str, info: dict[str, Any]) -> None:
+        """One step of the request inside httpcore (`<part>.<step>.started|complete|failed`)."""
+        where, _, phase = event.rpartition(".")  # "http11.send_request_headers", "started"
+        step = where.rpartition(".")[2]
+        sock = _socket_of(info.get("return_value")) if phase == "complete" else None
+        with self._lock:
+            if sock is not None:
+                self._socket = sock
+            elif step == "send_request_headers" and self._socket is None:
+                self._unseen = True
+            abandoned = self._abandoned
+        if abandoned:
+            if sock is not None:
+                _shut_down(sock)
+            if phase == "started" and step in _STOP_POINTS:
+                raise _AttemptAbandoned()
+
     def finish(self, grace_s: float) -> None:
-        """End the reader: after `grace_s` for it to read the body to its end, shut its
-        connection down (ending a blocked read, or a request still waiting for its headers) and
-        join it. A request still being built has no socket yet: it is shut down as soon as it
-        has one."""
+        """End the reader: after `grace_s` for it to read the body to its end, give the attempt
+        up, shut its connection down (ending a blocked read, or a request still waiting for its
+        headers) and join it. A request that has no socket yet stops at its next step; one sent
+        on a connection no hook named is left to end by itself."""
         thread = self._thread
         if grace_s > 0:
             thread.join(grace_s)
@@ -131,50 +196,42 @@ class _AttemptReader:
             return
         with self._lock:
             self._abandoned = True
-        deadline = time.monotonic() + JOIN_S
-        while thread.is_alive() and time.monotonic() < deadline:
-            with self._lock:
-                sock = self._socket
-                opening = self._phase == "opening"
-            if sock is None and opening:
-                sock = _socket_in_use(thread)
-            if sock is not None:
-                _shut_down(sock)
-            thread.join(SHUT_DOWN_POLL_S)
+            sock = self._socket
+            unseen = self._unseen and sock is None
+        if sock is not None:
+            _shut_down(sock)
+        if not unseen:
+            thread.join(JOIN_S)
 
 
-def _socket_of_response(http_response: Any) -> socket.socket | None:
-    """The socket an httpx response is read from (the `network_stream` extension), if any."""
+def _trace_reader_requests(request: Any) -> None:
+    """httpx `request` event hook: a request sent from a reader thread gets the reader's trace
+    callback as its `trace` extension; every other request is left as it is."""
+    reader = _READER.get(None)
+    if reader is not None:
+        extensions = request.extensions
+        extensions["trace"] = reader.traced(extensions.get("trace"))
+
+
+def _watch_requests(client: Any) -> None:
+    """Install `_trace_reader_requests` on the client's HTTP client, once. Without an httpx
+    client there (a client of another make) the readers find their socket only in the response."""
+    hooks = getattr(getattr(client, "_client", None), "event_hooks", None)
+    if not isinstance(hooks, dict):
+        return
+    with _HOOK_LOCK:
+        requests = hooks.get("request")
+        if isinstance(requests, list) and _trace_reader_requests not in requests:
+            requests.append(_trace_reader_requests)
+
+
+def _socket_of(stream: Any) -> socket.socket | None:
+    """The socket a network stream (httpcore's, named by `get_extra_info`) reads, if any."""
     try:
-        stream = http_response.extensions.get("network_stream")
         sock = stream.get_extra_info("socket") if stream is not None else None
-    except Exception:  # a transport without a network stream (a mock, a custom transport)
+    except Exception:  # not a network stream after all
         return None
     return sock if isinstance(sock, socket.socket) else None
-
-
-def _socket_in_use(thread: threading.Thread) -> socket.socket | None:
-    """The socket `thread` is connecting, writing or reading on (a request still waiting for
-    its response headers has no response to ask): found in its innermost frames, as a local
-    socket or an HTTP library network stream that names its socket. None if there is none
-    (resolving a host name, or not in the network at all)."""
-    frame = sys._current_frames().get(thread.ident or -1)
-    depth = 0
-    while frame is not None and depth < 64:
-        for value in list(frame.f_locals.values()):
-            if isinstance(value, socket.socket):
-                return value
-            module = type(value).__module__
-            if module.startswith(("httpcore", "httpx")) and hasattr(value, "get_extra_info"):
-                try:
-                    sock = value.get_extra_info("socket")
-                except Exception:  # not a network stream after all
-                    continue
-                if isinstance(sock, socket.socket):
-                    return sock
-        frame = frame.f_back
-        depth += 1
-    return None
 
 
 def _shut_down(sock: socket.socket) -> None:
@@ -213,72 +270,48 @@ def _open_stream(
     )
 
 
-def _run_attempt(
-    client: Any,
-    request: dict[str, Any],
-    feed: AttemptFeed,
-    now: Callable[[], float],
-    interrupted: Callable[[], bool],
-    idle_timeout_s: float | None,
-) -> None:
-    if interrupted():
-        feed.fail(Interrupt(), now())
-        return
-    watchdog = Watchdog(time.monotonic, interrupted, idle_timeout_s)
-    loop = attempt_loop(feed, watchdog, now)
-    reader = _AttemptReader(client, request, feed.kind, feed.resume_point)
-    get = reader.items.get
-    grace_s = 0.0
-    try:
-        wait_s = next(loop)
-        while True:
-            try:
-                item: Stamped | None = get(timeout=wait_s)
-            except queue.Empty:
-                item = None
-            wait_s = loop.send(item)
-    except StopIteration as ended:
-        # ended by what the server sent: its body should end right away
-        grace_s = 0.0 if ended.value else FINISH_GRACE_S
-    finally:
-        reader.finish(grace_s)
+class _ThreadDriver:
+    """Carries out a turn's steps on the caller's thread, one reader thread per attempt."""
+
+    __slots__ = ("_client", "_request", "_reader")
+
+    def __init__(self, client: Any, request: dict[str, Any]) -> None:
+        self._client = client
+        self._request = request
+        self._reader: _AttemptReader | None = None
+
+    def wait(self, seconds: float) -> Reply:
+        reader = self._reader
+        return next_within(reader.items, seconds) if reader is not None else None
+
+    def pause(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def open(self, feed: AttemptFeed) -> None:
+        self._reader = _AttemptReader(self._client, self._request, feed.kind, feed.resume_point)
+
+    def close(self, grace_s: float) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.finish(grace_s)
+
+    def cancel(self, response_id: str) -> None:
+        """Cancel a background response the turn gave up (best effort: the turn has its
+        outcome already, and a cancel that fails changes nothing of it)."""
+        try:
+            self._client.responses.cancel(response_id, **cancel_arguments(self._request))
+        except Exception:  # the network's or the server's doing; the response may be gone already
+            pass
 
 
 def run_turn(
-    client: openai.OpenAI,
-    request: dict[str, Any],
-    *,
-    callbacks: Callbacks | None = None,
-    policy: TurnPolicy | None = None,
-    trace: str | os.PathLike[str] | None = None,
-    interrupt: threading.Event | Callable[[], bool] | None = None,
+    client: openai.OpenAI, request: dict[str, Any], **options: Unpack[TurnOptions]
 ) -> TurnResult:
     """Run one turn: stream attempts with retries, then a fallback, as the policy allows.
 
-    Returns a `TurnResult` for anything the server or network does; raises `TypeError` /
-    `ValueError` only for a wrong call."""
-    turn = start_turn(client, request, callbacks, policy, trace, interrupt, entry="run_turn")
-    recording = turn.recording
-    try:
-        for feed in recording.attempts():
-            for pause in pause_slices(recording.wait_s, turn.interrupted, turn.now):
-                time.sleep(pause)
-            _run_attempt(
-                turn.client, turn.request, feed, turn.now, turn.interrupted,
-                turn.policy.idle_timeout_s,
-            )
-        for response_id in recording.cancels:
-            _cancel(turn.client, turn.request, response_id)
-    except BaseException:
-        recording.abandon(trace, turn.secrets)
-        raise
-    return recording.finish(trace, turn.secrets)
-
-
-def _cancel(client: Any, request: dict[str, Any], response_id: str) -> None:
-    """Cancel a background response the turn gave up (best effort: the turn has its outcome
-    already, and a cancel that fails changes nothing of it)."""
-    try:
-        client.responses.cancel(response_id, **cancel_arguments(request))
-    except Exception:  # the network's or the server's doing; the response may be gone already
-        pass
+    Options (keyword only, `engine.drivers.arguments.TurnOptions`): `callbacks`, `policy`,
+    `trace`, `interrupt`. Returns a `TurnResult` for anything the server or network does;
+    raises `TypeError` / `ValueError` only for a wrong call (an unknown option too)."""
+    turn = start_turn(client, request, options, entry="run_turn")
+    _watch_requests(turn.client)
+    return drive(turn.steps(), _ThreadDriver(turn.client, turn.request))

@@ -5,11 +5,11 @@ the body is a transport fault. `observation_of` sorts what a driver's reader cau
 
 * opening the request (anything before the response headers): a non-2xx status
   (`APIStatusError`, with the response already read) is an `HttpError`; every other exception is
-  `TransportFault("connect_error")`, whatever its class (refused, reset, timed out, a proxy or
+  `TransportFault(Fault.CONNECT_ERROR)`, whatever its class (refused, reset, timed out, a proxy or
   TLS failure, a transport that raised something of its own), because nothing of the response
   arrived: the engine may send the request again;
-* reading the body: a timeout is `TransportFault("read_timeout")`, every other exception
-  `TransportFault("drop")` (the HTTP library's protocol, read and decoding errors, the SDK's
+* reading the body: a timeout is `TransportFault(Fault.READ_TIMEOUT)`, every other exception
+  `TransportFault(Fault.DROP)` (the HTTP library's protocol, read and decoding errors, the SDK's
   wrappers around them, anything else the client raised mid-body);
 * not the network's doing, so handed back to be raised: `KeyboardInterrupt`, `SystemExit`,
   cancellation (anything that is not an `Exception`), and a wrong call: a `TypeError` or
@@ -28,7 +28,7 @@ from typing import Any
 import openai
 import orjson
 
-from machines.records import HttpError, TransportFault
+from machines.records import Fault, HttpError, TransportFault
 
 __all__ = ["fault_of", "http_error_of", "is_transport_error", "is_wrong_call", "observation_of"]
 
@@ -65,10 +65,10 @@ def fault_of(error: BaseException, *, opening: bool) -> TransportFault:
     names = _names(error)
     detail = type(error).__name__
     if isinstance(error, openai.APITimeoutError) or names & _TIMEOUT_NAMES and not names & _CONNECT_NAMES:
-        return TransportFault("read_timeout", detail)
+        return TransportFault(Fault.READ_TIMEOUT, detail)
     if opening and (isinstance(error, openai.APIConnectionError) or names & _CONNECT_NAMES):
-        return TransportFault("connect_error", detail)
-    return TransportFault("drop", detail)
+        return TransportFault(Fault.CONNECT_ERROR, detail)
+    return TransportFault(Fault.DROP, detail)
 
 
 #: Response headers an `HttpError` keeps: when to try again, and what to quote to support.
@@ -163,5 +163,5 @@ def observation_of(error: BaseException, *, opening: bool) -> HttpError | Transp
             return http_error_of(error)
         if is_wrong_call(error):
             return None
-        return TransportFault("connect_error", detail)
-    return TransportFault("read_timeout" if _is_timeout(error) else "drop", detail)
+        return TransportFault(Fault.CONNECT_ERROR, detail)
+    return TransportFault(Fault.READ_TIMEOUT if _is_timeout(error) else Fault.DROP, detail)
