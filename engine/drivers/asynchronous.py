@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
+import threading
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Unpack
+from typing import Any, AsyncIterator, Awaitable, Callable, Generator
 
 import openai
 
 from engine.drivers.background import cancel_arguments, resume_arguments
 from engine.drivers.recording import AttemptFeed
+from engine.log.eventlog import Callbacks
 from engine.drivers.transport import observation_of
 from engine.drivers.arguments import TurnOptions
 from engine.drivers.turn_loop import (
@@ -37,7 +40,7 @@ from engine.drivers.turn_loop import (
     carry_out,
     start_turn,
 )
-from machines.records import Chunk, EndOfStream, TurnResult
+from machines.records import Chunk, EndOfStream, TurnPolicy, TurnResult
 
 __all__ = ["arun_turn"]
 #: How long the turn waits for a cancelled reader to close its response (seconds).
@@ -203,9 +206,17 @@ async def _drive(steps: Generator[Step, Reply, TurnResult], driver: _LoopDriver)
 
 
 async def arun_turn(
-    client: openai.AsyncOpenAI, request: dict[str, Any], **options: Unpack[TurnOptions]
+    client: openai.AsyncOpenAI,
+    request: dict[str, Any],
+    *,
+    callbacks: Callbacks | None = None,
+    policy: TurnPolicy | None = None,
+    trace: str | os.PathLike[str] | None = None,
+    interrupt: threading.Event | Callable[[], bool] | None = None,
 ) -> TurnResult:
-    """`run_turn` for `openai.AsyncOpenAI`: same machines, same result, same trace format."""
+    """`run_turn` for `openai.AsyncOpenAI`: same arguments, same machines, same result, same
+    trace format."""
+    options = TurnOptions(callbacks=callbacks, policy=policy, trace=trace, interrupt=interrupt)
     turn = start_turn(client, request, options, entry="arun_turn")
     driver = _LoopDriver(turn.client, turn.request)
     return await _drive(turn.steps(blind_while_busy=True), driver)

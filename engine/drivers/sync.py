@@ -47,21 +47,23 @@ itself after the same short wait.
 from __future__ import annotations
 
 import contextvars
+import os
 import queue
 import socket
 import threading
 import time
-from typing import Any, Callable, Iterator, Unpack
+from typing import Any, Callable, Iterator
 
 import openai
 
 from engine.drivers.arguments import TurnOptions
 from engine.drivers.background import cancel_arguments, resume_arguments
 from engine.drivers.recording import AttemptFeed
+from engine.log.eventlog import Callbacks
 from engine.drivers.transport import observation_of
 from engine.drivers.turn_loop import Reply, Stamped, drive, stamped, start_turn
 from engine.drivers.watchdog import next_within
-from machines.records import Chunk, EndOfStream, TurnResult
+from machines.records import Chunk, EndOfStream, TurnPolicy, TurnResult
 
 __all__ = ["run_turn"]
 
@@ -305,13 +307,23 @@ class _ThreadDriver:
 
 
 def run_turn(
-    client: openai.OpenAI, request: dict[str, Any], **options: Unpack[TurnOptions]
+    client: openai.OpenAI,
+    request: dict[str, Any],
+    *,
+    callbacks: Callbacks | None = None,
+    policy: TurnPolicy | None = None,
+    trace: str | os.PathLike[str] | None = None,
+    interrupt: threading.Event | Callable[[], bool] | None = None,
 ) -> TurnResult:
     """Run one turn: stream attempts with retries, then a fallback, as the policy allows.
 
-    Options (keyword only, `engine.drivers.arguments.TurnOptions`): `callbacks`, `policy`,
-    `trace`, `interrupt`. Returns a `TurnResult` for anything the server or network does;
-    raises `TypeError` / `ValueError` only for a wrong call (an unknown option too)."""
+    `request`: the keyword arguments of `client.responses.create` (the engine sets `stream`).
+    `callbacks` hear the answer as it streams; `policy` says how hard the turn tries (default
+    `TurnPolicy()`); `trace` is a path the turn is recorded to; `interrupt` (a
+    `threading.Event`, or a zero-argument callable) stops the turn promptly when set. Returns a
+    `TurnResult` for anything the server or network does; raises `TypeError` / `ValueError`
+    only for a wrong call."""
+    options = TurnOptions(callbacks=callbacks, policy=policy, trace=trace, interrupt=interrupt)
     turn = start_turn(client, request, options, entry="run_turn")
     _watch_requests(turn.client)
     return drive(turn.steps(), _ThreadDriver(turn.client, turn.request))
