@@ -18,7 +18,7 @@ import pytest
 
 import engine
 from engine import cli
-from engine.log.app_trace import read_app_trace
+from engine.log.trace import read_trace
 
 FIXTURES = Path(__file__).resolve().parent.parent / "replay_fixtures" / "codex_app_server"
 TRACES = sorted(FIXTURES.glob("*.jsonl"))
@@ -63,12 +63,12 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
 def test_every_fixture_replays_identically(path: Path) -> None:
     report = engine.replay(path)
     assert report.identical, report.divergence.describe() if report.divergence else ""
-    assert report.records == len(read_app_trace(path).records)
+    assert report.records == len(read_trace(path).records)
 
 
 @pytest.mark.parametrize("name, outcome", sorted(RULES.items()))
 def test_each_rule_has_a_real_binary_fixture(name: str, outcome: str) -> None:
-    trace = read_app_trace(FIXTURES / f"{name}.jsonl")
+    trace = read_trace(FIXTURES / f"{name}.jsonl")
     assert trace.records[-1]["outcome"] == outcome
     assert any(r.get("input") == "line" for r in trace.records)
 

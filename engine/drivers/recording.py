@@ -1,8 +1,15 @@
 """One turn in progress: its machines, its event log and its trace, shared by every driver.
 
+`Recording` is what every protocol's turn shares: the trace header, the event log (which records
+each input before a machine sees it, then the machine's decisions, and only then acts on them)
+and the trace, written once at the end (`finish`) or when the driver breaks (`abandon`, ending
+with an `abandoned` record). A protocol's recording adds only which machine it feeds and how its
+result is built: `TurnRecording` here (Responses-API stream attempts), `AppTurnRecording` in
+`engine.drivers.app_recording` (codex app-server turns).
+
 The sync driver, the async driver, `consume`, the replayer and the fuzzing strategies differ only
-in where inputs come from (a socket, a list of chunks, a trace file, a generated session). All of
-them run this loop:
+in where a stream turn's inputs come from (a socket, a list of chunks, a trace file, a generated
+session). All of them run this loop:
 
     recording = TurnRecording(policy, callbacks, entry="run_turn", request=request, seed=seed)
     for feed in recording.attempts():          # the turn machine decides each attempt
@@ -20,7 +27,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
 import attrs
 
@@ -42,7 +49,7 @@ from machines.records import (
 from machines.stream_attempt import FINAL, StreamAttempt
 from machines.turn import TurnMachine
 
-__all__ = ["AttemptFeed", "TurnRecording"]
+__all__ = ["AttemptFeed", "Recording", "TurnRecording"]
 
 
 class AttemptFeed:
@@ -103,8 +110,77 @@ class AttemptFeed:
         self._log.decide(self.attempt.receive(item))
 
 
-class TurnRecording:
-    """A turn's machines and event log, and its trace when one is asked for."""
+class _Result(Protocol):
+    """What a protocol's turn returns: its error (scrubbed before the caller sees it) and its
+    JSON (the trace's `result` record)."""
+
+    @property
+    def error(self) -> dict[str, Any] | None: ...
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+_R = TypeVar("_R", bound=_Result)
+
+
+class Recording:
+    """A turn's event log and its trace, whatever the protocol.
+
+    `act` is the driver's hook for the effects in `driver_effects` (see `EventLog`); `secrets`
+    are the ones the recording knows of itself (the request's credential-named fields), masked
+    in the trace besides those `finish` and `abandon` are given."""
+
+    def __init__(
+        self,
+        header: dict[str, Any],
+        callbacks: Callbacks | None,
+        *,
+        act: Callable[[Effect], None] | None = None,
+        driver_effects: Iterable[str] = (),
+        secrets: Iterable[str] = (),
+    ) -> None:
+        self.header = header
+        self.log = EventLog(callbacks, act, driver_effects)
+        #: secrets of the turn itself, scrubbed wherever they are echoed
+        self.known_secrets = list(secrets)
+
+    def _secrets(self, secrets: Iterable[str]) -> list[str]:
+        return sorted({*secrets, *self.known_secrets}, key=len, reverse=True)
+
+    def _finish(
+        self, made: _R, trace: str | os.PathLike[str] | None, secrets: Iterable[str]
+    ) -> _R:
+        """`made`, the result as the machines made it, for the caller (its error scrubbed of
+        secrets), and the trace written if asked. The trace gets `made`, masked by the trace
+        writer like every other record (so that a replay of the masked inputs reproduces it);
+        writing it never raises (`TraceWriter.write`)."""
+        every_secret = self._secrets(secrets)
+        result = made
+        if made.error is not None:
+            result = attrs.evolve(made, error=scrub(made.error, every_secret))  # type: ignore[misc]
+        if trace is not None:
+            TraceWriter(trace, every_secret).write(self.header, self.log.records, made.to_json())
+        return result
+
+    def abandon(
+        self,
+        trace: str | os.PathLike[str] | None,
+        secrets: Iterable[str] = (),
+        error: BaseException | None = None,
+    ) -> None:
+        """Write what was recorded so far after an unexpected error (`error`, by default the
+        exception being handled), ending with an `abandoned` record naming its class."""
+        if trace is not None:
+            if error is None:
+                error = sys.exc_info()[1]
+            name = type(error).__name__ if error is not None else "Exception"
+            TraceWriter(trace, self._secrets(secrets)).write(
+                self.header, self.log.records, None, abandoned=name
+            )
+
+
+class TurnRecording(Recording):
+    """A Responses-API turn: the turn machine, which opens each attempt, over the event log."""
 
     def __init__(
         self,
@@ -115,17 +191,16 @@ class TurnRecording:
         request: dict[str, Any] | None = None,
         seed: int = 0,
     ) -> None:
+        super().__init__(
+            header_for(entry, policy, request, seed), callbacks, secrets=field_secrets(request)
+        )
         self.policy = policy
-        self.log = EventLog(callbacks)
         self.turn = TurnMachine(policy, seed, background=is_background(request))
-        self.header = header_for(entry, policy, request, seed)
         #: Seconds to wait before sending the attempt just yielded by `attempts()` (an HTTP retry).
         self.wait_s = 0.0
         #: Ids of background responses the finished turn decided to cancel (the driver sends
         #: the cancels; a replay does not).
         self.cancels: list[str] = []
-        #: values of the request's credential-named fields, scrubbed wherever they are echoed
-        self.request_secrets = field_secrets(request)
 
     def attempts(self) -> Iterator[AttemptFeed]:
         """Each attempt the turn machine opens; the caller feeds it until it is final."""
@@ -154,45 +229,20 @@ class TurnRecording:
                 ignored=attempt.ignored,
             )
 
-    def _secrets(self, secrets: list[str] | tuple[str, ...]) -> list[str]:
-        return sorted({*secrets, *self.request_secrets}, key=len, reverse=True)
+    def result(self) -> TurnResult:
+        """The turn's result as the machines made it (the turn must have ended)."""
+        return self.turn.result(self.log.transitions)
 
     def finish(
         self,
         trace: str | os.PathLike[str] | None = None,
-        secrets: list[str] | tuple[str, ...] = (),
+        secrets: Iterable[str] = (),
     ) -> TurnResult:
-        """The turn's result (its error scrubbed of secrets), and its trace written if asked.
-
-        The trace gets the result as the machines made it, masked by the trace writer like every
-        other record (so that a replay of the masked inputs reproduces it); writing it never
-        raises (`TraceWriter.write`)."""
-        made = self.turn.result(self.log.transitions)
-        every_secret = self._secrets(secrets)
-        result = made
-        if made.error is not None:
-            result = attrs.evolve(made, error=scrub(made.error, every_secret))
-        if trace is not None:
-            TraceWriter(trace, every_secret).write(self.header, self.log.records, made)
+        """The turn's result (its error scrubbed of secrets), and its trace written if asked."""
+        result = self._finish(self.result(), trace, secrets)
         log.info(
             "turn finished",
             outcome=result.outcome,
             attempts=[f"{a.kind}:{a.final_state}:{a.reason}" for a in result.attempts],
         )
         return result
-
-    def abandon(
-        self,
-        trace: str | os.PathLike[str] | None,
-        secrets: list[str] | tuple[str, ...] = (),
-        error: BaseException | None = None,
-    ) -> None:
-        """Write what was recorded so far after an unexpected error (`error`, by default the
-        exception being handled), ending with an `abandoned` record naming its class."""
-        if trace is not None:
-            if error is None:
-                error = sys.exc_info()[1]
-            name = type(error).__name__ if error is not None else "Exception"
-            TraceWriter(trace, self._secrets(secrets)).write(
-                self.header, self.log.records, None, abandoned=name
-            )
