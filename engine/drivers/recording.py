@@ -25,31 +25,39 @@ exactly what a replay needs, in order, and nothing runs inside a machine step.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import sys
-from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
+from typing import Any, Callable, Final, Iterable, Iterator, Protocol, TypeVar
 
 import attrs
+import orjson
 
 from engine.drivers.background import is_background
 from engine.drivers.sse import SseDecoder
-from engine.log.eventlog import Callbacks, EventLog, RecordedInput
+from engine.log.eventlog import Callbacks, EventLog, InputRecord, RecordedInput, Record
 from engine.log.logs import log
+from engine.log.masking import DecodedText, TextChannels, TextPiece
 from engine.log.redaction import field_secrets, scrub
 from engine.log.trace import TraceWriter, header_for
+from machines.json_text import lenient_loads
 from machines.records import (
     Chunk,
     Effect,
     EndOfStream,
     EventTooLarge,
+    InputKind,
     StreamInput,
+    Transition,
     TurnPolicy,
     TurnResult,
 )
 from machines.stream_attempt import FINAL, StreamAttempt
+from machines.turn import MACHINE as TURN_MACHINE
 from machines.turn import TurnMachine
 
-__all__ = ["AttemptFeed", "Recording", "TurnRecording"]
+__all__ = ["AttemptFeed", "DELTA_TEXT", "Recording", "TurnRecording"]
 
 
 class AttemptFeed:
@@ -130,6 +138,10 @@ class Recording:
     are the ones the recording knows of itself (the request's credential-named fields), masked
     in the trace besides those `finish` and `abandon` are given."""
 
+    #: How the protocol's streams carry the text its machines deliver, so that the trace masks
+    #: it alike in every attempt (`engine.log.masking`); None: the streams carry no such text.
+    text: TextChannels | None = None
+
     def __init__(
         self,
         header: dict[str, Any],
@@ -159,7 +171,9 @@ class Recording:
         if made.error is not None:
             result = attrs.evolve(made, error=scrub(made.error, every_secret))  # type: ignore[misc]
         if trace is not None:
-            TraceWriter(trace, every_secret).write(self.header, self.log.records, made.to_json())
+            TraceWriter(trace, every_secret, text=self.text).write(
+                self.header, self.log.records, made.to_json()
+            )
         return result
 
     def abandon(
@@ -174,13 +188,130 @@ class Recording:
             if error is None:
                 error = sys.exc_info()[1]
             name = type(error).__name__ if error is not None else "Exception"
-            TraceWriter(trace, self._secrets(secrets)).write(
+            TraceWriter(trace, self._secrets(secrets), text=self.text).write(
                 self.header, self.log.records, None, abandoned=name
             )
 
 
+# -- the text a stream attempt delivers, as the trace writer masks it ---------------------------
+
+#: The events whose `delta` a stream attempt delivers, by channel (`machines.stream_attempt`).
+_TEXT_EVENTS: Final = {
+    "response.output_text.delta": "text",
+    "response.reasoning_summary_text.delta": "reasoning",
+    "response.reasoning_text.delta": "reasoning",
+}
+#: A `"delta": "..."` field as written; group 1 is the string's content.
+_DELTA_FIELD: Final = re.compile(rb'"delta"[ \t]*:[ \t]*"((?:[^"\\\r\n]|\\.)*)"')
+#: How many `delta` fields past the expected one are searched for an event's delta.
+_LOOK_AHEAD: Final = 8
+
+
+def _string_offsets(content: bytes, text: str) -> tuple[int, ...] | None | bool:
+    """Whether the content of a JSON string as written is `text`: False when it is not; None
+    when it is, one byte per character; else each character's offset in `content`, the end
+    last."""
+    if b"\\" not in content:
+        try:
+            if content.decode("utf-8") != text:
+                return False
+        except UnicodeDecodeError:
+            return False
+        if len(content) == len(text):
+            return None
+    else:
+        try:
+            if json.loads(b'"' + content + b'"') != text:
+                return False
+        except ValueError:
+            return False
+    offsets = [0]
+    at, size = 0, len(content)
+    while at < size:
+        byte = content[at]
+        if byte == 0x5C:  # an escape: \uXXXX (a surrogate pair: two of them) or \X
+            step = 2
+            if content[at + 1 : at + 2] == b"u":
+                step = 6
+                high = int(content[at + 2 : at + 6], 16)  # json.loads read it: four hex digits
+                if 0xD800 <= high < 0xDC00 and content[at + 6 : at + 8] == b"\\u":
+                    step = 12
+        else:
+            step = 1 if byte < 0x80 else 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+        at += step
+        offsets.append(at)
+    return tuple(offsets) if len(offsets) == len(text) + 1 else False
+
+
+def _delta_texts(body: bytes) -> dict[str, DecodedText]:
+    """The text each channel's deltas carry in one attempt's body, as the machine decodes it
+    (the same decoder, the same dispatch by type), and where each delta's string lies."""
+    texts: dict[str, list[str]] = {}
+    pieces: dict[str, list[TextPiece]] = {}
+    lengths: dict[str, int] = {}
+    cursor = 0
+    for event in SseDecoder().feed(body):
+        try:
+            payload = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            payload = lenient_loads(event.data)
+        if type(payload) is not dict:
+            continue
+        delta = payload.get("delta")
+        if type(delta) is not str:
+            continue
+        raw, offsets = -1, None
+        for count, match in enumerate(_DELTA_FIELD.finditer(body, cursor)):
+            found = _string_offsets(match.group(1), delta)
+            if found is not False:
+                raw, offsets, cursor = match.start(1), found, match.end()
+                break
+            if count == _LOOK_AHEAD:
+                break
+        name = payload.get("type")
+        if type(name) is not str:
+            name = "error" if isinstance(payload.get("error"), dict) else event.event
+        channel = _TEXT_EVENTS.get(name)
+        if channel is None or not delta:
+            continue
+        start = lengths.get(channel, 0)
+        texts.setdefault(channel, []).append(delta)
+        pieces.setdefault(channel, []).append(
+            TextPiece(start, len(delta), raw, offsets if isinstance(offsets, tuple) else None)
+        )
+        lengths[channel] = start + len(delta)
+    return {
+        channel: DecodedText("".join(texts[channel]), tuple(pieces[channel])) for channel in texts
+    }
+
+
+def _resumed(records: list[Record]) -> dict[int, int]:
+    """Each resume attempt, and the attempt before it that received bytes (whose response it
+    goes on with)."""
+    streamed: list[int] = []
+    resumes: set[int] = set()
+    for record in records:
+        if type(record) is InputRecord and type(record.input) is Chunk:
+            if not streamed or streamed[-1] != record.attempt:
+                streamed.append(record.attempt)
+        elif type(record) is Transition and record.machine == TURN_MACHINE and record.trigger == "resume":
+            resumes.add(record.attempt)
+    out: dict[int, int] = {}
+    for attempt in resumes:
+        before = [number for number in streamed if number < attempt]
+        if before:
+            out[attempt] = before[-1]
+    return out
+
+
+#: How stream attempts carry the text they deliver: the `delta` of text and reasoning events.
+DELTA_TEXT: Final = TextChannels(InputKind.CHUNK, _delta_texts, _resumed)
+
+
 class TurnRecording(Recording):
     """A Responses-API turn: the turn machine, which opens each attempt, over the event log."""
+
+    text = DELTA_TEXT
 
     def __init__(
         self,

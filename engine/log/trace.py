@@ -72,10 +72,11 @@ from engine.log.codec import (
 )
 from engine.log.eventlog import Input, InputRecord, Record, RecordedInput
 from engine.log.logs import log
+from engine.log.masking import TextChannels, mask_text
 from engine.log.redaction import Scrubber, redact_fields, scrub_line
 from machines.app_records import SessionConfig
 from machines.app_session import AppSession
-from machines.records import InputKind, TurnPolicy
+from machines.records import Effect, InputKind, TurnPolicy
 
 __all__ = [
     "APP_SERVER",
@@ -331,9 +332,18 @@ class TraceWriter:
     """Writes one trace file, of any protocol: header, records, and the result (or the abandoned
     record), secrets masked."""
 
-    def __init__(self, path: str | os.PathLike[str], secrets: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        secrets: Iterable[str] = (),
+        *,
+        text: TextChannels | None = None,
+    ) -> None:
         self.path = os.fspath(path)
         self.secrets = list(secrets)
+        #: how the protocol's streams carry the text its machines deliver (masked alike in every
+        #: attempt), if it says
+        self.text = text
 
     def write(
         self,
@@ -371,7 +381,7 @@ class TraceWriter:
         abandoned: str | None,
     ) -> None:
         scrubber = Scrubber(self.secrets)
-        streams = _masked_streams(records, scrubber)
+        streams, effects = _masked_streams(records, scrubber, self.text)
         window: list[bytes] = [dumps(header)]
         plain: list[bool] = [False]  # True: a stream input, already masked with its stream
         for seq, record in enumerate(records, 1):
@@ -382,7 +392,7 @@ class TraceWriter:
                 window.append(dumps(record_to_json(record, seq)))
                 plain.append(True)
             else:
-                window.append(dumps(record_to_json(record, seq)))
+                window.append(dumps(record_to_json(effects.get(seq - 1, record), seq)))
                 plain.append(False)
             if len(window) >= _WINDOW:
                 _flush(out, window, plain, scrubber)
@@ -402,30 +412,47 @@ def _remove_quietly(path: str) -> None:
         pass
 
 
-def _masked_streams(records: list[Record], scrubber: Scrubber) -> dict[int, Input]:
+def _masked_streams(
+    records: list[Record], scrubber: Scrubber, text: TextChannels | None
+) -> tuple[dict[int, Input], dict[int, Effect]]:
     """Every stream input, by index in `records`, as it is written (the same object when masking
     left it alone): each attempt's pieces of a stream (its chunks; its stdout lines) are masked
     as one stream (a secret split across two pieces is found) and cut again where they were
-    cut."""
+    cut. With `text`, and more than one attempt, the text the machines decode from the streams
+    is masked the same way in every attempt too (`engine.log.masking`); the effects that
+    delivered text and are written masked are returned, by index."""
     streams: dict[tuple[int, type], list[int]] = {}
     for index, record in enumerate(records):
         if type(record) is InputRecord:
             kind = type(record.input)
             if kind in _STREAM_FORMATS:
                 streams.setdefault((record.attempt, kind), []).append(index)
+    bodies: dict[tuple[int, type], tuple[bytes, bytearray | bytes]] = {}
+    for (attempt, kind), indices in streams.items():
+        separator = _STREAM_FORMATS[kind].separator
+        body = separator.join(_STREAM_FORMATS[kind].payload(records[i].input) for i in indices)  # type: ignore[union-attr]
+        bodies[attempt, kind] = body, scrubber.scrub(body)
+    effects: dict[int, Effect] = {}
+    if text is not None:
+        decoded = INPUTS[text.kind].cls
+        mine = {attempt: (body, bytearray(masked))
+                for (attempt, kind), (body, masked) in bodies.items() if kind is decoded}
+        if len(mine) > 1:
+            effects = mask_text(records, mine, scrubber, text)
+            bodies.update(((attempt, decoded), pair) for attempt, pair in mine.items())
     written: dict[int, Input] = {}
-    for (_, kind), indices in streams.items():
+    for (attempt, kind), indices in streams.items():
         stream = _STREAM_FORMATS[kind]
-        items = [records[index].input for index in indices]  # type: ignore[union-attr]
-        pieces = [stream.payload(item) for item in items]
-        body = stream.separator.join(pieces)
-        masked = scrubber.scrub(body)
+        body, masked = bodies[attempt, kind]
+        changed = masked is not body and masked != body
         offset = 0
-        for index, item, piece in zip(indices, items, pieces):
-            new = masked[offset : offset + len(piece)] if masked is not body else piece
-            written[index] = stream.rebuild(new) if new != piece else item
+        for index in indices:
+            item = records[index].input  # type: ignore[union-attr]
+            piece = stream.payload(item)
+            new = masked[offset : offset + len(piece)] if changed else piece
+            written[index] = stream.rebuild(bytes(new)) if new != piece else item
             offset += len(piece) + len(stream.separator)
-    return written
+    return written, effects
 
 
 _STREAM_FORMATS = {format_.cls: format_.stream for format_ in INPUTS.values() if format_.stream}
