@@ -205,3 +205,12 @@ def test_stdout_lines_are_masked_as_one_stream_and_replay(tmp_path: Path) -> Non
     masked = [r for r in lines(trace) if r.get("input") == "line" and "*" * len(secret) in r["data"]]
     assert masked  # the lines that held it keep their length
     assert engine.replay(trace).identical
+
+
+def test_serving_an_app_server_trace_is_one_clear_error() -> None:
+    """`streamfsm serve` plays Responses-API traces; an app-server trace reads as a valid trace
+    but holds no replies, which it says in one line (exit 2)."""
+    status, out, err = run_cli("serve", str(FIXTURES / "text_answer.jsonl"), "--port", "0")
+    assert status == 2 and out == ""
+    assert err.strip().endswith("a codex_app_server trace holds no Responses-API replies")
+    assert len(err.strip().splitlines()) == 1
