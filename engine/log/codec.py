@@ -188,14 +188,18 @@ def _check_for(hint: Any) -> Check:
     raise TypeError(f"no trace format for a field of type {hint!r}")
 
 
+#: A field a line must hold.
+_REQUIRED: Final = object()
+
+
 def _when_missing(field: Any, hint: Any) -> Any:
     """What a line that leaves the field out means: its default (`attrs.NOTHING`), None for a
-    field that may be None, else nothing (a `KeyError`)."""
+    field that may be None, else that the line is not a record (`_REQUIRED`)."""
     if field.default is not attrs.NOTHING:
         return attrs.NOTHING
     if typing.get_origin(hint) in (Union, types.UnionType) and type(None) in typing.get_args(hint):
         return None
-    return KeyError
+    return _REQUIRED
 
 
 # -- fields and inputs ----------------------------------------------------------------------------
@@ -216,7 +220,7 @@ class FieldFormat:
 def _plain(name: str, key: str, check: Check, missing: Any) -> FieldFormat:
     def read(record: dict[str, Any]) -> Any:
         if key not in record:
-            if missing is KeyError:
+            if missing is _REQUIRED:
                 raise KeyError(key)
             return missing
         try:
