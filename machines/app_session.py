@@ -11,7 +11,7 @@ the caller's turn requests and interrupts, the approval callback's answers, the 
 timeouts. `receive(input)` returns the decisions, `Transition` and `Effect` records, of this
 machine and of the turn it runs (`machines.app_turn`); the driver records them, then acts on
 them. The machine never reads a pipe or a clock and never calls anyone, so a recorded turn
-replays exactly (`engine.drivers.app_replay`).
+replays exactly (`engine.drivers.replay`).
 
 States (`STATES`) and the rules between them are the rows of `TABLE`:
 

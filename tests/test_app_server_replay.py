@@ -18,7 +18,7 @@ import pytest
 
 import engine
 from engine import cli
-from engine.log.app_trace import read_app_trace
+from engine.log.trace import read_trace
 
 FIXTURES = Path(__file__).resolve().parent.parent / "replay_fixtures" / "codex_app_server"
 TRACES = sorted(FIXTURES.glob("*.jsonl"))
@@ -63,12 +63,12 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
 def test_every_fixture_replays_identically(path: Path) -> None:
     report = engine.replay(path)
     assert report.identical, report.divergence.describe() if report.divergence else ""
-    assert report.records == len(read_app_trace(path).records)
+    assert report.records == len(read_trace(path).records)
 
 
 @pytest.mark.parametrize("name, outcome", sorted(RULES.items()))
 def test_each_rule_has_a_real_binary_fixture(name: str, outcome: str) -> None:
-    trace = read_app_trace(FIXTURES / f"{name}.jsonl")
+    trace = read_trace(FIXTURES / f"{name}.jsonl")
     assert trace.records[-1]["outcome"] == outcome
     assert any(r.get("input") == "line" for r in trace.records)
 
@@ -153,3 +153,64 @@ def test_demo_codex_runs_the_real_app_server(tmp_path: Path) -> None:
     written = sorted(tmp_path.glob("*.jsonl"))
     assert len(written) == 5 and all(engine.replay(p).identical for p in written)
     assert os.path.exists(written[0])
+
+
+def _recorded_turn(name: str) -> tuple[Any, list[Any]]:
+    """The session a fixture's turn started from, and its recorded inputs (decoded)."""
+    from engine.log.codec import decode_input
+    from machines.app_records import SessionConfig
+    from machines.app_session import AppSession
+
+    records = lines(FIXTURES / f"{name}.jsonl")
+    header = records[0]
+    session = AppSession.restore(SessionConfig.from_json(header["config"]), header["session"])
+    return session, [(r.get("t"), decode_input(r)) for r in records[1:] if r.get("kind") == "input"]
+
+
+def test_a_turn_cut_short_is_traced_as_abandoned_and_replays(tmp_path: Path) -> None:
+    """An app-server turn whose driver broke gets the `abandoned` record every trace gets; the
+    records up to it replay identically."""
+    from engine.drivers.app_recording import AppTurnRecording
+
+    session, inputs = _recorded_turn("text_answer")
+    recording = AppTurnRecording(session, None)
+    for t, item in inputs[: len(inputs) // 2]:
+        recording.feed(item, t)
+    trace = tmp_path / "cut.jsonl"
+    recording.abandon(trace, error=KeyboardInterrupt())
+    written = lines(trace)
+    assert written[-1] == {"seq": len(written) - 1, "kind": "abandoned", "exception": "KeyboardInterrupt"}
+    report = engine.replay(trace)
+    assert report.identical and report.abandoned == "KeyboardInterrupt"
+
+
+def test_stdout_lines_are_masked_as_one_stream_and_replay(tmp_path: Path) -> None:
+    """A secret codex echoes on stdout is masked, length for length, in every line and record
+    that holds it (the lines of a turn masked as one stream, like an attempt's chunks), and the
+    turn replays identically from the masked lines."""
+    from engine.drivers.app_recording import AppTurnRecording
+
+    session, inputs = _recorded_turn("text_answer")
+    recording = AppTurnRecording(session, None)
+    for t, item in inputs:
+        recording.feed(item, t)
+    assert recording.finished
+    secret = recording.result().thread_id
+    assert secret is not None and len(secret) > 8
+    trace = tmp_path / "masked.jsonl"
+    result = recording.finish(trace, [secret])
+    assert result.outcome == "completed"
+    raw = trace.read_text()
+    assert secret not in raw and secret[:8] not in raw
+    masked = [r for r in lines(trace) if r.get("input") == "line" and "*" * len(secret) in r["data"]]
+    assert masked  # the lines that held it keep their length
+    assert engine.replay(trace).identical
+
+
+def test_serving_an_app_server_trace_is_one_clear_error() -> None:
+    """`streamfsm serve` plays Responses-API traces; an app-server trace reads as a valid trace
+    but holds no replies, which it says in one line (exit 2)."""
+    status, out, err = run_cli("serve", str(FIXTURES / "text_answer.jsonl"), "--port", "0")
+    assert status == 2 and out == ""
+    assert err.strip().endswith("a codex_app_server trace holds no Responses-API replies")
+    assert len(err.strip().splitlines()) == 1

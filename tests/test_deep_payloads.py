@@ -5,14 +5,18 @@ app-server's projections and error checks, app-server trace records."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from engine.compat import stream_call
-from engine.log.app_trace import app_normalise
+from engine.log.trace import TraceWriter, app_header, equal, read_trace
 from engine.simulator.shapes import assemble, completed, created, output_items, text_message
 from machines.app_protocol import is_auth_failure, project_item
+from machines.app_records import SessionConfig
+from machines.app_session import AppSession
+from machines.records import Effect
 
 from test_compat import KWARGS, Agent, FakeStream, fake_client, typed
 
@@ -43,8 +47,11 @@ def test_the_seeds_functions_take_sdk_events_nested_deep(depth: int, as_sdk_obje
 
 
 @pytest.mark.parametrize("depth", DEPTHS)
-def test_app_server_items_and_errors_nested_deep_never_raise(depth: int) -> None:
+def test_app_server_items_and_errors_nested_deep_never_raise(depth: int, tmp_path: Path) -> None:
     deep = nested(depth)
+    config = SessionConfig(cwd="/work")
+    header = app_header(config, AppSession(config).snapshot())
+    trace = tmp_path / "deep.jsonl"
     before = sys.getrecursionlimit()
     sys.setrecursionlimit(1000)  # what a process has, whatever the test runner raised it to
     try:
@@ -53,8 +60,12 @@ def test_app_server_items_and_errors_nested_deep_never_raise(depth: int) -> None
                              "error": {"message": deep}})
         assert not is_auth_failure({"code": deep, "message": deep, "details": deep})
         assert is_auth_failure({"message": {"words": ["invalid_grant"]}})
-        record = app_normalise({"seq": 1, "kind": "input", "params": deep})
+        written = TraceWriter(trace).write(
+            header, [Effect("send", 1, {"params": deep})], {"outcome": "error", "error": deep}
+        )
+        records = read_trace(trace).records
     finally:
         sys.setrecursionlimit(before)
     assert call.ran and call.messages[0]["tool_calls"][0]["function"]["name"].startswith("mcp.")
-    assert record["seq"] == 1
+    assert written and records[0]["seq"] == 1
+    assert equal(records[0]["data"], {"params": deep}) and equal(records[1]["error"], deep)

@@ -1,8 +1,15 @@
 """One turn in progress: its machines, its event log and its trace, shared by every driver.
 
+`Recording` is what every protocol's turn shares: the trace header, the event log (which records
+each input before a machine sees it, then the machine's decisions, and only then acts on them)
+and the trace, written once at the end (`finish`) or when the driver breaks (`abandon`, ending
+with an `abandoned` record). A protocol's recording adds only which machine it feeds and how its
+result is built: `TurnRecording` here (Responses-API stream attempts), `AppTurnRecording` in
+`engine.drivers.app_recording` (codex app-server turns).
+
 The sync driver, the async driver, `consume`, the replayer and the fuzzing strategies differ only
-in where inputs come from (a socket, a list of chunks, a trace file, a generated session). All of
-them run this loop:
+in where a stream turn's inputs come from (a socket, a list of chunks, a trace file, a generated
+session). All of them run this loop:
 
     recording = TurnRecording(policy, callbacks, entry="run_turn", request=request, seed=seed)
     for feed in recording.attempts():          # the turn machine decides each attempt
@@ -18,31 +25,39 @@ exactly what a replay needs, in order, and nothing runs inside a machine step.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import sys
-from typing import Any, Iterator
+from typing import Any, Callable, Final, Iterable, Iterator, Protocol, TypeVar
 
 import attrs
+import orjson
 
 from engine.drivers.background import is_background
 from engine.drivers.sse import SseDecoder
-from engine.log.eventlog import Callbacks, EventLog, RecordedInput
+from engine.log.eventlog import Callbacks, EventLog, InputRecord, RecordedInput, Record
 from engine.log.logs import log
+from engine.log.masking import DecodedText, TextChannels, TextPiece
 from engine.log.redaction import field_secrets, scrub
 from engine.log.trace import TraceWriter, header_for
+from machines.json_text import lenient_loads
 from machines.records import (
     Chunk,
     Effect,
     EndOfStream,
     EventTooLarge,
+    InputKind,
     StreamInput,
+    Transition,
     TurnPolicy,
     TurnResult,
 )
 from machines.stream_attempt import FINAL, StreamAttempt
+from machines.turn import MACHINE as TURN_MACHINE
 from machines.turn import TurnMachine
 
-__all__ = ["AttemptFeed", "TurnRecording"]
+__all__ = ["AttemptFeed", "DELTA_TEXT", "Recording", "TurnRecording"]
 
 
 class AttemptFeed:
@@ -103,8 +118,200 @@ class AttemptFeed:
         self._log.decide(self.attempt.receive(item))
 
 
-class TurnRecording:
-    """A turn's machines and event log, and its trace when one is asked for."""
+class _Result(Protocol):
+    """What a protocol's turn returns: its error (scrubbed before the caller sees it) and its
+    JSON (the trace's `result` record)."""
+
+    @property
+    def error(self) -> dict[str, Any] | None: ...
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+_R = TypeVar("_R", bound=_Result)
+
+
+class Recording:
+    """A turn's event log and its trace, whatever the protocol.
+
+    `act` is the driver's hook for the effects in `driver_effects` (see `EventLog`); `secrets`
+    are the ones the recording knows of itself (the request's credential-named fields), masked
+    in the trace besides those `finish` and `abandon` are given."""
+
+    #: How the protocol's streams carry the text its machines deliver, so that the trace masks
+    #: it alike in every attempt (`engine.log.masking`); None: the streams carry no such text.
+    text: TextChannels | None = None
+
+    def __init__(
+        self,
+        header: dict[str, Any],
+        callbacks: Callbacks | None,
+        *,
+        act: Callable[[Effect], None] | None = None,
+        driver_effects: Iterable[str] = (),
+        secrets: Iterable[str] = (),
+    ) -> None:
+        self.header = header
+        self.log = EventLog(callbacks, act, driver_effects)
+        #: secrets of the turn itself, scrubbed wherever they are echoed
+        self.known_secrets = list(secrets)
+
+    def _secrets(self, secrets: Iterable[str]) -> list[str]:
+        return sorted({*secrets, *self.known_secrets}, key=len, reverse=True)
+
+    def _finish(
+        self, made: _R, trace: str | os.PathLike[str] | None, secrets: Iterable[str]
+    ) -> _R:
+        """`made`, the result as the machines made it, for the caller (its error scrubbed of
+        secrets), and the trace written if asked. The trace gets `made`, masked by the trace
+        writer like every other record (so that a replay of the masked inputs reproduces it);
+        writing it never raises (`TraceWriter.write`)."""
+        every_secret = self._secrets(secrets)
+        result = made
+        if made.error is not None:
+            result = attrs.evolve(made, error=scrub(made.error, every_secret))  # type: ignore[misc]
+        if trace is not None:
+            TraceWriter(trace, every_secret, text=self.text).write(
+                self.header, self.log.records, made.to_json()
+            )
+        return result
+
+    def abandon(
+        self,
+        trace: str | os.PathLike[str] | None,
+        secrets: Iterable[str] = (),
+        error: BaseException | None = None,
+    ) -> None:
+        """Write what was recorded so far after an unexpected error (`error`, by default the
+        exception being handled), ending with an `abandoned` record naming its class."""
+        if trace is not None:
+            if error is None:
+                error = sys.exc_info()[1]
+            name = type(error).__name__ if error is not None else "Exception"
+            TraceWriter(trace, self._secrets(secrets), text=self.text).write(
+                self.header, self.log.records, None, abandoned=name
+            )
+
+
+# -- the text a stream attempt delivers, as the trace writer masks it ---------------------------
+
+#: The events whose `delta` a stream attempt delivers, by channel (`machines.stream_attempt`).
+_TEXT_EVENTS: Final = {
+    "response.output_text.delta": "text",
+    "response.reasoning_summary_text.delta": "reasoning",
+    "response.reasoning_text.delta": "reasoning",
+}
+#: A `"delta": "..."` field as written; group 1 is the string's content.
+_DELTA_FIELD: Final = re.compile(rb'"delta"[ \t]*:[ \t]*"((?:[^"\\\r\n]|\\.)*)"')
+#: How many `delta` fields past the expected one are searched for an event's delta.
+_LOOK_AHEAD: Final = 8
+
+
+def _string_offsets(content: bytes, text: str) -> tuple[int, ...] | None | bool:
+    """Whether the content of a JSON string as written is `text`: False when it is not; None
+    when it is, one byte per character; else each character's offset in `content`, the end
+    last."""
+    if b"\\" not in content:
+        try:
+            if content.decode("utf-8") != text:
+                return False
+        except UnicodeDecodeError:
+            return False
+        if len(content) == len(text):
+            return None
+    else:
+        try:
+            if json.loads(b'"' + content + b'"') != text:
+                return False
+        except ValueError:
+            return False
+    offsets = [0]
+    at, size = 0, len(content)
+    while at < size:
+        byte = content[at]
+        if byte == 0x5C:  # an escape: \uXXXX (a surrogate pair: two of them) or \X
+            step = 2
+            if content[at + 1 : at + 2] == b"u":
+                step = 6
+                high = int(content[at + 2 : at + 6], 16)  # json.loads read it: four hex digits
+                if 0xD800 <= high < 0xDC00 and content[at + 6 : at + 8] == b"\\u":
+                    step = 12
+        else:
+            step = 1 if byte < 0x80 else 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+        at += step
+        offsets.append(at)
+    return tuple(offsets) if len(offsets) == len(text) + 1 else False
+
+
+def _delta_texts(body: bytes) -> dict[str, DecodedText]:
+    """The text each channel's deltas carry in one attempt's body, as the machine decodes it
+    (the same decoder, the same dispatch by type), and where each delta's string lies."""
+    texts: dict[str, list[str]] = {}
+    pieces: dict[str, list[TextPiece]] = {}
+    lengths: dict[str, int] = {}
+    cursor = 0
+    for event in SseDecoder().feed(body):
+        try:
+            payload = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            payload = lenient_loads(event.data)
+        if type(payload) is not dict:
+            continue
+        delta = payload.get("delta")
+        if type(delta) is not str:
+            continue
+        raw, offsets = -1, None
+        for count, match in enumerate(_DELTA_FIELD.finditer(body, cursor)):
+            found = _string_offsets(match.group(1), delta)
+            if found is not False:
+                raw, offsets, cursor = match.start(1), found, match.end()
+                break
+            if count == _LOOK_AHEAD:
+                break
+        name = payload.get("type")
+        if type(name) is not str:
+            name = "error" if isinstance(payload.get("error"), dict) else event.event
+        channel = _TEXT_EVENTS.get(name)
+        if channel is None or not delta:
+            continue
+        start = lengths.get(channel, 0)
+        texts.setdefault(channel, []).append(delta)
+        pieces.setdefault(channel, []).append(
+            TextPiece(start, len(delta), raw, offsets if isinstance(offsets, tuple) else None)
+        )
+        lengths[channel] = start + len(delta)
+    return {
+        channel: DecodedText("".join(texts[channel]), tuple(pieces[channel])) for channel in texts
+    }
+
+
+def _resumed(records: list[Record]) -> dict[int, int]:
+    """Each resume attempt, and the attempt before it that received bytes (whose response it
+    goes on with)."""
+    streamed: list[int] = []
+    resumes: set[int] = set()
+    for record in records:
+        if type(record) is InputRecord and type(record.input) is Chunk:
+            if not streamed or streamed[-1] != record.attempt:
+                streamed.append(record.attempt)
+        elif type(record) is Transition and record.machine == TURN_MACHINE and record.trigger == "resume":
+            resumes.add(record.attempt)
+    out: dict[int, int] = {}
+    for attempt in resumes:
+        before = [number for number in streamed if number < attempt]
+        if before:
+            out[attempt] = before[-1]
+    return out
+
+
+#: How stream attempts carry the text they deliver: the `delta` of text and reasoning events.
+DELTA_TEXT: Final = TextChannels(InputKind.CHUNK, _delta_texts, _resumed)
+
+
+class TurnRecording(Recording):
+    """A Responses-API turn: the turn machine, which opens each attempt, over the event log."""
+
+    text = DELTA_TEXT
 
     def __init__(
         self,
@@ -115,17 +322,16 @@ class TurnRecording:
         request: dict[str, Any] | None = None,
         seed: int = 0,
     ) -> None:
+        super().__init__(
+            header_for(entry, policy, request, seed), callbacks, secrets=field_secrets(request)
+        )
         self.policy = policy
-        self.log = EventLog(callbacks)
         self.turn = TurnMachine(policy, seed, background=is_background(request))
-        self.header = header_for(entry, policy, request, seed)
         #: Seconds to wait before sending the attempt just yielded by `attempts()` (an HTTP retry).
         self.wait_s = 0.0
         #: Ids of background responses the finished turn decided to cancel (the driver sends
         #: the cancels; a replay does not).
         self.cancels: list[str] = []
-        #: values of the request's credential-named fields, scrubbed wherever they are echoed
-        self.request_secrets = field_secrets(request)
 
     def attempts(self) -> Iterator[AttemptFeed]:
         """Each attempt the turn machine opens; the caller feeds it until it is final."""
@@ -154,45 +360,20 @@ class TurnRecording:
                 ignored=attempt.ignored,
             )
 
-    def _secrets(self, secrets: list[str] | tuple[str, ...]) -> list[str]:
-        return sorted({*secrets, *self.request_secrets}, key=len, reverse=True)
+    def result(self) -> TurnResult:
+        """The turn's result as the machines made it (the turn must have ended)."""
+        return self.turn.result(self.log.transitions)
 
     def finish(
         self,
         trace: str | os.PathLike[str] | None = None,
-        secrets: list[str] | tuple[str, ...] = (),
+        secrets: Iterable[str] = (),
     ) -> TurnResult:
-        """The turn's result (its error scrubbed of secrets), and its trace written if asked.
-
-        The trace gets the result as the machines made it, masked by the trace writer like every
-        other record (so that a replay of the masked inputs reproduces it); writing it never
-        raises (`TraceWriter.write`)."""
-        made = self.turn.result(self.log.transitions)
-        every_secret = self._secrets(secrets)
-        result = made
-        if made.error is not None:
-            result = attrs.evolve(made, error=scrub(made.error, every_secret))
-        if trace is not None:
-            TraceWriter(trace, every_secret).write(self.header, self.log.records, made)
+        """The turn's result (its error scrubbed of secrets), and its trace written if asked."""
+        result = self._finish(self.result(), trace, secrets)
         log.info(
             "turn finished",
             outcome=result.outcome,
             attempts=[f"{a.kind}:{a.final_state}:{a.reason}" for a in result.attempts],
         )
         return result
-
-    def abandon(
-        self,
-        trace: str | os.PathLike[str] | None,
-        secrets: list[str] | tuple[str, ...] = (),
-        error: BaseException | None = None,
-    ) -> None:
-        """Write what was recorded so far after an unexpected error (`error`, by default the
-        exception being handled), ending with an `abandoned` record naming its class."""
-        if trace is not None:
-            if error is None:
-                error = sys.exc_info()[1]
-            name = type(error).__name__ if error is not None else "Exception"
-            TraceWriter(trace, self._secrets(secrets)).write(
-                self.header, self.log.records, None, abandoned=name
-            )

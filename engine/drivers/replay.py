@@ -1,48 +1,57 @@
 """Replay: feed a trace's recorded inputs to today's machines and compare every record.
 
-The recorded inputs (chunks with their boundaries, faults, interrupts, clock readings) are fed,
-attempt by attempt, exactly as the drivers fed them; the machines decide anew. Every record they
-produce is compared with the recorded one at the same place, as the file is read: a missing,
-extra, reordered or altered record is a divergence, reported as the first differing record (seq,
+One replay for every protocol. The recorded inputs (chunks with their boundaries, faults,
+interrupts, an app-server's lines, the approval answers, clock readings) are fed, attempt by
+attempt, exactly as the drivers fed them; the machines decide anew. Every record they produce is
+compared with the recorded one at the same place, as the file is read: a missing, extra,
+reordered or altered record is a divergence, reported as the first differing record (seq,
 recorded, replayed), the way Temporal's replayer names the first mismatching history event.
 
-Replay streams: the trace is read one line at a time (`TraceReader`) and the replayed records are
-compared and dropped as they are made, so memory is bounded by the longest record, not the file.
-A file that is not a valid trace raises `TraceError`, even when a divergence came first: the whole
-file is always read and checked.
+Data flows one way, one record at a time: the reader (`TraceReader`) reads and checks a line and
+decodes an input once; the comparison hands the input to the replayer, whose recording feeds
+the machines through the event log; the records the log made are rendered once and compared
+with the line, then dropped. So memory is bounded by the longest record, not the file, and
+nothing here writes a trace or calls back into the reader. A file that is not a valid trace
+raises `TraceError`, even when a divergence came first: the whole file is always read and
+checked.
 
 How a trace is replayed depends on its header's `entry`: `REPLAYERS` maps each entry to a
 `Replayer`, a function of the header returning a generator that yields the records today's code
 produces (JSON objects, numbered from 1) and, when it needs the next recorded input, yields
-`NeedInput` and is sent that input record (or None when the trace holds no further input for it).
+`NeedInput` and is sent that input (an `InputRecord`), or None when the trace holds no further
+input for it. A protocol brings its replayer; the comparison is the same for all.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Generator, Iterable, Iterator
+from typing import Any, Callable, Generator, Iterable, Iterator, cast
 
 import attrs
 
+from engine.drivers.app_recording import AppTurnRecording
 from engine.drivers.recording import TurnRecording
+from engine.drivers.replay_report import Divergence, ReplayReport
+from engine.log.codec import decode_input
+from engine.log.eventlog import Input, InputRecord, RecordedInput, Record
+from engine.log.redaction import MASK
 from engine.log.trace import (
+    APP_SERVER_ENTRY,
+    ENTRIES,
     Trace,
     TraceError,
     TraceReader,
     dumps,
     equal,
-    input_from_json,
-    is_chunk_record,
+    is_stream_record,
     loads,
     policy_from_header,
     record_to_json,
     result_to_json,
     scrubber_for,
 )
-from engine.log.redaction import MASK
-from engine.drivers.app_replay import replay_app
-from engine.drivers.replay_report import Divergence, ReplayReport
-from engine.log.app_trace import is_app_trace_file
+from machines.app_records import AppInput, SessionConfig
+from machines.app_session import AppSession
 
 __all__ = [
     "REPLAYERS",
@@ -51,11 +60,10 @@ __all__ = [
     "ReplayReport",
     "Replayer",
     "replay",
+    "replay_app_turn",
     "replay_trace",
     "replay_turn",
 ]
-
-
 
 
 # -- replayers, by entry ----------------------------------------------------------------------------
@@ -69,10 +77,29 @@ class NeedInput:
 
 
 #: A replay in progress: yields replayed records (JSON, numbered from 1) and `NeedInput`; is sent
-#: the recorded input record asked for, or None.
-ReplaySession = Generator["dict[str, Any] | NeedInput", "dict[str, Any] | None", None]
+#: the recorded input asked for, or None.
+ReplaySession = Generator["dict[str, Any] | NeedInput", "InputRecord | None", None]
 #: Starts the replay of a trace from its (checked) header.
 Replayer = Callable[[dict[str, Any]], ReplaySession]
+
+
+class _Handover:
+    """The records a replay's event log made since the last `take()`, numbered and as JSON; the
+    log keeps none of them (a replay holds one record at a time)."""
+
+    __slots__ = ("made", "seq")
+
+    def __init__(self, made: list[Record]) -> None:
+        self.made = made
+        self.seq = 0
+
+    def take(self) -> list[dict[str, Any]]:
+        out = []
+        for record in self.made:
+            self.seq += 1
+            out.append(record_to_json(record, self.seq))
+        self.made.clear()
+        return out
 
 
 def replay_turn(header: dict[str, Any]) -> ReplaySession:
@@ -83,30 +110,35 @@ def replay_turn(header: dict[str, Any]) -> ReplaySession:
         policy_from_header(header.get("policy")), None, entry=header["entry"],
         request=header.get("request"), seed=seed if type(seed) is int else 0,
     )
-    made = recording.log.records
-    seq = 0
-
-    def handed_over() -> list[dict[str, Any]]:
-        # the records made since the last call, as JSON; the log keeps none of them
-        nonlocal seq
-        out = []
-        for record in made:
-            seq += 1
-            out.append(record_to_json(record, seq))
-        made.clear()
-        return out
-
+    made = _Handover(recording.log.records)
     for feed in recording.attempts():
-        yield from handed_over()
+        yield from made.take()
         while not feed.final:
             record = yield NeedInput(feed.number)
             if record is None:  # today's machines want more than was recorded
-                yield from handed_over()
+                yield from made.take()
                 return
-            feed.observe(input_from_json(record), record.get("t"))
-            yield from handed_over()
-    yield from handed_over()
-    yield result_to_json(recording.turn.result(recording.log.transitions), seq + 1)
+            feed.observe(cast(RecordedInput, record.input), record.t)
+            yield from made.take()
+    yield from made.take()
+    yield result_to_json(recording.result().to_json(), made.seq + 1)
+
+
+def replay_app_turn(header: dict[str, Any]) -> ReplaySession:
+    """Replay a `codex_app_server` trace: the session machine starts from the header's snapshot
+    and is fed the recorded inputs (lines, the turn request, approval answers, timeouts, ...)
+    until the turn ends. Nothing is written and no callback is called: the answers are inputs."""
+    session = AppSession.restore(SessionConfig.from_json(header["config"]), header["session"])
+    recording = AppTurnRecording(session, None)
+    made = _Handover(recording.log.records)
+    while not recording.finished:
+        record = yield NeedInput(recording.number)
+        if record is None:
+            yield from made.take()
+            return
+        recording.feed(cast(AppInput, record.input), record.t)
+        yield from made.take()
+    yield result_to_json(recording.result().to_json(), made.seq + 1)
 
 
 #: How each entry point's traces are replayed (the header's `entry`).
@@ -114,6 +146,7 @@ REPLAYERS: dict[str, Replayer] = {
     "run_turn": replay_turn,
     "arun_turn": replay_turn,
     "consume": replay_turn,
+    APP_SERVER_ENTRY: replay_app_turn,
 }
 
 
@@ -165,6 +198,11 @@ def _strings_match(a: str, b: str) -> bool:
     return all(x == y or masked_a[i] or masked_b[i] for i, (x, y) in enumerate(zip(a, b)))
 
 
+#: A record as read: its line (None when read whole before), its JSON and, for an input, the
+#: input it describes.
+_Read = tuple["bytes | None", "dict[str, Any]", "Input | None"]
+
+
 class _Comparison:
     """One replay session checked against recorded records, one at a time."""
 
@@ -173,26 +211,26 @@ class _Comparison:
         self._version = version
         self._scrub = scrubber_for(version)
         self._done = False
-        self._send: dict[str, Any] | None = None
+        self._send: InputRecord | None = None
         self._started = False
 
     def close(self) -> None:
         self._session.close()
 
     def next_replayed(
-        self, head: dict[str, Any] | None, ahead: Iterator[tuple[bytes | None, dict[str, Any]]]
+        self, head: dict[str, Any] | None, item: Input | None, ahead: Iterator[_Read]
     ) -> dict[str, Any] | None:
         """The replay's next record, to compare with the recorded `head` (None at the end of the
         file). When the replay needs an input and `head` is not one, the records diverge here;
         the next recorded input is then found further on (`ahead`) so the report can say what
-        the replay made of it."""
+        the replay made of it. `item` is the input `head` describes (decoded by the reader)."""
         while not self._done:
             try:
                 if self._started:
-                    item = self._session.send(self._send)
+                    made = self._session.send(self._send)
                 else:
                     self._started = True
-                    item = next(self._session)
+                    made = next(self._session)
             except StopIteration:
                 self._done = True
                 return None
@@ -200,23 +238,23 @@ class _Comparison:
                 self._done = True
                 return {"raised": f"{type(error).__name__}: {error}"}
             self._send = None
-            if not isinstance(item, NeedInput):
-                return item
-            if head is not None and head.get("kind") == "input":
-                found: dict[str, Any] | None = head
-                head = None  # fed once
-            elif head is None:
-                found = None
-            else:
-                found = next((record for _, record in ahead if record.get("kind") == "input"), None)
-            if found is not None and found.get("attempt") == item.attempt:
-                self._send = found
+            if not isinstance(made, NeedInput):
+                return made
+            found: tuple[dict[str, Any], Input] | None = None
+            if head is not None and item is not None:
+                found = head, item
+                head = item = None  # fed once
+            elif head is not None:
+                found = next(((record, input_) for _, record, input_ in ahead if input_ is not None), None)
+            if found is not None and found[0].get("attempt") == made.attempt:
+                record, input_ = found
+                self._send = InputRecord(made.attempt, record.get("t"), input_)
         return None
 
     def as_recorded(self, replayed: dict[str, Any]) -> dict[str, Any]:
         """A replayed record as a trace of this version would hold it (scrubbed, JSON types)."""
         rendered = dumps(replayed)
-        if self._version == 1 or not is_chunk_record(replayed):
+        if self._version == 1 or not is_stream_record(replayed):
             rendered = self._scrub(rendered)
         parsed: dict[str, Any] = loads(rendered)
         return parsed
@@ -227,7 +265,7 @@ class _Comparison:
         rendered = dumps(replayed)
         if line is not None and rendered == line:  # the common case: byte for byte
             return None
-        if self._version == 1 or not is_chunk_record(replayed):
+        if self._version == 1 or not is_stream_record(replayed):
             rendered = self._scrub(rendered)
             if line is not None and rendered == line:
                 return None
@@ -243,7 +281,7 @@ def _compare(
     path: str,
     header: dict[str, Any],
     version: int,
-    records: Iterable[tuple[bytes | None, dict[str, Any]]],
+    records: Iterable[_Read],
     count: Callable[[], int],
 ) -> ReplayReport:
     replayer = REPLAYERS.get(header.get("entry"))  # type: ignore[arg-type]
@@ -259,7 +297,7 @@ def _compare(
     position = 0
     stream = iter(records)
     try:
-        for line, recorded in stream:
+        for line, recorded, item in stream:
             position += 1
             if divergence is not None:
                 continue  # read on: a file that turns out invalid is reported as such
@@ -270,7 +308,7 @@ def _compare(
                 abandoned = str(recorded.get("exception", "Exception"))
                 comparison.close()
                 continue
-            replayed = comparison.next_replayed(recorded, stream)
+            replayed = comparison.next_replayed(recorded, item, stream)
             if replayed is None:
                 divergence = Divergence(position, recorded, None)
                 continue
@@ -278,7 +316,7 @@ def _compare(
             if theirs is not None:
                 divergence = Divergence(position, recorded, theirs)
         if divergence is None and abandoned is None:
-            extra = comparison.next_replayed(None, iter(()))
+            extra = comparison.next_replayed(None, None, iter(()))
             if extra is not None:
                 divergence = Divergence(position + 1, None, comparison.as_recorded(extra))
     finally:
@@ -288,16 +326,16 @@ def _compare(
 
 def replay_trace(trace: Trace) -> ReplayReport:
     """Replay an already read trace and compare it record by record."""
-    return _compare(
-        trace.path, trace.header, trace.version,
-        ((None, record) for record in trace.records), lambda: len(trace.records),
+    kinds = ENTRIES[trace.entry].inputs
+    records = (
+        (None, record, decode_input(record, kinds) if record.get("kind") == "input" else None)
+        for record in trace.records
     )
+    return _compare(trace.path, trace.header, trace.version, records, lambda: len(trace.records))
 
 
 def replay(path: str | os.PathLike[str]) -> ReplayReport:
     """Read a trace file and replay it as it is read (raises `TraceError` for an unreadable or
     invalid file)."""
-    if is_app_trace_file(path):  # a codex app-server turn: its own inputs and machines
-        return replay_app(path)
     with TraceReader(path) as reader:
         return _compare(reader.path, reader.header, reader.version, reader, lambda: reader.records)

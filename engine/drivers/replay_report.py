@@ -1,6 +1,6 @@
 """What a replay found: the first record where it differs from the recording, if any.
 
-Shared by every protocol's replay (`engine.drivers.replay`, `engine.drivers.app_replay`).
+Shared by every protocol's replay (`engine.drivers.replay`).
 """
 
 from __future__ import annotations

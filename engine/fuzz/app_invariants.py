@@ -15,24 +15,20 @@ invariant:
 - the outcome follows the ending: `turn/completed` gives its status; the subprocess dying or a
   timeout before it gives "error" and retires the session; an unanswered interrupt gives
   "interrupted" and retires it;
-- the recorded turn replays identically (through the trace codec, record by record).
+- the recorded turn replays identically (its trace written and replayed, record by record).
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from typing import Any
 
 import attrs
 import orjson
 
 from engine.drivers.app_recording import AppTurnRecording
-from engine.drivers.app_replay import replay_app_trace
-from engine.log.app_trace import (
-    AppTrace,
-    app_normalise,
-    app_record_to_json,
-    app_result_to_json,
-)
+from engine.drivers.replay import replay
 from engine.log.eventlog import Callbacks
 from engine.fuzz.app_strategies import AppScript
 from machines.app_protocol import Request, decode_line
@@ -89,7 +85,7 @@ def run_app_script(script: AppScript) -> AppRun:
 
 
 def _sends(run: AppRun) -> list[dict[str, Any]]:
-    return [r.data for r in run.recording.records
+    return [r.data for r in run.recording.log.records
             if isinstance(r, Effect) and r.kind == "send"]
 
 
@@ -173,18 +169,14 @@ def _check_outcome(run: AppRun, fed: list[Any]) -> None:
         assert result.outcome == status, f"turn/completed {status} gave {result.outcome}"
     assert result.retired == run.recording.session.is_retired
     if result.retired:
-        assert any(isinstance(r, Effect) and r.kind == "retire" for r in run.recording.records)
+        assert any(isinstance(r, Effect) and r.kind == "retire" for r in run.recording.log.records)
 
 
 def _check_replay(run: AppRun) -> None:
-    recording = run.recording
-    records = [app_normalise(app_record_to_json(record, seq))
-               for seq, record in enumerate(recording.records, 1)]
-    if run.result is not None:
-        records.append(app_normalise(app_result_to_json(run.result, len(records) + 1)))
-    else:
+    if run.result is None:
         return  # an unfinished turn has no result to compare; its trace would be invalid
-    header = orjson.loads(orjson.dumps(recording.header))
-    trace = AppTrace("<generated>", header, CONFIG, header["session"], records)
-    report = replay_app_trace(trace)
+    with tempfile.TemporaryDirectory(prefix="streamfsm-app-") as folder:
+        path = os.path.join(folder, "turn.jsonl")
+        run.recording.finish(path)
+        report = replay(path)
     assert report.identical, report.divergence.describe() if report.divergence else ""

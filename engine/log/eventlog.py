@@ -1,22 +1,27 @@
 """The event log: every input a turn saw and every decision its machines made, in one order.
 
-The drivers append *input records* (raw chunks with their boundaries, HTTP errors, transport
-faults, end of stream, idle timeouts, interrupts, each with the driver's clock reading) with
-`input()`, and the machines' decisions (`Transition` and `Effect` records, returned by
+One log serves every protocol (Responses-API stream attempts, codex app-server turns). The
+drivers append *input records* (raw chunks with their boundaries, HTTP errors, transport faults,
+stdout lines of the app-server, timeouts, interrupts, ..., each with the driver's clock reading)
+with `input()`, and the machines' decisions (`Transition` and `Effect` records, returned by
 `receive()`) with `decide()`. A record's sequence number is its place in the log (from 1).
-`decide()` records the decisions first and only then acts on them: effects that reach the user are
-handed to the caller's callbacks, fenced (a raising callback is logged and never breaks the
-turn), and transitions are logged through structlog (few per turn). The per-delta records are
-only appended to a list (cheap) and rendered in bulk when a trace is written.
+
+`decide()` records the decisions first and only then acts on them, in order: effects that reach
+the user are handed to the caller's callbacks, fenced (a raising callback is logged and never
+breaks the turn); effects only the driver can carry out (a line to write to the app-server, an
+approval to ask for, a subprocess to retire) go to the driver's `act` hook; transitions are
+logged through structlog (few per turn). The per-delta records are only appended to a list
+(cheap) and rendered in bulk when a trace is written.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import attrs
 
 from engine.log.logs import log
+from machines.app_records import AppInput
 from machines.records import (
     Chunk,
     Decision,
@@ -25,7 +30,7 @@ from machines.records import (
     Transition,
 )
 
-__all__ = ["Callbacks", "EventLog", "InputRecord", "Record", "RecordedInput"]
+__all__ = ["Callbacks", "EventLog", "Input", "InputRecord", "Record", "RecordedInput"]
 
 
 def _callable_or_none(instance: Any, attribute: Any, value: Any) -> None:
@@ -52,75 +57,115 @@ class Callbacks:
     )
 
 
-#: What a driver records as an attempt's input.
+#: What a driver records as a stream attempt's input.
 RecordedInput = Chunk | StreamInput
+
+#: What a driver records as an input, of any protocol.
+Input = RecordedInput | AppInput
 
 
 @attrs.frozen(slots=True)
 class InputRecord:
-    """One observation of the outside world, as the driver recorded it for attempt `attempt`;
-    `t` is the driver's monotonic clock, seconds since the turn began (None without a clock)."""
+    """One observation of the outside world, as the driver recorded it for attempt `attempt` (an
+    app-server turn: the turn's number in its session); `t` is the driver's monotonic clock,
+    seconds since the turn began (None without a clock)."""
 
     attempt: int
     t: float | None
-    input: RecordedInput
+    input: Input
 
 
 #: A record of the log; its sequence number is its position (from 1).
 Record = InputRecord | Transition | Effect
 
+#: Effects that reach the caller's callbacks, and the callback of each.
+_CALLBACKS = {
+    "text_delta": "on_text_delta",
+    "reasoning_delta": "on_reasoning_delta",
+    "first_delta": "on_first_delta",
+}
+
 
 class EventLog:
-    """Ordered records of one turn, and the place where the machines' decisions are acted on."""
+    """Ordered records of one turn, and the place where the machines' decisions are acted on.
 
-    __slots__ = ("records", "transitions", "_on_first", "_on_text", "_on_reasoning")
+    `act` is the driver's hook for the effects named in `driver_effects`; the others are only
+    recorded (or, for text, reasoning and the first delta, handed to the callbacks)."""
 
-    def __init__(self, callbacks: Callbacks | None = None) -> None:
+    __slots__ = ("records", "transitions", "_actions")
+
+    def __init__(
+        self,
+        callbacks: Callbacks | None = None,
+        act: Callable[[Effect], None] | None = None,
+        driver_effects: Iterable[str] = (),
+    ) -> None:
         self.records: list[Record] = []
         #: The transition records, numbered (also in `records`).
         self.transitions: list[Transition] = []
         callbacks = callbacks or Callbacks()
-        self._on_first = callbacks.on_first_delta
-        self._on_text = callbacks.on_text_delta
-        self._on_reasoning = callbacks.on_reasoning_delta
+        #: what to do for each kind of effect that is acted on
+        self._actions: dict[str, Callable[[Effect], None]] = {}
+        for kind, name in _CALLBACKS.items():
+            callback = getattr(callbacks, name)
+            if callback is not None:
+                self._actions[kind] = _fenced(callback, name, with_data=kind != "first_delta")
+        if act is not None:
+            self._actions.update(dict.fromkeys(driver_effects, act))
 
-    def input(self, attempt: int, item: RecordedInput, t: float | None) -> None:
+    def input(self, attempt: int, item: Input, t: float | None) -> None:
         """Record one input, before any machine sees it."""
         self.records.append(InputRecord(attempt, t, item))
 
     def decide(self, decisions: list[Decision]) -> None:
-        """Record a machine's decisions, then act on each: callbacks for effects, log lines for
-        transitions."""
+        """Record a machine's decisions (numbering the transitions), then act on each: callbacks
+        and the driver's hook for effects, log lines for transitions."""
         records = self.records
+        numbered: list[Transition] = []
         for decision in decisions:
-            if isinstance(decision, Effect):
-                records.append(decision)
-                kind = decision.kind
-                if kind == "text_delta":
-                    if self._on_text is not None:
-                        _fenced(self._on_text, "on_text_delta", decision.data)
-                elif kind == "reasoning_delta":
-                    if self._on_reasoning is not None:
-                        _fenced(self._on_reasoning, "on_reasoning_delta", decision.data)
-                elif kind == "first_delta":
-                    if self._on_first is not None:
-                        _fenced(self._on_first, "on_first_delta")
+            if type(decision) is Transition:
+                transition = attrs.evolve(decision, seq=len(records) + 1)
+                records.append(transition)
+                numbered.append(transition)
             else:
-                numbered = attrs.evolve(decision, seq=len(records) + 1)
-                records.append(numbered)
-                self.transitions.append(numbered)
+                records.append(decision)
+        actions = self._actions
+        if not numbered:
+            if actions:
+                for decision in decisions:
+                    action = actions.get(decision.kind)  # type: ignore[union-attr]
+                    if action is not None:
+                        action(decision)  # type: ignore[arg-type]
+            return
+        self.transitions.extend(numbered)
+        moves = iter(numbered)
+        for decision in decisions:
+            if type(decision) is Effect:
+                action = actions.get(decision.kind)
+                if action is not None:
+                    action(decision)
+            else:
+                transition = next(moves)
                 log.debug(
                     "transition",
-                    machine=numbered.machine,
-                    attempt=numbered.attempt,
-                    source=numbered.source,
-                    dest=numbered.dest,
-                    trigger=numbered.trigger,
+                    machine=transition.machine,
+                    attempt=transition.attempt,
+                    source=transition.source,
+                    dest=transition.dest,
+                    trigger=transition.trigger,
                 )
 
 
-def _fenced(callback: Callable[..., Any], name: str, *args: Any) -> None:
-    try:
-        callback(*args)
-    except Exception as error:
-        log.warning("callback raised", callback=name, error=type(error).__name__)
+def _fenced(callback: Callable[..., Any], name: str, *, with_data: bool) -> Callable[[Effect], None]:
+    """The callback for an effect, fenced: an exception it raises is logged and goes no further."""
+
+    def call(effect: Effect) -> None:
+        try:
+            if with_data:
+                callback(effect.data)
+            else:
+                callback()
+        except Exception as error:
+            log.warning("callback raised", callback=name, error=type(error).__name__)
+
+    return call

@@ -275,13 +275,16 @@ class Scrubber:
                         out[index] = data[index]
         return bytes(out)
 
-    def spans(self, data: bytes) -> list[tuple[int, int]]:
-        """The (start, end) byte ranges of `data` to mask, sorted and merged."""
+    def spans(self, data: bytes, *, fields: bool = True) -> list[tuple[int, int]]:
+        """The (start, end) byte ranges of `data` to mask, sorted and merged; without `fields`,
+        only secrets and credential shapes (for text that is not JSON as written, such as the
+        text a stream's deltas carry, decoded)."""
         found: list[tuple[int, int]] = []
         self._secret_spans(data, found)
         lowered = data.lower()
         _shape_spans(data, lowered, found)
-        _field_spans(data, lowered, found)
+        if fields:
+            _field_spans(data, lowered, found)
         if not found:
             return found
         found.sort()

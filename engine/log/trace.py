@@ -1,75 +1,90 @@
 """Trace files: a turn as JSON Lines, enough to replay it and check every decision.
 
-Line 1 is the header: `{"format": "streamfsm-trace", "version": 2, "entry": ..., "policy": ...,
-"request": ...}`. Every further line is one record of the event log, in sequence order, and the
-last one says how the turn ended:
+One format, one writer and one reader for every protocol. Line 1 is the header,
+`{"format": "streamfsm-trace", "version": 2, "entry": ..., ...}`, whose `entry` names the entry
+point that recorded the turn and so what else the header holds (`ENTRIES`):
+
+    run_turn, arun_turn, consume   "policy" (the TurnPolicy), "seed" (of the retry jitter),
+                                   "request" (redacted)
+    codex_app_server               "config" (the SessionConfig), "session" (the session machine's
+                                   snapshot the turn started from)
+
+Every further line is one record of the event log, in sequence order, and the last one says how
+the turn ended:
 
     {"seq": 1, "kind": "input", "attempt": 1, "t": 0.0123, "input": "chunk", "data": "event: ..."}
     {"seq": 2, "kind": "transition", "machine": "stream_attempt", "attempt": 1,
      "source": "awaiting_created", "dest": "streaming", "trigger": "created"}
     {"seq": 3, "kind": "effect", "attempt": 1, "effect": "text_delta", "data": "Hel"}
     ...
-    {"seq": N, "kind": "result", "outcome": "completed", "response": {...}, ...}
+    {"seq": N, "kind": "result", "outcome": "completed", ...}
 
 or, when the turn was cut short by an exception in the driver (version 2),
 
     {"seq": N, "kind": "abandoned", "exception": "KeyboardInterrupt"}
 
-A file without either final record is a truncated file, and not a valid trace.
+A file without either final record is a truncated file, and not a valid trace. An input line is
+its observation's record class written field by field (`engine.log.codec`), so every input kind
+of every protocol has one name (`machines.records.InputKind`) and one codec: `chunk`, `http_error`,
+`fault`, `eof`, `idle_timeout` and `interrupt` for stream attempts; `line` (one stdout line),
+`stderr`, `eof`, `exit`, `spawn_failed`, `turn`, `approval`, `request_timeout`, `idle_timeout`,
+`interrupt` and `interrupt_timeout` for app-server turns. Each entry says which of them its
+traces hold.
 
-Inputs are `chunk` (`data`, or `data_b64` when the bytes are not valid UTF-8 on their own),
-`http_error` (`status`, `body`, the `headers` that say when to retry, `received_at`), `fault` (`fault`, `detail`), `eof`, `idle_timeout` (`seconds`)
-and `interrupt`.
-
-Secrets (version 2). Each attempt's body is scrubbed as one byte stream, every chunk of it joined,
-and cut again at the chunk boundaries the network made, so a secret split across two reads (or
-inside a read stored as base64) is masked all the same; every other line is scrubbed as it is
-written (`engine.log.redaction.Scrubber`). Masking keeps lengths (each byte becomes `*`), so a
-replay of the masked inputs decides what the turn decided; a replay compares a run of four or
-more `*` in a string as "masked text" that matches any text of the same length, because text the
-machines assemble from several deltas (the output text, a tool call's arguments) can hold a
-secret no single delta held whole. Version 1 files (secrets replaced by `[redacted]` line by line)
-are still read and replayed.
+Secrets (version 2). Inputs that are pieces of one byte stream (each attempt's network reads,
+an app-server turn's stdout lines) are masked as one stream, the pieces joined and cut again
+where they were cut, so a secret split across two reads (or inside a read stored as base64) is
+masked all the same; every other line is scrubbed as it is written
+(`engine.log.redaction.Scrubber`). Masking keeps lengths (each byte becomes `*`), so a replay of
+the masked inputs decides what the turn decided; a replay compares a run of four or more `*` in
+a string as "masked text" that matches any text of the same length, because text the machines
+assemble from several deltas (the output text, a tool call's arguments) can hold a secret no
+single delta held whole. Version 1 files (secrets replaced by `[redacted]` line by line) are
+still read and replayed.
 
 Writing never raises: a value orjson cannot write (nested 255 levels or more, a lone surrogate,
 an integer beyond 64 bits) is written by a slower encoder that can; anything else that goes wrong
-leaves no file (and no `.partial` file) and is logged. Reading is line by line (`TraceReader`):
-memory is bounded by the longest line, and every line is checked as it is read.
+leaves no file (and no `.partial` file), is logged, and `write` returns False. Reading is line by
+line (`TraceReader`): memory is bounded by the longest line, and every line is checked as it is
+read.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import math
 import os
 import sys
-from typing import IO, Any, Callable, Iterable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator, cast
 
 import attrs
 import orjson
 
-from engine.log.eventlog import InputRecord, Record, RecordedInput
-from engine.log.logs import log
-from engine.log.redaction import Scrubber, redact_fields, scrub_line
-from machines.records import (
-    Chunk,
-    Effect,
-    EndOfStream,
-    HttpError,
-    IdleTimeout,
-    Interrupt,
-    Transition,
-    TransportFault,
-    TurnPolicy,
-    TurnResult,
+from engine.log.codec import (
+    INPUTS,
+    TraceError,
+    abandoned_to_json,
+    decode_input,
+    record_to_json,
+    result_to_json,
+    type_name,
 )
+from engine.log.eventlog import Input, InputRecord, Record, RecordedInput
+from engine.log.logs import log
+from engine.log.masking import TextChannels, mask_text
+from engine.log.redaction import Scrubber, redact_fields, scrub_line
+from machines.app_records import SessionConfig
+from machines.app_session import AppSession
+from machines.records import Effect, InputKind, TurnPolicy
 
 __all__ = [
+    "APP_SERVER",
+    "APP_SERVER_ENTRY",
     "ENTRIES",
     "FORMAT",
     "KINDS",
+    "RESPONSES",
     "VERSION",
     "VERSIONS",
     "EntryFormat",
@@ -77,12 +92,12 @@ __all__ = [
     "TraceError",
     "TraceReader",
     "TraceWriter",
-    "abandoned_to_json",
+    "app_header",
     "dumps",
     "equal",
     "header_for",
     "input_from_json",
-    "is_chunk_record",
+    "is_stream_record",
     "loads",
     "policy_from_header",
     "read_trace",
@@ -102,10 +117,8 @@ KINDS = {
     2: frozenset({"input", "transition", "effect", "result", "abandoned"}),
 }
 _FINAL_KINDS = frozenset({"result", "abandoned"})
-
-
-class TraceError(ValueError):
-    """A trace file that cannot be read or is not a valid trace. The message is one line."""
+#: The names of the input kinds whose records are pieces of a stream (see `is_stream_record`).
+_STREAM_NAMES = frozenset(kind.value for kind, format_ in INPUTS.items() if format_.stream)
 
 
 def _one_line(text: str, limit: int = 500) -> str:
@@ -256,136 +269,7 @@ def equal(mine: Any, theirs: Any) -> bool:
             return bool(mine == theirs)
 
 
-# -- records as JSON ------------------------------------------------------------------------------
-
-
-def _input_to_json(item: RecordedInput) -> dict[str, Any]:
-    if type(item) is Chunk:
-        return _chunk_to_json(item.data)
-    if isinstance(item, HttpError):
-        return {
-            "input": "http_error",
-            "status": item.status,
-            "body": item.body,
-            "headers": dict(item.headers),
-            "received_at": item.received_at,
-        }
-    if isinstance(item, TransportFault):
-        return {"input": "fault", "fault": item.kind, "detail": item.detail}
-    if isinstance(item, EndOfStream):
-        return {"input": "eof"}
-    if isinstance(item, IdleTimeout):
-        return {"input": "idle_timeout", "seconds": item.seconds}
-    if isinstance(item, Interrupt):
-        return {"input": "interrupt"}
-    raise TypeError(f"not a recorded input: {type(item).__name__}")
-
-
-def _chunk_to_json(data: bytes) -> dict[str, Any]:
-    try:
-        return {"input": "chunk", "data": data.decode("utf-8")}
-    except UnicodeDecodeError:
-        return {"input": "chunk", "data_b64": base64.b64encode(data).decode("ascii")}
-
-
-def input_from_json(record: dict[str, Any]) -> RecordedInput:
-    """The input a trace line describes (raises `TraceError` when it is not one)."""
-    kind = record.get("input")
-    try:
-        if kind == "chunk":
-            if "data_b64" in record:
-                encoded = record["data_b64"]
-                if not isinstance(encoded, str):
-                    raise TypeError("chunk data_b64 is not a string")
-                return Chunk(base64.b64decode(encoded, validate=True))
-            data = record["data"]
-            if not isinstance(data, str):
-                raise TypeError("chunk data is not a string")
-            return Chunk(data.encode("utf-8"))
-        if kind == "http_error":
-            status = record["status"]
-            if type(status) is not int:
-                raise TypeError(f"status {status!r} is not a whole number")
-            headers = record.get("headers") or {}
-            received_at = record.get("received_at")
-            if not isinstance(headers, dict) or not all(
-                isinstance(v, str) for v in headers.values()
-            ):
-                raise TypeError("headers is not an object of strings")
-            if received_at is not None and (
-                isinstance(received_at, bool) or not isinstance(received_at, (int, float))
-            ):
-                raise TypeError("received_at is not a number")
-            return HttpError(status, record.get("body"), headers, received_at)
-        if kind == "fault":
-            fault = record["fault"]
-            if fault not in ("drop", "read_timeout", "connect_error"):
-                raise ValueError(f"unknown fault {fault!r}")
-            detail = record.get("detail", "")
-            if not isinstance(detail, str):
-                raise TypeError("fault detail is not a string")
-            return TransportFault(fault, detail)
-        if kind == "eof":
-            return EndOfStream()
-        if kind == "idle_timeout":
-            seconds = record["seconds"]
-            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-                raise TypeError(f"seconds {seconds!r} is not a number")
-            return IdleTimeout(float(seconds))
-        if kind == "interrupt":
-            return Interrupt()
-    except (KeyError, TypeError, ValueError) as error:
-        raise _trace_error(f"seq {record.get('seq')!r}: bad {kind} input ({error!r})") from None
-    raise _trace_error(f"seq {record.get('seq')!r}: unknown input kind {kind!r}")
-
-
-def record_to_json(record: Record, seq: int) -> dict[str, Any]:
-    """One log record as its trace line's JSON object; `seq` is its place in the log."""
-    if type(record) is Effect:
-        return {
-            "seq": seq,
-            "kind": "effect",
-            "attempt": record.attempt,
-            "effect": record.kind,
-            "data": record.data,
-        }
-    if type(record) is InputRecord:
-        return {
-            "seq": seq,
-            "kind": "input",
-            "attempt": record.attempt,
-            "t": record.t,
-            **_input_to_json(record.input),
-        }
-    if type(record) is Transition:
-        return {
-            "seq": seq,
-            "kind": "transition",
-            "machine": record.machine,
-            "attempt": record.attempt,
-            "source": record.source,
-            "dest": record.dest,
-            "trigger": record.trigger,
-        }
-    raise TypeError(f"not a log record: {type(record).__name__}")
-
-
-def result_to_json(result: TurnResult, seq: int) -> dict[str, Any]:
-    """The trace's final `result` record."""
-    return {"seq": seq, "kind": "result", **result.to_json()}
-
-
-def abandoned_to_json(exception: str, seq: int) -> dict[str, Any]:
-    """The final record of a turn cut short by an exception (its class name only: the message may
-    quote anything)."""
-    return {"seq": seq, "kind": "abandoned", "exception": exception}
-
-
-def is_chunk_record(record: dict[str, Any]) -> bool:
-    """Whether a record (JSON) is a chunk input: its data was scrubbed with the rest of its
-    attempt's body, so its line is not scrubbed again."""
-    return record.get("kind") == "input" and record.get("input") == "chunk"
-
+# -- headers --------------------------------------------------------------------------------------
 
 def header_for(
     entry: str, policy: TurnPolicy, request: dict[str, Any] | None, seed: int = 0
@@ -411,6 +295,24 @@ def header_for(
     }
 
 
+def app_header(config: SessionConfig, snapshot: dict[str, Any]) -> dict[str, Any]:
+    """The header of an app-server turn's trace: the session's config and the snapshot of the
+    session machine the turn starts from (so the turn replays on its own)."""
+    return {"format": FORMAT, "version": VERSION, "entry": APP_SERVER_ENTRY,
+            "config": config.to_json(), "session": snapshot}
+
+
+def input_from_json(record: dict[str, Any]) -> RecordedInput:
+    """The Responses-API input a trace line describes (raises `TraceError` when it is not one)."""
+    return cast(RecordedInput, decode_input(record, RESPONSES.inputs))
+
+
+def is_stream_record(record: dict[str, Any]) -> bool:
+    """Whether a record (JSON) is a stream input (a chunk, a stdout line): in a version 2 trace
+    its data was masked with the rest of its stream, so its line is not scrubbed again."""
+    return record.get("kind") == "input" and record.get("input") in _STREAM_NAMES
+
+
 def scrubber_for(version: int, secrets: Iterable[str] = ()) -> Callable[[bytes], bytes]:
     """How the lines of a trace of `version` were scrubbed (replay scrubs what it renders the
     same way before comparing)."""
@@ -427,22 +329,32 @@ _WINDOW = 2048
 
 
 class TraceWriter:
-    """Writes one trace file: header, records, and the result (or the abandoned record)."""
+    """Writes one trace file, of any protocol: header, records, and the result (or the abandoned
+    record), secrets masked."""
 
-    def __init__(self, path: str | os.PathLike[str], secrets: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        secrets: Iterable[str] = (),
+        *,
+        text: TextChannels | None = None,
+    ) -> None:
         self.path = os.fspath(path)
         self.secrets = list(secrets)
+        #: how the protocol's streams carry the text its machines deliver (masked alike in every
+        #: attempt), if it says
+        self.text = text
 
     def write(
         self,
         header: dict[str, Any],
         records: list[Record],
-        result: TurnResult | None,
+        result: dict[str, Any] | None,
         *,
         abandoned: str | None = None,
     ) -> bool:
-        """Write the header, every record and the result (None: a turn cut short by the exception
-        named `abandoned`) to the path, via a `.partial` file renamed at the end.
+        """Write the header, every record and the result (its JSON; None: a turn cut short by the
+        exception named `abandoned`) to the path, via a `.partial` file renamed at the end.
 
         Never raises for what the turn recorded: returns False, logs a warning and leaves neither
         file when the trace could not be written (a full disk, a vanished directory)."""
@@ -465,21 +377,22 @@ class TraceWriter:
         out: IO[bytes],
         header: dict[str, Any],
         records: list[Record],
-        result: TurnResult | None,
+        result: dict[str, Any] | None,
         abandoned: str | None,
     ) -> None:
         scrubber = Scrubber(self.secrets)
-        bodies = _scrubbed_bodies(records, scrubber)
+        streams, effects = _masked_streams(records, scrubber, self.text)
         window: list[bytes] = [dumps(header)]
-        plain: list[bool] = [False]  # True: a chunk line, already scrubbed with its body
+        plain: list[bool] = [False]  # True: a stream input, already masked with its stream
         for seq, record in enumerate(records, 1):
-            if type(record) is InputRecord and type(record.input) is Chunk:
-                data = bodies.get(seq - 1, record.input.data)
-                line = {"seq": seq, "kind": "input", "attempt": record.attempt, "t": record.t}
-                window.append(dumps({**line, **_chunk_to_json(data)}))
+            written = streams.get(seq - 1)
+            if written is not None and type(record) is InputRecord:
+                if written is not record.input:
+                    record = InputRecord(record.attempt, record.t, written)
+                window.append(dumps(record_to_json(record, seq)))
                 plain.append(True)
             else:
-                window.append(dumps(record_to_json(record, seq)))
+                window.append(dumps(record_to_json(effects.get(seq - 1, record), seq)))
                 plain.append(False)
             if len(window) >= _WINDOW:
                 _flush(out, window, plain, scrubber)
@@ -499,28 +412,50 @@ def _remove_quietly(path: str) -> None:
         pass
 
 
-def _scrubbed_bodies(records: list[Record], scrubber: Scrubber) -> dict[int, bytes]:
-    """Every chunk the scrubber changes, by index in `records`: each attempt's chunks are
-    scrubbed as one stream (a secret split across reads is found) and cut again where the network
-    cut them."""
-    by_attempt: dict[int, list[int]] = {}
+def _masked_streams(
+    records: list[Record], scrubber: Scrubber, text: TextChannels | None
+) -> tuple[dict[int, Input], dict[int, Effect]]:
+    """Every stream input, by index in `records`, as it is written (the same object when masking
+    left it alone): each attempt's pieces of a stream (its chunks; its stdout lines) are masked
+    as one stream (a secret split across two pieces is found) and cut again where they were
+    cut. With `text`, and more than one attempt, the text the machines decode from the streams
+    is masked the same way in every attempt too (`engine.log.masking`); the effects that
+    delivered text and are written masked are returned, by index."""
+    streams: dict[tuple[int, type], list[int]] = {}
     for index, record in enumerate(records):
-        if type(record) is InputRecord and type(record.input) is Chunk:
-            by_attempt.setdefault(record.attempt, []).append(index)
-    changed: dict[int, bytes] = {}
-    for indices in by_attempt.values():
-        pieces = [records[index].input.data for index in indices]  # type: ignore[union-attr]
-        body = b"".join(pieces)
-        masked = scrubber.scrub(body)
-        if masked is body:
-            continue
+        if type(record) is InputRecord:
+            kind = type(record.input)
+            if kind in _STREAM_FORMATS:
+                streams.setdefault((record.attempt, kind), []).append(index)
+    bodies: dict[tuple[int, type], tuple[bytes, bytearray | bytes]] = {}
+    for (attempt, kind), indices in streams.items():
+        separator = _STREAM_FORMATS[kind].separator
+        body = separator.join(_STREAM_FORMATS[kind].payload(records[i].input) for i in indices)  # type: ignore[union-attr]
+        bodies[attempt, kind] = body, scrubber.scrub(body)
+    effects: dict[int, Effect] = {}
+    if text is not None:
+        decoded = INPUTS[text.kind].cls
+        mine = {attempt: (body, bytearray(masked))
+                for (attempt, kind), (body, masked) in bodies.items() if kind is decoded}
+        if len(mine) > 1:
+            effects = mask_text(records, mine, scrubber, text)
+            bodies.update(((attempt, decoded), pair) for attempt, pair in mine.items())
+    written: dict[int, Input] = {}
+    for (attempt, kind), indices in streams.items():
+        stream = _STREAM_FORMATS[kind]
+        body, masked = bodies[attempt, kind]
+        changed = masked is not body and masked != body
         offset = 0
-        for index, piece in zip(indices, pieces):
-            new = masked[offset : offset + len(piece)]
-            if new != piece:
-                changed[index] = new
-            offset += len(piece)
-    return changed
+        for index in indices:
+            item = records[index].input  # type: ignore[union-attr]
+            piece = stream.payload(item)
+            new = masked[offset : offset + len(piece)] if changed else piece
+            written[index] = stream.rebuild(bytes(new)) if new != piece else item
+            offset += len(piece) + len(stream.separator)
+    return written, effects
+
+
+_STREAM_FORMATS = {format_.cls: format_.stream for format_ in INPUTS.values() if format_.stream}
 
 
 def _flush(out: IO[bytes], lines: list[bytes], plain: list[bool], scrubber: Scrubber) -> None:
@@ -538,27 +473,11 @@ def _flush(out: IO[bytes], lines: list[bytes], plain: list[bool], scrubber: Scru
 # -- reading --------------------------------------------------------------------------------------
 
 
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
 def policy_from_header(policy: Any) -> TurnPolicy:
     """The `TurnPolicy` a header's `policy` object records; `ValueError` naming the field when it
     is not one (each field is checked for its type, unknown fields are refused)."""
     if not isinstance(policy, dict):
-        raise ValueError(f"header field 'policy' is {_type_name(policy)}, not an object")
+        raise ValueError(f"header field 'policy' is {type_name(policy)}, not an object")
     names = {field.name for field in attrs.fields(TurnPolicy)}
     for name in policy:
         if name not in names:
@@ -570,7 +489,7 @@ def policy_from_header(policy: Any) -> TurnPolicy:
             arguments["retry_failed_codes"] = ()
         elif not isinstance(codes, list) or not all(isinstance(code, str) for code in codes):
             raise ValueError(
-                f"policy field 'retry_failed_codes' is {_type_name(codes)}, not a list of strings"
+                f"policy field 'retry_failed_codes' is {type_name(codes)}, not a list of strings"
             )
     try:
         return TurnPolicy(**arguments)
@@ -583,36 +502,66 @@ def _check_turn_header(header: dict[str, Any]) -> None:
     policy_from_header(header.get("policy"))
     request = header.get("request")
     if request is not None and not isinstance(request, dict):
-        raise ValueError(f"header field 'request' is {_type_name(request)}, not an object or null")
+        raise ValueError(f"header field 'request' is {type_name(request)}, not an object or null")
     if "seed" in header and type(header["seed"]) is not int:
-        raise ValueError(f"header field 'seed' is {_type_name(header['seed'])}, not a whole number")
+        raise ValueError(f"header field 'seed' is {type_name(header['seed'])}, not a whole number")
+
+
+def _check_app_header(header: dict[str, Any]) -> None:
+    """The header fields of a `codex_app_server` trace: the config, and a session snapshot the
+    session machine can start from."""
+    config = SessionConfig.from_json(header.get("config"))
+    session = header.get("session")
+    if not isinstance(session, dict):
+        raise TypeError(f"header field 'session' is {type_name(session)}, not an object")
+    AppSession.restore(config, session)
 
 
 @attrs.frozen
 class EntryFormat:
     """What the traces of one entry point hold besides the common fields: `check_header(header)`
-    raises `ValueError` (one line, naming the field) for a header field of the wrong type;
-    `check_input(record)` raises `TraceError` for an input record it cannot decode."""
+    raises `ValueError` or `TypeError` (one line, naming the field) for a header it cannot start
+    from; `inputs` are the input kinds its traces record."""
 
     check_header: Callable[[dict[str, Any]], None]
-    check_input: Callable[[dict[str, Any]], Any]
+    inputs: frozenset[InputKind]
 
 
+#: The entry of an app-server turn's trace.
+APP_SERVER_ENTRY = "codex_app_server"
+#: Traces of Responses-API turns (`run_turn`, `arun_turn`, `consume`).
+RESPONSES = EntryFormat(
+    _check_turn_header,
+    frozenset({InputKind.CHUNK, InputKind.HTTP_ERROR, InputKind.FAULT, InputKind.EOF,
+               InputKind.IDLE_TIMEOUT, InputKind.INTERRUPT}),
+)
+#: Traces of codex app-server turns.
+APP_SERVER = EntryFormat(
+    _check_app_header,
+    frozenset({InputKind.LINE, InputKind.STDERR, InputKind.EOF, InputKind.EXIT,
+               InputKind.SPAWN_FAILED, InputKind.TURN, InputKind.APPROVAL,
+               InputKind.REQUEST_TIMEOUT, InputKind.IDLE_TIMEOUT, InputKind.INTERRUPT,
+               InputKind.INTERRUPT_TIMEOUT}),
+)
 #: Entry points, by the header's `entry`: how their traces are checked. Replay has its own table
 #: of how they are replayed (`engine.drivers.replay.REPLAYERS`).
 ENTRIES: dict[str, EntryFormat] = {
-    name: EntryFormat(_check_turn_header, input_from_json)
-    for name in ("run_turn", "arun_turn", "consume")
+    "run_turn": RESPONSES,
+    "arun_turn": RESPONSES,
+    "consume": RESPONSES,
+    APP_SERVER_ENTRY: APP_SERVER,
 }
 
 
 class TraceReader:
     """Reads and checks a trace file line by line (memory bounded by the longest line).
 
-    Opening reads and checks the header (`header`, `version`, `entry`). Iterating yields each
-    record as `(line, record)`: the line's bytes (trailing whitespace removed) and its JSON
-    object, checked; at the end of the file, a trace without its final record (`result`, or
-    `abandoned`) raises `TraceError`. Every problem is a `TraceError` with one line of text."""
+    Opening reads and checks the header (`header`, `version`, `entry`, and the entry's own
+    fields). Iterating yields each record as `(line, record, input)`: the line's bytes (trailing
+    whitespace removed), its JSON object, checked, and for an input record the input it
+    describes, decoded once here (None for other records); at the end of the file, a trace
+    without its final record (`result`, or `abandoned`) raises `TraceError`. Every problem is a
+    `TraceError` with one line of text."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = name = os.fspath(path)
@@ -695,13 +644,13 @@ class TraceReader:
             raise _trace_error(f"{name}: line {number}: {error}") from None
         return header
 
-    def __iter__(self) -> Iterator[tuple[bytes, dict[str, Any]]]:
+    def __iter__(self) -> Iterator[tuple[bytes, dict[str, Any], Input | None]]:
         name = self.path
         for number, line in self._lines():
             record = self._parse(number, line)
-            self._check(number, record)
+            item = self._check(number, record)
             self.records += 1
-            yield line, record
+            yield line, record, item
         if not self._final:
             where = f"after line {self._number}" if self.records else "after its header"
             raise _trace_error(
@@ -709,7 +658,8 @@ class TraceReader:
                 "(a truncated file)"
             )
 
-    def _check(self, number: int, record: dict[str, Any]) -> None:
+    def _check(self, number: int, record: dict[str, Any]) -> Input | None:
+        """Check one record; the input it describes, for an input record."""
         name = self.path
         kind = record.get("kind")
         if not isinstance(kind, str) or kind not in self._kinds:
@@ -731,9 +681,10 @@ class TraceReader:
             if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))):
                 raise _trace_error(f"{name}: line {number} input has a clock reading that is not a number ({t!r})")
             try:
-                self._format.check_input(record)
+                return decode_input(record, self._format.inputs)
             except TraceError as error:
                 raise _trace_error(f"{name}: line {number}: {error}") from None
+        return None
 
 
 @attrs.frozen(slots=True)
@@ -758,6 +709,12 @@ class Trace:
         version: int = self.header.get("version", VERSION)
         return version
 
+    @property
+    def entry(self) -> str:
+        """The entry point that recorded the turn (the header's `entry`)."""
+        entry: str = self.header["entry"]
+        return entry
+
     def inputs(self) -> list[dict[str, Any]]:
         """The recorded input records, in order."""
         return [r for r in self.records if r.get("kind") == "input"]
@@ -767,5 +724,5 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
     """Read and check a whole trace file; any problem raises `TraceError` with one line of text.
     (`TraceReader` reads one record at a time.)"""
     with TraceReader(path) as reader:
-        records = [record for _, record in reader]
+        records = [record for _, record, _ in reader]
         return Trace(reader.path, reader.header, records)

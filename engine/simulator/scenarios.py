@@ -77,7 +77,7 @@ from typing import Any, Final, Literal
 import attrs
 import orjson
 
-from engine.log.trace import TraceError, input_from_json, read_trace
+from engine.log.trace import ENTRIES, RESPONSES, TraceError, input_from_json, read_trace
 from engine.simulator import shapes
 from engine.simulator.replies import Reply, Script, Step, error_body, frame_ends
 from engine.simulator.shapes import SHAPES
@@ -892,6 +892,8 @@ def script_from_trace(trace: Any, *, timing: Literal["none", "recorded"] = "none
     """
     if timing not in ("none", "recorded"):
         raise ValueError(f"timing must be 'none' or 'recorded', not {timing!r}")
+    if ENTRIES[trace.entry] is not RESPONSES:
+        raise TraceError(f"{trace.path}: a {trace.entry} trace holds no Responses-API replies")
     replies: list[Reply] = []
     by_attempt: dict[int, list[dict[str, Any]]] = {}
     for record in trace.inputs():
