@@ -286,6 +286,29 @@ def _diagram(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+# -- fixtures -------------------------------------------------------------------------------------
+def _fixtures(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    directory = args.directory
+    if not os.path.isdir(directory):
+        raise UsageError(f"{directory}: not a folder of replay fixtures")
+    if not args.rerecord:
+        for root, _, names in sorted(os.walk(directory)):
+            for name in sorted(n for n in names if n.endswith(".jsonl")):
+                out.write(os.path.join(root, name) + "\n")
+        return 0
+    from engine.testing.fixtures import rerecord
+
+    done = rerecord(directory)
+    for item in done:
+        out.write(f"{item.how:9} {item.outcome or '-':12} {item.path}\n")
+    left = [item.path for item in done if item.how == "left"]
+    if left:
+        err.write(f"streamfsm fixtures: {len(left)} trace(s) need a new recording from their "
+                  f"source (today's machines ask for inputs they do not hold): {', '.join(left)}\n")
+        return 1
+    return 0
+
+
 # -- parser ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The `streamfsm` argument parser with all its subcommands (`fuzz` only when the fuzzing
@@ -344,6 +367,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="for a trace: 'recorded' reproduces its recorded pauses (default none)")
     srv.add_argument("--list", action="store_true", help="list the built-in shapes and exit")
 
+    fix = commands.add_parser(
+        "fixtures", help="list the replay fixtures, or re-record them after a rule changed",
+        description="List the traces in DIR (default replay_fixtures/). With --rerecord, record "
+        "them again: the ones streamfsm makes itself (the built-in shapes through the "
+        "simulator, and a few scripted turns) from their source, every other trace (a promoted "
+        "fuzzing finding, a codex app-server recording) from its own recorded inputs through "
+        "today's machines. Exit 1 when a trace's inputs no longer suffice (it is left as it is).",
+    )
+    fix.add_argument("directory", nargs="?", default="replay_fixtures", metavar="DIR",
+                     help="the fixtures folder (default replay_fixtures)")
+    fix.add_argument("--rerecord", action="store_true",
+                     help="record every fixture again with today's machines")
+
     dia = commands.add_parser(
         "diagram", help="print a machine's transition table as a Mermaid stateDiagram-v2",
         description="Print the machine's transition table as Mermaid, generated from the table.",
@@ -385,6 +421,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args, out)
         if args.command == "diagram":
             return _diagram(args, out)
+        if args.command == "fixtures":
+            return _fixtures(args, out, err)
         if args.command == "fuzz":
             from engine.fuzz import campaign as fuzz
 

@@ -1,9 +1,18 @@
-"""Recording the built-in shapes as replay fixtures.
+"""Recording the replay fixtures, and recording them again after a rule changed on purpose.
 
-`python -m engine.testing.fixtures [DIR]` runs every shape of `engine.simulator.shapes.SHAPES` as a real turn (the
-openai client against the loopback simulator) and writes its trace to `DIR/<shape>.jsonl`
-(default `replay_fixtures/`). The test suite replays every file in that folder, so a change to the
-machines that alters any recorded decision fails until the fixture is re-recorded on purpose.
+The test suite replays every trace in `replay_fixtures/`, so a change to the machines that alters
+any recorded decision fails until the fixtures are re-recorded on purpose:
+
+    streamfsm fixtures --rerecord [DIR]
+
+does it in one step (`rerecord`). The fixtures streamfsm makes itself (`record_built_ins`: every
+shape of `engine.simulator.shapes.SHAPES` as a real turn, the openai client against the loopback
+simulator, and a few turns scripted around them) are recorded again from their source; every other
+trace in the folder (a fuzzing finding promoted to a fixture, a turn recorded from the real codex
+app-server) is derived again from its own recorded inputs through today's machines (`rederive`):
+the inputs stay, the decisions are today's. A trace whose inputs no longer suffice (today's
+machines ask for an attempt the recording never made) is left as it is and reported: record it
+again where it came from. `python -m engine.testing.fixtures [DIR]` records the built-in ones only.
 """
 
 from __future__ import annotations
@@ -17,6 +26,9 @@ import attrs
 import openai
 
 from engine.drivers.consume import consume
+from engine.drivers.replay import REPLAYERS, NeedInput
+from engine.log.eventlog import InputRecord
+from engine.log.trace import TraceReader, dumps
 from engine.log.eventlog import Callbacks
 from engine.simulator.shapes import BACKGROUND_SHAPES, SHAPES
 from engine.simulator.server import ResponsesSimulator
@@ -25,7 +37,7 @@ from engine.simulator.background import background_response_id
 from machines.records import Chunk, TurnPolicy, TurnResult
 from engine.drivers.sync import run_turn
 
-__all__ = ["FIXTURE_POLICIES", "record_shape"]
+__all__ = ["FIXTURE_POLICIES", "Rerecorded", "record_built_ins", "record_shape", "rederive", "rerecord"]
 
 #: Shapes recorded with a policy other than the default.
 FIXTURE_POLICIES: dict[str, TurnPolicy] = {
@@ -101,26 +113,92 @@ def record_consumed(name: str, path: str | os.PathLike[str]) -> TurnResult:
     return consume([step.data for step in reply.steps if isinstance(step, Chunk)], trace=path)
 
 
-def main(argv: list[str]) -> int:
-    """`python -m engine.testing.fixtures [DIR]`: re-record every fixture into DIR (default
-    `replay_fixtures/`) and print each one's outcome; returns the exit status, 0."""
-    directory = argv[0] if argv else "replay_fixtures"
+def record_built_ins(directory: str | os.PathLike[str]) -> dict[str, TurnResult]:
+    """Record every fixture streamfsm makes itself into `directory`; the results by name."""
     os.makedirs(directory, exist_ok=True)
-    results = {name: record_shape(name, os.path.join(directory, f"{name}.jsonl")) for name in SHAPES}
-    results["interrupted_during_stall"] = record_interrupted_stall(
-        os.path.join(directory, "interrupted_during_stall.jsonl")
-    )
-    results["background_resume_refused"] = record_refused_resume(
-        os.path.join(directory, "background_resume_refused.jsonl")
-    )
+
+    def at(name: str) -> str:
+        return os.path.join(directory, f"{name}.jsonl")
+
+    results = {name: record_shape(name, at(name)) for name in SHAPES}
+    results["interrupted_during_stall"] = record_interrupted_stall(at("interrupted_during_stall"))
+    results["background_resume_refused"] = record_refused_resume(at("background_resume_refused"))
     results["background_interrupted_cancelled"] = record_interrupted_background(
-        os.path.join(directory, "background_interrupted_cancelled.jsonl")
+        at("background_interrupted_cancelled")
     )
     for name in ("happy_text", "drop_then_retry"):
-        results[f"consume_{name}"] = record_consumed(
-            name, os.path.join(directory, f"consume_{name}.jsonl")
-        )
-    for name, result in results.items():
+        results[f"consume_{name}"] = record_consumed(name, at(f"consume_{name}"))
+    return results
+
+
+def rederive(path: str | os.PathLike[str]) -> str | None:
+    """Feed the trace's recorded inputs to today's machines and write what they decide back to
+    `path` (same header, same inputs, today's transitions, effects and result). Returns the
+    turn's new outcome, or None when today's machines ask for an input the trace does not hold
+    (the file is then left as it was)."""
+    with TraceReader(path) as reader:
+        header = reader.header
+        session = REPLAYERS[reader.entry](header)
+        inputs = ((record, item) for _, record, item in reader if item is not None)
+        made: list[dict[str, Any]] = []
+        try:
+            step = next(session)
+            while True:
+                if isinstance(step, NeedInput):
+                    found = next(inputs, None)
+                    if found is None or found[0].get("attempt") != step.attempt:
+                        return None
+                    record, item = found
+                    step = session.send(InputRecord(step.attempt, record.get("t"), item))
+                else:
+                    made.append(step)
+                    step = next(session)
+        except StopIteration:
+            pass
+        finally:
+            session.close()
+    if not made or made[-1].get("kind") != "result":
+        return None
+    tmp = os.fspath(path) + ".partial"
+    with open(tmp, "wb") as out:
+        out.write(b"\n".join([dumps(header), *(dumps(record) for record in made)]) + b"\n")
+    os.replace(tmp, path)
+    outcome = made[-1].get("outcome")
+    return outcome if isinstance(outcome, str) else None
+
+
+@attrs.frozen(slots=True)
+class Rerecorded:
+    """One fixture after `rerecord`: its path, how it was made again ("recorded": from its
+    source; "derived": from its own inputs; "left": its inputs no longer suffice), its outcome."""
+
+    path: str
+    how: str
+    outcome: str | None
+
+
+def rerecord(directory: str | os.PathLike[str] = "replay_fixtures") -> list[Rerecorded]:
+    """Re-record every fixture in `directory` (module docstring), in file-name order."""
+    directory = os.fspath(directory)
+    done = [
+        Rerecorded(os.path.join(directory, f"{name}.jsonl"), "recorded", result.outcome)
+        for name, result in record_built_ins(directory).items()
+    ]
+    made = {item.path for item in done}
+    for root, _, names in sorted(os.walk(directory)):
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            if name.endswith(".jsonl") and path not in made:
+                outcome = rederive(path)
+                done.append(Rerecorded(path, "derived" if outcome is not None else "left", outcome))
+    return sorted(done, key=lambda item: item.path)
+
+
+def main(argv: list[str]) -> int:
+    """`python -m engine.testing.fixtures [DIR]`: record the built-in fixtures into DIR (default
+    `replay_fixtures/`) and print each one's outcome; returns the exit status, 0."""
+    directory = argv[0] if argv else "replay_fixtures"
+    for name, result in record_built_ins(directory).items():
         print(f"{name:34} {result.outcome}")
     return 0
 
