@@ -370,15 +370,16 @@ def build_parser() -> argparse.ArgumentParser:
     fix = commands.add_parser(
         "fixtures", help="list the replay fixtures, or re-record them after a rule changed",
         description="List the traces in DIR (default replay_fixtures/). With --rerecord, record "
-        "them again: the ones streamfsm makes itself (the built-in shapes through the "
-        "simulator, and a few scripted turns) from their source, every other trace (a promoted "
-        "fuzzing finding, a codex app-server recording) from its own recorded inputs through "
-        "today's machines. Exit 1 when a trace's inputs no longer suffice (it is left as it is).",
+        "again every one that today's machines no longer replay identically: the ones streamfsm "
+        "makes itself (the built-in shapes through the simulator, and a few scripted turns) from "
+        "their source, every other trace (a promoted fuzzing finding, a codex app-server "
+        "recording) from its own recorded inputs through today's machines. Exit 1 when a trace's "
+        "inputs no longer suffice (it is left as it is).",
     )
     fix.add_argument("directory", nargs="?", default="replay_fixtures", metavar="DIR",
                      help="the fixtures folder (default replay_fixtures)")
     fix.add_argument("--rerecord", action="store_true",
-                     help="record every fixture again with today's machines")
+                     help="record again every fixture today's machines do not replay identically")
 
     dia = commands.add_parser(
         "diagram", help="print a machine's transition table as a Mermaid stateDiagram-v2",

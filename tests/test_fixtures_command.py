@@ -78,13 +78,18 @@ def test_the_command_lists_and_rerecords_a_folder(tmp_path: Path, capsys) -> Non
     assert main(["fixtures", str(copied)]) == 0
     listed = capsys.readouterr().out.split()
     assert str(copied / "happy_text.jsonl") in listed and len(listed) > 60
+    (copied / "happy_text.jsonl").unlink()  # a built-in one missing: recorded
+    broken = copied / "codex_app_server" / "text_answer.jsonl"  # a decision altered: derived
+    broken.write_bytes(broken.read_bytes().replace(b'"dest":"streaming"', b'"dest":"tool_call"', 1))
+    before = (copied / "http_429.jsonl").read_bytes()
     assert main(["fixtures", "--rerecord", str(copied)]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    hows = {line.split()[0] for line in lines}
-    assert hows == {"recorded", "derived"}
-    assert any(line.split()[0] == "derived" and "codex_app_server" in line for line in lines)
+    hows = {line.split()[-1]: line.split()[0] for line in capsys.readouterr().out.splitlines()}
+    assert hows.pop(str(copied / "happy_text.jsonl")) == "recorded"
+    assert hows.pop(str(broken)) == "derived"
+    assert set(hows.values()) == {"kept"} and len(hows) > 60
+    assert (copied / "http_429.jsonl").read_bytes() == before
     assert all(replay(path).identical for path in copied.rglob("*.jsonl"))
-    assert len(rerecord(copied)) == len(lines)
+    assert {item.how for item in rerecord(copied)} == {"kept"}
 
 
 def test_the_command_refuses_what_is_not_a_folder(tmp_path: Path, capsys) -> None:

@@ -5,7 +5,8 @@ any recorded decision fails until the fixtures are re-recorded on purpose:
 
     streamfsm fixtures --rerecord [DIR]
 
-does it in one step (`rerecord`). The fixtures streamfsm makes itself (`record_built_ins`: every
+does it in one step (`rerecord`), for every trace today's machines no longer replay identically
+(the others are kept as they are). The fixtures streamfsm makes itself (`BUILT_IN`: every
 shape of `engine.simulator.shapes.SHAPES` as a real turn, the openai client against the loopback
 simulator, and a few turns scripted around them) are recorded again from their source; every other
 trace in the folder (a fuzzing finding promoted to a fixture, a turn recorded from the real codex
@@ -17,18 +18,19 @@ again where it came from. `python -m engine.testing.fixtures [DIR]` records the 
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 import openai
 
 from engine.drivers.consume import consume
-from engine.drivers.replay import REPLAYERS, NeedInput
+from engine.drivers.replay import REPLAYERS, NeedInput, replay
 from engine.log.eventlog import InputRecord
-from engine.log.trace import TraceReader, dumps
+from engine.log.trace import TraceError, TraceReader, dumps
 from engine.log.eventlog import Callbacks
 from engine.simulator.shapes import BACKGROUND_SHAPES, SHAPES
 from engine.simulator.server import ResponsesSimulator
@@ -37,7 +39,15 @@ from engine.simulator.background import background_response_id
 from machines.records import Chunk, TurnPolicy, TurnResult
 from engine.drivers.sync import run_turn
 
-__all__ = ["FIXTURE_POLICIES", "Rerecorded", "record_built_ins", "record_shape", "rederive", "rerecord"]
+__all__ = [
+    "BUILT_IN",
+    "FIXTURE_POLICIES",
+    "Rerecorded",
+    "record_built_ins",
+    "record_shape",
+    "rederive",
+    "rerecord",
+]
 
 #: Shapes recorded with a policy other than the default.
 FIXTURE_POLICIES: dict[str, TurnPolicy] = {
@@ -113,22 +123,23 @@ def record_consumed(name: str, path: str | os.PathLike[str]) -> TurnResult:
     return consume([step.data for step in reply.steps if isinstance(step, Chunk)], trace=path)
 
 
+#: How each fixture streamfsm makes itself is recorded: its name, and a function of its path.
+BUILT_IN: dict[str, Callable[[str], TurnResult]] = {
+    **{name: functools.partial(record_shape, name) for name in SHAPES},
+    "interrupted_during_stall": record_interrupted_stall,
+    "background_resume_refused": record_refused_resume,
+    "background_interrupted_cancelled": record_interrupted_background,
+    **{f"consume_{name}": functools.partial(record_consumed, name)
+       for name in ("happy_text", "drop_then_retry")},
+}
+
+
 def record_built_ins(directory: str | os.PathLike[str]) -> dict[str, TurnResult]:
     """Record every fixture streamfsm makes itself into `directory`; the results by name."""
     os.makedirs(directory, exist_ok=True)
-
-    def at(name: str) -> str:
-        return os.path.join(directory, f"{name}.jsonl")
-
-    results = {name: record_shape(name, at(name)) for name in SHAPES}
-    results["interrupted_during_stall"] = record_interrupted_stall(at("interrupted_during_stall"))
-    results["background_resume_refused"] = record_refused_resume(at("background_resume_refused"))
-    results["background_interrupted_cancelled"] = record_interrupted_background(
-        at("background_interrupted_cancelled")
-    )
-    for name in ("happy_text", "drop_then_retry"):
-        results[f"consume_{name}"] = record_consumed(name, at(f"consume_{name}"))
-    return results
+    return {
+        name: record(os.path.join(directory, f"{name}.jsonl")) for name, record in BUILT_IN.items()
+    }
 
 
 def rederive(path: str | os.PathLike[str]) -> str | None:
@@ -169,29 +180,42 @@ def rederive(path: str | os.PathLike[str]) -> str | None:
 
 @attrs.frozen(slots=True)
 class Rerecorded:
-    """One fixture after `rerecord`: its path, how it was made again ("recorded": from its
-    source; "derived": from its own inputs; "left": its inputs no longer suffice), its outcome."""
+    """One fixture after `rerecord`: its path and what was done ("kept": it replays identically
+    already; "recorded": made again from its source; "derived": from its own inputs; "left": its
+    inputs no longer suffice), and the turn's outcome when it was made again."""
 
     path: str
     how: str
-    outcome: str | None
+    outcome: str | None = None
 
 
 def rerecord(directory: str | os.PathLike[str] = "replay_fixtures") -> list[Rerecorded]:
-    """Re-record every fixture in `directory` (module docstring), in file-name order."""
+    """Re-record every fixture in `directory` that today's machines no longer replay identically
+    (module docstring), in file-name order; the others are kept as they are. A built-in fixture
+    missing from the folder is recorded."""
     directory = os.fspath(directory)
-    done = [
-        Rerecorded(os.path.join(directory, f"{name}.jsonl"), "recorded", result.outcome)
-        for name, result in record_built_ins(directory).items()
-    ]
-    made = {item.path for item in done}
+    os.makedirs(directory, exist_ok=True)
+    done: list[Rerecorded] = []
+    paths = {os.path.join(directory, f"{name}.jsonl"): name for name in BUILT_IN}
     for root, _, names in sorted(os.walk(directory)):
-        for name in sorted(names):
-            path = os.path.join(root, name)
-            if name.endswith(".jsonl") and path not in made:
-                outcome = rederive(path)
-                done.append(Rerecorded(path, "derived" if outcome is not None else "left", outcome))
-    return sorted(done, key=lambda item: item.path)
+        paths.update({os.path.join(root, name): "" for name in names
+                      if name.endswith(".jsonl") and os.path.join(root, name) not in paths})
+    for path, name in sorted(paths.items()):
+        if os.path.exists(path) and _replays(path):
+            done.append(Rerecorded(path, "kept"))
+        elif name:
+            done.append(Rerecorded(path, "recorded", BUILT_IN[name](path).outcome))
+        else:
+            outcome = rederive(path)
+            done.append(Rerecorded(path, "derived" if outcome is not None else "left", outcome))
+    return done
+
+
+def _replays(path: str) -> bool:
+    try:
+        return replay(path).identical
+    except TraceError:
+        return False
 
 
 def main(argv: list[str]) -> int:
