@@ -89,17 +89,11 @@ from machines.table import Row, Table
 __all__ = [
     "AppSession",
     "FAULTS",
-    "INITIALIZING",
     "LIVE",
     "MACHINE",
-    "READY",
-    "RETIRED",
-    "SPAWNED",
-    "STARTING_THREAD",
     "STATES",
     "State",
     "TABLE",
-    "TURN_RUNNING",
     "Trigger",
 ]
 
@@ -128,17 +122,10 @@ class Trigger(StrEnum):
     TURN_ENDED = "turn_ended"
 
 
-SPAWNED: Final = State.SPAWNED
-INITIALIZING: Final = State.INITIALIZING
-STARTING_THREAD: Final = State.STARTING_THREAD
-READY: Final = State.READY
-TURN_RUNNING: Final = State.TURN_RUNNING
-RETIRED: Final = State.RETIRED
-
 STATES: Final[list[State]] = list(State)
 #: Before `ready`: a turn asked for now waits (queued) for the handshake.
-STARTING: Final = frozenset({SPAWNED, INITIALIZING, STARTING_THREAD})
-LIVE: Final = STARTING | {READY, TURN_RUNNING}
+STARTING: Final = frozenset({State.SPAWNED, State.INITIALIZING, State.STARTING_THREAD})
+LIVE: Final = STARTING | {State.READY, State.TURN_RUNNING}
 
 #: What retires a session with no turn running (a running turn ends first, then `turn_ended`).
 FAULTS: Final = tuple(SessionFault)
@@ -172,7 +159,7 @@ ROWS: Final[list[Row[AppSession, None]]] = [
 ]
 
 TABLE: Final[Table[AppSession, None]] = Table(
-    MACHINE, State, (*Trigger, *FAULTS), ROWS, initial=SPAWNED, final={RETIRED}
+    MACHINE, State, (*Trigger, *FAULTS), ROWS, initial=State.SPAWNED, final={State.RETIRED}
 )
 _STAYS: Final = TABLE.stays
 
@@ -195,7 +182,7 @@ class AppSession:
     state: State
 
     def __init__(self, config: SessionConfig) -> None:
-        self.state = SPAWNED
+        self.state = State.SPAWNED
         self.config = config
         self.out: list[Decision] = []
         self.next_id = 1
@@ -234,12 +221,12 @@ class AppSession:
         data that is not a snapshot)."""
         session = cls(config)
         state = snapshot.get("state")
-        if state not in (SPAWNED, INITIALIZING, STARTING_THREAD, READY):
+        if state not in (State.SPAWNED, State.INITIALIZING, State.STARTING_THREAD, State.READY):
             raise ValueError(f"a turn cannot start in session state {state!r}")
         thread_id = snapshot.get("thread_id")
         if thread_id is not None and not isinstance(thread_id, str):
             raise TypeError("thread_id must be a string or null")
-        if state == READY and thread_id is None:
+        if state == State.READY and thread_id is None:
             raise ValueError("a ready session needs a thread_id")
         for key in ("next_id", "turn_number"):
             if type(snapshot.get(key)) is not int or snapshot[key] < 0:

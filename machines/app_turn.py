@@ -92,23 +92,15 @@ from machines.records import Decision, Effect, InputKind, Transition
 from machines.table import Row, Table
 
 __all__ = [
-    "AWAITING_APPROVAL",
-    "AWAITING_CREATED",
     "AppTurn",
     "Answer",
     "FAULTS",
     "FINAL",
-    "INTERRUPTING",
     "LIVE",
     "MACHINE",
-    "QUEUED",
-    "RETIRE",
     "STATES",
-    "STREAMING",
     "State",
     "TABLE",
-    "TERMINAL",
-    "TOOL_CALL",
     "TOOL_ITEMS",
     "INPUTS",
     "TURN_NOTIFICATIONS",
@@ -161,23 +153,16 @@ class Trigger(StrEnum):
 INPUTS: Final = (InputKind.INTERRUPT, InputKind.INTERRUPT_TIMEOUT, *SessionFault)
 
 
-QUEUED: Final = State.QUEUED
-AWAITING_CREATED: Final = State.AWAITING_CREATED
-STREAMING: Final = State.STREAMING
-TOOL_CALL: Final = State.TOOL_CALL
-AWAITING_APPROVAL: Final = State.AWAITING_APPROVAL
-INTERRUPTING: Final = State.INTERRUPTING
-TERMINAL: Final = State.TERMINAL
-RETIRE: Final = State.RETIRE
-
 STATES: Final[list[State]] = list(State)
 #: `turn/start` was sent.
-SENT: Final = frozenset({AWAITING_CREATED, STREAMING, TOOL_CALL, AWAITING_APPROVAL, INTERRUPTING})
+SENT: Final = frozenset(
+    {State.AWAITING_CREATED, State.STREAMING, State.TOOL_CALL, State.AWAITING_APPROVAL, State.INTERRUPTING}
+)
 #: Sent and not being interrupted.
-RUNNING: Final = SENT - {INTERRUPTING}
-LIVE: Final = SENT | {QUEUED}
-FINAL: Final = frozenset({TERMINAL, RETIRE})
-_PAST_CREATED: Final = SENT - {AWAITING_CREATED}
+RUNNING: Final = SENT - {State.INTERRUPTING}
+LIVE: Final = SENT | {State.QUEUED}
+FINAL: Final = frozenset({State.TERMINAL, State.RETIRE})
+_PAST_CREATED: Final = SENT - {State.AWAITING_CREATED}
 
 #: What ends a turn from outside: the subprocess, the driver's clocks, a protocol breach.
 FAULTS: Final = tuple(SessionFault)
@@ -306,7 +291,7 @@ ROWS: Final[list[Row[AppTurn, Decides]]] = [
 ]
 
 TABLE: Final[Table[AppTurn, Decides]] = Table(
-    MACHINE, State, (*Trigger, *INPUTS), ROWS, initial=QUEUED, final=FINAL
+    MACHINE, State, (*Trigger, *INPUTS), ROWS, initial=State.QUEUED, final=FINAL
 )
 _STAYS: Final = TABLE.stays
 
@@ -402,7 +387,7 @@ class AppTurn:
     state: State
 
     def __init__(self, number: int, text: str, wire: Wire) -> None:
-        self.state = QUEUED
+        self.state = State.QUEUED
         self.number = number
         self.text = text
         self._wire = wire

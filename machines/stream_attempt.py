@@ -159,24 +159,18 @@ from machines.records import (
 from machines.table import Row, Table
 
 __all__ = [
-    "AWAITING_CREATED",
     "DeliveryLedger",
     "Ending",
     "EndingRule",
-    "FALLBACK",
     "FAULTS",
     "FINAL",
     "LIVE",
     "MACHINE",
-    "RETIRE",
     "STATES",
-    "STREAMING",
     "State",
     "StreamAttempt",
     "TABLE",
     "Trigger",
-    "TERMINAL",
-    "TOOL_CALL",
     "INPUTS",
     "demanded_wait_s",
     "provider_error",
@@ -220,16 +214,9 @@ INPUTS: Final = (
 )
 
 
-AWAITING_CREATED: Final = State.AWAITING_CREATED
-STREAMING: Final = State.STREAMING
-TOOL_CALL: Final = State.TOOL_CALL
-TERMINAL: Final = State.TERMINAL
-FALLBACK: Final = State.FALLBACK
-RETIRE: Final = State.RETIRE
-
 STATES: Final[list[State]] = list(State)
-LIVE: Final = frozenset({AWAITING_CREATED, STREAMING, TOOL_CALL})
-FINAL: Final = frozenset({TERMINAL, FALLBACK, RETIRE})
+LIVE: Final = frozenset({State.AWAITING_CREATED, State.STREAMING, State.TOOL_CALL})
+FINAL: Final = frozenset({State.TERMINAL, State.FALLBACK, State.RETIRE})
 
 #: Triggers that are byte-stream failures: worth another stream attempt.
 FAULTS: Final = (Fault.DROP, Fault.READ_TIMEOUT, InputKind.IDLE_TIMEOUT, InputKind.EOF)
@@ -390,7 +377,7 @@ ROWS: Final[list[Row[StreamAttempt, EndingRule]]] = [
 ]
 
 TABLE: Final[Table[StreamAttempt, EndingRule]] = Table(
-    MACHINE, State, (*Trigger, *INPUTS), ROWS, initial=AWAITING_CREATED, final=FINAL
+    MACHINE, State, (*Trigger, *INPUTS), ROWS, initial=State.AWAITING_CREATED, final=FINAL
 )
 _STAYS: Final = TABLE.stays
 
@@ -460,7 +447,7 @@ class StreamAttempt:
         tracks_sequence: bool = False,
         resumes: StreamAttempt | None = None,
     ) -> None:
-        self.state = AWAITING_CREATED
+        self.state = State.AWAITING_CREATED
         self.number = number
         self.kind = kind
         self.ledger = ledger
@@ -502,7 +489,7 @@ class StreamAttempt:
         self.last_sequence: int | None = None
         self.stale = 0
         #: The live state the attempt was in when it ended (where a resume of it starts).
-        self.live_state = AWAITING_CREATED
+        self.live_state = State.AWAITING_CREATED
         #: What a resume asks for: the response id and the sequence number to start after.
         self.resume_point: tuple[str, int] | None = None
         if resumes is not None:
