@@ -161,7 +161,6 @@ ROWS: Final[list[Row[AppSession, None]]] = [
 TABLE: Final[Table[AppSession, None]] = Table(
     MACHINE, State, (*Trigger, *FAULTS), ROWS, initial=State.SPAWNED, final={State.RETIRED}
 )
-_STAYS: Final = TABLE.stays
 
 #: How many stderr lines are kept for error messages, and how many an error message shows.
 STDERR_KEPT: Final = 40
@@ -335,10 +334,6 @@ class AppSession:
         return ident
 
     # -- the table ---------------------------------------------------------------------------------
-    def _fire(self, trigger: StrEnum) -> None:
-        if (self.state, trigger) not in _STAYS:
-            TABLE.fire(self, trigger)
-
     def _moved(self, row: Row[AppSession, None], source: State) -> None:
         dest = row.dest
         assert isinstance(dest, State)
@@ -362,7 +357,7 @@ class AppSession:
                 "clientInfo": {"name": self.config.client_name,
                                "version": self.config.client_version},
             })
-            self._fire(Trigger.BEGIN)
+            TABLE.feed(self, Trigger.BEGIN)
         elif TABLE.takes(self.state, Trigger.TURN_BEGINS):  # ready: the turn starts at once
             self._start_turn()
 
@@ -370,7 +365,7 @@ class AppSession:
         turn = self.turn
         assert turn is not None and self.thread_id is not None
         turn.send_start(self.thread_id)
-        self._fire(Trigger.TURN_BEGINS)
+        TABLE.feed(self, Trigger.TURN_BEGINS)
 
     def _line(self, text: str) -> None:
         message = decode_line(text)
@@ -408,7 +403,7 @@ class AppSession:
                 "approvalPolicy": self.config.approval_policy,
                 "sandbox": self.config.sandbox,
             })
-            self._fire(Trigger.INITIALIZED)
+            TABLE.feed(self, Trigger.INITIALIZED)
         elif method == "thread/start":
             thread = result.get("thread") if isinstance(result, dict) else None
             thread_id = thread.get("id") if isinstance(thread, dict) else None
@@ -417,7 +412,7 @@ class AppSession:
                 self._fault(SessionFault.PROTOCOL_BREACH, f"codex app-server refused thread/start: {why}")
                 return
             self.thread_id = thread_id
-            self._fire(Trigger.THREAD_STARTED)
+            TABLE.feed(self, Trigger.THREAD_STARTED)
             if self.live_turn is not None:
                 self._start_turn()
         elif method == "turn/start":
@@ -487,7 +482,7 @@ class AppSession:
         if turn is not None:
             turn.fault(fault, error)  # then `_settle` ends the turn and retires the session
         else:
-            self._fire(fault)
+            TABLE.feed(self, fault)
 
     def _with_stderr(self, message: str) -> str:
         lines = [line.strip() for line in self.stderr if line.strip()][-STDERR_SHOWN:]
@@ -506,7 +501,7 @@ class AppSession:
         self._settled = turn
         if turn.turn_id is not None:
             self.finished_turns.append(turn.turn_id)
-        self._fire(Trigger.TURN_ENDED)
+        TABLE.feed(self, Trigger.TURN_ENDED)
 
     # -- the result ------------------------------------------------------------------------------
     def turn_result(self, transitions: list[Transition]) -> AppTurnResult:

@@ -379,7 +379,6 @@ ROWS: Final[list[Row[StreamAttempt, EndingRule]]] = [
 TABLE: Final[Table[StreamAttempt, EndingRule]] = Table(
     MACHINE, State, (*Trigger, *INPUTS), ROWS, initial=State.AWAITING_CREATED, final=FINAL
 )
-_STAYS: Final = TABLE.stays
 
 
 @attrs.frozen(slots=True)
@@ -540,11 +539,11 @@ class StreamAttempt:
                 self.error = _http_error(item)
                 self.http_status = item.status
                 self.demanded_wait_s = demanded_wait_s(item)
-                self._fire(InputKind.HTTP_ERROR)
+                TABLE.feed(self, InputKind.HTTP_ERROR)
             elif isinstance(item, TransportFault):
-                self._fire(item.kind)
+                TABLE.feed(self, item.kind)
             elif isinstance(item, (EndOfStream, IdleTimeout, Interrupt, EventTooLarge)):
-                self._fire(item.KIND)
+                TABLE.feed(self, item.KIND)
             else:
                 raise TypeError(f"not a machine input: {type(item).__name__}")
         out = self._out
@@ -582,7 +581,7 @@ class StreamAttempt:
                 last = self.last_sequence
                 if last is not None and sequence <= last:
                     self.stale += 1
-                    self._fire(Trigger.STALE_EVENT)
+                    TABLE.feed(self, Trigger.STALE_EVENT)
                     return
                 self.last_sequence = sequence
         name = payload.get("type")
@@ -593,14 +592,9 @@ class StreamAttempt:
             handler(self, payload)
         elif "function_call" in name:  # a function-call frame this version does not know
             self.function_call_seen = True
-            self._fire(Trigger.TOOL_CALL_STARTED)
+            TABLE.feed(self, Trigger.TOOL_CALL_STARTED)
         else:
             self.ignored += 1
-
-    def _fire(self, trigger: StrEnum) -> None:
-        """Fire `trigger` through the table (an unguarded stay changes nothing: skipped)."""
-        if (self.state, trigger) not in _STAYS:
-            TABLE.fire(self, trigger)
 
     def _moved(self, row: Row[StreamAttempt, EndingRule], source: State) -> None:
         """A row that changes the state fired: record the transition; a final row (one that
@@ -641,11 +635,11 @@ class StreamAttempt:
 
     # -- frame handlers (one per frame type; `_HANDLERS` maps names to them) --------------------
     def _created(self, payload: dict[str, Any]) -> None:
-        self._fire(Trigger.CREATED)
+        TABLE.feed(self, Trigger.CREATED)
         self._learn_response(payload)
 
     def _in_progress(self, payload: dict[str, Any]) -> None:
-        self._fire(Trigger.IN_PROGRESS)
+        TABLE.feed(self, Trigger.IN_PROGRESS)
         self._learn_response(payload)
 
     def _learn_response(self, payload: dict[str, Any]) -> None:
@@ -687,7 +681,7 @@ class StreamAttempt:
         delta = payload.get("delta")
         if type(delta) is not str:
             return None
-        self._fire(Trigger.CONTENT)
+        TABLE.feed(self, Trigger.CONTENT)
         keep(payload, delta)
         return delta
 
@@ -706,7 +700,7 @@ class StreamAttempt:
     def _item_added(self, payload: dict[str, Any]) -> None:
         placed = self.assembly.item_added(payload)
         if placed is None:
-            self._fire(Trigger.CONTENT)
+            TABLE.feed(self, Trigger.CONTENT)
         else:
             self._item(*placed, done=False)
 
@@ -722,11 +716,11 @@ class StreamAttempt:
         if facts is not None and self.is_client(facts):
             self.function_call_seen |= facts[0] == "function_call"
             self.client_calls.add(index)
-            self._fire(Trigger.TOOL_CALL_STARTED)
+            TABLE.feed(self, Trigger.TOOL_CALL_STARTED)
             if done:
-                self._fire(Trigger.TOOL_CALLS_DONE)
+                TABLE.feed(self, Trigger.TOOL_CALLS_DONE)
         else:
-            self._fire(Trigger.CONTENT)
+            TABLE.feed(self, Trigger.CONTENT)
         if self.client_calls:
             self._withdraw_server_calls()
 
@@ -735,12 +729,12 @@ class StreamAttempt:
         if type(delta) is str:
             self.assembly.arguments_delta(payload, delta)
         self.function_call_seen = True
-        self._fire(Trigger.TOOL_CALL_STARTED)
+        TABLE.feed(self, Trigger.TOOL_CALL_STARTED)
 
     def _arguments_done(self, payload: dict[str, Any]) -> None:
         self.assembly.arguments_done(payload)
         self.function_call_seen = True
-        self._fire(Trigger.TOOL_CALL_STARTED)
+        TABLE.feed(self, Trigger.TOOL_CALL_STARTED)
 
     def _custom_input_delta(self, payload: dict[str, Any]) -> None:
         delta = payload.get("delta")
@@ -774,10 +768,10 @@ class StreamAttempt:
         if index not in self.client_calls:
             facts = self.assembly.call_facts(index)
             if facts is not None and not self.is_client(facts):
-                self._fire(Trigger.CONTENT)
+                TABLE.feed(self, Trigger.CONTENT)
                 return
             self.client_calls.add(index)
-        self._fire(Trigger.TOOL_CALL_STARTED)
+        TABLE.feed(self, Trigger.TOOL_CALL_STARTED)
 
     # -- which calls are the client's ------------------------------------------------------------
     def is_client(self, facts: CallFacts) -> bool:
@@ -805,8 +799,8 @@ class StreamAttempt:
         ]
         if joined:
             self.client_calls.update(joined)
-            self._fire(Trigger.TOOL_CALL_STARTED)
-            self._fire(Trigger.TOOL_CALLS_DONE)
+            TABLE.feed(self, Trigger.TOOL_CALL_STARTED)
+            TABLE.feed(self, Trigger.TOOL_CALLS_DONE)
         if self.client_calls:
             self._withdraw_server_calls()
 
@@ -821,7 +815,7 @@ class StreamAttempt:
         ]
         if withdrawn:
             self.client_calls.difference_update(withdrawn)
-            self._fire(Trigger.TOOL_CALL_WITHDRAWN)
+            TABLE.feed(self, Trigger.TOOL_CALL_WITHDRAWN)
 
     def _keep_response(self, payload: dict[str, Any]) -> dict[str, Any]:
         response = payload.get("response")
@@ -830,20 +824,20 @@ class StreamAttempt:
 
     def _completed(self, payload: dict[str, Any]) -> None:
         self._keep_response(payload)
-        self._fire(Trigger.COMPLETED)
+        TABLE.feed(self, Trigger.COMPLETED)
 
     def _incomplete(self, payload: dict[str, Any]) -> None:
         self._keep_response(payload)
-        self._fire(Trigger.INCOMPLETE)
+        TABLE.feed(self, Trigger.INCOMPLETE)
 
     def _failed(self, payload: dict[str, Any]) -> None:
         raw = self._keep_response(payload).get("error")
         self.error = provider_error({"error": raw if isinstance(raw, dict) else {}}, "response.failed")
-        self._fire(Trigger.FAILED)
+        TABLE.feed(self, Trigger.FAILED)
 
     def _error_frame(self, payload: dict[str, Any]) -> None:
         self.error = provider_error(payload, "error")
-        self._fire(Trigger.ERROR_FRAME)
+        TABLE.feed(self, Trigger.ERROR_FRAME)
 
     # -- results -------------------------------------------------------------------------------
     def final_response(self) -> dict[str, Any] | None:

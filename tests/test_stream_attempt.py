@@ -218,7 +218,7 @@ def test_a_trigger_the_table_has_no_row_for_raises() -> None:
     attempt, _ = make()
     feed(attempt, created())
     with pytest.raises(MachineError):
-        attempt._fire(Trigger.TOOL_CALLS_DONE)  # only a tool_call state has rows for it
+        TABLE.feed(attempt, Trigger.TOOL_CALLS_DONE)  # only a tool_call state has rows for it
 
 
 def test_the_final_row_carries_the_outcome_and_the_reason() -> None:
