@@ -13,7 +13,7 @@ machine and of the turn it runs (`machines.app_turn`); the driver records them, 
 them. The machine never reads a pipe or a clock and never calls anyone, so a recorded turn
 replays exactly (`engine.drivers.replay`).
 
-States (`STATES`) and the rules between them are the rows of `TABLE`:
+States (`State`) and the rules between them are the rows of `TABLE`:
 
     spawned          the subprocess runs; nothing sent yet.
     initializing     `initialize` sent (the first turn request starts the handshake).
@@ -91,7 +91,6 @@ __all__ = [
     "FAULTS",
     "LIVE",
     "MACHINE",
-    "STATES",
     "State",
     "TABLE",
     "Trigger",
@@ -122,7 +121,6 @@ class Trigger(StrEnum):
     TURN_ENDED = "turn_ended"
 
 
-STATES: Final[list[State]] = list(State)
 #: Before `ready`: a turn asked for now waits (queued) for the handshake.
 STARTING: Final = frozenset({State.SPAWNED, State.INITIALIZING, State.STARTING_THREAD})
 LIVE: Final = STARTING | {State.READY, State.TURN_RUNNING}

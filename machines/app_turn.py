@@ -13,7 +13,7 @@ flag and never calls anyone: it appends its decisions (`Transition` and `Effect`
 session's output and the driver records them, then acts on them (writes the `send` lines, asks
 the approval callback, delivers text, closes the subprocess on `retire`).
 
-States (`STATES`) and every rule between them are the rows of `TABLE`, the only place they are
+States (`State`) and every rule between them are the rows of `TABLE`, the only place they are
 written; `streamfsm diagram app_turn` draws them:
 
     queued             asked for while the session is still starting (initialize, thread/start);
@@ -98,7 +98,6 @@ __all__ = [
     "FINAL",
     "LIVE",
     "MACHINE",
-    "STATES",
     "State",
     "TABLE",
     "TOOL_ITEMS",
@@ -153,7 +152,6 @@ class Trigger(StrEnum):
 INPUTS: Final = (InputKind.INTERRUPT, InputKind.INTERRUPT_TIMEOUT, *SessionFault)
 
 
-STATES: Final[list[State]] = list(State)
 #: `turn/start` was sent.
 SENT: Final = frozenset(
     {State.AWAITING_CREATED, State.STREAMING, State.TOOL_CALL, State.AWAITING_APPROVAL, State.INTERRUPTING}

@@ -16,7 +16,7 @@ is one `receive()` and an assert:
     attempt.receive(SseEvent("message", '{"type":"response.created","response":{}}'))
     # -> [Transition("stream_attempt", 1, "awaiting_created", "streaming", "created")]
 
-States (`STATES`) and every rule between them are the rows of `TABLE` below, the only place they
+States (`State`) and every rule between them are the rows of `TABLE` below, the only place they
 are written; `streamfsm diagram` draws them, guards included:
 
     awaiting_created   request sent, no lifecycle frame yet. Prelude frames are absorbed here, in
@@ -166,7 +166,6 @@ __all__ = [
     "FINAL",
     "LIVE",
     "MACHINE",
-    "STATES",
     "State",
     "StreamAttempt",
     "TABLE",
@@ -214,7 +213,6 @@ INPUTS: Final = (
 )
 
 
-STATES: Final[list[State]] = list(State)
 LIVE: Final = frozenset({State.AWAITING_CREATED, State.STREAMING, State.TOOL_CALL})
 FINAL: Final = frozenset({State.TERMINAL, State.FALLBACK, State.RETIRE})
 

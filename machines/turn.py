@@ -77,7 +77,7 @@ from machines.stream_attempt import FAULTS, DeliveryLedger, Ending, StreamAttemp
 from machines.stream_attempt import State as AttemptState
 from machines.table import Row, Table
 
-__all__ = ["MACHINE", "STATES", "TABLE", "State", "Step", "Trigger", "TurnMachine"]
+__all__ = ["MACHINE", "TABLE", "State", "Step", "Trigger", "TurnMachine"]
 
 MACHINE: Final = "turn"
 
@@ -96,9 +96,6 @@ class Trigger(StrEnum):
 
     BEGIN = "begin"
     ATTEMPT_ENDED = "attempt_ended"
-
-
-STATES: Final[list[State]] = list(State)
 
 
 @attrs.frozen(slots=True)

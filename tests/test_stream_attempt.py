@@ -36,7 +36,6 @@ from machines.records import (
 )
 from machines.stream_attempt import (
     FINAL,
-    STATES,
     TABLE,
     DeliveryLedger,
     Ending,
@@ -152,7 +151,7 @@ def _rows() -> list[tuple[str, str, str | None, tuple[str, ...]]]:
         conditions = tuple(guard.__name__ for guard in row.guards)
         rows.extend(
             (row.trigger, source, row.dest, conditions)
-            for source in sorted(row.source, key=STATES.index)
+            for source in sorted(row.source, key=list(State).index)
         )
     return rows
 
@@ -176,7 +175,7 @@ WITHDRAWN_REACH: dict[tuple[str, str | None, tuple[str, ...]], list[Any]] = {
 def test_fire_covers_every_trigger_of_the_table() -> None:
     assert {trigger for trigger, *_ in ROWS} == set(FIRE)
     assert {source for _, source, _, _ in ROWS} <= set(REACH)
-    assert set(STATES) == set(REACH) | FINAL
+    assert set(State) == set(REACH) | FINAL
 
 
 @pytest.mark.parametrize(
