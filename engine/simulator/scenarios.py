@@ -59,7 +59,7 @@ including the blank line that ends it (comments and vendor frames count).
     ``background`` get the reply as usual.
 
 Traces (``.jsonl``) become scenarios through
-:func:`~engine.simulator.server.script_from_trace`, optionally with their recorded timing.
+:func:`script_from_trace`, optionally with their recorded timing.
 """
 
 from __future__ import annotations
