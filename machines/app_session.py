@@ -13,7 +13,7 @@ machine and of the turn it runs (`machines.app_turn`); the driver records them, 
 them. The machine never reads a pipe or a clock and never calls anyone, so a recorded turn
 replays exactly (`engine.drivers.replay`).
 
-States (`STATES`) and the rules between them are the rows of `TABLE`:
+States (`State`) and the rules between them are the rows of `TABLE`:
 
     spawned          the subprocess runs; nothing sent yet.
     initializing     `initialize` sent (the first turn request starts the handshake).
@@ -89,17 +89,10 @@ from machines.table import Row, Table
 __all__ = [
     "AppSession",
     "FAULTS",
-    "INITIALIZING",
     "LIVE",
     "MACHINE",
-    "READY",
-    "RETIRED",
-    "SPAWNED",
-    "STARTING_THREAD",
-    "STATES",
     "State",
     "TABLE",
-    "TURN_RUNNING",
     "Trigger",
 ]
 
@@ -128,17 +121,9 @@ class Trigger(StrEnum):
     TURN_ENDED = "turn_ended"
 
 
-SPAWNED: Final = State.SPAWNED
-INITIALIZING: Final = State.INITIALIZING
-STARTING_THREAD: Final = State.STARTING_THREAD
-READY: Final = State.READY
-TURN_RUNNING: Final = State.TURN_RUNNING
-RETIRED: Final = State.RETIRED
-
-STATES: Final[list[State]] = list(State)
 #: Before `ready`: a turn asked for now waits (queued) for the handshake.
-STARTING: Final = frozenset({SPAWNED, INITIALIZING, STARTING_THREAD})
-LIVE: Final = STARTING | {READY, TURN_RUNNING}
+STARTING: Final = frozenset({State.SPAWNED, State.INITIALIZING, State.STARTING_THREAD})
+LIVE: Final = STARTING | {State.READY, State.TURN_RUNNING}
 
 #: What retires a session with no turn running (a running turn ends first, then `turn_ended`).
 FAULTS: Final = tuple(SessionFault)
@@ -172,9 +157,8 @@ ROWS: Final[list[Row[AppSession, None]]] = [
 ]
 
 TABLE: Final[Table[AppSession, None]] = Table(
-    MACHINE, State, (*Trigger, *FAULTS), ROWS, initial=SPAWNED, final={RETIRED}
+    MACHINE, State, (*Trigger, *FAULTS), ROWS, initial=State.SPAWNED, final={State.RETIRED}
 )
-_STAYS: Final = TABLE.stays
 
 #: How many stderr lines are kept for error messages, and how many an error message shows.
 STDERR_KEPT: Final = 40
@@ -195,7 +179,7 @@ class AppSession:
     state: State
 
     def __init__(self, config: SessionConfig) -> None:
-        self.state = SPAWNED
+        self.state = State.SPAWNED
         self.config = config
         self.out: list[Decision] = []
         self.next_id = 1
@@ -234,12 +218,12 @@ class AppSession:
         data that is not a snapshot)."""
         session = cls(config)
         state = snapshot.get("state")
-        if state not in (SPAWNED, INITIALIZING, STARTING_THREAD, READY):
+        if state not in (State.SPAWNED, State.INITIALIZING, State.STARTING_THREAD, State.READY):
             raise ValueError(f"a turn cannot start in session state {state!r}")
         thread_id = snapshot.get("thread_id")
         if thread_id is not None and not isinstance(thread_id, str):
             raise TypeError("thread_id must be a string or null")
-        if state == READY and thread_id is None:
+        if state == State.READY and thread_id is None:
             raise ValueError("a ready session needs a thread_id")
         for key in ("next_id", "turn_number"):
             if type(snapshot.get(key)) is not int or snapshot[key] < 0:
@@ -348,10 +332,6 @@ class AppSession:
         return ident
 
     # -- the table ---------------------------------------------------------------------------------
-    def _fire(self, trigger: StrEnum) -> None:
-        if (self.state, trigger) not in _STAYS:
-            TABLE.fire(self, trigger)
-
     def _moved(self, row: Row[AppSession, None], source: State) -> None:
         dest = row.dest
         assert isinstance(dest, State)
@@ -375,7 +355,7 @@ class AppSession:
                 "clientInfo": {"name": self.config.client_name,
                                "version": self.config.client_version},
             })
-            self._fire(Trigger.BEGIN)
+            TABLE.feed(self, Trigger.BEGIN)
         elif TABLE.takes(self.state, Trigger.TURN_BEGINS):  # ready: the turn starts at once
             self._start_turn()
 
@@ -383,7 +363,7 @@ class AppSession:
         turn = self.turn
         assert turn is not None and self.thread_id is not None
         turn.send_start(self.thread_id)
-        self._fire(Trigger.TURN_BEGINS)
+        TABLE.feed(self, Trigger.TURN_BEGINS)
 
     def _line(self, text: str) -> None:
         message = decode_line(text)
@@ -421,7 +401,7 @@ class AppSession:
                 "approvalPolicy": self.config.approval_policy,
                 "sandbox": self.config.sandbox,
             })
-            self._fire(Trigger.INITIALIZED)
+            TABLE.feed(self, Trigger.INITIALIZED)
         elif method == "thread/start":
             thread = result.get("thread") if isinstance(result, dict) else None
             thread_id = thread.get("id") if isinstance(thread, dict) else None
@@ -430,7 +410,7 @@ class AppSession:
                 self._fault(SessionFault.PROTOCOL_BREACH, f"codex app-server refused thread/start: {why}")
                 return
             self.thread_id = thread_id
-            self._fire(Trigger.THREAD_STARTED)
+            TABLE.feed(self, Trigger.THREAD_STARTED)
             if self.live_turn is not None:
                 self._start_turn()
         elif method == "turn/start":
@@ -500,7 +480,7 @@ class AppSession:
         if turn is not None:
             turn.fault(fault, error)  # then `_settle` ends the turn and retires the session
         else:
-            self._fire(fault)
+            TABLE.feed(self, fault)
 
     def _with_stderr(self, message: str) -> str:
         lines = [line.strip() for line in self.stderr if line.strip()][-STDERR_SHOWN:]
@@ -519,7 +499,7 @@ class AppSession:
         self._settled = turn
         if turn.turn_id is not None:
             self.finished_turns.append(turn.turn_id)
-        self._fire(Trigger.TURN_ENDED)
+        TABLE.feed(self, Trigger.TURN_ENDED)
 
     # -- the result ------------------------------------------------------------------------------
     def turn_result(self, transitions: list[Transition]) -> AppTurnResult:

@@ -13,7 +13,7 @@ flag and never calls anyone: it appends its decisions (`Transition` and `Effect`
 session's output and the driver records them, then acts on them (writes the `send` lines, asks
 the approval callback, delivers text, closes the subprocess on `retire`).
 
-States (`STATES`) and every rule between them are the rows of `TABLE`, the only place they are
+States (`State`) and every rule between them are the rows of `TABLE`, the only place they are
 written; `streamfsm diagram app_turn` draws them:
 
     queued             asked for while the session is still starting (initialize, thread/start);
@@ -92,23 +92,14 @@ from machines.records import Decision, Effect, InputKind, Transition
 from machines.table import Row, Table
 
 __all__ = [
-    "AWAITING_APPROVAL",
-    "AWAITING_CREATED",
     "AppTurn",
     "Answer",
     "FAULTS",
     "FINAL",
-    "INTERRUPTING",
     "LIVE",
     "MACHINE",
-    "QUEUED",
-    "RETIRE",
-    "STATES",
-    "STREAMING",
     "State",
     "TABLE",
-    "TERMINAL",
-    "TOOL_CALL",
     "TOOL_ITEMS",
     "INPUTS",
     "TURN_NOTIFICATIONS",
@@ -161,23 +152,15 @@ class Trigger(StrEnum):
 INPUTS: Final = (InputKind.INTERRUPT, InputKind.INTERRUPT_TIMEOUT, *SessionFault)
 
 
-QUEUED: Final = State.QUEUED
-AWAITING_CREATED: Final = State.AWAITING_CREATED
-STREAMING: Final = State.STREAMING
-TOOL_CALL: Final = State.TOOL_CALL
-AWAITING_APPROVAL: Final = State.AWAITING_APPROVAL
-INTERRUPTING: Final = State.INTERRUPTING
-TERMINAL: Final = State.TERMINAL
-RETIRE: Final = State.RETIRE
-
-STATES: Final[list[State]] = list(State)
 #: `turn/start` was sent.
-SENT: Final = frozenset({AWAITING_CREATED, STREAMING, TOOL_CALL, AWAITING_APPROVAL, INTERRUPTING})
+SENT: Final = frozenset(
+    {State.AWAITING_CREATED, State.STREAMING, State.TOOL_CALL, State.AWAITING_APPROVAL, State.INTERRUPTING}
+)
 #: Sent and not being interrupted.
-RUNNING: Final = SENT - {INTERRUPTING}
-LIVE: Final = SENT | {QUEUED}
-FINAL: Final = frozenset({TERMINAL, RETIRE})
-_PAST_CREATED: Final = SENT - {AWAITING_CREATED}
+RUNNING: Final = SENT - {State.INTERRUPTING}
+LIVE: Final = SENT | {State.QUEUED}
+FINAL: Final = frozenset({State.TERMINAL, State.RETIRE})
+_PAST_CREATED: Final = SENT - {State.AWAITING_CREATED}
 
 #: What ends a turn from outside: the subprocess, the driver's clocks, a protocol breach.
 FAULTS: Final = tuple(SessionFault)
@@ -306,9 +289,8 @@ ROWS: Final[list[Row[AppTurn, Decides]]] = [
 ]
 
 TABLE: Final[Table[AppTurn, Decides]] = Table(
-    MACHINE, State, (*Trigger, *INPUTS), ROWS, initial=QUEUED, final=FINAL
+    MACHINE, State, (*Trigger, *INPUTS), ROWS, initial=State.QUEUED, final=FINAL
 )
-_STAYS: Final = TABLE.stays
 
 
 @attrs.frozen(slots=True)
@@ -402,7 +384,7 @@ class AppTurn:
     state: State
 
     def __init__(self, number: int, text: str, wire: Wire) -> None:
-        self.state = QUEUED
+        self.state = State.QUEUED
         self.number = number
         self.text = text
         self._wire = wire
@@ -443,10 +425,6 @@ class AppTurn:
         """Whether the table takes `trigger` in the turn's state at all."""
         return TABLE.takes(self.state, trigger)
 
-    def _fire(self, trigger: StrEnum) -> None:
-        if (self.state, trigger) not in _STAYS:
-            TABLE.fire(self, trigger)
-
     def _moved(self, row: Row[AppTurn, Decides], source: State) -> None:
         dest = row.dest
         assert isinstance(dest, State)
@@ -467,7 +445,7 @@ class AppTurn:
             self.number, "turn/start",
             {"threadId": thread_id, "input": [{"type": "text", "text": self.text}]},
         )
-        self._fire(Trigger.SENT)
+        TABLE.feed(self, Trigger.SENT)
 
     def start_response(self, result: Any, error: dict[str, Any] | None) -> None:
         """The response to `turn/start`: the turn's id, or a refusal."""
@@ -480,17 +458,17 @@ class AppTurn:
             self.error = {"message": f"codex app-server refused turn/start: {why}",
                           "code": error.get("code") if error is not None else None,
                           "type": "protocol_error"}
-            self._fire(Trigger.REJECTED)
+            TABLE.feed(self, Trigger.REJECTED)
             return
         self.learn_id(ident)
-        self._fire(Trigger.ACCEPTED)
+        TABLE.feed(self, Trigger.ACCEPTED)
 
     def learn_id(self, ident: str) -> None:
         """The turn's id is known (from the response or the first notification about it)."""
         if self.turn_id is None:
             self.turn_id = ident
             if self._takes(Trigger.ID_LEARNED):
-                self._fire(Trigger.ID_LEARNED)
+                TABLE.feed(self, Trigger.ID_LEARNED)
 
     def notification(self, method: str, params: dict[str, Any]) -> None:
         """A notification about this turn."""
@@ -507,7 +485,7 @@ class AppTurn:
         row = TABLE.select(self, Trigger.APPROVAL_REQUESTED)
         if row.decides is Answer.CANCEL:
             self._reply(ident, method, params, "cancel")
-            self._fire(Trigger.APPROVAL_REQUESTED)
+            TABLE.feed(self, Trigger.APPROVAL_REQUESTED)
             return
         self.pending[ident] = _Pending(method, params)
         item_id = params.get("itemId")
@@ -516,7 +494,7 @@ class AppTurn:
         self._wire.out.append(Effect("approval", self.number, {
             "request_id": ident, "method": method, **attrs.asdict(asked),
         }))
-        self._fire(Trigger.APPROVAL_REQUESTED)
+        TABLE.feed(self, Trigger.APPROVAL_REQUESTED)
 
     def answer(self, item: ApprovalAnswer) -> None:
         """The approval callback's answer (ignored unless its request is still pending: a turn
@@ -526,7 +504,7 @@ class AppTurn:
             return
         self._reply(item.request_id, pending.method, pending.params, item.decision)
         del self.pending[item.request_id]
-        self._fire(Trigger.APPROVAL_SETTLED)
+        TABLE.feed(self, Trigger.APPROVAL_SETTLED)
         if item.decision == "cancel" and pending.method not in CANCEL_IS_AN_ANSWER:
             self.interrupt()
 
@@ -538,23 +516,23 @@ class AppTurn:
             for ident, pending in list(self.pending.items()):
                 self._reply(ident, pending.method, pending.params, "cancel")
             self.pending.clear()
-            self._fire(InputKind.INTERRUPT)
+            TABLE.feed(self, InputKind.INTERRUPT)
             if self.turn_id is not None and not self.interrupt_sent:
                 self.send_interrupt()
         else:
-            self._fire(InputKind.INTERRUPT)
+            TABLE.feed(self, InputKind.INTERRUPT)
 
     def interrupt_timed_out(self) -> None:
         """No `turn/completed` followed `turn/interrupt` in time."""
         if self._takes(InputKind.INTERRUPT_TIMEOUT):
-            self._fire(InputKind.INTERRUPT_TIMEOUT)
+            TABLE.feed(self, InputKind.INTERRUPT_TIMEOUT)
 
     def fault(self, fault: SessionFault, error: dict[str, Any]) -> None:
         """Something ended the turn from outside; `error` says what."""
         if self.ending is not None:
             return
         self.error = error
-        self._fire(fault)
+        TABLE.feed(self, fault)
 
     # -- decisions -------------------------------------------------------------------------
     def _reply(self, ident: int | str, method: str, params: dict[str, Any], decision: str) -> None:
@@ -609,7 +587,7 @@ class AppTurn:
 
     # -- notification handlers (`_NOTIFICATIONS` maps methods to them) -------------------------
     def _turn_started(self, params: dict[str, Any]) -> None:
-        self._fire(Trigger.STARTED)
+        TABLE.feed(self, Trigger.STARTED)
 
     def _item_started(self, params: dict[str, Any]) -> None:
         item, kind, ident = _item_of(params)
@@ -619,16 +597,16 @@ class AppTurn:
             self.items[ident] = item
         if kind == "agentMessage":
             self._text = self._begin(self._text, ident, self.streams)
-            self._fire(Trigger.CONTENT)
+            TABLE.feed(self, Trigger.CONTENT)
         elif kind == "reasoning":
             self._reasoning = self._begin(self._reasoning, ident, self.reasoning)
-            self._fire(Trigger.CONTENT)
+            TABLE.feed(self, Trigger.CONTENT)
         elif kind in TOOL_ITEMS:
             if ident is not None:
                 self.open_tools.add(ident)
-            self._fire(Trigger.TOOL_STARTED)
+            TABLE.feed(self, Trigger.TOOL_STARTED)
         elif kind != "userMessage":
-            self._fire(Trigger.CONTENT)
+            TABLE.feed(self, Trigger.CONTENT)
 
     def _begin(self, current: _Stream | None, ident: str | None, kept: list[_Stream]) -> _Stream:
         if current is not None and not current.done:
@@ -672,7 +650,7 @@ class AppTurn:
             self._reasoning = stream
         else:
             self._text = stream
-        self._fire(Trigger.CONTENT)
+        TABLE.feed(self, Trigger.CONTENT)
         return stream.delta(delta)
 
     def _item_completed(self, params: dict[str, Any]) -> None:
@@ -685,14 +663,14 @@ class AppTurn:
                 return  # completed already: a repeated line
             text = item.get("text") if isinstance(item.get("text"), str) else None
             self._text = stream
-            self._fire(Trigger.CONTENT)
+            TABLE.feed(self, Trigger.CONTENT)
             self._deliver_text(stream.complete(text))
         elif kind == "reasoning":
             stream = self._stream_for(self._reasoning, ident, self.reasoning)
             if stream is not None:
                 self._reasoning = stream
                 stream.done = True
-            self._fire(Trigger.CONTENT)
+            TABLE.feed(self, Trigger.CONTENT)
             return
         elif kind in TOOL_ITEMS:
             if ident is not None and ident in self.finished_tools:
@@ -706,24 +684,24 @@ class AppTurn:
         if projection.ran:
             self.tool_iterations += 1
         if kind in TOOL_ITEMS:
-            self._fire(Trigger.TOOL_DONE)
+            TABLE.feed(self, Trigger.TOOL_DONE)
 
     def _token_usage(self, params: dict[str, Any]) -> None:
         self.model_requests += 1
 
     def _error(self, params: dict[str, Any]) -> None:
         if params.get("willRetry") is True:
-            self._fire(Trigger.RETRYING)
+            TABLE.feed(self, Trigger.RETRYING)
             return
         self.error = turn_error(params.get("error")) or self.error
-        self._fire(Trigger.ERROR_REPORTED)
+        TABLE.feed(self, Trigger.ERROR_REPORTED)
 
     def _resolved(self, params: dict[str, Any]) -> None:
         ident = params.get("requestId")
         if (type(ident) is int or type(ident) is str) and ident in self.pending:
             del self.pending[ident]
             self.answered.add(ident)  # withdrawn by the server: a late answer is not sent
-            self._fire(Trigger.APPROVAL_SETTLED)
+            TABLE.feed(self, Trigger.APPROVAL_SETTLED)
 
     def _turn_completed(self, params: dict[str, Any]) -> None:
         turn = params.get("turn")
@@ -732,9 +710,9 @@ class AppTurn:
         items = turn.get("items")
         self.final_items = items if isinstance(items, list) else []
         if status == "completed":
-            self._fire(Trigger.COMPLETED)
+            TABLE.feed(self, Trigger.COMPLETED)
         elif status == "interrupted":
-            self._fire(Trigger.INTERRUPTED)
+            TABLE.feed(self, Trigger.INTERRUPTED)
         else:
             reported = turn_error(turn.get("error"))
             if reported is not None:
@@ -742,7 +720,7 @@ class AppTurn:
             elif self.error is None:
                 self.error = {"message": f"turn/completed with status {status!r}",
                               "code": None, "type": "turn_failed", "details": None}
-            self._fire(Trigger.FAILED)
+            TABLE.feed(self, Trigger.FAILED)
 
     # -- the result ------------------------------------------------------------------------
     def output_text(self) -> str:

@@ -16,7 +16,7 @@ is one `receive()` and an assert:
     attempt.receive(SseEvent("message", '{"type":"response.created","response":{}}'))
     # -> [Transition("stream_attempt", 1, "awaiting_created", "streaming", "created")]
 
-States (`STATES`) and every rule between them are the rows of `TABLE` below, the only place they
+States (`State`) and every rule between them are the rows of `TABLE` below, the only place they
 are written; `streamfsm diagram` draws them, guards included:
 
     awaiting_created   request sent, no lifecycle frame yet. Prelude frames are absorbed here, in
@@ -159,24 +159,17 @@ from machines.records import (
 from machines.table import Row, Table
 
 __all__ = [
-    "AWAITING_CREATED",
     "DeliveryLedger",
     "Ending",
     "EndingRule",
-    "FALLBACK",
     "FAULTS",
     "FINAL",
     "LIVE",
     "MACHINE",
-    "RETIRE",
-    "STATES",
-    "STREAMING",
     "State",
     "StreamAttempt",
     "TABLE",
     "Trigger",
-    "TERMINAL",
-    "TOOL_CALL",
     "INPUTS",
     "demanded_wait_s",
     "provider_error",
@@ -220,16 +213,8 @@ INPUTS: Final = (
 )
 
 
-AWAITING_CREATED: Final = State.AWAITING_CREATED
-STREAMING: Final = State.STREAMING
-TOOL_CALL: Final = State.TOOL_CALL
-TERMINAL: Final = State.TERMINAL
-FALLBACK: Final = State.FALLBACK
-RETIRE: Final = State.RETIRE
-
-STATES: Final[list[State]] = list(State)
-LIVE: Final = frozenset({AWAITING_CREATED, STREAMING, TOOL_CALL})
-FINAL: Final = frozenset({TERMINAL, FALLBACK, RETIRE})
+LIVE: Final = frozenset({State.AWAITING_CREATED, State.STREAMING, State.TOOL_CALL})
+FINAL: Final = frozenset({State.TERMINAL, State.FALLBACK, State.RETIRE})
 
 #: Triggers that are byte-stream failures: worth another stream attempt.
 FAULTS: Final = (Fault.DROP, Fault.READ_TIMEOUT, InputKind.IDLE_TIMEOUT, InputKind.EOF)
@@ -390,9 +375,8 @@ ROWS: Final[list[Row[StreamAttempt, EndingRule]]] = [
 ]
 
 TABLE: Final[Table[StreamAttempt, EndingRule]] = Table(
-    MACHINE, State, (*Trigger, *INPUTS), ROWS, initial=AWAITING_CREATED, final=FINAL
+    MACHINE, State, (*Trigger, *INPUTS), ROWS, initial=State.AWAITING_CREATED, final=FINAL
 )
-_STAYS: Final = TABLE.stays
 
 
 @attrs.frozen(slots=True)
@@ -460,7 +444,7 @@ class StreamAttempt:
         tracks_sequence: bool = False,
         resumes: StreamAttempt | None = None,
     ) -> None:
-        self.state = AWAITING_CREATED
+        self.state = State.AWAITING_CREATED
         self.number = number
         self.kind = kind
         self.ledger = ledger
@@ -502,7 +486,7 @@ class StreamAttempt:
         self.last_sequence: int | None = None
         self.stale = 0
         #: The live state the attempt was in when it ended (where a resume of it starts).
-        self.live_state = AWAITING_CREATED
+        self.live_state = State.AWAITING_CREATED
         #: What a resume asks for: the response id and the sequence number to start after.
         self.resume_point: tuple[str, int] | None = None
         if resumes is not None:
@@ -553,11 +537,11 @@ class StreamAttempt:
                 self.error = _http_error(item)
                 self.http_status = item.status
                 self.demanded_wait_s = demanded_wait_s(item)
-                self._fire(InputKind.HTTP_ERROR)
+                TABLE.feed(self, InputKind.HTTP_ERROR)
             elif isinstance(item, TransportFault):
-                self._fire(item.kind)
+                TABLE.feed(self, item.kind)
             elif isinstance(item, (EndOfStream, IdleTimeout, Interrupt, EventTooLarge)):
-                self._fire(item.KIND)
+                TABLE.feed(self, item.KIND)
             else:
                 raise TypeError(f"not a machine input: {type(item).__name__}")
         out = self._out
@@ -595,7 +579,7 @@ class StreamAttempt:
                 last = self.last_sequence
                 if last is not None and sequence <= last:
                     self.stale += 1
-                    self._fire(Trigger.STALE_EVENT)
+                    TABLE.feed(self, Trigger.STALE_EVENT)
                     return
                 self.last_sequence = sequence
         name = payload.get("type")
@@ -606,14 +590,9 @@ class StreamAttempt:
             handler(self, payload)
         elif "function_call" in name:  # a function-call frame this version does not know
             self.function_call_seen = True
-            self._fire(Trigger.TOOL_CALL_STARTED)
+            TABLE.feed(self, Trigger.TOOL_CALL_STARTED)
         else:
             self.ignored += 1
-
-    def _fire(self, trigger: StrEnum) -> None:
-        """Fire `trigger` through the table (an unguarded stay changes nothing: skipped)."""
-        if (self.state, trigger) not in _STAYS:
-            TABLE.fire(self, trigger)
 
     def _moved(self, row: Row[StreamAttempt, EndingRule], source: State) -> None:
         """A row that changes the state fired: record the transition; a final row (one that
@@ -654,11 +633,11 @@ class StreamAttempt:
 
     # -- frame handlers (one per frame type; `_HANDLERS` maps names to them) --------------------
     def _created(self, payload: dict[str, Any]) -> None:
-        self._fire(Trigger.CREATED)
+        TABLE.feed(self, Trigger.CREATED)
         self._learn_response(payload)
 
     def _in_progress(self, payload: dict[str, Any]) -> None:
-        self._fire(Trigger.IN_PROGRESS)
+        TABLE.feed(self, Trigger.IN_PROGRESS)
         self._learn_response(payload)
 
     def _learn_response(self, payload: dict[str, Any]) -> None:
@@ -700,7 +679,7 @@ class StreamAttempt:
         delta = payload.get("delta")
         if type(delta) is not str:
             return None
-        self._fire(Trigger.CONTENT)
+        TABLE.feed(self, Trigger.CONTENT)
         keep(payload, delta)
         return delta
 
@@ -719,7 +698,7 @@ class StreamAttempt:
     def _item_added(self, payload: dict[str, Any]) -> None:
         placed = self.assembly.item_added(payload)
         if placed is None:
-            self._fire(Trigger.CONTENT)
+            TABLE.feed(self, Trigger.CONTENT)
         else:
             self._item(*placed, done=False)
 
@@ -735,11 +714,11 @@ class StreamAttempt:
         if facts is not None and self.is_client(facts):
             self.function_call_seen |= facts[0] == "function_call"
             self.client_calls.add(index)
-            self._fire(Trigger.TOOL_CALL_STARTED)
+            TABLE.feed(self, Trigger.TOOL_CALL_STARTED)
             if done:
-                self._fire(Trigger.TOOL_CALLS_DONE)
+                TABLE.feed(self, Trigger.TOOL_CALLS_DONE)
         else:
-            self._fire(Trigger.CONTENT)
+            TABLE.feed(self, Trigger.CONTENT)
         if self.client_calls:
             self._withdraw_server_calls()
 
@@ -748,12 +727,12 @@ class StreamAttempt:
         if type(delta) is str:
             self.assembly.arguments_delta(payload, delta)
         self.function_call_seen = True
-        self._fire(Trigger.TOOL_CALL_STARTED)
+        TABLE.feed(self, Trigger.TOOL_CALL_STARTED)
 
     def _arguments_done(self, payload: dict[str, Any]) -> None:
         self.assembly.arguments_done(payload)
         self.function_call_seen = True
-        self._fire(Trigger.TOOL_CALL_STARTED)
+        TABLE.feed(self, Trigger.TOOL_CALL_STARTED)
 
     def _custom_input_delta(self, payload: dict[str, Any]) -> None:
         delta = payload.get("delta")
@@ -787,10 +766,10 @@ class StreamAttempt:
         if index not in self.client_calls:
             facts = self.assembly.call_facts(index)
             if facts is not None and not self.is_client(facts):
-                self._fire(Trigger.CONTENT)
+                TABLE.feed(self, Trigger.CONTENT)
                 return
             self.client_calls.add(index)
-        self._fire(Trigger.TOOL_CALL_STARTED)
+        TABLE.feed(self, Trigger.TOOL_CALL_STARTED)
 
     # -- which calls are the client's ------------------------------------------------------------
     def is_client(self, facts: CallFacts) -> bool:
@@ -818,8 +797,8 @@ class StreamAttempt:
         ]
         if joined:
             self.client_calls.update(joined)
-            self._fire(Trigger.TOOL_CALL_STARTED)
-            self._fire(Trigger.TOOL_CALLS_DONE)
+            TABLE.feed(self, Trigger.TOOL_CALL_STARTED)
+            TABLE.feed(self, Trigger.TOOL_CALLS_DONE)
         if self.client_calls:
             self._withdraw_server_calls()
 
@@ -834,7 +813,7 @@ class StreamAttempt:
         ]
         if withdrawn:
             self.client_calls.difference_update(withdrawn)
-            self._fire(Trigger.TOOL_CALL_WITHDRAWN)
+            TABLE.feed(self, Trigger.TOOL_CALL_WITHDRAWN)
 
     def _keep_response(self, payload: dict[str, Any]) -> dict[str, Any]:
         response = payload.get("response")
@@ -843,20 +822,20 @@ class StreamAttempt:
 
     def _completed(self, payload: dict[str, Any]) -> None:
         self._keep_response(payload)
-        self._fire(Trigger.COMPLETED)
+        TABLE.feed(self, Trigger.COMPLETED)
 
     def _incomplete(self, payload: dict[str, Any]) -> None:
         self._keep_response(payload)
-        self._fire(Trigger.INCOMPLETE)
+        TABLE.feed(self, Trigger.INCOMPLETE)
 
     def _failed(self, payload: dict[str, Any]) -> None:
         raw = self._keep_response(payload).get("error")
         self.error = provider_error({"error": raw if isinstance(raw, dict) else {}}, "response.failed")
-        self._fire(Trigger.FAILED)
+        TABLE.feed(self, Trigger.FAILED)
 
     def _error_frame(self, payload: dict[str, Any]) -> None:
         self.error = provider_error(payload, "error")
-        self._fire(Trigger.ERROR_FRAME)
+        TABLE.feed(self, Trigger.ERROR_FRAME)
 
     # -- results -------------------------------------------------------------------------------
     def final_response(self) -> dict[str, Any] | None:

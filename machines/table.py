@@ -23,8 +23,9 @@ moves the attempt to `fallback`, and the attempt ends with that decision. The pa
   `attempt_ended` rows are `http_retry`, `fall_back`, `resume`, `retry`, `finish`).
 
 Rows are tried in order; the first whose guards all hold fires. `Table.fire(machine, trigger)`
-applies it and returns it. A trigger with no row for the current state raises
-`transitions.MachineError`: an impossible input is a bug, never silently dropped.
+applies it and returns it; `Table.feed(machine, trigger)`, how a machine takes each input, does
+the same but skips the stays that change nothing. A trigger with no row for the current state
+raises `transitions.MachineError`: an impossible input is a bug, never silently dropped.
 
 The table is checked when it is built (`TableError`, naming the row): every row speaks of this
 machine's states and triggers, every guard is callable, every trigger has a row, every state is
@@ -231,6 +232,13 @@ class Table(Generic[M, D]):
                     row.then(machine)
                 return row
         raise MachineError(f"{self.machine}: no row for {trigger.value!r} in {source!r}")
+
+    def feed(self, machine: M, trigger: StrEnum) -> None:
+        """Take `trigger` in `machine`: `fire` it, unless it is one of the `stays` there (an
+        unguarded stay with no action changes nothing). Most inputs of a stream are such stays
+        (text deltas), so they cost one set lookup; this is how a machine takes its inputs."""
+        if (machine.state, trigger) not in self.stays:
+            self.fire(machine, trigger)
 
     def takes(self, state: StrEnum, trigger: StrEnum) -> bool:
         """Whether some row takes `trigger` in `state` (the table's word on whether an input is

@@ -77,7 +77,7 @@ from machines.stream_attempt import FAULTS, DeliveryLedger, Ending, StreamAttemp
 from machines.stream_attempt import State as AttemptState
 from machines.table import Row, Table
 
-__all__ = ["FINISHED", "IDLE", "MACHINE", "STATES", "TABLE", "State", "Step", "Trigger", "TurnMachine"]
+__all__ = ["MACHINE", "TABLE", "State", "Step", "Trigger", "TurnMachine"]
 
 MACHINE: Final = "turn"
 
@@ -96,14 +96,6 @@ class Trigger(StrEnum):
 
     BEGIN = "begin"
     ATTEMPT_ENDED = "attempt_ended"
-
-
-IDLE: Final = State.IDLE
-STREAM_ATTEMPT: Final = State.STREAM_ATTEMPT
-FALLBACK_ATTEMPT: Final = State.FALLBACK_ATTEMPT
-FINISHED: Final = State.FINISHED
-
-STATES: Final[list[State]] = list(State)
 
 
 @attrs.frozen(slots=True)
@@ -179,7 +171,7 @@ ROWS: Final[list[Row[TurnMachine, Step]]] = [
 ]
 
 TABLE: Final[Table[TurnMachine, Step]] = Table(
-    MACHINE, State, Trigger, ROWS, initial=IDLE, final={FINISHED}
+    MACHINE, State, Trigger, ROWS, initial=State.IDLE, final={State.FINISHED}
 )
 
 #: The error of a turn that ended on a byte-stream fault, by the fault.
@@ -206,7 +198,7 @@ class TurnMachine:
     def __init__(self, policy: TurnPolicy, seed: int = 0, *, background: bool = False) -> None:
         """`background`: the request asks for a background response (`background: true`), which
         the turn resumes after a broken stream when `policy.resume` allows."""
-        self.state = IDLE
+        self.state = State.IDLE
         self.policy = policy
         self.background = background
         self.resumable = background and policy.resume

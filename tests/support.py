@@ -130,14 +130,13 @@ def sse(event: dict[str, Any]) -> SseEvent:
 
 
 def patch_rows(monkeypatch: Any, module: Any, change: Callable[[Row[Any, Any]], Row[Any, Any]]) -> None:
-    """Replace a machine module's `TABLE` (and its stays) for one test by a table whose rows are
-    `change(row)` of today's: a rule broken on purpose, to show a check catches it."""
+    """Replace a machine module's `TABLE` for one test by a table whose rows are `change(row)` of
+    today's: a rule broken on purpose, to show a check catches it."""
     table = module.TABLE
     rows = [change(row) for row in table.rows]
     patched = Table(table.machine, table.states, table.triggers, rows,
                     initial=table.initial, final=table.final)
     monkeypatch.setattr(module, "TABLE", patched)
-    monkeypatch.setattr(module, "_STAYS", patched.stays)
 
 
 def text_keeps_flowing_after_tool_calls(monkeypatch: Any) -> None:

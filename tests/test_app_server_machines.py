@@ -437,5 +437,5 @@ def test_every_fired_trigger_has_rows_and_impossible_ones_raise() -> None:
     turn = app_turn.AppTurn(1, "hi", AppSession(CONFIG))
     with pytest.raises(MachineError):
         app_turn.TABLE.fire(turn, app_turn.Trigger.COMPLETED)  # a queued turn cannot complete
-    assert set(app_session.STATES) == {"spawned", "initializing", "starting_thread", "ready",
+    assert set(app_session.State) == {"spawned", "initializing", "starting_thread", "ready",
                                        "turn_running", "retired"}

@@ -241,7 +241,7 @@ def test_text_let_through_after_a_tool_call_is_caught(monkeypatch) -> None:
 
 def test_a_retried_incomplete_response_is_caught(monkeypatch) -> None:
     def incomplete_as_fault(self, payload):  # response.incomplete taken for a broken stream
-        self._fire(Fault.DROP)
+        stream_attempt.TABLE.feed(self, Fault.DROP)
 
     monkeypatch.setitem(stream_attempt._HANDLERS, "response.incomplete", incomplete_as_fault)
     ending_incomplete = sessions(response=responses(terminals=("incomplete", "completed")))

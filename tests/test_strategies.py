@@ -17,6 +17,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, Phase, given, settings
 
+from engine.log.codec import json_type
 from engine.strategies import Session, mangled, responses, run_session, sessions, sse_bytes
 from engine.simulator.shapes import created, text_message
 from machines.records import (
@@ -191,16 +192,6 @@ _WELL_TYPED: dict[str, type | tuple[type, ...]] = {
 }
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    return {int: "integer", float: "number", str: "string", list: "list", dict: "object"}[
-        type(value)
-    ]
-
-
 def _classes(session: Session) -> set[str]:
     """The failure classes a session holds: fields of another JSON type (by the type they got),
     values nested hundreds of levels deep (and in which frame), an event over the policy's
@@ -227,7 +218,7 @@ def _classes(session: Session) -> set[str]:
                 if field in event and (
                     not isinstance(event[field], kind) or isinstance(event[field], bool)
                 ):
-                    found.add(f"retyped:{_json_type(event[field])}")
+                    found.add(f"retyped:{json_type(event[field])}")
             if '"level":' in data:
                 found.add(f"deep:{event.get('type')}" if isinstance(event.get("type"), str)
                           else "deep")

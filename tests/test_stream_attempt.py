@@ -35,17 +35,11 @@ from machines.records import (
     TransportFault,
 )
 from machines.stream_attempt import (
-    AWAITING_CREATED,
-    FALLBACK,
     FINAL,
-    RETIRE,
-    STATES,
-    STREAMING,
     TABLE,
-    TERMINAL,
-    TOOL_CALL,
     DeliveryLedger,
     Ending,
+    State,
     StreamAttempt,
     Trigger,
     demanded_wait_s,
@@ -113,9 +107,9 @@ def shell_output(index: int) -> dict[str, Any]:
 
 #: Inputs that drive a fresh attempt into each live state.
 REACH: dict[str, list[Any]] = {
-    AWAITING_CREATED: [],
-    STREAMING: [created()],
-    TOOL_CALL: [created(), call_added(0)],
+    State.AWAITING_CREATED: [],
+    State.STREAMING: [created()],
+    State.TOOL_CALL: [created(), call_added(0)],
 }
 
 #: The `response.failed` code the table rows are fired with: retryable exactly when the row's
@@ -162,7 +156,7 @@ def _rows() -> list[tuple[str, str, str | None, tuple[str, ...]]]:
         conditions = tuple(guard.__name__ for guard in row.guards)
         rows.extend(
             (row.trigger, source, row.dest, conditions)
-            for source in sorted(row.source, key=STATES.index)
+            for source in sorted(row.source, key=list(State).index)
         )
     return rows
 
@@ -172,21 +166,21 @@ ROWS = _rows()
 #: For each `tool_call_withdrawn` row: a path to its source where the shell call `call_shell` is
 #: counted as the client's and the rows above it do not fire when its output item arrives.
 WITHDRAWN_REACH: dict[tuple[str, str | None, tuple[str, ...]], list[Any]] = {
-    (STREAMING, STREAMING, ("no_client_call_left",)): [created(), shell(0, done=False),
-                                                       shell(0, done=True)],
-    (TOOL_CALL, STREAMING, ("no_client_call_left",)): [created(), shell(0, done=False)],
-    (TOOL_CALL, STREAMING, ("every_call_done",)): [created(), call_added(0), call_done(0),
-                                                   shell(1, done=False)],
-    (STREAMING, None, ()): [created(), call_added(0), call_done(0), shell(1, done=False),
-                            shell(1, done=True)],
-    (TOOL_CALL, None, ()): [created(), call_added(0), shell(1, done=False)],
+    (State.STREAMING, State.STREAMING, ("no_client_call_left",)): [
+        created(), shell(0, done=False), shell(0, done=True)],
+    (State.TOOL_CALL, State.STREAMING, ("no_client_call_left",)): [created(), shell(0, done=False)],
+    (State.TOOL_CALL, State.STREAMING, ("every_call_done",)): [
+        created(), call_added(0), call_done(0), shell(1, done=False)],
+    (State.STREAMING, None, ()): [created(), call_added(0), call_done(0), shell(1, done=False),
+                                  shell(1, done=True)],
+    (State.TOOL_CALL, None, ()): [created(), call_added(0), shell(1, done=False)],
 }
 
 
 def test_fire_covers_every_trigger_of_the_table() -> None:
     assert {trigger for trigger, *_ in ROWS} == set(FIRE)
     assert {source for _, source, _, _ in ROWS} <= set(REACH)
-    assert set(STATES) == set(REACH) | FINAL
+    assert set(State) == set(REACH) | FINAL
 
 
 @pytest.mark.parametrize(
@@ -228,27 +222,27 @@ def test_a_trigger_the_table_has_no_row_for_raises() -> None:
     attempt, _ = make()
     feed(attempt, created())
     with pytest.raises(MachineError):
-        attempt._fire(Trigger.TOOL_CALLS_DONE)  # only a tool_call state has rows for it
+        TABLE.feed(attempt, Trigger.TOOL_CALLS_DONE)  # only a tool_call state has rows for it
 
 
 def test_the_final_row_carries_the_outcome_and_the_reason() -> None:
     attempt, _ = make(retry_codes=frozenset({"server_error"}))
     feed(attempt, created(), failed("server_error"))
-    assert attempt.ending == Ending(RETIRE, Trigger.FAILED, "failed", "stream",
+    assert attempt.ending == Ending(State.RETIRE, Trigger.FAILED, "failed", "stream",
                                    Reason(ReasonCode.RETRYABLE_FAILURE, failure_code="server_error"))
     assert attempt.reason == "failed:server_error"
     attempt, _ = make()
     feed(attempt, HttpError(429))
-    assert attempt.ending == Ending(TERMINAL, InputKind.HTTP_ERROR, "error", None,
+    assert attempt.ending == Ending(State.TERMINAL, InputKind.HTTP_ERROR, "error", None,
                                    Reason(ReasonCode.HTTP_STATUS, status=429))
     assert attempt.reason == "http_429"
     attempt, _ = make(http_retry_left=True)
     feed(attempt, HttpError(429, None, {"retry-after": "3"}))
-    assert attempt.ending == Ending(RETIRE, InputKind.HTTP_ERROR, "error", "http",
+    assert attempt.ending == Ending(State.RETIRE, InputKind.HTTP_ERROR, "error", "http",
                                    Reason(ReasonCode.HTTP_STATUS, status=429), 3.0)
     attempt, _ = make()
     feed(attempt, created(), Interrupt())
-    assert attempt.ending == Ending(RETIRE, InputKind.INTERRUPT, "interrupted", None,
+    assert attempt.ending == Ending(State.RETIRE, InputKind.INTERRUPT, "interrupted", None,
                                    Reason(ReasonCode.INTERRUPTED))
     assert attempt.reason == "interrupted"
 
@@ -256,11 +250,11 @@ def test_the_final_row_carries_the_outcome_and_the_reason() -> None:
 @pytest.mark.parametrize("final", sorted(FINAL))
 def test_final_states_ignore_everything(final: str) -> None:
     reach = {
-        TERMINAL: [created(), completed([])],
-        FALLBACK: [created(), TransportFault("drop")],
-        RETIRE: [created(), TransportFault("drop")],
+        State.TERMINAL: [created(), completed([])],
+        State.FALLBACK: [created(), TransportFault("drop")],
+        State.RETIRE: [created(), TransportFault("drop")],
     }[final]
-    attempt, sink = make(hands_over=final == FALLBACK)
+    attempt, sink = make(hands_over=final == State.FALLBACK)
     feed(attempt, *reach)
     assert attempt.state == final
     records = list(sink.records)
@@ -281,12 +275,12 @@ def test_tool_call_and_streaming_alternate() -> None:
     feed(attempt, created(), delta("a"), call_added(1), call_done(1), delta("b", 2),
          call_added(3), call_done(3), completed([]))
     assert sink.transitions == [
-        (AWAITING_CREATED, STREAMING, "created"),
-        (STREAMING, TOOL_CALL, "tool_call_started"),
-        (TOOL_CALL, STREAMING, "tool_calls_done"),
-        (STREAMING, TOOL_CALL, "tool_call_started"),
-        (TOOL_CALL, STREAMING, "tool_calls_done"),
-        (STREAMING, TERMINAL, "completed"),
+        (State.AWAITING_CREATED, State.STREAMING, "created"),
+        (State.STREAMING, State.TOOL_CALL, "tool_call_started"),
+        (State.TOOL_CALL, State.STREAMING, "tool_calls_done"),
+        (State.STREAMING, State.TOOL_CALL, "tool_call_started"),
+        (State.TOOL_CALL, State.STREAMING, "tool_calls_done"),
+        (State.STREAMING, State.TERMINAL, "completed"),
     ]
     assert sink.effects("text_delta") == ["a"]  # text after a tool call is kept, not delivered
 
@@ -294,22 +288,22 @@ def test_tool_call_and_streaming_alternate() -> None:
 def test_parallel_calls_return_to_streaming_after_the_last_done() -> None:
     attempt, sink = make()
     feed(attempt, created(), call_added(0), call_added(1), call_done(0))
-    assert attempt.state == TOOL_CALL
+    assert attempt.state == State.TOOL_CALL
     feed(attempt, call_done(1))
-    assert attempt.state == STREAMING
-    assert sink.transitions.count((STREAMING, TOOL_CALL, "tool_call_started")) == 1
+    assert attempt.state == State.STREAMING
+    assert sink.transitions.count((State.STREAMING, State.TOOL_CALL, "tool_call_started")) == 1
 
 
 def test_unknown_function_call_frame_counts_as_a_tool_call() -> None:
     attempt, sink = make()
     feed(attempt, created(), {"type": "response.custom_function_call.progress", "output_index": 0})
-    assert attempt.state == TOOL_CALL and attempt.tool_call_seen
+    assert attempt.state == State.TOOL_CALL and attempt.tool_call_seen
 
 
 def test_a_second_created_or_in_progress_changes_nothing() -> None:
     attempt, sink = make()
     feed(attempt, in_progress(), created(), in_progress(), delta("x"))
-    assert sink.transitions == [(AWAITING_CREATED, STREAMING, "in_progress")]
+    assert sink.transitions == [(State.AWAITING_CREATED, State.STREAMING, "in_progress")]
 
 
 @pytest.mark.parametrize(
@@ -321,7 +315,7 @@ def test_a_second_created_or_in_progress_changes_nothing() -> None:
 def test_content_without_any_lifecycle_frame_starts_streaming(first: dict[str, Any]) -> None:
     attempt, sink = make()
     feed(attempt, first)
-    assert sink.transitions == [(AWAITING_CREATED, STREAMING, "content")]
+    assert sink.transitions == [(State.AWAITING_CREATED, State.STREAMING, "content")]
 
 
 def test_prelude_frames_are_absorbed_before_created() -> None:
@@ -335,27 +329,27 @@ def test_prelude_frames_are_absorbed_before_created() -> None:
     feed(attempt, SseEvent("message", "[DONE]"))
     feed(attempt, SseEvent("message", "{not json"))
     feed(attempt, SseEvent("message", "[1, 2]"))
-    assert attempt.state == AWAITING_CREATED
+    assert attempt.state == State.AWAITING_CREATED
     assert sink.transitions == []
     assert sink.effects("rate_limits") == rate_limits_frame()
     assert attempt.rate_limits == rate_limits_frame()
     assert attempt.undecodable == 2  # "[DONE]" is not counted as undecodable
     feed(attempt, created())
-    assert attempt.state == STREAMING
+    assert attempt.state == State.STREAMING
 
 
 def test_event_name_stands_in_for_a_missing_type() -> None:
     attempt, sink = make()
     feed(attempt, SseEvent("response.created", "{}"))
     feed(attempt, SseEvent("response.output_text.delta", '{"delta": "hi"}'))
-    assert attempt.state == STREAMING
+    assert attempt.state == State.STREAMING
     assert sink.effects("text_delta") == ["hi"]
 
 
 def test_error_without_type_is_an_error_frame() -> None:
     attempt, sink = make()
     feed(attempt, SseEvent("message", '{"error": {"message": "nope", "code": "c", "type": "t"}}'))
-    assert attempt.state == TERMINAL
+    assert attempt.state == State.TERMINAL
     assert attempt.error == {"message": "nope", "code": "c", "type": "t"}
 
 
@@ -371,10 +365,10 @@ def test_receive_rejects_what_is_not_an_input() -> None:
 @pytest.mark.parametrize(
     ("hands_over", "codes", "state", "reason"),
     [
-        (False, frozenset(), TERMINAL, "failed"),
-        (False, frozenset({"server_error"}), RETIRE, "failed:server_error"),
-        (True, frozenset({"server_error"}), FALLBACK, "failed:server_error"),
-        (True, frozenset({"rate_limit_exceeded"}), TERMINAL, "failed"),
+        (False, frozenset(), State.TERMINAL, "failed"),
+        (False, frozenset({"server_error"}), State.RETIRE, "failed:server_error"),
+        (True, frozenset({"server_error"}), State.FALLBACK, "failed:server_error"),
+        (True, frozenset({"rate_limit_exceeded"}), State.TERMINAL, "failed"),
     ],
 )
 def test_failed_is_an_outcome_unless_its_code_is_retryable(
@@ -425,7 +419,7 @@ def test_error_frame_keeps_the_providers_words(payload: dict[str, Any], expected
 def test_http_error_words(body: Any, expected: dict[str, Any]) -> None:
     attempt, _ = make()
     feed(attempt, HttpError(429, body))
-    assert attempt.state == TERMINAL and attempt.reason == "http_429"
+    assert attempt.state == State.TERMINAL and attempt.reason == "http_429"
     assert attempt.error == expected
 
 
@@ -443,7 +437,7 @@ def test_http_error_words(body: Any, expected: dict[str, Any]) -> None:
 def test_retire_reasons(item: MachineInput, reason: str) -> None:
     attempt, _ = make()
     feed(attempt, created(), delta("partial"), item)
-    assert (attempt.state, attempt.reason) == (RETIRE, reason)
+    assert (attempt.state, attempt.reason) == (State.RETIRE, reason)
     assert attempt.final_response() is None
     assert attempt.partial_items()[0]["content"][0]["text"] == "partial"
 

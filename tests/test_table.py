@@ -80,6 +80,27 @@ def test_a_stay_with_an_action_runs_it_and_a_named_row_is_recorded_by_its_name()
     assert (S.IDLE, T.TICK) in built.stays and (S.BUSY, T.TICK) not in built.stays
 
 
+def test_feed_skips_the_stays_that_change_nothing_and_fires_the_rest() -> None:
+    toy = Toy()
+    built = table()
+    calls: list[StrEnum] = []
+    fire = built.fire
+
+    def counted_fire(machine: Toy, trigger: StrEnum) -> Row[Toy, str]:
+        calls.append(trigger)
+        return fire(machine, trigger)
+
+    built.fire = counted_fire  # type: ignore[method-assign]
+    built.feed(toy, T.TICK)  # an unguarded stay in idle: not fired at all
+    assert calls == [] and toy.moves == []
+    built.feed(toy, T.GO)
+    built.feed(toy, T.TICK)  # a stay with an action in busy: fired, the action runs
+    assert calls == [T.GO, T.TICK] and toy.state is S.BUSY and toy.ticks == 1
+    built.feed(toy, T.STOP)
+    with pytest.raises(MachineError):
+        built.feed(toy, T.TICK)
+
+
 def test_select_looks_without_changing_anything() -> None:
     toy = Toy()
     row = table().select(toy, T.GO)

@@ -18,8 +18,7 @@ writes nothing and never calls the approval callback; the recorded answers are i
 
 from __future__ import annotations
 
-import os
-from typing import Callable, Final, Iterable
+from typing import Callable, Final
 
 from engine.drivers.recording import Recording
 from engine.log.eventlog import Callbacks
@@ -35,7 +34,7 @@ __all__ = ["DRIVER_EFFECTS", "AppTurnRecording"]
 DRIVER_EFFECTS: Final = frozenset({"send", "approval", "retire"})
 
 
-class AppTurnRecording(Recording):
+class AppTurnRecording(Recording[AppTurnResult]):
     """A turn's event log over a session machine, and its trace when one is asked for.
 
     The header records the session as it is when the recording starts (`AppSession.snapshot`),
@@ -68,19 +67,11 @@ class AppTurnRecording(Recording):
         self.log.decide(self.session.receive(item))
 
     def result(self) -> AppTurnResult:
-        """The turn's result as the machines made it; the turn must have ended."""
         return self.session.turn_result(self.log.transitions)
 
-    def finish(
-        self,
-        trace: str | os.PathLike[str] | None = None,
-        secrets: Iterable[str] = (),
-    ) -> AppTurnResult:
-        """The turn's result (its error scrubbed of secrets), and its trace written if asked."""
-        result = self._finish(self.result(), trace, secrets)
+    def _log_finished(self, result: AppTurnResult) -> None:
         turn = self.session.turn
         log.info("app-server turn finished", outcome=result.outcome, retired=result.retired,
                  reason=turn.ending.reason if turn is not None and turn.ending is not None
                  else None,
                  tool_iterations=result.tool_iterations, model_requests=result.model_requests)
-        return result

@@ -73,7 +73,7 @@ from machines.app_records import (
     TurnRequest,
 )
 from machines.app_session import AppSession
-from machines.app_turn import AWAITING_APPROVAL, INTERRUPTING
+from machines.app_turn import State as TurnState
 from machines.records import Effect, EndOfStream, IdleTimeout, Interrupt
 
 __all__ = [
@@ -582,7 +582,7 @@ class CodexSession:
                 recording.feed(Interrupt(), now())
                 continue
             deadlines = self._deadlines
-            if turn.state == INTERRUPTING:
+            if turn.state == TurnState.INTERRUPTING:
                 deadlines.start(INTERRUPT_GRACE, self.interrupt_grace_s)
                 if deadlines.passed(INTERRUPT_GRACE):
                     recording.feed(InterruptTimeout(self.interrupt_grace_s), now())
@@ -595,7 +595,7 @@ class CodexSession:
                     break
             if recording.finished:
                 return
-            if turn.state == AWAITING_APPROVAL:
+            if turn.state == TurnState.AWAITING_APPROVAL:
                 watchdog.pause_silence()  # waiting on the caller, not on the server
                 continue
             watchdog.resume_silence()

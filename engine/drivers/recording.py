@@ -29,7 +29,7 @@ import json
 import os
 import re
 import sys
-from typing import Any, Callable, Final, Iterable, Iterator, Protocol, TypeVar
+from typing import Any, Callable, Final, Generic, Iterable, Iterator, Protocol, TypeVar
 
 import attrs
 import orjson
@@ -131,12 +131,14 @@ class _Result(Protocol):
 _R = TypeVar("_R", bound=_Result)
 
 
-class Recording:
+class Recording(Generic[_R]):
     """A turn's event log and its trace, whatever the protocol.
 
     `act` is the driver's hook for the effects in `driver_effects` (see `EventLog`); `secrets`
     are the ones the recording knows of itself (the request's credential-named fields), masked
-    in the trace besides those `finish` and `abandon` are given."""
+    in the trace besides those `finish` and `abandon` are given. A protocol's recording says how
+    its machines make the result (`result`) and what its log line at the end says
+    (`_log_finished`)."""
 
     #: How the protocol's streams carry the text its machines deliver, so that the trace masks
     #: it alike in every attempt (`engine.log.masking`); None: the streams carry no such text.
@@ -159,14 +161,25 @@ class Recording:
     def _secrets(self, secrets: Iterable[str]) -> list[str]:
         return sorted({*secrets, *self.known_secrets}, key=len, reverse=True)
 
-    def _finish(
-        self, made: _R, trace: str | os.PathLike[str] | None, secrets: Iterable[str]
+    def result(self) -> _R:
+        """The turn's result as the machines made it (the turn must have ended)."""
+        raise NotImplementedError
+
+    def _log_finished(self, result: _R) -> None:
+        """Log the end of the turn."""
+        raise NotImplementedError
+
+    def finish(
+        self,
+        trace: str | os.PathLike[str] | None = None,
+        secrets: Iterable[str] = (),
     ) -> _R:
-        """`made`, the result as the machines made it, for the caller (its error scrubbed of
-        secrets), and the trace written if asked. The trace gets `made`, masked by the trace
+        """The turn's result for the caller (its error scrubbed of secrets), and its trace
+        written if asked. The trace gets the result as the machines made it, masked by the trace
         writer like every other record (so that a replay of the masked inputs reproduces it);
         writing it never raises (`TraceWriter.write`)."""
         every_secret = self._secrets(secrets)
+        made = self.result()
         result = made
         if made.error is not None:
             result = attrs.evolve(made, error=scrub(made.error, every_secret))  # type: ignore[misc]
@@ -174,6 +187,7 @@ class Recording:
             TraceWriter(trace, every_secret, text=self.text).write(
                 self.header, self.log.records, made.to_json()
             )
+        self._log_finished(result)
         return result
 
     def abandon(
@@ -308,7 +322,7 @@ def _resumed(records: list[Record]) -> dict[int, int]:
 DELTA_TEXT: Final = TextChannels(InputKind.CHUNK, _delta_texts, _resumed)
 
 
-class TurnRecording(Recording):
+class TurnRecording(Recording[TurnResult]):
     """A Responses-API turn: the turn machine, which opens each attempt, over the event log."""
 
     text = DELTA_TEXT
@@ -361,19 +375,11 @@ class TurnRecording(Recording):
             )
 
     def result(self) -> TurnResult:
-        """The turn's result as the machines made it (the turn must have ended)."""
         return self.turn.result(self.log.transitions)
 
-    def finish(
-        self,
-        trace: str | os.PathLike[str] | None = None,
-        secrets: Iterable[str] = (),
-    ) -> TurnResult:
-        """The turn's result (its error scrubbed of secrets), and its trace written if asked."""
-        result = self._finish(self.result(), trace, secrets)
+    def _log_finished(self, result: TurnResult) -> None:
         log.info(
             "turn finished",
             outcome=result.outcome,
             attempts=[f"{a.kind}:{a.final_state}:{a.reason}" for a in result.attempts],
         )
-        return result

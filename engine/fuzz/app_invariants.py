@@ -31,21 +31,14 @@ from engine.drivers.app_recording import AppTurnRecording
 from engine.drivers.replay import replay
 from engine.log.eventlog import Callbacks
 from engine.fuzz.app_strategies import AppScript
+from machines import app_records
 from machines.app_protocol import Request, decode_line
-from machines.app_records import (
-    AppTurnResult,
-    InterruptTimeout,
-    ProcessExit,
-    RequestTimeout,
-    ServerLine,
-    SessionConfig,
-)
 from machines.app_session import AppSession
 from machines.records import Effect, EndOfStream, IdleTimeout
 
 __all__ = ["AppRun", "check_app_script", "run_app_script"]
 
-CONFIG = SessionConfig(cwd="/fuzz")
+CONFIG = app_records.SessionConfig(cwd="/fuzz")
 
 
 @attrs.define
@@ -53,7 +46,7 @@ class AppRun:
     """What feeding a script produced."""
 
     recording: AppTurnRecording
-    result: AppTurnResult | None
+    result: app_records.AppTurnResult | None
     fed: int
     delivered: dict[int, list[str]]
     events: list[tuple[str, Any]]
@@ -128,7 +121,7 @@ def _check_answers(script: AppScript, run: AppRun, fed: list[Any]) -> None:
     requests: dict[Any, str] = {}
     withdrawn: set[Any] = set()
     for item in fed:
-        if isinstance(item, ServerLine):
+        if isinstance(item, app_records.ServerLine):
             message = decode_line(item.text)
             if isinstance(message, Request):
                 requests.setdefault(message.id, message.method)
@@ -159,12 +152,14 @@ def _check_outcome(run: AppRun, fed: list[Any]) -> None:
     last = fed[-1] if fed else None
     ending = run.recording.session.turn.ending if run.recording.session.turn else None
     assert ending is not None
-    if isinstance(last, (EndOfStream, ProcessExit, IdleTimeout, RequestTimeout)):
+    if isinstance(
+        last, (EndOfStream, app_records.ProcessExit, IdleTimeout, app_records.RequestTimeout)
+    ):
         assert result.outcome == "error" and result.retired, (
             f"{type(last).__name__} ended the turn {result.outcome}, retired={result.retired}")
-    elif isinstance(last, InterruptTimeout):
+    elif isinstance(last, app_records.InterruptTimeout):
         assert result.outcome == "interrupted" and result.retired
-    elif isinstance(last, ServerLine) and '"turn/completed"' in last.text:
+    elif isinstance(last, app_records.ServerLine) and '"turn/completed"' in last.text:
         status = orjson.loads(last.text)["params"]["turn"]["status"]
         assert result.outcome == status, f"turn/completed {status} gave {result.outcome}"
     assert result.retired == run.recording.session.is_retired

@@ -70,8 +70,8 @@ from machines.records import Chunk, Effect, HttpError, Transition, TurnResult
 from machines.stream_attempt import FINAL as ATTEMPT_FINAL
 from machines.stream_attempt import MACHINE as ATTEMPT_MACHINE
 from machines.stream_attempt import TABLE as ATTEMPT_TABLE
-from machines.turn import FINISHED
 from machines.turn import MACHINE as TURN_MACHINE
+from machines.turn import State as TurnState
 
 __all__ = [
     "RULES",
@@ -336,7 +336,7 @@ def _check_states(result: TurnResult, reference: ReferenceTurn) -> Iterator[Viol
                 yield Violation("one_final_state", f"attempt {t.attempt}: transition "
                                 f"{t.source} -{t.trigger}-> {t.dest} is not in the table")
     turn = moves.get((TURN_MACHINE, 0), [])
-    if [t.dest for t in turn].count(FINISHED) != 1 or turn[-1].dest != FINISHED:
+    if [t.dest for t in turn].count(TurnState.FINISHED) != 1 or turn[-1].dest != TurnState.FINISHED:
         yield Violation("one_final_state", "the turn machine did not finish exactly once")
 
 

@@ -65,6 +65,7 @@ import attrs
 import orjson
 from hypothesis import strategies as st
 
+from engine.log.codec import JSON_TYPES, json_type
 from engine.log.eventlog import Callbacks
 from engine.drivers.recording import TurnRecording
 from engine.fuzz.tool_items import ToolItemStream, tool_item_streams
@@ -810,7 +811,6 @@ def _apply_edits(parts: Sequence[StreamPart], edits: Iterable[_Edit]) -> list[St
 # frame or rate limits. The values are JSON text, written into the event's own JSON by hand, so
 # any of them can be sent; the event keeps its `event:` line.
 
-_JSON_TYPES: Final = ("null", "boolean", "integer", "number", "string", "list", "object")
 _ODD_VALUES: Final[dict[str, tuple[bytes, ...]]] = {
     "null": (b"null",),
     "boolean": (b"true", b"false"),
@@ -855,20 +855,6 @@ def _payload_kind(part: StreamPart) -> str:
     """The type of a frame that carries payloads (`_DEEP_FRAMES`), or ""."""
     kind = part.get("type") if isinstance(part, dict) else None
     return kind if isinstance(kind, str) and kind in _DEEP_FRAMES else ""
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "list" if isinstance(value, list) else "object"
 
 
 def _field_paths(value: Any, prefix: Path = ()) -> list[Path]:
@@ -926,9 +912,9 @@ def retyped(event: Event, dice: bytes, path: Path | None = None) -> Data:
         if not paths:
             return Data(orjson.dumps(event).decode(), event=name if isinstance(name, str) else None)
         path = paths[int.from_bytes(dice[0:2], "big") % len(paths)]
-    old = _json_type(_field(event, path))
+    old = json_type(_field(event, path))
     deep = dice[5] % 16 >= 14
-    kind = "deep" if deep else _pick([t for t in _JSON_TYPES if t != old], dice[2])
+    kind = "deep" if deep else _pick([t for t in JSON_TYPES if t != old], dice[2])
     value = nested_json(_pick(_DEPTHS, dice[3])) if kind == "deep" else _pick(_ODD_VALUES[kind], dice[3])
     text = orjson.dumps(_replaced(event, path, _MARK)).replace(_MARK_JSON, value, 1)
     return Data(text.decode(), event=name if isinstance(name, str) else None)

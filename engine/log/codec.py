@@ -42,6 +42,7 @@ import enum
 import math
 import types
 import typing
+from collections.abc import Mapping
 from typing import Any, Callable, Final, Union
 
 import attrs
@@ -71,6 +72,8 @@ from machines.records import (
 
 __all__ = [
     "INPUTS",
+    "JSON_TYPES",
+    "TRACE_TYPE_NAMES",
     "FieldFormat",
     "InputFormat",
     "StreamFormat",
@@ -79,6 +82,7 @@ __all__ = [
     "decode_input",
     "encode_input",
     "record_to_json",
+    "json_type",
     "result_to_json",
     "type_name",
 ]
@@ -88,21 +92,39 @@ class TraceError(ValueError):
     """A trace file that cannot be read or is not a valid trace. The message is one line."""
 
 
-def type_name(value: Any) -> str:
-    """How a JSON value's type is named in an error message."""
+#: The JSON types, as `json_type` names them.
+JSON_TYPES: Final = ("null", "boolean", "integer", "number", "string", "list", "object")
+#: The Python type a JSON reader gives for each JSON type but null, in the order they are
+#: tested (a `bool` is an `int` to Python, so it comes first).
+_PYTHON_TYPES: Final = (
+    (bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"), (list, "list"),
+    (dict, "object"),
+)
+
+#: How a trace's error messages name each JSON type (a number is a number, whole or not).
+TRACE_TYPE_NAMES: Final[Mapping[str, str]] = {
+    "null": "null", "boolean": "a boolean", "integer": "a number", "number": "a number",
+    "string": "a string", "list": "a list", "object": "an object",
+}
+
+
+def json_type(value: Any) -> str | None:
+    """The JSON type (`JSON_TYPES`) of a value read from JSON: an `int` is an "integer", a `float`
+    a "number"; None for a value no JSON text gives."""
     if value is None:
         return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
+    for python_type, name in _PYTHON_TYPES:
+        if isinstance(value, python_type):
+            return name
+    return None
+
+
+def type_name(value: Any, names: Mapping[str, str] = TRACE_TYPE_NAMES) -> str:
+    """How a value's JSON type is named in an error message: in a trace's words, or in the
+    `names` of another format (a scenario file speaks TOML: "a table", "an array"); a value no
+    JSON text gives is named by its Python type."""
+    kind = json_type(value)
+    return names[kind] if kind is not None else type(value).__name__
 
 
 # -- checking a JSON value against an annotation --------------------------------------------------

@@ -59,7 +59,7 @@ including the blank line that ends it (comments and vendor frames count).
     ``background`` get the reply as usual.
 
 Traces (``.jsonl``) become scenarios through
-:func:`~engine.simulator.server.script_from_trace`, optionally with their recorded timing.
+:func:`script_from_trace`, optionally with their recorded timing.
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ from typing import Any, Final, Literal
 import attrs
 import orjson
 
+from engine.log.codec import type_name
 from engine.log.trace import ENTRIES, RESPONSES, TraceError, input_from_json, read_trace
 from engine.simulator import shapes
 from engine.simulator.replies import Reply, Script, Step, error_body, frame_ends
@@ -579,22 +580,15 @@ class ScenarioState:
 # Reading scenario files
 
 
+#: How a scenario file's error messages name each JSON type: in TOML's words.
+_TOML_TYPE_NAMES: Final[Mapping[str, str]] = {
+    "null": "null", "boolean": "a boolean", "integer": "an integer", "number": "a number",
+    "string": "a string", "list": "an array", "object": "a table",
+}
+
+
 def _type_name(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    if value is None:
-        return "null"
-    return type(value).__name__
+    return type_name(value, _TOML_TYPE_NAMES)
 
 
 def _is_int(value: Any) -> bool:

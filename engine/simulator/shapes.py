@@ -680,6 +680,14 @@ def reasoning_summary(
     return events
 
 
+def _call_ids(
+    prefix: str, output_index: int, item_id: str | None, call_id: str | None
+) -> tuple[str, str]:
+    """A call item's ``id`` and ``call_id``: the ones given, else fixed ones derived from its
+    output index (the ``id`` after the item type's ``prefix``)."""
+    return item_id or f"{prefix}_{output_index:02d}_sim", call_id or f"call_{output_index:02d}_sim"
+
+
 def function_call(
     name: str,
     arguments: str,
@@ -695,8 +703,7 @@ def function_call(
     ``finished=False`` leaves out ``function_call_arguments.done`` and ``output_item.done``, as
     backends that jump from the last delta to ``response.completed`` do.
     """
-    item_id = item_id or f"fc_{output_index:02d}_sim"
-    call_id = call_id or f"call_{output_index:02d}_sim"
+    item_id, call_id = _call_ids("fc", output_index, item_id, call_id)
 
     def item(status: str, args: str) -> Event:
         return {
@@ -730,8 +737,7 @@ def custom_tool_call(
     ``finished=False`` stops after the deltas, as a cut-off stream does. The item has no
     ``status`` field (the SDK's ``ResponseCustomToolCall`` declares none).
     """
-    item_id = item_id or f"ctc_{output_index:02d}_sim"
-    call_id = call_id or f"call_{output_index:02d}_sim"
+    item_id, call_id = _call_ids("ctc", output_index, item_id, call_id)
 
     def item(value: str) -> Event:
         return {"id": item_id, "type": "custom_tool_call", "call_id": call_id, "name": name,
@@ -801,8 +807,7 @@ def local_shell_call(
 ) -> list[Event]:
     """A ``local_shell_call`` item (the ``local_shell`` tool: the client runs ``command``),
     announced and finished; its ``action`` is an ``exec`` action."""
-    item_id = item_id or f"lsh_{output_index:02d}_sim"
-    call_id = call_id or f"call_{output_index:02d}_sim"
+    item_id, call_id = _call_ids("lsh", output_index, item_id, call_id)
 
     def item(status: str) -> Event:
         return {
@@ -850,8 +855,7 @@ def shell_call(
     ``environment`` is where it runs: ``{"type": "local"}`` (the client's machine, the default) or
     a ``container_reference`` (hosted: the server runs it and reports a ``shell_call_output``).
     ``finished=False`` stops after the command frames."""
-    item_id = item_id or f"sh_{output_index:02d}_sim"
-    call_id = call_id or f"call_{output_index:02d}_sim"
+    item_id, call_id = _call_ids("sh", output_index, item_id, call_id)
 
     def item(status: str, streamed: Sequence[str]) -> Event:
         return {
@@ -931,8 +935,7 @@ def apply_patch_call(
     """An ``apply_patch_call`` item (the ``apply_patch`` tool) carrying one file ``operation``
     (``create_file`` / ``update_file`` with a ``diff``, or ``delete_file``), announced and
     finished."""
-    item_id = item_id or f"apc_{output_index:02d}_sim"
-    call_id = call_id or f"call_{output_index:02d}_sim"
+    item_id, call_id = _call_ids("apc", output_index, item_id, call_id)
 
     def item(status: str) -> Event:
         return {"id": item_id, "type": "apply_patch_call", "call_id": call_id,
@@ -1096,9 +1099,23 @@ _LOCAL_SHELL_OUTPUT: Final = '{"output":"app.py\\n__init__.py\\n","metadata":{"e
 _CONTAINER: Final[Mapping[str, Any]] = {"type": "container_reference", "container_id": "cntr_sim_01"}
 
 
+def _whole_response(
+    *items: list[Event],
+    tools: Sequence[Mapping[str, Any]] = (),
+    reasoning_effort: str | None = None,
+) -> list[StreamPart]:
+    """A response that streams `items` (builder results) whole: created and in_progress, the
+    items, then completed with their output; every lifecycle event declares `tools`."""
+    return assemble(
+        created(tools=tools, reasoning_effort=reasoning_effort),
+        in_progress(tools=tools, reasoning_effort=reasoning_effort),
+        *items,
+        completed(output_items(*items), tools=tools, reasoning_effort=reasoning_effort),
+    )
+
+
 def _happy_text_events(text: str = _ANSWER, *, deltas: int = 4) -> list[StreamPart]:
-    message = text_message(text, deltas=deltas)
-    return assemble(created(), in_progress(), message, completed(output_items(message)))
+    return _whole_response(text_message(text, deltas=deltas))
 
 
 def _happy_reply() -> Reply:
@@ -1143,25 +1160,14 @@ def _build_shapes() -> dict[str, Script]:
     add(_script(
         "reasoning_then_text",
         "A reasoning item with a streamed summary, then the text answer, then completed.",
-        to_reply(assemble(
-            created(reasoning_effort="medium"),
-            in_progress(reasoning_effort="medium"),
-            reasoning,
-            answer,
-            completed(output_items(reasoning, answer), reasoning_effort="medium"),
-        )),
+        to_reply(_whole_response(reasoning, answer, reasoning_effort="medium")),
     ))
 
     call = function_call("get_weather", _WEATHER_ARGS, deltas=3)
     add(_script(
         "function_call",
         "One function call with streamed argument deltas, then completed with the call.",
-        to_reply(assemble(
-            created(tools=[WEATHER_TOOL]),
-            in_progress(tools=[WEATHER_TOOL]),
-            call,
-            completed(output_items(call), tools=[WEATHER_TOOL]),
-        )),
+        to_reply(_whole_response(call, tools=[WEATHER_TOOL])),
     ))
 
     tools = [WEATHER_TOOL, _TIME_TOOL]
@@ -1170,10 +1176,7 @@ def _build_shapes() -> dict[str, Script]:
     add(_script(
         "parallel_function_calls",
         "Two function calls in one response, each with argument deltas, then completed.",
-        to_reply(assemble(
-            created(tools=tools), in_progress(tools=tools), first, second,
-            completed(output_items(first, second), tools=tools),
-        )),
+        to_reply(_whole_response(first, second, tools=tools)),
     ))
 
     message = text_message(_ANSWER, deltas=3)
@@ -1186,9 +1189,7 @@ def _build_shapes() -> dict[str, Script]:
     add(_script(
         "rate_limits_before_created",
         "A codex.rate_limits frame before response.created, then a normal text answer.",
-        to_reply(assemble(
-            rate_limits_frame(), created(), in_progress(), message, completed(output_items(message))
-        )),
+        to_reply(assemble(rate_limits_frame(), _whole_response(message))),
     ))
 
     add(_script(
@@ -1253,26 +1254,18 @@ def _build_shapes() -> dict[str, Script]:
         )),
     ))
 
-    add(_script(
-        "failed_server_error",
-        "Some text streams, then response.failed with code server_error.",
-        to_reply(_failed_shape("server_error", partial_text="The capital of")),
-    ))
-    add(_script(
-        "failed_rate_limit_exceeded",
-        "response.failed with code rate_limit_exceeded and 'Please try again in 20s.'",
-        to_reply(_failed_shape("rate_limit_exceeded")),
-    ))
-    add(_script(
-        "failed_context_length_exceeded",
-        "response.failed with code context_length_exceeded right after response.created.",
-        to_reply(_failed_shape("context_length_exceeded")),
-    ))
-    add(_script(
-        "failed_insufficient_quota",
-        "response.failed with code insufficient_quota right after response.created.",
-        to_reply(_failed_shape("insufficient_quota")),
-    ))
+    for code, partial_text, description in (
+        ("server_error", "The capital of",
+         "Some text streams, then response.failed with code server_error."),
+        ("rate_limit_exceeded", None,
+         "response.failed with code rate_limit_exceeded and 'Please try again in 20s.'"),
+        ("context_length_exceeded", None,
+         "response.failed with code context_length_exceeded right after response.created."),
+        ("insufficient_quota", None,
+         "response.failed with code insufficient_quota right after response.created."),
+    ):
+        add(_script(f"failed_{code}", description,
+                    to_reply(_failed_shape(code, partial_text=partial_text))))
 
     message = text_message(_ANSWER, deltas=4)
     deltas_at = [i for i, e in enumerate(message) if e["type"] == "response.output_text.delta"]
@@ -1295,11 +1288,7 @@ def _build_shapes() -> dict[str, Script]:
         "crlf_split_chunks",
         "CRLF line endings, multi-byte UTF-8 text, and 7-byte chunks that split lines, CRLF "
         "pairs and characters.",
-        to_reply(
-            assemble(created(), in_progress(), utf8_message, completed(output_items(utf8_message))),
-            chunking=7,
-            crlf=True,
-        ),
+        to_reply(_whole_response(utf8_message), chunking=7, crlf=True),
     ))
 
     add(_script(
@@ -1367,10 +1356,7 @@ def _build_shapes() -> dict[str, Script]:
         "custom_tool_call",
         "A Codex freeform apply_patch: a custom_tool_call whose raw input streams as "
         "custom_tool_call_input deltas, then completed.",
-        to_reply(assemble(
-            created(tools=tools), in_progress(tools=tools), patch,
-            completed(output_items(patch), tools=tools),
-        )),
+        to_reply(_whole_response(patch, tools=tools)),
     ))
 
     tools = [{"type": "web_search"}]
@@ -1383,10 +1369,7 @@ def _build_shapes() -> dict[str, Script]:
         "custom_tool_call_server_side",
         "xAI-style server-side searches reported as custom_tool_call items the request never "
         "declared as custom tools, then the answer text, then completed.",
-        to_reply(assemble(
-            created(tools=tools), in_progress(tools=tools), *searches, answer,
-            completed(output_items(*searches, answer), tools=tools),
-        )),
+        to_reply(_whole_response(*searches, answer, tools=tools)),
     ))
 
     cut = custom_tool_call("apply_patch", _PATCH, deltas=4, finished=False)[:3]
@@ -1406,10 +1389,7 @@ def _build_shapes() -> dict[str, Script]:
     add(_script(
         "local_shell_call",
         "A Codex local_shell_call (an exec action for the client to run), then completed.",
-        to_reply(assemble(
-            created(tools=tools), in_progress(tools=tools), local,
-            completed(output_items(local), tools=tools),
-        )),
+        to_reply(_whole_response(local, tools=tools)),
     ))
     ran = local_shell_call_output("call_00_sim", _LOCAL_SHELL_OUTPUT, output_index=1)
     answer = text_message(_LISTED_ANSWER, deltas=3, output_index=2)
@@ -1417,10 +1397,7 @@ def _build_shapes() -> dict[str, Script]:
         "local_shell_call_with_output",
         "A local_shell_call followed in the same response by its local_shell_call_output (run "
         "by the server), then the answer text, then completed.",
-        to_reply(assemble(
-            created(tools=tools), in_progress(tools=tools), local, ran, answer,
-            completed(output_items(local, ran, answer), tools=tools),
-        )),
+        to_reply(_whole_response(local, ran, answer, tools=tools)),
     ))
 
     tools = [{"type": "shell", "environment": {"type": "local"}}]
@@ -1429,10 +1406,7 @@ def _build_shapes() -> dict[str, Script]:
         "shell_call",
         "A shell_call for the client's local environment, its commands streamed as "
         "shell_call_command frames, then completed.",
-        to_reply(assemble(
-            created(tools=tools), in_progress(tools=tools), shell,
-            completed(output_items(shell), tools=tools),
-        )),
+        to_reply(_whole_response(shell, tools=tools)),
     ))
 
     tools = [{"type": "shell", "environment": {"type": "container_auto"}}]
@@ -1443,10 +1417,7 @@ def _build_shapes() -> dict[str, Script]:
         "shell_call_hosted",
         "A hosted shell: a shell_call run in a container, its shell_call_output in the same "
         "response, then the answer text, then completed.",
-        to_reply(assemble(
-            created(tools=tools), in_progress(tools=tools), hosted, printed, answer,
-            completed(output_items(hosted, printed, answer), tools=tools),
-        )),
+        to_reply(_whole_response(hosted, printed, answer, tools=tools)),
     ))
 
     tools = [{"type": "apply_patch"}]
@@ -1455,10 +1426,7 @@ def _build_shapes() -> dict[str, Script]:
         "apply_patch_call",
         "An apply_patch_call with an update_file operation for the client to apply, then "
         "completed.",
-        to_reply(assemble(
-            created(tools=tools), in_progress(tools=tools), patch_call,
-            completed(output_items(patch_call), tools=tools),
-        )),
+        to_reply(_whole_response(patch_call, tools=tools)),
     ))
     applied = apply_patch_call_output("call_00_sim", "Updated src/app.py", output_index=1)
     answer = text_message(_PATCHED_ANSWER, deltas=3, output_index=2)
@@ -1466,10 +1434,7 @@ def _build_shapes() -> dict[str, Script]:
         "apply_patch_call_with_output",
         "An apply_patch_call followed in the same response by its apply_patch_call_output "
         "(applied by the server), then the answer text, then completed.",
-        to_reply(assemble(
-            created(tools=tools), in_progress(tools=tools), patch_call, applied, answer,
-            completed(output_items(patch_call, applied, answer), tools=tools),
-        )),
+        to_reply(_whole_response(patch_call, applied, answer, tools=tools)),
     ))
 
     add(_script(
