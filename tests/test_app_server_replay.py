@@ -118,8 +118,10 @@ def test_a_broken_app_trace_is_invalid(tmp_path: Path, damage: str) -> None:
 
 
 @pytest.mark.parametrize("machine, states", [
-    ("app_turn", ["awaiting_created", "streaming", "tool_call", "terminal", "retire"]),
-    ("app_session", ["spawned", "initializing", "ready", "turn_running", "retired"]),
+    ("app_turn", ["awaiting_created", "streaming", "tool_call", "awaiting_tool", "terminal",
+                  "retire"]),
+    ("app_session", ["spawned", "initializing", "resuming_thread", "ready", "turn_running",
+                     "retired"]),
 ])
 def test_diagram_draws_the_app_server_machines(machine: str, states: list[str]) -> None:
     status, out, _ = run_cli("diagram", machine)
@@ -127,6 +129,25 @@ def test_diagram_draws_the_app_server_machines(machine: str, states: list[str]) 
     for state in states:
         assert state in out
     assert "failed [auth_failed]" in out or machine == "app_session"
+
+
+def test_the_diagrams_show_the_rest_of_the_protocol() -> None:
+    turn = run_cli("diagram", "app_turn")[1].splitlines()
+    for edge in ("streaming --> awaiting_tool: tool_requested",
+                 "awaiting_tool --> streaming: tool_answer [none_pending]",
+                 "streaming --> interrupting: interrupt, turn_timeout [answer_arrived], turn_timeout",
+                 "interrupting --> terminal: rejected [is_compaction], completed, "
+                 "interrupted [timed_out_after_answer]"):
+        assert any(line.strip().startswith(edge) for line in turn), edge
+    assert any(line.strip().startswith("streaming --> retire: rejected, close") for line in turn)
+    (note,) = [line for line in turn if line.strip().startswith("note right of streaming:")]
+    for stay in ("usage", "compacted", "tool_requested [call_known]", "steer [id_known]",
+                 "steered", "malformed_completion", "foreign_completion"):
+        assert stay in note
+    session = run_cli("diagram", "app_session")[1]
+    assert "initializing --> resuming_thread: initialized [resumes_a_thread]" in session
+    assert "resuming_thread --> starting_thread: resume_refused" in session
+    assert "ready --> starting_thread: new_thread [instructions_changed]" in session
 
 
 def test_demo_codex_without_a_binary_says_how_to_install_one(
