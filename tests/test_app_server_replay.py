@@ -2,8 +2,8 @@
 a broken file is invalid (exit 2, one line), and the command line shows the new machines.
 
 replay_fixtures/codex_app_server/ holds traces recorded from the real codex app-server 0.169.0
-(tests/test_app_server_real.py, one per rule) and from the scripted fake for the cases the real
-one cannot be made to produce (`fake_*`). The pytest plugin replays them too (addopts).
+(tests/test_app_server_real.py and tests/test_app_server_real_protocol.py, one per rule) and
+from the scripted fake for the cases the real one cannot be made to produce (`fake_*`). The pytest plugin replays them too (addopts).
 """
 
 from __future__ import annotations
@@ -34,6 +34,14 @@ RULES = {
     "sigkill_retires": "error", "sigterm_exit_0_retires": "error",
     "idle_timeout_retires": "error", "silence_after_tool_result": "completed",
     "file_change_accept": "completed", "file_change_decline": "completed",
+    # the rest of the protocol (tests/test_app_server_real_protocol.py)
+    "thread_resumed": "completed", "thread_resume_refused": "completed",
+    "developer_instructions": "completed", "instructions_changed_new_thread": "completed",
+    "client_tool_answered": "completed", "client_tool_raises": "completed",
+    "client_tool_repeated_call_id": "completed", "usage_second_turn": "completed",
+    "compaction": "completed", "steer_mid_answer": "completed",
+    "turn_timeout_after_answer": "completed", "turn_timeout_before_answer": "error",
+    "close_during_turn": "error",
 }
 
 
