@@ -240,6 +240,25 @@ def test_compact_asks_codex_for_a_summary_and_the_thread_goes_on_from_it(tmp_pat
     assert TEXT not in messages_of(next_turn, "assistant")  # the summary replaced the answer
 
 
+def test_a_compaction_codex_runs_inside_a_turn_is_reported(tmp_path: Path) -> None:
+    # a token limit below the thread's usage makes codex compact before the next model request
+    scenario = {"reply": [{"nth": 1, "text": TEXT}, {"nth": 2, "text": "Summary: Paris."},
+                          {"text": "It is on the Seine."}]}
+    with harness(tmp_path, scenario, config={"model_auto_compact_token_limit": 20}) as h:
+        first = h.turn()
+        second = h.turn("Which river?", fixture="compaction_inside_turn")
+        _, asked, answered = h.requests
+    assert not first.result.compacted
+    result = second.result
+    assert result.compacted and result.outcome == "completed"
+    assert result.output_text == "It is on the Seine."
+    assert messages_of(asked, "user")[-1].startswith(COMPACTION_PROMPT)
+    assert messages_of(answered, "user")[-1] == "Which river?"
+    items = [m["params"]["item"]["type"] for m in second.received()
+             if m.get("method") == "item/completed"]
+    assert items[0] == "contextCompaction"  # before the turn's own input
+
+
 def test_compact_before_any_thread_raises(tmp_path: Path) -> None:
     with harness(tmp_path, {"reply": [{"text": TEXT}]}) as h:
         with pytest.raises(RuntimeError, match="no thread to compact"):

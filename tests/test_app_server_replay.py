@@ -39,7 +39,8 @@ RULES = {
     "developer_instructions": "completed", "instructions_changed_new_thread": "completed",
     "client_tool_answered": "completed", "client_tool_raises": "completed",
     "client_tool_repeated_call_id": "completed", "usage_second_turn": "completed",
-    "compaction": "completed", "steer_mid_answer": "completed",
+    "compaction": "completed", "compaction_inside_turn": "completed",
+    "steer_mid_answer": "completed",
     "turn_timeout_after_answer": "completed", "turn_timeout_before_answer": "error",
     "close_during_turn": "error",
 }
