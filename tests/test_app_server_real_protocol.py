@@ -14,7 +14,7 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -52,6 +52,33 @@ def call(name: str, arguments: dict[str, Any], call_id: str) -> dict[str, Any]:
     return {"tool_call": {"name": name, "arguments": json.dumps(arguments), "call_id": call_id}}
 
 
+def stalls_mid_answer(then: str) -> dict[str, Any]:
+    """A scenario: the first answer stops half-way for 20 s; the next request gets `then`."""
+    return {"reply": [{"nth": 1, "text": LONG, "stall_s": 20, "stall_after": 6},
+                      {"text": then}]}
+
+
+class FromElsewhere:
+    """Runs `action` once, on a thread of its own, at the first text delta (as a host's other
+    thread would, while the turn streams)."""
+
+    def __init__(self, action: Callable[[], Any]) -> None:
+        self.action = action
+        self.results: list[Any] = []
+        self.thread: threading.Thread | None = None
+
+    def __call__(self, delta: str) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=lambda: self.results.append(self.action()),
+                                           name="host-thread")
+            self.thread.start()
+
+    def join(self) -> list[Any]:
+        assert self.thread is not None
+        self.thread.join(5)
+        return self.results
+
+
 # -- resuming a thread -------------------------------------------------------------------------
 
 
@@ -60,7 +87,9 @@ def test_a_second_process_resumes_the_thread_and_codex_resends_it(tmp_path: Path
     with harness(tmp_path, scenario) as h:
         first = h.turn()
         h.session.close()
-        again = h.another_session(thread_id=first.result.thread_id)
+        assert h.session.thread_id == first.result.thread_id  # kept to continue it elsewhere
+        again = h.another_session(thread_id=h.session.thread_id)
+        assert again.thread_id == first.result.thread_id
         try:
             resumed = h.turn("Which river?", session=again, fixture="thread_resumed")
             assert resumed.trace_lines()[0]["config"]["thread_id"] == first.result.thread_id
@@ -271,20 +300,10 @@ def test_compact_before_any_thread_raises(tmp_path: Path) -> None:
 def test_steer_drops_the_answer_in_progress_and_asks_again_with_the_new_input(
     tmp_path: Path,
 ) -> None:
-    scenario = {"reply": [{"nth": 1, "text": LONG, "stall_s": 20, "stall_after": 6},
-                          {"text": "Paris."}]}
-    with harness(tmp_path, scenario) as h:
-        accepted: list[bool] = []
-        threads: list[threading.Thread] = []
-
-        def steer_once(delta: str) -> None:
-            if not threads:
-                threads.append(threading.Thread(
-                    target=lambda: accepted.append(h.session.steer("Answer in one word."))))
-                threads[0].start()
-
-        turn = h.turn(on_text=steer_once, fixture="steer_mid_answer")
-        threads[0].join(5)
+    with harness(tmp_path, stalls_mid_answer("Paris.")) as h:
+        steer = FromElsewhere(lambda: h.session.steer("Answer in one word."))
+        turn = h.turn(on_text=steer, fixture="steer_mid_answer")
+        accepted = steer.join()
         assert h.session.steer("Too late.") is False  # no turn runs
         second = h.requests[1]
     result = turn.result
@@ -319,9 +338,7 @@ def test_a_limit_after_the_final_message_keeps_the_answer(tmp_path: Path) -> Non
 
 
 def test_a_limit_before_the_answer_ends_the_turn_turn_timeout(tmp_path: Path) -> None:
-    scenario = {"reply": [{"nth": 1, "text": LONG, "stall_s": 20, "stall_after": 6},
-                          {"text": "Next."}]}
-    with harness(tmp_path, scenario, turn_timeout_s=1.5) as h:
+    with harness(tmp_path, stalls_mid_answer("Next."), turn_timeout_s=1.5) as h:
         turn = h.turn(fixture="turn_timeout_before_answer")
         pid = h.session.pid
         after = h.turn("Next?")
@@ -339,23 +356,15 @@ def test_a_limit_before_the_answer_ends_the_turn_turn_timeout(tmp_path: Path) ->
 def test_close_from_another_thread_ends_the_turn_and_leaves_nothing_running(
     tmp_path: Path,
 ) -> None:
-    scenario = {"reply": [{"nth": 1, "text": LONG, "stall_s": 20, "stall_after": 6},
-                          {"text": "A new process answers."}]}
-    with harness(tmp_path, scenario) as h:
-        closing: list[Any] = []
-
-        def close_from_elsewhere(delta: str) -> None:
-            if not closing:
-                closing.append(h.session.pid)
-                closer = threading.Thread(target=h.session.close, name="host-closer")
-                closing.append(closer)
-                closer.start()
-
+    with harness(tmp_path, stalls_mid_answer("A new process answers.")) as h:
+        pids: list[int | None] = []
+        close = FromElsewhere(lambda: pids.append(h.session.pid) or h.session.close())
         before = {thread.name for thread in threading.enumerate()}
-        turn = h.turn(on_text=close_from_elsewhere, fixture="close_during_turn")
-        closing[1].join(5)
-        pid = closing[0]
-        assert h.session.pid is None and process_gone(pid) and group_members(pid) == []
+        turn = h.turn(on_text=close, fixture="close_during_turn")
+        close.join()
+        (pid,) = pids
+        assert pid is not None and h.session.pid is None
+        assert process_gone(pid) and group_members(pid) == []
         left = {t.name for t in threading.enumerate()} - before
         assert not any(name.startswith("codex-") for name in left), left
         again = h.turn("Are you there?")

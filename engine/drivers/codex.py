@@ -545,6 +545,8 @@ class CodexSession:
         self.tool_handler = tool_handler
         #: the thread the next subprocess continues (the one asked for, until a handshake took it)
         self._resume_thread = _text_or_none("thread_id", thread_id)
+        #: the thread of the latest turn
+        self._last_thread: str | None = None
         self.session_config = SessionConfig(
             cwd=self.cwd, approval_policy=approval_policy, sandbox=sandbox,
             client_name=client_name, client_version=CODEX_VERSION,
@@ -586,12 +588,12 @@ class CodexSession:
 
     @property
     def thread_id(self) -> str | None:
-        """The thread the session runs its turns on (before the first turn: the one it will
-        continue, if it was given one)."""
+        """The thread of the session's latest turn, also once its subprocess is gone (before the
+        first turn: the one it will continue, if it was given one)."""
         machine = self._machine
         if machine is not None and machine.thread_id is not None:
             return machine.thread_id
-        return self._resume_thread
+        return self._last_thread or self._resume_thread
 
     # -- the subprocess ----------------------------------------------------------------------
     @property
@@ -797,6 +799,7 @@ class CodexSession:
             self._watchdog = None
         result = recording.finish(trace, secrets)
         if machine.thread_id is not None:
+            self._last_thread = machine.thread_id
             self._resume_thread = None  # taken: a later subprocess starts a thread of its own
         if self._retire or machine.is_retired:
             self._drop(machine.retire_reason or "retired")
