@@ -7,8 +7,8 @@ A session is one subprocess speaking newline-delimited JSON-RPC on stdio, one th
 the turns run on that thread one after the other. The driver (`engine.drivers.codex`) starts the
 subprocess and feeds this machine everything it observes, as records from
 `machines.app_records`: each stdout line (undecoded), stderr lines, the end of stdout, the exit,
-the caller's turn requests and interrupts, the approval callback's answers, the driver's
-timeouts. `receive(input)` returns the decisions, `Transition` and `Effect` records, of this
+the caller's turn and compaction requests, interrupts, steers and close, the approval callback's
+and the tool handler's answers, the driver's timeouts. `receive(input)` returns the decisions, `Transition` and `Effect` records, of this
 machine and of the turn it runs (`machines.app_turn`); the driver records them, then acts on
 them. The machine never reads a pipe or a clock and never calls anyone, so a recorded turn
 replays exactly (`engine.drivers.replay`).
@@ -26,8 +26,9 @@ States (`State`) and the rules between them are the rows of `TABLE`:
                      resume, or before a turn whose developer instructions differ from those
                      the thread was started with (a new thread carries the new ones).
     ready            the thread exists; no turn runs.
-    turn_running     a turn runs (`turn/start` sent); when it ends the session is ready again,
-                     unless the turn's final row retires the session.
+    turn_running     a turn runs (`turn/start`, or `thread/compact/start` for a compaction,
+                     sent); when it ends the session is ready again, unless the turn's final row
+                     retires the session.
     retired          final: the subprocess is done for; the driver closes it (`retire` effect)
                      and the next turn starts a new one. Reasons: it closed its output or exited
                      (whatever the exit code: a zero exit without `turn/completed` is a death
