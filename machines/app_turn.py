@@ -1037,7 +1037,10 @@ class AppTurn:
             pending = self.pending.pop(ident)
             self.answered.add(ident)  # withdrawn by the server: a late answer is not sent
             if pending.method == TOOL_CALL_METHOD:
-                for again in self.tool_waiting.pop(_call_id(ident, pending.params), []):
+                # its answer, for the requests asking again for the same call id: a failure
+                call_id = _call_id(ident, pending.params)
+                self.tool_answers[call_id] = ("codex withdrew the tool call", False)
+                for again in self.tool_waiting.pop(call_id, []):
                     self._answer_tool(again, "codex withdrew the tool call", False)
                 TABLE.feed(self, InputKind.TOOL_ANSWER)
             else:

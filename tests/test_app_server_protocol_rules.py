@@ -185,6 +185,15 @@ def test_an_interrupt_answers_a_pending_tool_call_as_failed() -> None:
     assert len(replies(fed, 0)) == 1
 
 
+def test_a_withdrawn_tool_call_is_not_answered_nor_asked_again() -> None:
+    fed = started(config=WITH_TOOLS)
+    fed.feed(L.dynamic_tool_started(), L.tool_call(0), L.resolved(0))
+    assert fed.turn.state == "tool_call"
+    fed.feed(ToolAnswer(0, "late"), L.tool_call(1))  # the handler answers; codex asks again
+    assert replies(fed, 0) == [] and len(fed.effects("call_tool")) == 1
+    assert replies(fed, 1)[0]["success"] is False  # type: ignore[index]
+
+
 def test_tool_calls_without_tools_offered_get_a_json_rpc_error() -> None:
     fed = started()
     fed.feed(L.tool_call(0))

@@ -14,7 +14,7 @@ real server writes (`engine.fuzz.app_lines`), with everything the real world add
 - calls of the client's own tools (`item/tool/call`, after their `dynamicToolCall` item), fresh
   or repeating an earlier call id under a new request id (codex asks again when the model
   repeats one), answered by the tool handler with its text or as a failure (a handler that
-  raised), once, twice, or never, before or after the request;
+  raised), once, twice, or never, before or after the request, or withdrawn by the server;
 - `turn/completed` lines that are not the turn's end: for another turn, for another thread with
   the turn's own id, without a turn id, without a status or with one no turn ends with;
 - values nested 200-1000 levels deep in a failed MCP tool call and in `error` notifications;
@@ -258,6 +258,8 @@ def app_sessions(draw: Any) -> AppScript:
             tool_requests.append((200 + number, call_id))
             steps.append(Step(ServerLine(L.dynamic_tool_started(call_id))))
             steps.append(Step(ServerLine(L.tool_call(200 + number, call_id))))
+            if draw(st.integers(0, 5)) == 0:  # codex withdraws the request
+                steps.append(Step(ServerLine(L.resolved(200 + number))))
             if draw(st.integers(0, 3)):  # mostly completed; sometimes never
                 success = draw(st.booleans())
                 steps.append(Step(ServerLine(L.dynamic_tool_completed(
