@@ -10,10 +10,10 @@ The driver owns the I/O and the clocks; every rule lives in the machines
 * The subprocess is started on the first turn and kept for the next ones; a turn that retires
   the session (the `retire` effect) closes it, and the next turn starts a new one (`_start`, the
   one place a subprocess is started). It is started in its own process group, so `close()` ends
-  it with everything it started. npm's Node launcher
-  (`node_modules/.bin/codex`) is resolved to the native binary it would start (killing the
-  launcher leaves the real server running); if that binary cannot be found the launcher runs, in
-  its own process group like every subprocess here.
+  it with everything it started. npm's Node launcher (`node_modules/.bin/codex`) is resolved to
+  the native binary it would start (killing the launcher leaves the real server running); if
+  that binary cannot be found the launcher runs, in its own process group like every subprocess
+  here.
 * One reader thread per pipe: stdout lines become `ServerLine`s, its end `EndOfStream` (after a
   `ProcessExit` when the process has already exited); stderr lines become `StderrLine`s with the
   secrets removed (kept for error messages). The approval callback and the tool handler run on
@@ -23,8 +23,8 @@ The driver owns the I/O and the clocks; every rule lives in the machines
 * The caller's thread runs the turn: it waits on that queue (at most 20 ms at a time) and asks
   the turn's `Watchdog` (`engine.drivers.watchdog`, the stream drivers' too) about the clocks:
   the interrupt, the idle timeout (a turn in which the server wrote nothing for
-  `idle_timeout_s`: its silence is paused while an approval is pending and restarts on every
-  line sent or received), and the deadlines: the request timeout (a client request unanswered
+  `idle_timeout_s`: its silence is paused while an approval or a client tool call is pending
+  and restarts on every line sent or received), and the deadlines: the request timeout (a client request unanswered
   for `request_timeout_s`, due from when it was sent, in whichever turn) and the interrupt grace
   (`turn/interrupt` sent and no `turn/completed` within `interrupt_grace_s`) and the turn's
   wall-clock limit (`turn_timeout_s`). It also looks, after every wait, whether the session was
