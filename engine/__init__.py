@@ -13,7 +13,7 @@ from engine.drivers.replay import ReplayReport, replay
 from engine.drivers.asynchronous import arun_turn
 from engine.drivers.sync import run_turn
 from engine.log.trace import TraceError
-from machines.app_records import AppTurnResult, ApprovalRequest
+from machines.app_records import AppTurnResult, ApprovalRequest, ToolCall
 from machines.records import Attempt, Transition, TurnPolicy, TurnResult
 
 __all__ = [
@@ -30,5 +30,6 @@ __all__ = [
     "ReplayReport",
     "arun_turn",
     "run_turn",
+    "ToolCall",
     "TraceError",
 ]

@@ -19,13 +19,22 @@ Answers (`approval_answer`) are written in the shape the request's own schema as
     item/tool/requestUserInput              {"answers": {}}
     execCommandApproval, applyPatchApproval {"decision": approved | approved_for_session | denied | abort}
 
-Any other server request gets a JSON-RPC error (`unsupported_request_error`).
+Any other server request gets a JSON-RPC error (`unsupported_request_error`), except
+`item/tool/call` in a session that offered codex its own tools: the tool handler's answer goes
+back as `{"contentItems": [{"type": "inputText", "text": ...}], "success": ...}`
+(`tool_answer`), which codex hands the model as the `function_call_output`.
+
+Usage (`usage_breakdown`): `thread/tokenUsage/updated` carries `tokenUsage.last` (the last model
+request, as the provider reported it) and `tokenUsage.total` (the thread so far) in camelCase;
+they are read as `input_tokens`, `cached_input_tokens`, `output_tokens`,
+`reasoning_output_tokens`, `total_tokens` (a missing or non-integer count is 0).
 
 Projection (`project_item`) turns a completed item into chat messages as the seed runtime did:
 an agent message is assistant text; a command is an assistant `tool_calls` entry
 (`exec_command` with `{command, cwd}`) plus a `tool` message with its output (`[exit N]` first
-when it failed); a file change is `apply_patch`; an MCP call is `mcp.<server>.<tool>`. A declined
-or failed approval gets a tool message saying so and is not a tool iteration.
+when it failed); a file change is `apply_patch`; an MCP call is `mcp.<server>.<tool>`. A client tool's call
+(`dynamicToolCall`) is its tool's name (`<namespace>.<tool>` in a namespace) with its output
+text. A declined or failed approval gets a tool message saying so and is not a tool iteration.
 """
 
 from __future__ import annotations
@@ -41,6 +50,8 @@ from machines.json_text import sorted_json_text
 
 __all__ = [
     "APPROVAL_METHODS",
+    "TOOL_CALL_METHOD",
+    "USAGE_FIELDS",
     "CANCEL_IS_AN_ANSWER",
     "Notification",
     "Projection",
@@ -55,8 +66,10 @@ __all__ = [
     "project_item",
     "request",
     "result_reply",
+    "tool_answer",
     "turn_error",
     "unsupported_request_error",
+    "usage_breakdown",
 ]
 
 #: Server requests the approval callback answers, with the kind it is shown.
@@ -81,6 +94,9 @@ CANCEL_IS_AN_ANSWER: Final = frozenset(
         "applyPatchApproval",
     }
 )
+
+#: The server request asking the client to run one of its own tools.
+TOOL_CALL_METHOD: Final = "item/tool/call"
 
 #: JSON-RPC "method not found", for server requests this client does not serve.
 METHOD_NOT_FOUND: Final = -32601
@@ -182,6 +198,32 @@ def unsupported_request_error(ident: int | str, method: str) -> dict[str, Any]:
         "id": ident,
         "error": {"code": METHOD_NOT_FOUND, "message": f"streamfsm does not handle {method}"},
     }
+
+
+def tool_answer(text: str, success: bool) -> dict[str, Any]:
+    """The `result` answering `item/tool/call`: the tool's text output, and whether it worked."""
+    return {"contentItems": [{"type": "inputText", "text": text}], "success": success}
+
+
+#: The counts of a usage breakdown: its name in the result, and in codex's notification.
+USAGE_FIELDS: Final = (
+    ("input_tokens", "inputTokens"),
+    ("cached_input_tokens", "cachedInputTokens"),
+    ("output_tokens", "outputTokens"),
+    ("reasoning_output_tokens", "reasoningOutputTokens"),
+    ("total_tokens", "totalTokens"),
+)
+
+
+def usage_breakdown(value: Any) -> dict[str, int]:
+    """One of `tokenUsage`'s breakdowns (`last`, `total`) in the result's words; a count that
+    is missing or not a whole number >= 0 is 0."""
+    value = value if isinstance(value, dict) else {}
+    out = {}
+    for name, key in USAGE_FIELDS:
+        count = value.get(key)
+        out[name] = count if type(count) is int and count >= 0 else 0
+    return out
 
 
 _LEGACY = {"accept": "approved", "acceptForSession": "approved_for_session",
@@ -359,6 +401,8 @@ def project_item(item: dict[str, Any]) -> Projection:
         if status == "completed":
             return _tool(ident, "apply_patch", arguments, "[applied]", True)
         return _tool(ident, "apply_patch", arguments, _not_run(status, "change"), False)
+    if kind == "dynamicToolCall":
+        return _client_tool(item, ident, status)
     if kind == "mcpToolCall":
         name = f"mcp.{_shown(item.get('server'))}.{_shown(item.get('tool'))}"
         mcp_arguments: Any = item.get("arguments")
@@ -369,6 +413,21 @@ def project_item(item: dict[str, Any]) -> Projection:
             return _tool(ident, name, mcp_arguments, f"[error] {_shown(error.get('message'))}", True)
         return _tool(ident, name, mcp_arguments, _not_run(status, "tool call"), False)
     return _NOTHING
+
+
+def _client_tool(item: dict[str, Any], ident: str, status: Any) -> Projection:
+    """A call of one of the client's own tools: its output text; a failed one (the handler
+    raised) shows the text it failed with, one that never got an answer says so."""
+    tool, namespace = item.get("tool"), item.get("namespace")
+    name = _shown(tool) if namespace is None else f"{_shown(namespace)}.{_shown(tool)}"
+    texts = [c.get("text") for c in item.get("contentItems") or [] if isinstance(c, dict)] \
+        if isinstance(item.get("contentItems"), list) else []
+    output = "\n".join(t for t in texts if isinstance(t, str))
+    if status == "completed":
+        return _tool(ident, name, item.get("arguments"), output, True)
+    if output:
+        return _tool(ident, name, item.get("arguments"), f"[error] {output}", True)
+    return _tool(ident, name, item.get("arguments"), _not_run(status, "tool call"), False)
 
 
 def _mcp_output(result: Any) -> str:

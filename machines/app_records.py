@@ -12,18 +12,25 @@ interprets them itself:
     ProcessExit      the subprocess exited with `code` (negative: killed by that signal)
     SpawnFailed      the subprocess could not be started
     TurnRequest      the caller asked for a turn with this text
+    CompactRequest   the caller asked to compact the thread (a "turn" of codex's own)
     ApprovalAnswer   the approval callback answered server request `request_id` (an answer is an
                      input: a replay never calls the callback)
+    ToolAnswer       the tool handler answered `item/tool/call` request `request_id` (likewise)
+    Steer            the caller steered the running turn with more input
     RequestTimeout   a request the client sent was not answered within the session's timeout
     IdleTimeout      a running turn heard nothing for the session's idle timeout
                      (`machines.records.IdleTimeout`)
+    TurnTimeout      a running turn reached the session's wall-clock turn limit
     Interrupt        the caller asked the turn to stop (`machines.records.Interrupt`)
     InterruptTimeout `turn/interrupt` was sent and no `turn/completed` followed in time
+    Close            the caller closed the session (from any thread, at any time)
 
 The machines answer with `machines.records.Transition` and `Effect` records (`send`: a JSON-RPC
-message to write; `approval`: ask the callback; `first_delta` / `text_delta` /
-`reasoning_delta`; `message`: a projected chat message; `error`; `outcome`; `retire`: close the
-subprocess). `AppTurnResult` is what a turn returns, `ApprovalRequest` what the callback is shown.
+message to write; `approval`: ask the callback; `call_tool`: run the tool handler; `steered`:
+how codex answered a steer; `first_delta` / `text_delta` / `reasoning_delta`; `message`: a
+projected chat message; `error`; `outcome`; `retire`: close the subprocess). `AppTurnResult` is
+what a turn returns, `ApprovalRequest` what the approval callback is shown, `ToolCall` what the
+tool handler is shown.
 """
 
 from __future__ import annotations
@@ -36,12 +43,15 @@ import attrs
 from machines.records import EndOfStream, IdleTimeout, Input, InputKind, Interrupt, Transition
 
 __all__ = [
+    "APP_INPUT_KINDS",
     "AppInput",
     "AppOutcome",
     "AppTurnResult",
     "ApprovalAnswer",
     "ApprovalRequest",
     "ApprovalDecision",
+    "Close",
+    "CompactRequest",
     "DECISIONS",
     "InterruptTimeout",
     "ProcessExit",
@@ -51,7 +61,11 @@ __all__ = [
     "SessionConfig",
     "SpawnFailed",
     "StderrLine",
+    "Steer",
+    "ToolAnswer",
+    "ToolCall",
     "TurnRequest",
+    "TurnTimeout",
 ]
 
 class SessionFault(StrEnum):
@@ -137,6 +151,44 @@ class InterruptTimeout(Input, kind=InputKind.INTERRUPT_TIMEOUT):
     seconds: float
 
 
+@attrs.frozen(slots=True)
+class CompactRequest(Input, kind=InputKind.COMPACT):
+    """The caller asked codex to compact the thread (`thread/compact/start`): codex runs it as a
+    turn of its own, which the session records and ends like any other."""
+
+
+@attrs.frozen(slots=True)
+class ToolAnswer(Input, kind=InputKind.TOOL_ANSWER):
+    """The tool handler's answer to `item/tool/call` request `request_id`: `text` is the tool's
+    output, `success` False when the handler raised (then `text` is the exception's message) or
+    when the driver answered for it; `detail` says why the driver chose the answer (no handler,
+    the handler raised, it returned something else)."""
+
+    request_id: int | str
+    text: str
+    success: bool = True
+    detail: str = ""
+
+
+@attrs.frozen(slots=True)
+class Steer(Input, kind=InputKind.STEER):
+    """The caller steered the running turn with `text` (`turn/steer`)."""
+
+    text: str
+
+
+@attrs.frozen(slots=True)
+class TurnTimeout(Input, kind=InputKind.TURN_TIMEOUT):
+    """The turn has run for `seconds`, the session's wall-clock turn limit."""
+
+    seconds: float
+
+
+@attrs.frozen(slots=True)
+class Close(Input, kind=InputKind.CLOSE):
+    """The caller closed the session while the turn ran."""
+
+
 #: What the app-server machines are fed.
 AppInput = (
     ServerLine
@@ -145,44 +197,82 @@ AppInput = (
     | ProcessExit
     | SpawnFailed
     | TurnRequest
+    | CompactRequest
     | ApprovalAnswer
+    | ToolAnswer
+    | Steer
     | RequestTimeout
     | IdleTimeout
+    | TurnTimeout
     | Interrupt
     | InterruptTimeout
+    | Close
 )
+
+#: The input kinds an app-server turn's trace records (every `AppInput` but none).
+APP_INPUT_KINDS: frozenset[InputKind] = frozenset({
+    InputKind.LINE, InputKind.STDERR, InputKind.EOF, InputKind.EXIT, InputKind.SPAWN_FAILED,
+    InputKind.TURN, InputKind.COMPACT, InputKind.APPROVAL, InputKind.TOOL_ANSWER,
+    InputKind.STEER, InputKind.REQUEST_TIMEOUT, InputKind.IDLE_TIMEOUT, InputKind.TURN_TIMEOUT,
+    InputKind.INTERRUPT, InputKind.INTERRUPT_TIMEOUT, InputKind.CLOSE,
+})
+
+
+def _tool_specs(value: Any) -> tuple[dict[str, Any], ...]:
+    return tuple(dict(spec) for spec in value)
 
 
 @attrs.frozen(slots=True)
 class SessionConfig:
     """What the client tells the server about itself and the thread it starts (all of it lands
-    in the lines sent, so a trace records it in its header)."""
+    in the lines sent, so a trace records it in its header).
+
+    `thread_id`: the thread the handshake continues (`thread/resume`) instead of starting one;
+    `developer_instructions`: sent with `thread/start` / `thread/resume` (a thread started with
+    other instructions is replaced by a new one before the next turn); `dynamic_tools`: the
+    client's own tools (`{name, description, inputSchema}`), offered with `thread/start`, for
+    which the session asks codex for its experimental API."""
 
     cwd: str
     approval_policy: str = "on-request"
     sandbox: str = "read-only"
     client_name: str = "streamfsm"
     client_version: str = "0"
+    thread_id: str | None = None
+    developer_instructions: str | None = None
+    dynamic_tools: tuple[dict[str, Any], ...] = attrs.field(default=(), converter=_tool_specs)
 
     def to_json(self) -> dict[str, Any]:
         """The config as plain JSON data (a trace header's `config`)."""
-        return attrs.asdict(self)
+        return {**attrs.asdict(self), "dynamic_tools": [dict(tool) for tool in self.dynamic_tools]}
 
     @classmethod
     def from_json(cls, data: Any) -> SessionConfig:
-        """The config a trace header recorded (raises `TypeError`/`ValueError` if it is not one)."""
+        """The config a trace header recorded (raises `TypeError`/`ValueError` if it is not one;
+        a field it does not hold, as in traces older than the field, takes its default)."""
         if not isinstance(data, dict):
             raise TypeError(f"config must be an object, not {type(data).__name__}")
-        fields = {}
+        fields: dict[str, Any] = {}
         for field in attrs.fields(cls):
-            if field.name in data:
-                value = data[field.name]
-                if not isinstance(value, str):
-                    raise TypeError(f"config.{field.name} must be a string")
-                fields[field.name] = value
+            if field.name not in data:
+                continue
+            value = data[field.name]
+            if field.name == "dynamic_tools":
+                if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                    raise TypeError("config.dynamic_tools must be a list of objects")
+            elif field.name in _OPTIONAL_TEXT:
+                if value is not None and not isinstance(value, str):
+                    raise TypeError(f"config.{field.name} must be a string or null")
+            elif not isinstance(value, str):
+                raise TypeError(f"config.{field.name} must be a string")
+            fields[field.name] = value
         if "cwd" not in fields:
             raise ValueError("config has no cwd")
         return cls(**fields)
+
+
+#: Config fields that may be null.
+_OPTIONAL_TEXT = frozenset({"thread_id", "developer_instructions"})
 
 
 @attrs.frozen(slots=True)
@@ -204,8 +294,26 @@ class ApprovalRequest:
 
 
 @attrs.frozen(slots=True)
+class ToolCall:
+    """A call of one of the client's own tools (`item/tool/call`), as the tool handler is shown
+    it: codex's `callId`, the tool's name, its arguments (the parsed JSON value codex sent), and
+    the thread and turn it belongs to."""
+
+    call_id: str
+    tool: str
+    arguments: Any
+    thread_id: str | None
+    turn_id: str | None
+
+
+@attrs.frozen(slots=True)
 class AppTurnResult:
-    """What one app-server turn produced (see CONTRACT v2 and the README for each field)."""
+    """What one app-server turn produced (see CONTRACT v2 and v3 and the README for each field).
+
+    `usage` is None or the turn's token usage as codex last reported it: `input_tokens`,
+    `cached_input_tokens`, `output_tokens`, `reasoning_output_tokens`, `total_tokens` for the
+    turn (every model request of it), the same for the thread so far (`thread`) and for the last
+    model request (`last`), and `model_context_window` when codex sent it."""
 
     outcome: AppOutcome
     output_text: str
@@ -217,6 +325,13 @@ class AppTurnResult:
     turn_id: str | None
     retired: bool
     transitions: list[Transition] = attrs.field(factory=list)
+    #: the turn ran on a thread continued with `thread/resume` (not one this session started)
+    thread_resumed: bool = False
+    usage: dict[str, Any] | None = None
+    #: codex compacted the thread during this turn
+    compacted: bool = False
+    #: the client's own tools the turn called, each once, in the order codex asked for them
+    tool_calls: list[ToolCall] = attrs.field(factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """The result as plain JSON data (the trace's `result` record, minus transitions)."""
@@ -230,4 +345,8 @@ class AppTurnResult:
             "thread_id": self.thread_id,
             "turn_id": self.turn_id,
             "retired": self.retired,
+            "thread_resumed": self.thread_resumed,
+            "usage": self.usage,
+            "compacted": self.compacted,
+            "tool_calls": [attrs.asdict(call) for call in self.tool_calls],
         }

@@ -7,8 +7,8 @@ A session is one subprocess speaking newline-delimited JSON-RPC on stdio, one th
 the turns run on that thread one after the other. The driver (`engine.drivers.codex`) starts the
 subprocess and feeds this machine everything it observes, as records from
 `machines.app_records`: each stdout line (undecoded), stderr lines, the end of stdout, the exit,
-the caller's turn requests and interrupts, the approval callback's answers, the driver's
-timeouts. `receive(input)` returns the decisions, `Transition` and `Effect` records, of this
+the caller's turn and compaction requests, interrupts, steers and close, the approval callback's
+and the tool handler's answers, the driver's timeouts. `receive(input)` returns the decisions, `Transition` and `Effect` records, of this
 machine and of the turn it runs (`machines.app_turn`); the driver records them, then acts on
 them. The machine never reads a pipe or a clock and never calls anyone, so a recorded turn
 replays exactly (`engine.drivers.replay`).
@@ -16,18 +16,31 @@ replays exactly (`engine.drivers.replay`).
 States (`State`) and the rules between them are the rows of `TABLE`:
 
     spawned          the subprocess runs; nothing sent yet.
-    initializing     `initialize` sent (the first turn request starts the handshake).
-    starting_thread  `initialize` answered; `initialized` and `thread/start` sent.
+    initializing     `initialize` sent (the first turn request starts the handshake; with
+                     client tools it asks for codex's experimental API, which they need).
+    resuming_thread  `initialize` answered; `initialized` and `thread/resume` sent: the session
+                     continues the thread its config names (`thread_id`). A refusal (codex
+                     knows no such thread) starts a new one instead, and the turn's result says
+                     `thread_resumed` False.
+    starting_thread  `initialized` and `thread/start` sent: after `initialize`, after a refused
+                     resume, or before a turn whose developer instructions differ from those
+                     the thread was started with (a new thread carries the new ones).
     ready            the thread exists; no turn runs.
-    turn_running     a turn runs (`turn/start` sent); when it ends the session is ready again,
-                     unless the turn's final row retires the session.
+    turn_running     a turn runs (`turn/start`, or `thread/compact/start` for a compaction,
+                     sent); when it ends the session is ready again, unless the turn's final row
+                     retires the session.
     retired          final: the subprocess is done for; the driver closes it (`retire` effect)
                      and the next turn starts a new one. Reasons: it closed its output or exited
                      (whatever the exit code: a zero exit without `turn/completed` is a death
                      too), a request or idle timeout, a protocol breach (the handshake refused or
                      answered without the ids it must carry), a credential failure, no
-                     `turn/completed` after an interrupt. Never a provider error the thread
-                     recovers from: a failed turn leaves the session ready.
+                     `turn/completed` after an interrupt, the caller closing the session. Never
+                     a provider error the thread recovers from: a failed turn leaves the
+                     session ready.
+
+The handshake rows decide (`ThreadRequest`) which thread request goes out: `thread/start` or
+`thread/resume`, each with the config's developer instructions; `thread/start` also offers the
+client's tools (`dynamicTools`; codex takes none on resume).
 
 Routing, written in code (the turn machine keeps its own table):
 
@@ -35,15 +48,24 @@ Routing, written in code (the turn machine keeps its own table):
   a line that is not a JSON-RPC message is counted (`unreadable`) and changes nothing.
 - Responses are matched by id to the client's requests (`pending`). An unknown id is counted.
 - Notifications name their thread (`threadId`) and turn (`turnId`, or `turn.id` on `turn/*`).
-  Other threads' and finished turns' notifications are ignored; a turn whose id is not known yet
-  (its `turn/start` response has not come) takes the first new turn id it hears about. Thread-
-  and account-level notifications (`thread/status/changed`, `account/rateLimits/updated`,
-  `configWarning`, ...) are ignored.
+  Other threads' and finished turns' notifications are ignored, but a `turn/completed` that is
+  not the running turn's (another turn or thread, or no turn id at all) is handed to the running
+  turn as such (`foreign_completion`), which it never ends; a turn whose id is not known yet
+  (its `turn/start` response has not come, or a compaction's, which carries none) learns it from
+  `turn/started` only. Thread- and account-level notifications (`thread/status/changed`,
+  `account/rateLimits/updated`, `configWarning`, ...) are ignored, except that every
+  `thread/tokenUsage/updated` for the session's thread keeps the thread's usage total (the
+  next turn's usage is counted from it).
 - Server requests of an approval kind go to the running turn, which asks the callback; with no
-  running turn they are declined at once. Any other server request gets a JSON-RPC error.
+  running turn they are declined at once. `item/tool/call` goes to the running turn when the
+  session offered codex its own tools (answered `success: false` with no running turn). Any other
+  server request gets a JSON-RPC error.
+- A steer goes to the running turn; with none, the caller is told it was refused (`steered`).
+  Codex's answer to `turn/steer` is told the caller the same way.
 - Faults (end of output, exit, timeouts, breach, spawn failure) end the running or queued turn
   with outcome "error" and retire the session; with no turn they retire it directly. The error
-  message ends with the last stderr lines (secrets were removed by the driver).
+  message ends with the last stderr lines (secrets were removed by the driver). The caller
+  closing the session does the same, with the error code `session_closed`.
 
 Between turns the driver keeps the subprocess; the next turn's trace starts with a `snapshot()`
 of this machine in its header (`restore()` rebuilds it), so each turn replays on its own.
@@ -57,6 +79,8 @@ from typing import Any, Final
 
 from machines.app_protocol import (
     APPROVAL_METHODS,
+    TOOL_CALL_METHOD,
+    USAGE_FIELDS,
     Notification,
     Request,
     Response,
@@ -66,12 +90,16 @@ from machines.app_protocol import (
     notification,
     request,
     result_reply,
+    tool_answer,
     unsupported_request_error,
+    usage_breakdown,
 )
 from machines.app_records import (
     AppInput,
     ApprovalAnswer,
     AppTurnResult,
+    Close,
+    CompactRequest,
     InterruptTimeout,
     ProcessExit,
     RequestTimeout,
@@ -80,10 +108,21 @@ from machines.app_records import (
     SessionFault,
     SpawnFailed,
     StderrLine,
+    Steer,
+    ToolAnswer,
     TurnRequest,
+    TurnTimeout,
 )
 from machines.app_turn import TURN_NOTIFICATIONS, AppTurn
-from machines.records import Decision, Effect, EndOfStream, IdleTimeout, Interrupt, Transition
+from machines.records import (
+    Decision,
+    Effect,
+    EndOfStream,
+    IdleTimeout,
+    InputKind,
+    Interrupt,
+    Transition,
+)
 from machines.table import Row, Table
 
 __all__ = [
@@ -93,6 +132,7 @@ __all__ = [
     "MACHINE",
     "State",
     "TABLE",
+    "ThreadRequest",
     "Trigger",
 ]
 
@@ -104,6 +144,7 @@ class State(StrEnum):
 
     SPAWNED = "spawned"
     INITIALIZING = "initializing"
+    RESUMING_THREAD = "resuming_thread"
     STARTING_THREAD = "starting_thread"
     READY = "ready"
     TURN_RUNNING = "turn_running"
@@ -116,13 +157,24 @@ class Trigger(StrEnum):
 
     BEGIN = "begin"
     INITIALIZED = "initialized"
+    THREAD_RESUMED = "thread_resumed"
+    RESUME_REFUSED = "resume_refused"
     THREAD_STARTED = "thread_started"
     TURN_BEGINS = "turn_begins"
     TURN_ENDED = "turn_ended"
 
 
+class ThreadRequest(StrEnum):
+    """What a handshake row decides: the thread request that goes out (its method)."""
+
+    START = "thread/start"
+    RESUME = "thread/resume"
+
+
 #: Before `ready`: a turn asked for now waits (queued) for the handshake.
-STARTING: Final = frozenset({State.SPAWNED, State.INITIALIZING, State.STARTING_THREAD})
+STARTING: Final = frozenset(
+    {State.SPAWNED, State.INITIALIZING, State.RESUMING_THREAD, State.STARTING_THREAD}
+)
 LIVE: Final = STARTING | {State.READY, State.TURN_RUNNING}
 
 #: What retires a session with no turn running (a running turn ends first, then `turn_ended`).
@@ -135,30 +187,52 @@ def turn_retires_session(session: AppSession) -> bool:
     return turn is not None and turn.ending is not None and turn.ending.retire_session
 
 
+def resumes_a_thread(session: AppSession) -> bool:
+    """The session's config names a thread to continue."""
+    return session.config.thread_id is not None
+
+
+def instructions_changed(session: AppSession) -> bool:
+    """The developer instructions asked for now are not those the thread was started with."""
+    return session.config.developer_instructions != session.thread_instructions
+
+
 _S = State
 
 
-def _fault_row(fault: SessionFault) -> Row[AppSession, None]:
+def _fault_row(fault: StrEnum) -> Row[AppSession, ThreadRequest]:
     return Row(fault, (*STARTING, _S.READY), _S.RETIRED)
 
 
-ROWS: Final[list[Row[AppSession, None]]] = [
-    # the handshake
+ROWS: Final[list[Row[AppSession, ThreadRequest]]] = [
+    # the handshake: initialize, then continue the thread the config names or start one
     Row(Trigger.BEGIN, _S.SPAWNED, _S.INITIALIZING),
-    Row(Trigger.INITIALIZED, _S.INITIALIZING, _S.STARTING_THREAD),
+    Row(Trigger.INITIALIZED, _S.INITIALIZING, _S.RESUMING_THREAD, guards=resumes_a_thread,
+        decides=ThreadRequest.RESUME),
+    Row(Trigger.INITIALIZED, _S.INITIALIZING, _S.STARTING_THREAD, decides=ThreadRequest.START),
+    Row(Trigger.THREAD_RESUMED, _S.RESUMING_THREAD, _S.READY),
+    Row(Trigger.RESUME_REFUSED, _S.RESUMING_THREAD, _S.STARTING_THREAD,
+        decides=ThreadRequest.START),
     Row(Trigger.THREAD_STARTED, _S.STARTING_THREAD, _S.READY),
-    # turns, one at a time
+    # turns, one at a time; new developer instructions start a new thread first
+    Row(Trigger.TURN_BEGINS, _S.READY, _S.STARTING_THREAD, guards=instructions_changed,
+        decides=ThreadRequest.START, name="new_thread"),
     Row(Trigger.TURN_BEGINS, _S.READY, _S.TURN_RUNNING),
     Row(Trigger.TURN_ENDED, (_S.TURN_RUNNING, *STARTING), _S.RETIRED, guards=turn_retires_session),
     Row(Trigger.TURN_ENDED, _S.TURN_RUNNING, _S.READY),
     Row(Trigger.TURN_ENDED, STARTING),
-    # the subprocess fails with no turn running
-    *(_fault_row(fault) for fault in FAULTS),
+    # the subprocess fails, or the caller closes the session, with no turn running
+    *(_fault_row(fault) for fault in (*FAULTS, InputKind.CLOSE)),
 ]
 
-TABLE: Final[Table[AppSession, None]] = Table(
-    MACHINE, State, (*Trigger, *FAULTS), ROWS, initial=State.SPAWNED, final={State.RETIRED}
+TABLE: Final[Table[AppSession, ThreadRequest]] = Table(
+    MACHINE, State, (*Trigger, *FAULTS, InputKind.CLOSE), ROWS, initial=State.SPAWNED,
+    final={State.RETIRED},
 )
+
+#: The error of a turn the caller ended by closing its session.
+SESSION_CLOSED: Final = {"message": "the session was closed while the turn ran",
+                         "code": "session_closed", "type": "app_server_error"}
 
 #: How many stderr lines are kept for error messages, and how many an error message shows.
 STDERR_KEPT: Final = 40
@@ -170,6 +244,8 @@ REQUESTS_KEPT: Final = 64
 
 
 _SCOPED: Final = TURN_NOTIFICATIONS
+#: A usage breakdown's counts (how a snapshot's `usage_total` is checked).
+_USAGE_NAMES: Final = frozenset(name for name, _ in USAGE_FIELDS)
 
 
 class AppSession:
@@ -194,6 +270,12 @@ class AppSession:
         self.server_requests: deque[int | str] = deque(maxlen=REQUESTS_KEPT)
         #: Why the session was retired (None while it is not).
         self.retire_reason: str | None = None
+        #: the developer instructions the thread was started (or resumed) with
+        self.thread_instructions: str | None = None
+        #: the thread was continued with `thread/resume`, not started by this session
+        self.thread_resumed = False
+        #: the thread's usage total as codex last reported it (None: not reported yet)
+        self.usage_total: dict[str, int] | None = None
         self._settled: AppTurn | None = None
         self.unreadable = 0
         self.ignored = 0
@@ -210,6 +292,9 @@ class AppSession:
             "finished_turns": list(self.finished_turns),
             "stderr": list(self.stderr),
             "server_requests": list(self.server_requests),
+            "thread_instructions": self.thread_instructions,
+            "thread_resumed": self.thread_resumed,
+            "usage_total": self.usage_total,
         }
 
     @classmethod
@@ -218,7 +303,7 @@ class AppSession:
         data that is not a snapshot)."""
         session = cls(config)
         state = snapshot.get("state")
-        if state not in (State.SPAWNED, State.INITIALIZING, State.STARTING_THREAD, State.READY):
+        if state not in (*STARTING, State.READY):
             raise ValueError(f"a turn cannot start in session state {state!r}")
         thread_id = snapshot.get("thread_id")
         if thread_id is not None and not isinstance(thread_id, str):
@@ -242,6 +327,19 @@ class AppSession:
         if not isinstance(requests, list) or not all(
                 type(v) is int or type(v) is str for v in requests):
             raise ValueError("server_requests must be a list of ids")
+        instructions = snapshot.get("thread_instructions")
+        if instructions is not None and not isinstance(instructions, str):
+            raise TypeError("thread_instructions must be a string or null")
+        resumed = snapshot.get("thread_resumed", False)
+        if type(resumed) is not bool:
+            raise TypeError("thread_resumed must be a boolean")
+        usage = snapshot.get("usage_total")
+        if usage is not None and (not isinstance(usage, dict) or set(usage) != _USAGE_NAMES or not all(
+                type(count) is int and count >= 0 for count in usage.values())):
+            raise ValueError("usage_total must be null or a usage breakdown")
+        session.thread_instructions = instructions
+        session.thread_resumed = resumed
+        session.usage_total = usage
         session.state = State(state)
         session.thread_id = thread_id
         session.next_id = snapshot["next_id"]
@@ -279,19 +377,47 @@ class AppSession:
         elif kind is TurnRequest:
             assert isinstance(item, TurnRequest)
             self._turn_requested(item.text)
+        elif kind is CompactRequest:
+            self._turn_requested("", compaction=True)
         elif kind is ApprovalAnswer:
             assert isinstance(item, ApprovalAnswer)
             turn = self.live_turn
             if turn is not None:
                 turn.answer(item)
+        elif kind is ToolAnswer:
+            assert isinstance(item, ToolAnswer)
+            turn = self.live_turn
+            if turn is not None:
+                turn.tool_answered(item)
+        elif kind is Steer:
+            assert isinstance(item, Steer)
+            turn = self.live_turn
+            if turn is not None:
+                turn.steer(item.text)
+            else:
+                self.out.append(Effect("steered", self.turn_number, {
+                    "accepted": False, "error": "no turn is running"}))
         elif kind is Interrupt:
             turn = self.live_turn
             if turn is not None:
                 turn.interrupt()
+        elif kind is TurnTimeout:
+            assert isinstance(item, TurnTimeout)
+            turn = self.live_turn
+            if turn is not None:
+                turn.time_out(item.seconds)
         elif kind is InterruptTimeout:
             turn = self.live_turn
             if turn is not None:
                 turn.interrupt_timed_out()
+        elif kind is Close:
+            turn = self.live_turn
+            if turn is not None:
+                turn.close(dict(SESSION_CLOSED))  # then `_settle` ends it and retires the session
+            elif self.retire_reason is None:
+                TABLE.feed(self, InputKind.CLOSE)
+            else:
+                self.ignored += 1
         elif kind is EndOfStream:
             self._fault(SessionFault.EOF, "codex app-server closed its output")
         elif kind is ProcessExit:
@@ -332,7 +458,7 @@ class AppSession:
         return ident
 
     # -- the table ---------------------------------------------------------------------------------
-    def _moved(self, row: Row[AppSession, None], source: State) -> None:
+    def _moved(self, row: Row[AppSession, ThreadRequest], source: State) -> None:
         dest = row.dest
         assert isinstance(dest, State)
         self.out.append(Transition(MACHINE, self.turn_number, source, dest, row.label))
@@ -344,26 +470,58 @@ class AppSession:
             self.out.append(Effect("retire", self.turn_number, {"reason": reason}))
 
     # -- handlers ----------------------------------------------------------------------------------
-    def _turn_requested(self, text: str) -> None:
+    def _turn_requested(self, text: str, *, compaction: bool = False) -> None:
         if self.retire_reason is not None or self.live_turn is not None:
             self.ignored += 1  # the driver never asks for a turn here
             return
         self.turn_number += 1
-        self.turn = AppTurn(self.turn_number, text, self)
+        self.turn = AppTurn(self.turn_number, text, self, compaction=compaction)
         if TABLE.takes(self.state, Trigger.BEGIN):  # a new subprocess: the handshake first
-            self.request(self.turn_number, "initialize", {
-                "clientInfo": {"name": self.config.client_name,
-                               "version": self.config.client_version},
-            })
+            params: dict[str, Any] = {"clientInfo": {"name": self.config.client_name,
+                                                     "version": self.config.client_version}}
+            if self.config.dynamic_tools:  # client tools are part of codex's experimental API
+                params["capabilities"] = {"experimentalApi": True}
+            self.request(self.turn_number, "initialize", params)
             TABLE.feed(self, Trigger.BEGIN)
         elif TABLE.takes(self.state, Trigger.TURN_BEGINS):  # ready: the turn starts at once
             self._start_turn()
 
     def _start_turn(self) -> None:
+        """Ready, with a turn asked for: it starts, unless its row starts a new thread first
+        (the turn then starts once the thread has)."""
         turn = self.turn
         assert turn is not None and self.thread_id is not None
-        turn.send_start(self.thread_id)
-        TABLE.feed(self, Trigger.TURN_BEGINS)
+        decides = TABLE.select(self, Trigger.TURN_BEGINS).decides
+        if decides is not None:
+            self._request_thread(decides, Trigger.TURN_BEGINS)
+        else:
+            turn.send_start(self.thread_id, self.usage_total)
+            TABLE.feed(self, Trigger.TURN_BEGINS)
+
+    def _request_thread(self, kind: ThreadRequest, trigger: Trigger) -> None:
+        """Send `thread/start` or `thread/resume` with what the config says of the thread, then
+        take `trigger` (whose row decided it); from then on the thread is the one asked for."""
+        config = self.config
+        params: dict[str, Any] = {"cwd": config.cwd, "approvalPolicy": config.approval_policy,
+                                  "sandbox": config.sandbox}
+        if kind is ThreadRequest.RESUME:
+            params = {"threadId": config.thread_id, **params}
+        if config.developer_instructions is not None:
+            params["developerInstructions"] = config.developer_instructions
+        if kind is ThreadRequest.START and config.dynamic_tools:
+            params["dynamicTools"] = [dict(tool) for tool in config.dynamic_tools]
+        self.usage_total = None  # the new thread's usage is reported from scratch
+        self.request(self.turn_number, kind.value, params)
+        TABLE.feed(self, trigger)
+        self.thread_instructions = config.developer_instructions
+
+    def _took_thread(self, thread_id: str, trigger: Trigger, *, resumed: bool) -> None:
+        """A thread request was answered with `thread_id`: ready, and a waiting turn starts."""
+        self.thread_id = thread_id
+        self.thread_resumed = resumed
+        TABLE.feed(self, trigger)
+        if self.live_turn is not None:
+            self._start_turn()
 
     def _line(self, text: str) -> None:
         message = decode_line(text)
@@ -394,29 +552,37 @@ class AppSession:
                 self._fault(SessionFault.PROTOCOL_BREACH, f"codex app-server refused initialize: "
                             f"{error.get('message')}")
                 return
-            number = self.turn_number
-            self.send(number, notification("initialized"))
-            self.request(number, "thread/start", {
-                "cwd": self.config.cwd,
-                "approvalPolicy": self.config.approval_policy,
-                "sandbox": self.config.sandbox,
-            })
-            TABLE.feed(self, Trigger.INITIALIZED)
-        elif method == "thread/start":
+            self.send(self.turn_number, notification("initialized"))
+            decides = TABLE.select(self, Trigger.INITIALIZED).decides
+            assert decides is not None
+            self._request_thread(decides, Trigger.INITIALIZED)
+        elif method in ("thread/start", "thread/resume"):
             thread = result.get("thread") if isinstance(result, dict) else None
             thread_id = thread.get("id") if isinstance(thread, dict) else None
             if error is not None or not isinstance(thread_id, str):
                 why = error.get("message") if error is not None else "no thread id in the response"
+                if method == "thread/resume":  # codex knows no such thread: start a new one
+                    decides = TABLE.select(self, Trigger.RESUME_REFUSED).decides
+                    assert decides is not None
+                    self._request_thread(decides, Trigger.RESUME_REFUSED)
+                    return
                 self._fault(SessionFault.PROTOCOL_BREACH, f"codex app-server refused thread/start: {why}")
                 return
-            self.thread_id = thread_id
-            TABLE.feed(self, Trigger.THREAD_STARTED)
-            if self.live_turn is not None:
-                self._start_turn()
-        elif method == "turn/start":
+            if method == "thread/resume":
+                self._took_thread(thread_id, Trigger.THREAD_RESUMED, resumed=True)
+            else:
+                self._took_thread(thread_id, Trigger.THREAD_STARTED, resumed=False)
+        elif method in ("turn/start", "thread/compact/start"):
             turn = self.live_turn
             if turn is not None and turn.start_request_id == ident:
                 turn.start_response(result, error)
+        elif method == "turn/steer":
+            self.out.append(Effect("steered", self.turn_number, {
+                "accepted": error is None,
+                "error": error.get("message") if error is not None else None}))
+            turn = self.live_turn
+            if turn is not None:
+                turn.steered()
         # turn/interrupt: its answer ({} or "no active turn") changes nothing
 
     def _scope(self, method: str, params: dict[str, Any]) -> AppTurn | None:
@@ -435,24 +601,30 @@ class AppSession:
             inner = params.get("turn")
             turn_id = inner.get("id") if isinstance(inner, dict) else None
         if turn_id is None:
-            return turn
+            return None if method == "turn/completed" else turn  # an end must name its turn
         if not isinstance(turn_id, str):
             return None
         if turn.turn_id is None:
-            if turn_id in self.finished_turns:
+            if turn_id in self.finished_turns or method != "turn/started":
                 return None
             turn.learn_id(turn_id)
         return turn if turn_id == turn.turn_id else None
 
     def _notification(self, message: Notification) -> None:
-        if message.method not in _SCOPED:
+        method, params = message.method, message.params
+        if method not in _SCOPED:
             self.ignored += 1
             return
-        turn = self._scope(message.method, message.params)
-        if turn is None:
+        turn = self._scope(method, params)
+        if turn is not None:
+            turn.notification(method, params)
+        elif method == "turn/completed" and self.live_turn is not None and self.live_turn.is_sent:
+            self.live_turn.foreign_completion()
+        else:
             self.ignored += 1
-            return
-        turn.notification(message.method, message.params)
+        if method == "thread/tokenUsage/updated" and params.get("threadId") == self.thread_id \
+                and isinstance(params.get("tokenUsage"), dict):
+            self.usage_total = usage_breakdown(params["tokenUsage"].get("total"))
 
     def _server_request(self, message: Request) -> None:
         if message.id in self.server_requests:
@@ -460,6 +632,13 @@ class AppSession:
             return
         self.server_requests.append(message.id)
         number = self.turn_number
+        if message.method == TOOL_CALL_METHOD and self.config.dynamic_tools:
+            turn = self._scope(message.method, message.params)
+            if turn is None:
+                self.send(number, result_reply(message.id, tool_answer("no turn is running", False)))
+            else:
+                turn.tool_request(message.id, message.params)
+            return
         if message.method not in APPROVAL_METHODS:
             self.send(number, unsupported_request_error(message.id, message.method))
             return
@@ -519,4 +698,8 @@ class AppSession:
             turn_id=turn.turn_id,
             retired=self.retire_reason is not None,
             transitions=transitions,
+            thread_resumed=self.thread_resumed,
+            usage=turn.usage,
+            compacted=turn.compacted,
+            tool_calls=list(turn.tool_calls),
         )

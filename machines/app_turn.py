@@ -4,14 +4,21 @@ Theory of operation
 ===================
 
 A turn is one user input handed to codex, which then talks to the model, runs tools, asks for
-approvals and finally sends `turn/completed`. This machine is fed, by the session machine
-(`machines.app_session`, which decodes the lines and routes the ones about this turn), the
-server's notifications and requests for this turn, the approval callback's answers, the caller's
-interrupt, and what ends a turn from outside (the subprocess closing its output or exiting, a
-timeout, a protocol breach). Like every streamfsm machine it never reads a pipe, a clock or a
-flag and never calls anyone: it appends its decisions (`Transition` and `Effect` records) to the
-session's output and the driver records them, then acts on them (writes the `send` lines, asks
-the approval callback, delivers text, closes the subprocess on `retire`).
+approvals, calls the client's own tools and finally sends `turn/completed`. This machine is fed,
+by the session machine (`machines.app_session`, which decodes the lines and routes the ones
+about this turn), the server's notifications and requests for this turn, the approval
+callback's and the tool handler's answers, the caller's interrupt, steer and close, the turn's
+wall-clock limit, and what ends a turn from outside (the subprocess closing its output or
+exiting, a timeout, a protocol breach). Like every streamfsm machine it never reads a pipe, a
+clock or a flag and never calls anyone: it appends its decisions (`Transition` and `Effect`
+records) to the session's output and the driver records them, then acts on them (writes the
+`send` lines, asks the approval callback, calls the tool handler, delivers text, closes the
+subprocess on `retire`).
+
+A compaction (`CompactRequest`) is a turn too: codex runs it as a turn of its own, so it is sent
+as `thread/compact/start` instead of `turn/start`, learns its id from `turn/started` (the
+request's answer is `{}`), and ends like any turn; codex's `contextCompaction` item (or the older
+`thread/compacted` notification) marks the thread compacted.
 
 States (`State`) and every rule between them are the rows of `TABLE`, the only place they are
 written; `streamfsm diagram app_turn` draws them:
@@ -22,14 +29,17 @@ written; `streamfsm diagram app_turn` draws them:
     streaming          the model's answer and reasoning flow; agent-message deltas are delivered.
     tool_call          a tool item (command, file change, MCP call, ...) started and not completed.
     awaiting_approval  a server request waits for the approval callback's answer.
-    interrupting       the caller interrupted: `turn/interrupt` sent (or pending answers cancelled
-                       first), waiting for `turn/completed`.
+    awaiting_tool      codex asked the client to run one of its own tools (`item/tool/call`);
+                       the tool handler's answer is awaited.
+    interrupting       the caller interrupted (or the turn's time ran out): `turn/interrupt` sent
+                       (or pending answers cancelled first), waiting for `turn/completed`.
     terminal           final: `turn/completed` came; its `turn.status` is the outcome
                        (`completed`, `interrupted`, `failed` with `turn.error`).
     retire             final: the turn ended without `turn/completed`: the subprocess closed its
                        output or exited (whatever its exit code), a request or idle timeout, a
-                       protocol breach, `turn/start` refused, or no `turn/completed` after an
-                       interrupt. The outcome is "error" (or "interrupted" for an interrupt).
+                       protocol breach, `turn/start` refused, the caller closed the session, or
+                       no `turn/completed` after an interrupt. The outcome is "error" (or
+                       "interrupted" for an interrupt).
 
 Reading a row (`machines.table`): `Row(Trigger.FAILED, SENT, State.TERMINAL, guards=auth_failed,
 decides=TurnEndingRule("failed", retire_session=True, reason="auth_failure"))` says: a
@@ -38,13 +48,26 @@ failure (401, `unauthorized`, `invalid_grant`), ends the turn in `terminal` with
 and retires the session (a fresh subprocess re-reads credentials). Rows are tried in order; the
 first whose guards hold fires. A row without `dest` is a stay: the trigger is valid there and
 changes nothing (`retrying`, codex's own `error` notification with `willRetry: true`, is one: it
-never ends a turn). A trigger with no row for the current state raises
-`transitions.MachineError`. The table also says where an input is taken at all: a notification
-(`notified`), a `turn/start` answer (`accepted`), an approval request, an interrupt or its
-timeout is handled only in the states that have a row for it, and ignored elsewhere. Final rows
-decide (`TurnEndingRule`) the `outcome`, whether the session is retired, the `reason` (default:
-the trigger) and whether requests still unanswered are declined; approval and interrupt rows
-decide (`Answer`) whether server requests are asked of the callback or answered `cancel`.
+never ends a turn; so are `malformed_completion`, a `turn/completed` for this turn without a
+status the turn knows, and `foreign_completion`, one for another turn or thread: neither ends the
+turn). A trigger with no row for the current state raises `transitions.MachineError`. The table
+also says where an input is taken at all: a notification (`notified`), a `turn/start` answer
+(`accepted`), an approval or tool request, a tool answer, a steer, an interrupt, the turn's time
+running out or its grace passing is handled only in the states that have a row for it, and
+ignored elsewhere. Final rows decide (`TurnEndingRule`) the `outcome`, whether the session is
+retired, the `reason` (default: the trigger) and whether requests still unanswered are declined;
+approval and tool rows decide (`Answer`) whether a request is asked of the callback, answered
+`cancel` at once (the turn is being interrupted) or, for a tool `callId` asked before, answered
+again with the first answer; steer rows decide (`Steering`) whether `turn/steer` goes out; the
+turn-limit rows decide (`Timeout`) whether the answer had already arrived.
+
+The turn limit (`TurnTimeout`): past it the turn is interrupted like a caller's interrupt, and
+when `turn/completed` (interrupted) follows it ends "error" with reason `turn_timeout`, unless the
+turn's final agent message had fully arrived (`item/completed` of an agent message that is not
+commentary, with nothing started after it, no tool open and no request pending): then the turn
+ends "completed" with that text (codex sends the message's `item/completed` at once and
+`turn/completed` only after the provider's `response.completed`, so a limit can fall between
+them).
 
 Rules written in code rather than in the table (h11 style, listed here):
 
@@ -57,13 +80,28 @@ Rules written in code rather than in the table (h11 style, listed here):
   delivered (if the retry says something else, nothing more of it is delivered). Reasoning
   items restart the same way. `item/completed` holds the authoritative text; a tail the deltas
   did not deliver is delivered then.
+- A `userMessage` item during the turn is a steer's input (codex drops the stream it was reading
+  and asks the model again): the agent message in progress is abandoned there (what the user
+  saw of it is projected as an assistant message), so the next one is a new message, not a
+  restart, even under the same item id.
 - Approval requests are asked of the callback (`approval` effect) and answered once, in the
   request's own shape (`machines.app_protocol.approval_answer`). An interrupt answers every
   pending one with `cancel` before `turn/interrupt` goes out, so the turn ends promptly; a late
   callback answer is then ignored. A `cancel` for a request whose schema has no cancel sends
   `turn/interrupt` after the declining answer. `serverRequest/resolved` settles a request the
   server withdrew. When the turn completes, a request still unanswered is declined.
-- `thread/tokenUsage/updated` counts one model response (`model_requests`).
+- Client tool requests (`item/tool/call`) are asked of the tool handler (`call_tool` effect) and
+  answered once with its text (`success: false` when it raised). A request for a `callId` asked
+  before (codex asks again when the model repeats a call id) gets the first answer, as soon as
+  there is one, and the handler is not called again. An interrupt, or the end of the turn,
+  answers a pending one `success: false`.
+- `thread/tokenUsage/updated` counts one model response (`model_requests`) and gives the usage:
+  the thread's total now, the last request's, and the turn's (the thread's total now less the
+  total when the turn began, which the session knows from the thread's last report, else from
+  the first report: its total less its last request's).
+- A turn learns its id from the `turn/start` response or from `turn/started`, never from other
+  notifications (a report about an earlier turn may come first, e.g. the usage codex sends when
+  a thread is resumed).
 - Output: `output_text` is the last agent message of `turn.items` on `completed`, else the text of
   the last agent message streamed (complete or not), never doubled. `turn.items` is empty for
   interrupted and failed turns, so partial text lives only in the deltas: an unfinished message
@@ -79,14 +117,17 @@ import attrs
 
 from machines.app_protocol import (
     CANCEL_IS_AN_ANSWER,
+    TOOL_CALL_METHOD,
     approval_answer,
     approval_request,
     is_auth_failure,
     project_item,
     result_reply,
+    tool_answer,
     turn_error,
+    usage_breakdown,
 )
-from machines.app_records import ApprovalAnswer, AppOutcome, SessionFault
+from machines.app_records import ApprovalAnswer, AppOutcome, SessionFault, ToolAnswer, ToolCall
 from machines.delivery import Delivery
 from machines.records import Decision, Effect, InputKind, Transition
 from machines.table import Row, Table
@@ -99,13 +140,16 @@ __all__ = [
     "LIVE",
     "MACHINE",
     "State",
+    "Steering",
     "TABLE",
     "TOOL_ITEMS",
     "INPUTS",
     "TURN_NOTIFICATIONS",
+    "Timeout",
     "Trigger",
     "TurnEnding",
     "TurnEndingRule",
+    "WAITING_ON_CALLER",
     "Wire",
 ]
 
@@ -120,6 +164,7 @@ class State(StrEnum):
     STREAMING = "streaming"
     TOOL_CALL = "tool_call"
     AWAITING_APPROVAL = "awaiting_approval"
+    AWAITING_TOOL = "awaiting_tool"
     INTERRUPTING = "interrupting"
     TERMINAL = "terminal"
     RETIRE = "retire"
@@ -136,31 +181,44 @@ class Trigger(StrEnum):
     NOTIFIED = "notified"
     STARTED = "started"
     CONTENT = "content"
+    USAGE = "usage"
+    COMPACTED = "compacted"
     RETRYING = "retrying"
     ERROR_REPORTED = "error_reported"
     TOOL_STARTED = "tool_started"
     TOOL_DONE = "tool_done"
     APPROVAL_REQUESTED = "approval_requested"
     APPROVAL_SETTLED = "approval_settled"
+    TOOL_REQUESTED = "tool_requested"
+    STEERED = "steered"
     COMPLETED = "completed"
     INTERRUPTED = "interrupted"
     FAILED = "failed"
+    MALFORMED_COMPLETION = "malformed_completion"
+    FOREIGN_COMPLETION = "foreign_completion"
 
 
 #: The inputs a turn takes under their vocabulary names, each its own trigger: the caller's
-#: interrupt, its timeout, and what ends the session from outside (`SessionFault`).
-INPUTS: Final = (InputKind.INTERRUPT, InputKind.INTERRUPT_TIMEOUT, *SessionFault)
+#: interrupt, steer and close, the tool handler's answer, the turn's limit, the interrupt's
+#: grace, and what ends the session from outside (`SessionFault`).
+INPUTS: Final = (
+    InputKind.INTERRUPT, InputKind.INTERRUPT_TIMEOUT, InputKind.TOOL_ANSWER, InputKind.STEER,
+    InputKind.TURN_TIMEOUT, InputKind.CLOSE, *SessionFault,
+)
 
 
 #: `turn/start` was sent.
 SENT: Final = frozenset(
-    {State.AWAITING_CREATED, State.STREAMING, State.TOOL_CALL, State.AWAITING_APPROVAL, State.INTERRUPTING}
+    {State.AWAITING_CREATED, State.STREAMING, State.TOOL_CALL, State.AWAITING_APPROVAL,
+     State.AWAITING_TOOL, State.INTERRUPTING}
 )
 #: Sent and not being interrupted.
 RUNNING: Final = SENT - {State.INTERRUPTING}
 LIVE: Final = SENT | {State.QUEUED}
 FINAL: Final = frozenset({State.TERMINAL, State.RETIRE})
 _PAST_CREATED: Final = SENT - {State.AWAITING_CREATED}
+#: The turn waits on the caller's side (an approval, a tool), not on the server.
+WAITING_ON_CALLER: Final = frozenset({State.AWAITING_APPROVAL, State.AWAITING_TOOL})
 
 #: What ends a turn from outside: the subprocess, the driver's clocks, a protocol breach.
 FAULTS: Final = tuple(SessionFault)
@@ -185,15 +243,33 @@ class TurnEndingRule:
 
 
 class Answer(StrEnum):
-    """What an approval or interrupt row decides about server requests: ask the callback, or
-    answer `cancel` at once (the turn is being interrupted)."""
+    """What an approval, tool or interrupt row decides about server requests: ask the callback
+    (or the tool handler), answer `cancel` at once (the turn is being interrupted), or answer
+    again what the first request for the same tool call got."""
 
     ASK = "ask"
     CANCEL = "cancel"
+    REPEAT = "repeat"
+
+
+class Steering(StrEnum):
+    """What a steer row decides: send `turn/steer`, or answer the caller that it was refused
+    (no running turn, or its id is not known yet)."""
+
+    SEND = "send"
+    REFUSE = "refuse"
+
+
+class Timeout(StrEnum):
+    """What a turn-limit row decides: whether the turn's final answer had fully arrived when its
+    time ran out (then the turn still completes with it) or not (the turn ends "error")."""
+
+    AFTER_ANSWER = "after_answer"
+    BEFORE_ANSWER = "before_answer"
 
 
 #: What a row of this machine decides.
-Decides = TurnEndingRule | Answer
+Decides = TurnEndingRule | Answer | Steering | Timeout
 
 
 # -- guards: pure conditions of a turn ---------------------------------------------------------
@@ -214,9 +290,50 @@ def none_pending(turn: AppTurn) -> bool:
     return not turn.pending
 
 
+def only_tools_pending(turn: AppTurn) -> bool:
+    """Requests wait for an answer, and every one of them is a client tool call."""
+    return bool(turn.pending) and all(p.method == TOOL_CALL_METHOD for p in turn.pending.values())
+
+
+def only_approvals_pending(turn: AppTurn) -> bool:
+    """Requests wait for an answer, and none of them is a client tool call."""
+    return bool(turn.pending) and all(p.method != TOOL_CALL_METHOD for p in turn.pending.values())
+
+
 def auth_failed(turn: AppTurn) -> bool:
     """The turn failed on credentials (401, `unauthorized`, `invalid_grant`)."""
     return is_auth_failure(turn.error)
+
+
+def is_compaction(turn: AppTurn) -> bool:
+    """The turn is a compaction (`thread/compact/start`), not the caller's input."""
+    return turn.compaction
+
+
+def call_known(turn: AppTurn) -> bool:
+    """The tool call being asked for (its `callId`) was asked for before in this turn."""
+    return turn.asked_call in turn.tool_answers or turn.asked_call in turn.tool_waiting
+
+
+def id_known(turn: AppTurn) -> bool:
+    """The turn's id is known (a steer must name it)."""
+    return turn.turn_id is not None
+
+
+def answer_arrived(turn: AppTurn) -> bool:
+    """The turn's final agent message has fully arrived: its `item/completed` came, it is not
+    commentary, nothing started after it, no tool is open and no request waits."""
+    return turn.answer_ready and not turn.open_tools and not turn.pending
+
+
+def timed_out(turn: AppTurn) -> bool:
+    """The turn's time ran out (it is being interrupted for it)."""
+    return turn.timeout is not None
+
+
+def timed_out_after_answer(turn: AppTurn) -> bool:
+    """The turn's time ran out after its final answer had fully arrived."""
+    return turn.timeout is Timeout.AFTER_ANSWER
 
 
 # -- actions some rows take --------------------------------------------------------------------
@@ -240,6 +357,8 @@ ROWS: Final[list[Row[AppTurn, Decides]]] = [
     # the turn starts
     Row(_T.SENT, _S.QUEUED, _S.AWAITING_CREATED),
     Row(_T.ACCEPTED, SENT),
+    Row(_T.REJECTED, SENT, _S.TERMINAL, guards=is_compaction,
+        decides=TurnEndingRule("failed", reason="compaction_refused")),
     Row(_T.REJECTED, SENT, _S.RETIRE,
         decides=TurnEndingRule("error", retire_session=True, reason="turn_start_refused")),
     Row(_T.ID_LEARNED, _S.INTERRUPTING, then=send_interrupt_when_due),
@@ -248,42 +367,82 @@ ROWS: Final[list[Row[AppTurn, Decides]]] = [
     Row(_T.NOTIFIED, SENT),
     Row(_T.STARTED, _S.AWAITING_CREATED, _S.STREAMING),
     Row(_T.STARTED, _PAST_CREATED),
-    # the answer streams
+    # the answer streams; usage and compaction are reported on the way
     Row(_T.CONTENT, _S.AWAITING_CREATED, _S.STREAMING),
     Row(_T.CONTENT, _PAST_CREATED),
+    Row(_T.USAGE, SENT),
+    Row(_T.COMPACTED, SENT),
     # codex retries the model by itself and reports errors it then ends the turn with
     Row(_T.RETRYING, SENT),
     Row(_T.ERROR_REPORTED, SENT),
     # tools
     Row(_T.TOOL_STARTED, (_S.AWAITING_CREATED, _S.STREAMING), _S.TOOL_CALL),
-    Row(_T.TOOL_STARTED, (_S.TOOL_CALL, _S.AWAITING_APPROVAL, _S.INTERRUPTING)),
+    Row(_T.TOOL_STARTED, (_S.TOOL_CALL, _S.AWAITING_APPROVAL, _S.AWAITING_TOOL, _S.INTERRUPTING)),
     Row(_T.TOOL_DONE, _S.AWAITING_CREATED, _S.STREAMING),
     Row(_T.TOOL_DONE, _S.TOOL_CALL, _S.STREAMING, guards=no_tool_open),
-    Row(_T.TOOL_DONE, (_S.STREAMING, _S.TOOL_CALL, _S.AWAITING_APPROVAL, _S.INTERRUPTING)),
+    Row(_T.TOOL_DONE, (_S.STREAMING, _S.TOOL_CALL, _S.AWAITING_APPROVAL, _S.AWAITING_TOOL,
+                       _S.INTERRUPTING)),
     # approvals: the callback is asked (an interrupted turn answers cancel at once); it answers,
     # or the server withdraws the request
     Row(_T.APPROVAL_REQUESTED, (_S.AWAITING_CREATED, _S.STREAMING, _S.TOOL_CALL),
         _S.AWAITING_APPROVAL, decides=Answer.ASK),
-    Row(_T.APPROVAL_REQUESTED, _S.AWAITING_APPROVAL, decides=Answer.ASK),
+    Row(_T.APPROVAL_REQUESTED, (_S.AWAITING_APPROVAL, _S.AWAITING_TOOL), decides=Answer.ASK),
     Row(_T.APPROVAL_REQUESTED, _S.INTERRUPTING, decides=Answer.CANCEL),
     Row(_T.APPROVAL_SETTLED, _S.AWAITING_APPROVAL, _S.TOOL_CALL, guards=(none_pending, tool_open)),
     Row(_T.APPROVAL_SETTLED, _S.AWAITING_APPROVAL, _S.STREAMING, guards=none_pending),
-    Row(_T.APPROVAL_SETTLED, (_S.AWAITING_APPROVAL, _S.INTERRUPTING)),
-    # the server ends the turn: turn/completed, by turn.status
+    Row(_T.APPROVAL_SETTLED, _S.AWAITING_APPROVAL, _S.AWAITING_TOOL, guards=only_tools_pending),
+    Row(_T.APPROVAL_SETTLED, (_S.AWAITING_APPROVAL, _S.AWAITING_TOOL, _S.INTERRUPTING)),
+    # the client's own tools: the handler is asked once per call id (an interrupted turn
+    # answers at once); it answers
+    Row(_T.TOOL_REQUESTED, SENT, guards=call_known, decides=Answer.REPEAT),
+    Row(_T.TOOL_REQUESTED, (_S.AWAITING_CREATED, _S.STREAMING, _S.TOOL_CALL), _S.AWAITING_TOOL,
+        decides=Answer.ASK),
+    Row(_T.TOOL_REQUESTED, (_S.AWAITING_TOOL, _S.AWAITING_APPROVAL), decides=Answer.ASK),
+    Row(_T.TOOL_REQUESTED, _S.INTERRUPTING, decides=Answer.CANCEL),
+    Row(InputKind.TOOL_ANSWER, _S.AWAITING_TOOL, _S.TOOL_CALL, guards=(none_pending, tool_open)),
+    Row(InputKind.TOOL_ANSWER, _S.AWAITING_TOOL, _S.STREAMING, guards=none_pending),
+    Row(InputKind.TOOL_ANSWER, _S.AWAITING_TOOL, _S.AWAITING_APPROVAL,
+        guards=only_approvals_pending),
+    Row(InputKind.TOOL_ANSWER, (_S.AWAITING_TOOL, _S.AWAITING_APPROVAL, _S.INTERRUPTING)),
+    # the caller steers the running turn (codex answers turn/steer)
+    Row(InputKind.STEER, RUNNING, guards=id_known, decides=Steering.SEND),
+    Row(InputKind.STEER, LIVE, decides=Steering.REFUSE),
+    Row(_T.STEERED, SENT),
+    # the server ends the turn: turn/completed for this thread and turn, by turn.status; one
+    # without a status the turn knows, or about another turn or thread, ends nothing
     Row(_T.COMPLETED, SENT, _S.TERMINAL,
         decides=TurnEndingRule("completed", declines_pending=True)),
+    Row(_T.INTERRUPTED, SENT, _S.TERMINAL, guards=timed_out_after_answer,
+        decides=TurnEndingRule("completed", declines_pending=True, reason="turn_timeout")),
+    Row(_T.INTERRUPTED, SENT, _S.TERMINAL, guards=timed_out,
+        decides=TurnEndingRule("error", declines_pending=True, reason="turn_timeout")),
     Row(_T.INTERRUPTED, SENT, _S.TERMINAL,
         decides=TurnEndingRule("interrupted", declines_pending=True)),
     Row(_T.FAILED, SENT, _S.TERMINAL, guards=auth_failed,
         decides=TurnEndingRule("failed", retire_session=True, reason="auth_failure")),
     Row(_T.FAILED, SENT, _S.TERMINAL, decides=TurnEndingRule("failed", declines_pending=True)),
-    # the caller stops the turn
+    Row(_T.MALFORMED_COMPLETION, SENT),
+    Row(_T.FOREIGN_COMPLETION, SENT),
+    # the caller stops the turn, or its time runs out
     Row(InputKind.INTERRUPT, _S.QUEUED, _S.RETIRE,
         decides=TurnEndingRule("interrupted", reason="interrupted")),
     Row(InputKind.INTERRUPT, RUNNING, _S.INTERRUPTING, decides=Answer.CANCEL),
     Row(InputKind.INTERRUPT, _S.INTERRUPTING),
+    Row(InputKind.TURN_TIMEOUT, _S.QUEUED, _S.RETIRE,
+        decides=TurnEndingRule("error", reason="turn_timeout")),
+    Row(InputKind.TURN_TIMEOUT, RUNNING, _S.INTERRUPTING, guards=answer_arrived,
+        decides=Timeout.AFTER_ANSWER),
+    Row(InputKind.TURN_TIMEOUT, RUNNING, _S.INTERRUPTING, decides=Timeout.BEFORE_ANSWER),
+    Row(InputKind.TURN_TIMEOUT, _S.INTERRUPTING),
+    Row(InputKind.INTERRUPT_TIMEOUT, _S.INTERRUPTING, _S.RETIRE, guards=timed_out_after_answer,
+        decides=TurnEndingRule("completed", retire_session=True, reason="turn_timeout")),
+    Row(InputKind.INTERRUPT_TIMEOUT, _S.INTERRUPTING, _S.RETIRE, guards=timed_out,
+        decides=TurnEndingRule("error", retire_session=True, reason="turn_timeout")),
     Row(InputKind.INTERRUPT_TIMEOUT, _S.INTERRUPTING, _S.RETIRE,
         decides=TurnEndingRule("interrupted", retire_session=True)),
+    # the caller closes the session (from any thread): the turn ends at once
+    Row(InputKind.CLOSE, LIVE, _S.RETIRE,
+        decides=TurnEndingRule("error", retire_session=True, reason="session_closed")),
     # the subprocess or the clocks end the turn without turn/completed: always retire
     *(_fault_row(fault) for fault in FAULTS),
 ]
@@ -291,6 +450,10 @@ ROWS: Final[list[Row[AppTurn, Decides]]] = [
 TABLE: Final[Table[AppTurn, Decides]] = Table(
     MACHINE, State, (*Trigger, *INPUTS), ROWS, initial=State.QUEUED, final=FINAL
 )
+
+#: `turn/completed` statuses that end a turn (anything else is malformed).
+_STATUSES: Final = {"completed": Trigger.COMPLETED, "interrupted": Trigger.INTERRUPTED,
+                    "failed": Trigger.FAILED}
 
 
 @attrs.frozen(slots=True)
@@ -374,19 +537,24 @@ class _Pending:
     params: dict[str, Any]
 
 
+#: What a client tool call was answered: the text and whether it worked.
+_ToolResult = tuple[str, bool]
+
+
 class AppTurn:
     """One app-server turn on `TABLE`. Sans-I/O: its decisions go to the
     session's output (`wire.out`).
 
     `number` is the turn's number in its session (the `attempt` of its records); `text` is the
-    user's input."""
+    user's input; `compaction` says the turn is a compaction (`thread/compact/start`)."""
 
     state: State
 
-    def __init__(self, number: int, text: str, wire: Wire) -> None:
+    def __init__(self, number: int, text: str, wire: Wire, *, compaction: bool = False) -> None:
         self.state = State.QUEUED
         self.number = number
         self.text = text
+        self.compaction = compaction
         self._wire = wire
         self.thread_id: str | None = None
         self.turn_id: str | None = None
@@ -409,6 +577,23 @@ class AppTurn:
         self._text: _Stream | None = None
         self._reasoning: _Stream | None = None
         self.final_items: list[Any] | None = None
+        #: the client tools asked for, once per call id; each call's answer, once it has one;
+        #: request ids asking again for a call whose answer is still awaited
+        self.tool_calls: list[ToolCall] = []
+        self.tool_answers: dict[str, _ToolResult] = {}
+        self.tool_waiting: dict[str, list[int | str]] = {}
+        #: the call id of the tool request being decided on (`call_known` reads it)
+        self.asked_call: str | None = None
+        #: usage: the thread's total when the turn began (None: unknown yet), the result's dict
+        self.usage_base: dict[str, int] | None = None
+        self.usage: dict[str, Any] | None = None
+        self.compacted = False
+        #: the latest agent message completed and nothing started since (`answer_arrived`)
+        self.answer_ready = False
+        #: why the turn's time ran out, once it did
+        self.timeout: Timeout | None = None
+        self.malformed_completions = 0
+        self.foreign_completions = 0
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -438,24 +623,32 @@ class AppTurn:
             self._finish()
 
     # -- the session drives these ---------------------------------------------------------------
-    def send_start(self, thread_id: str) -> None:
-        """Decide `turn/start` on `thread_id` (the session is ready)."""
+    def send_start(self, thread_id: str, usage_base: dict[str, int] | None = None) -> None:
+        """Decide `turn/start` (or, for a compaction, `thread/compact/start`) on `thread_id`
+        (the session is ready); `usage_base` is the thread's usage total as last reported."""
         self.thread_id = thread_id
-        self.start_request_id = self._wire.request(
-            self.number, "turn/start",
-            {"threadId": thread_id, "input": [{"type": "text", "text": self.text}]},
-        )
+        self.usage_base = usage_base
+        params: dict[str, Any] = {"threadId": thread_id}
+        method = "thread/compact/start"
+        if not self.compaction:
+            method, params["input"] = "turn/start", [{"type": "text", "text": self.text}]
+        self.start_request_id = self._wire.request(self.number, method, params)
         TABLE.feed(self, Trigger.SENT)
 
     def start_response(self, result: Any, error: dict[str, Any] | None) -> None:
-        """The response to `turn/start`: the turn's id, or a refusal."""
+        """The response to `turn/start` (the turn's id) or `thread/compact/start` (`{}`: the id
+        comes with `turn/started`), or a refusal."""
         if not self._takes(Trigger.ACCEPTED):
             return
         turn = result.get("turn") if isinstance(result, dict) else None
         ident = turn.get("id") if isinstance(turn, dict) else None
+        if error is None and self.compaction and isinstance(result, dict):
+            TABLE.feed(self, Trigger.ACCEPTED)
+            return
         if error is not None or type(ident) is not str:
             why = error.get("message") if error is not None else "no turn id in the response"
-            self.error = {"message": f"codex app-server refused turn/start: {why}",
+            method = "thread/compact/start" if self.compaction else "turn/start"
+            self.error = {"message": f"codex app-server refused {method}: {why}",
                           "code": error.get("code") if error is not None else None,
                           "type": "protocol_error"}
             TABLE.feed(self, Trigger.REJECTED)
@@ -464,7 +657,7 @@ class AppTurn:
         TABLE.feed(self, Trigger.ACCEPTED)
 
     def learn_id(self, ident: str) -> None:
-        """The turn's id is known (from the response or the first notification about it)."""
+        """The turn's id is known (from the response or `turn/started`)."""
         if self.turn_id is None:
             self.turn_id = ident
             if self._takes(Trigger.ID_LEARNED):
@@ -475,6 +668,12 @@ class AppTurn:
         handler = _NOTIFICATIONS.get(method)
         if handler is not None and self._takes(Trigger.NOTIFIED):
             handler(self, params)
+
+    def foreign_completion(self) -> None:
+        """A `turn/completed` for another turn or thread came while this turn runs."""
+        if self._takes(Trigger.FOREIGN_COMPLETION):
+            self.foreign_completions += 1
+            TABLE.feed(self, Trigger.FOREIGN_COMPLETION)
 
     def server_request(self, ident: int | str, method: str, params: dict[str, Any]) -> None:
         """An approval-kind server request about this turn."""
@@ -496,11 +695,42 @@ class AppTurn:
         }))
         TABLE.feed(self, Trigger.APPROVAL_REQUESTED)
 
+    def tool_request(self, ident: int | str, params: dict[str, Any]) -> None:
+        """An `item/tool/call` request about this turn: codex asks to run a client tool."""
+        if not self._takes(Trigger.TOOL_REQUESTED):
+            return
+        if ident in self.pending or ident in self.answered:
+            return  # a repeated request id: it has its answer, or will get one
+        call_id = _call_id(ident, params)
+        self.asked_call = call_id
+        row = TABLE.select(self, Trigger.TOOL_REQUESTED)
+        if row.decides is Answer.REPEAT:
+            known = self.tool_answers.get(call_id)
+            if known is not None:
+                self._answer_tool(ident, *known)
+            else:
+                self.tool_waiting[call_id].append(ident)
+        elif row.decides is Answer.CANCEL:
+            self._answer_tool(ident, "the turn was interrupted", False)
+        else:
+            tool = params.get("tool")
+            call = ToolCall(call_id=call_id, tool=tool if isinstance(tool, str) else "",
+                            arguments=params.get("arguments"), thread_id=self.thread_id,
+                            turn_id=self.turn_id)
+            self.pending[ident] = _Pending(TOOL_CALL_METHOD, params)
+            self._wire.out.append(Effect("call_tool", self.number, {
+                "request_id": ident, **attrs.asdict(call)}))
+        TABLE.feed(self, Trigger.TOOL_REQUESTED)
+        if row.decides is Answer.ASK:  # known from now on: codex may ask for it again
+            self.tool_calls.append(call)
+            self.tool_waiting[call_id] = []
+        self.asked_call = None
+
     def answer(self, item: ApprovalAnswer) -> None:
         """The approval callback's answer (ignored unless its request is still pending: a turn
         that ended or is being interrupted has none)."""
         pending = self.pending.get(item.request_id)
-        if pending is None:
+        if pending is None or pending.method == TOOL_CALL_METHOD:
             return
         self._reply(item.request_id, pending.method, pending.params, item.decision)
         del self.pending[item.request_id]
@@ -508,24 +738,73 @@ class AppTurn:
         if item.decision == "cancel" and pending.method not in CANCEL_IS_AN_ANSWER:
             self.interrupt()
 
-    def interrupt(self) -> None:
-        """The caller wants the turn stopped: cancel pending approvals, send `turn/interrupt`."""
-        if not self._takes(InputKind.INTERRUPT):
+    def tool_answered(self, item: ToolAnswer) -> None:
+        """The tool handler's answer (ignored unless its request is still pending)."""
+        pending = self.pending.get(item.request_id)
+        if pending is None or pending.method != TOOL_CALL_METHOD:
             return
-        if TABLE.select(self, InputKind.INTERRUPT).decides is Answer.CANCEL:
-            for ident, pending in list(self.pending.items()):
-                self._reply(ident, pending.method, pending.params, "cancel")
-            self.pending.clear()
-            TABLE.feed(self, InputKind.INTERRUPT)
+        del self.pending[item.request_id]
+        self._settle_tool(_call_id(item.request_id, pending.params), item.request_id, item.text,
+                          item.success)
+        TABLE.feed(self, InputKind.TOOL_ANSWER)
+
+    def steer(self, text: str) -> None:
+        """The caller steers the turn with `text`: `turn/steer`, or a refusal at once."""
+        if not self._takes(InputKind.STEER):
+            return
+        if TABLE.select(self, InputKind.STEER).decides is Steering.SEND:
+            assert self.thread_id is not None and self.turn_id is not None
+            self._wire.request(self.number, "turn/steer", {
+                "threadId": self.thread_id, "expectedTurnId": self.turn_id,
+                "input": [{"type": "text", "text": text}]})
+        else:
+            self._wire.out.append(Effect("steered", self.number, {
+                "accepted": False, "error": "the turn cannot be steered now"}))
+        TABLE.feed(self, InputKind.STEER)
+
+    def steered(self) -> None:
+        """Codex answered a steer (the session decided what the caller is told)."""
+        if self._takes(Trigger.STEERED):
+            TABLE.feed(self, Trigger.STEERED)
+
+    def interrupt(self) -> None:
+        """The caller wants the turn stopped: cancel pending requests, send `turn/interrupt`."""
+        self._stop(InputKind.INTERRUPT)
+
+    def time_out(self, seconds: float) -> None:
+        """The turn's time ran out: it is stopped like an interrupt, remembering whether its
+        answer had arrived."""
+        if not self._takes(InputKind.TURN_TIMEOUT):
+            return
+        row = TABLE.select(self, InputKind.TURN_TIMEOUT)
+        if row.dest is not None:  # the limit stops the turn (it is not being stopped already)
+            if isinstance(row.decides, Timeout):
+                self.timeout = row.decides
+            self.error = {"message": f"the turn did not end within {seconds:g} s",
+                          "code": "turn_timeout", "type": "turn_timeout"}
+        self._stop(InputKind.TURN_TIMEOUT)
+
+    def _stop(self, trigger: InputKind) -> None:
+        if not self._takes(trigger):
+            return
+        if TABLE.select(self, trigger).dest is State.INTERRUPTING:
+            self._cancel_pending()
+            TABLE.feed(self, trigger)
             if self.turn_id is not None and not self.interrupt_sent:
                 self.send_interrupt()
         else:
-            TABLE.feed(self, InputKind.INTERRUPT)
+            TABLE.feed(self, trigger)
 
     def interrupt_timed_out(self) -> None:
         """No `turn/completed` followed `turn/interrupt` in time."""
         if self._takes(InputKind.INTERRUPT_TIMEOUT):
             TABLE.feed(self, InputKind.INTERRUPT_TIMEOUT)
+
+    def close(self, error: dict[str, Any]) -> None:
+        """The caller closed the session; `error` says so."""
+        if self.ending is None and self._takes(InputKind.CLOSE):
+            self.error = error
+            TABLE.feed(self, InputKind.CLOSE)
 
     def fault(self, fault: SessionFault, error: dict[str, Any]) -> None:
         """Something ended the turn from outside; `error` says what."""
@@ -538,6 +817,28 @@ class AppTurn:
     def _reply(self, ident: int | str, method: str, params: dict[str, Any], decision: str) -> None:
         self.answered.add(ident)
         self._wire.send(self.number, result_reply(ident, approval_answer(method, params, decision)))
+
+    def _answer_tool(self, ident: int | str, text: str, success: bool) -> None:
+        self.answered.add(ident)
+        self._wire.send(self.number, result_reply(ident, tool_answer(text, success)))
+
+    def _settle_tool(self, call_id: str, ident: int | str, text: str, success: bool) -> None:
+        """A tool call has its answer: its request and every request that asked again for the
+        same call id get it."""
+        self.tool_answers[call_id] = (text, success)
+        self._answer_tool(ident, text, success)
+        for again in self.tool_waiting.pop(call_id, []):
+            self._answer_tool(again, text, success)
+
+    def _cancel_pending(self, decision: str = "cancel") -> None:
+        """Answer every request still waiting: approvals with `decision`, tool calls as failed."""
+        for ident, pending in list(self.pending.items()):
+            if pending.method == TOOL_CALL_METHOD:
+                self._settle_tool(_call_id(ident, pending.params), ident,
+                                  "the turn ended before the tool answered", False)
+            else:
+                self._reply(ident, pending.method, pending.params, decision)
+        self.pending.clear()
 
     def send_interrupt(self) -> None:
         """Decide `turn/interrupt` for this turn (its id is known)."""
@@ -563,19 +864,23 @@ class AppTurn:
         self.messages.append(message)
         self._wire.out.append(Effect("message", self.number, message))
 
+    def _project_unfinished(self) -> None:
+        """The agent message in progress ends unfinished: what the user saw of it is kept."""
+        current = self._text
+        if current is not None and not current.done:
+            current.done = True
+            partial = current.text()
+            if partial:
+                self._message({"role": "assistant", "content": partial})
+
     def _finish(self) -> None:
         """The turn reached a final state: what the user saw is projected, pending requests are
         answered when the session lives on, and the outcome is decided."""
         ending = self.ending
         assert ending is not None
-        current = self._text
-        if current is not None and not current.done:
-            partial = current.text()
-            if partial:
-                self._message({"role": "assistant", "content": partial})
+        self._project_unfinished()
         if ending.declines_pending:
-            for ident, pending in list(self.pending.items()):
-                self._reply(ident, pending.method, pending.params, "decline")
+            self._cancel_pending("decline")
         self.pending.clear()
         out = self._wire.out
         if ending.outcome in ("failed", "error") and self.error is not None:
@@ -595,6 +900,7 @@ class AppTurn:
             return
         if ident is not None:
             self.items[ident] = item
+        self.answer_ready = False
         if kind == "agentMessage":
             self._text = self._begin(self._text, ident, self.streams)
             TABLE.feed(self, Trigger.CONTENT)
@@ -605,7 +911,9 @@ class AppTurn:
             if ident is not None:
                 self.open_tools.add(ident)
             TABLE.feed(self, Trigger.TOOL_STARTED)
-        elif kind != "userMessage":
+        elif kind == "userMessage":
+            self._project_unfinished()  # a steer: the message in progress was dropped
+        else:
             TABLE.feed(self, Trigger.CONTENT)
 
     def _begin(self, current: _Stream | None, ident: str | None, kept: list[_Stream]) -> _Stream:
@@ -665,6 +973,7 @@ class AppTurn:
             self._text = stream
             TABLE.feed(self, Trigger.CONTENT)
             self._deliver_text(stream.complete(text))
+            self.answer_ready = bool(text) and item.get("phase") != "commentary"
         elif kind == "reasoning":
             stream = self._stream_for(self._reasoning, ident, self.reasoning)
             if stream is not None:
@@ -672,9 +981,16 @@ class AppTurn:
                 stream.done = True
             TABLE.feed(self, Trigger.CONTENT)
             return
+        elif kind == "contextCompaction":
+            self._compacted(params)
+            return
         elif kind in TOOL_ITEMS:
             if ident is not None and ident in self.finished_tools:
-                return  # completed already: a repeated line
+                # completed already: a repeated line, or the same call run again (the model
+                # repeated a call id); it is projected once, but it is no longer open
+                self.open_tools.discard(ident)
+                TABLE.feed(self, Trigger.TOOL_DONE)
+                return
             if ident is not None:
                 self.open_tools.discard(ident)
                 self.finished_tools.add(ident)
@@ -686,8 +1002,27 @@ class AppTurn:
         if kind in TOOL_ITEMS:
             TABLE.feed(self, Trigger.TOOL_DONE)
 
+    def _compacted(self, params: dict[str, Any]) -> None:
+        self.compacted = True
+        TABLE.feed(self, Trigger.COMPACTED)
+
     def _token_usage(self, params: dict[str, Any]) -> None:
         self.model_requests += 1
+        reported = params.get("tokenUsage")
+        if isinstance(reported, dict):
+            last = usage_breakdown(reported.get("last"))
+            total = usage_breakdown(reported.get("total"))
+            if self.usage_base is None:
+                self.usage_base = {key: max(total[key] - last[key], 0) for key in total}
+            base = self.usage_base
+            usage: dict[str, Any] = {key: max(total[key] - base.get(key, 0), 0) for key in total}
+            usage["thread"] = total
+            usage["last"] = last
+            window = reported.get("modelContextWindow")
+            if type(window) is int:
+                usage["model_context_window"] = window
+            self.usage = usage
+        TABLE.feed(self, Trigger.USAGE)
 
     def _error(self, params: dict[str, Any]) -> None:
         if params.get("willRetry") is True:
@@ -699,28 +1034,37 @@ class AppTurn:
     def _resolved(self, params: dict[str, Any]) -> None:
         ident = params.get("requestId")
         if (type(ident) is int or type(ident) is str) and ident in self.pending:
-            del self.pending[ident]
+            pending = self.pending.pop(ident)
             self.answered.add(ident)  # withdrawn by the server: a late answer is not sent
-            TABLE.feed(self, Trigger.APPROVAL_SETTLED)
+            if pending.method == TOOL_CALL_METHOD:
+                # its answer, for the requests asking again for the same call id: a failure
+                call_id = _call_id(ident, pending.params)
+                self.tool_answers[call_id] = ("codex withdrew the tool call", False)
+                for again in self.tool_waiting.pop(call_id, []):
+                    self._answer_tool(again, "codex withdrew the tool call", False)
+                TABLE.feed(self, InputKind.TOOL_ANSWER)
+            else:
+                TABLE.feed(self, Trigger.APPROVAL_SETTLED)
 
     def _turn_completed(self, params: dict[str, Any]) -> None:
         turn = params.get("turn")
         turn = turn if isinstance(turn, dict) else {}
         status = turn.get("status")
+        trigger = _STATUSES.get(status) if isinstance(status, str) else None
+        if trigger is None:
+            self.malformed_completions += 1
+            TABLE.feed(self, Trigger.MALFORMED_COMPLETION)
+            return
         items = turn.get("items")
         self.final_items = items if isinstance(items, list) else []
-        if status == "completed":
-            TABLE.feed(self, Trigger.COMPLETED)
-        elif status == "interrupted":
-            TABLE.feed(self, Trigger.INTERRUPTED)
-        else:
+        if trigger is Trigger.FAILED:
             reported = turn_error(turn.get("error"))
             if reported is not None:
                 self.error = reported
             elif self.error is None:
                 self.error = {"message": f"turn/completed with status {status!r}",
                               "code": None, "type": "turn_failed", "details": None}
-            TABLE.feed(self, Trigger.FAILED)
+        TABLE.feed(self, trigger)
 
     # -- the result ------------------------------------------------------------------------
     def output_text(self) -> str:
@@ -737,6 +1081,12 @@ class AppTurn:
             if text:
                 return text
         return ""
+
+
+def _call_id(ident: int | str, params: dict[str, Any]) -> str:
+    """A tool request's `callId` (the request's own id stands in when it has none)."""
+    call_id = params.get("callId")
+    return call_id if isinstance(call_id, str) else f"request-{ident}"
 
 
 def _item_of(params: dict[str, Any]) -> tuple[dict[str, Any] | None, Any, str | None]:
@@ -758,6 +1108,7 @@ _NOTIFICATIONS: Final = {
     "item/reasoning/summaryTextDelta": AppTurn._reasoning_delta,
     "item/reasoning/textDelta": AppTurn._reasoning_delta,
     "thread/tokenUsage/updated": AppTurn._token_usage,
+    "thread/compacted": AppTurn._compacted,
     "error": AppTurn._error,
     "serverRequest/resolved": AppTurn._resolved,
 }

@@ -26,8 +26,9 @@ Outputs are what the machines decided:
     Transition      one state change of one machine (the trace and `TurnResult.transitions`)
     Effect          something that reaches the world: text delivered to a callback, the first
                     delta, a tool call, an error, a rate-limit notice; for the codex app-server
-                    machines also a line to send, an approval to ask for, a projected chat
-                    message, the turn's outcome, the subprocess to retire
+                    machines also a line to send, an approval to ask for, a client tool to
+                    call, the answer to a steer, a projected chat message, the turn's outcome,
+                    the subprocess to retire
     Attempt         how one attempt ended (`TurnResult.attempts`)
 """
 
@@ -61,6 +62,11 @@ class InputKind(StrEnum):
     APPROVAL = "approval"
     REQUEST_TIMEOUT = "request_timeout"
     INTERRUPT_TIMEOUT = "interrupt_timeout"
+    TOOL_ANSWER = "tool_answer"
+    STEER = "steer"
+    TURN_TIMEOUT = "turn_timeout"
+    CLOSE = "close"
+    COMPACT = "compact"
 
 
 class Fault(StrEnum):
@@ -207,7 +213,7 @@ EffectKind = Literal[
     "first_delta", "text_delta", "reasoning_delta", "tool_call", "error", "rate_limits", "wait",
     "cancel",
     # codex app-server machines (machines.app_session, machines.app_turn)
-    "send", "approval", "message", "outcome", "retire",
+    "send", "approval", "message", "outcome", "retire", "call_tool", "steered",
 ]
 
 

@@ -1,5 +1,6 @@
 """Shared pieces of the app-server tests: the real codex binary, sessions against the simulator,
-a turn runner that always writes a trace and checks that it replays identically.
+a turn runner that always writes a trace and checks that it replays identically, and a session
+machine fed by hand (`Fed`, `started`) for the tests of single rules.
 
 Set STREAMFSM_RECORD_APP_FIXTURES=DIR to also copy the traces the real-binary tests name into DIR
 (that is how replay_fixtures/codex_app_server/ was recorded).
@@ -21,9 +22,14 @@ import pytest
 
 import engine
 from engine.drivers.codex import CodexSession, find_codex
+from engine.fuzz import app_lines as L
 from engine.simulator.codex_app import LOOPBACK_KEY, loopback_session
 from engine.simulator.scenarios import scenario_from_data
 from engine.simulator.server import ResponsesSimulator
+from machines import app_turn
+from machines.app_records import ServerLine, SessionConfig, TurnRequest
+from machines.app_session import AppSession
+from machines.records import Effect, Transition
 
 _sessions = itertools.count(1)
 
@@ -43,6 +49,56 @@ def tool_then_answer(arguments: str, answer: str = "The command printed streamfs
         {"when": "tool_output", "text": answer, **answer_options},
         {"tool_call": {"name": "exec_command", "arguments": arguments}},
     ]}
+
+
+#: The session config of the machines fed by hand.
+CONFIG = SessionConfig(cwd="/work")
+
+
+class Fed:
+    """A session fed by hand, with every decision it returned."""
+
+    def __init__(self, session: AppSession | None = None) -> None:
+        self.session = session or AppSession(CONFIG)
+        self.decisions: list[Transition | Effect] = []
+
+    def feed(self, *items: Any) -> list[Transition | Effect]:
+        out: list[Transition | Effect] = []
+        for item in items:
+            if isinstance(item, str):
+                item = ServerLine(item)
+            out.extend(self.session.receive(item))
+        self.decisions.extend(out)
+        return out
+
+    def effects(self, kind: str) -> list[Any]:
+        return [d.data for d in self.decisions if isinstance(d, Effect) and d.kind == kind]
+
+    def sent(self) -> list[dict[str, Any]]:
+        return self.effects("send")
+
+    def path(self, machine: str) -> list[tuple[str, str, str]]:
+        return [(d.source, d.dest, d.trigger) for d in self.decisions
+                if isinstance(d, Transition) and d.machine == machine]
+
+    def text(self) -> str:
+        return "".join(self.effects("text_delta"))
+
+    @property
+    def turn(self) -> app_turn.AppTurn:
+        assert self.session.turn is not None
+        return self.session.turn
+
+    def result(self) -> Any:
+        return self.session.turn_result([])
+
+
+def started(text: str = "hi", config: SessionConfig = CONFIG) -> Fed:
+    """A session through its handshake with turn 1 sent (turn/start is request 3)."""
+    fed = Fed(AppSession(config))
+    fed.feed(TurnRequest(text), *L.handshake())
+    fed.feed(L.turn_start_response(3), L.turn_started(), *L.user_message(text))
+    return fed
 
 
 @pytest.fixture(scope="session")
@@ -94,7 +150,11 @@ class Harness:
         self._turns = itertools.count(1)
 
     def turn(self, text: str = "What is the capital of France?", *, fixture: str | None = None,
-             interrupt: Any = None, on_text: Any = None, **_: Any) -> Turn:
+             interrupt: Any = None, on_text: Any = None, session: CodexSession | None = None,
+             **_: Any) -> Turn:
+        """One turn of the harness's session (or of `session`, another one against the same
+        simulator), traced; the trace must replay identically."""
+        session = session or self.session
         deltas: list[str] = []
         reasoning: list[str] = []
         firsts: list[None] = []
@@ -109,13 +169,32 @@ class Harness:
                                      on_reasoning_delta=reasoning.append)
         trace = self.tmp / f"turn-{next(self._turns)}.jsonl"
         began = time.monotonic()
-        result = self.session.run_turn(text, callbacks=callbacks, interrupt=interrupt, trace=trace)
+        result = session.run_turn(text, callbacks=callbacks, interrupt=interrupt, trace=trace)
         elapsed = time.monotonic() - began
+        self._keep(trace, fixture)
+        return Turn(result, deltas, reasoning, len(firsts), trace, elapsed)
+
+    def compact(self, *, fixture: str | None = None) -> Turn:
+        """`session.compact()`, traced like a turn (it raises when codex did not compact)."""
+        trace = self.tmp / f"turn-{next(self._turns)}.jsonl"
+        began = time.monotonic()
+        result = self.session.compact(trace=trace)
+        elapsed = time.monotonic() - began
+        self._keep(trace, fixture)
+        return Turn(result, [], [], 0, trace, elapsed)
+
+    def _keep(self, trace: Path, fixture: str | None) -> None:
+        """The trace must replay identically; a named one is kept as a fixture when asked."""
         assert_replays_identically(trace)
         target = os.environ.get("STREAMFSM_RECORD_APP_FIXTURES")
         if fixture and target:
             shutil.copyfile(trace, Path(target) / f"{fixture}.jsonl")
-        return Turn(result, deltas, reasoning, len(firsts), trace, elapsed)
+
+    def another_session(self, **options: Any) -> CodexSession:
+        """A second session against the same simulator, with the same CODEX_HOME, working
+        directory and scenario session (a second process of the same agent, say)."""
+        return loopback_session(self.sim, self.tmp / "codex-home", cwd=self.tmp / "work",
+                                config=dict(self.session.config_overrides), **options)
 
     @property
     def requests(self) -> list[Any]:

@@ -3,8 +3,9 @@
 The real binary is the reference (tests/test_app_server_real.py); the fake
 (engine/testing/fake_app_server.py) plays: a request left unanswered, a refused handshake or
 turn, server requests the real one had no reason to send (permissions, MCP elicitation, user
-input, legacy approvals, unknown methods), lines that are not JSON, a process that closes its
-output and exits 0, ignores `turn/interrupt`, dies between turns, or echoes a secret. Every turn's
+input, legacy approvals, unknown methods), lines that are not JSON, `turn/completed` lines for
+another turn or thread or without a status, a process that closes its output and exits 0,
+ignores `turn/interrupt`, dies between turns, or echoes a secret. Every turn's
 trace must replay identically.
 """
 
@@ -332,3 +333,32 @@ def test_a_launcher_without_its_native_binary_runs_in_its_own_group_and_close_en
     assert pid is not None and len(group_members(pid)) >= 3  # sh, sleep, the server
     session.close()
     assert process_gone(pid) and group_members(pid) == []
+
+
+def test_turn_completed_lines_for_others_or_without_a_status_never_end_the_turn(
+    tmp_path: Path,
+) -> None:
+    # what the real server never sends on demand: a malformed end (no status), an end for
+    # another turn, and one for another thread carrying this turn's id
+    steps = [*HANDSHAKE, *TURN_START,
+             note("item/started", item={"type": "agentMessage", "id": "msg_1", "text": ""}),
+             note("item/agentMessage/delta", itemId="msg_1", delta="Paris"),
+             {"send": {"method": "turn/completed", "params": {"threadId": THREAD,
+                                                              "turn": {"id": TURN}}}},
+             {"send": {"method": "turn/completed", "params": {"threadId": THREAD, "turn": {
+                 "id": "turn-other", "status": "failed", "error": {"message": "not ours"}}}}},
+             {"send": {"method": "turn/completed", "params": {"threadId": "thread-other", "turn": {
+                 "id": TURN, "status": "interrupted"}}}},
+             note("item/agentMessage/delta", itemId="msg_1", delta=" is the capital."),
+             note("item/completed", item={"type": "agentMessage", "id": "msg_1",
+                                          "text": "Paris is the capital."}),
+             completed(items=[{"type": "agentMessage", "id": "msg_1",
+                               "text": "Paris is the capital."}])]
+    with Fake(tmp_path, steps) as fake:
+        result, _ = fake.turn(fixture="turn_completed_not_ours")
+    assert result.outcome == "completed" and result.error is None
+    assert result.output_text == "Paris is the capital."
+    assert [(t.source, t.dest, t.trigger) for t in result.transitions
+            if t.machine == "app_turn"] == [("queued", "awaiting_created", "sent"),
+                                            ("awaiting_created", "streaming", "started"),
+                                            ("streaming", "terminal", "completed")]

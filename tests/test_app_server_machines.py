@@ -19,63 +19,13 @@ from machines.app_records import (
     InterruptTimeout,
     ProcessExit,
     RequestTimeout,
-    ServerLine,
-    SessionConfig,
     SpawnFailed,
     StderrLine,
     TurnRequest,
 )
 from machines.app_session import AppSession
-from machines.records import Effect, EndOfStream, IdleTimeout, Interrupt, Transition
-
-CONFIG = SessionConfig(cwd="/work")
-
-
-class Fed:
-    """A session fed by hand, with every decision it returned."""
-
-    def __init__(self, session: AppSession | None = None) -> None:
-        self.session = session or AppSession(CONFIG)
-        self.decisions: list[Transition | Effect] = []
-
-    def feed(self, *items: Any) -> list[Transition | Effect]:
-        out: list[Transition | Effect] = []
-        for item in items:
-            if isinstance(item, str):
-                item = ServerLine(item)
-            out.extend(self.session.receive(item))
-        self.decisions.extend(out)
-        return out
-
-    def effects(self, kind: str) -> list[Any]:
-        return [d.data for d in self.decisions if isinstance(d, Effect) and d.kind == kind]
-
-    def sent(self) -> list[dict[str, Any]]:
-        return self.effects("send")
-
-    def path(self, machine: str) -> list[tuple[str, str, str]]:
-        return [(d.source, d.dest, d.trigger) for d in self.decisions
-                if isinstance(d, Transition) and d.machine == machine]
-
-    def text(self) -> str:
-        return "".join(self.effects("text_delta"))
-
-    @property
-    def turn(self) -> app_turn.AppTurn:
-        assert self.session.turn is not None
-        return self.session.turn
-
-    def result(self) -> Any:
-        return self.session.turn_result([])
-
-
-def started(text: str = "hi") -> Fed:
-    """A session through its handshake with turn 1 sent (turn/start is request 3)."""
-    fed = Fed()
-    fed.feed(TurnRequest(text), *L.handshake())
-    fed.feed(L.turn_start_response(3), L.turn_started(), *L.user_message(text))
-    return fed
-
+from machines.records import EndOfStream, IdleTimeout, Interrupt
+from app_support import CONFIG, Fed, started
 
 def test_the_handshake_then_turn_start() -> None:
     fed = Fed()
@@ -437,5 +387,5 @@ def test_every_fired_trigger_has_rows_and_impossible_ones_raise() -> None:
     turn = app_turn.AppTurn(1, "hi", AppSession(CONFIG))
     with pytest.raises(MachineError):
         app_turn.TABLE.fire(turn, app_turn.Trigger.COMPLETED)  # a queued turn cannot complete
-    assert set(app_session.State) == {"spawned", "initializing", "starting_thread", "ready",
-                                       "turn_running", "retired"}
+    assert set(app_session.State) == {"spawned", "initializing", "resuming_thread",
+                                       "starting_thread", "ready", "turn_running", "retired"}

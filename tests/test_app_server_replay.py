@@ -2,8 +2,8 @@
 a broken file is invalid (exit 2, one line), and the command line shows the new machines.
 
 replay_fixtures/codex_app_server/ holds traces recorded from the real codex app-server 0.169.0
-(tests/test_app_server_real.py, one per rule) and from the scripted fake for the cases the real
-one cannot be made to produce (`fake_*`). The pytest plugin replays them too (addopts).
+(tests/test_app_server_real.py and tests/test_app_server_real_protocol.py, one per rule) and
+from the scripted fake for the cases the real one cannot be made to produce (`fake_*`). The pytest plugin replays them too (addopts).
 """
 
 from __future__ import annotations
@@ -34,6 +34,15 @@ RULES = {
     "sigkill_retires": "error", "sigterm_exit_0_retires": "error",
     "idle_timeout_retires": "error", "silence_after_tool_result": "completed",
     "file_change_accept": "completed", "file_change_decline": "completed",
+    # the rest of the protocol (tests/test_app_server_real_protocol.py)
+    "thread_resumed": "completed", "thread_resume_refused": "completed",
+    "developer_instructions": "completed", "instructions_changed_new_thread": "completed",
+    "client_tool_answered": "completed", "client_tool_raises": "completed",
+    "client_tool_repeated_call_id": "completed", "usage_second_turn": "completed",
+    "compaction": "completed", "compaction_inside_turn": "completed",
+    "steer_mid_answer": "completed",
+    "turn_timeout_after_answer": "completed", "turn_timeout_before_answer": "error",
+    "close_during_turn": "error",
 }
 
 
@@ -118,8 +127,10 @@ def test_a_broken_app_trace_is_invalid(tmp_path: Path, damage: str) -> None:
 
 
 @pytest.mark.parametrize("machine, states", [
-    ("app_turn", ["awaiting_created", "streaming", "tool_call", "terminal", "retire"]),
-    ("app_session", ["spawned", "initializing", "ready", "turn_running", "retired"]),
+    ("app_turn", ["awaiting_created", "streaming", "tool_call", "awaiting_tool", "terminal",
+                  "retire"]),
+    ("app_session", ["spawned", "initializing", "resuming_thread", "ready", "turn_running",
+                     "retired"]),
 ])
 def test_diagram_draws_the_app_server_machines(machine: str, states: list[str]) -> None:
     status, out, _ = run_cli("diagram", machine)
@@ -127,6 +138,25 @@ def test_diagram_draws_the_app_server_machines(machine: str, states: list[str]) 
     for state in states:
         assert state in out
     assert "failed [auth_failed]" in out or machine == "app_session"
+
+
+def test_the_diagrams_show_the_rest_of_the_protocol() -> None:
+    turn = run_cli("diagram", "app_turn")[1].splitlines()
+    for edge in ("streaming --> awaiting_tool: tool_requested",
+                 "awaiting_tool --> streaming: tool_answer [none_pending]",
+                 "streaming --> interrupting: interrupt, turn_timeout [answer_arrived], turn_timeout",
+                 "interrupting --> terminal: rejected [is_compaction], completed, "
+                 "interrupted [timed_out_after_answer]"):
+        assert any(line.strip().startswith(edge) for line in turn), edge
+    assert any(line.strip().startswith("streaming --> retire: rejected, close") for line in turn)
+    (note,) = [line for line in turn if line.strip().startswith("note right of streaming:")]
+    for stay in ("usage", "compacted", "tool_requested [call_known]", "steer [id_known]",
+                 "steered", "malformed_completion", "foreign_completion"):
+        assert stay in note
+    session = run_cli("diagram", "app_session")[1]
+    assert "initializing --> resuming_thread: initialized [resumes_a_thread]" in session
+    assert "resuming_thread --> starting_thread: resume_refused" in session
+    assert "ready --> starting_thread: new_thread [instructions_changed]" in session
 
 
 def test_demo_codex_without_a_binary_says_how_to_install_one(

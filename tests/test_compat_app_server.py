@@ -79,12 +79,18 @@ def test_a_text_turn_returns_the_seed_dict_once(tmp_path: Path) -> None:
         agent = Agent(_codex_session=h.session)
         messages: list[dict[str, Any]] = []
         outcome = call(agent, messages, trace=tmp_path / "compat.jsonl")
+        thread = h.session.thread_id
+    completion = outcome["completion_tokens"]
     assert outcome == {
         "final_response": TEXT, "messages": messages, "api_calls": 1, "completed": True,
         "partial": False, "interrupted": False, "error": None,
-        "codex_thread_id": outcome["codex_thread_id"], "codex_turn_id": outcome["codex_turn_id"],
+        "codex_thread_id": thread, "codex_turn_id": outcome["codex_turn_id"],
+        # the seed's successor's usage keys; the simulator reports 24 input tokens a request
+        "prompt_tokens": 24, "completion_tokens": completion, "total_tokens": 24 + completion,
+        "input_tokens": 24, "output_tokens": completion, "cache_read_tokens": 0,
+        "cache_write_tokens": 0, "reasoning_tokens": 0, "last_prompt_tokens": 24,
     }
-    assert outcome["codex_thread_id"] and outcome["codex_turn_id"]
+    assert thread and outcome["codex_turn_id"] and completion > 0
     assert messages == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": TEXT}]
     assert "".join(agent.deltas) == TEXT  # delivered once, never again as an interim message
     assert [s["final_response"] for s in agent.synced] == [TEXT] and agent.reviews == []
@@ -98,6 +104,8 @@ def test_tool_iterations_feed_the_skill_nudge(tmp_path: Path) -> None:
         messages: list[dict[str, Any]] = []
         outcome = call(agent, messages, should_review_memory=False)
     assert outcome["completed"] and outcome["api_calls"] == 2
+    # usage covers both model requests of the turn; the context is the last one's
+    assert outcome["prompt_tokens"] == 48 and outcome["last_prompt_tokens"] == 24
     assert [m["role"] for m in messages] == ["user", "assistant", "tool", "assistant"]
     assert agent._iters_since_skill == 0  # reached the interval: reset, review asked
     assert agent.reviews == [{"messages_snapshot": messages, "review_memory": False,
@@ -151,6 +159,7 @@ def test_a_failed_turn_is_not_completed_and_keeps_the_session(
     try:
         assert outcome["completed"] is False and outcome["partial"] is True
         assert outcome["error"] == "high demand" and outcome["final_response"] == "half"
+        assert outcome["codex_thread_id"] == THREAD and "prompt_tokens" not in outcome  # no usage
         assert messages[-1] == {"role": "assistant", "content": "half"}
         assert agent._codex_session is not None  # the thread recovers from provider errors
         assert agent.synced == []  # memory is synced only for completed turns

@@ -25,7 +25,12 @@ What it does with the agent, as the seed did (shared/SEED.md, part C):
    (`agent._spawn_background_review`) is spawned when there is final text, no interrupt, and a
    review was asked for. Each of these is skipped when the agent lacks the attribute.
 5. The return dict: `final_response`, `messages`, `api_calls`, `completed`, `partial`, `error`,
-   `codex_thread_id`, `codex_turn_id` (and `interrupted`).
+   `codex_thread_id`, `codex_turn_id` (and `interrupted`); and, as the seed's successor returns
+   them, when codex reported usage (`usage_fields`): `prompt_tokens` (the turn's input tokens,
+   cached ones included), `completion_tokens`, `total_tokens`, `input_tokens` (not cached),
+   `output_tokens`, `cache_read_tokens`, `cache_write_tokens` (0: codex does not count them
+   apart), `reasoning_tokens` and `last_prompt_tokens` (the last model request's input tokens:
+   how full the context is). The turn's counts cover every model request of the turn.
 
 The seed's defects, fixed (see docs/migration.md): a failed turn is not "completed" (the
 outcome is `turn.status`); the final answer is delivered once (deltas only, never again as an
@@ -46,7 +51,7 @@ from engine.log.eventlog import Callbacks
 from engine.log.logs import log
 from machines.app_records import AppTurnResult
 
-__all__ = ["APPROVAL_ATTRIBUTE", "run_codex_app_server_turn"]
+__all__ = ["APPROVAL_ATTRIBUTE", "run_codex_app_server_turn", "usage_fields"]
 
 #: The agent attribute holding the host's approval callback (callable(engine.ApprovalRequest)
 #: -> "accept" | "acceptForSession" | "decline" | "cancel"), used when the session is created.
@@ -91,6 +96,24 @@ def _error_text(result: AppTurnResult) -> str | None:
     error = result.error or {}
     message = error.get("message")
     return str(message) if message else f"codex app-server turn {result.outcome}"
+
+
+def usage_fields(usage: dict[str, Any] | None) -> dict[str, int]:
+    """The successor's usage keys from `AppTurnResult.usage` (none when codex reported none)."""
+    if usage is None:
+        return {}
+    cached = usage["cached_input_tokens"]
+    return {
+        "prompt_tokens": usage["input_tokens"],
+        "completion_tokens": usage["output_tokens"],
+        "total_tokens": usage["total_tokens"],
+        "input_tokens": max(usage["input_tokens"] - cached, 0),
+        "output_tokens": usage["output_tokens"],
+        "cache_read_tokens": cached,
+        "cache_write_tokens": 0,
+        "reasoning_tokens": usage["reasoning_output_tokens"],
+        "last_prompt_tokens": usage["last"]["input_tokens"],
+    }
 
 
 def _bookkeeping(agent: Any, result: AppTurnResult, original_user_message: Any,
@@ -158,7 +181,7 @@ def run_codex_app_server_turn(
             "partial": True,
             "interrupted": False,
             "error": str(error),
-            "codex_thread_id": None,
+            "codex_thread_id": getattr(session, "thread_id", None),
             "codex_turn_id": None,
         }
     if result.retired:
@@ -176,4 +199,5 @@ def run_codex_app_server_turn(
         "error": _error_text(result),
         "codex_thread_id": result.thread_id,
         "codex_turn_id": result.turn_id,
+        **usage_fields(result.usage),
     }

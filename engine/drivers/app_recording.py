@@ -12,8 +12,9 @@ strategies feed a turn the same way:
 Everything but the machine it feeds and the result it builds is `Recording`'s: the event log
 records the input before the machine sees it, then the machine's decisions, and only then acts
 on them: text, reasoning and first-delta effects go to the caller's callbacks (fenced), `send`,
-`approval` and `retire` effects to `act`, the driver's hook (the replayer passes none: a replay
-writes nothing and never calls the approval callback; the recorded answers are inputs).
+`approval`, `call_tool`, `steered` and `retire` effects to `act`, the driver's hook (the replayer
+passes none: a replay writes nothing and never calls the approval callback or the tool handler;
+the recorded answers are inputs).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from machines.records import Effect
 __all__ = ["DRIVER_EFFECTS", "AppTurnRecording"]
 
 #: Effects the driver acts on (everything else is a callback or only recorded).
-DRIVER_EFFECTS: Final = frozenset({"send", "approval", "retire"})
+DRIVER_EFFECTS: Final = frozenset({"send", "approval", "call_tool", "steered", "retire"})
 
 
 class AppTurnRecording(Recording[AppTurnResult]):

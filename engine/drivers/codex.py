@@ -8,25 +8,31 @@ The driver owns the I/O and the clocks; every rule lives in the machines
 (`machines.app_session`, `machines.app_turn`):
 
 * The subprocess is started on the first turn and kept for the next ones; a turn that retires
-  the session (the `retire` effect) closes it, and the next turn starts a new one. It is started
-  in its own process group, so `close()` ends it with everything it started. npm's Node launcher
-  (`node_modules/.bin/codex`) is resolved to the native binary it would start (killing the
-  launcher leaves the real server running); if that binary cannot be found the launcher runs, in
-  its own process group like every subprocess here.
+  the session (the `retire` effect) closes it, and the next turn starts a new one (`_start`, the
+  one place a subprocess is started). It is started in its own process group, so `close()` ends
+  it with everything it started. npm's Node launcher (`node_modules/.bin/codex`) is resolved to
+  the native binary it would start (killing the launcher leaves the real server running); if
+  that binary cannot be found the launcher runs, in its own process group like every subprocess
+  here.
 * One reader thread per pipe: stdout lines become `ServerLine`s, its end `EndOfStream` (after a
   `ProcessExit` when the process has already exited); stderr lines become `StderrLine`s with the
-  secrets removed (kept for error messages). The approval callback runs on its own thread per
-  request, so an interrupt is honoured while it blocks; its answer comes back as an
-  `ApprovalAnswer` input. Everything arrives on one queue.
+  secrets removed (kept for error messages). The approval callback and the tool handler run on
+  a thread of their own per request, so an interrupt is honoured while they block; their answers
+  come back as `ApprovalAnswer` and `ToolAnswer` inputs. A steer from another thread arrives as
+  a `Steer` input. Everything arrives on one queue.
 * The caller's thread runs the turn: it waits on that queue (at most 20 ms at a time) and asks
   the turn's `Watchdog` (`engine.drivers.watchdog`, the stream drivers' too) about the clocks:
   the interrupt, the idle timeout (a turn in which the server wrote nothing for
-  `idle_timeout_s`: its silence is paused while an approval is pending and restarts on every
-  line sent or received), and the deadlines: the request timeout (a client request unanswered
+  `idle_timeout_s`: its silence is paused while an approval or a client tool call is pending
+  and restarts on every line sent or received), and the deadlines: the request timeout (a client request unanswered
   for `request_timeout_s`, due from when it was sent, in whichever turn) and the interrupt grace
-  (`turn/interrupt` sent and no `turn/completed` within `interrupt_grace_s`). It feeds each
-  observation, and each input a clock gives, to the machines through `AppTurnRecording`, which
-  records it, records the decisions, then acts on them. Callbacks run on the caller's thread.
+  (`turn/interrupt` sent and no `turn/completed` within `interrupt_grace_s`) and the turn's
+  wall-clock limit (`turn_timeout_s`). It also looks, after every wait, whether the session was
+  closed from another thread (`close()`), and then feeds `Close`. It feeds each observation, and
+  each input a clock gives, to the machines through `AppTurnRecording`, which records it,
+  records the decisions, then acts on them. Callbacks run on the caller's thread.
+* A compaction (`compact()`) runs like a turn: a `CompactRequest` instead of a `TurnRequest`,
+  recorded the same way (its own trace when one is asked for).
 * Lines the server writes between turns wait on the queue and are the first inputs of the next
   turn's trace. If the subprocess died between turns, the next turn starts a new one.
 
@@ -49,6 +55,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import attrs
 import orjson
 
 from engine.drivers.app_recording import AppTurnRecording
@@ -63,6 +70,8 @@ from machines.app_records import (
     ApprovalRequest,
     AppInput,
     AppTurnResult,
+    Close,
+    CompactRequest,
     InterruptTimeout,
     ProcessExit,
     RequestTimeout,
@@ -70,15 +79,21 @@ from machines.app_records import (
     SessionConfig,
     SpawnFailed,
     StderrLine,
+    Steer,
+    ToolAnswer,
+    ToolCall,
     TurnRequest,
+    TurnTimeout,
 )
 from machines.app_session import AppSession
+from machines.app_turn import WAITING_ON_CALLER
 from machines.app_turn import State as TurnState
 from machines.records import Effect, EndOfStream, IdleTimeout, Interrupt
 
 __all__ = [
     "ApprovalCallback",
     "CodexSession",
+    "ToolHandler",
     "codex_command",
     "find_codex",
     "native_binary",
@@ -88,6 +103,9 @@ __all__ = [
 #: The approval callback: shown a request, answers one of "accept", "acceptForSession",
 #: "decline", "cancel".
 ApprovalCallback = Callable[[ApprovalRequest], str]
+#: The tool handler: shown a call of one of the client's tools, answers the tool's text output
+#: (or raises: codex is told the call failed, with the exception's message).
+ToolHandler = Callable[[ToolCall], str]
 
 CODEX_VERSION = "0.169.0"
 _TRIPLES = {
@@ -98,6 +116,11 @@ _TRIPLES = {
 }
 #: The deadline of the grace an interrupted turn has to complete (`Deadlines` key).
 INTERRUPT_GRACE = "interrupt grace"
+#: The deadline of the turn's wall-clock limit (`Deadlines` key).
+TURN_LIMIT = "turn limit"
+#: How long `close()` waits for a running turn to end, and for a running approval callback or
+#: tool handler to return, before it goes on.
+CLOSE_WAIT_S = 5.0
 
 #: Where `.ci/run` (and the test suite) install @openai/codex with npm.
 INSTALL_HINT = (
@@ -296,7 +319,66 @@ def _signal_group(pgid: int, number: signal.Signals) -> None:
         pass
 
 
-# -- approvals --------------------------------------------------------------------------------
+# -- the host's callbacks: approvals and tools ------------------------------------------------
+class _Helpers:
+    """The threads a session starts to run the host's callbacks (the approval callback, the tool
+    handler), one per request, so that `close()` can wait for them."""
+
+    def __init__(self) -> None:
+        self._threads: set[threading.Thread] = set()
+        self._lock = threading.Lock()
+
+    def start(self, name: str, target: Callable[..., None], *args: Any) -> None:
+        thread = threading.Thread(target=self._run, args=(target, args), name=name, daemon=True)
+        with self._lock:
+            self._threads.add(thread)
+        thread.start()
+
+    def _run(self, target: Callable[..., None], args: tuple[Any, ...]) -> None:
+        try:
+            target(*args)
+        finally:
+            with self._lock:
+                self._threads.discard(threading.current_thread())
+
+    def join(self, seconds: float) -> None:
+        """Wait for the running callbacks, `seconds` at most in all (not for the calling one)."""
+        deadline = time.monotonic() + seconds
+        with self._lock:
+            running = [t for t in self._threads if t is not threading.current_thread()]
+        for thread in running:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+
+
+def _call_tool(
+    handler: ToolHandler, request_id: int | str, call: ToolCall,
+    answers: queue.SimpleQueue[AppInput],
+) -> None:
+    """Run the tool handler on this thread; its answer goes to `answers` as an input. An
+    exception is the call's failure, with the exception's message as its text."""
+    try:
+        output = handler(call)
+    except BaseException as error:  # any failure of the host's tool is codex's answer, not ours
+        answers.put(ToolAnswer(request_id, str(error) or type(error).__name__, False,
+                               f"the tool handler raised {type(error).__name__}"))
+        return
+    if isinstance(output, str):
+        answers.put(ToolAnswer(request_id, output))
+    else:
+        answers.put(ToolAnswer(request_id, f"the tool returned {type(output).__name__}, not text",
+                               False, f"the tool handler returned {type(output).__name__}"))
+
+
+def _tool_call(data: dict[str, Any]) -> ToolCall:
+    return ToolCall(
+        call_id=str(data.get("call_id")),
+        tool=str(data.get("tool")),
+        arguments=data.get("arguments"),
+        thread_id=data.get("thread_id"),
+        turn_id=data.get("turn_id"),
+    )
+
+
 def _ask(
     callback: ApprovalCallback, request_id: int | str, asked: ApprovalRequest,
     answers: queue.SimpleQueue[AppInput],
@@ -339,8 +421,47 @@ def _positive_or_none(name: str, value: Any) -> float | None:
     return float(value)
 
 
+def _text_or_none(name: str, value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{name} must be a string or None, not {type(value).__name__}")
+    return value
+
+
+def _checked_tools(tools: Any) -> tuple[dict[str, Any], ...]:
+    """The client tools as codex is offered them; a wrong shape is the caller's mistake."""
+    if tools is None:
+        return ()
+    if isinstance(tools, (str, bytes, dict)) or not isinstance(tools, (list, tuple)):
+        raise TypeError("tools must be a list of {name, description, inputSchema} dicts or None")
+    specs = []
+    for tool in tools:
+        if not isinstance(tool, dict):
+            raise TypeError(f"each tool must be a dict, not {type(tool).__name__}")
+        name = tool.get("name")
+        if not isinstance(name, str) or not name:
+            raise ValueError("each tool needs a name (a non-empty string)")
+        if not isinstance(tool.get("description", ""), str):
+            raise TypeError(f"tool {name!r}: description must be a string")
+        if not isinstance(tool.get("inputSchema", {}), dict):
+            raise TypeError(f"tool {name!r}: inputSchema must be a dict (a JSON schema)")
+        specs.append({"description": "", "inputSchema": {"type": "object"}, **tool})
+    return tuple(specs)
+
+
+@attrs.define
+class _SteerWaiter:
+    """A `steer()` call waiting for the machine's answer (the `steered` effect)."""
+
+    done: threading.Event = attrs.field(factory=threading.Event)
+    accepted: bool = False
+
+
+def _never() -> bool:
+    return False
+
+
 class CodexSession:
-    """A `codex app-server` subprocess that runs turns, reused across them (CONTRACT v2).
+    """A `codex app-server` subprocess that runs turns, reused across them (CONTRACT v2, v3).
 
     `command`: argv of the app-server (default: `find_codex()` + `["app-server"]`; npm's Node
     launcher is resolved to its native binary). `config`: `-c key=value` overrides, dotted keys
@@ -350,8 +471,19 @@ class CodexSession:
     "acceptForSession" | "decline" | "cancel", run on a thread of its own (None declines).
     `request_timeout_s`: a request unanswered this long ends the turn "error" and retires the
     session; `idle_timeout_s`: a running turn in which the server writes nothing this long does
-    the same (None: no idle timeout). `interrupt_grace_s`: how long `turn/completed` may take
-    after `turn/interrupt` before the session is retired."""
+    the same (None: no idle timeout; time spent waiting on the approval callback or the tool
+    handler does not count). `interrupt_grace_s`: how long `turn/completed` may take after
+    `turn/interrupt` before the session is retired.
+
+    v3: `thread_id`: continue that thread (`thread/resume`) in the first subprocess instead of
+    starting one; when codex refuses, a new thread is started and the result says
+    `thread_resumed` False. `developer_instructions`: sent with the thread request; assigning
+    `session.developer_instructions` other instructions between turns starts a new thread for
+    the next turn. `tools`: the client's own tools (`{name, description, inputSchema}`), offered
+    to codex as dynamic tools; `tool_handler`: callable(`ToolCall`) -> str, run on a thread of
+    its own for each call (a call id codex asks for again gets the first answer; an exception is
+    answered as the call's failure; None answers every call as failed). `turn_timeout_s`: a
+    turn's wall-clock limit (see `run_turn`)."""
 
     def __init__(
         self,
@@ -365,6 +497,11 @@ class CodexSession:
         request_timeout_s: float = 30.0,
         idle_timeout_s: float | None = None,
         *,
+        thread_id: str | None = None,
+        developer_instructions: str | None = None,
+        tools: Sequence[dict[str, Any]] | None = None,
+        tool_handler: ToolHandler | None = None,
+        turn_timeout_s: float | None = None,
         interrupt_grace_s: float = 2.0,
         client_name: str = "streamfsm",
     ) -> None:
@@ -385,10 +522,13 @@ class CodexSession:
                 raise TypeError(f"{name} must be a string, not {type(value).__name__}")
         if approvals is not None and not callable(approvals):
             raise TypeError("approvals must be callable or None")
+        if tool_handler is not None and not callable(tool_handler):
+            raise TypeError("tool_handler must be callable or None")
         self.request_timeout_s = _positive_or_none("request_timeout_s", request_timeout_s)
         if self.request_timeout_s is None:
             raise ValueError("request_timeout_s must be a number of seconds > 0")
         self.idle_timeout_s = _positive_or_none("idle_timeout_s", idle_timeout_s)
+        self.turn_timeout_s = _positive_or_none("turn_timeout_s", turn_timeout_s)
         grace = _positive_or_none("interrupt_grace_s", interrupt_grace_s)
         if grace is None:
             raise ValueError("interrupt_grace_s must be a number of seconds > 0")
@@ -402,9 +542,16 @@ class CodexSession:
         self.env = dict(env or {})
         self.cwd = os.path.abspath(os.fspath(cwd)) if cwd is not None else os.getcwd()
         self.approvals = approvals
+        self.tool_handler = tool_handler
+        #: the thread the next subprocess continues (the one asked for, until a handshake took it)
+        self._resume_thread = _text_or_none("thread_id", thread_id)
+        #: the thread of the latest turn
+        self._last_thread: str | None = None
         self.session_config = SessionConfig(
             cwd=self.cwd, approval_policy=approval_policy, sandbox=sandbox,
             client_name=client_name, client_version=CODEX_VERSION,
+            developer_instructions=_text_or_none("developer_instructions", developer_instructions),
+            dynamic_tools=_checked_tools(tools),
         )
         self._secrets = self._environment()[1]
         self._process: _Process | None = None
@@ -416,6 +563,37 @@ class CodexSession:
         self._retire = False
         self._turn_lock = threading.Lock()
         self._process_lock = threading.Lock()
+        #: who runs a turn now (the thread's ident; None between turns), guarded by `_state_lock`
+        self._state_lock = threading.Lock()
+        self._running: int | None = None
+        self._closing = threading.Event()
+        self._turn_done = threading.Event()
+        self._turn_done.set()
+        self._steer_lock = threading.Lock()
+        self._steer_waiter: _SteerWaiter | None = None
+        self._helpers = _Helpers()
+
+    # -- settings between turns -----------------------------------------------------------------
+    @property
+    def developer_instructions(self) -> str | None:
+        """The developer instructions of the session's thread; other instructions assigned
+        between turns start a new thread for the next turn."""
+        return self.session_config.developer_instructions
+
+    @developer_instructions.setter
+    def developer_instructions(self, value: str | None) -> None:
+        self.session_config = attrs.evolve(
+            self.session_config,
+            developer_instructions=_text_or_none("developer_instructions", value))
+
+    @property
+    def thread_id(self) -> str | None:
+        """The thread of the session's latest turn, also once its subprocess is gone (before the
+        first turn: the one it will continue, if it was given one)."""
+        machine = self._machine
+        if machine is not None and machine.thread_id is not None:
+            return machine.thread_id
+        return self._last_thread or self._resume_thread
 
     # -- the subprocess ----------------------------------------------------------------------
     @property
@@ -442,8 +620,11 @@ class CodexSession:
         return argv, extra
 
     def _start(self) -> SpawnFailed | None:
-        """Start a subprocess and a fresh session machine; the reason when it cannot start."""
-        self._machine = AppSession(self.session_config)
+        """Start a subprocess and a fresh session machine for the turn about to run; the reason
+        when it cannot start. This is the one place a new subprocess is started: the first turn's,
+        and each one after a retirement."""
+        config = attrs.evolve(self.session_config, thread_id=self._resume_thread)
+        self._machine = AppSession(config)
         self._deadlines = Deadlines()
         env, self._secrets = self._environment()
         try:
@@ -467,8 +648,20 @@ class CodexSession:
             log.info("app-server closed", pid=process.pid, reason=reason, exit_code=code)
 
     def close(self) -> None:
-        """End the subprocess and everything it started; the next turn starts a new one."""
+        """End the subprocess and everything it started; the next turn starts a new one.
+
+        From any thread, at any time, any number of times: a turn running on another thread
+        ends (it returns outcome "error", `error.code` "session_closed") before the subprocess
+        is closed, and the approval callbacks and tool handlers still running are waited for
+        (`CLOSE_WAIT_S` at most), so nothing of the session outlives the call."""
+        with self._state_lock:
+            running = self._running
+            if running is not None:
+                self._closing.set()
+        if running is not None and running != threading.get_ident():
+            self._turn_done.wait(CLOSE_WAIT_S)
         self._drop("closed")
+        self._helpers.join(CLOSE_WAIT_S)
 
     def __enter__(self) -> CodexSession:
         return self
@@ -487,18 +680,86 @@ class CodexSession:
     ) -> AppTurnResult:
         """Run one turn with `text` as the user's input; returns an `AppTurnResult` for
         anything the subprocess or the model does, raises `TypeError`/`ValueError` only for a
-        wrong call."""
+        wrong call.
+
+        With `turn_timeout_s`, a turn still running after that long is interrupted and ends
+        "error" (`error.code` "turn_timeout"), unless its final agent message had fully arrived:
+        then it ends "completed" with that text."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a string, not {type(text).__name__}")
         check_callbacks(callbacks)
         check_trace(trace)
         interrupted = interrupt_check(interrupt)
         with self._turn_lock:
-            return self._run(text, callbacks, interrupted, trace)
+            return self._run(TurnRequest(text), callbacks, interrupted, trace)
+
+    def compact(self, *, trace: str | os.PathLike[str] | None = None) -> AppTurnResult:
+        """Compact the session's thread (`thread/compact/start`), between turns: codex runs the
+        compaction as a turn of its own. Returns its result once codex reports the compaction
+        (a `contextCompaction` item or `thread/compacted`); raises `RuntimeError` with codex's
+        words when it does not (a refused or failed compaction, the subprocess dying, no thread
+        to compact yet). `trace=` records it like a turn."""
+        check_trace(trace)
+        with self._turn_lock:
+            machine = self._machine
+            live = machine is not None and not machine.is_retired and machine.thread_id is not None
+            if not live and self._resume_thread is None:
+                raise RuntimeError("no thread to compact: run a turn first (or give a thread_id)")
+            result = self._run(CompactRequest(), None, _never, trace)
+        if result.compacted and result.outcome == "completed":
+            return result
+        why = (result.error or {}).get("message") or f"the compaction ended {result.outcome}"
+        raise RuntimeError(f"codex did not compact the thread: {why}")
+
+    def steer(self, text: str) -> bool:
+        """Add `text` to the running turn (`turn/steer`), from any thread: codex drops the
+        model's answer in progress and asks again with it. True when codex accepted it; False
+        when no turn runs, its id is not known yet, or codex refused."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a string, not {type(text).__name__}")
+        with self._steer_lock:
+            waiter = _SteerWaiter()
+            with self._state_lock:
+                process = self._process if self._running is not None else None
+                if process is None:
+                    return False
+                self._steer_waiter = waiter
+                process.items.put(Steer(text))
+            assert self.request_timeout_s is not None
+            waiter.done.wait(self.request_timeout_s + 1.0)
+            with self._state_lock:
+                self._steer_waiter = None
+            return waiter.accepted
+
+    def _answer_steer(self, accepted: bool) -> None:
+        with self._state_lock:
+            waiter = self._steer_waiter
+        if waiter is not None and not waiter.done.is_set():
+            waiter.accepted = accepted
+            waiter.done.set()
 
     def _run(
         self,
-        text: str,
+        asked: TurnRequest | CompactRequest,
+        callbacks: Callbacks | None,
+        interrupted: Callable[[], bool],
+        trace: str | os.PathLike[str] | None,
+    ) -> AppTurnResult:
+        with self._state_lock:
+            self._running = threading.get_ident()
+            self._closing.clear()
+            self._turn_done.clear()
+        try:
+            return self._turn(asked, callbacks, interrupted, trace)
+        finally:
+            with self._state_lock:
+                self._running = None
+            self._answer_steer(False)  # a steer that came too late gets its answer too
+            self._turn_done.set()
+
+    def _turn(
+        self,
+        asked: TurnRequest | CompactRequest,
         callbacks: Callbacks | None,
         interrupted: Callable[[], bool],
         trace: str | os.PathLike[str] | None,
@@ -511,16 +772,21 @@ class CodexSession:
             waiting = []
         machine = self._machine
         assert machine is not None
+        machine.config = attrs.evolve(machine.config,
+                                      developer_instructions=self.developer_instructions)
         now = turn_clock()
         self._retire = False
         self._deadlines.forget(INTERRUPT_GRACE)
+        self._deadlines.forget(TURN_LIMIT)
+        if self.turn_timeout_s is not None:
+            self._deadlines.set(TURN_LIMIT, self.turn_timeout_s)
         watchdog = self._watchdog = Watchdog(time.monotonic, interrupted, self.idle_timeout_s)
         recording = AppTurnRecording(machine, callbacks, act=self._act)
         secrets = self._secrets
         try:
             for item in waiting:
                 self._observe(recording, item, now)
-            recording.feed(TurnRequest(text), now())
+            recording.feed(asked, now())
             if failed is not None:
                 recording.feed(failed, now())
             watchdog.heard()
@@ -532,6 +798,9 @@ class CodexSession:
         finally:
             self._watchdog = None
         result = recording.finish(trace, secrets)
+        if machine.thread_id is not None:
+            self._last_thread = machine.thread_id
+            self._resume_thread = None  # taken: a later subprocess starts a thread of its own
         if self._retire or machine.is_retired:
             self._drop(machine.retire_reason or "retired")
         return result
@@ -567,8 +836,11 @@ class CodexSession:
         machine = recording.session
         process = self._process
         items = process.items if process is not None else queue.SimpleQueue()
-        interrupt_fed = False
+        interrupt_fed = timeout_fed = False
         while not recording.finished:
+            if self._closing.is_set():
+                recording.feed(Close(), now())
+                return
             item = next_within(items, watchdog.wait_s())
             if item is not None:
                 self._observe(recording, item, now)
@@ -582,6 +854,10 @@ class CodexSession:
                 recording.feed(Interrupt(), now())
                 continue
             deadlines = self._deadlines
+            if not timeout_fed and deadlines.passed(TURN_LIMIT):
+                timeout_fed = True
+                recording.feed(TurnTimeout(self.turn_timeout_s or 0.0), now())
+                continue
             if turn.state == TurnState.INTERRUPTING:
                 deadlines.start(INTERRUPT_GRACE, self.interrupt_grace_s)
                 if deadlines.passed(INTERRUPT_GRACE):
@@ -595,7 +871,7 @@ class CodexSession:
                     break
             if recording.finished:
                 return
-            if turn.state == TurnState.AWAITING_APPROVAL:
+            if turn.state in WAITING_ON_CALLER:
                 watchdog.pause_silence()  # waiting on the caller, not on the server
                 continue
             watchdog.resume_silence()
@@ -603,7 +879,8 @@ class CodexSession:
                 recording.feed(IdleTimeout(self.idle_timeout_s or 0.0), now())
 
     def _act(self, effect: Effect) -> None:
-        """Carry out a machine's decision: write a line, ask the callback, retire."""
+        """Carry out a machine's decision: write a line, ask the approval callback, call the
+        tool handler, answer a steer, retire."""
         kind = effect.kind
         if kind == "send":
             message = effect.data
@@ -616,18 +893,26 @@ class CodexSession:
                 watchdog.heard()
             if process is not None:
                 process.write(message)
-        elif kind == "approval":
+        elif kind in ("approval", "call_tool"):
             data = effect.data if isinstance(effect.data, dict) else {}
             ident = data.get("request_id")
             process = self._process
             answers = process.items if process is not None else queue.SimpleQueue()
             if type(ident) is not int and not isinstance(ident, str):
                 return
-            asked = _approval_request(data)
-            if self.approvals is None:
+            if kind == "call_tool":
+                if self.tool_handler is None:
+                    answers.put(ToolAnswer(ident, "no tool handler", False, "no tool handler"))
+                else:
+                    self._helpers.start("codex-tool", _call_tool, self.tool_handler, ident,
+                                        _tool_call(data), answers)
+            elif self.approvals is None:
                 answers.put(ApprovalAnswer(ident, "decline", "no approval callback"))
-                return
-            threading.Thread(target=_ask, args=(self.approvals, ident, asked, answers),
-                             name="codex-approval", daemon=True).start()
+            else:
+                self._helpers.start("codex-approval", _ask, self.approvals, ident,
+                                    _approval_request(data), answers)
+        elif kind == "steered":
+            data = effect.data if isinstance(effect.data, dict) else {}
+            self._answer_steer(data.get("accepted") is True)
         elif kind == "retire":
             self._retire = True

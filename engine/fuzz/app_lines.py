@@ -20,7 +20,11 @@ __all__ = [
     "command_approval",
     "command_completed",
     "command_started",
+    "compaction",
+    "dynamic_tool_completed",
+    "dynamic_tool_started",
     "error",
+    "error_response",
     "handshake",
     "item_completed",
     "item_started",
@@ -30,6 +34,7 @@ __all__ = [
     "response",
     "server_request",
     "token_usage",
+    "tool_call",
     "turn_completed",
     "turn_start_response",
     "turn_started",
@@ -153,10 +158,65 @@ def resolved(ident: int) -> str:
     return notification("serverRequest/resolved", {"threadId": THREAD, "requestId": ident})
 
 
-def token_usage(turn: str = TURN) -> str:
-    """`thread/tokenUsage/updated`: one model response."""
+def error_response(ident: int, message: str, code: int = -32600) -> str:
+    """An error response to client request `ident` (codex answers every refusal with -32600)."""
+    return _line({"error": {"code": code, "message": message}, "id": ident})
+
+
+def _breakdown(counts: tuple[int, int, int, int]) -> dict[str, int]:
+    input_tokens, cached, output, reasoning = counts
+    return {"totalTokens": input_tokens + output, "inputTokens": input_tokens,
+            "cachedInputTokens": cached, "cacheWriteInputTokens": 0, "outputTokens": output,
+            "reasoningOutputTokens": reasoning}
+
+
+def token_usage(turn: str = TURN, *, last: tuple[int, int, int, int] | None = None,
+                total: tuple[int, int, int, int] | None = None,
+                window: int | None = None) -> str:
+    """`thread/tokenUsage/updated`: one model response. Without counts, a bare report; with
+    them (input, cached input, output, reasoning output), codex's whole shape."""
+    usage: dict[str, Any] = {"total": {"totalTokens": 3}}
+    if last is not None and total is not None:
+        usage = {"total": _breakdown(total), "last": _breakdown(last), "modelContextWindow": window}
     return notification("thread/tokenUsage/updated", {"threadId": THREAD, "turnId": turn,
-                                                      "tokenUsage": {"total": {"totalTokens": 3}}})
+                                                      "tokenUsage": usage})
+
+
+def _dynamic_tool(call_id: str, tool: str, arguments: Any, status: str,
+                  text: str | None, success: bool | None) -> dict[str, Any]:
+    return {"type": "dynamicToolCall", "id": call_id, "namespace": None, "tool": tool,
+            "arguments": arguments, "status": status,
+            "contentItems": None if text is None else [{"type": "inputText", "text": text}],
+            "success": success, "durationMs": None}
+
+
+def dynamic_tool_started(call_id: str = "call_t1", tool: str = "lookup", arguments: Any = None,
+                         turn: str = TURN) -> str:
+    """`item/started` of a call of one of the client's tools."""
+    return item_started(_dynamic_tool(call_id, tool, arguments or {}, "inProgress", None, None),
+                        turn)
+
+
+def dynamic_tool_completed(call_id: str = "call_t1", tool: str = "lookup", arguments: Any = None,
+                           text: str = "ok", success: bool = True, turn: str = TURN) -> str:
+    """`item/completed` of a client tool's call, with the answer it got."""
+    status = "completed" if success else "failed"
+    return item_completed(_dynamic_tool(call_id, tool, arguments or {}, status, text, success),
+                          turn)
+
+
+def tool_call(ident: int, call_id: str = "call_t1", tool: str = "lookup",
+              arguments: Any = None, turn: str = TURN) -> str:
+    """`item/tool/call`: codex asks the client to run one of its tools."""
+    return server_request(ident, "item/tool/call", {
+        "threadId": THREAD, "turnId": turn, "callId": call_id, "namespace": None, "tool": tool,
+        "arguments": arguments or {}})
+
+
+def compaction(item_id: str = "compaction-1", turn: str = TURN) -> list[str]:
+    """A `contextCompaction` item, started and completed (codex compacting the thread)."""
+    item = {"type": "contextCompaction", "id": item_id}
+    return [item_started(item, turn), item_completed(item, turn)]
 
 
 def error(message: str, code: Any, will_retry: bool, turn: str = TURN) -> str:

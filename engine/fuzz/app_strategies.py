@@ -9,16 +9,26 @@ real server writes (`engine.fuzz.app_lines`), with everything the real world add
 - tools that run, fail or are declined, with approval requests at any point, answered by the
   callback before, after or instead of the server withdrawing them (`serverRequest/resolved`),
   answered twice, or never;
-- `error` notifications with and without `willRetry`, token usage;
+- `error` notifications with and without `willRetry`, token usage (bare, or in codex's whole
+  shape with counts that grow over the turn);
+- calls of the client's own tools (`item/tool/call`, after their `dynamicToolCall` item), fresh
+  or repeating an earlier call id under a new request id (codex asks again when the model
+  repeats one), answered by the tool handler with its text or as a failure (a handler that
+  raised), once, twice, or never, before or after the request, or withdrawn by the server;
+- `turn/completed` lines that are not the turn's end: for another turn, for another thread with
+  the turn's own id, without a turn id, without a status or with one no turn ends with;
 - values nested 200-1000 levels deep in a failed MCP tool call and in `error` notifications;
 - repeated lines, lines about other threads and turns, unknown server requests, lines that are
   not JSON at all, stderr lines;
 - the caller's interrupt at any point (then `turn/interrupt`'s answer, `turn/completed
-  interrupted`, or silence and the driver's interrupt timeout), an idle or request timeout, the
-  end of output and the exit anywhere.
+  interrupted`, or silence and the driver's interrupt timeout), the turn's time running out
+  (the same answers follow), the caller closing the session at any point, an idle or request
+  timeout, the end of output and the exit anywhere.
 
 Each step remembers which agent message it belongs to (`Step.message`), so the invariants
-(`engine.fuzz.app_invariants`) can tell what text the user may see for each message.
+(`engine.fuzz.app_invariants`) can tell what text the user may see for each message, and
+whether it is a `turn/completed` that must end nothing (`Step.ends_nothing`). Scripts run
+against `CONFIG`, a session that offered codex one tool.
 """
 
 from __future__ import annotations
@@ -33,34 +43,45 @@ from engine.simulator.shapes import nested_json
 from machines.app_records import (
     AppInput,
     ApprovalAnswer,
+    Close,
     InterruptTimeout,
     ProcessExit,
     RequestTimeout,
     ServerLine,
+    SessionConfig,
     StderrLine,
+    ToolAnswer,
     TurnRequest,
+    TurnTimeout,
 )
 from machines.records import EndOfStream, IdleTimeout, Interrupt
 
-__all__ = ["AppScript", "Step", "app_sessions", "message_texts"]
+__all__ = ["CONFIG", "AppScript", "Step", "app_sessions", "message_texts"]
+
+#: The session every script runs in: it offered codex one tool of its own.
+CONFIG: Final = SessionConfig(cwd="/fuzz", dynamic_tools=(
+    {"name": "lookup", "description": "Looks a thing up", "inputSchema": {"type": "object"}},))
 
 
 @attrs.frozen
 class Step:
-    """One input, and the agent message (index into `AppScript.messages`) it belongs to, or -1."""
+    """One input, the agent message (index into `AppScript.messages`) it belongs to, or -1, and
+    whether it is a `turn/completed` that is not the turn's end (`ends_nothing`)."""
 
     input: AppInput
     message: int = -1
+    ends_nothing: bool = False
 
 
 @attrs.frozen
 class AppScript:
     """A generated turn: its inputs in order, the agent messages' texts, the approval request
-    ids the server sent."""
+    ids the server sent, and its client tool requests (request id, call id)."""
 
     steps: tuple[Step, ...]
     messages: tuple[str, ...]
     approvals: tuple[int, ...]
+    tool_requests: tuple[tuple[int, str], ...] = ()
 
     def inputs(self) -> list[AppInput]:
         """The inputs, in order."""
@@ -151,6 +172,30 @@ def _deep_line(draw: Any, number: int) -> str:
     return line.replace(f'"{_DEEP}"', nested_json(depth).decode())
 
 
+#: `turn/completed` lines that are not this turn's end: another turn's, another thread's with
+#: this turn's id, one naming no turn, one without a status or with a status no turn ends with.
+_NOT_OURS: Final = (
+    L.turn_completed("completed", turn="turn-other"),
+    L.turn_completed("failed", thread="thread-other"),
+    L.notification("turn/completed", {"threadId": L.THREAD, "turn": {"status": "completed"}}),
+    L.notification("turn/completed", {"threadId": L.THREAD, "turn": {"id": L.TURN}}),
+    L.notification("turn/completed", {"threadId": L.THREAD, "turn": {"id": L.TURN,
+                                                                     "status": "inProgress"}}),
+)
+
+
+def _usage(draw: Any, total: list[int]) -> str:
+    """A usage report: bare, or codex's whole shape whose thread total grows by the request's."""
+    if draw(st.booleans()):
+        return L.token_usage()
+    last = (draw(st.integers(0, 500)), 0, draw(st.integers(0, 50)), draw(st.integers(0, 20)))
+    last = (last[0], draw(st.integers(0, last[0])), last[2], last[3])
+    for index, count in enumerate(last):
+        total[index] += count
+    return L.token_usage(last=last, total=(total[0], total[1], total[2], total[3]),
+                         window=draw(st.sampled_from([None, 258400])))
+
+
 def _repeatable(step: Step) -> bool:
     item = step.input
     if not isinstance(item, ServerLine):
@@ -173,9 +218,11 @@ def app_sessions(draw: Any) -> AppScript:
     messages: list[str] = []
     completed: list[tuple[str, str]] = []
     approvals: list[int] = []
+    tool_requests: list[tuple[int, str]] = []
+    usage_total = [0, 0, 0, 0]
     segments = draw(st.lists(st.sampled_from(
         ["message", "message", "reasoning", "tool", "approval_tool", "error", "usage", "junk",
-         "repeat", "unknown_request", "stderr", "deep"]), max_size=8))
+         "repeat", "unknown_request", "stderr", "deep", "client_tool", "not_ours"]), max_size=8))
     open_message = False
     for number, segment in enumerate(segments):
         if segment == "message" and not open_message:  # codex completes a message before another
@@ -203,7 +250,22 @@ def app_sessions(draw: Any) -> AppScript:
         elif segment == "error":
             steps.append(Step(ServerLine(L.error("trouble", "other", draw(st.booleans())))))
         elif segment == "usage":
-            steps.append(Step(ServerLine(L.token_usage())))
+            steps.append(Step(ServerLine(_usage(draw, usage_total))))
+        elif segment == "client_tool":
+            known = [call_id for _, call_id in tool_requests]
+            repeat = bool(known) and draw(st.booleans())  # the model repeats a call id
+            call_id = draw(st.sampled_from(known)) if repeat else f"call_t{number}"
+            tool_requests.append((200 + number, call_id))
+            steps.append(Step(ServerLine(L.dynamic_tool_started(call_id))))
+            steps.append(Step(ServerLine(L.tool_call(200 + number, call_id))))
+            if draw(st.integers(0, 5)) == 0:  # codex withdraws the request
+                steps.append(Step(ServerLine(L.resolved(200 + number))))
+            if draw(st.integers(0, 3)):  # mostly completed; sometimes never
+                success = draw(st.booleans())
+                steps.append(Step(ServerLine(L.dynamic_tool_completed(
+                    call_id, text="found" if success else "boom", success=success))))
+        elif segment == "not_ours":
+            steps.append(Step(ServerLine(draw(st.sampled_from(_NOT_OURS))), ends_nothing=True))
         elif segment == "junk":
             steps.append(Step(ServerLine(draw(_JUNK))))
         elif segment == "repeat":
@@ -213,7 +275,7 @@ def app_sessions(draw: Any) -> AppScript:
             if again:
                 steps.append(draw(st.sampled_from(again)))
         elif segment == "unknown_request":
-            steps.append(Step(ServerLine(L.server_request(100 + number, "item/tool/call", {
+            steps.append(Step(ServerLine(L.server_request(100 + number, "attestation/generate", {
                 "threadId": L.THREAD, "turnId": L.TURN}))))
         elif segment == "stderr":
             steps.append(Step(StderrLine("WARN something")))
@@ -225,13 +287,27 @@ def app_sessions(draw: Any) -> AppScript:
             position = draw(st.integers(1, len(steps)))
             decision = draw(st.sampled_from(["accept", "acceptForSession", "decline", "cancel"]))
             steps.insert(position, Step(ApprovalAnswer(ident, decision)))
-    # the caller's interrupt, anywhere
+    # the tool handler's answers, likewise: its text, or a failure (it raised)
+    for ident, _ in tool_requests:
+        for _ in range(draw(st.integers(0, 2))):
+            position = draw(st.integers(1, len(steps)))
+            success = draw(st.booleans())
+            steps.insert(position, Step(ToolAnswer(
+                ident, "found it" if success else "the service is down", success,
+                "" if success else "the tool handler raised ConnectionError")))
+    # the caller's interrupt, and the caller closing the session, anywhere
     interrupted = draw(st.booleans())
     if interrupted:
         steps.insert(draw(st.integers(1, len(steps))), Step(Interrupt()))
+    if draw(st.integers(0, 7)) == 0:
+        steps.insert(draw(st.integers(1, len(steps))), Step(Close()))
     # how it ends
     ending = draw(st.sampled_from(["completed", "failed", "interrupted", "eof", "exit", "timeout",
-                                   "nothing"]))
+                                   "nothing", "close", "turn_limit"]))
+    if ending == "turn_limit":  # the turn's time runs out: codex answers as to an interrupt
+        steps.append(Step(TurnTimeout(5.0)))
+        interrupted = True
+        ending = draw(st.sampled_from(["interrupted", "nothing"]))
     if interrupted and draw(st.booleans()):
         steps.append(Step(ServerLine(L.response(4, {}))))
         if ending == "nothing":
@@ -251,4 +327,6 @@ def app_sessions(draw: Any) -> AppScript:
     elif ending == "timeout":
         steps.append(Step(draw(st.sampled_from([IdleTimeout(5.0),
                                                 RequestTimeout(4, "turn/interrupt", 30.0)]))))
-    return AppScript(tuple(steps), tuple(messages), tuple(approvals))
+    elif ending == "close":
+        steps.append(Step(Close()))
+    return AppScript(tuple(steps), tuple(messages), tuple(approvals), tuple(tool_requests))

@@ -21,8 +21,8 @@ says how:
     TransportFault.kind         "fault"
     HttpError.headers           an object of strings (null or missing: none)
 
-Reading checks every field against its annotation (`machines` annotates every field): a whole
-number is an `int` and never a boolean, a `float` is a finite number >= 0 (every float an input
+Reading checks every field against its annotation (`machines` annotates every field): a boolean
+is `true` or `false` and nothing else, a whole number is an `int` and never a boolean, a `float` is a finite number >= 0 (every float an input
 holds is a duration or a clock reading) and never a boolean, a string is a string, a `Literal`
 or an enumeration takes only its values, a union any of its members' values. A field with a
 default, or one that may be None, may be missing. What does not fit is a `TraceError` naming the
@@ -50,13 +50,18 @@ import attrs
 from engine.log.eventlog import Input, InputRecord, Record
 from machines.app_records import (
     ApprovalAnswer,
+    Close,
+    CompactRequest,
     InterruptTimeout,
     ProcessExit,
     RequestTimeout,
     ServerLine,
     SpawnFailed,
     StderrLine,
+    Steer,
+    ToolAnswer,
     TurnRequest,
+    TurnTimeout,
 )
 from machines.records import (
     Chunk,
@@ -139,6 +144,12 @@ def _whole(value: Any) -> int:
     return value
 
 
+def _boolean(value: Any) -> bool:
+    if type(value) is not bool:
+        raise TypeError(f"{type_name(value)}, not a boolean")
+    return value
+
+
 def _seconds(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{type_name(value)}, not a number")
@@ -191,6 +202,8 @@ def _check_for(hint: Any) -> Check:
     """The check of a JSON value for a field annotated `hint`."""
     if hint is Any:
         return _anything
+    if hint is bool:
+        return _boolean
     if hint is int:
         return _whole
     if hint is float:
@@ -370,7 +383,7 @@ _RECORDS: Final = (
     Chunk, HttpError, TransportFault, EndOfStream, IdleTimeout, Interrupt,
     # codex app-server turns
     ServerLine, StderrLine, ProcessExit, SpawnFailed, TurnRequest, ApprovalAnswer,
-    RequestTimeout, InterruptTimeout,
+    RequestTimeout, InterruptTimeout, CompactRequest, ToolAnswer, Steer, TurnTimeout, Close,
 )
 #: The trace format of every input kind a trace records, by its name.
 INPUTS: Final[dict[InputKind, InputFormat]] = {

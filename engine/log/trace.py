@@ -74,7 +74,7 @@ from engine.log.eventlog import Input, InputRecord, Record, RecordedInput
 from engine.log.logs import log
 from engine.log.masking import TextChannels, mask_text
 from engine.log.redaction import Scrubber, redact_fields, scrub_line
-from machines.app_records import SessionConfig
+from machines.app_records import APP_INPUT_KINDS, SessionConfig
 from machines.app_session import AppSession
 from machines.records import Effect, InputKind, TurnPolicy
 
@@ -536,13 +536,7 @@ RESPONSES = EntryFormat(
                InputKind.IDLE_TIMEOUT, InputKind.INTERRUPT}),
 )
 #: Traces of codex app-server turns.
-APP_SERVER = EntryFormat(
-    _check_app_header,
-    frozenset({InputKind.LINE, InputKind.STDERR, InputKind.EOF, InputKind.EXIT,
-               InputKind.SPAWN_FAILED, InputKind.TURN, InputKind.APPROVAL,
-               InputKind.REQUEST_TIMEOUT, InputKind.IDLE_TIMEOUT, InputKind.INTERRUPT,
-               InputKind.INTERRUPT_TIMEOUT}),
-)
+APP_SERVER = EntryFormat(_check_app_header, APP_INPUT_KINDS)
 #: Entry points, by the header's `entry`: how their traces are checked. Replay has its own table
 #: of how they are replayed (`engine.drivers.replay.REPLAYERS`).
 ENTRIES: dict[str, EntryFormat] = {
