@@ -557,8 +557,6 @@ def build_parser() -> argparse.ArgumentParser:
             "save each counterexample as a trace.",
         )
         fuzz.add_arguments(fz)
-        fz.add_argument("--json", action="store_true",
-                        help="progress and findings as one JSON object per line")
     return parser
 
 

@@ -319,7 +319,7 @@ def _campaign(args: argparse.Namespace, out: Any) -> int:
             _database(args.redis)
     except (ImportError, AttributeError, ValueError, RuntimeError) as error:
         return _usage_error(f"fuzz: {error}")
-    report = _Report(out, getattr(args, "json", False))
+    report = _Report(out, args.json)
     context = multiprocessing.get_context("spawn")
     counter = context.Value("q", 0)
     repeats = context.Value("q", 0)
@@ -426,7 +426,7 @@ def _campaign(args: argparse.Namespace, out: Any) -> int:
 def _promote(args: argparse.Namespace, out: Any) -> int:
     if not args.name:
         return _usage_error("fuzz --promote needs --name NAME (the fixture's file name)")
-    report = _Report(out, getattr(args, "json", False))
+    report = _Report(out, args.json)
     try:
         session = session_from_trace(args.promote)
         path = save_fixture(session, args.name, args.fixtures)
@@ -519,6 +519,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="instead of fuzzing: re-record a finding as a regression fixture",
     )
     parser.add_argument("--name", default=None, help="the fixture's name, with --promote")
+    parser.add_argument("--json", action="store_true",
+                        help="progress and findings as one JSON object per line on stdout")
     parser.add_argument(
         "--fixtures",
         default=DEFAULT_FIXTURES,
