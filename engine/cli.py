@@ -151,7 +151,8 @@ def _demo(args: argparse.Namespace, out: TextIO) -> int:
         from engine.simulator.codex_demo import run_codex_demo
 
         status = run_codex_demo(out, args.traces)
-        _where_to_look(out, args.traces, "retried")
+        if args.traces:  # without a codex binary, nothing ran and nothing was written
+            _where_to_look(out, args.traces, "retried")
         return status
     out.write(
         "streamfsm demo: real turns with the openai client against the built-in Responses\n"

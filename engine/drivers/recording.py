@@ -195,7 +195,7 @@ class Recording(Generic[_R]):
             )
         self._log_finished(result)
         if self.spans is not None:
-            self.spans.finished(result)  # type: ignore[arg-type]
+            self.spans.finished(result)  # type: ignore[arg-type]  # its protocol's result
         return result
 
     def abandon(
