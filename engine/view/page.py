@@ -244,6 +244,17 @@ def _second_pass(timeline: Timeline, lanes: dict[int, _Lane], scale: _Scale,
             elif delivery.effect == "send":
                 lane.sent[index] += 1
                 summary["sent"] += 1
+            elif delivery.effect == "message":  # codex: a tool call is a message that holds it
+                record = next((r for r in step.records if r.get("effect") == "message"
+                               and isinstance(r.get("data"), dict)
+                               and r["data"].get("tool_calls")), None)
+                if record is not None:
+                    calls = record["data"]["tool_calls"]
+                    names = [str(call["function"].get("name")) for call in
+                             (calls if isinstance(calls, list) else [])
+                             if isinstance(call, dict) and isinstance(call.get("function"), dict)]
+                    _mark(lane, summary, at, _EFFECT_MARKS["tool_call"],
+                          f"tool call {', '.join(names)}", record, marks, step)
             elif delivery.effect in _EFFECT_MARKS:
                 record = next((r for r in step.records if r.get("effect") == delivery.effect),
                               None)
