@@ -14,7 +14,7 @@ from engine.drivers.asynchronous import arun_turn
 from engine.drivers.sync import run_turn
 from engine.log.trace import TraceError
 from machines.app_records import AppTurnResult, ApprovalRequest, ToolCall
-from machines.records import Attempt, Transition, TurnPolicy, TurnResult
+from machines.records import Attempt, RetryNotice, Transition, TurnPolicy, TurnResult
 
 __all__ = [
     "AppTurnResult",
@@ -22,6 +22,7 @@ __all__ = [
     "Attempt",
     "Callbacks",
     "CodexSession",
+    "RetryNotice",
     "Transition",
     "TurnPolicy",
     "TurnResult",

@@ -8,22 +8,26 @@
                                         a scenario file, a trace or a built-in shape as a
                                         Responses-API endpoint (until SIGINT/SIGTERM, exit 0)
     streamfsm diagram [MACHINE]         a machine's table as a Mermaid state diagram
+    streamfsm show TRACE [--html OUT]   a recorded turn as a timeline (terminal, or an HTML page)
     streamfsm fuzz ...                  a long fuzzing campaign (see `streamfsm fuzz --help`)
 
-Errors in what the user passed (a missing file, an invalid trace) are one line on stderr and exit
-status 2, never a traceback.
+`--json` (on replay, consume, show, fuzz) writes one JSON object per line on stdout instead of
+text. The global `--log` makes every line on stderr one JSON object (streamfsm's structlog
+lines, and nothing from other libraries).
+
+Errors in what the user passed (a bad argument, a missing file, a port out of range, an invalid
+trace) are one line on stderr, `streamfsm: error: ...`, and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
 import threading
 import time
-from typing import Any, Sequence, TextIO
+from typing import Any, NoReturn, Sequence, TextIO
 
 import openai
 
@@ -35,14 +39,21 @@ from engine.simulator.shapes import BACKGROUND_SHAPES, SHAPES
 from engine.simulator.scenarios import Scenario, ScenarioError, load_fixture
 from engine.simulator.server import ResponsesSimulator
 from engine.drivers.sync import run_turn
-from engine.log.trace import TraceError, dumps
+from engine.log.logs import log, log_to
+from engine.log.trace import FORMAT, TraceError, dumps
+from engine.view.timeline import Timeline, ending_lines, step_line
 from machines.records import TurnPolicy, TurnResult
 
 __all__ = ["main", "describe_result"]
 
 
 class UsageError(Exception):
-    """Something the user passed cannot be used; the message is one line."""
+    """Something the user passed cannot be used: one line per mistake (the arguments)."""
+
+
+def _json_line(out: TextIO, value: Any) -> None:
+    """One JSON object on one line (`--json`)."""
+    out.write(dumps(value).decode() + "\n")
 
 
 # -- rendering ------------------------------------------------------------------------------------
@@ -103,13 +114,45 @@ DEMO_SCENARIOS: list[tuple[str, TurnPolicy, float | None]] = [
 ]
 
 
+def _trace_folder(path: str) -> str:
+    """The folder `demo --traces` writes into, made if missing (`UsageError` when it cannot be)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"--traces {path}: exists and is not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"--traces {path}: cannot make the folder ({error.strerror or error})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f"--traces {path}: the folder is not writable")
+    return path
+
+
+def _where_to_look(out: TextIO, traces: str | None, example: str) -> None:
+    """The demo's last words: how to look at one of its turns."""
+    if not traces:
+        out.write("\nTo see a turn step by step, keep the traces: streamfsm demo --traces DIR, "
+                  "then streamfsm show DIR/<trace> --html turn.html (and open turn.html)\n")
+        return
+    written = sorted(name for name in os.listdir(traces) if name.endswith(".jsonl"))
+    if not written:
+        return
+    chosen = os.path.join(traces, next((name for name in written if example in name), written[0]))
+    out.write(f"\nTraces written to {traces}/ (replay them all: streamfsm replay {traces})\n"
+              f"See one turn step by step:  streamfsm show {chosen}\n"
+              f"or on a time axis:          streamfsm show {chosen} --html turn.html   "
+              "(then open turn.html in a browser)\n")
+
+
 def _demo(args: argparse.Namespace, out: TextIO) -> int:
+    if args.traces:
+        _trace_folder(args.traces)
     if args.codex:
         from engine.simulator.codex_demo import run_codex_demo
 
-        return run_codex_demo(out, args.traces)
-    if args.traces:
-        os.makedirs(args.traces, exist_ok=True)
+        status = run_codex_demo(out, args.traces)
+        if args.traces:  # without a codex binary, nothing ran and nothing was written
+            _where_to_look(out, args.traces, "retried")
+        return status
     out.write(
         "streamfsm demo: real turns with the openai client against the built-in Responses\n"
         "simulator on 127.0.0.1 (offline, no key). Each attempt's path through the states:\n"
@@ -147,24 +190,52 @@ def _demo(args: argparse.Namespace, out: TextIO) -> int:
             for one in sent:
                 query = f"?{one.query}" if one.query else ""
                 out.write(f"      {one.method} {one.path}{query}\n")
-    if args.traces:
-        out.write(f"\nTraces written to {args.traces}/ (replay them: streamfsm replay {args.traces}/*.jsonl)\n")
+    _where_to_look(out, args.traces, "drop_then_retry")
     return 0
 
 
 # -- replay ---------------------------------------------------------------------------------------
+def _trace_paths(given: Sequence[str]) -> list[str]:
+    """The trace files named: files as they are, folders searched for `*.jsonl`, sorted."""
+    paths: list[str] = []
+    for path in given:
+        if not os.path.isdir(path):
+            paths.append(path)
+            continue
+        found = sorted(os.path.join(root, name) for root, _, names in os.walk(path)
+                       for name in names if name.endswith(".jsonl"))
+        if not found:
+            raise UsageError(f"{path}: a folder with no *.jsonl traces")
+        paths += found
+    return paths
+
+
 def _replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     status = 0
-    for path in args.traces:
+    for path in _trace_paths(args.traces):
         try:
             report = replay(path)
-        except TraceError as error:
-            err.write(f"streamfsm: invalid trace: {error}\n")
+        except Exception as error:  # an invalid trace; no input file may end in a traceback
+            text = (str(error) if isinstance(error, TraceError)
+                    else f"cannot replay {path}: {type(error).__name__}: {_one_line(str(error))}")
+            if args.json:
+                _json_line(out, {"trace": path, "identical": False, "first_divergence": None,
+                                 "error": text})
+            err.write(f"streamfsm: error: invalid trace: {text}\n" if isinstance(error, TraceError)
+                      else f"streamfsm: error: {text}\n")
             status = 2
             continue
-        except Exception as error:  # no input file may end in a traceback
-            err.write(f"streamfsm: cannot replay {path}: {type(error).__name__}: {_one_line(str(error))}\n")
-            status = 2
+        if args.json:
+            divergence = report.divergence
+            _json_line(out, {
+                "trace": path, "identical": report.identical, "records": report.records,
+                "abandoned": report.abandoned,
+                "first_divergence": None if divergence is None else {
+                    "seq": divergence.seq, "recorded": divergence.recorded,
+                    "replayed": divergence.replayed},
+            })
+            if divergence is not None:
+                status = max(status, 1)
             continue
         if report.identical:
             cut_short = f"; the turn was abandoned ({report.abandoned})" if report.abandoned else ""
@@ -196,17 +267,28 @@ def _read_input(path: str) -> bytes:
         return sys.stdin.buffer.read()
     try:
         with open(path, "rb") as source:
-            return source.read()
+            data = source.read()
     except OSError as error:
         raise UsageError(f"cannot read {path}: {error.strerror or error}") from None
+    if data.lstrip()[:80].startswith(b'{"format":') and FORMAT.encode() in data[:200]:
+        raise UsageError(f"{path} is a streamfsm trace, not raw SSE bytes: replay it with "
+                         f"`streamfsm replay {path}`, or look at it with `streamfsm show {path}`")
+    return data
 
 
 def _consume(args: argparse.Namespace, out: TextIO) -> int:
     data = _read_input(args.file)
+    if args.trace is not None and os.path.isdir(args.trace):
+        raise UsageError(f"--trace {args.trace}: is a folder, not a file to write")
     chunks = [data[i : i + 65536] for i in range(0, len(data), 65536)] or [b""]
     printed: list[str] = []
     callbacks = Callbacks(on_text_delta=printed.append) if args.text else None
     result = consume(chunks, callbacks=callbacks, trace=args.trace)
+    if args.json:
+        _json_line(out, {**result.to_json(), "transitions": [
+            {"seq": t.seq, "machine": t.machine, "attempt": t.attempt, "source": t.source,
+             "dest": t.dest, "trigger": t.trigger} for t in result.transitions]})
+        return 0
     if args.text:
         out.write("".join(printed) + "\n")
     for transition in result.transitions:
@@ -219,15 +301,53 @@ def _consume(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+# -- show ----------------------------------------------------------------------------------------
+def _show(args: argparse.Namespace, out: TextIO) -> int:
+    timeline = Timeline(args.trace)  # TraceError: one line, exit 2
+    if args.html:
+        from engine.view.page import write_page
+
+        if os.path.isdir(args.html):
+            raise UsageError(f"--html {args.html}: is a folder, not a file to write")
+        try:
+            size = write_page(args.trace, args.html)
+        except OSError as error:
+            raise UsageError(f"cannot write {args.html}: {error.strerror or error}") from None
+        if args.json:
+            _json_line(out, {"trace": args.trace, "html": args.html, "bytes": size})
+        else:
+            out.write(f"wrote {args.html} ({size / 1024:.0f} KiB): open it in a browser; "
+                      "hover a mark to see its record\n")
+        return 0
+    if args.json:
+        for step in timeline.steps():
+            _json_line(out, step.to_json())
+        if timeline.abandoned is not None:
+            _json_line(out, {"abandoned": timeline.abandoned})
+        else:
+            ending = dict(timeline.ending or {})
+            ending.pop("kind", None)
+            _json_line(out, {"result": ending})
+        return 0
+    request = timeline.header.get("request")
+    model = request.get("model") if isinstance(request, dict) else None
+    out.write(f"{args.trace}: {timeline.entry}" + (f", model {model}" if isinstance(model, str) else "")
+              + "\n       t  attempt       arrived" + " " * 40
+              + "→ state changes  ⇒ what the user got\n")
+    for step in timeline.steps():
+        out.write(step_line(step) + "\n")
+    for line in ending_lines(timeline):
+        out.write(line + "\n")
+    return 0
+
+
 # -- serve ---------------------------------------------------------------------------------------
-def _load_scenario(fixture: str, timing: str) -> Scenario | None:
-    """The scenario to serve, or None after printing every problem (one line each) to stderr."""
+def _load_scenario(fixture: str, timing: str) -> Scenario:
+    """The scenario to serve (`UsageError` naming every problem, one line each)."""
     try:
         return load_fixture(fixture, timing="recorded" if timing == "recorded" else "none")
-    except ScenarioError as error:
-        for problem in error.problems:
-            sys.stderr.write(f"streamfsm: error: {problem}\n")
-        return None
+    except ScenarioError as error:  # one line per mistake
+        raise UsageError(*(error.problems or (str(error),))) from None
 
 
 def _serve(args: argparse.Namespace, out: TextIO) -> int:
@@ -239,8 +359,6 @@ def _serve(args: argparse.Namespace, out: TextIO) -> int:
     if not args.fixture:
         raise UsageError("serve needs a FIXTURE (a scenario file, a trace file or a shape name; --list shows shapes)")
     scenario = _load_scenario(args.fixture, args.timing)
-    if scenario is None:
-        return 2
     stop = threading.Event()
     previous = {
         number: signal.signal(number, lambda signum, frame: stop.set())
@@ -310,14 +428,35 @@ def _fixtures(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 # -- parser ---------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose every complaint is a `UsageError` (one line, exit 2) instead of the
+    usage text and a message of its own format."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _port(text: str) -> int:
+    """A TCP port on 127.0.0.1: 0 (any free one) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port {value} is not between 0 and 65535")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `streamfsm` argument parser with all its subcommands (`fuzz` only when the fuzzing
     extra, Hypothesis, is installed)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="streamfsm",
         description="Responses-API streams as explicit, recorded, replayable state machines.",
     )
-    parser.add_argument("--log", action="store_true", help="write JSON log lines (transitions, outcomes) to stderr")
+    parser.add_argument("--log", action="store_true",
+                        help="make every line on stderr one JSON object (structlog: transitions, "
+                        "outcomes, errors); nothing from other libraries")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = commands.add_parser(
@@ -338,7 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
         "record. Exit 0: all identical; 1: a divergence (the first differing record is printed); "
         "2: an unreadable or invalid trace.",
     )
-    rep.add_argument("traces", nargs="+", metavar="TRACE", help="trace files (JSON Lines)")
+    rep.add_argument("traces", nargs="+", metavar="TRACE",
+                     help="trace files (JSON Lines), or folders of *.jsonl traces")
+    rep.add_argument("--json", action="store_true",
+                     help="one JSON object per trace: trace, identical, first_divergence")
 
     con = commands.add_parser(
         "consume", help="run raw SSE bytes (e.g. saved from `curl -N`) through one attempt",
@@ -348,6 +490,21 @@ def build_parser() -> argparse.ArgumentParser:
     con.add_argument("file", metavar="FILE", help="file of raw SSE bytes, or - for stdin")
     con.add_argument("--trace", metavar="OUT", help="also record the attempt as a trace")
     con.add_argument("--text", action="store_true", help="print the delivered answer text first")
+    con.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+    sho = commands.add_parser(
+        "show", help="a recorded turn as a timeline: in the terminal, or as an HTML page",
+        description="Show what happened in a recorded turn, one line per step: seconds since "
+        "the start, the attempt, what arrived (bytes and their events, an HTTP error, a fault, "
+        "a stall, a line from codex), the state change it caused, what the user got (text, a "
+        "tool call, an approval, a retry wait); then the result. With --html, one "
+        "self-contained page instead: the turn on a time axis, one lane per attempt, hover a "
+        "mark for its record.",
+    )
+    sho.add_argument("trace", metavar="TRACE", help="a trace file (JSON Lines)")
+    sho.add_argument("--html", metavar="OUT", help="write the timeline as an HTML page to OUT")
+    sho.add_argument("--json", action="store_true",
+                     help="one JSON object per step, then the result")
 
     srv = commands.add_parser(
         "serve", help="serve a scenario, trace or built-in shape as a Responses-API endpoint",
@@ -359,7 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     srv.add_argument("fixture", nargs="?", metavar="FIXTURE",
                      help="a scenario file (.toml/.json), a trace file or a shape name")
-    srv.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0 picks one)")
+    srv.add_argument("--port", type=_port, default=8765,
+                     help="port on 127.0.0.1 (default 8765; 0 picks one)")
     srv.add_argument("--log", dest="serve_log", metavar="FILE",
                      help="append one JSON line per request received (n, t, method, path, "
                      "headers with secrets redacted, body, reply, status)")
@@ -402,42 +560,80 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _wants_log(arguments: Sequence[str]) -> bool:
+    """Whether the global `--log` comes before the command (`serve --log FILE` is another)."""
+    for argument in arguments:
+        if argument == "--log":
+            return True
+        if not argument.startswith("-"):
+            return False
+    return False
+
+
+def _failed(err: TextIO, lines: Sequence[str], as_json: bool) -> int:
+    """Say what was wrong, one line each (`streamfsm: error: ...`, or a JSON log line with
+    `--log`); the exit status is 2."""
+    for line in lines:
+        if as_json:
+            log.error("streamfsm: error", message=line)
+        else:
+            err.write(f"streamfsm: error: {line}\n")
+    return 2
+
+
+def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser, out: TextIO,
+              err: TextIO) -> int:
+    if args.command == "demo":
+        return _demo(args, out)
+    if args.command == "replay":
+        return _replay(args, out, err)
+    if args.command == "consume":
+        return _consume(args, out)
+    if args.command == "show":
+        return _show(args, out)
+    if args.command == "serve":
+        return _serve(args, out)
+    if args.command == "diagram":
+        return _diagram(args, out)
+    if args.command == "fixtures":
+        return _fixtures(args, out, err)
+    if args.command == "fuzz":
+        from engine.fuzz import campaign as fuzz
+
+        return fuzz.run(args, out)
+    parser.print_help(out)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `streamfsm` command with `argv` (default: `sys.argv[1:]`); return the exit status.
 
-    A usage error or an invalid input file is one line on stderr and status 2, not a traceback."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.log:
-        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(message)s")
+    A bad argument, path or port, or an invalid input file, is one line on stderr and status 2,
+    never a traceback (with `--log`, that line is a JSON object too)."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
     out, err = sys.stdout, sys.stderr
+    as_json = _wants_log(arguments)
+    if as_json:
+        log_to(err)
     try:
-        if args.command == "demo":
-            return _demo(args, out)
-        if args.command == "replay":
-            return _replay(args, out, err)
-        if args.command == "consume":
-            return _consume(args, out)
-        if args.command == "serve":
-            return _serve(args, out)
-        if args.command == "diagram":
-            return _diagram(args, out)
-        if args.command == "fixtures":
-            return _fixtures(args, out, err)
-        if args.command == "fuzz":
-            from engine.fuzz import campaign as fuzz
-
-            return fuzz.run(args)
-        parser.print_help(out)
-        return 0
+        parser = build_parser()
+        args = parser.parse_args(arguments)
+        return _dispatch(args, parser, out, err)
     except UsageError as error:
-        err.write(f"streamfsm: error: {error}\n")
-        return 2
-    except (TraceError, TypeError, ValueError) as error:
-        err.write(f"streamfsm: error: {str(error).splitlines()[0] if str(error) else type(error).__name__}\n")
-        return 2
+        return _failed(err, [_one_line(line) for line in error.args] or ["bad usage"], as_json)
     except BrokenPipeError:
         return 0
+    except KeyboardInterrupt:
+        return 130
+    except (TraceError, TypeError, ValueError, OSError) as error:
+        text = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if isinstance(error, OSError) and error.strerror:
+            where = f"{error.filename}: " if error.filename else ""
+            text = f"{where}{error.strerror}"
+        return _failed(err, [_one_line(text)], as_json)
+    except Exception as error:  # never a traceback; --log keeps it for a bug report
+        log.error("streamfsm failed", exc_info=True)
+        return _failed(err, [f"{type(error).__name__}: {_one_line(str(error))}"], as_json)
 
 
 if __name__ == "__main__":

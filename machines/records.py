@@ -30,6 +30,7 @@ Outputs are what the machines decided:
                     call, the answer to a steer, a projected chat message, the turn's outcome,
                     the subprocess to retire
     Attempt         how one attempt ended (`TurnResult.attempts`)
+    RetryNotice     the turn is about to try again (the caller's `Callbacks.on_retry` hears it)
 """
 
 from __future__ import annotations
@@ -279,6 +280,20 @@ class Attempt:
     kind: AttemptKind
     final_state: str
     reason: str
+
+
+@attrs.frozen(slots=True)
+class RetryNotice:
+    """A turn is about to try again, told to the caller before it does (`Callbacks.on_retry`),
+    so a UI can say "Reconnecting... 2/3" while the wait runs: `number` is the attempt about to
+    start (2 for the first retry; for a codex app-server session, the subprocess about to start),
+    `kind` its kind, `reason` why the one before it ended (as `Attempt.reason` says it), `wait_s`
+    the wait before it starts (0.0 when there is none)."""
+
+    number: int
+    kind: AttemptKind
+    reason: str
+    wait_s: float
 
 
 def _non_negative_int(instance: Any, attribute: Any, value: Any) -> None:

@@ -9,11 +9,13 @@ copies choices between same-labelled spans) does not skew the choices toward the
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+from unittest import mock
 
 from hypothesis import HealthCheck, Phase, given, settings
 
@@ -49,8 +51,24 @@ def _sample(strategy: Any, count: int) -> list[Any]:
     def collect(value: Any) -> None:
         seen.append(value)
 
-    collect()
+    with _without_local_constants():
+        collect()
     return seen
+
+
+@contextlib.contextmanager
+def _without_local_constants() -> Iterator[None]:
+    """The sample is derandomized, but Hypothesis also draws constants from every local module
+    loaded in the process, so what it generates would depend on which modules other tests
+    imported first: none are drawn while sampling (its own constants still are)."""
+    from hypothesis.internal.conjecture import providers
+
+    if not hasattr(providers, "_get_local_constants") or not hasattr(providers, "CONSTANTS_CACHE"):
+        yield  # another Hypothesis: nothing to pin
+        return
+    with mock.patch.object(providers, "_get_local_constants", providers.Constants), \
+            mock.patch.object(providers, "CONSTANTS_CACHE", {}):
+        yield
 
 
 def _kinds(session: Session) -> set[str]:

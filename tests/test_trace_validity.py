@@ -67,7 +67,7 @@ def assert_invalid(path: Path, words: str = "") -> str:
     assert "\n" not in message and str(path) in message
     status, out, err = run_cli("replay", str(path))
     assert (status, out) == (2, "")
-    assert err.count("\n") == 1 and err.startswith("streamfsm: invalid trace: ")
+    assert err.count("\n") == 1 and err.startswith("streamfsm: error: invalid trace: ")
     return message
 
 
@@ -325,7 +325,7 @@ def test_unexpected_error_while_replaying_is_one_line(monkeypatch: pytest.Monkey
     monkeypatch.setitem(REPLAYERS, "consume", broken)
     status, out, err = run_cli("replay", str(path))
     assert (status, out) == (2, "")
-    assert err == f"streamfsm: cannot replay {path}: RuntimeError: broken replayer\n"
+    assert err == f"streamfsm: error: cannot replay {path}: RuntimeError: broken replayer\n"
 
 
 # -- streaming ----------------------------------------------------------------------------------

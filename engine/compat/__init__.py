@@ -95,6 +95,7 @@ from machines.records import (
     EndOfStream,
     Fault,
     InputKind,
+    RetryNotice,
     TransportFault,
     TurnPolicy,
     TurnResult,
@@ -242,11 +243,15 @@ def run_codex_stream(
     on_first_delta: Callable[[], Any] | None = None,
     *,
     trace: str | os.PathLike[str] | None = None,
+    on_retry: Callable[[RetryNotice], Any] | None = None,
 ) -> Any:
     """Stream one Responses request (retry once, then fall back) and return the final response.
 
-    The seed's signature and return shape; `trace=` (keyword only) records the call."""
-    return stream_call(agent, api_kwargs, client, on_first_delta, trace=trace).unwrap()
+    The seed's signature and return shape; `trace=` (keyword only) records the call, and
+    `on_retry=` (keyword only) hears an `engine.RetryNotice` before each attempt after the
+    first (a UI's "Reconnecting... 2/3")."""
+    return stream_call(agent, api_kwargs, client, on_first_delta, trace=trace,
+                       on_retry=on_retry).unwrap()
 
 
 def run_codex_create_stream_fallback(
@@ -255,9 +260,12 @@ def run_codex_create_stream_fallback(
     client: Any = None,
     *,
     trace: str | os.PathLike[str] | None = None,
+    on_retry: Callable[[RetryNotice], Any] | None = None,
 ) -> Any:
-    """The seed's fallback: one `responses.create(stream=True)` request, its terminal response."""
-    return create_stream_fallback_call(agent, api_kwargs, client, trace=trace).unwrap()
+    """The seed's fallback: one `responses.create(stream=True)` request, its terminal response
+    (`on_retry=` hears each HTTP retry of it)."""
+    return create_stream_fallback_call(agent, api_kwargs, client, trace=trace,
+                                       on_retry=on_retry).unwrap()
 
 
 def stream_call(
@@ -267,11 +275,13 @@ def stream_call(
     on_first_delta: Callable[[], Any] | None = None,
     *,
     trace: str | os.PathLike[str] | None = None,
+    on_retry: Callable[[RetryNotice], Any] | None = None,
 ) -> CompatCall:
     """`run_codex_stream`, reporting the turn instead of returning/raising its result."""
     active = client or agent._ensure_primary_openai_client(reason="codex_stream_direct")
     call = _CompatTurn(
-        agent, active, api_kwargs, on_first_delta, STREAM_POLICY, "run_codex_stream", trace
+        agent, active, api_kwargs, on_first_delta, STREAM_POLICY, "run_codex_stream", trace,
+        on_retry,
     )
     return call.run()
 
@@ -282,11 +292,13 @@ def create_stream_fallback_call(
     client: Any = None,
     *,
     trace: str | os.PathLike[str] | None = None,
+    on_retry: Callable[[RetryNotice], Any] | None = None,
 ) -> CompatCall:
     """`run_codex_create_stream_fallback`, reporting the turn instead of returning/raising."""
     active = client or agent._ensure_primary_openai_client(reason="codex_create_stream_fallback")
     call = _CompatTurn(
-        agent, active, api_kwargs, None, FALLBACK_POLICY, "run_codex_create_stream_fallback", trace
+        agent, active, api_kwargs, None, FALLBACK_POLICY, "run_codex_create_stream_fallback", trace,
+        on_retry,
     )
     return call.run()
 
@@ -322,6 +334,7 @@ class _CompatTurn:
         policy: TurnPolicy,
         function: str,
         trace: str | os.PathLike[str] | None,
+        on_retry: Callable[[RetryNotice], Any] | None = None,
     ) -> None:
         self.agent = agent
         self.client = client
@@ -347,6 +360,7 @@ class _CompatTurn:
             on_first_delta=on_first_delta if callable(on_first_delta) else None,
             on_text_delta=self._deliver_text,
             on_reasoning_delta=fire_reasoning if callable(fire_reasoning) else None,
+            on_retry=on_retry if callable(on_retry) else None,
         )
         self.recording = TurnRecording(
             policy,

@@ -17,7 +17,8 @@ What it does with the agent, as the seed did (shared/SEED.md, part C):
    user message is already in `messages` (the host appended it); the projected assistant and
    tool messages are appended after it.
 3. A turn that retired its session (the subprocess died, a timeout, a protocol breach, a
-   credential failure) drops `agent._codex_session`, so the next turn starts a new one.
+   credential failure) drops `agent._codex_session`, so the next turn starts a new one (and
+   tells `on_retry=`, when given, before it does).
 4. Bookkeeping: tool iterations are added to `agent._iters_since_skill`; reaching
    `agent._skill_nudge_interval` (with `skill_manage` among `agent.valid_tool_names`) asks for a
    skill review and resets the counter; external memory is synced
@@ -43,13 +44,14 @@ appended again; provider errors the thread recovers from leave the session alive
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 from engine.compat.agent_traces import trace_path
 from engine.drivers.codex import CodexSession
-from engine.log.eventlog import Callbacks
+from engine.log.eventlog import Callbacks, announce_retry
 from engine.log.logs import log
 from machines.app_records import AppTurnResult
+from machines.records import RetryNotice
 
 __all__ = ["APPROVAL_ATTRIBUTE", "run_codex_app_server_turn", "usage_fields"]
 
@@ -71,23 +73,37 @@ def _session(agent: Any) -> CodexSession:
     return session
 
 
-def _callbacks(agent: Any) -> Callbacks:
+def _callbacks(agent: Any, on_retry: Callable[[RetryNotice], Any] | None) -> Callbacks:
     text = getattr(agent, "_fire_stream_delta", None)
     reasoning = getattr(agent, "_fire_reasoning_delta", None)
     return Callbacks(
         on_text_delta=text if callable(text) else None,
         on_reasoning_delta=reasoning if callable(reasoning) else None,
+        on_retry=on_retry if callable(on_retry) else None,
     )
 
 
-def _drop_session(agent: Any) -> None:
+#: The agent attribute that remembers why the session before this one retired, until the turn
+#: that starts the next one tells `on_retry` (the seed drops a retired session; the new one
+#: knows nothing of it).
+RETIRED_ATTRIBUTE = "_codex_session_retired"
+
+
+def _drop_session(agent: Any, retired: str | None = None) -> None:
     session = getattr(agent, "_codex_session", None)
     agent._codex_session = None
+    if retired is not None:
+        setattr(agent, RETIRED_ATTRIBUTE, retired)
     if session is not None:
         try:
             session.close()
         except Exception:  # closing a broken session may fail again; it is gone either way
             log.debug("closing the codex session raised")
+
+
+def _retire_reason(result: AppTurnResult) -> str:
+    code = (result.error or {}).get("code")
+    return str(code) if code else result.outcome
 
 
 def _error_text(result: AppTurnResult) -> str | None:
@@ -156,15 +172,22 @@ def run_codex_app_server_turn(
     effective_task_id: str,
     should_review_memory: bool = False,
     trace: str | os.PathLike[str] | None = None,
+    on_retry: Callable[[RetryNotice], Any] | None = None,
 ) -> dict[str, Any]:
     """Hand one turn to the agent's codex app-server session and return the seed's dict;
-    `trace=` (keyword only) records the turn."""
+    `trace=` (keyword only) records the turn; `on_retry=` (keyword only) hears an
+    `engine.RetryNotice` before a new app-server process starts after a retirement."""
     path = trace_path(agent, trace, "run_codex_app_server_turn")
+    callbacks = _callbacks(agent, on_retry)
+    retired = getattr(agent, RETIRED_ATTRIBUTE, None)
+    if retired is not None and getattr(agent, "_codex_session", None) is None:
+        setattr(agent, RETIRED_ATTRIBUTE, None)
+        announce_retry(callbacks, RetryNotice(2, "stream", str(retired), 0.0))
     session = _session(agent)
     try:
         result = session.run_turn(
             user_message,
-            callbacks=_callbacks(agent),
+            callbacks=callbacks,
             interrupt=lambda: bool(getattr(agent, "_interrupt_requested", False)),
             trace=path,
         )
@@ -185,7 +208,7 @@ def run_codex_app_server_turn(
             "codex_turn_id": None,
         }
     if result.retired:
-        _drop_session(agent)
+        _drop_session(agent, retired=_retire_reason(result))
     messages.extend(result.messages)
     _bookkeeping(agent, result, original_user_message, messages, should_review_memory)
     completed = result.outcome == "completed"

@@ -47,10 +47,11 @@ class AppTurnRecording(Recording[AppTurnResult]):
         callbacks: Callbacks | None,
         *,
         act: Callable[[Effect], None] | None = None,
+        observed: bool = True,
     ) -> None:
         super().__init__(
             app_header(session.config, session.snapshot()), callbacks,
-            act=act, driver_effects=DRIVER_EFFECTS,
+            act=act, driver_effects=DRIVER_EFFECTS, observed=observed,
         )
         self.session = session
         #: the number of the turn this recording is for (inputs are recorded under it)

@@ -61,7 +61,7 @@ import orjson
 from engine.drivers.app_recording import AppTurnRecording
 from engine.drivers.arguments import check_callbacks, check_trace, interrupt_check
 from engine.drivers.watchdog import Deadlines, Watchdog, next_within, turn_clock
-from engine.log.eventlog import Callbacks
+from engine.log.eventlog import Callbacks, announce_retry
 from engine.log.logs import log
 from engine.log.redaction import is_secret_name, scrub
 from machines.app_records import (
@@ -88,7 +88,7 @@ from machines.app_records import (
 from machines.app_session import AppSession
 from machines.app_turn import WAITING_ON_CALLER
 from machines.app_turn import State as TurnState
-from machines.records import Effect, EndOfStream, IdleTimeout, Interrupt
+from machines.records import Effect, EndOfStream, IdleTimeout, Interrupt, RetryNotice
 
 __all__ = [
     "ApprovalCallback",
@@ -561,6 +561,8 @@ class CodexSession:
         #: the clocks of the turn running (None between turns)
         self._watchdog: Watchdog | None = None
         self._retire = False
+        self._spawned = 0  # subprocesses started
+        self._gone: str | None = None  # why the last one was closed
         self._turn_lock = threading.Lock()
         self._process_lock = threading.Lock()
         #: who runs a turn now (the thread's ident; None between turns), guarded by `_state_lock`
@@ -644,6 +646,7 @@ class CodexSession:
             process, self._process = self._process, None
         self._machine = None
         if process is not None:
+            self._gone = reason
             code = process.close()
             log.info("app-server closed", pid=process.pid, reason=reason, exit_code=code)
 
@@ -767,6 +770,11 @@ class CodexSession:
         waiting = self._between_turns()
         failed: SpawnFailed | None = None
         if self._machine is None or self._machine.is_retired:
+            gone = self._machine.retire_reason if self._machine is not None else self._gone
+            if self._spawned and gone != "closed":  # the caller hears of a new process first
+                announce_retry(callbacks, RetryNotice(self._spawned + 1, "stream",
+                                                      gone or "retired", 0.0))
+            self._spawned += 1
             self._drop("retired")
             failed = self._start()
             waiting = []

@@ -39,6 +39,7 @@ from engine.drivers.sse import SseDecoder
 from engine.log.eventlog import Callbacks, EventLog, InputRecord, RecordedInput, Record
 from engine.log.logs import log
 from engine.log.masking import DecodedText, TextChannels, TextPiece
+from engine.log.otel import spans_for
 from engine.log.redaction import field_secrets, scrub
 from engine.log.trace import TraceWriter, header_for
 from machines.json_text import lenient_loads
@@ -136,9 +137,10 @@ class Recording(Generic[_R]):
 
     `act` is the driver's hook for the effects in `driver_effects` (see `EventLog`); `secrets`
     are the ones the recording knows of itself (the request's credential-named fields), masked
-    in the trace besides those `finish` and `abandon` are given. A protocol's recording says how
-    its machines make the result (`result`) and what its log line at the end says
-    (`_log_finished`)."""
+    in the trace besides those `finish` and `abandon` are given; `observed`: the turn's
+    OpenTelemetry spans are made from its event log (`engine.log.otel`; a replay, which is no
+    turn, passes False). A protocol's recording says how its machines make the result
+    (`result`) and what its log line at the end says (`_log_finished`)."""
 
     #: How the protocol's streams carry the text its machines deliver, so that the trace masks
     #: it alike in every attempt (`engine.log.masking`); None: the streams carry no such text.
@@ -152,9 +154,13 @@ class Recording(Generic[_R]):
         act: Callable[[Effect], None] | None = None,
         driver_effects: Iterable[str] = (),
         secrets: Iterable[str] = (),
+        observed: bool = True,
     ) -> None:
         self.header = header
-        self.log = EventLog(callbacks, act, driver_effects)
+        #: the turn's OpenTelemetry spans, fed by the event log (None: not observed, or no
+        #: OpenTelemetry that records)
+        self.spans = spans_for(header) if observed else None
+        self.log = EventLog(callbacks, act, driver_effects, observer=self.spans)
         #: secrets of the turn itself, scrubbed wherever they are echoed
         self.known_secrets = list(secrets)
 
@@ -188,6 +194,8 @@ class Recording(Generic[_R]):
                 self.header, self.log.records, made.to_json()
             )
         self._log_finished(result)
+        if self.spans is not None:
+            self.spans.finished(result)  # type: ignore[arg-type]  # its protocol's result
         return result
 
     def abandon(
@@ -198,10 +206,12 @@ class Recording(Generic[_R]):
     ) -> None:
         """Write what was recorded so far after an unexpected error (`error`, by default the
         exception being handled), ending with an `abandoned` record naming its class."""
+        if error is None:
+            error = sys.exc_info()[1]
+        name = type(error).__name__ if error is not None else "Exception"
+        if self.spans is not None:
+            self.spans.abandoned(name)
         if trace is not None:
-            if error is None:
-                error = sys.exc_info()[1]
-            name = type(error).__name__ if error is not None else "Exception"
             TraceWriter(trace, self._secrets(secrets), text=self.text).write(
                 self.header, self.log.records, None, abandoned=name
             )
@@ -335,9 +345,11 @@ class TurnRecording(Recording[TurnResult]):
         entry: str,
         request: dict[str, Any] | None = None,
         seed: int = 0,
+        observed: bool = True,
     ) -> None:
         super().__init__(
-            header_for(entry, policy, request, seed), callbacks, secrets=field_secrets(request)
+            header_for(entry, policy, request, seed), callbacks, secrets=field_secrets(request),
+            observed=observed,
         )
         self.policy = policy
         self.turn = TurnMachine(policy, seed, background=is_background(request))

@@ -108,7 +108,7 @@ def replay_turn(header: dict[str, Any]) -> ReplaySession:
     seed = header.get("seed", 0)
     recording = TurnRecording(
         policy_from_header(header.get("policy")), None, entry=header["entry"],
-        request=header.get("request"), seed=seed if type(seed) is int else 0,
+        request=header.get("request"), seed=seed if type(seed) is int else 0, observed=False,
     )
     made = _Handover(recording.log.records)
     for feed in recording.attempts():
@@ -129,7 +129,7 @@ def replay_app_turn(header: dict[str, Any]) -> ReplaySession:
     and is fed the recorded inputs (lines, the turn request, approval answers, timeouts, ...)
     until the turn ends. Nothing is written and no callback is called: the answers are inputs."""
     session = AppSession.restore(SessionConfig.from_json(header["config"]), header["session"])
-    recording = AppTurnRecording(session, None)
+    recording = AppTurnRecording(session, None, observed=False)
     made = _Handover(recording.log.records)
     while not recording.finished:
         record = yield NeedInput(recording.number)

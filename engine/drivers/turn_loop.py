@@ -5,8 +5,9 @@ Theory of operation
 ===================
 
 A turn is a sequence of attempts the turn machine decides (`TurnRecording.attempts()`), each
-preceded by the pause an HTTP retry asks for and followed, at the end of the turn, by the cancels
-of background responses it gave up. All of that, and everything inside an attempt, is decided
+after the first announced to the caller (`Callbacks.on_retry`, with the wait to come) and
+preceded by the pause an HTTP retry asks for, and followed, at the end of the turn, by the
+cancels of background responses it gave up. All of that, and everything inside an attempt, is decided
 here, by one generator, `turn_steps`; a driver only carries out the steps it yields and sends
 back what came of each:
 
@@ -57,7 +58,7 @@ from engine.drivers.recording import AttemptFeed, TurnRecording
 from engine.drivers.watchdog import POLL_S, Watchdog, turn_clock
 from engine.log.eventlog import RecordedInput
 from engine.log.redaction import client_secrets
-from machines.records import Chunk, IdleTimeout, Interrupt, TurnPolicy, TurnResult
+from machines.records import Chunk, IdleTimeout, Interrupt, RetryNotice, TurnPolicy, TurnResult
 
 __all__ = [
     "Cancel",
@@ -218,7 +219,12 @@ def turn_steps(
     """The whole turn as steps (see the module docstring); returns its result, its trace
     written. `blind_while_busy`: the reader shares the driver's event loop (`Watchdog`)."""
     try:
+        previous: AttemptFeed | None = None
         for feed in recording.attempts():
+            if previous is not None:  # the caller hears of every attempt after the first
+                reason, wait_s = previous.attempt.reason, float(recording.wait_s)
+                recording.log.retry(RetryNotice(feed.number, feed.kind, reason, wait_s))
+            previous = feed
             for pause in pause_slices(recording.wait_s, interrupted, now):
                 _raised((yield Pause(pause)))
             watchdog = Watchdog(

@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib
+import json
 import multiprocessing
 import os
 import queue
@@ -285,6 +286,28 @@ def _print(line: str, out: Any) -> None:
     print(line, file=out, flush=True)
 
 
+class _Report:
+    """What the campaign says on stdout: a line of text, or with `--json` one JSON object per
+    line (`event` names what it is: start, progress, finding, worker_stopped, interrupted, done,
+    promoted, not_promoted)."""
+
+    def __init__(self, out: Any, as_json: bool) -> None:
+        self.out = out
+        self.as_json = as_json
+
+    def __call__(self, event: str, text: str, **fields: Any) -> None:
+        if self.as_json:
+            _print(json.dumps({"event": event, **fields}), self.out)
+        else:
+            _print(text, self.out)
+
+
+def _usage_error(text: str) -> int:
+    """A bad argument: one line on stderr, exit status 2."""
+    _print(f"streamfsm: error: {text}", sys.stderr)
+    return 2
+
+
 def _campaign(args: argparse.Namespace, out: Any) -> int:
     workers = max(1, args.workers or os.cpu_count() or 1)
     total = args.examples
@@ -295,8 +318,8 @@ def _campaign(args: argparse.Namespace, out: Any) -> int:
         if args.redis:
             _database(args.redis)
     except (ImportError, AttributeError, ValueError, RuntimeError) as error:
-        _print(f"streamfsm fuzz: {error}", sys.stderr)
-        return 2
+        return _usage_error(f"fuzz: {error}")
+    report = _Report(out, args.json)
     context = multiprocessing.get_context("spawn")
     counter = context.Value("q", 0)
     repeats = context.Value("q", 0)
@@ -305,10 +328,11 @@ def _campaign(args: argparse.Namespace, out: Any) -> int:
     quotas = [total // workers + (1 if i < total % workers else 0) for i in range(workers)]
     where = f"redis {args.redis}" if args.redis else "local .hypothesis/"
     limit = f", at most {args.seconds:g} s" if args.seconds else ""
-    _print(
+    report(
+        "start",
         f"fuzz: {total} examples{limit}, {workers} worker(s), database {where}, "
         f"findings to {save_to}/",
-        out,
+        examples=total, seconds=args.seconds, workers=workers, database=where, save_to=save_to,
     )
     started = time.time()
     processes = [
@@ -348,25 +372,29 @@ def _campaign(args: argparse.Namespace, out: Any) -> int:
                 running -= 1
             elif kind == "finding":
                 found.append((detail, rules))
-                _print(f"fuzz: FOUND {', '.join(rules)} (worker {number}): {detail}", out)
+                report("finding", f"fuzz: FOUND {', '.join(rules)} (worker {number}): {detail}",
+                       rules=rules, worker=number, trace=detail)
             elif kind == "crash":
                 crashed.append(detail)
-                _print(f"fuzz: worker {number} stopped: {detail}", out)
+                report("worker_stopped", f"fuzz: worker {number} stopped: {detail}",
+                       worker=number, detail=detail)
             elif not any(p.is_alive() for p in processes):
                 break
             now = time.time()
             if now >= next_report:
                 elapsed = now - started
                 count = counter.value
-                _print(
+                report(
+                    "progress",
                     f"fuzz: {elapsed:7.1f} s  {count:>9,} examples  {count / elapsed:7.1f}/s  "
                     f"findings {len(found)}",
-                    out,
+                    seconds=round(elapsed, 3), examples=count,
+                    per_second=round(count / elapsed, 1), findings=len(found),
                 )
                 next_report = now + args.progress_every
     except KeyboardInterrupt:
         stop.set()
-        _print("fuzz: interrupted, stopping workers", out)
+        report("interrupted", "fuzz: interrupted, stopping workers")
     for process in processes:
         process.join(timeout=30)
         if process.is_alive():
@@ -374,15 +402,17 @@ def _campaign(args: argparse.Namespace, out: Any) -> int:
             process.join(timeout=5)
     elapsed = time.time() - started
     count = counter.value
-    _print(
+    report(
+        "done",
         f"fuzz: done: {count:,} examples in {elapsed:.1f} s, {count / max(elapsed, 1e-9):.1f} "
         f"examples/s, {workers} worker(s), {len(found)} finding(s)"
         + (f" ({repeats.value:,} repeats of them)" if repeats.value else ""),
-        out,
+        examples=count, seconds=round(elapsed, 3), workers=workers, repeats=repeats.value,
+        findings=[{"rules": rules, "trace": path} for path, rules in found],
     )
-    for path, rules in found:
-        _print(f"  {', '.join(rules)}: {path}", out)
-    if found:
+    if found and not report.as_json:
+        for path, rules in found:
+            _print(f"  {', '.join(rules)}: {path}", out)
         _print(
             "  read the .txt beside each trace; after the fix, keep it as a regression test:\n"
             f"  streamfsm fuzz --promote {found[0][0]} --name NAME_OF_THE_BUG",
@@ -395,25 +425,23 @@ def _campaign(args: argparse.Namespace, out: Any) -> int:
 
 def _promote(args: argparse.Namespace, out: Any) -> int:
     if not args.name:
-        _print("streamfsm fuzz: --promote needs --name NAME (the fixture's file name)", sys.stderr)
-        return 2
+        return _usage_error("fuzz --promote needs --name NAME (the fixture's file name)")
+    report = _Report(out, args.json)
     try:
         session = session_from_trace(args.promote)
         path = save_fixture(session, args.name, args.fixtures)
-    except TraceError as error:
-        _print(f"streamfsm fuzz: {error}", sys.stderr)
-        return 2
-    except ValueError as error:
-        _print(f"streamfsm fuzz: {error}", sys.stderr)
-        return 2
+    except (TraceError, ValueError) as error:
+        return _usage_error(f"fuzz: {error}")
     except InvariantViolation as error:
-        _print(
+        report(
+            "not_promoted",
             f"streamfsm fuzz: not promoted, the session still breaks a rule; fix the bug, "
             f"then promote:\n{error}",
-            out,
+            trace=args.promote, violations=str(error),
         )
         return 1
-    _print(f"fuzz: fixture written: {path} (replay it: streamfsm replay {path})", out)
+    report("promoted", f"fuzz: fixture written: {path} (replay it: streamfsm replay {path})",
+           fixture=str(path))
     return 0
 
 
@@ -491,6 +519,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="instead of fuzzing: re-record a finding as a regression fixture",
     )
     parser.add_argument("--name", default=None, help="the fixture's name, with --promote")
+    parser.add_argument("--json", action="store_true",
+                        help="progress and findings as one JSON object per line on stdout")
     parser.add_argument(
         "--fixtures",
         default=DEFAULT_FIXTURES,

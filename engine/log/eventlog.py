@@ -12,11 +12,18 @@ breaks the turn); effects only the driver can carry out (a line to write to the 
 approval to ask for, a subprocess to retire) go to the driver's `act` hook; transitions are
 logged through structlog (few per turn). The per-delta records are only appended to a list
 (cheap) and rendered in bulk when a trace is written.
+
+Two things hear about a turn without being records of it. The caller's `on_retry` is told
+before each new attempt (`retry()`, called by the turn loop): a replay decides the same attempts
+from the records, so the notice is not one. And an `Observer` (the OpenTelemetry spans of
+`engine.log.otel`), when the recording has one, is shown every input and every list of
+decisions as the log takes them, the way a structlog processor sees every event: it derives
+what it reports from the decisions, and nothing in the drivers calls it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 import attrs
 
@@ -26,11 +33,21 @@ from machines.records import (
     Chunk,
     Decision,
     Effect,
+    RetryNotice,
     StreamInput,
     Transition,
 )
 
-__all__ = ["Callbacks", "EventLog", "Input", "InputRecord", "Record", "RecordedInput"]
+__all__ = [
+    "Callbacks",
+    "EventLog",
+    "Input",
+    "InputRecord",
+    "Observer",
+    "Record",
+    "RecordedInput",
+    "announce_retry",
+]
 
 
 def _callable_or_none(instance: Any, attribute: Any, value: Any) -> None:
@@ -46,13 +63,19 @@ class Callbacks:
 
     `on_first_delta()` runs once per turn before the first text delta; `on_text_delta(text)`
     gets answer text (never after a tool call was seen in that attempt); `on_reasoning_delta(text)`
-    gets reasoning and reasoning-summary text. A callback that raises is logged and ignored."""
+    gets reasoning and reasoning-summary text; `on_retry(notice)` hears, before each new attempt
+    of a turn (and before each new app-server process after a retirement), an
+    `engine.RetryNotice` saying which attempt comes, why, and after what wait. A callback that
+    raises is logged and ignored."""
 
     on_first_delta: Callable[[], Any] | None = attrs.field(default=None, validator=_callable_or_none)
     on_text_delta: Callable[[str], Any] | None = attrs.field(
         default=None, validator=_callable_or_none
     )
     on_reasoning_delta: Callable[[str], Any] | None = attrs.field(
+        default=None, validator=_callable_or_none
+    )
+    on_retry: Callable[[RetryNotice], Any] | None = attrs.field(
         default=None, validator=_callable_or_none
     )
 
@@ -86,24 +109,41 @@ _CALLBACKS = {
 }
 
 
+class Observer(Protocol):
+    """What watches a turn as its event log takes the records (`engine.log.otel`): every input
+    and every list of decisions, after they are recorded; the recording tells it how the turn
+    ended."""
+
+    def observed(self, attempt: int, item: Input) -> None:
+        """An input of `attempt` was recorded."""
+        ...
+
+    def decided(self, decisions: list[Decision]) -> None:
+        """A machine's decisions were recorded."""
+        ...
+
+
 class EventLog:
     """Ordered records of one turn, and the place where the machines' decisions are acted on.
 
     `act` is the driver's hook for the effects named in `driver_effects`; the others are only
-    recorded (or, for text, reasoning and the first delta, handed to the callbacks)."""
+    recorded (or, for text, reasoning and the first delta, handed to the callbacks). `observer`
+    is shown every input and decision as it is recorded."""
 
-    __slots__ = ("records", "transitions", "_actions")
+    __slots__ = ("records", "transitions", "observer", "_actions", "_callbacks")
 
     def __init__(
         self,
         callbacks: Callbacks | None = None,
         act: Callable[[Effect], None] | None = None,
         driver_effects: Iterable[str] = (),
+        observer: Observer | None = None,
     ) -> None:
         self.records: list[Record] = []
         #: The transition records, numbered (also in `records`).
         self.transitions: list[Transition] = []
-        callbacks = callbacks or Callbacks()
+        self.observer = observer
+        callbacks = self._callbacks = callbacks or Callbacks()
         #: what to do for each kind of effect that is acted on
         self._actions: dict[str, Callable[[Effect], None]] = {}
         for kind, name in _CALLBACKS.items():
@@ -116,6 +156,12 @@ class EventLog:
     def input(self, attempt: int, item: Input, t: float | None) -> None:
         """Record one input, before any machine sees it."""
         self.records.append(InputRecord(attempt, t, item))
+        if self.observer is not None:
+            self.observer.observed(attempt, item)
+
+    def retry(self, notice: RetryNotice) -> None:
+        """Tell the caller's `on_retry` that attempt `notice.number` is about to start."""
+        announce_retry(self._callbacks, notice)
 
     def decide(self, decisions: list[Decision]) -> None:
         """Record a machine's decisions (numbering the transitions), then act on each: callbacks
@@ -129,6 +175,8 @@ class EventLog:
                 numbered.append(transition)
             else:
                 records.append(decision)
+        if self.observer is not None:
+            self.observer.decided(decisions)
         actions = self._actions
         if not numbered:
             if actions:
@@ -166,6 +214,21 @@ def _fenced(callback: Callable[..., Any], name: str, *, with_data: bool) -> Call
             else:
                 callback()
         except Exception as error:
-            log.warning("callback raised", callback=name, error=type(error).__name__)
+            _callback_raised(name, error)
 
     return call
+
+
+def announce_retry(callbacks: Callbacks | None, notice: RetryNotice) -> None:
+    """Tell `callbacks.on_retry`, if there is one, that a new attempt is about to start (fenced
+    like every callback). Not a record of the turn: a replay decides the same attempts again."""
+    callback = callbacks.on_retry if callbacks is not None else None
+    if callback is not None:
+        try:
+            callback(notice)
+        except Exception as error:
+            _callback_raised("on_retry", error)
+
+
+def _callback_raised(name: str, error: Exception) -> None:
+    log.warning("callback raised", callback=name, error=type(error).__name__)

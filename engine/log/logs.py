@@ -6,20 +6,25 @@ logger holds a `NullHandler`: with no logging configured at all, Python's last-r
 does not print its warnings and errors to stderr either.
 Processors, in order: drop below the logger's level (cheap when filtered out), add the level,
 scrub anything shaped like a secret, render one JSON line.
+
+`log_to(stream)` is for a program that is streamfsm (the `streamfsm` command's `--log`): every
+line it writes to the stream is one of these JSON objects, and nothing else reaches it: the
+records of other libraries (the `transitions` library logs every trigger at DEBUG) and Python's
+warnings are dropped instead of falling through to the last-resort handler.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 import structlog
 
 from engine.log.redaction import scrub
 
-__all__ = ["log"]
+__all__ = ["log", "log_to"]
 
 
 def _scrub_secrets(
@@ -48,3 +53,17 @@ log = structlog.wrap_logger(
     ],
     wrapper_class=structlog.stdlib.BoundLogger,
 )
+
+
+def log_to(stream: TextIO) -> None:
+    """Write streamfsm's log lines (all levels, one JSON object each) to `stream`, and no other
+    library's: their records and Python's warnings go nowhere."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    _logger.addHandler(handler)
+    _logger.setLevel(logging.DEBUG)
+    _logger.propagate = False
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(logging.NullHandler())  # nothing falls through to the last resort
+    logging.captureWarnings(True)
