@@ -8,11 +8,19 @@ what was already delivered on its channel, and only what goes past that reaches 
 that says something else than what was delivered delivers nothing more (the machine still keeps
 the run's own text for the result, never a mix of two runs).
 
-`Delivery` is one channel of such text (answer text, reasoning, one codex message): the pieces
-delivered so far and the current run's place in them. Catching up compares each delta with the
-delivered text at the current position, so a run that repeats a long answer costs time linear in
-its length. `DeliveryLedger` holds a Responses turn's channels; its attempts share it (a resume
-continues the broken attempt's run instead of starting one).
+`Delivery` is one channel of such text (answer text, commentary, a refusal, reasoning, one codex
+message): the pieces delivered so far and the current run's place in them. Catching up compares
+each delta with the delivered text at the current position, so a run that repeats a long answer
+costs time linear in its length. `DeliveryLedger` holds a Responses turn's channels; its attempts
+share it (a resume continues the broken attempt's run instead of starting one). Every channel
+follows the same rule, each on its own: a retry that repeats the commentary but says another
+answer still delivers nothing more of the answer.
+
+Commentary may reach the user on the same callback as the answer (`on_text_delta`, when the
+caller has no commentary callback), so the ledger also notes where each piece of commentary fell
+among the answer's pieces (`shown`) and which message it belongs to (`commentary_messages`): what
+the user saw is then known under either routing. Only commentary pays for that; answer text does
+not.
 """
 
 from __future__ import annotations
@@ -95,17 +103,55 @@ class Delivery:
 
 
 #: The channels of a Responses turn's ledger.
-CHANNELS: Final = ("text", "reasoning")
+CHANNELS: Final = ("text", "reasoning", "commentary", "refusal")
 
 
 class DeliveryLedger:
     """What reached the user in one Responses turn, per channel, shared by its attempts."""
 
-    __slots__ = ("text", "reasoning")
+    __slots__ = ("text", "reasoning", "commentary", "refusal", "_marks")
 
     def __init__(self) -> None:
         self.text = Delivery()
         self.reasoning = Delivery()
+        self.commentary = Delivery()
+        self.refusal = Delivery()
+        #: For each piece of delivered commentary: how much answer text had been delivered
+        #: before it, and the message it belongs to (its output index).
+        self._marks: list[tuple[int, int]] = []
+
+    def take_commentary(self, delta: str, message: int) -> str:
+        """One commentary delta of message `message` (its output index): the part new to the
+        user, as `Delivery.take` decides, noted with where it falls among the answer text."""
+        piece = self.commentary.take(delta)
+        if piece:
+            self._marks.append((self.text.length, message))
+        return piece
+
+    def shown(self) -> str:
+        """The answer text and the commentary delivered, in the order they were delivered (what
+        `on_text_delta` got when commentary had no callback of its own)."""
+        text = self.text.delivered()
+        out: list[str] = []
+        at = 0
+        for (mark, _), piece in zip(self._marks, self.commentary.pieces):
+            out += (text[at:mark], piece)
+            at = mark
+        out.append(text[at:])
+        return "".join(out)
+
+    def commentary_messages(self) -> list[str]:
+        """The commentary delivered, one string per message (pieces of one message delivered
+        one after another, across attempts too, are one message)."""
+        out: list[str] = []
+        last: int | None = None
+        for (_, message), piece in zip(self._marks, self.commentary.pieces):
+            if out and message == last:
+                out[-1] += piece
+            else:
+                out.append(piece)
+            last = message
+        return out
 
     def channel(self, name: str) -> Delivery:
         """The channel called `name` (one of `CHANNELS`)."""
@@ -118,5 +164,5 @@ class DeliveryLedger:
 
     def restart(self) -> None:
         """A new attempt answers again from its beginning: every channel starts a run."""
-        self.text.restart()
-        self.reasoning.restart()
+        for name in CHANNELS:
+            self.channel(name).restart()

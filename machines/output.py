@@ -1,19 +1,33 @@
 """Output assembly: the response's output items, rebuilt from what one attempt streamed.
 
 The stream-attempt machine decides *which* events count; this module only keeps their content,
-keyed by `output_index` (events without one are placed by their `item_id`, else appended):
+keyed by `output_index` (events without one are placed by their `item_id`, else appended). A
+place opened for an `item_id` by events without an `output_index` is *floating*: when its item's
+`output_item.added` or `.done` gives an `output_index`, the place moves there (when nothing else
+is placed there yet), so a relay that addresses content by `item_id` alone still builds one item;
+and an item event whose `output_index` is another item's floating place moves that place out of
+the way first (to the next free index), so two items never share one. The machine is told each
+move (`Moves`), to keep what it knows of a place with the place.
 
 - `output_item.added` opens an item; `output_item.done` makes its item authoritative;
-- text, reasoning, function-argument and custom-tool-input deltas (and the commands a shell call
-  streams) accumulate per item (and per content part); `*.done` events carry the authoritative
-  full value;
+- text, refusal, reasoning, function-argument and custom-tool-input deltas (and the commands a
+  shell call streams) accumulate per item (and per content part); `*.done` events carry the
+  authoritative full value;
 - `items()` lists every item in `output_index` order: the server's `done` item where there is one,
   otherwise one built from the accumulated deltas. So a function call that was announced and
   streamed but never `done` is kept, and text that streamed without any item event still becomes a
   completed assistant message.
 
-Pure data, no I/O. `output_text()` joins text exactly as the openai SDK's `Response.output_text`
-does (every `output_text` part of every `message` item, in output order).
+Pure data, no I/O. `join_output_text()` joins text exactly as the openai SDK's
+`Response.output_text` does (every `output_text` part of every `message` item, in output order);
+`answer_of()` tells the parts of that text apart (contract v3): the answer proper (messages whose
+`phase` is not "commentary"), the commentary (each `phase: "commentary"` message's text), and the
+refusal (every `refusal` part's text). A rebuilt message keeps what its announcement said, its
+`phase` included, so a backfilled output keeps the phase a follow-up request must resend; its
+refusal parts (`response.refusal.*`) are `{"type": "refusal", "refusal": text}` parts among its
+text parts, by content index. Server data of any type never raises: a `phase` that is not the
+string "commentary" is no commentary, and a refusal part whose `refusal` is not a string holds
+no refusal text.
 
 Tool calls: which output items are calls the client must execute is data, here, for both the
 stream-attempt machine (which stops delivering answer text after one) and `tool_calls_of` (which
@@ -34,18 +48,25 @@ from __future__ import annotations
 from collections.abc import Container, Iterator, Mapping
 from typing import Any, Final
 
+import attrs
+
 from machines.json_text import sorted_json_text
 
 __all__ = [
     "ARGUMENT_FIELDS",
+    "Moves",
     "CLIENT_CALL_TYPES",
+    "COMMENTARY",
     "HOSTED_CALL_TYPES",
     "OUTPUT_ITEM_TYPES",
+    "Answer",
     "CallFacts",
     "OutputAssembly",
+    "answer_of",
     "call_facts_of",
     "declared_custom_tools",
     "is_client_call",
+    "is_commentary",
     "item_type",
     "join_output_text",
     "output_key",
@@ -73,6 +94,9 @@ ARGUMENT_FIELDS: Final[Mapping[str, str]] = {
 
 #: What decides whether a call is the client's: its item type, name and call_id.
 CallFacts = tuple[str, Any, Any]
+
+#: Places an item event moved, in order: (from index, to index).
+Moves = tuple[tuple[int, int], ...]
 
 
 def declared_custom_tools(tools: Any) -> frozenset[str] | None:
@@ -154,16 +178,18 @@ def _part(index: Any) -> int:
 
 class _PartialItem:
     __slots__ = (
-        "added", "item_id", "kind", "parts", "arguments", "arguments_done", "summary", "commands"
+        "added", "item_id", "kind", "parts", "refusals", "arguments", "arguments_done", "summary",
+        "commands",
     )
     #: What an item accumulates from its events (everything but what its announcement says).
-    ACCUMULATED = ("parts", "arguments", "arguments_done", "summary", "commands")
+    ACCUMULATED = ("parts", "refusals", "arguments", "arguments_done", "summary", "commands")
 
     def __init__(self, kind: str, item_id: str | None, added: dict[str, Any] | None) -> None:
         self.kind = kind
         self.item_id = item_id
         self.added = added
         self.parts: dict[int, list[str]] = {}  # content_index -> text pieces (joined lazily)
+        self.refusals: dict[int, list[str]] = {}  # content_index -> refusal pieces
         self.arguments: list[str] = []
         self.arguments_done: str | None = None
         self.summary: dict[int, list[str]] = {}  # reasoning summary/text index -> pieces
@@ -219,17 +245,22 @@ class _PartialItem:
             base.setdefault("id", self.item_id)
         base.setdefault("role", "assistant")
         base["status"] = status
-        base["content"] = [
-            {"type": "output_text", "text": "".join(self.parts[i]), "annotations": []}
-            for i in sorted(self.parts)
+        content = [
+            (i, 0, {"type": "output_text", "text": "".join(self.parts[i]), "annotations": []})
+            for i in self.parts
         ]
+        content += [
+            (i, 1, {"type": "refusal", "refusal": "".join(self.refusals[i])})
+            for i in self.refusals
+        ]
+        base["content"] = [part for _, _, part in sorted(content, key=lambda c: c[:2])]
         return base
 
 
 class OutputAssembly:
     """Output items of one attempt, by `output_index`."""
 
-    __slots__ = ("_partial", "_done", "_index_of_id", "_next_index", "_outputs")
+    __slots__ = ("_partial", "_done", "_index_of_id", "_next_index", "_outputs", "_floating")
 
     def __init__(self) -> None:
         self._partial: dict[int, _PartialItem] = {}
@@ -237,6 +268,8 @@ class OutputAssembly:
         self._index_of_id: dict[str, int] = {}
         self._next_index = 0
         self._outputs: set[tuple[str, str]] = set()
+        #: Places opened for an item id by events without an output index: index -> that id.
+        self._floating: dict[int, str] = {}
 
     # -- placement -------------------------------------------------------------------------
     def _index(self, payload: dict[str, Any]) -> int:
@@ -259,7 +292,45 @@ class OutputAssembly:
         self._next_index += 1
         if isinstance(item_id, str):
             self._index_of_id[item_id] = index
+            self._floating[index] = item_id
         return index
+
+    def _settle(self, payload: dict[str, Any], index: int, item_id: Any) -> Moves:
+        """An item event that gives an output index (`index`): another item's floating place
+        there moves to the next free index; then this item's own floating place moves here, when
+        nothing is here yet (see the module docstring). Returns the moves made."""
+        if type(payload.get("output_index")) is not int:
+            return ()
+        moves: list[tuple[int, int]] = []
+        owner = self._floating.pop(index, None)
+        if owner is not None and owner != item_id:
+            free = self._next_index
+            self._next_index += 1
+            self._move(index, free)
+            self._floating[free] = owner
+            moves.append((index, free))
+        own = self._index_of_id.get(item_id) if isinstance(item_id, str) else None
+        if (
+            own is not None
+            and own != index
+            and own in self._floating
+            and index not in self._partial
+            and index not in self._done
+        ):
+            del self._floating[own]
+            self._move(own, index)
+            moves.append((own, index))
+        return tuple(moves)
+
+    def _move(self, source: int, dest: int) -> None:
+        """Everything placed at `source` is placed at `dest` from now on."""
+        if source in self._partial:
+            self._partial[dest] = self._partial.pop(source)
+        if source in self._done:
+            self._done[dest] = self._done.pop(source)
+        for key, place in list(self._index_of_id.items()):
+            if place == source:
+                self._index_of_id[key] = dest
 
     def _partial_at(self, index: int, kind: str, payload: dict[str, Any]) -> _PartialItem:
         partial = self._partial.get(index)
@@ -272,14 +343,15 @@ class OutputAssembly:
         return partial
 
     # -- events ------------------------------------------------------------------------------
-    def item_added(self, payload: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
-        """`response.output_item.added`: open its item; returns its index and the item, or None if
-        it is not an object."""
+    def item_added(self, payload: dict[str, Any]) -> tuple[int, dict[str, Any], Moves] | None:
+        """`response.output_item.added`: open its item; returns its index, the item and the
+        places moved (`_settle`), or None if it is not an object."""
         item = payload.get("item")
         if not isinstance(item, dict):
             return None
         index = self._index(payload)
         item_id = item.get("id")
+        moved = self._settle(payload, index, item_id)
         partial = _PartialItem(
             _kind_of(item.get("type")), item_id if isinstance(item_id, str) else None, item
         )
@@ -291,36 +363,49 @@ class OutputAssembly:
         if partial.item_id is not None:
             self._index_of_id[partial.item_id] = index
         self._note_output(item)
-        return index, item
+        return index, item, moved
 
-    def item_done(self, payload: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
-        """`response.output_item.done`: its item becomes authoritative; returns its index and the
-        item, or None."""
+    def item_done(self, payload: dict[str, Any]) -> tuple[int, dict[str, Any], Moves] | None:
+        """`response.output_item.done`: its item becomes authoritative; returns its index, the
+        item and the places moved (`_settle`), or None."""
         item = payload.get("item")
         if not isinstance(item, dict):
             return None
         index = self._index(payload)
-        self._done[index] = item
         item_id = item.get("id")
+        moved = self._settle(payload, index, item_id)
+        self._done[index] = item
         if isinstance(item_id, str):
             self._index_of_id[item_id] = index
         self._note_output(item)
-        return index, item
+        return index, item, moved
 
     def _note_output(self, item: dict[str, Any]) -> None:
         key = output_key(item)
         if key is not None:
             self._outputs.add(key)
 
-    def text_delta(self, payload: dict[str, Any], delta: str) -> None:
-        """Append answer text to its item and content part."""
-        partial = self._partial_at(self._index(payload), "message", payload)
+    def text_delta(self, payload: dict[str, Any], delta: str) -> int:
+        """Append answer text to its item and content part; returns the item's index."""
+        index = self._index(payload)
+        partial = self._partial_at(index, "message", payload)
         content_index = _part(payload.get("content_index"))
         parts = partial.parts.get(content_index)
         if parts is None:
             partial.parts[content_index] = [delta]
         else:
             parts.append(delta)
+        return index
+
+    def refusal_delta(self, payload: dict[str, Any], delta: str) -> None:
+        """Append refusal text to its item's refusal part (`response.refusal.delta`)."""
+        partial = self._partial_at(self._index(payload), "message", payload)
+        partial.refusals.setdefault(_part(payload.get("content_index")), []).append(delta)
+
+    def refusal_done(self, payload: dict[str, Any], text: str) -> None:
+        """`response.refusal.done`: the part's full refusal text replaces the deltas."""
+        partial = self._partial_at(self._index(payload), "message", payload)
+        partial.refusals[_part(payload.get("content_index"))] = [text]
 
     def text_done(self, payload: dict[str, Any]) -> None:
         """`response.output_text.done`: the part's full text replaces the deltas."""
@@ -409,11 +494,20 @@ class OutputAssembly:
 
     # -- results -----------------------------------------------------------------------------
     def items(self, status: str = "completed") -> list[dict[str, Any]]:
-        """Every item in output order: `done` items as sent, the rest rebuilt from deltas."""
+        """Every item in output order: `done` items as sent, the rest rebuilt from deltas. A
+        `done` item that states no phase gets the one its announcement stated (a phase is
+        stated by a `phase` that is not null)."""
         out: list[dict[str, Any]] = []
         for index in sorted(self._done.keys() | self._partial.keys()):
             done = self._done.get(index)
-            out.append(done if done is not None else self._partial[index].build(status))
+            if done is None:
+                out.append(self._partial[index].build(status))
+                continue
+            partial = self._partial.get(index)
+            announced = partial.added if partial is not None else None
+            if done.get("phase") is None and announced and announced.get("phase") is not None:
+                done = {**done, "phase": announced["phase"]}
+            out.append(done)
         return out
 
     def is_empty(self) -> bool:
@@ -422,18 +516,77 @@ class OutputAssembly:
 
 
 
-def join_output_text(items: list[Any] | None) -> str:
-    """The openai SDK's `Response.output_text`, on plain JSON items."""
-    texts: list[str] = []
+#: The `phase` of a message that is commentary (a preamble), not the answer.
+COMMENTARY: Final = "commentary"
+
+
+def is_commentary(item: Mapping[str, Any]) -> bool:
+    """The item is labelled `phase: "commentary"` (any other phase, or none, or one that is not
+    a string, is not)."""
+    phase = item.get("phase")
+    return type(phase) is str and phase == COMMENTARY
+
+
+def _messages(items: list[Any] | None) -> Iterator[tuple[dict[str, Any], list[Any]]]:
+    """Every `message` item and its content parts, in output order."""
     for item in items or ():
         if isinstance(item, dict) and item.get("type") == "message":
             content = item.get("content")
-            for part in content if isinstance(content, list) else ():
-                if isinstance(part, dict) and part.get("type") == "output_text":
-                    text = part.get("text")
-                    if isinstance(text, str):
-                        texts.append(text)
+            yield item, content if isinstance(content, list) else []
+
+
+def _part_text(part: Any, kind: str, field: str) -> str | None:
+    """A content part's text: its `field` when the part is of type `kind` and that is a string."""
+    if isinstance(part, dict) and part.get("type") == kind:
+        text = part.get(field)
+        if isinstance(text, str):
+            return text
+    return None
+
+
+def join_output_text(items: list[Any] | None) -> str:
+    """The openai SDK's `Response.output_text`, on plain JSON items."""
+    texts: list[str] = []
+    for _, content in _messages(items):
+        for part in content:
+            text = _part_text(part, "output_text", "text")
+            if text is not None:
+                texts.append(text)
     return "".join(texts)
+
+
+@attrs.frozen(slots=True)
+class Answer:
+    """What the messages of an output say, told apart: the answer proper (the `output_text`
+    parts of messages whose phase is not commentary, joined), each commentary message's text,
+    and every refusal part's text joined (None: no refusal part)."""
+
+    answer_text: str
+    commentary: list[str]
+    refusal: str | None
+
+
+def answer_of(items: list[Any] | None) -> Answer:
+    """The answer, commentary and refusal of these output items (contract v3)."""
+    answer: list[str] = []
+    commentary: list[str] = []
+    refusals: list[str] = []
+    for item, content in _messages(items):
+        commented = is_commentary(item)
+        texts: list[str] = []
+        for part in content:
+            text = _part_text(part, "output_text", "text")
+            if text is not None:
+                texts.append(text)
+            else:
+                refused = _part_text(part, "refusal", "refusal")
+                if refused is not None:
+                    refusals.append(refused)
+        if commented:
+            commentary.append("".join(texts))
+        else:
+            answer += texts
+    return Answer("".join(answer), commentary, "".join(refusals) if refusals else None)
 
 
 def tool_calls_of(items: list[Any] | None, tools: Any = None) -> list[dict[str, Any]]:

@@ -24,11 +24,11 @@ inputs; `Chunk` and `Stall` never reach a machine.
 Outputs are what the machines decided:
 
     Transition      one state change of one machine (the trace and `TurnResult.transitions`)
-    Effect          something that reaches the world: text delivered to a callback, the first
-                    delta, a tool call, an error, a rate-limit notice; for the codex app-server
-                    machines also a line to send, an approval to ask for, a client tool to
-                    call, the answer to a steer, a projected chat message, the turn's outcome,
-                    the subprocess to retire
+    Effect          something that reaches the world: text delivered to a callback (answer text,
+                    commentary, a refusal, reasoning), the first delta, a tool call, an error, a
+                    rate-limit notice; for the codex app-server machines also a line to send, an
+                    approval to ask for, a client tool to call, the answer to a steer, a
+                    projected chat message, the turn's outcome, the subprocess to retire
     Attempt         how one attempt ended (`TurnResult.attempts`)
     RetryNotice     the turn is about to try again (the caller's `Callbacks.on_retry` hears it)
 """
@@ -212,18 +212,27 @@ class Transition:
 
 EffectKind = Literal[
     "first_delta", "text_delta", "reasoning_delta", "tool_call", "error", "rate_limits", "wait",
-    "cancel",
+    "cancel", "commentary_delta", "refusal_delta",
     # codex app-server machines (machines.app_session, machines.app_turn)
     "send", "approval", "message", "outcome", "retire", "call_tool", "steered",
 ]
 
 
+#: The `data` of a `first_delta` effect that comes before the first delta only under one routing
+#: of commentary: "commentary_joined" when commentary goes to `on_text_delta` (no
+#: `on_commentary_delta`: the first commentary delta is the first text), "commentary_apart" when
+#: it has a callback of its own (the first answer delta after commentary is the first text). A
+#: `first_delta` whose data is None is first either way.
+FirstDeltaRouting = Literal["commentary_joined", "commentary_apart"]
+
+
 @attrs.frozen(slots=True)
 class Effect:
-    """Something a machine decided that reaches the world: text for a callback, the first delta,
-    a tool call, an error, a rate-limit notice, a wait before the next attempt (`data`: seconds),
-    the cancellation of a background response (`data`: its id).
-    The event log records it, then the driver acts on it."""
+    """Something a machine decided that reaches the world: text for a callback (`text_delta`,
+    `commentary_delta`, `refusal_delta`, `reasoning_delta`), the first delta (`data`: None, or
+    the `FirstDeltaRouting` it is first under), a tool call, an error, a rate-limit notice, a
+    wait before the next attempt (`data`: seconds), the cancellation of a background response
+    (`data`: its id). The event log records it, then the driver acts on it."""
 
     kind: EffectKind
     attempt: int
@@ -360,10 +369,15 @@ class TurnPolicy:
 
 
 
+def _output_text_of(result: TurnResult) -> str:
+    return result.output_text
+
+
 @attrs.frozen(slots=True)
 class TurnResult:
-    """What a turn produced: its outcome, the final response, the answer text, the tool calls,
-    the provider's error, every attempt and every transition (see the README for each field)."""
+    """What a turn produced: its outcome, the final response, the text of the answer (all of it,
+    the answer proper, the commentary, a refusal), the tool calls, the provider's error, every
+    attempt and every transition (see the README for each field)."""
 
     outcome: Outcome
     response: dict[str, Any] | None
@@ -374,10 +388,20 @@ class TurnResult:
     transitions: list[Transition]
     #: `codex.rate_limits` payloads seen before or during the answer, in order.
     rate_limits: list[Any] = attrs.field(factory=list)
+    #: `output_text` without the messages labelled `phase: "commentary"` (no phase: answer).
+    answer_text: str = attrs.field(default=attrs.Factory(_output_text_of, takes_self=True))
+    #: The text of each `phase: "commentary"` message, in output order.
+    commentary: list[str] = attrs.field(factory=list)
+    #: Every refusal part's text joined in output order, or None when the model did not refuse.
+    refusal: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The result as plain JSON data (the trace's `result` record, minus transitions)."""
-        return {
+        """The result as plain JSON data (the trace's `result` record, minus transitions).
+
+        `answer_text`, `commentary` and `refusal` are written only where they say something
+        `output_text` does not (commentary, a refusal): a result without either is written as
+        before them, so a trace of such a turn reads the same whichever version wrote it."""
+        out = {
             "outcome": self.outcome,
             "response": self.response,
             "output_text": self.output_text,
@@ -386,3 +410,9 @@ class TurnResult:
             "attempts": [attrs.asdict(a) for a in self.attempts],
             "rate_limits": self.rate_limits,
         }
+        if self.commentary or self.answer_text != self.output_text:
+            out["answer_text"] = self.answer_text
+            out["commentary"] = self.commentary
+        if self.refusal is not None:
+            out["refusal"] = self.refusal
+        return out

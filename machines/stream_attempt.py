@@ -25,9 +25,11 @@ are written; `streamfsm diagram` draws them, guards included:
                        `response.created` moves on; so does `response.in_progress` (relays that
                        never send `created`) and any content frame (relays that send neither).
     streaming          answer text flows. Each `response.output_text.delta` is delivered to the
-                       user (effect `text_delta`, `first_delta` before the turn's very first one)
-                       unless a tool call was seen in this attempt; reasoning deltas are delivered
-                       as `reasoning_delta`. Everything is also kept in an `OutputAssembly`.
+                       user (effect `text_delta`, `first_delta` before the turn's very first one;
+                       `commentary_delta` for a commentary message, below) unless a tool call was
+                       seen in this attempt; reasoning deltas are delivered as `reasoning_delta`,
+                       refusal deltas as `refusal_delta`. Everything is also kept in an
+                       `OutputAssembly`.
     tool_call          a call the client must execute is being streamed: a function call, a
                        custom tool call, a local shell, shell or apply_patch call (its
                        `output_item.added`, its argument or input deltas, a shell call's command
@@ -66,11 +68,41 @@ attempt.retry_failed_codes | {"server_error"}`), and change the test of those ro
 
 Frames and triggers: `_HANDLERS` maps a frame's `type` to its handler, which keeps the frame's
 content and fires one named trigger: `response.created` fires `created`, `.in_progress`
-`in_progress`, text and reasoning deltas and non-call items fire `content`, a client call's item,
-argument, input and command frames and any other `*function_call*` frame fire `tool_call_started`
-(a finished call also fires `tool_calls_done`), the terminal frames fire `completed` /
-`incomplete` / `failed`, an `error` frame `error_frame`. Other names fire nothing (they are
-counted as ignored).
+`in_progress`, text and reasoning deltas and non-call items fire `content`, the text and the item
+frames of a commentary message fire `commentary`, refusal deltas fire `refusal`, a client call's
+item, argument, input and command frames and any other `*function_call*` frame fire
+`tool_call_started` (a finished call also fires `tool_calls_done`), the terminal frames fire
+`completed` / `incomplete` / `failed`, an `error` frame `error_frame`. Other names fire nothing
+(they are counted as ignored), and so do the `*.done` frames of text and refusals (their full
+text is kept).
+
+What an answer is made of (contract v3): a message's text is answer text, commentary or a
+refusal, each delivered on a channel of its own.
+
+- A message labelled `phase: "commentary"` (a preamble before tool calls) is commentary. Its phase
+  is learned from the `phase` of its `output_item.added`, or of its `output_item.done` (a phase
+  that is null or absent says nothing; a later one replaces an earlier one; anything but the
+  string "commentary" is no commentary, and no value of any type raises). The machine keeps the
+  output indices of the commentary items (`commentary_items`), so deltas are matched to their
+  item by place: by `output_index`, else by the `item_id` the item was announced or first
+  streamed with (`machines.output`), which also serves relays that omit `output_item.added` and
+  relays that give the same item a new `item_id` mid-stream while its `output_index` stays.
+- Text of an item whose phase is not known (yet) is answer text: a relay that states the phase
+  only with `output_item.done` has its message delivered as answer text while it streams (there
+  is nothing else to go by then); the result, built from the finished items, still files it as
+  commentary. Commentary deltas are effects `commentary_delta`, held back after a client call
+  exactly as answer text is (without a commentary callback they reach `on_text_delta`, whose rule
+  that is).
+- The first delta: `first_delta` comes before the turn's first delivered text. Whether that is a
+  commentary delta depends on whether the caller routes commentary to `on_text_delta`, which the
+  machine never knows (the event log does): so before the first commentary delta, when no answer
+  text came yet, it is `first_delta` with data "commentary_joined"; before the first answer delta
+  after commentary, "commentary_apart"; before a first answer delta with no commentary before it,
+  None (first either way).
+- Refusals: `response.refusal.delta` deltas are delivered as `refusal_delta` whatever calls were
+  seen (a refusal is no answer text), `response.refusal.done` replaces the part's text. Both land
+  in their message as `refusal` content parts; a delta or refusal text that is not a string is
+  ignored.
 
 Whose call it is: `machines.output` holds the classification as data (`CLIENT_CALL_TYPES`,
 `HOSTED_CALL_TYPES`, `OUTPUT_ITEM_TYPES`, `is_client_call`); the machine applies it to what the
@@ -92,15 +124,16 @@ Exceptions written in code rather than in the table:
   drivers stop feeding it, and what a server sends after its terminal frame changes nothing. The
   attempt knows it is final by its `ending` (set by the final row), not by comparing states.
 - Frame handlers keep the frame's content (`OutputAssembly`) and deliver text; they never look at
-  the state. Text delivery depends on `tool_call_seen`, set by the row that enters `tool_call`
-  (`then=stop_text`) and cleared by the `tool_call_withdrawn` row whose guard is
-  `no_client_call_left` (`then=release_text`).
+  the state. Text (answer and commentary) delivery depends on `tool_call_seen`, set by the row
+  that enters `tool_call` (`then=stop_text`) and cleared by the `tool_call_withdrawn` row whose
+  guard is `no_client_call_left` (`then=release_text`).
 
 Text delivery across attempts (a `machines.delivery.DeliveryLedger` shared by the turn's
-attempts): what reached the user is never delivered again. A retry's text is compared with what
-was already delivered; only text past that point is delivered, and if the retry says something
-else, nothing more of it is delivered (the result still holds the retry's own text, never a mix
-of two attempts).
+attempts, one channel each for answer text, commentary, refusals and reasoning): what reached the
+user is never delivered again. A retry's text is compared with what was already delivered on the
+same channel; only text past that point is delivered, and if the retry says something else,
+nothing more of it is delivered on that channel (the result still holds the retry's own text,
+never a mix of two attempts).
 
 Background responses (`tracks_sequence`, set by the turn for a `background: true` request, so
 that it can resume a broken stream and cancel an abandoned response): the attempt learns the response's id from
@@ -132,10 +165,12 @@ from machines.delivery import DeliveryLedger
 from machines.json_text import lenient_loads
 from machines.output import (
     CallFacts,
+    Moves,
     OutputAssembly,
     call_facts_of,
     declared_custom_tools,
     is_client_call,
+    is_commentary,
 )
 from machines.records import (
     AttemptKind,
@@ -196,6 +231,8 @@ class Trigger(StrEnum):
     CREATED = "created"
     IN_PROGRESS = "in_progress"
     CONTENT = "content"
+    COMMENTARY = "commentary"
+    REFUSAL = "refusal"
     STALE_EVENT = "stale_event"
     TOOL_CALL_STARTED = "tool_call_started"
     TOOL_CALLS_DONE = "tool_calls_done"
@@ -327,6 +364,13 @@ ROWS: Final[list[Row[StreamAttempt, EndingRule]]] = [
     Row(_T.IN_PROGRESS, (_S.STREAMING, _S.TOOL_CALL)),
     Row(_T.CONTENT, _S.AWAITING_CREATED, _S.STREAMING),
     Row(_T.CONTENT, (_S.STREAMING, _S.TOOL_CALL)),
+    # a commentary message's text (its phase known to be "commentary"): content on a channel of
+    # its own, held back after a call like answer text
+    Row(_T.COMMENTARY, _S.AWAITING_CREATED, _S.STREAMING),
+    Row(_T.COMMENTARY, (_S.STREAMING, _S.TOOL_CALL)),
+    # the model refuses: refusal text, on a channel of its own, never held back
+    Row(_T.REFUSAL, _S.AWAITING_CREATED, _S.STREAMING),
+    Row(_T.REFUSAL, (_S.STREAMING, _S.TOOL_CALL)),
     # a background response's event already seen (its sequence number is not above the last one
     # this response sent): recorded, not applied
     Row(_T.STALE_EVENT, LIVE),
@@ -463,8 +507,12 @@ class StreamAttempt:
         #: list may take one back); a function-call frame is never taken back.
         self.client_calls: set[int] = set()
         self.function_call_seen = False
-        #: Answer text held back while only calls that may still turn out the server's were seen.
-        self._withheld: list[str] = []
+        #: Output indices of the items whose phase is known to be "commentary" (stated by their
+        #: `output_item.added` or `.done`; a later statement replaces an earlier one).
+        self.commentary_items: set[int] = set()
+        #: Text held back while only calls that may still turn out the server's were seen: each
+        #: delta with the commentary item it belongs to (None: answer text).
+        self._withheld: list[tuple[int | None, str]] = []
         #: How the attempt ended; None while it is live.
         self.ending: Ending | None = None
         self.response: dict[str, Any] | None = None  # the terminal event's response
@@ -507,6 +555,7 @@ class StreamAttempt:
         self.custom_tools = broken.custom_tools
         self.client_calls = set(broken.client_calls)
         self.function_call_seen = broken.function_call_seen
+        self.commentary_items = set(broken.commentary_items)
         self._withheld = list(broken._withheld)
         self.response_id = broken.response_id
         self.last_sequence = broken.last_sequence
@@ -623,8 +672,11 @@ class StreamAttempt:
         """No call of the client is left: text flows again, the text held back first."""
         self.tool_call_seen = False
         withheld, self._withheld = self._withheld, []
-        for delta in withheld:
-            self._deliver_text(delta)
+        for index, delta in withheld:
+            if index is None:
+                self._deliver_text(delta)
+            else:
+                self._deliver_commentary(delta, index)
 
     @property
     def error_code(self) -> Any:
@@ -655,33 +707,60 @@ class StreamAttempt:
         self._out.append(Effect("rate_limits", self.number, payload))
 
     def _text_delta(self, payload: dict[str, Any]) -> None:
-        delta = self._content_delta(payload, self.assembly.text_delta)
+        delta = payload.get("delta")
+        if type(delta) is not str:
+            return
+        index = self.assembly.text_delta(payload, delta)
+        commentary = self.commentary_items
+        if commentary and index in commentary:
+            self._commentary_delta(index, delta)
+            return
+        TABLE.feed(self, Trigger.CONTENT)
         if not delta:
             return
         if self.tool_call_seen:
             if not self.function_call_seen:  # the calls seen may still turn out the server's
-                self._withheld.append(delta)
+                self._withheld.append((None, delta))
             return
         self._deliver_text(delta)
 
+    def _commentary_delta(self, index: int, delta: str) -> None:
+        """Text of the commentary message at `index`: held back after a call as answer text is,
+        delivered on the commentary channel."""
+        TABLE.feed(self, Trigger.COMMENTARY)
+        if not delta:
+            return
+        if self.tool_call_seen:
+            if not self.function_call_seen:
+                self._withheld.append((index, delta))
+            return
+        self._deliver_commentary(delta, index)
+
+    def _refusal_delta(self, payload: dict[str, Any]) -> None:
+        delta = payload.get("delta")
+        if type(delta) is not str:
+            return
+        TABLE.feed(self, Trigger.REFUSAL)
+        self.assembly.refusal_delta(payload, delta)
+        delta = self.ledger.refusal.take(delta)
+        if delta:
+            self._out.append(Effect("refusal_delta", self.number, delta))
+
+    def _refusal_done(self, payload: dict[str, Any]) -> None:
+        text = payload.get("refusal")
+        if type(text) is str:
+            self.assembly.refusal_done(payload, text)
+
     def _reasoning_delta(self, payload: dict[str, Any]) -> None:
-        delta = self._content_delta(payload, self.assembly.reasoning_delta)
+        delta = payload.get("delta")
+        if type(delta) is not str:  # a delta that is not a string is ignored
+            return
+        TABLE.feed(self, Trigger.CONTENT)
+        self.assembly.reasoning_delta(payload, delta)
         if delta:
             delta = self.ledger.reasoning.take(delta)
             if delta:
                 self._out.append(Effect("reasoning_delta", self.number, delta))
-
-    def _content_delta(
-        self, payload: dict[str, Any], keep: Callable[[dict[str, Any], str], None]
-    ) -> str | None:
-        """A text or reasoning delta frame: content (kept by `keep`); its delta, or None when
-        the frame's `delta` is not a string (ignored)."""
-        delta = payload.get("delta")
-        if type(delta) is not str:
-            return None
-        TABLE.feed(self, Trigger.CONTENT)
-        keep(payload, delta)
-        return delta
 
     def _deliver_text(self, delta: str) -> None:
         text = self.ledger.text
@@ -689,8 +768,19 @@ class StreamAttempt:
         delta = text.take(delta)
         if delta:
             if first:
-                self._out.append(Effect("first_delta", self.number))
+                # first under either routing, unless commentary already reached the user
+                routing = "commentary_apart" if self.ledger.commentary.length else None
+                self._out.append(Effect("first_delta", self.number, routing))
             self._out.append(Effect("text_delta", self.number, delta))
+
+    def _deliver_commentary(self, delta: str, index: int) -> None:
+        ledger = self.ledger
+        first = not ledger.commentary.length and not ledger.text.length
+        delta = ledger.take_commentary(delta, index)
+        if delta:
+            if first:  # the first text only where commentary goes to `on_text_delta`
+                self._out.append(Effect("first_delta", self.number, "commentary_joined"))
+            self._out.append(Effect("commentary_delta", self.number, delta))
 
     def _text_done(self, payload: dict[str, Any]) -> None:
         self.assembly.text_done(payload)
@@ -707,9 +797,21 @@ class StreamAttempt:
         if placed is not None:
             self._item(*placed, done=True)
 
-    def _item(self, index: int, item: dict[str, Any], *, done: bool) -> None:
-        """An item announced or finished: a client call starts (or finishes) one, anything else is
+    def _item(self, index: int, item: dict[str, Any], moves: Moves, *, done: bool) -> None:
+        """An item announced or finished: what was known of a place the assembly moved is known
+        of it where it went; a phase the item states says whether its text is commentary; a
+        client call starts (or finishes) one, a commentary item is commentary, anything else is
         content; then any counted call it shows to be the server's is withdrawn."""
+        for source, dest in moves:
+            for places in (self.client_calls, self.commentary_items):
+                if source in places:
+                    places.discard(source)
+                    places.add(dest)
+        if item.get("phase") is not None:
+            if is_commentary(item):
+                self.commentary_items.add(index)
+            else:
+                self.commentary_items.discard(index)
         facts = call_facts_of(item)
         if facts is not None and self.is_client(facts):
             self.function_call_seen |= facts[0] == "function_call"
@@ -717,6 +819,8 @@ class StreamAttempt:
             TABLE.feed(self, Trigger.TOOL_CALL_STARTED)
             if done:
                 TABLE.feed(self, Trigger.TOOL_CALLS_DONE)
+        elif index in self.commentary_items:
+            TABLE.feed(self, Trigger.COMMENTARY)
         else:
             TABLE.feed(self, Trigger.CONTENT)
         if self.client_calls:
@@ -931,6 +1035,8 @@ _HANDLERS: Final[dict[str, Callable[[StreamAttempt, dict[str, Any]], None]]] = {
     "codex.rate_limits": StreamAttempt._rate_limits,
     "response.output_text.delta": StreamAttempt._text_delta,
     "response.output_text.done": StreamAttempt._text_done,
+    "response.refusal.delta": StreamAttempt._refusal_delta,
+    "response.refusal.done": StreamAttempt._refusal_done,
     "response.reasoning_summary_text.delta": StreamAttempt._reasoning_delta,
     "response.reasoning_text.delta": StreamAttempt._reasoning_delta,
     "response.output_item.added": StreamAttempt._item_added,

@@ -44,7 +44,11 @@ fired (`terminal` after `response.completed` / `.incomplete` / `.failed` gives t
 provider's words; any other fault with nothing left gives "error" with a transport error naming
 the fault). Output comes from the terminal response (backfilled when empty or null); without one,
 from the latest attempt that streamed anything, so partial output survives every failure and two
-attempts are never mixed.
+attempts are never mixed. The same items give `answer_text`, `commentary` and `refusal`
+(`machines.output.answer_of`). On "error" or "interrupted" none of them holds less than the user
+already saw: when the assembled text is shorter than what the ledger delivered, the delivered text
+stands in (for `output_text`, the answer and the commentary in the order they were delivered,
+which is what `on_text_delta` got when commentary had no callback of its own).
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ import attrs
 from machines.output import (
     CLIENT_CALL_TYPES,
     OUTPUT_ITEM_TYPES,
+    answer_of,
     item_type,
     join_output_text,
     tool_calls_of,
@@ -307,9 +312,19 @@ class TurnMachine:
         if outcome == "completed":
             calls = [{**call, "status": "completed"} for call in calls]
         output_text = join_output_text(items)
-        delivered = self.ledger.delivered("text")
-        if outcome in ("error", "interrupted") and len(output_text) < len(delivered):
-            output_text = delivered  # never less than the user already saw
+        answer = answer_of(items)
+        answer_text, commentary, refusal = answer.answer_text, answer.commentary, answer.refusal
+        if outcome in ("error", "interrupted"):  # never less than the user already saw
+            ledger = self.ledger
+            shown = ledger.shown()
+            if len(output_text) < len(shown):
+                output_text = shown
+            if len(answer_text) < ledger.text.length:
+                answer_text = ledger.delivered("text")
+            if len("".join(commentary)) < ledger.commentary.length:
+                commentary = ledger.commentary_messages()
+            if len(refusal or "") < ledger.refusal.length:
+                refusal = ledger.delivered("refusal")
         out = self._out
         out.extend(Effect("tool_call", last.number, call) for call in calls)
         if error is not None:
@@ -321,6 +336,9 @@ class TurnMachine:
             outcome=outcome,
             response=response,
             output_text=output_text,
+            answer_text=answer_text,
+            commentary=commentary,
+            refusal=refusal,
             tool_calls=calls,
             error=error,
             attempts=[Attempt(a.number, a.kind, a.state, a.reason) for a in self.attempts],

@@ -30,6 +30,7 @@ from engine.compat import (
     stream_call,
 )
 from engine.drivers.replay import replay
+from engine.simulator import shapes
 from engine.simulator.shapes import (
     APPLY_PATCH_TOOL,
     SHAPES,
@@ -59,6 +60,8 @@ from engine.drivers.sync import run_turn
 from engine.log.trace import read_trace
 
 ANSWER = "The capital of France is Paris."
+SHAPES_PREAMBLE = shapes._PREAMBLE
+SHAPES_ANSWER = shapes._ANSWER
 MISSING_COMPLETED = "Didn't receive a `response.completed` event."
 INCOMPLETE_BODY = "peer closed connection without sending complete message body (incomplete chunked read)"
 KWARGS = {"model": "gpt-5-codex", "input": [{"role": "user", "content": "capital of France?"}]}
@@ -763,7 +766,62 @@ def test_real_client_compat_records_what_run_turn_records(name: str, tmp_path: A
     else:
         assert isinstance(call.raised, openai.APIConnectionError)  # what the SDK's stream raises
     if result.output_text and not result.tool_calls:
-        assert "".join(agent.deltas) == result.output_text
+        # the answer streamed as such: all of the text, but commentary whose phase was known
+        # while it streamed (that went to the reasoning callback)
+        streamed = [r["data"] for r in read_trace(tmp_path / "turn.jsonl").records
+                    if r.get("effect") == "text_delta"]
+        assert "".join(agent.deltas) == "".join(streamed)
+        assert "".join(agent.deltas) in (result.output_text, result.answer_text)
+
+
+# -- commentary: not the streamed answer ----------------------------------------------------------
+
+
+class CommentingAgent(Agent):
+    """An agent with a place of its own for commentary."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.commentary: list[str] = []
+
+    def _fire_commentary_delta(self, text: str) -> None:
+        self.commentary.append(text)
+
+
+class QuietAgent(Agent):
+    """An agent with neither a commentary nor a reasoning callback."""
+
+    _fire_reasoning_delta = None  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize("agent", [Agent(), CommentingAgent(), QuietAgent()],
+                         ids=["reasoning", "commentary", "nowhere"])
+def test_commentary_is_not_streamed_as_the_answer(agent: Agent, tmp_path: Any) -> None:
+    firsts: list[int] = []
+    with ResponsesSimulator(SHAPES["commentary_then_answer"]) as sim:
+        response = run_codex_stream(agent, dict(KWARGS), _client(sim),
+                                    on_first_delta=lambda: firsts.append(len(agent.deltas)),
+                                    trace=tmp_path / "t.jsonl")
+    preamble, answer = SHAPES_PREAMBLE, SHAPES_ANSWER
+    assert "".join(agent.deltas) == answer and agent._codex_streamed_text_parts == agent.deltas
+    assert firsts == [0]  # once, before the first piece of the answer
+    if isinstance(agent, CommentingAgent):
+        assert "".join(agent.commentary) == preamble and agent.reasoning == []
+    elif isinstance(agent, QuietAgent):
+        assert agent.reasoning == []
+    else:
+        assert "".join(agent.reasoning) == preamble
+    assert response.output_text == preamble + answer  # the SDK's join, as the seed returns it
+    assert [item.phase for item in response.output] == ["commentary", "final_answer"]
+    assert replay(tmp_path / "t.jsonl").identical
+
+
+def test_commentary_before_a_tool_call_reaches_the_reasoning_callback() -> None:
+    agent = Agent()
+    with ResponsesSimulator(SHAPES["commentary_then_tool_call"]) as sim:
+        response = run_codex_stream(agent, dict(KWARGS), _client(sim))
+    assert agent.deltas == [] and "".join(agent.reasoning) == SHAPES_PREAMBLE
+    assert [item.type for item in response.output] == ["message", "function_call"]
 
 
 def test_real_client_prelude_frames_cost_one_request() -> None:

@@ -43,3 +43,33 @@ def test_announced_items_never_finished_are_rebuilt_as_their_own_kind() -> None:
     ]
     assert [index for index, _ in assembly.calls()] == [1, 2]
     assert list(assembly.open_calls()) == [("shell_call", None, "c"), ("custom_tool_call", None, None)]
+
+
+def _message(item_id: str, text: str, **phase: str) -> dict[str, Any]:
+    return {"id": item_id, "type": "message", "role": "assistant", "status": "completed",
+            "content": [{"type": "output_text", "text": text, "annotations": []}], **phase}
+
+
+def test_content_addressed_by_item_id_alone_joins_its_item_where_the_item_says() -> None:
+    """A relay that left out the item at output index 0 and addresses the next one's deltas by
+    item_id only: the deltas took the first free place (0), the finished item says 1; the item is
+    one, at 1, not two."""
+    assembly = OutputAssembly()
+    assert assembly.text_delta({"item_id": "m1", "content_index": 0}, "Hi") == 0
+    placed = assembly.item_done({"output_index": 1, "item": _message("m1", "Hi")})
+    assert placed is not None and placed[0] == 1 and placed[2] == ((0, 1),)
+    assert assembly.items() == [_message("m1", "Hi")]
+
+
+def test_an_item_that_says_its_place_moves_another_items_floating_content_out_of_the_way() -> None:
+    assembly = OutputAssembly()
+    assembly.text_delta({"item_id": "m1", "content_index": 0}, "One")  # floating at 0
+    placed = assembly.item_added({"output_index": 0, "item": {"id": "m0", "type": "message",
+                                                               "phase": "commentary"}})
+    assert placed is not None and placed[2] == ((0, 1),)  # m1's text went to 1
+    assembly.text_delta({"output_index": 0, "item_id": "m0", "content_index": 0}, "Zero")
+    placed = assembly.item_done({"output_index": 1, "item": _message("m1", "One")})
+    assert placed is not None and placed[2] == ()  # already there
+    first, second = assembly.items("incomplete")
+    assert (first["id"], first["phase"], first["content"][0]["text"]) == ("m0", "commentary", "Zero")
+    assert second == _message("m1", "One")

@@ -76,15 +76,27 @@ def test_a_well_formed_completed_stream_completes_with_everything_it_streamed(ca
     result = run_session(Session([script]))
     assert result.outcome == "completed"
     assert [a.final_state for a in result.attempts] == ["terminal"]
-    messages = {}
+    messages = {}  # output index -> (phase, text parts, refusal parts) of each finished message
     calls = []
     for part in parts:
-        if isinstance(part, dict) and part.get("type") == "response.output_text.delta":
-            messages[part["output_index"]] = messages.get(part["output_index"], "") + part["delta"]
+        if isinstance(part, dict) and part.get("type") == "response.output_item.done":
+            item = part["item"]
+            if item["type"] == "message":
+                content = item["content"]
+                messages[part["output_index"]] = (
+                    item.get("phase"),
+                    "".join(p["text"] for p in content if p["type"] == "output_text"),
+                    [p["refusal"] for p in content if p["type"] == "refusal"],
+                )
         if isinstance(part, dict) and part.get("type") == "response.output_item.added":
             if part["item"]["type"] == "function_call":
                 calls.append(part["item"]["call_id"])
-    assert result.output_text == "".join(messages[i] for i in sorted(messages))
+    ordered = [messages[i] for i in sorted(messages)]
+    assert result.output_text == "".join(text for _, text, _ in ordered)
+    assert result.answer_text == "".join(text for phase, text, _ in ordered if phase != "commentary")
+    assert result.commentary == [text for phase, text, _ in ordered if phase == "commentary"]
+    refusals = [refusal for _, _, some in ordered for refusal in some]
+    assert result.refusal == ("".join(refusals) if refusals else None)
     assert sorted(c["call_id"] for c in result.tool_calls) == sorted(calls)
 
 

@@ -43,6 +43,7 @@ from engine.simulator.shapes import (
     output_items,
     rate_limits_frame,
     reasoning_summary,
+    refusal_message,
     response_metadata_frame,
     shell_call,
     shell_call_output,
@@ -90,7 +91,7 @@ def _is_vendor_frame(event: dict[str, Any]) -> bool:
 
 def check_against_sdk(event: dict[str, Any]) -> None:
     """Validate one event dict with the SDK's model for its type; nested-error and vendor frames
-    are out of scope, and the two known departures must fail on their one field only."""
+    are out of scope, and the three known departures must fail on their one field only."""
     if _is_vendor_frame(event) or (event["type"] == "error" and "error" in event):
         return
     model = SDK_EVENT_MODELS[event["type"]]
@@ -100,6 +101,8 @@ def check_against_sdk(event: dict[str, Any]) -> None:
         expected_failure = ("response", "error", "code")
     elif event["type"] == "response.completed" and response["output"] is None:
         expected_failure = ("response", "output")
+    elif "item_id" in event and "output_index" not in event:  # a relay's item_id-only frames
+        expected_failure = ("output_index",)
     if expected_failure is not None:
         with pytest.raises(pydantic.ValidationError) as caught:
             model.model_validate(event)
@@ -197,6 +200,20 @@ def text(deltas: int) -> list[str]:
     return [*TEXT, *["response.output_text.delta"] * deltas, *TEXT_DONE]
 
 
+def refusal(deltas: int, *, after_text: int = 0) -> list[str]:
+    """A message that refuses (after a text part of `after_text` deltas, if any)."""
+    before = (["response.content_part.added", *["response.output_text.delta"] * after_text,
+               *TEXT_DONE[:2]] if after_text else [])
+    return [ADDED, *before, "response.content_part.added",
+            *["response.refusal.delta"] * deltas, "response.refusal.done",
+            "response.content_part.done", DONE_ITEM]
+
+
+#: A message as a relay passes it on without `output_item.added` / `content_part.added`.
+def text_without_added(deltas: int) -> list[str]:
+    return [*["response.output_text.delta"] * deltas, *TEXT_DONE]
+
+
 HAPPY = [*START, *text(4), "response.completed"]
 CUT_OFF = [*START, *TEXT, "response.output_text.delta", "response.output_text.delta"]
 
@@ -283,6 +300,28 @@ EXPECTED: dict[str, tuple[Attempt, ...]] = {
                  "response.completed"]),
     ),
     "apply_patch_call": (Attempt([*START, ADDED, DONE_ITEM, "response.completed"]),),
+    "commentary_then_tool_call": (
+        Attempt([*START, *text(3), ADDED, ARG_DELTA, ARG_DELTA, *CALL_DONE,
+                 "response.completed"]),
+    ),
+    "commentary_then_answer": (Attempt([*START, *text(3), *text(3), "response.completed"]),),
+    "commentary_phase_only_on_done": (
+        Attempt([*START, *text(3), *text(3), "response.completed"]),
+    ),
+    "commentary_without_item_added": (
+        Attempt([*START, *text_without_added(3), *text_without_added(3), "response.completed"]),
+    ),
+    "commentary_rotating_item_ids": (
+        Attempt([*START, *text(3), *text(3), "response.completed"]),
+    ),
+    "commentary_completed_output_empty": (
+        Attempt([*START, *text(3), *text(3), "response.completed"]),
+    ),
+    "commentary_drop_then_retry": (
+        Attempt(CUT_OFF, "drop"), Attempt([*START, *text(3), *text(3), "response.completed"]),
+    ),
+    "refusal": (Attempt([*START, *refusal(3), "response.completed"]),),
+    "refusal_after_text": (Attempt([*START, *refusal(2, after_text=2), "response.completed"]),),
     "apply_patch_call_with_output": (
         Attempt([*START, ADDED, DONE_ITEM, ADDED, DONE_ITEM, *text(3), "response.completed"]),
     ),
@@ -347,9 +386,15 @@ def _check_sequence_numbers(events: list[dict[str, Any]]) -> None:
             assert "sequence_number" in event
 
 
+def _place(event: dict[str, Any]) -> Any:
+    """Where a frame streams: its output index (a relay may rename the item mid-stream), else
+    its item id."""
+    return event.get("output_index", event.get("item_id"))
+
+
 def _check_text_consistency(events: list[dict[str, Any]]) -> None:
     """Deltas add up to the ``done`` text and to the finished item, per item."""
-    text_deltas: dict[str, str] = {}
+    parts: dict[tuple[Any, int, str], str] = {}  # (place, content index, part type) -> text
     arg_deltas: dict[str, str] = {}
     input_deltas: dict[str, str] = {}
     commands: dict[tuple[int, int], str] = {}
@@ -371,17 +416,24 @@ def _check_text_consistency(events: list[dict[str, Any]]) -> None:
             index = event["output_index"]
             streamed = [commands[key] for key in sorted(commands) if key[0] == index]
             assert event["item"]["action"]["commands"] == streamed
-        if kind == "response.output_text.delta":
-            text_deltas[event["item_id"]] = text_deltas.get(event["item_id"], "") + event["delta"]
-        elif kind == "response.output_text.done":
-            assert text_deltas[event["item_id"]] == event["text"]
+        part = {"response.output_text": "output_text", "response.refusal": "refusal"}.get(
+            kind.rsplit(".", 1)[0]
+        )
+        if part is not None:
+            key = (_place(event), event["content_index"], part)
+            if kind.endswith(".delta"):
+                parts[key] = parts.get(key, "") + event["delta"]
+            else:
+                assert parts[key] == event["text" if part == "output_text" else "refusal"]
         elif kind == "response.function_call_arguments.delta":
             arg_deltas[event["item_id"]] = arg_deltas.get(event["item_id"], "") + event["delta"]
         elif kind == "response.function_call_arguments.done":
             assert arg_deltas[event["item_id"]] == event["arguments"]
         elif kind == "response.output_item.done" and event["item"]["type"] == "message":
-            joined = "".join(part["text"] for part in event["item"]["content"])
-            assert joined == text_deltas[event["item"]["id"]]
+            for index, done in enumerate(event["item"]["content"]):
+                streamed = [parts.get((place, index, done["type"]))
+                            for place in (event["output_index"], event["item"]["id"])]
+                assert done.get("text", done.get("refusal")) in streamed
 
 
 # --------------------------------------------------------------------------------------------
@@ -438,6 +490,11 @@ def _builder_streams() -> Iterator[list[Any]]:
     yield assemble(created(tools=tools), *calls, completed(output_items(*calls), tools=tools))
     yield assemble(created(), custom_tool_call("f", "raw", finished=False),
                    shell_call(["ls"], finished=False))
+    preamble = text_message("Let me look.", output_index=0, phase="commentary")
+    answer = text_message("Found it.", output_index=1, phase="final_answer")
+    refused = refusal_message("I can't help with that.", text="Sure: ", output_index=2)
+    yield assemble(created(), preamble, answer, refused,
+                   completed(output_items(preamble, answer, refused)))
 
 
 def test_every_builder_event_validates_against_the_sdk_types() -> None:
@@ -455,6 +512,8 @@ def test_every_builder_event_validates_against_the_sdk_types() -> None:
         "response.content_part.done",
         "response.output_text.delta",
         "response.output_text.done",
+        "response.refusal.delta",
+        "response.refusal.done",
         "response.reasoning_summary_part.added",
         "response.reasoning_summary_part.done",
         "response.reasoning_summary_text.delta",

@@ -38,6 +38,7 @@ WEATHER_ARGS = shapes._WEATHER_ARGS
 TIME_ARGS = shapes._TIME_ARGS
 UTF8_ANSWER = shapes._UTF8_ANSWER
 ENTITLEMENT = shapes._ENTITLEMENT_MESSAGE
+PREAMBLE = shapes._PREAMBLE
 
 #: The first two of four deltas: what a cut-off attempt streamed before it broke.
 HALF_ANSWER = "".join(split_text(ANSWER, 4)[:2])
@@ -87,6 +88,10 @@ class Expected:
     policy: engine.TurnPolicy | None = None
     #: the turn's request asks for a background response (`shapes.BACKGROUND_SHAPES`)
     background: bool = False
+    #: the answer without the commentary (None: all of `text`), the commentary, the refusal
+    answer: str | None = None
+    commentary: list[str] = attrs.field(factory=list)
+    refusal: str | None = None
 
 
 def _terminal(reason: str) -> list[tuple[str, str, str]]:
@@ -235,6 +240,22 @@ EXPECTED: dict[str, Expected] = {
         attempts=[("stream", "retire", "drop"), ("stream", "terminal", "completed")],
         requests=2, background=True,
     ),
+    "commentary_then_tool_call": Expected(
+        "completed", PREAMBLE, calls=[{**WEATHER_CALL, "call_id": "call_01_sim"}], answer="",
+        commentary=[PREAMBLE],
+    ),
+    **{
+        name: Expected("completed", PREAMBLE + ANSWER, answer=ANSWER, commentary=[PREAMBLE])
+        for name in ("commentary_then_answer", "commentary_phase_only_on_done",
+                     "commentary_without_item_added", "commentary_rotating_item_ids",
+                     "commentary_completed_output_empty")
+    },
+    "commentary_drop_then_retry": Expected(
+        "completed", PREAMBLE + ANSWER, answer=ANSWER, commentary=[PREAMBLE],
+        attempts=[("stream", "retire", "drop"), *ONE_GOOD], requests=2,
+    ),
+    "refusal": Expected("completed", refusal=shapes._REFUSAL),
+    "refusal_after_text": Expected("completed", shapes._BEGUN_ANSWER, refusal=shapes._REFUSAL),
 }
 
 
@@ -252,6 +273,9 @@ def test_shape_over_http(name: str, tmp_path: Path) -> None:
 
     assert result.outcome == expected.outcome
     assert result.output_text == expected.text
+    assert result.answer_text == (expected.text if expected.answer is None else expected.answer)
+    assert result.commentary == expected.commentary
+    assert result.refusal == expected.refusal
     assert result.tool_calls == expected.calls
     if expected.error is None:
         assert result.error is None

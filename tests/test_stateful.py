@@ -3,7 +3,8 @@
 Hypothesis drives a `StreamAttempt` (the real machine, as the drivers build it) with frames,
 faults and interrupts chosen step by step, and feeds the same inputs to
 `engine.fuzz.reference.ReferenceAttempt`, the contract's rules stated apart from the machine. After
-every step the two must agree on the state, the reason an attempt ended and the text delivered,
+every step the two must agree on the state, the reason an attempt ended and the text delivered
+(answer text, commentary, refusals, reasoning),
 and the machine's own records must obey the rules: only transitions of its table, one final
 state per attempt and nothing after it, at most one first delta, no answer text after a tool
 call. When an attempt has ended, a rule may open the next one on the same delivery ledger, as a
@@ -39,6 +40,8 @@ ALLOWED = {(source, row.label, row.dest) for row in TABLE.rows for source in row
 INDEXES = st.integers(0, 2)
 TEXTS = st.sampled_from(["Hi", " there", "é", "東", ""])
 CODES = st.sampled_from(["server_error", "rate_limit_exceeded", "insufficient_quota"])
+ABSENT = object()  # a message item without a `phase`
+PHASES = st.sampled_from([ABSENT, "commentary", "final_answer", None, 3])
 
 
 class Sink:
@@ -114,12 +117,19 @@ class StreamAttemptAgainstReference(RuleBasedStateMachine):
         self._event({"type": "response.reasoning_summary_text.delta", "output_index": index,
                      "summary_index": 0, "delta": delta})
 
-    @rule(index=INDEXES, done=st.booleans())
-    def message_item(self, index: int, done: bool) -> None:
+    @rule(index=INDEXES, done=st.booleans(), phase=PHASES)
+    def message_item(self, index: int, done: bool, phase: Any) -> None:
         kind = "response.output_item.done" if done else "response.output_item.added"
+        labelled = {} if phase is ABSENT else {"phase": phase}
         self._event({"type": kind, "output_index": index,
                      "item": {"type": "message", "id": f"msg_{index}", "role": "assistant",
-                              "content": [{"type": "output_text", "text": "Hi"}]}})
+                              "content": [{"type": "output_text", "text": "Hi"}], **labelled}})
+
+    @rule(index=INDEXES, delta=TEXTS, done=st.booleans())
+    def refusal_frame(self, index: int, delta: str, done: bool) -> None:
+        field = {"refusal": delta} if done else {"delta": delta}
+        self._event({"type": f"response.refusal.{'done' if done else 'delta'}",
+                     "output_index": index, "content_index": 0, **field})
 
     @rule(index=INDEXES, done=st.booleans())
     def function_call_item(self, index: int, done: bool) -> None:
@@ -202,24 +212,28 @@ class StreamAttemptAgainstReference(RuleBasedStateMachine):
 
     @invariant()
     def same_text_delivered_as_the_reference(self) -> None:
-        mine = [d for k, a, d in self.sink.effects if k == "text_delta" and a == self.number]
-        theirs = self.model.delivered_text
-        assert mine == theirs
-        mine = [d for k, a, d in self.sink.effects if k == "reasoning_delta" and a == self.number]
-        assert mine == self.model.delivered_reasoning
+        for channel in ("text", "reasoning", "commentary", "refusal"):
+            mine = [d for k, a, d in self.sink.effects
+                    if k == f"{channel}_delta" and a == self.number]
+            assert mine == getattr(self.model, f"delivered_{channel}"), channel
 
     @invariant()
-    def first_delta_at_most_once_and_before_any_text(self) -> None:
-        kinds = [k for k, _, _ in self.sink.effects if k in ("first_delta", "text_delta")]
-        assert kinds.count("first_delta") <= 1
-        if "text_delta" in kinds:
-            assert kinds[0] == "first_delta"
+    def first_delta_at_most_once_and_before_any_text_whatever_the_routing(self) -> None:
+        for not_first, commentary_is_text in (("commentary_apart", True),
+                                              ("commentary_joined", False)):
+            texts = ("text_delta", "commentary_delta") if commentary_is_text else ("text_delta",)
+            kinds = [k for k, _, d in self.sink.effects
+                     if k in texts or (k == "first_delta" and d != not_first)]
+            assert kinds.count("first_delta") <= 1
+            if len(kinds) > kinds.count("first_delta"):
+                assert kinds[0] == "first_delta"
 
     @invariant()
     def no_text_after_a_tool_call(self) -> None:
         if self.tool_seen_at is not None:
             later = self.sink.effects[self.tool_seen_at:]
-            assert not [e for e in later if e[0] == "text_delta" and e[1] == self.number]
+            assert not [e for e in later if e[0] in ("text_delta", "commentary_delta")
+                        and e[1] == self.number]
 
     @invariant()
     def transitions_follow_the_table_and_end_once(self) -> None:

@@ -42,6 +42,27 @@ def test_whole_responses_list_exactly_the_clients_calls_and_hide_no_other_text(
     if not stream.client_call_ids:
         assert delivered == stream.text
     assert result.output_text == stream.text
+    assert result.answer_text == stream.answer_text
+    assert result.commentary == stream.commentary
+
+
+@given(tool_item_streams(), st.data())
+def test_commentary_with_its_own_callback_stops_at_the_first_client_call_too(
+    stream: ToolItemStream, data: st.DataObject
+) -> None:
+    """A preamble before the calls reaches `on_commentary_delta`; nothing of either kind of text
+    after the first client call reaches the user."""
+    heard: list[tuple[str, str]] = []
+    callbacks = engine.Callbacks(on_text_delta=lambda s: heard.append(("text", s)),
+                                 on_commentary_delta=lambda s: heard.append(("commentary", s)))
+    body = to_body(stream)
+    result = engine.consume(_split(body, data.draw(_cuts(body))), callbacks=callbacks)
+    assert result.outcome == "completed"
+    assert stream.text_before_first_client_call.startswith("".join(s for _, s in heard))
+    if not stream.client_call_ids:
+        assert "".join(s for kind, s in heard if kind == "text") == stream.answer_text
+        assert "".join(s for kind, s in heard if kind == "commentary") == "".join(stream.commentary)
+    assert result.commentary == stream.commentary
 
 
 @given(tool_item_streams(), st.data())

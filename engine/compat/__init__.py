@@ -65,7 +65,10 @@ words instead of costing three requests; `response.incomplete` / `response.faile
 wire are returned from the attempt that produced them; an interrupt stops reading within ~20 ms
 instead of draining the stream, and raises `InterruptedError`; text stops streaming after every
 kind of call the agent must execute (custom tool, local shell, shell and apply_patch calls, as
-function calls always did), not after calls the server ran itself (docs/migration.md).
+function calls always did), not after calls the server ran itself; the text of a message labelled
+`phase: "commentary"` (a preamble before tool calls) is not streamed as the answer: it goes to the
+agent's `_fire_commentary_delta(text)` when it has one, else to `_fire_reasoning_delta(text)`,
+else nowhere (it stays in the returned response, phase and all) (docs/migration.md).
 """
 
 from __future__ import annotations
@@ -141,15 +144,17 @@ class CodexAgent(Protocol):
 
     Read: `_interrupt_requested` (checked before each attempt and while reading). Called:
     `_touch_activity("receiving stream response")` per event (per chunk when reading bytes),
-    `_fire_stream_delta(text)` / `_fire_reasoning_delta(text)` for deltas that reach the user,
+    `_fire_stream_delta(text)` / `_fire_reasoning_delta(text)` for deltas that reach the user
+    (and, when the agent has it, `_fire_commentary_delta(text)` for commentary),
     `_ensure_primary_openai_client(reason=...)` when no client is passed,
     `_get_transport().preflight_kwargs(kwargs, allow_stream=True)` before the fallback request,
     `_client_log_context()` in warnings. Written, as the seed writes them:
     `_codex_stream_last_event_ts` (time of the latest event) and `_codex_streamed_text_parts` (the
     text delivered this turn).
 
-    `_get_transport` and `_client_log_context` may be missing (no preflight, no log context);
-    everything else is required, as in the seed."""
+    `_get_transport`, `_client_log_context` and `_fire_commentary_delta` may be missing (no
+    preflight, no log context, commentary to the reasoning callback); everything else is
+    required, as in the seed."""
 
     _interrupt_requested: bool
 
@@ -356,10 +361,12 @@ class _CompatTurn:
         if not self.fallback_only:
             agent._codex_streamed_text_parts = self.delivered
         fire_reasoning = getattr(agent, "_fire_reasoning_delta", None)
+        reasoning = fire_reasoning if callable(fire_reasoning) else None
         callbacks = Callbacks(
             on_first_delta=on_first_delta if callable(on_first_delta) else None,
             on_text_delta=self._deliver_text,
-            on_reasoning_delta=fire_reasoning if callable(fire_reasoning) else None,
+            on_reasoning_delta=reasoning,
+            on_commentary_delta=_commentary_consumer(agent, reasoning),
             on_retry=on_retry if callable(on_retry) else None,
         )
         self.recording = TurnRecording(
@@ -570,6 +577,19 @@ class _CompatTurn:
 
 
 # -- helpers ----------------------------------------------------------------------------------
+def _commentary_consumer(agent: Any, reasoning: Callable[[str], Any] | None) -> Callable[[str], Any]:
+    """Where the agent's commentary goes, never into the streamed answer: its own
+    `_fire_commentary_delta`, else its reasoning callback, else nowhere."""
+    fire = getattr(agent, "_fire_commentary_delta", None)
+    if callable(fire):
+        return fire  # type: ignore[no-any-return]
+    return reasoning if reasoning is not None else _ignored
+
+
+def _ignored(text: str) -> None:
+    """A commentary delta the agent has no place for (the response still holds it)."""
+
+
 def _response_object(final: dict[str, Any]) -> Any:
     """An `openai.types.responses.Response` over the machine's final response (attribute access,
     `.output_text`), built without validation like the SDK builds what it receives."""

@@ -224,6 +224,7 @@ _TEXT_EVENTS: Final = {
     "response.output_text.delta": "text",
     "response.reasoning_summary_text.delta": "reasoning",
     "response.reasoning_text.delta": "reasoning",
+    "response.refusal.delta": "refusal",
 }
 #: A `"delta": "..."` field as written; group 1 is the string's content.
 _DELTA_FIELD: Final = re.compile(rb'"delta"[ \t]*:[ \t]*"((?:[^"\\\r\n]|\\.)*)"')

@@ -28,7 +28,14 @@ back and then released); C(N) is all text delivered to `on_text_delta` up to the
 (C(0) = ""). If A(N) starts with C(N-1), C(N) == A(N): all new allowed text delivered, nothing
 else; otherwise C(N) == C(N-1): a retry that says something else delivers nothing. So text never
 reaches the user after a tool call in that attempt, is never delivered twice, and none is held
-back. Reasoning deltas obey the same rule without the tool-call gate.
+back. Commentary obeys the same rule on its own channel; reasoning and refusal deltas obey it
+without the tool-call gate.
+
+Routing (CONTRACT v3): the machines decide the same effects whoever listens; which callback each
+reaches depends on whether the caller gave `on_commentary_delta` (`routed`, the contract's words
+as data). A session is played with one routing (the caller's, else commentary apart) and the
+callbacks must match that routing's view of the effects; the rules about what `on_text_delta`
+and `on_first_delta` see are checked on the views of both routings.
 """
 
 from __future__ import annotations
@@ -89,6 +96,7 @@ __all__ = [
     "reference_result",
     "reference_turn",
     "replay_violations",
+    "routed",
     "secret_pieces",
     "session_violations",
     "turn_violations",
@@ -104,7 +112,7 @@ RULES: Final[dict[str, str]] = {
     "reason), and the turn makes the attempts it says (no retry of an outcome, nothing retried "
     "after an event larger than max_event_bytes)",
     "first_delta_once": "on_first_delta fires at most once, exactly when text is delivered, "
-    "before the first text delta",
+    "before the first text delta, whether or not commentary has a callback of its own",
     "no_text_after_tool_call": "no text reaches on_text_delta after a call the client must "
     "execute was seen in that attempt (text held back while the calls seen may still turn out "
     "the server's is delivered when they do)",
@@ -114,6 +122,11 @@ RULES: Final[dict[str, str]] = {
     "response's, else what streamed), and never less than the user saw on error or "
     "interrupted; no allowed text is held back",
     "reasoning_delivery": "reasoning deltas are delivered once each, across retries too",
+    "refusal_delivery": "refusal deltas reach on_refusal_delta (never on_text_delta) once each, "
+    "across retries too",
+    "answer_parts": "answer_text, commentary and refusal are what the reference model gives (a "
+    "message is commentary by the phase it states, refusal parts joined in output order), none "
+    "less than the user saw on its channel on error or interrupted",
     "callbacks_match_effects": "the callbacks receive exactly the effects the trace records",
     "tool_calls_once": "tool_calls lists exactly the client's calls, once each, in output "
     "order, never one the server ran, with the arguments and status the reference gives",
@@ -171,12 +184,15 @@ class InvariantViolation(AssertionError):
 
 class CallbackLog:
     """Callbacks that note every call (`calls`: kind and text, in order), and pass it on to the
-    caller's callbacks, noting what they raise (`errors`)."""
+    caller's callbacks, noting what they raise (`errors`). Commentary is routed as the caller
+    routes it (`apart`)."""
 
     def __init__(self, user: Callbacks | None) -> None:
         self.calls: list[tuple[str, str | None]] = []
         self.errors: list[str] = []
         self.user = user or Callbacks()
+        #: Commentary has a callback of its own: as the caller routes it, else apart.
+        self.apart = user is None or user.on_commentary_delta is not None
 
     def callbacks(self) -> Callbacks:
         def noting(kind: str, name: str) -> Any:
@@ -194,7 +210,9 @@ class CallbackLog:
             return call
 
         kinds = {"on_first_delta": "first_delta", "on_text_delta": "text_delta",
-                 "on_reasoning_delta": "reasoning_delta"}
+                 "on_reasoning_delta": "reasoning_delta", "on_refusal_delta": "refusal_delta"}
+        if self.apart:
+            kinds["on_commentary_delta"] = "commentary_delta"
         return Callbacks(**{name: noting(kind, name) for name, kind in kinds.items()})
 
 
@@ -241,7 +259,8 @@ def session_violations(
         ]
     found = [Violation("callback_raised", e) for e in observer.errors[:1]]
     found += turn_violations(
-        result, recording.log.records, observer.calls, reference_turn(session), session.secrets
+        result, recording.log.records, observer.calls, reference_turn(session), session.secrets,
+        apart=observer.apart,
     )
     if replay and path is not None:
         if _echoes_secrets(session):
@@ -264,21 +283,44 @@ def turn_violations(
     calls: list[tuple[str, str | None]],
     reference: ReferenceTurn,
     secrets: Iterable[str] = (),
+    *,
+    apart: bool = True,
 ) -> list[Violation]:
     """The rules a finished turn breaks, judged from its result, its event log's `records`, the
-    callback `calls` it made (`(kind, text)`, in order) and what the reference says."""
+    callback `calls` it made (`(kind, text)`, in order; `apart`: with a commentary callback) and
+    what the reference says."""
     effects = [r for r in records if type(r) is Effect]
-    seen = "".join(text or "" for name, text in calls if name == "text_delta")
     return [
         *_check_states(result, reference),
-        *_check_delivery(calls, effects, reference),
+        *_check_delivery(calls, effects, reference, apart),
         *_check_output(result, reference),
-        *_check_seen(result, seen),
+        *(violation for view in (True, False) for violation in _check_seen(result, effects, view)),
         *_check_error(result, reference, secrets),
     ]
 
 
-_DELIVERY: Final = frozenset({"first_delta", "text_delta", "reasoning_delta"})
+_DELIVERY: Final = frozenset(
+    {"first_delta", "text_delta", "reasoning_delta", "commentary_delta", "refusal_delta"}
+)
+
+#: Where a `first_delta` effect is not first, by routing (`machines.records.FirstDeltaRouting`).
+_NOT_FIRST: Final = {True: "commentary_joined", False: "commentary_apart"}
+
+
+def routed(effects: Iterable[Effect], apart: bool) -> list[tuple[str, str | None]]:
+    """The callbacks the effects reach, as (effect kind the callback is named after, text): "when
+    on_commentary_delta is given, the deltas of a commentary message go there and not to
+    on_text_delta / on_first_delta; without it they go to on_text_delta as before"."""
+    out: list[tuple[str, str | None]] = []
+    for e in effects:
+        if e.kind == "first_delta":
+            if e.data != _NOT_FIRST[apart]:
+                out.append(("first_delta", None))
+        elif e.kind == "commentary_delta":
+            out.append(("commentary_delta" if apart else "text_delta", e.data))
+        elif e.kind in _DELIVERY:
+            out.append((e.kind, e.data))
+    return out
 
 
 def _masking_changed_delivery(divergence: Divergence) -> bool:
@@ -340,14 +382,25 @@ def _check_states(result: TurnResult, reference: ReferenceTurn) -> Iterator[Viol
         yield Violation("one_final_state", "the turn machine did not finish exactly once")
 
 
+#: What each channel's deliveries are held to: the text the reference lets through in an attempt,
+#: and the rule a violation breaks (None: named by how it went wrong, as for answer text).
+_CHANNELS: Final[dict[str, tuple[str, str | None]]] = {
+    "text": ("allowed_text", None),
+    "commentary": ("allowed_commentary", None),
+    "reasoning": ("reasoning_text", "reasoning_delivery"),
+    "refusal": ("refusal_text", "refusal_delivery"),
+}
+
+
 def _check_channel(
     channel: str, per_attempt: dict[int, str], reference: ReferenceTurn
 ) -> Iterator[Violation]:
     """The delivery rule (module docstring) on one channel: C(N) == A(N) when A(N) continues
     C(N-1), else C(N) == C(N-1). A text violation is named by how it went wrong."""
+    field, named = _CHANNELS[channel]
     before = ""
     for attempt in reference.attempts:
-        allowed = attempt.read.allowed_text if channel == "text" else attempt.read.reasoning_text
+        allowed: str = getattr(attempt.read, field)
         said = per_attempt.get(attempt.number, "")
         after = before + said
         if after != (allowed if allowed.startswith(before) else before):
@@ -363,28 +416,32 @@ def _check_channel(
             elif allowed.startswith(after):
                 rule = "nothing_lost"
                 detail = f"held back {allowed[len(after):]!r} (delivered {after!r})"
-            yield Violation(rule if channel == "text" else "reasoning_delivery",
-                            f"attempt {attempt.number} {detail}")
+            where = "" if channel == "text" else f" ({channel})"
+            yield Violation(named or rule, f"attempt {attempt.number}{where} {detail}")
         before = after
 
 
 def _check_delivery(
-    calls: list[tuple[str, str | None]], effects: list[Effect], reference: ReferenceTurn
+    calls: list[tuple[str, str | None]], effects: list[Effect], reference: ReferenceTurn,
+    apart: bool,
 ) -> Iterator[Violation]:
-    logged = [(e.kind, None if e.kind == "first_delta" else e.data)
-              for e in effects if e.kind in _DELIVERY]
+    logged = routed(effects, apart)
     if logged != calls:
         yield Violation("callbacks_match_effects",
                         f"callbacks got {calls[:6]}..., the trace records {logged[:6]}...")
-    kinds = [kind for kind, _ in calls if kind in ("first_delta", "text_delta")]
-    if kinds.count("first_delta") > 1:
-        yield Violation("first_delta_once", f"on_first_delta fired {kinds.count('first_delta')}"
-                        " times")
-    elif kinds and kinds[0] != "first_delta":
-        yield Violation("first_delta_once", "text was delivered without on_first_delta before it")
-    elif kinds == ["first_delta"]:
-        yield Violation("first_delta_once", "on_first_delta fired but no text was delivered")
-    for channel in ("text", "reasoning"):
+    for view in (apart, not apart):
+        routing = "with" if view else "without"
+        kinds = [kind for kind, _ in routed(effects, view) if kind in ("first_delta", "text_delta")]
+        if kinds.count("first_delta") > 1:
+            yield Violation("first_delta_once", f"on_first_delta fired "
+                            f"{kinds.count('first_delta')} times ({routing} a commentary callback)")
+        elif kinds and kinds[0] != "first_delta":
+            yield Violation("first_delta_once", "text was delivered without on_first_delta "
+                            f"before it ({routing} a commentary callback)")
+        elif kinds == ["first_delta"]:
+            yield Violation("first_delta_once", "on_first_delta fired but no text was "
+                            f"delivered ({routing} a commentary callback)")
+    for channel in _CHANNELS:
         per_attempt: dict[int, str] = {}
         for e in effects:
             if e.kind == f"{channel}_delta":
@@ -400,10 +457,16 @@ _show = _SHOW.repr  # a short repr of server data of any depth
 
 
 def _check_output(result: TurnResult, reference: ReferenceTurn) -> Iterator[Violation]:
-    text, calls = reference_result(reference)
+    expected = reference_result(reference)
+    text, calls = expected.output_text, expected.tool_calls
     if result.output_text != text:
         yield Violation("nothing_lost",
                         f"output_text {result.output_text!r}, the reference says {text!r}")
+    for name in ("answer_text", "commentary", "refusal"):
+        mine, theirs = getattr(result, name), getattr(expected, name)
+        if mine != theirs:
+            yield Violation("answer_parts",
+                            f"{name} {_show(mine)}, the reference says {_show(theirs)}")
     ids = [c.get("call_id") for c in result.tool_calls]
     want = [c["call_id"] for c in calls]
     if not equal(ids, want):
@@ -413,15 +476,18 @@ def _check_output(result: TurnResult, reference: ReferenceTurn) -> Iterator[Viol
         yield Violation("tool_calls_once", f"tool_calls list the calls {_show(ids)}, the reference "
                         f"{_show(want)}" + (f" (the server ran {ran})" if ran else ""))
         return
-    for got, expected in zip(result.tool_calls, calls):
-        if wrong := [k for k in sorted(expected) if not equal(got.get(k), expected[k])]:
+    for got, call in zip(result.tool_calls, calls):
+        if wrong := [k for k in sorted(call) if not equal(got.get(k), call[k])]:
             differences = ", ".join(
-                f"{k} {_show(got.get(k))}, the reference says {_show(expected[k])}" for k in wrong)
-            yield Violation("tool_calls_once", f"call {_show(expected['call_id'])}: {differences}")
+                f"{k} {_show(got.get(k))}, the reference says {_show(call[k])}" for k in wrong)
+            yield Violation("tool_calls_once", f"call {_show(call['call_id'])}: {differences}")
             return
 
 
-def _check_seen(result: TurnResult, seen: str) -> Iterator[Violation]:
+def _check_seen(result: TurnResult, effects: list[Effect], apart: bool) -> Iterator[Violation]:
+    """"output_text on error or interrupted is never shorter than the text already delivered to
+    on_text_delta", whichever way commentary is routed."""
+    seen = "".join(text or "" for kind, text in routed(effects, apart) if kind == "text_delta")
     if result.outcome in ("error", "interrupted") and len(result.output_text) < len(seen):
         yield Violation("never_less_than_seen", f"output_text {result.output_text!r} is "
                         f"shorter than the delivered {seen!r}")

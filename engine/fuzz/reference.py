@@ -22,6 +22,10 @@ An event whose data is not a JSON object is no frame. Then, for one attempt (`Re
   once none is the client's; after a function call nothing is held back. A live attempt is
   `awaiting_created` until the response begins, `tool_call` from a call of the client's until a
   call is finished or taken back with none of the client's left open, else `streaming`;
+- what text is (CONTRACT v3, `COMMENTARY_PHASE`): the text of a place whose item was announced or
+  finished as `phase: "commentary"` is commentary, on a channel of its own under the same rule
+  as answer text; text of an item whose phase is unknown is answer text; refusal text is on its
+  own channel and never held back;
 - how it ends (`ENDINGS`): each way gives the turn's outcome if nothing more is tried and the
   budget that may pay for another attempt; the attempt is then `fallback` (a broken stream that
   hands over), `terminal` (the server answered) or `retire`. Its reason is data (`Reason`).
@@ -31,7 +35,8 @@ attempt that ended in `fallback` is followed by one fallback attempt; a backgrou
 stream broke after its id and a sequence number came is resumed (the `resume` attempt reads on
 from the broken one); a broken stream or a retried failure is tried again while stream attempts
 are left; otherwise the turn ends with the last attempt's outcome. Text already delivered is
-never delivered again (`ReferenceLedger`). `reference_result` assembles the result.
+never delivered again, on any channel (`ReferenceLedger`). `reference_result` assembles the
+result.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ import attrs
 from engine.fuzz.reference_output import (
     ReferenceOutput,
     Slot,
+    answer_of,
     call_facts,
     custom_tools_declared,
     join_text,
@@ -77,6 +83,7 @@ __all__ = [
     "Budget",
     "ReferenceAttempt",
     "ReferenceLedger",
+    "ReferenceResult",
     "ReferenceTurn",
     "Reason",
     "State",
@@ -166,11 +173,13 @@ def frame_type(payload: dict[str, Any], name: str) -> str:
 #: "`response.created` moves on; so does `response.in_progress` (relays that never send
 #: `created`) and any content frame (relays that send neither)"; both carry the response object.
 LIFECYCLE: Final = frozenset({"response.created", "response.in_progress"})
-#: "on_text_delta: answer text", "on_reasoning_delta: reasoning / reasoning-summary text".
+#: "on_text_delta: answer text", "on_reasoning_delta: reasoning / reasoning-summary text",
+#: v3 "Refusal deltas go to on_refusal_delta (never to on_text_delta)".
 DELIVERED: Final[dict[str, str]] = {
     "response.output_text.delta": "text",
     "response.reasoning_summary_text.delta": "reasoning",
     "response.reasoning_text.delta": "reasoning",
+    "response.refusal.delta": "refusal",
 }
 BEGINS_RESPONSE: Final = LIFECYCLE | frozenset(DELIVERED)
 
@@ -189,6 +198,8 @@ _PART, _CMD = "content_index", "command_index"
 CONTENT: Final[dict[str, Slot]] = {
     "response.output_text.delta": Slot("message", "delta", "append", part=_PART),
     "response.output_text.done": Slot("message", "text", "replace", part=_PART),
+    "response.refusal.delta": Slot("message", "delta", "append", part=_PART, holds="refusal"),
+    "response.refusal.done": Slot("message", "refusal", "replace", part=_PART, holds="refusal"),
     "response.reasoning_summary_text.delta": Slot("reasoning", "delta", "append"),
     "response.reasoning_text.delta": Slot("reasoning", "delta", "append"),
     "response.function_call_arguments.delta": Slot("function_call", "delta", "append"),
@@ -199,6 +210,12 @@ CONTENT: Final[dict[str, Slot]] = {
     "response.shell_call_command.delta": Slot("shell_call", "delta", "append", "empty", _CMD),
     "response.shell_call_command.done": Slot("shell_call", "command", "replace", "touch", _CMD),
 }
+
+#: CONTRACT v3: "A message's phase is known from its output_item.added (or .done); text of an
+#: item whose phase is unknown is answer text": the `phase` that makes an item's text commentary
+#: (a phase is stated by a `phase` that is not null; a later statement replaces an earlier one,
+#: and a value that is not this string is no commentary).
+COMMENTARY_PHASE: Final = "commentary"
 
 #: An item announced (False) or finished (True): a call of the client's is a call seen, any
 #: other item is content.
@@ -347,11 +364,26 @@ def http_words(step: HttpError) -> dict[str, Any]:
 
 
 class ReferenceLedger:
-    """What reached the user this turn, per channel."""
+    """What reached the user this turn, per channel; `shown`: the answer text and the commentary
+    in the order delivered (what `on_text_delta` got without a commentary callback), and the
+    commentary delivered as (place of its message, text) runs."""
 
     def __init__(self) -> None:
         self.text = ""
         self.reasoning = ""
+        self.commentary = ""
+        self.refusal = ""
+        self.shown = ""
+        self.commentary_runs: list[tuple[int, str]] = []
+
+    def note_commentary(self, place: int, piece: str) -> None:
+        self.commentary += piece
+        self.shown += piece
+        runs = self.commentary_runs
+        if runs and runs[-1][0] == place:
+            runs[-1] = (place, runs[-1][1] + piece)
+        else:
+            runs.append((place, piece))
 
 
 class _Delivery:
@@ -380,17 +412,22 @@ class _Read:
 
     text: _Delivery
     reasoning: _Delivery
+    commentary: _Delivery
+    refusal: _Delivery
     state: State = State.AWAITING_CREATED
     output: ReferenceOutput = attrs.Factory(ReferenceOutput)
     client_calls: set[int] = attrs.Factory(set)  # places counted as the client's calls
     function_call: bool = False  # a function call frame came: it is never taken back
     withholding: bool = False  # answer text is not delivered now
-    withheld: list[str] = attrs.Factory(list)
+    withheld: list[tuple[int | None, str]] = attrs.Factory(list)  # (commentary place, text)
+    commentary_places: set[int] = attrs.Factory(set)  # places whose item is commentary
     tools: Any = None  # the latest `tools` list of a lifecycle frame that names tools
     response_id: str | None = None
     last_sequence: int | None = None
     allowed_text: str = ""  # answer text let through (delivered, or held back and released)
+    allowed_commentary: str = ""  # the same, of commentary
     reasoning_text: str = ""
+    refusal_text: str = ""
 
 
 class ReferenceAttempt:
@@ -422,13 +459,17 @@ class ReferenceAttempt:
         self.words: dict[str, Any] | None = None  # the provider's error words
         self.delivered_text: list[str] = []
         self.delivered_reasoning: list[str] = []
+        self.delivered_commentary: list[str] = []
+        self.delivered_refusal: list[str] = []
         self.resume_point: tuple[str, int] | None = None
         if resumes is None:
-            self.read = _Read(_Delivery(ledger.text), _Delivery(ledger.reasoning))
+            self.read = _Read(_Delivery(ledger.text), _Delivery(ledger.reasoning),
+                              _Delivery(ledger.commentary), _Delivery(ledger.refusal))
             return
         old = resumes.read
         assert old.response_id is not None and old.last_sequence is not None
-        self.read = attrs.evolve(old, client_calls=set(old.client_calls), withheld=[*old.withheld])
+        self.read = attrs.evolve(old, client_calls=set(old.client_calls), withheld=[*old.withheld],
+                                 commentary_places=set(old.commentary_places))
         self.resume_point = (old.response_id, old.last_sequence)
 
     @property
@@ -481,12 +522,17 @@ class ReferenceAttempt:
             read.function_call = True
             self._call_seen()
         if channel == "text" and delta:
-            self._text(delta)
+            self._text(delta, index if index in read.commentary_places else None)
         elif channel == "reasoning" and delta:
             read.reasoning_text += delta
             if piece := read.reasoning.take(delta):
                 self.ledger.reasoning += piece
                 self.delivered_reasoning.append(piece)
+        elif channel == "refusal" and delta:  # never held back: a refusal is no answer text
+            read.refusal_text += delta
+            if piece := read.refusal.take(delta):
+                self.ledger.refusal += piece
+                self.delivered_refusal.append(piece)
 
     def _already_seen(self, payload: dict[str, Any]) -> bool:
         """"an event whose sequence_number is not above the last one seen is ignored" (a
@@ -525,7 +571,18 @@ class ReferenceAttempt:
                 self._begin()
             return
         read = self.read
-        index = read.output.item(payload, item, done=done)
+        index, moves = read.output.item(payload, item, done=done)
+        for source, dest in moves:  # what was known of a place is known where it went
+            for places in (read.client_calls, read.commentary_places):
+                if source in places:
+                    places.discard(source)
+                    places.add(dest)
+        phase = item.get("phase")
+        if phase is not None:
+            if phase == COMMENTARY_PHASE:
+                read.commentary_places.add(index)
+            else:
+                read.commentary_places.discard(index)
         facts = call_facts(item)
         if facts is not None and read.output.judge.is_clients(facts):
             read.function_call |= facts[0] == "function_call"
@@ -594,18 +651,28 @@ class ReferenceAttempt:
             return
         read.state, read.withholding = State.STREAMING, False
         held, read.withheld = read.withheld, []
-        for delta in held:
-            self._text(delta)
+        for place, delta in held:
+            self._text(delta, place)
 
-    def _text(self, delta: str) -> None:
+    def _text(self, delta: str, commentary_place: int | None) -> None:
+        """Answer text, or the text of the commentary message at `commentary_place`: each on its
+        own channel, both held back after a call."""
         read = self.read
         if read.withholding:
             if not read.function_call:  # the calls seen may still turn out the server's
-                read.withheld.append(delta)
+                read.withheld.append((commentary_place, delta))
+            return
+        ledger = self.ledger
+        if commentary_place is not None:
+            read.allowed_commentary += delta
+            if piece := read.commentary.take(delta):
+                ledger.note_commentary(commentary_place, piece)
+                self.delivered_commentary.append(piece)
             return
         read.allowed_text += delta
         if piece := read.text.take(delta):
-            self.ledger.text += piece
+            ledger.text += piece
+            ledger.shown += piece
             self.delivered_text.append(piece)
 
     # -- how it ends -----------------------------------------------------------------------------
@@ -762,12 +829,25 @@ def reference_turn(session: Session) -> ReferenceTurn:
     return play_turn(session.policy, session.server)
 
 
-def reference_result(reference: ReferenceTurn) -> tuple[str, list[dict[str, Any]]]:
-    """The `output_text` and `tool_calls` the contract gives the turn: "output backfilled when the
+@attrs.frozen
+class ReferenceResult:
+    """The parts of a `TurnResult` the reference model gives."""
+
+    output_text: str
+    tool_calls: list[dict[str, Any]]
+    answer_text: str
+    commentary: list[str]
+    refusal: str | None
+
+
+def reference_result(reference: ReferenceTurn) -> ReferenceResult:
+    """The text and `tool_calls` the contract gives the turn: "output backfilled when the
     server sent it empty or null" — from the last attempt's terminal response when it has one
     (its output when a non-empty list, with every streamed call it left out), else from what the
     latest attempt that streamed anything streamed; "output_text on error or interrupted is never
-    shorter than the text already delivered"."""
+    shorter than the text already delivered" (to `on_text_delta`, which without a commentary
+    callback got the commentary too), and none of the v3 parts holds less than was delivered on
+    its channel either."""
     last = reference.last
     completed = reference.outcome == "completed"
     if last.response:
@@ -781,7 +861,15 @@ def reference_result(reference: ReferenceTurn) -> tuple[str, list[dict[str, Any]
         items = source.items()
         calls = listed_calls(items, source.declared_tools(), completed=completed)
     text = join_text(items)
-    delivered = last.ledger.text
-    if reference.outcome in ("error", "interrupted") and len(text) < len(delivered):
-        text = delivered
-    return text, calls
+    answer, commentary, refusal = answer_of(items)
+    ledger = last.ledger
+    if reference.outcome in ("error", "interrupted"):
+        if len(text) < len(ledger.shown):
+            text = ledger.shown
+        if len(answer) < len(ledger.text):
+            answer = ledger.text
+        if len("".join(commentary)) < len(ledger.commentary):
+            commentary = [run for _, run in ledger.commentary_runs]
+        if len(refusal or "") < len(ledger.refusal):
+            refusal = ledger.refusal
+    return ReferenceResult(text, calls, answer, commentary, refusal)

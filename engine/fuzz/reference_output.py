@@ -16,17 +16,26 @@ Placement. A frame lands at its `output_index` when that is a JSON integer; else
 `item_id` names (an `output_item.*` frame: its item's `id`), once known; else a frame with a
 `delta` and no id continues the newest item, and anything else opens a new one. An id becomes
 known where its item is announced, finished or first streamed (announcement and finish win).
+CONTRACT v3 "deltas addressed only by item_id ... are handled": a place opened for an id by a
+frame without an `output_index` is unplaced; it moves, with what it holds, to the
+`output_index` its item's announcement or finish gives, when nothing has landed there yet (so the
+item is one, not two); and an announcement or finish whose `output_index` is another id's
+unplaced place first moves that place to the next free one (two items never share a place).
 
 Items. `output_item.added` announces an item (its kind: a non-empty string `type`; a message when
 the type is missing or empty), keeping what frames streamed there before; `output_item.done`
-makes the server's item the one listed. Content frames fill their `Slot`. An item never finished
-is rebuilt from what streamed: a call `incomplete` unless finished (its arguments or input
-`done`) or the response completed, a message with its parts, another kind as announced.
+makes the server's item the one listed, with the phase its announcement stated when it states
+none itself ("The phase of every output item is kept in result.response"; a phase is stated by
+a `phase` that is not null). Content frames fill their `Slot`. An item never finished is rebuilt
+from what streamed: a call `incomplete` unless finished (its arguments or input `done`) or the
+response completed, a message with its parts (at each content index its text part, then its
+refusal part), another kind as announced.
 
-Results. `output_text` joins the `output_text` parts of the `message` items; `tool_calls` lists
-the client's calls among them (judged with the response's `tools` and the output items among
-them); a terminal response's non-empty output is completed by every streamed call it left out
-and every streamed output item. Server JSON is read nested at most `MAX_JSON_DEPTH` deep.
+Results. `output_text` joins the `output_text` parts of the `message` items; `answer_of` tells
+them apart (CONTRACT v3: the answer, each commentary message's text, the refusal); `tool_calls`
+lists the client's calls among them (judged with the response's `tools` and the output items
+among them); a terminal response's non-empty output is completed by every streamed call it left
+out and every streamed output item. Server JSON is read nested at most `MAX_JSON_DEPTH` deep.
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ __all__ = [
     "CallJudge",
     "ReferenceOutput",
     "Slot",
+    "answer_of",
     "is_json",
     "join_text",
     "json_value",
@@ -197,13 +207,15 @@ OtherType = Literal["skip", "empty", "touch"]
 class Slot:
     """Where one kind of frame keeps its content: the kind of item it streams, the payload field
     holding the text, the part index field (if parts), and how the text lands (`done`: the full
-    value, which finishes a call's arguments or input)."""
+    value, which finishes a call's arguments or input); `holds` names the parts it fills where
+    that is not the index field's name (a message's refusal parts)."""
 
     kind: str
     field: str
     mode: Mode
     other: OtherType = "skip"
     part: str | None = None
+    holds: str | None = None
 
 
 def _part(value: Any) -> int:
@@ -254,9 +266,16 @@ class _Streamed:
         item["status"] = status
         if kind == "message":
             item.setdefault("role", "assistant")
-            parts = self.parts.get("content_index", {})
+            texts = self.parts.get("content_index", {})
+            refusals = self.parts.get("refusal", {})
             item["content"] = [
-                {"type": "output_text", "text": parts[i], "annotations": []} for i in sorted(parts)
+                part
+                for i in sorted(texts.keys() | refusals.keys())
+                for part in (
+                    *([{"type": "output_text", "text": texts[i], "annotations": []}]
+                      if i in texts else []),
+                    *([{"type": "refusal", "refusal": refusals[i]}] if i in refusals else []),
+                )
             ]
         elif kind in ("function_call", "custom_tool_call"):
             item[CLIENT_CALLS[kind]] = self.text if self.done is None else self.done
@@ -278,6 +297,7 @@ class ReferenceOutput:
         self.streamed: dict[int, _Streamed] = {}
         self.finished: dict[int, dict[str, Any]] = {}
         self.places: dict[str, int] = {}  # item id -> place
+        self.unplaced: dict[int, str] = {}  # places an id took without an output_index
         self.end = 0  # one after the last place taken
         self.judge = CallJudge()
 
@@ -302,12 +322,30 @@ class ReferenceOutput:
         self.end += 1
         if isinstance(item_id, str):
             self.places[item_id] = index
+            self.unplaced[index] = item_id
         return index
 
-    def item(self, payload: dict[str, Any], item: dict[str, Any], *, done: bool) -> int:
-        """`output_item.added` (an announcement) or `.done` (the server's item): its place."""
+    def item(
+        self, payload: dict[str, Any], item: dict[str, Any], *, done: bool
+    ) -> tuple[int, list[tuple[int, int]]]:
+        """`output_item.added` (an announcement) or `.done` (the server's item): its place, and
+        the places that moved (from, to), in order."""
         index = self.place(payload)
         item_id = item.get("id")
+        moves = []
+        if type(payload.get("output_index")) is int:
+            owner = self.unplaced.pop(index, None)
+            if owner is not None and owner != item_id:  # another item's unplaced place
+                self._move(index, self.end)
+                self.unplaced[self.end] = owner
+                moves.append((index, self.end))
+                self.end += 1
+            own = self.places.get(item_id) if isinstance(item_id, str) else None
+            if (own is not None and own in self.unplaced and own != index
+                    and index not in self.streamed and index not in self.finished):
+                del self.unplaced[own]
+                self._move(own, index)
+                moves.append((own, index))
         if done:
             self.finished[index] = item
         else:
@@ -320,7 +358,15 @@ class ReferenceOutput:
         if isinstance(item_id, str):
             self.places[item_id] = index
         self.judge.note(item)
-        return index
+        return index, moves
+
+    def _move(self, source: int, dest: int) -> None:
+        """What landed at `source` lands at `dest` from now on."""
+        if source in self.streamed:
+            self.streamed[dest] = self.streamed.pop(source)
+        if source in self.finished:
+            self.finished[dest] = self.finished.pop(source)
+        self.places = {key: dest if at == source else at for key, at in self.places.items()}
 
     def land(self, slot: Slot, payload: dict[str, Any]) -> int | None:
         """A content frame: its text lands in its slot; its place, or None when it landed
@@ -338,7 +384,7 @@ class ReferenceOutput:
             if streamed.item_id is not None:
                 self.places.setdefault(streamed.item_id, index)
         if slot.part is not None:
-            parts = streamed.parts.setdefault(slot.part, {})
+            parts = streamed.parts.setdefault(slot.holds or slot.part, {})
             key = _part(payload.get(slot.part))
             parts[key] = parts.get(key, "") + text if mode == "append" else text
         elif mode == "append":
@@ -375,10 +421,19 @@ class ReferenceOutput:
         )
 
     def items(self, status: str) -> list[dict[str, Any]]:
-        return [
-            self.finished[index] if index in self.finished else self.streamed[index].rebuilt(status)
-            for index in sorted(self.streamed.keys() | self.finished.keys())
-        ]
+        out = []
+        for index in sorted(self.streamed.keys() | self.finished.keys()):
+            streamed = self.streamed.get(index)
+            if index not in self.finished:
+                assert streamed is not None
+                out.append(streamed.rebuilt(status))
+                continue
+            item = self.finished[index]
+            announced = streamed.announced if streamed is not None else None
+            if item.get("phase") is None and announced and announced.get("phase") is not None:
+                item = {**item, "phase": announced["phase"]}
+            out.append(item)
+        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -396,6 +451,28 @@ def join_text(items: Any) -> str:
                     if isinstance(part.get("text"), str):
                         out.append(part["text"])
     return "".join(out)
+
+
+def answer_of(items: Any) -> tuple[str, list[str], str | None]:
+    """CONTRACT v3: "answer_text: the same join over message items whose phase is not
+    "commentary" (no phase = answer)"; "commentary: the text of each phase: "commentary"
+    message, in output order"; "refusal: None, or the refusal text (all refusal parts joined, in
+    output order)" (a part's text: its `text`, or its `refusal`, when that is a string)."""
+    answer, commentary, refusals = [], [], []
+    for item in items if isinstance(items, list) else ():
+        if not (isinstance(item, dict) and item.get("type") == "message"):
+            continue
+        content = item.get("content")
+        parts = [p for p in content if isinstance(p, dict)] if isinstance(content, list) else []
+        text = "".join(p["text"] for p in parts
+                       if p.get("type") == "output_text" and isinstance(p.get("text"), str))
+        refusals += [p["refusal"] for p in parts
+                     if p.get("type") == "refusal" and isinstance(p.get("refusal"), str)]
+        if item.get("phase") == "commentary":
+            commentary.append(text)
+        else:
+            answer.append(text)
+    return "".join(answer), commentary, "".join(refusals) if refusals else None
 
 
 def listed_calls(items: list[Any], tools: Any, *, completed: bool) -> list[dict[str, Any]]:

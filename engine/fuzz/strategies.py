@@ -30,10 +30,13 @@ Strategies, from the inside out (every one shrinks toward a short, readable sess
 
     responses()          one well-formed Responses-API stream as a list of event dicts and
                          markers (`engine.simulator.shapes`): optional prelude frames, `response.created` /
-                         `.in_progress`, text messages, reasoning summaries, function calls with
-                         argument deltas (some never `done`), items interleaved, and a terminal
-                         event (`completed` with full, empty or null output, `incomplete`,
-                         `failed`, an `error` frame) or none at all
+                         `.in_progress`, messages (answer text, commentary and final answers by
+                         `phase`, refusals, text then a refusal; passed on as sent, with the
+                         phase only on `.done`, without `output_item.added` and addressed by
+                         `item_id` only, or with a new `item_id` on every frame), reasoning
+                         summaries, function calls with argument deltas (some never `done`),
+                         items interleaved, and a terminal event (`completed` with full, empty or
+                         null output, `incomplete`, `failed`, an `error` frame) or none at all
     tool_call_answers()  a response of tool calls of every kind, the client's and the server's
                          (`engine.fuzz.tool_items`), with answer text between them
     mangled(parts)       adversarial edits of such a list: swapped, moved, duplicated and dropped
@@ -90,10 +93,14 @@ from engine.simulator.shapes import (
     nested_json,
     output_items,
     rate_limits_frame,
+    phase_only_on_done,
     reasoning_summary,
+    refusal_message,
     response_metadata_frame,
+    rotating_item_ids,
     text_message,
     websocket_timing_frame,
+    without_item_added,
 )
 from engine.simulator.background import Event
 from machines.records import (
@@ -263,11 +270,8 @@ def _fenced_callbacks(
 
         return noted
 
-    return Callbacks(
-        on_first_delta=wrap("on_first_delta", callbacks.on_first_delta),
-        on_text_delta=wrap("on_text_delta", callbacks.on_text_delta),
-        on_reasoning_delta=wrap("on_reasoning_delta", callbacks.on_reasoning_delta),
-    )
+    names = [field.name for field in attrs.fields(Callbacks)]
+    return Callbacks(**{name: wrap(name, getattr(callbacks, name)) for name in names})
 
 
 def play_session(
@@ -541,15 +545,45 @@ def _prelude_frame(byte: int) -> Sequence[StreamPart]:
 
 _ITEM_KINDS: Final = ("text", "function_call", "reasoning")
 
+#: What a message is (CONTRACT v3), as a byte picks it: answer text without a phase half the time
+#: (the first, the shrink target), commentary, a final answer, a refusal, text then a refusal.
+_MESSAGES: Final = (
+    "answer", "answer", "answer", "answer", "commentary", "final_answer", "refusal",
+    "refusal_after_text",
+)
+#: How a relay passes a message on: as sent, with its phase only on `output_item.done`, without
+#: `output_item.added` (deltas addressed by `item_id` only), with a new `item_id` on every frame.
+_RELAYS: Final[tuple[Callable[[list[Event]], list[Event]], ...]] = (
+    list, phase_only_on_done, without_item_added, rotating_item_ids,
+)
+
+
+_PHASES: Final[dict[str, Literal["commentary", "final_answer"] | None]] = {
+    "answer": None, "commentary": "commentary", "final_answer": "final_answer",
+}
+
+
+def _message_item(draw: st.DrawFn, index: int, dice: bytes) -> list[Event]:
+    """A message at `index`. Dice: text (1), deltas (2), what it is (6), how a relay passes it on
+    (7), the answer text a refusal follows (8)."""
+    what = _pick(_MESSAGES, dice[6])
+    text, deltas = _text(draw, dice[1]), 1 + dice[2] % 3
+    if what in _PHASES:
+        events = text_message(text, deltas=deltas, output_index=index, phase=_PHASES[what])
+    else:
+        begun = _WORD_LIST[dice[8] % len(_WORD_LIST)] if what == "refusal_after_text" else None
+        events = refusal_message(text, deltas=deltas, text=begun, output_index=index)
+    return _pick(_RELAYS, dice[7])(events)
+
 
 def _item(draw: st.DrawFn, index: int) -> list[Event]:
     """Output item `index`. Dice: kind, text, deltas (1-3), tool name, arguments, finished
-    (even byte; function calls only)."""
+    (even byte; function calls only), and a message's own (`_message`)."""
     dice = draw(_DICE)
     kind = _pick(_ITEM_KINDS, dice[0])
     deltas = 1 + dice[2] % 3
     if kind == "text":
-        return text_message(_text(draw, dice[1]), deltas=deltas, output_index=index)
+        return _message_item(draw, index, dice)
     if kind == "reasoning":
         return reasoning_summary(_text(draw, dice[1]), deltas=deltas, output_index=index)
     return function_call(
@@ -818,7 +852,7 @@ _ODD_VALUES: Final[dict[str, tuple[bytes, ...]]] = {
     "number": (b"1.5", b"-0.0", b"0.0", b"1e999", b"-1e999", b"2.5e-8"),
     "string": (
         b'""', b'"x"', b'"0"', b'"message"', b'"function_call"', b'"response.completed"',
-        b'"odd \\ud800 text"', b'"error"',
+        b'"odd \\ud800 text"', b'"error"', b'"commentary"', b'"refusal"',
     ),
     "list": (b"[]", b"[1,2]", b'["x"]', b'[{"type":"message"}]', b"[null]", b"[[]]"),
     "object": (
@@ -839,7 +873,7 @@ _READ_FIELDS: Final = frozenset(
         "type", "delta", "text", "output_index", "content_index", "summary_index", "item_id",
         "item", "id", "call_id", "name", "arguments", "input", "action", "operation", "status",
         "content", "command", "command_index", "response", "output", "tools", "error", "code",
-        "message", "sequence_number", "rate_limits",
+        "message", "sequence_number", "rate_limits", "phase", "refusal",
     }
 )
 #: How deep into an event a retype looks for a field, and how many elements of a list.

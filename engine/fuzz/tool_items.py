@@ -15,7 +15,8 @@ Theory of operation
   whose output item (`<type>_output`, same call_id) follows later in the stream, after any number
   of other items; custom tool calls the `tools` list does not declare (xAI's server-side
   searches); a `web_search_call`;
-* assistant messages (answer text) anywhere between them.
+* assistant messages (answer text) anywhere between them, some of them labelled
+  `phase: "commentary"` (the preamble a model sends before its calls).
 
 Some calls stream without their `output_item.done` (and input `.done`), and the terminal
 `response.completed` carries either every finished item or `output: []` (rebuilt from what
@@ -24,9 +25,10 @@ out and counts as the client's, as the contract says.
 
 Alongside the events, a `ToolItemStream` holds what any correct consumer must conclude: the
 call_ids of the client's calls in output order (`client_call_ids`), those of the calls the server
-ran (`server_call_ids`), all answer text (`text`) and the answer text that comes before the first
-client call (`text_before_first_client_call`: the most a consumer may deliver to
-`on_text_delta`). `tests/test_tool_item_properties.py` checks `engine.consume` against it; a
+ran (`server_call_ids`), all message text (`text`), the text that comes before the first client
+call (`text_before_first_client_call`: the most a consumer may deliver to `on_text_delta` and,
+with a commentary callback, to it and `on_commentary_delta` together), and the text told apart:
+`answer_text`, `commentary` (each commentary message's text). `tests/test_tool_item_properties.py` checks `engine.consume` against it; a
 session strategy can take `stream.events` as the events of one response body (`to_body`
 encodes them as SSE bytes).
 """
@@ -122,12 +124,16 @@ class ToolItemStream:
     client_call_ids: list[str]
     #: call_ids of the calls the server ran (never in `tool_calls`).
     server_call_ids: list[str]
-    #: Every answer text delta's text, joined in stream order.
+    #: Every text delta's text (answer and commentary), joined in stream order.
     text: str
-    #: The answer text streamed before the first frame of the first client call.
+    #: The text streamed before the first frame of the first client call.
     text_before_first_client_call: str
     #: The item kinds drawn, in output order (output items of server-run calls left out).
     kinds: list[str]
+    #: The text of the messages that are not commentary, joined.
+    answer_text: str = ""
+    #: The text of each commentary message, in output order.
+    commentary: list[str] = attrs.Factory(list)
 
 
 def to_body(stream: ToolItemStream) -> bytes:
@@ -165,8 +171,8 @@ def tool_item_streams(draw: st.DrawFn, *, max_items: int = 6) -> ToolItemStream:
     tools list names tools, the number of calls, a byte per call (kind, unfinished, deltas, text
     before it), a byte per text (words or drawn text, deltas), a byte per server-run call (where
     its output item goes) and per custom tool call (its input), a final text,
-    `response.in_progress`, and whether the terminal event lists the output. The zero dice give
-    one finished function call and no tools list."""
+    `response.in_progress`, whether the terminal event lists the output, and which texts are
+    commentary (a bit each). The zero dice give one finished function call and no tools list."""
     if max_items < 1:
         raise ValueError(f"max_items must be at least 1, not {max_items}")
     dice = draw(_DICE)
@@ -203,6 +209,8 @@ def tool_item_streams(draw: st.DrawFn, *, max_items: int = 6) -> ToolItemStream:
     client_ids: list[str] = []
     server_ids: list[str] = []
     text: list[str] = []
+    answer: list[str] = []
+    commentary: list[str] = []
     before_client: list[str] = []
     client_seen = False
     for index, (kind, position) in enumerate(order):
@@ -224,7 +232,10 @@ def tool_item_streams(draw: st.DrawFn, *, max_items: int = 6) -> ToolItemStream:
         if kind == "text":
             byte = next(text_bytes)
             words = _text(draw, byte)
-            events = text_message(words, deltas=1 + (byte // 2) % 3, output_index=index)
+            preamble = (dice[5] >> len(text)) & 1 == 1
+            events = text_message(words, deltas=1 + (byte // 2) % 3, output_index=index,
+                                  phase="commentary" if preamble else None)
+            (commentary if preamble else answer).append(words)
             text.append(words)
             if not client_seen:
                 before_client.append(words)
@@ -273,4 +284,6 @@ def tool_item_streams(draw: st.DrawFn, *, max_items: int = 6) -> ToolItemStream:
         text="".join(text),
         text_before_first_client_call="".join(before_client),
         kinds=kinds,
+        answer_text="".join(answer),
+        commentary=commentary,
     )

@@ -19,6 +19,14 @@ from the records, so the notice is not one. And an `Observer` (the OpenTelemetry
 `engine.log.otel`), when the recording has one, is shown every input and every list of
 decisions as the log takes them, the way a structlog processor sees every event: it derives
 what it reports from the decisions, and nothing in the drivers calls it.
+
+Which callback an effect reaches is decided once, when the log is made, from the callbacks given
+(`_routes`), never by the machines: they decide the same effects whoever listens, so a trace
+replays without the callbacks. Commentary (`commentary_delta`) goes to `on_commentary_delta`
+when the caller gave one, else to `on_text_delta`, as it did before messages had phases; a
+`first_delta` effect that is first under one routing only (its data names it,
+`machines.records.FirstDeltaRouting`) reaches `on_first_delta` under that routing only. Refusal
+text (`refusal_delta`) goes to `on_refusal_delta` and nowhere else.
 """
 
 from __future__ import annotations
@@ -63,16 +71,25 @@ class Callbacks:
 
     `on_first_delta()` runs once per turn before the first text delta; `on_text_delta(text)`
     gets answer text (never after a tool call was seen in that attempt); `on_reasoning_delta(text)`
-    gets reasoning and reasoning-summary text; `on_retry(notice)` hears, before each new attempt
-    of a turn (and before each new app-server process after a retirement), an
-    `engine.RetryNotice` saying which attempt comes, why, and after what wait. A callback that
-    raises is logged and ignored."""
+    gets reasoning and reasoning-summary text. `on_commentary_delta(text)` (v3) gets the text of
+    messages labelled `phase: "commentary"`, which then reaches neither `on_text_delta` nor
+    `on_first_delta` (without it, commentary is text like any other); `on_refusal_delta(text)`
+    (v3) gets refusal text, which never reaches `on_text_delta`; `on_retry(notice)` (v3) hears,
+    before each new attempt of a turn (and before each new app-server process after a
+    retirement), an `engine.RetryNotice` saying which attempt comes, why, and after what wait. A
+    callback that raises is logged and ignored."""
 
     on_first_delta: Callable[[], Any] | None = attrs.field(default=None, validator=_callable_or_none)
     on_text_delta: Callable[[str], Any] | None = attrs.field(
         default=None, validator=_callable_or_none
     )
     on_reasoning_delta: Callable[[str], Any] | None = attrs.field(
+        default=None, validator=_callable_or_none
+    )
+    on_commentary_delta: Callable[[str], Any] | None = attrs.field(
+        default=None, validator=_callable_or_none
+    )
+    on_refusal_delta: Callable[[str], Any] | None = attrs.field(
         default=None, validator=_callable_or_none
     )
     on_retry: Callable[[RetryNotice], Any] | None = attrs.field(
@@ -101,12 +118,18 @@ class InputRecord:
 #: A record of the log; its sequence number is its position (from 1).
 Record = InputRecord | Transition | Effect
 
-#: Effects that reach the caller's callbacks, and the callback of each.
-_CALLBACKS = {
-    "text_delta": "on_text_delta",
-    "reasoning_delta": "on_reasoning_delta",
-    "first_delta": "on_first_delta",
-}
+def _routes(callbacks: Callbacks) -> dict[str, tuple[str, Any]]:
+    """The callback each effect kind reaches (by name, for the log line of a raising callback),
+    with the `first_delta` data it skips, given which callbacks the caller gave."""
+    apart = callbacks.on_commentary_delta is not None
+    return {
+        "text_delta": ("on_text_delta", None),
+        "reasoning_delta": ("on_reasoning_delta", None),
+        "refusal_delta": ("on_refusal_delta", None),
+        "commentary_delta": ("on_commentary_delta" if apart else "on_text_delta", None),
+        # first under the other routing only: not first here
+        "first_delta": ("on_first_delta", "commentary_joined" if apart else "commentary_apart"),
+    }
 
 
 class Observer(Protocol):
@@ -127,8 +150,8 @@ class EventLog:
     """Ordered records of one turn, and the place where the machines' decisions are acted on.
 
     `act` is the driver's hook for the effects named in `driver_effects`; the others are only
-    recorded (or, for text, reasoning and the first delta, handed to the callbacks). `observer`
-    is shown every input and decision as it is recorded."""
+    recorded (or, for text, commentary, refusals, reasoning and the first delta, handed to the
+    callbacks). `observer` is shown every input and decision as it is recorded."""
 
     __slots__ = ("records", "transitions", "observer", "_actions", "_callbacks")
 
@@ -146,10 +169,12 @@ class EventLog:
         callbacks = self._callbacks = callbacks or Callbacks()
         #: what to do for each kind of effect that is acted on
         self._actions: dict[str, Callable[[Effect], None]] = {}
-        for kind, name in _CALLBACKS.items():
+        for kind, (name, skipped) in _routes(callbacks).items():
             callback = getattr(callbacks, name)
             if callback is not None:
-                self._actions[kind] = _fenced(callback, name, with_data=kind != "first_delta")
+                self._actions[kind] = _fenced(
+                    callback, name, with_data=kind != "first_delta", skipped=skipped
+                )
         if act is not None:
             self._actions.update(dict.fromkeys(driver_effects, act))
 
@@ -204,14 +229,17 @@ class EventLog:
                 )
 
 
-def _fenced(callback: Callable[..., Any], name: str, *, with_data: bool) -> Callable[[Effect], None]:
-    """The callback for an effect, fenced: an exception it raises is logged and goes no further."""
+def _fenced(
+    callback: Callable[..., Any], name: str, *, with_data: bool, skipped: Any = None
+) -> Callable[[Effect], None]:
+    """The callback for an effect, fenced: an exception it raises is logged and goes no further.
+    Without data, the callback is called for effects whose data is not `skipped`."""
 
     def call(effect: Effect) -> None:
         try:
             if with_data:
                 callback(effect.data)
-            else:
+            elif skipped is None or effect.data != skipped:
                 callback()
         except Exception as error:
             _callback_raised(name, error)

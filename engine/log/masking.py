@@ -51,7 +51,13 @@ from machines.records import Effect, InputKind
 __all__ = ["DecodedText", "EFFECT_CHANNELS", "TextChannels", "TextPiece", "mask_text"]
 
 #: The effects that deliver text, by the channel they deliver on.
-EFFECT_CHANNELS: Final = {"text_delta": "text", "reasoning_delta": "reasoning"}
+#: (Commentary is answer text its message's phase routes apart: the same `output_text` deltas.)
+EFFECT_CHANNELS: Final = {
+    "text_delta": "text",
+    "commentary_delta": "text",
+    "reasoning_delta": "reasoning",
+    "refusal_delta": "refusal",
+}
 
 _MASK_BYTE: Final = ord(MASK)
 _ESCAPED_MASK: Final = b"\\u%04x" % _MASK_BYTE

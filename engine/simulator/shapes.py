@@ -16,7 +16,9 @@ it in an SSE ``data:`` line, or a marker for something that is not an event:
 Building a stream happens in three layers:
 
 1. **Builders** return lists of *unnumbered* event dicts for one piece of a response:
-   :func:`created`, :func:`in_progress`, :func:`text_message`, :func:`reasoning_summary`,
+   :func:`created`, :func:`in_progress`, :func:`text_message` (a ``phase`` labels it commentary
+   or the final answer), :func:`refusal_message`, :func:`message` (any mix of text and refusal
+   parts), :func:`reasoning_summary`,
    :func:`function_call`, the other calls (:func:`custom_tool_call`, :func:`local_shell_call`,
    :func:`shell_call`, :func:`apply_patch_call`) and the output items that report them run by
    the server (:func:`local_shell_call_output`, :func:`shell_call_output`,
@@ -24,7 +26,9 @@ Building a stream happens in three layers:
    non-standard frames :func:`rate_limits_frame`, :func:`error_frame`,
    :func:`nested_error_frame`, :func:`response_metadata_frame`, :func:`websocket_timing_frame`.
    Terminal builders take the ``output`` list; :func:`output_items` collects it from the
-   ``response.output_item.done`` events of the builders used before.
+   ``response.output_item.done`` events of the builders used before. How relays pass a message
+   on is applied to a builder's events: :func:`phase_only_on_done`, :func:`without_item_added`,
+   :func:`rotating_item_ids`.
 2. :func:`assemble` flattens builder results and markers into one list and gives every Responses
    event (``type`` ``"error"`` or ``"response.*"``) its ``sequence_number``, counting from 0 in
    stream order, as the API does. Vendor frames (``codex.*``, ``responsesapi.*``) carry none.
@@ -38,10 +42,12 @@ constant :data:`CREATED_AT`, token counts are computed from text lengths. Buildi
 stream twice gives equal dicts and identical bytes.
 
 Field-level fidelity: every standard event validates against the openai SDK's own model for its
-``type`` (``tests/test_shapes.py`` checks this), with two deliberate exceptions that real servers
-send and the SDK's types reject: ``response.failed`` with error code ``context_length_exceeded``
-or ``insufficient_quota`` (not in the SDK's ``ResponseError.code`` enumeration), and
-``response.completed`` with ``output: null``.
+``type`` (``tests/test_shapes.py`` checks this), with three deliberate exceptions that real servers
+and relays send and the SDK's types reject: ``response.failed`` with error code
+``context_length_exceeded`` or ``insufficient_quota`` (not in the SDK's ``ResponseError.code``
+enumeration), ``response.completed`` with ``output: null``, and content frames addressed by
+``item_id`` only, without ``output_index`` (:func:`without_item_added`). The relays' other
+liberties (:func:`phase_only_on_done`, :func:`rotating_item_ids`) stay within the types.
 
 :data:`SHAPES` maps a name to a :class:`~engine.simulator.server.Script` for each real-world stream
 shape the state machines must handle (see DESIGN.md, "Real-world stream shapes"). Scripts with
@@ -69,6 +75,7 @@ __all__ = [
     "DONE",
     "FAILURE_MESSAGES",
     "KEEPALIVE",
+    "MessagePart",
     "MODEL",
     "RATE_LIMITED_HEADERS",
     "RESPONSE_ID",
@@ -98,13 +105,17 @@ __all__ = [
     "incomplete",
     "local_shell_call",
     "local_shell_call_output",
+    "message",
     "nested_error_frame",
     "nested_json",
     "output_items",
+    "phase_only_on_done",
     "rate_limits_frame",
     "reasoning_summary",
+    "refusal_message",
     "response_metadata_frame",
     "response_object",
+    "rotating_item_ids",
     "shell_call",
     "shell_call_output",
     "split_text",
@@ -113,6 +124,7 @@ __all__ = [
     "to_reply",
     "usage_for",
     "websocket_timing_frame",
+    "without_item_added",
 ]
 
 Event = dict[str, Any]
@@ -538,22 +550,43 @@ def failed(
 # Builders: output items
 
 
-def text_message(
-    text: str,
+#: A content part a message streams: its kind ("output_text" or "refusal"), its whole text, and
+#: how many deltas carry it.
+MessagePart = tuple[Literal["output_text", "refusal"], str, int]
+
+#: Per kind of content part: the field holding its text, and the event types that stream it.
+_PART_FIELDS: Final[Mapping[str, tuple[str, str]]] = {
+    "output_text": ("text", "response.output_text"),
+    "refusal": ("refusal", "response.refusal"),
+}
+
+
+def _content_part(kind: str, text: str) -> Event:
+    if kind == "refusal":
+        return {"type": "refusal", "refusal": text}
+    return {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
+
+
+def message(
+    parts: Sequence[MessagePart],
     *,
-    deltas: int = 3,
     output_index: int = 0,
     item_id: str | None = None,
     status: Literal["completed", "incomplete"] = "completed",
     finished: bool = True,
+    phase: Literal["commentary", "final_answer"] | None = None,
 ) -> list[Event]:
-    """An assistant message streamed as ``deltas`` text deltas.
+    """An assistant message whose content parts stream one after the other: each part's
+    `content_part.added`, its deltas (`response.output_text.delta`, or `response.refusal.delta`
+    for a refusal), its `*.done` and `content_part.done`; then `output_item.done`.
 
-    ``finished=False`` stops after the deltas (no ``*.done`` events), as a cut-off stream does.
-    ``status`` is the final status of the item (``"incomplete"`` before ``response.incomplete``).
-    """
+    ``phase`` labels the message (``"commentary"``: a preamble; ``"final_answer"``) on its
+    ``output_item.added`` and ``.done``. ``finished=False`` stops after the last part's deltas
+    (no ``*.done`` events), as a cut-off stream does. ``status`` is the final status of the item
+    (``"incomplete"`` before ``response.incomplete``)."""
     item_id = item_id or f"msg_{output_index:02d}_sim"
-    part_started = {"type": "output_text", "annotations": [], "logprobs": [], "text": ""}
+    labelled = {"phase": phase} if phase is not None else {}
+    where = {"item_id": item_id, "output_index": output_index}
     events: list[Event] = [
         {
             "type": "response.output_item.added",
@@ -564,46 +597,29 @@ def text_message(
                 "status": "in_progress",
                 "content": [],
                 "role": "assistant",
+                **labelled,
             },
         },
-        {
-            "type": "response.content_part.added",
-            "item_id": item_id,
-            "output_index": output_index,
-            "content_index": 0,
-            "part": part_started,
-        },
     ]
-    events.extend(
-        {
-            "type": "response.output_text.delta",
-            "item_id": item_id,
-            "output_index": output_index,
-            "content_index": 0,
-            "delta": piece,
-            "logprobs": [],
-        }
-        for piece in split_text(text, deltas)
-    )
-    if not finished:
-        return events
-    part_done = {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
-    events += [
-        {
-            "type": "response.output_text.done",
-            "item_id": item_id,
-            "output_index": output_index,
-            "content_index": 0,
-            "text": text,
-            "logprobs": [],
-        },
-        {
-            "type": "response.content_part.done",
-            "item_id": item_id,
-            "output_index": output_index,
-            "content_index": 0,
-            "part": part_done,
-        },
+    done_parts: list[Event] = []
+    for content_index, (kind, text, deltas) in enumerate(parts):
+        field, streamed = _PART_FIELDS[kind]
+        at = {**where, "content_index": content_index}
+        logprobs: dict[str, list[Any]] = {"logprobs": []} if kind == "output_text" else {}
+        events.append({"type": "response.content_part.added", **at,
+                       "part": _content_part(kind, "")})
+        events.extend(
+            {"type": f"{streamed}.delta", **at, "delta": piece, **logprobs}
+            for piece in split_text(text, deltas)
+        )
+        if not finished and content_index == len(parts) - 1:
+            return events
+        done_parts.append(_content_part(kind, text))
+        events += [
+            {"type": f"{streamed}.done", **at, field: text, **logprobs},
+            {"type": "response.content_part.done", **at, "part": done_parts[-1]},
+        ]
+    events.append(
         {
             "type": "response.output_item.done",
             "output_index": output_index,
@@ -611,12 +627,49 @@ def text_message(
                 "id": item_id,
                 "type": "message",
                 "status": status,
-                "content": [dict(part_done)],
+                "content": [dict(part) for part in done_parts],
                 "role": "assistant",
+                **labelled,
             },
-        },
-    ]
+        }
+    )
     return events
+
+
+def text_message(
+    text: str,
+    *,
+    deltas: int = 3,
+    output_index: int = 0,
+    item_id: str | None = None,
+    status: Literal["completed", "incomplete"] = "completed",
+    finished: bool = True,
+    phase: Literal["commentary", "final_answer"] | None = None,
+) -> list[Event]:
+    """An assistant message streamed as ``deltas`` text deltas (see :func:`message`)."""
+    return message(
+        [("output_text", text, deltas)], output_index=output_index, item_id=item_id,
+        status=status, finished=finished, phase=phase,
+    )
+
+
+def refusal_message(
+    refusal: str,
+    *,
+    deltas: int = 2,
+    text: str | None = None,
+    output_index: int = 0,
+    item_id: str | None = None,
+    phase: Literal["commentary", "final_answer"] | None = None,
+) -> list[Event]:
+    """An assistant message that refuses: a ``refusal`` content part streamed as
+    ``response.refusal.delta`` events, after an answer ``text`` part when one is given (a model
+    that began to answer and then refused)."""
+    parts: list[MessagePart] = [("output_text", text, 2)] if text is not None else []
+    return message(
+        [*parts, ("refusal", refusal, deltas)], output_index=output_index, item_id=item_id,
+        phase=phase,
+    )
 
 
 def reasoning_summary(
@@ -969,6 +1022,48 @@ def output_items(*pieces: Iterable[StreamPart]) -> list[Event]:
 
 
 # --------------------------------------------------------------------------------------------
+# How relays pass a message on (applied to a builder's events)
+
+
+def phase_only_on_done(events: Iterable[Event]) -> list[Event]:
+    """The events with the ``phase`` left out of ``output_item.added``: a relay that states a
+    message's phase only when the message is done."""
+    out: list[Event] = []
+    for event in events:
+        item = event.get("item")
+        if event.get("type") == "response.output_item.added" and isinstance(item, dict):
+            event = {**event, "item": {k: v for k, v in item.items() if k != "phase"}}
+        out.append(dict(event))
+    return out
+
+
+def without_item_added(events: Iterable[Event]) -> list[Event]:
+    """The events without ``output_item.added`` and ``content_part.added``, and the frames that
+    stream content addressed by ``item_id`` only (no ``output_index``): a relay that passes on
+    the deltas and the finished item, nothing else."""
+    out: list[Event] = []
+    for event in events:
+        kind = event.get("type")
+        if kind in ("response.output_item.added", "response.content_part.added"):
+            continue
+        if kind != "response.output_item.done" and "item_id" in event:
+            event = {k: v for k, v in event.items() if k != "output_index"}
+        out.append(dict(event))
+    return out
+
+
+def rotating_item_ids(events: Iterable[Event]) -> list[Event]:
+    """The events with a new ``item_id`` on every frame that streams content, the
+    ``output_index`` unchanged: a relay that gives the same item a new id mid-stream."""
+    out: list[Event] = []
+    for number, event in enumerate(events):
+        if "item_id" in event:
+            event = {**event, "item_id": f"{event['item_id']}_r{number}"}
+        out.append(dict(event))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
 # Builders: non-standard frames seen in the wild
 
 
@@ -1039,6 +1134,9 @@ def nested_json(depth: int, bottom: bytes = b'"bottom"') -> bytes:
 # The shapes
 
 _ANSWER: Final = "The capital of France is Paris. It has been the capital since 987."
+_PREAMBLE: Final = "I'll check the weather service for Paris before I answer."
+_REFUSAL: Final = "I'm sorry, but I can't help with that request."
+_BEGUN_ANSWER: Final = "Here is an overview of the steps. "
 _REASONING: Final = "The user asks for a capital city; answer directly with one fact."
 _WEATHER_ARGS: Final = '{"city":"Paris","unit":"celsius"}'
 _TIME_ARGS: Final = '{"timezone":"Europe/Paris"}'
@@ -1111,6 +1209,15 @@ def _whole_response(
         in_progress(tools=tools, reasoning_effort=reasoning_effort),
         *items,
         completed(output_items(*items), tools=tools, reasoning_effort=reasoning_effort),
+    )
+
+
+def _output_left_out(output: list[Event] | None, *items: list[Event]) -> list[StreamPart]:
+    """A response that streams `items`, then completes with `output` (`[]` or None) in their place,
+    its usage counted from them (the ChatGPT Codex backend)."""
+    return assemble(
+        created(), in_progress(), *items,
+        completed(output, usage=usage_for(output_items(*items))),
     )
 
 
@@ -1211,18 +1318,12 @@ def _build_shapes() -> dict[str, Script]:
     add(_script(
         "completed_output_empty",
         "Items and deltas stream normally, but response.completed carries output: [].",
-        to_reply(assemble(
-            created(), in_progress(), reasoning, answer,
-            completed([], usage=usage_for(output_items(reasoning, answer))),
-        )),
+        to_reply(_output_left_out([], reasoning, answer)),
     ))
     add(_script(
         "completed_output_null",
         "Items and deltas stream normally, but response.completed carries output: null.",
-        to_reply(assemble(
-            created(), in_progress(), reasoning, answer,
-            completed(None, usage=usage_for(output_items(reasoning, answer))),
-        )),
+        to_reply(_output_left_out(None, reasoning, answer)),
     ))
 
     unfinished = function_call("get_weather", _WEATHER_ARGS, deltas=3, finished=False)
@@ -1435,6 +1536,65 @@ def _build_shapes() -> dict[str, Script]:
         "An apply_patch_call followed in the same response by its apply_patch_call_output "
         "(applied by the server), then the answer text, then completed.",
         to_reply(_whole_response(patch_call, applied, answer, tools=tools)),
+    ))
+
+    # -- what an answer is made of: commentary, the final answer, refusals ---------------------
+    preamble = text_message(_PREAMBLE, deltas=3, output_index=0, phase="commentary")
+    weather = function_call("get_weather", _WEATHER_ARGS, deltas=2, output_index=1)
+    add(_script(
+        "commentary_then_tool_call",
+        "A commentary message (phase: commentary, a preamble) before a function call, then "
+        "completed.",
+        to_reply(_whole_response(preamble, weather, tools=[WEATHER_TOOL])),
+    ))
+    final = text_message(_ANSWER, deltas=3, output_index=1, phase="final_answer")
+    add(_script(
+        "commentary_then_answer",
+        "A commentary message, then the final answer (phase: final_answer), then completed.",
+        to_reply(_whole_response(preamble, final)),
+    ))
+    add(_script(
+        "commentary_phase_only_on_done",
+        "A relay that states each message's phase only on output_item.done: the commentary "
+        "streams as answer text, and the result still files it as commentary.",
+        to_reply(_whole_response(phase_only_on_done(preamble), phase_only_on_done(final))),
+    ))
+    add(_script(
+        "commentary_without_item_added",
+        "A relay that sends no output_item.added or content_part.added and addresses deltas by "
+        "item_id only; each message's phase comes with its output_item.done.",
+        to_reply(_whole_response(without_item_added(preamble), without_item_added(final))),
+    ))
+    add(_script(
+        "commentary_rotating_item_ids",
+        "A relay that gives every frame of a message a new item_id while its output_index "
+        "stays: the commentary is still told from the answer.",
+        to_reply(_whole_response(rotating_item_ids(preamble), rotating_item_ids(final))),
+    ))
+    add(_script(
+        "commentary_completed_output_empty",
+        "Commentary and answer stream normally, but response.completed carries output: []: the "
+        "rebuilt output keeps each message's phase.",
+        to_reply(_output_left_out([], preamble, final)),
+    ))
+    add(_script(
+        "commentary_drop_then_retry",
+        "Attempt 1 drops in the middle of the commentary; attempt 2 says it again, then "
+        "answers: nothing is delivered twice.",
+        to_reply([*assemble(created(), in_progress(), preamble[:4]), TransportFault(Fault.DROP)]),
+        to_reply(_whole_response(preamble, final)),
+    ))
+    add(_script(
+        "refusal",
+        "The model refuses: a refusal content part streamed as response.refusal.delta events, "
+        "then completed.",
+        to_reply(_whole_response(refusal_message(_REFUSAL, deltas=3))),
+    ))
+    add(_script(
+        "refusal_after_text",
+        "The model begins to answer, then refuses in the same message (an output_text part, "
+        "then a refusal part), then completed.",
+        to_reply(_whole_response(refusal_message(_REFUSAL, deltas=2, text=_BEGUN_ANSWER))),
     ))
 
     add(_script(

@@ -233,7 +233,7 @@ def _second_pass(timeline: Timeline, lanes: dict[int, _Lane], scale: _Scale,
             if drawn is not None:
                 _mark(lane, summary, at, drawn, arrived.text, step.records[0], marks, step)
         for delivery in step.delivered:
-            if delivery.effect == "text_delta":
+            if delivery.effect in ("text_delta", "commentary_delta", "refusal_delta"):
                 lane.text[index] += max(delivery.chars, 1)
                 summary["deliveries"] += 1
                 if len(summary["text"]) < 300:
@@ -265,7 +265,8 @@ def _second_pass(timeline: Timeline, lanes: dict[int, _Lane], scale: _Scale,
 def _texts(records: tuple[dict[str, Any], ...]) -> str:
     """The text a step's records delivered."""
     return "".join(r["data"] for r in records
-                   if r.get("effect") == "text_delta" and isinstance(r.get("data"), str))
+                   if r.get("effect") in ("text_delta", "commentary_delta", "refusal_delta")
+                   and isinstance(r.get("data"), str))
 
 
 def _mark(lane: _Lane, summary: dict[str, Any], at: float, drawn: tuple[str, str], text: str,

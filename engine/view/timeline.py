@@ -251,9 +251,18 @@ class _Arrivals:
 
 
 # -- what the user got -------------------------------------------------------------------------
+#: The effects that deliver text, and how a step names what they delivered.
+_TEXT_EFFECTS: Final = {
+    "text_delta": "text",
+    "commentary_delta": "commentary",
+    "refusal_delta": "refusal",
+    "reasoning_delta": "reasoning",
+}
+
+
 def _delivery(effect: str, data: Any) -> Delivery:
-    if effect in ("text_delta", "reasoning_delta") and isinstance(data, str):
-        label = "text" if effect == "text_delta" else "reasoning"
+    label = _TEXT_EFFECTS.get(effect)
+    if label is not None and isinstance(data, str):
         return Delivery(effect, f"{label} {clip(data, 40)!r}", len(data))
     if effect == "first_delta":
         return Delivery(effect, "first delta")
