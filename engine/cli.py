@@ -341,6 +341,36 @@ def _add_record_parser(commands: Any) -> None:
                      help="folder for the traces (created; must not hold traces yet)")
 
 
+def _add_fuzz_parser(commands: Any) -> None:
+    """`streamfsm fuzz`: the campaign's own options when the fuzzing extra (Hypothesis) is
+    installed; otherwise a command that says how to install it, whatever it is given."""
+    try:
+        from engine.fuzz import campaign as fuzz
+    except ImportError:  # the fuzzing campaign is optional
+        fuzz = None  # type: ignore[assignment]
+    if fuzz is not None:
+        fz = commands.add_parser(
+            "fuzz", help="run a long fuzzing campaign over generated sessions",
+            description="Generate Responses-API sessions with Hypothesis, check every invariant, "
+            "save each counterexample as a trace.",
+        )
+        fuzz.add_arguments(fz)
+        return
+    missing = commands.add_parser(
+        "fuzz", help="a long fuzzing campaign (needs: pip install 'streamfsm[fuzz]')",
+        description=FUZZ_EXTRA_MISSING, add_help=False,
+        prefix_chars="\0",  # no options: every argument (--help too) is taken as it comes
+    )
+    missing.add_argument("anything", nargs="*", help=argparse.SUPPRESS)
+    missing.set_defaults(fuzz_missing=True)
+
+
+#: What `streamfsm fuzz` says when Hypothesis is not installed.
+FUZZ_EXTRA_MISSING = (
+    "fuzz needs the fuzz extra (Hypothesis): pip install 'streamfsm[fuzz]'"
+)
+
+
 # -- diagram --------------------------------------------------------------------------------------
 def _diagram(args: argparse.Namespace, out: TextIO) -> int:
     try:
@@ -456,17 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="which machine (default stream_attempt)")
 
     _add_record_parser(commands)
-    try:
-        from engine.fuzz import campaign as fuzz
-    except ImportError:  # the fuzzing campaign is optional
-        fuzz = None  # type: ignore[assignment]
-    if fuzz is not None:
-        fz = commands.add_parser(
-            "fuzz", help="run a long fuzzing campaign over generated sessions",
-            description="Generate Responses-API sessions with Hypothesis, check every invariant, "
-            "save each counterexample as a trace.",
-        )
-        fuzz.add_arguments(fz)
+    _add_fuzz_parser(commands)
     return parser
 
 
@@ -495,6 +515,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "record":
             return _record(args, out)
         if args.command == "fuzz":
+            if getattr(args, "fuzz_missing", False):
+                raise UsageError(FUZZ_EXTRA_MISSING)
             from engine.fuzz import campaign as fuzz
 
             return fuzz.run(args)
