@@ -24,6 +24,8 @@ from machines.records import Chunk, EndOfStream
 
 from support import text_keeps_flowing_after_tool_calls
 
+pytest_plugins = ["pytester"]
+
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 
@@ -235,3 +237,67 @@ def test_workers_share_a_redis_example_database(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def _first_python_block(path: Path, heading: str) -> str:
+    text = path.read_text(encoding="utf-8")
+    section = text[text.index(heading):]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+CHAT_VIEW = '''
+class ChatView:
+    """What a user sees while a turn streams."""
+
+    def __init__(self):
+        self.buffer = ""
+        self.lines = []
+
+    def start(self):
+        self.lines.append("")
+
+    def append(self, delta):
+        self.buffer += delta
+        self.lines[-1] += delta
+
+    def shown_text(self):
+        return "".join(self.lines)
+'''
+
+
+def test_the_documented_snippets_pass_their_first_run(pytester: pytest.Pytester) -> None:
+    """The README's and docs/fuzzing.md's "fuzz your own callbacks" code, as written, in a new
+    project (Hypothesis's default health checks and deadline, no .hypothesis folder yet) in its
+    own interpreter: it passes, Hypothesis's first-run costs included."""
+    readme = _first_python_block(ROOT / "README.md", "## Fuzzing")
+    guide = _first_python_block(ROOT / "docs" / "fuzzing.md", "## Fuzz your own callbacks")
+    for snippet in (readme, guide):
+        assert "@session_settings()" in snippet and "@given(sessions())" in snippet
+    pytester.mkpydir("myapp")
+    (pytester.path / "myapp" / "chat.py").write_text(CHAT_VIEW, encoding="utf-8")
+    pytester.makepyfile(
+        test_readme="from myapp.chat import ChatView as MyChatView\n" + readme,
+        test_guide=guide,
+    )
+    # fewer examples than Hypothesis's default, to keep this test short; nothing else differs
+    # (the health checks and the deadline are Hypothesis's defaults)
+    pytester.makeconftest(
+        "from hypothesis import settings\n"
+        "settings.register_profile('short', max_examples=25)\n"
+        "settings.load_profile('short')\n"
+    )
+    assert not (pytester.path / ".hypothesis").exists()
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:streamfsm")
+    result.assert_outcomes(passed=2)
+
+
+def test_session_settings_keep_the_profile_and_drop_the_deadline_and_the_slow_checks() -> None:
+    from hypothesis import HealthCheck, settings
+
+    from engine.strategies import session_settings
+
+    made = session_settings()
+    assert made.max_examples == settings().max_examples  # the profile in force (tests/conftest.py)
+    assert made.deadline is None
+    assert {HealthCheck.too_slow, HealthCheck.data_too_large} <= set(made.suppress_health_check)
+    assert session_settings(max_examples=7).max_examples == 7
