@@ -74,9 +74,9 @@ from engine.log.redaction import field_secrets, is_secret_name
 from engine.simulator.replies import RecordedRequest, redact_headers
 from engine.simulator.server import (
     ConnectionGone,
+    IncomingRequest,
     LoopbackHandler,
     LoopbackServer,
-    read_request_body,
 )
 from machines.records import (
     Chunk,
@@ -247,42 +247,24 @@ class Exchange:
 class _ProxyHandler(LoopbackHandler):
     server_name = "streamfsm-record"
 
-    def do_GET(self) -> None:
-        self._forward()
-
-    def do_POST(self) -> None:
-        self._forward()
-
-    def do_PUT(self) -> None:
-        self._forward()
-
-    def do_PATCH(self) -> None:
-        self._forward()
-
-    def do_DELETE(self) -> None:
-        self._forward()
-
     def do_HEAD(self) -> None:
-        self._forward()
+        self.answer(self.read_request())
 
     def do_OPTIONS(self) -> None:
-        self._forward()
+        self.answer(self.read_request())
 
-    def _forward(self) -> None:
+    def answer(self, request: IncomingRequest) -> None:
+        """Forward the request, stream the answer back, save the exchange."""
         proxy = self.server.owner
         assert isinstance(proxy, RecordingProxy)
-        raw = read_request_body(self.rfile, self.headers)
-        path, _, query = self.path.partition("?")
-        try:
-            body: Any = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            body = None
-        exchange = proxy.open_exchange(self.command, path, query, body, self.headers)
+        exchange = proxy.open_exchange(
+            request.method, request.path, request.query, request.body, self.headers
+        )
         try:
             upstream = proxy.upstream.connect(proxy.connect_timeout_s)
             watcher = _HangUpWatcher(self.connection, upstream)
             try:
-                self._exchange(proxy, exchange, upstream, raw, watcher)
+                self._exchange(proxy, exchange, upstream, request.raw, watcher)
             finally:
                 watcher.stop()
                 upstream.close()

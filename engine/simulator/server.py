@@ -165,7 +165,17 @@ from engine.simulator.replies import (
 from engine.simulator.scenarios import Scenario, ScenarioState
 from machines.records import Chunk, Stall, TransportFault
 
-__all__ = ["ResponsesSimulator", "WholeAnswer", "asks_to_stream", "whole_answer"]
+__all__ = [
+    "ConnectionGone",
+    "IncomingRequest",
+    "LoopbackHandler",
+    "LoopbackServer",
+    "ResponsesSimulator",
+    "WholeAnswer",
+    "asks_to_stream",
+    "read_request_body",
+    "whole_answer",
+]
 
 STALL_SLICE_S: Final = 0.02
 """Longest uninterrupted sleep inside a Stall; bounds how late a close or hang-up is noticed."""
@@ -332,16 +342,59 @@ def read_request_body(rfile: io.BufferedIOBase, headers: Any) -> bytes:
     return rfile.read(length) if length > 0 else b""
 
 
+@attrs.frozen(slots=True)
+class IncomingRequest:
+    """A request as a loopback server read it: the path split from its query, the body as sent
+    (``raw``) and parsed as JSON (``body``: None when empty or not JSON)."""
+
+    method: str
+    path: str
+    query: str
+    raw: bytes
+    body: Any
+
+
 class LoopbackHandler(http.server.BaseHTTPRequestHandler):
     """A quiet HTTP/1.1 request handler on a loopback server: it writes no log lines, disables
     Nagle's algorithm (each chunk leaves at once), registers its connection with the server so
-    that ``close()`` can cut it, and knows how to write one chunk, wait while noticing a hang-up,
-    and cut the connection with a FIN or an RST."""
+    that ``close()`` can cut it, reads each request (`IncomingRequest`) and hands it to
+    :meth:`answer`, and knows how to write one chunk, wait while noticing a hang-up, and cut the
+    connection with a FIN or an RST."""
 
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
     server: _LoopbackHTTPServer
     server_name = "streamfsm"
+
+    # -- methods ---------------------------------------------------------------------------
+    def do_POST(self) -> None:
+        self.answer(self.read_request())
+
+    def do_GET(self) -> None:
+        self.answer(self.read_request())
+
+    def do_PUT(self) -> None:
+        self.answer(self.read_request())
+
+    def do_DELETE(self) -> None:
+        self.answer(self.read_request())
+
+    def do_PATCH(self) -> None:
+        self.answer(self.read_request())
+
+    def read_request(self) -> IncomingRequest:
+        """The request line's target and the body, read whole."""
+        raw = read_request_body(self.rfile, self.headers)
+        path, _, query = self.path.partition("?")
+        try:
+            body: Any = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            body = None
+        return IncomingRequest(self.command, path, query, raw, body)
+
+    def answer(self, request: IncomingRequest) -> None:
+        """Answer one request (each server's own)."""
+        raise NotImplementedError
 
     # -- quiet -----------------------------------------------------------------------------
     def log_message(self, format: str, *args: Any) -> None:
@@ -428,32 +481,11 @@ class _ResponsesRequestHandler(LoopbackHandler):
     server_name = "streamfsm-simulator"
     request_id: str = "req_sim_0000"
 
-    # -- methods ---------------------------------------------------------------------------
-    def do_POST(self) -> None:
-        self._serve()
-
-    def do_GET(self) -> None:
-        self._serve()
-
-    def do_PUT(self) -> None:
-        self._serve()
-
-    def do_DELETE(self) -> None:
-        self._serve()
-
-    def do_PATCH(self) -> None:
-        self._serve()
-
-    def _serve(self) -> None:
+    def answer(self, incoming: IncomingRequest) -> None:
         simulator = self.server.owner
         assert isinstance(simulator, ResponsesSimulator)
-        raw = read_request_body(self.rfile, self.headers)
-        path, _, query = self.path.partition("?")
-        try:
-            body: Any = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            body = None
-        request, reply = simulator._admit(self.command, path, body, self.headers, query)
+        path, body = incoming.path, incoming.body
+        request, reply = simulator._admit(self.command, path, body, self.headers, incoming.query)
         self.request_id = f"req_sim_{request.n:04d}"
         if reply.headers_after_s:
             try:
