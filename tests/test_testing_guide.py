@@ -1,7 +1,8 @@
 """docs/testing.md, run as written: its application, its tests and its scenario file are copied
 into a new project (each code block whose first line is `# PATH` becomes that file), and pytest
-runs them there: the plain tests, the fault scenarios, and the cassette recorded through an
-upstream (the simulator standing in for the real API), then served without it."""
+runs them there, in its own interpreter as a user would (their module names are the user's, so
+they may be this suite's own): the plain tests, the fault scenarios, and the cassette recorded
+through an upstream (the simulator standing in for the real API), then served without it."""
 
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ def _project(pytester: pytest.Pytester) -> list[str]:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(body if path.endswith(".py") else f"# {path}\n{body}", encoding="utf-8")
         written.append(path)
-    pytester.syspathinsert(pytester.path)
     return written
 
 
@@ -40,7 +40,7 @@ def test_the_guides_files_are_all_there(pytester: pytest.Pytester) -> None:
 
 def test_the_guides_tests_and_fault_scenarios_pass(pytester: pytest.Pytester) -> None:
     _project(pytester)
-    result = pytester.runpytest("-p", "no:cacheprovider", "tests/test_myagent.py",
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "tests/test_myagent.py",
                                 "tests/test_faults.py")
     result.assert_outcomes(passed=5)
 
@@ -50,13 +50,13 @@ def test_the_guides_cassette_is_missing_then_recorded_then_served(
 ) -> None:
     _project(pytester)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    result = pytester.runpytest("-p", "no:cacheprovider", "tests/test_cassettes.py")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "tests/test_cassettes.py")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*cassette * is missing: record it with --streamfsm-record=once*"])
     with ResponsesSimulator(load_fixture("happy_text")) as upstream:
         monkeypatch.setenv("STREAMFSM_UPSTREAM", upstream.base_url)
         monkeypatch.setenv("OPENAI_API_KEY", "sk-real-key-0123456789abcdef")
-        result = pytester.runpytest("-p", "no:cacheprovider", "--streamfsm-record=once",
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--streamfsm-record=once",
                                     "tests/test_cassettes.py")
         result.assert_outcomes(passed=1)
         assert len(upstream.requests) == 1
@@ -65,5 +65,5 @@ def test_the_guides_cassette_is_missing_then_recorded_then_served(
     assert "sk-real-key" not in (cassette / "0001-post-responses.jsonl").read_text()
     monkeypatch.delenv("STREAMFSM_UPSTREAM")
     monkeypatch.delenv("OPENAI_API_KEY")
-    result = pytester.runpytest("-p", "no:cacheprovider", "tests/test_cassettes.py")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "tests/test_cassettes.py")
     result.assert_outcomes(passed=1)
