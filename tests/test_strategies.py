@@ -53,6 +53,30 @@ def _sample(strategy: Any, count: int) -> list[Any]:
     return seen
 
 
+def _kinds_seen(count: int) -> collections.Counter[str]:
+    """How often each kind of thing (`_kinds`) comes up in `count` sampled sessions."""
+    seen: collections.Counter[str] = collections.Counter()
+    for session in _sample(sessions(), count):
+        seen.update(_kinds(session))
+    return seen
+
+
+def _in_a_fresh_interpreter(expression: str) -> Any:
+    """The JSON value of `expression`, evaluated with this module as `t` in a new interpreter.
+
+    A derandomized sample is the same on every run only when Hypothesis sees the same constants:
+    it mixes the literals of every local module loaded so far into what it draws, and within
+    the suite that depends on which tests ran before. A new interpreter has loaded this module
+    and what it imports, nothing else."""
+    code = f"import json, test_strategies as t; print(json.dumps({expression}))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=Path(__file__).resolve().parent, capture_output=True,
+        text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
 def _kinds(session: Session) -> set[str]:
     """The kinds of thing a session holds, as docs/fuzzing.md lists them."""
     kinds = {f"attempts:{len(session.attempts)}"}
@@ -110,9 +134,7 @@ def _kinds(session: Session) -> set[str]:
 
 
 def test_adversarial_sessions_hold_every_documented_kind() -> None:
-    seen: collections.Counter[str] = collections.Counter()
-    for session in _sample(sessions(), 600):
-        seen.update(_kinds(session))
+    seen = _in_a_fresh_interpreter("t._kinds_seen(600)")
     expected = {
         *(f"attempts:{n}" for n in (1, 2, 3, 4)),
         *(f"retries:{n}" for n in (0, 1, 2)),
@@ -235,11 +257,19 @@ def _classes(session: Session) -> set[str]:
     return found
 
 
-def test_sessions_reach_every_failure_class_of_the_server_data() -> None:
+def _server_data_seen(count: int) -> tuple[collections.Counter[str], float, bool]:
+    """Of `count` sampled sessions: how often each class of server data comes up, the share
+    whose policy has a small event limit, and whether every one's client holds a key."""
+    sampled = _sample(sessions(), count)
     seen: collections.Counter[str] = collections.Counter()
-    sampled = _sample(sessions(), 1500)
     for session in sampled:
         seen.update(_classes(session))
+    limited = sum(s.policy.max_event_bytes < 10_000 for s in sampled) / len(sampled)
+    return seen, limited, all(s.secrets for s in sampled)
+
+
+def test_sessions_reach_every_failure_class_of_the_server_data() -> None:
+    seen, limited, keyed = _in_a_fresh_interpreter("t._server_data_seen(1500)")
     expected = {
         *(f"retyped:{kind}" for kind in (
             "null", "boolean", "integer", "number", "string", "list", "object")),
@@ -252,6 +282,5 @@ def test_sessions_reach_every_failure_class_of_the_server_data() -> None:
         "echo:client_key", "echo:client_key_split", "echo:session_token", "echo:shaped_key",
     }
     assert expected <= set(seen), sorted(expected - set(seen))
-    limited = [s for s in sampled if s.policy.max_event_bytes < 10_000]
-    assert 0.05 < len(limited) / len(sampled) < 0.25  # one in eight, near the events' sizes
-    assert all(s.secrets for s in sampled)  # the client holds its key
+    assert 0.05 < limited < 0.25  # one in eight, near the events' sizes
+    assert keyed  # the client holds its key
