@@ -164,6 +164,27 @@ def test_serve_dir_gives_the_recording_back_with_its_timing(tmp_path: Path) -> N
         assert time.monotonic() - started < arrivals[-1]
 
 
+def test_every_request_keeps_its_own_wait_before_the_first_byte(tmp_path: Path) -> None:
+    """Each recorded request's clock starts when it was sent, so served back with its timing the
+    second request waits as long as the first did: the client's pause between them is not
+    mistaken for the server's."""
+    scenario = tmp_path / "slow.toml"
+    scenario.write_text('[[reply]]\ntext = "Paris."\nstall_s = 0.4\n', encoding="utf-8")
+    out = tmp_path / "recorded"
+    with served(scenario, tmp_path / "upstream.jsonl") as upstream:
+        with RecordingProxy(upstream.base_url, out) as proxy:
+            _read_stream(proxy.base_url)
+            time.sleep(0.5)  # the client's own pause between its requests
+            _read_stream(proxy.base_url)
+    sent = [read_trace(path).header["exchange"]["sent_t"] for path in sorted(out.glob("*.jsonl"))]
+    assert sent[1] - sent[0] >= 0.9  # when each was sent: its wait, then the client's pause
+    with ResponsesSimulator(load_fixture(str(out), timing="recorded")) as again:
+        firsts = [_read_stream(again.base_url)[1][0] for _ in range(2)]
+    assert all(first >= 0.35 for first in firsts), firsts
+    with ResponsesSimulator(load_fixture(str(out))) as fast:
+        assert all(_read_stream(fast.base_url)[1][0] < 0.35 for _ in range(2))
+
+
 def test_sigint_also_ends_it_with_exit_0_and_keeps_what_was_recorded(tmp_path: Path) -> None:
     out = tmp_path / "recorded"
     with served("happy_text", tmp_path / "upstream.jsonl") as upstream:

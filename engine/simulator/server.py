@@ -127,6 +127,11 @@ Usage::
 or, for a command-line server, ``ResponsesSimulator(scenario, port=8787).serve_forever()``, which
 blocks until :meth:`ResponsesSimulator.close` is called from another thread or the process is
 interrupted.
+
+The lifecycle (binding, the accept loop, one thread per connection, cutting every connection on
+close, the request log) is :class:`LoopbackServer`'s, and reading requests, writing chunks,
+stalls and drops are :class:`LoopbackHandler`'s: the recording proxy
+(``engine.simulator.recording_proxy``) is the other server built on them.
 """
 from __future__ import annotations
 
