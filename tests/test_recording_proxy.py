@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import http.server
-import os
 import signal
 import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -36,7 +33,7 @@ from engine.simulator.scenarios import load_fixture, script_from_folder
 from engine.simulator.server import ResponsesSimulator
 from machines.records import Chunk
 
-from test_scenarios_cli import ROOT, running, served, streamfsm
+from test_scenarios_cli import running, served, streamfsm
 
 KEY = "sk-proxy-test-0123456789abcdefghijklmn"
 REQUEST = {"model": "gpt-5", "input": "What is the capital of France?"}
