@@ -5,8 +5,12 @@
     streamfsm replay TRACE...           replay traces through today's machines (exit 0/1/2)
     streamfsm consume FILE              raw SSE bytes through one attempt
     streamfsm serve FIXTURE [--port N] [--log FILE]
-                                        a scenario file, a trace or a built-in shape as a
-                                        Responses-API endpoint (until SIGINT/SIGTERM, exit 0)
+                                        a scenario file, a trace, a folder of traces or a
+                                        built-in shape as a Responses-API endpoint (until
+                                        SIGINT/SIGTERM, exit 0)
+    streamfsm record --upstream URL --out DIR [--port N]
+                                        a recording proxy: each request forwarded and saved
+                                        as a trace (until SIGINT/SIGTERM, exit 0)
     streamfsm diagram [MACHINE]         a machine's table as a Mermaid state diagram
     streamfsm show TRACE [--html OUT]   a recorded turn as a timeline (terminal, or an HTML page)
     streamfsm fuzz ...                  a long fuzzing campaign (see `streamfsm fuzz --help`)
@@ -395,6 +399,96 @@ def _serve(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+# -- record ---------------------------------------------------------------------------------------
+def _record(args: argparse.Namespace, out: TextIO) -> int:
+    """Record until SIGINT or SIGTERM, then exit 0. The first line on stdout names the URL."""
+    from engine.simulator.recording_proxy import RecordingProxy
+
+    stop = threading.Event()
+    previous = {
+        number: signal.signal(number, lambda signum, frame: stop.set())
+        for number in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        try:
+            proxy = RecordingProxy(args.upstream, args.out, port=args.port).start()
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        except OverflowError:
+            raise UsageError(f"cannot listen on 127.0.0.1:{args.port}: not a port") from None
+        except OSError as error:
+            where = args.out if error.filename else f"127.0.0.1:{args.port}"
+            raise UsageError(f"cannot {'write to' if error.filename else 'listen on'} {where}: "
+                             f"{error.strerror or error}") from None
+        out.write(
+            f"recording {proxy.upstream} into {args.out}/ at {proxy.base_url}\n"
+            f"try: OPENAI_BASE_URL={proxy.base_url} <your client>   (Ctrl-C or SIGTERM stops)\n"
+        )
+        out.flush()
+        try:
+            while not stop.wait(0.5):
+                pass
+        finally:
+            proxy.close()
+        count = len(proxy.traces)
+        out.write(f"stopped: {count} request{'' if count == 1 else 's'} recorded "
+                  f"(serve them: streamfsm serve {args.out})\n")
+        out.flush()
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    return 0
+
+
+def _add_record_parser(commands: Any) -> None:
+    rec = commands.add_parser(
+        "record", help="a recording proxy: forward any client's requests, save each as a trace",
+        description="Listen on 127.0.0.1 and forward every request to the upstream endpoint "
+        "(the path after /v1 is appended to URL; headers are passed on), streaming each answer "
+        "back chunk by chunk as it arrives, and save each request's answer as a trace in DIR "
+        "(NNNN-METHOD-PATH.jsonl, in arrival order, with its chunk boundaries and timing; the "
+        "client's credentials are masked). `streamfsm replay` replays them and `streamfsm serve "
+        "DIR` serves them back in order. The first line printed gives the URL. Runs until SIGINT "
+        "or SIGTERM, then exits 0.",
+    )
+    rec.add_argument("--upstream", required=True, metavar="URL",
+                     help="the endpoint to forward to, e.g. https://api.openai.com/v1")
+    rec.add_argument("--port", type=_port, default=8766,
+                     help="port on 127.0.0.1 (default 8766; 0 picks one)")
+    rec.add_argument("--out", required=True, metavar="DIR",
+                     help="folder for the traces (created; must not hold traces yet)")
+
+
+def _add_fuzz_parser(commands: Any) -> None:
+    """`streamfsm fuzz`: the campaign's own options when the fuzzing extra (Hypothesis) is
+    installed; otherwise a command that says how to install it, whatever it is given."""
+    try:
+        from engine.fuzz import campaign as fuzz
+    except ImportError:  # the fuzzing campaign is optional
+        fuzz = None  # type: ignore[assignment]
+    if fuzz is not None:
+        fz = commands.add_parser(
+            "fuzz", help="run a long fuzzing campaign over generated sessions",
+            description="Generate Responses-API sessions with Hypothesis, check every invariant, "
+            "save each counterexample as a trace.",
+        )
+        fuzz.add_arguments(fz)
+        return
+    missing = commands.add_parser(
+        "fuzz", help="a long fuzzing campaign (needs: pip install 'streamfsm[fuzz]')",
+        description=FUZZ_EXTRA_MISSING, add_help=False,
+        prefix_chars="\0",  # no options: every argument (--help too) is taken as it comes
+    )
+    missing.add_argument("anything", nargs="*", help=argparse.SUPPRESS)
+    missing.set_defaults(fuzz_missing=True)
+
+
+#: What `streamfsm fuzz` says when Hypothesis is not installed.
+FUZZ_EXTRA_MISSING = (
+    "fuzz needs the fuzz extra (Hypothesis): pip install 'streamfsm[fuzz]'"
+)
+
+
 # -- diagram --------------------------------------------------------------------------------------
 def _diagram(args: argparse.Namespace, out: TextIO) -> int:
     try:
@@ -507,22 +601,25 @@ def build_parser() -> argparse.ArgumentParser:
                      help="one JSON object per step, then the result")
 
     srv = commands.add_parser(
-        "serve", help="serve a scenario, trace or built-in shape as a Responses-API endpoint",
+        "serve", help="serve a scenario, trace, folder of traces or built-in shape as a "
+        "Responses-API endpoint",
         description="Serve POST /v1/responses on 127.0.0.1 for any client: a scenario file "
         "(.toml or .json: which reply each request gets; see docs/scenarios.md), a recorded "
-        "trace (.jsonl: its chunks, faults and HTTP errors, attempt by attempt) or a built-in "
-        "shape. Traces and shapes repeat from the start once used up. The first line printed "
-        "gives the URL. Runs until SIGINT or SIGTERM, then exits 0.",
+        "trace (.jsonl: its chunks, faults and HTTP errors, attempt by attempt), a folder of "
+        "traces (what `streamfsm record` writes: served once, in order) or a built-in shape. "
+        "Traces and shapes repeat from the start once used up. The first line printed gives "
+        "the URL. Runs until SIGINT or SIGTERM, then exits 0.",
     )
     srv.add_argument("fixture", nargs="?", metavar="FIXTURE",
-                     help="a scenario file (.toml/.json), a trace file or a shape name")
+                     help="a scenario file (.toml/.json), a trace file, a folder of traces or "
+                     "a shape name")
     srv.add_argument("--port", type=_port, default=8765,
                      help="port on 127.0.0.1 (default 8765; 0 picks one)")
     srv.add_argument("--log", dest="serve_log", metavar="FILE",
                      help="append one JSON line per request received (n, t, method, path, "
                      "headers with secrets redacted, body, reply, status)")
     srv.add_argument("--timing", choices=("none", "recorded"), default="none",
-                     help="for a trace: 'recorded' reproduces its recorded pauses (default none)")
+                     help="for traces: 'recorded' reproduces their recorded pauses (default none)")
     srv.add_argument("--list", action="store_true", help="list the built-in shapes and exit")
 
     fix = commands.add_parser(
@@ -546,17 +643,8 @@ def build_parser() -> argparse.ArgumentParser:
     dia.add_argument("machine", nargs="?", default="stream_attempt", choices=sorted(MACHINES),
                      help="which machine (default stream_attempt)")
 
-    try:
-        from engine.fuzz import campaign as fuzz
-    except ImportError:  # the fuzzing campaign is optional
-        fuzz = None  # type: ignore[assignment]
-    if fuzz is not None:
-        fz = commands.add_parser(
-            "fuzz", help="run a long fuzzing campaign over generated sessions",
-            description="Generate Responses-API sessions with Hypothesis, check every invariant, "
-            "save each counterexample as a trace.",
-        )
-        fuzz.add_arguments(fz)
+    _add_record_parser(commands)
+    _add_fuzz_parser(commands)
     return parser
 
 
@@ -597,7 +685,11 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser, out: Te
         return _diagram(args, out)
     if args.command == "fixtures":
         return _fixtures(args, out, err)
+    if args.command == "record":
+        return _record(args, out)
     if args.command == "fuzz":
+        if getattr(args, "fuzz_missing", False):
+            raise UsageError(FUZZ_EXTRA_MISSING)
         from engine.fuzz import campaign as fuzz
 
         return fuzz.run(args, out)

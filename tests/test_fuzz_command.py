@@ -24,6 +24,8 @@ from machines.records import Chunk, EndOfStream
 
 from support import text_keeps_flowing_after_tool_calls
 
+pytest_plugins = ["pytester"]
+
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 
@@ -33,12 +35,79 @@ def fragile_screen() -> Callbacks:
     return Callbacks(on_text_delta=lambda delta: delta.encode("ascii"))
 
 
-def _fuzz(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)])}
+def _fuzz(
+    *args: str, cwd: Path, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)])}
     return subprocess.run(
         [sys.executable, "-m", "engine.fuzz.campaign", *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+def _summary(stdout: str) -> str:
+    (line,) = [line for line in stdout.splitlines() if line.startswith("fuzz: done:")]
+    return line
+
+
+def _examples(stdout: str) -> int:
+    """The example count of the campaign's summary line."""
+    return int(_summary(stdout).split("done:")[1].split("examples")[0].replace(",", ""))
+
+
+def text_log() -> Callbacks:
+    """A callback factory that appends every text delta to the file named by SEEDPROBE: what a
+    campaign's sessions delivered, in order."""
+    path = os.environ["SEEDPROBE"]
+
+    def write(delta: str) -> None:
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(repr(delta) + "\n")
+
+    return Callbacks(on_text_delta=write)
+
+
+def test_the_same_seed_replays_the_same_campaign(tmp_path: Path) -> None:
+    def campaign(seed: int, name: str, *extra: str) -> str:
+        done = _fuzz("--examples", "60", "--workers", "1", "--seed", str(seed),
+                     "--save-to", f"findings-{name}", *extra, cwd=tmp_path,
+                     env={"SEEDPROBE": str(tmp_path / f"{name}.txt")})
+        assert done.returncode in (0, 1), done.stdout + done.stderr
+        assert f"seed {seed}" in done.stdout and _examples(done.stdout) == 60
+        probe = tmp_path / f"{name}.txt"
+        return probe.read_text(encoding="utf-8") if probe.exists() else ""
+
+    # run twice in the same folder: the example database the first run filled is not replayed
+    first = campaign(11, "first", "--callbacks", "test_fuzz_command:text_log")
+    again = campaign(11, "again", "--callbacks", "test_fuzz_command:text_log")
+    other = campaign(12, "other", "--callbacks", "test_fuzz_command:text_log")
+    assert first and first == again
+    assert other != first
+    # a finding is found again the same way, shrunk to the same session
+    campaign(5, "bug", "--callbacks", "test_fuzz_command:fragile_screen")
+    campaign(5, "bug-again", "--callbacks", "test_fuzz_command:fragile_screen")
+    found = [sorted(p.name for p in (tmp_path / f"findings-{name}").glob("*.jsonl"))
+             for name in ("bug", "bug-again")]
+    assert found[0] and found[0] == found[1]
+
+
+def test_without_the_fuzz_extra_the_command_says_what_to_install(tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['hypothesis'] = None\n"  # `import hypothesis` fails
+        "from engine.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    for args in (["fuzz", "--examples", "5", "--seed", "3"], ["fuzz"], ["fuzz", "--help"]):
+        done = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 2
+        assert done.stderr == (
+            "streamfsm: error: fuzz needs the fuzz extra (Hypothesis): "
+            "pip install 'streamfsm[fuzz]'\n"
+        )
+    listed = subprocess.run([sys.executable, "-c", code, "--help"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert "pip install 'streamfsm[fuzz]'" in " ".join(listed.stdout.split())
 
 
 def test_a_short_campaign_on_two_workers_finds_nothing_and_reports_its_speed(tmp_path: Path) -> None:
@@ -48,8 +117,7 @@ def test_a_short_campaign_on_two_workers_finds_nothing_and_reports_its_speed(tmp
     assert "2 worker(s)" in done.stdout
     summary = [line for line in done.stdout.splitlines() if line.startswith("fuzz: done:")]
     assert len(summary) == 1 and "examples/s" in summary[0] and "0 finding(s)" in summary[0]
-    count = int(summary[0].split("done:")[1].split("examples")[0].replace(",", ""))
-    assert count >= 60
+    assert _examples(done.stdout) == 60  # exactly what was asked, shared by the two workers
     assert not (tmp_path / "findings").exists() or not any((tmp_path / "findings").iterdir())
 
 
@@ -58,6 +126,9 @@ def test_a_fragile_callback_is_found_saved_replayable_and_promotable(tmp_path: P
                  "--callbacks", "test_fuzz_command:fragile_screen", cwd=tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "FOUND callback_raised" in done.stdout
+    # exactly 200 sessions checked: those tried while shrinking the finding are counted apart
+    assert _examples(done.stdout) == 200
+    assert "shrink steps" in _summary(done.stdout)
     traces = sorted((tmp_path / "findings").glob("callback_raised-*.jsonl"))
     assert traces, done.stdout
     note = traces[0].with_suffix(".txt").read_text(encoding="utf-8")
@@ -166,3 +237,67 @@ def test_workers_share_a_redis_example_database(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def _first_python_block(path: Path, heading: str) -> str:
+    text = path.read_text(encoding="utf-8")
+    section = text[text.index(heading):]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+CHAT_VIEW = '''
+class ChatView:
+    """What a user sees while a turn streams."""
+
+    def __init__(self):
+        self.buffer = ""
+        self.lines = []
+
+    def start(self):
+        self.lines.append("")
+
+    def append(self, delta):
+        self.buffer += delta
+        self.lines[-1] += delta
+
+    def shown_text(self):
+        return "".join(self.lines)
+'''
+
+
+def test_the_documented_snippets_pass_their_first_run(pytester: pytest.Pytester) -> None:
+    """The README's and docs/fuzzing.md's "fuzz your own callbacks" code, as written, in a new
+    project (Hypothesis's default health checks and deadline, no .hypothesis folder yet) in its
+    own interpreter: it passes, Hypothesis's first-run costs included."""
+    readme = _first_python_block(ROOT / "README.md", "## Fuzzing")
+    guide = _first_python_block(ROOT / "docs" / "fuzzing.md", "## Fuzz your own callbacks")
+    for snippet in (readme, guide):
+        assert "@session_settings()" in snippet and "@given(sessions())" in snippet
+    pytester.mkpydir("myapp")
+    (pytester.path / "myapp" / "chat.py").write_text(CHAT_VIEW, encoding="utf-8")
+    pytester.makepyfile(
+        test_readme="from myapp.chat import ChatView as MyChatView\n" + readme,
+        test_guide=guide,
+    )
+    # fewer examples than Hypothesis's default, to keep this test short; nothing else differs
+    # (the health checks and the deadline are Hypothesis's defaults)
+    pytester.makeconftest(
+        "from hypothesis import settings\n"
+        "settings.register_profile('short', max_examples=25)\n"
+        "settings.load_profile('short')\n"
+    )
+    assert not (pytester.path / ".hypothesis").exists()
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:streamfsm")
+    result.assert_outcomes(passed=2)
+
+
+def test_session_settings_keep_the_profile_and_drop_the_deadline_and_the_slow_checks() -> None:
+    from hypothesis import HealthCheck, settings
+
+    from engine.strategies import session_settings
+
+    made = session_settings()
+    assert made.max_examples == settings().max_examples  # the profile in force (tests/conftest.py)
+    assert made.deadline is None
+    assert {HealthCheck.too_slow, HealthCheck.data_too_large} <= set(made.suppress_health_check)
+    assert session_settings(max_examples=7).max_examples == 7

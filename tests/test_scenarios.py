@@ -61,8 +61,13 @@ class RawReply:
 def raw_post(
     port: int, body: Any = None, headers: dict[str, str] | None = None, timeout: float = 10.0
 ) -> RawReply:
-    """POST /v1/responses over a fresh connection and read until the reply ends or breaks."""
-    payload = orjson.dumps(body if body is not None else {"model": "m", "input": "hi"})
+    """POST /v1/responses over a fresh connection and read until the reply ends or breaks. The
+    request asks for a stream (``"stream": true``) unless ``body`` says otherwise."""
+    if body is None:
+        body = {"model": "m", "input": "hi"}
+    if isinstance(body, dict):
+        body = {"stream": True, **body}
+    payload = orjson.dumps(body)
     head = [
         "POST /v1/responses HTTP/1.1",
         "host: 127.0.0.1",

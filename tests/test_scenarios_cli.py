@@ -56,12 +56,12 @@ def _readline(process: subprocess.Popen[str], timeout: float) -> str:
 
 
 @contextlib.contextmanager
-def served(fixture: str | Path, log: Path, *extra: str) -> Iterator[Served]:
-    """`streamfsm serve FIXTURE --port 0 --log LOG` in a subprocess; stopped with SIGTERM after
-    the block (which must make it exit 0)."""
+def running(*args: str) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
+    """`streamfsm ARGS` (a command that prints "... at URL" first and runs until a signal) in a
+    subprocess: yields the process, the URL and the first line; stopped with SIGTERM after the
+    block (which must make it exit 0)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "engine", "serve", str(fixture), "--port", "0", "--log", str(log),
-         *extra],
+        [sys.executable, "-m", "engine", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
         cwd=ROOT,
     )
@@ -70,15 +70,26 @@ def served(fixture: str | Path, log: Path, *extra: str) -> Iterator[Served]:
         if " at http://" not in first:
             process.kill()
             out, err = process.communicate(timeout=10)
-            raise AssertionError(f"serve did not start: {first!r} {out!r} {err!r}")
-        served_ = Served(process, first.rsplit(" at ", 1)[1].strip(), log, first)
-        yield served_
-        status, _, err = served_.stop()
-        assert status == 0, err
+            raise AssertionError(f"{args[0]} did not start: {first!r} {out!r} {err!r}")
+        yield process, first.rsplit(" at ", 1)[1].strip(), first
+        err = ""
+        if process.returncode is None:  # the block did not stop it itself
+            process.send_signal(signal.SIGTERM)
+            _, err = process.communicate(timeout=10)
+        assert process.returncode == 0, err
     finally:
         if process.poll() is None:
             process.kill()
             process.communicate(timeout=10)
+
+
+@contextlib.contextmanager
+def served(fixture: str | Path, log: Path, *extra: str) -> Iterator[Served]:
+    """`streamfsm serve FIXTURE --port 0 --log LOG` in a subprocess; stopped with SIGTERM after
+    the block (which must make it exit 0)."""
+    with running("serve", str(fixture), "--port", "0", "--log", str(log), *extra) as started:
+        process, url, first = started
+        yield Served(process, url, log, first)
 
 
 def streamfsm(*args: str) -> subprocess.CompletedProcess[str]:

@@ -13,6 +13,18 @@ batches of a few seconds' worth of examples, each batch with a fresh random seed
 campaign's `--examples` (shared out between the workers) or `--seconds` run out. The parent
 process prints progress (examples so far, examples per second, findings) and a summary line.
 
+Counting: an example is one generated session checked against the rules. The sessions
+Hypothesis tries while it shrinks a failing one are not examples (they are counted apart, as
+shrink steps), and a worker checks no session past its share: `--examples N` checks exactly N
+(unless `--seconds` stops the campaign first).
+
+Replaying a campaign: `--seed N` makes it deterministic. Each worker's batches take their seeds
+from N, the worker's number and the batch's number; batches have a fixed size instead of one
+sized by the clock; and the example database is not replayed first (it is still written to). So
+the same `--seed`, `--examples` and `--workers` (and `--callbacks`) check the same sessions in the
+same order and find the same findings, on any machine, as long as `--seconds` does not cut the
+run short.
+
 Findings: when a batch fails, Hypothesis shrinks the failing session to a small one and the
 worker saves it in `--save-to` (default `fuzz-findings/`) as a trace file in the standard trace
 format (`RULE-HASH.jsonl`, replayable with `streamfsm replay`), with a `.txt` beside it that
@@ -66,6 +78,9 @@ DEFAULT_SAVE_TO = "fuzz-findings"
 DEFAULT_FIXTURES = "replay_fixtures"
 #: A worker sizes its batches to take about this long, so a deadline is kept to within it.
 BATCH_S = 2.0
+#: The size of every batch of a seeded campaign (`--seed`): fixed, so the run does not depend
+#: on how fast the machine is.
+SEEDED_BATCH = 100
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,6 +188,19 @@ class _Campaign:
         self.unreported = 0
         self.known: set[frozenset[str]] = set()
         self.last_failure: tuple[Session, list[Violation]] | None = None
+        #: examples checked so far (shrink steps not counted)
+        self.examples = 0
+        #: sessions tried while shrinking a failing one
+        self.shrink_steps = 0
+        #: examples this worker may still check
+        self.allowed = 0
+        self.shrinking = False
+
+    def start_batch(self, size: int) -> None:
+        """Allow `size` more examples; Hypothesis is not shrinking anything yet."""
+        self.allowed = size
+        self.shrinking = False
+        self.last_failure = None
 
     def flush(self) -> None:
         if self.unreported:
@@ -181,9 +209,16 @@ class _Campaign:
             self.unreported = 0
 
     def property(self, session: Session) -> None:
-        self.unreported += 1
-        if self.unreported >= 25:
-            self.flush()
+        if self.shrinking:
+            self.shrink_steps += 1
+        elif self.allowed <= 0:
+            return  # past this worker's share: not checked, not counted
+        else:
+            self.allowed -= 1
+            self.examples += 1
+            self.unreported += 1
+            if self.unreported >= 25:
+                self.flush()
         callbacks = self.factory() if self.factory is not None else None
         _, found = session_violations(session, callbacks)
         if found:
@@ -191,6 +226,7 @@ class _Campaign:
                 with self.repeats.get_lock():
                     self.repeats.value += 1
                 return
+            self.shrinking = True  # every session Hypothesis tries from now on is a shrink step
             self.last_failure = (session, found)
             raise InvariantViolation(found, session)
 
@@ -205,14 +241,19 @@ def fuzz_property(session: Session) -> None:  # the database key: one name for e
 _CURRENT: _Campaign | None = None
 
 
-def _run_batch(campaign: _Campaign, size: int, database: Any, reuse: bool) -> None:
+def _run_batch(
+    campaign: _Campaign, size: int, database: Any, reuse: bool, seed: int | None = None
+) -> None:
     """`size` examples of the property. `reuse`: first replay what the database holds (a
     worker does this in its first batch and after each new finding; replaying a repeat, which
-    now passes, would make Hypothesis drop it from a shared database)."""
+    now passes, would make Hypothesis drop it from a shared database). `seed`: the batch's
+    random seed (None: a fresh one)."""
     from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import seed as seeded
 
     global _CURRENT
     _CURRENT = campaign
+    campaign.start_batch(size)
     phases = [Phase.explicit, *([Phase.reuse] if reuse else []), Phase.generate, Phase.shrink]
     test = settings(
         database=database,
@@ -224,7 +265,16 @@ def _run_batch(campaign: _Campaign, size: int, database: Any, reuse: bool) -> No
         report_multiple_bugs=False,
         print_blob=False,
     )(given(sessions())(fuzz_property))
+    if seed is not None:
+        test = seeded(seed)(test)
     test()
+
+
+def batch_seed(campaign_seed: int, worker: int, batch: int) -> int:
+    """The seed of one batch of a seeded campaign: the same numbers give the same seed on any
+    machine and in any Python (no salted hash)."""
+    digest = hashlib.sha256(f"{campaign_seed}:{worker}:{batch}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
 
 
 def _worker(
@@ -238,25 +288,28 @@ def _worker(
     repeats: Any,
     findings: Any,
     stop: Any,
+    campaign_seed: int | None = None,
 ) -> None:
     import logging
 
     logging.getLogger("streamfsm").setLevel(logging.CRITICAL)
+    campaign = _Campaign(None, counter, repeats)
     try:
-        factory = _load_factory(factory_spec)
+        campaign.factory = _load_factory(factory_spec)
         database = _database(redis_url)
-        campaign = _Campaign(factory, counter, repeats)
-        done = 0
-        size = 50
-        reuse = True
-        while done < quota and not stop.is_set():
+        size = SEEDED_BATCH if campaign_seed is not None else 50
+        reuse = campaign_seed is None
+        batches = 0
+        while campaign.examples < quota and not stop.is_set():
             if deadline is not None and time.time() >= deadline:
                 break
-            batch = min(size, quota - done)
+            batch = min(size, quota - campaign.examples)
+            before = campaign.examples
             started = time.time()
-            campaign.last_failure = None
+            seed = None if campaign_seed is None else batch_seed(campaign_seed, number, batches)
+            batches += 1
             try:
-                _run_batch(campaign, batch, database, reuse)
+                _run_batch(campaign, batch, database, reuse, seed)
                 reuse = False
             except Exception as error:
                 failure = campaign.last_failure
@@ -269,17 +322,19 @@ def _worker(
                     campaign.known.add(rules)
                     path = save_finding(session, violations, save_to)
                     findings.put(("finding", number, str(path), sorted(rules)))
-                reuse = True
+                reuse = campaign_seed is None
             campaign.flush()
-            done += batch
-            took = max(time.time() - started, 1e-3)
-            size = max(10, min(5000, int(batch * BATCH_S / took)))
-            if deadline is not None:
-                size = max(1, min(size, int(batch * max(deadline - time.time(), 0.5) / took)))
+            if campaign.examples == before:
+                break  # Hypothesis generated nothing more: the quota cannot be reached
+            if campaign_seed is None:
+                took = max(time.time() - started, 1e-3)
+                size = max(10, min(5000, int(batch * BATCH_S / took)))
+                if deadline is not None:
+                    size = max(1, min(size, int(batch * max(deadline - time.time(), 0.5) / took)))
     except KeyboardInterrupt:
         pass
     finally:
-        findings.put(("done", number, "", []))
+        findings.put(("done", number, str(campaign.shrink_steps), []))
 
 
 def _print(line: str, out: Any) -> None:
@@ -328,11 +383,13 @@ def _campaign(args: argparse.Namespace, out: Any) -> int:
     quotas = [total // workers + (1 if i < total % workers else 0) for i in range(workers)]
     where = f"redis {args.redis}" if args.redis else "local .hypothesis/"
     limit = f", at most {args.seconds:g} s" if args.seconds else ""
+    seeded = f", seed {args.seed}" if args.seed is not None else ""
     report(
         "start",
-        f"fuzz: {total} examples{limit}, {workers} worker(s), database {where}, "
+        f"fuzz: {total} examples{limit}, {workers} worker(s){seeded}, database {where}, "
         f"findings to {save_to}/",
         examples=total, seconds=args.seconds, workers=workers, database=where, save_to=save_to,
+        seed=args.seed,
     )
     started = time.time()
     processes = [
@@ -349,6 +406,7 @@ def _campaign(args: argparse.Namespace, out: Any) -> int:
                 repeats,
                 findings,
                 stop,
+                args.seed,
             ),
             name=f"streamfsm-fuzz-{i}",
             daemon=True,
@@ -360,6 +418,7 @@ def _campaign(args: argparse.Namespace, out: Any) -> int:
         process.start()
     found: list[tuple[str, list[str]]] = []
     crashed: list[str] = []
+    shrink_steps = 0
     running = len(processes)
     next_report = started + args.progress_every
     try:
@@ -370,6 +429,7 @@ def _campaign(args: argparse.Namespace, out: Any) -> int:
                 kind = ""
             if kind == "done":
                 running -= 1
+                shrink_steps += int(detail or 0)
             elif kind == "finding":
                 found.append((detail, rules))
                 report("finding", f"fuzz: FOUND {', '.join(rules)} (worker {number}): {detail}",
@@ -406,8 +466,10 @@ def _campaign(args: argparse.Namespace, out: Any) -> int:
         "done",
         f"fuzz: done: {count:,} examples in {elapsed:.1f} s, {count / max(elapsed, 1e-9):.1f} "
         f"examples/s, {workers} worker(s), {len(found)} finding(s)"
-        + (f" ({repeats.value:,} repeats of them)" if repeats.value else ""),
+        + (f" ({repeats.value:,} repeats of them)" if repeats.value else "")
+        + (f", {shrink_steps:,} shrink steps" if shrink_steps else ""),
         examples=count, seconds=round(elapsed, 3), workers=workers, repeats=repeats.value,
+        shrink_steps=shrink_steps,
         findings=[{"rules": rules, "trace": path} for path, rules in found],
     )
     if found and not report.as_json:
@@ -470,7 +532,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=DEFAULT_EXAMPLES,
         metavar="N",
-        help=f"sessions to generate in all (default {DEFAULT_EXAMPLES:,})",
+        help=f"sessions to check in all, exactly (default {DEFAULT_EXAMPLES:,}; the sessions "
+        "tried while shrinking a finding are not counted)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="replay the same campaign: the same seed, --examples and --workers check the same "
+        "sessions (the example database is not replayed first)",
     )
     parser.add_argument(
         "--seconds",

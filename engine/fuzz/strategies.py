@@ -66,6 +66,7 @@ from typing import Any, Callable, Final, Iterable, Literal, Sequence, TypeVar
 
 import attrs
 import orjson
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from engine.log.codec import JSON_TYPES, json_type
@@ -142,6 +143,7 @@ __all__ = [
     "retyped",
     "run_session",
     "session_from_trace",
+    "session_settings",
     "sessions",
     "sse_bytes",
     "tool_call_answers",
@@ -431,12 +433,32 @@ def _pick(options: Sequence[_T], byte: int) -> _T:
     return options[byte % len(options)]
 
 
+def session_settings(**overrides: Any) -> settings:
+    """Hypothesis settings for a test that draws sessions: the profile in force, without a
+    deadline and without the `too_slow` and `data_too_large` health checks, plus `overrides`.
+
+    A session is a whole turn (several attempts of a streamed response, each cut into reads), so
+    drawing one takes milliseconds, and a project's first run pays Hypothesis's own one-time
+    work besides (its Unicode tables, the constants of the project's modules); a test run under
+    load takes longer than any fixed deadline. Used as `@session_settings()` above `@given`, at
+    decoration time, so the profile a conftest loads (`max_examples`, ...) still applies."""
+    current = settings.default
+    assert current is not None  # Hypothesis always has a profile in force
+    suppressed = {*current.suppress_health_check, HealthCheck.too_slow, HealthCheck.data_too_large}
+    return settings(
+        current,
+        deadline=None,
+        suppress_health_check=sorted(suppressed, key=lambda check: check.value),
+        **overrides,
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Well-formed responses
 
 _SURROGATES: Final[tuple[Literal["Cs"]]] = ("Cs",)
 _TEXT: Final = st.text(
-    st.characters(codec="utf-8", exclude_categories=_SURROGATES), min_size=1, max_size=8
+    st.characters(exclude_categories=_SURROGATES), min_size=1, max_size=8
 )
 #: Words, and the client's key echoed at three places of a word (so that deltas split it at
 #: different offsets).

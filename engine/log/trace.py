@@ -5,7 +5,9 @@ One format, one writer and one reader for every protocol. Line 1 is the header,
 point that recorded the turn and so what else the header holds (`ENTRIES`):
 
     run_turn, arun_turn, consume   "policy" (the TurnPolicy), "seed" (of the retry jitter),
-                                   "request" (redacted)
+                                   "request" (redacted); a request the recording proxy saved
+                                   (`streamfsm record`: one attempt, a consume trace) also
+                                   "exchange" (how it went: `engine.simulator.recording_proxy`)
     codex_app_server               "config" (the SessionConfig), "session" (the session machine's
                                    snapshot the turn started from)
 

@@ -58,8 +58,9 @@ including the blank line that ends it (comments and vendor frames count).
     first stream, counted in events. It excludes ``drop_after_bytes``. Requests without
     ``background`` get the reply as usual.
 
-Traces (``.jsonl``) become scenarios through
-:func:`script_from_trace`, optionally with their recorded timing.
+Traces (``.jsonl``) become scenarios through :func:`script_from_trace`, and folders of traces
+(what ``streamfsm record`` writes: one trace per request) through :func:`script_from_folder`,
+optionally with their recorded timing.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ import orjson
 from engine.log.codec import type_name
 from engine.log.trace import ENTRIES, RESPONSES, TraceError, input_from_json, read_trace
 from engine.simulator import shapes
-from engine.simulator.replies import Reply, Script, Step, error_body, frame_ends
+from engine.simulator.replies import RESPONSES_PATHS, Reply, Script, Step, error_body, frame_ends
 from engine.simulator.shapes import SHAPES
 from machines.records import (
     Chunk,
@@ -111,6 +112,8 @@ __all__ = [
     "rate_limit_body",
     "reshape",
     "scenario_from_data",
+    "script_from_folder",
+    "script_from_trace",
     "session_of",
     "text_reply",
     "tool_call_reply",
@@ -834,15 +837,18 @@ def load_scenario(path: str | os.PathLike[str]) -> Scenario:
 
 def load_fixture(fixture: str, *, timing: Timing = "none") -> Scenario:
     """What ``streamfsm serve FIXTURE`` serves: a built-in shape name, a ``.toml``/``.json``
-    scenario file, or a trace (any other file). Shapes and traces repeat once used up.
+    scenario file, a folder of traces (:func:`script_from_folder`), or a trace (any other file).
+    Shapes and single traces repeat once used up; a folder is served once, in order.
 
-    ``timing="recorded"`` serves a trace with its recorded pauses. Raises :class:`ScenarioError`.
+    ``timing="recorded"`` serves traces with their recorded pauses. Raises :class:`ScenarioError`.
     """
     if fixture in SHAPES:
         return Scenario((Rule(SHAPES[fixture].replies),), name=fixture,
                         description=SHAPES[fixture].description, repeat=True)
     if fixture.endswith((".toml", ".json")):
         return load_scenario(fixture)
+    if os.path.isdir(fixture):
+        return Scenario.from_script(script_from_folder(fixture, timing=timing))
     if not os.path.exists(fixture):
         raise ScenarioError(
             [f"{fixture}: no such file, and not a built-in shape (see `streamfsm serve --list`)"]
@@ -871,6 +877,29 @@ def _headers_of(value: Any) -> tuple[tuple[str, str], ...]:
     return tuple((str(name), str(val)) for name, val in value.items() if isinstance(name, str))
 
 
+def _exchange_of(trace: Any) -> dict[str, Any] | None:
+    """The ``exchange`` a recording proxy wrote in a trace's header (None for a turn's trace)."""
+    exchange = trace.header.get("exchange")
+    return exchange if isinstance(exchange, dict) else None
+
+
+def _seconds_or_zero(value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return max(0.0, float(value))
+    return 0.0
+
+
+def _plain_answer(exchange: dict[str, Any] | None) -> int | None:
+    """The status of a recorded answer that was not an event stream (a JSON body with a status
+    below 400), else None."""
+    if exchange is None:
+        return None
+    status, content_type = exchange.get("status"), exchange.get("content_type")
+    if type(status) is not int or not 200 <= status < 400 or not isinstance(content_type, str):
+        return None
+    return None if "event-stream" in content_type.lower() else status
+
+
 def script_from_trace(trace: Any, *, timing: Literal["none", "recorded"] = "none") -> Script:
     """A recorded turn as a script: each attempt's chunks, faults and HTTP errors, in order.
 
@@ -878,16 +907,24 @@ def script_from_trace(trace: Any, *, timing: Literal["none", "recorded"] = "none
     `TransportFault(Fault.DROP)`; a read or idle timeout, and an interrupt, become a long `Stall`
     (:data:`TRACE_STALL_S`): the server went silent and the client gave up, which is all the
     server can know. A clean end of stream ends the body. An HTTP error keeps its status, body and,
-    when the trace recorded them, its response headers.
+    when the trace recorded them, its response headers. A request recorded by the recording
+    proxy whose answer was not an event stream (a request without ``stream``) is answered with
+    its recorded body, whole.
 
     ``timing="recorded"`` reproduces the pauses between consecutive inputs of each attempt (from
     the trace's clock readings ``t``); the first attempt also waits its recorded time to first
     input (later attempts start at once: the client's own wait before them is not the server's).
+    A recorded request's clock starts when it was sent: its status line waits ``headers_t``.
     """
     if timing not in ("none", "recorded"):
         raise ValueError(f"timing must be 'none' or 'recorded', not {timing!r}")
     if ENTRIES[trace.entry] is not RESPONSES:
         raise TraceError(f"{trace.path}: a {trace.entry} trace holds no Responses-API replies")
+    exchange = _exchange_of(trace)
+    plain = _plain_answer(exchange)
+    head_wait = 0.0
+    if exchange is not None and timing == "recorded":
+        head_wait = _seconds_or_zero(exchange.get("headers_t"))
     replies: list[Reply] = []
     by_attempt: dict[int, list[dict[str, Any]]] = {}
     for record in trace.inputs():
@@ -895,7 +932,14 @@ def script_from_trace(trace: Any, *, timing: Literal["none", "recorded"] = "none
     for position, number in enumerate(sorted(by_attempt)):
         steps: list[Step] = []
         reply: Reply | None = None
-        last_t: float | None = 0.0 if position == 0 else None
+        last_t: float | None = head_wait if position == 0 else None
+        if plain is not None:
+            whole = b"".join(
+                item.data for item in map(input_from_json, by_attempt[number])
+                if isinstance(item, Chunk)
+            )
+            replies.append(Reply(status=plain, body=whole, headers_after_s=head_wait))
+            continue
         for record in by_attempt[number]:
             item = input_from_json(record)
             t = record.get("t")
@@ -912,7 +956,7 @@ def script_from_trace(trace: Any, *, timing: Literal["none", "recorded"] = "none
                     status=item.status,
                     body=orjson.dumps(body),
                     headers=_headers_of(record.get("headers")),
-                    headers_after_s=gap,
+                    headers_after_s=gap + (head_wait if position == 0 else 0.0),
                 )
                 break
             if gap and not isinstance(item, (IdleTimeout, Interrupt)):
@@ -928,7 +972,49 @@ def script_from_trace(trace: Any, *, timing: Literal["none", "recorded"] = "none
                 break
             elif isinstance(item, EndOfStream):
                 break
-        replies.append(reply or Reply(steps=tuple(steps)))
+        replies.append(
+            reply or Reply(steps=tuple(steps), headers_after_s=head_wait if position == 0 else 0.0)
+        )
     return Script(
         replies=tuple(replies), name=trace.path, description=f"replies recorded in {trace.path}"
+    )
+
+
+def _answers_a_post(trace: Any) -> bool:
+    """Whether the simulator answers a trace's replies from its script: a turn's trace always;
+    a recorded request only when it was a ``POST`` to a Responses path (the simulator answers
+    other requests itself)."""
+    exchange = _exchange_of(trace)
+    if exchange is None:
+        return True
+    path = str(exchange.get("path", "")).partition("?")[0]
+    return exchange.get("method") == "POST" and path in RESPONSES_PATHS
+
+
+def script_from_folder(folder: str | os.PathLike[str], *, timing: Timing = "none") -> Script:
+    """A folder of traces (``*.jsonl``, sorted by name: the recording proxy numbers them in
+    arrival order) as one script: every trace's replies (:func:`script_from_trace`), one after
+    the other, each used once. Recorded requests other than a ``POST`` to ``/v1/responses``
+    (a ``GET /v1/models``, ...) are left out. Raises :class:`ScenarioError` for a folder
+    without traces and for each trace that cannot be read."""
+    name = os.fspath(folder)
+    paths = sorted(
+        entry.path for entry in os.scandir(name) if entry.name.endswith(".jsonl") and entry.is_file()
+    )
+    if not paths:
+        raise ScenarioError([f"{name}: a folder without traces (*.jsonl)"])
+    replies: list[Reply] = []
+    problems: list[str] = []
+    for path in paths:
+        try:
+            trace = read_trace(path)
+            if _answers_a_post(trace):
+                replies.extend(script_from_trace(trace, timing=timing).replies)
+        except TraceError as error:
+            problems.append(f"invalid trace: {error}")
+    if problems:
+        raise ScenarioError(problems)
+    return Script(
+        replies=tuple(replies), name=name,
+        description=f"{len(replies)} repl{'y' if len(replies) == 1 else 'ies'} recorded in {name}",
     )

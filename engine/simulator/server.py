@@ -41,8 +41,25 @@ played in order:
 Unless a drop ended it, a streaming reply ends with the terminating zero-length chunk and the
 connection stays open for keep-alive reuse, exactly like a real server.
 
-A reply with ``body`` set is sent whole with a ``content-length``, as ``application/json``; a
-non-200 reply without a body gets a generic OpenAI-shaped error body for its status.
+A reply with ``body`` set is sent whole with a ``content-length``, as ``application/json``; an
+HTTP error (status 400 or above) is always sent that way, with a generic OpenAI-shaped error body
+for its status when it has none (steps it may hold are not played).
+
+Requests that do not ask for a stream
+-------------------------------------
+
+A ``POST`` to a Responses path whose JSON body does not hold ``"stream": true`` (the SDK's
+``client.responses.create(...)`` without ``stream``) is answered as the real API answers it: not
+with an event stream but with one ``application/json`` body, the final Response object
+(:func:`whole_answer`). The reply's steps are played without sending anything: the pauses before
+the answer add up to a wait before the status line (a slow server; the wait ends early when the
+client hangs up), and a drop before the answer closes the connection without any response. The
+answer is the ``response`` of the last ``response.completed``, ``response.incomplete`` or
+``response.failed`` event, its ``output`` rebuilt from the ``response.output_item.done`` items
+when the event left it empty or null (as streaming servers do). An ``error`` event before it
+becomes an HTTP error carrying the event's error object (429 for a rate limit, 400 for an invalid
+request, else 500), and a stream that ends with neither gets a 500 saying so. Such a request
+never starts a background response.
 
 Background responses
 --------------------
@@ -110,10 +127,16 @@ Usage::
 or, for a command-line server, ``ResponsesSimulator(scenario, port=8787).serve_forever()``, which
 blocks until :meth:`ResponsesSimulator.close` is called from another thread or the process is
 interrupted.
+
+The lifecycle (binding, the accept loop, one thread per connection, cutting every connection on
+close, the request log) is :class:`LoopbackServer`'s, and reading requests, writing chunks,
+stalls and drops are :class:`LoopbackHandler`'s: the recording proxy
+(``engine.simulator.recording_proxy``) is the other server built on them.
 """
 from __future__ import annotations
 
 import http.server
+import io
 import os
 import select
 import socket
@@ -123,11 +146,12 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Mapping
-from typing import IO, Any, Final
+from typing import IO, Any, Final, Self
 
 import attrs
 import orjson
 
+from engine.drivers.sse import SseDecoder
 from engine.simulator.background import (
     BackgroundResponse,
     background_response_id,
@@ -146,13 +170,113 @@ from engine.simulator.replies import (
 from engine.simulator.scenarios import Scenario, ScenarioState
 from machines.records import Chunk, Stall, TransportFault
 
-__all__ = ["ResponsesSimulator"]
+__all__ = [
+    "ConnectionGone",
+    "IncomingRequest",
+    "LoopbackHandler",
+    "LoopbackServer",
+    "ResponsesSimulator",
+    "WholeAnswer",
+    "asks_to_stream",
+    "read_request_body",
+    "whole_answer",
+]
 
 STALL_SLICE_S: Final = 0.02
 """Longest uninterrupted sleep inside a Stall; bounds how late a close or hang-up is noticed."""
 
 SERVE_POLL_S: Final = 0.05
 """Poll interval of the accept loop, a fallback: ``close()`` wakes the loop with a connection."""
+
+def asks_to_stream(method: str, path: str, body: Any) -> bool:
+    """Whether a request is answered with an event stream: every request but a ``POST`` to a
+    Responses path whose JSON body lacks ``"stream": true`` (a background ``GET`` asks in its
+    query, and is answered as it asks)."""
+    if method != "POST" or path not in RESPONSES_PATHS:
+        return True
+    return isinstance(body, dict) and body.get("stream") is True
+
+
+#: The events that end a response, and carry it whole.
+TERMINAL_EVENTS: Final = frozenset(
+    {"response.completed", "response.incomplete", "response.failed"}
+)
+
+
+@attrs.frozen(slots=True)
+class WholeAnswer:
+    """What a streamed reply comes to for a request that did not ask for a stream: a wait
+    before the status line, then either the connection closed without a response (``dropped``)
+    or one JSON body with its status."""
+
+    wait_s: float
+    dropped: bool
+    status: int = 200
+    body: bytes = b""
+
+
+def _error_status(error: Mapping[str, Any]) -> int:
+    """The HTTP status an ``error`` event's error object stands for, answered without a stream."""
+    code, kind = str(error.get("code") or ""), str(error.get("type") or "")
+    if "rate_limit" in code or "rate_limit" in kind or kind == "requests":
+        return 429
+    if kind == "invalid_request_error":
+        return 400
+    return 500
+
+
+def _backfilled(response: dict[str, Any], events: list[dict[str, Any]]) -> dict[str, Any]:
+    """``response`` with its ``output`` rebuilt from the done items when it came empty or null."""
+    if isinstance(response.get("output"), list) and response["output"]:
+        return response
+    done: list[tuple[int, int, Any]] = []
+    for event in events:
+        index = event.get("output_index")
+        if event.get("type") == "response.output_item.done" and type(index) is int:
+            done.append((index, len(done), event.get("item")))
+    return {**response, "output": [item for _, _, item in sorted(done, key=lambda d: d[:2])]}
+
+
+def whole_answer(reply: Reply) -> WholeAnswer:
+    """A streamed reply as the answer to a request that did not ask for a stream (see *Requests
+    that do not ask for a stream* in the module docstring)."""
+    wait_s = 0.0
+    decoder = SseDecoder()
+    events: list[dict[str, Any]] = []
+    for step in reply.steps:
+        if isinstance(step, Stall):
+            wait_s += step.seconds
+            continue
+        if isinstance(step, TransportFault):
+            break
+        for event in decoder.feed(step.data):
+            try:
+                payload = orjson.loads(event.data)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(payload, dict):
+                events.append(payload)
+                if payload.get("type") in TERMINAL_EVENTS or payload.get("type") == "error":
+                    return _answer_of(events, wait_s)
+    else:
+        return _answer_of(events, wait_s)
+    return WholeAnswer(wait_s, dropped=True)
+
+
+def _answer_of(events: list[dict[str, Any]], wait_s: float) -> WholeAnswer:
+    last = events[-1] if events else {}
+    if last.get("type") in TERMINAL_EVENTS and isinstance(last.get("response"), dict):
+        return WholeAnswer(wait_s, False, 200, orjson.dumps(_backfilled(last["response"], events)))
+    if last.get("type") == "error":
+        nested = last.get("error")
+        error: dict[str, Any] = nested if isinstance(nested, dict) else last
+        fields = {key: error.get(key) for key in ("message", "type", "param", "code")}
+        return WholeAnswer(wait_s, False, _error_status(error), orjson.dumps({"error": fields}))
+    return WholeAnswer(
+        wait_s, False, 500,
+        error_body("The response ended before it was complete.", type="server_error"),
+    )
+
 
 def _json_reply(value: Any) -> Reply:
     return Reply(status=200, body=orjson.dumps(value))
@@ -185,101 +309,201 @@ def _query_flag(values: list[str] | None) -> bool | None:
 
 
 # --------------------------------------------------------------------------------------------
-# HTTP plumbing
+# HTTP plumbing, shared with the recording proxy (engine.simulator.recording_proxy)
 
 
-class _ConnectionGone(Exception):
-    """The reply cannot go on: the client hung up or the simulator is closing."""
+class ConnectionGone(Exception):
+    """A reply cannot go on: the client hung up or the server is closing."""
 
 
-class _SimulatorHTTPServer(http.server.ThreadingHTTPServer):
+class _LoopbackHTTPServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
-    simulator: ResponsesSimulator
+    owner: LoopbackServer
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         error = sys.exc_info()[1]
-        if error is None or self.simulator._closing.is_set():
+        if error is None or self.owner.closing.is_set():
             return  # sockets cut by close() fail in whatever way they fail
         if not isinstance(error, (ConnectionError, TimeoutError)):
-            self.simulator._record_server_error(error)
+            self.owner.record_server_error(error)
 
 
-class _ResponsesRequestHandler(http.server.BaseHTTPRequestHandler):
+def read_request_body(rfile: io.BufferedIOBase, headers: Any) -> bytes:
+    """A request's body as the client sent it: ``content-length`` bytes, or the chunks of a
+    ``transfer-encoding: chunked`` body joined."""
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        pieces: list[bytes] = []
+        while True:
+            size_line = rfile.readline(65537)
+            size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:
+                while rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                    pass
+                return b"".join(pieces)
+            pieces.append(rfile.read(size))
+            rfile.readline(65537)
+    length = int(headers.get("content-length") or 0)
+    return rfile.read(length) if length > 0 else b""
+
+
+@attrs.frozen(slots=True)
+class IncomingRequest:
+    """A request as a loopback server read it: the path split from its query, the body as sent
+    (``raw``) and parsed as JSON (``body``: None when empty or not JSON)."""
+
+    method: str
+    path: str
+    query: str
+    raw: bytes
+    body: Any
+
+
+class LoopbackHandler(http.server.BaseHTTPRequestHandler):
+    """A quiet HTTP/1.1 request handler on a loopback server: it writes no log lines, disables
+    Nagle's algorithm (each chunk leaves at once), registers its connection with the server so
+    that ``close()`` can cut it, reads each request (`IncomingRequest`) and hands it to
+    :meth:`answer`, and knows how to write one chunk, wait while noticing a hang-up, and cut the
+    connection with a FIN or an RST."""
+
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
-    server: _SimulatorHTTPServer
-    request_id: str = "req_sim_0000"
+    server: _LoopbackHTTPServer
+    server_name = "streamfsm"
+
+    # -- methods ---------------------------------------------------------------------------
+    def do_POST(self) -> None:
+        self.answer(self.read_request())
+
+    def do_GET(self) -> None:
+        self.answer(self.read_request())
+
+    def do_PUT(self) -> None:
+        self.answer(self.read_request())
+
+    def do_DELETE(self) -> None:
+        self.answer(self.read_request())
+
+    def do_PATCH(self) -> None:
+        self.answer(self.read_request())
+
+    def read_request(self) -> IncomingRequest:
+        """The request line's target and the body, read whole."""
+        raw = read_request_body(self.rfile, self.headers)
+        path, _, query = self.path.partition("?")
+        try:
+            body: Any = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            body = None
+        return IncomingRequest(self.command, path, query, raw, body)
+
+    def answer(self, request: IncomingRequest) -> None:
+        """Answer one request (each server's own)."""
+        raise NotImplementedError
 
     # -- quiet -----------------------------------------------------------------------------
     def log_message(self, format: str, *args: Any) -> None:
         return
 
     def version_string(self) -> str:
-        return "streamfsm-simulator"
+        return self.server_name
 
     # -- connection bookkeeping ------------------------------------------------------------
     def setup(self) -> None:
         super().setup()
-        self.server.simulator._register_connection(self.connection)
+        self.server.owner.register_connection(self.connection)
 
     def finish(self) -> None:
         try:
             super().finish()
         finally:
-            self.server.simulator._forget_connection(self.connection)
+            self.server.owner.forget_connection(self.connection)
 
-    # -- methods ---------------------------------------------------------------------------
-    def do_POST(self) -> None:
-        self._serve()
+    # -- writing ---------------------------------------------------------------------------
+    def write_chunk(self, data: bytes) -> None:
+        """``data`` as one HTTP chunk, flushed at once (raises `ConnectionGone` when closing)."""
+        if self.server.owner.closing.is_set():
+            raise ConnectionGone
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
 
-    def do_GET(self) -> None:
-        self._serve()
+    def end_chunks(self) -> None:
+        """The zero-length chunk that ends a chunked body."""
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
 
-    def do_PUT(self) -> None:
-        self._serve()
+    def stall(self, seconds: float) -> None:
+        """Send nothing for ``seconds``; raises `ConnectionGone` as soon as the server is closing
+        or the client has hung up."""
+        closing = self.server.owner.closing
+        deadline = time.monotonic() + seconds
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if closing.is_set():
+                raise ConnectionGone
+            if self.client_hung_up(min(STALL_SLICE_S, remaining)):
+                raise ConnectionGone
 
-    def do_DELETE(self) -> None:
-        self._serve()
-
-    def do_PATCH(self) -> None:
-        self._serve()
-
-    def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("transfer-encoding", "").lower():
-            pieces: list[bytes] = []
-            while True:
-                size_line = self.rfile.readline(65537)
-                size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(pieces)
-                pieces.append(self.rfile.read(size))
-                self.rfile.readline(65537)
-        length = int(self.headers.get("content-length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
-
-    def _serve(self) -> None:
-        simulator = self.server.simulator
-        raw = self._read_body()
-        path, _, query = self.path.partition("?")
+    def client_hung_up(self, wait_s: float) -> bool:
+        """Wait up to ``wait_s`` for the socket to turn readable; True if the client closed it."""
         try:
-            body: Any = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            body = None
-        request, reply = simulator._admit(self.command, path, body, self.headers, query)
+            readable, _, _ = select.select([self.connection], [], [], wait_s)
+            if not readable:
+                return False
+            return bool(self.connection.recv(1, socket.MSG_PEEK) == b"")
+        except (OSError, ValueError):
+            return True
+
+    def drop(self, mode: str = "fin") -> None:
+        """Close the connection mid-body: an orderly shutdown (FIN), or a reset (RST)."""
+        self.close_connection = True
+        try:
+            self.wfile.flush()
+        except OSError:
+            pass
+        if mode == "rst":
+            try:
+                self.connection.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+                # Close the descriptor now: with a zero linger time the kernel answers with a
+                # reset. (rfile holds a reference to the socket; close it first so the close is
+                # real, and so that no orderly shutdown follows.)
+                self.rfile.close()
+                self.connection.close()
+            except OSError:
+                pass
+            return
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class _ResponsesRequestHandler(LoopbackHandler):
+    server_name = "streamfsm-simulator"
+    request_id: str = "req_sim_0000"
+
+    def answer(self, incoming: IncomingRequest) -> None:
+        simulator = self.server.owner
+        assert isinstance(simulator, ResponsesSimulator)
+        path, body = incoming.path, incoming.body
+        request, reply = simulator._admit(self.command, path, body, self.headers, incoming.query)
         self.request_id = f"req_sim_{request.n:04d}"
         if reply.headers_after_s:
             try:
-                self._stall(reply.headers_after_s)
-            except (_ConnectionGone, ConnectionError):
+                self.stall(reply.headers_after_s)
+            except (ConnectionGone, ConnectionError):
                 self.close_connection = True
                 return
-        if reply.is_stream:
+        if reply.status >= 400 or not reply.is_stream:
+            self._send_fixed(reply)
+        elif asks_to_stream(self.command, path, body):
             self._send_stream(reply)
         else:
-            self._send_fixed(reply)
+            self._send_whole(reply)
 
     def _send_headers(self, reply: Reply, defaults: dict[str, str]) -> None:
         self.send_response(reply.status)
@@ -305,6 +529,19 @@ class _ResponsesRequestHandler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
         self.wfile.flush()
 
+    def _send_whole(self, reply: Reply) -> None:
+        """A streamed reply for a request that did not ask for a stream: one JSON body."""
+        answer = whole_answer(reply)
+        try:
+            self.stall(answer.wait_s)
+        except (ConnectionGone, ConnectionError):
+            self.close_connection = True
+            return
+        if answer.dropped:
+            self.drop(reply.drop)
+            return
+        self._send_fixed(attrs.evolve(reply, status=answer.status, body=answer.body, steps=()))
+
     def _send_stream(self, reply: Reply) -> None:
         self._send_headers(
             reply,
@@ -318,131 +555,61 @@ class _ResponsesRequestHandler(http.server.BaseHTTPRequestHandler):
         try:
             for step in reply.steps:
                 if isinstance(step, Chunk):
-                    self._write_chunk(step.data)
+                    self.write_chunk(step.data)
                 elif isinstance(step, Stall):
-                    self._stall(step.seconds)
+                    self.stall(step.seconds)
                 elif isinstance(step, TransportFault):
-                    self._drop(reply.drop)
+                    self.drop(reply.drop)
                     return
                 else:  # pragma: no cover - guarded by the type of Reply.steps
                     raise TypeError(f"unknown step {step!r}")
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
-        except (_ConnectionGone, ConnectionError):
+            self.end_chunks()
+        except (ConnectionGone, ConnectionError):
             self.close_connection = True
-
-    def _write_chunk(self, data: bytes) -> None:
-        if self.server.simulator._closing.is_set():
-            raise _ConnectionGone
-        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-        self.wfile.flush()
-
-    def _stall(self, seconds: float) -> None:
-        closing = self.server.simulator._closing
-        deadline = time.monotonic() + seconds
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            if closing.is_set():
-                raise _ConnectionGone
-            if self._client_hung_up(min(STALL_SLICE_S, remaining)):
-                raise _ConnectionGone
-
-    def _client_hung_up(self, wait_s: float) -> bool:
-        """Wait up to ``wait_s`` for the socket to turn readable; True if the client closed it."""
-        try:
-            readable, _, _ = select.select([self.connection], [], [], wait_s)
-            if not readable:
-                return False
-            return bool(self.connection.recv(1, socket.MSG_PEEK) == b"")
-        except (OSError, ValueError):
-            return True
-
-    def _drop(self, mode: str = "fin") -> None:
-        """Close the connection mid-body: an orderly shutdown (FIN), or a reset (RST)."""
-        self.close_connection = True
-        self.wfile.flush()
-        if mode == "rst":
-            try:
-                self.connection.setsockopt(
-                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-                )
-                # Close the descriptor now: with a zero linger time the kernel answers with a
-                # reset. (rfile holds a reference to the socket; close it first so the close is
-                # real, and so that no orderly shutdown follows.)
-                self.rfile.close()
-                self.connection.close()
-            except OSError:
-                pass
-            return
-        try:
-            self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
 
 # --------------------------------------------------------------------------------------------
-# The simulator
+# A server on loopback
 
 
-class ResponsesSimulator:
-    """Serves a scenario (or a :class:`Script`) as a Responses-API endpoint on ``127.0.0.1``.
+class LoopbackServer:
+    """An HTTP server on ``127.0.0.1`` in a daemon thread, one thread per connection: what the
+    simulator and the recording proxy share.
 
-    ``scenario``: an :class:`engine.simulator.scenarios.Scenario`, or a :class:`Script` (each reply
-    used once, in order). ``port=0`` picks a free port. ``repeat=True`` starts a script over once
-    it is used up instead of answering 500 (useful for a long-running ``serve``). ``log``: a path
-    (appended to) or an open text file that gets one JSON line per request. The server starts on
-    ``__enter__``/:meth:`start` in a daemon thread; :meth:`close` stops it promptly, cutting any
-    reply in progress (a stalled one included).
-    """
+    ``port=0`` picks a free port. ``log``: a path (appended to) or an open text file that gets
+    one JSON line per request (:meth:`log_request`). The server starts on
+    ``__enter__``/:meth:`start`; :meth:`close` stops it promptly, cutting every open connection
+    (a reply in progress included). A subclass names its request handler (``handler``)."""
+
+    handler: type[LoopbackHandler] = LoopbackHandler
+    thread_name = "loopback-server"
 
     def __init__(
-        self,
-        scenario: Scenario | Script,
-        port: int = 0,
-        *,
-        repeat: bool = False,
-        log: str | os.PathLike[str] | IO[str] | None = None,
+        self, port: int = 0, *, log: str | os.PathLike[str] | IO[str] | None = None
     ) -> None:
-
-        if isinstance(scenario, Script):
-            scenario = Scenario.from_script(scenario, repeat=repeat)
-        elif isinstance(scenario, Scenario):
-            if repeat and not scenario.repeat:
-                scenario = attrs.evolve(scenario, repeat=True)
-        else:
-            raise TypeError(
-                f"scenario must be a Scenario or a Script, not {type(scenario).__name__}"
-            )
-        self.scenario: Final = scenario
-        self.repeat: Final = scenario.repeat
-        self._state = ScenarioState(scenario)
         self._requested_port = port
         self._log_target = log
         self._log: IO[str] | None = None
         self._owns_log = False
         self._lock = threading.Lock()
-        self._replies_used = 0
-        self._request_count = 0
         self._started_at = time.monotonic()
         self._requests: list[RecordedRequest] = []
-        self._background: dict[str, BackgroundResponse] = {}
         self._server_errors: list[BaseException] = []
         self._connections: set[socket.socket] = set()
-        self._closing = threading.Event()
-        self._httpd: _SimulatorHTTPServer | None = None
+        #: Set once :meth:`close` was called: replies in progress stop.
+        self.closing: Final = threading.Event()
+        self._httpd: _LoopbackHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
-    def start(self) -> ResponsesSimulator:
+    def start(self) -> Self:
         """Bind and start serving in a daemon thread. Idempotent while running."""
         if self._httpd is not None:
             return self
-        if self._closing.is_set():
-            raise RuntimeError("a closed ResponsesSimulator cannot be restarted")
-        httpd = _SimulatorHTTPServer(("127.0.0.1", self._requested_port), _ResponsesRequestHandler)
-        httpd.simulator = self
+        if self.closing.is_set():
+            raise RuntimeError(f"a closed {type(self).__name__} cannot be restarted")
+        httpd = _LoopbackHTTPServer(("127.0.0.1", self._requested_port), self.handler)
+        httpd.owner = self
         if self._log_target is not None and self._log is None:
             if isinstance(self._log_target, (str, os.PathLike)):
                 try:
@@ -458,7 +625,7 @@ class ResponsesSimulator:
         self._thread = threading.Thread(
             target=self._accept_loop,
             args=(httpd,),
-            name=f"responses-simulator:{self.port}",
+            name=f"{self.thread_name}:{self.port}",
             daemon=True,
         )
         self._thread.start()
@@ -466,7 +633,7 @@ class ResponsesSimulator:
 
     def close(self) -> None:
         """Stop accepting, cut every open connection, and wait briefly for the threads."""
-        self._closing.set()
+        self.closing.set()
         httpd, self._httpd = self._httpd, None
         if httpd is None:
             return
@@ -486,14 +653,14 @@ class ResponsesSimulator:
             if log is not None and self._owns_log:
                 log.close()
 
-    def _accept_loop(self, httpd: _SimulatorHTTPServer) -> None:
-        """Accept connections (each served on its own thread) until the simulator is closing."""
+    def _accept_loop(self, httpd: _LoopbackHTTPServer) -> None:
+        """Accept connections (each served on its own thread) until the server is closing."""
         httpd.timeout = SERVE_POLL_S
-        while not self._closing.is_set():
+        while not self.closing.is_set():
             httpd.handle_request()
 
     @staticmethod
-    def _wake_accept_loop(httpd: _SimulatorHTTPServer) -> None:
+    def _wake_accept_loop(httpd: _LoopbackHTTPServer) -> None:
         """Connect and hang up at once, so the accept loop sees the shutdown flag without waiting
         out its poll interval. The handler for this connection reads end-of-file and ends."""
         try:
@@ -508,12 +675,12 @@ class ResponsesSimulator:
         """Start (if needed); block until :meth:`close` is called or the process is interrupted."""
         self.start()
         try:
-            while not self._closing.wait(0.25):
+            while not self.closing.wait(0.25):
                 pass
         finally:
             self.close()
 
-    def __enter__(self) -> ResponsesSimulator:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -522,9 +689,9 @@ class ResponsesSimulator:
     # -- what callers read -----------------------------------------------------------------
     @property
     def port(self) -> int:
-        """The port the simulator listens on (raises ``RuntimeError`` when not running)."""
+        """The port the server listens on (raises ``RuntimeError`` when not running)."""
         if self._httpd is None:
-            raise RuntimeError("the simulator is not running")
+            raise RuntimeError(f"the {type(self).__name__} is not running")
         return int(self._httpd.server_address[1])
 
     @property
@@ -536,13 +703,86 @@ class ResponsesSimulator:
     def requests(self) -> list[RecordedRequest]:
         """Every request received so far, in arrival order (a copy)."""
         with self._lock:
-            return list(self._requests)
+            return sorted(self._requests, key=lambda request: request.n)
 
     @property
     def server_errors(self) -> list[BaseException]:
         """Unexpected exceptions raised while serving (a copy); empty when all went well."""
         with self._lock:
             return list(self._server_errors)
+
+    def elapsed(self) -> float:
+        """Seconds since the server started."""
+        return time.monotonic() - self._started_at
+
+    # -- called by request handlers --------------------------------------------------------
+    def log_request(self, request: RecordedRequest) -> None:
+        """Keep ``request`` and append it to the log, if there is one (the caller holds the
+        lock, so that the log's order is the order requests were numbered in)."""
+        self._requests.append(request)
+        if self._log is not None:
+            try:
+                self._log.write(orjson.dumps(request.to_log_json()).decode() + "\n")
+                self._log.flush()
+            except (OSError, ValueError) as error:
+                self._server_errors.append(error)
+
+    def record_server_error(self, error: BaseException) -> None:
+        with self._lock:
+            self._server_errors.append(error)
+
+    def register_connection(self, connection: socket.socket) -> None:
+        with self._lock:
+            self._connections.add(connection)
+
+    def forget_connection(self, connection: socket.socket) -> None:
+        with self._lock:
+            self._connections.discard(connection)
+
+
+# --------------------------------------------------------------------------------------------
+# The simulator
+
+
+class ResponsesSimulator(LoopbackServer):
+    """Serves a scenario (or a :class:`Script`) as a Responses-API endpoint on ``127.0.0.1``.
+
+    ``scenario``: an :class:`engine.simulator.scenarios.Scenario`, or a :class:`Script` (each reply
+    used once, in order). ``port=0`` picks a free port. ``repeat=True`` starts a script over once
+    it is used up instead of answering 500 (useful for a long-running ``serve``). ``log``: a path
+    (appended to) or an open text file that gets one JSON line per request. The server starts on
+    ``__enter__``/:meth:`start` in a daemon thread; :meth:`close` stops it promptly, cutting any
+    reply in progress (a stalled one included).
+    """
+
+    handler = _ResponsesRequestHandler
+    thread_name = "responses-simulator"
+
+    def __init__(
+        self,
+        scenario: Scenario | Script,
+        port: int = 0,
+        *,
+        repeat: bool = False,
+        log: str | os.PathLike[str] | IO[str] | None = None,
+    ) -> None:
+
+        if isinstance(scenario, Script):
+            scenario = Scenario.from_script(scenario, repeat=repeat)
+        elif isinstance(scenario, Scenario):
+            if repeat and not scenario.repeat:
+                scenario = attrs.evolve(scenario, repeat=True)
+        else:
+            raise TypeError(
+                f"scenario must be a Scenario or a Script, not {type(scenario).__name__}"
+            )
+        super().__init__(port, log=log)
+        self.scenario: Final = scenario
+        self.repeat: Final = scenario.repeat
+        self._state = ScenarioState(scenario)
+        self._replies_used = 0
+        self._request_count = 0
+        self._background: dict[str, BackgroundResponse] = {}
 
     @property
     def background_responses(self) -> dict[str, BackgroundResponse]:
@@ -580,17 +820,11 @@ class ResponsesSimulator:
                 headers=redacted,
                 reply_index=index,
                 n=self._request_count,
-                t=time.monotonic() - self._started_at,
+                t=self.elapsed(),
                 status=reply.status,
                 query=query,
             )
-            self._requests.append(request)
-            if self._log is not None:
-                try:
-                    self._log.write(orjson.dumps(request.to_log_json()).decode() + "\n")
-                    self._log.flush()
-                except (OSError, ValueError) as error:
-                    self._server_errors.append(error)
+            self.log_request(request)
         return request, reply
 
     def _choose_reply(
@@ -618,7 +852,12 @@ class ResponsesSimulator:
         index, reply = self._state.choose(body, headers)
         if index is not None:
             self._replies_used += 1
-        if reply.serves_background and isinstance(body, dict) and body.get("background") is True:
+        if (
+            reply.serves_background
+            and isinstance(body, dict)
+            and body.get("background") is True
+            and body.get("stream") is True
+        ):
             background, reply = start_background(reply, background_response_id(number))
             self._background[background.response_id] = background
         return index, reply
@@ -660,15 +899,3 @@ class ResponsesSimulator:
         background = attrs.evolve(background, cancelled=True)
         self._background[response_id] = background
         return _json_reply(background.cancelled_response())
-
-    def _record_server_error(self, error: BaseException) -> None:
-        with self._lock:
-            self._server_errors.append(error)
-
-    def _register_connection(self, connection: socket.socket) -> None:
-        with self._lock:
-            self._connections.add(connection)
-
-    def _forget_connection(self, connection: socket.socket) -> None:
-        with self._lock:
-            self._connections.discard(connection)

@@ -1,6 +1,19 @@
-"""The pytest plugin: recorded traces as test items (`pytest --streamfsm-replay PATH...`).
+"""The pytest plugin: a simulator per test, cassettes, and recorded traces as test items.
 
-Installed with the package (entry point group `pytest11`, name `streamfsm`). Each PATH is a trace
+Installed with the package (entry point group `pytest11`, name `streamfsm`); it needs nothing
+but pytest (not the fuzz extra).
+
+The `streamfsm_server` fixture starts a loopback endpoint for the test and stops it after:
+`.url` (ending in `/v1`) for the client under test, `.requests` (what it received, as
+`streamfsm serve --log` writes it). The markers say what it serves:
+
+    @pytest.mark.streamfsm_scenario("rate_limit_then_text.toml")   # or a shape, a trace, a folder
+    @pytest.mark.streamfsm_cassette("checkout_flow")               # cassettes/checkout_flow/
+
+and `--streamfsm-record=none|once|all` when a cassette is recorded through the upstream named by
+`STREAMFSM_UPSTREAM` (`engine.testing.server_fixture` says how).
+
+`pytest --streamfsm-replay PATH...` collects traces as test items. Each PATH is a trace
 file or a directory searched recursively for `*.jsonl` traces; the option may be given several
 times. Every trace becomes one test item, `<trace path>::replay`, which replays the trace through
 today's machines (`engine.replay`) and
@@ -14,29 +27,51 @@ was started in, or else from the rootdir, so that `--streamfsm-replay=DIR` in th
 `addopts` works wherever pytest is started. Write it with `=` there: `--streamfsm-replay` takes
 every following path, so without `=` it would swallow the test paths given on the command line.
 
-The plugin imports `engine` only when a trace item runs, so installing streamfsm costs other
-projects' test sessions nothing; it never imports Hypothesis.
+The plugin imports `engine` only when a trace item or the fixture runs, so installing streamfsm
+costs other projects' test sessions nothing; it never imports Hypothesis.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
 
 if TYPE_CHECKING:
     from engine.drivers.replay import ReplayReport
+    from engine.testing.server_fixture import ServedEndpoint
 
-__all__ = ["ReplayDiverged", "TraceFile", "TraceItem"]
+__all__ = ["ReplayDiverged", "TraceFile", "TraceItem", "streamfsm_server"]
 
 _TRACES = pytest.StashKey[list[Path]]()
+#: The outcome of a test's call phase, for the fixture's teardown (keep a recording or not).
+_CALL_REPORT = pytest.StashKey[pytest.TestReport]()
+
+#: The markers the fixture reads, as `pytest --markers` lists them.
+MARKERS = (
+    "streamfsm_scenario(fixture, timing='none'): what the streamfsm_server fixture serves: a "
+    "built-in shape name, a scenario file (.toml/.json), a trace or a folder of traces "
+    "(default: happy_text); a relative path is looked for next to the test file first",
+    "streamfsm_cassette(name, timing='none'): the streamfsm_server fixture serves "
+    "cassettes/NAME next to the test file; --streamfsm-record=once|all records it through "
+    "$STREAMFSM_UPSTREAM",
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    """Register `--streamfsm-replay PATH...`."""
-    group = parser.getgroup("streamfsm", "streamfsm trace replay")
+    """Register `--streamfsm-replay PATH...` and `--streamfsm-record MODE`."""
+    group = parser.getgroup("streamfsm", "streamfsm simulator, cassettes and trace replay")
+    group.addoption(
+        "--streamfsm-record",
+        choices=("none", "once", "all"),
+        default="none",
+        dest="streamfsm_record",
+        help="cassettes (@pytest.mark.streamfsm_cassette): 'none' (default) serves them and "
+        "fails a test whose cassette is missing; 'once' records the missing ones through "
+        "$STREAMFSM_UPSTREAM; 'all' records every one again",
+    )
     group.addoption(
         "--streamfsm-replay",
         action="extend",
@@ -72,6 +107,96 @@ def trace_paths(config: pytest.Config) -> list[Path]:
         else:
             found[path] = None
     return list(found)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the markers of the `streamfsm_server` fixture."""
+    for line in MARKERS:
+        config.addinivalue_line("markers", line)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Keep the call phase's report, so the fixture's teardown knows whether the test passed."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when == "call":
+        item.stash[_CALL_REPORT] = report
+
+
+def _test_dir(request: pytest.FixtureRequest) -> Path:
+    return Path(request.node.path).parent
+
+
+@pytest.fixture
+def streamfsm_server(request: pytest.FixtureRequest) -> Iterator[ServedEndpoint]:
+    """A streamfsm endpoint on loopback for this test: the simulator serving the
+    `streamfsm_scenario` marker's fixture (default `happy_text`) or the `streamfsm_cassette`
+    marker's recording, or the recording proxy making it. `.url` is the client's base URL,
+    `.requests` what it received."""
+    from engine.testing.server_fixture import (
+        DEFAULT_SCENARIO,
+        FixtureMistake,
+        plan_cassette,
+        scenario_for,
+        start_for_cassette,
+        start_for_scenario,
+    )
+
+    scenario_marker = request.node.get_closest_marker("streamfsm_scenario")
+    cassette_marker = request.node.get_closest_marker("streamfsm_cassette")
+    config = request.config
+    places = [_test_dir(request), config.invocation_params.dir, config.rootpath]
+    plan = None
+    mistake: str | None = None
+    try:
+        if scenario_marker is not None and cassette_marker is not None:
+            raise FixtureMistake("give streamfsm_scenario or streamfsm_cassette, not both")
+        if cassette_marker is not None:
+            name, cassette_timing = _marker_arguments(cassette_marker, "name")
+            plan = plan_cassette(
+                name, _test_dir(request), config.getoption("streamfsm_record"), os.environ
+            )
+            endpoint = start_for_cassette(plan, timing=cassette_timing)
+        else:
+            given: Any = DEFAULT_SCENARIO
+            timing: Any = "none"
+            if scenario_marker is not None:
+                given, timing = _marker_arguments(scenario_marker, "fixture")
+            endpoint = start_for_scenario(scenario_for(given, places, timing=timing))
+    except FixtureMistake as error:
+        mistake = str(error)
+    if mistake is not None:  # failed outside the handler: one line, no chained traceback
+        pytest.fail(mistake, pytrace=False)
+    try:
+        yield endpoint
+    finally:
+        endpoint.server.close()
+        if plan is not None and plan.record:
+            report = request.node.stash.get(_CALL_REPORT, None)
+            if report is not None and report.passed:
+                plan.keep()
+            else:
+                plan.discard()
+
+
+def _marker_arguments(marker: pytest.Mark, name: str) -> tuple[Any, Any]:
+    """The marker's one argument (positional or by `name`) and its `timing` keyword."""
+    if len(marker.args) > 1 or set(marker.kwargs) - {name, "timing"}:
+        raise _mistake(f"@pytest.mark.{marker.name} takes one {name} and timing=")
+    given = marker.args[0] if marker.args else marker.kwargs.get(name)
+    if given is None:
+        raise _mistake(f"@pytest.mark.{marker.name} needs its {name}")
+    timing = marker.kwargs.get("timing", "none")
+    if timing not in ("none", "recorded"):
+        raise _mistake(f"@pytest.mark.{marker.name}: timing must be 'none' or 'recorded'")
+    return given, timing
+
+
+def _mistake(message: str) -> Exception:
+    from engine.testing.server_fixture import FixtureMistake
+
+    return FixtureMistake(message)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
