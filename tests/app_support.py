@@ -38,8 +38,8 @@ TEXT = "The capital of France is Paris."
 ESCALATED = ('{"cmd":"echo streamfsm-tool-ok","sandbox_permissions":"require_escalated",'
              '"justification":"the test asks for it"}')
 #: codex retries nothing itself: one request per model round trip.
-NO_RETRIES = {"model_providers.loop.request_max_retries": 0,
-              "model_providers.loop.stream_max_retries": 0}
+NO_RETRIES = {"model_providers.endpoint.request_max_retries": 0,
+              "model_providers.endpoint.stream_max_retries": 0}
 
 
 def tool_then_answer(arguments: str, answer: str = "The command printed streamfsm-tool-ok.",
@@ -216,7 +216,7 @@ def harness(
     with ResponsesSimulator(scenario_from_data(scenario)) as sim:
         session = loopback_session(
             sim, home, cwd=work,
-            config={"model_providers.loop.http_headers": headers, **(config or {})}, **options)
+            config={"model_providers.endpoint.http_headers": headers, **(config or {})}, **options)
         try:
             yield Harness(sim, session, tmp_path)
         finally:

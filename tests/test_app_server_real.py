@@ -391,3 +391,35 @@ def test_secrets_reach_no_trace_log_line_or_error(tmp_path: Path, caplog: Any) -
     assert_no_secret(failed.trace.read_text(), good.trace.read_text(), caplog.text,
                      json.dumps(failed.result.error))
     assert LOOPBACK_KEY not in json.dumps([r.to_json() for r in (failed.result, good.result)])
+
+
+def test_for_endpoint_needs_no_login_and_removes_its_codex_home(tmp_path: Path) -> None:
+    """`CodexSession.for_endpoint`: the public way to point codex at a Responses endpoint, offline:
+    the request reaches the simulator with the key and model given, and close() removes the
+    private CODEX_HOME (a later turn makes a new one)."""
+    from engine.simulator.scenarios import scenario_from_data
+    from engine.simulator.server import ResponsesSimulator
+
+    scenario = scenario_from_data({"reply": [{"text": TEXT}]}, name="for_endpoint")
+    with ResponsesSimulator(scenario, repeat=True) as sim:
+        session = engine.CodexSession.for_endpoint(
+            sim.base_url, api_key="sk-endpoint-0123456789", model="gpt-5", cwd=tmp_path,
+            request_timeout_s=60,
+        )
+        home = session._private_home
+        assert home is not None and os.path.isdir(home)
+        try:
+            first = session.run_turn("Hi", trace=tmp_path / "turn.jsonl")
+            session.close()
+            assert not os.path.exists(home)
+            second = session.run_turn("Again")
+        finally:
+            session.close()
+        sent = sim.requests
+    assert first.outcome == second.outcome == "completed" and first.output_text == TEXT
+    assert not os.path.exists(home)
+    assert [r.body.get("model") for r in sent] == ["gpt-5", "gpt-5"]
+    assert all(r.headers.get("authorization") == "[redacted]" for r in sent)
+    assert engine.replay(tmp_path / "turn.jsonl").identical
+    written = (tmp_path / "turn.jsonl").read_text()
+    assert "sk-endpoint-0123456789" not in written and "sk-endpoint-" not in written

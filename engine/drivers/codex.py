@@ -50,6 +50,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -218,6 +219,33 @@ def toml_value(value: Any) -> str:
                           for k, v in value.items())
         return "{" + inner + "}"
     raise TypeError(f"config values must be TOML-writable, not {type(value).__name__}")
+
+
+# -- pointing codex at a Responses endpoint ----------------------------------------------------
+#: The environment variable codex reads an endpoint provider's key from (`endpoint_config`).
+ENDPOINT_KEY_VAR = "STREAMFSM_ENDPOINT_KEY"
+
+
+def endpoint_config(base_url: str, model: str, **extra: Any) -> dict[str, Any]:
+    """`-c` overrides that make codex use a model provider named `endpoint` at `base_url` (a
+    Responses-API URL ending in `/v1`) with the key in `ENDPOINT_KEY_VAR`: no login, no OpenAI
+    account, no other network (shared/CODEX_APP_SERVER.md). `extra` adds more (dotted keys as
+    they are; `provider_<key>` sets `model_providers.endpoint.<key>`)."""
+    config: dict[str, Any] = {
+        "model": model,
+        "model_provider": "endpoint",
+        "model_providers.endpoint.name": "endpoint",
+        "model_providers.endpoint.base_url": base_url,
+        "model_providers.endpoint.wire_api": "responses",
+        "model_providers.endpoint.env_key": ENDPOINT_KEY_VAR,
+        "model_providers.endpoint.requires_openai_auth": False,
+    }
+    for key, value in extra.items():
+        if key.startswith("provider_"):
+            config[f"model_providers.endpoint.{key[len('provider_'):]}"] = value
+        else:
+            config[key] = value
+    return config
 
 
 # -- the subprocess ---------------------------------------------------------------------------
@@ -574,6 +602,8 @@ class CodexSession:
         self._steer_lock = threading.Lock()
         self._steer_waiter: _SteerWaiter | None = None
         self._helpers = _Helpers()
+        #: The private CODEX_HOME `for_endpoint` made (removed by `close()`), if any.
+        self._private_home: str | None = None
 
     # -- settings between turns -----------------------------------------------------------------
     @property
@@ -627,6 +657,8 @@ class CodexSession:
         and each one after a retirement."""
         config = attrs.evolve(self.session_config, thread_id=self._resume_thread)
         self._machine = AppSession(config)
+        if self._private_home is not None:  # removed by an earlier close(): made again
+            os.makedirs(self._private_home, exist_ok=True)
         self._deadlines = Deadlines()
         env, self._secrets = self._environment()
         try:
@@ -650,6 +682,36 @@ class CodexSession:
             code = process.close()
             log.info("app-server closed", pid=process.pid, reason=reason, exit_code=code)
 
+    @classmethod
+    def for_endpoint(
+        cls,
+        base_url: str,
+        *,
+        api_key: str = "sk-local",
+        model: str = "gpt-5",
+        **kwargs: Any,
+    ) -> CodexSession:
+        """A session whose codex app-server talks to the Responses endpoint at `base_url` (a
+        simulator, a recording proxy, a local model server; the URL ends in `/v1`) with
+        `api_key`, no login and nothing else on the network, in a private `CODEX_HOME` removed
+        by `close()` (a later turn makes a new one). `kwargs` go to `CodexSession`; their
+        `config` and `env` are laid over the endpoint's."""
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must be an http:// or https:// URL, not {base_url!r}")
+        for name, value in (("api_key", api_key), ("model", model)):
+            if not isinstance(value, str) or not value:
+                raise TypeError(f"{name} must be a non-empty string, not {value!r}")
+        config = {**endpoint_config(base_url, model), **(kwargs.pop("config", None) or {})}
+        home = tempfile.mkdtemp(prefix="streamfsm-codex-home-")
+        env = {"CODEX_HOME": home, ENDPOINT_KEY_VAR: api_key, **(kwargs.pop("env", None) or {})}
+        try:
+            session = cls(config=config, env=env, **kwargs)
+        except BaseException:
+            shutil.rmtree(home, ignore_errors=True)
+            raise
+        session._private_home = home
+        return session
+
     def close(self) -> None:
         """End the subprocess and everything it started; the next turn starts a new one.
 
@@ -665,6 +727,8 @@ class CodexSession:
             self._turn_done.wait(CLOSE_WAIT_S)
         self._drop("closed")
         self._helpers.join(CLOSE_WAIT_S)
+        if self._private_home is not None:
+            shutil.rmtree(self._private_home, ignore_errors=True)
 
     def __enter__(self) -> CodexSession:
         return self

@@ -3,11 +3,12 @@
     with ResponsesSimulator(scenario) as sim, loopback_session(sim, home) as session:
         result = session.run_turn("What is the capital of France?")
 
-`loopback_config(base_url)` is the `-c` configuration that makes codex use a custom model
-provider pointing at the simulator (no login, no network: shared/CODEX_APP_SERVER.md);
-`loopback_session` builds a `CodexSession` with it, a fresh `CODEX_HOME` and a dummy key. The
-codex binary is `engine.drivers.codex.find_codex()`: `STREAMFSM_CODEX`, else `codex` on PATH,
-else the npm install `.ci/run` makes.
+`loopback_session` is `CodexSession.for_endpoint` with the `CODEX_HOME` the caller chooses (the
+tests and the demo keep it, to look inside) and the dummy key `LOOPBACK_KEY`; its `-c`
+configuration is `engine.drivers.codex.endpoint_config` (a custom model provider pointing at the
+simulator: no login, no network; shared/CODEX_APP_SERVER.md). The codex binary is
+`engine.drivers.codex.find_codex()`: `STREAMFSM_CODEX`, else `codex` on PATH, else the npm
+install `.ci/run` makes.
 """
 
 from __future__ import annotations
@@ -15,33 +16,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine.drivers.codex import CodexSession, find_codex
+from engine.drivers.codex import ENDPOINT_KEY_VAR, CodexSession, endpoint_config, find_codex
 
-__all__ = ["LOOPBACK_KEY", "LOOPBACK_KEY_VAR", "find_codex", "loopback_config", "loopback_session"]
+__all__ = ["LOOPBACK_KEY", "LOOPBACK_MODEL", "codex_available", "find_codex", "loopback_session"]
 
-#: The environment variable codex reads the provider's key from, and the dummy value it gets.
-LOOPBACK_KEY_VAR = "STREAMFSM_LOOPBACK_KEY"
+#: The dummy key codex sends the simulator, and the model it names.
 LOOPBACK_KEY = "sk-loopback-0123456789abcdefghij"
-
-
-def loopback_config(base_url: str, **extra: Any) -> dict[str, Any]:
-    """`-c` overrides for a provider named `loop` at `base_url` (the simulator's `/v1` URL);
-    `extra` adds more (dotted keys as they are; `provider_<key>` sets `model_providers.loop.<key>`)."""
-    config: dict[str, Any] = {
-        "model": "gpt-5.1-codex",
-        "model_provider": "loop",
-        "model_providers.loop.name": "loopback",
-        "model_providers.loop.base_url": base_url,
-        "model_providers.loop.wire_api": "responses",
-        "model_providers.loop.env_key": LOOPBACK_KEY_VAR,
-        "model_providers.loop.requires_openai_auth": False,
-    }
-    for key, value in extra.items():
-        if key.startswith("provider_"):
-            config[f"model_providers.loop.{key[len('provider_'):]}"] = value
-        else:
-            config[key] = value
-    return config
+LOOPBACK_MODEL = "gpt-5.1-codex"
 
 
 def loopback_session(
@@ -57,8 +38,8 @@ def loopback_session(
     as its `CODEX_HOME`; `config` adds `-c` overrides, `options` go to `CodexSession`."""
     return CodexSession(
         command=command,
-        config={**loopback_config(sim.base_url), **(config or {})},
-        env={"CODEX_HOME": str(codex_home), LOOPBACK_KEY_VAR: LOOPBACK_KEY, **(env or {})},
+        config={**endpoint_config(sim.base_url, LOOPBACK_MODEL), **(config or {})},
+        env={"CODEX_HOME": str(codex_home), ENDPOINT_KEY_VAR: LOOPBACK_KEY, **(env or {})},
         **options,
     )
 
