@@ -226,12 +226,12 @@ def toml_value(value: Any) -> str:
 ENDPOINT_KEY_VAR = "STREAMFSM_ENDPOINT_KEY"
 
 
-def endpoint_config(base_url: str, model: str, **extra: Any) -> dict[str, Any]:
+def endpoint_config(base_url: str, model: str) -> dict[str, Any]:
     """`-c` overrides that make codex use a model provider named `endpoint` at `base_url` (a
     Responses-API URL ending in `/v1`) with the key in `ENDPOINT_KEY_VAR`: no login, no OpenAI
-    account, no other network (shared/CODEX_APP_SERVER.md). `extra` adds more (dotted keys as
-    they are; `provider_<key>` sets `model_providers.endpoint.<key>`)."""
-    config: dict[str, Any] = {
+    account, no other network (shared/CODEX_APP_SERVER.md). More settings of that provider are
+    `model_providers.endpoint.<key>` overrides."""
+    return {
         "model": model,
         "model_provider": "endpoint",
         "model_providers.endpoint.name": "endpoint",
@@ -240,12 +240,6 @@ def endpoint_config(base_url: str, model: str, **extra: Any) -> dict[str, Any]:
         "model_providers.endpoint.env_key": ENDPOINT_KEY_VAR,
         "model_providers.endpoint.requires_openai_auth": False,
     }
-    for key, value in extra.items():
-        if key.startswith("provider_"):
-            config[f"model_providers.endpoint.{key[len('provider_'):]}"] = value
-        else:
-            config[key] = value
-    return config
 
 
 # -- the subprocess ---------------------------------------------------------------------------

@@ -104,7 +104,7 @@ def run_codex_demo(out: TextIO, traces: str | None = None) -> int:
             ResponsesSimulator(scenario_from_data(SCENARIO)) as sim:
         session = loopback_session(
             sim, home, cwd=work, approvals=approvals,
-            config={"model_providers.loop.http_headers": {"x-streamfsm-session": "demo"}},
+            config={"model_providers.endpoint.http_headers": {"x-streamfsm-session": "demo"}},
         )
         with session:
             for number, (title, text, answer, interrupt) in enumerate(DEMO_TURNS, 1):
