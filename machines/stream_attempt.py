@@ -307,9 +307,10 @@ def status_is_retryable(attempt: StreamAttempt) -> bool:
 
 
 def wait_is_acceptable(attempt: StreamAttempt) -> bool:
-    """The server demanded no wait, or one no longer than the policy's `max_retry_wait_s`."""
+    """The server demanded no wait, or one no longer than the policy's `max_retry_wait_s` (a
+    wait too large to represent is longer than any, an unlimited `max_retry_wait_s` too)."""
     wait = attempt.demanded_wait_s
-    return wait is None or wait <= attempt.max_retry_wait_s
+    return wait is None or (math.isfinite(wait) and wait <= attempt.max_retry_wait_s)
 
 
 def http_retry_left(attempt: StreamAttempt) -> bool:
@@ -977,30 +978,38 @@ _TRY_AGAIN = re.compile(r"try again in (\d+(?:\.\d+)?)\s*(ms|s|sec|seconds?)\b",
 def demanded_wait_s(item: HttpError) -> float | None:
     """The wait before another request that an HTTP error demands, in seconds, or None:
     `retry-after-ms` wins over `Retry-After` (seconds, or an HTTP date measured from when the
-    answer came), which wins over "try again in N s" in the error message."""
+    answer came), which wins over "try again in N s" in the error message. A wait too large to
+    represent (`Retry-After` of hundreds of digits reads as infinity) is `math.inf`: longer than
+    any `max_retry_wait_s`, never a wait of none; a value that is no number at all says
+    nothing."""
     value = item.header("retry-after-ms")
     if value is not None:
-        try:
-            seconds = float(value) / 1000
-        except ValueError:
-            seconds = math.nan
-        if math.isfinite(seconds) and seconds >= 0:
+        seconds = _number(value) / 1000
+        if seconds >= 0:  # NaN, garbage and negative waits say nothing
             return seconds
     value = item.header("retry-after")
     if value is not None:
-        try:
-            seconds = float(value)
-        except ValueError:
+        seconds = _number(value)
+        if math.isnan(seconds):
             seconds = _seconds_until(value, item.received_at)
-        if math.isfinite(seconds) and seconds >= 0:
+        if seconds >= 0:
             return seconds
     message = _http_error(item).get("message")
     if isinstance(message, str):
         match = _TRY_AGAIN.search(message)
         if match is not None:
-            amount = float(match.group(1))
+            amount = float(match.group(1))  # digits only: finite, or infinity when too long
             return amount / 1000 if match.group(2).lower() == "ms" else amount
     return None
+
+
+def _number(text: str) -> float:
+    """`text` as a number of seconds: infinity for one too large to represent, NaN for text
+    that is no number."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
 
 
 def _seconds_until(http_date: str, received_at: float | None) -> float:
