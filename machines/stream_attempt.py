@@ -6,10 +6,10 @@ Theory of operation
 A turn makes one or more *attempts*; each attempt is one request whose body is an SSE stream.
 This machine is fed, in order, everything the driver observed for that request, as records from
 `machines.records`: dispatched `SseEvent`s, an `HttpError` status, a `TransportFault`, a clean
-`EndOfStream`, an `IdleTimeout`, an `Interrupt`. It never reads a socket, a clock or a flag, and
-it never calls anyone: `receive(input)` returns the machine's *decisions*, a list of `Transition`
-and `Effect` records, and the caller (the engine's event log) records them and then acts on them
-(callbacks, log lines). That is why a recorded attempt replays exactly, and why a test of a rule
+`EndOfStream`, an `IdleTimeout`, a `TurnTimeout`, an `Interrupt`. It never reads a socket, a
+clock or a flag, and it never calls anyone: `receive(input)` returns the machine's *decisions*, a
+list of `Transition` and `Effect` records, and the caller (the engine's event log) records them
+and then acts on them (callbacks, log lines). That is why a recorded attempt replays exactly, and why a test of a rule
 is one `receive()` and an assert:
 
     attempt = StreamAttempt(1, "stream", ledger=DeliveryLedger())
@@ -44,8 +44,9 @@ are written; `streamfsm diagram` draws them, guards included:
                        of a turn whose policy allows a fallback; the turn continues with one
                        `create(stream=True)` attempt.
     retire             final: the attempt is abandoned: a retryable fault (the turn retries while
-                       stream attempts are left, else it ends "error"), or an interrupt (the turn
-                       ends "interrupted", promptly).
+                       stream attempts are left, else it ends "error"), an interrupt (the turn
+                       ends "interrupted", promptly), or the turn's wall-clock limit
+                       (`turn_timeout`: the turn ends "error" at once, nothing retried).
 
 Reading a row (`machines.table`): `Row(Fault.DROP, LIVE, State.FALLBACK,
 guards=hands_over_to_fallback, decides=EndingRule("error", "stream"))` says: a dropped connection,
@@ -190,6 +191,7 @@ from machines.records import (
     SseEvent,
     Transition,
     TransportFault,
+    TurnTimeout,
 )
 from machines.table import Row, Table
 
@@ -246,7 +248,7 @@ class Trigger(StrEnum):
 #: The inputs an attempt takes besides events, each its own trigger.
 INPUTS: Final = (
     InputKind.HTTP_ERROR, *Fault, InputKind.IDLE_TIMEOUT, InputKind.EOF,
-    InputKind.EVENT_TOO_LARGE, InputKind.INTERRUPT,
+    InputKind.EVENT_TOO_LARGE, InputKind.TURN_TIMEOUT, InputKind.INTERRUPT,
 )
 
 
@@ -414,6 +416,9 @@ ROWS: Final[list[Row[StreamAttempt, EndingRule]]] = [
     *(row for fault in FAULTS for row in _retried(fault, EndingRule("error", "stream"))),
     # one event larger than the policy allows: the turn ends, nothing is retried
     Row(InputKind.EVENT_TOO_LARGE, LIVE, _S.RETIRE, decides=EndingRule("error")),
+    # the turn's wall-clock limit passed (or the wait before this attempt would pass it): the
+    # turn ends at once, nothing is retried, partial output kept
+    Row(InputKind.TURN_TIMEOUT, LIVE, _S.RETIRE, decides=EndingRule("error")),
     # the caller stops the turn
     Row(InputKind.INTERRUPT, LIVE, _S.RETIRE,
         decides=EndingRule("interrupted", None, ReasonCode.INTERRUPTED)),
@@ -590,7 +595,7 @@ class StreamAttempt:
                 TABLE.feed(self, InputKind.HTTP_ERROR)
             elif isinstance(item, TransportFault):
                 TABLE.feed(self, item.kind)
-            elif isinstance(item, (EndOfStream, IdleTimeout, Interrupt, EventTooLarge)):
+            elif isinstance(item, (EndOfStream, IdleTimeout, TurnTimeout, Interrupt, EventTooLarge)):
                 TABLE.feed(self, item.KIND)
             else:
                 raise TypeError(f"not a machine input: {type(item).__name__}")

@@ -33,6 +33,7 @@ from machines.records import (
     ReasonCode,
     SseEvent,
     TransportFault,
+    TurnTimeout,
 )
 from machines.stream_attempt import (
     FINAL,
@@ -142,6 +143,7 @@ FIRE: dict[str, Any] = {
     "eof": EndOfStream(),
     "interrupt": Interrupt(),
     "event_too_large": EventTooLarge(64),
+    "turn_timeout": TurnTimeout(30.0),
     # a text delta whose sequence number (7) is not above the last one seen (`SEEN_7`)
     "stale_event": {**delta("again"), "sequence_number": 7},
 }

@@ -115,6 +115,7 @@ from machines.records import (
     TransportFault,
     TurnPolicy,
     TurnResult,
+    TurnTimeout,
 )
 
 __all__ = [
@@ -312,31 +313,86 @@ def _recording_for(
 def play_server(recording: TurnRecording, server: Server) -> None:
     """Feed each attempt the recording's turn opens the steps `server` gives it, as a driver
     would observe them, on a simulated clock (a millisecond per step, a stall adds its
-    seconds): a stall at least the policy's idle timeout is an `IdleTimeout`, a script that
-    runs out ends the body cleanly, and steps after the attempt ended are not read."""
+    seconds, the wait before an HTTP retry passes before its first step): a stall at least the
+    policy's idle timeout is an `IdleTimeout`, a script that runs out ends the body cleanly, and
+    steps after the attempt ended are not read. With a `turn_timeout_s`, a step (or the end of
+    a silence) that would come at or after the limit comes too late: the attempt is fed a
+    `TurnTimeout` at the limit instead, and a wait that would reach the limit is not waited:
+    the attempt about to be sent is fed it at once."""
     policy = recording.policy
-    clock = 0.0
+    clock = _SessionClock(policy)
     for feed in recording.attempts():
+        if clock.waits_past(recording.wait_s):
+            feed.fail(TurnTimeout(clock.limit or 0.0), clock.now)
+            continue
+        clock.wait(recording.wait_s)
         for step in server(feed.number, feed.kind, feed.resume_point):
-            clock = round(clock + STEP_S, 6)
-            if isinstance(step, Chunk):
-                feed.chunk(step.data, clock)
+            if not clock.step():
+                feed.fail(TurnTimeout(clock.limit or 0.0), clock.now)
+            elif isinstance(step, Chunk):
+                feed.chunk(step.data, clock.now)
             elif isinstance(step, EndOfStream):
-                feed.end(clock)
+                feed.end(clock.now)
             elif isinstance(step, (TransportFault, Interrupt, HttpError)):
-                feed.fail(step, clock)
+                feed.fail(step, clock.now)
             elif isinstance(step, Stall):
-                if policy.idle_timeout_s is not None and step.seconds >= policy.idle_timeout_s:
-                    clock = round(clock + policy.idle_timeout_s, 6)
-                    feed.fail(IdleTimeout(policy.idle_timeout_s), clock)
-                else:
-                    clock = round(clock + step.seconds, 6)
+                ended = clock.stall(step.seconds)
+                if ended is not None:
+                    feed.fail(ended, clock.now)
             else:
                 raise TypeError(f"not a session step: {step!r}")
             if feed.final:
                 break
         if not feed.final:
-            feed.end(round(clock + STEP_S, 6))
+            if clock.step():
+                feed.end(clock.now)
+            else:
+                feed.fail(TurnTimeout(clock.limit or 0.0), clock.now)
+
+
+class _SessionClock:
+    """The simulated clock of a played session (see `play_server`), and the turn's limit on
+    it: `now` is the latest reading, every move is rounded to microseconds as a driver's
+    clock readings are."""
+
+    __slots__ = ("now", "limit", "idle")
+
+    def __init__(self, policy: TurnPolicy) -> None:
+        self.now = 0.0
+        self.limit = policy.turn_timeout_s
+        self.idle = policy.idle_timeout_s
+
+    def _reaches_limit(self, moment: float) -> bool:
+        return self.limit is not None and moment >= self.limit
+
+    def waits_past(self, seconds: float) -> bool:
+        """Whether a wait of `seconds` from now would reach the limit."""
+        return self._reaches_limit(round(self.now + seconds, 6))
+
+    def wait(self, seconds: float) -> None:
+        self.now = round(self.now + seconds, 6)
+
+    def step(self) -> bool:
+        """The next step arrives (`STEP_S` later); False when that is too late (the clock then
+        reads the limit)."""
+        arrival = round(self.now + STEP_S, 6)
+        if self._reaches_limit(arrival):
+            self.now = self.limit or arrival
+            return False
+        self.now = arrival
+        return True
+
+    def stall(self, seconds: float) -> IdleTimeout | TurnTimeout | None:
+        """The server is silent for `seconds`: what ends the attempt meanwhile (the idle
+        timeout, the turn's limit), or None."""
+        idle = self.idle
+        idles = idle is not None and seconds >= idle
+        ends = round(self.now + (idle if idle is not None and idles else seconds), 6)
+        if self.limit is not None and ends >= self.limit:
+            self.now = self.limit
+            return TurnTimeout(self.limit)
+        self.now = ends
+        return IdleTimeout(idle) if idle is not None and idles else None
 
 
 def run_session(
@@ -376,19 +432,40 @@ def session_from_trace(path: str | os.PathLike[str]) -> Session:
     """The session a trace file recorded (its policy and every attempt's inputs).
 
     Reading steps back from a trace loses only pauses that ended no attempt, which change
-    nothing the machines see."""
+    nothing the machines see, except the time they took: so the turn's limit, when the trace
+    ran out of it (a `turn_timeout` input), comes back as a silence that reaches the limit from
+    anywhere (in stalls shorter than the idle timeout), and a played session makes it come at
+    the same place, since everything before it comes no later than it did."""
     from engine.log.trace import input_from_json, read_trace
 
     trace = read_trace(path)
+    policy = trace.policy
     scripts: dict[int, list[Step]] = {}
     for record in trace.inputs():
         item = input_from_json(record)
         # the trace records the same observations a session is made of; only an idle timeout
-        # is what the driver made of a stall
-        step: Step = Stall(item.seconds) if isinstance(item, IdleTimeout) else item
-        scripts.setdefault(record["attempt"], []).append(step)
+        # and a turn timeout are what the driver made of the time that passed
+        steps: list[Step]
+        if isinstance(item, IdleTimeout):
+            steps = [Stall(item.seconds)]
+        elif isinstance(item, TurnTimeout):
+            steps = _silence_to_the_limit(policy)
+        else:
+            steps = [item]
+        scripts.setdefault(record["attempt"], []).extend(steps)
     count = max(scripts, default=0)
-    return Session([scripts.get(n, []) for n in range(1, count + 1)], trace.policy)
+    return Session([scripts.get(n, []) for n in range(1, count + 1)], policy)
+
+
+def _silence_to_the_limit(policy: TurnPolicy) -> list[Step]:
+    """Stalls that last at least the turn's limit from the start of the turn, each shorter than
+    the idle timeout (so none ends an attempt first)."""
+    limit = policy.turn_timeout_s or 0.0
+    idle = policy.idle_timeout_s
+    if idle is None:
+        return [Stall(limit)]
+    piece = idle / 2
+    return [Stall(piece)] * (int(limit / (piece + STEP_S)) + 2)
 
 
 # --------------------------------------------------------------------------------------------

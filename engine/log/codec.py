@@ -61,7 +61,6 @@ from machines.app_records import (
     Steer,
     ToolAnswer,
     TurnRequest,
-    TurnTimeout,
 )
 from machines.records import (
     Chunk,
@@ -73,6 +72,7 @@ from machines.records import (
     Interrupt,
     Transition,
     TransportFault,
+    TurnTimeout,
 )
 
 __all__ = [
@@ -379,11 +379,12 @@ class InputFormat:
 
 #: Every record class a trace holds as an input, of every protocol.
 _RECORDS: Final = (
-    # Responses-API stream attempts
-    Chunk, HttpError, TransportFault, EndOfStream, IdleTimeout, Interrupt,
+    # Responses-API stream attempts (`EndOfStream`, `IdleTimeout`, `TurnTimeout` and
+    # `Interrupt` for app-server turns too)
+    Chunk, HttpError, TransportFault, EndOfStream, IdleTimeout, TurnTimeout, Interrupt,
     # codex app-server turns
     ServerLine, StderrLine, ProcessExit, SpawnFailed, TurnRequest, ApprovalAnswer,
-    RequestTimeout, InterruptTimeout, CompactRequest, ToolAnswer, Steer, TurnTimeout, Close,
+    RequestTimeout, InterruptTimeout, CompactRequest, ToolAnswer, Steer, Close,
 )
 #: The trace format of every input kind a trace records, by its name.
 INPUTS: Final[dict[InputKind, InputFormat]] = {

@@ -26,9 +26,9 @@ or, when the turn was cut short by an exception in the driver (version 2),
 A file without either final record is a truncated file, and not a valid trace. An input line is
 its observation's record class written field by field (`engine.log.codec`), so every input kind
 of every protocol has one name (`machines.records.InputKind`) and one codec: `chunk`, `http_error`,
-`fault`, `eof`, `idle_timeout` and `interrupt` for stream attempts; `line` (one stdout line),
-`stderr`, `eof`, `exit`, `spawn_failed`, `turn`, `approval`, `request_timeout`, `idle_timeout`,
-`interrupt` and `interrupt_timeout` for app-server turns. Each entry says which of them its
+`fault`, `eof`, `idle_timeout`, `turn_timeout` and `interrupt` for stream attempts; `line` (one
+stdout line), `stderr`, `eof`, `exit`, `spawn_failed`, `turn`, `approval`, `request_timeout`,
+`idle_timeout`, `turn_timeout`, `interrupt` and `interrupt_timeout` for app-server turns. Each entry says which of them its
 traces hold.
 
 Secrets (version 2). Inputs that are pieces of one byte stream (each attempt's network reads,
@@ -289,6 +289,7 @@ def header_for(
             "max_retry_wait_s": policy.max_retry_wait_s,
             "max_event_bytes": policy.max_event_bytes,
             "resume": policy.resume,
+            "turn_timeout_s": policy.turn_timeout_s,
         },
         "seed": seed,
         "request": redact_fields(request) if request is not None else None,
@@ -533,7 +534,7 @@ APP_SERVER_ENTRY = "codex_app_server"
 RESPONSES = EntryFormat(
     _check_turn_header,
     frozenset({InputKind.CHUNK, InputKind.HTTP_ERROR, InputKind.FAULT, InputKind.EOF,
-               InputKind.IDLE_TIMEOUT, InputKind.INTERRUPT}),
+               InputKind.IDLE_TIMEOUT, InputKind.TURN_TIMEOUT, InputKind.INTERRUPT}),
 )
 #: Traces of codex app-server turns.
 APP_SERVER = EntryFormat(_check_app_header, APP_INPUT_KINDS)
