@@ -408,6 +408,9 @@ def start_turn(client: Any, request: Any, options: TurnOptions, *, entry: str) -
         interrupted=interrupted,
         secrets=secrets,
         now=turn_clock(),
-        recording=TurnRecording(chosen, callbacks, entry=entry, request=checked, seed=seed),
+        recording=TurnRecording(
+            chosen, callbacks, entry=entry, request=checked, seed=seed,
+            keep_records=options.get("trace") is not None,
+        ),
         trace=options.get("trace"),
     )

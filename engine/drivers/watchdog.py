@@ -279,7 +279,7 @@ class Watchdog:
             self._quiet_since = self._clock()
 
 
-def next_within(items: queue.SimpleQueue[T], seconds: float) -> T | None:
+def next_within(items: queue.SimpleQueue[T] | queue.Queue[T], seconds: float) -> T | None:
     """The next item a reader thread put on `items`, waiting at most `seconds` (the wait a
     watchdog allows), or None after a silent wait."""
     try:
