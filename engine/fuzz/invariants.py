@@ -66,7 +66,7 @@ from engine.fuzz.reference import (
 )
 from engine.fuzz.strategies import SESSION_TOKEN, SHAPED_KEY, Session, play_session
 from engine.log.eventlog import Callbacks
-from engine.log.redaction import MIN_PIECE, scrub
+from engine.log.redaction import MIN_PIECE, readings, scrub
 from engine.log.trace import dumps as trace_dumps
 from engine.log.trace import equal, read_trace
 from engine.log.trace import loads as trace_loads
@@ -527,8 +527,11 @@ def secret_pieces(secret: str, size: int = MIN_PIECE) -> set[str]:
 
 
 def leaked_pieces(path: str | os.PathLike[str], secrets: Iterable[str]) -> set[str]:
-    """The pieces of `MIN_PIECE` characters of `secrets` found in a trace file: in its text, and
-    in the bytes of every chunk it stores as base64."""
+    """The pieces of `MIN_PIECE` characters of `secrets` found in a trace file, in anything a
+    reader decodes from it: its text, the bytes of every chunk it stores as base64, and both
+    with their JSON string escapes decoded once, twice and three times (a secret the server
+    wrote with some or all characters as `\\uXXXX`, inside a trace line that escapes it
+    again)."""
     return _leaked(Path(path).read_bytes(), list(secrets))
 
 
@@ -540,6 +543,7 @@ def _leaked(raw: bytes, secrets: list[str]) -> set[str]:
                 record = trace_loads(line)
                 if isinstance(record, dict) and isinstance(record.get("data_b64"), str):
                     texts.append(base64.b64decode(record["data_b64"]))
+    texts += [reading.data for text in list(texts) for reading in readings(text)]
     leaked: set[str] = set()
     for secret in secrets:
         grams = _grams(secret)
@@ -563,7 +567,8 @@ def _echoes_secrets(session: Session) -> bool:
         sent = [step.data for step in script if isinstance(step, Chunk)]  # a piece cut by a read
         sent += [trace_dumps(step.body) for step in script if isinstance(step, HttpError)]
         data = b"".join(sent)
-        if any(gram in data for gram in grams):
+        texts = [data, *(reading.data for reading in readings(data))]
+        if any(gram in text for gram in grams for text in texts):
             return True
     return False
 
