@@ -164,10 +164,24 @@ async def _read_attempt(
     except BaseException as error:
         put(observation_of(error, opening=False) or error)
     finally:
-        try:
-            await close()
-        except Exception:  # closing a broken stream may fail again; nothing left to save
-            pass
+        await _closed(body, close)
+
+
+async def _closed(body: AsyncIterator[bytes], close: Callable[[], Awaitable[Any]]) -> None:
+    """Close the body's iterator and the response, to their end even when the reader is
+    cancelled again meanwhile (the close runs shielded): no connection is left for the garbage
+    collector to close, a reset one included."""
+
+    async def both() -> None:
+        finish = getattr(body, "aclose", None)
+        for step in (finish, close):
+            if callable(step):
+                try:
+                    await step()
+                except Exception:  # closing a broken stream may fail again; nothing to save
+                    pass
+
+    await asyncio.shield(both())
 
 
 async def _open_stream(

@@ -63,7 +63,7 @@ from engine.drivers.arguments import TurnOptions
 from engine.drivers.background import cancel_arguments, resume_arguments
 from engine.drivers.recording import AttemptFeed
 from engine.log.eventlog import Callbacks
-from engine.drivers.transport import observation_of
+from engine.drivers.transport import observation_of, shut_down, socket_of
 from engine.drivers.turn_loop import Reply, Stamped, drive, stamped, start_turn
 from engine.drivers.watchdog import next_within
 from machines.records import Chunk, EndOfStream, TurnPolicy, TurnResult
@@ -158,7 +158,7 @@ class _AttemptReader:
             with self._lock:
                 if self._abandoned:
                     return  # the caller gave up while the headers were on their way
-                named = _socket_of(http_response.extensions.get("network_stream"))
+                named = socket_of(http_response.extensions.get("network_stream"))
                 self._socket = named or self._socket
             for chunk in body:
                 if chunk and not put(stamped(Chunk(chunk))):
@@ -169,6 +169,9 @@ class _AttemptReader:
         finally:
             with self._lock:
                 self._socket = None
+            # the body's iterator first (one left unfinished would hold the stream until the
+            # garbage collector came), then the response
+            _close_quietly(getattr(body, "close", _nothing))
             _close_quietly(close)
 
     def _hand_over(self, item: Stamped) -> bool:
@@ -208,7 +211,7 @@ class _AttemptReader:
         """One step of the request inside httpcore (`<part>.<step>.started|complete|failed`)."""
         where, _, phase = event.rpartition(".")  # "http11.send_request_headers", "started"
         step = where.rpartition(".")[2]
-        sock = _socket_of(info.get("return_value")) if phase == "complete" else None
+        sock = socket_of(info.get("return_value")) if phase == "complete" else None
         with self._lock:
             if sock is not None:
                 self._socket = sock
@@ -217,7 +220,7 @@ class _AttemptReader:
             abandoned = self._abandoned
         if abandoned:
             if sock is not None:
-                _shut_down(sock)
+                shut_down(sock)
             if phase == "started" and step in _STOP_POINTS:
                 raise _AttemptAbandoned()
 
@@ -237,7 +240,7 @@ class _AttemptReader:
             sock = self._socket
             unseen = self._unseen and sock is None
         if sock is not None:
-            _shut_down(sock)
+            shut_down(sock)
         if not unseen:
             thread.join(JOIN_S)
 
@@ -263,21 +266,8 @@ def _watch_requests(client: Any) -> None:
             requests.append(_trace_reader_requests)
 
 
-def _socket_of(stream: Any) -> socket.socket | None:
-    """The socket a network stream (httpcore's, named by `get_extra_info`) reads, if any."""
-    try:
-        sock = stream.get_extra_info("socket") if stream is not None else None
-    except Exception:  # not a network stream after all
-        return None
-    return sock if isinstance(sock, socket.socket) else None
-
-
-def _shut_down(sock: socket.socket) -> None:
-    """End both directions of `sock`: a read blocked on it returns, the server sees a FIN."""
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:  # already closed or never connected
-        pass
+def _nothing() -> None:
+    """Nothing to close."""
 
 
 def _close_quietly(close: Callable[[], Any]) -> None:
