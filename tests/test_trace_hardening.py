@@ -317,6 +317,24 @@ def test_a_secret_escaped_twice_in_a_calls_arguments_is_masked(tmp_path: Path) -
     assert_replays_identically(trace)
 
 
+def test_a_credential_fields_value_written_escaped_keeps_its_length_once_masked(
+    tmp_path: Path,
+) -> None:
+    """A credential-named field's whole value is masked; written with escapes, each escaped
+    character becomes the escape of `*`, so the masked value still decodes to as many
+    characters and the result replays identically (it used to become a run of `*` six times
+    as long)."""
+    token = escaped(SESSION_TOKEN, "all")
+    completed = _sse(_completed(metadata={"session_token": "@@"})).replace(
+        b'"@@"', f'"{token}"'.encode())
+    data = _sse(_created()) + _sse(_delta("hi")) + completed
+    trace = tmp_path / "t.jsonl"
+    result = consume_knowing([data], trace, [])
+    assert result.response is not None and result.response["metadata"]["session_token"] == SESSION_TOKEN
+    assert readable(trace, SESSION_TOKEN) == set()
+    assert_replays_identically(trace)
+
+
 def test_a_relay_key_with_escaped_slashes_is_masked_and_stays_json(tmp_path: Path) -> None:
     data = escaped_echo(escaped(RELAY_KEY, "slash"))
     trace = tmp_path / "t.jsonl"

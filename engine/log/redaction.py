@@ -289,6 +289,9 @@ class Scrubber:
             return data
         out = bytearray(data)
         for start, end in spans:
+            if _BACKSLASH in data[start:end]:
+                _mask_escaped_text(out, data, start, end)
+                continue
             out[start:end] = MASK.encode() * (end - start)
             if b"\n" in data[start:end] or b"\r" in data[start:end]:
                 for index in range(start, end):
@@ -481,6 +484,26 @@ def _outside_escapes(data: bytes, spans: list[tuple[int, int]]) -> list[tuple[in
         if start < end:
             out.append((start, end))
     return out
+
+
+def _mask_escaped_text(out: bytearray, data: bytes, start: int, end: int) -> None:
+    """Mask `data[start:end]` in `out` as JSON string content: each byte of a character written
+    as such becomes `*`, a `\\uXXXX` escape the escape of `*` (one character either way, so the
+    masked string decodes to as many characters as the secret), another escape stays (a quote
+    or a backslash on its own gives nothing away), a line end stays."""
+    at = start
+    while at < end:
+        byte = data[at]
+        if byte == _BACKSLASH and at + 1 < end:
+            if data[at + 1] == ord("u") and at + 6 <= end and all(b in _HEX for b in data[at + 2 : at + 6]):
+                out[at + 2 : at + 6] = _MASK_HEX
+                at += 6
+            else:
+                at += 2
+            continue
+        if byte not in (_CR, _LF):
+            out[at] = _MASK_BYTE
+        at += 1
 
 
 def _characters(data: bytes, start: int, end: int) -> Iterable[tuple[int, int]]:
