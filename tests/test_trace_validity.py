@@ -25,12 +25,14 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 import engine
 from engine.cli import main
 from engine.drivers.replay import REPLAYERS
+from engine.fuzz.invariants import trace_mutation_violations
+from engine.strategies import Session, run_session, sessions, trace_mutations
 from engine.simulator.shapes import SHAPES, assemble, completed, created, output_items, text_message, to_reply
 from engine.simulator.replies import Reply, Script
 from machines.records import Chunk
@@ -388,6 +390,46 @@ def test_huge_numbers_are_read_as_what_they_are(
         assert run_cli("replay", str(trace))[0] in (0, 1)
     else:
         assert_invalid(trace)
+
+
+# -- typed-field mutations of any played trace (engine.fuzz.strategies.trace_mutations) -------
+
+
+@given(session=sessions(), data=st.data())
+def test_typed_field_mutations_of_any_played_trace(
+    fuzz_file: Path, session: Session, data: st.DataObject
+) -> None:
+    """A session played and traced, one field given a value of another type or range (a
+    boolean for a number, a clock reading negative, infinite or going back, a number beyond 64
+    bits, a huge one that still fits): invalid exactly when the contract says so."""
+    run_session(session, trace=fuzz_file, reraise=False)
+    lines = [orjson.loads(line) for line in fuzz_file.read_bytes().splitlines()]
+    mutation = data.draw(trace_mutations(lines))
+    assert trace_mutation_violations(str(fuzz_file), mutation) == []
+
+
+def test_a_reader_that_checks_only_inputs_is_caught(
+    monkeypatch: pytest.MonkeyPatch, fuzz_file: Path
+) -> None:
+    """The reader before v3 checked inputs only: a mutated transition, effect or result record
+    read and replayed. The mutations find it."""
+    from engine.log import trace
+
+    monkeypatch.setattr(trace, "check_record", lambda record, result=None: None)
+    found: list[str] = []
+
+    @settings(database=None, max_examples=400, phases=[Phase.generate])
+    @given(session=sessions(), data=st.data())
+    def prop(session: Session, data: st.DataObject) -> None:
+        run_session(session, trace=fuzz_file, reraise=False)
+        lines = [orjson.loads(line) for line in fuzz_file.read_bytes().splitlines()]
+        found.extend(v.rule for v in trace_mutation_violations(
+            str(fuzz_file), data.draw(trace_mutations(lines))))
+        assert not found
+
+    with pytest.raises(AssertionError):
+        prop()
+    assert set(found) == {"typed_fields"}
 
 
 # -- no file makes the CLI print a traceback --------------------------------------------------

@@ -52,7 +52,11 @@ Strategies, from the inside out (every one shrinks toward a short, readable sess
     sessions()           a policy and up to as many attempt scripts as it allows; a retry often
                          repeats the first attempt's answer (so delivered text must not repeat);
                          sometimes a `max_event_bytes` near the size of the answer's largest
-                         event; the client's key (`Session.secrets`), which answers echo
+                         event; the client's keys (`Session.secrets`), which answers echo, now
+                         and then written escaped (some or all characters as `\\uXXXX`, `/` as
+                         `\\/`); HTTP errors demanding waits of every size, one too large to
+                         represent included; and one session in eight a turn with a wall-clock
+                         limit against a server that drips its bytes (`deadline_plans`)
 
 The strategies draw from small alphabets and small sizes on purpose: the interesting structure
 is in the order and the cuts, and a failing example should fit on a screen.
@@ -130,12 +134,18 @@ __all__ = [
     "Fault",
     "HttpError",
     "Interrupt",
+    "RELAY_KEY",
     "TransportFault",
     "Server",
     "Session",
     "Stall",
     "Step",
     "attempt_scripts",
+    "deadline_plans",
+    "escaped_secret",
+    "mutated_lines",
+    "trace_mutations",
+    "TraceMutation",
     "mangled",
     "play_session",
     "policies",
@@ -161,7 +171,9 @@ DEFAULT_MAX_EVENT_BYTES: Final = TurnPolicy().max_event_bytes
 CLIENT_KEY: Final = "Kq7Zw2.Rn8VxT4hYp0dMs"
 SHAPED_KEY: Final = "sk-proj-Zq7Wb3Lr9Tx2Kc5Vn8Hd4Jm6Pf1Gs0Ya"
 SESSION_TOKEN: Final = "Pq4Xr8Ts2Vw6Yz0Bc3Df"
-ECHOED_SECRETS: Final = (CLIENT_KEY, SHAPED_KEY, SESSION_TOKEN)
+#: A relay's key the client holds too, with characters a JSON writer may escape (`/` as `\\/`).
+RELAY_KEY: Final = "rly_7Gq/Xw2+Lm9=Tz4Pk8/Hd3"
+ECHOED_SECRETS: Final = (CLIENT_KEY, SHAPED_KEY, SESSION_TOKEN, RELAY_KEY)
 
 # --------------------------------------------------------------------------------------------
 # Steps and sessions
@@ -215,6 +227,7 @@ class Session:
                 if p.max_event_bytes != DEFAULT_MAX_EVENT_BYTES
                 else ""
             )
+            + (f" turn_timeout_s={p.turn_timeout_s}" if p.turn_timeout_s is not None else "")
         ]
         if self.secrets:
             lines.append(f"client secrets: {list(self.secrets)}")
@@ -498,7 +511,7 @@ def _silence_to_the_limit(policy: TurnPolicy) -> list[Step]:
 # they apply to, so they are drawn as one `_Plan` (one span per attempt, which the shrinker can
 # delete whole) and applied to the response in plain Python.
 
-#: Bytes per draw of dice (the largest unit, an attempt's plan, uses 35).
+#: Bytes per draw of dice (the largest unit, an attempt's plan, uses all 36).
 DICE_SIZE: Final = 36
 _DICE: Final = st.binary(min_size=DICE_SIZE, max_size=DICE_SIZE)
 
@@ -519,7 +532,7 @@ _TEXT: Final = st.text(
 #: different offsets).
 _WORD_LIST: Final = (
     "Hi", "Paris", "ok", "Grüße", "東京", "🚀 go", "a\nb",
-    f"key {CLIENT_KEY} é", CLIENT_KEY, f"«{CLIENT_KEY}» was echoed",
+    f"key {CLIENT_KEY} é", CLIENT_KEY, f"«{CLIENT_KEY}» was echoed", f"relay {RELAY_KEY}",
 )
 _WORDS: Final = st.sampled_from(_WORD_LIST)
 #: Short text: readable words first (what shrinking reaches), any Unicode text as well.
@@ -1087,14 +1100,22 @@ _ENDINGS: Final[tuple[Step, ...]] = (
     TransportFault(Fault.CONNECT_ERROR),
 )
 _HTTP_STATUSES: Final = (500, 429, 401, 400, 503, 408, 409, 502)
-#: When an HTTP error asks the client to try again: nothing, seconds, milliseconds, an HTTP date
-#: (measured from `received_at`), a wait longer than the default `max_retry_wait_s`, garbage.
-_RETRY_HEADERS: Final[tuple[tuple[tuple[str, str], ...], ...]] = (
-    (),
+#: Waits an HTTP error demands (each says one): seconds, milliseconds (winning over seconds), an
+#: HTTP date (measured from `received_at`), a wait longer than the default `max_retry_wait_s`,
+#: waits too large to represent (hundreds of digits: longer than any limit), a short one.
+_DEMANDED_WAITS: Final[tuple[tuple[tuple[str, str], ...], ...]] = (
     (("retry-after", "1"),),
     (("retry-after-ms", "20"), ("retry-after", "9")),
     (("retry-after", "Tue, 14 Nov 2023 22:13:30 GMT"),),
     (("retry-after", "120"),),
+    (("retry-after", "9" * 400),),
+    (("retry-after-ms", "9" * 300), ("retry-after", "1")),
+    (("retry-after", "0.2"),),
+)
+#: When an HTTP error asks the client to try again: nothing, a demanded wait, garbage.
+_RETRY_HEADERS: Final[tuple[tuple[tuple[str, str], ...], ...]] = (
+    (),
+    *_DEMANDED_WAITS,
     (("retry-after", "soon"), ("x-request-id", "req_1")),
 )
 #: The wall clock an HTTP error is received at in generated sessions (22:13:20 that day).
@@ -1104,7 +1125,8 @@ _TRUNCATIONS: Final = st.integers(0, 1 << 16)
 #: Plan dice: repeat the first answer (even byte), HTTP error (one in sixteen), status, body,
 #: body message, body code, line ends, byte-order mark (one in four), truncation (odd byte),
 #: ending; then up to four edits (count, two bytes each), up to six cut points (count, two
-#: bytes each) and up to two interruptions (count, a byte each: `step + 5 * position`).
+#: bytes each), up to two interruptions (count, a byte each: `step + 5 * position`) and how the
+#: echoed secrets are written (`_ESCAPES_AT`).
 _EDITS_AT: Final = 10
 _CUTS_AT: Final = 19
 _INTERRUPTIONS_AT: Final = 32
@@ -1152,6 +1174,10 @@ class _Plan:
     truncate_at: int | None = None
     interruptions: tuple[tuple[int, Step], ...] = ()
     ending: Step = EndOfStream()
+    #: how the secrets the answer echoes are written (`_ESCAPES`; "": as they are)
+    escapes: str = ""
+    #: a server that drips the body: pieces of this many bytes, each followed by this pause
+    drip: tuple[int, float] | None = None
 
     def script(self, parts: list[StreamPart]) -> tuple[Step, ...]:
         if not self.adversarial:
@@ -1159,14 +1185,51 @@ class _Plan:
             return (*[Chunk(chunk) for chunk in _cut(body, self.cuts)], EndOfStream())
         if self.http is not None:
             return (self.http,)
-        body = _encode(_apply_edits(parts, self.edits), self.line_end, self.bom)
+        body = _escaped_secrets(
+            _encode(_apply_edits(parts, self.edits), self.line_end, self.bom), self.escapes
+        )
         if self.truncate_at is not None:
             body = body[: self.truncate_at % (len(body) + 1)]
-        steps: list[Step] = [Chunk(chunk) for chunk in _cut(body, self.cuts)]
+        steps: list[Step]
+        if self.drip is not None:
+            size, pause = self.drip
+            steps = [step for at in range(0, len(body), size)
+                     for step in (Chunk(body[at : at + size]), Stall(pause))]
+        else:
+            steps = [Chunk(chunk) for chunk in _cut(body, self.cuts)]
         for position, step in self.interruptions:
             steps.insert(position % (len(steps) + 1), step)
         steps.append(self.ending)
         return tuple(steps)
+
+
+#: How an answer writes the secrets it echoes, as a plan's last dice byte picks it: as they are
+#: (half the plans), every character as `\\uXXXX`, every other one, every third one, every one
+#: with upper-case hex digits, each `/` as `\\/`, and escaped twice (`\\\\uXXXX`: inside a string
+#: that is JSON text itself, as a call's arguments are).
+_ESCAPES: Final = ("", "", "", "", "all", "half", "third", "upper", "slash", "double")
+_ESCAPES_AT: Final = 35
+
+
+def escaped_secret(secret: str, how: str) -> str:
+    """`secret` as a JSON string's content written the way `how` says (`_ESCAPES`)."""
+    if how == "slash":
+        return secret.replace("/", "\\/")
+    step = {"half": 2, "third": 3}.get(how, 1)
+    form = "\\u%04X" if how == "upper" else "\\u%04x"
+    written = "".join(form % ord(c) if i % step == 0 else c for i, c in enumerate(secret))
+    return written.replace("\\", "\\\\") if how == "double" else written
+
+
+def _escaped_secrets(body: bytes, how: str) -> bytes:
+    """`body` with every whole secret it echoes (`ECHOED_SECRETS`) written the way `how` says:
+    the same JSON values, other bytes."""
+    if not how:
+        return body
+    for secret in ECHOED_SECRETS:
+        if secret.encode() in body:
+            body = body.replace(secret.encode(), escaped_secret(secret, how).encode())
+    return body
 
 
 def _adversarial_plan(draw: st.DrawFn) -> _Plan:
@@ -1190,6 +1253,38 @@ def _adversarial_plan(draw: st.DrawFn) -> _Plan:
         truncate_at=draw(_TRUNCATIONS) if dice[8] % 2 else None,
         interruptions=tuple((byte // 5, _pick(_INTERRUPTION_STEPS, byte)) for byte in interruptions),
         ending=_pick(_ENDINGS, dice[9]),
+        escapes=_pick(_ESCAPES, dice[_ESCAPES_AT]),
+    )
+
+
+#: A dripping server: how many bytes at a time, and the pause after each (every one shorter than
+#: the idle timeouts the policies draw, so the silence never lasts).
+_DRIP_SIZES: Final = (1, 3, 16, 64)
+_DRIP_PAUSES: Final = (0.0, 0.01, 0.05, 0.2)
+#: The turn's limit in deadline sessions (seconds of the simulated clock).
+_TURN_LIMITS: Final = (0.05, 0.3, 1.0, 4.0)
+#: How a dripping attempt ends, when its body does not end it: cleanly, a drop, an interrupt.
+_DRIP_ENDINGS: Final[tuple[Step, ...]] = (EndOfStream(), TransportFault(Fault.DROP), Interrupt())
+
+
+def _deadline_plan(draw: st.DrawFn) -> _Plan:
+    """A server that drips its answer against the turn's limit, or (one in four) answers with an
+    HTTP error that demands a wait (shorter or longer than what is left, or too large to
+    represent). Dice: repeat the first answer, HTTP error, status, body, body message, body
+    code, demanded wait, piece size, pause, ending, escapes."""
+    dice = draw(_DICE)
+    repeat = dice[0] % 2 == 0
+    if dice[1] % 4 == 3:
+        body = _http_body(draw, dice[3], dice[4], dice[5])
+        headers = _pick(_DEMANDED_WAITS, dice[6])
+        status = _pick(_HTTP_STATUSES, dice[2])
+        return _Plan(repeat, True, http=HttpError(status, body, headers, _RECEIVED_AT))
+    return _Plan(
+        repeat,
+        True,
+        drip=(_pick(_DRIP_SIZES, dice[7]), _pick(_DRIP_PAUSES, dice[8])),
+        ending=_pick(_DRIP_ENDINGS, dice[9]),
+        escapes=_pick(_ESCAPES, dice[10]),
     )
 
 
@@ -1200,6 +1295,13 @@ def _well_formed_plan(draw: st.DrawFn) -> _Plan:
 
 _PLANS: Final = st.composite(_adversarial_plan)()
 _WELL_FORMED_PLANS: Final = st.composite(_well_formed_plan)()
+_DEADLINE_PLANS: Final = st.composite(_deadline_plan)()
+
+
+def deadline_plans() -> st.SearchStrategy[Any]:
+    """An attempt's plan against a turn's wall-clock limit (`_deadline_plan`): a dripping server,
+    or an HTTP error demanding a wait; its `script(parts)` is the attempt's steps."""
+    return _DEADLINE_PLANS
 
 
 def _script(
@@ -1309,6 +1411,9 @@ def tool_call_answers() -> st.SearchStrategy[list[StreamPart]]:
 #: instead of `responses()` (one in four, 8).
 _LIMIT_AT: Final = 6
 _TOOL_ANSWERS_AT: Final = 8
+#: Session dice: a turn with a wall-clock limit against dripping servers (one in eight, 9), and
+#: which limit (10).
+_DEADLINE_AT: Final = 9
 
 
 @st.composite
@@ -1325,8 +1430,10 @@ def sessions(
     usually does) or streams another one. Answers come from `responses()` or, one session in
     four, from `engine.fuzz.tool_items.tool_item_streams()` (calls of every kind, the
     client's and the server's), unless `response` is given. A drawn policy sometimes (one in
-    eight) gets a `max_event_bytes` close to the size of the first answer's largest event.
-    The client holds `CLIENT_KEY` (`Session.secrets`). `adversarial=False` gives well-formed
+    eight) gets a `max_event_bytes` close to the size of the first answer's largest event, and
+    (one in eight) a `turn_timeout_s`: its attempts then drip against the limit
+    (`deadline_plans`), as do those under a given policy with a limit. The client holds
+    `CLIENT_KEY` and `RELAY_KEY` (`Session.secrets`). `adversarial=False` gives well-formed
     streams in whole-event reads or arbitrary cuts, each ending cleanly."""
     dice = draw(_DICE)
     if policy is None:
@@ -1345,14 +1452,235 @@ def sessions(
     first = draw(answers)
     if policy is None and dice[_LIMIT_AT] % 8 == 7:
         chosen = attrs.evolve(chosen, max_event_bytes=_small_limit(first, dice[_LIMIT_AT + 1]))
+    if policy is None and adversarial and dice[_DEADLINE_AT] % 8 == 7:
+        chosen = attrs.evolve(chosen, turn_timeout_s=_pick(_TURN_LIMITS, dice[_DEADLINE_AT + 1]))
+    count = 1 + dice[4] % limit
+    if chosen.turn_timeout_s is not None and adversarial:
+        # against the limit: a dripping server, and a script for every request the turn may
+        # make (no back-off wait, whose jitter would decide whether the limit comes first)
+        plans, count = _DEADLINE_PLANS, limit
     scripts = []
-    for number in range(1 + dice[4] % limit):
+    for number in range(count):
         plan = draw(plans)
         parts = first if number == 0 or plan.repeat else draw(answers)
         scripts.append(plan.script(parts))
-    return Session(scripts, chosen, (CLIENT_KEY,))
+    return Session(scripts, chosen, (CLIENT_KEY, RELAY_KEY))
 
 
 def well_formed_sessions(**kwargs: Any) -> st.SearchStrategy[Session]:
     """`sessions(adversarial=False, ...)`: well-formed streams that end cleanly."""
     return sessions(adversarial=False, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Typed-field mutations of recorded traces
+#
+# Contract v3: "every field of every record has its type checked on reading (a boolean is not a
+# number; clock readings are finite, non-negative and never go backwards within an attempt); a
+# record that breaks this makes the trace invalid (exit 2)". A mutation gives one field of a
+# valid trace another value, written as JSON text (so `1e999`, too large for a double, can be
+# written), and says whether the rule makes the trace invalid with it (`breaks`); a number of
+# the right type and range (a huge one included) keeps the trace valid, and it replays (a
+# divergence where the machines decide otherwise).
+
+
+@attrs.frozen(slots=True)
+class TraceMutation:
+    """One field of a recorded trace given another value: the line (0: the header), the field's
+    path in it, the value as JSON text, what it is (`kind`), and whether the trace is then
+    invalid (`breaks`)."""
+
+    line: int
+    path: tuple[str | int, ...]
+    value: bytes
+    kind: str
+    breaks: bool
+
+    def describe(self) -> str:
+        where = ".".join(map(str, self.path))
+        verdict = "invalid" if self.breaks else "valid"
+        return f"line {self.line + 1}: {where} = {self.value.decode()} ({self.kind}: {verdict})"
+
+
+_Line = dict[str, Any]
+#: A mutation's kind: which lines and fields it applies to, and the values it writes (JSON
+#: text) with whether each breaks the rule there.
+_Target = Callable[[list[_Line], int], list[tuple[tuple[str | int, ...], bool]]]
+
+
+def _field_here(
+    name: str, kinds: Iterable[str] = ("input", "transition", "effect"), *, breaks: bool = True
+) -> _Target:
+    kinds = frozenset(kinds)
+
+    def target(lines: list[_Line], index: int) -> list[tuple[tuple[str | int, ...], bool]]:
+        line = lines[index]
+        return [((name,), breaks)] if index and line.get("kind") in kinds and name in line else []
+
+    return target
+
+
+def _input_field(name: str, inputs: Iterable[str], *, breaks: bool = True) -> _Target:
+    inputs = frozenset(inputs)
+
+    def target(lines: list[_Line], index: int) -> list[tuple[tuple[str | int, ...], bool]]:
+        line = lines[index]
+        fits = index and line.get("kind") == "input" and line.get("input") in inputs
+        return [((name,), breaks)] if fits and name in line else []
+
+    return target
+
+
+def _later_clock(lines: list[_Line], index: int) -> bool:
+    """Whether an input after `index`, in the same attempt, has a clock reading."""
+    attempt = lines[index].get("attempt")
+    return any(
+        line.get("kind") == "input" and line.get("attempt") == attempt and line.get("t") is not None
+        for line in lines[index + 1 :]
+    )
+
+
+def _huge_clock(lines: list[_Line], index: int) -> list[tuple[tuple[str | int, ...], bool]]:
+    """1e308 on a clock reading: the largest there is, so any later reading of the attempt goes
+    back from it."""
+    line = lines[index]
+    if not index or line.get("kind") != "input" or line.get("t") is None:
+        return []
+    return [(("t",), _later_clock(lines, index))]
+
+
+def _header_policy(name: str) -> _Target:
+    def target(lines: list[_Line], index: int) -> list[tuple[tuple[str | int, ...], bool]]:
+        policy = lines[index].get("policy") if index == 0 else None
+        return [(("policy", name), True)] if isinstance(policy, dict) else []
+
+    return target
+
+
+def _result_field(*path: str | int) -> _Target:
+    def target(lines: list[_Line], index: int) -> list[tuple[tuple[str | int, ...], bool]]:
+        line = lines[index]
+        if line.get("kind") != "result":
+            return []
+        value: Any = line
+        for key in path:
+            if isinstance(key, int):
+                if not isinstance(value, list) or len(value) <= key:
+                    return []
+            elif not isinstance(value, dict) or key not in value:
+                return []
+            value = value[key]
+        return [(path, True)]
+
+    return target
+
+
+def _effect_data(*effects: str) -> _Target:
+    names = frozenset(effects)
+
+    def target(lines: list[_Line], index: int) -> list[tuple[tuple[str | int, ...], bool]]:
+        line = lines[index]
+        fits = line.get("kind") == "effect" and line.get("effect") in names
+        return [(("data",), True)] if fits else []
+
+    return target
+
+
+#: Every mutation kind: what it aims at, and the values it writes (JSON text).
+_MUTATIONS: Final[tuple[tuple[str, _Target, tuple[bytes, ...]], ...]] = (
+    ("a boolean for an attempt number", _field_here("attempt"), (b"true", b"false")),
+    ("a fraction for an attempt number", _field_here("attempt"), (b"1.0", b"2.5")),
+    ("a negative attempt number", _field_here("attempt"), (b"-1",)),
+    ("an attempt number beyond 64 bits", _field_here("attempt"), (b"1180591620717411303424",)),
+    ("a boolean for a sequence number", _field_here("seq", ("input", "effect", "result")),
+     (b"true",)),
+    ("a sequence number of 0", _field_here("seq", ("transition", "result")), (b"0", b"-3")),
+    ("a negative clock reading", _field_here("t", ("input",)), (b"-1", b"-0.000001")),
+    ("a clock reading that is no number", _field_here("t", ("input",)), (b"true", b'"0.1"')),
+    ("an infinite clock reading", _field_here("t", ("input",)), (b"1e999",)),
+    ("a boolean for a status", _input_field("status", ("http_error",)), (b"true",)),
+    ("a boolean or negative duration", _input_field("seconds", ("idle_timeout", "turn_timeout")),
+     (b"true", b"-1", b"1e999")),
+    ("a number for text", _effect_data("text_delta", "reasoning_delta", "commentary_delta"),
+     (b"7", b"false")),
+    ("a negative or boolean wait", _effect_data("wait"), (b"-0.5", b"true")),
+    ("an outcome that is none", _result_field("outcome"), (b"1", b'"done"')),
+    ("a boolean for a result's attempt number", _result_field("attempts", 0, "number"),
+     (b"true",)),
+    ("text that is no text", _result_field("output_text"), (b"5", b"null")),
+    ("a boolean for a retry count", _header_policy("max_stream_retries"), (b"true",)),
+    ("a negative or infinite timeout", _header_policy("idle_timeout_s"), (b"-1", b"1e999")),
+    ("a boolean or zero turn limit", _header_policy("turn_timeout_s"), (b"true", b"0")),
+)
+#: Mutations of the right type and range (huge ones included): the trace stays valid.
+_FITTING: Final[tuple[tuple[str, _Target, tuple[bytes, ...]], ...]] = (
+    ("a huge sequence number", _field_here("seq", ("input", "transition", "effect"), breaks=False),
+     (b"4611686018427387904",)),
+    ("a huge status", _input_field("status", ("http_error",), breaks=False), (b"1099511627776",)),
+    ("the largest clock reading", _huge_clock, (b"1e308",)),
+    ("a huge seed", lambda lines, index: [(("seed",), False)] if index == 0 else [],
+     (b"9223372036854775807",)),
+)
+
+
+def _candidates(
+    lines: list[_Line], target: _Target
+) -> list[tuple[int, tuple[str | int, ...], bool]]:
+    return [(index, path, breaks) for index in range(len(lines))
+            for path, breaks in target(lines, index)]
+
+
+def _decreasing_clocks(lines: list[_Line]) -> list[tuple[int, bytes]]:
+    """Inputs whose clock reading can go back from the one before in their attempt, and the
+    reading that does."""
+    found = []
+    last: dict[Any, float] = {}
+    for index, line in enumerate(lines):
+        t = line.get("t") if line.get("kind") == "input" else None
+        if isinstance(t, (int, float)) and not isinstance(t, bool):
+            before = last.get(line.get("attempt"))
+            if before is not None and before > 0:
+                found.append((index, repr(before / 2).encode()))
+            last[line.get("attempt")] = t
+    return found
+
+
+def trace_mutations(lines: list[dict[str, Any]]) -> st.SearchStrategy[TraceMutation]:
+    """One typed-field mutation of the trace whose JSON lines are `lines` (header first): a kind
+    (a boolean for a number, a negative, infinite, decreasing or huge clock reading, a number
+    beyond 64 bits, a wrong type in an effect's data, the result or the header's policy, or a
+    huge number that still fits), a field it applies to, and a value."""
+
+    @st.composite
+    def mutation(draw: st.DrawFn) -> TraceMutation:
+        options: list[TraceMutation] = []
+        for kind, target, values in (*_MUTATIONS, *_FITTING):
+            places = _candidates(lines, target)
+            if places:
+                index, path, breaks = draw(st.sampled_from(places))
+                options.append(TraceMutation(index, path, draw(st.sampled_from(values)), kind,
+                                             breaks))
+        decreasing = _decreasing_clocks(lines)
+        if decreasing:
+            index, value = draw(st.sampled_from(decreasing))
+            options.append(TraceMutation(index, ("t",), value, "a clock reading going back", True))
+        return draw(st.sampled_from(options))
+
+    return mutation()
+
+
+_MUTATED_MARK: Final = "\x00streamfsm-mutated\x00"
+
+
+def mutated_lines(raw_lines: list[bytes], mutation: TraceMutation) -> list[bytes]:
+    """The trace's lines with `mutation` applied (its value written as the JSON text it is)."""
+    from engine.log.trace import dumps, loads
+
+    out = list(raw_lines)
+    record = loads(out[mutation.line])
+    target = record
+    for key in mutation.path[:-1]:
+        target = target[key]
+    target[mutation.path[-1]] = _MUTATED_MARK
+    out[mutation.line] = dumps(record).replace(orjson.dumps(_MUTATED_MARK), mutation.value, 1)
+    return out
