@@ -1232,14 +1232,21 @@ def _escaped_secrets(body: bytes, how: str) -> bytes:
     return body
 
 
+def _http_error_plan(
+    draw: st.DrawFn, dice: bytes, waits: Sequence[tuple[tuple[str, str], ...]]
+) -> _Plan:
+    """An HTTP error instead of a stream. Dice: repeat the first answer (byte 0), status (2),
+    body (3, 4, 5), the headers saying when to try again, among `waits` (6)."""
+    body = _http_body(draw, dice[3], dice[4], dice[5])
+    error = HttpError(_pick(_HTTP_STATUSES, dice[2]), body, _pick(waits, dice[6]), _RECEIVED_AT)
+    return _Plan(dice[0] % 2 == 0, True, http=error)
+
+
 def _adversarial_plan(draw: st.DrawFn) -> _Plan:
     dice = draw(_DICE)
     repeat = dice[0] % 2 == 0
     if dice[1] % 16 == 15:
-        body = _http_body(draw, dice[3], dice[4], dice[5])
-        headers = _pick(_RETRY_HEADERS, dice[6])
-        status = _pick(_HTTP_STATUSES, dice[2])
-        return _Plan(repeat, True, http=HttpError(status, body, headers, _RECEIVED_AT))
+        return _http_error_plan(draw, dice, _RETRY_HEADERS)
     edit_count = dice[_EDITS_AT] % 5
     interruption_count = dice[_INTERRUPTIONS_AT] % 3
     interruptions = dice[_INTERRUPTIONS_AT + 1 :][:interruption_count]
@@ -1273,14 +1280,10 @@ def _deadline_plan(draw: st.DrawFn) -> _Plan:
     represent). Dice: repeat the first answer, HTTP error, status, body, body message, body
     code, demanded wait, piece size, pause, ending, escapes."""
     dice = draw(_DICE)
-    repeat = dice[0] % 2 == 0
     if dice[1] % 4 == 3:
-        body = _http_body(draw, dice[3], dice[4], dice[5])
-        headers = _pick(_DEMANDED_WAITS, dice[6])
-        status = _pick(_HTTP_STATUSES, dice[2])
-        return _Plan(repeat, True, http=HttpError(status, body, headers, _RECEIVED_AT))
+        return _http_error_plan(draw, dice, _DEMANDED_WAITS)
     return _Plan(
-        repeat,
+        dice[0] % 2 == 0,
         True,
         drip=(_pick(_DRIP_SIZES, dice[7]), _pick(_DRIP_PAUSES, dice[8])),
         ending=_pick(_DRIP_ENDINGS, dice[9]),

@@ -201,12 +201,7 @@ def _list_of(check: Check) -> Check:
         if not isinstance(value, list):
             raise TypeError(f"{type_name(value)}, not a list")
         for index, item in enumerate(value):
-            try:
-                check(item)
-            except _Unknown as error:
-                raise ValueError(f"item {index} is {error}, not one of its values") from None
-            except (TypeError, ValueError) as error:
-                raise type(error)(f"item {index} is {error}") from None
+            _named(f"item {index}", check, item)
         return value
 
     return each
@@ -221,12 +216,7 @@ def _fields_of(record_class: type) -> Check:
         _object(value)
         for name, check in checks.items():
             if name in value:
-                try:
-                    check(value[name])
-                except _Unknown as error:
-                    raise ValueError(f"{name} is {error}, not one of its values") from None
-                except (TypeError, ValueError) as error:
-                    raise type(error)(f"{name} is {error}") from None
+                _named(name, check, value[name])
         return value  # type: ignore[no-any-return]
 
     return fits
@@ -238,6 +228,17 @@ def _anything(value: Any) -> Any:
 
 class _Unknown(ValueError):
     """A value a field of a fixed set of values does not take."""
+
+
+def _named(name: str, check: Check, value: Any) -> Any:
+    """`check(value)`, its error naming what was checked (a field, a list's item): "unknown
+    NAME 'x'" for a value a fixed set of values does not hold, else "NAME is ..."."""
+    try:
+        return check(value)
+    except _Unknown as error:
+        raise ValueError(f"unknown {name} {error}") from None
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"{name} is {error}") from None
 
 
 def _one_of(values: tuple[Any, ...]) -> Check:
@@ -329,12 +330,7 @@ def _plain(name: str, key: str, check: Check, missing: Any) -> FieldFormat:
             if missing is _REQUIRED:
                 raise KeyError(key)
             return missing
-        try:
-            return check(record[key])
-        except _Unknown as error:
-            raise ValueError(f"unknown {key} {error}") from None
-        except (TypeError, ValueError) as error:
-            raise type(error)(f"{key} is {error}") from None
+        return _named(key, check, record[key])
 
     return FieldFormat(name, lambda value: {key: value}, read)
 
@@ -542,15 +538,6 @@ _RECORD_FIELDS: Final[dict[str, dict[str, Check]]] = {
 _MISSING_ALLOWED: Final = frozenset({("abandoned", "exception")})
 
 
-def _checked(record: dict[str, Any], key: str, check: Check) -> None:
-    try:
-        check(record[key])
-    except _Unknown as error:
-        raise ValueError(f"unknown {key} {error}") from None
-    except (TypeError, ValueError) as error:
-        raise type(error)(f"{key} is {error}") from None
-
-
 def check_record(record: dict[str, Any], result: type | None = None) -> None:
     """Check the fields of a record that is not an input (`kind` names a record kind, as the
     reader made sure): every field of a transition, an effect and an abandoned record, and, for
@@ -567,10 +554,10 @@ def check_record(record: dict[str, Any], result: type | None = None) -> None:
                 if (kind, key) in _MISSING_ALLOWED:
                     continue
                 raise KeyError(key)
-            _checked(record, key, check)
+            _named(key, check, record[key])
         if kind == "effect":
             if "data" in record:
-                _checked(record, "data", EFFECT_DATA.get(record["effect"], _anything))
+                _named("data", EFFECT_DATA.get(record["effect"], _anything), record["data"])
     except KeyError as error:
         raise TraceError(f"seq {record.get('seq')!r}: {kind} record without {error}") from None
     except (TypeError, ValueError) as error:
