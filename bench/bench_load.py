@@ -59,12 +59,14 @@ import signal
 import socket
 import statistics
 import struct
-import subprocess
 import sys
 import time
 from typing import Any, Callable, Final
 
 import orjson
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from server_process import ServerProcess  # noqa: E402  (a sibling script of this one)
 
 ANSWER_UNIT: Final = "load test é "  # a multi-byte character in every few deltas
 WAYS: Final = ("streamfsm", "streamfsm+idle", "sdk")
@@ -168,31 +170,10 @@ async def _serve(port: int, deltas: int, reset: bool = False) -> None:
         await stop.wait()
 
 
-class ServerProcess:
-    """The benchmark server in a child process (`--serve`), on a free loopback port."""
-
-    def __init__(self, deltas: int, cut: str = "fin") -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--serve", "--deltas", str(deltas),
-             "--cut", cut],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if not line.startswith("PORT "):
-            self.process.kill()
-            raise SystemExit(f"the benchmark server did not start: {line!r}")
-        self.port = int(line.split()[1])
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
-
-    def close(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+def server_for(deltas: int, cut: str = "fin") -> ServerProcess:
+    """The benchmark server (`--serve`) in a child process, on a free loopback port."""
+    return ServerProcess([os.path.abspath(__file__), "--serve", "--deltas", str(deltas),
+                          "--cut", cut])
 
 
 # -- the client ----------------------------------------------------------------------------------
@@ -354,7 +335,7 @@ def measure(concurrency: list[int], turns: int, deltas: int, drop_rate: float, r
     """Every N and way against one server process, the ways taking turns `rounds` times; the
     figures as JSON. Turns/s is the median over rounds; the checks count every turn."""
     answer = answer_text(deltas)
-    server = ServerProcess(deltas, cut)
+    server = server_for(deltas, cut)
     results: dict[str, Any] = {}
     problems: list[str] = []
     notes: list[str] = []

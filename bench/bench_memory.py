@@ -50,6 +50,9 @@ from typing import Any, Final, Iterator
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from server_process import ServerProcess  # noqa: E402  (a sibling script of this one)
+
 #: The contract's limit on each workload's peak memory, in MB.
 LIMIT_MB: Final = 100
 #: The characters the deltas cycle through.
@@ -158,28 +161,9 @@ def serve(deltas: int) -> None:
             pass
 
 
-class ServerProcess:
-    """The server in a child process, on a free loopback port."""
-
-    def __init__(self, deltas: int) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--serve", "--deltas", str(deltas)],
-            stdout=subprocess.PIPE, text=True,
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if not line.startswith("PORT "):
-            self.process.kill()
-            raise SystemExit(f"bench_memory: the server did not start: {line!r}")
-        self.base_url = f"http://127.0.0.1:{int(line.split()[1])}/v1"
-
-    def close(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+def server_for(deltas: int) -> ServerProcess:
+    """The server (`--serve`) in a child process, on a free loopback port."""
+    return ServerProcess([os.path.abspath(__file__), "--serve", "--deltas", str(deltas)])
 
 
 # -- the children ------------------------------------------------------------------------------------
@@ -236,7 +220,7 @@ def measure(checkout: Path, deltas: int, replay_deltas: int, only: str | None) -
     """Both workloads (or `only` one) with `checkout`'s streamfsm."""
     figures: dict[str, Any] = {"base": run_child("base", checkout)}
     if only in (None, "turn"):
-        server = ServerProcess(deltas)
+        server = server_for(deltas)
         try:
             figures["turn"] = run_child("turn", checkout, deltas=deltas, base_url=server.base_url)
         finally:

@@ -13,12 +13,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 import threading
-import tracemalloc
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Iterator
@@ -36,6 +34,7 @@ from engine.simulator.shapes import assemble, completed, created, output_items, 
 from machines.delivery import DeliveryLedger
 from machines.records import Chunk
 from machines.text_pieces import JOIN_AT, add_piece
+from support import bench_module, peak_memory
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "bench_memory.py"
@@ -44,11 +43,7 @@ LIMIT_MB = 100
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_memory", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("bench_memory")
 
 
 def _measured(*args: str) -> dict[str, Any]:
@@ -99,15 +94,6 @@ def _one_character_deltas(count: int, *, phase: str | None = None) -> Iterator[b
             yield step.data
 
 
-def _peak(run: Any) -> int:
-    tracemalloc.start()
-    try:
-        run()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
 @pytest.mark.parametrize("phase", [None, "commentary"])
 def test_a_long_answer_costs_about_its_text(phase: str | None) -> None:
     """200,000 one-character deltas (answer text, or commentary): the machines keep the text
@@ -116,7 +102,7 @@ def test_a_long_answer_costs_about_its_text(phase: str | None) -> None:
     delivered: list[int] = []
     callbacks = engine.Callbacks(on_text_delta=lambda text: delivered.append(len(text)),
                                  on_commentary_delta=lambda text: delivered.append(len(text)))
-    peak = _peak(lambda: engine.consume(chunks, callbacks=callbacks))
+    peak = peak_memory(lambda: engine.consume(chunks, callbacks=callbacks))
     assert sum(delivered) == 200_000
     assert peak < 8 * 2**20, peak
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import socket
 import threading
 import time
 from typing import Any
@@ -34,6 +33,7 @@ from engine.simulator.replies import Reply, Script
 from engine.simulator.scenarios import reshape
 from engine.simulator.server import ResponsesSimulator
 from machines.records import Chunk, Stall
+from support import bench_module
 
 REQUEST = {"model": "m", "input": "hi"}
 ANSWER = shapes._ANSWER
@@ -302,19 +302,9 @@ def test_arun_turn_leaves_no_reader_task_and_closes_the_connection(script: Any) 
 # -- no connection waits for the garbage collector ---------------------------------------------
 
 
-def _open_sockets_to(port: int) -> list[socket.socket]:
-    """Every socket object of this process still open to `port` (the garbage collector is off,
-    so one nothing closed is still there)."""
-    found = []
-    for thing in gc.get_objects():
-        if isinstance(thing, socket.socket) and thing.fileno() != -1:
-            try:
-                peer = thing.getpeername()
-            except OSError:
-                continue
-            if isinstance(peer, tuple) and peer[1] == port:
-                found.append(thing)
-    return found
+#: Every socket object of this process still open to a port (the garbage collector off, one
+#: nothing closed is still there), as the load benchmark counts them.
+_open_sockets_to = bench_module("bench_load").open_sockets_to
 
 
 def _broken_answers() -> list[Reply]:

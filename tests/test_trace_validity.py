@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,13 @@ from engine.simulator.shapes import SHAPES, assemble, completed, created, output
 from engine.simulator.replies import Reply, Script
 from machines.records import Chunk
 
-from support import assert_replays_identically, run_over_http, trace_lines, write_trace_lines
+from support import (
+    assert_replays_identically,
+    peak_memory,
+    run_over_http,
+    trace_lines,
+    write_trace_lines,
+)
 
 
 @pytest.fixture(scope="module")
@@ -537,23 +542,14 @@ def _long_trace(path: Path, deltas: int) -> None:
     engine.consume(_long_stream(deltas), trace=path)
 
 
-def _peak(run: Any) -> int:
-    tracemalloc.start()
-    try:
-        run()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
 def test_replay_holds_no_more_than_the_turn_itself(tmp_path: Path) -> None:
     """Replay memory is what the machines hold while running the turn (here the answer's 10,000
     pieces), not the file: reading, feeding and comparing keep one record at a time."""
     chunks = _long_stream(10_000)
     path = tmp_path / "long.jsonl"
     engine.consume(chunks, trace=path)
-    turn = _peak(lambda: engine.consume(chunks))
-    replayed = _peak(lambda: engine.replay(path))
+    turn = peak_memory(lambda: engine.consume(chunks))
+    replayed = peak_memory(lambda: engine.replay(path))
     assert replayed < 1.25 * turn + 2**19, (replayed, turn)
     assert replayed < path.stat().st_size / 1.5
 
