@@ -34,31 +34,39 @@ to back through one shared ``openai.AsyncOpenAI`` client (``max_retries=0``), 10
 Checked for every turn: it completed; the text delivered (callbacks, or the SDK's deltas) is
 exactly the answer, nothing lost or delivered twice across the retry; no attempt ended on an
 idle or read timeout (the server is never silent, so any is a false timeout); the cut turns
-were retried. Reported per N and way: turns/s (turns / wall time of the whole batch), and the
-ratio streamfsm / sdk. Output: a table, then one line ``RESULT {json}``. Exit status 1 if a
-check failed.
+were retried. And for every batch, with the garbage collector off from its first turn until
+after ``client.close()``: how many sockets to the server are still open then (``sockets_left``:
+a connection nothing closed, which only the garbage collector would). Cuts end the connection
+with a FIN, or with a reset (``--cut rst``: ``SO_LINGER`` 0). Reported per N and way: turns/s
+(turns / wall time of the whole batch), and the ratio streamfsm / sdk. Output: a table, then one
+line ``RESULT {json}``. Exit status 1 if a check failed.
 
 Run from the repository root::
 
-    python bench/bench_load.py [--concurrency 50,200,500] [--turns 1] [--deltas 200]
+    python bench/bench_load.py [--concurrency 50,200,500] [--turns 1] [--deltas 200] [--cut rst]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import platform
 import random
 import signal
+import socket
 import statistics
-import subprocess
+import struct
 import sys
 import time
 from typing import Any, Callable, Final
 
 import orjson
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from server_process import ServerProcess  # noqa: E402  (a sibling script of this one)
 
 ANSWER_UNIT: Final = "load test é "  # a multi-byte character in every few deltas
 WAYS: Final = ("streamfsm", "streamfsm+idle", "sdk")
@@ -103,6 +111,7 @@ async def _serve_connection(
     writer: asyncio.StreamWriter,
     frames: list[bytes],
     seen: set[str],
+    reset: bool = False,
 ) -> None:
     try:
         while True:
@@ -130,7 +139,12 @@ async def _serve_connection(
                 await writer.drain()
                 await asyncio.sleep(0)  # one event per connection per loop pass
             if cut:
-                writer.close()
+                if reset:  # a reset, not an orderly close: SO_LINGER 0, then close
+                    sock = writer.get_extra_info("socket")
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    writer.transport.abort()
+                else:
+                    writer.close()
                 return
             writer.write(b"0\r\n\r\n")
             await writer.drain()
@@ -140,11 +154,12 @@ async def _serve_connection(
         writer.close()
 
 
-async def _serve(port: int, deltas: int) -> None:
+async def _serve(port: int, deltas: int, reset: bool = False) -> None:
     frames = _reply_frames(deltas)
     seen: set[str] = set()
     server = await asyncio.start_server(
-        lambda r, w: _serve_connection(r, w, frames, seen), "127.0.0.1", port, backlog=4096
+        lambda r, w: _serve_connection(r, w, frames, seen, reset), "127.0.0.1", port,
+        backlog=4096,
     )
     print(f"PORT {server.sockets[0].getsockname()[1]}", flush=True)
     stop = asyncio.Event()
@@ -155,29 +170,10 @@ async def _serve(port: int, deltas: int) -> None:
         await stop.wait()
 
 
-class ServerProcess:
-    """The benchmark server in a child process (`--serve`), on a free loopback port."""
-
-    def __init__(self, deltas: int) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--serve", "--deltas", str(deltas)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if not line.startswith("PORT "):
-            self.process.kill()
-            raise SystemExit(f"the benchmark server did not start: {line!r}")
-        self.base_url = f"http://127.0.0.1:{int(line.split()[1])}/v1"
-
-    def close(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+def server_for(deltas: int, cut: str = "fin") -> ServerProcess:
+    """The benchmark server (`--serve`) in a child process, on a free loopback port."""
+    return ServerProcess([os.path.abspath(__file__), "--serve", "--deltas", str(deltas),
+                          "--cut", cut])
 
 
 # -- the client ----------------------------------------------------------------------------------
@@ -192,6 +188,7 @@ class Tally:
         self.text_errors = 0
         self.false_timeouts = 0
         self.retried = 0
+        self.sockets_left = 0
         self.raised: list[str] = []
 
     def add(self, other: Tally) -> None:
@@ -200,6 +197,7 @@ class Tally:
         self.text_errors += other.text_errors
         self.false_timeouts += other.false_timeouts
         self.retried += other.retried
+        self.sockets_left += other.sockets_left
         self.raised += other.raised
 
     def to_json(self) -> dict[str, Any]:
@@ -209,6 +207,7 @@ class Tally:
             "text_errors": self.text_errors,
             "false_timeouts": self.false_timeouts,
             "retried": self.retried,
+            "sockets_left": self.sockets_left,
             "raised": self.raised[:5],
         }
 
@@ -286,11 +285,32 @@ async def run_batch(base_url: str, way: str, n: int, turns: int, drop_rate: floa
                 tally.turns += 1
                 tally.raised.append(f"{type(error).__name__}: {error}")
 
-    began, cpu_began = time.perf_counter(), time.process_time()
-    await asyncio.gather(*(worker(i) for i in range(n)))
-    seconds, cpu = time.perf_counter() - began, time.process_time() - cpu_began
-    await client.close()
+    collecting = gc.isenabled()
+    gc.disable()  # a connection nothing closed stays open until after close(): counted below
+    try:
+        began, cpu_began = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(worker(i) for i in range(n)))
+        seconds, cpu = time.perf_counter() - began, time.process_time() - cpu_began
+        await client.close()
+        tally.sockets_left = len(open_sockets_to(int(base_url.rsplit(":", 1)[1].split("/")[0])))
+    finally:
+        if collecting:
+            gc.enable()
     return tally, sum(map(sum, plan)), seconds, cpu
+
+
+def open_sockets_to(port: int) -> list[socket.socket]:
+    """The sockets of this process still open to `port`."""
+    found = []
+    for thing in gc.get_objects():
+        if isinstance(thing, socket.socket) and thing.fileno() != -1:
+            try:
+                peer = thing.getpeername()
+            except OSError:
+                continue
+            if isinstance(peer, tuple) and peer[1] == port:
+                found.append(thing)
+    return found
 
 
 def _problems(way: str, row: dict[str, Any]) -> list[str]:
@@ -305,15 +325,17 @@ def _problems(way: str, row: dict[str, Any]) -> list[str]:
         problems.append(f"{row['retried']} turns retried, {row['planned_cuts']} cut")
     if row["raised"]:
         problems.append(f"raised: {row['raised'][0]}")
+    if row["sockets_left"]:
+        problems.append(f"{row['sockets_left']} sockets still open after client.close()")
     return [f"{way}: {p}" for p in problems]
 
 
 def measure(concurrency: list[int], turns: int, deltas: int, drop_rate: float, rounds: int = 1,
-            report: Callable[[str], None] = print) -> dict[str, Any]:
+            report: Callable[[str], None] = print, cut: str = "fin") -> dict[str, Any]:
     """Every N and way against one server process, the ways taking turns `rounds` times; the
     figures as JSON. Turns/s is the median over rounds; the checks count every turn."""
     answer = answer_text(deltas)
-    server = ServerProcess(deltas)
+    server = server_for(deltas, cut)
     results: dict[str, Any] = {}
     problems: list[str] = []
     notes: list[str] = []
@@ -361,6 +383,7 @@ def measure(concurrency: list[int], turns: int, deltas: int, drop_rate: float, r
         "turns_per_worker": turns,
         "rounds": rounds,
         "drop_rate": drop_rate,
+        "cut": cut,
         "idle_timeout_s": IDLE_TIMEOUT_S,
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
@@ -382,6 +405,7 @@ def _table_rows(n: int, row: dict[str, Any]) -> str:
             f"{n:>5} {way:<15} {r['turns_per_s']:>8.1f} {ratio:>7} {r['client_cpu_ms_per_turn']:>8.1f}"
             f" {cpu_ratio:>7} {r['false_timeouts']:>6} {r['text_errors']:>5}"
             f" {r['retried']:>4}/{r['planned_cuts']:<4} {r['completed']:>5}/{r['turns']}"
+            f" {r['sockets_left']:>5}"
         )
     return "\n".join(lines)
 
@@ -395,15 +419,20 @@ def main() -> None:
                         help="share of turns whose first attempt is cut")
     parser.add_argument("--rounds", type=int, default=1,
                         help="times the three ways take turns at each N (median turns/s)")
+    parser.add_argument("--cut", choices=("fin", "rst"), default="fin",
+                        help="how a cut turn's connection ends: FIN, or a reset")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        asyncio.run(_serve(0, args.deltas))
+        asyncio.run(_serve(0, args.deltas, args.cut == "rst"))
         return
     concurrency = [int(n) for n in args.concurrency.split(",") if n]
-    print("    N way              turns/s  vs_sdk  cpu_ms  vs_sdk  false  text retried  completed")
-    print("                                           /turn   (cpu)")
-    result = measure(concurrency, args.turns, args.deltas, args.drop_rate, args.rounds)
+    print("    N way              turns/s  vs_sdk  cpu_ms  vs_sdk  false  text retried  completed"
+          " socks")
+    print("                                           /turn   (cpu)"
+          "                                left")
+    result = measure(concurrency, args.turns, args.deltas, args.drop_rate, args.rounds,
+                     cut=args.cut)
     for problem in result["problems"]:
         print("PROBLEM " + problem)
     for note in result["sdk_notes"]:

@@ -21,6 +21,7 @@ interprets them itself:
     IdleTimeout      a running turn heard nothing for the session's idle timeout
                      (`machines.records.IdleTimeout`)
     TurnTimeout      a running turn reached the session's wall-clock turn limit
+                     (`machines.records.TurnTimeout`, a stream turn's too)
     Interrupt        the caller asked the turn to stop (`machines.records.Interrupt`)
     InterruptTimeout `turn/interrupt` was sent and no `turn/completed` followed in time
     Close            the caller closed the session (from any thread, at any time)
@@ -40,7 +41,15 @@ from typing import Any, Literal
 
 import attrs
 
-from machines.records import EndOfStream, IdleTimeout, Input, InputKind, Interrupt, Transition
+from machines.records import (
+    EndOfStream,
+    IdleTimeout,
+    Input,
+    InputKind,
+    Interrupt,
+    Transition,
+    TurnTimeout,
+)
 
 __all__ = [
     "APP_INPUT_KINDS",
@@ -175,13 +184,6 @@ class Steer(Input, kind=InputKind.STEER):
     """The caller steered the running turn with `text` (`turn/steer`)."""
 
     text: str
-
-
-@attrs.frozen(slots=True)
-class TurnTimeout(Input, kind=InputKind.TURN_TIMEOUT):
-    """The turn has run for `seconds`, the session's wall-clock turn limit."""
-
-    seconds: float
 
 
 @attrs.frozen(slots=True)

@@ -17,15 +17,20 @@ follows the same rule, each on its own: a retry that repeats the commentary but 
 answer still delivers nothing more of the answer.
 
 Commentary may reach the user on the same callback as the answer (`on_text_delta`, when the
-caller has no commentary callback), so the ledger also notes where each piece of commentary fell
-among the answer's pieces (`shown`) and which message it belongs to (`commentary_messages`): what
-the user saw is then known under either routing. Only commentary pays for that; answer text does
-not.
+caller has no commentary callback), so the ledger also notes where each run of commentary fell
+among the answer's text (`shown`) and which message it belongs to (`commentary_messages`): what
+the user saw is then known under either routing. Only commentary pays for that (one mark per run
+of commentary deltas with no answer text between them); answer text does not.
+
+Delivered text is kept as a few long pieces (`machines.text_pieces`), not a string per delta, so
+a long answer costs little more than its text.
 """
 
 from __future__ import annotations
 
 from typing import Final
+
+from machines.text_pieces import add_piece
 
 __all__ = ["CHANNELS", "Delivery", "DeliveryLedger"]
 
@@ -36,7 +41,7 @@ class Delivery:
     __slots__ = ("pieces", "length", "in_step", "diverged", "_behind", "_position")
 
     def __init__(self) -> None:
-        #: What reached the user, in order, and its total length.
+        #: What reached the user, in order (pieces joined as they grow), and its total length.
         self.pieces: list[str] = []
         self.length = 0
         #: The current run has repeated everything delivered before it: its deltas go out as
@@ -64,7 +69,7 @@ class Delivery:
         if not self.in_step:
             delta = self._catch_up(delta)
         if delta:
-            self.pieces.append(delta)
+            add_piece(self.pieces, delta)
             self.length += len(delta)
         return delta
 
@@ -77,7 +82,7 @@ class Delivery:
         if len(text) <= len(shown) or not text.startswith(shown):
             return ""
         tail = text[len(shown):]
-        self.pieces.append(tail)
+        add_piece(self.pieces, tail)
         self.length += len(tail)
         self.in_step = True
         return tail
@@ -116,17 +121,30 @@ class DeliveryLedger:
         self.reasoning = Delivery()
         self.commentary = Delivery()
         self.refusal = Delivery()
-        #: For each piece of delivered commentary: how much answer text had been delivered
-        #: before it, and the message it belongs to (its output index).
-        self._marks: list[tuple[int, int]] = []
+        #: For each run of delivered commentary (deltas of one message with no answer text
+        #: between them): how much answer text had been delivered before it, the message it
+        #: belongs to (its output index) and where it starts in the delivered commentary.
+        self._marks: list[tuple[int, int, int]] = []
 
     def take_commentary(self, delta: str, message: int) -> str:
         """One commentary delta of message `message` (its output index): the part new to the
         user, as `Delivery.take` decides, noted with where it falls among the answer text."""
         piece = self.commentary.take(delta)
         if piece:
-            self._marks.append((self.text.length, message))
+            marks, answered = self._marks, self.text.length
+            if not marks or marks[-1][0] != answered or marks[-1][1] != message:
+                marks.append((answered, message, self.commentary.length - len(piece)))
         return piece
+
+    def _runs(self) -> list[tuple[int, int, str]]:
+        """Each run of delivered commentary: the answer text delivered before it, its message,
+        its text."""
+        commentary = self.commentary.delivered()
+        ends = [start for _, _, start in self._marks[1:]] + [len(commentary)]
+        return [
+            (answered, message, commentary[start:end])
+            for (answered, message, start), end in zip(self._marks, ends)
+        ]
 
     def shown(self) -> str:
         """The answer text and the commentary delivered, in the order they were delivered (what
@@ -134,22 +152,22 @@ class DeliveryLedger:
         text = self.text.delivered()
         out: list[str] = []
         at = 0
-        for (mark, _), piece in zip(self._marks, self.commentary.pieces):
-            out += (text[at:mark], piece)
+        for mark, _, run in self._runs():
+            out += (text[at:mark], run)
             at = mark
         out.append(text[at:])
         return "".join(out)
 
     def commentary_messages(self) -> list[str]:
-        """The commentary delivered, one string per message (pieces of one message delivered
+        """The commentary delivered, one string per message (runs of one message delivered
         one after another, across attempts too, are one message)."""
         out: list[str] = []
         last: int | None = None
-        for (_, message), piece in zip(self._marks, self.commentary.pieces):
+        for _, message, run in self._runs():
             if out and message == last:
-                out[-1] += piece
+                out[-1] += run
             else:
-                out.append(piece)
+                out.append(run)
             last = message
         return out
 

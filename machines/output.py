@@ -51,6 +51,7 @@ from typing import Any, Final
 import attrs
 
 from machines.json_text import sorted_json_text
+from machines.text_pieces import add_piece
 
 __all__ = [
     "ARGUMENT_FIELDS",
@@ -188,7 +189,8 @@ class _PartialItem:
         self.kind = kind
         self.item_id = item_id
         self.added = added
-        self.parts: dict[int, list[str]] = {}  # content_index -> text pieces (joined lazily)
+        # text pieces, joined as they grow (`machines.text_pieces`) and whole when built
+        self.parts: dict[int, list[str]] = {}  # content_index -> text pieces
         self.refusals: dict[int, list[str]] = {}  # content_index -> refusal pieces
         self.arguments: list[str] = []
         self.arguments_done: str | None = None
@@ -394,13 +396,13 @@ class OutputAssembly:
         if parts is None:
             partial.parts[content_index] = [delta]
         else:
-            parts.append(delta)
+            add_piece(parts, delta)
         return index
 
     def refusal_delta(self, payload: dict[str, Any], delta: str) -> None:
         """Append refusal text to its item's refusal part (`response.refusal.delta`)."""
         partial = self._partial_at(self._index(payload), "message", payload)
-        partial.refusals.setdefault(_part(payload.get("content_index")), []).append(delta)
+        add_piece(partial.refusals.setdefault(_part(payload.get("content_index")), []), delta)
 
     def refusal_done(self, payload: dict[str, Any], text: str) -> None:
         """`response.refusal.done`: the part's full refusal text replaces the deltas."""
@@ -418,11 +420,11 @@ class OutputAssembly:
         """Append reasoning or reasoning-summary text to its item and part."""
         partial = self._partial_at(self._index(payload), "reasoning", payload)
         key = _part(payload.get("summary_index", payload.get("content_index")))
-        partial.summary.setdefault(key, []).append(delta)
+        add_piece(partial.summary.setdefault(key, []), delta)
 
     def arguments_delta(self, payload: dict[str, Any], delta: str) -> None:
         """Append function-call argument text to its item."""
-        self._partial_at(self._index(payload), "function_call", payload).arguments.append(delta)
+        add_piece(self._partial_at(self._index(payload), "function_call", payload).arguments, delta)
 
     def arguments_done(self, payload: dict[str, Any]) -> None:
         """`response.function_call_arguments.done`: the full arguments replace the deltas."""
@@ -437,7 +439,7 @@ class OutputAssembly:
     def custom_input_delta(self, payload: dict[str, Any], delta: str) -> int:
         """Append custom-tool-call input text to its item; returns the item's index."""
         index = self._index(payload)
-        self._partial_at(index, "custom_tool_call", payload).arguments.append(delta)
+        add_piece(self._partial_at(index, "custom_tool_call", payload).arguments, delta)
         return index
 
     def custom_input_done(self, payload: dict[str, Any]) -> int:
@@ -459,7 +461,7 @@ class OutputAssembly:
         if replace or key not in partial.commands:
             partial.commands[key] = [text]
         else:
-            partial.commands[key].append(text)
+            add_piece(partial.commands[key], text)
         return index
 
     # -- calls -------------------------------------------------------------------------------

@@ -15,6 +15,9 @@ byte stream breaks are named once, in `Fault`:
     Stall           the server stays silent for some seconds (a driver observes it as nothing, or
                     as an `IdleTimeout` when the policy has one)
     IdleTimeout     no byte arrived for the policy's idle timeout
+    TurnTimeout     the turn reached its wall-clock limit (`TurnPolicy.turn_timeout_s`; a codex
+                    app-server session's `turn_timeout_s`), or a wait before its next attempt
+                    would pass it
     Interrupt       the caller asked to stop
 
 A driver (network, file, replay) produces them; the machines never produce them and never look
@@ -52,6 +55,8 @@ class InputKind(StrEnum):
     EOF = "eof"
     STALL = "stall"
     IDLE_TIMEOUT = "idle_timeout"
+    #: a turn's wall-clock limit, of either protocol (a stream turn's, an app-server turn's)
+    TURN_TIMEOUT = "turn_timeout"
     INTERRUPT = "interrupt"
     EVENT_TOO_LARGE = "event_too_large"
     # codex app-server sessions (machines.app_records)
@@ -65,7 +70,6 @@ class InputKind(StrEnum):
     INTERRUPT_TIMEOUT = "interrupt_timeout"
     TOOL_ANSWER = "tool_answer"
     STEER = "steer"
-    TURN_TIMEOUT = "turn_timeout"
     CLOSE = "close"
     COMPACT = "compact"
 
@@ -175,6 +179,16 @@ class IdleTimeout(Input, kind=InputKind.IDLE_TIMEOUT):
 
 
 @attrs.frozen(slots=True)
+class TurnTimeout(Input, kind=InputKind.TURN_TIMEOUT):
+    """The turn reached its wall-clock limit of `seconds`: it has run that long, or the wait
+    before its next attempt would take it past that (a driver does not wait for a request it
+    may not send). The same record for a stream turn (`TurnPolicy.turn_timeout_s`) and a codex
+    app-server turn (the session's `turn_timeout_s`)."""
+
+    seconds: float
+
+
+@attrs.frozen(slots=True)
 class Interrupt(Input, kind=InputKind.INTERRUPT):
     """The caller asked the turn to stop."""
 
@@ -188,7 +202,7 @@ class EventTooLarge(Input, kind=InputKind.EVENT_TOO_LARGE):
 
 
 #: Inputs that end an attempt (or could): everything a driver observes except bytes.
-StreamInput = HttpError | TransportFault | EndOfStream | IdleTimeout | Interrupt
+StreamInput = HttpError | TransportFault | EndOfStream | IdleTimeout | TurnTimeout | Interrupt
 
 #: What a machine is fed besides events: the driver's observations and what the decoder derives.
 AttemptInput = StreamInput | EventTooLarge
@@ -354,7 +368,11 @@ class TurnPolicy:
     connection errors before the response (None: the client's own `max_retries`).
     `max_retry_wait_s`: the longest wait a server may demand before a retry; longer ends the
     turn. `max_event_bytes`: one server-sent event larger than this ends the turn. `resume`:
-    resume a dropped background response instead of asking again."""
+    resume a dropped background response instead of asking again. `turn_timeout_s`: a
+    wall-clock limit for the whole turn, every attempt and every wait included: past it the turn
+    ends at once, outcome "error", reason `turn_timeout`, partial output kept (an idle timeout
+    never fires for a server that drips a byte now and then; this does), and a wait before a
+    retry that would pass it ends the turn without waiting."""
 
     max_stream_retries: int = attrs.field(default=1, validator=_non_negative_int)
     fallback: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
@@ -365,8 +383,7 @@ class TurnPolicy:
     max_retry_wait_s: float = attrs.field(default=60.0, validator=_positive_seconds)
     max_event_bytes: int = attrs.field(default=64 * 2**20, validator=_positive_int)
     resume: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
-
-
+    turn_timeout_s: float | None = attrs.field(default=None, validator=_positive_seconds_or_none)
 
 
 def _output_text_of(result: TurnResult) -> str:

@@ -6,10 +6,10 @@ Theory of operation
 A turn makes one or more *attempts*; each attempt is one request whose body is an SSE stream.
 This machine is fed, in order, everything the driver observed for that request, as records from
 `machines.records`: dispatched `SseEvent`s, an `HttpError` status, a `TransportFault`, a clean
-`EndOfStream`, an `IdleTimeout`, an `Interrupt`. It never reads a socket, a clock or a flag, and
-it never calls anyone: `receive(input)` returns the machine's *decisions*, a list of `Transition`
-and `Effect` records, and the caller (the engine's event log) records them and then acts on them
-(callbacks, log lines). That is why a recorded attempt replays exactly, and why a test of a rule
+`EndOfStream`, an `IdleTimeout`, a `TurnTimeout`, an `Interrupt`. It never reads a socket, a
+clock or a flag, and it never calls anyone: `receive(input)` returns the machine's *decisions*, a
+list of `Transition` and `Effect` records, and the caller (the engine's event log) records them
+and then acts on them (callbacks, log lines). That is why a recorded attempt replays exactly, and why a test of a rule
 is one `receive()` and an assert:
 
     attempt = StreamAttempt(1, "stream", ledger=DeliveryLedger())
@@ -44,8 +44,9 @@ are written; `streamfsm diagram` draws them, guards included:
                        of a turn whose policy allows a fallback; the turn continues with one
                        `create(stream=True)` attempt.
     retire             final: the attempt is abandoned: a retryable fault (the turn retries while
-                       stream attempts are left, else it ends "error"), or an interrupt (the turn
-                       ends "interrupted", promptly).
+                       stream attempts are left, else it ends "error"), an interrupt (the turn
+                       ends "interrupted", promptly), or the turn's wall-clock limit
+                       (`turn_timeout`: the turn ends "error" at once, nothing retried).
 
 Reading a row (`machines.table`): `Row(Fault.DROP, LIVE, State.FALLBACK,
 guards=hands_over_to_fallback, decides=EndingRule("error", "stream"))` says: a dropped connection,
@@ -190,6 +191,7 @@ from machines.records import (
     SseEvent,
     Transition,
     TransportFault,
+    TurnTimeout,
 )
 from machines.table import Row, Table
 
@@ -246,7 +248,7 @@ class Trigger(StrEnum):
 #: The inputs an attempt takes besides events, each its own trigger.
 INPUTS: Final = (
     InputKind.HTTP_ERROR, *Fault, InputKind.IDLE_TIMEOUT, InputKind.EOF,
-    InputKind.EVENT_TOO_LARGE, InputKind.INTERRUPT,
+    InputKind.EVENT_TOO_LARGE, InputKind.TURN_TIMEOUT, InputKind.INTERRUPT,
 )
 
 
@@ -307,9 +309,10 @@ def status_is_retryable(attempt: StreamAttempt) -> bool:
 
 
 def wait_is_acceptable(attempt: StreamAttempt) -> bool:
-    """The server demanded no wait, or one no longer than the policy's `max_retry_wait_s`."""
+    """The server demanded no wait, or one no longer than the policy's `max_retry_wait_s` (a
+    wait too large to represent is longer than any, an unlimited `max_retry_wait_s` too)."""
     wait = attempt.demanded_wait_s
-    return wait is None or wait <= attempt.max_retry_wait_s
+    return wait is None or (math.isfinite(wait) and wait <= attempt.max_retry_wait_s)
 
 
 def http_retry_left(attempt: StreamAttempt) -> bool:
@@ -413,6 +416,9 @@ ROWS: Final[list[Row[StreamAttempt, EndingRule]]] = [
     *(row for fault in FAULTS for row in _retried(fault, EndingRule("error", "stream"))),
     # one event larger than the policy allows: the turn ends, nothing is retried
     Row(InputKind.EVENT_TOO_LARGE, LIVE, _S.RETIRE, decides=EndingRule("error")),
+    # the turn's wall-clock limit passed (or the wait before this attempt would pass it): the
+    # turn ends at once, nothing is retried, partial output kept
+    Row(InputKind.TURN_TIMEOUT, LIVE, _S.RETIRE, decides=EndingRule("error")),
     # the caller stops the turn
     Row(InputKind.INTERRUPT, LIVE, _S.RETIRE,
         decides=EndingRule("interrupted", None, ReasonCode.INTERRUPTED)),
@@ -589,7 +595,7 @@ class StreamAttempt:
                 TABLE.feed(self, InputKind.HTTP_ERROR)
             elif isinstance(item, TransportFault):
                 TABLE.feed(self, item.kind)
-            elif isinstance(item, (EndOfStream, IdleTimeout, Interrupt, EventTooLarge)):
+            elif isinstance(item, (EndOfStream, IdleTimeout, TurnTimeout, Interrupt, EventTooLarge)):
                 TABLE.feed(self, item.KIND)
             else:
                 raise TypeError(f"not a machine input: {type(item).__name__}")
@@ -977,30 +983,38 @@ _TRY_AGAIN = re.compile(r"try again in (\d+(?:\.\d+)?)\s*(ms|s|sec|seconds?)\b",
 def demanded_wait_s(item: HttpError) -> float | None:
     """The wait before another request that an HTTP error demands, in seconds, or None:
     `retry-after-ms` wins over `Retry-After` (seconds, or an HTTP date measured from when the
-    answer came), which wins over "try again in N s" in the error message."""
+    answer came), which wins over "try again in N s" in the error message. A wait too large to
+    represent (`Retry-After` of hundreds of digits reads as infinity) is `math.inf`: longer than
+    any `max_retry_wait_s`, never a wait of none; a value that is no number at all says
+    nothing."""
     value = item.header("retry-after-ms")
     if value is not None:
-        try:
-            seconds = float(value) / 1000
-        except ValueError:
-            seconds = math.nan
-        if math.isfinite(seconds) and seconds >= 0:
+        seconds = _number(value) / 1000
+        if seconds >= 0:  # NaN, garbage and negative waits say nothing
             return seconds
     value = item.header("retry-after")
     if value is not None:
-        try:
-            seconds = float(value)
-        except ValueError:
+        seconds = _number(value)
+        if math.isnan(seconds):
             seconds = _seconds_until(value, item.received_at)
-        if math.isfinite(seconds) and seconds >= 0:
+        if seconds >= 0:
             return seconds
     message = _http_error(item).get("message")
     if isinstance(message, str):
         match = _TRY_AGAIN.search(message)
         if match is not None:
-            amount = float(match.group(1))
+            amount = float(match.group(1))  # digits only: finite, or infinity when too long
             return amount / 1000 if match.group(2).lower() == "ms" else amount
     return None
+
+
+def _number(text: str) -> float:
+    """`text` as a number of seconds: infinity for one too large to represent, NaN for text
+    that is no number."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
 
 
 def _seconds_until(http_date: str, received_at: float | None) -> float:

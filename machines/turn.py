@@ -18,6 +18,8 @@ pays for it):
 
     idle              nothing sent yet; `begin` opens stream attempt 1.
     stream_attempt    a stream attempt is running. When it ends:
+                      - `finish` at once if it ended on the turn's wall-clock limit
+                        (`TurnTimeout`, `policy.turn_timeout_s`), whatever budget is left;
                       - `http_retry` if its final row asks for the same request again (an HTTP
                         retryable status, no response at all) and the HTTP budget allows: the
                         same kind of attempt, after the `wait` effect;
@@ -33,9 +35,15 @@ pays for it):
     fallback_attempt  the fallback attempt is running; when it ends, `finish`.
     finished          final.
 
-On an interrupt, a background response whose id is known is cancelled: the turn's last decision
-is a `cancel` effect naming the response, which the driver sends (`POST
-/v1/responses/{id}/cancel`).
+The turn's wall-clock limit is an input like any other: the driver watches the clock and feeds
+the running attempt a `TurnTimeout` once the limit has passed, or feeds it to the attempt about
+to be sent when the wait before it (an HTTP retry's) would pass the limit; the attempt ends
+(`machines.stream_attempt`) and the turn finishes with outcome "error", error code
+`turn_timeout`.
+
+On an interrupt, or past the wall-clock limit, a background response whose id is known is
+cancelled: the turn's last decision is a `cancel` effect naming the response, which the driver
+sends (`POST /v1/responses/{id}/cancel`).
 
 Outcome: the last attempt's `Ending.outcome`, read off the stream-attempt table's final row that
 fired (`terminal` after `response.completed` / `.incomplete` / `.failed` gives that outcome; an
@@ -116,6 +124,11 @@ class Step:
 # -- guards: pure conditions of the turn, on the attempt that just ended -------------------------
 
 
+def attempt_ran_out_of_time(turn: TurnMachine) -> bool:
+    """The attempt ended on the turn's wall-clock limit (`TurnTimeout`)."""
+    return turn.last_ending().trigger is InputKind.TURN_TIMEOUT
+
+
 def attempt_wants_http_retry(turn: TurnMachine) -> bool:
     """The attempt's final row asks for the same request again (an HTTP-level failure)."""
     return turn.last_ending().retry == "http"
@@ -152,6 +165,9 @@ _ENDED = Trigger.ATTEMPT_ENDED
 
 ROWS: Final[list[Row[TurnMachine, Step]]] = [
     Row(Trigger.BEGIN, _S.IDLE, _S.STREAM_ATTEMPT, decides=Step("stream", "stream")),
+    # past the turn's wall-clock limit: nothing more is tried
+    Row(_ENDED, (_S.STREAM_ATTEMPT, _S.FALLBACK_ATTEMPT), _S.FINISHED,
+        guards=attempt_ran_out_of_time, decides=Step(None), name="finish"),
     # an HTTP-level failure (a retryable status, no response at all): the same request again,
     # after a wait, paid by the HTTP retry budget
     Row(_ENDED, _S.STREAM_ATTEMPT, _S.STREAM_ATTEMPT, guards=attempt_wants_http_retry,
@@ -187,7 +203,12 @@ FAULT_MESSAGES: Final[dict[StrEnum, str]] = {
     InputKind.IDLE_TIMEOUT: "no data arrived within the idle timeout",
     InputKind.EOF: "the stream ended without a terminal event",
     InputKind.EVENT_TOO_LARGE: "one server-sent event was larger than the policy's max_event_bytes",
+    InputKind.TURN_TIMEOUT: "the turn ran past its turn_timeout_s",
 }
+
+#: The error `type` of a turn that ended on something other than the server's words, where it is
+#: not a transport error.
+ERROR_TYPES: Final[dict[StrEnum, str]] = {InputKind.TURN_TIMEOUT: "turn_timeout"}
 
 #: Exponential back-off before an HTTP retry when the server names no wait: 0.5 s doubling,
 #: at most 8 s, the upper half of it drawn at random (seeded: replay draws the same waits).
@@ -329,7 +350,8 @@ class TurnMachine:
         out.extend(Effect("tool_call", last.number, call) for call in calls)
         if error is not None:
             out.append(Effect("error", last.number, error))
-        if outcome == "interrupted" and last.response_id is not None:
+        gave_up = outcome == "interrupted" or ending.trigger is InputKind.TURN_TIMEOUT
+        if gave_up and last.response_id is not None:
             # a background response keeps generating (and costing) unless it is cancelled
             out.append(Effect("cancel", last.number, last.response_id))
         return TurnResult(
@@ -351,7 +373,7 @@ def _fault_error(ending: Ending) -> dict[str, Any]:
     return {
         "message": FAULT_MESSAGES.get(ending.reason.code, str(ending.reason)),
         "code": str(ending.reason),
-        "type": "transport_error",
+        "type": ERROR_TYPES.get(ending.reason.code, "transport_error"),
     }
 
 

@@ -9,9 +9,12 @@ that its trace replays record for record.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import socket
 import time
+import tracemalloc
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable, Iterator
 
 import attrs
@@ -90,6 +93,28 @@ def trace_lines(trace: Path | str) -> list[dict[str, Any]]:
 
 def write_trace_lines(path: Path | str, lines: list[dict[str, Any]]) -> None:
     Path(path).write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def bench_module(name: str) -> ModuleType:
+    """A benchmark script of `bench/` (`name` without `.py`), imported as a module."""
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def peak_memory(run: Callable[[], Any]) -> int:
+    """The peak of Python allocations while `run()` runs (tracemalloc), in bytes."""
+    tracemalloc.start()
+    try:
+        run()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 def closed_port() -> int:

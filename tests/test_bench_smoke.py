@@ -3,7 +3,6 @@ the same answer. Correctness only: nothing here asserts a timing."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,17 +11,15 @@ from types import ModuleType
 
 import pytest
 
+from support import bench_module
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "bench_consume.py"
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_consume", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("bench_consume")
 
 
 def test_script_runs_on_a_tiny_stream_and_reports_every_path() -> None:

@@ -124,3 +124,18 @@ def test_statuses_not_worth_retrying_are_sent_once(status: int) -> None:
         result = engine.run_turn(client, REQUEST)
         assert len(sim.requests) == 1
     assert _summary(result) == [("stream", "terminal", f"http_{status}")]
+
+
+def test_a_retry_after_of_hundreds_of_digits_ends_the_turn_without_retrying(tmp_path: Path) -> None:
+    """A wait too large to represent is longer than `max_retry_wait_s`: one request, the turn ends
+    with that HTTP error at once (it used to read as no wait and retry immediately)."""
+    limited = Reply(status=429, headers=[("retry-after", "9" * 400)])
+    with ResponsesSimulator(Script([limited, GOOD, GOOD])) as sim:
+        client = openai.OpenAI(base_url=sim.base_url, api_key="sk-test", max_retries=3)
+        started = time.monotonic()
+        result = engine.run_turn(client, REQUEST, trace=tmp_path / "t.jsonl")
+        assert time.monotonic() - started < 5
+        assert len(sim.requests) == 1
+    assert _summary(result) == [("stream", "terminal", "http_429")]
+    assert _waits(tmp_path / "t.jsonl") == []
+    assert engine.replay(tmp_path / "t.jsonl").identical

@@ -26,7 +26,7 @@ from engine.fuzz.invariants import (
 )
 from engine.simulator.shapes import completed, created, encode_part, text_message
 from engine.drivers.sse import SseDecoder
-from engine.strategies import CallbackRaised, Session, attempt_scripts, mangled, responses, retyped, run_session, session_from_trace, sessions, sse_bytes, tool_call_answers, well_formed_sessions
+from engine.strategies import CallbackRaised, Session, attempt_scripts, mangled, policies, responses, retyped, run_session, session_from_trace, sessions, sse_bytes, tool_call_answers, well_formed_sessions
 from machines.records import Chunk, EndOfStream, Fault, Stall, TransportFault
 from machines import stream_attempt
 from machines.stream_attempt import StreamAttempt
@@ -63,6 +63,18 @@ def test_every_rule_holds_on_well_formed_sessions(session: Session) -> None:
 @given(sessions(policy=TurnPolicy(max_stream_retries=2, fallback=True, idle_timeout_s=1.0,
                                   retry_failed_codes={"server_error"})))
 def test_every_rule_holds_when_every_retry_path_is_open(session: Session) -> None:
+    _check(session)
+
+
+#: Policies with a wall-clock limit for the turn (CONTRACT v3): the sessions' servers then drip
+#: their answers against it, and their HTTP errors demand waits shorter or longer than what is
+#: left (`engine.fuzz.strategies.deadline_plans`).
+_LIMITED = st.builds(lambda policy, limit: attrs.evolve(policy, turn_timeout_s=limit),
+                     policies(), st.sampled_from([0.05, 0.3, 1.0, 4.0]))
+
+
+@given(sessions(policy=_LIMITED))
+def test_every_rule_holds_against_a_turn_limit(session: Session) -> None:
     _check(session)
 
 
@@ -364,6 +376,60 @@ def test_json_read_only_under_a_raised_recursion_limit_is_caught(monkeypatch) ->
 
     monkeypatch.setattr(stream_attempt, "_lenient_loads", whatever_the_limit_allows)
     assert _first_failure(sessions(), budget=5000).rules
+
+
+def test_a_turn_limit_taken_for_a_broken_stream_is_caught(monkeypatch) -> None:
+    """The limit passed, yet another attempt is made: the attempt's row allows a retry and the
+    turn's row that ends a turn out of time never fires."""
+    from machines import turn
+
+    def retried(row):
+        if row.trigger != "turn_timeout":
+            return row
+        return attrs.evolve(row, decides=attrs.evolve(row.decides, retry="stream"))
+
+    def never(machine) -> bool:
+        return False
+
+    patch_rows(monkeypatch, stream_attempt, retried)
+    patch_rows(monkeypatch, turn, lambda row: attrs.evolve(row, guards=never)
+               if turn.attempt_ran_out_of_time in row.guards else row)
+    assert "attempts_as_reference" in _first_failure(sessions(policy=_LIMITED)).rules
+
+
+def test_a_wait_too_large_to_represent_taken_for_no_wait_is_caught(monkeypatch) -> None:
+    """The old reading: a Retry-After of hundreds of digits dropped as not finite, and the
+    request sent again at once."""
+    import math
+
+    demanded = stream_attempt.demanded_wait_s
+
+    def dropped(item):
+        wait = demanded(item)
+        return wait if wait is None or math.isfinite(wait) else None
+
+    monkeypatch.setattr(stream_attempt, "demanded_wait_s", dropped)
+    assert "attempts_as_reference" in _first_failure(sessions(), budget=3000).rules
+
+
+def test_a_secret_written_escaped_and_left_in_the_trace_is_caught(monkeypatch) -> None:
+    """The old scrubber: the bytes as they are only, never what a reader decodes of them."""
+    from engine.log.redaction import Scrubber
+
+    monkeypatch.setattr(Scrubber, "escaped_edits", lambda self, data, spans=None: [])
+    found: set[str] = set()
+
+    @settings(database=None, phases=[Phase.generate], max_examples=3000)
+    @given(sessions())
+    def prop(session: Session) -> None:
+        _, violations = session_violations(session)
+        found.update(v.rule for v in violations)
+        assert "secrets_masked" not in found
+
+    with pytest.raises(AssertionError), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Generating overly large repr")
+        prop()
+    assert "secrets_masked" in found
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,11 +1,14 @@
 """No reader outlives its turn: when `run_turn` / `arun_turn` returns, no reader thread or task is
 left blocked on a socket, and the server sees every connection the turn gave up on closed at
 once (one whose body was read to its end may stay in the client's pool, as HTTP keep-alive
-does, and closes with the client)."""
+does, and closes with the client). And (contract v3) no connection of a finished turn, a reset
+one included, stays open waiting for the garbage collector: after the client is closed, with the
+collector off, no socket to the server is left."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from typing import Any
@@ -27,8 +30,10 @@ from engine.simulator.shapes import (
     to_reply,
 )
 from engine.simulator.replies import Reply, Script
+from engine.simulator.scenarios import reshape
 from engine.simulator.server import ResponsesSimulator
-from machines.records import Stall
+from machines.records import Chunk, Stall
+from support import bench_module
 
 REQUEST = {"model": "m", "input": "hi"}
 ANSWER = shapes._ANSWER
@@ -292,3 +297,131 @@ def test_arun_turn_leaves_no_reader_task_and_closes_the_connection(script: Any) 
     assert result.outcome in ("interrupted", "completed")
     assert left == set()
     assert closed is not None and closed < 0.5
+
+
+# -- no connection waits for the garbage collector ---------------------------------------------
+
+
+#: Every socket object of this process still open to a port (the garbage collector off, one
+#: nothing closed is still there), as the load benchmark counts them.
+_open_sockets_to = bench_module("bench_load").open_sockets_to
+
+
+def _broken_answers() -> list[Reply]:
+    """First attempts that break every way a connection ends badly, each then healed: cut with
+    FIN or reset (RST) before the headers' body, in the middle of an event, between events;
+    silent past the idle timeout; an HTTP error. Each is followed by a good answer."""
+    good = SHAPES["function_call"].replies[-1]
+    body = b"".join(step.data for step in good.steps if isinstance(step, Chunk))
+    cuts = [reshape(good, drop_after_bytes=offset, drop=drop)
+            for offset in (0, 7, len(body) // 3, len(body) - 5) for drop in ("fin", "rst")]
+    stall = Reply(steps=(*good.steps[:3], Stall(2.0), *good.steps[3:]))
+    replies: list[Reply] = []
+    for first in (*cuts, stall, Reply(status=503)):
+        replies += [first, good]
+    return replies
+
+
+_POLICY = engine.TurnPolicy(idle_timeout_s=0.3, max_http_retries=1, turn_timeout_s=10.0)
+
+
+@pytest.mark.parametrize("driver", ["run_turn", "arun_turn", "compat"])
+def test_no_connection_of_a_finished_turn_waits_for_the_garbage_collector(driver: str) -> None:
+    """Turns whose first attempt breaks (FIN, a reset, a silence, an error status), then one
+    given up at the turn's limit and one interrupted, then `close()`: with the garbage collector
+    off, no socket to the server is left open, so none waits for it to be closed."""
+    replies = _broken_answers()
+    turns = len(replies) // 2
+    message = text_message(ANSWER, deltas=4)
+    dripping = to_reply(assemble(created(), in_progress(), message[:4], Stall(3.0), message[4:]))
+    replies += [dripping, dripping]
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        with ResponsesSimulator(Script(replies)) as sim:
+            port = int(sim.base_url.rsplit(":", 1)[1].split("/")[0])
+            outcomes = _turns_then_close(driver, sim.base_url, turns)
+            left = _open_sockets_to(port)
+            closed = _wait_for(lambda: _open_connections(sim) == 0 and not _any_reader(), 2.0)
+    finally:
+        if was_enabled:
+            gc.enable()
+    if driver != "compat":  # the seed's policy has no idle timeout: its turns go otherwise
+        assert outcomes[:turns] == ["completed"] * turns
+        assert outcomes[turns:] == ["error", "interrupted"]
+    assert left == []
+    assert closed is not None  # the server saw every connection closed, no reader is left
+
+
+def _any_reader() -> bool:
+    """A reader thread of any driver is still alive (one blocked on a socket closed under it)."""
+    names = ("streamfsm-body", "streamfsm-sdk-events")
+    return any(t.name in names and t.is_alive() for t in threading.enumerate())
+
+
+def _turns_then_close(driver: str, base_url: str, turns: int) -> list[str]:
+    """`turns` turns, then one past its limit and one interrupted (both mid-body), then the
+    client closed; the outcomes."""
+    stop = threading.Event()
+    late = engine.TurnPolicy(turn_timeout_s=0.5)  # no idle timeout: the drip is cut by the limit
+    if driver == "arun_turn":
+        async def run() -> list[str]:
+            client = openai.AsyncOpenAI(base_url=base_url, api_key="k", max_retries=0)
+            out = [(await engine.arun_turn(client, REQUEST, policy=_POLICY)).outcome
+                   for _ in range(turns)]
+            out.append((await engine.arun_turn(client, REQUEST, policy=late)).outcome)
+            asyncio.get_running_loop().call_later(0.4, stop.set)
+            out.append((await engine.arun_turn(client, REQUEST, interrupt=stop)).outcome)
+            await client.close()
+            return out
+
+        return asyncio.run(run())
+    client = openai.OpenAI(base_url=base_url, api_key="k", max_retries=0)
+    if driver == "compat":
+        from engine.compat import run_codex_stream
+
+        agent = _CompatAgent(client)
+        out = []
+        for _ in range(turns + 2):  # the seed's own policy: one retry, then the fallback
+            try:
+                run_codex_stream(agent, dict(REQUEST))
+                out.append("completed")
+            except Exception as error:  # the seed raises for a turn that did not complete
+                out.append(type(error).__name__)
+    else:
+        out = [engine.run_turn(client, REQUEST, policy=_POLICY).outcome for _ in range(turns)]
+        out.append(engine.run_turn(client, REQUEST, policy=late).outcome)
+        threading.Timer(0.4, stop.set).start()
+        out.append(engine.run_turn(client, REQUEST, interrupt=stop).outcome)
+    client.close()
+    return out
+
+
+class _CompatAgent:
+    """What `engine.compat` asks of the seed's agent, and nothing more."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self._interrupt_requested = False
+
+    def _touch_activity(self, message: str) -> None:
+        pass
+
+    def _fire_stream_delta(self, text: str) -> None:
+        pass
+
+    def _fire_reasoning_delta(self, text: str) -> None:
+        pass
+
+    def _ensure_primary_openai_client(self, *, reason: str) -> Any:
+        return self.client
+
+    def _get_transport(self) -> "_CompatAgent":
+        return self
+
+    def preflight_kwargs(self, kwargs: dict[str, Any], *, allow_stream: bool) -> dict[str, Any]:
+        return kwargs
+
+    def _client_log_context(self) -> str:
+        return ""

@@ -20,7 +20,17 @@ from unittest import mock
 from hypothesis import HealthCheck, Phase, given, settings
 
 from engine.log.codec import json_type
-from engine.strategies import Session, mangled, responses, run_session, sessions, sse_bytes
+from engine.strategies import (
+    CLIENT_KEY,
+    RELAY_KEY,
+    Session,
+    escaped_secret,
+    mangled,
+    responses,
+    run_session,
+    sessions,
+    sse_bytes,
+)
 from engine.simulator.shapes import created, text_message
 from machines.records import (
     Chunk,
@@ -159,6 +169,51 @@ def test_choices_are_not_skewed_toward_the_simplest() -> None:
     sampled = _sample(sessions(), 600)
     simplest = TurnPolicy(max_stream_retries=0, fallback=False)
     assert sum(session.policy == simplest for session in sampled) / len(sampled) < 0.1
+
+
+def _v3_kinds(session: Session) -> set[str]:
+    """The kinds of input the v3 limits are about, in one session and how it plays."""
+    kinds: set[str] = set()
+    if session.policy.turn_timeout_s is not None:
+        kinds.add("turn_limit")
+        reasons = [a.reason for a in run_session(session, reraise=False).attempts]
+        if reasons[-1] == "turn_timeout":
+            kinds.add("ended_at_the_limit")
+            if len(reasons) > 1 and reasons[-2].startswith("http_"):
+                kinds.add("a_wait_past_the_limit")
+        if any(isinstance(step, Stall) for script in session.attempts for step in script):
+            kinds.add("dripping_server")
+    for script in session.attempts:
+        for step in script:
+            if isinstance(step, HttpError):
+                waits = [step.header("retry-after") or "", step.header("retry-after-ms") or ""]
+                if any(len(wait) > 100 for wait in waits):
+                    kinds.add("retry_after_too_large_to_represent")
+    body = b"".join(step.data for script in session.attempts for step in script
+                    if isinstance(step, Chunk))
+    for name, written in (("all", escaped_secret(CLIENT_KEY, "all")),
+                          ("half", escaped_secret(CLIENT_KEY, "half")),
+                          ("upper", escaped_secret(CLIENT_KEY, "upper")),
+                          ("double", escaped_secret(CLIENT_KEY, "double")),
+                          ("slash", escaped_secret(RELAY_KEY, "slash"))):
+        if written.encode() in body:
+            kinds.add(f"secret_escaped:{name}")
+    return kinds
+
+
+def test_sessions_reach_the_v3_limits_and_escaped_secrets() -> None:
+    """Every class of input the contract's v3 limits name comes up: turns with a wall-clock limit
+    against dripping servers, ended by it, also right after an HTTP error whose wait would pass
+    it; Retry-After too large to represent; the client's keys written escaped in every way."""
+    seen: collections.Counter[str] = collections.Counter()
+    for session in _sample(sessions(), 1200):
+        seen.update(_v3_kinds(session))
+    expected = {
+        "turn_limit", "ended_at_the_limit", "a_wait_past_the_limit", "dripping_server",
+        "retry_after_too_large_to_represent", "secret_escaped:all", "secret_escaped:half",
+        "secret_escaped:upper", "secret_escaped:double", "secret_escaped:slash",
+    }
+    assert expected <= set(seen), sorted(expected - set(seen))
 
 
 def test_every_outcome_comes_up() -> None:

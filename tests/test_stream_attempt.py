@@ -33,6 +33,7 @@ from machines.records import (
     ReasonCode,
     SseEvent,
     TransportFault,
+    TurnTimeout,
 )
 from machines.stream_attempt import (
     FINAL,
@@ -142,6 +143,7 @@ FIRE: dict[str, Any] = {
     "eof": EndOfStream(),
     "interrupt": Interrupt(),
     "event_too_large": EventTooLarge(64),
+    "turn_timeout": TurnTimeout(30.0),
     # a text delta whose sequence number (7) is not above the last one seen (`SEEN_7`)
     "stale_event": {**delta("again"), "sequence_number": 7},
 }
@@ -555,3 +557,24 @@ def test_an_http_date_is_measured_from_when_the_answer_came() -> None:
     assert demanded_wait_s(HttpError(503, None, {"retry-after": date})) is None  # no clock reading
     assert demanded_wait_s(HttpError(503, None, {"retry-after": "soon"}, received)) is None
     assert demanded_wait_s(HttpError(503, None, {"retry-after": "-3"}, received)) is None
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"retry-after": "9" * 400}, {"retry-after-ms": "9" * 400}, {"retry-after": "1" + "0" * 320}],
+    ids=["retry-after 400 digits", "retry-after-ms 400 digits", "retry-after 1e320"],
+)
+def test_a_wait_too_large_to_represent_is_longer_than_any_limit(headers: dict[str, str]) -> None:
+    """`Retry-After` of hundreds of digits reads as infinity: it is a wait longer than
+    `max_retry_wait_s`, never no wait at all, so the turn ends with that error instead of
+    retrying at once, even when the policy's limit is itself unbounded."""
+    assert demanded_wait_s(HttpError(429, None, headers)) == float("inf")
+    for limit in (60.0, float("inf")):
+        attempt = StreamAttempt(1, "stream", ledger=DeliveryLedger(), http_retry_left=True,
+                                max_retry_wait_s=limit)
+        attempt.receive(HttpError(429, None, headers))
+        assert (attempt.state, attempt.reason) == (State.TERMINAL, "http_429")
+        assert attempt.ending is not None and attempt.ending.retry is None
+    # garbage and negative waits still say nothing: the back-off applies
+    assert demanded_wait_s(HttpError(429, None, {"retry-after": "nan"})) is None
+    assert demanded_wait_s(HttpError(429, None, {"retry-after-ms": "-1" + "0" * 400})) is None

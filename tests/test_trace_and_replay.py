@@ -176,7 +176,8 @@ def test_added_record(renumbered: bool, recorded: dict[str, list[dict[str, Any]]
 
 def test_added_record_after_the_result(recorded: dict[str, list[dict[str, Any]]], tmp_path: Path) -> None:
     lines = copy.deepcopy(recorded["happy_text"])
-    lines.append({"seq": len(lines), "kind": "effect", "attempt": 1, "effect": "error", "data": None})
+    error = {"message": "added", "code": None, "type": "server_error"}
+    lines.append({"seq": len(lines), "kind": "effect", "attempt": 1, "effect": "error", "data": error})
     report = _replay(lines, tmp_path)
     assert report.divergence.seq == len(lines) - 1
     assert report.divergence.replayed is None

@@ -5,6 +5,9 @@
   inside a read that is not valid UTF-8 on its own (stored as base64); and the trace still
   replays identically. Swept at every cut offset of a small stream, through `engine.consume` and
   through `run_turn` with the real openai client over loopback, and drawn by Hypothesis.
+  (v3) Also when the server writes it escaped in a JSON string, some or all of its characters
+  as `\\uXXXX`, escaped twice inside a call's arguments, or with `\\/`: no 8 characters of it
+  in anything a reader decodes from the trace, every length kept, the trace replays.
 - Deep nesting and odd JSON in what the server sends: writing a trace never raises, never
   leaves a `.partial` file, keeps the result, and the trace replays identically.
 
@@ -246,6 +249,134 @@ def test_http_error_echoing_the_key_in_pieces(tmp_path: Path) -> None:
     assert_replays_identically(trace)
 
 
+# -- secrets the server writes escaped (contract v3) -----------------------------------------
+
+#: A relay's key with characters a JSON writer may escape (`/` as `\\/`).
+RELAY_KEY = "rly_7Gq/Xw2+Lm9=Tz4Pk8/Hd3"
+
+
+def escaped(secret: str, which: str, *, upper: bool = False) -> str:
+    """`secret` as a JSON string's content with some characters written as `\\uXXXX`: every
+    one ("all"), every other ("half"), every third ("third"); `/` written as `\\/` ("slash")."""
+    if which == "slash":
+        return secret.replace("/", "\\/")
+    step = {"all": 1, "half": 2, "third": 3}[which]
+    form = "\\u%04X" if upper else "\\u%04x"
+    return "".join(form % ord(c) if i % step == 0 else c for i, c in enumerate(secret))
+
+
+def escaped_echo(content: str) -> bytes:
+    """A small answer whose one delta says `content` as written (escapes kept as they are)."""
+    delta = _sse(_delta("@@")).replace(b'"@@"', ('"key ' + content + ' end"').encode())
+    return _sse(_created()) + delta + _sse(_completed())
+
+
+def readable(trace: Path, secret: str) -> set[str]:
+    """What a reader decodes of `secret` from the trace, 8 characters at a time."""
+    return leaked_pieces(trace, [secret])
+
+
+_ESCAPES = [(key, which, upper) for key in (API_KEY, PLAIN_KEY, RELAY_KEY)
+            for which in ("all", "half", "third") for upper in (False, True)]
+
+
+@pytest.mark.parametrize(("key", "which", "upper"), _ESCAPES, ids=lambda v: str(v)[:8])
+def test_a_secret_written_escaped_is_masked_where_a_reader_would_decode_it(
+    key: str, which: str, upper: bool, tmp_path: Path
+) -> None:
+    """Some or all of the key's characters as `\\uXXXX` (either case): the trace holds no 8
+    characters of it once decoded, keeps every length, and replays identically; the caller
+    still gets the answer as it was sent."""
+    data = escaped_echo(escaped(key, which, upper=upper))
+    trace = tmp_path / "t.jsonl"
+    result = consume_knowing(_cuts(data)[len(data) // 2], trace, [PLAIN_KEY, RELAY_KEY])
+    assert result.output_text == f"key {key} end"
+    assert readable(trace, key) == set()
+    assert_replays_identically(trace)
+    [chunks] = [[r for r in trace_lines(trace) if r.get("input") == "chunk"]]
+    assert sum(len(r["data"]) for r in chunks) == len(data.decode())
+
+
+def test_a_secret_escaped_twice_in_a_calls_arguments_is_masked(tmp_path: Path) -> None:
+    """Arguments are JSON text inside a JSON string: the key escaped there is escaped again on
+    the wire, and once more in the trace line."""
+    arguments = '{"note":"%s"}' % escaped(PLAIN_KEY, "half")
+    item = {"id": "fc_1", "type": "function_call", "call_id": "call_1", "name": "f",
+            "arguments": arguments, "status": "completed"}
+    data = b"".join(_sse(e) for e in (
+        _created(),
+        {"type": "response.output_item.added", "output_index": 0, "item": {**item, "arguments": ""}},
+        {"type": "response.function_call_arguments.delta", "output_index": 0, "delta": arguments},
+        {"type": "response.output_item.done", "output_index": 0, "item": item},
+        _completed(output=[item]),
+    ))
+    trace = tmp_path / "t.jsonl"
+    result = consume_knowing([data], trace, [PLAIN_KEY])
+    assert result.tool_calls[0]["arguments"] == arguments
+    assert readable(trace, PLAIN_KEY) == set()
+    assert_replays_identically(trace)
+
+
+def test_a_credential_fields_value_written_escaped_keeps_its_length_once_masked(
+    tmp_path: Path,
+) -> None:
+    """A credential-named field's whole value is masked; written with escapes, each escaped
+    character becomes the escape of `*`, so the masked value still decodes to as many
+    characters and the result replays identically (it used to become a run of `*` six times
+    as long)."""
+    token = escaped(SESSION_TOKEN, "all")
+    completed = _sse(_completed(metadata={"session_token": "@@"})).replace(
+        b'"@@"', f'"{token}"'.encode())
+    data = _sse(_created()) + _sse(_delta("hi")) + completed
+    trace = tmp_path / "t.jsonl"
+    result = consume_knowing([data], trace, [])
+    assert result.response is not None and result.response["metadata"]["session_token"] == SESSION_TOKEN
+    assert readable(trace, SESSION_TOKEN) == set()
+    assert_replays_identically(trace)
+
+
+def test_a_relay_key_with_escaped_slashes_is_masked_and_stays_json(tmp_path: Path) -> None:
+    data = escaped_echo(escaped(RELAY_KEY, "slash"))
+    trace = tmp_path / "t.jsonl"
+    result = consume_knowing([data], trace, [RELAY_KEY])
+    assert result.output_text == f"key {RELAY_KEY} end"
+    assert readable(trace, RELAY_KEY) == set()
+    assert_replays_identically(trace)
+
+
+def test_an_escaped_secret_through_run_turn_in_two_attempts(tmp_path: Path) -> None:
+    """The real client: attempt 1 echoes the client's key escaped and breaks, attempt 2 says it
+    whole and plain; no piece in any reading of the trace, and it replays identically."""
+    first = escaped_echo(escaped(PLAIN_KEY, "all"))
+    second = escaped_echo(PLAIN_KEY)
+    script = Script((Reply(steps=(Chunk(first[:-40]), TransportFault("drop"))),
+                     Reply(steps=(Chunk(second),))))
+    trace = tmp_path / "t.jsonl"
+    with ResponsesSimulator(script) as sim, _client(sim, PLAIN_KEY) as client:
+        result = engine.run_turn(client, dict(SECRET_REQUEST), policy=TurnPolicy(max_stream_retries=1),
+                                 trace=trace)
+    assert result.outcome == "completed" and result.output_text == f"key {PLAIN_KEY} end"
+    assert readable(trace, PLAIN_KEY) == set()
+    assert_replays_identically(trace)
+
+
+@given(st.data())
+def test_hypothesis_any_escape_form_of_a_secret(tmp_path_factory: pytest.TempPathFactory, data: st.DataObject) -> None:
+    secret = data.draw(secrets_)
+    marks = data.draw(st.lists(st.booleans(), min_size=len(secret), max_size=len(secret)))
+    upper = data.draw(st.booleans())
+    content = "".join(("\\u%04X" if upper else "\\u%04x") % ord(c) if mark else c
+                      for c, mark in zip(secret, marks))
+    stream = escaped_echo(content)
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(stream) - 1), max_size=3)))
+    bounds = [0, *cuts, len(stream)]
+    trace = tmp_path_factory.mktemp("escaped") / "t.jsonl"
+    result = consume_knowing([stream[a:b] for a, b in zip(bounds, bounds[1:])], trace, [secret])
+    assert result.output_text == f"key {secret} end"
+    assert readable(trace, secret) == set()
+    assert_replays_identically(trace)
+
+
 # -- secrets, drawn by Hypothesis ------------------------------------------------------------
 
 _SECRET_CHARS = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz0123456789"
@@ -278,7 +409,12 @@ def test_hypothesis_secret_echoed_and_cut_anywhere(tmp_path_factory: pytest.Temp
     assert_replays_identically(trace)
 
 
-@given(st.binary(max_size=300), st.lists(st.text(_SECRET_CHARS, min_size=1, max_size=30), max_size=3))
+_ESCAPED_BYTES = st.lists(st.sampled_from([b"\\u0041", b"\\u004a", b"\\\\", b"\\/", b"\\n", b"\\"]),
+                         max_size=6).map(b"".join)
+
+
+@given(st.lists(st.binary(max_size=60) | _ESCAPED_BYTES, max_size=6).map(b"".join),
+       st.lists(st.text(_SECRET_CHARS, min_size=1, max_size=30), max_size=3))
 def test_scrubber_keeps_lengths_line_ends_and_is_idempotent(data: bytes, secrets: list[str]) -> None:
     from engine.log.redaction import Scrubber
 

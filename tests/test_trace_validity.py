@@ -4,6 +4,10 @@
   `TraceError`), at every line boundary; a turn cut short by an exception in its driver ends with
   an `abandoned` record instead, and replays as far as it went;
 - a header field of the wrong type is invalid, for every field, with one clear line;
+- (v3) so is every field of every record of the wrong type or range: a boolean is no number (an
+  `attempt` of `true` no longer compares equal to 1), a clock reading is finite, never negative
+  and never goes back within an attempt, an effect's data is what its effect holds, the result's
+  fields are what `TurnResult` holds; a huge number fits its field while its type holds it;
 - no input file makes `streamfsm replay` print a traceback (Hypothesis: random bytes, random JSON
   lines, valid traces with one field's type changed, truncations);
 - replay streams: the first divergence is reported as before, the rest of the file is still
@@ -15,23 +19,30 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 import engine
 from engine.cli import main
 from engine.drivers.replay import REPLAYERS
+from engine.fuzz.invariants import trace_mutation_violations
+from engine.strategies import Session, run_session, sessions, trace_mutations
 from engine.simulator.shapes import SHAPES, assemble, completed, created, output_items, text_message, to_reply
 from engine.simulator.replies import Reply, Script
 from machines.records import Chunk
 
-from support import assert_replays_identically, run_over_http, trace_lines, write_trace_lines
+from support import (
+    assert_replays_identically,
+    peak_memory,
+    run_over_http,
+    trace_lines,
+    write_trace_lines,
+)
 
 
 @pytest.fixture(scope="module")
@@ -237,6 +248,195 @@ def test_record_fields_of_the_wrong_type(traces: dict[str, list[dict[str, Any]]]
                 assert not report.identical or (key == "t" and value is None), (index, key, value)
 
 
+# -- every field of every record has its type and range checked (contract v3) ------------------
+
+
+def _first(lines: list[dict[str, Any]], **fields: Any) -> int:
+    return next(i for i, r in enumerate(lines) if all(r.get(k) == v for k, v in fields.items()))
+
+
+#: (where: a record found by its fields, a path to the field, the value put there); every one
+#: makes the trace invalid.
+_TYPED: list[tuple[dict[str, Any], tuple[Any, ...], Any]] = [
+    # an attempt number is a whole number, never a boolean (`true` used to compare equal to 1)
+    ({"kind": "effect", "effect": "text_delta"}, ("attempt",), True),
+    ({"kind": "transition", "trigger": "created"}, ("attempt",), True),
+    ({"kind": "transition", "trigger": "created"}, ("attempt",), 1.0),
+    ({"kind": "transition", "trigger": "created"}, ("attempt",), -1),
+    ({"kind": "input", "input": "fault"}, ("attempt",), True),
+    ({"kind": "transition", "trigger": "created"}, ("machine",), 1),
+    ({"kind": "transition", "trigger": "created"}, ("dest",), None),
+    ({"kind": "transition", "trigger": "created"}, ("trigger",), ["created"]),
+    ({"kind": "effect", "effect": "text_delta"}, ("effect",), "teleport"),
+    ({"kind": "effect", "effect": "text_delta"}, ("data",), 12),
+    ({"kind": "effect", "effect": "text_delta"}, ("data",), False),
+    ({"kind": "effect", "effect": "first_delta"}, ("data",), "first"),
+    # clock readings: finite, never negative
+    ({"kind": "input", "input": "fault"}, ("t",), -1),
+    ({"kind": "input", "input": "fault"}, ("t",), -0.5),
+    ({"kind": "input", "input": "fault"}, ("t",), True),
+    ({"kind": "input", "input": "fault"}, ("t",), "0.1"),
+    ({"kind": "input", "input": "fault"}, ("t",), float("inf")),
+    ({"kind": "input", "input": "fault"}, ("seconds",), 1.0),  # no such field: a drop is no stall
+    # the result's own fields
+    ({"kind": "result"}, ("outcome",), "done"),
+    ({"kind": "result"}, ("outcome",), 1),
+    ({"kind": "result"}, ("output_text",), 5),
+    ({"kind": "result"}, ("tool_calls",), {}),
+    ({"kind": "result"}, ("attempts", 0, "number"), True),
+    ({"kind": "result"}, ("attempts", 0, "kind"), "sideways"),
+    ({"kind": "result"}, ("attempts", 0, "final_state"), None),
+    ({"kind": "result"}, ("rate_limits",), "none"),
+    ({"kind": "result"}, ("error",), "no error"),
+    ({"kind": "abandoned"}, ("exception",), 7),
+]
+
+
+def _put(record: dict[str, Any], path: tuple[Any, ...], value: Any) -> None:
+    for key in path[:-1]:
+        record = record[key]
+    record[path[-1]] = value
+
+
+def _with_abandoned(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [*lines[:-1], {"seq": lines[-1]["seq"], "kind": "abandoned", "exception": "Exit"}]
+
+
+@pytest.mark.parametrize(("where", "path", "value"), _TYPED, ids=lambda v: repr(v)[:30])
+def test_a_record_field_of_the_wrong_type_or_range_is_invalid(
+    where: dict[str, Any], path: tuple[Any, ...], value: Any,
+    traces: dict[str, list[dict[str, Any]]], tmp_path: Path,
+) -> None:
+    lines = copy.deepcopy(traces["drop_then_retry"])
+    if where.get("kind") == "abandoned":
+        lines = _with_abandoned(lines)
+    if path == ("seconds",):  # a field a fault does not have is no field of the record
+        lines[_first(lines, **where)]["seconds"] = value
+        path_, value = ("t",), {"x": 1}
+    else:
+        path_ = path
+    _put(lines[_first(lines, **where)], path_, value)
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b"".join(dumps_any(line) + b"\n" for line in lines))
+    assert_invalid(path)
+
+
+def dumps_any(value: Any) -> bytes:
+    """A line as the standard library writes it, infinity as `1e999` (a number too large for a
+    double, which a JSON reader takes for infinity)."""
+    import json
+
+    return json.dumps(value, allow_nan=True).replace("Infinity", "1e999").encode()
+
+
+def test_a_clock_going_backwards_within_an_attempt_is_invalid(
+    traces: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    lines = copy.deepcopy(traces["drop_then_retry"])
+    inputs = [i for i, r in enumerate(lines) if r.get("kind") == "input" and r["attempt"] == 1]
+    lines[inputs[2]]["t"] = lines[inputs[1]]["t"] - 0.0001
+    path = tmp_path / "t.jsonl"
+    write_trace_lines(path, lines)
+    assert "goes back" in assert_invalid(path)
+
+
+def test_a_clock_reading_may_start_again_in_the_next_attempt(
+    traces: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    """Only within an attempt must the readings not go back; equal readings are fine."""
+    lines = copy.deepcopy(traces["drop_then_retry"])
+    second = [r for r in lines if r.get("kind") == "input" and r["attempt"] == 2]
+    first = [r for r in lines if r.get("kind") == "input" and r["attempt"] == 1]
+    for record in second:
+        record["t"] = first[0]["t"]
+    path = tmp_path / "t.jsonl"
+    write_trace_lines(path, lines)
+    assert_replays_identically(path)
+
+
+@pytest.mark.parametrize("value", [float("inf"), -1.0, True, 1e999])
+def test_a_header_policy_number_that_is_not_finite_or_in_range_is_invalid(
+    value: Any, traces: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    lines = copy.deepcopy(traces["drop_then_retry"])
+    lines[0]["policy"]["max_retry_wait_s"] = value
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b"".join(dumps_any(line) + b"\n" for line in lines))
+    assert_invalid(path)
+
+
+@pytest.mark.parametrize(
+    ("where", "path", "value", "valid"),
+    [
+        ({"kind": "input", "input": "http_error"}, ("status",), 2**63 - 1, True),
+        ({"kind": "input", "input": "http_error"}, ("t",), 1e308, True),
+        ({"kind": "transition", "trigger": "begin"}, ("attempt",), 2**62, True),
+        # beyond 64 bits a trace's JSON reader gives a float: no longer a whole number
+        ({"kind": "input", "input": "http_error"}, ("status",), 10**30, False),
+        ({"kind": "transition", "trigger": "begin"}, ("attempt",), 10**25, False),
+        ({"kind": "result"}, ("attempts", 0, "number"), 2**64, False),
+        # too large for a double: infinity, no clock reading
+        ({"kind": "input", "input": "http_error"}, ("t",), 1e999, False),
+    ],
+    ids=lambda v: repr(v)[:24],
+)
+def test_huge_numbers_are_read_as_what_they_are(
+    where: dict[str, Any], path: tuple[Any, ...], value: Any, valid: bool,
+    traces: dict[str, list[dict[str, Any]]], tmp_path: Path,
+) -> None:
+    """A number near the largest of its type reads, and replays (a divergence where it changes
+    what the machines decide); one beyond it does not fit its field: the trace is invalid."""
+    lines = copy.deepcopy(traces["http_429"])
+    _put(lines[_first(lines, **where)], path, value)
+    trace = tmp_path / "t.jsonl"
+    trace.write_bytes(b"".join(dumps_any(line) + b"\n" for line in lines))
+    if valid:
+        assert engine.replay(trace).records == len(lines) - 1
+        assert run_cli("replay", str(trace))[0] in (0, 1)
+    else:
+        assert_invalid(trace)
+
+
+# -- typed-field mutations of any played trace (engine.fuzz.strategies.trace_mutations) -------
+
+
+@given(session=sessions(), data=st.data())
+def test_typed_field_mutations_of_any_played_trace(
+    fuzz_file: Path, session: Session, data: st.DataObject
+) -> None:
+    """A session played and traced, one field given a value of another type or range (a
+    boolean for a number, a clock reading negative, infinite or going back, a number beyond 64
+    bits, a huge one that still fits): invalid exactly when the contract says so."""
+    run_session(session, trace=fuzz_file, reraise=False)
+    lines = [orjson.loads(line) for line in fuzz_file.read_bytes().splitlines()]
+    mutation = data.draw(trace_mutations(lines))
+    assert trace_mutation_violations(str(fuzz_file), mutation) == []
+
+
+def test_a_reader_that_checks_only_inputs_is_caught(
+    monkeypatch: pytest.MonkeyPatch, fuzz_file: Path
+) -> None:
+    """The reader before v3 checked inputs only: a mutated transition, effect or result record
+    read and replayed. The mutations find it."""
+    from engine.log import trace
+
+    monkeypatch.setattr(trace, "check_record", lambda record, result=None: None)
+    found: list[str] = []
+
+    @settings(database=None, max_examples=400, phases=[Phase.generate])
+    @given(session=sessions(), data=st.data())
+    def prop(session: Session, data: st.DataObject) -> None:
+        run_session(session, trace=fuzz_file, reraise=False)
+        lines = [orjson.loads(line) for line in fuzz_file.read_bytes().splitlines()]
+        found.extend(v.rule for v in trace_mutation_violations(
+            str(fuzz_file), data.draw(trace_mutations(lines))))
+        assert not found
+
+    with pytest.raises(AssertionError):
+        prop()
+    assert set(found) == {"typed_fields"}
+
+
 # -- no file makes the CLI print a traceback --------------------------------------------------
 
 def dumps(value: Any) -> bytes:
@@ -342,23 +542,14 @@ def _long_trace(path: Path, deltas: int) -> None:
     engine.consume(_long_stream(deltas), trace=path)
 
 
-def _peak(run: Any) -> int:
-    tracemalloc.start()
-    try:
-        run()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
 def test_replay_holds_no_more_than_the_turn_itself(tmp_path: Path) -> None:
     """Replay memory is what the machines hold while running the turn (here the answer's 10,000
     pieces), not the file: reading, feeding and comparing keep one record at a time."""
     chunks = _long_stream(10_000)
     path = tmp_path / "long.jsonl"
     engine.consume(chunks, trace=path)
-    turn = _peak(lambda: engine.consume(chunks))
-    replayed = _peak(lambda: engine.replay(path))
+    turn = peak_memory(lambda: engine.consume(chunks))
+    replayed = peak_memory(lambda: engine.replay(path))
     assert replayed < 1.25 * turn + 2**19, (replayed, turn)
     assert replayed < path.stat().st_size / 1.5
 

@@ -85,6 +85,7 @@ from engine.drivers.background import cancel_arguments, resume_arguments
 from engine.log.eventlog import Callbacks
 from engine.log.logs import log
 from engine.drivers.recording import AttemptFeed, TurnRecording
+from engine.drivers.transport import shut_down, socket_of_response
 from engine.log.redaction import client_secrets
 from engine.compat.agent_traces import TRACE_DIR_ATTRIBUTE, trace_path
 from engine.compat.app_server import run_codex_app_server_turn
@@ -309,14 +310,37 @@ def create_stream_fallback_call(
 
 
 # -- one call ---------------------------------------------------------------------------------
+#: How long closing an attempt waits for its reader thread once its connection is shut down.
+READER_JOIN_S = 1.0
+
+
 class _ObservationReader:
     """Iterates a source on a daemon thread; the caller takes observations from `items`, in the
-    vocabulary of the shared turn loop (`engine.drivers.turn_loop`)."""
+    vocabulary of the shared turn loop (`engine.drivers.turn_loop`).
+
+    `finish(grace_s)` ends it the way `run_turn` ends its reader: `grace_s` for it to read the
+    body to its end (the connection goes back to the pool), then the connection's socket is shut
+    down (a read blocked on it returns: closing it from this thread alone would leave the
+    connection open, and the thread blocked, until the server sent more), the source closed, and
+    the thread joined. A source with no socket (a test double, a custom transport) is closed and
+    left to end by itself, as before."""
 
     def __init__(self, source: SdkEventSource) -> None:
         self.items: queue.SimpleQueue[LoopObservation] = queue.SimpleQueue()
         self._source = source
-        threading.Thread(target=self._run, name="streamfsm-sdk-events", daemon=True).start()
+        self._thread = threading.Thread(target=self._run, name="streamfsm-sdk-events", daemon=True)
+        self._thread.start()
+
+    def finish(self, grace_s: float) -> None:
+        thread = self._thread
+        if grace_s > 0:
+            thread.join(grace_s)
+        sock = socket_of_response(self._source.http_response) if thread.is_alive() else None
+        if sock is not None:
+            shut_down(sock)
+        self._source.close()
+        if sock is not None:  # its read ends now; a source without a socket ends by itself
+            thread.join(READER_JOIN_S)
 
     def _run(self) -> None:
         put = self.items.put
@@ -354,6 +378,7 @@ class _CompatTurn:
         #: attempts whose request was sent (an interrupt may retire one before)
         self.opened: set[int] = set()
         self._items: queue.SimpleQueue[LoopObservation] | None = None
+        self._reader: _ObservationReader | None = None
         self._source: SdkEventSource | None = None
         self._number = 0
         self._manager: Any = None
@@ -434,10 +459,12 @@ class _CompatTurn:
             self._stream_attempt(feed)
 
     def close(self, grace_s: float) -> None:
-        """Close what the attempt opened: the source (its error kept for what the call raises),
-        then the stream manager."""
-        source, number, manager = self._source, self._number, self._manager
-        self._source = self._manager = self._items = None
+        """Close what the attempt opened: its reader and source (`_ObservationReader.finish`;
+        the source's error kept for what the call raises), then the stream manager."""
+        source, number, manager, reader = self._source, self._number, self._manager, self._reader
+        self._source = self._manager = self._items = self._reader = None
+        if reader is not None:
+            reader.finish(grace_s)
         if source is not None:
             if source.error is not None:
                 self.errors[number] = source.error
@@ -501,7 +528,8 @@ class _CompatTurn:
         """Start reading `source` on a thread; `wait` hands its observations to the turn."""
         self.sources[feed.number] = source
         self._source, self._number = source, feed.number
-        self._items = _ObservationReader(source).items
+        self._reader = _ObservationReader(source)
+        self._items = self._reader.items
 
     def _opening_failed(self, feed: AttemptFeed, error: Exception) -> None:
         observed = input_of(error, opening=True)

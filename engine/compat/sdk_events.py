@@ -301,6 +301,18 @@ class SdkEventSource:
         self._body = raw_body_of(stream)
 
     @property
+    def http_response(self) -> Any:
+        """The HTTP response the source reads, when there is one (its socket is how a reader
+        blocked on it is ended), else None."""
+        if self._body is not None:
+            return self._body
+        for name in ("response", "_response"):
+            found = getattr(self.stream, name, None)
+            if found is not None:
+                return found
+        return None
+
+    @property
     def reads_bytes(self) -> bool:
         """True when the source reads the raw HTTP body rather than SDK events."""
         return self._body is not None

@@ -8,10 +8,14 @@ silent. The reader only sees bytes arrive while the loop is free, so the watchdo
 silence only the time the reader could look (`Watchdog(blind_while_busy=True)`): a slow callback
 or a busy loop is not a silent server.
 
+The inbox holds at most `READ_AHEAD` reads: a reader that is ahead of the turn waits for room
+(the rest of the body stays in the socket), so a long answer from a fast server is never held in
+memory whole.
+
 When the attempt ends on what the server sent, the reader gets a moment to read the body to its
-end (the connection goes back to the client's pool); otherwise, or if it takes longer, the reader
-task is cancelled, which closes the response and its connection, wherever it was (connecting,
-waiting for the headers, reading the body).
+end (the connection goes back to the client's pool; what it reads then is dropped); otherwise,
+or if it takes longer, the reader task is cancelled, which closes the response and its
+connection, wherever it was (connecting, waiting for the headers, reading the body).
 """
 
 from __future__ import annotations
@@ -46,6 +50,10 @@ __all__ = ["arun_turn"]
 #: How long the turn waits for a cancelled reader to close its response (seconds).
 CANCEL_WAIT_S = 1.0
 
+#: Network reads the reader may hand over before the turn has taken them (the window of the
+#: body held in memory).
+READ_AHEAD = 32
+
 
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
@@ -55,21 +63,47 @@ def _wake(waiter: asyncio.Future[None]) -> None:
 class _Inbox:
     """Stamped observations from the reader task, and the turn task's timed wait for the next
     one: a deque and one future, lighter than `asyncio.Queue` + `wait_for` on the hot path (a
-    chunk already there is taken without a pass through the loop)."""
+    chunk already there is taken without a pass through the loop). At most `READ_AHEAD` wait:
+    the reader then waits for room (`room`); once the turn takes nothing more (`discard`), what
+    the reader hands over is dropped."""
 
-    __slots__ = ("_items", "_waiter", "_loop")
+    __slots__ = ("_items", "_waiter", "_loop", "_room", "_discarding")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._items: collections.deque[Stamped] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
         self._loop = loop
+        self._room: asyncio.Future[None] | None = None
+        self._discarding = False
 
     def put(self, observation: Observation) -> None:
         """Hand over one observation, stamped now (the reader's side)."""
+        if self._discarding:
+            return
         self._items.append((time.monotonic(), observation))
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    async def room(self) -> None:
+        """Wait (the reader's side) while `READ_AHEAD` observations are waiting."""
+        while len(self._items) >= READ_AHEAD and not self._discarding:
+            room = self._room = self._loop.create_future()
+            try:
+                await room
+            finally:
+                self._room = None
+
+    def discard(self) -> None:
+        """The turn takes nothing more: drop what waits, and what is handed over from now."""
+        self._discarding = True
+        self._items.clear()
+        self._made_room()
+
+    def _made_room(self) -> None:
+        room = self._room
+        if room is not None and not room.done():
+            room.set_result(None)
 
     @property
     def ready(self) -> bool:
@@ -78,6 +112,8 @@ class _Inbox:
 
     def take(self) -> Stamped:
         """The observation waiting (`ready`)."""
+        if self._room is not None:
+            self._made_room()
         return self._items.popleft()
 
     async def get(self, wait_s: float) -> Stamped | None:
@@ -85,7 +121,7 @@ class _Inbox:
         None after a silent wait."""
         items = self._items
         if items:
-            return items.popleft()
+            return self.take()
         if wait_s <= 0:
             await asyncio.sleep(0)
         else:
@@ -97,7 +133,7 @@ class _Inbox:
             finally:
                 timer.cancel()
                 self._waiter = None
-        return items.popleft() if items else None
+        return self.take() if items else None
 
 
 async def _read_attempt(
@@ -121,16 +157,31 @@ async def _read_attempt(
         async for chunk in body:
             if chunk:
                 put(Chunk(chunk))
+                await inbox.room()
         put(EndOfStream())
     except asyncio.CancelledError:
         raise
     except BaseException as error:
         put(observation_of(error, opening=False) or error)
     finally:
-        try:
-            await close()
-        except Exception:  # closing a broken stream may fail again; nothing left to save
-            pass
+        await _closed(body, close)
+
+
+async def _closed(body: AsyncIterator[bytes], close: Callable[[], Awaitable[Any]]) -> None:
+    """Close the body's iterator and the response, to their end even when the reader is
+    cancelled again meanwhile (the close runs shielded): no connection is left for the garbage
+    collector to close, a reset one included."""
+
+    async def both() -> None:
+        finish = getattr(body, "aclose", None)
+        for step in (finish, close):
+            if callable(step):
+                try:
+                    await step()
+                except Exception:  # closing a broken stream may fail again; nothing to save
+                    pass
+
+    await asyncio.shield(both())
 
 
 async def _open_stream(
@@ -172,6 +223,7 @@ class _LoopDriver:
         reader, self._reader = self._reader, None
         if reader is None:
             return
+        self.inbox.discard()
         if not reader.done() and grace_s > 0:
             await asyncio.wait([reader], timeout=grace_s)
         if not reader.done():

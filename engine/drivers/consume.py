@@ -43,7 +43,9 @@ def consume(
         pieces = chunks
     else:
         raise TypeError(f"consume() takes bytes or an iterable of bytes, got {type(chunks).__name__}")
-    recording = TurnRecording(SINGLE_ATTEMPT, callbacks, entry="consume")
+    recording = TurnRecording(
+        SINGLE_ATTEMPT, callbacks, entry="consume", keep_records=trace is not None
+    )
     for feed in recording.attempts():
         for chunk in pieces:
             if feed.chunk(_as_bytes(chunk)):

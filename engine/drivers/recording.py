@@ -21,6 +21,10 @@ session). All of them run this loop:
 `AttemptFeed` logs each observation as an input record *before* the machine sees it, then hands
 the machine's decisions to the event log, which records them and acts on them. So the log holds
 exactly what a replay needs, in order, and nothing runs inside a machine step.
+
+A recording keeps its records only when they are needed (`keep_records`): a turn that writes a
+trace keeps them to write it, a replay takes them one at a time, and a turn without a trace keeps
+none (its memory is what it returns and the machines' state, not its stream).
 """
 
 from __future__ import annotations
@@ -139,8 +143,9 @@ class Recording(Generic[_R]):
     are the ones the recording knows of itself (the request's credential-named fields), masked
     in the trace besides those `finish` and `abandon` are given; `observed`: the turn's
     OpenTelemetry spans are made from its event log (`engine.log.otel`; a replay, which is no
-    turn, passes False). A protocol's recording says how its machines make the result
-    (`result`) and what its log line at the end says (`_log_finished`)."""
+    turn, passes False); `keep_records`: the event log keeps its records (without them,
+    `finish` and `abandon` write no trace). A protocol's recording says how its machines make
+    the result (`result`) and what its log line at the end says (`_log_finished`)."""
 
     #: How the protocol's streams carry the text its machines deliver, so that the trace masks
     #: it alike in every attempt (`engine.log.masking`); None: the streams carry no such text.
@@ -155,12 +160,15 @@ class Recording(Generic[_R]):
         driver_effects: Iterable[str] = (),
         secrets: Iterable[str] = (),
         observed: bool = True,
+        keep_records: bool = True,
     ) -> None:
         self.header = header
         #: the turn's OpenTelemetry spans, fed by the event log (None: not observed, or no
         #: OpenTelemetry that records)
         self.spans = spans_for(header) if observed else None
-        self.log = EventLog(callbacks, act, driver_effects, observer=self.spans)
+        self.log = EventLog(
+            callbacks, act, driver_effects, observer=self.spans, keep=keep_records
+        )
         #: secrets of the turn itself, scrubbed wherever they are echoed
         self.known_secrets = list(secrets)
 
@@ -189,7 +197,7 @@ class Recording(Generic[_R]):
         result = made
         if made.error is not None:
             result = attrs.evolve(made, error=scrub(made.error, every_secret))  # type: ignore[misc]
-        if trace is not None:
+        if trace is not None and self._traceable(trace):
             TraceWriter(trace, every_secret, text=self.text).write(
                 self.header, self.log.records, made.to_json()
             )
@@ -211,10 +219,17 @@ class Recording(Generic[_R]):
         name = type(error).__name__ if error is not None else "Exception"
         if self.spans is not None:
             self.spans.abandoned(name)
-        if trace is not None:
+        if trace is not None and self._traceable(trace):
             TraceWriter(trace, self._secrets(secrets), text=self.text).write(
                 self.header, self.log.records, None, abandoned=name
             )
+
+    def _traceable(self, trace: str | os.PathLike[str]) -> bool:
+        """Whether the records a trace needs were kept (a recording made without them writes
+        no trace: logged, never a partial file)."""
+        if not self.log.keep:
+            log.warning("trace not written: the turn kept no records", path=os.fspath(trace))
+        return self.log.keep
 
 
 # -- the text a stream attempt delivers, as the trace writer masks it ---------------------------
@@ -347,10 +362,11 @@ class TurnRecording(Recording[TurnResult]):
         request: dict[str, Any] | None = None,
         seed: int = 0,
         observed: bool = True,
+        keep_records: bool = True,
     ) -> None:
         super().__init__(
             header_for(entry, policy, request, seed), callbacks, secrets=field_secrets(request),
-            observed=observed,
+            observed=observed, keep_records=keep_records,
         )
         self.policy = policy
         self.turn = TurnMachine(policy, seed, background=is_background(request))

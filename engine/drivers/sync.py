@@ -9,7 +9,10 @@ The request is sent and its body read on a small reader thread that hands every 
 stamped with its arrival time, over a queue; the caller's thread carries out the shared turn loop
 (`engine.drivers.turn_loop`), waiting on that queue with a short timeout, so an interrupt is
 honoured within ~20 ms and an idle timeout fires on time while the server is silent, before or
-after the response headers. Callbacks run on the caller's thread.
+after the response headers. Callbacks run on the caller's thread. The queue holds at most
+`READ_AHEAD` reads: a reader faster than the turn waits for it (the rest stays in the socket, and
+the server is held back by TCP), so a long answer from a fast server is never held in memory
+whole.
 
 Theory of operation: the reader's socket
 ========================================
@@ -60,7 +63,7 @@ from engine.drivers.arguments import TurnOptions
 from engine.drivers.background import cancel_arguments, resume_arguments
 from engine.drivers.recording import AttemptFeed
 from engine.log.eventlog import Callbacks
-from engine.drivers.transport import observation_of
+from engine.drivers.transport import observation_of, shut_down, socket_of
 from engine.drivers.turn_loop import Reply, Stamped, drive, stamped, start_turn
 from engine.drivers.watchdog import next_within
 from machines.records import Chunk, EndOfStream, TurnPolicy, TurnResult
@@ -69,6 +72,13 @@ __all__ = ["run_turn"]
 
 #: How long the caller waits for a reader it has stopped, or that stops by itself (seconds).
 JOIN_S = 1.0
+
+#: Network reads a reader may hand over before the turn has taken them: the window of the body
+#: held in memory (a read is at most 64 KiB).
+READ_AHEAD = 32
+
+#: How often a reader waiting for room in a full queue looks whether it is still wanted (s).
+_ROOM_POLL_S = 0.02
 
 #: The steps of httpcore's trace at which a request of an abandoned attempt is stopped: each is
 #: announced (`.started`) before it does anything on the network.
@@ -111,10 +121,12 @@ class _AttemptReader:
         kind: str,
         resume_point: tuple[str, int] | None = None,
     ) -> None:
-        self.items: queue.SimpleQueue[Stamped] = queue.SimpleQueue()
+        self.items: queue.Queue[Stamped] = queue.Queue(READ_AHEAD)
         self._lock = threading.Lock()
         #: the caller has given the attempt up
         self._abandoned = False
+        #: the caller takes nothing more (the attempt is over): what is read is dropped
+        self._discarding = False
         #: the socket the request travels on, once the HTTP library has handed it over
         self._socket: socket.socket | None = None
         #: the request went out on a connection whose socket was not handed over (a kept-alive
@@ -136,7 +148,7 @@ class _AttemptReader:
         resume_point: tuple[str, int] | None,
     ) -> None:
         _READER.set(self)  # this thread's context only: its requests get the trace extension
-        put = self.items.put
+        put = self._hand_over
         try:
             body, close, http_response = _open_stream(client, request, kind, resume_point)
         except BaseException as error:  # handed to the caller's thread, classified there
@@ -146,18 +158,44 @@ class _AttemptReader:
             with self._lock:
                 if self._abandoned:
                     return  # the caller gave up while the headers were on their way
-                named = _socket_of(http_response.extensions.get("network_stream"))
+                named = socket_of(http_response.extensions.get("network_stream"))
                 self._socket = named or self._socket
             for chunk in body:
-                if chunk:
-                    put(stamped(Chunk(chunk)))
+                if chunk and not put(stamped(Chunk(chunk))):
+                    return  # given up while the queue was full
             put(stamped(EndOfStream()))
         except BaseException as error:
             put(stamped(observation_of(error, opening=False) or error))
         finally:
             with self._lock:
                 self._socket = None
+            # the body's iterator first (one left unfinished would hold the stream until the
+            # garbage collector came), then the response
+            _close_quietly(getattr(body, "close", _nothing))
             _close_quietly(close)
+
+    def _hand_over(self, item: Stamped) -> bool:
+        """Put `item` on the queue, waiting while it is full; False when the attempt was given
+        up meanwhile (the reader then stops)."""
+        items = self.items
+        while True:
+            if self._discarding:
+                return not self._abandoned
+            try:
+                items.put(item, timeout=_ROOM_POLL_S)
+                return True
+            except queue.Full:
+                if self._abandoned:
+                    return False
+
+    def _discard(self) -> None:
+        """The caller takes nothing more: drop what is queued, and what is read from now on."""
+        self._discarding = True
+        while True:
+            try:
+                self.items.get_nowait()
+            except queue.Empty:
+                return
 
     def traced(self, theirs: Callable[[str, dict[str, Any]], Any] | None) -> Callable[..., None]:
         """The `trace` extension for this reader's request, after the one it had (`theirs`)."""
@@ -173,7 +211,7 @@ class _AttemptReader:
         """One step of the request inside httpcore (`<part>.<step>.started|complete|failed`)."""
         where, _, phase = event.rpartition(".")  # "http11.send_request_headers", "started"
         step = where.rpartition(".")[2]
-        sock = _socket_of(info.get("return_value")) if phase == "complete" else None
+        sock = socket_of(info.get("return_value")) if phase == "complete" else None
         with self._lock:
             if sock is not None:
                 self._socket = sock
@@ -182,7 +220,7 @@ class _AttemptReader:
             abandoned = self._abandoned
         if abandoned:
             if sock is not None:
-                _shut_down(sock)
+                shut_down(sock)
             if phase == "started" and step in _STOP_POINTS:
                 raise _AttemptAbandoned()
 
@@ -192,6 +230,7 @@ class _AttemptReader:
         headers) and join it. A request that has no socket yet stops at its next step; one sent
         on a connection no hook named is left to end by itself."""
         thread = self._thread
+        self._discard()
         if grace_s > 0:
             thread.join(grace_s)
         if not thread.is_alive():
@@ -201,7 +240,7 @@ class _AttemptReader:
             sock = self._socket
             unseen = self._unseen and sock is None
         if sock is not None:
-            _shut_down(sock)
+            shut_down(sock)
         if not unseen:
             thread.join(JOIN_S)
 
@@ -227,21 +266,8 @@ def _watch_requests(client: Any) -> None:
             requests.append(_trace_reader_requests)
 
 
-def _socket_of(stream: Any) -> socket.socket | None:
-    """The socket a network stream (httpcore's, named by `get_extra_info`) reads, if any."""
-    try:
-        sock = stream.get_extra_info("socket") if stream is not None else None
-    except Exception:  # not a network stream after all
-        return None
-    return sock if isinstance(sock, socket.socket) else None
-
-
-def _shut_down(sock: socket.socket) -> None:
-    """End both directions of `sock`: a read blocked on it returns, the server sees a FIN."""
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:  # already closed or never connected
-        pass
+def _nothing() -> None:
+    """Nothing to close."""
 
 
 def _close_quietly(close: Callable[[], Any]) -> None:

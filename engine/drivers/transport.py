@@ -18,10 +18,18 @@ the body is a transport fault. `observation_of` sorts what a driver's reader cau
 
 Only the exception's class name is kept as detail (never its text, which may quote a URL or
 header).
+
+And how a driver ends a connection whose body another thread is still reading: closing a socket
+from another thread does not wake a read blocked on it, so the connection would stay open (and
+the reader with it) until the server sent something more. `shut_down` ends both directions first:
+the blocked read returns, the server sees the connection closed. `socket_of` finds the socket an
+HTTP library names through its documented `network_stream` extension, `socket_of_response` the
+one under a response.
 """
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any
 
@@ -30,7 +38,16 @@ import orjson
 
 from machines.records import Fault, HttpError, TransportFault
 
-__all__ = ["fault_of", "http_error_of", "is_transport_error", "is_wrong_call", "observation_of"]
+__all__ = [
+    "fault_of",
+    "http_error_of",
+    "is_transport_error",
+    "is_wrong_call",
+    "observation_of",
+    "shut_down",
+    "socket_of",
+    "socket_of_response",
+]
 
 _TIMEOUT_NAMES = {"TimeoutException", "ReadTimeout", "WriteTimeout", "PoolTimeout", "TimeoutError"}
 _CONNECT_NAMES = {"ConnectError", "ConnectTimeout", "ConnectionRefusedError"}
@@ -165,3 +182,33 @@ def observation_of(error: BaseException, *, opening: bool) -> HttpError | Transp
             return None
         return TransportFault(Fault.CONNECT_ERROR, detail)
     return TransportFault(Fault.READ_TIMEOUT if _is_timeout(error) else Fault.DROP, detail)
+
+
+# -- ending a connection another thread reads -------------------------------------------------
+
+
+def socket_of(stream: Any) -> socket.socket | None:
+    """The socket a network stream (httpcore's, named by `get_extra_info`) reads, if any."""
+    try:
+        sock = stream.get_extra_info("socket") if stream is not None else None
+    except Exception:  # not a network stream after all
+        return None
+    return sock if isinstance(sock, socket.socket) else None
+
+
+def socket_of_response(response: Any) -> socket.socket | None:
+    """The socket under an HTTP response (an httpx response, or the SDK's wrapper of one), if
+    its HTTP library names it (`network_stream`)."""
+    response = getattr(response, "http_response", response)
+    extensions = getattr(response, "extensions", None)
+    if not isinstance(extensions, dict):
+        return None
+    return socket_of(extensions.get("network_stream"))
+
+
+def shut_down(sock: socket.socket) -> None:
+    """End both directions of `sock`: a read blocked on it returns, the server sees a FIN."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already closed or never connected
+        pass

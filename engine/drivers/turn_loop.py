@@ -31,11 +31,18 @@ Readers (a thread, or a task) hand over *observations* in the shared vocabulary:
 (`engine.drivers.transport`), or an exception that is not the network's doing (raised in the
 turn). A reader stamps each one with the monotonic time it arrived (`stamped`).
 
-Inside an attempt (`attempt_steps`): an interrupt before anything is sent retires it at once;
-otherwise its request is opened, then `attempt_loop` runs it from observations: an interrupt or
-an idle timeout (`engine.drivers.watchdog.Watchdog`) ends it between observations, even before
-the response headers; every observation is fed to the attempt with the clock reading; the
-attempt's final state ends the loop. The reader is always closed: when what the server sent
+The turn's wall-clock limit (`TurnPolicy.turn_timeout_s`) is one `TurnDeadline` for all its
+attempts and waits: when the wait before an attempt would reach it, the attempt is retired at
+once with a `TurnTimeout` (nothing is sent, nothing waited for, no retry announced), and the
+watchdog of every attempt looks at it.
+
+Inside an attempt (`attempt_steps`): an interrupt, or the turn's time up, before anything is
+sent retires it at once; otherwise its request is opened, then `attempt_loop` runs it from
+observations: an interrupt, the turn's deadline or an idle timeout
+(`engine.drivers.watchdog.Watchdog`) ends it between observations, even before the response
+headers, and the first two also before an observation is used (a server that never stops
+sending cannot keep the turn past its deadline); every observation is fed to the attempt with
+the clock reading; the attempt's final state ends the loop. The reader is always closed: when what the server sent
 ended the attempt, its body should end by itself and the reader gets `FINISH_GRACE_S` to read
 it to its end (the connection goes back to the client's pool); when the watchdog stopped it, the
 body will not end by itself and the request is aborted at once.
@@ -55,10 +62,18 @@ import attrs
 
 from engine.drivers.arguments import TurnOptions, check_turn_call
 from engine.drivers.recording import AttemptFeed, TurnRecording
-from engine.drivers.watchdog import POLL_S, Watchdog, turn_clock
+from engine.drivers.watchdog import POLL_S, TurnDeadline, Watchdog, turn_clock
 from engine.log.eventlog import RecordedInput
 from engine.log.redaction import client_secrets
-from machines.records import Chunk, IdleTimeout, Interrupt, RetryNotice, TurnPolicy, TurnResult
+from machines.records import (
+    Chunk,
+    IdleTimeout,
+    Interrupt,
+    RetryNotice,
+    TurnPolicy,
+    TurnResult,
+    TurnTimeout,
+)
 
 __all__ = [
     "Cancel",
@@ -215,12 +230,19 @@ def turn_steps(
     trace: str | os.PathLike[str] | None,
     secrets: Sequence[str],
     blind_while_busy: bool = False,
+    turn_timeout_s: float | None = None,
 ) -> Generator[Step, Reply, TurnResult]:
     """The whole turn as steps (see the module docstring); returns its result, its trace
-    written. `blind_while_busy`: the reader shares the driver's event loop (`Watchdog`)."""
+    written. `blind_while_busy`: the reader shares the driver's event loop (`Watchdog`);
+    `turn_timeout_s`: the turn's wall-clock limit (None: none)."""
     try:
+        deadline = TurnDeadline.of(turn_timeout_s, now())
         previous: AttemptFeed | None = None
         for feed in recording.attempts():
+            late = _waits_past(deadline, recording.wait_s)
+            if late is not None:  # the turn ends now rather than wait past its limit
+                feed.fail(late, now())
+                continue
             if previous is not None:  # the caller hears of every attempt after the first
                 reason, wait_s = previous.attempt.reason, float(recording.wait_s)
                 recording.log.retry(RetryNotice(feed.number, feed.kind, reason, wait_s))
@@ -228,7 +250,8 @@ def turn_steps(
             for pause in pause_slices(recording.wait_s, interrupted, now):
                 _raised((yield Pause(pause)))
             watchdog = Watchdog(
-                time.monotonic, interrupted, idle_timeout_s, blind_while_busy=blind_while_busy
+                time.monotonic, interrupted, idle_timeout_s, blind_while_busy=blind_while_busy,
+                deadline=deadline,
             )
             yield from attempt_steps(feed, watchdog, now)
         for response_id in recording.cancels:
@@ -239,13 +262,23 @@ def turn_steps(
     return recording.finish(trace, list(secrets))
 
 
+def _waits_past(deadline: TurnDeadline | None, wait_s: float) -> TurnTimeout | None:
+    """The `TurnTimeout` that ends the turn now when waiting `wait_s` before its next attempt
+    would reach its deadline (or it has passed already), else None."""
+    if deadline is not None and time.monotonic() + wait_s >= deadline.at:
+        return deadline.timeout()
+    return None
+
+
 def attempt_steps(
     feed: AttemptFeed, watchdog: Watchdog, now: Callable[[], float]
 ) -> Generator[Step, Reply, None]:
-    """One attempt as steps: retired at once on an interrupt before anything is sent, else
-    opened, run by `attempt_loop` until final, and closed (see the module docstring)."""
-    if watchdog.caller_stopped():
-        feed.fail(Interrupt(), now())
+    """One attempt as steps: retired at once on an interrupt, or with the turn's time up,
+    before anything is sent, else opened, run by `attempt_loop` until final, and closed (see
+    the module docstring)."""
+    unsent = watchdog.before_sending()
+    if unsent is not None:
+        feed.fail(unsent, now())
         return
     try:
         _raised((yield Open(feed)))
@@ -265,12 +298,12 @@ def attempt_loop(
 ) -> Generator[float, Reply, bool]:
     """Run one attempt from observations: yields how long to wait for the next one, receives it
     (None after a silent wait; stamped with its arrival, or bare for "arrived now"), and returns
-    once the attempt is final: True when the watchdog stopped it (interrupt, idle timeout),
-    False when an observation ended it."""
+    once the attempt is final: True when the watchdog stopped it (interrupt, the turn's
+    deadline, idle timeout), False when an observation ended it."""
     while True:
         item = yield watchdog.wait_s()
         if item is None:
-            stop: Interrupt | IdleTimeout | None = watchdog.after_silence()
+            stop: Interrupt | TurnTimeout | IdleTimeout | None = watchdog.after_silence()
             if stop is not None:
                 feed.fail(stop, now())
                 return True
@@ -356,6 +389,7 @@ class TurnStart:
             trace=self.trace,
             secrets=self.secrets,
             blind_while_busy=blind_while_busy,
+            turn_timeout_s=self.policy.turn_timeout_s,
         )
 
 
@@ -374,6 +408,9 @@ def start_turn(client: Any, request: Any, options: TurnOptions, *, entry: str) -
         interrupted=interrupted,
         secrets=secrets,
         now=turn_clock(),
-        recording=TurnRecording(chosen, callbacks, entry=entry, request=checked, seed=seed),
+        recording=TurnRecording(
+            chosen, callbacks, entry=entry, request=checked, seed=seed,
+            keep_records=options.get("trace") is not None,
+        ),
         trace=options.get("trace"),
     )

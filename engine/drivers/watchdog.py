@@ -14,10 +14,13 @@ poll interval, `POLL_S`), and between waits asks the `Watchdog` whether to stop:
   driver waits on its own caller, e.g. an approval, not on the other side) and starts again from
   the moment it resumes;
 * deadlines: named moments by which something must have happened (`Deadlines`: a request
-  unanswered for its timeout, a grace period after an interrupt).
+  unanswered for its timeout, a grace period after an interrupt); a stream turn's wall-clock
+  limit (`TurnDeadline`, `TurnPolicy.turn_timeout_s`) is one the watchdog itself looks at, after
+  every wait and before every item, so a server that keeps the silence from ever lasting (a byte
+  now and then) or never stops sending still cannot keep the turn past it.
 
 `wait_s()` is how long the driver may wait before it must look again: the poll interval, or less
-when the silence runs out sooner.
+when the silence or the turn's time runs out sooner.
 
 Silence is judged by arrival stamps: a reader hands each observation over with the
 `time.monotonic()` reading of its arrival, and the silence restarts from there, not from when the
@@ -29,9 +32,12 @@ seems to be up the watchdog asks for a few zero-length looks, giving the reader 
 itself for a moment, before it declares the silence. A busy event loop never turns into a false
 idle timeout.
 
-The stream drivers use it through `after_silence()` / `before_item()` / `after_item()` (the
-shared attempt loop, `engine.drivers.turn_loop`); `CodexSession` through `caller_stopped()`,
-`silence_over()`, `pause_silence()` and its `Deadlines`.
+The stream drivers use it through `before_sending()`, `after_silence()` / `before_item()` /
+`after_item()` (the shared attempt loop, `engine.drivers.turn_loop`); `CodexSession` through
+`caller_stopped()`, `silence_over()`, `pause_silence()` and its `Deadlines`. What ends an attempt
+is an input record (`Interrupt`, `TurnTimeout`, `IdleTimeout`, in that order when several hold at
+once: the caller's word first, then the turn's limit, which ends the turn, then the silence,
+which only ends the attempt).
 """
 
 from __future__ import annotations
@@ -40,9 +46,19 @@ import queue
 import time
 from typing import Callable, Hashable, TypeVar
 
-from machines.records import IdleTimeout, Interrupt
+import attrs
 
-__all__ = ["Deadlines", "POLL_S", "SETTLE_LOOKS", "Watchdog", "next_within", "turn_clock"]
+from machines.records import IdleTimeout, Interrupt, TurnTimeout
+
+__all__ = [
+    "Deadlines",
+    "POLL_S",
+    "SETTLE_LOOKS",
+    "TurnDeadline",
+    "Watchdog",
+    "next_within",
+    "turn_clock",
+]
 
 T = TypeVar("T")
 
@@ -86,12 +102,34 @@ class Deadlines:
         return due is not None and self._clock() >= due
 
 
+@attrs.frozen(slots=True)
+class TurnDeadline:
+    """A turn's wall-clock limit: the moment `at` (on the watchdog's clock, `time.monotonic`)
+    by which it must have ended, and the limit itself (`seconds`, what its `TurnTimeout` says).
+    `None` where a turn has no limit."""
+
+    at: float
+    seconds: float
+
+    @classmethod
+    def of(cls, seconds: float | None, elapsed: float = 0.0) -> TurnDeadline | None:
+        """The deadline of a turn limited to `seconds` that has run for `elapsed` seconds."""
+        if seconds is None:
+            return None
+        return cls(time.monotonic() + seconds - elapsed, seconds)
+
+    def timeout(self) -> TurnTimeout:
+        """The record that says the turn reached it."""
+        return TurnTimeout(self.seconds)
+
+
 class Watchdog:
     """Decides, for a driver waiting on the other side, when silence or the caller ends the wait.
 
     The driver waits at most `wait_s()` for the next item (0: one zero-length look). A stream
-    driver then asks, after a silent wait, `after_silence()`, and before using an item
-    `before_item()`: either returns the input record that ends the attempt (an `Interrupt` or an
+    driver asks `before_sending()` before it sends the attempt's request, then, after a silent
+    wait, `after_silence()`, and before using an item `before_item()`: each returns the input
+    record that ends the attempt (an `Interrupt`, a `TurnTimeout` past the turn's `deadline`, an
     `IdleTimeout`) or None to go on; after the item was fed it calls `after_item()`.
 
     Silence runs from `_quiet_since`: the arrival of the latest data (`heard`), the watchdog's
@@ -109,6 +147,7 @@ class Watchdog:
         "_quiet_since",
         "_paused",
         "_wait_end",
+        "_deadline",
     )
 
     def __init__(
@@ -119,9 +158,11 @@ class Watchdog:
         poll_s: float = POLL_S,
         *,
         blind_while_busy: bool = False,
+        deadline: TurnDeadline | None = None,
     ) -> None:
         """`clock`: monotonic seconds, the clock the reader's arrival stamps are read on
-        (`time.monotonic` for stamped observations)."""
+        (`time.monotonic` for stamped observations); `deadline`: the turn's wall-clock limit on
+        that clock (None: none)."""
         self._clock = clock
         self._interrupted = interrupted
         self._idle_s = idle_timeout_s
@@ -132,6 +173,7 @@ class Watchdog:
         self._quiet_since = clock()
         self._paused = False
         self._wait_end = self._quiet_since
+        self._deadline = deadline
 
     # -- the clocks ------------------------------------------------------------------------
     def wait_s(self) -> float:
@@ -142,8 +184,17 @@ class Watchdog:
             wait = self._poll_s
         else:
             wait = max(0.0, min(self._poll_s, self._idle_s - (now - self._quiet_since)))
+        if self._deadline is not None:
+            wait = max(0.0, min(wait, self._deadline.at - now))
         self._wait_end = now + wait
         return wait
+
+    def out_of_time(self) -> TurnTimeout | None:
+        """The `TurnTimeout` that ends the turn once its deadline has come, else None."""
+        deadline = self._deadline
+        if deadline is not None and self._clock() >= deadline.at:
+            return deadline.timeout()
+        return None
 
     def caller_stopped(self) -> bool:
         """The caller asked to stop."""
@@ -186,19 +237,36 @@ class Watchdog:
         return True
 
     # -- a stream attempt ------------------------------------------------------------------
-    def after_silence(self) -> Interrupt | IdleTimeout | None:
+    def before_sending(self) -> Interrupt | TurnTimeout | None:
+        """Before the attempt's request is sent: the record that retires it unsent (the caller
+        stopped the turn, or its time is up), or None."""
+        if self._interrupted():
+            return Interrupt()
+        return self.out_of_time()
+
+    def after_silence(self) -> Interrupt | TurnTimeout | IdleTimeout | None:
         """After a wait with nothing to read: the record that ends the attempt, or None."""
         if self._interrupted():
             return Interrupt()
+        late = self.out_of_time()
+        if late is not None:
+            return late
         if self.silence_over():
             return IdleTimeout(self._idle_s or 0.0)
         return None
 
-    def before_item(self, is_bytes: bool, arrived: float | None = None) -> Interrupt | None:
-        """Before an item is used: an `Interrupt` if the caller asked to stop, else None. Bytes
-        restart the silence from their arrival (`arrived`, default now)."""
+    def before_item(
+        self, is_bytes: bool, arrived: float | None = None
+    ) -> Interrupt | TurnTimeout | None:
+        """Before an item is used: an `Interrupt` if the caller asked to stop, a `TurnTimeout`
+        once the turn's time is up (a server that never stops sending does not keep it going),
+        else None. Bytes restart the silence from their arrival (`arrived`, default now)."""
         if self._interrupted():
             return Interrupt()
+        if self._deadline is not None:
+            late = self.out_of_time()
+            if late is not None:
+                return late
         if is_bytes:
             self.heard(arrived)
         return None
@@ -211,7 +279,7 @@ class Watchdog:
             self._quiet_since = self._clock()
 
 
-def next_within(items: queue.SimpleQueue[T], seconds: float) -> T | None:
+def next_within(items: queue.SimpleQueue[T] | queue.Queue[T], seconds: float) -> T | None:
     """The next item a reader thread put on `items`, waiting at most `seconds` (the wait a
     watchdog allows), or None after a silent wait."""
     try:

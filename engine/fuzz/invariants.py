@@ -64,9 +64,18 @@ from engine.fuzz.reference import (
     reference_result,
     reference_turn,
 )
-from engine.fuzz.strategies import SESSION_TOKEN, SHAPED_KEY, Session, play_session
+from engine.fuzz.strategies import (
+    SESSION_TOKEN,
+    SHAPED_KEY,
+    Session,
+    TraceMutation,
+    mutated_lines,
+    play_session,
+)
+from engine.drivers.replay import replay
+from engine.log.codec import TraceError
 from engine.log.eventlog import Callbacks
-from engine.log.redaction import MIN_PIECE, scrub
+from engine.log.redaction import MIN_PIECE, readings, scrub
 from engine.log.trace import dumps as trace_dumps
 from engine.log.trace import equal, read_trace
 from engine.log.trace import loads as trace_loads
@@ -99,6 +108,7 @@ __all__ = [
     "routed",
     "secret_pieces",
     "session_violations",
+    "trace_mutation_violations",
     "turn_violations",
 ]
 
@@ -139,6 +149,10 @@ RULES: Final[dict[str, str]] = {
     "with a fresh process's recursion limit",
     "trace_roundtrip": "the trace reads back from its file with every record",
     "callback_raised": "a callback supplied by the caller raised",
+    "typed_fields": "a trace with a field of the wrong type or range (a boolean for a number, a "
+    "clock reading negative, infinite or going back within its attempt, a number beyond 64 "
+    "bits) is invalid, and one whose fields fit, huge numbers included, reads and replays; "
+    "neither raises anything but TraceError",
 }
 
 OUTCOMES: Final = ("completed", "incomplete", "failed", "error", "interrupted")
@@ -527,8 +541,11 @@ def secret_pieces(secret: str, size: int = MIN_PIECE) -> set[str]:
 
 
 def leaked_pieces(path: str | os.PathLike[str], secrets: Iterable[str]) -> set[str]:
-    """The pieces of `MIN_PIECE` characters of `secrets` found in a trace file: in its text, and
-    in the bytes of every chunk it stores as base64."""
+    """The pieces of `MIN_PIECE` characters of `secrets` found in a trace file, in anything a
+    reader decodes from it: its text, the bytes of every chunk it stores as base64, and both
+    with their JSON string escapes decoded once, twice and three times (a secret the server
+    wrote with some or all characters as `\\uXXXX`, inside a trace line that escapes it
+    again)."""
     return _leaked(Path(path).read_bytes(), list(secrets))
 
 
@@ -540,6 +557,7 @@ def _leaked(raw: bytes, secrets: list[str]) -> set[str]:
                 record = trace_loads(line)
                 if isinstance(record, dict) and isinstance(record.get("data_b64"), str):
                     texts.append(base64.b64decode(record["data_b64"]))
+    texts += [reading.data for text in list(texts) for reading in readings(text)]
     leaked: set[str] = set()
     for secret in secrets:
         grams = _grams(secret)
@@ -563,7 +581,8 @@ def _echoes_secrets(session: Session) -> bool:
         sent = [step.data for step in script if isinstance(step, Chunk)]  # a piece cut by a read
         sent += [trace_dumps(step.body) for step in script if isinstance(step, HttpError)]
         data = b"".join(sent)
-        if any(gram in data for gram in grams):
+        texts = [data, *(reading.data for reading in readings(data))]
+        if any(gram in text for gram in grams for text in texts):
             return True
     return False
 
@@ -624,3 +643,30 @@ def replay_violations(path: str, logged: int) -> tuple[list[Violation], Divergen
         return [], None
     return [Violation("replay_identical", "replayed with a fresh process's recursion limit: "
                       + report.divergence.describe()[:400])], report.divergence
+
+
+def trace_mutation_violations(path: str, mutation: TraceMutation) -> list[Violation]:
+    """The trace at `path` with one field mutated (`engine.fuzz.strategies.trace_mutations`)
+    is invalid (`TraceError`, one line) exactly when the mutation breaks the contract's rule,
+    and otherwise reads and replays; nothing else is ever raised."""
+    mutated = path + ".mutated"
+    lines = Path(path).read_bytes().splitlines()
+    Path(mutated).write_bytes(b"\n".join(mutated_lines(lines, mutation)) + b"\n")
+    where = mutation.describe()
+    try:
+        replay(mutated)
+    except TraceError as error:
+        if "\n" in str(error):
+            return [Violation("typed_fields", f"{where}: the error is not one line")]
+        if not mutation.breaks:
+            return [Violation("typed_fields", f"{where}: found invalid ({error})"[:400])]
+        return []
+    except Exception as error:
+        raised = "".join(traceback.format_exception_only(error)).strip()[:300]
+        return [Violation("typed_fields", f"{where}: replaying raised {raised}")]
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(mutated)
+    if mutation.breaks:
+        return [Violation("typed_fields", f"{where}: read and replayed as a valid trace")]
+    return []

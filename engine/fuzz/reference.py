@@ -37,6 +37,16 @@ from the broken one); a broken stream or a retried failure is tried again while 
 are left; otherwise the turn ends with the last attempt's outcome. Text already delivered is
 never delivered again, on any channel (`ReferenceLedger`). `reference_result` assembles the
 result.
+
+The turn's wall-clock limit (CONTRACT v3, `turn_timeout_s`) is kept on the sessions' simulated
+clock (`engine.fuzz.strategies`: a step comes `STEP_S` after the one before, a stall lasts its
+seconds after that, the wait before an HTTP retry passes before the retry's first step): a step
+or the end of a silence that would come at or after the limit does not come, the attempt ends
+`turn_timeout` instead, and a wait that would reach the limit is not waited: the attempt about
+to be sent ends so at once. Only a wait the server demands is known in advance (a back-off's
+jitter is the implementation's), so a limit with a back-off to wait is a session the model
+does not judge (`UndecidedWait`; the strategies do not make one).
+
 """
 
 from __future__ import annotations
@@ -62,7 +72,7 @@ from engine.fuzz.reference_output import (
     listed_calls,
     merged_items,
 )
-from engine.fuzz.strategies import Server, Session, Step
+from engine.fuzz.strategies import STEP_S, Server, Session, Step
 from machines.records import (
     AttemptKind,
     Chunk,
@@ -74,10 +84,12 @@ from machines.records import (
     Stall,
     TransportFault,
     TurnPolicy,
+    TurnTimeout,
 )
 
 __all__ = [
     "ALWAYS_RETRIED_FAILURES",
+    "UndecidedWait",
     "BROKEN_STREAM",
     "ENDINGS",
     "Budget",
@@ -273,6 +285,9 @@ ENDINGS: Final[dict[str, Consequence]] = {
     **{fault: Consequence("error", Budget.STREAM) for fault in BROKEN_STREAM},
     # "event_too_large; no retry, no fallback, partial output kept"
     InputKind.EVENT_TOO_LARGE: Consequence("error"),
+    # "turn_timeout_s: past it the turn ends at once with outcome "error", reason turn_timeout,
+    # partial output kept"
+    InputKind.TURN_TIMEOUT: Consequence("error"),
     InputKind.INTERRUPT: Consequence("interrupted"),
 }
 
@@ -337,7 +352,9 @@ def demanded_wait(step: HttpError) -> float | None:
                 when = email.utils.parsedate_to_datetime(text) if scale == 1.0 else None
                 if when is not None and when.tzinfo is not None and step.received_at is not None:
                     seconds = max(0.0, when.timestamp() - step.received_at)
-        if math.isfinite(seconds) and seconds >= 0:
+        # "A demanded wait too large to represent (Retry-After of hundreds of digits) is longer
+        # than max_retry_wait_s": infinity is a wait, not a value that says nothing
+        if seconds >= 0:
             return seconds
     message = http_words(step)["message"]
     found = _TRY_AGAIN.search(message) if isinstance(message, str) else None
@@ -462,6 +479,8 @@ class ReferenceAttempt:
         self.delivered_commentary: list[str] = []
         self.delivered_refusal: list[str] = []
         self.resume_point: tuple[str, int] | None = None
+        #: the wait the HTTP error that ended the attempt demanded (None: none, or no error)
+        self.demanded: float | None = None
         if resumes is None:
             self.read = _Read(_Delivery(ledger.text), _Delivery(ledger.reasoning),
                               _Delivery(ledger.commentary), _Delivery(ledger.refusal))
@@ -699,18 +718,19 @@ class ReferenceAttempt:
         if self.ending is None:
             self._end(Reason(InputKind.EVENT_TOO_LARGE))
 
-    def end(self, step: Step) -> None:
+    def end(self, step: Step | TurnTimeout) -> None:
         """The step that ended the body; ignored once the attempt has ended. A `Stall` given
         here is one past the policy's idle timeout."""
         if self.ending is not None:
             return
         if isinstance(step, HttpError):
             self.words = http_words(step)
-            wait = demanded_wait(step)
+            wait = self.demanded = demanded_wait(step)
             if resume_is_refused(self.kind, step.status):
                 cause = "resume_refused"
             elif (step.status in RETRYABLE_STATUSES and self.http_left
-                  and (wait is None or wait <= self.policy.max_retry_wait_s)):
+                  and (wait is None or (math.isfinite(wait)
+                                        and wait <= self.policy.max_retry_wait_s))):
                 cause = "http_retried"
             else:
                 cause = InputKind.HTTP_ERROR
@@ -784,6 +804,78 @@ def _play(attempt: ReferenceAttempt, script: Iterable[Step], policy: TurnPolicy)
         attempt.end(ending)
 
 
+class UndecidedWait(ValueError):
+    """A session the reference model does not judge: a back-off to wait before an HTTP retry
+    under the turn's limit (whether the wait reaches the limit depends on the jitter)."""
+
+
+class _Clock:
+    """The sessions' simulated clock and the turn's limit on it (see the module docstring):
+    every reading rounded to microseconds, as a driver's clock readings are."""
+
+    def __init__(self, limit: float) -> None:
+        self.now = 0.0
+        self.limit = limit
+
+    def reaches(self, seconds: float) -> bool:
+        """Whether `seconds` from now comes at or after the limit (the clock then reads it)."""
+        if round(self.now + seconds, 6) >= self.limit:
+            self.now = max(self.now, self.limit)
+            return True
+        self.now = round(self.now + seconds, 6)
+        return False
+
+
+def _play_timed(
+    attempt: ReferenceAttempt, script: Iterable[Step], policy: TurnPolicy, clock: _Clock
+) -> None:
+    """`_play` against the turn's limit: the bytes take effect as they come, so that the clock
+    stops where the attempt ended (its events may end it before the limit comes)."""
+    received = bytearray()
+    fed = 0
+    limit = policy.max_event_bytes
+
+    def take_in() -> bool:
+        """Let the events that arrived take effect; True once the attempt has ended."""
+        nonlocal fed
+        data = bytes(received)
+        events = reference_events(data, ended=False)
+        too_large = oversized_event(data, limit) if 3 * len(data) > limit else None
+        for name, payload in events[fed:too_large]:
+            attempt.event(name, payload)
+            if attempt.ending is not None:
+                return True
+        fed = len(events)
+        if too_large is not None:
+            attempt.too_large()
+            return True
+        return False
+
+    for step in script:
+        if clock.reaches(STEP_S):
+            attempt.end(TurnTimeout(clock.limit))
+            return
+        if isinstance(step, Chunk):
+            received += step.data
+            if take_in():
+                return
+            continue
+        if isinstance(step, Stall):
+            idle = policy.idle_timeout_s
+            idles = idle is not None and step.seconds >= idle
+            if clock.reaches(idle if idle is not None and idles else step.seconds):
+                attempt.end(TurnTimeout(clock.limit))
+                return
+            if not idles:
+                continue
+        attempt.end(step)
+        return
+    if clock.reaches(STEP_S):
+        attempt.end(TurnTimeout(clock.limit))
+    else:
+        attempt.end(EndOfStream())
+
+
 def play_turn(policy: TurnPolicy, server: Server, *, background: bool = False) -> ReferenceTurn:
     """The attempts the contract makes a turn take with this server, and how each ends."""
     ledger = ReferenceLedger()
@@ -792,6 +884,8 @@ def play_turn(policy: TurnPolicy, server: Server, *, background: bool = False) -
     kind: AttemptKind = "stream"
     stream_tries = 1
     http_retries = 0
+    clock = _Clock(policy.turn_timeout_s) if policy.turn_timeout_s is not None else None
+    wait = 0.0
     while True:
         attempt = ReferenceAttempt(
             len(attempts) + 1,
@@ -805,12 +899,21 @@ def play_turn(policy: TurnPolicy, server: Server, *, background: bool = False) -
             resumes=attempts[-1] if kind == "resume" else None,
         )
         attempts.append(attempt)
-        _play(attempt, server(attempt.number, kind, attempt.resume_point), policy)
+        script = server(attempt.number, kind, attempt.resume_point)
+        if clock is None:
+            _play(attempt, script, policy)
+        elif clock.reaches(wait):  # "a wait that would pass the deadline ends the turn at once"
+            attempt.end(TurnTimeout(clock.limit))
+        else:
+            _play_timed(attempt, script, policy, clock)
         ending = attempt.ending
         assert ending is not None
         read = attempt.read
+        wait = 0.0
         if ending.then.budget is Budget.HTTP:  # the same request again
             http_retries += 1
+            if clock is not None:
+                wait = _retry_wait(attempt)
         elif ending.state == State.FALLBACK:
             kind = "fallback"
         elif kind == "fallback" or stream_tries == most or ending.then.budget is not Budget.STREAM:
@@ -822,6 +925,18 @@ def play_turn(policy: TurnPolicy, server: Server, *, background: bool = False) -
             known = read.response_id is not None and read.last_sequence is not None
             kind = "resume" if resumable and known else "stream"
             stream_tries += 1
+
+
+def _retry_wait(attempt: ReferenceAttempt) -> float:
+    """The wait before the HTTP retry after `attempt`: "The wait before a retry honours
+    retry-after-ms, Retry-After ... else exponential backoff with jitter" (only the first is
+    known in advance)."""
+    wait = attempt.demanded
+    if wait is None:
+        raise UndecidedWait(
+            f"attempt {attempt.number}: a back-off before the retry, under a turn limit"
+        )
+    return wait
 
 
 def reference_turn(session: Session) -> ReferenceTurn:

@@ -52,7 +52,11 @@ Strategies, from the inside out (every one shrinks toward a short, readable sess
     sessions()           a policy and up to as many attempt scripts as it allows; a retry often
                          repeats the first attempt's answer (so delivered text must not repeat);
                          sometimes a `max_event_bytes` near the size of the answer's largest
-                         event; the client's key (`Session.secrets`), which answers echo
+                         event; the client's keys (`Session.secrets`), which answers echo, now
+                         and then written escaped (some or all characters as `\\uXXXX`, `/` as
+                         `\\/`); HTTP errors demanding waits of every size, one too large to
+                         represent included; and one session in eight a turn with a wall-clock
+                         limit against a server that drips its bytes (`deadline_plans`)
 
 The strategies draw from small alphabets and small sizes on purpose: the interesting structure
 is in the order and the cuts, and a failing example should fit on a screen.
@@ -116,6 +120,7 @@ from machines.records import (
     TransportFault,
     TurnPolicy,
     TurnResult,
+    TurnTimeout,
 )
 
 __all__ = [
@@ -130,12 +135,18 @@ __all__ = [
     "Fault",
     "HttpError",
     "Interrupt",
+    "RELAY_KEY",
     "TransportFault",
     "Server",
     "Session",
     "Stall",
     "Step",
     "attempt_scripts",
+    "deadline_plans",
+    "escaped_secret",
+    "mutated_lines",
+    "trace_mutations",
+    "TraceMutation",
     "mangled",
     "play_session",
     "policies",
@@ -162,7 +173,9 @@ DEFAULT_MAX_EVENT_BYTES: Final = TurnPolicy().max_event_bytes
 CLIENT_KEY: Final = "Kq7Zw2.Rn8VxT4hYp0dMs"
 SHAPED_KEY: Final = "sk-proj-Zq7Wb3Lr9Tx2Kc5Vn8Hd4Jm6Pf1Gs0Ya"
 SESSION_TOKEN: Final = "Pq4Xr8Ts2Vw6Yz0Bc3Df"
-ECHOED_SECRETS: Final = (CLIENT_KEY, SHAPED_KEY, SESSION_TOKEN)
+#: A relay's key the client holds too, with characters a JSON writer may escape (`/` as `\\/`).
+RELAY_KEY: Final = "rly_7Gq/Xw2+Lm9=Tz4Pk8/Hd3"
+ECHOED_SECRETS: Final = (CLIENT_KEY, SHAPED_KEY, SESSION_TOKEN, RELAY_KEY)
 
 # --------------------------------------------------------------------------------------------
 # Steps and sessions
@@ -216,6 +229,7 @@ class Session:
                 if p.max_event_bytes != DEFAULT_MAX_EVENT_BYTES
                 else ""
             )
+            + (f" turn_timeout_s={p.turn_timeout_s}" if p.turn_timeout_s is not None else "")
         ]
         if self.secrets:
             lines.append(f"client secrets: {list(self.secrets)}")
@@ -314,31 +328,86 @@ def _recording_for(
 def play_server(recording: TurnRecording, server: Server) -> None:
     """Feed each attempt the recording's turn opens the steps `server` gives it, as a driver
     would observe them, on a simulated clock (a millisecond per step, a stall adds its
-    seconds): a stall at least the policy's idle timeout is an `IdleTimeout`, a script that
-    runs out ends the body cleanly, and steps after the attempt ended are not read."""
+    seconds, the wait before an HTTP retry passes before its first step): a stall at least the
+    policy's idle timeout is an `IdleTimeout`, a script that runs out ends the body cleanly, and
+    steps after the attempt ended are not read. With a `turn_timeout_s`, a step (or the end of
+    a silence) that would come at or after the limit comes too late: the attempt is fed a
+    `TurnTimeout` at the limit instead, and a wait that would reach the limit is not waited:
+    the attempt about to be sent is fed it at once."""
     policy = recording.policy
-    clock = 0.0
+    clock = _SessionClock(policy)
     for feed in recording.attempts():
+        if clock.waits_past(recording.wait_s):
+            feed.fail(TurnTimeout(clock.limit or 0.0), clock.now)
+            continue
+        clock.wait(recording.wait_s)
         for step in server(feed.number, feed.kind, feed.resume_point):
-            clock = round(clock + STEP_S, 6)
-            if isinstance(step, Chunk):
-                feed.chunk(step.data, clock)
+            if not clock.step():
+                feed.fail(TurnTimeout(clock.limit or 0.0), clock.now)
+            elif isinstance(step, Chunk):
+                feed.chunk(step.data, clock.now)
             elif isinstance(step, EndOfStream):
-                feed.end(clock)
+                feed.end(clock.now)
             elif isinstance(step, (TransportFault, Interrupt, HttpError)):
-                feed.fail(step, clock)
+                feed.fail(step, clock.now)
             elif isinstance(step, Stall):
-                if policy.idle_timeout_s is not None and step.seconds >= policy.idle_timeout_s:
-                    clock = round(clock + policy.idle_timeout_s, 6)
-                    feed.fail(IdleTimeout(policy.idle_timeout_s), clock)
-                else:
-                    clock = round(clock + step.seconds, 6)
+                ended = clock.stall(step.seconds)
+                if ended is not None:
+                    feed.fail(ended, clock.now)
             else:
                 raise TypeError(f"not a session step: {step!r}")
             if feed.final:
                 break
         if not feed.final:
-            feed.end(round(clock + STEP_S, 6))
+            if clock.step():
+                feed.end(clock.now)
+            else:
+                feed.fail(TurnTimeout(clock.limit or 0.0), clock.now)
+
+
+class _SessionClock:
+    """The simulated clock of a played session (see `play_server`), and the turn's limit on
+    it: `now` is the latest reading, every move is rounded to microseconds as a driver's
+    clock readings are."""
+
+    __slots__ = ("now", "limit", "idle")
+
+    def __init__(self, policy: TurnPolicy) -> None:
+        self.now = 0.0
+        self.limit = policy.turn_timeout_s
+        self.idle = policy.idle_timeout_s
+
+    def _reaches_limit(self, moment: float) -> bool:
+        return self.limit is not None and moment >= self.limit
+
+    def waits_past(self, seconds: float) -> bool:
+        """Whether a wait of `seconds` from now would reach the limit."""
+        return self._reaches_limit(round(self.now + seconds, 6))
+
+    def wait(self, seconds: float) -> None:
+        self.now = round(self.now + seconds, 6)
+
+    def step(self) -> bool:
+        """The next step arrives (`STEP_S` later); False when that is too late (the clock then
+        reads the limit)."""
+        arrival = round(self.now + STEP_S, 6)
+        if self._reaches_limit(arrival):
+            self.now = self.limit or arrival
+            return False
+        self.now = arrival
+        return True
+
+    def stall(self, seconds: float) -> IdleTimeout | TurnTimeout | None:
+        """The server is silent for `seconds`: what ends the attempt meanwhile (the idle
+        timeout, the turn's limit), or None."""
+        idle = self.idle
+        idles = idle is not None and seconds >= idle
+        ends = round(self.now + (idle if idle is not None and idles else seconds), 6)
+        if self.limit is not None and ends >= self.limit:
+            self.now = self.limit
+            return TurnTimeout(self.limit)
+        self.now = ends
+        return IdleTimeout(idle) if idle is not None and idles else None
 
 
 def run_session(
@@ -378,19 +447,40 @@ def session_from_trace(path: str | os.PathLike[str]) -> Session:
     """The session a trace file recorded (its policy and every attempt's inputs).
 
     Reading steps back from a trace loses only pauses that ended no attempt, which change
-    nothing the machines see."""
+    nothing the machines see, except the time they took: so the turn's limit, when the trace
+    ran out of it (a `turn_timeout` input), comes back as a silence that reaches the limit from
+    anywhere (in stalls shorter than the idle timeout), and a played session makes it come at
+    the same place, since everything before it comes no later than it did."""
     from engine.log.trace import input_from_json, read_trace
 
     trace = read_trace(path)
+    policy = trace.policy
     scripts: dict[int, list[Step]] = {}
     for record in trace.inputs():
         item = input_from_json(record)
         # the trace records the same observations a session is made of; only an idle timeout
-        # is what the driver made of a stall
-        step: Step = Stall(item.seconds) if isinstance(item, IdleTimeout) else item
-        scripts.setdefault(record["attempt"], []).append(step)
+        # and a turn timeout are what the driver made of the time that passed
+        steps: list[Step]
+        if isinstance(item, IdleTimeout):
+            steps = [Stall(item.seconds)]
+        elif isinstance(item, TurnTimeout):
+            steps = _silence_to_the_limit(policy)
+        else:
+            steps = [item]
+        scripts.setdefault(record["attempt"], []).extend(steps)
     count = max(scripts, default=0)
-    return Session([scripts.get(n, []) for n in range(1, count + 1)], trace.policy)
+    return Session([scripts.get(n, []) for n in range(1, count + 1)], policy)
+
+
+def _silence_to_the_limit(policy: TurnPolicy) -> list[Step]:
+    """Stalls that last at least the turn's limit from the start of the turn, each shorter than
+    the idle timeout (so none ends an attempt first)."""
+    limit = policy.turn_timeout_s or 0.0
+    idle = policy.idle_timeout_s
+    if idle is None:
+        return [Stall(limit)]
+    piece = idle / 2
+    return [Stall(piece)] * (int(limit / (piece + STEP_S)) + 2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -423,7 +513,7 @@ def session_from_trace(path: str | os.PathLike[str]) -> Session:
 # they apply to, so they are drawn as one `_Plan` (one span per attempt, which the shrinker can
 # delete whole) and applied to the response in plain Python.
 
-#: Bytes per draw of dice (the largest unit, an attempt's plan, uses 35).
+#: Bytes per draw of dice (the largest unit, an attempt's plan, uses all 36).
 DICE_SIZE: Final = 36
 _DICE: Final = st.binary(min_size=DICE_SIZE, max_size=DICE_SIZE)
 
@@ -464,7 +554,7 @@ _TEXT: Final = st.text(
 #: different offsets).
 _WORD_LIST: Final = (
     "Hi", "Paris", "ok", "Grüße", "東京", "🚀 go", "a\nb",
-    f"key {CLIENT_KEY} é", CLIENT_KEY, f"«{CLIENT_KEY}» was echoed",
+    f"key {CLIENT_KEY} é", CLIENT_KEY, f"«{CLIENT_KEY}» was echoed", f"relay {RELAY_KEY}",
 )
 _WORDS: Final = st.sampled_from(_WORD_LIST)
 #: Short text: readable words first (what shrinking reaches), any Unicode text as well.
@@ -1032,14 +1122,22 @@ _ENDINGS: Final[tuple[Step, ...]] = (
     TransportFault(Fault.CONNECT_ERROR),
 )
 _HTTP_STATUSES: Final = (500, 429, 401, 400, 503, 408, 409, 502)
-#: When an HTTP error asks the client to try again: nothing, seconds, milliseconds, an HTTP date
-#: (measured from `received_at`), a wait longer than the default `max_retry_wait_s`, garbage.
-_RETRY_HEADERS: Final[tuple[tuple[tuple[str, str], ...], ...]] = (
-    (),
+#: Waits an HTTP error demands (each says one): seconds, milliseconds (winning over seconds), an
+#: HTTP date (measured from `received_at`), a wait longer than the default `max_retry_wait_s`,
+#: waits too large to represent (hundreds of digits: longer than any limit), a short one.
+_DEMANDED_WAITS: Final[tuple[tuple[tuple[str, str], ...], ...]] = (
     (("retry-after", "1"),),
     (("retry-after-ms", "20"), ("retry-after", "9")),
     (("retry-after", "Tue, 14 Nov 2023 22:13:30 GMT"),),
     (("retry-after", "120"),),
+    (("retry-after", "9" * 400),),
+    (("retry-after-ms", "9" * 300), ("retry-after", "1")),
+    (("retry-after", "0.2"),),
+)
+#: When an HTTP error asks the client to try again: nothing, a demanded wait, garbage.
+_RETRY_HEADERS: Final[tuple[tuple[tuple[str, str], ...], ...]] = (
+    (),
+    *_DEMANDED_WAITS,
     (("retry-after", "soon"), ("x-request-id", "req_1")),
 )
 #: The wall clock an HTTP error is received at in generated sessions (22:13:20 that day).
@@ -1049,7 +1147,8 @@ _TRUNCATIONS: Final = st.integers(0, 1 << 16)
 #: Plan dice: repeat the first answer (even byte), HTTP error (one in sixteen), status, body,
 #: body message, body code, line ends, byte-order mark (one in four), truncation (odd byte),
 #: ending; then up to four edits (count, two bytes each), up to six cut points (count, two
-#: bytes each) and up to two interruptions (count, a byte each: `step + 5 * position`).
+#: bytes each), up to two interruptions (count, a byte each: `step + 5 * position`) and how the
+#: echoed secrets are written (`_ESCAPES_AT`).
 _EDITS_AT: Final = 10
 _CUTS_AT: Final = 19
 _INTERRUPTIONS_AT: Final = 32
@@ -1097,6 +1196,10 @@ class _Plan:
     truncate_at: int | None = None
     interruptions: tuple[tuple[int, Step], ...] = ()
     ending: Step = EndOfStream()
+    #: how the secrets the answer echoes are written (`_ESCAPES`; "": as they are)
+    escapes: str = ""
+    #: a server that drips the body: pieces of this many bytes, each followed by this pause
+    drip: tuple[int, float] | None = None
 
     def script(self, parts: list[StreamPart]) -> tuple[Step, ...]:
         if not self.adversarial:
@@ -1104,24 +1207,68 @@ class _Plan:
             return (*[Chunk(chunk) for chunk in _cut(body, self.cuts)], EndOfStream())
         if self.http is not None:
             return (self.http,)
-        body = _encode(_apply_edits(parts, self.edits), self.line_end, self.bom)
+        body = _escaped_secrets(
+            _encode(_apply_edits(parts, self.edits), self.line_end, self.bom), self.escapes
+        )
         if self.truncate_at is not None:
             body = body[: self.truncate_at % (len(body) + 1)]
-        steps: list[Step] = [Chunk(chunk) for chunk in _cut(body, self.cuts)]
+        steps: list[Step]
+        if self.drip is not None:
+            size, pause = self.drip
+            steps = [step for at in range(0, len(body), size)
+                     for step in (Chunk(body[at : at + size]), Stall(pause))]
+        else:
+            steps = [Chunk(chunk) for chunk in _cut(body, self.cuts)]
         for position, step in self.interruptions:
             steps.insert(position % (len(steps) + 1), step)
         steps.append(self.ending)
         return tuple(steps)
 
 
+#: How an answer writes the secrets it echoes, as a plan's last dice byte picks it: as they are
+#: (half the plans), every character as `\\uXXXX`, every other one, every third one, every one
+#: with upper-case hex digits, each `/` as `\\/`, and escaped twice (`\\\\uXXXX`: inside a string
+#: that is JSON text itself, as a call's arguments are).
+_ESCAPES: Final = ("", "", "", "", "all", "half", "third", "upper", "slash", "double")
+_ESCAPES_AT: Final = 35
+
+
+def escaped_secret(secret: str, how: str) -> str:
+    """`secret` as a JSON string's content written the way `how` says (`_ESCAPES`)."""
+    if how == "slash":
+        return secret.replace("/", "\\/")
+    step = {"half": 2, "third": 3}.get(how, 1)
+    form = "\\u%04X" if how == "upper" else "\\u%04x"
+    written = "".join(form % ord(c) if i % step == 0 else c for i, c in enumerate(secret))
+    return written.replace("\\", "\\\\") if how == "double" else written
+
+
+def _escaped_secrets(body: bytes, how: str) -> bytes:
+    """`body` with every whole secret it echoes (`ECHOED_SECRETS`) written the way `how` says:
+    the same JSON values, other bytes."""
+    if not how:
+        return body
+    for secret in ECHOED_SECRETS:
+        if secret.encode() in body:
+            body = body.replace(secret.encode(), escaped_secret(secret, how).encode())
+    return body
+
+
+def _http_error_plan(
+    draw: st.DrawFn, dice: bytes, waits: Sequence[tuple[tuple[str, str], ...]]
+) -> _Plan:
+    """An HTTP error instead of a stream. Dice: repeat the first answer (byte 0), status (2),
+    body (3, 4, 5), the headers saying when to try again, among `waits` (6)."""
+    body = _http_body(draw, dice[3], dice[4], dice[5])
+    error = HttpError(_pick(_HTTP_STATUSES, dice[2]), body, _pick(waits, dice[6]), _RECEIVED_AT)
+    return _Plan(dice[0] % 2 == 0, True, http=error)
+
+
 def _adversarial_plan(draw: st.DrawFn) -> _Plan:
     dice = draw(_DICE)
     repeat = dice[0] % 2 == 0
     if dice[1] % 16 == 15:
-        body = _http_body(draw, dice[3], dice[4], dice[5])
-        headers = _pick(_RETRY_HEADERS, dice[6])
-        status = _pick(_HTTP_STATUSES, dice[2])
-        return _Plan(repeat, True, http=HttpError(status, body, headers, _RECEIVED_AT))
+        return _http_error_plan(draw, dice, _RETRY_HEADERS)
     edit_count = dice[_EDITS_AT] % 5
     interruption_count = dice[_INTERRUPTIONS_AT] % 3
     interruptions = dice[_INTERRUPTIONS_AT + 1 :][:interruption_count]
@@ -1135,6 +1282,34 @@ def _adversarial_plan(draw: st.DrawFn) -> _Plan:
         truncate_at=draw(_TRUNCATIONS) if dice[8] % 2 else None,
         interruptions=tuple((byte // 5, _pick(_INTERRUPTION_STEPS, byte)) for byte in interruptions),
         ending=_pick(_ENDINGS, dice[9]),
+        escapes=_pick(_ESCAPES, dice[_ESCAPES_AT]),
+    )
+
+
+#: A dripping server: how many bytes at a time, and the pause after each (every one shorter than
+#: the idle timeouts the policies draw, so the silence never lasts).
+_DRIP_SIZES: Final = (1, 3, 16, 64)
+_DRIP_PAUSES: Final = (0.0, 0.01, 0.05, 0.2)
+#: The turn's limit in deadline sessions (seconds of the simulated clock).
+_TURN_LIMITS: Final = (0.05, 0.3, 1.0, 4.0)
+#: How a dripping attempt ends, when its body does not end it: cleanly, a drop, an interrupt.
+_DRIP_ENDINGS: Final[tuple[Step, ...]] = (EndOfStream(), TransportFault(Fault.DROP), Interrupt())
+
+
+def _deadline_plan(draw: st.DrawFn) -> _Plan:
+    """A server that drips its answer against the turn's limit, or (one in four) answers with an
+    HTTP error that demands a wait (shorter or longer than what is left, or too large to
+    represent). Dice: repeat the first answer, HTTP error, status, body, body message, body
+    code, demanded wait, piece size, pause, ending, escapes."""
+    dice = draw(_DICE)
+    if dice[1] % 4 == 3:
+        return _http_error_plan(draw, dice, _DEMANDED_WAITS)
+    return _Plan(
+        dice[0] % 2 == 0,
+        True,
+        drip=(_pick(_DRIP_SIZES, dice[7]), _pick(_DRIP_PAUSES, dice[8])),
+        ending=_pick(_DRIP_ENDINGS, dice[9]),
+        escapes=_pick(_ESCAPES, dice[10]),
     )
 
 
@@ -1145,6 +1320,13 @@ def _well_formed_plan(draw: st.DrawFn) -> _Plan:
 
 _PLANS: Final = st.composite(_adversarial_plan)()
 _WELL_FORMED_PLANS: Final = st.composite(_well_formed_plan)()
+_DEADLINE_PLANS: Final = st.composite(_deadline_plan)()
+
+
+def deadline_plans() -> st.SearchStrategy[Any]:
+    """An attempt's plan against a turn's wall-clock limit (`_deadline_plan`): a dripping server,
+    or an HTTP error demanding a wait; its `script(parts)` is the attempt's steps."""
+    return _DEADLINE_PLANS
 
 
 def _script(
@@ -1254,6 +1436,9 @@ def tool_call_answers() -> st.SearchStrategy[list[StreamPart]]:
 #: instead of `responses()` (one in four, 8).
 _LIMIT_AT: Final = 6
 _TOOL_ANSWERS_AT: Final = 8
+#: Session dice: a turn with a wall-clock limit against dripping servers (one in eight, 9), and
+#: which limit (10).
+_DEADLINE_AT: Final = 9
 
 
 @st.composite
@@ -1270,8 +1455,10 @@ def sessions(
     usually does) or streams another one. Answers come from `responses()` or, one session in
     four, from `engine.fuzz.tool_items.tool_item_streams()` (calls of every kind, the
     client's and the server's), unless `response` is given. A drawn policy sometimes (one in
-    eight) gets a `max_event_bytes` close to the size of the first answer's largest event.
-    The client holds `CLIENT_KEY` (`Session.secrets`). `adversarial=False` gives well-formed
+    eight) gets a `max_event_bytes` close to the size of the first answer's largest event, and
+    (one in eight) a `turn_timeout_s`: its attempts then drip against the limit
+    (`deadline_plans`), as do those under a given policy with a limit. The client holds
+    `CLIENT_KEY` and `RELAY_KEY` (`Session.secrets`). `adversarial=False` gives well-formed
     streams in whole-event reads or arbitrary cuts, each ending cleanly."""
     dice = draw(_DICE)
     if policy is None:
@@ -1290,14 +1477,235 @@ def sessions(
     first = draw(answers)
     if policy is None and dice[_LIMIT_AT] % 8 == 7:
         chosen = attrs.evolve(chosen, max_event_bytes=_small_limit(first, dice[_LIMIT_AT + 1]))
+    if policy is None and adversarial and dice[_DEADLINE_AT] % 8 == 7:
+        chosen = attrs.evolve(chosen, turn_timeout_s=_pick(_TURN_LIMITS, dice[_DEADLINE_AT + 1]))
+    count = 1 + dice[4] % limit
+    if chosen.turn_timeout_s is not None and adversarial:
+        # against the limit: a dripping server, and a script for every request the turn may
+        # make (no back-off wait, whose jitter would decide whether the limit comes first)
+        plans, count = _DEADLINE_PLANS, limit
     scripts = []
-    for number in range(1 + dice[4] % limit):
+    for number in range(count):
         plan = draw(plans)
         parts = first if number == 0 or plan.repeat else draw(answers)
         scripts.append(plan.script(parts))
-    return Session(scripts, chosen, (CLIENT_KEY,))
+    return Session(scripts, chosen, (CLIENT_KEY, RELAY_KEY))
 
 
 def well_formed_sessions(**kwargs: Any) -> st.SearchStrategy[Session]:
     """`sessions(adversarial=False, ...)`: well-formed streams that end cleanly."""
     return sessions(adversarial=False, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Typed-field mutations of recorded traces
+#
+# Contract v3: "every field of every record has its type checked on reading (a boolean is not a
+# number; clock readings are finite, non-negative and never go backwards within an attempt); a
+# record that breaks this makes the trace invalid (exit 2)". A mutation gives one field of a
+# valid trace another value, written as JSON text (so `1e999`, too large for a double, can be
+# written), and says whether the rule makes the trace invalid with it (`breaks`); a number of
+# the right type and range (a huge one included) keeps the trace valid, and it replays (a
+# divergence where the machines decide otherwise).
+
+
+@attrs.frozen(slots=True)
+class TraceMutation:
+    """One field of a recorded trace given another value: the line (0: the header), the field's
+    path in it, the value as JSON text, what it is (`kind`), and whether the trace is then
+    invalid (`breaks`)."""
+
+    line: int
+    path: tuple[str | int, ...]
+    value: bytes
+    kind: str
+    breaks: bool
+
+    def describe(self) -> str:
+        where = ".".join(map(str, self.path))
+        verdict = "invalid" if self.breaks else "valid"
+        return f"line {self.line + 1}: {where} = {self.value.decode()} ({self.kind}: {verdict})"
+
+
+_Line = dict[str, Any]
+#: A mutation's kind: which lines and fields it applies to, and the values it writes (JSON
+#: text) with whether each breaks the rule there.
+_Target = Callable[[list[_Line], int], list[tuple[tuple[str | int, ...], bool]]]
+
+
+def _field_here(
+    name: str, kinds: Iterable[str] = ("input", "transition", "effect"), *, breaks: bool = True
+) -> _Target:
+    kinds = frozenset(kinds)
+
+    def target(lines: list[_Line], index: int) -> list[tuple[tuple[str | int, ...], bool]]:
+        line = lines[index]
+        return [((name,), breaks)] if index and line.get("kind") in kinds and name in line else []
+
+    return target
+
+
+def _input_field(name: str, inputs: Iterable[str], *, breaks: bool = True) -> _Target:
+    inputs = frozenset(inputs)
+
+    def target(lines: list[_Line], index: int) -> list[tuple[tuple[str | int, ...], bool]]:
+        line = lines[index]
+        fits = index and line.get("kind") == "input" and line.get("input") in inputs
+        return [((name,), breaks)] if fits and name in line else []
+
+    return target
+
+
+def _later_clock(lines: list[_Line], index: int) -> bool:
+    """Whether an input after `index`, in the same attempt, has a clock reading."""
+    attempt = lines[index].get("attempt")
+    return any(
+        line.get("kind") == "input" and line.get("attempt") == attempt and line.get("t") is not None
+        for line in lines[index + 1 :]
+    )
+
+
+def _huge_clock(lines: list[_Line], index: int) -> list[tuple[tuple[str | int, ...], bool]]:
+    """1e308 on a clock reading: the largest there is, so any later reading of the attempt goes
+    back from it."""
+    line = lines[index]
+    if not index or line.get("kind") != "input" or line.get("t") is None:
+        return []
+    return [(("t",), _later_clock(lines, index))]
+
+
+def _header_policy(name: str) -> _Target:
+    def target(lines: list[_Line], index: int) -> list[tuple[tuple[str | int, ...], bool]]:
+        policy = lines[index].get("policy") if index == 0 else None
+        return [(("policy", name), True)] if isinstance(policy, dict) else []
+
+    return target
+
+
+def _result_field(*path: str | int) -> _Target:
+    def target(lines: list[_Line], index: int) -> list[tuple[tuple[str | int, ...], bool]]:
+        line = lines[index]
+        if line.get("kind") != "result":
+            return []
+        value: Any = line
+        for key in path:
+            if isinstance(key, int):
+                if not isinstance(value, list) or len(value) <= key:
+                    return []
+            elif not isinstance(value, dict) or key not in value:
+                return []
+            value = value[key]
+        return [(path, True)]
+
+    return target
+
+
+def _effect_data(*effects: str) -> _Target:
+    names = frozenset(effects)
+
+    def target(lines: list[_Line], index: int) -> list[tuple[tuple[str | int, ...], bool]]:
+        line = lines[index]
+        fits = line.get("kind") == "effect" and line.get("effect") in names
+        return [(("data",), True)] if fits else []
+
+    return target
+
+
+#: Every mutation kind: what it aims at, and the values it writes (JSON text).
+_MUTATIONS: Final[tuple[tuple[str, _Target, tuple[bytes, ...]], ...]] = (
+    ("a boolean for an attempt number", _field_here("attempt"), (b"true", b"false")),
+    ("a fraction for an attempt number", _field_here("attempt"), (b"1.0", b"2.5")),
+    ("a negative attempt number", _field_here("attempt"), (b"-1",)),
+    ("an attempt number beyond 64 bits", _field_here("attempt"), (b"1180591620717411303424",)),
+    ("a boolean for a sequence number", _field_here("seq", ("input", "effect", "result")),
+     (b"true",)),
+    ("a sequence number of 0", _field_here("seq", ("transition", "result")), (b"0", b"-3")),
+    ("a negative clock reading", _field_here("t", ("input",)), (b"-1", b"-0.000001")),
+    ("a clock reading that is no number", _field_here("t", ("input",)), (b"true", b'"0.1"')),
+    ("an infinite clock reading", _field_here("t", ("input",)), (b"1e999",)),
+    ("a boolean for a status", _input_field("status", ("http_error",)), (b"true",)),
+    ("a boolean or negative duration", _input_field("seconds", ("idle_timeout", "turn_timeout")),
+     (b"true", b"-1", b"1e999")),
+    ("a number for text", _effect_data("text_delta", "reasoning_delta", "commentary_delta"),
+     (b"7", b"false")),
+    ("a negative or boolean wait", _effect_data("wait"), (b"-0.5", b"true")),
+    ("an outcome that is none", _result_field("outcome"), (b"1", b'"done"')),
+    ("a boolean for a result's attempt number", _result_field("attempts", 0, "number"),
+     (b"true",)),
+    ("text that is no text", _result_field("output_text"), (b"5", b"null")),
+    ("a boolean for a retry count", _header_policy("max_stream_retries"), (b"true",)),
+    ("a negative or infinite timeout", _header_policy("idle_timeout_s"), (b"-1", b"1e999")),
+    ("a boolean or zero turn limit", _header_policy("turn_timeout_s"), (b"true", b"0")),
+)
+#: Mutations of the right type and range (huge ones included): the trace stays valid.
+_FITTING: Final[tuple[tuple[str, _Target, tuple[bytes, ...]], ...]] = (
+    ("a huge sequence number", _field_here("seq", ("input", "transition", "effect"), breaks=False),
+     (b"4611686018427387904",)),
+    ("a huge status", _input_field("status", ("http_error",), breaks=False), (b"1099511627776",)),
+    ("the largest clock reading", _huge_clock, (b"1e308",)),
+    ("a huge seed", lambda lines, index: [(("seed",), False)] if index == 0 else [],
+     (b"9223372036854775807",)),
+)
+
+
+def _candidates(
+    lines: list[_Line], target: _Target
+) -> list[tuple[int, tuple[str | int, ...], bool]]:
+    return [(index, path, breaks) for index in range(len(lines))
+            for path, breaks in target(lines, index)]
+
+
+def _decreasing_clocks(lines: list[_Line]) -> list[tuple[int, bytes]]:
+    """Inputs whose clock reading can go back from the one before in their attempt, and the
+    reading that does."""
+    found = []
+    last: dict[Any, float] = {}
+    for index, line in enumerate(lines):
+        t = line.get("t") if line.get("kind") == "input" else None
+        if isinstance(t, (int, float)) and not isinstance(t, bool):
+            before = last.get(line.get("attempt"))
+            if before is not None and before > 0:
+                found.append((index, repr(before / 2).encode()))
+            last[line.get("attempt")] = t
+    return found
+
+
+def trace_mutations(lines: list[dict[str, Any]]) -> st.SearchStrategy[TraceMutation]:
+    """One typed-field mutation of the trace whose JSON lines are `lines` (header first): a kind
+    (a boolean for a number, a negative, infinite, decreasing or huge clock reading, a number
+    beyond 64 bits, a wrong type in an effect's data, the result or the header's policy, or a
+    huge number that still fits), a field it applies to, and a value."""
+
+    @st.composite
+    def mutation(draw: st.DrawFn) -> TraceMutation:
+        options: list[TraceMutation] = []
+        for kind, target, values in (*_MUTATIONS, *_FITTING):
+            places = _candidates(lines, target)
+            if places:
+                index, path, breaks = draw(st.sampled_from(places))
+                options.append(TraceMutation(index, path, draw(st.sampled_from(values)), kind,
+                                             breaks))
+        decreasing = _decreasing_clocks(lines)
+        if decreasing:
+            index, value = draw(st.sampled_from(decreasing))
+            options.append(TraceMutation(index, ("t",), value, "a clock reading going back", True))
+        return draw(st.sampled_from(options))
+
+    return mutation()
+
+
+_MUTATED_MARK: Final = "\x00streamfsm-mutated\x00"
+
+
+def mutated_lines(raw_lines: list[bytes], mutation: TraceMutation) -> list[bytes]:
+    """The trace's lines with `mutation` applied (its value written as the JSON text it is)."""
+    from engine.log.trace import dumps, loads
+
+    out = list(raw_lines)
+    record = loads(out[mutation.line])
+    target = record
+    for key in mutation.path[:-1]:
+        target = target[key]
+    target[mutation.path[-1]] = _MUTATED_MARK
+    out[mutation.line] = dumps(record).replace(orjson.dumps(_MUTATED_MARK), mutation.value, 1)
+    return out

@@ -22,11 +22,20 @@ says how:
     HttpError.headers           an object of strings (null or missing: none)
 
 Reading checks every field against its annotation (`machines` annotates every field): a boolean
-is `true` or `false` and nothing else, a whole number is an `int` and never a boolean, a `float` is a finite number >= 0 (every float an input
-holds is a duration or a clock reading) and never a boolean, a string is a string, a `Literal`
-or an enumeration takes only its values, a union any of its members' values. A field with a
-default, or one that may be None, may be missing. What does not fit is a `TraceError` naming the
-record's seq and the field.
+is `true` or `false` and nothing else, a whole number is an `int` and never a boolean, a `float`
+is a finite number >= 0 (every float an input holds is a duration or a clock reading) and never a
+boolean, a string is a string, a `Literal` or an enumeration takes only its values, a union any
+of its members' values, a list a list whose every item fits, a `dict` an object, a record class
+an object whose fields fit. A field with a default, or one that may be None, may be missing.
+What does not fit is a `TraceError` naming the record's seq and the field.
+
+Every other record is checked the same way (`check_record`): a transition's fields (`machine`,
+`attempt`, `source`, `dest`, `trigger`), an effect's (`attempt`, `effect`: one of
+`machines.records.EffectKind`, and its `data`, whose type depends on the effect: text for text,
+null or a routing for a first delta, seconds for a wait, an object for a tool call, an error, a
+line to send, ...), the result's (derived from the entry's result class, `TurnResult` or
+`AppTurnResult`: each field it holds fits its annotation) and an abandoned record's
+(`exception`). An attempt number is a whole number, never a boolean.
 
 Stream inputs: `Chunk` (the bytes of one network read) and `ServerLine` (one stdout line of the
 codex app-server) are pieces of one byte stream per attempt, and `InputFormat.stream` says how
@@ -61,18 +70,20 @@ from machines.app_records import (
     Steer,
     ToolAnswer,
     TurnRequest,
-    TurnTimeout,
 )
 from machines.records import (
     Chunk,
     Effect,
+    EffectKind,
     EndOfStream,
+    FirstDeltaRouting,
     HttpError,
     IdleTimeout,
     InputKind,
     Interrupt,
     Transition,
     TransportFault,
+    TurnTimeout,
 )
 
 __all__ = [
@@ -84,6 +95,7 @@ __all__ = [
     "StreamFormat",
     "TraceError",
     "abandoned_to_json",
+    "check_record",
     "decode_input",
     "encode_input",
     "record_to_json",
@@ -169,12 +181,64 @@ def _null(value: Any) -> None:
         raise TypeError(f"{type_name(value)}, not null")
 
 
+def _object(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError(f"{type_name(value)}, not an object")
+    return value
+
+
+def _count(value: Any) -> int:
+    """A whole number >= 0 (an attempt number, a count), never a boolean."""
+    if type(value) is not int:
+        raise TypeError(f"{type_name(value)}, not a whole number")
+    if value < 0:
+        raise ValueError(f"{value!r}, not a whole number >= 0")
+    return value
+
+
+def _list_of(check: Check) -> Check:
+    def each(value: Any) -> list[Any]:
+        if not isinstance(value, list):
+            raise TypeError(f"{type_name(value)}, not a list")
+        for index, item in enumerate(value):
+            _named(f"item {index}", check, item)
+        return value
+
+    return each
+
+
+def _fields_of(record_class: type) -> Check:
+    """An object whose fields, those of `record_class` it holds, fit their annotations."""
+    hints = typing.get_type_hints(record_class)
+    checks = {field.name: _check_for(hints[field.name]) for field in attrs.fields(record_class)}
+
+    def fits(value: Any) -> dict[str, Any]:
+        _object(value)
+        for name, check in checks.items():
+            if name in value:
+                _named(name, check, value[name])
+        return value  # type: ignore[no-any-return]
+
+    return fits
+
+
 def _anything(value: Any) -> Any:
     return value
 
 
 class _Unknown(ValueError):
     """A value a field of a fixed set of values does not take."""
+
+
+def _named(name: str, check: Check, value: Any) -> Any:
+    """`check(value)`, its error naming what was checked (a field, a list's item): "unknown
+    NAME 'x'" for a value a fixed set of values does not hold, else "NAME is ..."."""
+    try:
+        return check(value)
+    except _Unknown as error:
+        raise ValueError(f"unknown {name} {error}") from None
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"{name} is {error}") from None
 
 
 def _one_of(values: tuple[Any, ...]) -> Check:
@@ -215,11 +279,19 @@ def _check_for(hint: Any) -> Check:
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         members = tuple(member.value for member in hint)
         return lambda value: hint(_one_of(members)(value))
+    if hint is dict:
+        return _object
+    if isinstance(hint, type) and attrs.has(hint):
+        return _fields_of(hint)
     origin = typing.get_origin(hint)
     if origin is typing.Literal:
         return _one_of(typing.get_args(hint))
     if origin in (Union, types.UnionType):
         return _any_of([_check_for(member) for member in typing.get_args(hint)])
+    if origin is dict:
+        return _object
+    if origin is list:
+        return _list_of(_check_for(typing.get_args(hint)[0]))
     raise TypeError(f"no trace format for a field of type {hint!r}")
 
 
@@ -258,12 +330,7 @@ def _plain(name: str, key: str, check: Check, missing: Any) -> FieldFormat:
             if missing is _REQUIRED:
                 raise KeyError(key)
             return missing
-        try:
-            return check(record[key])
-        except _Unknown as error:
-            raise ValueError(f"unknown {key} {error}") from None
-        except (TypeError, ValueError) as error:
-            raise type(error)(f"{key} is {error}") from None
+        return _named(key, check, record[key])
 
     return FieldFormat(name, lambda value: {key: value}, read)
 
@@ -379,11 +446,12 @@ class InputFormat:
 
 #: Every record class a trace holds as an input, of every protocol.
 _RECORDS: Final = (
-    # Responses-API stream attempts
-    Chunk, HttpError, TransportFault, EndOfStream, IdleTimeout, Interrupt,
+    # Responses-API stream attempts (`EndOfStream`, `IdleTimeout`, `TurnTimeout` and
+    # `Interrupt` for app-server turns too)
+    Chunk, HttpError, TransportFault, EndOfStream, IdleTimeout, TurnTimeout, Interrupt,
     # codex app-server turns
     ServerLine, StderrLine, ProcessExit, SpawnFailed, TurnRequest, ApprovalAnswer,
-    RequestTimeout, InterruptTimeout, CompactRequest, ToolAnswer, Steer, TurnTimeout, Close,
+    RequestTimeout, InterruptTimeout, CompactRequest, ToolAnswer, Steer, Close,
 )
 #: The trace format of every input kind a trace records, by its name.
 INPUTS: Final[dict[InputKind, InputFormat]] = {
@@ -441,3 +509,67 @@ def abandoned_to_json(exception: str, seq: int) -> dict[str, Any]:
     """The final record of a turn cut short by an exception (its class name only: the message may
     quote anything)."""
     return {"seq": seq, "kind": "abandoned", "exception": exception}
+
+
+# -- checking every other record ------------------------------------------------------------------
+
+#: What an effect's `data` holds, by effect (`machines.records.EffectKind`).
+_TEXT_EFFECTS: Final = ("text_delta", "reasoning_delta", "commentary_delta", "refusal_delta")
+EFFECT_DATA: Final[dict[str, Check]] = {
+    **dict.fromkeys(_TEXT_EFFECTS, _text),
+    "first_delta": _any_of([_null, _one_of(typing.get_args(FirstDeltaRouting))]),
+    "wait": _seconds,
+    "cancel": _text,
+    **dict.fromkeys(
+        ("tool_call", "error", "rate_limits", "send", "approval", "message", "outcome", "retire",
+         "call_tool", "steered"),
+        _object,
+    ),
+}
+_EFFECTS: Final = _one_of(typing.get_args(EffectKind))
+
+#: The fields of each record kind but `seq` and `kind` (checked by the reader), and their checks.
+_RECORD_FIELDS: Final[dict[str, dict[str, Check]]] = {
+    "transition": {"machine": _text, "attempt": _count, "source": _text, "dest": _text,
+                   "trigger": _text},
+    "effect": {"attempt": _count, "effect": _EFFECTS},
+    "abandoned": {"exception": _text},
+}
+_MISSING_ALLOWED: Final = frozenset({("abandoned", "exception")})
+
+
+def check_record(record: dict[str, Any], result: type | None = None) -> None:
+    """Check the fields of a record that is not an input (`kind` names a record kind, as the
+    reader made sure): every field of a transition, an effect and an abandoned record, and, for
+    a result, every field of the `result` class (`TurnResult`, `AppTurnResult`) it holds.
+    `TraceError` naming the field when one does not fit."""
+    kind = record.get("kind")
+    try:
+        if kind == "result":
+            if result is not None:
+                _results(result)(record)
+            return
+        for key, check in _RECORD_FIELDS.get(str(kind), {}).items():
+            if key not in record:
+                if (kind, key) in _MISSING_ALLOWED:
+                    continue
+                raise KeyError(key)
+            _named(key, check, record[key])
+        if kind == "effect":
+            if "data" in record:
+                _named("data", EFFECT_DATA.get(record["effect"], _anything), record["data"])
+    except KeyError as error:
+        raise TraceError(f"seq {record.get('seq')!r}: {kind} record without {error}") from None
+    except (TypeError, ValueError) as error:
+        raise TraceError(f"seq {record.get('seq')!r}: bad {kind} record ({error})") from None
+
+
+#: The check of a result record, by the result class its entry returns.
+_RESULT_CHECKS: dict[type, Check] = {}
+
+
+def _results(result: type) -> Check:
+    check = _RESULT_CHECKS.get(result)
+    if check is None:
+        check = _RESULT_CHECKS[result] = _fields_of(result)
+    return check

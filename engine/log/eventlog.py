@@ -13,6 +13,11 @@ approval to ask for, a subprocess to retire) go to the driver's `act` hook; tran
 logged through structlog (few per turn). The per-delta records are only appended to a list
 (cheap) and rendered in bulk when a trace is written.
 
+The records are kept only while something needs them (`keep`): a trace to write, a replay
+comparing them (it takes them as they come), a test looking at them. A turn without a trace keeps
+none, only their count (every record still has its sequence number) and the transitions, which
+its result returns: its memory does not grow with the stream.
+
 Two things hear about a turn without being records of it. The caller's `on_retry` is told
 before each new attempt (`retry()`, called by the turn loop): a replay decides the same attempts
 from the records, so the notice is not one. And an `Observer` (the OpenTelemetry spans of
@@ -153,7 +158,7 @@ class EventLog:
     recorded (or, for text, commentary, refusals, reasoning and the first delta, handed to the
     callbacks). `observer` is shown every input and decision as it is recorded."""
 
-    __slots__ = ("records", "transitions", "observer", "_actions", "_callbacks")
+    __slots__ = ("records", "transitions", "count", "keep", "observer", "_actions", "_callbacks")
 
     def __init__(
         self,
@@ -161,8 +166,14 @@ class EventLog:
         act: Callable[[Effect], None] | None = None,
         driver_effects: Iterable[str] = (),
         observer: Observer | None = None,
+        *,
+        keep: bool = True,
     ) -> None:
+        #: The records, in order, when they are kept (`keep`); else always empty.
         self.records: list[Record] = []
+        #: How many records the log has taken (the sequence number of the latest).
+        self.count = 0
+        self.keep = keep
         #: The transition records, numbered (also in `records`).
         self.transitions: list[Transition] = []
         self.observer = observer
@@ -180,7 +191,9 @@ class EventLog:
 
     def input(self, attempt: int, item: Input, t: float | None) -> None:
         """Record one input, before any machine sees it."""
-        self.records.append(InputRecord(attempt, t, item))
+        self.count += 1
+        if self.keep:
+            self.records.append(InputRecord(attempt, t, item))
         if self.observer is not None:
             self.observer.observed(attempt, item)
 
@@ -191,15 +204,22 @@ class EventLog:
     def decide(self, decisions: list[Decision]) -> None:
         """Record a machine's decisions (numbering the transitions), then act on each: callbacks
         and the driver's hook for effects, log lines for transitions."""
-        records = self.records
         numbered: list[Transition] = []
-        for decision in decisions:
-            if type(decision) is Transition:
-                transition = attrs.evolve(decision, seq=len(records) + 1)
-                records.append(transition)
-                numbered.append(transition)
-            else:
+        seq = self.count
+        if self.keep:
+            records = self.records
+            for decision in decisions:
+                seq += 1
+                if type(decision) is Transition:
+                    decision = attrs.evolve(decision, seq=seq)
+                    numbered.append(decision)
                 records.append(decision)
+        else:
+            for decision in decisions:
+                seq += 1
+                if type(decision) is Transition:
+                    numbered.append(attrs.evolve(decision, seq=seq))
+        self.count = seq
         if self.observer is not None:
             self.observer.decided(decisions)
         actions = self._actions

@@ -18,18 +18,32 @@ secret the server echoes split across two network reads, or inside a read that i
 on its own, is found all the same. It masks the given secrets and every piece of 8 or more
 characters of one (`MIN_PIECE`), credential shapes, and the string values of credential-named
 JSON fields.
+
+It masks what a reader can decode, not only the bytes as they are: a server may write a secret in
+a JSON string with some or all of its characters escaped (`\\u0073k-...`), and a trace line
+escapes a string once more (a call's arguments are JSON text inside JSON). So the scrubber also
+reads the bytes with their JSON string escapes decoded, once, twice and three times
+(`readings`), looks for secrets there, and masks each character it finds where the bytes hold
+it: a character written as such becomes `*`, one written as a `\\uXXXX` escape (behind any
+number of escaped backslashes) becomes the escape of `*` (`\\u002a`, the same length, so it still
+decodes to one character and a replay of the masked bytes decodes the same text); a character
+written with a two-character escape (`\\/`) stays as it is (one character on its own is no
+piece of a secret).
 """
 
 from __future__ import annotations
 
+import bisect
 import re
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Final, Iterable
 
 __all__ = [
     "MASK",
     "MIN_PIECE",
     "REDACTED",
     "Scrubber",
+    "Unescaped",
+    "readings",
     "is_secret_name",
     "redact_fields",
     "scrub",
@@ -236,6 +250,10 @@ class Scrubber:
     - the string value of every JSON field whose name is a credential's (`is_secret_name`), of any
       length (except `REDACTED`, which `redact_fields` put there).
 
+    It finds them in the bytes as they are and in what a reader decodes from them (`readings`:
+    JSON string escapes decoded up to `ESCAPE_LEVELS` times), masking an escaped character with
+    the escape of `*` (see the module docstring).
+
     Line ends are never masked. A piece made only of digits is left alone outside a JSON string
     (it is a number that happens to share eight digits with a secret, and masking it would break
     the JSON). Masking is idempotent: scrubbed bytes scrub to themselves."""
@@ -264,16 +282,45 @@ class Scrubber:
     def scrub(self, data: bytes) -> bytes:
         """`data` with every secret masked; the same object when there is nothing to mask."""
         spans = self.spans(data)
-        if not spans:
+        if spans and _BACKSLASH_BYTE in data:
+            spans = _outside_escapes(data, spans)
+        escaped = self.escaped_edits(data, spans) if _BACKSLASH_BYTE in data else []
+        if not spans and not escaped:
             return data
         out = bytearray(data)
         for start, end in spans:
+            if _BACKSLASH in data[start:end]:
+                _mask_escaped_text(out, data, start, end)
+                continue
             out[start:end] = MASK.encode() * (end - start)
             if b"\n" in data[start:end] or b"\r" in data[start:end]:
                 for index in range(start, end):
                     if data[index] in (_CR, _LF):
                         out[index] = data[index]
+        for start, replacement in escaped:
+            out[start : start + len(replacement)] = replacement
         return bytes(out)
+
+    def escaped_edits(
+        self, data: bytes, spans: list[tuple[int, int]] | None = None
+    ) -> list[tuple[int, bytes]]:
+        """Where `data` holds a secret a reader finds only once JSON string escapes are decoded:
+        (offset, replacement bytes) for each of its characters outside `spans` (what masking the
+        bytes as they are covers already), sorted."""
+        covered = spans if spans is not None else self.spans(data)
+        starts = [start for start, _ in covered]
+        edits: dict[int, bytes] = {}
+        for reading in readings(data):
+            for start, end in self.spans(reading.data, fields=False):
+                for at, size in _characters(reading.data, start, end):
+                    first, last = reading.source(at, at + size)
+                    index = bisect.bisect_right(starts, first) - 1
+                    if index >= 0 and covered[index][1] > first:
+                        continue  # masked with the bytes as they are
+                    edit = _masked_form(data[first:last], reading.data[at : at + size])
+                    if edit is not None:
+                        edits[edit[0] + first] = edit[1]
+        return sorted(edits.items())
 
     def spans(self, data: bytes, *, fields: bool = True) -> list[tuple[int, int]]:
         """The (start, end) byte ranges of `data` to mask, sorted and merged; without `fields`,
@@ -322,6 +369,166 @@ class Scrubber:
                 ):
                     found.append((start, right))
                 at = data.find(gram, at + 1)
+
+
+# -- what a reader decodes ---------------------------------------------------------------------------
+
+#: How many times `readings` decodes JSON string escapes: a server's JSON string (once), inside a
+#: trace line (twice), a call's arguments, JSON text in a JSON string, in a trace line (three).
+ESCAPE_LEVELS: Final = 3
+_BACKSLASH_BYTE: Final = b"\\"
+#: A JSON string escape: `\uXXXX` (group 1: the hex digits) or a two-character one (group 2).
+_ESCAPE: Final = re.compile(rb'\\(?:u([0-9a-fA-F]{4})|(["\\/bfnrt]))')
+_SIMPLE_ESCAPES: Final = {
+    b'"': b'"', b"\\": b"\\", b"/": b"/", b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r",
+    b"t": b"\t",
+}
+#: The escape of `MASK`, less its backslash and `u`: what an escaped character's hex digits
+#: become.
+_MASK_HEX: Final = b"%04x" % ord(MASK)
+_HEX: Final = frozenset(b"0123456789abcdefABCDEF")
+
+
+class Unescaped:
+    """Bytes with their JSON string escapes decoded once (`data`), and where each decoded byte
+    came from in the bytes read (`source`). A `\\uXXXX` escape decodes to its character in UTF-8
+    (a lone surrogate as surrogate-escaped bytes); `inner` is the reading this one was made from
+    (None: the bytes themselves)."""
+
+    __slots__ = ("data", "inner", "_at", "_ends", "_from", "_to")
+
+    def __init__(self, data: bytes, inner: Unescaped | None = None) -> None:
+        self.inner = inner
+        pieces: list[bytes] = []
+        #: per escape: where its decoded bytes start and end here, where it was in `data`
+        self._at: list[int] = []
+        self._ends: list[int] = []
+        self._from: list[int] = []
+        self._to: list[int] = []
+        read = decoded = 0
+        for match in _ESCAPE.finditer(data):
+            start, end = match.span()
+            pieces.append(data[read:start])
+            decoded += start - read
+            hex_digits = match.group(1)
+            if hex_digits is not None:
+                character = chr(int(hex_digits, 16)).encode("utf-8", "surrogatepass")
+            else:
+                character = _SIMPLE_ESCAPES[match.group(2)]
+            pieces.append(character)
+            self._at.append(decoded)
+            self._ends.append(decoded + len(character))
+            self._from.append(start)
+            self._to.append(end)
+            decoded += len(character)
+            read = end
+        pieces.append(data[read:])
+        self.data = b"".join(pieces)
+
+    @property
+    def changed(self) -> bool:
+        """Whether decoding changed anything (the bytes held an escape)."""
+        return bool(self._at)
+
+    def _read(self, start: int, end: int) -> tuple[int, int]:
+        """Where the decoded bytes `start:end` (whole characters) were in the bytes read."""
+        at, ends = self._at, self._ends
+        index = bisect.bisect_right(at, start) - 1
+        if index >= 0 and start < ends[index]:
+            first = self._from[index]
+        else:
+            first = start if index < 0 else self._to[index] + start - ends[index]
+        index = bisect.bisect_right(at, end - 1) - 1
+        if index >= 0 and end - 1 < ends[index]:
+            last = self._to[index]
+        else:
+            last = end if index < 0 else self._to[index] + end - ends[index]
+        return first, last
+
+    def source(self, start: int, end: int) -> tuple[int, int]:
+        """Where the decoded bytes `start:end` (whole characters) were in the original bytes,
+        through every reading this one was made from."""
+        first, last = self._read(start, end)
+        if self.inner is not None:
+            return self.inner.source(first, last)
+        return first, last
+
+
+def readings(data: bytes, levels: int = ESCAPE_LEVELS) -> list[Unescaped]:
+    """What a reader decodes from `data`: its JSON string escapes decoded once, then again, up
+    to `levels` times, while there are escapes left to decode (empty when `data` holds none)."""
+    out: list[Unescaped] = []
+    inner: Unescaped | None = None
+    current = data
+    for _ in range(levels):
+        if _BACKSLASH_BYTE not in current:
+            break
+        reading = Unescaped(current, inner)
+        if not reading.changed:
+            break
+        out.append(reading)
+        inner, current = reading, reading.data
+    return out
+
+
+def _outside_escapes(data: bytes, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """`spans` less a first byte that an escape's backslash stands before (`\\/` stays an
+    escape: masking its `/` would leave `\\*`, which is no JSON)."""
+    out = []
+    for start, end in spans:
+        backslashes = 0
+        while start - backslashes > 0 and data[start - backslashes - 1] == _BACKSLASH:
+            backslashes += 1
+        if backslashes % 2:
+            start += 1
+        if start < end:
+            out.append((start, end))
+    return out
+
+
+def _mask_escaped_text(out: bytearray, data: bytes, start: int, end: int) -> None:
+    """Mask `data[start:end]` in `out` as JSON string content: each byte of a character written
+    as such becomes `*`, a `\\uXXXX` escape the escape of `*` (one character either way, so the
+    masked string decodes to as many characters as the secret), another escape stays (a quote
+    or a backslash on its own gives nothing away), a line end stays."""
+    at = start
+    while at < end:
+        byte = data[at]
+        if byte == _BACKSLASH and at + 1 < end:
+            if data[at + 1] == ord("u") and at + 6 <= end and all(b in _HEX for b in data[at + 2 : at + 6]):
+                out[at + 2 : at + 6] = _MASK_HEX
+                at += 6
+            else:
+                at += 2
+            continue
+        if byte not in (_CR, _LF):
+            out[at] = _MASK_BYTE
+        at += 1
+
+
+def _characters(data: bytes, start: int, end: int) -> Iterable[tuple[int, int]]:
+    """(offset, size) of each UTF-8 character of `data` that starts in `start:end`."""
+    at = start
+    while at < end:
+        byte = data[at]
+        size = 1 if byte < 0x80 else 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+        if 0x80 <= byte < 0xC0:  # a continuation byte: not a character of its own
+            size = 1
+        yield at, min(size, len(data) - at)
+        at += size
+
+
+def _masked_form(raw: bytes, character: bytes) -> tuple[int, bytes] | None:
+    """How a character read as `character` and written as `raw` is masked: (offset in `raw`,
+    the bytes written there), or None when it stays (a two-character escape)."""
+    if raw == character:
+        return 0, MASK.encode() * len(raw)
+    if (
+        len(raw) >= 6 and raw[-5] == ord("u") and _BACKSLASH_BYTE in raw[:-5]
+        and all(byte in _HEX for byte in raw[-4:])
+    ):
+        return len(raw) - 4, _MASK_HEX
+    return None
 
 
 def _json_escaped(secret: str) -> bytes | None:

@@ -28,9 +28,9 @@ or, when the turn was cut short by an exception in the driver (version 2),
 A file without either final record is a truncated file, and not a valid trace. An input line is
 its observation's record class written field by field (`engine.log.codec`), so every input kind
 of every protocol has one name (`machines.records.InputKind`) and one codec: `chunk`, `http_error`,
-`fault`, `eof`, `idle_timeout` and `interrupt` for stream attempts; `line` (one stdout line),
-`stderr`, `eof`, `exit`, `spawn_failed`, `turn`, `approval`, `request_timeout`, `idle_timeout`,
-`interrupt` and `interrupt_timeout` for app-server turns. Each entry says which of them its
+`fault`, `eof`, `idle_timeout`, `turn_timeout` and `interrupt` for stream attempts; `line` (one
+stdout line), `stderr`, `eof`, `exit`, `spawn_failed`, `turn`, `approval`, `request_timeout`,
+`idle_timeout`, `turn_timeout`, `interrupt` and `interrupt_timeout` for app-server turns. Each entry says which of them its
 traces hold.
 
 Secrets (version 2). Inputs that are pieces of one byte stream (each attempt's network reads,
@@ -67,6 +67,7 @@ from engine.log.codec import (
     INPUTS,
     TraceError,
     abandoned_to_json,
+    check_record,
     decode_input,
     record_to_json,
     result_to_json,
@@ -76,9 +77,9 @@ from engine.log.eventlog import Input, InputRecord, Record, RecordedInput
 from engine.log.logs import log
 from engine.log.masking import TextChannels, mask_text
 from engine.log.redaction import Scrubber, redact_fields, scrub_line
-from machines.app_records import APP_INPUT_KINDS, SessionConfig
+from machines.app_records import APP_INPUT_KINDS, AppTurnResult, SessionConfig
 from machines.app_session import AppSession
-from machines.records import Effect, InputKind, TurnPolicy
+from machines.records import Effect, InputKind, TurnPolicy, TurnResult
 
 __all__ = [
     "APP_SERVER",
@@ -291,6 +292,7 @@ def header_for(
             "max_retry_wait_s": policy.max_retry_wait_s,
             "max_event_bytes": policy.max_event_bytes,
             "resume": policy.resume,
+            "turn_timeout_s": policy.turn_timeout_s,
         },
         "seed": seed,
         "request": redact_fields(request) if request is not None else None,
@@ -481,9 +483,11 @@ def policy_from_header(policy: Any) -> TurnPolicy:
     if not isinstance(policy, dict):
         raise ValueError(f"header field 'policy' is {type_name(policy)}, not an object")
     names = {field.name for field in attrs.fields(TurnPolicy)}
-    for name in policy:
+    for name, value in policy.items():
         if name not in names:
             raise ValueError(f"unknown policy field {name!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"policy field {name!r} is {value!r}, not a finite number")
     arguments = dict(policy)
     if "retry_failed_codes" in arguments:
         codes = arguments["retry_failed_codes"]
@@ -507,6 +511,8 @@ def _check_turn_header(header: dict[str, Any]) -> None:
         raise ValueError(f"header field 'request' is {type_name(request)}, not an object or null")
     if "seed" in header and type(header["seed"]) is not int:
         raise ValueError(f"header field 'seed' is {type_name(header['seed'])}, not a whole number")
+    if "compat" in header and not isinstance(header["compat"], str):
+        raise ValueError(f"header field 'compat' is {type_name(header['compat'])}, not a string")
 
 
 def _check_app_header(header: dict[str, Any]) -> None:
@@ -523,10 +529,12 @@ def _check_app_header(header: dict[str, Any]) -> None:
 class EntryFormat:
     """What the traces of one entry point hold besides the common fields: `check_header(header)`
     raises `ValueError` or `TypeError` (one line, naming the field) for a header it cannot start
-    from; `inputs` are the input kinds its traces record."""
+    from; `inputs` are the input kinds its traces record; `result` the class whose fields its
+    result record holds."""
 
     check_header: Callable[[dict[str, Any]], None]
     inputs: frozenset[InputKind]
+    result: type
 
 
 #: The entry of an app-server turn's trace.
@@ -535,10 +543,11 @@ APP_SERVER_ENTRY = "codex_app_server"
 RESPONSES = EntryFormat(
     _check_turn_header,
     frozenset({InputKind.CHUNK, InputKind.HTTP_ERROR, InputKind.FAULT, InputKind.EOF,
-               InputKind.IDLE_TIMEOUT, InputKind.INTERRUPT}),
+               InputKind.IDLE_TIMEOUT, InputKind.TURN_TIMEOUT, InputKind.INTERRUPT}),
+    TurnResult,
 )
 #: Traces of codex app-server turns.
-APP_SERVER = EntryFormat(_check_app_header, APP_INPUT_KINDS)
+APP_SERVER = EntryFormat(_check_app_header, APP_INPUT_KINDS, AppTurnResult)
 #: Entry points, by the header's `entry`: how their traces are checked. Replay has its own table
 #: of how they are replayed (`engine.drivers.replay.REPLAYERS`).
 ENTRIES: dict[str, EntryFormat] = {
@@ -557,7 +566,12 @@ class TraceReader:
     whitespace removed), its JSON object, checked, and for an input record the input it
     describes, decoded once here (None for other records); at the end of the file, a trace
     without its final record (`result`, or `abandoned`) raises `TraceError`. Every problem is a
-    `TraceError` with one line of text."""
+    `TraceError` with one line of text.
+
+    Checked, for every record: its kind and `seq`, and every field of its kind
+    (`engine.log.codec`: an input's, a transition's, an effect's, the result's); an input's
+    clock reading `t` is null or a finite number >= 0 that never goes backwards within its
+    attempt."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = name = os.fspath(path)
@@ -565,6 +579,8 @@ class TraceReader:
         self.records = 0
         self._number = 0
         self._final = False
+        #: the latest clock reading of each attempt's inputs
+        self._clocks: dict[int, float] = {}
         try:
             self._file: IO[bytes] = open(name, "rb")
         except OSError as error:
@@ -667,20 +683,38 @@ class TraceReader:
             raise _trace_error(f"{name}: line {number} has no valid seq number ({seq!r})")
         if kind in _FINAL_KINDS:
             self._final = True
-            if kind == "abandoned" and not isinstance(record.get("exception", ""), str):
-                raise _trace_error(f"{name}: line {number}: the abandoned record's exception is not a string")
-        elif kind == "input":
+        if kind == "input":
             attempt = record.get("attempt")
             if type(attempt) is not int or attempt < 1:
                 raise _trace_error(f"{name}: line {number} input has no valid attempt number")
-            t = record.get("t")
-            if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))):
-                raise _trace_error(f"{name}: line {number} input has a clock reading that is not a number ({t!r})")
+            self._check_clock(number, attempt, record.get("t"))
             try:
                 return decode_input(record, self._format.inputs)
             except TraceError as error:
                 raise _trace_error(f"{name}: line {number}: {error}") from None
+        try:
+            check_record(record, self._format.result)
+        except TraceError as error:
+            raise _trace_error(f"{name}: line {number}: {error}") from None
         return None
+
+    def _check_clock(self, number: int, attempt: int, t: Any) -> None:
+        """An input's clock reading: null, or a finite number >= 0 not below the attempt's
+        previous reading."""
+        if t is None:
+            return
+        name = self.path
+        if isinstance(t, bool) or not isinstance(t, (int, float)):
+            raise _trace_error(f"{name}: line {number} input has a clock reading that is not a number ({t!r})")
+        if not math.isfinite(t) or t < 0:
+            raise _trace_error(f"{name}: line {number} input has a clock reading that is not a finite number >= 0 ({t!r})")
+        before = self._clocks.get(attempt)
+        if before is not None and t < before:
+            raise _trace_error(
+                f"{name}: line {number} input's clock reading {t!r} goes back from {before!r} "
+                f"within attempt {attempt}"
+            )
+        self._clocks[attempt] = t
 
 
 @attrs.frozen(slots=True)
