@@ -83,12 +83,18 @@ def test_the_same_seed_replays_the_same_campaign(tmp_path: Path) -> None:
     other = campaign(12, "other", "--callbacks", "test_fuzz_command:text_log")
     assert first and first == again
     assert other != first
-    # a finding is found again the same way, shrunk to the same session
-    campaign(5, "bug", "--callbacks", "test_fuzz_command:fragile_screen")
-    campaign(5, "bug-again", "--callbacks", "test_fuzz_command:fragile_screen")
-    found = [sorted(p.name for p in (tmp_path / f"findings-{name}").glob("*.jsonl"))
-             for name in ("bug", "bug-again")]
-    assert found[0] and found[0] == found[1]
+    # a finding is found again the same way, shrunk to the same session. Which seeds meet the
+    # bug within 60 examples depends on the strategies' distributions: take the first of a few.
+    def findings(name: str) -> list[str]:
+        return sorted(p.name for p in (tmp_path / f"findings-{name}").glob("*.jsonl"))
+
+    for seed in (6, 4, 2, 7):
+        campaign(seed, f"bug-{seed}", "--callbacks", "test_fuzz_command:fragile_screen")
+        if findings(f"bug-{seed}"):
+            break
+    assert findings(f"bug-{seed}"), "no seed of four met a bug in non-ASCII text"
+    campaign(seed, "bug-again", "--callbacks", "test_fuzz_command:fragile_screen")
+    assert findings("bug-again") == findings(f"bug-{seed}")
 
 
 def test_without_the_fuzz_extra_the_command_says_what_to_install(tmp_path: Path) -> None:
