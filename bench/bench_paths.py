@@ -1,0 +1,214 @@
+"""Benchmark of every path a turn's events take, against the floor, in one run.
+
+Theory of operation
+===================
+
+Five figures, each a ratio against a floor measured in the same run, so that load from other
+processes lands on both sides of each ratio:
+
+``consume/floor``
+    ``engine.consume(chunks)`` over the stream of ``bench_consume.py`` (one message of
+    ``--deltas`` 4-character text deltas in 4 KiB chunks) against the *floor*: a bare loop that
+    splits the same chunks into events and parses each ``data:`` line with ``orjson`` (the
+    cheapest digestion CPython offers), keeping the text deltas.
+``consume+trace/floor``
+    the same with ``trace=PATH``: every record rendered, masked and written.
+``replay/floor``
+    ``engine.replay(PATH)`` of that trace: read, checked, fed to today's machines, compared.
+``import engine/import openai``
+    a fresh interpreter that runs ``import engine``, against one that runs ``import openai``
+    (both wall clock of the whole process, interpreter start included).
+``replay small/import openai``
+    a fresh ``python -m engine replay SMALL`` (``streamfsm replay``; SMALL is one short turn,
+    ``replay_fixtures/happy_text.jsonl``) against the same ``import openai``.
+
+The in-process paths take turns within each round (the garbage collector runs before and is
+off during each timed run, one warm-up run each); the process paths likewise take turns, one
+of each per round. Each ratio is paired: the median over rounds of one side's time over the
+other's in the same round. The 1-minute load average is reported before and after.
+
+Output: a table, then one line ``RESULT {json}``. Run from the repository root::
+
+    python bench/bench_paths.py [--deltas 20000] [--rounds 7] [--process-rounds 9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if __package__ in (None, ""):  # run as a script: make the repository and its siblings importable
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import orjson
+
+import engine
+from bench_consume import build_stream, paired_ratio  # noqa: E402  (a sibling script of this one)
+
+__all__ = ["GOALS", "main", "measure", "process_rounds", "run_floor"]
+
+#: The goals of each ratio (at most).
+GOALS: dict[str, float] = {
+    "consume/floor": 1.8,
+    "consume+trace/floor": 2.5,
+    "replay/floor": 3.0,
+    "import engine/import openai": 0.6,
+    "replay small/import openai": 1.0,
+}
+
+SMALL_TRACE = ROOT / "replay_fixtures" / "happy_text.jsonl"
+
+
+def run_floor(chunks: Sequence[bytes]) -> str:
+    """Split the chunks into events, parse each ``data:`` line with orjson, keep the deltas."""
+    loads = orjson.loads
+    pieces: list[str] = []
+    buffer = b""
+    for chunk in chunks:
+        buffer += chunk
+        if b"\n\n" not in buffer:
+            continue
+        blocks = buffer.split(b"\n\n")
+        buffer = blocks.pop()
+        for block in blocks:
+            for line in block.split(b"\n"):
+                if line.startswith(b"data: "):
+                    event = loads(line[6:])
+                    if event["type"] == "response.output_text.delta":
+                        pieces.append(event["delta"])
+    return "".join(pieces)
+
+
+def timed_rounds(runs: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Wall times of every run over ``rounds`` rounds (turns taken within a round), after one
+    warm-up run of each; the collector runs before each timed run and is off during it."""
+    for run in runs.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    try:
+        for _ in range(rounds):
+            for name, run in runs.items():
+                gc.collect()
+                gc.disable()
+                start = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - start)
+                gc.enable()
+    finally:
+        gc.enable()
+    return times
+
+
+def process_rounds(commands: dict[str, list[str]], rounds: int) -> dict[str, list[float]]:
+    """Wall times of fresh processes, one of each command per round (after one warm-up each, so
+    every file is in the page cache); each must exit 0."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for warm in (True,) + (False,) * rounds:
+        for name, command in commands.items():
+            start = time.perf_counter()
+            done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True)
+            elapsed = time.perf_counter() - start
+            if done.returncode != 0:
+                raise SystemExit(f"{name} failed: {done.stderr.decode(errors='replace')[-2000:]}")
+            if not warm:
+                times[name].append(elapsed)
+    return times
+
+
+def measure(deltas: int, rounds: int, process_count: int, chunk_size: int = 4096) -> dict[str, Any]:
+    stream = build_stream(deltas, chunk_size)
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="bench-paths-") as tmp:
+        written = os.path.join(tmp, "written.jsonl")
+        recorded = os.path.join(tmp, "recorded.jsonl")
+        if engine.consume(stream.chunks, trace=recorded).output_text != stream.text:
+            raise SystemExit("consume did not assemble the answer")
+        if run_floor(stream.chunks) != stream.text:
+            raise SystemExit("the floor did not assemble the answer")
+        if not engine.replay(recorded).identical:
+            raise SystemExit("the trace does not replay identically")
+        chunks = stream.chunks
+        runs: dict[str, Callable[[], object]] = {
+            "floor": lambda: run_floor(chunks),
+            "consume": lambda: engine.consume(chunks),
+            "consume+trace": lambda: engine.consume(chunks, trace=written),
+            "replay": lambda: engine.replay(recorded),
+        }
+        times = timed_rounds(runs, rounds)
+        trace_bytes = os.path.getsize(recorded)
+    python = sys.executable
+    commands = {
+        "import openai": [python, "-c", "import openai"],
+        "import engine": [python, "-c", "import engine"],
+        "replay small": [python, "-m", "engine", "replay", str(SMALL_TRACE)],
+    }
+    processes = process_rounds(commands, process_count)
+    ratios = {
+        "consume/floor": paired_ratio(times, "consume", "floor"),
+        "consume+trace/floor": paired_ratio(times, "consume+trace", "floor"),
+        "replay/floor": paired_ratio(times, "replay", "floor"),
+        "import engine/import openai": paired_ratio(processes, "import engine", "import openai"),
+        "replay small/import openai": paired_ratio(processes, "replay small", "import openai"),
+    }
+    return {
+        "deltas": deltas,
+        "events": stream.events,
+        "trace_bytes": trace_bytes,
+        "rounds": rounds,
+        "process_rounds": process_count,
+        "median_ms": {
+            name: round(statistics.median(values) * 1e3, 2)
+            for name, values in {**times, **processes}.items()
+        },
+        "ratios": {name: round(value, 2) for name, value in ratios.items()},
+        "goals_met": {name: ratios[name] <= goal for name, goal in GOALS.items()},
+        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "cpus": os.cpu_count(),
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [
+        f"{result['events']} SSE events, {result['rounds']} rounds in process, "
+        f"{result['process_rounds']} rounds of processes; load average "
+        f"{result['load_average_1min'][0]} -> {result['load_average_1min'][1]} on {result['cpus']} CPUs",
+        "",
+        f"{'ratio':<30}{'paired median':>14}{'goal':>8}",
+    ]
+    for name, goal in GOALS.items():
+        mark = "met" if result["goals_met"][name] else "MISSED"
+        lines.append(f"{name:<30}{result['ratios'][name]:>14.2f}{'<= ' + format(goal, 'g'):>8}  {mark}")
+    lines.append("")
+    lines.append("medians (ms): " + ", ".join(f"{k} {v}" for k, v in result["median_ms"].items()))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--deltas", type=int, default=20_000, help="text deltas in the stream")
+    parser.add_argument("--rounds", type=int, default=7, help="timed rounds in process (median)")
+    parser.add_argument("--process-rounds", type=int, default=9, help="rounds of fresh processes")
+    args = parser.parse_args(argv)
+    if args.deltas < 1 or args.rounds < 1 or args.process_rounds < 1:
+        parser.error("--deltas, --rounds and --process-rounds must be positive")
+    result = measure(args.deltas, args.rounds, args.process_rounds)
+    print(table(result))
+    print("RESULT " + json.dumps(result, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
