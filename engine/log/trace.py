@@ -58,7 +58,8 @@ import json
 import math
 import os
 import sys
-from typing import IO, Any, Callable, Iterable, Iterator, cast
+import typing
+from typing import IO, Any, Callable, Final, Iterable, Iterator, cast
 
 import attrs
 import orjson
@@ -79,7 +80,7 @@ from engine.log.masking import TextChannels, mask_text
 from engine.log.redaction import Scrubber, redact_fields, scrub_line
 from machines.app_records import APP_INPUT_KINDS, AppTurnResult, SessionConfig
 from machines.app_session import AppSession
-from machines.records import Effect, InputKind, TurnPolicy, TurnResult
+from machines.records import Chunk, Effect, EffectKind, InputKind, TurnPolicy, TurnResult
 
 __all__ = [
     "APP_SERVER",
@@ -104,6 +105,7 @@ __all__ = [
     "loads",
     "policy_from_header",
     "read_trace",
+    "record_line",
     "record_to_json",
     "result_to_json",
     "scrubber_for",
@@ -386,27 +388,45 @@ class TraceWriter:
     ) -> None:
         scrubber = Scrubber(self.secrets)
         streams, effects = _masked_streams(records, scrubber, self.text)
-        window: list[bytes] = [dumps(header)]
-        plain: list[bool] = [False]  # True: a stream input, already masked with its stream
+        lines: list[bytes] = [dumps(header)]
+        how: list[int] = [_FULL]  # how each line is scrubbed (`_flush`)
+        add_line, add_how = lines.append, how.append
+        # The loop runs once per record of the turn (a long answer: one per delta), so the text
+        # effects' lines are formatted here (`record_line`'s fast way, inline).
+        effect_line, names, text_effects, to_json = _EFFECT_LINE, _EFFECT_NAMES, _TEXT_EFFECTS, orjson.dumps
         for seq, record in enumerate(records, 1):
-            written = streams.get(seq - 1)
-            if written is not None and type(record) is InputRecord:
+            if effects:
+                record = effects.get(seq - 1, record)
+            if type(record) is Effect:
+                data = record.data
+                if type(data) is str and record.kind in text_effects and type(record.attempt) is int:
+                    try:
+                        add_line(effect_line % (seq, record.attempt, names[record.kind], to_json(data)))
+                    except TypeError:  # a lone surrogate
+                        add_line(dumps(record_to_json(record, seq)))
+                    add_how(_TEXT)
+                else:
+                    add_line(record_line(record, seq))
+                    add_how(_FULL)
+            elif type(record) is InputRecord and seq - 1 in streams:
+                written = streams[seq - 1]
                 if written is not record.input:
                     record = InputRecord(record.attempt, record.t, written)
-                window.append(dumps(record_to_json(record, seq)))
-                plain.append(True)
+                add_line(record_line(record, seq))
+                add_how(_PLAIN)
             else:
-                window.append(dumps(record_to_json(effects.get(seq - 1, record), seq)))
-                plain.append(False)
-            if len(window) >= _WINDOW:
-                _flush(out, window, plain, scrubber)
-                window, plain = [], []
+                add_line(record_line(record, seq))
+                add_how(_FULL)
+            if len(lines) >= _WINDOW:
+                _flush(out, lines, how, scrubber)
+                lines.clear()
+                how.clear()
         if result is not None:
-            window.append(dumps(result_to_json(result, len(records) + 1)))
+            add_line(dumps(result_to_json(result, len(records) + 1)))
         else:
-            window.append(dumps(abandoned_to_json(abandoned or "Exception", len(records) + 1)))
-        plain.append(False)
-        _flush(out, window, plain, scrubber)
+            add_line(dumps(abandoned_to_json(abandoned or "Exception", len(records) + 1)))
+        add_how(_FULL)
+        _flush(out, lines, how, scrubber)
 
 
 def _remove_quietly(path: str) -> None:
@@ -462,16 +482,61 @@ def _masked_streams(
 _STREAM_FORMATS = {format_.cls: format_.stream for format_ in INPUTS.values() if format_.stream}
 
 
-def _flush(out: IO[bytes], lines: list[bytes], plain: list[bool], scrubber: Scrubber) -> None:
-    """Write `lines`, scrubbing those not `plain` (in one pass: a mask never covers a line end)."""
-    positions = [index for index, done in enumerate(plain) if not done]
-    if positions:
-        joined = b"\n".join(lines[index] for index in positions)
-        masked = scrubber.scrub(joined)
-        if masked is not joined:
-            for index, line in zip(positions, masked.split(b"\n")):
-                lines[index] = line
-    out.write(b"\n".join(lines) + b"\n")
+#: How a line is scrubbed as it is written: not at all (a stream input, masked with its stream);
+#: as a text effect (`_TEXT`: its only strings are its effect's name and its text, so no field
+#: of it is named like a credential and the scrubber need not look for such fields); in full.
+_PLAIN, _TEXT, _FULL = 0, 1, 2
+#: The effects whose data is text the machines decoded (their lines are `_TEXT` when it is).
+_TEXT_EFFECTS = frozenset({"text_delta", "reasoning_delta", "commentary_delta", "refusal_delta"})
+
+
+def _flush(out: IO[bytes], lines: list[bytes], how: list[int], scrubber: Scrubber) -> None:
+    """Write `lines`, scrubbing each as `how` says (the lines scrubbed alike in one pass: a mask
+    never covers a line end)."""
+    for kind in (_TEXT, _FULL):
+        positions = [index for index, each in enumerate(how) if each == kind]
+        if positions:
+            joined = b"\n".join([lines[index] for index in positions])
+            masked = scrubber.scrub(joined, fields=kind == _FULL)
+            if masked is not joined:
+                for index, line in zip(positions, masked.split(b"\n")):
+                    lines[index] = line
+    out.write(b"\n".join(lines))
+    out.write(b"\n")
+
+
+def record_line(record: Record, seq: int) -> bytes:
+    """`dumps(record_to_json(record, seq))`, byte for byte: a record's trace line before masking.
+
+    The records of a long answer are nearly all a text effect per delta and a chunk per network
+    read; their lines are formatted around one `orjson` call for their one string (the same call
+    that writes it inside the object), with no dict built. Anything else goes the general way."""
+    kind = type(record)
+    if kind is Effect:
+        data = record.data  # type: ignore[union-attr]
+        if type(data) is str and type(record.attempt) is int:
+            try:
+                text = orjson.dumps(data)
+            except TypeError:  # a lone surrogate: the general way writes it
+                pass
+            else:
+                return _EFFECT_LINE % (seq, record.attempt, _EFFECT_NAMES[record.kind], text)  # type: ignore[union-attr]
+    elif kind is InputRecord:
+        item = record.input  # type: ignore[union-attr]
+        if type(item) is Chunk and type(record.attempt) is int:
+            try:
+                text = orjson.dumps(item.data.decode("utf-8"))
+            except UnicodeDecodeError:  # written as base64: the general way
+                pass
+            else:
+                return _CHUNK_LINE % (seq, record.attempt, orjson.dumps(record.t), text)  # type: ignore[union-attr]
+    return dumps(record_to_json(record, seq))
+
+
+_EFFECT_LINE: Final = b'{"seq":%d,"kind":"effect","attempt":%d,"effect":%s,"data":%s}'
+_CHUNK_LINE: Final = b'{"seq":%d,"kind":"input","attempt":%d,"t":%s,"input":"chunk","data":%s}'
+#: Each effect's name as a JSON string.
+_EFFECT_NAMES: Final = {name: orjson.dumps(name) for name in typing.get_args(EffectKind)}
 
 
 # -- reading --------------------------------------------------------------------------------------
