@@ -16,8 +16,9 @@ Implementation note (the hot path): line ends are normalised to LF and only the 
 the one character before it) is searched for the blank line that ends an event; pieces of an event
 still incomplete are kept in a list and joined once, when its blank line arrives. So the cost is
 linear in the bytes received, however long an event is or however finely it is cut. A complete
-buffer is split on blank lines and each block parsed line by line; only the incomplete tail stays
-buffered.
+buffer is split on blank lines and each block parsed line by line (a block of one `event:` line and
+one `data:` line, what every Responses-API server sends, is cut at its line end instead); only the
+incomplete tail stays buffered.
 
 Limit: `SseDecoder(max_event_bytes=N)` refuses an event larger than N bytes (of its UTF-8 text,
 line ends counted as one LF, without the line end and blank line that end it): once the event
@@ -127,6 +128,11 @@ class SseDecoder:
             if bound is not None and _utf8_size(block) > bound:
                 self._refuse()
                 return events
+            # The usual block, `event: NAME` and one `data: ...` line, without the line parser.
+            head, _, rest = block.partition("\n")
+            if head[:7] == "event: " and rest[:6] == "data: " and "\n" not in rest:
+                events.append(SseEvent(head[7:] or "message", rest[6:], self.last_event_id))
+                continue
             event = self._parse_block(block)
             if event is not None:
                 events.append(event)
