@@ -25,14 +25,14 @@ input for it. A protocol brings its replayer; the comparison is the same for all
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Generator, Iterable, Iterator, cast
+from typing import Any, Callable, Generator, Iterator, Protocol, cast
 
 import attrs
 
 from engine.drivers.app_recording import AppTurnRecording
 from engine.drivers.recording import TurnRecording
 from engine.drivers.replay_report import Divergence, ReplayReport
-from engine.log.codec import decode_input
+from engine.log.codec import decode_input, fits_at_a_glance
 from engine.log.eventlog import Input, InputRecord, RecordedInput, Record
 from engine.log.redaction import MASK
 from engine.log.trace import (
@@ -198,13 +198,17 @@ def _strings_match(a: str, b: str) -> bool:
     return all(x == y or masked_a[i] or masked_b[i] for i, (x, y) in enumerate(zip(a, b)))
 
 
-#: A record as read: its line (None when read whole before), its JSON and, for an input, the
-#: input it describes.
-_Read = tuple["bytes | None", "dict[str, Any]", "Input | None"]
+#: A recorded record, parsed and checked: its JSON and, for an input, the input it describes.
+_Read = tuple["dict[str, Any]", "Input | None"]
+#: What the session yielded last and the comparison has not taken yet: nothing.
+_NOTHING: Any = object()
 
 
 class _Comparison:
-    """One replay session checked against recorded records, one at a time."""
+    """One replay session checked against recorded records, one at a time.
+
+    The session is advanced only as far as its next yield (`peek`): a record, or a request for
+    an input, which is then found among the recorded records (`next_replayed`)."""
 
     def __init__(self, session: ReplaySession, version: int) -> None:
         self._session = session
@@ -213,9 +217,36 @@ class _Comparison:
         self._done = False
         self._send: InputRecord | None = None
         self._started = False
+        self._pending: Any = _NOTHING
 
     def close(self) -> None:
         self._session.close()
+
+    def peek(self) -> dict[str, Any] | NeedInput | None:
+        """What the session yields next (None: it has ended), without taking it: a record (a
+        machine that raised is a record `{"raised": ...}`), or `NeedInput`."""
+        if self._pending is _NOTHING:
+            if self._done:
+                return None
+            try:
+                if self._started:
+                    self._pending = self._session.send(self._send)
+                else:
+                    self._started = True
+                    self._pending = next(self._session)
+            except StopIteration:
+                self._done = True
+                return None
+            except Exception as error:  # today's machines cannot take these inputs at all
+                self._done = True
+                self._pending = {"raised": f"{type(error).__name__}: {error}"}
+            self._send = None
+        made: dict[str, Any] | NeedInput = self._pending
+        return made
+
+    def take(self) -> None:
+        """The record `peek` returned was compared."""
+        self._pending = _NOTHING
 
     def next_replayed(
         self, head: dict[str, Any] | None, item: Input | None, ahead: Iterator[_Read]
@@ -224,32 +255,20 @@ class _Comparison:
         file). When the replay needs an input and `head` is not one, the records diverge here;
         the next recorded input is then found further on (`ahead`) so the report can say what
         the replay made of it. `item` is the input `head` describes (decoded by the reader)."""
-        while not self._done:
-            try:
-                if self._started:
-                    made = self._session.send(self._send)
-                else:
-                    self._started = True
-                    made = next(self._session)
-            except StopIteration:
-                self._done = True
-                return None
-            except Exception as error:  # today's machines cannot take these inputs at all
-                self._done = True
-                return {"raised": f"{type(error).__name__}: {error}"}
-            self._send = None
-            if not isinstance(made, NeedInput):
+        while True:
+            made = self.peek()
+            self.take()
+            if made is None or not isinstance(made, NeedInput):
                 return made
             found: tuple[dict[str, Any], Input] | None = None
             if head is not None and item is not None:
                 found = head, item
                 head = item = None  # fed once
             elif head is not None:
-                found = next(((record, input_) for _, record, input_ in ahead if input_ is not None), None)
+                found = next(((record, input_) for record, input_ in ahead if input_ is not None), None)
             if found is not None and found[0].get("attempt") == made.attempt:
                 record, input_ = found
                 self._send = InputRecord(made.attempt, record.get("t"), input_)
-        return None
 
     def as_recorded(self, replayed: dict[str, Any]) -> dict[str, Any]:
         """A replayed record as a trace of this version would hold it (scrubbed, JSON types)."""
@@ -277,13 +296,28 @@ class _Comparison:
         return theirs
 
 
-def _compare(
-    path: str,
-    header: dict[str, Any],
-    version: int,
-    records: Iterable[_Read],
-    count: Callable[[], int],
-) -> ReplayReport:
+class _Recorded(Protocol):
+    """The recorded records as the comparison reads them: numbered lines (None: records read
+    whole before), each then parsed and checked (`read`) or, when it is byte for byte a record
+    the replay made that fits at a glance, only counted (`accept`); `records` counts both."""
+
+    @property
+    def records(self) -> int: ...
+
+    def lines(self) -> Iterator[tuple[int, bytes | None]]: ...
+
+    def read(self, number: int, line: bytes | None) -> _Read: ...
+
+    def accept(self) -> None: ...
+
+
+def _compare(path: str, header: dict[str, Any], version: int, recorded_records: _Recorded) -> ReplayReport:
+    """Replay the trace and compare as the lines come.
+
+    A line that is byte for byte what the replay made of a text effect or a transition that
+    fits at a glance (`fits_at_a_glance`: every field of it passes the reader's checks) is
+    that record: it is counted without being parsed, the common case of a long answer. Every
+    other line is parsed and checked as the reader does, and compared as JSON."""
     replayer = REPLAYERS.get(header.get("entry"))  # type: ignore[arg-type]
     if replayer is None:
         raise TraceError(f"{path}: no replay for entry {header.get('entry')!r}")
@@ -295,20 +329,30 @@ def _compare(
     divergence: Divergence | None = None
     abandoned: str | None = None
     position = 0
-    stream = iter(records)
+    read, accept = recorded_records.read, recorded_records.accept
+    stream = recorded_records.lines()
+    ahead = (read(number, line) for number, line in stream)
     try:
-        for line, recorded, item in stream:
+        for number, line in stream:
             position += 1
             if divergence is not None:
-                continue  # read on: a file that turns out invalid is reported as such
-            if abandoned is not None:  # the recording stopped at its abandoned record
-                divergence = Divergence(position, recorded, None)
+                read(number, line)  # read on: a file that turns out invalid is reported as such
                 continue
+            if abandoned is not None:  # the recording stopped at its abandoned record
+                divergence = Divergence(position, read(number, line)[0], None)
+                continue
+            if line is not None:
+                made = comparison.peek()
+                if type(made) is dict and fits_at_a_glance(made) and dumps(made) == line:
+                    comparison.take()
+                    accept()
+                    continue
+            recorded, item = read(number, line)
             if recorded.get("kind") == "abandoned":
                 abandoned = str(recorded.get("exception", "Exception"))
                 comparison.close()
                 continue
-            replayed = comparison.next_replayed(recorded, item, stream)
+            replayed = comparison.next_replayed(recorded, item, ahead)
             if replayed is None:
                 divergence = Divergence(position, recorded, None)
                 continue
@@ -321,21 +365,59 @@ def _compare(
                 divergence = Divergence(position + 1, None, comparison.as_recorded(extra))
     finally:
         comparison.close()
-    return ReplayReport(path, count(), divergence, abandoned)
+    return ReplayReport(path, recorded_records.records, divergence, abandoned)
+
+
+class _ReadWhole:
+    """The records of a trace already read whole (`Trace`), as the comparison reads records."""
+
+    def __init__(self, trace: Trace) -> None:
+        self._trace = trace
+        self._kinds = ENTRIES[trace.entry].inputs
+
+    @property
+    def records(self) -> int:
+        return len(self._trace.records)
+
+    def lines(self) -> Iterator[tuple[int, bytes | None]]:
+        return ((index, None) for index in range(len(self._trace.records)))
+
+    def read(self, number: int, line: bytes | None) -> _Read:
+        record = self._trace.records[number]
+        return record, decode_input(record, self._kinds) if record.get("kind") == "input" else None
+
+    def accept(self) -> None:  # never called: there is no line to compare
+        raise AssertionError("a record read whole has no line")
 
 
 def replay_trace(trace: Trace) -> ReplayReport:
     """Replay an already read trace and compare it record by record."""
-    kinds = ENTRIES[trace.entry].inputs
-    records = (
-        (None, record, decode_input(record, kinds) if record.get("kind") == "input" else None)
-        for record in trace.records
-    )
-    return _compare(trace.path, trace.header, trace.version, records, lambda: len(trace.records))
+    return _compare(trace.path, trace.header, trace.version, _ReadWhole(trace))
+
+
+class _ReadLines:
+    """A trace file's records as the comparison reads them, from its `TraceReader`; the end of
+    the lines is where the reader checks the file is whole."""
+
+    def __init__(self, reader: TraceReader) -> None:
+        self._reader = reader
+        self.accept = reader.accept
+
+    def read(self, number: int, line: bytes | None) -> _Read:
+        assert line is not None  # every line of a file is there
+        return self._reader.read(number, line)
+
+    @property
+    def records(self) -> int:
+        return self._reader.records
+
+    def lines(self) -> Iterator[tuple[int, bytes | None]]:
+        yield from self._reader.lines()
+        self._reader.finish()
 
 
 def replay(path: str | os.PathLike[str]) -> ReplayReport:
     """Read a trace file and replay it as it is read (raises `TraceError` for an unreadable or
     invalid file)."""
     with TraceReader(path) as reader:
-        return _compare(reader.path, reader.header, reader.version, reader, lambda: reader.records)
+        return _compare(reader.path, reader.header, reader.version, _ReadLines(reader))

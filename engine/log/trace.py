@@ -722,16 +722,37 @@ class TraceReader:
         return header
 
     def __iter__(self) -> Iterator[tuple[bytes, dict[str, Any], Input | None]]:
-        name = self.path
-        for number, line in self._lines():
-            record = self._parse(number, line)
-            item = self._check(number, record)
-            self.records += 1
+        for number, line in self.lines():
+            record, item = self.read(number, line)
             yield line, record, item
+        self.finish()
+
+    def lines(self) -> Iterator[tuple[int, bytes]]:
+        """The record lines as they are (numbered), not yet parsed: each is then `read`, or
+        `accept`ed; `finish` at the end. (Iterating does all three.)"""
+        return self._lines()
+
+    def read(self, number: int, line: bytes) -> tuple[dict[str, Any], Input | None]:
+        """Line `number`, parsed and checked: its JSON object and, for an input record, the
+        input it describes."""
+        record = self._parse(number, line)
+        item = self._check(number, record)
+        self.records += 1
+        return record, item
+
+    def accept(self) -> None:
+        """Count a line without parsing it, because it is byte for byte what `dumps` wrote of a
+        record that passes every check of its kind and is neither an input nor a final record
+        (`engine.log.codec.fits_at_a_glance`): what `read` would find, known already."""
+        self.records += 1
+
+    def finish(self) -> None:
+        """At the end of the file: a trace without its final record (`result`, `abandoned`) is
+        a truncated file (`TraceError`)."""
         if not self._final:
             where = f"after line {self._number}" if self.records else "after its header"
             raise _trace_error(
-                f"{name}: the trace ends {where} without its final result record "
+                f"{self.path}: the trace ends {where} without its final result record "
                 "(a truncated file)"
             )
 
