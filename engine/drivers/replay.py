@@ -299,7 +299,8 @@ class _Comparison:
 class _Recorded(Protocol):
     """The recorded records as the comparison reads them: numbered lines (None: records read
     whole before), each then parsed and checked (`read`) or, when it is byte for byte a record
-    the replay made that fits at a glance, only counted (`accept`); `records` counts both."""
+    the replay made that fits at a glance, only counted (`accept`); `records` counts both;
+    `finish` checks, after the last line, that the file was whole."""
 
     @property
     def records(self) -> int: ...
@@ -309,6 +310,8 @@ class _Recorded(Protocol):
     def read(self, number: int, line: bytes | None) -> _Read: ...
 
     def accept(self) -> None: ...
+
+    def finish(self) -> None: ...
 
 
 def _compare(path: str, header: dict[str, Any], version: int, recorded_records: _Recorded) -> ReplayReport:
@@ -330,6 +333,7 @@ def _compare(path: str, header: dict[str, Any], version: int, recorded_records: 
     abandoned: str | None = None
     position = 0
     read, accept = recorded_records.read, recorded_records.accept
+    peek, take, glance = comparison.peek, comparison.take, fits_at_a_glance
     stream = recorded_records.lines()
     ahead = (read(number, line) for number, line in stream)
     try:
@@ -342,9 +346,9 @@ def _compare(path: str, header: dict[str, Any], version: int, recorded_records: 
                 divergence = Divergence(position, read(number, line)[0], None)
                 continue
             if line is not None:
-                made = comparison.peek()
-                if type(made) is dict and fits_at_a_glance(made) and dumps(made) == line:
-                    comparison.take()
+                made = peek()
+                if type(made) is dict and glance(made) and dumps(made) == line:
+                    take()
                     accept()
                     continue
             recorded, item = read(number, line)
@@ -363,6 +367,7 @@ def _compare(path: str, header: dict[str, Any], version: int, recorded_records: 
             extra = comparison.next_replayed(None, None, iter(()))
             if extra is not None:
                 divergence = Divergence(position + 1, None, comparison.as_recorded(extra))
+        recorded_records.finish()
     finally:
         comparison.close()
     return ReplayReport(path, recorded_records.records, divergence, abandoned)
@@ -389,6 +394,9 @@ class _ReadWhole:
     def accept(self) -> None:  # never called: there is no line to compare
         raise AssertionError("a record read whole has no line")
 
+    def finish(self) -> None:
+        """Nothing to check: `read_trace` checked the whole file."""
+
 
 def replay_trace(trace: Trace) -> ReplayReport:
     """Replay an already read trace and compare it record by record."""
@@ -412,7 +420,9 @@ class _ReadLines:
         return self._reader.records
 
     def lines(self) -> Iterator[tuple[int, bytes | None]]:
-        yield from self._reader.lines()
+        return self._reader.lines()
+
+    def finish(self) -> None:
         self._reader.finish()
 
 
