@@ -177,6 +177,7 @@ from machines.records import (
     AttemptKind,
     Decision,
     Effect,
+    effect,
     EndOfStream,
     EventTooLarge,
     Fault,
@@ -733,7 +734,13 @@ class StreamAttempt:
             if not self.function_call_seen:  # the calls seen may still turn out the server's
                 self._withheld.append((None, delta))
             return
-        self._deliver_text(delta)
+        text = self.ledger.text
+        if text.length:  # `_deliver_text` after the first text, inline: no first delta to decide
+            delta = text.take(delta)
+            if delta:
+                self._out.append(effect("text_delta", self.number, delta))
+        else:
+            self._deliver_text(delta)
 
     def _commentary_delta(self, index: int, delta: str) -> None:
         """Text of the commentary message at `index`: held back after a call as answer text is,

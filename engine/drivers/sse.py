@@ -34,7 +34,7 @@ from __future__ import annotations
 import codecs
 from itertools import repeat
 
-from machines.records import SseEvent
+from machines.records import SseEvent, sse_event
 
 __all__ = ["SseDecoder"]
 
@@ -62,7 +62,7 @@ def _usual_events(text: str, last_id: str | None) -> list[SseEvent] | None:
     ):
         return None
     return list(
-        map(SseEvent, [name[7:] or "message" for name in names], [line[6:] for line in data],
+        map(sse_event, [name[7:] or "message" for name in names], [line[6:] for line in data],
             repeat(last_id, len(names)))
     )
 
@@ -164,7 +164,7 @@ class SseDecoder:
                 # The usual block, `event: NAME` and one `data: ...` line, without the line parser.
                 head, _, rest = block.partition("\n")
                 if head[:7] == "event: " and rest[:6] == "data: " and "\n" not in rest:
-                    events.append(SseEvent(head[7:] or "message", rest[6:], self.last_event_id))
+                    events.append(sse_event(head[7:] or "message", rest[6:], self.last_event_id))
                     continue
                 event = self._parse_block(block)
                 if event is not None:
