@@ -28,11 +28,12 @@ import os
 from typing import Any, Callable, Generator, Iterator, Protocol, cast
 
 import attrs
+import orjson
 
 from engine.drivers.app_recording import AppTurnRecording
 from engine.drivers.recording import TurnRecording
 from engine.drivers.replay_report import Divergence, ReplayReport
-from engine.log.codec import decode_input, fits_at_a_glance
+from engine.log.codec import TEXT_EFFECTS, decode_input, fits_at_a_glance
 from engine.log.eventlog import Input, InputRecord, RecordedInput, Record
 from engine.log.redaction import MASK
 from engine.log.trace import (
@@ -46,12 +47,14 @@ from engine.log.trace import (
     is_stream_record,
     loads,
     policy_from_header,
+    record_line,
     record_to_json,
     result_to_json,
     scrubber_for,
 )
 from machines.app_records import AppInput, SessionConfig
 from machines.app_session import AppSession
+from machines.records import Effect
 
 __all__ = [
     "REPLAYERS",
@@ -76,16 +79,20 @@ class NeedInput:
     attempt: int
 
 
-#: A replay in progress: yields replayed records (JSON, numbered from 1) and `NeedInput`; is sent
-#: the recorded input asked for, or None.
-ReplaySession = Generator["dict[str, Any] | NeedInput", "InputRecord | None", None]
+#: A replay in progress: yields the records (numbered from 1) each step made, as a list (one
+#: yield per step, not per record: a long answer is a record per delta), each its JSON or, for
+#: one that fits at a glance (`fits_at_a_glance`: `_Handover` renders text effects so), its
+#: trace line; and `NeedInput`; is sent the recorded input asked for, or None.
+ReplaySession = Generator["list[dict[str, Any] | bytes] | NeedInput", "InputRecord | None", None]
 #: Starts the replay of a trace from its (checked) header.
 Replayer = Callable[[dict[str, Any]], ReplaySession]
 
 
 class _Handover:
-    """The records a replay's event log made since the last `take()`, numbered and as JSON; the
-    log keeps none of them (a replay holds one record at a time)."""
+    """The records a replay's event log made since the last `take()`, numbered: a text effect
+    whose fields all fit as its trace line (`record_line`: what the comparison compares, nearly
+    every record of a long answer), any other as JSON. The log keeps none of them (a replay
+    holds one record at a time)."""
 
     __slots__ = ("made", "seq")
 
@@ -93,11 +100,15 @@ class _Handover:
         self.made = made
         self.seq = 0
 
-    def take(self) -> list[dict[str, Any]]:
-        out = []
+    def take(self) -> list[dict[str, Any] | bytes]:
+        out: list[dict[str, Any] | bytes] = []
         for record in self.made:
             self.seq += 1
-            out.append(record_to_json(record, self.seq))
+            if (type(record) is Effect and record.kind in TEXT_EFFECTS
+                    and type(record.data) is str and type(record.attempt) is int and record.attempt >= 0):
+                out.append(record_line(record, self.seq))
+            else:
+                out.append(record_to_json(record, self.seq))
         self.made.clear()
         return out
 
@@ -112,16 +123,16 @@ def replay_turn(header: dict[str, Any]) -> ReplaySession:
     )
     made = _Handover(recording.log.records)
     for feed in recording.attempts():
-        yield from made.take()
+        yield made.take()
         while not feed.final:
             record = yield NeedInput(feed.number)
             if record is None:  # today's machines want more than was recorded
-                yield from made.take()
+                yield made.take()
                 return
             feed.observe(cast(RecordedInput, record.input), record.t)
-            yield from made.take()
-    yield from made.take()
-    yield result_to_json(recording.result().to_json(), made.seq + 1)
+            yield made.take()
+    yield made.take()
+    yield [result_to_json(recording.result().to_json(), made.seq + 1)]
 
 
 def replay_app_turn(header: dict[str, Any]) -> ReplaySession:
@@ -134,11 +145,11 @@ def replay_app_turn(header: dict[str, Any]) -> ReplaySession:
     while not recording.finished:
         record = yield NeedInput(recording.number)
         if record is None:
-            yield from made.take()
+            yield made.take()
             return
         recording.feed(cast(AppInput, record.input), record.t)
-        yield from made.take()
-    yield result_to_json(recording.result().to_json(), made.seq + 1)
+        yield made.take()
+    yield [result_to_json(recording.result().to_json(), made.seq + 1)]
 
 
 #: How each entry point's traces are replayed (the header's `entry`).
@@ -200,15 +211,12 @@ def _strings_match(a: str, b: str) -> bool:
 
 #: A recorded record, parsed and checked: its JSON and, for an input, the input it describes.
 _Read = tuple["dict[str, Any]", "Input | None"]
-#: What the session yielded last and the comparison has not taken yet: nothing.
-_NOTHING: Any = object()
-
-
 class _Comparison:
     """One replay session checked against recorded records, one at a time.
 
-    The session is advanced only as far as its next yield (`peek`): a record, or a request for
-    an input, which is then found among the recorded records (`next_replayed`)."""
+    The session is advanced only as far as its next yield (`peek`): the records of a step, taken
+    one by one, or a request for an input, which is then found among the recorded records
+    (`next_replayed`)."""
 
     def __init__(self, session: ReplaySession, version: int) -> None:
         self._session = session
@@ -217,36 +225,74 @@ class _Comparison:
         self._done = False
         self._send: InputRecord | None = None
         self._started = False
-        self._pending: Any = _NOTHING
+        #: the records of the session's latest step, and how many of them were taken
+        self._batch: list[dict[str, Any] | bytes] = []
+        self._at = 0
+        #: the session's request for an input, not taken yet
+        self._need: NeedInput | None = None
 
     def close(self) -> None:
         self._session.close()
 
-    def peek(self) -> dict[str, Any] | NeedInput | None:
+    def peek(self) -> dict[str, Any] | bytes | NeedInput | None:
         """What the session yields next (None: it has ended), without taking it: a record (a
         machine that raised is a record `{"raised": ...}`), or `NeedInput`."""
-        if self._pending is _NOTHING:
+        if self._at < len(self._batch):
+            return self._batch[self._at]
+        while self._need is None:
             if self._done:
                 return None
             try:
                 if self._started:
-                    self._pending = self._session.send(self._send)
+                    made = self._session.send(self._send)
                 else:
                     self._started = True
-                    self._pending = next(self._session)
+                    made = next(self._session)
             except StopIteration:
                 self._done = True
                 return None
             except Exception as error:  # today's machines cannot take these inputs at all
                 self._done = True
-                self._pending = {"raised": f"{type(error).__name__}: {error}"}
+                made = [{"raised": f"{type(error).__name__}: {error}"}]
             self._send = None
-        made: dict[str, Any] | NeedInput = self._pending
-        return made
+            if isinstance(made, NeedInput):
+                self._need = made
+            elif made:
+                self._batch, self._at = made, 0
+                return made[0]
+        return self._need
+
+    def takes_line(self, line: bytes) -> bool:
+        """Whether the session's next record is `line`, byte for byte, and a record that fits
+        at a glance (`fits_at_a_glance`): then it is taken, and the line needs no parsing. (The
+        comparison's hot path: one call per line of a long answer.)"""
+        if self._at < len(self._batch):
+            made = self._batch[self._at]
+        else:
+            peeked = self.peek()
+            if peeked is None or isinstance(peeked, NeedInput):
+                return False
+            made = peeked
+        if isinstance(made, bytes):  # a text effect whose fields fit, as its line
+            if made == line:
+                self._at += 1
+                return True
+            return False
+        try:
+            rendered = orjson.dumps(made)  # what `dumps` writes of JSON values
+        except TypeError:  # not JSON values: compared the general way
+            return False
+        if rendered == line and fits_at_a_glance(made):
+            self._at += 1
+            return True
+        return False
 
     def take(self) -> None:
-        """The record `peek` returned was compared."""
-        self._pending = _NOTHING
+        """What `peek` returned was used."""
+        if self._at < len(self._batch):
+            self._at += 1
+        else:
+            self._need = None
 
     def next_replayed(
         self, head: dict[str, Any] | None, item: Input | None, ahead: Iterator[_Read]
@@ -258,6 +304,9 @@ class _Comparison:
         while True:
             made = self.peek()
             self.take()
+            if isinstance(made, bytes):  # a line of ours: its JSON, for the general comparison
+                parsed: dict[str, Any] = loads(made)
+                return parsed
             if made is None or not isinstance(made, NeedInput):
                 return made
             found: tuple[dict[str, Any], Input] | None = None
@@ -299,8 +348,9 @@ class _Comparison:
 class _Recorded(Protocol):
     """The recorded records as the comparison reads them: numbered lines (None: records read
     whole before), each then parsed and checked (`read`) or, when it is byte for byte a record
-    the replay made that fits at a glance, only counted (`accept`); `records` counts both;
-    `finish` checks, after the last line, that the file was whole."""
+    the replay made that fits at a glance, only counted (`accept`, how many such lines there
+    were, once at the end); `records` counts both; `finish` checks, after the last line, that
+    the file was whole."""
 
     @property
     def records(self) -> int: ...
@@ -309,7 +359,7 @@ class _Recorded(Protocol):
 
     def read(self, number: int, line: bytes | None) -> _Read: ...
 
-    def accept(self) -> None: ...
+    def accept(self, count: int) -> None: ...
 
     def finish(self) -> None: ...
 
@@ -332,8 +382,8 @@ def _compare(path: str, header: dict[str, Any], version: int, recorded_records: 
     divergence: Divergence | None = None
     abandoned: str | None = None
     position = 0
-    read, accept = recorded_records.read, recorded_records.accept
-    peek, take, glance = comparison.peek, comparison.take, fits_at_a_glance
+    read, takes_line = recorded_records.read, comparison.takes_line
+    accepted = 0  # lines counted without being parsed (`accept`)
     stream = recorded_records.lines()
     ahead = (read(number, line) for number, line in stream)
     try:
@@ -345,12 +395,9 @@ def _compare(path: str, header: dict[str, Any], version: int, recorded_records: 
             if abandoned is not None:  # the recording stopped at its abandoned record
                 divergence = Divergence(position, read(number, line)[0], None)
                 continue
-            if line is not None:
-                made = peek()
-                if type(made) is dict and glance(made) and dumps(made) == line:
-                    take()
-                    accept()
-                    continue
+            if line is not None and takes_line(line):
+                accepted += 1
+                continue
             recorded, item = read(number, line)
             if recorded.get("kind") == "abandoned":
                 abandoned = str(recorded.get("exception", "Exception"))
@@ -367,6 +414,7 @@ def _compare(path: str, header: dict[str, Any], version: int, recorded_records: 
             extra = comparison.next_replayed(None, None, iter(()))
             if extra is not None:
                 divergence = Divergence(position + 1, None, comparison.as_recorded(extra))
+        recorded_records.accept(accepted)
         recorded_records.finish()
     finally:
         comparison.close()
@@ -391,8 +439,8 @@ class _ReadWhole:
         record = self._trace.records[number]
         return record, decode_input(record, self._kinds) if record.get("kind") == "input" else None
 
-    def accept(self) -> None:  # never called: there is no line to compare
-        raise AssertionError("a record read whole has no line")
+    def accept(self, count: int) -> None:
+        """No line was compared as it is (there are none): `count` is 0."""
 
     def finish(self) -> None:
         """Nothing to check: `read_trace` checked the whole file."""

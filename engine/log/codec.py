@@ -89,6 +89,7 @@ from machines.records import (
 __all__ = [
     "INPUTS",
     "JSON_TYPES",
+    "TEXT_EFFECTS",
     "TRACE_TYPE_NAMES",
     "FieldFormat",
     "InputFormat",
@@ -515,9 +516,10 @@ def abandoned_to_json(exception: str, seq: int) -> dict[str, Any]:
 # -- checking every other record ------------------------------------------------------------------
 
 #: What an effect's `data` holds, by effect (`machines.records.EffectKind`).
-_TEXT_EFFECTS: Final = ("text_delta", "reasoning_delta", "commentary_delta", "refusal_delta")
+#: The effects whose data is text.
+TEXT_EFFECTS: Final = frozenset({"text_delta", "reasoning_delta", "commentary_delta", "refusal_delta"})
 EFFECT_DATA: Final[dict[str, Check]] = {
-    **dict.fromkeys(_TEXT_EFFECTS, _text),
+    **dict.fromkeys(TEXT_EFFECTS, _text),
     "first_delta": _any_of([_null, _one_of(typing.get_args(FirstDeltaRouting))]),
     "wait": _seconds,
     "cancel": _text,
@@ -528,7 +530,6 @@ EFFECT_DATA: Final[dict[str, Check]] = {
     ),
 }
 _EFFECTS: Final = _one_of(typing.get_args(EffectKind))
-_TEXT_EFFECT_SET: Final = frozenset(_TEXT_EFFECTS)
 
 #: The fields of each record kind but `seq` and `kind` (checked by the reader), and their checks.
 _RECORD_FIELDS: Final[dict[str, dict[str, Check]]] = {
@@ -552,7 +553,7 @@ def fits_at_a_glance(record: dict[str, Any]) -> bool:
         return False
     if kind == "effect":
         effect = record.get("effect")
-        return type(effect) is str and effect in _TEXT_EFFECT_SET and type(record.get("data", "")) is str
+        return type(effect) is str and effect in TEXT_EFFECTS and type(record.get("data", "")) is str
     return (type(record.get("machine")) is str and type(record.get("source")) is str
             and type(record.get("dest")) is str and type(record.get("trigger")) is str)
 

@@ -66,6 +66,7 @@ import orjson
 
 from engine.log.codec import (
     INPUTS,
+    TEXT_EFFECTS,
     TraceError,
     abandoned_to_json,
     check_record,
@@ -393,7 +394,7 @@ class TraceWriter:
         add_line, add_how = lines.append, how.append
         # The loop runs once per record of the turn (a long answer: one per delta), so the text
         # effects' lines are formatted here (`record_line`'s fast way, inline).
-        effect_line, names, text_effects, to_json = _EFFECT_LINE, _EFFECT_NAMES, _TEXT_EFFECTS, orjson.dumps
+        effect_line, names, text_effects, to_json = _EFFECT_LINE, _EFFECT_NAMES, TEXT_EFFECTS, orjson.dumps
         for seq, record in enumerate(records, 1):
             if effects:
                 record = effects.get(seq - 1, record)
@@ -486,8 +487,6 @@ _STREAM_FORMATS = {format_.cls: format_.stream for format_ in INPUTS.values() if
 #: as a text effect (`_TEXT`: its only strings are its effect's name and its text, so no field
 #: of it is named like a credential and the scrubber need not look for such fields); in full.
 _PLAIN, _TEXT, _FULL = 0, 1, 2
-#: The effects whose data is text the machines decoded (their lines are `_TEXT` when it is).
-_TEXT_EFFECTS = frozenset({"text_delta", "reasoning_delta", "commentary_delta", "refusal_delta"})
 
 
 def _flush(out: IO[bytes], lines: list[bytes], how: list[int], scrubber: Scrubber) -> None:
@@ -740,11 +739,11 @@ class TraceReader:
         self.records += 1
         return record, item
 
-    def accept(self) -> None:
-        """Count a line without parsing it, because it is byte for byte what `dumps` wrote of a
-        record that passes every check of its kind and is neither an input nor a final record
-        (`engine.log.codec.fits_at_a_glance`): what `read` would find, known already."""
-        self.records += 1
+    def accept(self, count: int = 1) -> None:
+        """Count lines without parsing them, because each is byte for byte what `dumps` wrote
+        of a record that passes every check of its kind and is neither an input nor a final
+        record (`engine.log.codec.fits_at_a_glance`): what `read` would find, known already."""
+        self.records += count
 
     def finish(self) -> None:
         """At the end of the file: a trace without its final record (`result`, `abandoned`) is
