@@ -33,7 +33,7 @@ import orjson
 from engine.drivers.app_recording import AppTurnRecording
 from engine.drivers.recording import TurnRecording
 from engine.drivers.replay_report import Divergence, ReplayReport
-from engine.log.codec import TEXT_EFFECTS, decode_input, fits_at_a_glance
+from engine.log.codec import decode_input, fits_at_a_glance
 from engine.log.eventlog import Input, InputRecord, RecordedInput, Record
 from engine.log.redaction import MASK
 from engine.log.trace import (
@@ -47,14 +47,13 @@ from engine.log.trace import (
     is_stream_record,
     loads,
     policy_from_header,
-    record_line,
     record_to_json,
     result_to_json,
     scrubber_for,
+    text_effect_line,
 )
 from machines.app_records import AppInput, SessionConfig
 from machines.app_session import AppSession
-from machines.records import Effect
 
 __all__ = [
     "REPLAYERS",
@@ -102,13 +101,13 @@ class _Handover:
 
     def take(self) -> list[dict[str, Any] | bytes]:
         out: list[dict[str, Any] | bytes] = []
+        add = out.append
+        seq = self.seq
         for record in self.made:
-            self.seq += 1
-            if (type(record) is Effect and record.kind in TEXT_EFFECTS
-                    and type(record.data) is str and type(record.attempt) is int and record.attempt >= 0):
-                out.append(record_line(record, self.seq))
-            else:
-                out.append(record_to_json(record, self.seq))
+            seq += 1
+            line = text_effect_line(record, seq)
+            add(line if line is not None else record_to_json(record, seq))
+        self.seq = seq
         self.made.clear()
         return out
 

@@ -110,6 +110,7 @@ __all__ = [
     "record_to_json",
     "result_to_json",
     "scrubber_for",
+    "text_effect_line",
 ]
 
 FORMAT = "streamfsm-trace"
@@ -392,23 +393,17 @@ class TraceWriter:
         lines: list[bytes] = [dumps(header)]
         how: list[int] = [_FULL]  # how each line is scrubbed (`_flush`)
         add_line, add_how = lines.append, how.append
-        # The loop runs once per record of the turn (a long answer: one per delta), so the text
-        # effects' lines are formatted here (`record_line`'s fast way, inline).
-        effect_line, names, text_effects, to_json = _EFFECT_LINE, _EFFECT_NAMES, TEXT_EFFECTS, orjson.dumps
         for seq, record in enumerate(records, 1):
             if effects:
                 record = effects.get(seq - 1, record)
             if type(record) is Effect:
-                data = record.data
-                if type(data) is str and record.kind in text_effects and type(record.attempt) is int:
-                    try:
-                        add_line(effect_line % (seq, record.attempt, names[record.kind], to_json(data)))
-                    except TypeError:  # a lone surrogate
-                        add_line(dumps(record_to_json(record, seq)))
+                line = text_effect_line(record, seq)
+                if line is not None:
+                    add_line(line)
                     add_how(_TEXT)
                 else:
                     add_line(record_line(record, seq))
-                    add_how(_FULL)
+                    add_how(_TEXT if record.kind in TEXT_EFFECTS and type(record.data) is str else _FULL)
             elif type(record) is InputRecord and seq - 1 in streams:
                 written = streams[seq - 1]
                 if written is not record.input:
@@ -510,26 +505,34 @@ def record_line(record: Record, seq: int) -> bytes:
     The records of a long answer are nearly all a text effect per delta and a chunk per network
     read; their lines are formatted around one `orjson` call for their one string (the same call
     that writes it inside the object), with no dict built. Anything else goes the general way."""
-    kind = type(record)
-    if kind is Effect:
-        data = record.data  # type: ignore[union-attr]
-        if type(data) is str and type(record.attempt) is int:
-            try:
-                text = orjson.dumps(data)
-            except TypeError:  # a lone surrogate: the general way writes it
-                pass
-            else:
-                return _EFFECT_LINE % (seq, record.attempt, _EFFECT_NAMES[record.kind], text)  # type: ignore[union-attr]
-    elif kind is InputRecord:
-        item = record.input  # type: ignore[union-attr]
+    line = text_effect_line(record, seq)
+    if line is not None:
+        return line
+    if type(record) is InputRecord:
+        item = record.input
         if type(item) is Chunk and type(record.attempt) is int:
             try:
                 text = orjson.dumps(item.data.decode("utf-8"))
             except UnicodeDecodeError:  # written as base64: the general way
                 pass
             else:
-                return _CHUNK_LINE % (seq, record.attempt, orjson.dumps(record.t), text)  # type: ignore[union-attr]
+                return _CHUNK_LINE % (seq, record.attempt, orjson.dumps(record.t), text)
     return dumps(record_to_json(record, seq))
+
+
+def text_effect_line(record: Record, seq: int) -> bytes | None:
+    """The trace line of a text effect whose every field fits (`fits_at_a_glance` holds for
+    its JSON) when one `orjson` call writes its text; None for any other record (a replay
+    compares a long answer's lines so)."""
+    if type(record) is not Effect or record.kind not in TEXT_EFFECTS:
+        return None
+    data, attempt = record.data, record.attempt
+    if type(data) is not str or type(attempt) is not int or attempt < 0:
+        return None
+    try:
+        return _EFFECT_LINE % (seq, attempt, _EFFECT_NAMES[record.kind], orjson.dumps(data))
+    except TypeError:  # a lone surrogate: the general way writes it
+        return None
 
 
 _EFFECT_LINE: Final = b'{"seq":%d,"kind":"effect","attempt":%d,"effect":%s,"data":%s}'
@@ -671,19 +674,18 @@ class TraceReader:
 
     def _lines(self) -> Iterator[tuple[int, bytes]]:
         name = self.path
-        while True:
-            try:
-                line = self._file.readline()
-            except OSError as error:
-                raise _trace_error(f"{name}: cannot read ({error.strerror or error})") from None
-            except MemoryError:
-                raise _trace_error(f"{name}: line {self._number + 1} is too long to read") from None
-            if not line:
-                return
-            self._number += 1
-            line = line.rstrip()
-            if line:
-                yield self._number, line
+        number = self._number
+        try:
+            for line in self._file:  # the file's own line iterator: no call per line here
+                number += 1
+                self._number = number
+                line = line.rstrip()
+                if line:
+                    yield number, line
+        except OSError as error:
+            raise _trace_error(f"{name}: cannot read ({error.strerror or error})") from None
+        except MemoryError:
+            raise _trace_error(f"{name}: line {number + 1} is too long to read") from None
 
     def _parse(self, number: int, line: bytes) -> dict[str, Any]:
         try:
