@@ -58,7 +58,6 @@ import json
 import math
 import os
 import sys
-import typing
 from typing import IO, Any, Callable, Final, Iterable, Iterator, cast
 
 import attrs
@@ -81,7 +80,7 @@ from engine.log.masking import TextChannels, mask_text
 from engine.log.redaction import Scrubber, redact_fields, scrub_line
 from machines.app_records import APP_INPUT_KINDS, AppTurnResult, SessionConfig
 from machines.app_session import AppSession
-from machines.records import Chunk, Effect, EffectKind, InputKind, TurnPolicy, TurnResult
+from machines.records import Chunk, Effect, InputKind, TurnPolicy, TurnResult
 
 __all__ = [
     "APP_SERVER",
@@ -524,21 +523,22 @@ def text_effect_line(record: Record, seq: int) -> bytes | None:
     """The trace line of a text effect whose every field fits (`fits_at_a_glance` holds for
     its JSON) when one `orjson` call writes its text; None for any other record (a replay
     compares a long answer's lines so)."""
-    if type(record) is not Effect or record.kind not in TEXT_EFFECTS:
+    if type(record) is not Effect:
         return None
+    name = _TEXT_EFFECT_NAMES.get(record.kind)
     data, attempt = record.data, record.attempt
-    if type(data) is not str or type(attempt) is not int or attempt < 0:
+    if name is None or type(data) is not str or type(attempt) is not int or attempt < 0:
         return None
     try:
-        return _EFFECT_LINE % (seq, attempt, _EFFECT_NAMES[record.kind], orjson.dumps(data))
+        return _EFFECT_LINE % (seq, attempt, name, orjson.dumps(data))
     except TypeError:  # a lone surrogate: the general way writes it
         return None
 
 
 _EFFECT_LINE: Final = b'{"seq":%d,"kind":"effect","attempt":%d,"effect":%s,"data":%s}'
 _CHUNK_LINE: Final = b'{"seq":%d,"kind":"input","attempt":%d,"t":%s,"input":"chunk","data":%s}'
-#: Each effect's name as a JSON string.
-_EFFECT_NAMES: Final = {name: orjson.dumps(name) for name in typing.get_args(EffectKind)}
+#: Each text effect's name as a JSON string.
+_TEXT_EFFECT_NAMES: Final = {name: orjson.dumps(name) for name in TEXT_EFFECTS}
 
 
 # -- reading --------------------------------------------------------------------------------------
