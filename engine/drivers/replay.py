@@ -229,6 +229,8 @@ class _Comparison:
         self._at = 0
         #: the session's request for an input, not taken yet
         self._need: NeedInput | None = None
+        #: the step whose lines are compared one by one (`no_run`)
+        self._no_run: list[dict[str, Any] | bytes] | None = None
 
     def close(self) -> None:
         self._session.close()
@@ -260,6 +262,30 @@ class _Comparison:
                 self._batch, self._at = made, 0
                 return made[0]
         return self._need
+
+    def line_run(self) -> list[bytes]:
+        """The records the session made next that are lines already (text effects that fit,
+        rendered by `_Handover`), as many as follow one another in its current step; empty when
+        the next is anything else, or when a run of this step was not found as it is
+        (`no_run`: its lines are then compared one by one)."""
+        if self._at >= len(self._batch):
+            self.peek()
+        batch, at = self._batch, self._at
+        if batch is self._no_run:
+            return []
+        end = at
+        while end < len(batch) and type(batch[end]) is bytes:
+            end += 1
+        return batch[at:end]  # type: ignore[return-value]
+
+    def took_run(self, count: int) -> None:
+        """The `count` records `line_run` gave were found as they are."""
+        self._at += count
+
+    def no_run(self) -> None:
+        """The run `line_run` gave is not what the file holds next: compare this step's lines
+        one by one."""
+        self._no_run = self._batch
 
     def takes_line(self, line: bytes) -> bool:
         """Whether the session's next record is `line`, byte for byte, and a record that fits
@@ -348,8 +374,9 @@ class _Recorded(Protocol):
     """The recorded records as the comparison reads them: numbered lines (None: records read
     whole before), each then parsed and checked (`read`) or, when it is byte for byte a record
     the replay made that fits at a glance, only counted (`accept`, how many such lines there
-    were, once at the end); `records` counts both; `finish` checks, after the last line, that
-    the file was whole."""
+    were, once at the end); a run of such lines is taken whole when the file holds it as it is
+    (`skip`); `records` counts them all; `finish` checks, after the last line, that the file
+    was whole."""
 
     @property
     def records(self) -> int: ...
@@ -360,6 +387,8 @@ class _Recorded(Protocol):
 
     def accept(self, count: int) -> None: ...
 
+    def skip(self, expected: bytes, count: int) -> bool: ...
+
     def finish(self) -> None: ...
 
 
@@ -368,7 +397,8 @@ def _compare(path: str, header: dict[str, Any], version: int, recorded_records: 
 
     A line that is byte for byte what the replay made of a text effect or a transition that
     fits at a glance (`fits_at_a_glance`: every field of it passes the reader's checks) is
-    that record: it is counted without being parsed, the common case of a long answer. Every
+    that record: it is counted without being parsed, the common case of a long answer, and a
+    run of text effects the file holds as they are is taken in one comparison of bytes. Every
     other line is parsed and checked as the reader does, and compared as JSON."""
     replayer = REPLAYERS.get(header.get("entry"))  # type: ignore[arg-type]
     if replayer is None:
@@ -381,12 +411,24 @@ def _compare(path: str, header: dict[str, Any], version: int, recorded_records: 
     divergence: Divergence | None = None
     abandoned: str | None = None
     position = 0
-    read, takes_line = recorded_records.read, comparison.takes_line
+    read, takes_line, skip = recorded_records.read, comparison.takes_line, recorded_records.skip
     accepted = 0  # lines counted without being parsed (`accept`)
     stream = recorded_records.lines()
     ahead = (read(number, line) for number, line in stream)
     try:
-        for number, line in stream:
+        while True:
+            if divergence is None and abandoned is None:
+                run = comparison.line_run()
+                if run:
+                    if skip(b"\n".join(run) + b"\n", len(run)):  # the run as it is: taken whole
+                        comparison.took_run(len(run))
+                        position += len(run)
+                        continue
+                    comparison.no_run()
+            following = next(stream, None)
+            if following is None:
+                break
+            number, line = following
             position += 1
             if divergence is not None:
                 read(number, line)  # read on: a file that turns out invalid is reported as such
@@ -441,6 +483,10 @@ class _ReadWhole:
     def accept(self, count: int) -> None:
         """No line was compared as it is (there are none): `count` is 0."""
 
+    def skip(self, expected: bytes, count: int) -> bool:
+        """There are no lines to find a run in."""
+        return False
+
     def finish(self) -> None:
         """Nothing to check: `read_trace` checked the whole file."""
 
@@ -457,6 +503,7 @@ class _ReadLines:
     def __init__(self, reader: TraceReader) -> None:
         self._reader = reader
         self.accept = reader.accept
+        self.skip = reader.skip
 
     def read(self, number: int, line: bytes | None) -> _Read:
         assert line is not None  # every line of a file is there

@@ -331,6 +331,9 @@ def scrubber_for(version: int, secrets: Iterable[str] = ()) -> Callable[[bytes],
 
 # -- writing --------------------------------------------------------------------------------------
 
+#: How much of a trace is read at a time.
+_READ_BLOCK = 1 << 18
+
 #: Lines scrubbed together (one pass of the scrubber over many short lines).
 _WINDOW = 2048
 
@@ -646,6 +649,9 @@ class TraceReader:
         self.records = 0
         self._number = 0
         self._final = False
+        #: what was read of the file and not taken yet: `_buffer[_at:]`
+        self._buffer = b""
+        self._at = 0
         #: the latest clock reading of each attempt's inputs
         self._clocks: dict[int, float] = {}
         try:
@@ -673,19 +679,67 @@ class TraceReader:
         self.close()
 
     def _lines(self) -> Iterator[tuple[int, bytes]]:
-        name = self.path
-        number = self._number
+        next_line = self._next_line
+        while True:
+            try:
+                line = next_line()
+            except MemoryError:
+                raise _trace_error(f"{self.path}: line {self._number + 1} is too long to read") from None
+            if line is None:
+                return
+            self._number += 1
+            line = line.rstrip()
+            if line:
+                yield self._number, line
+
+    def _block(self) -> bytes:
+        """The next block of the file (empty at its end)."""
         try:
-            for line in self._file:  # the file's own line iterator: no call per line here
-                number += 1
-                self._number = number
-                line = line.rstrip()
-                if line:
-                    yield number, line
+            return self._file.read(_READ_BLOCK)
         except OSError as error:
-            raise _trace_error(f"{name}: cannot read ({error.strerror or error})") from None
-        except MemoryError:
-            raise _trace_error(f"{name}: line {number + 1} is too long to read") from None
+            raise _trace_error(f"{self.path}: cannot read ({error.strerror or error})") from None
+
+    def _next_line(self) -> bytes | None:
+        """The next line with its line end (the last one may have none); None at the end."""
+        buffer, at = self._buffer, self._at
+        end = buffer.find(b"\n", at)
+        if end >= 0:
+            self._at = end + 1
+            return buffer[at : end + 1]
+        pieces = [buffer[at:]]  # a line longer than what is buffered: its pieces, joined once
+        while True:
+            block = self._block()
+            if not block:
+                self._buffer, self._at = b"", 0
+                return b"".join(pieces) or None
+            end = block.find(b"\n")
+            if end >= 0:
+                pieces.append(block[: end + 1])
+                self._buffer, self._at = block, end + 1
+                return b"".join(pieces)
+            pieces.append(block)
+
+    def skip(self, expected: bytes, count: int) -> bool:
+        """Take the next `count` lines without parsing them when they are, with their line ends,
+        byte for byte `expected`: lines the caller rendered itself from records that pass every
+        check of their kind and are neither inputs nor final records (`accept`, for a whole run
+        at once: a replay's text effects). False, and nothing taken, when they are not."""
+        buffer, at = self._buffer, self._at
+        if len(buffer) - at < len(expected):
+            pieces, have = [buffer[at:]], len(buffer) - at
+            while have < len(expected):
+                block = self._block()
+                if not block:
+                    break
+                pieces.append(block)
+                have += len(block)
+            buffer, at = self._buffer, self._at = b"".join(pieces), 0
+        if not buffer.startswith(expected, at):
+            return False
+        self._at = at + len(expected)
+        self._number += count
+        self.records += count
+        return True
 
     def _parse(self, number: int, line: bytes) -> dict[str, Any]:
         try:
