@@ -22,6 +22,13 @@ processes lands on both sides of each ratio:
     a fresh ``python -m engine replay SMALL`` (``streamfsm replay``; SMALL is one short turn,
     ``replay_fixtures/happy_text.jsonl``) against the same ``import openai``.
 
+And one figure that must stay as it is (at least 3): ``first delta sdk/streamfsm``, the cold time
+to the first text delta of a turn: in a fresh interpreter that imported openai (and
+``from engine import run_turn``) and made a client, from asking the built-in simulator (served
+from this process, ``happy_text``) to the first delta's arrival, through the SDK's stream
+helper (``client.responses.stream``) over through ``run_turn`` (``on_first_delta``). The first
+turn pays for what each loads on first use.
+
 The in-process paths take turns within each round (the garbage collector runs before and is
 off during each timed run, one warm-up run each); the process paths likewise take turns, one
 of each per round. Each ratio is paired: the median over rounds of one side's time over the
@@ -61,7 +68,35 @@ import orjson
 import engine
 from bench_consume import build_stream, paired_ratio  # noqa: E402  (a sibling script of this one)
 
-__all__ = ["GOALS", "main", "measure", "process_rounds", "run_floor"]
+__all__ = ["FIRST_DELTA_KEEP", "GOALS", "first_delta_rounds", "main", "measure", "process_rounds", "run_floor"]
+
+#: The cold time to the first delta: the SDK's over streamfsm's, at least this.
+FIRST_DELTA_KEEP = 3.0
+
+#: A fresh interpreter's first turn (openai and the turn function imported, a client made):
+#: prints the seconds from asking to the first delta's arrival.
+_FIRST_DELTA = {
+    "first delta streamfsm": (
+        "import sys, time, openai\n"
+        "from engine import Callbacks, run_turn\n"
+        "client = openai.OpenAI(base_url=sys.argv[1], api_key='sk-local', max_retries=0)\n"
+        "first = []\n"
+        "start = time.perf_counter()\n"
+        "run_turn(client, {'model': 'gpt-5', 'input': 'hi'}, callbacks=Callbacks(\n"
+        "    on_first_delta=lambda: first.append(time.perf_counter())))\n"
+        "print(first[0] - start)\n"
+    ),
+    "first delta sdk": (
+        "import sys, time, openai\n"
+        "client = openai.OpenAI(base_url=sys.argv[1], api_key='sk-local', max_retries=0)\n"
+        "start = time.perf_counter()\n"
+        "with client.responses.stream(model='gpt-5', input='hi') as stream:\n"
+        "    for event in stream:\n"
+        "        if event.type == 'response.output_text.delta':\n"
+        "            print(time.perf_counter() - start)\n"
+        "            break\n"
+    ),
+}
 
 #: The goals of each ratio (at most).
 GOALS: dict[str, float] = {
@@ -143,6 +178,26 @@ def process_rounds(
     return wall, cpu
 
 
+def first_delta_rounds(rounds: int) -> dict[str, list[float]]:
+    """Seconds from a fresh interpreter's first turn (`_FIRST_DELTA`) to its first delta, one of
+    each per round after a warm-up, against the built-in simulator served from here."""
+    from engine.simulator.scenarios import load_fixture
+    from engine.simulator.server import ResponsesSimulator
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    times: dict[str, list[float]] = {name: [] for name in _FIRST_DELTA}
+    with ResponsesSimulator(load_fixture("happy_text")) as simulator:  # a shape repeats
+        for warm in (True,) + (False,) * rounds:
+            for name, code in _FIRST_DELTA.items():
+                done = subprocess.run([sys.executable, "-c", code, simulator.base_url], cwd=ROOT,
+                                      env=env, capture_output=True, text=True)
+                if done.returncode != 0:
+                    raise SystemExit(f"{name} failed: {done.stderr[-2000:]}")
+                if not warm:
+                    times[name].append(float(done.stdout.split()[-1]))
+    return times
+
+
 def measure(deltas: int, rounds: int, process_count: int, chunk_size: int = 4096) -> dict[str, Any]:
     stream = build_stream(deltas, chunk_size)
     load_before = os.getloadavg()[0]
@@ -171,6 +226,7 @@ def measure(deltas: int, rounds: int, process_count: int, chunk_size: int = 4096
         "replay small": [python, "-m", "engine", "replay", str(SMALL_TRACE)],
     }
     processes, processes_cpu = process_rounds(commands, process_count)
+    first = first_delta_rounds(process_count)
     ratios, ratios_cpu = (
         {
             "consume/floor": paired_ratio(inside, "consume", "floor"),
@@ -193,6 +249,8 @@ def measure(deltas: int, rounds: int, process_count: int, chunk_size: int = 4096
         },
         "ratios": {name: round(value, 2) for name, value in ratios.items()},
         "ratios_cpu": {name: round(value, 2) for name, value in ratios_cpu.items()},
+        "first_delta_ms": {name: round(statistics.median(values) * 1e3, 1) for name, values in first.items()},
+        "first delta sdk/streamfsm": round(paired_ratio(first, "first delta sdk", "first delta streamfsm"), 2),
         "goals_met": {name: ratios[name] <= goal for name, goal in GOALS.items()},
         "goals_met_cpu": {name: ratios_cpu[name] <= goal for name, goal in GOALS.items()},
         "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
@@ -214,8 +272,12 @@ def table(result: dict[str, Any]) -> str:
             f"{name:<30}{result['ratios'][name]:>8.2f}{result['ratios_cpu'][name]:>8.2f}"
             f"{'<= ' + format(goal, 'g'):>8}  {marks}"
         )
+    keep = result["first delta sdk/streamfsm"]
+    lines.append(f"{'first delta sdk/streamfsm':<30}{keep:>8.2f}{'':>8}{'>= ' + format(FIRST_DELTA_KEEP, 'g'):>8}  "
+                 f"{'kept' if keep >= FIRST_DELTA_KEEP else 'LOST'}")
     lines.append("")
     lines.append("medians (ms): " + ", ".join(f"{k} {v}" for k, v in result["median_ms"].items()))
+    lines.append("cold to first delta (ms): " + ", ".join(f"{k} {v}" for k, v in result["first_delta_ms"].items()))
     return "\n".join(lines)
 
 

@@ -7,19 +7,24 @@ compared with the recorded one at the same place, as the file is read: a missing
 reordered or altered record is a divergence, reported as the first differing record (seq,
 recorded, replayed), the way Temporal's replayer names the first mismatching history event.
 
-Data flows one way, one record at a time: the reader (`TraceReader`) reads and checks a line and
-decodes an input once; the comparison hands the input to the replayer, whose recording feeds
-the machines through the event log; the records the log made are rendered once and compared
-with the line, then dropped. So memory is bounded by the longest record, not the file, and
-nothing here writes a trace or calls back into the reader. A file that is not a valid trace
-raises `TraceError`, even when a divergence came first: the whole file is always read and
-checked.
+Data flows one way, one step at a time: the reader (`TraceReader`) reads a line; the comparison
+hands an input to the replayer, whose recording feeds the machines through the event log; the
+records the log made are rendered once and compared with the lines, then dropped. So memory is
+bounded by the longest record (or one step's records), not the file, and nothing here writes a
+trace or calls back into the reader. A line is parsed and checked as the reader checks every
+line, and compared as JSON, unless it is byte for byte what the replay rendered of a record
+that passes those checks by construction (`fits_at_a_glance`: a text effect, a transition);
+then it is that record and is only counted. A long answer is nearly all text effects, and a
+run of them the file holds as they are is taken in one comparison of bytes (`TraceReader.skip`).
+A file that is not a valid trace raises `TraceError`, even when a divergence came first: the
+whole file is always read and checked.
 
 How a trace is replayed depends on its header's `entry`: `REPLAYERS` maps each entry to a
-`Replayer`, a function of the header returning a generator that yields the records today's code
-produces (JSON objects, numbered from 1) and, when it needs the next recorded input, yields
-`NeedInput` and is sent that input (an `InputRecord`), or None when the trace holds no further
-input for it. A protocol brings its replayer; the comparison is the same for all.
+`Replayer`, a function of the header returning a generator that yields, step by step, the
+records today's code produces (numbered from 1; each its JSON, or its trace line for a text
+effect that fits at a glance) and, when it needs the next recorded input, yields `NeedInput`
+and is sent that input (an `InputRecord`), or None when the trace holds no further input for
+it. A protocol brings its replayer; the comparison is the same for all.
 """
 
 from __future__ import annotations

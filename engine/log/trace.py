@@ -47,8 +47,14 @@ still read and replayed.
 Writing never raises: a value orjson cannot write (nested 255 levels or more, a lone surrogate,
 an integer beyond 64 bits) is written by a slower encoder that can; anything else that goes wrong
 leaves no file (and no `.partial` file), is logged, and `write` returns False. Reading is line by
-line (`TraceReader`): memory is bounded by the longest line, and every line is checked as it is
-read.
+line (`TraceReader`, from blocks of the file): memory is bounded by the longest line, and every
+line is checked as it is read, but for lines a replay rendered itself from records that pass
+every check (`TraceReader.skip`, `accept`).
+
+The writer's hot path is a long answer: a text effect per delta and a chunk per read. Their
+lines are formatted around the one `orjson` call that writes their string (`record_line`,
+`text_effect_line`), and a text effect's line, whose only field names are the writer's own, is
+scrubbed without a search for credential-named fields.
 """
 
 from __future__ import annotations
