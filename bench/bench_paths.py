@@ -45,7 +45,6 @@ Output: a table, then one line ``RESULT {json}``. Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import resource
@@ -66,7 +65,7 @@ if __package__ in (None, ""):  # run as a script: make the repository and its si
 import orjson
 
 import engine
-from bench_consume import build_stream, paired_ratio  # noqa: E402  (a sibling script of this one)
+from bench_consume import build_stream, paired_ratio, split_and_parse, timed_rounds  # noqa: E402  (a sibling script)
 
 __all__ = ["FIRST_DELTA_KEEP", "GOALS", "first_delta_rounds", "main", "measure", "process_rounds", "run_floor"]
 
@@ -112,47 +111,7 @@ SMALL_TRACE = ROOT / "replay_fixtures" / "happy_text.jsonl"
 
 def run_floor(chunks: Sequence[bytes]) -> str:
     """Split the chunks into events, parse each ``data:`` line with orjson, keep the deltas."""
-    loads = orjson.loads
-    pieces: list[str] = []
-    buffer = b""
-    for chunk in chunks:
-        buffer += chunk
-        if b"\n\n" not in buffer:
-            continue
-        blocks = buffer.split(b"\n\n")
-        buffer = blocks.pop()
-        for block in blocks:
-            for line in block.split(b"\n"):
-                if line.startswith(b"data: "):
-                    event = loads(line[6:])
-                    if event["type"] == "response.output_text.delta":
-                        pieces.append(event["delta"])
-    return "".join(pieces)
-
-
-def timed_rounds(
-    runs: dict[str, Callable[[], object]], rounds: int
-) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Wall and CPU times (this thread's) of every run over ``rounds`` rounds (turns taken
-    within a round), after one warm-up run of each; the collector runs before each timed run
-    and is off during it."""
-    for run in runs.values():
-        run()
-    wall: dict[str, list[float]] = {name: [] for name in runs}
-    cpu: dict[str, list[float]] = {name: [] for name in runs}
-    try:
-        for _ in range(rounds):
-            for name, run in runs.items():
-                gc.collect()
-                gc.disable()
-                start, start_cpu = time.perf_counter(), time.thread_time()
-                run()
-                cpu[name].append(time.thread_time() - start_cpu)
-                wall[name].append(time.perf_counter() - start)
-                gc.enable()
-    finally:
-        gc.enable()
-    return wall, cpu
+    return split_and_parse(chunks, orjson.loads)
 
 
 def process_rounds(
@@ -210,14 +169,14 @@ def measure(deltas: int, rounds: int, process_count: int, chunk_size: int = 4096
             raise SystemExit("the floor did not assemble the answer")
         if not engine.replay(recorded).identical:
             raise SystemExit("the trace does not replay identically")
-        chunks = stream.chunks
-        runs: dict[str, Callable[[], object]] = {
-            "floor": lambda: run_floor(chunks),
-            "consume": lambda: engine.consume(chunks),
-            "consume+trace": lambda: engine.consume(chunks, trace=written),
-            "replay": lambda: engine.replay(recorded),
+        runs: dict[str, Callable[[Sequence[bytes]], object]] = {
+            "floor": run_floor,
+            "consume": engine.consume,
+            "consume+trace": lambda chunks: engine.consume(chunks, trace=written),
+            "replay": lambda _: engine.replay(recorded),
         }
-        times, times_cpu = timed_rounds(runs, rounds)
+        times_cpu: dict[str, list[float]] = {}
+        times = timed_rounds(runs, stream.chunks, rounds, cpu=times_cpu)
         trace_bytes = os.path.getsize(recorded)
     python = sys.executable
     commands = {

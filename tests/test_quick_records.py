@@ -13,9 +13,9 @@ from machines.records import Effect, SseEvent, TurnPolicy, _slot_setters, effect
 def test_a_quick_effect_is_the_effect() -> None:
     for made, regular in [
         (effect("text_delta", 2, "hé"), Effect("text_delta", 2, "hé")),
-        (effect("first_delta", 1), Effect("first_delta", 1)),
+        (effect("first_delta", 1, None), Effect("first_delta", 1)),
         (sse_event("response.output_text.delta", "{}", "7"), SseEvent("response.output_text.delta", "{}", "7")),
-        (sse_event("message", ""), SseEvent("message", "")),
+        (sse_event("message", "", None), SseEvent("message", "")),
     ]:
         assert type(made) is type(regular)
         assert made == regular and hash(made) == hash(regular) and repr(made) == repr(regular)
