@@ -85,6 +85,8 @@ __all__ = [
     "run_bare",
     "run_consume",
     "run_sdk",
+    "split_and_parse",
+    "timed_rounds",
 ]
 
 #: Targets the report checks: the SDK helper should be at least this many times slower than
@@ -168,7 +170,12 @@ def run_sdk(chunks: Sequence[bytes]) -> str:
 
 
 def run_bare(chunks: Sequence[bytes]) -> str:
-    loads = json.loads
+    return split_and_parse(chunks, json.loads)
+
+
+def split_and_parse(chunks: Sequence[bytes], loads: Callable[[bytes], Any]) -> str:
+    """The bare loop: split the bytes on blank lines, `loads` every ``data:`` line, keep the text
+    deltas (``bench_paths.py`` takes orjson's for its floor)."""
     pieces: list[str] = []
     buffer = b""
     for chunk in chunks:
@@ -191,9 +198,13 @@ def run_bare(chunks: Sequence[bytes]) -> str:
 
 
 def timed_rounds(
-    runs: dict[str, Callable[[Sequence[bytes]], str]], chunks: Sequence[bytes], rounds: int
+    runs: dict[str, Callable[[Sequence[bytes]], object]],
+    chunks: Sequence[bytes],
+    rounds: int,
+    cpu: dict[str, list[float]] | None = None,
 ) -> dict[str, list[float]]:
-    """Wall times of every path over ``rounds`` rounds, after one warm-up run of each.
+    """Wall times of every path over ``rounds`` rounds, after one warm-up run of each (and,
+    into ``cpu`` when given, the thread's CPU times of the same runs).
 
     The paths take turns within each round, so a change in machine load between rounds touches
     every path alike; the collector runs before each timed run and is disabled during it.
@@ -207,8 +218,10 @@ def timed_rounds(
             for name, run in runs.items():
                 gc.collect()
                 gc.disable()
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.thread_time()
                 run(chunks)
+                if cpu is not None:
+                    cpu.setdefault(name, []).append(time.thread_time() - start_cpu)
                 times[name].append(time.perf_counter() - start)
                 gc.enable()
     finally:

@@ -26,27 +26,25 @@ trace) are one line on stderr, `streamfsm: error: ...`, and exit status 2, never
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import signal
 import sys
 import threading
 import time
-from typing import Any, NoReturn, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence, TextIO
 
-import openai
-
-from engine.drivers.consume import consume
 from engine.diagram import MACHINES, mermaid
-from engine.log.eventlog import Callbacks
-from engine.drivers.replay import replay
-from engine.simulator.shapes import BACKGROUND_SHAPES, SHAPES
-from engine.simulator.scenarios import Scenario, ScenarioError, load_fixture
-from engine.simulator.server import ResponsesSimulator
-from engine.drivers.sync import run_turn
 from engine.log.logs import log, log_to
 from engine.log.trace import FORMAT, TraceError, dumps
-from engine.view.timeline import Timeline, ending_lines, step_line
 from machines.records import TurnPolicy, TurnResult
+
+if TYPE_CHECKING:
+    from engine.simulator.scenarios import Scenario
+
+# Each command imports what only it needs when it runs (the openai package and the network
+# driver for `demo`, the simulator for `demo` and `serve`, the timeline for `show`): every
+# command pays for the imports at its start, and a replay in CI needs none of them.
 
 __all__ = ["main", "describe_result"]
 
@@ -148,6 +146,12 @@ def _where_to_look(out: TextIO, traces: str | None, example: str) -> None:
 
 
 def _demo(args: argparse.Namespace, out: TextIO) -> int:
+    import openai
+
+    from engine.drivers.sync import run_turn
+    from engine.simulator.server import ResponsesSimulator
+    from engine.simulator.shapes import BACKGROUND_SHAPES, SHAPES
+
     if args.traces:
         _trace_folder(args.traces)
     if args.codex:
@@ -215,6 +219,8 @@ def _trace_paths(given: Sequence[str]) -> list[str]:
 
 
 def _replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from engine.drivers.replay import replay
+
     status = 0
     for path in _trace_paths(args.traces):
         try:
@@ -281,6 +287,9 @@ def _read_input(path: str) -> bytes:
 
 
 def _consume(args: argparse.Namespace, out: TextIO) -> int:
+    from engine.drivers.consume import consume
+    from engine.log.eventlog import Callbacks
+
     data = _read_input(args.file)
     if args.trace is not None and os.path.isdir(args.trace):
         raise UsageError(f"--trace {args.trace}: is a folder, not a file to write")
@@ -307,6 +316,8 @@ def _consume(args: argparse.Namespace, out: TextIO) -> int:
 
 # -- show ----------------------------------------------------------------------------------------
 def _show(args: argparse.Namespace, out: TextIO) -> int:
+    from engine.view.timeline import Timeline, ending_lines, step_line
+
     timeline = Timeline(args.trace)  # TraceError: one line, exit 2
     if args.html:
         from engine.view.page import write_page
@@ -348,6 +359,8 @@ def _show(args: argparse.Namespace, out: TextIO) -> int:
 # -- serve ---------------------------------------------------------------------------------------
 def _load_scenario(fixture: str, timing: str) -> Scenario:
     """The scenario to serve (`UsageError` naming every problem, one line each)."""
+    from engine.simulator.scenarios import ScenarioError, load_fixture
+
     try:
         return load_fixture(fixture, timing="recorded" if timing == "recorded" else "none")
     except ScenarioError as error:  # one line per mistake
@@ -356,6 +369,9 @@ def _load_scenario(fixture: str, timing: str) -> Scenario:
 
 def _serve(args: argparse.Namespace, out: TextIO) -> int:
     """Serve until SIGINT or SIGTERM, then exit 0. The first line on stdout names the URL."""
+    from engine.simulator.server import ResponsesSimulator
+    from engine.simulator.shapes import SHAPES
+
     if args.list:
         for name, script in SHAPES.items():
             out.write(f"{name:34} {script.description}\n")
@@ -462,17 +478,15 @@ def _add_record_parser(commands: Any) -> None:
 def _add_fuzz_parser(commands: Any) -> None:
     """`streamfsm fuzz`: the campaign's own options when the fuzzing extra (Hypothesis) is
     installed; otherwise a command that says how to install it, whatever it is given."""
-    try:
-        from engine.fuzz import campaign as fuzz
-    except ImportError:  # the fuzzing campaign is optional
-        fuzz = None  # type: ignore[assignment]
-    if fuzz is not None:
+    if _has_fuzz_extra():
+        from engine.fuzz.options import add_arguments
+
         fz = commands.add_parser(
             "fuzz", help="run a long fuzzing campaign over generated sessions",
             description="Generate Responses-API sessions with Hypothesis, check every invariant, "
             "save each counterexample as a trace.",
         )
-        fuzz.add_arguments(fz)
+        add_arguments(fz)
         return
     missing = commands.add_parser(
         "fuzz", help="a long fuzzing campaign (needs: pip install 'streamfsm[fuzz]')",
@@ -481,6 +495,15 @@ def _add_fuzz_parser(commands: Any) -> None:
     )
     missing.add_argument("anything", nargs="*", help=argparse.SUPPRESS)
     missing.set_defaults(fuzz_missing=True)
+
+
+def _has_fuzz_extra() -> bool:
+    """Whether Hypothesis can be found, without importing it: every command builds the whole
+    parser, and only `streamfsm fuzz` imports the campaign (and Hypothesis with it)."""
+    try:
+        return importlib.util.find_spec("hypothesis") is not None
+    except (ImportError, ValueError):  # blocked, or a module without a spec
+        return False
 
 
 #: What `streamfsm fuzz` says when Hypothesis is not installed.

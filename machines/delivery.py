@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from machines.text_pieces import add_piece
+from machines.text_pieces import JOIN_AT, add_piece
 
 __all__ = ["CHANNELS", "Delivery", "DeliveryLedger"]
 
@@ -69,7 +69,11 @@ class Delivery:
         if not self.in_step:
             delta = self._catch_up(delta)
         if delta:
-            add_piece(self.pieces, delta)
+            pieces = self.pieces
+            if len(pieces) < JOIN_AT - 1:
+                pieces.append(delta)  # `add_piece` joins nothing before JOIN_AT pieces
+            else:
+                add_piece(pieces, delta)
             self.length += len(delta)
         return delta
 

@@ -51,7 +51,7 @@ from typing import Any, Final
 import attrs
 
 from machines.json_text import sorted_json_text
-from machines.text_pieces import add_piece
+from machines.text_pieces import JOIN_AT, add_piece
 
 __all__ = [
     "ARGUMENT_FIELDS",
@@ -389,6 +389,20 @@ class OutputAssembly:
 
     def text_delta(self, payload: dict[str, Any], delta: str) -> int:
         """Append answer text to its item and content part; returns the item's index."""
+        index = payload.get("output_index")
+        if type(index) is int and index < self._next_index:
+            # The hot path (every delta of an answer): an index already placed, an item and a
+            # part already open, as `_index` and `_partial_at` would find them.
+            partial = self._partial.get(index)
+            if partial is not None:
+                part = payload.get("content_index")
+                parts = partial.parts.get(part if type(part) is int else 0)  # `_part`, inline
+                if parts is not None:
+                    if len(parts) < JOIN_AT - 1:
+                        parts.append(delta)  # `add_piece` joins nothing before JOIN_AT pieces
+                    else:
+                        add_piece(parts, delta)
+                    return index
         index = self._index(payload)
         partial = self._partial_at(index, "message", payload)
         content_index = _part(payload.get("content_index"))

@@ -177,6 +177,7 @@ from machines.records import (
     AttemptKind,
     Decision,
     Effect,
+    effect,
     EndOfStream,
     EventTooLarge,
     Fault,
@@ -586,8 +587,8 @@ class StreamAttempt:
     def receive(self, item: MachineInput) -> list[Decision]:
         """Feed one input record; return the decisions it caused, in order."""
         if type(item) is SseEvent:
-            self._event(item)
-        elif self.ending is None:  # a final attempt takes no more input (see the docstring)
+            return self.receive_events([item])
+        if self.ending is None:  # a final attempt takes no more input (see the docstring)
             if isinstance(item, HttpError):
                 self.error = _http_error(item)
                 self.http_status = item.status
@@ -604,50 +605,54 @@ class StreamAttempt:
         return out
 
     def receive_events(self, events: list[SseEvent]) -> list[Decision]:
-        """Feed dispatched events in order until the attempt is final (the hot path); return the
-        decisions they caused. Events after the final one are not fed."""
-        event = self._event
+        """Feed dispatched events in order until the attempt is final (the hot path: one event
+        after another without a call of its own); return the decisions they caused. Events
+        after the final one are not fed; one fed to an attempt already final is counted as
+        ignored."""
+        handlers = _HANDLERS
         for item in events:
-            event(item)
+            if self.ending is not None:
+                self.ignored += 1
+                break
+            data = item.data
+            try:
+                payload = _loads(data)
+            except _JSONDecodeError:
+                payload = _lenient_loads(data)
+            if type(payload) is not dict:
+                if data.strip() != "[DONE]":
+                    self.undecodable += 1
+            elif not self.tracks_sequence or self._in_sequence(payload):
+                name = payload.get("type")
+                if type(name) is not str:
+                    name = "error" if isinstance(payload.get("error"), dict) else item.event
+                handler = handlers.get(name)
+                if handler is not None:
+                    handler(self, payload)
+                elif "function_call" in name:  # a function-call frame this version does not know
+                    self.function_call_seen = True
+                    TABLE.feed(self, Trigger.TOOL_CALL_STARTED)
+                else:
+                    self.ignored += 1
             if self.ending is not None:
                 break
         out = self._out
         self._out = []
         return out
 
-    def _event(self, item: SseEvent) -> None:
-        if self.ending is not None:
-            self.ignored += 1
-            return
-        data = item.data
-        try:
-            payload = _loads(data)
-        except _JSONDecodeError:
-            payload = _lenient_loads(data)
-        if type(payload) is not dict:
-            if data.strip() != "[DONE]":
-                self.undecodable += 1
-            return
-        if self.tracks_sequence:
-            sequence = payload.get("sequence_number")
-            if type(sequence) is int:
-                last = self.last_sequence
-                if last is not None and sequence <= last:
-                    self.stale += 1
-                    TABLE.feed(self, Trigger.STALE_EVENT)
-                    return
-                self.last_sequence = sequence
-        name = payload.get("type")
-        if type(name) is not str:
-            name = "error" if isinstance(payload.get("error"), dict) else item.event
-        handler = _HANDLERS.get(name)
-        if handler is not None:
-            handler(self, payload)
-        elif "function_call" in name:  # a function-call frame this version does not know
-            self.function_call_seen = True
-            TABLE.feed(self, Trigger.TOOL_CALL_STARTED)
-        else:
-            self.ignored += 1
+    def _in_sequence(self, payload: dict[str, Any]) -> bool:
+        """Whether an event of a background response is new: one whose `sequence_number` is not
+        above the last one seen is stale (a server sending again what it sent), counted and
+        not applied."""
+        sequence = payload.get("sequence_number")
+        if type(sequence) is int:
+            last = self.last_sequence
+            if last is not None and sequence <= last:
+                self.stale += 1
+                TABLE.feed(self, Trigger.STALE_EVENT)
+                return False
+            self.last_sequence = sequence
+        return True
 
     def _moved(self, row: Row[StreamAttempt, EndingRule], source: State) -> None:
         """A row that changes the state fired: record the transition; a final row (one that
@@ -721,14 +726,21 @@ class StreamAttempt:
         if commentary and index in commentary:
             self._commentary_delta(index, delta)
             return
-        TABLE.feed(self, Trigger.CONTENT)
+        if self.state not in _CONTENT_STAYS:  # `TABLE.feed(self, Trigger.CONTENT)`, inline
+            TABLE.fire(self, Trigger.CONTENT)
         if not delta:
             return
         if self.tool_call_seen:
             if not self.function_call_seen:  # the calls seen may still turn out the server's
                 self._withheld.append((None, delta))
             return
-        self._deliver_text(delta)
+        text = self.ledger.text
+        if text.length:  # `_deliver_text` after the first text, inline: no first delta to decide
+            delta = text.take(delta)
+            if delta:
+                self._out.append(effect("text_delta", self.number, delta))
+        else:
+            self._deliver_text(delta)
 
     def _commentary_delta(self, index: int, delta: str) -> None:
         """Text of the commentary message at `index`: held back after a call as answer text is,
@@ -1042,6 +1054,9 @@ def _http_error(item: HttpError) -> dict[str, Any]:
     error["status"] = item.status
     return error
 
+
+#: The states in which text is a stay (the hot path of a streamed answer: one per delta).
+_CONTENT_STAYS: Final = TABLE.staying(Trigger.CONTENT)
 
 _HANDLERS: Final[dict[str, Callable[[StreamAttempt, dict[str, Any]], None]]] = {
     "response.created": StreamAttempt._created,

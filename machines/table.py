@@ -240,6 +240,11 @@ class Table(Generic[M, D]):
         if (machine.state, trigger) not in self.stays:
             self.fire(machine, trigger)
 
+    def staying(self, trigger: StrEnum) -> frozenset[StrEnum]:
+        """The states in which `trigger` is one of the `stays`: a machine's hottest input can
+        test `machine.state in these` where it would call `feed` (the same decision, no call)."""
+        return frozenset(state for state, each in self.stays if each is trigger)
+
     def takes(self, state: StrEnum, trigger: StrEnum) -> bool:
         """Whether some row takes `trigger` in `state` (the table's word on whether an input is
         taken at all there)."""

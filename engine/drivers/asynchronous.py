@@ -25,9 +25,7 @@ import collections
 import os
 import threading
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable, Generator
-
-import openai
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Generator
 
 from engine.drivers.background import cancel_arguments, resume_arguments
 from engine.drivers.recording import AttemptFeed
@@ -45,6 +43,9 @@ from engine.drivers.turn_loop import (
     start_turn,
 )
 from machines.records import Chunk, EndOfStream, TurnPolicy, TurnResult
+
+if TYPE_CHECKING:
+    import openai
 
 __all__ = ["arun_turn"]
 #: How long the turn waits for a cancelled reader to close its response (seconds).

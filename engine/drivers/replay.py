@@ -7,32 +7,38 @@ compared with the recorded one at the same place, as the file is read: a missing
 reordered or altered record is a divergence, reported as the first differing record (seq,
 recorded, replayed), the way Temporal's replayer names the first mismatching history event.
 
-Data flows one way, one record at a time: the reader (`TraceReader`) reads and checks a line and
-decodes an input once; the comparison hands the input to the replayer, whose recording feeds
-the machines through the event log; the records the log made are rendered once and compared
-with the line, then dropped. So memory is bounded by the longest record, not the file, and
-nothing here writes a trace or calls back into the reader. A file that is not a valid trace
-raises `TraceError`, even when a divergence came first: the whole file is always read and
-checked.
+Data flows one way, one step at a time: the reader (`TraceReader`) reads a line; the comparison
+hands an input to the replayer, whose recording feeds the machines through the event log; the
+records the log made are rendered once and compared with the lines, then dropped. So memory is
+bounded by the longest record (or one step's records), not the file, and nothing here writes a
+trace or calls back into the reader. A line is parsed and checked as the reader checks every
+line, and compared as JSON, unless it is byte for byte what the replay rendered of a record
+that passes those checks by construction (`fits_at_a_glance`: a text effect, a transition);
+then it is that record and is only counted. A long answer is nearly all text effects, and a
+run of them the file holds as they are is taken in one comparison of bytes (`TraceReader.skip`).
+A file that is not a valid trace raises `TraceError`, even when a divergence came first: the
+whole file is always read and checked.
 
 How a trace is replayed depends on its header's `entry`: `REPLAYERS` maps each entry to a
-`Replayer`, a function of the header returning a generator that yields the records today's code
-produces (JSON objects, numbered from 1) and, when it needs the next recorded input, yields
-`NeedInput` and is sent that input (an `InputRecord`), or None when the trace holds no further
-input for it. A protocol brings its replayer; the comparison is the same for all.
+`Replayer`, a function of the header returning a generator that yields, step by step, the
+records today's code produces (numbered from 1; each its JSON, or its trace line for a text
+effect that fits at a glance) and, when it needs the next recorded input, yields `NeedInput`
+and is sent that input (an `InputRecord`), or None when the trace holds no further input for
+it. A protocol brings its replayer; the comparison is the same for all.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Generator, Iterable, Iterator, cast
+from typing import Any, Callable, Generator, Iterator, Protocol, cast
 
 import attrs
+import orjson
 
 from engine.drivers.app_recording import AppTurnRecording
 from engine.drivers.recording import TurnRecording
 from engine.drivers.replay_report import Divergence, ReplayReport
-from engine.log.codec import decode_input
+from engine.log.codec import decode_input, fits_at_a_glance
 from engine.log.eventlog import Input, InputRecord, RecordedInput, Record
 from engine.log.redaction import MASK
 from engine.log.trace import (
@@ -49,6 +55,7 @@ from engine.log.trace import (
     record_to_json,
     result_to_json,
     scrubber_for,
+    text_effect_line,
 )
 from machines.app_records import AppInput, SessionConfig
 from machines.app_session import AppSession
@@ -76,16 +83,20 @@ class NeedInput:
     attempt: int
 
 
-#: A replay in progress: yields replayed records (JSON, numbered from 1) and `NeedInput`; is sent
-#: the recorded input asked for, or None.
-ReplaySession = Generator["dict[str, Any] | NeedInput", "InputRecord | None", None]
+#: A replay in progress: yields the records (numbered from 1) each step made, as a list (one
+#: yield per step, not per record: a long answer is a record per delta), each its JSON or, for
+#: one that fits at a glance (`fits_at_a_glance`: `_Handover` renders text effects so), its
+#: trace line; and `NeedInput`; is sent the recorded input asked for, or None.
+ReplaySession = Generator["list[dict[str, Any] | bytes] | NeedInput", "InputRecord | None", None]
 #: Starts the replay of a trace from its (checked) header.
 Replayer = Callable[[dict[str, Any]], ReplaySession]
 
 
 class _Handover:
-    """The records a replay's event log made since the last `take()`, numbered and as JSON; the
-    log keeps none of them (a replay holds one record at a time)."""
+    """The records a replay's event log made since the last `take()`, numbered: a text effect
+    whose fields all fit as its trace line (`record_line`: what the comparison compares, nearly
+    every record of a long answer), any other as JSON. The log keeps none of them (a replay
+    holds one record at a time)."""
 
     __slots__ = ("made", "seq")
 
@@ -93,11 +104,15 @@ class _Handover:
         self.made = made
         self.seq = 0
 
-    def take(self) -> list[dict[str, Any]]:
-        out = []
+    def take(self) -> list[dict[str, Any] | bytes]:
+        out: list[dict[str, Any] | bytes] = []
+        add = out.append
+        seq = self.seq
         for record in self.made:
-            self.seq += 1
-            out.append(record_to_json(record, self.seq))
+            seq += 1
+            line = text_effect_line(record, seq)
+            add(line if line is not None else record_to_json(record, seq))
+        self.seq = seq
         self.made.clear()
         return out
 
@@ -112,16 +127,16 @@ def replay_turn(header: dict[str, Any]) -> ReplaySession:
     )
     made = _Handover(recording.log.records)
     for feed in recording.attempts():
-        yield from made.take()
+        yield made.take()
         while not feed.final:
             record = yield NeedInput(feed.number)
             if record is None:  # today's machines want more than was recorded
-                yield from made.take()
+                yield made.take()
                 return
             feed.observe(cast(RecordedInput, record.input), record.t)
-            yield from made.take()
-    yield from made.take()
-    yield result_to_json(recording.result().to_json(), made.seq + 1)
+            yield made.take()
+    yield made.take()
+    yield [result_to_json(recording.result().to_json(), made.seq + 1)]
 
 
 def replay_app_turn(header: dict[str, Any]) -> ReplaySession:
@@ -134,11 +149,11 @@ def replay_app_turn(header: dict[str, Any]) -> ReplaySession:
     while not recording.finished:
         record = yield NeedInput(recording.number)
         if record is None:
-            yield from made.take()
+            yield made.take()
             return
         recording.feed(cast(AppInput, record.input), record.t)
-        yield from made.take()
-    yield result_to_json(recording.result().to_json(), made.seq + 1)
+        yield made.take()
+    yield [result_to_json(recording.result().to_json(), made.seq + 1)]
 
 
 #: How each entry point's traces are replayed (the header's `entry`).
@@ -198,13 +213,14 @@ def _strings_match(a: str, b: str) -> bool:
     return all(x == y or masked_a[i] or masked_b[i] for i, (x, y) in enumerate(zip(a, b)))
 
 
-#: A record as read: its line (None when read whole before), its JSON and, for an input, the
-#: input it describes.
-_Read = tuple["bytes | None", "dict[str, Any]", "Input | None"]
-
-
+#: A recorded record, parsed and checked: its JSON and, for an input, the input it describes.
+_Read = tuple["dict[str, Any]", "Input | None"]
 class _Comparison:
-    """One replay session checked against recorded records, one at a time."""
+    """One replay session checked against recorded records, one at a time.
+
+    The session is advanced only as far as its next yield (`peek`): the records of a step, taken
+    one by one, or a request for an input, which is then found among the recorded records
+    (`next_replayed`)."""
 
     def __init__(self, session: ReplaySession, version: int) -> None:
         self._session = session
@@ -213,18 +229,25 @@ class _Comparison:
         self._done = False
         self._send: InputRecord | None = None
         self._started = False
+        #: the records of the session's latest step, and how many of them were taken
+        self._batch: list[dict[str, Any] | bytes] = []
+        self._at = 0
+        #: the session's request for an input, not taken yet
+        self._need: NeedInput | None = None
+        #: the step whose lines are compared one by one (`no_run`)
+        self._no_run: list[dict[str, Any] | bytes] | None = None
 
     def close(self) -> None:
         self._session.close()
 
-    def next_replayed(
-        self, head: dict[str, Any] | None, item: Input | None, ahead: Iterator[_Read]
-    ) -> dict[str, Any] | None:
-        """The replay's next record, to compare with the recorded `head` (None at the end of the
-        file). When the replay needs an input and `head` is not one, the records diverge here;
-        the next recorded input is then found further on (`ahead`) so the report can say what
-        the replay made of it. `item` is the input `head` describes (decoded by the reader)."""
-        while not self._done:
+    def peek(self) -> dict[str, Any] | bytes | NeedInput | None:
+        """What the session yields next (None: it has ended), without taking it: a record (a
+        machine that raised is a record `{"raised": ...}`), or `NeedInput`."""
+        if self._at < len(self._batch):
+            return self._batch[self._at]
+        while self._need is None:
+            if self._done:
+                return None
             try:
                 if self._started:
                     made = self._session.send(self._send)
@@ -236,20 +259,95 @@ class _Comparison:
                 return None
             except Exception as error:  # today's machines cannot take these inputs at all
                 self._done = True
-                return {"raised": f"{type(error).__name__}: {error}"}
+                made = [{"raised": f"{type(error).__name__}: {error}"}]
             self._send = None
-            if not isinstance(made, NeedInput):
+            if isinstance(made, NeedInput):
+                self._need = made
+            elif made:
+                self._batch, self._at = made, 0
+                return made[0]
+        return self._need
+
+    def line_run(self) -> list[bytes]:
+        """The records the session made next that are lines already (text effects that fit,
+        rendered by `_Handover`), as many as follow one another in its current step; empty when
+        the next is anything else, or when a run of this step was not found as it is
+        (`no_run`: its lines are then compared one by one)."""
+        if self._at >= len(self._batch):
+            self.peek()
+        batch, at = self._batch, self._at
+        if batch is self._no_run:
+            return []
+        end = at
+        while end < len(batch) and type(batch[end]) is bytes:
+            end += 1
+        return batch[at:end]  # type: ignore[return-value]
+
+    def took_run(self, count: int) -> None:
+        """The `count` records `line_run` gave were found as they are."""
+        self._at += count
+
+    def no_run(self) -> None:
+        """The run `line_run` gave is not what the file holds next: compare this step's lines
+        one by one."""
+        self._no_run = self._batch
+
+    def takes_line(self, line: bytes) -> bool:
+        """Whether the session's next record is `line`, byte for byte, and a record that fits
+        at a glance (`fits_at_a_glance`): then it is taken, and the line needs no parsing. (The
+        comparison's hot path: one call per line of a long answer.)"""
+        if self._at < len(self._batch):
+            made = self._batch[self._at]
+        else:
+            peeked = self.peek()
+            if peeked is None or isinstance(peeked, NeedInput):
+                return False
+            made = peeked
+        if isinstance(made, bytes):  # a text effect whose fields fit, as its line
+            if made == line:
+                self._at += 1
+                return True
+            return False
+        try:
+            rendered = orjson.dumps(made)  # what `dumps` writes of JSON values
+        except TypeError:  # not JSON values: compared the general way
+            return False
+        if rendered == line and fits_at_a_glance(made):
+            self._at += 1
+            return True
+        return False
+
+    def take(self) -> None:
+        """What `peek` returned was used."""
+        if self._at < len(self._batch):
+            self._at += 1
+        else:
+            self._need = None
+
+    def next_replayed(
+        self, head: dict[str, Any] | None, item: Input | None, ahead: Iterator[_Read]
+    ) -> dict[str, Any] | None:
+        """The replay's next record, to compare with the recorded `head` (None at the end of the
+        file). When the replay needs an input and `head` is not one, the records diverge here;
+        the next recorded input is then found further on (`ahead`) so the report can say what
+        the replay made of it. `item` is the input `head` describes (decoded by the reader)."""
+        while True:
+            made = self.peek()
+            self.take()
+            if isinstance(made, bytes):  # a line of ours: its JSON, for the general comparison
+                parsed: dict[str, Any] = loads(made)
+                return parsed
+            if made is None or not isinstance(made, NeedInput):
                 return made
             found: tuple[dict[str, Any], Input] | None = None
             if head is not None and item is not None:
                 found = head, item
                 head = item = None  # fed once
             elif head is not None:
-                found = next(((record, input_) for _, record, input_ in ahead if input_ is not None), None)
+                found = next(((record, input_) for record, input_ in ahead if input_ is not None), None)
             if found is not None and found[0].get("attempt") == made.attempt:
                 record, input_ = found
                 self._send = InputRecord(made.attempt, record.get("t"), input_)
-        return None
 
     def as_recorded(self, replayed: dict[str, Any]) -> dict[str, Any]:
         """A replayed record as a trace of this version would hold it (scrubbed, JSON types)."""
@@ -277,13 +375,36 @@ class _Comparison:
         return theirs
 
 
-def _compare(
-    path: str,
-    header: dict[str, Any],
-    version: int,
-    records: Iterable[_Read],
-    count: Callable[[], int],
-) -> ReplayReport:
+class _Recorded(Protocol):
+    """The recorded records as the comparison reads them: numbered lines (None: records read
+    whole before), each then parsed and checked (`read`) or, when it is byte for byte a record
+    the replay made that fits at a glance, only counted (`accept`, how many such lines there
+    were, once at the end); a run of such lines is taken whole when the file holds it as it is
+    (`skip`); `records` counts them all; `finish` checks, after the last line, that the file
+    was whole."""
+
+    @property
+    def records(self) -> int: ...
+
+    def lines(self) -> Iterator[tuple[int, bytes | None]]: ...
+
+    def read(self, number: int, line: bytes | None) -> _Read: ...
+
+    def accept(self, count: int) -> None: ...
+
+    def skip(self, expected: bytes, count: int) -> bool: ...
+
+    def finish(self) -> None: ...
+
+
+def _compare(path: str, header: dict[str, Any], version: int, recorded_records: _Recorded) -> ReplayReport:
+    """Replay the trace and compare as the lines come.
+
+    A line that is byte for byte what the replay made of a text effect or a transition that
+    fits at a glance (`fits_at_a_glance`: every field of it passes the reader's checks) is
+    that record: it is counted without being parsed, the common case of a long answer, and a
+    run of text effects the file holds as they are is taken in one comparison of bytes. Every
+    other line is parsed and checked as the reader does, and compared as JSON."""
     replayer = REPLAYERS.get(header.get("entry"))  # type: ignore[arg-type]
     if replayer is None:
         raise TraceError(f"{path}: no replay for entry {header.get('entry')!r}")
@@ -295,20 +416,40 @@ def _compare(
     divergence: Divergence | None = None
     abandoned: str | None = None
     position = 0
-    stream = iter(records)
+    read, takes_line, skip = recorded_records.read, comparison.takes_line, recorded_records.skip
+    accepted = 0  # lines counted without being parsed (`accept`)
+    stream = recorded_records.lines()
+    ahead = (read(number, line) for number, line in stream)
     try:
-        for line, recorded, item in stream:
+        while True:
+            if divergence is None and abandoned is None:
+                run = comparison.line_run()
+                if run:
+                    if skip(b"\n".join(run) + b"\n", len(run)):  # the run as it is: taken whole
+                        comparison.took_run(len(run))
+                        position += len(run)
+                        continue
+                    comparison.no_run()
+            following = next(stream, None)
+            if following is None:
+                break
+            number, line = following
             position += 1
             if divergence is not None:
-                continue  # read on: a file that turns out invalid is reported as such
-            if abandoned is not None:  # the recording stopped at its abandoned record
-                divergence = Divergence(position, recorded, None)
+                read(number, line)  # read on: a file that turns out invalid is reported as such
                 continue
+            if abandoned is not None:  # the recording stopped at its abandoned record
+                divergence = Divergence(position, read(number, line)[0], None)
+                continue
+            if line is not None and takes_line(line):
+                accepted += 1
+                continue
+            recorded, item = read(number, line)
             if recorded.get("kind") == "abandoned":
                 abandoned = str(recorded.get("exception", "Exception"))
                 comparison.close()
                 continue
-            replayed = comparison.next_replayed(recorded, item, stream)
+            replayed = comparison.next_replayed(recorded, item, ahead)
             if replayed is None:
                 divergence = Divergence(position, recorded, None)
                 continue
@@ -319,23 +460,73 @@ def _compare(
             extra = comparison.next_replayed(None, None, iter(()))
             if extra is not None:
                 divergence = Divergence(position + 1, None, comparison.as_recorded(extra))
+        recorded_records.accept(accepted)
+        recorded_records.finish()
     finally:
         comparison.close()
-    return ReplayReport(path, count(), divergence, abandoned)
+    return ReplayReport(path, recorded_records.records, divergence, abandoned)
+
+
+class _ReadWhole:
+    """The records of a trace already read whole (`Trace`), as the comparison reads records."""
+
+    def __init__(self, trace: Trace) -> None:
+        self._trace = trace
+        self._kinds = ENTRIES[trace.entry].inputs
+
+    @property
+    def records(self) -> int:
+        return len(self._trace.records)
+
+    def lines(self) -> Iterator[tuple[int, bytes | None]]:
+        return ((index, None) for index in range(len(self._trace.records)))
+
+    def read(self, number: int, line: bytes | None) -> _Read:
+        record = self._trace.records[number]
+        return record, decode_input(record, self._kinds) if record.get("kind") == "input" else None
+
+    def accept(self, count: int) -> None:
+        """No line was compared as it is (there are none): `count` is 0."""
+
+    def skip(self, expected: bytes, count: int) -> bool:
+        """There are no lines to find a run in."""
+        return False
+
+    def finish(self) -> None:
+        """Nothing to check: `read_trace` checked the whole file."""
 
 
 def replay_trace(trace: Trace) -> ReplayReport:
     """Replay an already read trace and compare it record by record."""
-    kinds = ENTRIES[trace.entry].inputs
-    records = (
-        (None, record, decode_input(record, kinds) if record.get("kind") == "input" else None)
-        for record in trace.records
-    )
-    return _compare(trace.path, trace.header, trace.version, records, lambda: len(trace.records))
+    return _compare(trace.path, trace.header, trace.version, _ReadWhole(trace))
+
+
+class _ReadLines:
+    """A trace file's records as the comparison reads them, from its `TraceReader`; the end of
+    the lines is where the reader checks the file is whole."""
+
+    def __init__(self, reader: TraceReader) -> None:
+        self._reader = reader
+        self.accept = reader.accept
+        self.skip = reader.skip
+
+    def read(self, number: int, line: bytes | None) -> _Read:
+        assert line is not None  # every line of a file is there
+        return self._reader.read(number, line)
+
+    @property
+    def records(self) -> int:
+        return self._reader.records
+
+    def lines(self) -> Iterator[tuple[int, bytes | None]]:
+        return self._reader.lines()
+
+    def finish(self) -> None:
+        self._reader.finish()
 
 
 def replay(path: str | os.PathLike[str]) -> ReplayReport:
     """Read a trace file and replay it as it is read (raises `TraceError` for an unreadable or
     invalid file)."""
     with TraceReader(path) as reader:
-        return _compare(reader.path, reader.header, reader.version, reader, lambda: reader.records)
+        return _compare(reader.path, reader.header, reader.version, _ReadLines(reader))

@@ -55,9 +55,7 @@ import queue
 import socket
 import threading
 import time
-from typing import Any, Callable, Iterator
-
-import openai
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from engine.drivers.arguments import TurnOptions
 from engine.drivers.background import cancel_arguments, resume_arguments
@@ -67,6 +65,9 @@ from engine.drivers.transport import observation_of, shut_down, socket_of
 from engine.drivers.turn_loop import Reply, Stamped, drive, stamped, start_turn
 from engine.drivers.watchdog import next_within
 from machines.records import Chunk, EndOfStream, TurnPolicy, TurnResult
+
+if TYPE_CHECKING:
+    import openai
 
 __all__ = ["run_turn"]
 

@@ -30,13 +30,16 @@ one under a response.
 from __future__ import annotations
 
 import socket
+import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-import openai
 import orjson
 
 from machines.records import Fault, HttpError, TransportFault
+
+if TYPE_CHECKING:
+    import openai
 
 __all__ = [
     "fault_of",
@@ -65,6 +68,15 @@ _TRANSPORT_NAMES = {
 }
 
 
+def _is_sdk(error: BaseException, *names: str) -> bool:
+    """Whether `error` is one of the openai package's exception classes `names`. The package is
+    not imported for this: an exception can only be of its classes once a client loaded it, and
+    the commands and turns that never make one (replay, consume, an app-server turn) do not pay
+    for importing it."""
+    sdk = sys.modules.get("openai")
+    return sdk is not None and isinstance(error, tuple(getattr(sdk, name) for name in names))
+
+
 def _names(error: BaseException) -> set[str]:
     return {cls.__name__ for cls in type(error).__mro__}
 
@@ -72,8 +84,8 @@ def _names(error: BaseException) -> set[str]:
 def is_transport_error(error: BaseException) -> bool:
     """True for an exception that means the network failed (not a bug, not a status)."""
     names = _names(error)
-    return bool(names & (_TIMEOUT_NAMES | _CONNECT_NAMES | _TRANSPORT_NAMES)) or isinstance(
-        error, openai.APIConnectionError
+    return bool(names & (_TIMEOUT_NAMES | _CONNECT_NAMES | _TRANSPORT_NAMES)) or _is_sdk(
+        error, "APIConnectionError"
     )
 
 
@@ -81,9 +93,9 @@ def fault_of(error: BaseException, *, opening: bool) -> TransportFault:
     """The fault an exception from opening the request or reading its body stands for."""
     names = _names(error)
     detail = type(error).__name__
-    if isinstance(error, openai.APITimeoutError) or names & _TIMEOUT_NAMES and not names & _CONNECT_NAMES:
+    if _is_sdk(error, "APITimeoutError") or names & _TIMEOUT_NAMES and not names & _CONNECT_NAMES:
         return TransportFault(Fault.READ_TIMEOUT, detail)
-    if opening and (isinstance(error, openai.APIConnectionError) or names & _CONNECT_NAMES):
+    if opening and (_is_sdk(error, "APIConnectionError") or names & _CONNECT_NAMES):
         return TransportFault(Fault.CONNECT_ERROR, detail)
     return TransportFault(Fault.DROP, detail)
 
@@ -163,7 +175,8 @@ def is_wrong_call(error: BaseException) -> bool:
 
 def _is_timeout(error: BaseException) -> bool:
     return (
-        isinstance(error, (openai.APITimeoutError, TimeoutError))
+        isinstance(error, TimeoutError)
+        or _is_sdk(error, "APITimeoutError")
         or bool(_names(error) & _TIMEOUT_NAMES)
     )
 
@@ -176,8 +189,8 @@ def observation_of(error: BaseException, *, opening: bool) -> HttpError | Transp
         return None
     detail = type(error).__name__
     if opening:
-        if isinstance(error, openai.APIStatusError):
-            return http_error_of(error)
+        if _is_sdk(error, "APIStatusError"):
+            return http_error_of(cast("openai.APIStatusError", error))
         if is_wrong_call(error):
             return None
         return TransportFault(Fault.CONNECT_ERROR, detail)

@@ -89,6 +89,7 @@ from machines.records import (
 __all__ = [
     "INPUTS",
     "JSON_TYPES",
+    "TEXT_EFFECTS",
     "TRACE_TYPE_NAMES",
     "FieldFormat",
     "InputFormat",
@@ -98,6 +99,7 @@ __all__ = [
     "check_record",
     "decode_input",
     "encode_input",
+    "fits_at_a_glance",
     "record_to_json",
     "json_type",
     "result_to_json",
@@ -514,9 +516,10 @@ def abandoned_to_json(exception: str, seq: int) -> dict[str, Any]:
 # -- checking every other record ------------------------------------------------------------------
 
 #: What an effect's `data` holds, by effect (`machines.records.EffectKind`).
-_TEXT_EFFECTS: Final = ("text_delta", "reasoning_delta", "commentary_delta", "refusal_delta")
+#: The effects whose data is text.
+TEXT_EFFECTS: Final = frozenset({"text_delta", "reasoning_delta", "commentary_delta", "refusal_delta"})
 EFFECT_DATA: Final[dict[str, Check]] = {
-    **dict.fromkeys(_TEXT_EFFECTS, _text),
+    **dict.fromkeys(TEXT_EFFECTS, _text),
     "first_delta": _any_of([_null, _one_of(typing.get_args(FirstDeltaRouting))]),
     "wait": _seconds,
     "cancel": _text,
@@ -538,12 +541,31 @@ _RECORD_FIELDS: Final[dict[str, dict[str, Check]]] = {
 _MISSING_ALLOWED: Final = frozenset({("abandoned", "exception")})
 
 
+def fits_at_a_glance(record: dict[str, Any]) -> bool:
+    """Whether a record is a text effect or a transition whose every field fits (True only when
+    `check_record` finds nothing wrong; False says nothing). Nearly every record of a trace is
+    one of these: the checks of `check_record` without walking them."""
+    kind = record.get("kind")
+    if kind != "effect" and kind != "transition":
+        return False
+    attempt = record.get("attempt")
+    if type(attempt) is not int or attempt < 0:
+        return False
+    if kind == "effect":
+        effect = record.get("effect")
+        return type(effect) is str and effect in TEXT_EFFECTS and type(record.get("data", "")) is str
+    return (type(record.get("machine")) is str and type(record.get("source")) is str
+            and type(record.get("dest")) is str and type(record.get("trigger")) is str)
+
+
 def check_record(record: dict[str, Any], result: type | None = None) -> None:
     """Check the fields of a record that is not an input (`kind` names a record kind, as the
     reader made sure): every field of a transition, an effect and an abandoned record, and, for
     a result, every field of the `result` class (`TurnResult`, `AppTurnResult`) it holds.
     `TraceError` naming the field when one does not fit."""
     kind = record.get("kind")
+    if fits_at_a_glance(record):
+        return
     try:
         if kind == "result":
             if result is not None:

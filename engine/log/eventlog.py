@@ -206,7 +206,11 @@ class EventLog:
         and the driver's hook for effects, log lines for transitions."""
         numbered: list[Transition] = []
         seq = self.count
-        if self.keep:
+        if Transition not in map(type, decisions):  # the usual list: effects only (text)
+            seq += len(decisions)
+            if self.keep:
+                self.records.extend(decisions)
+        elif self.keep:
             records = self.records
             for decision in decisions:
                 seq += 1

@@ -279,9 +279,11 @@ class Scrubber:
             for offset in range(0, len(form) - 3, 4)
         ]
 
-    def scrub(self, data: bytes) -> bytes:
-        """`data` with every secret masked; the same object when there is nothing to mask."""
-        spans = self.spans(data)
+    def scrub(self, data: bytes, *, fields: bool = True) -> bytes:
+        """`data` with every secret masked; the same object when there is nothing to mask.
+        `fields=False`: `data` holds no JSON field named like a credential (lines whose only
+        field names are known), so none is looked for."""
+        spans = self.spans(data, fields=fields)
         if spans and _BACKSLASH_BYTE in data:
             spans = _outside_escapes(data, spans)
         escaped = self.escaped_edits(data, spans) if _BACKSLASH_BYTE in data else []
@@ -558,12 +560,7 @@ def _inside_string(data: bytes, position: int) -> bool:
 
 
 def _shape_spans(data: bytes, lowered: bytes, found: list[tuple[int, int]]) -> None:
-    starts: list[int] = []
-    for marker in _SHAPE_STARTS:
-        at = data.find(marker)
-        while at >= 0:
-            starts.append(at)
-            at = data.find(marker, at + 1)
+    starts = _shape_starts(data)
     at = lowered.find(b"bearer")
     while at >= 0:
         starts.append(at)
@@ -572,6 +569,35 @@ def _shape_spans(data: bytes, lowered: bytes, found: list[tuple[int, int]]) -> N
         match = _SHAPE_MASK.match(data, start)
         if match is not None:
             found.append(match.span())
+
+
+#: Past this many dashes, `_shape_starts` looks for each shape's start on its own.
+_DASHES = 4096
+
+
+def _shape_starts(data: bytes) -> list[int]:
+    """Where a credential shape may start (`_SHAPE_STARTS`), in any order. Every start ends with
+    a dash, and dashes are rare in a stream: looking at each dash (a search for one byte, many
+    times faster than one for several) finds them all in one pass instead of one per shape."""
+    starts: list[int] = []
+    dash = data.find(b"-")
+    seen = 0
+    while dash >= 0:
+        seen += 1
+        if seen > _DASHES:  # a stream full of dashes: one search per shape instead
+            starts = []
+            for marker in _SHAPE_STARTS:
+                at = data.find(marker)
+                while at >= 0:
+                    starts.append(at)
+                    at = data.find(marker, at + 1)
+            return starts
+        for marker in _SHAPE_STARTS:
+            start = dash + 1 - len(marker)
+            if start >= 0 and data.startswith(marker, start):
+                starts.append(start)
+        dash = data.find(b"-", dash + 1)
+    return starts
 
 
 def _field_spans(data: bytes, lowered: bytes, found: list[tuple[int, int]]) -> None:

@@ -47,8 +47,14 @@ still read and replayed.
 Writing never raises: a value orjson cannot write (nested 255 levels or more, a lone surrogate,
 an integer beyond 64 bits) is written by a slower encoder that can; anything else that goes wrong
 leaves no file (and no `.partial` file), is logged, and `write` returns False. Reading is line by
-line (`TraceReader`): memory is bounded by the longest line, and every line is checked as it is
-read.
+line (`TraceReader`, from blocks of the file): memory is bounded by the longest line, and every
+line is checked as it is read, but for lines a replay rendered itself from records that pass
+every check (`TraceReader.skip`, `accept`).
+
+The writer's hot path is a long answer: a text effect per delta and a chunk per read. Their
+lines are formatted around the one `orjson` call that writes their string (`record_line`,
+`text_effect_line`), and a text effect's line, whose only field names are the writer's own, is
+scrubbed without a search for credential-named fields.
 """
 
 from __future__ import annotations
@@ -58,13 +64,14 @@ import json
 import math
 import os
 import sys
-from typing import IO, Any, Callable, Iterable, Iterator, cast
+from typing import IO, Any, Callable, Final, Iterable, Iterator, cast
 
 import attrs
 import orjson
 
 from engine.log.codec import (
     INPUTS,
+    TEXT_EFFECTS,
     TraceError,
     abandoned_to_json,
     check_record,
@@ -79,7 +86,7 @@ from engine.log.masking import TextChannels, mask_text
 from engine.log.redaction import Scrubber, redact_fields, scrub_line
 from machines.app_records import APP_INPUT_KINDS, AppTurnResult, SessionConfig
 from machines.app_session import AppSession
-from machines.records import Effect, InputKind, TurnPolicy, TurnResult
+from machines.records import Chunk, Effect, InputKind, TurnPolicy, TurnResult
 
 __all__ = [
     "APP_SERVER",
@@ -104,9 +111,11 @@ __all__ = [
     "loads",
     "policy_from_header",
     "read_trace",
+    "record_line",
     "record_to_json",
     "result_to_json",
     "scrubber_for",
+    "text_effect_line",
 ]
 
 FORMAT = "streamfsm-trace"
@@ -328,6 +337,9 @@ def scrubber_for(version: int, secrets: Iterable[str] = ()) -> Callable[[bytes],
 
 # -- writing --------------------------------------------------------------------------------------
 
+#: How much of a trace is read at a time.
+_READ_BLOCK = 1 << 18
+
 #: Lines scrubbed together (one pass of the scrubber over many short lines).
 _WINDOW = 2048
 
@@ -386,27 +398,39 @@ class TraceWriter:
     ) -> None:
         scrubber = Scrubber(self.secrets)
         streams, effects = _masked_streams(records, scrubber, self.text)
-        window: list[bytes] = [dumps(header)]
-        plain: list[bool] = [False]  # True: a stream input, already masked with its stream
+        lines: list[bytes] = [dumps(header)]
+        how: list[int] = [_FULL]  # how each line is scrubbed (`_flush`)
+        add_line, add_how = lines.append, how.append
         for seq, record in enumerate(records, 1):
-            written = streams.get(seq - 1)
-            if written is not None and type(record) is InputRecord:
+            if effects:
+                record = effects.get(seq - 1, record)
+            if type(record) is Effect:
+                line = text_effect_line(record, seq)
+                if line is not None:
+                    add_line(line)
+                    add_how(_TEXT)
+                else:
+                    add_line(record_line(record, seq))
+                    add_how(_TEXT if record.kind in TEXT_EFFECTS and type(record.data) is str else _FULL)
+            elif type(record) is InputRecord and seq - 1 in streams:
+                written = streams[seq - 1]
                 if written is not record.input:
                     record = InputRecord(record.attempt, record.t, written)
-                window.append(dumps(record_to_json(record, seq)))
-                plain.append(True)
+                add_line(record_line(record, seq))
+                add_how(_PLAIN)
             else:
-                window.append(dumps(record_to_json(effects.get(seq - 1, record), seq)))
-                plain.append(False)
-            if len(window) >= _WINDOW:
-                _flush(out, window, plain, scrubber)
-                window, plain = [], []
+                add_line(record_line(record, seq))
+                add_how(_FULL)
+            if len(lines) >= _WINDOW:
+                _flush(out, lines, how, scrubber)
+                lines.clear()
+                how.clear()
         if result is not None:
-            window.append(dumps(result_to_json(result, len(records) + 1)))
+            add_line(dumps(result_to_json(result, len(records) + 1)))
         else:
-            window.append(dumps(abandoned_to_json(abandoned or "Exception", len(records) + 1)))
-        plain.append(False)
-        _flush(out, window, plain, scrubber)
+            add_line(dumps(abandoned_to_json(abandoned or "Exception", len(records) + 1)))
+        add_how(_FULL)
+        _flush(out, lines, how, scrubber)
 
 
 def _remove_quietly(path: str) -> None:
@@ -462,16 +486,68 @@ def _masked_streams(
 _STREAM_FORMATS = {format_.cls: format_.stream for format_ in INPUTS.values() if format_.stream}
 
 
-def _flush(out: IO[bytes], lines: list[bytes], plain: list[bool], scrubber: Scrubber) -> None:
-    """Write `lines`, scrubbing those not `plain` (in one pass: a mask never covers a line end)."""
-    positions = [index for index, done in enumerate(plain) if not done]
-    if positions:
-        joined = b"\n".join(lines[index] for index in positions)
-        masked = scrubber.scrub(joined)
-        if masked is not joined:
-            for index, line in zip(positions, masked.split(b"\n")):
-                lines[index] = line
-    out.write(b"\n".join(lines) + b"\n")
+#: How a line is scrubbed as it is written: not at all (a stream input, masked with its stream);
+#: as a text effect (`_TEXT`: its only strings are its effect's name and its text, so no field
+#: of it is named like a credential and the scrubber need not look for such fields); in full.
+_PLAIN, _TEXT, _FULL = 0, 1, 2
+
+
+def _flush(out: IO[bytes], lines: list[bytes], how: list[int], scrubber: Scrubber) -> None:
+    """Write `lines`, scrubbing each as `how` says (the lines scrubbed alike in one pass: a mask
+    never covers a line end)."""
+    for kind in (_TEXT, _FULL):
+        positions = [index for index, each in enumerate(how) if each == kind]
+        if positions:
+            joined = b"\n".join([lines[index] for index in positions])
+            masked = scrubber.scrub(joined, fields=kind == _FULL)
+            if masked is not joined:
+                for index, line in zip(positions, masked.split(b"\n")):
+                    lines[index] = line
+    out.write(b"\n".join(lines))
+    out.write(b"\n")
+
+
+def record_line(record: Record, seq: int) -> bytes:
+    """`dumps(record_to_json(record, seq))`, byte for byte: a record's trace line before masking.
+
+    The records of a long answer are nearly all a text effect per delta and a chunk per network
+    read; their lines are formatted around one `orjson` call for their one string (the same call
+    that writes it inside the object), with no dict built. Anything else goes the general way."""
+    line = text_effect_line(record, seq)
+    if line is not None:
+        return line
+    if type(record) is InputRecord:
+        item = record.input
+        if type(item) is Chunk and type(record.attempt) is int:
+            try:
+                text = orjson.dumps(item.data.decode("utf-8"))
+            except UnicodeDecodeError:  # written as base64: the general way
+                pass
+            else:
+                return _CHUNK_LINE % (seq, record.attempt, orjson.dumps(record.t), text)
+    return dumps(record_to_json(record, seq))
+
+
+def text_effect_line(record: Record, seq: int) -> bytes | None:
+    """The trace line of a text effect whose every field fits (`fits_at_a_glance` holds for
+    its JSON) when one `orjson` call writes its text; None for any other record (a replay
+    compares a long answer's lines so)."""
+    if type(record) is not Effect:
+        return None
+    name = _TEXT_EFFECT_NAMES.get(record.kind)
+    data, attempt = record.data, record.attempt
+    if name is None or type(data) is not str or type(attempt) is not int or attempt < 0:
+        return None
+    try:
+        return _EFFECT_LINE % (seq, attempt, name, orjson.dumps(data))
+    except TypeError:  # a lone surrogate: the general way writes it
+        return None
+
+
+_EFFECT_LINE: Final = b'{"seq":%d,"kind":"effect","attempt":%d,"effect":%s,"data":%s}'
+_CHUNK_LINE: Final = b'{"seq":%d,"kind":"input","attempt":%d,"t":%s,"input":"chunk","data":%s}'
+#: Each text effect's name as a JSON string.
+_TEXT_EFFECT_NAMES: Final = {name: orjson.dumps(name) for name in TEXT_EFFECTS}
 
 
 # -- reading --------------------------------------------------------------------------------------
@@ -579,6 +655,9 @@ class TraceReader:
         self.records = 0
         self._number = 0
         self._final = False
+        #: what was read of the file and not taken yet: `_buffer[_at:]`
+        self._buffer = b""
+        self._at = 0
         #: the latest clock reading of each attempt's inputs
         self._clocks: dict[int, float] = {}
         try:
@@ -606,20 +685,67 @@ class TraceReader:
         self.close()
 
     def _lines(self) -> Iterator[tuple[int, bytes]]:
-        name = self.path
+        next_line = self._next_line
         while True:
             try:
-                line = self._file.readline()
-            except OSError as error:
-                raise _trace_error(f"{name}: cannot read ({error.strerror or error})") from None
+                line = next_line()
             except MemoryError:
-                raise _trace_error(f"{name}: line {self._number + 1} is too long to read") from None
-            if not line:
+                raise _trace_error(f"{self.path}: line {self._number + 1} is too long to read") from None
+            if line is None:
                 return
             self._number += 1
             line = line.rstrip()
             if line:
                 yield self._number, line
+
+    def _block(self) -> bytes:
+        """The next block of the file (empty at its end)."""
+        try:
+            return self._file.read(_READ_BLOCK)
+        except OSError as error:
+            raise _trace_error(f"{self.path}: cannot read ({error.strerror or error})") from None
+
+    def _next_line(self) -> bytes | None:
+        """The next line with its line end (the last one may have none); None at the end."""
+        buffer, at = self._buffer, self._at
+        end = buffer.find(b"\n", at)
+        if end >= 0:
+            self._at = end + 1
+            return buffer[at : end + 1]
+        pieces = [buffer[at:]]  # a line longer than what is buffered: its pieces, joined once
+        while True:
+            block = self._block()
+            if not block:
+                self._buffer, self._at = b"", 0
+                return b"".join(pieces) or None
+            end = block.find(b"\n")
+            if end >= 0:
+                pieces.append(block[: end + 1])
+                self._buffer, self._at = block, end + 1
+                return b"".join(pieces)
+            pieces.append(block)
+
+    def skip(self, expected: bytes, count: int) -> bool:
+        """Take the next `count` lines without parsing them when they are, with their line ends,
+        byte for byte `expected`: lines the caller rendered itself from records that pass every
+        check of their kind and are neither inputs nor final records (`accept`, for a whole run
+        at once: a replay's text effects). False, and nothing taken, when they are not."""
+        buffer, at = self._buffer, self._at
+        if len(buffer) - at < len(expected):
+            pieces, have = [buffer[at:]], len(buffer) - at
+            while have < len(expected):
+                block = self._block()
+                if not block:
+                    break
+                pieces.append(block)
+                have += len(block)
+            buffer, at = self._buffer, self._at = b"".join(pieces), 0
+        if not buffer.startswith(expected, at):
+            return False
+        self._at = at + len(expected)
+        self._number += count
+        self.records += count
+        return True
 
     def _parse(self, number: int, line: bytes) -> dict[str, Any]:
         try:
@@ -657,16 +783,37 @@ class TraceReader:
         return header
 
     def __iter__(self) -> Iterator[tuple[bytes, dict[str, Any], Input | None]]:
-        name = self.path
-        for number, line in self._lines():
-            record = self._parse(number, line)
-            item = self._check(number, record)
-            self.records += 1
+        for number, line in self.lines():
+            record, item = self.read(number, line)
             yield line, record, item
+        self.finish()
+
+    def lines(self) -> Iterator[tuple[int, bytes]]:
+        """The record lines as they are (numbered), not yet parsed: each is then `read`, or
+        `accept`ed; `finish` at the end. (Iterating does all three.)"""
+        return self._lines()
+
+    def read(self, number: int, line: bytes) -> tuple[dict[str, Any], Input | None]:
+        """Line `number`, parsed and checked: its JSON object and, for an input record, the
+        input it describes."""
+        record = self._parse(number, line)
+        item = self._check(number, record)
+        self.records += 1
+        return record, item
+
+    def accept(self, count: int = 1) -> None:
+        """Count lines without parsing them, because each is byte for byte what `dumps` wrote
+        of a record that passes every check of its kind and is neither an input nor a final
+        record (`engine.log.codec.fits_at_a_glance`): what `read` would find, known already."""
+        self.records += count
+
+    def finish(self) -> None:
+        """At the end of the file: a trace without its final record (`result`, `abandoned`) is
+        a truncated file (`TraceError`)."""
         if not self._final:
             where = f"after line {self._number}" if self.records else "after its header"
             raise _trace_error(
-                f"{name}: the trace ends {where} without its final result record "
+                f"{self.path}: the trace ends {where} without its final result record "
                 "(a truncated file)"
             )
 

@@ -151,7 +151,7 @@ def rederive(path: str | os.PathLike[str]) -> str | None:
         header = reader.header
         session = REPLAYERS[reader.entry](header)
         inputs = ((record, item) for _, record, item in reader if item is not None)
-        made: list[dict[str, Any]] = []
+        made: list[dict[str, Any] | bytes] = []
         try:
             step = next(session)
             while True:
@@ -162,19 +162,21 @@ def rederive(path: str | os.PathLike[str]) -> str | None:
                     record, item = found
                     step = session.send(InputRecord(step.attempt, record.get("t"), item))
                 else:
-                    made.append(step)
+                    made += step
                     step = next(session)
         except StopIteration:
             pass
         finally:
             session.close()
-    if not made or made[-1].get("kind") != "result":
+    last = made[-1] if made else None
+    if not isinstance(last, dict) or last.get("kind") != "result":
         return None
     tmp = os.fspath(path) + ".partial"
     with open(tmp, "wb") as out:
-        out.write(b"\n".join([dumps(header), *(dumps(record) for record in made)]) + b"\n")
+        lines = [record if isinstance(record, bytes) else dumps(record) for record in made]
+        out.write(b"\n".join([dumps(header), *lines]) + b"\n")
     os.replace(tmp, path)
-    outcome = made[-1].get("outcome")
+    outcome = last.get("outcome")
     return outcome if isinstance(outcome, str) else None
 
 
