@@ -237,10 +237,9 @@ _ANCHORED: Final = tuple(
     (anchor, tuple((ending, ending.index(anchor)) for ending in _FIELD_ENDS if anchor in ending))
     for anchor in (b"k", b"w", b"z")
 )
-#: The endings with no such byte, each searched for as a whole.
-_SEARCHED: Final = tuple(
-    ending for ending in _FIELD_ENDS if not any(anchor in ending for anchor, _ in _ANCHORED)
-)
+#: The endings with no such byte, searched for: (what is searched for, and the tails that end
+#: an ending after it), `credential` once for `credential"` and `credentials"`.
+_SEARCHED: Final = ((b'secret"', (b"",)), (b"credential", (b'"', b's"')), (b'session"', (b"",)))
 #: Longest field name looked at (a longer one is not taken for a credential's name).
 _MAX_NAME = 256
 _SPACE = b" \t\r\n"
@@ -655,14 +654,17 @@ def _name_ends(lowered: bytes) -> list[int]:
     for anchor, endings in _ANCHORED:
         found = _anchored_ends(lowered, anchor, endings, budget * len(endings))
         if found is None:
-            searched.extend(ending for ending, _ in endings)
+            searched.extend((ending, (b"",)) for ending, _ in endings)
         else:
             closes.extend(found)
-    for ending in searched:
-        at = lowered.find(ending)
+    for stem, tails in searched:
+        at = lowered.find(stem)
         while at >= 0:
-            closes.append(at + len(ending) - 1)
-            at = lowered.find(ending, at + 1)
+            after = at + len(stem)
+            for tail in tails:
+                if lowered.startswith(tail, after):
+                    closes.append(after + len(tail) - 1)
+            at = lowered.find(stem, at + 1)
     return closes
 
 
@@ -670,19 +672,19 @@ def _anchored_ends(
     lowered: bytes, anchor: bytes, endings: tuple[tuple[bytes, int], ...], budget: int
 ) -> list[int] | None:
     """The closing quotes of `endings` found from each place of `anchor`; None past `budget`
-    places."""
+    places. At each place, one test of what follows it (the endings from their anchor on)
+    rules out nearly every place."""
     closes: list[int] = []
-    size = len(lowered)
+    tails = tuple(ending[offset:] for ending, offset in endings)
     at = lowered.find(anchor)
     seen = 0
     while at >= 0:
         seen += 1
         if seen > budget:
             return None
-        for ending, offset in endings:
-            start = at - offset
-            close = start + len(ending) - 1
-            if start >= 0 and close < size and lowered[close] == _QUOTE and lowered.startswith(ending, start):
-                closes.append(close)
+        if lowered.startswith(tails, at):
+            for ending, offset in endings:
+                if at >= offset and lowered.startswith(ending, at - offset):
+                    closes.append(at - offset + len(ending) - 1)
         at = lowered.find(anchor, at + 1)
     return closes
