@@ -12,7 +12,7 @@ import pytest
 import engine
 from engine.simulator import shapes
 from engine.log.logs import log
-from engine.log.redaction import REDACTED, client_secrets, field_secrets, redact_fields, scrub
+from engine.log.redaction import REDACTED, Scrubber, client_secrets, field_secrets, redact_fields, scrub
 from engine.simulator.shapes import (
     SHAPES,
     assemble,
@@ -202,3 +202,20 @@ def test_field_secrets_are_the_values_of_credential_named_fields() -> None:
     }
     assert sorted(field_secrets(request)) == sorted([META_KEY, f"Bearer {EXTRA_BEARER}", EXTRA_BEARER])
     assert field_secrets(None) == []
+
+
+@pytest.mark.parametrize("filler", [b"", b"x" * 5000, b"kw" * 6000, b"keyword tokens " * 900])
+@pytest.mark.parametrize(
+    "name",
+    [b"api_key", b"X-Api-KEY", b"access_token", b"Set-Cookie", b"password", b"passwd",
+     b"Authorization", b"client_secret", b"credential", b"credentials", b"session"],
+)
+def test_every_credential_named_field_is_masked_in_a_stream_of_any_letters(
+    name: bytes, filler: bytes
+) -> None:
+    """A field is found however often the letters of its name's ending appear around it."""
+    data = b"data: {" + filler + b'"a":1, "' + name + b'" : "hunter22"}\n' + filler + b'\n{"' + name + b'":"x"}'
+    masked = Scrubber().scrub(data)
+    assert len(masked) == len(data)
+    assert b"hunter22" not in masked and b'"' + name + b'":"*"' in masked
+    assert masked.replace(b"********", b"hunter22") == data.replace(b'":"x"', b'":"*"')

@@ -230,6 +230,16 @@ _FIELD_ENDS = (
     b'key"', b'token"', b'secret"', b'password"', b'passwd"', b'authorization"', b'cookie"',
     b'credential"', b'credentials"', b'session"',
 )
+#: The endings found from a byte of theirs that is rare in a stream's JSON and text (a search
+#: for one byte is many times faster than one for several): the byte, then each ending with
+#: where the byte sits in it.
+_ANCHORED: Final = tuple(
+    (anchor, tuple((ending, ending.index(anchor)) for ending in _FIELD_ENDS if anchor in ending))
+    for anchor in (b"k", b"w", b"z")
+)
+#: The endings with no such byte, searched for: (what is searched for, and the tails that end
+#: an ending after it), `credential` once for `credential"` and `credentials"`.
+_SEARCHED: Final = ((b'secret"', (b"",)), (b"credential", (b'"', b's"')), (b'session"', (b"",)))
 #: Longest field name looked at (a longer one is not taken for a credential's name).
 _MAX_NAME = 256
 _SPACE = b" \t\r\n"
@@ -604,34 +614,77 @@ def _field_spans(data: bytes, lowered: bytes, found: list[tuple[int, int]]) -> N
     """The string values of credential-named fields (`"name": "value"`, JSON as it is written,
     not inside another JSON string)."""
     size = len(data)
-    for ending in _FIELD_ENDS:
-        at = lowered.find(ending)
-        while at >= 0:
-            close = at + len(ending) - 1  # the quote closing the name
-            at = lowered.find(ending, at + 1)
-            open_ = data.rfind(b'"', max(0, close - _MAX_NAME), close)
-            if open_ < 0 or (open_ > 0 and data[open_ - 1] == _BACKSLASH):
-                continue
-            name = data[open_ + 1 : close]
-            if b"\\" in name or b"\n" in name or not is_secret_name(name.decode("latin-1")):
-                continue
-            cursor = close + 1
-            while cursor < size and data[cursor] in _SPACE:
-                cursor += 1
-            if cursor >= size or data[cursor] != ord(":"):
-                continue
+    for close in _name_ends(lowered):
+        open_ = data.rfind(b'"', max(0, close - _MAX_NAME), close)
+        if open_ < 0 or (open_ > 0 and data[open_ - 1] == _BACKSLASH):
+            continue
+        name = data[open_ + 1 : close]
+        if b"\\" in name or b"\n" in name or not is_secret_name(name.decode("latin-1")):
+            continue
+        cursor = close + 1
+        while cursor < size and data[cursor] in _SPACE:
             cursor += 1
-            while cursor < size and data[cursor] in _SPACE:
-                cursor += 1
-            if cursor >= size or data[cursor] != _QUOTE:
-                continue
-            start = cursor + 1
-            end = start
-            while end < size:
-                byte = data[end]
-                if byte == _QUOTE or byte in (_CR, _LF):
-                    break
-                end += 2 if byte == _BACKSLASH else 1
-            end = min(end, size)
-            if end > start and data[start:end] != _REDACTED_BYTES:
-                found.append((start, end))
+        if cursor >= size or data[cursor] != ord(":"):
+            continue
+        cursor += 1
+        while cursor < size and data[cursor] in _SPACE:
+            cursor += 1
+        if cursor >= size or data[cursor] != _QUOTE:
+            continue
+        start = cursor + 1
+        end = start
+        while end < size:
+            byte = data[end]
+            if byte == _QUOTE or byte in (_CR, _LF):
+                break
+            end += 2 if byte == _BACKSLASH else 1
+        end = min(end, size)
+        if end > start and data[start:end] != _REDACTED_BYTES:
+            found.append((start, end))
+
+
+def _name_ends(lowered: bytes) -> list[int]:
+    """Where each of `_FIELD_ENDS` ends in `lowered` (the offset of its closing quote), in no
+    order. The endings with a rare byte are found by visiting each of that byte's places; where
+    the byte is not rare (more places than the searches it spares would cost), and for the
+    other endings, by one search per ending."""
+    closes: list[int] = []
+    searched = list(_SEARCHED)
+    budget = max(64, len(lowered) >> 10)  # a search costs about as much as visiting this many
+    for anchor, endings in _ANCHORED:
+        found = _anchored_ends(lowered, anchor, endings, budget * len(endings))
+        if found is None:
+            searched.extend((ending, (b"",)) for ending, _ in endings)
+        else:
+            closes.extend(found)
+    for stem, tails in searched:
+        at = lowered.find(stem)
+        while at >= 0:
+            after = at + len(stem)
+            for tail in tails:
+                if lowered.startswith(tail, after):
+                    closes.append(after + len(tail) - 1)
+            at = lowered.find(stem, at + 1)
+    return closes
+
+
+def _anchored_ends(
+    lowered: bytes, anchor: bytes, endings: tuple[tuple[bytes, int], ...], budget: int
+) -> list[int] | None:
+    """The closing quotes of `endings` found from each place of `anchor`; None past `budget`
+    places. At each place, one test of what follows it (the endings from their anchor on)
+    rules out nearly every place."""
+    closes: list[int] = []
+    tails = tuple(ending[offset:] for ending, offset in endings)
+    at = lowered.find(anchor)
+    seen = 0
+    while at >= 0:
+        seen += 1
+        if seen > budget:
+            return None
+        if lowered.startswith(tails, at):
+            for ending, offset in endings:
+                if at >= offset and lowered.startswith(ending, at - offset):
+                    closes.append(at - offset + len(ending) - 1)
+        at = lowered.find(anchor, at + 1)
+    return closes

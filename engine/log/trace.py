@@ -399,38 +399,43 @@ class TraceWriter:
         scrubber = Scrubber(self.secrets)
         streams, effects = _masked_streams(records, scrubber, self.text)
         lines: list[bytes] = [dumps(header)]
-        how: list[int] = [_FULL]  # how each line is scrubbed (`_flush`)
-        add_line, add_how = lines.append, how.append
+        # How each line is scrubbed (`_flush`): the lines of text effects (`texts`), those
+        # scrubbed in full (`fulls`), by index in `lines`; the others are stream inputs.
+        texts: list[int] = []
+        fulls: list[int] = [0]
+        add_line = lines.append
+        effect_line = text_effect_line
         for seq, record in enumerate(records, 1):
             if effects:
                 record = effects.get(seq - 1, record)
             if type(record) is Effect:
-                line = text_effect_line(record, seq)
+                line = effect_line(record, seq)
                 if line is not None:
-                    add_line(line)
-                    add_how(_TEXT)
+                    texts.append(len(lines))
                 else:
-                    add_line(record_line(record, seq))
-                    add_how(_TEXT if record.kind in TEXT_EFFECTS and type(record.data) is str else _FULL)
+                    line = record_line(record, seq)
+                    text = record.kind in TEXT_EFFECTS and type(record.data) is str
+                    (texts if text else fulls).append(len(lines))
+                add_line(line)
             elif type(record) is InputRecord and seq - 1 in streams:
                 written = streams[seq - 1]
                 if written is not record.input:
                     record = InputRecord(record.attempt, record.t, written)
                 add_line(record_line(record, seq))
-                add_how(_PLAIN)
             else:
+                fulls.append(len(lines))
                 add_line(record_line(record, seq))
-                add_how(_FULL)
             if len(lines) >= _WINDOW:
-                _flush(out, lines, how, scrubber)
+                _flush(out, lines, texts, fulls, scrubber)
                 lines.clear()
-                how.clear()
+                texts.clear()
+                fulls.clear()
+        fulls.append(len(lines))
         if result is not None:
             add_line(dumps(result_to_json(result, len(records) + 1)))
         else:
             add_line(dumps(abandoned_to_json(abandoned or "Exception", len(records) + 1)))
-        add_how(_FULL)
-        _flush(out, lines, how, scrubber)
+        _flush(out, lines, texts, fulls, scrubber)
 
 
 def _remove_quietly(path: str) -> None:
@@ -486,25 +491,23 @@ def _masked_streams(
 _STREAM_FORMATS = {format_.cls: format_.stream for format_ in INPUTS.values() if format_.stream}
 
 
-#: How a line is scrubbed as it is written: not at all (a stream input, masked with its stream);
-#: as a text effect (`_TEXT`: its only strings are its effect's name and its text, so no field
-#: of it is named like a credential and the scrubber need not look for such fields); in full.
-_PLAIN, _TEXT, _FULL = 0, 1, 2
-
-
-def _flush(out: IO[bytes], lines: list[bytes], how: list[int], scrubber: Scrubber) -> None:
-    """Write `lines`, scrubbing each as `how` says (the lines scrubbed alike in one pass: a mask
-    never covers a line end)."""
-    for kind in (_TEXT, _FULL):
-        positions = [index for index, each in enumerate(how) if each == kind]
+def _flush(
+    out: IO[bytes], lines: list[bytes], texts: list[int], fulls: list[int], scrubber: Scrubber
+) -> None:
+    """Write `lines`, scrubbing the lines at `texts` as text effects' (their only strings are
+    their effect's name and their text, so no field of theirs is named like a credential and
+    the scrubber need not look for such fields) and those at `fulls` in full; the others are
+    stream inputs, masked with their stream. The lines scrubbed alike are scrubbed in one pass
+    (a mask never covers a line end)."""
+    for positions, fields in ((texts, False), (fulls, True)):
         if positions:
             joined = b"\n".join([lines[index] for index in positions])
-            masked = scrubber.scrub(joined, fields=kind == _FULL)
+            masked = scrubber.scrub(joined, fields=fields)
             if masked is not joined:
                 for index, line in zip(positions, masked.split(b"\n")):
                     lines[index] = line
+    lines.append(b"")
     out.write(b"\n".join(lines))
-    out.write(b"\n")
 
 
 def record_line(record: Record, seq: int) -> bytes:
