@@ -84,8 +84,8 @@ def test_the_same_seed_replays_the_same_campaign(tmp_path: Path) -> None:
     assert first and first == again
     assert other != first
     # a finding is found again the same way, shrunk to the same session
-    campaign(5, "bug", "--callbacks", "test_fuzz_command:fragile_screen")
-    campaign(5, "bug-again", "--callbacks", "test_fuzz_command:fragile_screen")
+    campaign(2, "bug", "--callbacks", "test_fuzz_command:fragile_screen")
+    campaign(2, "bug-again", "--callbacks", "test_fuzz_command:fragile_screen")
     found = [sorted(p.name for p in (tmp_path / f"findings-{name}").glob("*.jsonl"))
              for name in ("bug", "bug-again")]
     assert found[0] and found[0] == found[1]
