@@ -37,7 +37,7 @@ from app_support import (
 
 __all__ = ["codex"]  # the fixture, imported for pytest
 
-pytestmark = pytest.mark.usefixtures("codex")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("codex")]
 
 
 def _tool_results(result: engine.AppTurnResult) -> list[str]:

@@ -23,7 +23,7 @@ from app_support import TEXT, codex, group_members, harness, process_gone
 
 __all__ = ["codex"]  # the fixture, imported for pytest
 
-pytestmark = pytest.mark.usefixtures("codex")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("codex")]
 
 TOOL = {"name": "lookup_weather", "description": "The weather in a city, now.",
         "inputSchema": {"type": "object", "properties": {"city": {"type": "string"}},

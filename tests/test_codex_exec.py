@@ -27,6 +27,9 @@ import pytest
 from engine.log.trace import read_trace
 from test_scenarios_cli import EXAMPLES, running, served
 
+#: Every test here runs the real codex binary.
+pytestmark = pytest.mark.slow
+
 CODEX_VERSION = "0.169.0"
 NATIVE = "node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex"
 LAUNCHER = "node_modules/.bin/codex"

@@ -109,6 +109,7 @@ def _paced_scenario(tmp_path: Path) -> Path:
     return scenario
 
 
+@pytest.mark.slow
 def test_chunks_and_their_timing_pass_through_and_are_recorded(tmp_path: Path) -> None:
     out = tmp_path / "recorded"
     with served(_paced_scenario(tmp_path), tmp_path / "upstream.jsonl") as upstream:
@@ -138,6 +139,7 @@ def test_chunks_and_their_timing_pass_through_and_are_recorded(tmp_path: Path) -
     _no_secret_in(out)
 
 
+@pytest.mark.slow
 def test_serve_dir_gives_the_recording_back_with_its_timing(tmp_path: Path) -> None:
     out = tmp_path / "recorded"
     with served(_paced_scenario(tmp_path), tmp_path / "upstream.jsonl") as upstream:

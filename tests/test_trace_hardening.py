@@ -193,6 +193,7 @@ SECRET_REQUEST = {
 }
 
 
+@pytest.mark.slow
 def test_every_cut_through_run_turn_leaves_no_piece_of_a_secret(tmp_path: Path) -> None:
     """The real openai client against the simulator, one turn per cut offset. The key has no
     known shape here: the trace writer knows it from the client."""

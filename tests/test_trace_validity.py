@@ -503,6 +503,7 @@ def test_valid_trace_with_one_field_changed(
     _check_cli_on(fuzz_file)
 
 
+@pytest.mark.slow
 @given(st.data())
 def test_valid_trace_cut_anywhere(
     traces: dict[str, list[dict[str, Any]]], fuzz_file: Path, data: st.DataObject
