@@ -269,6 +269,7 @@ class ChatView:
 '''
 
 
+@pytest.mark.slow
 def test_the_documented_snippets_pass_their_first_run(pytester: pytest.Pytester) -> None:
     """The README's and docs/fuzzing.md's "fuzz your own callbacks" code, as written, in a new
     project (Hypothesis's default health checks and deadline, no .hypothesis folder yet) in its
