@@ -109,7 +109,8 @@ LAUNCHER = "node_modules/.bin/codex"
 
 
 def codex_cache_dir() -> Path:
-    """Where .ci/run and `install_codex` put it: `${XDG_CACHE_HOME:-~/.cache}/streamfsm/codex-VERSION`."""
+    """Where .ci/run and `install_codex` put it:
+    `${XDG_CACHE_HOME:-~/.cache}/streamfsm/codex-VERSION`."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "streamfsm" / f"codex-{CODEX_VERSION}"
 
