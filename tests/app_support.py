@@ -12,6 +12,8 @@ import contextlib
 import itertools
 import os
 import shutil
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,7 +23,7 @@ import orjson
 import pytest
 
 import engine
-from engine.drivers.codex import CodexSession, find_codex
+from engine.drivers.codex import CodexSession
 from engine.fuzz import app_lines as L
 from engine.simulator.codex_app import LOOPBACK_KEY, loopback_session
 from engine.simulator.scenarios import scenario_from_data
@@ -101,14 +103,76 @@ def started(text: str = "hi", config: SessionConfig = CONFIG) -> Fed:
     return fed
 
 
+CODEX_VERSION = "0.169.0"
+NATIVE = "node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex"
+LAUNCHER = "node_modules/.bin/codex"
+
+
+def codex_cache_dir() -> Path:
+    """Where .ci/run and `install_codex` put it:
+    `${XDG_CACHE_HOME:-~/.cache}/streamfsm/codex-VERSION`."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "streamfsm" / f"codex-{CODEX_VERSION}"
+
+
+def installed_codex(folder: Path) -> Path | None:
+    """The codex an npm install into `folder` made: its native binary, else npm's launcher."""
+    for relative in (NATIVE, LAUNCHER):
+        candidate = folder / relative
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def pinned_codex() -> Path | None:
+    """STREAMFSM_CODEX when it names an executable, else what the cache folder holds (not a
+    codex on PATH: the tests are for this version)."""
+    named = os.environ.get("STREAMFSM_CODEX")
+    if named and os.path.isfile(named) and os.access(named, os.X_OK):
+        return Path(named)
+    return installed_codex(codex_cache_dir())
+
+
+def install_codex() -> Path:
+    """npm install into a temporary folder beside the cache folder, then move it into place (so
+    that worker processes asking at once do not clash: one rename wins, the rest use it)."""
+    target = codex_cache_dir()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.", dir=target.parent))
+    try:
+        subprocess.run(
+            ["npm", "install", "--prefix", str(staging), "--no-audit", "--no-fund",
+             "--loglevel=error", f"@openai/codex@{CODEX_VERSION}"],
+            check=True, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+        )
+        try:
+            staging.rename(target)
+        except OSError:  # another session won the race, or a half-empty folder is in the way
+            if installed_codex(target) is None:
+                shutil.rmtree(target, ignore_errors=True)
+                staging.rename(target)
+    except subprocess.CalledProcessError as error:
+        pytest.fail(f"npm install @openai/codex@{CODEX_VERSION} failed: {error.stderr.strip()}")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    installed = installed_codex(target)
+    assert installed is not None, f"npm installed no codex binary under {target}"
+    return installed
+
+
 @pytest.fixture(scope="session")
 def codex() -> Path:
-    """The codex binary, or a skip saying how to get one."""
-    found = find_codex()
-    if found is None:
-        pytest.skip("no codex binary: set STREAMFSM_CODEX or install @openai/codex@0.169.0 "
-                    "(.ci/run does: npm install --prefix ~/.cache/streamfsm/codex-0.169.0)")
-    return found
+    """The codex binary (`pinned_codex`), installed into the cache folder with npm when it is not
+    there; a skip saying how to get one only without codex and without npm."""
+    found = pinned_codex()
+    if found is not None:
+        return found
+    if shutil.which("npm") is None:
+        pytest.skip(
+            f"no codex binary (STREAMFSM_CODEX unset, nothing under {codex_cache_dir()}) and no "
+            "npm to install @openai/codex; .ci/run installs it"
+        )
+    return install_codex()
 
 
 @attrs.frozen

@@ -4,12 +4,20 @@ for driving the machines by hand.
 
 Every turn a test runs over HTTP goes through `run_over_http`, so every one of them also proves
 that its trace replays record for record.
+
+Wall-clock limits. A test that says something ended promptly gives the limit an idle two-core
+machine needs and passes it through `within`, which multiplies it by `TIME_SCALE`
+(`STREAMFSM_TEST_TIME_SCALE`, default 3: the suite on two workers beside another busy process)
+but never lets it reach the wait the test tells a prompt end from (a stall, a timeout the run
+must not have sat out): a run that waited for that takes at least that long, so the test still
+fails for it on any machine. A limit is a bound on lateness, never a reason to sleep.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import socket
 import time
 import tracemalloc
@@ -28,6 +36,8 @@ from machines.records import Effect, SseEvent, Transition
 from machines.table import Row, Table
 
 API_KEY = "sk-test-0123456789abcdefghijklmnop"
+#: How much slower than an idle two-core machine a run may be (see "Wall-clock limits" above).
+TIME_SCALE = float(os.environ.get("STREAMFSM_TEST_TIME_SCALE") or 3)
 REQUEST: dict[str, Any] = {"model": "gpt-5", "input": "What is the capital of France?"}
 
 
@@ -115,6 +125,25 @@ def peak_memory(run: Callable[[], Any]) -> int:
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+
+
+def within(seconds: float, *, before: float | None = None) -> float:
+    """A wall-clock limit: `seconds` on an idle machine times `TIME_SCALE`, kept below `before`
+    (the wait a run that was not prompt would have sat out)."""
+    limit = seconds * TIME_SCALE
+    return limit if before is None else min(limit, before)
+
+
+def wait_for(condition: Callable[[], object], within_s: float) -> float | None:
+    """Seconds until `condition()` held, or None if it did not within `within_s` (looked at
+    every 10 ms: a test waits for what it needs, not for a guessed time)."""
+    began = time.monotonic()
+    while True:
+        if condition():
+            return time.monotonic() - began
+        if time.monotonic() - began > within_s:
+            return None
+        time.sleep(0.01)
 
 
 def closed_port() -> int:

@@ -53,6 +53,7 @@ SHAPES: dict[str, Callable[[AppScript], bool]] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 def test_the_strategies_draw_the_rest_of_the_protocol(shape: str) -> None:
     script = find(app_sessions(), SHAPES[shape], settings=settings(

@@ -34,10 +34,11 @@ from app_support import (
     process_gone,
     tool_then_answer,
 )
+from support import within
 
 __all__ = ["codex"]  # the fixture, imported for pytest
 
-pytestmark = pytest.mark.usefixtures("codex")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("codex")]
 
 
 def _tool_results(result: engine.AppTurnResult) -> list[str]:
@@ -192,7 +193,7 @@ def test_an_interrupt_while_an_approval_is_pending_ends_the_turn_promptly(tmp_pa
         assert h.session.pid == pid
     result = turn.result
     assert result.outcome == "interrupted" and not result.retired
-    assert done - interrupted_at[0] < 1.0  # not waiting for the callback's 3 s
+    assert done - interrupted_at[0] < within(1.0, before=3.0)  # not waiting for the callback's 3 s
     sent = turn.sent()
     replies = [m for m in sent if m.get("id") == 0 and "result" in m]
     assert replies == [{"jsonrpc": "2.0", "id": 0, "result": {"decision": "cancel"}}]
@@ -222,7 +223,7 @@ def test_an_interrupt_mid_answer_keeps_the_partial_text(tmp_path: Path) -> None:
         assert h.session.pid == pid
     result = turn.result
     assert result.outcome == "interrupted" and not result.retired
-    assert done - stopped[0] < 1.0  # turn/completed interrupted within a second
+    assert done - stopped[0] < within(1.0)  # turn/completed interrupted within a second
     assert result.output_text == "".join(turn.deltas) != ""
     completed = [m for m in turn.received() if m.get("method") == "turn/completed"]
     assert completed[0]["params"]["turn"]["items"] == []  # the text lives only in the deltas
@@ -310,7 +311,7 @@ def test_a_dead_process_retires_the_session_and_the_next_turn_starts_a_new_one(
         again = h.turn("Are you there?")
         assert h.session.pid not in (None, killed[0])
     result = dead.result
-    assert result.outcome == "error" and result.retired and dead.elapsed < 5
+    assert result.outcome == "error" and result.retired and dead.elapsed < within(5.0)
     assert result.error is not None and result.error["code"] in ("exited", "eof")
     exits = [r["code"] for r in dead.trace_lines() if r.get("input") == "exit"]
     # SIGTERM makes codex exit 0: a zero exit without turn/completed is a death all the same
@@ -329,7 +330,7 @@ def test_an_idle_timeout_retires_the_session(tmp_path: Path) -> None:
         turn = h.turn(fixture="idle_timeout_retires")
         assert h.session.pid is None
     result = turn.result
-    assert result.outcome == "error" and result.retired and turn.elapsed < 5
+    assert result.outcome == "error" and result.retired and turn.elapsed < within(5.0, before=10.0)
     assert result.error is not None and result.error["code"] == "idle_timeout"
     assert result.output_text == "".join(turn.deltas)
 

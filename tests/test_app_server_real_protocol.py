@@ -20,10 +20,11 @@ import pytest
 
 import engine
 from app_support import TEXT, codex, group_members, harness, process_gone
+from support import within
 
 __all__ = ["codex"]  # the fixture, imported for pytest
 
-pytestmark = pytest.mark.usefixtures("codex")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("codex")]
 
 TOOL = {"name": "lookup_weather", "description": "The weather in a city, now.",
         "inputSchema": {"type": "object", "properties": {"city": {"type": "string"}},
@@ -307,7 +308,7 @@ def test_steer_drops_the_answer_in_progress_and_asks_again_with_the_new_input(
         assert h.session.steer("Too late.") is False  # no turn runs
         second = h.requests[1]
     result = turn.result
-    assert accepted == [True] and result.outcome == "completed" and turn.elapsed < 5
+    assert accepted == [True] and result.outcome == "completed" and turn.elapsed < within(5.0, before=20.0)
     assert result.output_text == "Paris." and turn.deltas[-1] == "Paris."
     shown = "".join(turn.deltas[:-1])
     assert shown and LONG.startswith(shown)  # what the user saw of the dropped answer
@@ -332,7 +333,7 @@ def test_a_limit_after_the_final_message_keeps_the_answer(tmp_path: Path) -> Non
         after = h.turn("Next?")
     result = turn.result
     assert result.outcome == "completed" and result.output_text == "Final answer here."
-    assert result.error is None and not result.retired and 1.4 < turn.elapsed < 4
+    assert result.error is None and not result.retired and 1.4 < turn.elapsed < within(4.0, before=20.0)
     assert any(m.get("method") == "turn/interrupt" for m in turn.sent())
     assert after.result.outcome == "completed" and after.result.output_text == "Next."
 
@@ -344,7 +345,7 @@ def test_a_limit_before_the_answer_ends_the_turn_turn_timeout(tmp_path: Path) ->
         after = h.turn("Next?")
         assert h.session.pid == pid  # codex answered the interrupt: the session lives on
     result = turn.result
-    assert result.outcome == "error" and not result.retired and 1.4 < turn.elapsed < 4
+    assert result.outcome == "error" and not result.retired and 1.4 < turn.elapsed < within(4.0, before=20.0)
     assert result.error is not None and result.error["code"] == "turn_timeout"
     assert result.output_text == "".join(turn.deltas) != ""
     assert after.result.outcome == "completed"
@@ -369,7 +370,7 @@ def test_close_from_another_thread_ends_the_turn_and_leaves_nothing_running(
         assert not any(name.startswith("codex-") for name in left), left
         again = h.turn("Are you there?")
     result = turn.result
-    assert result.outcome == "error" and result.retired and turn.elapsed < 5
+    assert result.outcome == "error" and result.retired and turn.elapsed < within(5.0, before=20.0)
     assert result.error is not None and result.error["code"] == "session_closed"
     assert result.output_text == "".join(turn.deltas) != ""
     assert again.result.outcome == "completed"
@@ -384,4 +385,4 @@ def test_close_twice_and_between_turns_is_harmless(tmp_path: Path) -> None:
         began = time.monotonic()
         h.session.close()
         h.session.close()
-        assert time.monotonic() - began < 5 and h.session.pid is None
+        assert time.monotonic() - began < within(5.0) and h.session.pid is None

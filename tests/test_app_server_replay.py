@@ -170,6 +170,7 @@ def test_demo_codex_without_a_binary_says_how_to_install_one(
     assert "npm install" in out and "@openai/codex@0.169.0" in out
 
 
+@pytest.mark.slow
 def test_demo_codex_runs_the_real_app_server(tmp_path: Path) -> None:
     from engine.drivers.codex import find_codex
 

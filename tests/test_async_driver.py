@@ -13,6 +13,7 @@ import pytest
 import engine
 from engine.simulator.shapes import SHAPES
 from engine.simulator.server import ResponsesSimulator
+from support import within
 
 REQUEST = {"model": "gpt-5", "input": "hi"}
 POLICY = engine.TurnPolicy(idle_timeout_s=0.3)
@@ -65,7 +66,7 @@ def test_async_interrupt_is_prompt_during_a_stall() -> None:
 
     result, elapsed = asyncio.run(run())
     assert result.outcome == "interrupted"
-    assert elapsed < 1.0  # the stall lasts 2 s
+    assert elapsed < within(1.0, before=2.0)  # the stall lasts 2 s
     assert result.output_text  # the partial answer is kept
     assert [(a.final_state, a.reason) for a in result.attempts] == [("retire", "interrupted")]
 

@@ -15,6 +15,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "bench_load.py"
 WAYS = {"streamfsm", "streamfsm+idle", "sdk"}
+#: The benchmark starts its own servers and clients in subprocesses.
+pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("cut", ["fin", "rst"])

@@ -149,6 +149,7 @@ def test_show_html_json_names_the_page(tmp_path: Path) -> None:
     assert said == {"trace": TRACE, "html": str(page), "bytes": page.stat().st_size}
 
 
+@pytest.mark.slow
 def test_fuzz_json_reports_progress_and_the_end(tmp_path: Path) -> None:
     done = streamfsm("fuzz", "--examples", "20", "--workers", "1", "--progress-every", "0.5",
                      "--save-to", str(tmp_path / "findings"), "--json", cwd=tmp_path, timeout=300)
@@ -159,6 +160,7 @@ def test_fuzz_json_reports_progress_and_the_end(tmp_path: Path) -> None:
     assert int(events[-1]["examples"]) >= 20  # type: ignore[call-overload]
 
 
+@pytest.mark.slow
 def test_the_demo_ends_by_saying_where_to_look(tmp_path: Path) -> None:
     done = streamfsm("demo", "--traces", str(tmp_path), timeout=300)
     assert done.returncode == 0 and done.stderr == ""

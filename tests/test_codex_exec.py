@@ -6,18 +6,16 @@ CODEX_HOME (no login, no network). The request log shows what codex sent.
 
 The codex binary: `STREAMFSM_CODEX` (set by .ci/run), else the npm cache folder that .ci/run
 installs into (`${XDG_CACHE_HOME:-~/.cache}/streamfsm/codex-0.169.0`); when neither holds one and
-npm exists, the session installs it there itself. Only without codex and without npm do these
-tests skip.
+npm exists, the `codex` fixture (tests/app_support.py, shared with the app-server tests) installs
+it there itself. Only without codex and without npm do these tests skip.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,73 +23,16 @@ import attrs
 import pytest
 
 from engine.log.trace import read_trace
+from app_support import CODEX_VERSION, LAUNCHER, NATIVE, codex
 from test_scenarios_cli import EXAMPLES, running, served
 
-CODEX_VERSION = "0.169.0"
-NATIVE = "node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex"
-LAUNCHER = "node_modules/.bin/codex"
+__all__ = ["codex"]  # the fixture, imported for pytest
+
+#: Every test here runs the real codex binary.
+pytestmark = pytest.mark.slow
+
 PARIS = "The capital of France is Paris."
 LOOPBACK_KEY = "loopback-dummy-key"
-
-
-def codex_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "streamfsm" / f"codex-{CODEX_VERSION}"
-
-
-def _installed(folder: Path) -> Path | None:
-    for relative in (NATIVE, LAUNCHER):
-        candidate = folder / relative
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-def find_codex() -> Path | None:
-    """STREAMFSM_CODEX when it names an executable, else what the cache folder holds."""
-    named = os.environ.get("STREAMFSM_CODEX")
-    if named and os.path.isfile(named) and os.access(named, os.X_OK):
-        return Path(named)
-    return _installed(codex_cache_dir())
-
-
-def install_codex() -> Path:
-    """npm install into a temporary folder beside the cache folder, then move it into place."""
-    target = codex_cache_dir()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.", dir=target.parent))
-    try:
-        subprocess.run(
-            ["npm", "install", "--prefix", str(staging), "--no-audit", "--no-fund",
-             "--loglevel=error", f"@openai/codex@{CODEX_VERSION}"],
-            check=True, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
-        )
-        try:
-            staging.rename(target)
-        except OSError:  # another session won the race, or a half-empty folder is in the way
-            if _installed(target) is None:
-                shutil.rmtree(target, ignore_errors=True)
-                staging.rename(target)
-    except subprocess.CalledProcessError as error:
-        pytest.fail(f"npm install @openai/codex@{CODEX_VERSION} failed: {error.stderr.strip()}")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    installed = _installed(target)
-    assert installed is not None, f"npm installed no codex binary under {target}"
-    return installed
-
-
-@pytest.fixture(scope="session")
-def codex() -> Path:
-    found = find_codex()
-    if found is not None:
-        return found
-    if shutil.which("npm") is None:
-        pytest.skip(
-            f"no codex binary (STREAMFSM_CODEX unset, nothing under {codex_cache_dir()}) and no "
-            "npm to install @openai/codex; .ci/run installs it"
-        )
-    return install_codex()
 
 
 @attrs.frozen

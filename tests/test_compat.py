@@ -58,6 +58,7 @@ from machines.output import CLIENT_CALL_TYPES
 from machines.records import Stall, TransportFault, TurnPolicy, TurnResult
 from engine.drivers.sync import run_turn
 from engine.log.trace import read_trace
+from support import within
 
 ANSWER = "The capital of France is Paris."
 SHAPES_PREAMBLE = shapes._PREAMBLE
@@ -664,7 +665,7 @@ def test_interrupt_mid_stream_is_honoured_promptly() -> None:
     finally:
         release.set()
         interrupt.cancel()
-    assert interrupt.seconds_to(returned) < 0.5  # the seed waited for the stream to finish
+    assert interrupt.seconds_to(returned) < within(0.5)  # the seed waited for the stream to finish
     assert stream.closed and stream.exited
     assert agent.deltas == ["The capital", " of France"]
 

@@ -73,6 +73,7 @@ def call(agent: Agent, messages: list[dict[str, Any]], text: str = "hi", **kw: A
                                      messages=messages, effective_task_id="task-1", **kw)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("codex")
 def test_a_text_turn_returns_the_seed_dict_once(tmp_path: Path) -> None:
     with harness(tmp_path, {"reply": [{"text": TEXT}]}) as h:
@@ -97,6 +98,7 @@ def test_a_text_turn_returns_the_seed_dict_once(tmp_path: Path) -> None:
     assert engine.replay(tmp_path / "compat.jsonl").identical
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("codex")
 def test_tool_iterations_feed_the_skill_nudge(tmp_path: Path) -> None:
     with harness(tmp_path, tool_then_answer('{"cmd":"echo streamfsm-tool-ok"}')) as h:

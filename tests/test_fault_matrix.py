@@ -11,6 +11,7 @@ from engine.testing.fault_matrix import body_of, sample_offsets, sweep
 from engine.simulator.shapes import SHAPES
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", ["happy_text", "function_call"])
 def test_a_cut_anywhere_then_a_retry_loses_nothing_and_repeats_nothing(shape: str) -> None:
     body = body_of(SHAPES[shape].replies[0])

@@ -67,6 +67,7 @@ def text_log() -> Callbacks:
     return Callbacks(on_text_delta=write)
 
 
+@pytest.mark.slow
 def test_the_same_seed_replays_the_same_campaign(tmp_path: Path) -> None:
     def campaign(seed: int, name: str, *extra: str) -> str:
         done = _fuzz("--examples", "60", "--workers", "1", "--seed", str(seed),
@@ -116,6 +117,7 @@ def test_without_the_fuzz_extra_the_command_says_what_to_install(tmp_path: Path)
     assert "pip install 'streamfsm[fuzz]'" in " ".join(listed.stdout.split())
 
 
+@pytest.mark.slow
 def test_a_short_campaign_on_two_workers_finds_nothing_and_reports_its_speed(tmp_path: Path) -> None:
     done = _fuzz("--examples", "60", "--workers", "2", "--progress-every", "1",
                  "--save-to", "findings", cwd=tmp_path)
@@ -127,6 +129,7 @@ def test_a_short_campaign_on_two_workers_finds_nothing_and_reports_its_speed(tmp
     assert not (tmp_path / "findings").exists() or not any((tmp_path / "findings").iterdir())
 
 
+@pytest.mark.slow
 def test_a_fragile_callback_is_found_saved_replayable_and_promotable(tmp_path: Path) -> None:
     done = _fuzz("--examples", "200", "--workers", "1", "--save-to", "findings",
                  "--callbacks", "test_fuzz_command:fragile_screen", cwd=tmp_path)
@@ -209,6 +212,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
 def test_workers_share_a_redis_example_database(tmp_path: Path) -> None:
     redis = pytest.importorskip("redis", reason="hypothesis[redis] not installed")
@@ -271,6 +275,7 @@ class ChatView:
 '''
 
 
+@pytest.mark.slow
 def test_the_documented_snippets_pass_their_first_run(pytester: pytest.Pytester) -> None:
     """The README's and docs/fuzzing.md's "fuzz your own callbacks" code, as written, in a new
     project (Hypothesis's default health checks and deadline, no .hypothesis folder yet) in its

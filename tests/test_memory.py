@@ -58,6 +58,7 @@ def _measured(*args: str) -> dict[str, Any]:
 # -- whole processes ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_turn_of_a_million_one_character_deltas_stays_under_100_mb() -> None:
     figures = _measured("--only", "turn", "--deltas", "1000000")
     turn = figures["turn"]
@@ -66,6 +67,7 @@ def test_a_turn_of_a_million_one_character_deltas_stays_under_100_mb() -> None:
     assert turn["peak_rss_mb"] - figures["base"]["peak_rss_mb"] < 40, figures
 
 
+@pytest.mark.slow
 def test_replaying_a_long_trace_holds_one_record_at_a_time() -> None:
     """400,000 records: the replay grows the process by a few megabytes (the answer's 200,000
     characters, kept by the machines, and the longest line), not by the records."""
@@ -94,6 +96,7 @@ def _one_character_deltas(count: int, *, phase: str | None = None) -> Iterator[b
             yield step.data
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("phase", [None, "commentary"])
 def test_a_long_answer_costs_about_its_text(phase: str | None) -> None:
     """200,000 one-character deltas (answer text, or commentary): the machines keep the text

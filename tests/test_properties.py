@@ -73,6 +73,7 @@ _LIMITED = st.builds(lambda policy, limit: attrs.evolve(policy, turn_timeout_s=l
                      policies(), st.sampled_from([0.05, 0.3, 1.0, 4.0]))
 
 
+@pytest.mark.slow
 @given(sessions(policy=_LIMITED))
 def test_every_rule_holds_against_a_turn_limit(session: Session) -> None:
     _check(session)
@@ -363,6 +364,7 @@ def test_an_event_over_max_event_bytes_retried_is_caught(monkeypatch) -> None:
     assert "attempts_as_reference" in _first_failure(sessions(), budget=600).rules
 
 
+@pytest.mark.slow
 def test_json_read_only_under_a_raised_recursion_limit_is_caught(monkeypatch) -> None:
     """The standard library's reader, with no bound of its own, reads JSON nested deeper than
     1024 levels only when the recursion limit allows it (Hypothesis raises it)."""

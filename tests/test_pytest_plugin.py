@@ -156,3 +156,22 @@ def test_the_projects_own_suite_replays_every_fixture_through_the_plugin() -> No
     assert collected == [f"replay_fixtures/{p.relative_to(FIXTURES).as_posix()}::replay"
                          for p in sorted(FIXTURES.rglob("*.jsonl"))]  # subfolders too
     assert len(collected) >= 31
+
+
+@pytest.mark.slow
+def test_on_worker_processes_every_fixture_is_replayed_once() -> None:
+    """The suite runs on pytest-xdist workers (`-n` in addopts): every worker collects the trace
+    items alike, and each one runs, and passes, on exactly one of them."""
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-n", "2", "-v", "-p", "no:cacheprovider",
+         "-k", "jsonl", "tests/test_sse_decoder.py"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    passed = [line.split() for line in run.stdout.splitlines()
+              if line.rstrip().endswith(".jsonl::replay") and " PASSED " in line]
+    assert sorted(words[-1] for words in passed) == [
+        f"replay_fixtures/{p.relative_to(FIXTURES).as_posix()}::replay"
+        for p in sorted(FIXTURES.rglob("*.jsonl"))
+    ]
+    assert {words[0] for words in passed} == {"[gw0]", "[gw1]"}  # both workers took a share

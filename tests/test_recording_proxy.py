@@ -33,6 +33,7 @@ from engine.simulator.scenarios import load_fixture, script_from_folder
 from engine.simulator.server import ResponsesSimulator
 from machines.records import Chunk
 
+from support import within
 from test_scenarios_cli import running, served, streamfsm
 
 KEY = "sk-proxy-test-0123456789abcdefghijklmn"
@@ -109,6 +110,7 @@ def _paced_scenario(tmp_path: Path) -> Path:
     return scenario
 
 
+@pytest.mark.slow
 def test_chunks_and_their_timing_pass_through_and_are_recorded(tmp_path: Path) -> None:
     out = tmp_path / "recorded"
     with served(_paced_scenario(tmp_path), tmp_path / "upstream.jsonl") as upstream:
@@ -128,7 +130,7 @@ def test_chunks_and_their_timing_pass_through_and_are_recorded(tmp_path: Path) -
     assert statistics.median(_gaps([t for _, t in recorded])) >= delay * 0.9
     # the client saw the same spacing the proxy read (within a few milliseconds, typically)
     spacing = [abs(a - b) for a, b in zip(_gaps(arrivals), _gaps([t for _, t in recorded]))]
-    assert statistics.median(spacing) < 0.03, spacing
+    assert statistics.median(spacing) < within(0.03, before=DELAY_MS / 2000), spacing
     header = read_trace(trace).header
     assert header["entry"] == "consume"
     assert header["exchange"]["status"] == 200
@@ -138,6 +140,7 @@ def test_chunks_and_their_timing_pass_through_and_are_recorded(tmp_path: Path) -
     _no_secret_in(out)
 
 
+@pytest.mark.slow
 def test_serve_dir_gives_the_recording_back_with_its_timing(tmp_path: Path) -> None:
     out = tmp_path / "recorded"
     with served(_paced_scenario(tmp_path), tmp_path / "upstream.jsonl") as upstream:
@@ -154,7 +157,7 @@ def test_serve_dir_gives_the_recording_back_with_its_timing(tmp_path: Path) -> N
     assert replayed == pieces
     assert answered.output_text == whole.output_text == "The capital of France is Paris, on the Seine."
     spacing = [abs(a - b) for a, b in zip(_gaps(arrivals), _gaps(replay_arrivals))]
-    assert statistics.median(spacing) < 0.03, spacing
+    assert statistics.median(spacing) < within(0.03, before=DELAY_MS / 2000), spacing
     with served(out, tmp_path / "fast.jsonl") as fast:  # --timing none: no pauses
         started = time.monotonic()
         assert _read_stream(fast.base_url)[0] == pieces
@@ -179,7 +182,7 @@ def test_every_request_keeps_its_own_wait_before_the_first_byte(tmp_path: Path) 
         firsts = [_read_stream(again.base_url)[1][0] for _ in range(2)]
     assert all(first >= 0.35 for first in firsts), firsts
     with ResponsesSimulator(load_fixture(str(out))) as fast:
-        assert all(_read_stream(fast.base_url)[1][0] < 0.35 for _ in range(2))
+        assert all(_read_stream(fast.base_url)[1][0] < within(0.35, before=0.4) for _ in range(2))
 
 
 def test_sigint_also_ends_it_with_exit_0_and_keeps_what_was_recorded(tmp_path: Path) -> None:
@@ -380,7 +383,7 @@ def test_a_client_that_gives_up_on_a_silent_upstream_is_recorded_as_an_interrupt
     assert len(traces) == 1
     inputs = read_trace(traces[0]).inputs()
     assert [r["input"] for r in inputs] == ["chunk", "interrupt"]
-    assert inputs[-1]["t"] < 5  # noticed when the client left, not when the upstream spoke
+    assert inputs[-1]["t"] < within(5.0, before=30.0)  # noticed when the client left, not when the upstream spoke
     _assert_replays(tmp_path / "recorded")
 
 

@@ -20,7 +20,7 @@ from engine.simulator.scenarios import scenario_from_data
 from engine.simulator.server import ResponsesSimulator
 from engine.simulator.background import background_response_id
 
-from support import API_KEY, assert_replays_identically, run_over_http
+from support import API_KEY, assert_replays_identically, run_over_http, within
 
 ANSWER = "The capital of France is Paris. It has been the capital since the tenth century."
 BACKGROUND = {"model": "gpt-5", "input": "What is the capital of France?", "background": True}
@@ -154,7 +154,7 @@ def test_an_interrupt_cancels_the_background_response_once(tmp_path: Path) -> No
     finally:
         silent.timer.cancel()
     assert run.result.outcome == "interrupted"
-    assert run.elapsed < 3
+    assert run.elapsed < within(3.0, before=5.0)  # the stall is 5 s
     assert requests_of(run) == [("POST", "/v1/responses"),
                                 ("POST", f"/v1/responses/{FIRST_ID}/cancel")]
     cancels = [line for line in run.trace.read_text().splitlines() if '"cancel"' in line]

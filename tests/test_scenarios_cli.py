@@ -20,6 +20,7 @@ import openai
 import pytest
 
 import engine
+from support import within
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "docs" / "scenarios"
@@ -158,7 +159,7 @@ def test_sigterm_and_sigint_stop_serve_with_exit_0(signum: int, tmp_path: Path) 
             time.sleep(0.02)
         started = time.monotonic()
         status, out, err = server.stop(signum)
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < within(5.0, before=12.0)
         assert status == 0, err
         assert "stopped" in out and "Traceback" not in err
         reader.join(timeout=10)

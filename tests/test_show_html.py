@@ -29,6 +29,9 @@ from engine.simulator.replies import sse_frame
 from engine.simulator.shapes import completed, created, text_message
 from machines.records import TurnPolicy
 
+#: Every test here starts a real browser.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "replay_fixtures"
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 from unittest import mock
 
+import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
 from engine.log.codec import json_type
@@ -137,6 +138,7 @@ def _kinds(session: Session) -> set[str]:
     return kinds
 
 
+@pytest.mark.slow
 def test_adversarial_sessions_hold_every_documented_kind() -> None:
     seen: collections.Counter[str] = collections.Counter()
     for session in _sample(sessions(), 600):
@@ -162,6 +164,7 @@ def test_adversarial_sessions_hold_every_documented_kind() -> None:
     assert expected <= set(seen), sorted(expected - set(seen))
 
 
+@pytest.mark.slow
 def test_choices_are_not_skewed_toward_the_simplest() -> None:
     """Hypothesis's generator copies one unit's choices over another's; a copy that does not
     fit the draw it lands on falls back to the simplest choices (zeros), which once made the
@@ -201,6 +204,7 @@ def _v3_kinds(session: Session) -> set[str]:
     return kinds
 
 
+@pytest.mark.slow
 def test_sessions_reach_the_v3_limits_and_escaped_secrets() -> None:
     """Every class of input the contract's v3 limits name comes up: turns with a wall-clock limit
     against dripping servers, ended by it, also right after an HTTP error whose wait would pass
@@ -216,6 +220,7 @@ def test_sessions_reach_the_v3_limits_and_escaped_secrets() -> None:
     assert expected <= set(seen), sorted(expected - set(seen))
 
 
+@pytest.mark.slow
 def test_every_outcome_comes_up() -> None:
     outcomes = collections.Counter(
         run_session(session, reraise=False).outcome for session in _sample(sessions(), 500)
@@ -308,6 +313,7 @@ def _classes(session: Session) -> set[str]:
     return found
 
 
+@pytest.mark.slow
 def test_sessions_reach_every_failure_class_of_the_server_data() -> None:
     seen: collections.Counter[str] = collections.Counter()
     sampled = _sample(sessions(), 1500)

@@ -38,6 +38,7 @@ def test_the_guides_files_are_all_there(pytester: pytest.Pytester) -> None:
     ]
 
 
+@pytest.mark.slow
 def test_the_guides_tests_and_fault_scenarios_pass(pytester: pytest.Pytester) -> None:
     _project(pytester)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "tests/test_myagent.py",
@@ -45,6 +46,7 @@ def test_the_guides_tests_and_fault_scenarios_pass(pytester: pytest.Pytester) ->
     result.assert_outcomes(passed=5)
 
 
+@pytest.mark.slow
 def test_the_guides_cassette_is_missing_then_recorded_then_served(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -30,8 +30,8 @@ from hypothesis import strategies as st
 import engine
 from engine.cli import main
 from engine.drivers.replay import REPLAYERS
+from engine.log.trace import loads as read_line  # what the trace reader reads: a lone surrogate too
 from engine.fuzz.invariants import trace_mutation_violations
-from engine.log.trace import loads as trace_line
 from engine.strategies import Session, run_session, sessions, trace_mutations
 from engine.simulator.shapes import SHAPES, assemble, completed, created, output_items, text_message, to_reply
 from engine.simulator.replies import Reply, Script
@@ -409,7 +409,7 @@ def test_typed_field_mutations_of_any_played_trace(
     boolean for a number, a clock reading negative, infinite or going back, a number beyond 64
     bits, a huge one that still fits): invalid exactly when the contract says so."""
     run_session(session, trace=fuzz_file, reraise=False)
-    lines = [trace_line(line) for line in fuzz_file.read_bytes().splitlines()]
+    lines = [read_line(line) for line in fuzz_file.read_bytes().splitlines()]
     mutation = data.draw(trace_mutations(lines))
     assert trace_mutation_violations(str(fuzz_file), mutation) == []
 
@@ -428,7 +428,7 @@ def test_a_reader_that_checks_only_inputs_is_caught(
     @given(session=sessions(), data=st.data())
     def prop(session: Session, data: st.DataObject) -> None:
         run_session(session, trace=fuzz_file, reraise=False)
-        lines = [trace_line(line) for line in fuzz_file.read_bytes().splitlines()]
+        lines = [read_line(line) for line in fuzz_file.read_bytes().splitlines()]
         found.extend(v.rule for v in trace_mutation_violations(
             str(fuzz_file), data.draw(trace_mutations(lines))))
         assert not found
@@ -503,6 +503,7 @@ def test_valid_trace_with_one_field_changed(
     _check_cli_on(fuzz_file)
 
 
+@pytest.mark.slow
 @given(st.data())
 def test_valid_trace_cut_anywhere(
     traces: dict[str, list[dict[str, Any]]], fuzz_file: Path, data: st.DataObject
