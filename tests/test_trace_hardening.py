@@ -599,3 +599,37 @@ def test_hypothesis_a_secret_cut_differently_in_every_attempt(
     assert result.output_text == text
     assert leaked_pieces(trace, [secret]) == set()
     assert_replays_identically(trace)
+
+
+# -- an escaped secret inside the text of a turn of several attempts -----------------------------
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+def test_a_key_the_text_itself_holds_escaped_is_masked_alike_in_a_turn_of_several_attempts(
+    tmp_path: Path, levels: int
+) -> None:
+    """The answer's text holds the client's key as `\\u004b...` (the delta's JSON writes the
+    backslash escaped: the key appears only when the text is decoded again). The text masking
+    that keeps attempts alike and the scrubber of the result record must mask it the same way:
+    both change the escapes' hex digits, so the replayed result matches the recorded one."""
+    from engine.strategies import Session, run_session
+    from machines.records import EndOfStream, HttpError
+
+    written = "".join("\\" * levels + "u%04x" % ord(c) for c in CLIENT_KEY)
+    events = [_created(), _delta("key "), _delta(written), _delta(" é")]
+    body = b"".join(_sse(event) for event in events)
+    session = Session(
+        attempts=(
+            (HttpError(status=500, body={"error": {"message": "busy", "code": "server_error"}},
+                       headers=(), received_at=1700000000.0),),
+            (Chunk(data=b"e"), EndOfStream()),
+            (Chunk(data=body), EndOfStream()),
+        ),
+        policy=TurnPolicy(max_stream_retries=0, fallback=True, max_http_retries=1),
+        secrets=(CLIENT_KEY,),
+    )
+    trace = tmp_path / "t.jsonl"
+    result = run_session(session, trace=trace, reraise=False)
+    assert result.output_text.startswith("key " + written[:6])
+    assert leaked_pieces(trace, [CLIENT_KEY]) == set()
+    assert_replays_identically(trace)

@@ -26,11 +26,14 @@ decode, channel by channel ("text", "reasoning"), the same way in every attempt 
    before it began) shares its masks with the delivered text over the text they have in common:
    a position masked in either is masked in both. So every chain a retry compares with the
    delivered text is masked as that text is, and a replay's catch-up decides what the turn did.
-5. The masks are written: a character the body holds as one byte becomes `*`, one it holds as
-   a `\\u00XX` escape becomes `\\u002a` (the same length); a delivered piece of text has its masked
-   characters replaced by `*`. Only printable ASCII characters other than a quote and a
-   backslash are masked this way, so that a masked character is one character in every text;
-   the others are left to the masking of the bytes.
+5. A mask says what a character becomes: `*`, or what the scrubber writes there when the text
+   itself holds an escaped secret (`\\u004b` in the text is masked as `\\u002a`: its hex digits
+   change), so that the delivered text, the bodies and the result's text, masked by the scrubber
+   on their own, agree. The masks are written: a character the body holds as one byte becomes
+   that character, one it holds as a `\\u00XX` escape becomes that character's escape (the same
+   length); a delivered piece of text has its masked characters replaced. Only printable ASCII
+   characters other than a quote and a backslash are masked this way, so that a masked
+   character is one character in every text; the others are left to the masking of the bytes.
 
 Masking keeps every length, so the contract holds: no piece of `MIN_PIECE` characters of a
 secret stays, and the bytes replay as the turn's did.
@@ -111,25 +114,38 @@ def _maskable(character: str) -> bool:
     return " " <= character <= "~" and character not in "\"\\"
 
 
-def _masked_characters(text: str, scrubber: Scrubber) -> set[int]:
-    """The positions of `text` that masking it as decoded text covers."""
+#: A text's masks: position of a character -> the character it becomes.
+Masks = dict[int, str]
+
+
+def _masked_characters(text: str, scrubber: Scrubber) -> Masks:
+    """What masking `text` as decoded text changes, as the scrubber changes it: a character
+    written as such becomes `*`; a hex digit of an escape the text holds becomes the digit of
+    the mask's escape."""
     data = text.encode("utf-8", "surrogatepass")
-    spans = scrubber.spans(data, fields=False)
-    if not spans:
-        return set()
-    if len(data) == len(text):
-        return {index for start, end in spans for index in range(start, end)}
-    starts = []  # the byte where each character starts
+    masked = scrubber.scrub(data, fields=False)
+    if masked is data or masked == data:
+        return {}
+    found: Masks = {}
     at = 0
-    for character in text:
-        starts.append(at)
-        at += len(character.encode("utf-8", "surrogatepass"))
-    found: set[int] = set()
-    for start, end in spans:
-        first = bisect.bisect_right(starts, start) - 1
-        last = bisect.bisect_left(starts, end)
-        found.update(range(first, last))
+    for index, character in enumerate(text):
+        size = len(character.encode("utf-8", "surrogatepass"))
+        if masked[at : at + size] != data[at : at + size]:
+            found[index] = chr(masked[at]) if size == 1 else MASK
+        at += size
     return found
+
+
+def _read_back(written: bytes) -> str:
+    """The character one place of a body holds: a byte, or a `\\u00XX` escape."""
+    if len(written) == 1:
+        return chr(written[0])
+    if len(written) == len(_ESCAPED_MASK) and written[:2] == b"\\u":
+        try:
+            return chr(int(written[2:], 16))
+        except ValueError:
+            return MASK
+    return MASK
 
 
 @attrs.define
@@ -147,7 +163,7 @@ class _Chain:
         for piece in decoded.pieces:
             self.pieces.append((attrs.evolve(piece, start=piece.start + shift), attempt))
 
-    def own_masks(self, scrubber: Scrubber, bodies: dict[int, tuple[bytes, bytearray]]) -> set[int]:
+    def own_masks(self, scrubber: Scrubber, bodies: dict[int, tuple[bytes, bytearray]]) -> Masks:
         """What masking the text covers, and what masking the bytes already covered."""
         found = _masked_characters(self.text, scrubber)
         for piece, attempt in self.pieces:
@@ -162,14 +178,15 @@ class _Chain:
                 assert place is not None
                 at, size = place
                 if masked[at : at + size] != body[at : at + size]:
-                    found.add(index)
+                    found.setdefault(index, _read_back(bytes(masked[at : at + size])))
         return found
 
-    def write(self, positions: set[int], bodies: dict[int, tuple[bytes, bytearray]]) -> None:
-        """Mask the characters at `positions` in the bodies."""
+    def write(self, masks: Masks, bodies: dict[int, tuple[bytes, bytearray]]) -> None:
+        """Write `masks` into the bodies."""
         starts = [piece.start for piece, _ in self.pieces]
-        for index in sorted(positions):
-            if index >= len(self.text) or not _maskable(self.text[index]):
+        for index in sorted(masks):
+            character = masks[index]
+            if index >= len(self.text) or not _maskable(self.text[index]) or not _maskable(character):
                 continue
             piece, attempt = self.pieces[bisect.bisect_right(starts, index) - 1]
             place = piece.place(index)
@@ -178,9 +195,9 @@ class _Chain:
             at, size = place
             masked = bodies[attempt][1]
             if size == 1:
-                masked[at] = _MASK_BYTE
+                masked[at] = ord(character)
             elif size == len(_ESCAPED_MASK):
-                masked[at : at + size] = _ESCAPED_MASK
+                masked[at : at + size] = b"\\u%04x" % ord(character)
 
 
 def _delivered(records: list[Record]) -> dict[str, list[tuple[int, int, Effect]]]:
@@ -227,7 +244,7 @@ def mask_text(
         effects = delivered.get(name, [])
         text = "".join(effect.data for _, _, effect in effects)
         shared = _masked_characters(text, scrubber)
-        reaches: list[tuple[_Chain, set[int], int]] = []
+        reaches: list[tuple[_Chain, Masks, int]] = []
         for attempts in chains:
             chain = _Chain(first=attempts[0])
             for attempt in attempts:
@@ -240,17 +257,19 @@ def mask_text(
             if chain.text[:before] == text[:before]:  # it caught up with the delivered text
                 common = len(os.path.commonprefix([chain.text, text]))
             own = chain.own_masks(scrubber, bodies)
-            shared.update(index for index in own if index < common)
+            for index, character in own.items():
+                if index < common:
+                    shared.setdefault(index, character)
             reaches.append((chain, own, common))
         for chain, own, common in reaches:
-            chain.write(own | {index for index in shared if index < common}, bodies)
+            chain.write(own | {index: shared[index] for index in shared if index < common}, bodies)
         for index, start, effect in effects:
             data = effect.data
             hidden = [at - start for at in range(start, start + len(data))
-                      if at in shared and _maskable(data[at - start])]
+                      if at in shared and _maskable(data[at - start]) and _maskable(shared[at])]
             if hidden:
                 characters = list(data)
                 for at in hidden:
-                    characters[at] = MASK
+                    characters[at] = shared[start + at]
                 written[index] = attrs.evolve(effect, data="".join(characters))
     return written
