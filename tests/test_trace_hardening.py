@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 import engine
 from engine.drivers.recording import TurnRecording
-from engine.log.redaction import MIN_PIECE, readings
+from engine.log.redaction import MIN_PIECE, MIN_SECRET, Scrubber, readings
 from engine.fuzz.invariants import leaked_pieces, secret_pieces
 from engine.simulator.shapes import nested_json
 from engine.fuzz.strategies import CLIENT_KEY, SESSION_TOKEN, SHAPED_KEY
@@ -415,13 +415,12 @@ _ESCAPED_BYTES = st.lists(st.sampled_from([b"\\u0041", b"\\u004a", b"\\\\", b"\\
 
 
 @given(st.lists(st.binary(max_size=60) | _ESCAPED_BYTES, max_size=6).map(b"".join),
-       st.lists(st.text(_SECRET_CHARS, min_size=1, max_size=30), max_size=3))
-@example(b"\\n", ["n"])  # the `n` of an escaped line end is no letter n
+       st.lists(st.text(_SECRET_CHARS, min_size=MIN_SECRET, max_size=30), max_size=3))
+@example(b"\\nabc", ["nabc"])  # an escaped line end, then "abc": no "nabc" to read
+@example(b"\\uQRST \\u0000", ["uQRS", "u000"])  # a `u` no escape takes; one that an escape does
 def test_scrubber_keeps_lengths_line_ends_and_is_idempotent(data: bytes, secrets: list[str]) -> None:
     """No secret is left in what a reader decodes from the masked bytes (the letter of an escape
     such as `\\n` stands for another character, so it is not read as text)."""
-    from engine.log.redaction import Scrubber
-
     scrubber = Scrubber(secrets)
     masked = scrubber.scrub(data)
     assert len(masked) == len(data)
@@ -432,6 +431,14 @@ def test_scrubber_keeps_lengths_line_ends_and_is_idempotent(data: bytes, secrets
         for piece in (pieces(secret) if len(secret) >= MIN_PIECE else {secret}):
             if not piece.isdigit():
                 assert not any(piece.encode() in text for text in read), (piece, read)
+
+
+def test_a_secret_shorter_than_min_secret_is_not_masked() -> None:
+    """One to three characters would mask ordinary text everywhere (and a lone letter may be an
+    escape's own): such a secret is ignored, as `client_secrets` ignores such a key."""
+    text = b'{"delta":"a \\u0041 \\n key abc"}'
+    assert Scrubber(["a", "ab", "abc", "u", "n"]).scrub(text) == text
+    assert Scrubber(["abcd"]).scrub(b"x abcd y") == b"x **** y"
 
 
 # -- deep nesting and odd JSON ---------------------------------------------------------------

@@ -40,6 +40,7 @@ from typing import Any, Callable, Final, Iterable
 __all__ = [
     "MASK",
     "MIN_PIECE",
+    "MIN_SECRET",
     "REDACTED",
     "Scrubber",
     "Unescaped",
@@ -55,6 +56,11 @@ __all__ = [
 #: Shortest field value taken for a secret to scrub everywhere; shorter values (flags, tiny ids)
 #: would replace ordinary text and are still redacted where their field is.
 MIN_FIELD_SECRET = 8
+
+#: Shortest secret a `Scrubber` masks (a client's key or header counts from this length too, in
+#: `client_secrets`): one to three characters would mask ordinary text everywhere, and a single
+#: letter may be an escape's own (`\\u`, `\\n`), which no masking can change and keep the JSON.
+MIN_SECRET = 4
 
 REDACTED = "[redacted]"
 
@@ -167,11 +173,11 @@ def client_secrets(client: Any) -> list[str]:
     """The secrets an openai client holds: its API key and credential-named default headers."""
     found: list[str] = []
     key = getattr(client, "api_key", None)
-    if isinstance(key, str) and len(key) >= 4:
+    if isinstance(key, str) and len(key) >= MIN_SECRET:
         found.append(key)
     headers = getattr(client, "default_headers", None) or {}
     for name, value in dict(headers).items():
-        if isinstance(value, str) and is_secret_name(str(name)) and len(value) >= 4:
+        if isinstance(value, str) and is_secret_name(str(name)) and len(value) >= MIN_SECRET:
             found.append(value)
             if value.lower().startswith("bearer "):
                 found.append(value[7:])
@@ -254,7 +260,7 @@ class Scrubber:
     that a secret split across two reads is found; cut again at the same places afterwards) or
     serialized JSON lines (several at once). It masks:
 
-    - each of `secrets` (the client's API key, credential headers, the request's credential-named
+    - each of `secrets` of `MIN_SECRET` characters or more (the client's API key, credential headers, the request's credential-named
       field values) and every piece of one that is `MIN_PIECE` characters or longer;
     - credential shapes (`sk-...` keys, `Bearer ...` values);
     - the string value of every JSON field whose name is a credential's (`is_secret_name`), of any
@@ -273,7 +279,7 @@ class Scrubber:
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         forms: set[bytes] = set()
         for secret in secrets:
-            if not isinstance(secret, str) or not secret:
+            if not isinstance(secret, str) or len(secret) < MIN_SECRET:
                 continue
             forms.add(secret.encode("utf-8", "surrogatepass"))
             escaped = _json_escaped(secret)
