@@ -118,7 +118,6 @@ class SseEvent(Input, kind=InputKind.EVENT):
     id: str | None = None
 
 
-
 def _header_pairs(value: Any) -> tuple[tuple[str, str], ...]:
     if isinstance(value, dict):
         value = value.items()
