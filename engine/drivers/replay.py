@@ -215,6 +215,8 @@ def _strings_match(a: str, b: str) -> bool:
 
 #: A recorded record, parsed and checked: its JSON and, for an input, the input it describes.
 _Read = tuple["dict[str, Any]", "Input | None"]
+
+
 class _Comparison:
     """One replay session checked against recorded records, one at a time.
 

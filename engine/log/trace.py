@@ -412,8 +412,8 @@ class TraceWriter:
                 line = effect_line(record, seq)
                 if line is not None:
                     texts.append(len(lines))
-                else:
-                    line = record_line(record, seq)
+                else:  # not a text effect `text_effect_line` writes: the general way
+                    line = dumps(record_to_json(record, seq))
                     text = record.kind in TEXT_EFFECTS and type(record.data) is str
                     (texts if text else fulls).append(len(lines))
                 add_line(line)
