@@ -202,3 +202,17 @@ def text_keeps_flowing_after_tool_calls(monkeypatch: Any) -> None:
         monkeypatch, stream_attempt,
         lambda row: attrs.evolve(row, then=None) if row.then is stream_attempt.stop_text else row,
     )
+
+
+@contextlib.contextmanager
+def searched_one_string_at_a_time() -> Iterator[None]:
+    """Within the block, masking searches its bytes a string at a time (the way it takes where
+    the one-pass search of `engine.log.literals` cannot run)."""
+    from engine.log import literals
+
+    before = literals._ENGINE
+    literals._ENGINE = False
+    try:
+        yield
+    finally:
+        literals._ENGINE = before

@@ -29,6 +29,12 @@ number of escaped backslashes) becomes the escape of `*` (`\\u002a`, the same le
 decodes to one character and a replay of the masked bytes decodes the same text); a character
 written with a two-character escape (`\\/`) stays as it is (one character on its own is no
 piece of a secret).
+
+Finding is one pass over the bytes: every byte string a scrubber looks for (its secrets' short
+forms and 4-byte grams, where a credential shape starts, how a credential-named field's name
+ends) is found at once by `engine.log.literals` (Hyperscan); only the places found are looked
+at further. Where that cannot run, each string is searched on its own (the field endings from a
+rare byte of theirs where it is rare): the same places, more slowly.
 """
 
 from __future__ import annotations
@@ -36,6 +42,10 @@ from __future__ import annotations
 import bisect
 import re
 from typing import Any, Callable, Final, Iterable
+
+import attrs
+
+from engine.log.literals import LiteralSet
 
 __all__ = [
     "MASK",
@@ -246,6 +256,33 @@ _ANCHORED: Final = tuple(
 #: The endings with no such byte, searched for: (what is searched for, and the tails that end
 #: an ending after it), `credential` once for `credential"` and `credentials"`.
 _SEARCHED: Final = ((b'secret"', (b"",)), (b"credential", (b'"', b's"')), (b'session"', (b"",)))
+#: Where a `Bearer ...` value can start (in any case).
+_BEARER: Final = b"bearer"
+
+
+@attrs.frozen(slots=True)
+class _Places:
+    """Where some bytes hold what a `Scrubber` looks for: each short secret's occurrences
+    (`wholes`, in the order of `Scrubber._whole`; overlapping ones too), each gram's, where a
+    credential shape may start and where a credential-named field's name may end (its closing
+    quote). Offsets only: what is there is checked afterwards."""
+
+    wholes: list[list[int]]
+    grams: dict[bytes, list[int]]
+    shape_starts: list[int]
+    field_closes: list[int]
+
+
+def _every(data: bytes, needle: bytes) -> list[int]:
+    """The start of every occurrence of `needle` in `data`, overlapping ones too, increasing."""
+    places = []
+    at = data.find(needle)
+    while at >= 0:
+        places.append(at)
+        at = data.find(needle, at + 1)
+    return places
+
+
 #: Longest field name looked at (a longer one is not taken for a credential's name).
 _MAX_NAME = 256
 _SPACE = b" \t\r\n"
@@ -274,7 +311,7 @@ class Scrubber:
     (it is a number that happens to share eight digits with a secret, and masking it would break
     the JSON). Masking is idempotent: scrubbed bytes scrub to themselves."""
 
-    __slots__ = ("_whole", "_grams")
+    __slots__ = ("_whole", "_grams", "_literals")
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         forms: set[bytes] = set()
@@ -294,6 +331,16 @@ class Scrubber:
             for form in sorted(form for form in forms if len(form) >= MIN_PIECE)
             for offset in range(0, len(form) - 3, 4)
         ]
+        #: every byte string `spans` looks for, found in one pass where that can run
+        #: (`engine.log.literals`): the short secrets, each distinct gram, the shapes' starts,
+        #: `bearer` and the field endings (these two in any case)
+        self._literals = LiteralSet(
+            [(secret, False) for secret in self._whole]
+            + [(gram, False) for gram in dict.fromkeys(gram for gram, _, _ in self._grams)]
+            + [(marker, False) for marker in _SHAPE_STARTS]
+            + [(_BEARER, True)]
+            + [(ending, True) for ending in _FIELD_ENDS]
+        )
 
     def scrub(self, data: bytes, *, fields: bool = True) -> bytes:
         """`data` with every secret masked; the same object when there is nothing to mask.
@@ -345,11 +392,11 @@ class Scrubber:
         only secrets and credential shapes (for text that is not JSON as written, such as the
         text a stream's deltas carry, decoded)."""
         found: list[tuple[int, int]] = []
-        self._secret_spans(data, found)
-        lowered = data.lower()
-        _shape_spans(data, lowered, found)
+        places = self._places(data)
+        self._secret_spans(data, places, found)
+        _shape_spans(data, places.shape_starts, found)
         if fields:
-            _field_spans(data, lowered, found)
+            _field_spans(data, places.field_closes, found)
         if not found:
             return found
         found.sort()
@@ -362,16 +409,39 @@ class Scrubber:
                 merged.append((start, end))
         return merged
 
-    def _secret_spans(self, data: bytes, found: list[tuple[int, int]]) -> None:
-        for secret in self._whole:
-            at = data.find(secret)
-            while at >= 0:
-                found.append((at, at + len(secret)))
-                at = data.find(secret, at + len(secret))
+    def _places(self, data: bytes) -> _Places:
+        """Where `data` holds what `spans` looks for: from one pass over it where that can run,
+        else from a search per byte string (a rare byte visited where it is rare)."""
+        found = self._literals.places(data)
+        if found is None:
+            lowered = data.lower()
+            return _Places(
+                [_every(data, secret) for secret in self._whole],
+                {gram: _every(data, gram) for gram in dict.fromkeys(g for g, _, _ in self._grams)},
+                _shape_starts(data) + _every(lowered, _BEARER),
+                _name_ends(lowered),
+            )
+        wholes = len(self._whole)
+        grams = list(dict.fromkeys(gram for gram, _, _ in self._grams))
+        shapes = wholes + len(grams)
+        fields = shapes + len(_SHAPE_STARTS) + 1
+        return _Places(
+            found[:wholes],
+            dict(zip(grams, found[wholes:shapes])),
+            [at for places in found[shapes:fields] for at in places],
+            [at + len(ending) - 1 for ending, places in zip(_FIELD_ENDS, found[fields:]) for at in places],
+        )
+
+    def _secret_spans(self, data: bytes, places: _Places, found: list[tuple[int, int]]) -> None:
+        for secret, ats in zip(self._whole, places.wholes):
+            end = 0
+            for at in ats:  # every occurrence, overlapping ones too: one mask from each end on
+                if at >= end:
+                    end = at + len(secret)
+                    found.append((at, end))
         size = len(data)
         for gram, secret, offset in self._grams:
-            at = data.find(gram)
-            while at >= 0:
+            for at in places.grams[gram]:
                 # the gram sits at `offset` of the secret: extend the match both ways
                 left = 0
                 while left < offset and at - left > 0 and data[at - left - 1] == secret[offset - left - 1]:
@@ -386,7 +456,6 @@ class Scrubber:
                     not data[start:right].isdigit() or _inside_string(data, start)
                 ):
                     found.append((start, right))
-                at = data.find(gram, at + 1)
 
 
 # -- what a reader decodes ---------------------------------------------------------------------------
@@ -575,12 +644,8 @@ def _inside_string(data: bytes, position: int) -> bool:
     return inside
 
 
-def _shape_spans(data: bytes, lowered: bytes, found: list[tuple[int, int]]) -> None:
-    starts = _shape_starts(data)
-    at = lowered.find(b"bearer")
-    while at >= 0:
-        starts.append(at)
-        at = lowered.find(b"bearer", at + 1)
+def _shape_spans(data: bytes, starts: list[int], found: list[tuple[int, int]]) -> None:
+    """The credential shapes that start at `starts` (where a shape may start, in any order)."""
     for start in starts:
         match = _SHAPE_MASK.match(data, start)
         if match is not None:
@@ -616,11 +681,12 @@ def _shape_starts(data: bytes) -> list[int]:
     return starts
 
 
-def _field_spans(data: bytes, lowered: bytes, found: list[tuple[int, int]]) -> None:
+def _field_spans(data: bytes, closes: list[int], found: list[tuple[int, int]]) -> None:
     """The string values of credential-named fields (`"name": "value"`, JSON as it is written,
-    not inside another JSON string)."""
+    not inside another JSON string), from where a credential-named field's name may end
+    (`closes`: the offsets of the closing quotes of `_FIELD_ENDS`, in any order)."""
     size = len(data)
-    for close in _name_ends(lowered):
+    for close in closes:
         open_ = data.rfind(b'"', max(0, close - _MAX_NAME), close)
         if open_ < 0 or (open_ > 0 and data[open_ - 1] == _BACKSLASH):
             continue
