@@ -462,15 +462,16 @@ def _masked_streams(
                 streams.setdefault((record.attempt, kind), []).append(index)
     bodies: dict[tuple[int, type], tuple[bytes, bytearray | bytes]] = {}
     for (attempt, kind), indices in streams.items():
-        separator = _STREAM_FORMATS[kind].separator
-        body = separator.join(_STREAM_FORMATS[kind].payload(records[i].input) for i in indices)  # type: ignore[union-attr]
+        payload = _STREAM_FORMATS[kind].payload
+        body = _STREAM_FORMATS[kind].separator.join([payload(records[i].input) for i in indices])  # type: ignore[union-attr]
         bodies[attempt, kind] = body, scrubber.scrub(body)
     effects: dict[int, Effect] = {}
     if text is not None:
         decoded = INPUTS[text.kind].cls
-        mine = {attempt: (body, bytearray(masked))
-                for (attempt, kind), (body, masked) in bodies.items() if kind is decoded}
-        if len(mine) > 1:
+        attempts = [attempt for attempt, kind in bodies if kind is decoded]
+        if len(attempts) > 1:  # (a copy of each masked body, to mask further in place)
+            mine = {attempt: (bodies[attempt, decoded][0], bytearray(bodies[attempt, decoded][1]))
+                    for attempt in attempts}
             effects = mask_text(records, mine, scrubber, text)
             bodies.update(((attempt, decoded), pair) for attempt, pair in mine.items())
     written: dict[int, Input] = {}
