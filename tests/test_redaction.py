@@ -9,11 +9,13 @@ import logging
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 import engine
 from engine.simulator import shapes
 from engine.log.logs import log
-from engine.log.redaction import REDACTED, Scrubber, client_secrets, field_secrets, redact_fields, scrub
+from engine.log.redaction import REDACTED, Scrubber, Unescaped, client_secrets, field_secrets, redact_fields, scrub
 from engine.simulator.shapes import (
     SHAPES,
     assemble,
@@ -224,3 +226,34 @@ def test_every_credential_named_field_is_masked_in_a_stream_of_any_letters(
     assert len(masked) == len(data)
     assert b"hunter22" not in masked and b'"' + name + b'":"*"' in masked
     assert masked.replace(b"********", b"hunter22") == data.replace(b'":"x"', b'":"*"')
+
+
+_ESCAPE_PIECES = [b"a", b"\\", b"\\\\", b"\\n", b'\\"', b"\\u0041", b"\\u00e9", b"\\ud83d", b"\\/", b"\\x",
+                  b"u0041", b"\xc3\xa9", b"\\u00", b"\\\\u0041"]
+
+
+@given(st.lists(st.sampled_from(_ESCAPE_PIECES), max_size=30).map(b"".join))
+@example(b"\\\\\\u0041")  # an escaped backslash, then an escape
+def test_a_reading_decodes_each_escape_and_knows_where_it_lay(data: bytes) -> None:
+    """Each escape decodes as JSON decodes it, and every decoded byte says where it lay: an
+    escape's bytes, its whole escape; any other byte, itself."""
+    simple = {b'"': b'"', b"\\": b"\\", b"/": b"/", b"b": b"\b", b"f": b"\f", b"n": b"\n",
+              b"r": b"\r", b"t": b"\t"}
+    decoded, places, at = b"", [], 0
+    while at < len(data):
+        two = data[at : at + 2]
+        hex_digits = data[at + 2 : at + 6]
+        if two == b"\\u" and len(hex_digits) == 4 and all(c in b"0123456789abcdefABCDEF" for c in hex_digits):
+            piece, size = chr(int(hex_digits, 16)).encode("utf-8", "surrogatepass"), 6
+        elif two[:1] == b"\\" and two[1:] in simple and len(two) == 2:
+            piece, size = simple[two[1:]], 2
+        else:
+            piece, size = data[at : at + 1], 1
+        places.append((len(decoded), len(decoded) + len(piece), at, at + size))
+        decoded += piece
+        at += size
+    reading = Unescaped(data)
+    assert reading.data == decoded
+    assert reading.changed == (decoded != data)
+    for start, end, first, last in places:
+        assert reading.source(start, end) == (first, last)

@@ -476,60 +476,72 @@ _MASK_HEX: Final = b"%04x" % ord(MASK)
 _HEX: Final = frozenset(b"0123456789abcdefABCDEF")
 
 
+def _decoded_escape(match: re.Match[bytes]) -> bytes:
+    """What one JSON string escape (a match of `_ESCAPE`) decodes to, in UTF-8."""
+    hex_digits = match.group(1)
+    if hex_digits is not None:
+        return chr(int(hex_digits, 16)).encode("utf-8", "surrogatepass")
+    return _SIMPLE_ESCAPES[match.group(2)]
+
+
 class Unescaped:
     """Bytes with their JSON string escapes decoded once (`data`), and where each decoded byte
     came from in the bytes read (`source`). A `\\uXXXX` escape decodes to its character in UTF-8
     (a lone surrogate as surrogate-escaped bytes); `inner` is the reading this one was made from
-    (None: the bytes themselves)."""
+    (None: the bytes themselves).
 
-    __slots__ = ("data", "inner", "_at", "_ends", "_from", "_to")
+    The decoded bytes come from one substitution; where each escape lay is worked out only when
+    a place is asked for (`source`: a secret was found in the reading, which is rare)."""
+
+    __slots__ = ("data", "inner", "_read_from", "_escapes")
 
     def __init__(self, data: bytes, inner: Unescaped | None = None) -> None:
         self.inner = inner
-        pieces: list[bytes] = []
-        #: per escape: where its decoded bytes start and end here, where it was in `data`
-        self._at: list[int] = []
-        self._ends: list[int] = []
-        self._from: list[int] = []
-        self._to: list[int] = []
-        read = decoded = 0
-        for match in _ESCAPE.finditer(data):
-            start, end = match.span()
-            pieces.append(data[read:start])
-            decoded += start - read
-            hex_digits = match.group(1)
-            if hex_digits is not None:
-                character = chr(int(hex_digits, 16)).encode("utf-8", "surrogatepass")
-            else:
-                character = _SIMPLE_ESCAPES[match.group(2)]
-            pieces.append(character)
-            self._at.append(decoded)
-            self._ends.append(decoded + len(character))
-            self._from.append(start)
-            self._to.append(end)
-            decoded += len(character)
-            read = end
-        pieces.append(data[read:])
-        self.data = b"".join(pieces)
+        self._read_from = data
+        self.data = _ESCAPE.sub(_decoded_escape, data)
+        #: per escape: where its decoded bytes start and end here, where it was in the bytes
+        #: read (`_places`, made on first use)
+        self._escapes: tuple[list[int], list[int], list[int], list[int]] | None = None
+
+    def _places(self) -> tuple[list[int], list[int], list[int], list[int]]:
+        if self._escapes is None:
+            at: list[int] = []
+            ends: list[int] = []
+            starts_read: list[int] = []
+            ends_read: list[int] = []
+            decoded = read = 0
+            for match in _ESCAPE.finditer(self._read_from):
+                start, end = match.span()
+                decoded += start - read
+                size = len(_decoded_escape(match))
+                at.append(decoded)
+                ends.append(decoded + size)
+                starts_read.append(start)
+                ends_read.append(end)
+                decoded += size
+                read = end
+            self._escapes = at, ends, starts_read, ends_read
+        return self._escapes
 
     @property
     def changed(self) -> bool:
-        """Whether decoding changed anything (the bytes held an escape)."""
-        return bool(self._at)
+        """Whether decoding changed anything (the bytes held an escape: each decodes to fewer
+        bytes than it takes)."""
+        return len(self.data) != len(self._read_from)
 
     def _read(self, start: int, end: int) -> tuple[int, int]:
         """Where the decoded bytes `start:end` (whole characters) were in the bytes read."""
-        at, ends = self._at, self._ends
+        at, ends, starts_read, ends_read = self._places()
         index = bisect.bisect_right(at, start) - 1
         if index >= 0 and start < ends[index]:
-            first = self._from[index]
+            first = starts_read[index]
         else:
-            first = start if index < 0 else self._to[index] + start - ends[index]
+            first = start if index < 0 else ends_read[index] + start - ends[index]
         index = bisect.bisect_right(at, end - 1) - 1
         if index >= 0 and end - 1 < ends[index]:
-            last = self._to[index]
+            last = ends_read[index]
         else:
-            last = end if index < 0 else self._to[index] + end - ends[index]
+            last = end if index < 0 else ends_read[index] + end - ends[index]
         return first, last
 
     def source(self, start: int, end: int) -> tuple[int, int]:
