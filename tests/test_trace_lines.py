@@ -1,8 +1,9 @@
 """The trace writer's fast ways give the bytes the general way gives.
 
 The writer formats the lines of text effects and chunks without building a dict (`record_line`,
-and the same format inline in `TraceWriter`), and scrubs text-effect lines without looking for
-credential-named fields (their only field names are the writer's own). Both are shortcuts: a
+and the same format inline in `TraceWriter`), makes the lines of a run of text effects decided
+together at once (`text_effect_lines`), and scrubs text-effect lines without looking for
+credential-named fields (their only field names are the writer's own). All are shortcuts: a
 line must come out byte for byte as `dumps(record_to_json(...))` and the full scrub make it.
 """
 
@@ -10,13 +11,14 @@ from __future__ import annotations
 
 import io
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.log.codec import record_to_json
 from engine.log.eventlog import InputRecord
 from engine.log.redaction import Scrubber
-from engine.log.trace import TraceWriter, dumps, record_line
+from engine.log.trace import TraceWriter, dumps, record_line, text_effect_line, text_effect_lines
 from machines.records import Chunk, Effect, EndOfStream, Transition
 
 _TEXT_KINDS = st.sampled_from(["text_delta", "reasoning_delta", "commentary_delta", "refusal_delta"])
@@ -76,3 +78,75 @@ def test_the_writer_writes_what_the_general_way_writes() -> None:
     assert out.getvalue().split(b"\n")[:-1] == [
         line if b'"input":"chunk"' in line else scrubber.scrub(line) for line in expected
     ]
+
+
+# -- runs of text effects ------------------------------------------------------------------------
+#
+# The text effects a network read brought are decided together, and the writer and replay make
+# their lines at once (`text_effect_lines`): one orjson call for every seq number and text of
+# the run, the fields put between them by replacing bytes. It must give, byte for byte, what
+# `text_effect_line` gives for each record, or nothing (then each record is written on its own).
+
+#: Text with every escape JSON has, the bytes the run's replacements look for, and more.
+_RUN_TEXT = st.lists(
+    st.characters(exclude_categories=("Cs",))
+    | st.sampled_from(['"', "\\", "\n", "\x00", "\x1f", "\u2028", "é", "😀", '","', '",', ',"',
+                       '"}\n{"seq":', '",\n  ', ',\n  "', "sk-" + "A" * 20]),
+    max_size=8,
+).map("".join)
+_ATTEMPT = st.integers(0, 5) | st.booleans() | st.just(-1) | st.just(1.0) | st.just(2**70)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_RUN_TEXT, min_size=1, max_size=30), _TEXT_KINDS, _ATTEMPT, st.integers(1, 10**9))
+def test_a_run_of_text_effects_is_the_lines_of_each(
+    texts: list[str], kind: str, attempt: int, seq: int
+) -> None:
+    effects = [Effect(kind, attempt, text) for text in texts]  # type: ignore[arg-type]
+    each = [text_effect_line(effect, seq + index) for index, effect in enumerate(effects)]
+    assert None not in each or type(attempt) is not int or attempt < 0
+    assert text_effect_lines(effects, seq) == (None if None in each else b"\n".join(each))  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_TEXT, min_size=1, max_size=12), _TEXT_KINDS, st.integers(1, 10**9))
+def test_a_lone_surrogate_leaves_the_run_to_each_record(texts: list[str], kind: str, seq: int) -> None:
+    effects = [Effect(kind, 1, text) for text in texts]  # type: ignore[arg-type]
+    each = [text_effect_line(effect, seq + index) for index, effect in enumerate(effects)]
+    assert text_effect_lines(effects, seq) == (None if None in each else b"\n".join(each))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.builds(
+            Effect,
+            st.sampled_from(["text_delta", "reasoning_delta", "first_delta", "tool_call"]),
+            st.sampled_from([1, 2, True, 1.0]),
+            st.sampled_from(["a", '"', "", None, 5, {"a": "b"}]),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    st.integers(1, 1000),
+)
+def test_effects_that_are_not_one_run_are_left_to_each_record(effects: list[Effect], seq: int) -> None:
+    """One run is text effects of one kind and one attempt, with text: else no lines at all."""
+    each = [text_effect_line(effect, seq + index) for index, effect in enumerate(effects)]
+    one_run = (
+        len({(effect.kind, effect.attempt, type(effect.attempt)) for effect in effects}) == 1
+        and all(type(effect.data) is str for effect in effects)
+        and None not in each
+    )
+    assert text_effect_lines(effects, seq) == (b"\n".join(each) if one_run else None)  # type: ignore[arg-type]
+
+
+def test_what_a_run_replaces_is_the_lists_own_bytes_only() -> None:
+    """A text may hold the very bytes the run's replacements look for (`",\\n  `, `,\\n  "`),
+    or the separators of the compact JSON (`","`): orjson writes its line end escaped, so they
+    are left as they are."""
+    texts = ['",\n  ', ',\n  "', '","', '",', ',"', '"}\n{"seq":', "\\", '\\"', "", "😀é\u2028\x00"]
+    effects = [Effect("text_delta", 3, text) for text in texts]
+    lines = text_effect_lines(effects, 41)
+    assert lines == b"\n".join(text_effect_line(effect, 41 + i) for i, effect in enumerate(effects))  # type: ignore[misc]
+    assert [orjson.loads(line)["data"] for line in lines.split(b"\n")] == texts  # type: ignore[union-attr]

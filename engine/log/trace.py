@@ -64,7 +64,7 @@ import json
 import math
 import os
 import sys
-from typing import IO, Any, Callable, Final, Iterable, Iterator, cast
+from typing import IO, Any, Callable, Final, Iterable, Iterator, Sequence, cast
 
 import attrs
 import orjson
@@ -116,6 +116,7 @@ __all__ = [
     "result_to_json",
     "scrubber_for",
     "text_effect_line",
+    "text_effect_lines",
 ]
 
 FORMAT = "streamfsm-trace"
@@ -548,7 +549,51 @@ def text_effect_line(record: Record, seq: int) -> bytes | None:
         return None
 
 
+def text_effect_lines(effects: Sequence[Effect], seq: int) -> bytes | None:
+    """The trace lines of `effects`, numbered from `seq`, joined by `\n`: byte for byte
+    `text_effect_line` of each, made at once when all are text effects of one kind and one
+    attempt whose every field fits; None when they are not (or a text holds a lone surrogate:
+    the general way writes it), and then each is written on its own.
+
+    A long answer is runs of text effects (one per delta, those of a network read decided
+    together). One `orjson` call writes a run's seq numbers and texts, interleaved in one list
+    and indented (`[\n  5,\n  "Hel",\n  6,\n  "lo"\n]`): orjson writes a line end inside a
+    string escaped, so every raw one is the list's own, `",\n  ` ends a text and `,\n  "`
+    starts one, and two replacements put the line's fields there. (Without the indent, `",`
+    would not do: a text's escaped quote followed by a comma is those bytes too.) The checks
+    that every effect fits take the run's kinds, attempts and texts in three comprehensions and
+    count them in C (`list.count`): none is a step per record of Python calls."""
+    count = len(effects)
+    if not count:
+        return None
+    kinds = [effect.kind for effect in effects]
+    attempts = [effect.attempt for effect in effects]
+    texts = [effect.data for effect in effects]
+    kind, attempt = kinds[0], attempts[0]
+    name = _TEXT_EFFECT_NAMES.get(kind)
+    if (name is None or type(attempt) is not int or attempt < 0
+            or kinds.count(kind) != count or attempts.count(attempt) != count
+            or list(map(type, attempts)).count(int) != count  # 1 == True == 1.0
+            or list(map(type, texts)).count(str) != count):
+        return None
+    numbered: list[int | str] = [0] * (2 * count)
+    numbered[::2] = range(seq, seq + count)
+    numbered[1::2] = texts
+    try:
+        listed = orjson.dumps(numbered, option=orjson.OPT_INDENT_2)
+    except TypeError:  # a lone surrogate
+        return None
+    fields = _EFFECT_FIELDS % (attempt, name)
+    return b"".join((
+        b'{"seq":',
+        listed[4:-3].replace(b'",\n  ', b'"}\n{"seq":').replace(b',\n  "', fields),
+        b'"}',
+    ))
+
+
 _EFFECT_LINE: Final = b'{"seq":%d,"kind":"effect","attempt":%d,"effect":%s,"data":%s}'
+#: What comes between a text effect's seq number and its text (`text_effect_lines`).
+_EFFECT_FIELDS: Final = b',"kind":"effect","attempt":%d,"effect":%s,"data":"'
 _CHUNK_LINE: Final = b'{"seq":%d,"kind":"input","attempt":%d,"t":%s,"input":"chunk","data":%s}'
 #: Each text effect's name as a JSON string.
 _TEXT_EFFECT_NAMES: Final = {name: orjson.dumps(name) for name in TEXT_EFFECTS}
