@@ -10,13 +10,14 @@ line must come out byte for byte as `dumps(record_to_json(...))` and the full sc
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.log.codec import record_to_json
-from engine.log.eventlog import InputRecord
+from engine.log.eventlog import EventLog, InputRecord
 from engine.log.redaction import Scrubber
 from engine.log.trace import TraceWriter, dumps, record_line, text_effect_line, text_effect_lines
 from machines.records import Chunk, Effect, EndOfStream, Transition
@@ -150,3 +151,65 @@ def test_what_a_run_replaces_is_the_lists_own_bytes_only() -> None:
     lines = text_effect_lines(effects, 41)
     assert lines == b"\n".join(text_effect_line(effect, 41 + i) for i, effect in enumerate(effects))  # type: ignore[misc]
     assert [orjson.loads(line)["data"] for line in lines.split(b"\n")] == texts  # type: ignore[union-attr]
+
+
+def _log_of(steps: list[list[Effect] | bytes]) -> EventLog:
+    """An event log that took `steps`: a read (bytes), or a machine's list of decisions."""
+    log = EventLog()
+    for step in steps:
+        if isinstance(step, bytes):
+            log.input(1, Chunk(step), None)
+        else:
+            log.decide(list(step))
+    return log
+
+
+def _written(records: list[Any], secrets: list[str], effect_runs: Any = ()) -> bytes:
+    out = io.BytesIO()
+    TraceWriter("unused.jsonl", secrets)._write(out, {"format": "x"}, records, {"outcome": "x"}, None, effect_runs)
+    return out.getvalue()
+
+
+_DECISIONS = st.lists(
+    st.builds(Effect, _TEXT_KINDS, st.just(1), _RUN_TEXT | _TEXT)
+    | st.builds(Effect, st.sampled_from(["first_delta", "tool_call"]), st.just(1), st.none() | st.just({"k": "v"}))
+    | st.builds(Effect, _TEXT_KINDS, st.just(2) | st.just(True), _RUN_TEXT),
+    max_size=8,
+) | st.lists(st.builds(Effect, st.just("text_delta"), st.just(1), _RUN_TEXT), min_size=2, max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.binary(max_size=20) | _DECISIONS, max_size=12),
+    st.lists(st.sampled_from(["sk-" + "A" * 20, "AAAAAAAAAAAA", "lo world", "😀é\u2028"]), max_size=2),
+)
+def test_the_writer_writes_runs_as_it_writes_each_record(
+    steps: list[list[Effect] | bytes], secrets: list[str]
+) -> None:
+    """Where the log noted effects decided together, the writer makes their lines at once (and
+    masks secrets in them: a mask keeps lengths, so a run is cut out again where it was): the
+    same bytes as writing each record on its own."""
+    log = _log_of(steps)
+    assert _written(log.records, secrets, log.effect_runs) == _written(log.records, secrets)
+
+
+def test_a_run_longer_than_the_writers_window_comes_in_pieces() -> None:
+    from engine.log.trace import _WINDOW
+
+    texts = [f"w{index} sk-{'B' * 20} " for index in range(2 * _WINDOW + 7)]
+    log = _log_of([b"data: x\n\n", [Effect("text_delta", 1, text) for text in texts], b"data: y\n\n"])
+    assert log.effect_runs == [(1, 1 + len(texts))]
+    written = _written(log.records, [], log.effect_runs)
+    assert written == _written(log.records, [])
+    assert b"sk-B" not in written and written.count(b'"text_delta"') == len(texts)
+
+
+def test_the_log_notes_where_effects_were_decided_together() -> None:
+    effects = [Effect("text_delta", 1, "a"), Effect("text_delta", 1, "b")]
+    log = _log_of([b"x", effects, [Effect("text_delta", 1, "c")], b"y", effects,
+                   [Transition("stream_attempt", 1, "a", "b", "t"), *effects]])
+    assert log.effect_runs == [(1, 3), (5, 7)]  # not one effect alone, nor a list with a transition
+    assert len(log.records) == 10
+    unkept = EventLog(keep=False)
+    unkept.decide(effects)
+    assert unkept.effect_runs == [] and unkept.records == []

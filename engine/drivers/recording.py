@@ -199,7 +199,7 @@ class Recording(Generic[_R]):
             result = attrs.evolve(made, error=scrub(made.error, every_secret))  # type: ignore[misc]
         if trace is not None and self._traceable(trace):
             TraceWriter(trace, every_secret, text=self.text).write(
-                self.header, self.log.records, made.to_json()
+                self.header, self.log.records, made.to_json(), effect_runs=self.log.effect_runs
             )
         self._log_finished(result)
         if self.spans is not None:
@@ -221,7 +221,8 @@ class Recording(Generic[_R]):
             self.spans.abandoned(name)
         if trace is not None and self._traceable(trace):
             TraceWriter(trace, self._secrets(secrets), text=self.text).write(
-                self.header, self.log.records, None, abandoned=name
+                self.header, self.log.records, None, abandoned=name,
+                effect_runs=self.log.effect_runs,
             )
 
     def _traceable(self, trace: str | os.PathLike[str]) -> bool:

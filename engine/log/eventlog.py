@@ -11,7 +11,9 @@ the user are handed to the caller's callbacks, fenced (a raising callback is log
 breaks the turn); effects only the driver can carry out (a line to write to the app-server, an
 approval to ask for, a subprocess to retire) go to the driver's `act` hook; transitions are
 logged through structlog (few per turn). The per-delta records are only appended to a list
-(cheap) and rendered in bulk when a trace is written.
+(cheap), each list of effects decided together noted where it lies (`effect_runs`, one entry per
+network read, not per delta), and rendered in bulk when a trace is written: a run of text
+effects at once.
 
 The records are kept only while something needs them (`keep`): a trace to write, a replay
 comparing them (it takes them as they come), a test looking at them. A turn without a trace keeps
@@ -158,7 +160,8 @@ class EventLog:
     recorded (or, for text, commentary, refusals, reasoning and the first delta, handed to the
     callbacks). `observer` is shown every input and decision as it is recorded."""
 
-    __slots__ = ("records", "transitions", "count", "keep", "observer", "_actions", "_callbacks")
+    __slots__ = ("records", "effect_runs", "transitions", "count", "keep", "observer", "_actions",
+                 "_callbacks")
 
     def __init__(
         self,
@@ -171,6 +174,11 @@ class EventLog:
     ) -> None:
         #: The records, in order, when they are kept (`keep`); else always empty.
         self.records: list[Record] = []
+        #: Where `records` holds two or more effects decided together with no transition among
+        #: them (a network read's text deltas, the usual list of decisions), as `(start, end)`
+        #: indices, in order: what the trace writer and replay render as runs of text lines
+        #: (`engine.log.trace.text_effect_lines`). One entry per such list, none per record.
+        self.effect_runs: list[tuple[int, int]] = []
         #: How many records the log has taken (the sequence number of the latest).
         self.count = 0
         self.keep = keep
@@ -209,7 +217,11 @@ class EventLog:
         if Transition not in map(type, decisions):  # the usual list: effects only (text)
             seq += len(decisions)
             if self.keep:
-                self.records.extend(decisions)
+                records = self.records
+                if len(decisions) > 1:
+                    start = len(records)
+                    self.effect_runs.append((start, start + len(decisions)))
+                records.extend(decisions)
         elif self.keep:
             records = self.records
             for decision in decisions:

@@ -51,10 +51,14 @@ line (`TraceReader`, from blocks of the file): memory is bounded by the longest 
 line is checked as it is read, but for lines a replay rendered itself from records that pass
 every check (`TraceReader.skip`, `accept`).
 
-The writer's hot path is a long answer: a text effect per delta and a chunk per read. Their
-lines are formatted around the one `orjson` call that writes their string (`record_line`,
-`text_effect_line`), and a text effect's line, whose only field names are the writer's own, is
-scrubbed without a search for credential-named fields.
+The writer's hot path is a long answer: a text effect per delta and a chunk per read. A chunk's
+line is formatted around the one `orjson` call that writes its string (`record_line`). The text
+effects a read brought were decided together, and the event log notes where each such list lies
+in its records (`EventLog.effect_runs`): the writer makes the lines of such a run at once, one
+`orjson` call for all its seq numbers and texts (`text_effect_lines`, byte for byte what
+`text_effect_line` makes of each), and any record the run does not fit (another effect, a lone
+surrogate) is written on its own. A text effect's line, whose only field names are the writer's
+own, is scrubbed without a search for credential-named fields.
 """
 
 from __future__ import annotations
@@ -115,6 +119,7 @@ __all__ = [
     "record_to_json",
     "result_to_json",
     "scrubber_for",
+    "stretches",
     "text_effect_line",
     "text_effect_lines",
 ]
@@ -369,16 +374,19 @@ class TraceWriter:
         result: dict[str, Any] | None,
         *,
         abandoned: str | None = None,
+        effect_runs: Sequence[tuple[int, int]] = (),
     ) -> bool:
         """Write the header, every record and the result (its JSON; None: a turn cut short by the
         exception named `abandoned`) to the path, via a `.partial` file renamed at the end.
+        `effect_runs` says where `records` holds effects decided together (`EventLog.effect_runs`):
+        a run of text effects there is written at once (the same bytes, made faster).
 
         Never raises for what the turn recorded: returns False, logs a warning and leaves neither
         file when the trace could not be written (a full disk, a vanished directory)."""
         tmp = self.path + ".partial"
         try:
             with open(tmp, "wb") as out:
-                self._write(out, header, records, result, abandoned)
+                self._write(out, header, records, result, abandoned, effect_runs)
             os.replace(tmp, self.path)
             return True
         except Exception as error:
@@ -396,41 +404,58 @@ class TraceWriter:
         records: list[Record],
         result: dict[str, Any] | None,
         abandoned: str | None,
+        effect_runs: Sequence[tuple[int, int]] = (),
     ) -> None:
         scrubber = Scrubber(self.secrets)
         streams, effects = _masked_streams(records, scrubber, self.text)
         lines: list[bytes] = [dumps(header)]
-        # How each line is scrubbed (`_flush`): the lines of text effects (`texts`), those
-        # scrubbed in full (`fulls`), by index in `lines`; the others are stream inputs.
+        # How each entry of `lines` is scrubbed (`_flush`): the lines of text effects (`texts`;
+        # an entry is one line, or a run of them joined by `\n`), those scrubbed in full
+        # (`fulls`), by index in `lines`; the others are stream inputs. `held` counts the records
+        # whose lines `lines` holds.
         texts: list[int] = []
         fulls: list[int] = [0]
+        held = 0
         add_line = lines.append
         effect_line = text_effect_line
-        for seq, record in enumerate(records, 1):
-            if effects:
-                record = effects.get(seq - 1, record)
-            if type(record) is Effect:
-                line = effect_line(record, seq)
-                if line is not None:
-                    texts.append(len(lines))
-                else:  # not a text effect `text_effect_line` writes: the general way
-                    line = dumps(record_to_json(record, seq))
-                    text = record.kind in TEXT_EFFECTS and type(record.data) is str
-                    (texts if text else fulls).append(len(lines))
-                add_line(line)
-            elif type(record) is InputRecord and seq - 1 in streams:
-                written = streams[seq - 1]
-                if written is not record.input:
-                    record = InputRecord(record.attempt, record.t, written)
-                add_line(record_line(record, seq))
+        for start, end, together in stretches(len(records), effect_runs, _WINDOW):
+            block = None
+            if together:  # effects only: their lines at once when they are one run of text
+                run = records[start:end]
+                if effects:  # some written as masked alike in every attempt
+                    run = list(map(effects.get, range(start, end), run))
+                block = text_effect_lines(run, start + 1)  # type: ignore[arg-type]
+            if block is not None:
+                texts.append(len(lines))
+                add_line(block)
             else:
-                fulls.append(len(lines))
-                add_line(record_line(record, seq))
-            if len(lines) >= _WINDOW:
+                for seq, record in enumerate(records[start:end], start + 1):
+                    if effects:
+                        record = effects.get(seq - 1, record)
+                    if type(record) is Effect:
+                        line = effect_line(record, seq)
+                        if line is not None:
+                            texts.append(len(lines))
+                        else:  # not a text effect `text_effect_line` writes: the general way
+                            line = dumps(record_to_json(record, seq))
+                            text = record.kind in TEXT_EFFECTS and type(record.data) is str
+                            (texts if text else fulls).append(len(lines))
+                        add_line(line)
+                    elif type(record) is InputRecord and seq - 1 in streams:
+                        written = streams[seq - 1]
+                        if written is not record.input:
+                            record = InputRecord(record.attempt, record.t, written)
+                        add_line(record_line(record, seq))
+                    else:
+                        fulls.append(len(lines))
+                        add_line(record_line(record, seq))
+            held += end - start
+            if held >= _WINDOW:
                 _flush(out, lines, texts, fulls, scrubber)
                 lines.clear()
                 texts.clear()
                 fulls.clear()
+                held = 0
         fulls.append(len(lines))
         if result is not None:
             add_line(dumps(result_to_json(result, len(records) + 1)))
@@ -496,20 +521,45 @@ _STREAM_FORMATS = {format_.cls: format_.stream for format_ in INPUTS.values() if
 def _flush(
     out: IO[bytes], lines: list[bytes], texts: list[int], fulls: list[int], scrubber: Scrubber
 ) -> None:
-    """Write `lines`, scrubbing the lines at `texts` as text effects' (their only strings are
-    their effect's name and their text, so no field of theirs is named like a credential and
-    the scrubber need not look for such fields) and those at `fulls` in full; the others are
-    stream inputs, masked with their stream. The lines scrubbed alike are scrubbed in one pass
-    (a mask never covers a line end)."""
+    """Write `lines`, scrubbing the entries at `texts` as text effects' lines (their only
+    strings are their effect's name and their text, so no field of theirs is named like a
+    credential and the scrubber need not look for such fields; an entry may be a run of such
+    lines) and those at `fulls` in full; the others are stream inputs, masked with their
+    stream. The entries scrubbed alike are scrubbed in one pass, joined by `\n` (a mask never
+    covers a line end, and keeps lengths: each entry is cut out again where it was)."""
     for positions, fields in ((texts, False), (fulls, True)):
         if positions:
             joined = b"\n".join([lines[index] for index in positions])
             masked = scrubber.scrub(joined, fields=fields)
             if masked is not joined:
-                for index, line in zip(positions, masked.split(b"\n")):
-                    lines[index] = line
+                at = 0
+                for index in positions:
+                    size = len(lines[index])
+                    lines[index] = masked[at : at + size]
+                    at += size + 1
     lines.append(b"")
     out.write(b"\n".join(lines))
+
+
+def stretches(
+    count: int, effect_runs: Iterable[tuple[int, int]], longest: int | None = None
+) -> Iterator[tuple[int, int, bool]]:
+    """`count` records cut at the runs of effects decided together (`EventLog.effect_runs`, in
+    order): `(start, end, together)` for each stretch `records[start:end]`, in order,
+    `together` saying whether it is such a run (then it holds at most `longest` records: a
+    longer run comes in pieces)."""
+    at = 0
+    for start, end in effect_runs:
+        if at < start:
+            yield at, start, False
+        if longest is not None:
+            while end - start > longest:
+                yield start, start + longest, True
+                start += longest
+        yield start, end, True
+        at = end
+    if at < count:
+        yield at, count, False
 
 
 def record_line(record: Record, seq: int) -> bytes:
