@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -570,6 +571,70 @@ def test_divergence_deep_in_a_long_trace_names_its_record(tmp_path: Path) -> Non
     assert report.divergence.recorded == {**record, "data": "xxxx"}
     assert report.divergence.replayed == record
     assert report.records == len(lines) - 1
+
+
+def test_a_run_the_file_writes_otherwise_is_compared_line_by_line(tmp_path: Path) -> None:
+    """The replay takes a run of text effects whole only when the file holds it byte for byte
+    as it renders it; the same records written another way (spaces after the separators) are
+    read and compared one by one, and are the same records."""
+    path = tmp_path / "long.jsonl"
+    _long_trace(path, 500)
+    lines = path.read_bytes().splitlines()
+    spaced = [json.dumps(orjson.loads(line)).encode() for line in lines]
+    assert spaced != lines
+    path.write_bytes(b"\n".join(spaced) + b"\n")
+    report = engine.replay(path)
+    assert report.identical and report.records == len(lines) - 1
+
+
+def test_a_record_missing_inside_a_run_names_its_seq(tmp_path: Path) -> None:
+    path = tmp_path / "long.jsonl"
+    _long_trace(path, 500)
+    lines = path.read_bytes().splitlines()
+    deltas = [i for i, line in enumerate(lines) if b'"text_delta"' in line]
+    target = next(i for i in deltas[len(deltas) // 2 :] if i - 1 in deltas and i + 1 in deltas)
+    removed = orjson.loads(lines.pop(target))
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    report = engine.replay(path)
+    assert report.divergence is not None
+    assert report.divergence.seq == removed["seq"]
+    assert report.divergence.recorded == orjson.loads(lines[target])
+    assert report.divergence.replayed == removed
+
+
+def test_a_run_first_in_a_step_is_compared_record_by_record(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A replayer that leaves out the input a step begins with when a run of text effects
+    follows it: the file's input line meets the run, and the report names the run's first
+    record alone, as every other replayed record."""
+    path = tmp_path / "long.jsonl"
+    _long_trace(path, 200)
+    replay_turn = REPLAYERS["consume"]
+
+    def dropping_inputs(header: dict[str, Any]) -> Any:
+        session = replay_turn(header)
+        sent = None
+        try:
+            while True:
+                made = session.send(sent)
+                if isinstance(made, list) and len(made) > 1 and isinstance(made[1], bytes):
+                    made = made[1:]
+                sent = yield made
+        except StopIteration:
+            return
+
+    monkeypatch.setitem(REPLAYERS, "consume", dropping_inputs)
+    lines = path.read_bytes().splitlines()
+    at = next(
+        i for i, line in enumerate(lines)
+        if b'"input":"chunk"' in line and b'"text_delta"' in lines[i + 1] and b'"text_delta"' in lines[i + 2]
+    )
+    report = engine.replay(path)
+    assert report.divergence is not None
+    assert report.divergence.seq == orjson.loads(lines[at])["seq"]
+    assert report.divergence.recorded == orjson.loads(lines[at])
+    assert report.divergence.replayed == orjson.loads(lines[at + 1])
 
 
 def test_input_missing_in_the_middle_names_the_replayed_input(

@@ -14,17 +14,21 @@ bounded by the longest record (or one step's records), not the file, and nothing
 trace or calls back into the reader. A line is parsed and checked as the reader checks every
 line, and compared as JSON, unless it is byte for byte what the replay rendered of a record
 that passes those checks by construction (`fits_at_a_glance`: a text effect, a transition);
-then it is that record and is only counted. A long answer is nearly all text effects, and a
-run of them the file holds as they are is taken in one comparison of bytes (`TraceReader.skip`).
+then it is that record and is only counted. A long answer is nearly all text effects, a run of
+them for each network read: the replay renders such a run at once (`text_effect_lines`, the
+lines joined), and when the file holds it as it is, takes it in one comparison of bytes
+(`TraceReader.skip`); when it does not, the run comes apart into its lines, compared one by
+one as every other line is, so a divergence inside it is reported as any other.
 A file that is not a valid trace raises `TraceError`, even when a divergence came first: the
 whole file is always read and checked.
 
 How a trace is replayed depends on its header's `entry`: `REPLAYERS` maps each entry to a
 `Replayer`, a function of the header returning a generator that yields, step by step, the
 records today's code produces (numbered from 1; each its JSON, or its trace line for a text
-effect that fits at a glance) and, when it needs the next recorded input, yields `NeedInput`
-and is sent that input (an `InputRecord`), or None when the trace holds no further input for
-it. A protocol brings its replayer; the comparison is the same for all.
+effect that fits at a glance, or the lines of a run of them joined by `\n`) and, when it
+needs the next recorded input, yields `NeedInput` and is sent that input (an `InputRecord`),
+or None when the trace holds no further input for it. A protocol brings its replayer; the
+comparison is the same for all.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from engine.drivers.app_recording import AppTurnRecording
 from engine.drivers.recording import TurnRecording
 from engine.drivers.replay_report import Divergence, ReplayReport
 from engine.log.codec import decode_input, fits_at_a_glance
-from engine.log.eventlog import Input, InputRecord, RecordedInput, Record
+from engine.log.eventlog import EventLog, Input, InputRecord, RecordedInput, Record
 from engine.log.redaction import MASK
 from engine.log.trace import (
     APP_SERVER_ENTRY,
@@ -55,7 +59,9 @@ from engine.log.trace import (
     record_to_json,
     result_to_json,
     scrubber_for,
+    stretches,
     text_effect_line,
+    text_effect_lines,
 )
 from machines.app_records import AppInput, SessionConfig
 from machines.app_session import AppSession
@@ -86,35 +92,52 @@ class NeedInput:
 #: A replay in progress: yields the records (numbered from 1) each step made, as a list (one
 #: yield per step, not per record: a long answer is a record per delta), each its JSON or, for
 #: one that fits at a glance (`fits_at_a_glance`: `_Handover` renders text effects so), its
-#: trace line; and `NeedInput`; is sent the recorded input asked for, or None.
+#: trace line, or for a run of them decided together their lines joined by `\n` (one item for
+#: several records); and `NeedInput`; is sent the recorded input asked for, or None.
 ReplaySession = Generator["list[dict[str, Any] | bytes] | NeedInput", "InputRecord | None", None]
 #: Starts the replay of a trace from its (checked) header.
 Replayer = Callable[[dict[str, Any]], ReplaySession]
 
 
 class _Handover:
-    """The records a replay's event log made since the last `take()`, numbered: a text effect
-    whose fields all fit as its trace line (`record_line`: what the comparison compares, nearly
-    every record of a long answer), any other as JSON. The log keeps none of them (a replay
-    holds one record at a time)."""
+    """The records a replay's event log made since the last `take()`, numbered: a run of text
+    effects decided together whose fields all fit as their trace lines (`text_effect_lines`,
+    joined by `\n`: what the comparison compares, nearly every record of a long answer), a text
+    effect alone that fits as its line, any other record as JSON. The log keeps none of them
+    (a replay holds one step's records at a time)."""
 
-    __slots__ = ("made", "seq")
+    __slots__ = ("made", "runs", "seq")
 
-    def __init__(self, made: list[Record]) -> None:
-        self.made = made
+    def __init__(self, log: EventLog) -> None:
+        self.made = log.records
+        self.runs = log.effect_runs
         self.seq = 0
 
     def take(self) -> list[dict[str, Any] | bytes]:
-        out: list[dict[str, Any] | bytes] = []
-        add = out.append
-        seq = self.seq
-        for record in self.made:
-            seq += 1
-            line = text_effect_line(record, seq)
-            add(line if line is not None else record_to_json(record, seq))
-        self.seq = seq
-        self.made.clear()
+        made, runs, seq = self.made, self.runs, self.seq
+        if runs:
+            out: list[dict[str, Any] | bytes] = []
+            for start, end, together in stretches(len(made), runs):
+                run = None
+                if together:  # effects only: a run when they are text effects of one kind
+                    run = text_effect_lines(made[start:end], seq + start + 1)  # type: ignore[arg-type]
+                if run is not None:
+                    out.append(run)
+                else:
+                    out += _each(made[start:end], seq + start + 1)
+            runs.clear()
+        else:  # one delta a read, or none: nothing to make at once
+            out = _each(made, seq + 1)
+        self.seq = seq + len(made)
+        made.clear()
         return out
+
+
+def _each(records: list[Record], seq: int) -> list[dict[str, Any] | bytes]:
+    """`records`, numbered from `seq`, each on its own: a text effect that fits as its line (a
+    line is never empty), any other as JSON."""
+    return [text_effect_line(record, number) or record_to_json(record, number)
+            for number, record in enumerate(records, seq)]
 
 
 def replay_turn(header: dict[str, Any]) -> ReplaySession:
@@ -125,7 +148,7 @@ def replay_turn(header: dict[str, Any]) -> ReplaySession:
         policy_from_header(header.get("policy")), None, entry=header["entry"],
         request=header.get("request"), seed=seed if type(seed) is int else 0, observed=False,
     )
-    made = _Handover(recording.log.records)
+    made = _Handover(recording.log)
     for feed in recording.attempts():
         yield made.take()
         while not feed.final:
@@ -145,7 +168,7 @@ def replay_app_turn(header: dict[str, Any]) -> ReplaySession:
     until the turn ends. Nothing is written and no callback is called: the answers are inputs."""
     session = AppSession.restore(SessionConfig.from_json(header["config"]), header["session"])
     recording = AppTurnRecording(session, None, observed=False)
-    made = _Handover(recording.log.records)
+    made = _Handover(recording.log)
     while not recording.finished:
         record = yield NeedInput(recording.number)
         if record is None:
@@ -244,7 +267,8 @@ class _Comparison:
 
     def peek(self) -> dict[str, Any] | bytes | NeedInput | None:
         """What the session yields next (None: it has ended), without taking it: a record (a
-        machine that raised is a record `{"raised": ...}`), or `NeedInput`."""
+        machine that raised is a record `{"raised": ...}`; a text effect as its line, a run of
+        them as their lines joined), or `NeedInput`."""
         if self._at < len(self._batch):
             return self._batch[self._at]
         while self._need is None:
@@ -272,9 +296,10 @@ class _Comparison:
 
     def line_run(self) -> list[bytes]:
         """The records the session made next that are lines already (text effects that fit,
-        rendered by `_Handover`), as many as follow one another in its current step; empty when
-        the next is anything else, or when a run of this step was not found as it is
-        (`no_run`: its lines are then compared one by one)."""
+        rendered by `_Handover`: runs of them, each its lines joined by `\n`), as many as
+        follow one another in its current step; empty when the next is anything else, or when
+        a run of this step was not found as it is (`no_run`: its lines are then compared one by
+        one)."""
         if self._at >= len(self._batch):
             self.peek()
         batch, at = self._batch, self._at
@@ -286,13 +311,20 @@ class _Comparison:
         return batch[at:end]  # type: ignore[return-value]
 
     def took_run(self, count: int) -> None:
-        """The `count` records `line_run` gave were found as they are."""
+        """The `count` items `line_run` gave (lines, runs of lines) were found as they are."""
         self._at += count
 
     def no_run(self) -> None:
-        """The run `line_run` gave is not what the file holds next: compare this step's lines
-        one by one."""
-        self._no_run = self._batch
+        """The run `line_run` gave is not what the file holds next: compare the rest of this
+        step's lines one by one (each run comes apart into its lines: the rare way)."""
+        rest: list[dict[str, Any] | bytes] = []
+        for made in self._batch[self._at :]:
+            if type(made) is bytes:
+                rest.extend(made.split(b"\n"))
+            else:
+                rest.append(made)
+        self._batch, self._at = rest, 0
+        self._no_run = rest
 
     def takes_line(self, line: bytes) -> bool:
         """Whether the session's next record is `line`, byte for byte, and a record that fits
@@ -335,10 +367,15 @@ class _Comparison:
         the replay made of it. `item` is the input `head` describes (decoded by the reader)."""
         while True:
             made = self.peek()
-            self.take()
             if isinstance(made, bytes):  # a line of ours: its JSON, for the general comparison
+                if b"\n" in made:  # a run's lines: its first record now, the others after it
+                    lines = made.split(b"\n")
+                    self._batch[self._at : self._at + 1] = lines
+                    made = lines[0]
+                self.take()
                 parsed: dict[str, Any] = loads(made)
                 return parsed
+            self.take()
             if made is None or not isinstance(made, NeedInput):
                 return made
             found: tuple[dict[str, Any], Input] | None = None
@@ -427,9 +464,11 @@ def _compare(path: str, header: dict[str, Any], version: int, recorded_records: 
             if divergence is None and abandoned is None:
                 run = comparison.line_run()
                 if run:
-                    if skip(b"\n".join(run) + b"\n", len(run)):  # the run as it is: taken whole
+                    expected = b"\n".join(run)
+                    count = expected.count(b"\n") + 1
+                    if skip(expected + b"\n", count):  # the run as it is: taken whole
                         comparison.took_run(len(run))
-                        position += len(run)
+                        position += count
                         continue
                     comparison.no_run()
             following = next(stream, None)
