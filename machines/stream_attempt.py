@@ -605,16 +605,21 @@ class StreamAttempt:
         return out
 
     def receive_events(self, events: list[SseEvent]) -> list[Decision]:
-        """Feed dispatched events in order until the attempt is final (the hot path: one event
-        after another without a call of its own); return the decisions they caused. Events
-        after the final one are not fed; one fed to an attempt already final is counted as
-        ignored."""
+        """Feed dispatched events in order until the attempt is final; return the decisions
+        they caused. Events after the final one are not fed; one fed to an attempt already
+        final is counted as ignored. (`receive_fields` of their names and data.)"""
+        return self.receive_fields([item.event for item in events], [item.data for item in events])
+
+    def receive_fields(self, names: list[str], datas: list[str]) -> list[Decision]:
+        """`receive_events` of the events named `names` whose data are `datas` (the hot path:
+        what `SseDecoder.feed_fields` gives, no record made for an event; one event after
+        another without a call of its own). An event's name counts only when its data has no
+        `type`: the data says what it is."""
         handlers = _HANDLERS
-        for item in events:
+        for event, data in zip(names, datas):
             if self.ending is not None:
                 self.ignored += 1
                 break
-            data = item.data
             try:
                 payload = _loads(data)
             except _JSONDecodeError:
@@ -625,7 +630,7 @@ class StreamAttempt:
             elif not self.tracks_sequence or self._in_sequence(payload):
                 name = payload.get("type")
                 if type(name) is not str:
-                    name = "error" if isinstance(payload.get("error"), dict) else item.event
+                    name = "error" if isinstance(payload.get("error"), dict) else event
                 handler = handlers.get(name)
                 if handler is not None:
                     handler(self, payload)

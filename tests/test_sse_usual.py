@@ -58,3 +58,24 @@ def test_any_cut_gives_the_events_of_the_rules(blocks: list[str], ended: bool, d
     for start, end in zip([0, *cuts], [*cuts, len(raw)]):
         got += [(event.event, event.data, event.id) for event in decoder.feed(raw[start:end])]
     assert got == reference(stream)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_BLOCK, max_size=12), st.booleans(), st.data())
+def test_the_fields_of_any_cut_are_those_of_the_rules(
+    blocks: list[str], ended: bool, data: st.DataObject
+) -> None:
+    """`feed_fields`, what a stream attempt is fed, names and data the same events as the rules
+    (and `feed`), usual blocks or not."""
+    stream = "\n\n".join(blocks) + ("\n\n" if ended else "")
+    raw = stream.encode("utf-8")
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(raw) - 1)), max_size=6)))
+    decoder = SseDecoder()
+    names: list[str] = []
+    datas: list[str] = []
+    for start, end in zip([0, *cuts], [*cuts, len(raw)]):
+        more_names, more_datas = decoder.feed_fields(raw[start:end])
+        assert len(more_names) == len(more_datas)
+        names += more_names
+        datas += more_datas
+    assert list(zip(names, datas)) == [(name, text) for name, text, _ in reference(stream)]

@@ -96,9 +96,9 @@ class AttemptFeed:
         event_log = self._log
         event_log.input(self.number, Chunk(data), t)
         decoder = self._decoder
-        events = decoder.feed(data)
-        if events:
-            event_log.decide(self.attempt.receive_events(events))
+        names, datas = decoder.feed_fields(data)
+        if datas:
+            event_log.decide(self.attempt.receive_fields(names, datas))
         if decoder.too_large and self.attempt.state not in FINAL:
             too_large = EventTooLarge(decoder.max_event_bytes or 0)
             event_log.decide(self.attempt.receive(too_large))

@@ -19,7 +19,8 @@ linear in the bytes received, however long an event is or however finely it is c
 part of the buffer is taken apart by position when it is nothing but usual blocks (one `event:`
 line and one `data:` line each, what every Responses-API server sends: `_usual_events`); else it
 is split on blank lines and each block parsed line by line. Only the incomplete tail stays
-buffered.
+buffered. `feed_fields` hands the events on as two lists, their names and their data (all a
+stream attempt reads of them): usual blocks then cost no `SseEvent` each.
 
 Limit: `SseDecoder(max_event_bytes=N)` refuses an event larger than N bytes (of its UTF-8 text,
 line ends counted as one LF, without the line end and blank line that end it): once the event
@@ -44,10 +45,10 @@ def _utf8_size(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
-def _usual_events(text: str, last_id: str | None) -> list[SseEvent] | None:
-    """The events of `text`, complete blocks separated by one blank line each (the last one's
-    blank line left out), when every block is the usual one: an `event: NAME` line and one
-    `data: ...` line. None when any block is not: the line parser reads them then.
+def _usual_events(text: str) -> tuple[list[str], list[str]] | None:
+    """The event names and data of `text`, complete blocks separated by one blank line each (the
+    last one's blank line left out), when every block is the usual one: an `event: NAME` line
+    and one `data: ...` line. None when any block is not: the line parser reads them then.
 
     This is the hot path of a Responses-API stream, which is made of nothing else: the text is
     cut into lines once, and the lines are checked and taken apart by position, a field name at
@@ -61,10 +62,7 @@ def _usual_events(text: str, last_id: str | None) -> list[SseEvent] | None:
         map(str.startswith, data, repeat("data: "))
     ):
         return None
-    return list(
-        map(sse_event, [name[7:] or "message" for name in names], [line[6:] for line in data],
-            repeat(last_id, len(names)))
-    )
+    return [name[7:] or "message" for name in names], [line[6:] for line in data]
 
 
 class SseDecoder:
@@ -109,6 +107,24 @@ class SseDecoder:
 
     def feed(self, chunk: bytes) -> list[SseEvent]:
         """Decode one chunk; return the events it completed, in order."""
+        found = self._complete(chunk)
+        if type(found) is tuple:
+            names, data = found
+            return list(map(sse_event, names, data, repeat(self.last_event_id, len(names))))
+        return found  # type: ignore[return-value]
+
+    def feed_fields(self, chunk: bytes) -> tuple[list[str], list[str]]:
+        """Decode one chunk; return the names and the data of the events it completed, in order
+        (`feed` without an `SseEvent` made for each: what a stream attempt reads of them,
+        `StreamAttempt.receive_fields`)."""
+        found = self._complete(chunk)
+        if type(found) is tuple:
+            return found
+        return [event.event for event in found], [event.data for event in found]  # type: ignore[union-attr]
+
+    def _complete(self, chunk: bytes) -> tuple[list[str], list[str]] | list[SseEvent]:
+        """The events `chunk` completed: the usual blocks of a Responses-API stream as their names
+        and data (`_usual_events`), anything else as `SseEvent`s."""
         if self.too_large:
             return []
         text = self._utf8.decode(chunk)
@@ -149,26 +165,28 @@ class SseDecoder:
         cut = buffer.rfind("\n\n")
         usual = None
         if bound is None and cut > 0 and buffer[cut - 1] != "\n":
-            usual = _usual_events(buffer[:cut], self.last_event_id)
+            usual = _usual_events(buffer[:cut])
+        events: tuple[list[str], list[str]] | list[SseEvent]
         if usual is not None:
             events = usual
             tail = buffer[cut + 2 :]
         else:
             blocks = buffer.split("\n\n")
             tail = blocks.pop()
-            events = []
+            parsed: list[SseEvent] = []
+            events = parsed
             for block in blocks:
                 if bound is not None and _utf8_size(block) > bound:
                     self._refuse()
-                    return events
+                    return parsed
                 # The usual block, `event: NAME` and one `data: ...` line, without the line parser.
                 head, _, rest = block.partition("\n")
                 if head[:7] == "event: " and rest[:6] == "data: " and "\n" not in rest:
-                    events.append(sse_event(head[7:] or "message", rest[6:], self.last_event_id))
+                    parsed.append(sse_event(head[7:] or "message", rest[6:], self.last_event_id))
                     continue
                 event = self._parse_block(block)
                 if event is not None:
-                    events.append(event)
+                    parsed.append(event)
         if tail:
             pending.append(tail)
             self._ends_lf = tail[-1] == "\n"
