@@ -19,7 +19,14 @@ from hypothesis import strategies as st
 from engine.log.codec import record_to_json
 from engine.log.eventlog import EventLog, InputRecord
 from engine.log.redaction import Scrubber
-from engine.log.trace import TraceWriter, dumps, record_line, text_effect_line, text_effect_lines
+from engine.log.trace import (
+    TraceWriter,
+    dumps,
+    record_line,
+    text_effect_line,
+    text_effect_lines,
+    text_effect_runs,
+)
 from machines.records import Chunk, Effect, EndOfStream, Transition
 
 _TEXT_KINDS = st.sampled_from(["text_delta", "reasoning_delta", "commentary_delta", "refusal_delta"])
@@ -153,6 +160,31 @@ def test_what_a_run_replaces_is_the_lists_own_bytes_only() -> None:
     assert [orjson.loads(line)["data"] for line in lines.split(b"\n")] == texts  # type: ignore[union-attr]
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.lists(_RUN_TEXT, min_size=1, max_size=8), st.integers(0, 3)), min_size=1, max_size=8),
+    st.lists(_TEXT_KINDS, min_size=1, max_size=2),
+    st.integers(1, 10**6),
+)
+def test_runs_made_at_once_are_the_lines_of_each_run(
+    shapes: list[tuple[list[str], int]], kinds: list[str], first: int
+) -> None:
+    """Several runs (records between them: gaps in their seq numbers) made in one go are each
+    run's `text_effect_lines`, cut where the next run's first line begins; runs of different
+    kinds are not one go."""
+    runs, firsts = [], []
+    for index, (texts, gap) in enumerate(shapes):
+        runs.append([Effect(kinds[index % len(kinds)], 1, text) for text in texts])
+        firsts.append(first)
+        first += len(texts) + gap
+    each = [text_effect_lines(run, seq) for run, seq in zip(runs, firsts)]  # type: ignore[arg-type]
+    made = text_effect_runs(runs, firsts)  # type: ignore[arg-type]
+    if len({run[0].kind for run in runs}) > 1:
+        assert made is None
+    else:
+        assert made == each
+
+
 def _log_of(steps: list[list[Effect] | bytes]) -> EventLog:
     """An event log that took `steps`: a read (bytes), or a machine's list of decisions."""
     log = EventLog()
@@ -213,3 +245,29 @@ def test_the_log_notes_where_effects_were_decided_together() -> None:
     unkept = EventLog(keep=False)
     unkept.decide(effects)
     assert unkept.effect_runs == [] and unkept.records == []
+
+
+def test_windows_of_runs_of_several_kinds_are_written_as_each_record() -> None:
+    """Many reads, each a run, over several of the writer's windows: runs of one kind are made a
+    window at once, a window that mixes kinds run by run, a secret split between two runs is
+    masked; the bytes are those of writing each record on its own."""
+    steps: list[list[Effect] | bytes] = []
+    for read in range(600):
+        kind = "reasoning_delta" if 200 <= read < 260 and read % 3 else "text_delta"
+        texts = [f"r{read}d{delta} " for delta in range(5)]
+        if read == 300:
+            texts[-1] = "sk-" + "C" * 10
+        if read == 301:
+            texts[0] = "C" * 10 + " "
+        steps += [b"data: {}\n\n", [Effect(kind, 1, text) for text in texts]]
+    log = _log_of(steps)
+    assert len(log.effect_runs) == 600
+    written = _written(log.records, ["sk-" + "C" * 20], log.effect_runs)
+    assert written == _written(log.records, ["sk-" + "C" * 20])
+    assert b"sk-CCCCCCCCCC" not in written and written.count(b'"reasoning_delta"') == 5 * 40
+
+
+def test_a_run_holding_a_record_that_is_no_effect_is_no_run() -> None:
+    effects = [Effect("text_delta", 1, "a"), Transition("stream_attempt", 1, "a", "b", "t")]
+    assert text_effect_lines(effects, 1) is None  # type: ignore[arg-type]
+    assert text_effect_runs([effects[:1], effects[1:]], [1, 2]) is None  # type: ignore[list-item]

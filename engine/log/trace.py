@@ -56,8 +56,9 @@ line is formatted around the one `orjson` call that writes its string (`record_l
 effects a read brought were decided together, and the event log notes where each such list lies
 in its records (`EventLog.effect_runs`): the writer makes the lines of such a run at once, one
 `orjson` call for all its seq numbers and texts (`text_effect_lines`, byte for byte what
-`text_effect_line` makes of each), and any record the run does not fit (another effect, a lone
-surrogate) is written on its own. A text effect's line, whose only field names are the writer's
+`text_effect_line` makes of each; the runs of a window of records, when they are all of one
+kind, in one call, `text_effect_runs`), and any record the run does not fit (another effect, a
+lone surrogate) is written on its own. A text effect's line, whose only field names are the writer's
 own, is scrubbed without a search for credential-named fields.
 """
 
@@ -122,6 +123,7 @@ __all__ = [
     "stretches",
     "text_effect_line",
     "text_effect_lines",
+    "text_effect_runs",
 ]
 
 FORMAT = "streamfsm-trace"
@@ -415,20 +417,16 @@ class TraceWriter:
         # whose lines `lines` holds.
         texts: list[int] = []
         fulls: list[int] = [0]
-        held = 0
         add_line = lines.append
         effect_line = text_effect_line
-        for start, end, together in stretches(len(records), effect_runs, _WINDOW):
-            block = None
-            if together:  # effects only: their lines at once when they are one run of text
-                run = records[start:end]
-                if effects:  # some written as masked alike in every attempt
-                    run = list(map(effects.get, range(start, end), run))
-                block = text_effect_lines(run, start + 1)  # type: ignore[arg-type]
-            if block is not None:
-                texts.append(len(lines))
-                add_line(block)
-            else:
+        for window in _windows(stretches(len(records), effect_runs, _WINDOW)):
+            blocks = iter(_run_blocks(records, window, effects))
+            for start, end, together in window:
+                block = next(blocks) if together else None
+                if block is not None:
+                    texts.append(len(lines))
+                    add_line(block)
+                    continue
                 for seq, record in enumerate(records[start:end], start + 1):
                     if effects:
                         record = effects.get(seq - 1, record)
@@ -449,13 +447,11 @@ class TraceWriter:
                     else:
                         fulls.append(len(lines))
                         add_line(record_line(record, seq))
-            held += end - start
-            if held >= _WINDOW:
+            if window[-1][1] < len(records):  # the last window's lines go with the result's
                 _flush(out, lines, texts, fulls, scrubber)
                 lines.clear()
                 texts.clear()
                 fulls.clear()
-                held = 0
         fulls.append(len(lines))
         if result is not None:
             add_line(dumps(result_to_json(result, len(records) + 1)))
@@ -541,6 +537,48 @@ def _flush(
     out.write(b"\n".join(lines))
 
 
+def _windows(
+    parts: Iterable[tuple[int, int, bool]]
+) -> Iterator[list[tuple[int, int, bool]]]:
+    """`stretches` gathered into windows of about `_WINDOW` records each: the lines the writer
+    holds, makes and scrubs together before it writes them."""
+    window: list[tuple[int, int, bool]] = []
+    held = 0
+    for part in parts:
+        window.append(part)
+        held += part[1] - part[0]
+        if held >= _WINDOW:
+            yield window
+            window = []
+            held = 0
+    if window:
+        yield window
+
+
+def _run_blocks(
+    records: list[Record], window: list[tuple[int, int, bool]], effects: dict[int, Effect]
+) -> Sequence[bytes | None]:
+    """The lines of each run of effects decided together in `window` (its `together`
+    stretches), in order: one block each (`text_effect_runs`, at once; `effects` are those
+    written masked alike in every attempt), or None for a run that is not text effects that
+    fit, whose records are then written one by one."""
+    runs: list[list[Record]] = []
+    firsts: list[int] = []
+    for start, end, together in window:
+        if together:
+            run = records[start:end]
+            if effects:
+                run = list(map(effects.get, range(start, end), run))
+            runs.append(run)
+            firsts.append(start + 1)
+    if not runs:
+        return ()
+    blocks = text_effect_runs(runs, firsts)  # type: ignore[arg-type]
+    if blocks is None:  # some run is not text of the first run's kind: each run on its own
+        return [text_effect_lines(run, first) for run, first in zip(runs, firsts)]  # type: ignore[arg-type]
+    return blocks
+
+
 def stretches(
     count: int, effect_runs: Iterable[tuple[int, int]], longest: int | None = None
 ) -> Iterator[tuple[int, int, bool]]:
@@ -613,12 +651,51 @@ def text_effect_lines(effects: Sequence[Effect], seq: int) -> bytes | None:
     would not do: a text's escaped quote followed by a comma is those bytes too.) The checks
     that every effect fits take the run's kinds, attempts and texts in three comprehensions and
     count them in C (`list.count`): none is a step per record of Python calls."""
+    return _numbered_text_lines(effects, range(seq, seq + len(effects)))
+
+
+def text_effect_runs(runs: Sequence[Sequence[Effect]], firsts: Sequence[int]) -> list[bytes] | None:
+    """`text_effect_lines` of each run of `runs`, the one at `i` numbered from `firsts[i]`,
+    made in one go when all are text effects of one kind and one attempt (None when they are
+    not: then each run is made on its own). A network read brings a run of a score of deltas;
+    making a window's runs at once pays the calls and checks once, and each run is cut out of
+    the block where its first line begins (a raw line end followed by its seq number, which
+    no text holds: a text's line ends are escaped)."""
+    if len(runs) == 1:
+        block = text_effect_lines(runs[0], firsts[0])
+        return None if block is None else [block]
+    effects: list[Effect] = []
+    numbers: list[int] = []
+    for run, first in zip(runs, firsts):
+        if not run:
+            return None
+        effects += run
+        numbers += range(first, first + len(run))
+    block = _numbered_text_lines(effects, numbers)
+    if block is None:
+        return None
+    cut = block.find
+    blocks: list[bytes] = []
+    at = 0
+    for first in firsts[1:]:
+        end = cut(b'\n{"seq":%d,' % first, at)
+        blocks.append(block[at:end])
+        at = end + 1
+    blocks.append(block[at:])
+    return blocks
+
+
+def _numbered_text_lines(effects: Sequence[Effect], numbers: Sequence[int]) -> bytes | None:
+    """`text_effect_lines` of `effects` numbered `numbers` (one each, in order)."""
     count = len(effects)
     if not count:
         return None
-    kinds = [effect.kind for effect in effects]
-    attempts = [effect.attempt for effect in effects]
-    texts = [effect.data for effect in effects]
+    try:
+        kinds = [effect.kind for effect in effects]
+        attempts = [effect.attempt for effect in effects]
+        texts = [effect.data for effect in effects]
+    except AttributeError:  # not effects
+        return None
     kind, attempt = kinds[0], attempts[0]
     name = _TEXT_EFFECT_NAMES.get(kind)
     if (name is None or type(attempt) is not int or attempt < 0
@@ -627,7 +704,7 @@ def text_effect_lines(effects: Sequence[Effect], seq: int) -> bytes | None:
             or list(map(type, texts)).count(str) != count):
         return None
     numbered: list[int | str] = [0] * (2 * count)
-    numbered[::2] = range(seq, seq + count)
+    numbered[::2] = numbers
     numbered[1::2] = texts
     try:
         listed = orjson.dumps(numbered, option=orjson.OPT_INDENT_2)
