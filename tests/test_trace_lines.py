@@ -271,3 +271,27 @@ def test_a_run_holding_a_record_that_is_no_effect_is_no_run() -> None:
     effects = [Effect("text_delta", 1, "a"), Transition("stream_attempt", 1, "a", "b", "t")]
     assert text_effect_lines(effects, 1) is None  # type: ignore[arg-type]
     assert text_effect_runs([effects[:1], effects[1:]], [1, 2]) is None  # type: ignore[list-item]
+
+
+def test_the_writer_holds_a_window_of_lines_with_runs_or_without() -> None:
+    """A turn of one delta a read has no runs: its lines are still written a window at a time,
+    never all held at once."""
+    from engine.log.trace import _WINDOW
+
+    for per_read in (1, 5):
+        steps: list[list[Effect] | bytes] = []
+        for read in range(3 * _WINDOW // per_read):
+            steps += [b"data: x\n\n", [Effect("text_delta", 1, f"r{read}d{i}") for i in range(per_read)]]
+        log = _log_of(steps)
+        assert bool(log.effect_runs) == (per_read > 1)
+        written: list[int] = []
+
+        class Sink(io.BytesIO):
+            def write(self, data: Any) -> int:
+                written.append(bytes(data).count(b"\n"))
+                return super().write(data)
+
+        sink = Sink()
+        TraceWriter("unused.jsonl", [])._write(sink, {"format": "x"}, log.records, {"outcome": "x"}, None, log.effect_runs)
+        assert sum(written) == len(log.records) + 2
+        assert len(written) >= 3 and max(written) < 2 * _WINDOW + 2

@@ -413,8 +413,8 @@ class TraceWriter:
         lines: list[bytes] = [dumps(header)]
         # How each entry of `lines` is scrubbed (`_flush`): the lines of text effects (`texts`;
         # an entry is one line, or a run of them joined by `\n`), those scrubbed in full
-        # (`fulls`), by index in `lines`; the others are stream inputs. `held` counts the records
-        # whose lines `lines` holds.
+        # (`fulls`), by index in `lines`; the others are stream inputs. `lines` holds a window's
+        # lines (fewer than twice `_WINDOW` records') until they are written.
         texts: list[int] = []
         fulls: list[int] = [0]
         add_line = lines.append
@@ -584,20 +584,26 @@ def stretches(
 ) -> Iterator[tuple[int, int, bool]]:
     """`count` records cut at the runs of effects decided together (`EventLog.effect_runs`, in
     order): `(start, end, together)` for each stretch `records[start:end]`, in order,
-    `together` saying whether it is such a run (then it holds at most `longest` records: a
-    longer run comes in pieces)."""
+    `together` saying whether it is such a run; a stretch holds at most `longest` records (a
+    longer one comes in pieces: a turn of one delta a read has no runs, and its records are
+    still written a window at a time)."""
     at = 0
     for start, end in effect_runs:
         if at < start:
-            yield at, start, False
-        if longest is not None:
-            while end - start > longest:
-                yield start, start + longest, True
-                start += longest
-        yield start, end, True
+            yield from _pieces(at, start, False, longest)
+        yield from _pieces(start, end, True, longest)
         at = end
     if at < count:
-        yield at, count, False
+        yield from _pieces(at, count, False, longest)
+
+
+def _pieces(start: int, end: int, together: bool, longest: int | None) -> Iterator[tuple[int, int, bool]]:
+    """`(start, end, together)` cut into stretches of at most `longest` records."""
+    if longest is not None:
+        while end - start > longest:
+            yield start, start + longest, together
+            start += longest
+    yield start, end, together
 
 
 def record_line(record: Record, seq: int) -> bytes:
