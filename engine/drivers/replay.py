@@ -114,20 +114,17 @@ class _Handover:
         self.seq = 0
 
     def take(self) -> list[dict[str, Any] | bytes]:
-        made, runs, seq = self.made, self.runs, self.seq
-        if runs:
-            out: list[dict[str, Any] | bytes] = []
-            for start, end, together in stretches(len(made), runs):
-                run = None
-                if together:  # effects only: a run when they are text effects of one kind
-                    run = text_effect_lines(made[start:end], seq + start + 1)  # type: ignore[arg-type]
-                if run is not None:
-                    out.append(run)
-                else:
-                    out += _each(made[start:end], seq + start + 1)
-            runs.clear()
-        else:  # one delta a read, or none: nothing to make at once
-            out = _each(made, seq + 1)
+        made, seq = self.made, self.seq
+        out: list[dict[str, Any] | bytes] = []
+        for start, end, together in stretches(len(made), self.runs):
+            first = seq + start + 1
+            # effects only: a run when they are text effects of one kind
+            run = text_effect_lines(made[start:end], first) if together else None  # type: ignore[arg-type]
+            if run is not None:
+                out.append(run)
+            else:
+                out += _each(made[start:end], first)
+        self.runs.clear()
         self.seq = seq + len(made)
         made.clear()
         return out
@@ -315,8 +312,9 @@ class _Comparison:
         self._at += count
 
     def no_run(self) -> None:
-        """The run `line_run` gave is not what the file holds next: compare the rest of this
-        step's lines one by one (each run comes apart into its lines: the rare way)."""
+        """The run `line_run` gave is not what the file holds next, or a run meets a recorded
+        line compared the general way: compare the rest of this step's lines one by one (each
+        run comes apart into its lines: the rare way)."""
         rest: list[dict[str, Any] | bytes] = []
         for made in self._batch[self._at :]:
             if type(made) is bytes:
@@ -368,10 +366,9 @@ class _Comparison:
         while True:
             made = self.peek()
             if isinstance(made, bytes):  # a line of ours: its JSON, for the general comparison
-                if b"\n" in made:  # a run's lines: its first record now, the others after it
-                    lines = made.split(b"\n")
-                    self._batch[self._at : self._at + 1] = lines
-                    made = lines[0]
+                if b"\n" in made:  # a run's lines: compared one by one from here
+                    self.no_run()
+                    made = cast(bytes, self._batch[self._at])
                 self.take()
                 parsed: dict[str, Any] = loads(made)
                 return parsed

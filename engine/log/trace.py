@@ -58,8 +58,8 @@ in its records (`EventLog.effect_runs`): the writer makes the lines of such a ru
 `orjson` call for all its seq numbers and texts (`text_effect_lines`, byte for byte what
 `text_effect_line` makes of each; the runs of a window of records, when they are all of one
 kind, in one call, `text_effect_runs`), and any record the run does not fit (another effect, a
-lone surrogate) is written on its own. A text effect's line, whose only field names are the writer's
-own, is scrubbed without a search for credential-named fields.
+lone surrogate) is written on its own. A text effect's line, whose only field names are the
+writer's own, is scrubbed without a search for credential-named fields.
 """
 
 from __future__ import annotations
@@ -597,7 +597,9 @@ def stretches(
         yield from _pieces(at, count, False, longest)
 
 
-def _pieces(start: int, end: int, together: bool, longest: int | None) -> Iterator[tuple[int, int, bool]]:
+def _pieces(
+    start: int, end: int, together: bool, longest: int | None
+) -> Iterator[tuple[int, int, bool]]:
     """`(start, end, together)` cut into stretches of at most `longest` records."""
     if longest is not None:
         while end - start > longest:
@@ -667,9 +669,6 @@ def text_effect_runs(runs: Sequence[Sequence[Effect]], firsts: Sequence[int]) ->
     making a window's runs at once pays the calls and checks once, and each run is cut out of
     the block where its first line begins (a raw line end followed by its seq number, which
     no text holds: a text's line ends are escaped)."""
-    if len(runs) == 1:
-        block = text_effect_lines(runs[0], firsts[0])
-        return None if block is None else [block]
     effects: list[Effect] = []
     numbers: list[int] = []
     for run, first in zip(runs, firsts):
